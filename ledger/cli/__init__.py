@@ -1,0 +1,63 @@
+"""The command-line tool: a thin Typer shell over the library.
+
+This package parses arguments, calls the library, prints, and maps every
+:class:`ledger.errors.LedgerError` to its documented exit code in one place (:func:`main`).
+Each area registers its commands on :data:`app` from its own module.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from ledger.cli.common import app, console_err
+from ledger.errors import LedgerError, RunInterrupted
+
+# Importing the command modules registers their commands on `app`.
+from ledger.cli import core as _core  # noqa: F401  (registration)
+
+for _optional in ("run", "remote", "report"):
+    try:
+        __import__(f"ledger.cli.{_optional}")
+    except ModuleNotFoundError as exc:  # area not built yet
+        if exc.name != f"ledger.cli.{_optional}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `ledger` command; the one error boundary."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="ledger")
+    except RunInterrupted as exc:
+        console_err.print(f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}", highlight=False)
+        sys.exit(exc.code)
+    except LedgerError as exc:
+        console_err.print(f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console_err.print("ledger: aborted.", highlight=False)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except KeyboardInterrupt:
+        console_err.print("ledger: interrupted.", highlight=False)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except OSError as exc:
+        console_err.print(
+            f"[bold red]ledger: storage error:[/] {exc.strerror or exc} "
+            f"({exc.filename or 'no file name'}). Check the path, its permissions and free "
+            "disk space, then run the command again.",
+            highlight=False,
+        )
+        sys.exit(6)
+
+
+__all__ = ["app", "main", "typer"]

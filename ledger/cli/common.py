@@ -1,0 +1,106 @@
+"""Shared pieces of the CLI: the Typer app, consoles, and options every area uses."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ledger.errors import KeyProblem, LedgerNotFound
+
+app = typer.Typer(
+    name="ledger",
+    help=(
+        "Run runbooks and keep a signed, append-only git ledger of every step, "
+        "replicated to remotes that refuse force pushes."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console(highlight=False, soft_wrap=True)
+console_err = Console(stderr=True, highlight=False)
+
+LedgerOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger",
+        "-L",
+        help="Ledger repository. Default: $LEDGER_DIR, else .ledger in this or a parent directory.",
+        show_default=False,
+    ),
+]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        "-k",
+        help="Signing key (OpenSSH private key). Default: $LEDGER_SIGNING_KEY, else ledger config.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def find_ledger_path(explicit: Path | None) -> Path:
+    """Where the ledger is: ``--ledger``, ``$LEDGER_DIR``, else the nearest ``.ledger``."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("LEDGER_DIR")
+    if env:
+        return Path(env)
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / ".ledger"
+        if candidate.is_dir():
+            return candidate
+    raise LedgerNotFound(
+        f"no ledger found: no --ledger given, LEDGER_DIR is not set, and there is no .ledger "
+        f"directory in {here} or any parent.",
+        hint="Create one with 'ledger init', or point to one with --ledger PATH.",
+    )
+
+
+def default_ledger_path_for_init(explicit: Path | None) -> Path:
+    """Where `ledger init` creates a ledger when given no path."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("LEDGER_DIR")
+    return Path(env) if env else Path.cwd() / ".ledger"
+
+
+def read_passphrase(path: Path) -> bytes:
+    """The passphrase of an encrypted key: $LEDGER_KEY_PASSPHRASE, else a prompt on a terminal."""
+    env = os.environ.get("LEDGER_KEY_PASSPHRASE")
+    if env is not None:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise KeyProblem(
+            f"the key {path} is encrypted and no passphrase is available "
+            "(standard input is not a terminal).",
+            hint="Set LEDGER_KEY_PASSPHRASE, or use an unencrypted key for unattended runs.",
+        )
+    return getpass.getpass(f"Passphrase for {path}: ").encode()
+
+
+def resolve_key_path(explicit: Path | None, configured: str | None = None) -> Path:
+    """The signing key's path: ``--key``, ``$LEDGER_SIGNING_KEY``, else the ledger's config."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("LEDGER_SIGNING_KEY")
+    if env:
+        return Path(env)
+    if configured:
+        return Path(configured)
+    raise KeyProblem(
+        "no signing key given: no --key, LEDGER_SIGNING_KEY is not set, and the ledger's "
+        "config has no ledger.signingKey.",
+        hint="Pass --key PATH (create one with 'ledger keys generate').",
+    )

@@ -1,0 +1,163 @@
+"""The one error hierarchy of the library.
+
+Every error the library raises on purpose is a :class:`LedgerError`. Each carries a
+one-paragraph message saying what is wrong, an optional ``hint`` saying what to do, and the
+exit code the command-line tool uses for it. Library code raises; only the CLI prints and
+exits (see ``ledger.cli``). Exit codes are documented in the README.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LedgerError(Exception):
+    """Base class of every error raised by the library."""
+
+    exit_code: ClassVar[int] = 1
+    label: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The text shown to a user: what is wrong, then what to do."""
+        if self.hint:
+            return f"{self.message} {self.hint}"
+        return self.message
+
+
+class UsageError(LedgerError):
+    """A command was called with arguments that do not fit together."""
+
+    exit_code = 2
+    label = "usage error"
+
+
+class InputError(LedgerError):
+    """Input given to the tool is malformed (data, URL, parameter, template)."""
+
+    exit_code = 3
+    label = "invalid input"
+
+
+class RunbookError(InputError):
+    """A runbook file is malformed, invalid against the schema, or cannot be rendered."""
+
+    label = "invalid runbook"
+
+
+class TemplateError(InputError):
+    """A report template cannot be loaded or rendered."""
+
+    label = "template error"
+
+
+class KeyProblem(LedgerError):
+    """A signing key is missing, unreadable, encrypted without a passphrase, or malformed."""
+
+    exit_code = 4
+    label = "key error"
+
+
+class UntrustedKey(KeyProblem):
+    """The signing key is not trusted by the ledger at its current head."""
+
+    label = "untrusted key"
+
+
+class LedgerNotFound(LedgerError):
+    """No ledger at the given or discovered location."""
+
+    exit_code = 5
+    label = "no ledger"
+
+
+class LedgerExists(LedgerError):
+    """A ledger (or some other repository or file) already exists where one would be created."""
+
+    exit_code = 5
+    label = "ledger exists"
+
+
+class StorageError(LedgerError):
+    """Reading or writing the ledger repository failed (I/O, permissions, disk full, corrupt)."""
+
+    exit_code = 6
+    label = "storage error"
+
+
+class LockTimeout(StorageError):
+    """The ledger's append lock or a runbook lock could not be taken in time."""
+
+    label = "lock busy"
+
+
+class ConcurrentUpdate(StorageError):
+    """The ledger's branch moved under us although we held the lock (another writer)."""
+
+    label = "concurrent update"
+
+
+class SignatureError(LedgerError):
+    """A signature is malformed or does not verify."""
+
+    exit_code = 7
+    label = "bad signature"
+
+
+class VerificationFailed(LedgerError):
+    """Verification found problems; the findings are attached."""
+
+    exit_code = 7
+    label = "verification failed"
+
+    def __init__(self, message: str, *, findings: list[object] | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.findings = findings or []
+
+
+class RemoteError(LedgerError):
+    """A remote is unknown, unreachable, refused us, or diverged from our ledger."""
+
+    exit_code = 8
+    label = "remote error"
+
+
+class RunFailed(LedgerError):
+    """A run ended with a failed step."""
+
+    exit_code = 10
+    label = "run failed"
+
+
+class RunRejected(LedgerError):
+    """A run was stopped at an approval step (rejected, or the approval timed out)."""
+
+    exit_code = 11
+    label = "run rejected"
+
+
+class ResumeRefused(LedgerError):
+    """A run cannot be resumed (runbook changed, run not failed, run unknown)."""
+
+    exit_code = 12
+    label = "resume refused"
+
+
+class RunInterrupted(LedgerError):
+    """A run was interrupted by a signal; ``exit_code`` is 128 + signal number."""
+
+    exit_code = 130
+    label = "interrupted"
+
+    def __init__(self, message: str, *, signum: int = 2, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.signum = signum
+
+    @property
+    def code(self) -> int:
+        return 128 + self.signum
