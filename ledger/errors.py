@@ -114,8 +114,9 @@ class VerificationFailed(LedgerError):
     exit_code = 7
     label = "verification failed"
 
-    def __init__(self, message: str, *, findings: list[object] | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, findings: list[object] | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.findings = findings or []
 

@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         console_err.print(f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}", highlight=False)
         sys.exit(exc.code)
     except LedgerError as exc:
-        console_err.print(f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}", highlight=False,
-                          soft_wrap=True)
+        console_err.print(
+            f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         console_err.print("ledger: aborted.", highlight=False)
