@@ -1,0 +1,817 @@
+"""ledger.signing, judged by stock ssh-keygen and git.
+
+Keys made here must load in ssh-keygen and vice versa; signatures made here must verify
+with `ssh-keygen -Y verify` and `git verify-commit`, and theirs with ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import struct
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pygit2
+import pytest
+
+from ledger import signing
+from ledger.errors import InputError, KeyProblem, LedgerExists, SignatureError
+from ledger.signing import (
+    PublicKey,
+    SigningKey,
+    allowed_signers_line,
+    key_file_mode_problem,
+    key_is_encrypted,
+    parse_sshsig,
+    sign_commit,
+    split_signed_commit,
+    verify_signed_commit,
+    verify_sshsig,
+)
+from tests.conftest import git
+
+PASS = "correct horse battery"
+
+
+def keygen(
+    *args: str | os.PathLike[str], input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """Run stock ssh-keygen (the independent judge)."""
+    return subprocess.run(
+        ["ssh-keygen", *[str(a) for a in args]],
+        input=input,
+        capture_output=True,
+        check=check,
+        timeout=60,
+    )
+
+
+def make_key(tmp_path: Path, name: str, *opts: str, passphrase: str = "") -> Path:
+    path = tmp_path / name
+    keygen("-q", *opts, "-N", passphrase, "-C", f"{name}@test", "-f", path)
+    return path
+
+
+def keygen_fingerprint(pub_path: Path) -> str:
+    return keygen("-lf", pub_path).stdout.decode().split()[1]
+
+
+def write_allowed(path: Path, principal: str, key: PublicKey, **times: datetime) -> Path:
+    path.write_text(
+        allowed_signers_line(principal, key, times.get("valid_after"), times.get("valid_before"))
+        + "\n"
+    )
+    return path
+
+
+def keygen_verify(
+    tmp_path: Path, armored: str, data: bytes, key: PublicKey, namespace: str = "git"
+) -> subprocess.CompletedProcess[bytes]:
+    sig = tmp_path / "check.sig"
+    sig.write_text(armored)
+    allowed = write_allowed(tmp_path / "check_allowed", "signer@test", key)
+    if namespace != "git":
+        allowed.write_text(f"signer@test {key.openssh()}\n")
+    return keygen(
+        "-Y",
+        "verify",
+        "-f",
+        allowed,
+        "-I",
+        "signer@test",
+        "-n",
+        namespace,
+        "-s",
+        sig,
+        input=data,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------- our keys
+
+
+@pytest.mark.parametrize("passphrase", [None, PASS])
+def test_saved_key_loads_in_ssh_keygen(tmp_path: Path, passphrase: str | None) -> None:
+    key = SigningKey.generate("alice@example.com")
+    path = tmp_path / "id_ed25519"
+    key.save(path, passphrase, kdf_rounds=2)
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    pub_path = tmp_path / "id_ed25519.pub"
+    assert stat.S_IMODE(pub_path.stat().st_mode) == 0o644
+    assert pub_path.read_text() == f"{key.public_key.openssh()} alice@example.com\n"
+
+    derived = keygen("-y", "-P", passphrase or "", "-f", path).stdout.decode().split()
+    assert " ".join(derived[:2]) == key.public_key.openssh()
+    assert keygen_fingerprint(pub_path) == key.public_key.fingerprint
+    assert keygen_fingerprint(path) == key.public_key.fingerprint
+    assert key_is_encrypted(path) is (passphrase is not None)
+    if passphrase:  # ssh-keygen refuses a wrong passphrase for our file
+        assert keygen("-y", "-P", "wrong passphrase", "-f", path, check=False).returncode != 0
+
+    again = SigningKey.load(path, passphrase)
+    assert again.public_key == key.public_key
+    assert again.comment == "alice@example.com"
+
+
+def test_default_rounds_key_round_trips(tmp_path: Path) -> None:
+    if signing._NATIVE_KDF is None:
+        pytest.skip("16 bcrypt rounds in pure Python take ~15 s; covered with fewer rounds")
+    key = SigningKey.generate()
+    key.save(tmp_path / "k", PASS)
+    keygen("-y", "-P", PASS, "-f", tmp_path / "k")
+    assert SigningKey.load(tmp_path / "k", PASS.encode()).public_key == key.public_key
+
+
+def test_ssh_keygen_reencrypts_our_key(tmp_path: Path) -> None:
+    """ssh-keygen can change the passphrase of our file, and we read its rewrite."""
+    key = SigningKey.generate("c")
+    path = tmp_path / "k"
+    key.save(path, kdf_rounds=2)
+    keygen("-p", "-a", "1", "-N", PASS, "-f", path)
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(path)
+    assert getattr(info.value, "needs_passphrase", False) is True
+    assert SigningKey.load(path, PASS).public_key == key.public_key
+
+
+# --------------------------------------------------------------------------- their keys
+
+KEYGEN_KINDS = [
+    ("ed25519", ("-t", "ed25519"), "ssh-ed25519"),
+    ("ecdsa256", ("-t", "ecdsa", "-b", "256"), "ecdsa-sha2-nistp256"),
+    ("ecdsa384", ("-t", "ecdsa", "-b", "384"), "ecdsa-sha2-nistp384"),
+    ("ecdsa521", ("-t", "ecdsa", "-b", "521"), "ecdsa-sha2-nistp521"),
+    ("rsa", ("-t", "rsa", "-b", "2048"), "ssh-rsa"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "opts", "key_type"), KEYGEN_KINDS, ids=[k[0] for k in KEYGEN_KINDS]
+)
+def test_ssh_keygen_keys_load_and_sign(
+    tmp_path: Path, name: str, opts: tuple[str, ...], key_type: str
+) -> None:
+    path = make_key(tmp_path, name, *opts)
+    key = SigningKey.load(path)
+    assert key.public_key.key_type == key_type
+    assert key.comment == f"{name}@test"
+    pub_text = (tmp_path / f"{name}.pub").read_text()
+    assert PublicKey.parse(pub_text) == key.public_key
+    assert key.public_key.openssh() == " ".join(pub_text.split()[:2])
+    assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / f"{name}.pub")
+
+    data = b"some data\x00\xff with bytes\n"
+    ours = key.sign_sshsig(data)
+    assert keygen_verify(tmp_path, ours, data, key.public_key).returncode == 0
+    assert verify_sshsig(ours, data) == key.public_key
+
+    # ssh-keygen's signature of the same data verifies with ours
+    (tmp_path / "data").write_bytes(data)
+    keygen("-Y", "sign", "-f", path, "-n", "git", tmp_path / "data")
+    theirs = (tmp_path / "data.sig").read_text()
+    assert verify_sshsig(theirs, data) == key.public_key
+    with pytest.raises(SignatureError):
+        verify_sshsig(theirs, data + b"x")
+
+    # our saved copy of their key loads back in ssh-keygen
+    key.save(tmp_path / "copy", kdf_rounds=2)
+    derived = keygen("-y", "-f", tmp_path / "copy").stdout.decode()
+    assert derived.split()[:2] == pub_text.split()[:2]
+
+
+@pytest.mark.parametrize(
+    "cipher", ["aes256-ctr", "aes128-ctr", "aes256-cbc", "aes256-gcm@openssh.com"]
+)
+def test_ssh_keygen_encrypted_keys(tmp_path: Path, cipher: str) -> None:
+    path = make_key(tmp_path, "enc", "-t", "ed25519", "-a", "1", "-Z", cipher, passphrase=PASS)
+    assert key_is_encrypted(path)
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(path)
+    assert getattr(info.value, "needs_passphrase", False) is True
+    assert str(path) in info.value.message
+
+    with pytest.raises(KeyProblem) as wrong:
+        SigningKey.load(path, b"not the passphrase")
+    assert getattr(wrong.value, "wrong_passphrase", False) is True
+    assert not getattr(wrong.value, "needs_passphrase", False)
+    assert "wrong" in wrong.value.message
+
+    key = SigningKey.load(path, PASS)
+    assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / "enc.pub")
+
+
+def test_pure_python_bcrypt_pbkdf_decrypts_ssh_keygen_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_key(tmp_path, "enc", "-t", "ed25519", "-a", "1", passphrase=PASS)
+    monkeypatch.setattr(signing, "_NATIVE_KDF", None)
+    key = SigningKey.load(path, PASS)
+    assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / "enc.pub")
+    with pytest.raises(KeyProblem):
+        SigningKey.load(path, PASS + "!")
+
+
+def test_native_and_pure_bcrypt_pbkdf_agree() -> None:
+    if signing._NATIVE_KDF is None:
+        pytest.skip("the bcrypt package is not installed")
+    for pw, salt, n, rounds in [(b"password", b"salt", 48, 1), (b"\xff" * 80, b"s" * 16, 44, 3)]:
+        assert signing.bcrypt_pbkdf(pw, salt, n, rounds, native=False) == signing.bcrypt_pbkdf(
+            pw, salt, n, rounds
+        )
+
+
+def test_pem_keys(tmp_path: Path) -> None:
+    rsa_path = make_key(tmp_path, "rsa_pem", "-t", "rsa", "-b", "2048", "-m", "PEM")
+    assert rsa_path.read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")
+    rsa_key = SigningKey.load(rsa_path)
+    assert rsa_key.public_key.fingerprint == keygen_fingerprint(tmp_path / "rsa_pem.pub")
+
+    ec_path = make_key(tmp_path, "ec_p8", "-t", "ecdsa", "-m", "PKCS8", passphrase=PASS)
+    assert "ENCRYPTED PRIVATE KEY" in ec_path.read_text()
+    assert key_is_encrypted(ec_path)
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(ec_path)
+    assert getattr(info.value, "needs_passphrase", False) is True
+    with pytest.raises(KeyProblem) as wrong:
+        SigningKey.load(ec_path, "bad passphrase")
+    assert getattr(wrong.value, "wrong_passphrase", False) is True
+    ec_key = SigningKey.load(ec_path, PASS)
+    assert ec_key.public_key.fingerprint == keygen_fingerprint(tmp_path / "ec_p8.pub")
+    data = b"pem"
+    sig = ec_key.sign_sshsig(data)
+    assert keygen_verify(tmp_path, sig, data, ec_key.public_key).returncode == 0
+
+
+# --------------------------------------------------------------------------- key errors
+
+
+def test_missing_key_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "id_ed25519"
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(missing)
+    assert str(missing) in info.value.message
+    assert "does not exist" in info.value.message
+    with pytest.raises(KeyProblem):
+        key_is_encrypted(missing)
+
+
+def test_public_key_given_as_private(tmp_path: Path) -> None:
+    path = make_key(tmp_path, "k", "-t", "ed25519")
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(tmp_path / "k.pub")
+    assert "public key, not a private key" in info.value.message
+    assert ".pub" in (info.value.hint or "")
+    assert SigningKey.load(path)  # the private one is fine
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"hello world\n",
+        b"\x00\x01\x02binary",
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n",  # truncated, no end line
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+        b"-----END OPENSSH PRIVATE KEY-----\n",
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\n!!!!\n-----END OPENSSH PRIVATE KEY-----\n",
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    ],
+)
+def test_garbage_key_files(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(content)
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(path)
+    assert str(path) in info.value.message
+
+
+def test_damaged_key_file(tmp_path: Path) -> None:
+    path = make_key(tmp_path, "k", "-t", "ed25519")
+    lines = path.read_text().splitlines()
+    body = bytearray(base64.b64decode("".join(lines[1:-1])))
+    body[-20] ^= 0x01  # inside the private key section
+    damaged = tmp_path / "damaged"
+    damaged.write_text(
+        lines[0] + "\n" + base64.b64encode(bytes(body)).decode() + "\n" + lines[-1] + "\n"
+    )
+    assert keygen("-y", "-f", damaged, check=False).returncode != 0  # the judge agrees
+    with pytest.raises(KeyProblem):
+        SigningKey.load(damaged)
+
+
+def test_unsupported_key_type(tmp_path: Path) -> None:
+    path = make_key(tmp_path, "dsa", "-t", "dsa")
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(path)
+    assert "ssh-dss" in info.value.message
+    assert "not supported" in info.value.message
+    with pytest.raises(KeyProblem):
+        PublicKey.parse((tmp_path / "dsa.pub").read_text())
+
+
+def test_chacha20_encrypted_key_is_refused_with_a_hint(tmp_path: Path) -> None:
+    path = make_key(
+        tmp_path,
+        "k",
+        "-t",
+        "ed25519",
+        "-a",
+        "2",
+        "-Z",
+        "chacha20-poly1305@openssh.com",
+        passphrase=PASS,
+    )
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(path, PASS)
+    assert "chacha20-poly1305@openssh.com" in info.value.message
+    assert "ssh-keygen -p" in (info.value.hint or "")
+
+
+def test_directory_and_unreadable_key(tmp_path: Path) -> None:
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(tmp_path)
+    assert "directory" in info.value.message
+    if os.geteuid() == 0:
+        return  # root reads any file: the permission case cannot be observed
+    path = make_key(tmp_path, "k", "-t", "ed25519")
+    path.chmod(0)
+    with pytest.raises(KeyProblem) as denied:
+        SigningKey.load(path)
+    assert "permission denied" in denied.value.message
+
+
+def test_save_never_overwrites(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    path = tmp_path / "k"
+    key.save(path, kdf_rounds=2)
+    before = path.read_bytes()
+    with pytest.raises(LedgerExists):
+        SigningKey.generate().save(path)
+    assert path.read_bytes() == before
+
+    # a stale .pub alone also blocks, and nothing is left behind
+    (tmp_path / "other.pub").write_text("stale\n")
+    with pytest.raises(LedgerExists):
+        key.save(tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+    # a dangling symlink is not followed
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(LedgerExists):
+        key.save(tmp_path / "link")
+    assert not (tmp_path / "target").exists()
+
+    with pytest.raises(KeyProblem):
+        key.save(tmp_path / "no" / "such" / "dir" / "k")
+
+
+def test_saved_mode_ignores_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        SigningKey.generate().save(tmp_path / "k")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "k.pub").stat().st_mode) == 0o644
+
+
+def test_key_file_mode_problem(tmp_path: Path) -> None:
+    path = make_key(tmp_path, "k", "-t", "ed25519")
+    assert key_file_mode_problem(path) is None
+    path.chmod(0o644)
+    warning = key_file_mode_problem(path)
+    assert warning is not None
+    assert str(path) in warning
+    assert "chmod 600" in warning
+    path.chmod(0o640)
+    assert key_file_mode_problem(path) is not None
+    assert key_file_mode_problem(tmp_path / "missing") is None
+
+
+# --------------------------------------------------------------------------- public keys
+
+
+def test_public_key_parse_and_identity(tmp_path: Path) -> None:
+    key = SigningKey.generate("x")
+    line = key.public_key.openssh()
+    a = PublicKey.parse(line + " a comment with spaces  \n")
+    b = PublicKey.parse(line)
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a.comment == "a comment with spaces"
+    assert a.openssh() == line
+    assert a.openssh_line() == line + " a comment with spaces"
+    assert {a, b, key.public_key} == {key.public_key}
+    assert PublicKey.from_blob(a.blob) is PublicKey.from_blob(bytes(a.blob))  # cached
+    assert a != SigningKey.generate().public_key
+    with pytest.raises(AttributeError):
+        a.comment = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "ssh-ed25519",
+        "ssh-ed25519 not-base64!!",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",  # truncated blob
+        "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAILKOrGOHjtCBPV/cyi0NzpU44dqeP83wPPUu2o6o0FZJ",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILKOrGOHjtCBPV/cyi0NzpU44dqeP83wPPUu2o6o0FZJAA==",
+        "line one\nline two",
+        "-----BEGIN OPENSSH PRIVATE KEY-----",
+    ],
+)
+def test_public_key_parse_errors(text: str) -> None:
+    with pytest.raises(KeyProblem):
+        PublicKey.parse(text)
+
+
+def test_public_key_verify_rejects_garbage() -> None:
+    key = SigningKey.generate()
+    sig = key.sign(b"data")
+    assert key.public_key.verify(sig, b"data")
+    assert not key.public_key.verify(sig, b"datA")
+    assert not key.public_key.verify(sig[:-1], b"data")
+    assert not key.public_key.verify(b"", b"data")
+    assert not key.public_key.verify(sig + b"\x00", b"data")
+    assert not SigningKey.generate().public_key.verify(sig, b"data")
+
+
+def test_rsa_sha1_signatures_are_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = SigningKey(private)
+    raw = private.sign(b"data", padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    sha1_blob = signing._string(b"ssh-rsa") + signing._string(raw)
+    assert not key.public_key.verify(sha1_blob, b"data")
+    assert key.public_key.verify(key.sign(b"data"), b"data")
+
+
+# --------------------------------------------------------------------------- SSHSIG
+
+
+def test_sshsig_armor_is_byte_identical_to_ssh_keygen(tmp_path: Path) -> None:
+    """Ed25519 signatures are deterministic, so ours must equal ssh-keygen's file exactly."""
+    path = make_key(tmp_path, "k", "-t", "ed25519")
+    key = SigningKey.load(path)
+    for size in (0, 1, 100, 70_000):
+        data = os.urandom(size)
+        (tmp_path / "msg").write_bytes(data)
+        (tmp_path / "msg.sig").unlink(missing_ok=True)
+        keygen("-Y", "sign", "-f", path, "-n", "git", tmp_path / "msg")
+        assert key.sign_sshsig(data) == (tmp_path / "msg.sig").read_text()
+    assert key.sign_sshsig(b"").endswith("-----END SSH SIGNATURE-----\n")
+
+
+def test_our_sshsig_verifies_with_ssh_keygen(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    data = b"tree 123\n\nmessage\n"
+    armored = key.sign_sshsig(data)
+    assert keygen_verify(tmp_path, armored, data, key.public_key).returncode == 0
+    assert keygen_verify(tmp_path, armored, data + b"!", key.public_key).returncode != 0
+    other_ns = key.sign_sshsig(data, namespace="file")
+    assert keygen_verify(tmp_path, other_ns, data, key.public_key, "file").returncode == 0
+    assert keygen_verify(tmp_path, other_ns, data, key.public_key, "git").returncode != 0
+
+    parsed = parse_sshsig(armored)
+    assert parsed.public_key == key.public_key
+    assert parsed.namespace == "git"
+    assert parsed.reserved == b""
+    assert parsed.hash_algorithm == "sha512"
+    assert parsed.signature_type == "ssh-ed25519"
+    assert key.public_key.verify(
+        parsed.signature_blob,
+        signing._signed_data(b"git", b"", b"sha512", hashlib.sha512(data).digest()),
+    )
+
+
+def test_sha256_sshsig_from_ssh_keygen_verifies(tmp_path: Path) -> None:
+    path = make_key(tmp_path, "k", "-t", "ed25519")
+    (tmp_path / "msg").write_bytes(b"abc")
+    keygen("-Y", "sign", "-f", path, "-n", "git", "-O", "hashalg=sha256", tmp_path / "msg")
+    armored = (tmp_path / "msg.sig").read_text()
+    assert parse_sshsig(armored).hash_algorithm == "sha256"
+    assert verify_sshsig(armored, b"abc") == SigningKey.load(path).public_key
+
+
+def _resign(
+    key: SigningKey,
+    data: bytes,
+    *,
+    hash_alg: bytes = b"sha512",
+    namespace: bytes = b"git",
+    reserved: bytes = b"",
+    version: int = 1,
+    trailing: bytes = b"",
+) -> str:
+    digest = hashlib.new(hash_alg.decode(), data).digest()
+    sig = key.sign(signing._signed_data(namespace, reserved, hash_alg, digest))
+    s = signing._string
+    blob = (
+        b"SSHSIG"
+        + struct.pack(">I", version)
+        + s(key.public_key.blob)
+        + s(namespace)
+        + s(reserved)
+        + s(hash_alg)
+        + s(sig)
+        + trailing
+    )
+    return signing._armor(blob)
+
+
+def test_sshsig_rejections(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    data = b"payload"
+    good = key.sign_sshsig(data)
+    assert _resign(key, data) == good  # the helper builds what sign_sshsig builds
+    assert verify_sshsig(good.encode(), data) == key.public_key  # bytes accepted too
+    assert verify_sshsig(good.rstrip("\n"), data) == key.public_key  # as git stores it
+
+    cases: dict[str, str] = {
+        "tampered data": good,
+        "empty": "",
+        "garbage": "hello world",
+        "truncated": good[: len(good) // 2],
+        "no end marker": good.replace("-----END SSH SIGNATURE-----", ""),
+        "bad base64": good.replace(good.splitlines()[1][:4], "!!!!", 1),
+        "text after": good + "trailing words\n",
+        "sha1": _resign(key, data, hash_alg=b"sha1"),
+        "sha384": _resign(key, data, hash_alg=b"sha384"),
+        "version 2": _resign(key, data, version=2),
+        "trailing blob bytes": _resign(key, data, trailing=b"\x00"),
+        "other namespace": _resign(key, data, namespace=b"file"),
+    }
+    for name, armored in cases.items():
+        with pytest.raises(SignatureError):
+            verify_sshsig(armored, data + (b"!" if name == "tampered data" else b""))
+        if name not in {"tampered data", "sha1", "sha384", "other namespace"}:
+            with pytest.raises(SignatureError):
+                parse_sshsig(armored)
+
+    # a flipped bit anywhere in the blob never verifies
+    blob = bytearray(signing._dearmor(good))
+    for i in range(0, len(blob), 7):
+        flipped = bytearray(blob)
+        flipped[i] ^= 0x10
+        with pytest.raises(SignatureError):
+            verify_sshsig(signing._armor(bytes(flipped)), data)
+
+    # the wrong-namespace signature is still a valid signature in its own namespace
+    assert verify_sshsig(cases["other namespace"], data, namespace="file") == key.public_key
+
+
+# --------------------------------------------------------------------------- git commits
+
+
+def _empty_tree(repo: pygit2.Repository) -> pygit2.Oid:
+    return repo.TreeBuilder().write()
+
+
+def _signed_commit(
+    repo: pygit2.Repository,
+    key: SigningKey,
+    when: int,
+    message: str,
+    parents: list[pygit2.Oid] | None = None,
+) -> tuple[pygit2.Oid, str]:
+    sig = pygit2.Signature("alice@example.com", "alice@example.com", when, 0)
+    content = repo.create_commit_string(sig, sig, message, _empty_tree(repo), parents or [])
+    oid = repo.create_commit_with_signature(content, sign_commit(content, key))
+    return oid, content
+
+
+def test_signed_commit_verifies_with_git(tmp_path: Path) -> None:
+    repo = pygit2.init_repository(str(tmp_path / "repo.git"), bare=True)
+    key = SigningKey.generate("ci")
+    first, _ = _signed_commit(repo, key, 1_700_000_000, "genesis\n")
+    oid, content = _signed_commit(repo, key, 1_700_000_100, "second\n\nLedger-Seq: 1\n", [first])
+    repo.references.create("refs/heads/main", oid)
+    repo.set_head("refs/heads/main")
+    allowed = write_allowed(tmp_path / "allowed", "alice@example.com", key.public_key)
+
+    for commit in (first, oid):
+        res = git(
+            "-c",
+            f"gpg.ssh.allowedSignersFile={allowed}",
+            "verify-commit",
+            str(commit),
+            cwd=tmp_path / "repo.git",
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        assert 'Good "git" signature for alice@example.com' in res.stderr
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=tmp_path / "repo.git", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert fsck.stdout + fsck.stderr == ""
+
+    raw = repo.odb.read(oid)[1]
+    assert raw == git("cat-file", "commit", str(oid), cwd=tmp_path / "repo.git").stdout.encode()
+    payload, signatures = split_signed_commit(raw)
+    assert payload == content.encode()
+    assert len(signatures) == 1
+    assert signatures[0].endswith(b"-----END SSH SIGNATURE-----\n")
+    assert verify_sshsig(signatures[0], payload) == key.public_key
+    assert verify_signed_commit(raw) == (payload, key.public_key)
+    # the header sits after committer, its last line is the end marker (no ' ' line)
+    assert b"\n -----END SSH SIGNATURE-----\n\nsecond\n" in raw
+    assert b"\n \n" not in raw
+
+    # a different key is not accepted by git
+    stranger = write_allowed(
+        tmp_path / "stranger", "alice@example.com", SigningKey.generate().public_key
+    )
+    res = git(
+        "-c",
+        f"gpg.ssh.allowedSignersFile={stranger}",
+        "verify-commit",
+        str(oid),
+        cwd=tmp_path / "repo.git",
+        check=False,
+    )
+    assert res.returncode != 0
+
+
+def test_commit_is_identical_to_one_git_signs(tmp_path: Path) -> None:
+    """Stock git signing the same commit with the same key makes the very same object."""
+    key = SigningKey.generate("k")
+    key.save(tmp_path / "key")
+    repo_path = tmp_path / "repo.git"
+    repo = pygit2.init_repository(str(repo_path), bare=True)
+    oid, _ = _signed_commit(repo, key, 1_700_000_000, "same message\n")
+    env = {
+        "GIT_AUTHOR_NAME": "alice@example.com",
+        "GIT_AUTHOR_EMAIL": "alice@example.com",
+        "GIT_COMMITTER_NAME": "alice@example.com",
+        "GIT_COMMITTER_EMAIL": "alice@example.com",
+        "GIT_AUTHOR_DATE": "1700000000 +0000",
+        "GIT_COMMITTER_DATE": "1700000000 +0000",
+    }
+    tree = str(_empty_tree(repo))
+    res = subprocess.run(
+        [
+            "git",
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            f"user.signingKey={tmp_path / 'key'}",
+            "commit-tree",
+            "-S",
+            "-m",
+            "same message",
+            tree,
+        ],
+        cwd=repo_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert res.stdout.strip() == str(oid)
+
+
+def test_split_signed_commit_follows_git(tmp_path: Path) -> None:
+    """Other gpgsig* headers are dropped from the payload exactly as git drops them."""
+    repo_path = tmp_path / "repo.git"
+    repo = pygit2.init_repository(str(repo_path), bare=True)
+    key = SigningKey.generate()
+    tree = _empty_tree(repo)
+    base = (
+        f"tree {tree}\nauthor a <a> 1700000000 +0000\ncommitter a <a> 1700000000 +0000\n"
+        "encoding UTF-8\n"
+    )
+    message = "\nmsg\ngpgsig not a header, part of the message\n \n"
+    content = (base + message).encode()
+    armored = sign_commit(content, key)
+    folded = "gpgsig " + armored.replace("\n", "\n ") + "\n"
+    extra = "gpgsig-sha256 -----BEGIN SSH SIGNATURE-----\n junk\n -----END SSH SIGNATURE-----\n"
+    odd = "gpgsigx whatever\n continued\n"
+    raw = (base + extra + folded + odd + message).encode()
+
+    payload, signatures = split_signed_commit(raw)
+    assert payload == content
+    assert signatures == [armored.encode() + b"\n"]
+
+    oid = (
+        subprocess.run(
+            ["git", "hash-object", "-t", "commit", "-w", "--literally", "--stdin"],
+            cwd=repo_path,
+            input=raw,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    allowed = tmp_path / "allowed"
+    allowed.write_text(f"a {key.public_key.openssh()}\n")
+    res = git(
+        "-c",
+        f"gpg.ssh.allowedSignersFile={allowed}",
+        "verify-commit",
+        oid,
+        cwd=repo_path,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr  # git verified the same payload we computed
+
+    # two gpgsig headers: listed separately (git would concatenate them)
+    twice = (base + folded + folded + message).encode()
+    p2, sigs2 = split_signed_commit(twice)
+    assert p2 == content
+    assert len(sigs2) == 2
+    with pytest.raises(SignatureError):
+        verify_signed_commit(twice)
+    with pytest.raises(SignatureError):
+        verify_signed_commit(content)  # unsigned
+    assert split_signed_commit(content) == (content, [])
+    assert split_signed_commit(b"") == (b"", [])
+    assert split_signed_commit(b"gpgsig a\n b") == (b"", [b"a\nb"])
+
+
+def test_sign_commit_refuses_already_signed_content() -> None:
+    key = SigningKey.generate()
+    content = "tree x\nauthor a\ncommitter a\n\nmsg\n"
+    signed_once = content.replace("\n\n", "\ngpgsig x\n\n", 1)
+    with pytest.raises(SignatureError):
+        sign_commit(signed_once, key)
+    with pytest.raises(SignatureError):
+        sign_commit("tree x\nno message", key)
+    assert not sign_commit(content, key).endswith("\n")
+
+
+def _verify_commit(
+    tmp_path: Path, repo_path: Path, oid: pygit2.Oid, key: PublicKey, **times: datetime
+) -> subprocess.CompletedProcess[str]:
+    allowed = write_allowed(tmp_path / "allowed", "alice@example.com", key, **times)
+    return git(
+        "-c",
+        f"gpg.ssh.allowedSignersFile={allowed}",
+        "verify-commit",
+        str(oid),
+        cwd=repo_path,
+        check=False,
+        env={"TZ": "Asia/Tokyo"},
+    )
+
+
+def test_allowed_signers_validity_is_honoured_by_git(tmp_path: Path) -> None:
+    """git checks the key's validity at the commit's time; times are UTC even if TZ is not."""
+    repo_path = tmp_path / "repo.git"
+    repo = pygit2.init_repository(str(repo_path), bare=True)
+    key = SigningKey.generate()
+    when = datetime(2021, 6, 1, 12, 0, 0, tzinfo=UTC)
+    oid, _ = _signed_commit(repo, key, int(when.timestamp()), "dated\n")
+    second = timedelta(seconds=1)
+    pk = key.public_key
+
+    assert _verify_commit(tmp_path, repo_path, oid, pk).returncode == 0
+    assert _verify_commit(tmp_path, repo_path, oid, pk, valid_after=when).returncode == 0
+    assert _verify_commit(tmp_path, repo_path, oid, pk, valid_after=when + second).returncode != 0
+    assert _verify_commit(tmp_path, repo_path, oid, pk, valid_before=when).returncode == 0
+    assert _verify_commit(tmp_path, repo_path, oid, pk, valid_before=when - second).returncode != 0
+    assert (
+        _verify_commit(
+            tmp_path, repo_path, oid, pk, valid_after=when - second, valid_before=when + second
+        ).returncode
+        == 0
+    )
+    # a commit dated before the key was added is rejected
+    assert (
+        _verify_commit(
+            tmp_path, repo_path, oid, pk, valid_after=datetime(2022, 1, 1, tzinfo=UTC)
+        ).returncode
+        != 0
+    )
+    # an aware datetime in another zone means the same instant
+    tokyo = when.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert _verify_commit(tmp_path, repo_path, oid, pk, valid_after=tokyo).returncode == 0
+    assert _verify_commit(tmp_path, repo_path, oid, pk, valid_after=tokyo + second).returncode != 0
+
+
+def test_allowed_signers_line_format() -> None:
+    pk = SigningKey.generate().public_key
+    assert allowed_signers_line("alice@example.com", pk, None, None) == (
+        f'alice@example.com namespaces="git" {pk.openssh()}'
+    )
+    line = allowed_signers_line(
+        "bob", pk, datetime(2024, 1, 2, 3, 4, 5, 999), datetime(2025, 1, 1, tzinfo=UTC)
+    )
+    assert line == (
+        f'bob namespaces="git",valid-after="20240102030405Z",'
+        f'valid-before="20250101000000Z" {pk.openssh()}'
+    )
+    for bad in ["", "two words", 'quo"te', "a,b", "*", "al?ce", "#x", "tab\t", "nl\n", "!neg"]:
+        with pytest.raises(InputError):
+            allowed_signers_line(bad, pk)
+    with pytest.raises(InputError):
+        allowed_signers_line("a", pk, datetime(2025, 1, 1), datetime(2024, 1, 1))
