@@ -222,20 +222,16 @@ class CapturedStream:
 
     ``data`` is the whole stream when ``size <= cap``; otherwise its first ``cap // 2``
     bytes, a marker line ``[ledger: N bytes omitted]``, and its last ``cap - cap // 2``
-    bytes. ``size`` and ``sha256`` (lowercase hex) describe the whole redacted stream.
+    bytes. ``size`` and ``sha256`` (lowercase hex) describe the whole redacted stream;
+    ``omitted`` says how many of its bytes ``data`` lacks.
     """
 
     data: bytes
     size: int
     sha256: str
     truncated: bool
-
-    @property
-    def omitted(self) -> int:
-        """How many bytes of the stream are not in ``data``."""
-        if not self.truncated:
-            return 0
-        return self.size - (len(self.data) - len(self.marker(self.data, self.size)))
+    omitted: int = 0
+    """How many bytes of the stream are not in ``data`` (0 unless truncated)."""
 
     @staticmethod
     def marker(head: bytes, omitted: int) -> bytes:
@@ -279,14 +275,14 @@ class _Capture:
         tail = bytes(self._tail[-self._tail_cap :]) if self._tail_cap else b""
         head = bytes(self._head)
         kept = len(head) + len(tail)
-        truncated = self._size > kept
-        if truncated:
-            omitted = self._size - kept
-            data = head + CapturedStream.marker(head, omitted) + tail
-        else:
-            data = head + tail
+        omitted = self._size - kept
+        data = head + CapturedStream.marker(head, omitted) + tail if omitted else head + tail
         return CapturedStream(
-            data=data, size=self._size, sha256=self._hash.hexdigest(), truncated=truncated
+            data=data,
+            size=self._size,
+            sha256=self._hash.hexdigest(),
+            truncated=omitted > 0,
+            omitted=omitted,
         )
 
 
@@ -467,8 +463,12 @@ class _Child:
     def poll_exit(self) -> bool:
         """Whether the shell has exited; it stays unreaped so its pgid cannot be reused."""
         if not self.exited:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            self.exited = info is not None and info.si_pid == self.pid
+            try:
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped behind our back (SIGCHLD ignored)
+                self.exited = True
+            else:
+                self.exited = info is not None and info.si_pid == self.pid
         return self.exited
 
     def signal_group(self, sig: int) -> None:

@@ -413,6 +413,7 @@ def test_capture_keeps_head_and_tail_and_hashes_everything() -> None:
 def test_capture_boundaries(size: int, truncated: bool) -> None:
     r = run(f"head -c {size} /dev/zero | tr '\\0' x", capture_bytes=1000)
     assert r.stdout.size == size and r.stdout.truncated is truncated
+    assert r.stdout.omitted == max(size - 1000, 0)
     assert r.stdout.sha256 == hashlib.sha256(b"x" * size).hexdigest()
     if not truncated:
         assert r.stdout.data == b"x" * size
