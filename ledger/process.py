@@ -521,10 +521,12 @@ def run_command(
             start_new_session=True,
             close_fds=True,
         )
-    except OSError as exc:
+    except BaseException as exc:
         for fd in (out_r, out_w, err_r, err_w):
             os.close(fd)
-        return _not_started("failed", _spawn_error(spec, exc), started_at, t0)
+        if isinstance(exc, OSError):
+            return _not_started("failed", _spawn_error(spec, exc), started_at, t0)
+        raise  # e.g. ValueError: a NUL byte or "=" in the environment (a programming error)
     os.close(out_w)
     os.close(err_w)
 

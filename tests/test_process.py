@@ -210,6 +210,14 @@ def test_nul_in_command_is_a_programming_error() -> None:
         CommandSpec("echo a\0b")
 
 
+def test_bad_environment_raises_without_leaking_descriptors() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            run("true", env={"A=B": "x"})
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # --------------------------------------------------------------------------- live output
 
 
