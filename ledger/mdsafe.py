@@ -116,7 +116,8 @@ _ALWAYS = frozenset("\\`*[]<>&|~#$")
 # Escaped at the start of the text only: they start blocks (lists, quotes, setext
 # underlines, thematic breaks) there and nowhere else on a single line.
 _AT_START = frozenset("-+=>.)")
-_ORDERED_MARKER = re.compile(r"\d{1,12}[.)]")
+# An ordered list marker: digits and "." or ")" followed by a space, a tab or the end.
+_ORDERED_MARKER = re.compile(r"\d{1,12}[.)](?=[ \t]|$)")
 
 
 def _escape_line(text: str) -> str:
