@@ -1,0 +1,337 @@
+"""Replication commands: remote add/remove/list/init, push, fetch, clone, status, and the
+hidden pre-receive hook entry of protected remotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ledger import replicate
+from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
+from ledger.errors import LedgerError, LedgerNotFound, RemoteError, UsageError
+
+remote_app = typer.Typer(
+    help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
+    no_args_is_help=True,
+)
+app.add_typer(remote_app, name="remote")
+
+hook_app = typer.Typer(help="Git hooks of protected remotes (run by git).", hidden=True)
+app.add_typer(hook_app, name="hook", hidden=True)
+
+SshKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ssh-key",
+        help="SSH private key for ssh remotes. Default: $LEDGER_SSH_KEY, then ssh-agent, "
+        "then ~/.ssh/id_ed25519, id_ecdsa, id_rsa.",
+        show_default=False,
+    ),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-host-key",
+        help="Accept any SSH host key (skips the check against ~/.ssh/known_hosts).",
+    ),
+]
+
+
+def _warn(text: str) -> None:
+    console_err.print(f"[yellow]ledger: warning:[/] {text}", highlight=False, soft_wrap=True)
+
+
+def _creds(ssh_key: Path | None, insecure: bool) -> replicate.Credentials:
+    return replicate.Credentials.from_env(ssh_key=ssh_key, insecure_host_key=insecure)
+
+
+def _parse_require(value: str | None) -> int | None:
+    if value is None or value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--require takes a number of remotes or 'all', not {value!r}.") from None
+    if n < 0:
+        raise UsageError("--require must be 0 or more.")
+    return n
+
+
+# --- remote add / remove / list / init ------------------------------------------------------
+
+
+@remote_app.command("add")
+def remote_add(
+    name: Annotated[str, typer.Argument(help="Name of the remote, e.g. origin.")],
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="A path, file://, git://, ssh://, user@host:path, http:// or https:// URL."
+        ),
+    ],
+    ledger: LedgerOpt = None,
+) -> None:
+    """Add a remote (stored in the ledger repository's git config)."""
+    info = replicate.add_remote(find_ledger_path(ledger), name, url)
+    console.print(f"Added remote {info.name} ({info.transport}): {info.url}")
+    if info.warning:
+        _warn(info.warning)
+
+
+@remote_app.command("remove")
+def remote_remove(
+    name: Annotated[str, typer.Argument(help="Name of the remote.")],
+    ledger: LedgerOpt = None,
+) -> None:
+    """Remove a remote from the ledger's config (the remote itself is not touched)."""
+    replicate.remove_remote(find_ledger_path(ledger), name)
+    console.print(f"Removed remote {name}.")
+
+
+@remote_app.command("list")
+def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
+    """List the remotes, with a warning for those whose server-side rules cannot apply."""
+    remotes = replicate.list_remotes(find_ledger_path(ledger))
+    if as_json:
+        console.print(
+            json.dumps(
+                [
+                    {"name": r.name, "url": r.url, "transport": r.transport, "warning": r.warning}
+                    for r in remotes
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not remotes:
+        console.print("No remotes. Add one with 'ledger remote add NAME URL'.")
+    for r in remotes:
+        console.print(f"{r.name}\t{r.transport}\t{r.url}")
+    for r in remotes:
+        if r.warning:
+            _warn(r.warning)
+
+
+@remote_app.command("init")
+def remote_init(
+    path: Annotated[Path, typer.Argument(help="Where to create the protected bare remote.")],
+    trust_genesis: Annotated[
+        str | None,
+        typer.Option(
+            "--trust-genesis",
+            help="Genesis commit id this remote accepts (default: the current ledger's, "
+            "else pinned by the first push).",
+        ),
+    ] = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Create a protected bare remote: no force pushes, no deletions, every record verified."""
+    genesis = trust_genesis
+    if genesis is None:
+        try:
+            from ledger.store import Ledger
+
+            genesis = Ledger.open(find_ledger_path(ledger)).genesis_id
+        except LedgerNotFound:
+            if ledger is not None:
+                raise
+            genesis = None
+    replicate.init_remote(path, genesis=genesis)
+    console.print(f"Created protected remote at {path}")
+    console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
+    console.print("  pre-receive hook: verifies every pushed record")
+    if genesis:
+        console.print(f"  accepts only the ledger with genesis {genesis}")
+    else:
+        console.print("  genesis: pinned by the first push")
+    console.print(
+        "Serve it over ssh://, git:// or https:// (a path or file:// remote is written "
+        "directly and its rules do not run)."
+    )
+
+
+# --- push / fetch / clone / status -----------------------------------------------------------
+
+
+@app.command("push")
+def push_cmd(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Remotes to push to (default: all).")
+    ] = None,
+    require: Annotated[
+        str | None,
+        typer.Option(
+            "--require",
+            help="Succeed when at least N remotes hold our head afterwards ('all', the "
+            "default, needs every remote).",
+            show_default=False,
+        ),
+    ] = None,
+    ssh_key: SshKeyOpt = None,
+    insecure_host_key: InsecureOpt = False,
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push the ledger to its remotes in parallel; never forces."""
+    need = _parse_require(require)
+    path = find_ledger_path(ledger)
+    summary = replicate.push(path, names or None, credentials=_creds(ssh_key, insecure_host_key))
+    if not summary.outcomes:
+        raise RemoteError(
+            "this ledger has no remotes to push to.",
+            hint="Add one with 'ledger remote add NAME URL' (see 'ledger remote init').",
+        )
+    if as_json:
+        console.print(json.dumps(summary.to_json(), indent=2))
+    else:
+        width = max(len(o.remote) for o in summary.outcomes)
+        for o in summary.outcomes:
+            line = f"{o.remote:<{width}}  {o.line()}"
+            if o.problem:
+                console.print(f"[bold red]{line}[/]", highlight=False)
+            else:
+                console.print(line, highlight=False, markup=False)
+    for w in summary.warnings:
+        _warn(w)
+    summary.check(need)
+
+
+@app.command("fetch")
+def fetch_cmd(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Remotes to fetch from (default: all).")
+    ] = None,
+    ssh_key: SshKeyOpt = None,
+    insecure_host_key: InsecureOpt = False,
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch each remote's head into refs/remotes/NAME/main and compare it with ours.
+
+    Our own main is never changed. Divergence and rollback are reported with both commit
+    ids and exit 8, as does a remote that could not be checked."""
+    path = find_ledger_path(ledger)
+    states = replicate.check_remotes(
+        path, names or None, credentials=_creds(ssh_key, insecure_host_key)
+    )
+    if not states:
+        raise RemoteError(
+            "this ledger has no remotes to fetch from.",
+            hint="Add one with 'ledger remote add NAME URL'.",
+        )
+    print_remote_states(states, as_json=as_json)
+    raise_for_remote_states(states)
+
+
+def print_remote_states(states: list[replicate.RemoteState], *, as_json: bool = False) -> None:
+    """Print one line per remote (or JSON); shared with 'ledger verify --remotes'."""
+    if as_json:
+        console.print(json.dumps([s.to_json() for s in states], indent=2))
+        return
+    width = max(len(s.name) for s in states)
+    for s in states:
+        line = f"{s.name:<{width}}  {s.line()}"
+        if s.problem:
+            console.print(f"[bold red]{line}[/]", highlight=False)
+        else:
+            console.print(line, highlight=False, markup=False)
+
+
+def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
+    """Raise :class:`RemoteError` (exit 8) for divergence, rollback or unchecked remotes."""
+    problems = [s for s in states if s.problem]
+    if problems:
+        raise RemoteError(
+            "possible tampering: "
+            + "; ".join(f"{s.name}: {s.condition.value}: {s.message}" for s in problems),
+            hint="Nothing was overwritten. Keep the evidence (refs/remotes/NAME/main) and "
+            "investigate before pushing there again.",
+        )
+    unchecked = [s for s in states if not s.checked]
+    if unchecked:
+        raise RemoteError(
+            "could not check "
+            + ", ".join(f"{s.name} ({s.condition.value})" for s in unchecked)
+            + ".",
+            hint="Check that the remotes are reachable and the credentials are right.",
+        )
+
+
+@app.command("clone")
+def clone_cmd(
+    url: Annotated[str, typer.Argument(help="URL of a ledger remote.")],
+    path: Annotated[
+        Path | None, typer.Argument(help="Where to put the copy (default: from the URL).")
+    ] = None,
+    trust_genesis: Annotated[
+        str | None,
+        typer.Option("--trust-genesis", help="The genesis commit id the copy must start at."),
+    ] = None,
+    ssh_key: SshKeyOpt = None,
+    insecure_host_key: InsecureOpt = False,
+) -> None:
+    """Make a verified copy of a remote ledger (an auditor's copy)."""
+    result = replicate.clone(
+        url, path, trust_genesis=trust_genesis, credentials=_creds(ssh_key, insecure_host_key)
+    )
+    console.print(f"Cloned and verified {url} into {result.path}")
+    console.print(f"  genesis: {result.genesis}")
+    console.print(f"  head:    {result.head} (seq {result.seq})")
+    for w in result.warnings:
+        _warn(w)
+
+
+@app.command("status")
+def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
+    """Local head and seq, each remote's last known head and lag, unfinished runs."""
+    st = replicate.status(find_ledger_path(ledger))
+    if as_json:
+        console.print(json.dumps(st.to_json(), indent=2))
+        return
+    console.print(f"ledger {st.path}")
+    console.print(f"  head: {st.head or '(none)'} (seq {st.seq})")
+    if not st.remotes:
+        console.print("  remotes: none")
+    for r in st.remotes:
+        if r.last_head is None:
+            where = "never pushed or fetched"
+        else:
+            where = f"at seq {r.last_seq} ({r.last_head[:12]}) as of {r.last_time}"
+        lag = "" if r.behind is None else f", {r.behind} record(s) behind"
+        last = f", last attempt: {r.last_status}" if r.last_status else ""
+        console.print(f"  remote {r.name}: {where}{lag}{last}", markup=False)
+        if r.problem:
+            console.print(f"    [bold red]problem:[/] {r.problem}", highlight=False)
+        if r.warning:
+            _warn(r.warning)
+    if st.unfinished_runs:
+        console.print(f"  unfinished runs: {', '.join(st.unfinished_runs)}")
+    else:
+        console.print("  unfinished runs: none")
+
+
+# --- hook -----------------------------------------------------------------------------------
+
+
+@hook_app.command("pre-receive")
+def hook_pre_receive() -> None:
+    """The pre-receive check of a protected remote (git runs it with the updates on stdin)."""
+    repo_dir = Path(os.environ.get("GIT_DIR") or ".").resolve()
+    lines = sys.stdin.read().splitlines()
+    try:
+        result = replicate.pre_receive(repo_dir, lines)
+    except LedgerError as exc:
+        sys.stderr.write(f"ledger: push refused: the check could not run: {exc.diagnostics()}\n")
+        sys.exit(1)
+    for message in result.messages:
+        sys.stderr.write(f"ledger: {message}\n")
+    sys.stderr.flush()
+    if not result.ok:
+        # sys.exit, not typer.Exit: git reads the hook's exit status, and the CLI's boundary
+        # runs the app in non-standalone mode where typer.Exit's code is only returned.
+        sys.exit(1)
