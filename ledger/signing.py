@@ -375,6 +375,15 @@ class PublicKey:
         """The cryptography public key object."""
         return self._crypto
 
+    def __reduce__(self) -> tuple[Callable[[bytes, str], PublicKey], tuple[bytes, str]]:
+        return (_public_key_with_comment, (self.blob, self.comment))
+
+    def __copy__(self) -> PublicKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PublicKey:
+        return self
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PublicKey):
             return NotImplemented
@@ -437,6 +446,11 @@ class PublicKey:
 def _public_key_from_blob(blob: bytes) -> PublicKey:
     key_type, crypto = _decode_blob(blob)
     return PublicKey(key_type, blob, crypto)
+
+
+def _public_key_with_comment(blob: bytes, comment: str) -> PublicKey:
+    key = PublicKey.from_blob(blob)
+    return key._with_comment(comment) if comment else key
 
 
 # --------------------------------------------------------------------------- bcrypt-pbkdf
@@ -803,6 +817,9 @@ def _private_section(key: _PrivateCrypto) -> bytes:
 
 def _read_key_file(path: Path) -> bytes:
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise KeyProblem(f"key file {path} is not a regular file.", hint=_KEY_HINT)
         with path.open("rb") as handle:
             data = handle.read(_MAX_KEY_FILE + 1)
     except FileNotFoundError:
@@ -1038,9 +1055,8 @@ class SigningKey:
                     hint="Choose another path, or move the old key away first.",
                 )
         private_text = self.private_openssh(passphrase, kdf_rounds=kdf_rounds).encode("ascii")
-        public_text = (f"{self.public_key.openssh()} {self.comment}".rstrip() + "\n").encode(
-            "utf-8"
-        )
+        comment = " ".join(self.comment.split())  # one line, whatever the comment holds
+        public_text = (f"{self.public_key.openssh()} {comment}".rstrip() + "\n").encode("utf-8")
         _write_new_file(path, private_text, 0o600)
         try:
             _write_new_file(pub_path, public_text, 0o644)
@@ -1282,6 +1298,10 @@ def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> 
             f"the SSH signature is for namespace {sig.namespace!r}, not {namespace!r}.",
             hint="A signature made for another purpose cannot stand for this one.",
         )
+    if sig.reserved:
+        # OpenSSH ignores this field and verifies as if it were empty, so its content could
+        # be changed without breaking the signature; we accept only what signers write.
+        raise _bad_signature("the reserved field is not empty")
     digest = _SSHSIG_HASHES.get(sig.hash_algorithm)
     if digest is None:
         raise SignatureError(
@@ -1291,7 +1311,7 @@ def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> 
         )
     signed = _signed_data(
         sig.namespace.encode("utf-8"),
-        sig.reserved,
+        b"",
         sig.hash_algorithm.encode("ascii"),
         digest(data),
     )
