@@ -12,13 +12,12 @@ import sys
 import click
 import typer
 
+# Importing the command modules registers their commands on `app`.
+from ledger.cli import core as _core  # noqa: F401  (registration)
 from ledger.cli.common import app, console_err
 from ledger.errors import LedgerError, RunInterrupted
 
-# Importing the command modules registers their commands on `app`.
-from ledger.cli import core as _core  # noqa: F401  (registration)
-
-for _optional in ("run", "remote", "report"):
+for _optional in ("runbook", "run", "approve", "remote", "report"):
     try:
         __import__(f"ledger.cli.{_optional}")
     except ModuleNotFoundError as exc:  # area not built yet

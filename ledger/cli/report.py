@@ -1,0 +1,90 @@
+"""`ledger report`: a Markdown incident report rendered from the ledger."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ledger import report as report_mod
+from ledger.cli.common import LedgerOpt, app, console_err, find_ledger_path
+from ledger.store import Ledger
+
+
+@app.command("report")
+def report_cmd(
+    run: Annotated[
+        str | None, typer.Option("--run", help="Report on this run (a run id).", show_default=False)
+    ] = None,
+    incident: Annotated[
+        str | None,
+        typer.Option("--incident", help="Report on every run of this incident.", show_default=False),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Report on the runs started at or after this UTC time "
+            "(YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            help="With --since: only runs started at or before this UTC time "
+            "(a date means the end of that day).",
+            show_default=False,
+        ),
+    ] = None,
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            "--template",
+            "-t",
+            help="A Jinja2 template file to render instead of the default "
+            "(runs in a sandbox; see docs/REPORTS.md).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
+    ] = None,
+    excerpt_lines: Annotated[
+        int,
+        typer.Option("--excerpt-lines", min=1, max=10_000, help="Lines of output shown per step."),
+    ] = report_mod.EXCERPT_LINES,
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="Do not verify the ledger (the report says so)."),
+    ] = False,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Render a Markdown report of a run, an incident, or a time range.
+
+    The report shows a summary, a timeline, each step's command, exit code, duration and
+    output, approvals, failure handling, and the evidence: verification result, signers,
+    and the commit id of every record it rests on. The same ledger and arguments give the
+    same bytes.
+    """
+    led = Ledger.open(find_ledger_path(ledger))
+    text = report_mod.report_for(
+        led,
+        run=run,
+        incident=incident,
+        since=since,
+        until=until,
+        template=template,
+        verifier=None if no_verify else report_mod.default_verifier,
+        excerpt_lines=excerpt_lines,
+    )
+    if output is None:
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+        return
+    written = report_mod.write_report(text, output)
+    console_err.print(f"Report written to {written}", highlight=False, markup=False)

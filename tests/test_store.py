@@ -1,0 +1,213 @@
+"""The store: init, durable appends, reading through the tree, concurrency, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from ledger import records
+from ledger.errors import InputError, LedgerExists, LedgerNotFound, UntrustedKey
+from ledger.signing import SigningKey
+from ledger.store import Ledger
+from ledger.verify import verify_ledger
+from tests.conftest import git
+
+
+@pytest.fixture()
+def key(tmp_path: Path) -> SigningKey:
+    k = SigningKey.generate(comment="alice@example.com")
+    k.save(tmp_path / "alice")
+    return k
+
+
+@pytest.fixture()
+def ledger(tmp_path: Path, key: SigningKey) -> Ledger:
+    return Ledger.init(tmp_path / "ledger.git", name="ops", key=key, principal="alice@example.com")
+
+
+def allowed_signers(led: Ledger, path: Path) -> Path:
+    from ledger.signing import allowed_signers_line
+
+    lines = []
+    for s in led.signers():
+        after = records.parse_time(s.added_time) if s.added_time else None
+        before = records.parse_time(s.revoked_time) if s.revoked_time else None
+        line = allowed_signers_line(s.principal, s.public_key, after, before)
+        lines.append(line if line.endswith("\n") else line + "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def test_init_writes_genesis_and_protects_branch(ledger: Ledger, key: SigningKey) -> None:
+    head = ledger.head()
+    assert head is not None and head.seq == 0
+    assert head.commit_id == ledger.genesis_id
+    repo = pygit2.Repository(str(ledger.path))
+    assert repo.is_bare
+    cfg = repo.config
+    assert cfg.get_bool("receive.denyNonFastForwards")
+    assert cfg.get_bool("receive.denyDeletes")
+    genesis = json.loads(ledger.read_blob("genesis.json"))
+    assert genesis["seq"] == 0 and genesis["kind"] == "genesis"
+    assert genesis["ledger"] == ledger.ledger_id
+    assert genesis["data"]["signers"][0]["fingerprint"] == key.public_key.fingerprint
+    assert records.canonical_json(genesis) == ledger.read_blob("genesis.json")
+
+
+def test_init_refuses_existing(tmp_path: Path, key: SigningKey, ledger: Ledger) -> None:
+    with pytest.raises(LedgerExists):
+        Ledger.init(ledger.path, name="again", key=key, principal="a@b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LedgerExists):
+        Ledger.init(tmp_path / "file", name="x", key=key, principal="a@b")
+
+
+def test_open_missing_and_non_ledger(tmp_path: Path) -> None:
+    with pytest.raises(LedgerNotFound):
+        Ledger.open(tmp_path / "nothing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(LedgerNotFound):
+        Ledger.open(tmp_path / "plain")
+    pygit2.init_repository(str(tmp_path / "bare.git"), bare=True)
+    with pytest.raises(LedgerNotFound):
+        Ledger.open(tmp_path / "bare.git")
+
+
+def test_append_chain_paths_and_stock_git_agrees(ledger: Ledger, key: SigningKey,
+                                                 tmp_path: Path) -> None:
+    run = records.new_run_id()
+    a = ledger.append("event", {"message": "hello", "data": None}, key=key)
+    b = ledger.append("run.started", {"runbook": {"name": "x"}}, key=key, run=run,
+                      incident="INC-42", attachments={"runbook": b"name: x\n"})
+    c = ledger.append("step.finished", {"step": "s", "status": "ok"}, key=key, run=run,
+                      attachments={"stdout": b"out\n", "stderr": b""})
+    assert [a.seq, b.seq, c.seq] == [1, 2, 3]
+    assert a.path.startswith("events/") and a.path.endswith("0000000001-event.json")
+    assert b.path.startswith(f"runs/{run[0:4]}/{run[4:6]}/{run[6:8]}/{run}/")
+    assert ledger.runs_for_incident("INC-42") == [run]
+    assert [r.seq for r in ledger.run_records(run)] == [2, 3]
+    assert ledger.record(3).attachment("stdout") == b"out\n"
+    assert ledger.record(c.commit_id).seq == 3
+    assert ledger.run_ids() == [run]
+    assert ledger.unfinished_runs() == [run]
+
+    signers = allowed_signers(ledger, tmp_path / "allowed")
+    for rec in ledger.iter_records():
+        out = git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", rec.commit_id,
+                  cwd=ledger.path, check=False)
+        assert out.returncode == 0, out.stderr
+    fsck = git("fsck", "--strict", cwd=ledger.path, check=False)
+    assert fsck.returncode == 0 and fsck.stdout == "" and "warning" not in fsck.stderr, fsck.stderr
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+
+
+def test_untrusted_key_cannot_append(ledger: Ledger) -> None:
+    stranger = SigningKey.generate()
+    with pytest.raises(UntrustedKey):
+        ledger.append("event", {"message": "x", "data": None}, key=stranger)
+    head = ledger.head()
+    assert head is not None and head.seq == 0
+
+
+def test_key_added_then_revoked(ledger: Ledger, key: SigningKey) -> None:
+    bob = SigningKey.generate()
+    ledger.append("key.added", {"principal": "bob@example.com", "key": bob.public_key.openssh(),
+                                "fingerprint": bob.public_key.fingerprint, "comment": ""},
+                  key=key)
+    done = ledger.append("event", {"message": "by bob", "data": None}, key=bob)
+    assert done.record["actor"] == {"principal": "bob@example.com",
+                                    "key": bob.public_key.fingerprint}
+    ledger.append("key.revoked", {"fingerprint": bob.public_key.fingerprint, "reason": "left"},
+                  key=key)
+    with pytest.raises(UntrustedKey):
+        ledger.append("event", {"message": "after", "data": None}, key=bob)
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+
+
+def test_floats_and_bad_names_refused(ledger: Ledger, key: SigningKey) -> None:
+    with pytest.raises(InputError):
+        ledger.append("event", {"message": "x", "data": 1.5}, key=key)
+    with pytest.raises(InputError):
+        ledger.append("event", {"message": "x", "data": None}, key=key,
+                      attachments={"../evil": b""})
+    with pytest.raises(InputError):
+        ledger.append("genesis", {}, key=key)
+    head = ledger.head()
+    assert head is not None and head.seq == 0
+
+
+def test_seq_index_rebuilds_when_missing(ledger: Ledger, key: SigningKey) -> None:
+    for i in range(5):
+        ledger.append("event", {"message": str(i), "data": None}, key=key)
+    (ledger.gitdir / "ledger-state" / "seq-index").unlink()
+    reopened = Ledger.open(ledger.path)
+    assert reopened.record(2).data["message"] == "1"
+    assert reopened.record(5).data["message"] == "4"
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from ledger.signing import SigningKey
+    from ledger.store import Ledger
+    led = Ledger.open(Path(sys.argv[1]))
+    key = SigningKey.load(Path(sys.argv[2]))
+    n = int(sys.argv[3])
+    for i in range(n):
+        led.append("event", {"message": sys.argv[4] + str(i), "data": None}, key=key)
+        if len(sys.argv) > 5:
+            print(i, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_four_processes_append_800_records(ledger: Ledger, tmp_path: Path) -> None:
+    key_path = tmp_path / "alice"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(ledger.path), str(key_path), "200",
+                          f"w{w}-"])
+        for w in range(4)
+    ]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0, 0, 0]
+    head = ledger.head()
+    assert head is not None and head.seq == 800
+    seen = [r.seq for r in ledger.iter_records(newest_first=False)]
+    assert seen == list(range(801))
+    messages = {r.data["message"] for r in ledger.iter_records() if r.kind == "event"}
+    assert len(messages) == 800
+    result = verify_ledger(ledger.path, trust_genesis=ledger.genesis_id)
+    assert result.ok, result.findings
+
+
+def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_path: Path) -> None:
+    key_path = tmp_path / "alice"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(ledger.path), str(key_path),
+                             "100000", "x", "progress"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # each line: one more record acknowledged
+        if int(line) >= 20:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reopened = Ledger.open(ledger.path)
+    result = verify_ledger(ledger.path, trust_genesis=ledger.genesis_id)
+    assert result.ok, result.findings
+    head = reopened.head()
+    assert head is not None and head.seq >= 3
+    last = reopened.record(head.seq)
+    assert last.data["message"] == f"x{head.seq - 1}"
+    fsck = git("fsck", "--strict", cwd=ledger.path, check=False)
+    assert fsck.returncode == 0, fsck.stderr
+    # The next append continues the chain.
+    key = SigningKey.load(key_path)
+    assert reopened.append("event", {"message": "after", "data": None}, key=key).seq == head.seq + 1
