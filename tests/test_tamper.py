@@ -1,0 +1,740 @@
+"""Tamper tests: each builds a real ledger with the store, tampers with it using stock git or
+pygit2 the way an attacker with write access to the repository could, and asserts that
+`verify_ledger` reports the specific rule of docs/FORMAT.md §9."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+from conftest import git
+
+from ledger import records
+from ledger.signing import SigningKey, sign_commit
+from ledger.store import Ledger
+from ledger.verify import VerifyResult, verify_ledger
+
+MAIN = "refs/heads/main"
+
+
+# --- building ledgers -----------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    path: Path
+    alice: SigningKey
+    bob: SigningKey
+    ids: list[str]  # commit id by seq
+    keys: dict[str, SigningKey] = field(default_factory=dict)  # fingerprint -> key
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        return pygit2.Repository(str(self.path))
+
+    @property
+    def genesis(self) -> str:
+        return self.ids[0]
+
+    def head(self) -> str:
+        return git("rev-parse", MAIN, cwd=self.path).stdout.strip()
+
+
+def build(tmp_path: Path, name: str = "ledger", events_after_key: int = 3) -> Built:
+    """genesis (alice) · events 1-4 (alice) · key.added bob (5) · events 6.. (bob, alice)."""
+    alice, bob = SigningKey.generate(), SigningKey.generate()
+    path = tmp_path / name
+    ledger = Ledger.init(path, name=name, key=alice, principal="alice")
+    ids = [ledger.genesis_id]
+    for i in range(1, 5):
+        ids.append(
+            ledger.append("event", {"message": f"e{i}", "data": {"i": i}}, key=alice).commit_id
+        )
+    pub = bob.public_key
+    ids.append(
+        ledger.append(
+            "key.added",
+            {
+                "principal": "bob",
+                "key": pub.openssh(),
+                "fingerprint": pub.fingerprint,
+                "comment": "",
+            },
+            key=alice,
+        ).commit_id
+    )
+    for i in range(events_after_key):
+        who = bob if i % 2 == 0 else alice
+        ids.append(
+            ledger.append(
+                "event",
+                {"message": f"later {i}", "data": None},
+                key=who,
+                attachments={"out": f"output {i}\n".encode()},
+            ).commit_id
+        )
+    keys = {alice.public_key.fingerprint: alice, bob.public_key.fingerprint: bob}
+    return Built(path, alice, bob, ids, keys)
+
+
+def verify(built: Built, **kwargs: Any) -> VerifyResult:
+    return verify_ledger(built.path, **kwargs)
+
+
+def rules_at(result: VerifyResult) -> set[tuple[str, int | None]]:
+    return {(f.rule, f.seq) for f in result.findings}
+
+
+# --- tampering helpers ------------------------------------------------------------------------
+
+
+def raw_commit(repo: pygit2.Repository, oid: str) -> bytes:
+    return bytes(repo.odb.read(oid)[1])
+
+
+def write_raw_commit(path: Path, raw: bytes) -> str:
+    """Write a commit object with stock git, byte for byte."""
+    tmp = path / "tamper-commit"
+    tmp.write_bytes(raw)
+    out = git("hash-object", "-t", "commit", "-w", "--literally", tmp, cwd=path).stdout.strip()
+    tmp.unlink()
+    return out
+
+
+def set_main(path: Path, oid: str) -> None:
+    git("update-ref", MAIN, oid, cwd=path)
+
+
+def commit_digest(raw: bytes) -> str:
+    return hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+
+
+def signed_commit(
+    repo: pygit2.Repository,
+    key: SigningKey,
+    tree: pygit2.Oid | str,
+    parents: list[str],
+    message: str,
+    author: pygit2.Signature,
+) -> str:
+    """A commit signed with ``key`` (pygit2 content + ledger.signing, as an attacker would)."""
+    content = repo.create_commit_string(
+        author, author, message, pygit2.Oid(hex=str(tree)), [pygit2.Oid(hex=p) for p in parents]
+    )
+    return str(repo.create_commit_with_signature(content, sign_commit(content, key)))
+
+
+def set_trailer(message: str, name: str, value: str | None) -> str:
+    lines = message.rstrip("\n").split("\n")
+    out = []
+    for line in lines:
+        if line.startswith(f"{name}: "):
+            if value is not None:
+                out.append(f"{name}: {value}")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def rebuild(
+    built: Built,
+    originals: Iterable[str],
+    base: str | None,
+    *,
+    fix_prev: bool = False,
+    key: SigningKey | None = None,
+) -> list[str]:
+    """Re-create ``originals`` (same trees, messages and idents) on top of ``base``, each
+    re-signed by ``key`` or by the key its record names; point main at the last."""
+    repo = built.repo
+    parent = base
+    out = []
+    for oid in originals:
+        commit = repo[oid]
+        message = commit.message
+        if fix_prev and parent is not None:
+            message = set_trailer(
+                message, "Ledger-Prev-Sha256", commit_digest(raw_commit(repo, parent))
+            )
+        trailers = records.parse_trailers(commit.message)
+        rec = json.loads(repo[commit.tree[trailers["Ledger-Record"]].id].data)
+        signer = key or built.keys[rec["actor"]["key"]]
+        parent = signed_commit(
+            repo, signer, commit.tree_id, [parent] if parent else [], message, commit.author
+        )
+        out.append(parent)
+    if parent is not None:
+        set_main(built.path, parent)
+    return out
+
+
+def tree_with(
+    repo: pygit2.Repository, base: pygit2.Tree | None, changes: dict[str, Any]
+) -> pygit2.Oid:
+    """``base`` with files set (path -> blob id) or removed (path -> None)."""
+    nested: dict[str, Any] = {}
+    for path, value in changes.items():
+        node = nested
+        parts = path.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _write(repo, base, nested)
+
+
+def _write(repo: pygit2.Repository, base: pygit2.Tree | None, node: dict[str, Any]) -> pygit2.Oid:
+    builder = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
+    for name, value in node.items():
+        if isinstance(value, dict):
+            sub = repo[base[name].id] if base is not None and name in base else None
+            builder.insert(name, _write(repo, sub, value), pygit2.GIT_FILEMODE_TREE)
+        elif value is None:
+            builder.remove(name)
+        else:
+            builder.insert(name, value, pygit2.GIT_FILEMODE_BLOB)
+    return builder.write()
+
+
+def forge_append(
+    built: Built,
+    key: SigningKey,
+    *,
+    principal: str = "alice",
+    kind: str = "event",
+    data: dict[str, Any] | None = None,
+    seq: int | None = None,
+    ledger_id: str | None = None,
+    raw_record: bytes | None = None,
+    edit_record: Callable[[dict[str, Any]], None] | None = None,
+    edit_trailers: Callable[[dict[str, str]], None] | None = None,
+    extra_tree: dict[str, Any] | None = None,
+    parents: list[str] | None = None,
+) -> str:
+    """Append a record the way the store would, but under the attacker's control."""
+    repo = built.repo
+    head = built.head()
+    head_commit = repo[head]
+    head_trailers = records.parse_trailers(head_commit.message)
+    seq = int(head_trailers["Ledger-Seq"]) + 1 if seq is None else seq
+    now = records.format_time(records.utc_now())
+    if raw_record is None:
+        rec = {
+            "schema": 1,
+            "ledger": ledger_id or head_trailers["Ledger-Id"],
+            "seq": seq,
+            "kind": kind,
+            "time": now,
+            "run": None,
+            "actor": {"principal": principal, "key": key.public_key.fingerprint},
+            "host": "attacker",
+            "data": data if data is not None else {"message": "forged", "data": None},
+            "files": {},
+        }
+        if edit_record:
+            edit_record(rec)
+        raw_record = json.dumps(
+            rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    rec = json.loads(raw_record)
+    path = records.record_path(rec["kind"], rec["seq"], rec["run"], rec["time"])
+    changes: dict[str, Any] = {path: repo.create_blob(raw_record)}
+    changes.update(extra_tree or {})
+    tree = tree_with(repo, head_commit.tree, changes)
+    trailers = {
+        "Ledger-Id": rec["ledger"],
+        "Ledger-Seq": str(rec["seq"]),
+        "Ledger-Kind": rec["kind"],
+        "Ledger-Record": path,
+        "Ledger-Record-Sha256": hashlib.sha256(raw_record).hexdigest(),
+        "Ledger-Prev-Sha256": commit_digest(raw_commit(repo, head)),
+    }
+    if edit_trailers:
+        edit_trailers(trailers)
+    message = records.build_message(f"{rec['kind']}: forged", trailers)
+    when = int(records.parse_time(rec["time"]).timestamp())
+    ident = rec["actor"]["principal"]
+    sig = pygit2.Signature(ident, ident, when, 0)
+    oid = signed_commit(repo, key, tree, parents if parents is not None else [head], message, sig)
+    set_main(built.path, oid)
+    return oid
+
+
+def stock_git_tree_with(path: Path, commit: str, changes: dict[str, bytes | None]) -> str:
+    """A tree made with stock git: ``commit``'s tree with files set or removed."""
+    env = {"GIT_INDEX_FILE": str(path / "tamper-index")}
+    git("read-tree", commit, cwd=path, env=env)
+    for file, content in changes.items():
+        if content is None:
+            git("update-index", "--force-remove", file, cwd=path, env=env)
+            continue
+        blob_file = path / "tamper-blob"
+        blob_file.write_bytes(content)
+        blob = git("hash-object", "-w", blob_file, cwd=path).stdout.strip()
+        blob_file.unlink()
+        git("update-index", "--add", "--cacheinfo", f"100644,{blob},{file}", cwd=path, env=env)
+    tree = git("write-tree", cwd=path, env=env).stdout.strip()
+    (path / "tamper-index").unlink()
+    return tree
+
+
+def loose_object(path: Path, oid: str) -> Path:
+    return path / "objects" / oid[:2] / oid[2:]
+
+
+def record_blob_id(built: Built, seq: int) -> str:
+    repo = built.repo
+    commit = repo[built.ids[seq]]
+    trailers = records.parse_trailers(commit.message)
+    return str(commit.tree[trailers["Ledger-Record"]].id)
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+def test_clean_ledger_has_no_findings(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    result = verify(built, trust_genesis=built.genesis)
+    assert result.findings == []
+    assert result.ok
+    assert result.seq == len(built.ids) - 1
+    assert result.head == built.ids[-1]
+    assert result.records_checked == len(built.ids)
+    assert result.genesis == built.genesis and result.genesis_pinned
+    assert result.state is not None and result.state.head == built.ids[-1]
+    # Unpinned: still sound, but the result says it was not pinned.
+    unpinned = verify(built)
+    assert unpinned.ok and not unpinned.genesis_pinned
+
+
+def test_record_edited_and_recommitted_unsigned(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    repo = built.repo
+    head = repo[built.ids[-1]]
+    path = records.parse_trailers(head.message)["Ledger-Record"]
+    rec = json.loads(repo[head.tree[path].id].data)
+    rec["data"]["message"] = "nothing happened here"
+    edited = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    tree = stock_git_tree_with(
+        built.path, built.ids[-2], {path: edited, **_attachments(repo, head)}
+    )
+    msg = built.path / "tamper-msg"
+    msg.write_text(head.message)
+    env = {
+        "GIT_AUTHOR_NAME": "bob",
+        "GIT_AUTHOR_EMAIL": "bob",
+        "GIT_COMMITTER_NAME": "bob",
+        "GIT_COMMITTER_EMAIL": "bob",
+    }
+    new = git("commit-tree", tree, "-p", built.ids[-2], "-F", msg, cwd=built.path, env=env)
+    set_main(built.path, new.stdout.strip())
+    result = verify(built)
+    seq = len(built.ids) - 1
+    assert ("unsigned", seq) in rules_at(result)
+    assert ("record-digest", seq) in rules_at(result)
+    assert not result.ok and result.state is None
+
+
+def _attachments(repo: pygit2.Repository, commit: pygit2.Commit) -> dict[str, bytes]:
+    path = records.parse_trailers(commit.message)["Ledger-Record"]
+    rec = json.loads(repo[commit.tree[path].id].data)
+    return {meta["path"]: repo[commit.tree[meta["path"]].id].data for meta in rec["files"].values()}
+
+
+def test_signature_stripped(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    raw = raw_commit(built.repo, built.ids[-1])
+    lines = raw.split(b"\n")
+    kept = []
+    in_sig = False
+    for line in lines:
+        if line.startswith(b"gpgsig "):
+            in_sig = True
+            continue
+        if in_sig and line.startswith(b" "):
+            continue
+        in_sig = False
+        kept.append(line)
+    set_main(built.path, write_raw_commit(built.path, b"\n".join(kept)))
+    result = verify(built)
+    assert ("unsigned", len(built.ids) - 1) in rules_at(result)
+    assert {f.rule for f in result.findings} == {"unsigned"}
+
+
+def test_second_signature_header(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    raw = raw_commit(built.repo, built.ids[-1])
+    head_block, _, message = raw.partition(b"\n\n")
+    lines = head_block.split(b"\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"gpgsig "))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(b" "):
+        end += 1
+    doubled = lines[:end] + lines[start:end] + lines[end:]
+    tampered = b"\n".join(doubled) + b"\n\n" + message
+    set_main(built.path, write_raw_commit(built.path, tampered))
+    result = verify(built)
+    assert ("signature-headers", len(built.ids) - 1) in rules_at(result)
+    # Stock git agrees that this is no longer a good signature.
+    assert "gpgsig" in git("cat-file", "-p", built.head(), cwd=built.path).stdout
+
+
+def test_resigned_by_key_outside_trust_chain(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    mallory = SigningKey.generate()
+    rebuild(built, built.ids[-3:], built.ids[-4], key=mallory, fix_prev=True)
+    result = verify(built)
+    n = len(built.ids)
+    for seq in range(n - 3, n):
+        assert ("untrusted-key", seq) in rules_at(result)
+    assert "bad-signature" not in result.rules()
+    assert "prev-digest" not in result.rules()
+
+
+def test_one_middle_commit_dropped(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    rebuild(built, built.ids[4:], built.ids[2])  # drop seq 3
+    result = verify(built)
+    assert ("seq", 4) in rules_at(result)
+    assert ("prev-digest", 4) in rules_at(result)
+    assert "bad-signature" not in result.rules() and "untrusted-key" not in result.rules()
+
+
+def test_one_middle_commit_dropped_by_a_careful_attacker(tmp_path: Path) -> None:
+    """Prev digests recomputed and re-signed by the trusted key: the seq gap and the
+    dropped record's file left in the trees still show."""
+    built = build(tmp_path)
+    rebuild(built, built.ids[4:], built.ids[2], fix_prev=True)
+    result = verify(built)
+    assert ("seq", 4) in rules_at(result)
+    assert "prev-digest" not in result.rules()
+    assert ("tree-append", 4) in rules_at(result)
+
+
+def test_two_consecutive_commits_dropped(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    rebuild(built, built.ids[5:], built.ids[2])  # drop seq 3 and 4
+    result = verify(built)
+    seq_findings = [f for f in result.findings if f.rule == "seq"]
+    assert [f.seq for f in seq_findings] == [5]
+    assert "expected 3" in seq_findings[0].message
+    assert ("prev-digest", 5) in rules_at(result)
+
+
+def test_commits_reordered(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    order = [built.ids[3], built.ids[2], *built.ids[4:]]
+    rebuild(built, order, built.ids[1], fix_prev=True)
+    result = verify(built)
+    assert ("seq", 3) in rules_at(result)  # seq 3 right after seq 1
+    assert ("seq", 2) in rules_at(result)  # then seq 2 again
+    assert "tree-append" in result.rules()
+
+
+def test_tail_truncated_against_last_verified_head(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    first = verify(built)
+    assert first.ok and first.state is not None
+    set_main(built.path, built.ids[-3])  # cut off the last two records
+    result = verify(built, since=first.state)
+    assert "rollback" in result.rules()
+    assert "rewrite" not in result.rules()
+    rollback = next(f for f in result.findings if f.rule == "rollback")
+    assert rollback.seq == len(built.ids) - 3
+    # Without the saved state the shorter chain is internally sound: that is why the
+    # verified head is remembered.
+    assert verify(built).ok
+
+
+def test_rewrite_against_last_verified_head(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    first = verify(built)
+    assert first.state is not None
+    ledger = Ledger.open(built.path)
+    set_main(built.path, built.ids[-2])
+    ledger.append("event", {"message": "a different last record", "data": None}, key=built.alice)
+    result = verify(built, since=first.state)
+    assert ("rewrite", len(built.ids) - 1) in rules_at(result)
+
+
+def test_merge_commit_injected(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    forge_append(built, built.alice, parents=[built.ids[-1], built.ids[3]])
+    result = verify(built)
+    assert ("merge", len(built.ids)) in rules_at(result)
+
+
+def test_object_swapped_through_replace_refs(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    repo = built.repo
+    # A replacement for seq 2 whose record says something else, made with stock git.
+    commit = repo[built.ids[2]]
+    path = records.parse_trailers(commit.message)["Ledger-Record"]
+    rec = json.loads(repo[commit.tree[path].id].data)
+    rec["data"]["message"] = "rewritten"
+    edited = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+    tree = stock_git_tree_with(built.path, built.ids[2], {path: edited})
+    fake = git("commit-tree", tree, "-p", built.ids[1], "-m", "e2", cwd=built.path).stdout.strip()
+    git("replace", built.ids[2], fake, cwd=built.path)
+    # Stock git now shows the substitute ...
+    shown = git("log", "-1", "--format=%B", built.ids[2], cwd=built.path).stdout
+    assert shown.strip() == "e2"
+    result = verify(built)
+    assert "replace-refs" in result.rules()
+    finding = next(f for f in result.findings if f.rule == "replace-refs")
+    assert built.ids[2] in finding.message
+    # ... while the chain itself is still verified from the real objects.
+    assert result.rules() == {"replace-refs"}
+
+
+def test_grafts_file(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    (built.path / "info").mkdir(exist_ok=True)
+    (built.path / "info" / "grafts").write_text(f"{built.ids[4]} {built.ids[2]}\n")
+    assert verify(built).rules() == {"grafts"}
+
+
+def test_key_added_signed_by_untrusted_key(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    mallory, eve = SigningKey.generate(), SigningKey.generate()
+    pub = eve.public_key
+    forge_append(
+        built,
+        mallory,
+        principal="mallory",
+        kind="key.added",
+        data={
+            "principal": "eve",
+            "key": pub.openssh(),
+            "fingerprint": pub.fingerprint,
+            "comment": "",
+        },
+    )
+    forge_append(built, eve, principal="eve")
+    result = verify(built)
+    n = len(built.ids)
+    assert ("untrusted-key", n) in rules_at(result)
+    assert ("untrusted-key", n + 1) in rules_at(result)  # eve was never added
+
+
+def test_key_revoked_then_used(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    forge_append(
+        built,
+        built.alice,
+        kind="key.revoked",
+        data={"fingerprint": built.bob.public_key.fingerprint, "reason": "left"},
+    )
+    forge_append(built, built.bob, principal="bob")
+    result = verify(built)
+    assert rules_at(result) == {("revoked-key", len(built.ids) + 1)}
+
+
+def test_tree_changes_an_earlier_file(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    repo = built.repo
+    old = repo[built.ids[2]]
+    path = records.parse_trailers(old.message)["Ledger-Record"]
+    forge_append(built, built.alice, extra_tree={path: repo.create_blob(b"{}")})
+    result = verify(built)
+    n = len(built.ids)
+    assert ("tree-append", n) in rules_at(result)
+    assert any(path in f.message for f in result.findings if f.rule == "tree-append")
+
+
+def test_tree_removes_an_earlier_file(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    repo = built.repo
+    old = repo[built.ids[3]]
+    path = records.parse_trailers(old.message)["Ledger-Record"]
+    forge_append(built, built.alice, extra_tree={path: None})
+    result = verify(built)
+    assert ("tree-append", len(built.ids)) in rules_at(result)
+    assert any("removes" in f.message and path in f.message for f in result.findings)
+
+
+def test_tree_adds_an_unlisted_file(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    forge_append(built, built.alice, extra_tree={"notes/secret.txt": built.repo.create_blob(b"x")})
+    result = verify(built)
+    assert ("tree-append", len(built.ids)) in rules_at(result)
+
+
+def test_record_copied_from_another_ledger(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    other = build(tmp_path, name="other", events_after_key=4)
+    repo = other.repo
+    commit = repo[other.ids[len(built.ids)]]  # the other ledger's record with our next seq
+    path = records.parse_trailers(commit.message)["Ledger-Record"]
+    raw = repo[commit.tree[path].id].data
+    forge_append(built, built.alice, raw_record=raw)
+    result = verify(built)
+    assert ("ledger-id", len(built.ids)) in rules_at(result)
+
+
+def test_seq_gap(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    forge_append(built, built.alice, seq=len(built.ids) + 1)
+    result = verify(built)
+    assert rules_at(result) == {("seq", len(built.ids) + 1)}
+
+
+def test_seq_repeat(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    forge_append(built, built.alice, seq=len(built.ids) - 1)
+    result = verify(built)
+    assert ("seq", len(built.ids) - 1) in rules_at(result)
+
+
+def test_prev_digest_mismatch(tmp_path: Path) -> None:
+    built = build(tmp_path)
+
+    def wrong(trailers: dict[str, str]) -> None:
+        trailers["Ledger-Prev-Sha256"] = "0" * 64
+
+    forge_append(built, built.alice, edit_trailers=wrong)
+    result = verify(built)
+    assert rules_at(result) == {("prev-digest", len(built.ids))}
+
+
+def test_actor_key_differs_from_signer(tmp_path: Path) -> None:
+    built = build(tmp_path)
+
+    def claim_bob(rec: dict[str, Any]) -> None:
+        rec["actor"]["key"] = built.bob.public_key.fingerprint
+
+    forge_append(built, built.alice, edit_record=claim_bob)
+    assert rules_at(verify(built)) == {("actor-key", len(built.ids))}
+
+
+def test_record_not_canonical(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    rec_text = json.dumps(
+        {
+            "schema": 1,
+            "ledger": records.parse_trailers(built.repo[built.ids[0]].message)["Ledger-Id"],
+            "seq": len(built.ids),
+            "kind": "event",
+            "time": records.format_time(records.utc_now()),
+            "run": None,
+            "actor": {"principal": "alice", "key": built.alice.public_key.fingerprint},
+            "host": "h",
+            "data": {"message": "spaced", "data": 1.5},
+            "files": {},
+        },
+        sort_keys=True,
+    )
+    forge_append(built, built.alice, raw_record=rec_text.encode())
+    result = verify(built)
+    assert ("record-canonical", len(built.ids)) in rules_at(result)
+
+
+def test_corrupted_record_blob_on_disk(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    blob = record_blob_id(built, 3)
+    obj = loose_object(built.path, blob)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(zlib.compress(b"garbage that is not a git object"))
+    result = verify(built)
+    assert ("object-corrupt", 3) in rules_at(result)
+    # The rest of the chain is still verified: nothing else is wrong.
+    assert result.rules() == {"object-corrupt"}
+    assert result.records_checked == len(built.ids)
+
+
+def test_corrupted_commit_on_disk(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    obj = loose_object(built.path, built.ids[3])
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"\x78\x9c not zlib at all")
+    result = verify(built)
+    corrupt = [f for f in result.findings if f.rule == "object-corrupt"]
+    assert corrupt and corrupt[0].commit == built.ids[3]
+    # The records after the break are still checked (signatures, digests, trees).
+    assert result.records_checked == len(built.ids) - 4
+
+
+def test_missing_object(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    blob = record_blob_id(built, 2)
+    loose_object(built.path, blob).unlink()
+    result = verify(built)
+    assert ("object-missing", 2) in rules_at(result)
+
+
+def test_genesis_changed(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    old_genesis = built.genesis
+    repo = built.repo
+    g = repo[old_genesis]
+    later = pygit2.Signature(g.author.name, g.author.email, g.author.time + 1, 0)
+    new_genesis = signed_commit(repo, built.alice, g.tree_id, [], g.message, later)
+    rebuild(built, built.ids[1:], new_genesis, fix_prev=True)
+    result = verify(built, trust_genesis=old_genesis)
+    assert ("genesis-mismatch", 0) in rules_at(result)
+    # An attacker can make the new chain self-consistent except for the author time
+    # mismatch in genesis; only the pin catches the swap itself.
+    assert verify(built, trust_genesis=new_genesis).rules() <= {"record-schema"}
+
+
+def test_genesis_changed_against_saved_state(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    first = verify(built)
+    assert first.state is not None
+    other = build(tmp_path, name="other")
+    # Replace the whole ledger's history with another chain (as a force push would).
+    git("fetch", other.path, f"{MAIN}:refs/heads/other", cwd=built.path)
+    set_main(built.path, other.ids[-1])
+    result = verify(built, since=first.state)
+    assert "genesis-mismatch" in result.rules()
+    assert "rewrite" in result.rules()
+
+
+def test_all_findings_of_independent_tamperings(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    loose = loose_object(built.path, record_blob_id(built, 2))
+    os.chmod(loose, 0o644)
+    loose.write_bytes(zlib.compress(b"blob 3\0abc"))
+    forge_append(built, SigningKey.generate(), principal="mallory")
+    git("replace", built.ids[1], built.ids[2], cwd=built.path)
+    result = verify(built)
+    assert ("object-corrupt", 2) in rules_at(result)
+    assert ("untrusted-key", len(built.ids)) in rules_at(result)
+    assert "replace-refs" in result.rules()
+
+
+def test_findings_keep_going_after_a_bad_signature(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    raw = raw_commit(built.repo, built.ids[-1])
+    tampered = raw.replace(b"later 2", b"later X")  # not in the commit: message unchanged
+    tampered = raw.replace(b"author bob <bob> ", b"author eve <eve> ")
+    set_main(built.path, write_raw_commit(built.path, tampered))
+    forge_append(built, built.alice)
+    result = verify(built)
+    n = len(built.ids)
+    assert ("bad-signature", n - 1) in rules_at(result)
+    assert ("prev-digest", n) not in rules_at(result)  # forge_append chained on the tampered one
+    assert result.records_checked == n + 1
+
+
+@pytest.mark.parametrize("shape", ["no-trailers", "bad-seq-trailer", "extra-line"])
+def test_malformed_trailers(tmp_path: Path, shape: str) -> None:
+    built = build(tmp_path)
+
+    def edit(trailers: dict[str, str]) -> None:
+        if shape == "no-trailers":
+            trailers.clear()
+        elif shape == "bad-seq-trailer":
+            trailers["Ledger-Seq"] = "007"
+        else:
+            trailers["Ledger-Kind"] = "event\nSigned-off-by: someone"
+
+    forge_append(built, built.alice, edit_trailers=edit)
+    assert ("trailers", len(built.ids)) in rules_at(verify(built))
