@@ -455,6 +455,11 @@ class _Builder:
                 if text[:2] in ("0o", "0x"):
                     return int(text, 0)
                 return int(text, 10)
+            if text.lstrip("+-").lower() in (".inf", ".nan"):
+                self.problem(
+                    node, path, f"{text!r}: infinite and not-a-number values are not allowed"
+                )
+                return text
             number = float(text)
         except ValueError as exc:
             self.problem(node, path, f"cannot read the value as {kind}: {exc}")
@@ -654,7 +659,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str | None:
     return None
 
 
-def _schema_problems(data: object, where: _Locator) -> list[Problem]:
+def _schema_problems(data: object, where: _Locator, bad_paths: list[FieldPath]) -> list[Problem]:
+    """Schema violations as problems; ``bad_paths`` receives the path of each violation."""
     problems: dict[tuple[str, str], Problem] = {}
 
     def add(problem: Problem) -> None:
@@ -666,9 +672,11 @@ def _schema_problems(data: object, where: _Locator) -> list[Problem]:
         instance = error.instance
         if "propertyNames" in error.absolute_schema_path:
             key = str(instance)
+            bad_paths.append((*path, key))
             custom = _schema_message(error) or error.message
             add(where.problem((*path, key), f"invalid name: {custom}", key=True))
             continue
+        bad_paths.append(path)
         if validator == "required" and isinstance(instance, dict):
             for name in error.validator_value:
                 if name not in instance:
@@ -1035,10 +1043,20 @@ def _env_text(value: object) -> str:
     return str(value)
 
 
-def _build(data: Mapping[str, Any], where: _Locator) -> tuple[dict[str, Any], list[Problem]]:
-    """Semantic checks on schema-valid data; returns the model's fields and the problems."""
+def _build(
+    data: Mapping[str, Any], where: _Locator, bad_paths: list[FieldPath]
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Semantic checks; returns the model's fields and the problems.
+
+    Parts the schema found invalid (``bad_paths``) are not checked again: a parameter with a
+    schema violation is skipped; any other violation skips the checks of steps and templates.
+    """
     checker = _Checker(where)
-    params = checker.parameters(data.get("parameters", {}))
+    raw_params: Mapping[str, Any] = data.get("parameters", {})
+    bad_params = {p[1] for p in bad_paths if len(p) >= 2 and p[0] == "parameters"}
+    params = checker.parameters({k: v for k, v in raw_params.items() if k not in bad_params})
+    if any(not (len(p) >= 2 and p[0] == "parameters") for p in bad_paths):
+        return {}, checker.problems
     defaults = data.get("defaults", {})
     if "timeout" in defaults:
         checker.duration(defaults["timeout"], ("defaults", "timeout"), positive=True)
@@ -1063,7 +1081,7 @@ def _build(data: Mapping[str, Any], where: _Locator) -> tuple[dict[str, Any], li
     env = {k: _env_text(v) for k, v in data.get("env", {}).items()}
     capture_env = list(data.get("capture_env", []))
     env_names = frozenset(env) | frozenset(capture_env)
-    param_names = frozenset(params)
+    param_names = frozenset(raw_params)
     top_roots = frozenset({"params", "run"})
     for key, value in env.items():
         if templating.is_template(value):
@@ -1137,12 +1155,12 @@ def parse_runbook(text: bytes, source: str, *, path: Path | None = None) -> Runb
     decoded = _decode(text, source)
     data, locs = _compose(decoded, source)
     where = _Locator(source, locs)
-    problems = _schema_problems(data, where)
-    if problems:
+    bad_paths: list[FieldPath] = []
+    problems = _schema_problems(data, where, bad_paths)
+    if not isinstance(data, dict) or () in bad_paths:
         raise RunbookInvalid(source, problems)
-    if not isinstance(data, dict):  # pragma: no cover (the schema requires a mapping)
-        raise RunbookInvalid(source, [Problem(source, 1, 1, "", "a runbook is a mapping")])
-    fields, problems = _build(data, where)
+    fields, more = _build(data, where, bad_paths)
+    problems += more
     if problems:
         raise RunbookInvalid(source, problems)
     return Runbook(

@@ -114,7 +114,7 @@ class StrictUndefinedType(StrictUndefined):
     def _undefined_message(self) -> str:
         obj = self._undefined_obj
         name = self._undefined_name
-        if isinstance(obj, Namespace) and name is not None:
+        if self._undefined_hint is None and isinstance(obj, Namespace) and name is not None:
             known = ", ".join(sorted(obj)) or "none"
             return f"'{namespace_label(obj)}.{name}' is undefined (known here: {known})"
         message: str = super()._undefined_message
