@@ -21,7 +21,7 @@ Nothing reads the clock; the report's time is the time of the newest record it s
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import json
 import re
 import types
@@ -216,10 +216,13 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verification:
-    """The result of verifying the records a report uses."""
+    """The result of verifying the chain that holds the records a report uses."""
 
     status: str  # "verified" | "failed" | "not verified"
-    records_checked: int
+    records_used: int  # records the report shows
+    records_on_chain: int  # of those, how many are on the verified chain
+    head_seq: int | None = None  # seq of the verified chain's head
+    genesis_pinned: bool = False  # the genesis was compared to a pinned id
     findings: list[Finding] = field(default_factory=list)
     method: str = ""
 
@@ -247,6 +250,7 @@ class RemoteView:
     holds_head: bool
     holds_records: bool
     note: str = ""
+    problem: str = ""  # divergence or rollback seen at this remote
 
 
 @dataclass(frozen=True)
@@ -559,7 +563,9 @@ def build_report(
         for (p, fp), n in sorted(counts.items())
     ]
     if verification is None:
-        verification = Verification("not verified", 0, method="no verifier was given")
+        verification = Verification(
+            "not verified", len(all_refs), 0, method="no verifier was given"
+        )
     incidents = sorted({v.incident for v in views if v.incident})
     incident = selector if scope == "incident" else (incidents[0] if len(incidents) == 1 else None)
     if scope == "run":
@@ -835,70 +841,110 @@ def _select(
 
 
 def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
-    """Verify exactly the records a report uses with :mod:`ledger.verify`."""
-    try:
-        verify_mod = importlib.import_module("ledger.verify")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ledger.verify":
-            raise
-        return Verification("not verified", 0, method="the verifier is not installed")
-    func = getattr(verify_mod, "verify_records", None)
-    if func is None:
-        return Verification(
-            "not verified", 0, method="this version of the verifier cannot check single records"
-        )
+    """Verify the ledger's chain with :mod:`ledger.verify` and check that every record the
+    report uses is on it.
+
+    Verification resumes from this copy's last verified head (``ledger verify`` keeps it),
+    so only newer records are checked again; a successful verification moves that head
+    forward. Without a saved head the whole chain is verified, pinned to the ledger's
+    configured genesis.
+    """
+    from ledger import verify as v
+
     commits = sorted({r.commit_id for r in recs})
     try:
-        result = func(ledger.path, commits, trust_genesis=ledger.genesis_id)
-    except LedgerError as exc:
-        return Verification("failed", 0, [Finding("error", None, None, exc.diagnostics())])
-    findings = [
-        Finding(
-            rule=_str(getattr(f, "rule", "")),
-            seq=_int(getattr(f, "seq", None)),
-            commit=getattr(f, "commit", None),
-            message=_str(getattr(f, "message", "")),
+        state = v.load_state(ledger.path)
+    except InputError:
+        state = None  # a malformed saved state: verify everything instead
+    if state is not None and state.genesis != ledger.genesis_id:
+        state = None
+    try:
+        result = v.verify_ledger(
+            ledger.path,
+            trust_genesis=ledger.genesis_id,
+            since=state,
+            commits=commits,
         )
-        for f in getattr(result, "findings", [])
-    ]
+    except LedgerError as exc:
+        return Verification(
+            "failed",
+            len(commits),
+            0,
+            findings=[Finding("error", None, None, exc.diagnostics())],
+            method="ledger.verify",
+        )
+    findings = [Finding(f.rule, f.seq, f.commit, f.message) for f in result.findings]
+    seq_of = {r.commit_id: r.seq for r in recs}
+    on_chain = 0
+    for commit in commits:
+        at = result.included.get(commit)
+        if at is None or at != seq_of[commit]:
+            findings.append(
+                Finding(
+                    "not-on-chain",
+                    seq_of[commit],
+                    commit,
+                    "this record is not on the verified chain at its seq",
+                )
+            )
+        else:
+            on_chain += 1
     findings.sort(key=lambda f: (f.seq if f.seq is not None else -1, f.rule, f.message))
-    ok = bool(getattr(result, "ok", not findings))
-    checked = _int(getattr(result, "records_checked", None)) or len(commits)
+    if result.ok and result.state is not None and (state is None or result.state.seq > state.seq):
+        v.save_state(ledger.path, result.state)
     return Verification(
-        "verified" if ok else "failed",
-        checked,
-        findings,
-        method="signatures, trust at each record's seq, record and file digests, "
-        "prev digests and membership in the chain (ledger.verify)",
+        "verified" if result.ok and not findings else "failed",
+        len(commits),
+        on_chain,
+        head_seq=result.seq,
+        genesis_pinned=result.genesis_pinned,
+        findings=findings,
+        method="signatures with the keys trusted at each seq, record, file and previous-"
+        "commit digests, sequence and append-only tree",
+    )
+
+
+def skip_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
+    """A verifier that does not verify (``ledger report --no-verify``); the report says so."""
+    return Verification(
+        "not verified", len({r.commit_id for r in recs}), 0, method="verification was skipped"
     )
 
 
 def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
-    """What the replication layer knows about each remote's head (no network access)."""
-    try:
-        replicate = importlib.import_module("ledger.replicate")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ledger.replicate":
-            raise
-        return None
-    func = getattr(replicate, "remote_heads", None)
-    if func is None:
-        return None
+    """What each remote held when it was last pushed to or fetched from (local state kept
+    by :mod:`ledger.replicate`; no network access, so the report stays reproducible)."""
+    from ledger import replicate
+
+    remotes = replicate.list_remotes(ledger.path)
+    state = replicate.read_remote_state(ledger.path)
     head = ledger.head()
     out: list[RemoteView] = []
-    for state in func(ledger):
-        seq = _int(getattr(state, "seq", None))
-        commit = getattr(state, "commit_id", None) or getattr(state, "head", None)
-        holds = head is not None and seq is not None and seq >= head.seq
+    for info in remotes:
+        entry = _dict(state.get(info.name))
+        seq = _int(entry.get("seq"))
+        commit = entry.get("head")
+        problem = _dict(entry.get("problem")).get("message") or _dict(entry.get("rollback")).get(
+            "message"
+        )
+        when = _str(entry.get("time"))
+        note = f"last seen {when}" if when else "never seen"
+        holds = (
+            head is not None
+            and seq is not None
+            and not problem
+            and (seq > head.seq or (seq == head.seq and commit == head.commit_id))
+        )
         out.append(
             RemoteView(
-                name=_str(getattr(state, "name", "")),
-                url=_str(getattr(state, "url", "")),
+                name=info.name,
+                url=info.url,
                 head_commit=commit if isinstance(commit, str) else None,
                 head_seq=seq,
                 holds_head=holds,
                 holds_records=False,
-                note=_str(getattr(state, "note", "")),
+                note=note,
+                problem=_str(problem),
             )
         )
     return out
@@ -940,14 +986,10 @@ def report_for(
     if remote_views is not None and used:
         top = max(r.seq for r in used)
         remote_views = [
-            RemoteView(
-                name=rv.name,
-                url=rv.url,
-                head_commit=rv.head_commit,
-                head_seq=rv.head_seq,
-                holds_head=rv.holds_head,
-                holds_records=rv.head_seq is not None and rv.head_seq >= top,
-                note=rv.note,
+            dataclasses.replace(
+                rv,
+                holds_records=rv.holds_records
+                or (rv.head_seq is not None and rv.head_seq >= top and not rv.problem),
             )
             for rv in remote_views
         ]

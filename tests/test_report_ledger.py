@@ -1,0 +1,299 @@
+"""`ledger report` over a real ledger: real signed commits, stock git as the judge of commit
+ids, the real verifier, protected local remotes, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from markdown_it import MarkdownIt
+
+from ledger import records, replicate
+from ledger.signing import SigningKey
+from ledger.store import Ledger
+from tests.conftest import git, run_cli
+
+MD = MarkdownIt("commonmark").enable("table")
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.alice = SigningKey.generate(comment="alice@example.com")
+        self.bob = SigningKey.generate(comment="bob@example.com")
+        self.path = tmp_path / "ledger.git"
+        self.led = Ledger.init(self.path, name="ops", key=self.alice, principal="alice@example.com")
+        pk = self.bob.public_key
+        self.led.append(
+            "key.added",
+            {
+                "principal": "bob@example.com",
+                "key": pk.openssh(),
+                "fingerprint": pk.fingerprint,
+                "comment": "approver",
+            },
+            key=self.alice,
+        )
+
+    def run(
+        self,
+        incident: str | None,
+        *,
+        command: str = "./check.sh api",
+        stdout: bytes = b"ok\n",
+        stderr: bytes = b"boom\n",
+        fail: bool = True,
+    ) -> str:
+        """Append the records of one run the way the engine writes them."""
+        led, a = self.led, self.alice
+        rid = records.new_run_id()
+        led.append(
+            "run.started",
+            {
+                "runbook": {
+                    "name": "restart-api",
+                    "path": "runbooks/restart-api.yaml",
+                    "sha256": "a" * 64,
+                    "file": "runbook",
+                },
+                "params": {"service": "api", "token": "[REDACTED:token]"},
+                "trigger": {"incident": incident, "source": "cli"}
+                if incident
+                else {"source": "cli"},
+                "operator": "alice@example.com",
+                "tool_version": "0.1.0",
+                "env": {},
+                "resumes": None,
+            },
+            key=a,
+            run=rid,
+            incident=incident,
+            attachments={"runbook": b"name: restart-api\n"},
+        )
+        for attempt, status in enumerate(["failed", "ok"] if fail else ["ok"], start=1):
+            led.append(
+                "step.started",
+                {
+                    "step": "check",
+                    "index": 0,
+                    "attempt": attempt,
+                    "command": command,
+                    "shell": "bash",
+                    "cwd": None,
+                    "handler": False,
+                },
+                key=a,
+                run=rid,
+            )
+            led.append(
+                "step.finished",
+                {
+                    "step": "check",
+                    "index": 0,
+                    "attempt": attempt,
+                    "status": status,
+                    "exit_code": 0 if status == "ok" else 7,
+                    "duration_ms": 42,
+                    "stdout": {
+                        "size": len(stdout),
+                        "sha256": records.sha256_hex(stdout),
+                        "truncated": False,
+                    },
+                    "stderr": {
+                        "size": len(stderr),
+                        "sha256": records.sha256_hex(stderr),
+                        "truncated": False,
+                    },
+                    "outputs": {"version": "1.2.3"} if status == "ok" else {},
+                    "error": None,
+                },
+                key=a,
+                run=rid,
+                attachments={"stdout": stdout, "stderr": stderr},
+            )
+        led.append(
+            "approval",
+            {
+                "step": "approve",
+                "decision": "approved",
+                "principal": "bob@example.com",
+                "comment": "ok",
+            },
+            key=self.bob,
+            run=rid,
+        )
+        led.append(
+            "run.finished",
+            {"status": "succeeded", "failed_step": None, "duration_ms": 1234},
+            key=a,
+            run=rid,
+        )
+        return rid
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def cells_of(markdown: str, first_header: str) -> list[list[str]]:
+    rows: list[list[str]] = []
+    out: list[list[list[str]]] = []
+    in_cell = False
+    for tok in MD.parse(markdown):
+        if tok.type == "table_open":
+            rows = []
+            out.append(rows)
+        elif tok.type == "tr_open":
+            rows.append([])
+        elif tok.type in ("th_open", "td_open"):
+            in_cell = True
+        elif tok.type in ("th_close", "td_close"):
+            in_cell = False
+        elif tok.type == "inline" and in_cell:
+            rows[-1].append(re.sub(r"</?code>", "", MD.renderInline(tok.content)).strip())
+    return next(t for t in out if t[0][0] == first_header)
+
+
+def report(world: World, *args: Any) -> str:
+    res = run_cli("report", "-L", world.path, *args)
+    assert res.code == 0, res.err
+    return res.out
+
+
+def test_run_report_facts_are_in_the_ledger(world: World) -> None:
+    rid = world.run("INC-42", command="./check.sh api --token [REDACTED:token]")
+    md = report(world, "--run", rid)
+    # Every commit id the report cites is on the ledger's main branch, says stock git.
+    chain = set(git("--git-dir", world.path, "rev-list", "main").stdout.split())
+    rows = cells_of(md, "Seq")[1:]
+    cited = [r[3] for r in rows]
+    assert len(cited) == 7 and set(cited) <= chain
+    for seq, commit in ((int(r[0]), r[3]) for r in rows):
+        msg = git("--git-dir", world.path, "log", "-1", "--format=%B", commit).stdout
+        assert f"Ledger-Seq: {seq}" in msg
+    timeline = cells_of(md, "Time")[1:]
+    assert [(r[2], r[3], r[4], r[5], r[6]) for r in timeline] == [
+        ("check", "1", "failed", "42 ms", "7"),
+        ("check", "2", "ok", "42 ms", "0"),
+    ]
+    assert "--token [REDACTED:token]" in md
+    html = MD.render(md)
+    assert "Result: <strong>verified</strong>" in html
+    assert "7 of the 7 records this report uses are on the verified chain" in html
+    signers = {r[0]: r for r in cells_of(md, "Principal")[1:]}
+    assert signers["bob@example.com"][1] == world.bob.public_key.fingerprint
+    assert signers["bob@example.com"][2:] == ["1", "yes"]
+    approvals = [t for t in [cells_of(md, "Time")] if t]  # timeline first; approvals below
+    assert approvals
+    ledger_rows = {r[0]: r[1] for r in cells_of(md, "Field")[1:]}
+    assert ledger_rows["Incident"] == "INC-42"
+    assert world.led.genesis_id in md and world.led.ledger_id in md
+
+
+def test_same_ledger_same_bytes(world: World, tmp_path: Path) -> None:
+    rid = world.run("INC-7")
+    first = report(world, "--run", rid)
+    second = report(world, "--run", rid)
+    out = tmp_path / "r.md"
+    res = run_cli("report", "-L", world.path, "--run", rid, "-o", out)
+    assert res.code == 0 and str(out) in res.err
+    assert first == second == out.read_text(encoding="utf-8")
+
+
+def test_incident_spans_runs_in_time_order(world: World) -> None:
+    r1 = world.run("INC-9")
+    world.run("INC-10")
+    r2 = world.run("INC-9", fail=False)
+    md = report(world, "--incident", "INC-9")
+    tokens = MD.parse(md)
+    heads = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert heads[0] == "Incident INC-9"
+    assert [h for h in heads if h.startswith("Run ")] == [
+        f"Run {r1}: restart-api",
+        f"Run {r2}: restart-api",
+    ]
+    assert len(cells_of(md, "Time")) == 1 + 3
+
+
+def test_time_range(world: World) -> None:
+    r1 = world.run(None)
+    r2 = world.run("INC-1")
+    day = r1[:4] + "-" + r1[4:6] + "-" + r1[6:8]
+    md = report(world, "--since", day, "--until", day)
+    assert r1 in md and r2 in md
+    res = run_cli("report", "-L", world.path, "--since", "2000-01-01", "--until", "2000-01-02")
+    assert res.code == 0 and "No runs matched." in res.out
+
+
+def test_remotes_that_hold_the_head(world: World, tmp_path: Path) -> None:
+    rid = world.run("INC-3")
+    for name in ("alpha", "beta"):
+        replicate.init_remote(tmp_path / f"{name}.git")
+        replicate.add_remote(world.path, name, str(tmp_path / f"{name}.git"))
+    summary = replicate.push(world.path, ["alpha"])
+    assert summary.outcomes and summary.outcomes[0].remote == "alpha"
+    md = report(world, "--run", rid)
+    remotes = {r[0]: r for r in cells_of(md, "Remote")[1:]}
+    head = world.led.head()
+    assert head is not None
+    assert remotes["alpha"][2:6] == [str(head.seq), head.commit_id, "yes", "yes"]
+    assert remotes["beta"][4:6] == ["no", "no"]
+
+
+def test_hostile_output_through_the_real_ledger(world: World) -> None:
+    benign = world.run("INC-5", command="echo hi", stdout=b"fine\n", stderr=b"fine\n")
+    hostile_bytes = (
+        b"```\n~~~\n# h\n| a | b |\n|---|---|\n<script>x</script>\n\xff\xfe\x00\x1b"
+        + b"A" * 100_000
+        + b"\r\n---\n"
+    )
+    evil = world.run(
+        "INC-5",
+        command="echo '```' | tr '|' '#' <!-- \n# x",
+        stdout=hostile_bytes,
+        stderr=hostile_bytes,
+    )
+
+    def shape(md: str) -> list[str]:
+        return [t.type for t in MD.parse(md)]
+
+    assert shape(report(world, "--run", evil)) == shape(report(world, "--run", benign))
+
+
+def test_errors(world: World, tmp_path: Path) -> None:
+    rid = world.run("INC-1")
+    res = run_cli("report", "-L", world.path, "--run", rid, "--incident", "INC-1")
+    assert res.code == 2 and "exactly one" in res.err
+    res = run_cli("report", "-L", world.path, "--run", "20990101T000000Z-00000000")
+    assert res.code == 3 and "no run" in res.err
+    res = run_cli("report", "-L", world.path, "--incident", "NOPE")
+    assert res.code == 3 and "NOPE" in res.err
+    res = run_cli("report", "-L", world.path, "--since", "yesterday")
+    assert res.code == 2 and "not a time" in res.err
+    bad = tmp_path / "bad.md.j2"
+    bad.write_text("# {{ report.title }}\n\n{{ report.runs[0].nonexistent }}\n")
+    res = run_cli("report", "-L", world.path, "--run", rid, "--template", bad)
+    assert res.code == 3
+    assert f"{bad}:3:" in res.err and "nonexistent" in res.err
+    syntax = tmp_path / "syntax.md.j2"
+    syntax.write_text("ok\n{% if %}\n")
+    res = run_cli("report", "-L", world.path, "--run", rid, "--template", syntax)
+    assert res.code == 3 and f"{syntax}:2:" in res.err
+
+
+def test_custom_template_via_cli(world: World) -> None:
+    rid = world.run("INC-2")
+    tmpl = Path(__file__).resolve().parent.parent / "templates" / "compliance.md.j2"
+    md = report(world, "--run", rid, "--template", tmpl)
+    rows = cells_of(md, "Run")
+    assert len(rows) == 1 + 2 and all(len(r) == 10 for r in rows)
+
+
+def test_templates_ship_with_the_package() -> None:
+    from ledger import report as rp
+
+    assert (rp.TEMPLATES_DIR / "incident.md.j2").is_file()
+    assert (rp.TEMPLATES_DIR / "compliance.md.j2").is_file()
