@@ -1635,7 +1635,10 @@ class TemplateContext:
             },
             "step",
         )
-        env = {**self.runbook_env(redacted=redacted), **self.captured_env}
+        captured: dict[str, object] = {
+            name: self.captured_env.get(name) for name in self.runbook.capture_env
+        }
+        env = {**captured, **self.runbook_env(redacted=redacted)}
         return {
             "params": self._params_ns(redacted),
             "steps": steps,

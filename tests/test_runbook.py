@@ -989,3 +989,16 @@ def test_dry_run_placeholders() -> None:
     message = render_approval_message(ctx.runbook.steps[1], ctx)
     assert message is not None
     assert message.text == "Restart api at <steps.check.outputs.version>?"
+
+
+def test_env_variable_reads_declared_env_and_captured_env_only() -> None:
+    ctx = context_for(
+        "name: x\ncapture_env: [DEPLOY_ENV, REGION, X]\nenv: {X: mine}\n"
+        "steps: [{name: a, run: echo}]\n",
+        environ={"X": "theirs", "REGION": "eu", "HOME": "/root"},
+    )
+    rendered = render_template("{{ env.DEPLOY_ENV or 'dev' }} {{ env.REGION }} {{ env.X }}", ctx)
+    assert rendered.text == "dev eu mine"
+    assert ctx.captured_env == {"X": "theirs", "REGION": "eu"}
+    with pytest.raises(RunbookError, match=r"'env\.HOME' is undefined"):
+        render_template("{{ env.HOME }}", ctx)
