@@ -231,7 +231,6 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
         )
     try:
         repo.remotes.create(name, url, f"+{MAIN_REF}:refs/remotes/{name}/main")
-        repo.remotes.add_push(name, PUSH_REFSPEC)
     except pygit2.GitError as exc:
         raise StorageError(f"could not add remote {name!r}: {exc}.") from None
     return RemoteInfo(name, url, transport, direct_write_warning(name, url))
@@ -241,9 +240,18 @@ def remove_remote(ledger_path: Path, name: str) -> None:
     """Remove a remote (its config, tracking ref and recorded state)."""
     repo = _open_repo(ledger_path)
     _get_remote(repo, name)
+    # Not repo.remotes.delete(): libgit2's remote deletion also removes local branches whose
+    # names match the remote's fetch refspec source, which here is our own refs/heads/main.
+    prefix = f"remote.{name}."
     try:
-        repo.remotes.delete(name)
-    except pygit2.GitError as exc:
+        cfg = repo.config
+        keys = sorted({e.name for e in cfg if e.name.startswith(prefix)})
+        for key in keys:
+            cfg.delete_multivar(key, ".*")
+        for ref in list(repo.references):
+            if ref.startswith(f"refs/remotes/{name}/"):
+                repo.references.delete(ref)
+    except (pygit2.GitError, KeyError, ValueError) as exc:
         raise StorageError(f"could not remove remote {name!r}: {exc}.") from None
     with _state_lock(repo) as state:
         state.pop(name, None)
@@ -907,8 +915,37 @@ def _classify_git_error(exc: BaseException, cb: _Callbacks | None) -> tuple[Push
 # --- push ---------------------------------------------------------------------------------
 
 
+def _local_path(url: str) -> Path | None:
+    """The directory of a path or ``file://`` remote, else None."""
+    transport = classify_url(url)
+    if transport == "path":
+        return Path(url)
+    if transport == "file":
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    return None
+
+
+def _check_local(url: str) -> None:
+    """libgit2 says only "unsupported URL protocol" for a missing local path: say more."""
+    path = _local_path(url)
+    if path is not None and not path.exists():
+        raise pygit2.GitError(f"no repository at {path}: the directory does not exist")
+
+
+def _anonymous(repo: pygit2.Repository, name: str) -> pygit2.Remote:
+    """An in-memory remote for NAME's URL.
+
+    Network operations never use the configured remote itself: libgit2's fetch applies a
+    configured push refspec ``refs/heads/main:refs/heads/main`` in reverse and would move
+    our own main to the remote's head. An anonymous remote has no configured refspecs.
+    """
+    url = _get_remote(repo, name).url or ""
+    _check_local(url)
+    return repo.remotes.create_anonymous(url)
+
+
 def _list_main(repo: pygit2.Repository, name: str, cb: _Callbacks) -> str | None:
-    remote = _get_remote(repo, name)
+    remote = _anonymous(repo, name)
     heads = remote.list_heads(callbacks=cb)
     for head in heads:
         if head.name == MAIN_REF:
@@ -918,9 +955,18 @@ def _list_main(repo: pygit2.Repository, name: str, cb: _Callbacks) -> str | None
 
 def _fetch_main(repo: pygit2.Repository, name: str, cb: _Callbacks) -> str | None:
     """Fetch the remote's main into ``refs/remotes/NAME/main`` (never into our main)."""
-    remote = _get_remote(repo, name)
+    remote = _anonymous(repo, name)
     tracking = f"refs/remotes/{name}/main"
+    before = _main_head(repo)
     remote.fetch([f"+{MAIN_REF}:{tracking}"], callbacks=cb, prune=pygit2.enums.FetchPrune.NO_PRUNE)
+    after = _main_head(repo)
+    if after != before:
+        # Never expected (see _anonymous); if libgit2 ever moves our main, say so loudly.
+        raise StorageError(
+            f"fetching {name} moved refs/heads/main from {before} to {after}; this must not "
+            "happen.",
+            hint="Restore it with the reflog (git reflog show refs/heads/main) and report a bug.",
+        )
     ref = repo.references.get(tracking)
     return str(ref.target) if ref is not None else None
 
@@ -962,8 +1008,7 @@ def push_one(
                 )
             out.records = _ahead(repo, local, remote_head)
             cb = _Callbacks(url, creds, repo.config)
-            remote = _get_remote(repo, name)
-            remote.push([PUSH_REFSPEC], callbacks=cb)
+            _anonymous(repo, name).push([PUSH_REFSPEC], callbacks=cb)
             if cb.rejections:
                 out.status = PushStatus.REJECTED
                 refs = "; ".join(f"{ref}: {msg}" for ref, msg in cb.rejections)
@@ -1853,7 +1898,6 @@ def clone(
     try:
         repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
         repo.remotes.create("origin", url, f"+{MAIN_REF}:refs/remotes/origin/main")
-        repo.remotes.add_push("origin", PUSH_REFSPEC)
         cb = _Callbacks(url, creds, repo.config)
         try:
             fetched = _fetch_main(repo, "origin", cb)

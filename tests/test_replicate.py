@@ -1,0 +1,536 @@
+"""Replication without servers: URLs, remote config, path remotes, divergence, rollback,
+status, the background pusher, verified clones and the pre-receive check (run by stock git,
+which does run hooks when it pushes to a local path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+import pytest
+from conftest import git, run_cli
+
+from ledger import replicate
+from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
+from ledger.signing import SigningKey
+from ledger.store import Ledger
+
+# --- helpers shared with test_replicate_servers.py ------------------------------------------
+
+
+@dataclass
+class TestLedger:
+    path: Path
+    key: SigningKey
+    key_path: Path
+    ledger: Ledger
+
+    __test__ = False
+
+    def append(self, n: int = 1) -> str:
+        done = None
+        for i in range(n):
+            done = self.ledger.append(
+                "event", {"message": f"event {i}", "data": None}, key=self.key
+            )
+        assert done is not None
+        return done.commit_id
+
+    @property
+    def head(self) -> str:
+        head = self.ledger.head()
+        assert head is not None
+        return head.commit_id
+
+    @property
+    def seq(self) -> int:
+        head = self.ledger.head()
+        assert head is not None
+        return head.seq
+
+
+def make_ledger(tmp_path: Path, name: str = "led", records: int = 3) -> TestLedger:
+    key = SigningKey.generate(comment="operator@example.com")
+    key_path = tmp_path / f"{name}-key"
+    key.save(key_path)
+    led = Ledger.init(tmp_path / name, name=name, key=key, principal="operator@example.com")
+    t = TestLedger(tmp_path / name, key, key_path, led)
+    if records:
+        t.append(records)
+    return t
+
+
+def remote_head(path: Path) -> str | None:
+    out = git("--git-dir", path, "rev-parse", "--verify", "-q", "refs/heads/main", check=False)
+    return out.stdout.strip() or None
+
+
+def unsigned_commit_on(work: Path, message: str = "forged record") -> str:
+    """A commit made with stock git (no signature) on top of a work tree's HEAD."""
+    (work / "forged.json").write_text('{"forged":true}\n')
+    git("add", "forged.json", cwd=work)
+    git("commit", "-q", "-m", message, cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+def ssh_signed_commit_on(work: Path, key: Path, message: str = "signed by a stranger") -> str:
+    """A commit signed by stock git with an SSH key that the ledger does not trust."""
+    (work / "stranger.json").write_text('{"stranger":true}\n')
+    git("add", "stranger.json", cwd=work)
+    git(
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingkey={key}",
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        message,
+        cwd=work,
+    )
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+def plain_bare(path: Path) -> Path:
+    git("init", "-q", "--bare", "-b", "main", path)
+    return path
+
+
+# --- URLs and remote configuration -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        ("/srv/ledger.git", "path"),
+        ("relative/dir", "path"),
+        ("file:///srv/ledger.git", "file"),
+        ("git://example.com/ledger.git", "git"),
+        ("git://127.0.0.1:9418/ledger.git", "git"),
+        ("ssh://git@example.com:2222/srv/ledger.git", "ssh"),
+        ("git@github.com:acme/ledger.git", "ssh"),
+        ("example.com:ledger.git", "ssh"),
+        ("http://127.0.0.1:8080/ledger.git", "http"),
+        ("https://gitlab.example.com/acme/ledger.git", "https"),
+    ],
+)
+def test_classify_valid_urls(url: str, transport: str) -> None:
+    assert replicate.classify_url(url) == transport
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("", "empty"),
+        ("ftp://example.com/x.git", "unsupported scheme"),
+        ("http://", "host"),
+        ("https:///path.git", "host"),
+        ("ssh://host:notaport/x.git", "port"),
+        ("git://example.com/", "no repository path"),
+        ("https://exa mple.com/x.git", "white space"),
+        ("file://otherhost/x.git", "absolute local path"),
+        ("ssh://u:pw@example.com/x.git", "password"),
+        ("git://bad_host!/x", "host"),
+        ("/tmp/x\n.git", "control"),
+    ],
+)
+def test_classify_rejects_malformed_urls(url: str, words: str) -> None:
+    with pytest.raises(InputError) as info:
+        replicate.classify_url(url)
+    assert words in info.value.message
+    assert info.value.hint
+
+
+def test_remote_add_list_remove_and_bad_input(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, records=0)
+    r = run_cli("remote", "add", "backup", tmp_path / "backup.git", "--ledger", t.path)
+    assert r.code == 0, r.output
+    assert "local path" in r.err and "pre-receive" in r.err  # warned: rules cannot run there
+    r = run_cli("remote", "add", "gh", "git@github.com:acme/ledger.git", "--ledger", t.path)
+    assert r.code == 0 and "warning" not in r.err
+    # Stored as ordinary git remotes, readable by stock git.
+    cfg = git("--git-dir", t.path, "config", "--get-regexp", r"^remote\.").stdout
+    assert f"remote.backup.url {tmp_path / 'backup.git'}" in cfg
+    assert "remote.gh.url git@github.com:acme/ledger.git" in cfg
+    assert "remote.gh.fetch +refs/heads/main:refs/remotes/gh/main" in cfg
+    assert "refs/heads/main:refs/heads/main" not in cfg
+
+    r = run_cli("remote", "list", "--json", "--ledger", t.path)
+    listed = {x["name"]: x for x in json.loads(r.out)}
+    assert listed["gh"]["transport"] == "ssh" and listed["gh"]["warning"] is None
+    assert listed["backup"]["warning"]
+
+    bad = run_cli("remote", "add", "x", "ftp://example.com/l.git", "--ledger", t.path)
+    assert bad.code == 3 and "unsupported scheme 'ftp'" in bad.err
+    dup = run_cli("remote", "add", "gh", "/tmp/other.git", "--ledger", t.path)
+    assert dup.code == 3 and "already exists" in dup.err
+    badname = run_cli("remote", "add", "-x", "/tmp/other.git", "--ledger", t.path)
+    assert badname.code != 0
+    unknown = run_cli("remote", "remove", "nope", "--ledger", t.path)
+    assert unknown.code == 8 and "no remote named 'nope'" in unknown.err
+    push_unknown = run_cli("push", "nope", "--ledger", t.path)
+    assert push_unknown.code == 8 and "no remote named 'nope'" in push_unknown.err
+
+    assert run_cli("remote", "remove", "gh", "--ledger", t.path).code == 0
+    assert [x.name for x in replicate.list_remotes(t.path)] == ["backup"]
+    # Nothing in the ledger itself changed.
+    assert t.ledger.head() is not None and t.seq == 0
+
+
+# --- pushing to path remotes -----------------------------------------------------------------
+
+
+def test_push_to_several_path_remotes_then_up_to_date(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remotes = [plain_bare(tmp_path / f"r{i}.git") for i in range(3)]
+    for i, r in enumerate(remotes):
+        replicate.add_remote(t.path, f"r{i}", str(r))
+    summary = replicate.push(t.path)
+    assert [o.status for o in summary.outcomes] == [replicate.PushStatus.PUSHED] * 3
+    assert all(o.records == 4 for o in summary.outcomes)  # genesis + 3
+    assert all(remote_head(r) == t.head for r in remotes)
+    assert len(summary.warnings) == 3  # every one is a direct-write path remote
+    summary.check(None)
+
+    again = replicate.push(t.path)
+    assert [o.status for o in again.outcomes] == [replicate.PushStatus.UP_TO_DATE] * 3
+    t.append(2)
+    third = replicate.push(t.path, ["r1"])
+    assert [(o.remote, o.records) for o in third.outcomes] == [("r1", 2)]
+    assert remote_head(remotes[1]) == t.head and remote_head(remotes[0]) != t.head
+
+    state = replicate.read_remote_state(t.path)
+    assert state["r1"]["head"] == t.head and state["r1"]["seq"] == 5
+    assert git("--git-dir", t.path, "rev-parse", "refs/remotes/r1/main").stdout.strip() == t.head
+
+
+def test_push_cli_lines_and_require(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    plain_bare(tmp_path / "ok.git")
+    replicate.add_remote(t.path, "ok", str(tmp_path / "ok.git"))
+    replicate.add_remote(t.path, "gone", str(tmp_path / "missing" / "nothing.git"))
+    r = run_cli("push", "--ledger", t.path)
+    assert r.code == 8, r.output
+    assert "ok    pushed 4 records (now at seq 3)" in r.out
+    assert "gone  unreachable" in r.out
+    assert "only 1 of 2 remote(s) hold our head" in r.err
+    r = run_cli("push", "--require", "1", "--ledger", t.path)
+    assert r.code == 0, r.output
+    assert "ok    up to date (seq 3)" in r.out
+    r = run_cli("push", "--require", "3", "--ledger", t.path)
+    assert r.code == 8 and "cannot be met" in r.err
+    r = run_cli("push", "--require", "many", "--ledger", t.path)
+    assert r.code == 2
+    r = run_cli("push", "--json", "--require", "1", "--ledger", t.path)
+    data = json.loads(r.out)
+    assert {o["remote"]: o["status"] for o in data["outcomes"]} == {
+        "ok": "up to date",
+        "gone": "unreachable",
+    }
+    # Nothing was lost locally.
+    assert t.seq == 3
+
+
+def test_push_reports_divergence_and_overwrites_nothing(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    # Someone rewrites the remote on its disk: another ledger's chain replaces main.
+    other = make_ledger(tmp_path, "other", records=2)
+    git("--git-dir", other.path, "push", "-q", "--force", remote, "main", cwd=tmp_path)
+    rewritten = remote_head(remote)
+    assert rewritten == other.head
+    t.append()
+    local_before = t.head
+
+    r = run_cli("push", "--ledger", t.path)
+    assert r.code == 8, r.output
+    assert "DIVERGED" in r.out
+    assert rewritten in r.out and local_before in r.out
+    assert remote_head(remote) == rewritten  # not overwritten
+    assert t.head == local_before  # our main untouched
+
+    f = run_cli("fetch", "--ledger", t.path)
+    assert f.code == 8
+    assert "DIVERGED" in f.out and rewritten in f.out
+    states = replicate.check_remotes(t.path)
+    assert states[0].condition is replicate.RemoteCondition.DIVERGED
+    assert states[0].rule == "diverged"
+    # The evidence is kept in the tracking ref; our main is unchanged.
+    tracking = git("--git-dir", t.path, "rev-parse", "refs/remotes/r/main").stdout.strip()
+    assert tracking == rewritten
+    assert t.head == local_before
+
+
+def test_fetch_reports_rollback(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, records=4)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    assert [s.condition for s in replicate.check_remotes(t.path)] == [
+        replicate.RemoteCondition.IN_SYNC
+    ]
+    older = t.ledger.commit_for_seq(2)
+    git("--git-dir", remote, "update-ref", "refs/heads/main", older)  # on the server's disk
+
+    r = run_cli("fetch", "--ledger", t.path)
+    assert r.code == 8, r.output
+    assert "ROLLBACK" in r.out and "went back" in r.out and older in r.out
+    # It stays reported: the remembered head is not replaced by the rolled-back one.
+    again = replicate.check_remotes(t.path)
+    assert again[0].condition is replicate.RemoteCondition.ROLLBACK
+    assert replicate.read_remote_state(t.path)["r"]["head"] == t.head
+    # A push restores the records, and says loudly that the remote had gone back.
+    summary = replicate.push(t.path)
+    assert summary.outcomes[0].status is replicate.PushStatus.PUSHED
+    assert summary.outcomes[0].rollback and "went back" in summary.outcomes[0].rollback
+    with pytest.raises(RemoteError):
+        summary.check(None)
+    assert remote_head(remote) == t.head
+
+
+def test_remote_ahead_is_verified_and_never_pulled_into_main(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    # A second copy (same key) appends and pushes: the remote is now ahead of us.
+    copy = replicate.clone(str(remote), tmp_path / "copy", trust_genesis=t.ledger.genesis_id)
+    other = Ledger.open(copy.path)
+    other.append("event", {"message": "from the copy", "data": None}, key=t.key)
+    replicate.push(copy.path, ["origin"]).check(None)
+    ahead_head = remote_head(remote)
+
+    states = replicate.check_remotes(t.path)
+    assert states[0].condition is replicate.RemoteCondition.AHEAD
+    assert states[0].ahead == 1 and "verify" in states[0].message
+    summary = replicate.push(t.path)
+    assert summary.outcomes[0].status is replicate.PushStatus.AHEAD
+    assert summary.outcomes[0].holds_head
+    assert remote_head(remote) == ahead_head
+    assert t.head != ahead_head  # our main was not moved
+
+
+def test_status_shows_lag_and_unfinished_runs(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.add_remote(t.path, "never", str(tmp_path / "never.git"))
+    replicate.push(t.path, ["r"]).check(None)
+    t.append(2)
+    st = replicate.status(t.path)
+    assert st.seq == 5
+    lag = {r.name: (r.last_seq, r.behind) for r in st.remotes}
+    assert lag == {"r": (3, 2), "never": (None, 6)}
+    r = run_cli("status", "--ledger", t.path)
+    assert r.code == 0, r.output
+    assert f"head: {t.head} (seq 5)" in r.out
+    assert "remote r: at seq 3" in r.out and "2 record(s) behind" in r.out
+    assert "remote never: never pushed or fetched, 6 record(s) behind" in r.out
+    assert "unfinished runs: none" in r.out
+    data = json.loads(run_cli("status", "--json", "--ledger", t.path).out)
+    assert data["seq"] == 5 and data["unfinished_runs"] == []
+
+
+# --- background pusher ------------------------------------------------------------------------
+
+
+def test_background_pusher_coalesces_and_survives_a_dead_remote(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, records=0)
+    good = plain_bare(tmp_path / "good.git")
+    replicate.add_remote(t.path, "good", str(good))
+    replicate.add_remote(t.path, "dead", str(tmp_path / "no" / "such.git"))
+    attempts: list[replicate.PushOutcome] = []
+    pusher = replicate.BackgroundPusher(t.path, on_outcome=attempts.append).start()
+    for _ in range(15):
+        pusher.notify(t.append())
+    summary = pusher.close(timeout=30)
+    by = {o.remote: o for o in summary.outcomes}
+    assert by["good"].status in (replicate.PushStatus.PUSHED, replicate.PushStatus.UP_TO_DATE)
+    assert remote_head(good) == t.head
+    assert by["dead"].status is replicate.PushStatus.UNREACHABLE
+    good_attempts = [a for a in attempts if a.remote == "good"]
+    assert 1 <= len(good_attempts) <= 15
+    assert summary.head == t.head and summary.seq == 15
+    # The pusher never raised; the local ledger has every record.
+    assert t.seq == 15
+    assert replicate.status(t.path).remotes[1].behind == 0  # "good" sorts after "dead"
+
+
+def test_background_pusher_with_no_ledger_never_raises(tmp_path: Path) -> None:
+    pusher = replicate.BackgroundPusher(tmp_path / "nothing").start()
+    pusher.notify("0" * 40)
+    summary = pusher.close(timeout=5)
+    assert summary.outcomes == [] and summary.warnings  # the problem is reported, not raised
+
+
+# --- clone ------------------------------------------------------------------------------------
+
+
+def test_clone_verifies_and_pins_genesis(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+
+    r = run_cli("clone", remote, tmp_path / "audit", "--trust-genesis", t.ledger.genesis_id)
+    assert r.code == 0, r.output
+    assert f"genesis: {t.ledger.genesis_id}" in r.out
+    copy = Ledger.open(tmp_path / "audit")
+    assert copy.head() == t.ledger.head() and copy.genesis_id == t.ledger.genesis_id
+    assert git("--git-dir", tmp_path / "audit", "fsck", "--strict").returncode == 0
+
+    wrong = "f" * 40
+    r = run_cli("clone", remote, tmp_path / "audit2", "--trust-genesis", wrong)
+    assert r.code == 7 and "not at the trusted genesis" in r.err
+    assert not (tmp_path / "audit2").exists()
+
+    r = run_cli("clone", remote, tmp_path / "audit3")
+    assert r.code == 0 and "trusted on first use" in r.err
+
+    with pytest.raises(LedgerExists):
+        replicate.clone(str(remote), tmp_path / "audit")
+
+
+def test_clone_refuses_a_tampered_remote(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    work = tmp_path / "work"
+    git("clone", "-q", remote, work)
+    forged = unsigned_commit_on(work)
+    git("push", "-q", "origin", "main", cwd=work)  # an unprotected remote takes it
+    with pytest.raises(VerificationFailed) as info:
+        replicate.clone(str(remote), tmp_path / "audit", trust_genesis=t.ledger.genesis_id)
+    assert forged in info.value.message and "unsigned" in info.value.message
+    assert not (tmp_path / "audit").exists()
+    r = run_cli("clone", remote, tmp_path / "audit")
+    assert r.code == 7 and forged in r.err
+
+
+# --- protected remotes and the pre-receive check (hooks run by stock git) --------------------
+
+
+def test_remote_init_is_protected(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    r = run_cli("remote", "init", tmp_path / "prot.git", "--ledger", t.path)
+    assert r.code == 0, r.output
+    cfg = git("--git-dir", tmp_path / "prot.git", "config", "--list").stdout
+    for key in (
+        "receive.denynonfastforwards=true",
+        "receive.denydeletes=true",
+        "receive.fsckobjects=true",
+        f"ledger.genesis={t.ledger.genesis_id}",
+    ):
+        assert key in cfg
+    hook = tmp_path / "prot.git" / "hooks" / "pre-receive"
+    assert os.access(hook, os.X_OK)
+    assert "-m ledger hook pre-receive" in hook.read_text()
+    again = run_cli("remote", "init", tmp_path / "prot.git", "--ledger", t.path)
+    assert again.code == 5
+    bad = run_cli("remote", "init", tmp_path / "p2.git", "--trust-genesis", "abc")
+    assert bad.code == 3
+
+
+def test_pre_receive_accepts_the_ledger_and_rejects_forgeries(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    prot = replicate.init_remote(tmp_path / "prot.git", genesis=t.ledger.genesis_id)
+    # Stock git pushing to a local path runs receive-pack, so the hook and rules apply.
+    ok = git("--git-dir", t.path, "push", prot, "main", check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "accepted refs/heads/main" in ok.stderr
+    assert remote_head(prot) == t.head
+
+    work = tmp_path / "work"
+    git("clone", "-q", prot, work)
+    forged = unsigned_commit_on(work)
+    r = git("push", "origin", "main", cwd=work, check=False)
+    assert r.returncode != 0
+    assert "pre-receive hook declined" in r.stderr
+    assert forged in r.stderr and "[rule: unsigned]" in r.stderr
+    assert remote_head(prot) == t.head
+
+    other = git("push", "origin", f"{t.head}:refs/heads/other", cwd=work, check=False)
+    assert other.returncode != 0 and "only refs/heads/main" in other.stderr
+
+    # A different ledger is refused: as a rewrite here, by its genesis on a fresh remote.
+    stranger = make_ledger(tmp_path, "stranger", records=1)
+    r = git("--git-dir", stranger.path, "push", "--force", prot, "main", check=False)
+    assert r.returncode != 0 and "[rule: fast-forward]" in r.stderr
+    assert remote_head(prot) == t.head
+    fresh = replicate.init_remote(tmp_path / "fresh.git", genesis=t.ledger.genesis_id)
+    r = git("--git-dir", stranger.path, "push", fresh, "main", check=False)
+    assert r.returncode != 0 and "[rule: genesis-mismatch]" in r.stderr
+    assert stranger.ledger.genesis_id in r.stderr and remote_head(fresh) is None
+
+    # The next genuine records are accepted (verified incrementally from the saved state).
+    t.append(2)
+    ok = git("--git-dir", t.path, "push", prot, "main", check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert remote_head(prot) == t.head
+
+
+def test_pre_receive_pins_genesis_on_first_push(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, records=1)
+    prot = replicate.init_remote(tmp_path / "prot.git")
+    ok = git("--git-dir", t.path, "push", prot, "main", check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert f"pinned genesis {t.ledger.genesis_id}" in ok.stderr
+    pinned = git("--git-dir", prot, "config", "ledger.genesis").stdout.strip()
+    assert pinned == t.ledger.genesis_id
+
+
+def test_pre_receive_rejects_a_commit_signed_by_an_unlisted_key(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    prot = replicate.init_remote(tmp_path / "prot.git", genesis=t.ledger.genesis_id)
+    git("--git-dir", t.path, "push", "-q", prot, "main")
+    stranger_key = tmp_path / "stranger"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger_key)], check=True
+    )
+    work = tmp_path / "work"
+    git("clone", "-q", prot, work)
+    forged = ssh_signed_commit_on(work, stranger_key)
+    r = git("push", "origin", "main", cwd=work, check=False)
+    assert r.returncode != 0
+    assert forged in r.stderr
+    assert "untrusted-key" in r.stderr or "bad-signature" in r.stderr
+    assert remote_head(prot) == t.head
+
+
+def test_hook_fails_closed_outside_a_repository(tmp_path: Path) -> None:
+    r = run_cli(
+        "hook", "pre-receive", cwd=tmp_path, input=f"{'0' * 40} {'1' * 40} refs/heads/main\n"
+    )
+    assert r.code != 0
+
+
+def test_pygit2_remote_api_is_used_for_config(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, records=0)
+    replicate.add_remote(t.path, "a", "https://example.com/x.git")
+    repo = pygit2.Repository(str(t.path))
+    assert repo.remotes["a"].url == "https://example.com/x.git"
+    assert repo.remotes["a"].fetch_refspecs == ["+refs/heads/main:refs/remotes/a/main"]
+
+
+def test_fetch_never_moves_main_even_with_a_hand_made_push_refspec(tmp_path: Path) -> None:
+    # libgit2 applies a configured push refspec in reverse on fetch; ledger must not care.
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    git("--git-dir", t.path, "config", "--add", "remote.r.push", "refs/heads/main:refs/heads/main")
+    other = make_ledger(tmp_path, "other", records=1)
+    git("--git-dir", other.path, "push", "-q", remote, "main")
+    mine = t.head
+    states = replicate.check_remotes(t.path)
+    assert states[0].condition is replicate.RemoteCondition.DIVERGED
+    assert t.head == mine
+    replicate.remove_remote(t.path, "r")
+    assert t.head == mine  # removing a remote never touches our main either
