@@ -162,3 +162,11 @@ class RunInterrupted(LedgerError):
     @property
     def code(self) -> int:
         return 128 + self.signum
+
+
+class ApprovalRefused(LedgerError):
+    """An approval cannot be given: the run is not waiting at that step, or the signer may
+    not approve it (not among the step's approvers, or already decided)."""
+
+    exit_code = 13
+    label = "approval refused"
