@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import git, run_cli
+
 from ledger import approvals, records
 from ledger.errors import ApprovalRefused, UntrustedKey
 from ledger.runbook import ApprovalSpec
@@ -58,52 +58,94 @@ def env(tmp_path: Path) -> Env:
     for who in ("alice", "bob", "alice2", "mallory", "carol"):
         keys[who] = _keyfile(tmp_path, who)
     # alice has two keys; carol is trusted but not an approver; mallory is never trusted.
-    for who, principal in (("alice", "alice@example.com"), ("bob", "bob@example.com"),
-                           ("alice2", "alice@example.com"), ("carol", "carol@example.com")):
+    for who, principal in (
+        ("alice", "alice@example.com"),
+        ("bob", "bob@example.com"),
+        ("alice2", "alice@example.com"),
+        ("carol", "carol@example.com"),
+    ):
         pub = SigningKey.load(keys[who]).public_key
-        led.append(records.KIND_KEY_ADDED, {"principal": principal, "key": pub.openssh(),
-                                            "fingerprint": pub.fingerprint, "comment": ""},
-                   key=operator)
+        led.append(
+            records.KIND_KEY_ADDED,
+            {
+                "principal": principal,
+                "key": pub.openssh(),
+                "fingerprint": pub.fingerprint,
+                "comment": "",
+            },
+            key=operator,
+        )
     return Env(tmp_path, path, Ledger.open(path), operator, operator_file, keys)
 
 
-SPEC = ApprovalSpec(approvers=["alice@example.com", "bob@example.com"], min_approvals=1,
-                    message="Restart api?")
+SPEC = ApprovalSpec(
+    approvers=["alice@example.com", "bob@example.com"], min_approvals=1, message="Restart api?"
+)
 
 
 def start_waiting(env: Env, spec: ApprovalSpec = SPEC, step: str = "approve") -> tuple[str, int]:
     """Append what the engine appends before waiting: run.started and the request."""
     run_id = records.new_run_id()
-    env.ledger.append(records.KIND_RUN_STARTED, {"runbook": {"name": "t"}}, key=env.operator,
-                      run=run_id)
-    env.ledger.append(records.KIND_STEP_STARTED, {"step": "check", "index": 0, "attempt": 1},
-                      key=env.operator, run=run_id)
-    env.ledger.append(records.KIND_STEP_FINISHED, {"step": "check", "index": 0, "attempt": 1,
-                                                   "status": "ok"}, key=env.operator, run=run_id)
+    env.ledger.append(
+        records.KIND_RUN_STARTED, {"runbook": {"name": "t"}}, key=env.operator, run=run_id
+    )
+    env.ledger.append(
+        records.KIND_STEP_STARTED,
+        {"step": "check", "index": 0, "attempt": 1},
+        key=env.operator,
+        run=run_id,
+    )
+    env.ledger.append(
+        records.KIND_STEP_FINISHED,
+        {"step": "check", "index": 0, "attempt": 1, "status": "ok"},
+        key=env.operator,
+        run=run_id,
+    )
     req = env.ledger.append(
         records.KIND_STEP_STARTED,
-        {"step": step, "index": 1, "attempt": 1,
-         **approvals.request_data(spec, spec.message)},
-        key=env.operator, run=run_id,
+        {"step": step, "index": 1, "attempt": 1, **approvals.request_data(spec, spec.message)},
+        key=env.operator,
+        run=run_id,
     )
     return run_id, req.seq
 
 
-def approve(env: Env, who: str, run_id: str, step: str = "approve",
-            *extra: str) -> subprocess.CompletedProcess[str]:
+def approve(
+    env: Env, who: str, run_id: str, step: str = "approve", *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ledger", "approve", run_id, step, "--ledger", str(env.path),
-         "--key", str(env.keys[who]), *extra],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "ledger",
+            "approve",
+            run_id,
+            step,
+            "--ledger",
+            str(env.path),
+            "--key",
+            str(env.keys[who]),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 class Waiter:
     """wait_for_approval in a thread, as the engine runs it."""
 
-    def __init__(self, env: Env, run_id: str, spec: ApprovalSpec = SPEC, *,
-                 deadline: float | None = None,
-                 interactive: approvals.Interactive | None = None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        run_id: str,
+        spec: ApprovalSpec = SPEC,
+        *,
+        deadline: float | None = None,
+        interactive: approvals.Interactive | None = None,
+    ) -> None:
         self.stop = threading.Event()
         self.lines: list[str] = []
         self.result: approvals.ApprovalOutcome | None = None
@@ -114,10 +156,18 @@ class Waiter:
         def run() -> None:
             try:
                 self.result = approvals.wait_for_approval(
-                    led, run_id, "approve", spec, stop=self.stop, deadline=deadline,
-                    interactive=interactive, operator_key=env.operator,
-                    notify=self.lines.append, poll_interval=0.05)
-            except BaseException as exc:
+                    led,
+                    run_id,
+                    "approve",
+                    spec,
+                    stop=self.stop,
+                    deadline=deadline,
+                    interactive=interactive,
+                    operator_key=env.operator,
+                    notify=self.lines.append,
+                    poll_interval=0.05,
+                )
+            except BaseException as exc:  # noqa: BLE001  (re-raised by outcome())
                 self.error = exc
 
         self.thread = threading.Thread(target=run, daemon=True)
@@ -154,8 +204,7 @@ def test_approval_from_second_process_with_second_key(env: Env) -> None:
     assert out.decision == "approved" and out.approved
     assert out.step_status == "ok"
     alice = env.key("alice").public_key.fingerprint
-    assert [(v.principal, v.fingerprint) for v in out.approvers] == [
-        ("alice@example.com", alice)]
+    assert [(v.principal, v.fingerprint) for v in out.approvers] == [("alice@example.com", alice)]
     assert out.comment == "alice@example.com: dashboards green"
     assert out.request_seq == req_seq
 
@@ -166,15 +215,28 @@ def test_approval_from_second_process_with_second_key(env: Env) -> None:
     assert rec.kind == "approval" and rec.run == run_id
     assert rec.record["actor"] == {"principal": "alice@example.com", "key": alice}
     assert rec.data == {
-        "step": "approve", "index": 1, "decision": "approved", "comment": "dashboards green",
-        "principal": "alice@example.com", "fingerprint": alice, "request_seq": req_seq,
-        "request_commit": env.ledger.record(req_seq).commit_id, "via": "command",
+        "step": "approve",
+        "index": 1,
+        "decision": "approved",
+        "comment": "dashboards green",
+        "principal": "alice@example.com",
+        "fingerprint": alice,
+        "request_seq": req_seq,
+        "request_commit": env.ledger.record(req_seq).commit_id,
+        "via": "command",
     }
     # Stock git agrees the commit is signed by alice's key.
     allowed = env.tmp / "allowed"
     assert run_cli("keys", "allowed-signers", "-o", allowed, "--ledger", env.path).code == 0
-    check = git("-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", "--raw",
-                vote.commit, cwd=env.path, check=False)
+    check = git(
+        "-c",
+        f"gpg.ssh.allowedSignersFile={allowed}",
+        "verify-commit",
+        "--raw",
+        vote.commit,
+        cwd=env.path,
+        check=False,
+    )
     assert check.returncode == 0, check.stderr
     assert alice in check.stderr and "alice@example.com" in check.stderr
     # finished_data is canonical-JSON-able for step.finished.
@@ -204,11 +266,22 @@ def test_min_approvals_two_needs_two_distinct_principals(env: Env) -> None:
     led = Ledger.open(env.path)
     req = approvals.pending_request(led, run_id, "approve")
     a2 = env.key("alice2")
-    led.append("approval", {
-        "step": "approve", "index": 1, "decision": "approved", "comment": "",
-        "principal": "alice@example.com", "fingerprint": a2.public_key.fingerprint,
-        "request_seq": req.seq, "request_commit": req.commit, "via": "command"},
-        key=a2, run=run_id)
+    led.append(
+        "approval",
+        {
+            "step": "approve",
+            "index": 1,
+            "decision": "approved",
+            "comment": "",
+            "principal": "alice@example.com",
+            "fingerprint": a2.public_key.fingerprint,
+            "request_seq": req.seq,
+            "request_commit": req.commit,
+            "via": "command",
+        },
+        key=a2,
+        run=run_id,
+    )
     waiter.wait_line(lambda x: "approved again" in x and "counted once" in x)
     assert waiter.thread.is_alive()
     assert approve(env, "bob", run_id).returncode == 0
@@ -269,11 +342,23 @@ def test_untrusted_key_is_refused_and_its_record_ignored(env: Env) -> None:
     waiter = Waiter(env, run_id, deadline=time.monotonic() + WAIT_S)
     led = Ledger.open(env.path)
     carol = env.key("carol")
-    forged = led.append("approval", {
-        "step": "approve", "index": 1, "decision": "approved", "comment": "",
-        "principal": "bob@example.com", "fingerprint": carol.public_key.fingerprint,
-        "request_seq": req_seq, "request_commit": "", "via": "command"},
-        key=carol, principal="bob@example.com", run=run_id)
+    forged = led.append(
+        "approval",
+        {
+            "step": "approve",
+            "index": 1,
+            "decision": "approved",
+            "comment": "",
+            "principal": "bob@example.com",
+            "fingerprint": carol.public_key.fingerprint,
+            "request_seq": req_seq,
+            "request_commit": "",
+            "via": "command",
+        },
+        key=carol,
+        principal="bob@example.com",
+        run=run_id,
+    )
     waiter.wait_line(lambda x: f"seq {forged.seq}" in x and "trusts" in x)
     assert waiter.thread.is_alive()
     assert approve(env, "alice", run_id).returncode == 0
@@ -311,11 +396,22 @@ def test_principal_not_in_approvers_refused_and_ignored(env: Env) -> None:
     # Written anyway (not through the command): the waiting run ignores it.
     carol = env.key("carol")
     led = Ledger.open(env.path)
-    rec = led.append("approval", {
-        "step": "approve", "index": 1, "decision": "rejected", "comment": "",
-        "principal": "carol@example.com", "fingerprint": carol.public_key.fingerprint,
-        "request_seq": req_seq, "request_commit": "", "via": "command"},
-        key=carol, run=run_id)
+    rec = led.append(
+        "approval",
+        {
+            "step": "approve",
+            "index": 1,
+            "decision": "rejected",
+            "comment": "",
+            "principal": "carol@example.com",
+            "fingerprint": carol.public_key.fingerprint,
+            "request_seq": req_seq,
+            "request_commit": "",
+            "via": "command",
+        },
+        key=carol,
+        run=run_id,
+    )
     out = Waiter(env, run_id, deadline=time.monotonic() + 0.5).outcome()
     assert out.decision == "timeout"
     assert [(i.seq, i.principal) for i in out.ignored] == [(rec.seq, "carol@example.com")]
@@ -326,11 +422,22 @@ def test_approval_for_another_request_does_not_count(env: Env) -> None:
     run_id, req_seq = start_waiting(env)
     alice = env.key("alice")
     led = Ledger.open(env.path)
-    led.append("approval", {
-        "step": "approve", "index": 1, "decision": "approved", "comment": "",
-        "principal": "alice@example.com", "fingerprint": alice.public_key.fingerprint,
-        "request_seq": req_seq - 1, "request_commit": "", "via": "command"},
-        key=alice, run=run_id)
+    led.append(
+        "approval",
+        {
+            "step": "approve",
+            "index": 1,
+            "decision": "approved",
+            "comment": "",
+            "principal": "alice@example.com",
+            "fingerprint": alice.public_key.fingerprint,
+            "request_seq": req_seq - 1,
+            "request_commit": "",
+            "via": "command",
+        },
+        key=alice,
+        run=run_id,
+    )
     assert Waiter(env, run_id, deadline=time.monotonic() + 0.3).outcome().decision == "timeout"
 
 
@@ -347,12 +454,17 @@ def test_approve_step_not_waiting_refused(env: Env) -> None:
     res = approve(env, "alice", "not-a-run-id")
     assert res.returncode == 3 and "is not a run id" in res.stderr
     # Once decided, the step takes no more approvals.
-    env.ledger.append(records.KIND_STEP_FINISHED, {"step": "approve", "index": 1, "attempt": 1,
-                                                   "status": "ok"}, key=env.operator, run=run_id)
+    env.ledger.append(
+        records.KIND_STEP_FINISHED,
+        {"step": "approve", "index": 1, "attempt": 1, "status": "ok"},
+        key=env.operator,
+        run=run_id,
+    )
     res = approve(env, "alice", run_id)
     assert res.returncode == 13 and "no longer waiting" in res.stderr
-    env.ledger.append(records.KIND_RUN_FINISHED, {"status": "succeeded"}, key=env.operator,
-                      run=run_id)
+    env.ledger.append(
+        records.KIND_RUN_FINISHED, {"status": "succeeded"}, key=env.operator, run=run_id
+    )
     res = approve(env, "alice", run_id)
     assert res.returncode == 13 and "already finished" in res.stderr
     # Nothing was appended by any refused attempt.
@@ -428,5 +540,6 @@ def test_library_refuses_untrusted_key(env: Env) -> None:
     with pytest.raises(UntrustedKey):
         approvals.record_approval(env.ledger, run_id, "approve", key=env.key("mallory"))
     with pytest.raises(ApprovalRefused):
-        approvals.record_approval(env.ledger, run_id, "approve", key=env.key("alice"),
-                                  comment="x" * 5000)
+        approvals.record_approval(
+            env.ledger, run_id, "approve", key=env.key("alice"), comment="x" * 5000
+        )
