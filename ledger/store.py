@@ -187,8 +187,8 @@ class Ledger:
         self.gitdir = Path(repo.path)
         cfg = repo.config
         try:
-            self.ledger_id: str = cfg["ledger.id"]
-            self.genesis_id: str = cfg["ledger.genesis"]
+            self.ledger_id: str = str(cfg["ledger.id"])
+            self.genesis_id: str = str(cfg["ledger.genesis"])
         except KeyError:
             raise LedgerNotFound(
                 f"{path} is a git repository but not a ledger (its config has no ledger.id "
@@ -230,13 +230,12 @@ class Ledger:
         ref = repo.references.get(MAIN_REF)
         if ref is None:
             raise LedgerNotFound(f"{path} has no {MAIN_REF}; it holds no ledger.")
-        commit = repo[ref.target]
-        while commit.parents:
+        commit = repo.get(ref.target)
+        while isinstance(commit, pygit2.Commit) and commit.parents:
             commit = commit.parents[0]
-        tree = commit.tree
-        if records.GENESIS_PATH not in tree:
+        if not isinstance(commit, pygit2.Commit) or records.GENESIS_PATH not in commit.tree:
             raise LedgerNotFound(f"the first commit of {path} holds no genesis record.")
-        genesis = json.loads(repo[tree[records.GENESIS_PATH].id].data)
+        genesis = json.loads(_blob_data(repo, commit.tree[records.GENESIS_PATH].id))
         repo.config["ledger.id"] = str(genesis.get("ledger", ""))
         repo.config["ledger.genesis"] = str(commit.id)
         repo.config["ledger.name"] = str(genesis.get("data", {}).get("name", ""))
@@ -375,7 +374,7 @@ class Ledger:
         try:
             seq = int(trailers["Ledger-Seq"])
             entry = commit.tree[path]
-            raw = self.repo[entry.id].data
+            raw = _blob_data(self.repo, entry.id)
             record = json.loads(raw)
         except (KeyError, ValueError, pygit2.GitError) as exc:
             raise StorageError(
@@ -581,14 +580,14 @@ class Ledger:
         tree = self._commit(ref.target).tree
         if self._signers_cache and self._signers_cache[0] == str(tree.id):
             return self._signers_cache[1]
-        genesis = json.loads(self.repo[tree[records.GENESIS_PATH].id].data)
+        genesis = json.loads(_blob_data(self.repo, tree[records.GENESIS_PATH].id))
         by_fp: dict[str, Signer] = {}
         for s in genesis.get("data", {}).get("signers", []):
             pk = PublicKey.parse(s["key"])
             by_fp[pk.fingerprint] = Signer(s["principal"], pk, 0, None)
         keys_tree = self._tree_at(records.KEYS_DIR)
         for entry in sorted(keys_tree or [], key=lambda e: e.name or ""):
-            rec = json.loads(self.repo[entry.id].data)
+            rec = json.loads(_blob_data(self.repo, entry.id))
             d = rec.get("data", {})
             if rec.get("kind") == records.KIND_KEY_ADDED:
                 pk = PublicKey.parse(d["key"])
@@ -762,14 +761,25 @@ def _signed_commit(
     time: str,
     message: str,
     tree: pygit2.Oid,
-    parents: list[pygit2.Oid],
+    parents: list[str | pygit2.Oid],
 ) -> pygit2.Oid:
     ident = records.clean_principal(principal)
     when = int(records.parse_time(time).timestamp())
     sig = pygit2.Signature(ident, ident, when, 0)
-    content = repo.create_commit_string(sig, sig, message, tree, parents)
+    content = str(repo.create_commit_string(sig, sig, message, tree, list(parents)))
     signature = sign_commit(content, key)
-    return repo.create_commit_with_signature(content, signature)
+    oid: pygit2.Oid = repo.create_commit_with_signature(content, signature)
+    return oid
+
+
+def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
+    obj = repo.get(oid)
+    if not isinstance(obj, pygit2.Blob):
+        raise StorageError(
+            f"object {oid} is not a file; the ledger is damaged.",
+            hint="Run 'ledger verify' to see what is wrong.",
+        )
+    return bytes(obj.data)
 
 
 def _add_to_tree(

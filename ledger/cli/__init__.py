@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
-import typer
-
 # Importing the command modules registers their commands on `app`.
 from ledger.cli import core as _core  # noqa: F401  (registration)
 from ledger.cli.common import app, console_err
@@ -26,9 +23,13 @@ for _optional in ("runbook", "run", "approve", "remote", "report"):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `ledger` command; the one error boundary."""
+    """Entry point of the `ledger` command; the one error boundary.
+
+    Typer reports usage errors itself (exit 2); every library error arrives here and
+    becomes its message and exit code.
+    """
     try:
-        app(args=argv, standalone_mode=False, prog_name="ledger")
+        app(args=argv, prog_name="ledger")
     except RunInterrupted as exc:
         console_err.print(f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}", highlight=False)
         sys.exit(exc.code)
@@ -39,14 +40,6 @@ def main(argv: list[str] | None = None) -> None:
             soft_wrap=True,
         )
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console_err.print("ledger: aborted.", highlight=False)
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except KeyboardInterrupt:
         console_err.print("ledger: interrupted.", highlight=False)
         sys.exit(130)
@@ -62,4 +55,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(6)
 
 
-__all__ = ["app", "main", "typer"]
+__all__ = ["app", "main"]

@@ -498,10 +498,20 @@ def verify_cmd(
     remote_states: list[Any] = []
     if remotes:
         from ledger import replicate
+        from ledger.verify import Finding
 
-        remote_states, remote_findings = replicate.verify_remotes(path)
-        result.findings.extend(remote_findings)
-        result.ok = result.ok and not remote_findings
+        remote_states = replicate.check_remotes(path)
+        for st in remote_states:
+            if st.problem:
+                result.findings.append(
+                    Finding(
+                        st.rule or "diverged",
+                        st.remote_seq,
+                        st.remote_head,
+                        f"remote {st.name} ({st.url}): {st.line()}",
+                    )
+                )
+        result.ok = result.ok and not any(st.problem for st in remote_states)
     if json_out:
         doc = result.to_json()
         doc["pinned_now"] = outcome.pinned_now
@@ -510,8 +520,8 @@ def verify_cmd(
         console.out(json.dumps(doc, indent=1, ensure_ascii=False))
     else:
         _print_verification(result, outcome.pinned_now, since_last)
-        for state in remote_states:
-            console.print(f"remote {state.line()}", markup=False)
+        for st in remote_states:
+            console.print(f"remote {st.name}: {st.line()}", markup=False)
     if not result.ok:
         raise typer.Exit(7)
 

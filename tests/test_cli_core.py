@@ -1,0 +1,221 @@
+"""The core commands through the real CLI (a subprocess): happy paths and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliResult, git, run_cli
+
+
+def no_traceback(res: CliResult) -> None:
+    assert "Traceback" not in res.output, res.output
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    key = tmp_path / "alice"
+    res = run_cli("keys", "generate", key, "-C", "alice@example.com")
+    assert res.code == 0, res.output
+    led = tmp_path / "ledger.git"
+    res = run_cli("init", led, "--key", key, "--name", "ops")
+    assert res.code == 0, res.output
+    return led, key
+
+
+def test_keys_generate_matches_ssh_keygen(tmp_path: Path) -> None:
+    import subprocess
+
+    key = tmp_path / "k"
+    res = run_cli("keys", "generate", key, "-C", "bob@example.com")
+    assert res.code == 0, res.output
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    ours = next(w for w in res.out.split() if w.startswith("SHA256:"))
+    theirs = subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True,
+                            check=True).stdout.split()[1]
+    assert ours == theirs
+    again = run_cli("keys", "generate", key)
+    assert again.code == 5 and "exists" in again.err
+    no_traceback(again)
+
+
+def test_encrypted_key_needs_passphrase(tmp_path: Path) -> None:
+    key = tmp_path / "enc"
+    env = {"LEDGER_KEY_PASSPHRASE": "correct horse"}
+    assert run_cli("keys", "generate", key, "--passphrase", env=env).code == 0
+    led = tmp_path / "l.git"
+    res = run_cli("init", led, "--key", key)
+    assert res.code == 4 and "passphrase" in res.err, res.output
+    no_traceback(res)
+    res = run_cli("init", led, "--key", key, env={"LEDGER_KEY_PASSPHRASE": "wrong"})
+    assert res.code == 4 and "passphrase" in res.err.lower(), res.output
+    no_traceback(res)
+    res = run_cli("init", led, "--key", key, env=env)
+    assert res.code == 0, res.output
+
+
+def test_record_log_show_verify(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    led, key = setup
+    data = tmp_path / "d.json"
+    data.write_text('{"ticket": "OPS-1", "n": 2}')
+    assert run_cli("record", "-L", led, "-k", key, "-m", "deploy window opened").code == 0
+    res = run_cli("record", "-L", led, "-k", key, "-m", "from file", "--data", f"@{data}")
+    assert res.code == 0, res.output
+    log = run_cli("log", "-L", led, "--json")
+    assert log.code == 0
+    entries = json.loads(log.out)
+    assert [e["seq"] for e in entries] == [2, 1, 0]
+    assert entries[0]["record"]["data"] == {"message": "from file",
+                                            "data": {"ticket": "OPS-1", "n": 2}}
+    only = json.loads(run_cli("log", "-L", led, "--json", "--kind", "genesis").out)
+    assert [e["seq"] for e in only] == [0]
+    show = run_cli("show", "-L", led, "1", "--json")
+    assert json.loads(show.out)["record"]["data"]["message"] == "deploy window opened"
+    res = run_cli("verify", "-L", led)
+    assert res.code == 0 and "Verified 3 record(s)" in res.out, res.output
+    res = run_cli("verify", "-L", led, "--since-last", "--json")
+    assert res.code == 0 and json.loads(res.out)["records_checked"] == 0
+
+
+def test_keys_add_revoke_and_allowed_signers_for_stock_git(setup: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    led, alice = setup
+    bob = tmp_path / "bob"
+    assert run_cli("keys", "generate", bob).code == 0
+    res = run_cli("keys", "add", "-L", led, "-k", alice, "bob@example.com", f"{bob}.pub")
+    assert res.code == 0, res.output
+    assert run_cli("record", "-L", led, "-k", bob, "-m", "by bob").code == 0
+    bob_fp = next(s["fingerprint"] for s in json.loads(run_cli("keys", "list", "-L", led,
+                                                                "--json").out)
+                  if s["principal"] == "bob@example.com")
+    res = run_cli("keys", "revoke", "-L", led, "-k", alice, bob_fp, "--reason", "left team")
+    assert res.code == 0, res.output
+    res = run_cli("record", "-L", led, "-k", bob, "-m", "after revocation")
+    assert res.code == 4 and "not trusted" in res.err, res.output
+    no_traceback(res)
+    listed = json.loads(run_cli("keys", "list", "-L", led, "--json").out)
+    assert [s["active"] for s in listed] == [True, False]
+
+    signers = tmp_path / "allowed_signers"
+    assert run_cli("keys", "allowed-signers", "-L", led, "-o", signers).code == 0
+    text = signers.read_text()
+    assert "valid-after=" in text and "valid-before=" in text
+    commits = git("rev-list", "main", cwd=led).stdout.split()
+    assert len(commits) == 4
+    for commit in commits:
+        out = git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit,
+                  cwd=led, check=False)
+        assert out.returncode == 0, (commit, out.stderr)
+    assert git("fsck", "--strict", cwd=led, check=False).returncode == 0
+    assert run_cli("verify", "-L", led).code == 0
+
+
+def test_untrusted_signer_cannot_add_keys(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    led, _ = setup
+    mallory = tmp_path / "mallory"
+    assert run_cli("keys", "generate", mallory).code == 0
+    res = run_cli("keys", "add", "-L", led, "-k", mallory, "mallory@example.com",
+                  f"{mallory}.pub")
+    assert res.code == 4 and "not trusted" in res.err
+    no_traceback(res)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["record", "-m", "x", "--data", "{not json"], 3, "not valid JSON"),
+        (["record", "-m", "x", "--data", "@/nonexistent/file.json"], 3, "does not exist"),
+        (["record", "-m", "x", "--data", '{"f": 1.5}'], 3, "floating point"),
+        (["record", "-m", "x", "--kind", "run.started"], 2, "only 'event'"),
+        (["record", "-m", "x", "-k", "/nonexistent/key"], 4, "/nonexistent/key"),
+        (["show", "99"], 3, "no record with seq 99"),
+        (["log", "--kind", "bogus"], 2, "unknown --kind"),
+        (["log", "--run", "not-a-run"], 3, "not a run id"),
+        (["keys", "revoke", "SHA256:nope"], 3, "no trusted key"),
+        (["verify", "--bogus-flag"], 2, "No such option"),
+    ],
+)
+def test_bad_input_is_a_clear_error(setup: tuple[Path, Path], args: list[str], code: int,
+                                    words: str) -> None:
+    led, key = setup
+    full = [*args, "-L", str(led)]
+    if "-k" not in args:
+        full += ["-k", str(key)] if args[0] in ("record", "keys") else []
+    res = run_cli(*full)
+    assert res.code == code, res.output
+    assert words in res.output
+    no_traceback(res)
+
+
+def test_not_a_ledger_and_existing(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    led, key = setup
+    res = run_cli("log", "-L", tmp_path / "nothing")
+    assert res.code == 5 and "no ledger" in res.err
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x").write_text("x")
+    res = run_cli("log", "-L", tmp_path / "plain")
+    assert res.code == 5
+    res = run_cli("init", led, "--key", key)
+    assert res.code == 5 and "already exists" in res.err
+    res = run_cli("log", cwd=tmp_path)
+    assert res.code == 5 and "ledger init" in res.err
+    for r in (res,):
+        no_traceback(r)
+
+
+def test_ledger_found_from_parent_directory(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    assert run_cli("keys", "generate", key).code == 0
+    assert run_cli("init", "--key", key, cwd=tmp_path).code == 0
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    res = run_cli("record", "-m", "from a subdirectory", cwd=sub)  # key from ledger config
+    assert res.code == 0, res.output
+    assert run_cli("verify", cwd=sub).code == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_directory(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    _, key = setup
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    res = run_cli("init", ro / "l.git", "--key", key)
+    assert res.code == 6, res.output
+    no_traceback(res)
+
+
+def test_unwritable_ledger_objects(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    """Appending into a repository whose objects cannot be written fails cleanly."""
+    led, key = setup
+    objects = led / "objects"
+    blocker = tmp_path / "moved-objects"
+    objects.rename(blocker)
+    objects.write_text("not a directory")
+    try:
+        res = run_cli("record", "-L", led, "-k", key, "-m", "x")
+        assert res.code in (5, 6), res.output
+        no_traceback(res)
+    finally:
+        objects.unlink()
+        blocker.rename(objects)
+    assert run_cli("verify", "-L", led).code == 0
+
+
+def test_corrupted_object_is_reported(setup: tuple[Path, Path]) -> None:
+    led, key = setup
+    assert run_cli("record", "-L", led, "-k", key, "-m", "x").code == 0
+    head = git("rev-parse", "main", cwd=led).stdout.strip()
+    obj = led / "objects" / head[:2] / head[2:]
+    obj.chmod(0o644)
+    obj.write_bytes(b"garbage, not zlib")
+    res = run_cli("verify", "-L", led)
+    assert res.code in (6, 7), res.output
+    assert "object" in res.output.lower()
+    no_traceback(res)
+    res = run_cli("log", "-L", led)
+    assert res.code == 6, res.output
+    no_traceback(res)
