@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import git
+
 from ledger import records
 from ledger.engine import (
     RESUMED_REASON,
     WHEN_REASON,
     EngineEvents,
+    Runner,
     RunOutcome,
     RunRequest,
-    Runner,
     StepEnd,
     StepStart,
     StopSignal,
@@ -293,9 +293,7 @@ def test_retries_with_backoff_are_separate_attempts_with_growing_delays(env: Env
     # Strict alternation: started(n), finished(n), started(n+1), ...
     seq = [r for r in recs if r.kind.startswith("step.")]
     assert [r.kind for r in seq] == ["step.started", "step.finished"] * 4
-    gaps = [
-        (when(starts[i + 1]) - when(ends[i])).total_seconds() for i in range(3)
-    ]
+    gaps = [(when(starts[i + 1]) - when(ends[i])).total_seconds() for i in range(3)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
     assert gaps[0] < gaps[1] < gaps[2], gaps
 
@@ -394,7 +392,9 @@ def test_outputs_flow_into_later_steps_shell_quoted(env: Env) -> None:
             outputs:
               v: {regex: 'v=(?P<value>.*)'}
           - name: consume
-            run: echo {{ steps.produce.outputs.version }} {{ steps.produce.outputs.n }} {{ steps.hostile.outputs.v }}
+            run: >-
+              echo {{ steps.produce.outputs.version }} {{ steps.produce.outputs.n }}
+              {{ steps.hostile.outputs.v }}
             cwd: "@W@"
         """
     )
@@ -712,7 +712,10 @@ def test_trigger_and_incident(env: Env) -> None:
         ({}, None),
         ({"CI": "true"}, "ci"),
         ({"GITLAB_CI": "true", "CI_PIPELINE_ID": "7", "CI_JOB_URL": "https://gl/j/7"}, "gitlab-ci"),
-        ({"JENKINS_URL": "https://j", "BUILD_URL": "https://j/b/3", "BUILD_NUMBER": "3"}, "jenkins"),
+        (
+            {"JENKINS_URL": "https://j", "BUILD_URL": "https://j/b/3", "BUILD_NUMBER": "3"},
+            "jenkins",
+        ),
         ({"BUILD_URL": "https://ci/b/3"}, "ci"),
         ({"BUILDKITE": "true", "BUILDKITE_BUILD_URL": "https://bk/1"}, "buildkite"),
         ({"CIRCLECI": "true", "CIRCLE_BUILD_URL": "https://c/1"}, "circleci"),
@@ -756,9 +759,7 @@ def test_plan_renders_everything_and_writes_nothing(env: Env) -> None:
     assert plan.lock == "l-api"
     assert plan.params == {"service": "api", "token": "[REDACTED:token]"}
     steps = {s.name: s for s in plan.steps}
-    assert steps["use"].command == (
-        "deploy api '<steps.version.outputs.v>' '[REDACTED:token]'"
-    )
+    assert steps["use"].command == ("deploy api '<steps.version.outputs.v>' '[REDACTED:token]'")
     assert steps["use"].will_run is None
     assert steps["web"].will_run is False
     assert steps["gate"].kind == "approval"
@@ -844,7 +845,7 @@ def test_resume_refuses_unknown_and_unfinished_runs(env: Env) -> None:
         prepare_resume(env.ledger, "20260101T000000Z-00000000")
     run_id = records.new_run_id()
     env.ledger.append("run.started", {"runbook": {}}, key=env.key, run=run_id)
-    with pytest.raises(ResumeRefused, match="no run.finished"):
+    with pytest.raises(ResumeRefused, match=r"no run\.finished"):
         prepare_resume(env.ledger, run_id)
 
 
