@@ -700,18 +700,30 @@ class _Callbacks(pygit2.RemoteCallbacks):
 
 
 _timeouts_set = False
+_settings_lock = threading.Lock()
 
 
-def _configure_timeouts() -> None:
+def _configure(creds: Credentials | None = None) -> None:
+    """Process-wide libgit2 settings: network timeouts, and the home directory whose
+    ``.ssh/known_hosts`` libgit2 checks host keys against (libgit2 reads $HOME only once)."""
     global _timeouts_set  # noqa: PLW0603
-    if _timeouts_set:
-        return
-    connect = float(os.environ.get("LEDGER_REMOTE_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S)
-    io = float(os.environ.get("LEDGER_REMOTE_TIMEOUT") or DEFAULT_IO_TIMEOUT_S)
-    with contextlib.suppress(AttributeError, pygit2.GitError, ValueError):
-        pygit2.settings.server_connect_timeout = int(connect * 1000)
-        pygit2.settings.server_timeout = int(io * 1000)
-    _timeouts_set = True
+    with _settings_lock:
+        if not _timeouts_set:
+            connect = float(
+                os.environ.get("LEDGER_REMOTE_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
+            )
+            io = float(os.environ.get("LEDGER_REMOTE_TIMEOUT") or DEFAULT_IO_TIMEOUT_S)
+            with contextlib.suppress(AttributeError, pygit2.GitError, ValueError):
+                pygit2.settings.server_connect_timeout = int(connect * 1000)
+                pygit2.settings.server_timeout = int(io * 1000)
+            _timeouts_set = True
+        home = creds.home if creds is not None and creds.home is not None else None
+        if home is None and os.environ.get("HOME"):
+            home = Path(os.environ["HOME"])
+        if home is not None:
+            with contextlib.suppress(AttributeError, pygit2.GitError, ValueError):
+                if pygit2.settings.homedir != str(home):
+                    pygit2.settings.homedir = str(home)
 
 
 # --- outcomes ---------------------------------------------------------------------------
@@ -976,7 +988,7 @@ def push_one(
 ) -> PushOutcome:
     """Push our main to one remote (fast-forward only); never raises for remote trouble."""
     start = time.monotonic()
-    _configure_timeouts()
+    _configure(creds)
     repo = _open_repo(ledger_path)
     remote = _get_remote(repo, name)
     url = remote.url or ""
@@ -1250,7 +1262,7 @@ def check_one(
     verify_ahead: bool = True,
 ) -> RemoteState:
     """Fetch one remote's main into ``refs/remotes/NAME/main`` and compare it with ours."""
-    _configure_timeouts()
+    _configure(creds)
     repo = _open_repo(ledger_path)
     remote = _get_remote(repo, name)
     url = remote.url or ""
@@ -1889,7 +1901,7 @@ def clone(
             hint="Pass the genesis commit id the ledger's owner published.",
         )
     creds = credentials or Credentials.from_env()
-    _configure_timeouts()
+    _configure(creds)
     created = not target.exists()
     warnings = []
     warning = direct_write_warning("origin", url)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ledger import replicate
 from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
@@ -43,7 +44,9 @@ InsecureOpt = Annotated[
 
 
 def _warn(text: str) -> None:
-    console_err.print(f"[yellow]ledger: warning:[/] {text}", highlight=False, soft_wrap=True)
+    console_err.print(
+        f"[yellow]ledger: warning:[/] {escape(text)}", highlight=False, soft_wrap=True
+    )
 
 
 def _creds(ssh_key: Path | None, insecure: bool) -> replicate.Credentials:
@@ -78,7 +81,7 @@ def remote_add(
 ) -> None:
     """Add a remote (stored in the ledger repository's git config)."""
     info = replicate.add_remote(find_ledger_path(ledger), name, url)
-    console.print(f"Added remote {info.name} ({info.transport}): {info.url}")
+    console.print(f"Added remote {info.name} ({info.transport}): {info.url}", markup=False)
     if info.warning:
         _warn(info.warning)
 
@@ -90,7 +93,7 @@ def remote_remove(
 ) -> None:
     """Remove a remote from the ledger's config (the remote itself is not touched)."""
     replicate.remove_remote(find_ledger_path(ledger), name)
-    console.print(f"Removed remote {name}.")
+    console.print(f"Removed remote {name}.", markup=False)
 
 
 @remote_app.command("list")
@@ -111,7 +114,7 @@ def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
     if not remotes:
         console.print("No remotes. Add one with 'ledger remote add NAME URL'.")
     for r in remotes:
-        console.print(f"{r.name}\t{r.transport}\t{r.url}")
+        console.print(f"{r.name}\t{r.transport}\t{r.url}", markup=False)
     for r in remotes:
         if r.warning:
             _warn(r.warning)
@@ -142,11 +145,11 @@ def remote_init(
                 raise
             genesis = None
     replicate.init_remote(path, genesis=genesis)
-    console.print(f"Created protected remote at {path}")
+    console.print(f"Created protected remote at {path}", markup=False)
     console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
     console.print("  pre-receive hook: verifies every pushed record")
     if genesis:
-        console.print(f"  accepts only the ledger with genesis {genesis}")
+        console.print(f"  accepts only the ledger with genesis {genesis}", markup=False)
     else:
         console.print("  genesis: pinned by the first push")
     console.print(
@@ -193,7 +196,7 @@ def push_cmd(
         for o in summary.outcomes:
             line = f"{o.remote:<{width}}  {o.line()}"
             if o.problem:
-                console.print(f"[bold red]{line}[/]", highlight=False)
+                console.print(f"[bold red]{escape(line)}[/]", highlight=False)
             else:
                 console.print(line, highlight=False, markup=False)
     for w in summary.warnings:
@@ -237,7 +240,7 @@ def print_remote_states(states: list[replicate.RemoteState], *, as_json: bool = 
     for s in states:
         line = f"{s.name:<{width}}  {s.line()}"
         if s.problem:
-            console.print(f"[bold red]{line}[/]", highlight=False)
+            console.print(f"[bold red]{escape(line)}[/]", highlight=False)
         else:
             console.print(line, highlight=False, markup=False)
 
@@ -279,9 +282,9 @@ def clone_cmd(
     result = replicate.clone(
         url, path, trust_genesis=trust_genesis, credentials=_creds(ssh_key, insecure_host_key)
     )
-    console.print(f"Cloned and verified {url} into {result.path}")
-    console.print(f"  genesis: {result.genesis}")
-    console.print(f"  head:    {result.head} (seq {result.seq})")
+    console.print(f"Cloned and verified {url} into {result.path}", markup=False)
+    console.print(f"  genesis: {result.genesis}", markup=False)
+    console.print(f"  head:    {result.head} (seq {result.seq})", markup=False)
     for w in result.warnings:
         _warn(w)
 
@@ -293,8 +296,8 @@ def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         console.print(json.dumps(st.to_json(), indent=2))
         return
-    console.print(f"ledger {st.path}")
-    console.print(f"  head: {st.head or '(none)'} (seq {st.seq})")
+    console.print(f"ledger {st.path}", markup=False)
+    console.print(f"  head: {st.head or '(none)'} (seq {st.seq})", markup=False)
     if not st.remotes:
         console.print("  remotes: none")
     for r in st.remotes:
@@ -306,11 +309,11 @@ def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
         last = f", last attempt: {r.last_status}" if r.last_status else ""
         console.print(f"  remote {r.name}: {where}{lag}{last}", markup=False)
         if r.problem:
-            console.print(f"    [bold red]problem:[/] {r.problem}", highlight=False)
+            console.print(f"    [bold red]problem:[/] {escape(r.problem)}", highlight=False)
         if r.warning:
             _warn(r.warning)
     if st.unfinished_runs:
-        console.print(f"  unfinished runs: {', '.join(st.unfinished_runs)}")
+        console.print(f"  unfinished runs: {', '.join(st.unfinished_runs)}", markup=False)
     else:
         console.print("  unfinished runs: none")
 

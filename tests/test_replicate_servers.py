@@ -1,0 +1,326 @@
+"""Replication against real git servers on 127.0.0.1: git daemon, git http-backend, sshd."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import gitservers
+import pytest
+from conftest import git, run_cli
+from gitservers import (
+    HTTP_PASSWORD,
+    HTTP_USER,
+    GitDaemon,
+    GitHttpServer,
+    SshServer,
+    free_port,
+    ssh_keygen,
+)
+from test_replicate import (
+    TestLedger,
+    make_ledger,
+    remote_head,
+    ssh_signed_commit_on,
+    unsigned_commit_on,
+)
+
+from ledger import replicate
+
+pytestmark = pytest.mark.server
+
+git_daemon = gitservers.git_daemon
+http_server = gitservers.http_server
+ssh_server = gitservers.ssh_server
+stoppable_git_daemon = gitservers.stoppable_git_daemon
+
+
+def protected_on(server: gitservers.GitServer, t: TestLedger, name: str) -> tuple[str, Path]:
+    """A remote made by `ledger remote init` (pinned to t's genesis), served by ``server``."""
+    path = server.base / f"{name}.git"
+    replicate.init_remote(path, genesis=t.ledger.genesis_id)
+    return server.url(f"{name}.git"), path
+
+
+def ssh_env(ssh: SshServer) -> dict[str, str]:
+    return {"LEDGER_SSH_KEY": str(ssh.client_key)}
+
+
+@pytest.fixture()
+def three(
+    stoppable_git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
+) -> tuple[TestLedger, dict[str, Path]]:
+    """A ledger with protected remotes over git://, http:// and ssh://."""
+    ssh_server.write_known_hosts(home)
+    t = make_ledger(tmp_path)
+    paths = {}
+    for name, server in (
+        ("gitd", stoppable_git_daemon),
+        ("web", http_server),
+        ("sshd", ssh_server),
+    ):
+        url, path = protected_on(server, t, f"{name}-{tmp_path.name}")
+        replicate.add_remote(t.path, name, url)
+        paths[name] = path
+    return t, paths
+
+
+def test_one_push_reaches_three_transports_and_a_later_push_catches_up(
+    three: tuple[TestLedger, dict[str, Path]],
+    stoppable_git_daemon: GitDaemon,
+    ssh_server: SshServer,
+) -> None:
+    t, paths = three
+    r = run_cli("push", "--ledger", t.path, env=ssh_env(ssh_server))
+    assert r.code == 0, r.output
+    lines = dict(line.split(None, 1) for line in r.out.splitlines())
+    for name in ("gitd", "web", "sshd"):
+        assert lines[name] == "pushed 4 records (now at seq 3)", r.out
+        assert remote_head(paths[name]) == t.head, name
+    assert "warning" not in r.err  # none of them is a direct-write path remote
+
+    # One remote goes down; a run goes on, its records pushed in the background.
+    port = stoppable_git_daemon.port
+    stoppable_git_daemon.stop()
+    os.environ["LEDGER_SSH_KEY"] = str(ssh_server.client_key)
+    try:
+        pusher = replicate.BackgroundPusher(t.path).start()
+        for _ in range(3):
+            pusher.notify(t.append())
+        summary = pusher.close(timeout=60)
+    finally:
+        del os.environ["LEDGER_SSH_KEY"]
+    by = {o.remote: o for o in summary.outcomes}
+    assert by["gitd"].status is replicate.PushStatus.UNREACHABLE
+    assert by["web"].holds_head and by["sshd"].holds_head
+    assert remote_head(paths["web"]) == t.head and remote_head(paths["sshd"]) == t.head
+    assert t.seq == 6  # the run's records are all safe locally
+
+    st = run_cli("status", "--ledger", t.path)
+    assert st.code == 0, st.output
+    assert "remote gitd: at seq 3" in st.out and "3 record(s) behind" in st.out
+    assert "remote web: at seq 6" in st.out and "0 record(s) behind" in st.out
+
+    down = run_cli("push", "--ledger", t.path, env=ssh_env(ssh_server))
+    assert down.code == 8 and "gitd  unreachable" in down.out
+    assert run_cli("push", "--require", "2", "--ledger", t.path, env=ssh_env(ssh_server)).code == 0
+
+    stoppable_git_daemon.start(port)
+    r = run_cli("push", "--ledger", t.path, env=ssh_env(ssh_server))
+    assert r.code == 0, r.output
+    assert "gitd  pushed 3 records (now at seq 6)" in r.out
+    assert "web   up to date (seq 6)" in r.out
+    assert remote_head(paths["gitd"]) == t.head
+    lag = {x.name: x.behind for x in replicate.status(t.path).remotes}
+    assert lag == {"gitd": 0, "sshd": 0, "web": 0}
+
+
+def test_stock_git_cannot_force_delete_or_forge_over_git_daemon(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    url, path = protected_on(git_daemon, t, f"prot-{tmp_path.name}")
+    replicate.add_remote(t.path, "prot", url)
+    replicate.push(t.path).check(None)
+    head = t.head
+
+    work = tmp_path / "work"
+    git("clone", "-q", url, work)
+    git("commit", "-q", "--amend", "-m", "rewritten history", cwd=work)
+    forced = git("push", "--force", "origin", "main", cwd=work, check=False)
+    assert forced.returncode != 0
+    assert "[remote rejected]" in forced.stderr
+    assert remote_head(path) == head
+
+    deleted = git("push", "origin", ":main", cwd=work, check=False)
+    assert deleted.returncode != 0 and "[remote rejected]" in deleted.stderr
+    assert "a ledger is never deleted" in deleted.stderr
+    assert remote_head(path) == head
+
+    git("reset", "-q", "--hard", "origin/main", cwd=work)
+    forged = unsigned_commit_on(work)
+    r = git("push", "origin", "main", cwd=work, check=False)
+    assert r.returncode != 0 and "pre-receive hook declined" in r.stderr
+    assert f"remote: ledger:   commit {forged} (seq 4)" in r.stderr
+    assert "[rule: unsigned]" in r.stderr
+    assert remote_head(path) == head
+
+    stranger = ssh_keygen(tmp_path / "stranger")
+    git("reset", "-q", "--hard", "origin/main", cwd=work)
+    signed = ssh_signed_commit_on(work, stranger)
+    r = git("push", "origin", "main", cwd=work, check=False)
+    assert r.returncode != 0 and signed in r.stderr
+    assert "[rule: untrusted-key]" in r.stderr or "[rule: bad-signature]" in r.stderr
+    assert remote_head(path) == head
+
+
+def _forge_local(t: TestLedger, tmp_path: Path) -> str:
+    """Append an unsigned commit made with stock git to the local ledger's main."""
+    work = tmp_path / "forge"
+    git("clone", "-q", t.path, work)
+    forged = unsigned_commit_on(work)
+    git("push", "-q", "origin", "main", cwd=work)
+    return forged
+
+
+@pytest.mark.parametrize("transport", ["git", "http", "ssh"])
+def test_server_rejection_reaches_ledger_push(
+    transport: str,
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    server = {"git": git_daemon, "http": http_server, "ssh": ssh_server}[transport]
+    ssh_server.write_known_hosts(home)
+    t = make_ledger(tmp_path)
+    url, path = protected_on(server, t, f"rej-{tmp_path.name}")
+    replicate.add_remote(t.path, "prot", url)
+    good = t.head
+    forged = _forge_local(t, tmp_path)
+    r = run_cli("push", "--ledger", t.path, env=ssh_env(ssh_server))
+    assert r.code == 8, r.output
+    assert "prot  rejected: refs/heads/main:" in r.out
+    assert forged in r.out and "[rule: unsigned]" in r.out  # the server's own words
+    assert remote_head(path) is None
+    assert good != forged
+    assert replicate.read_remote_state(t.path)["prot"]["status"] == "rejected"
+
+
+def test_remote_rewritten_on_disk_is_reported_and_not_overwritten(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    url, path = protected_on(git_daemon, t, f"rw-{tmp_path.name}")
+    replicate.add_remote(t.path, "prot", url)
+    replicate.push(t.path).check(None)
+    # Directly on the server's disk (no hooks, no rules): another chain replaces main.
+    other = make_ledger(tmp_path, "other", records=5)
+    git("--git-dir", path, "fetch", "-q", other.path, "main:refs/evil")
+    git("--git-dir", path, "update-ref", "refs/heads/main", other.head)
+    t.append()
+    mine = t.head
+
+    r = run_cli("push", "--ledger", t.path)
+    assert r.code == 8, r.output
+    assert "DIVERGED" in r.out and other.head in r.out and mine in r.out
+    assert remote_head(path) == other.head and t.head == mine
+
+    f = run_cli("fetch", "--ledger", t.path)
+    assert f.code == 8 and "DIVERGED" in f.out and other.head in f.out
+    states = replicate.check_remotes(t.path)
+    assert [s.rule for s in states] == ["diverged"]
+    assert t.head == mine
+
+
+def test_unknown_and_changed_ssh_host_keys_are_refused(
+    ssh_server: SshServer, home: Path, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    url, path = protected_on(ssh_server, t, f"hk-{tmp_path.name}")
+    replicate.add_remote(t.path, "s", url)
+    env = ssh_env(ssh_server)
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 8, r.output
+    assert "host key refused" in r.out and "is unknown" in r.out
+    assert remote_head(path) is None
+
+    # A known_hosts entry with another key for this host and port: a changed host key.
+    other = ssh_keygen(tmp_path / "otherhost")
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    (home / ".ssh").mkdir(exist_ok=True)
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{ssh_server.port} {kind} {blob}\n")
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 8 and "CHANGED" in r.out
+
+    r = run_cli("push", "--insecure-host-key", "--ledger", t.path, env=env)
+    assert r.code == 0, r.output
+    assert remote_head(path) == t.head
+
+    ssh_server.write_known_hosts(home)
+    (home / ".ssh" / "known_hosts").write_text(ssh_server.known_hosts_line())
+    t.append()
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 0, r.output
+    assert "pushed 1 record" in r.out
+
+
+def test_bad_input_and_failures_lose_nothing(
+    ssh_server: SshServer, http_server: GitHttpServer, home: Path, tmp_path: Path
+) -> None:
+    ssh_server.write_known_hosts(home)
+    t = make_ledger(tmp_path)
+    head = t.head
+    # Malformed URL and unknown remote name.
+    r = run_cli("remote", "add", "x", "ssh://127.0.0.1:99999/x.git", "--ledger", t.path)
+    assert r.code == 3 and "invalid port" in r.err
+    r = run_cli("fetch", "nope", "--ledger", t.path)
+    assert r.code == 8 and "no remote named 'nope'" in r.err
+
+    # Unreachable host (nothing listens on the port).
+    replicate.add_remote(t.path, "down", f"git://127.0.0.1:{free_port()}/x.git")
+    # Authentication failures: an SSH key the server does not know; HTTP without a password.
+    url, _ = protected_on(ssh_server, t, f"auth-{tmp_path.name}")
+    replicate.add_remote(t.path, "ssh", url)
+    purl, ppath = http_server.make_private_repo()
+    replicate.add_remote(t.path, "web", purl)
+    stranger = ssh_keygen(tmp_path / "stranger")
+    r = run_cli("push", "--ssh-key", stranger, "--ledger", t.path)
+    assert r.code == 8, r.output
+    lines = dict(line.split(None, 1) for line in r.out.splitlines())
+    assert lines["down"].startswith("unreachable")
+    assert lines["ssh"].startswith("auth failed") and str(stranger) in lines["ssh"]
+    assert lines["web"].startswith("auth failed")
+    r = run_cli("fetch", "--ssh-key", stranger, "--ledger", t.path)
+    assert r.code == 8 and "could not check" in r.err
+    assert t.head == head and t.seq == 3
+
+    # HTTP credentials from the environment work; so does git's credential store file.
+    r = run_cli(
+        "push",
+        "web",
+        "--ledger",
+        t.path,
+        env={"LEDGER_HTTP_USER": HTTP_USER, "LEDGER_HTTP_PASSWORD": HTTP_PASSWORD},
+    )
+    assert r.code == 0, r.output
+    assert remote_head(ppath) == t.head
+    t.append()
+    (home / ".git-credentials").write_text(
+        f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:{http_server.port}\n"
+    )
+    git("--git-dir", t.path, "config", "credential.helper", "store")
+    summary = replicate.push(t.path, ["web"])
+    assert summary.outcomes[0].status is replicate.PushStatus.PUSHED, summary.outcomes[0]
+    assert remote_head(ppath) == t.head
+
+
+def test_token_from_environment_and_clone_over_http(
+    http_server: GitHttpServer, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    purl, ppath = http_server.make_private_repo()
+    replicate.add_remote(t.path, "web", purl)
+    creds = replicate.Credentials.from_env(
+        environ={"LEDGER_HTTP_TOKEN": HTTP_PASSWORD, "LEDGER_HTTP_USER": HTTP_USER}
+    )
+    replicate.push(t.path, credentials=creds).check(None)
+    assert remote_head(ppath) == t.head
+
+    url, _path = protected_on(http_server, t, f"pub-{tmp_path.name}")
+    replicate.add_remote(t.path, "pub", url)
+    replicate.push(t.path, ["pub"]).check(None)
+    r = run_cli("clone", url, tmp_path / "audit", "--trust-genesis", t.ledger.genesis_id)
+    assert r.code == 0, r.output
+    assert git("--git-dir", tmp_path / "audit", "rev-parse", "main").stdout.strip() == t.head
+    wrong = run_cli("clone", url, tmp_path / "audit2", "--trust-genesis", "0" * 40)
+    assert wrong.code == 7 and not (tmp_path / "audit2").exists()
+    assert json.loads(run_cli("status", "--json", "--ledger", tmp_path / "audit").out)["seq"] == 3
+    assert base64  # (imported for symmetry with the server's basic auth)
