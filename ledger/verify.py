@@ -15,6 +15,8 @@ small on long ledgers.
 from __future__ import annotations
 
 import binascii
+import calendar
+import functools
 import hashlib
 import json
 import os
@@ -98,7 +100,7 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 _LEDGER_ID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SEQ = re.compile(r"0|[1-9][0-9]*")
-_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.\d{6}Z")
 _RUN_ID = re.compile(r"(\d{4})(\d{2})(\d{2})T\d{6}Z-[0-9a-f]{8}")
 _FILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _INCIDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -183,7 +185,7 @@ class VerifiedState:
     prev_sha256: str
     ledger_id: str
     keys: list[TrustedKey]
-    verified_at: str = ""
+    verified_at: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -557,6 +559,19 @@ def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str
     return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{name}"
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch(time: str) -> int | None:
+    """Whole seconds since the epoch of a record time, or None if it is not one."""
+    m = _TIME.fullmatch(time)
+    if m is None:
+        return None
+    try:
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        return calendar.timegm(datetime(y, mo, d, h, mi, sec, tzinfo=UTC).utctimetuple())
+    except ValueError:
+        return None
+
+
 def _ident(principal: str) -> str:
     """The git ident a principal stands as in author/committer (FORMAT.md §3)."""
     return _IDENT_DROP.sub("", principal).strip() or "unknown"
@@ -586,11 +601,8 @@ def _check_schema(rec: dict[str, Any]) -> list[str]:
         t = rec["time"]
         if not (isinstance(t, str) and _TIME.fullmatch(t)):
             out.append("time is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
-        else:
-            try:
-                datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ")
-            except ValueError:
-                out.append(f"time {t!r} is not a valid date and time")
+        elif _epoch(t) is None:
+            out.append(f"time {t!r} is not a valid date and time")
     run = rec.get("run")
     if run is not None and not (isinstance(run, str) and _RUN_ID.fullmatch(run)):
         out.append("run is neither null nor a run id YYYYMMDDTHHMMSSZ-<8 hex>")
@@ -757,6 +769,8 @@ class _Verifier:
         self._trees_old: dict[str, bytes] = {}
         self._trees: dict[str, bytes] = {}
         self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
+        self._raw_commits: dict[str, bytes] = {}
+        self._raw_budget = 48 * 1024 * 1024
         self.checked = 0
 
     # -- findings and raw reads ------------------------------------------------------
@@ -799,13 +813,11 @@ class _Verifier:
     def lookup(self, oid: str, raw: bytes, name: str, directory: bool) -> tuple[int, str] | None:
         """One entry of a tree by name.
 
-        Small trees are parsed. In large trees the entry is found by searching for its
+        The entry is found by searching the raw tree for its
         bytes with the mode the layout requires; that is only a hint, which the tree
         comparison confirms by rebuilding the parent tree's SHA-1 (and which falls back to
         parsing the whole tree when it does not match).
         """
-        if len(raw) < 2048:
-            return self.entries(oid, raw).get(name)
         mode = _MODE_TREE if directory else _MODE_BLOB
         needle = b"%o %s\0" % (mode, name.encode("utf-8"))
         at = raw.find(needle)
@@ -835,9 +847,21 @@ class _Verifier:
 
     # -- walking ---------------------------------------------------------------------
 
-    def parents_of(self, oid: str) -> list[str]:
+    def parents_of(self, oid: str, keep: bool = False) -> list[str]:
+        """The parent ids of a commit (the forward check re-parses it fully).
+
+        With ``keep``, the raw commit is kept for the forward pass while the cache is
+        under its budget, saving a second read of the object."""
         raw = self.read(oid, _OBJ_COMMIT, "commit")
-        return _parse_commit(raw).parents
+        if keep and self._raw_budget > 0:
+            self._raw_commits[oid] = raw
+            self._raw_budget -= len(raw) + 100
+        parents = []
+        pos = raw.find(b"\n") + 1
+        while raw.startswith(b"parent ", pos):
+            parents.append(raw[pos + 7 : pos + 47].decode("ascii", "replace"))
+            pos += 48
+        return parents
 
     # -- trust -----------------------------------------------------------------------
 
@@ -892,7 +916,7 @@ class _Verifier:
         self.checked += 1
         guess = prev.seq + 1 if prev.seq is not None else None
         try:
-            raw = self.read(oid, _OBJ_COMMIT, "commit")
+            raw = self._raw_commits.pop(oid, None) or self.read(oid, _OBJ_COMMIT, "commit")
             if hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest() != oid:  # noqa: S324
                 raise _ObjectError("object-corrupt", f"commit {oid} does not hash to its id")
             commit = _parse_commit(raw)
@@ -923,6 +947,8 @@ class _Verifier:
 
         self.next_generation()
         is_root = not commit.parents
+        if commit.parents and prev.commit is not None and commit.parents[0] != prev.commit:
+            note("parents", f"its first parent is {commit.parents[0]}, not {prev.commit}")
         if len(commit.parents) > 1:
             note("merge", f"it has {len(commit.parents)} parents: {', '.join(commit.parents)}")
         if is_root and not is_first:
@@ -1434,14 +1460,11 @@ def _check_idents(commit: _Commit, rec: dict[str, Any], note: Callable[[str, str
     time = rec.get("time")
     if not (isinstance(actor, dict) and isinstance(actor.get("principal"), str)):
         return
-    if not (isinstance(time, str) and _TIME.fullmatch(time)):
-        return
-    try:
-        when = datetime.strptime(time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
+    when = _epoch(time) if isinstance(time, str) else None
+    if when is None:
         return
     ident = _ident(actor["principal"])
-    want = f"{ident} <{ident}> {int(when.timestamp())} +0000".encode()
+    want = f"{ident} <{ident}> {when} +0000".encode()
     for what, value in (("author", commit.author), ("committer", commit.committer)):
         if value != want:
             got = (value or b"").decode("utf-8", "replace")
@@ -1575,7 +1598,7 @@ def verify_chain(
             found_base = True
             break
         try:
-            parents = v.parents_of(cur)
+            parents = v.parents_of(cur, keep=True)
         except _ObjectError as exc:
             broken, broken_at = exc, cur
             break

@@ -85,6 +85,10 @@ def build(tmp_path: Path, name: str = "ledger", events_after_key: int = 3) -> Bu
     return Built(path, alice, bob, ids, keys)
 
 
+def canonical(rec: dict[str, Any]) -> bytes:
+    return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def verify(built: Built, **kwargs: Any) -> VerifyResult:
     return verify_ledger(built.path, **kwargs)
 
@@ -240,27 +244,29 @@ def forge_append(
         }
         if edit_record:
             edit_record(rec)
-        raw_record = json.dumps(
-            rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        raw_record = canonical(rec)
     rec = json.loads(raw_record)
-    path = records.record_path(rec["kind"], rec["seq"], rec["run"], rec["time"])
+    try:
+        path = records.record_path(rec["kind"], rec["seq"], rec["run"], rec["time"])
+        when = int(records.parse_time(rec["time"]).timestamp())
+    except (KeyError, ValueError):  # a deliberately malformed record
+        path = f"events/2026/01/01/{seq:010d}-event.json"
+        when = int(records.parse_time(now).timestamp())
     changes: dict[str, Any] = {path: repo.create_blob(raw_record)}
     changes.update(extra_tree or {})
     tree = tree_with(repo, head_commit.tree, changes)
     trailers = {
-        "Ledger-Id": rec["ledger"],
-        "Ledger-Seq": str(rec["seq"]),
-        "Ledger-Kind": rec["kind"],
+        "Ledger-Id": str(rec.get("ledger")),
+        "Ledger-Seq": str(rec.get("seq")),
+        "Ledger-Kind": str(rec.get("kind")),
         "Ledger-Record": path,
         "Ledger-Record-Sha256": hashlib.sha256(raw_record).hexdigest(),
         "Ledger-Prev-Sha256": commit_digest(raw_commit(repo, head)),
     }
     if edit_trailers:
         edit_trailers(trailers)
-    message = records.build_message(f"{rec['kind']}: forged", trailers)
-    when = int(records.parse_time(rec["time"]).timestamp())
-    ident = rec["actor"]["principal"]
+    message = records.build_message(f"{rec.get('kind')}: forged", trailers)
+    ident = principal
     sig = pygit2.Signature(ident, ident, when, 0)
     oid = signed_commit(repo, key, tree, parents if parents is not None else [head], message, sig)
     set_main(built.path, oid)

@@ -1,0 +1,286 @@
+"""Benchmark: verifying a ledger.
+
+Prints, from measurements taken in this one run:
+- commits/s of ``verify_ledger`` over a ledger of --records records written by the store
+  (as the store leaves it: loose objects; and repacked, as a clone or ``git gc`` has it);
+- commits/s of stock ``git verify-commit`` run once per commit over a sample of the same
+  commits (what an auditor without this tool would do), and the ratio of the two;
+- peak memory (``ru_maxrss`` of a fresh process) verifying a ledger of --memory-records
+  records, and its verify rate.
+
+The ledgers' records are spread over many days by a simulated clock (one record every
+15 minutes), as on a ledger that grew in real use, since FORMAT.md §4 shards the tree by day.
+The --records ledger is written with ``Ledger.append`` (durability switched off while
+building: the benchmark measures verifying, not appending). The --memory-records ledger is
+written by a faster builder from the same record, message and signing functions the store
+uses, straight into the object database, packed every 10,000 records; its verification
+finding nothing shows it is a well-formed ledger.
+
+Usage: python bench/bench_verify.py [--records 3000] [--git-sample 150]
+                                    [--memory-records 100000 | --memory-records 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from ledger import records
+from ledger import store as store_mod
+from ledger.signing import SigningKey, allowed_signers_line, sign_commit
+from ledger.store import Ledger
+from ledger.verify import verify_ledger
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+STEP = timedelta(minutes=15)
+
+
+@contextmanager
+def simulated_store() -> Iterator[None]:
+    """The store with a clock that advances 15 minutes per record and no fsync."""
+    clock = [START]
+
+    def now() -> datetime:
+        clock[0] += STEP
+        return clock[0]
+
+    saved = (records.utc_now, store_mod._syncfs)
+    records.utc_now = now
+    store_mod._syncfs = lambda path: None
+    try:
+        yield
+    finally:
+        records.utc_now, store_mod._syncfs = saved
+
+
+def build_with_store(path: Path, n: int, alice: SigningKey, bob: SigningKey) -> Ledger:
+    with simulated_store():
+        led = Ledger.init(path, name="bench", key=alice, principal="alice@example.com")
+        pub = bob.public_key
+        led.append(
+            "key.added",
+            {
+                "principal": "bob",
+                "key": pub.openssh(),
+                "fingerprint": pub.fingerprint,
+                "comment": "",
+            },
+            key=alice,
+        )
+        for i in range(2, n):
+            key = bob if i % 3 == 0 else alice
+            attachments = {"stdout": f"line {i}\n".encode() * 5} if i % 10 == 0 else None
+            led.append(
+                "event",
+                {"message": f"bench {i}", "data": {"i": i}},
+                key=key,
+                attachments=attachments,
+            )
+    return led
+
+
+# --- the fast builder (same functions as the store, straight into the odb) ---------------
+
+
+def _tree_add(
+    repo: pygit2.Repository, base: pygit2.Oid | None, parts: list[str], blob: pygit2.Oid
+) -> pygit2.Oid:
+    builder = repo.TreeBuilder(repo[base]) if base is not None else repo.TreeBuilder()
+    name = parts[0]
+    if len(parts) == 1:
+        builder.insert(name, blob, pygit2.GIT_FILEMODE_BLOB)
+    else:
+        tree = repo[base] if base is not None else None
+        sub = tree[name].id if tree is not None and name in tree else None
+        builder.insert(name, _tree_add(repo, sub, parts[1:], blob), pygit2.GIT_FILEMODE_TREE)
+    return builder.write()
+
+
+def fast_build(path: Path, n: int, key: SigningKey) -> str:
+    repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
+    ledger_id = records.new_ledger_id()
+    fp = key.public_key.fingerprint
+    principal = "alice@example.com"
+    ident = records.clean_principal(principal)
+    parent: pygit2.Oid | None = None
+    tree: pygit2.Oid | None = None
+    when = START
+    for seq in range(n):
+        when += STEP
+        time_s = records.format_time(when)
+        if seq == 0:
+            kind = records.KIND_GENESIS
+            data: dict[str, Any] = {
+                "name": "bench",
+                "signers": [
+                    {"principal": principal, "key": key.public_key.openssh(), "fingerprint": fp}
+                ],
+                "created_by": "runbook-ledger bench",
+            }
+        else:
+            kind = records.KIND_EVENT
+            data = {"message": f"bench {seq}", "data": {"i": seq}}
+        rec = records.make_record(
+            ledger_id=ledger_id,
+            seq=seq,
+            kind=kind,
+            time=time_s,
+            run=None,
+            principal=principal,
+            key_fingerprint=fp,
+            host="bench",
+            data=data,
+            files={},
+        )
+        raw = records.canonical_json(rec)
+        rpath = records.record_path(kind, seq, None, time_s)
+        tree = _tree_add(repo, tree, rpath.split("/"), repo.create_blob(raw))
+        trailers = {
+            "Ledger-Id": ledger_id,
+            "Ledger-Seq": str(seq),
+            "Ledger-Kind": kind,
+            "Ledger-Record": rpath,
+            "Ledger-Record-Sha256": records.sha256_hex(raw),
+        }
+        if parent is not None:
+            trailers["Ledger-Prev-Sha256"] = records.git_object_sha256(
+                "commit", repo.odb.read(parent)[1]
+            )
+        message = records.build_message(records.summarize(kind, data), trailers)
+        sig = pygit2.Signature(ident, ident, int(when.timestamp()), 0)
+        content = repo.create_commit_string(sig, sig, message, tree, [parent] if parent else [])
+        parent = repo.create_commit_with_signature(content, sign_commit(content, key))
+        if seq % 10_000 == 9_999:
+            subprocess.run(["git", "-C", str(path), "repack", "-dq"], check=True)
+    assert parent is not None
+    repo.references.create("refs/heads/main", parent)
+    subprocess.run(["git", "-C", str(path), "repack", "-adq"], check=True)
+    return str(parent)
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+def verify_rate(path: Path) -> tuple[float, int]:
+    verify_ledger(path)  # warm the page cache, as for git below
+    start = time.perf_counter()
+    result = verify_ledger(path)
+    elapsed = time.perf_counter() - start
+    if not result.ok:
+        raise SystemExit(f"the benchmark ledger does not verify: {result.findings[:3]}")
+    return result.records_checked / elapsed, result.records_checked
+
+
+def git_verify_rate(path: Path, led: Ledger, sample: int, tmp: Path) -> float:
+    lines = []
+    for s in led.signers():
+        after = records.parse_time(s.added_time) if s.added_time else None
+        line = allowed_signers_line(s.principal, s.public_key, after, None)
+        lines.append(line if line.endswith("\n") else line + "\n")
+    signers = tmp / "allowed_signers"
+    signers.write_text("".join(lines))
+    ids = [r.commit_id for r in led.iter_records()][:sample]
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull)
+    cmd = [
+        "git",
+        "-C",
+        str(path),
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "verify-commit",
+    ]
+    subprocess.run([*cmd, ids[0]], check=True, env=env, capture_output=True)  # warm up
+    start = time.perf_counter()
+    for oid in ids:
+        subprocess.run([*cmd, oid], check=True, env=env, capture_output=True)
+    return len(ids) / (time.perf_counter() - start)
+
+
+_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from ledger.verify import verify_ledger
+start = time.perf_counter()
+result = verify_ledger(Path(sys.argv[1]))
+elapsed = time.perf_counter() - start
+print(json.dumps({"ok": result.ok, "n": result.records_checked, "s": elapsed,
+                  "findings": [f.to_json() for f in result.findings[:3]],
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def memory_run(path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path)], check=True, capture_output=True, text=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=3000)
+    ap.add_argument("--git-sample", type=int, default=150)
+    ap.add_argument("--memory-records", type=int, default=100_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        alice = SigningKey.generate(comment="alice@example.com")
+        bob = SigningKey.generate(comment="bob@example.com")
+        t = time.perf_counter()
+        led = build_with_store(tmp / "ledger.git", args.records, alice, bob)
+        print(f"built {args.records:,} records with the store in {time.perf_counter() - t:.0f} s")
+
+        loose, n = verify_rate(led.path)
+        packed_path = tmp / "packed.git"
+        subprocess.run(
+            ["git", "clone", "-q", "--bare", "--mirror", str(led.path), str(packed_path)],
+            check=True,
+        )
+        packed, _ = verify_rate(packed_path)
+        git_rate = git_verify_rate(led.path, led, args.git_sample, tmp)
+        best = min(loose, packed)
+        print(f"ledger verify, loose objects:    {loose:8.0f} commits/s ({n:,} commits)")
+        print(f"ledger verify, packed (a clone): {packed:8.0f} commits/s")
+        print(
+            f"git verify-commit per commit:    {git_rate:8.1f} commits/s "
+            f"(sample of {args.git_sample})"
+        )
+        print(f"ratio ledger/git (slower case):  {best / git_rate:8.1f}x  (target >= 40x)")
+        print(f"target >= 2,000 commits/s:       {'met' if best >= 2000 else 'NOT met'}")
+
+        if args.memory_records:
+            big = tmp / "big.git"
+            t = time.perf_counter()
+            fast_build(big, args.memory_records, alice)
+            print(
+                f"built {args.memory_records:,} records (fast builder) in "
+                f"{time.perf_counter() - t:.0f} s"
+            )
+            run = memory_run(big)
+            if not run["ok"]:
+                raise SystemExit(f"the large ledger does not verify: {run['findings']}")
+            mb = run["maxrss_kb"] / 1024
+            print(
+                f"verify {run['n']:,} records:        {run['n'] / run['s']:8.0f} commits/s, "
+                f"peak memory {mb:.0f} MB  (target < 200 MB: "
+                f"{'met' if mb < 200 else 'NOT met'})"
+            )
+
+
+if __name__ == "__main__":
+    main()

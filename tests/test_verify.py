@@ -1,0 +1,396 @@
+"""The verifier's API: results, saved state, resuming, quarantined objects, canonical JSON,
+the path layout, and agreement with stock git on what a good signature is."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+from test_tamper import (
+    Built,
+    build,
+    canonical,
+    forge_append,
+    loose_object,
+    raw_commit,
+    rules_at,
+    set_main,
+    write_raw_commit,
+)
+
+from ledger import records
+from ledger.errors import InputError, LedgerNotFound
+from ledger.signing import SigningKey, allowed_signers_line
+from ledger.store import Ledger
+from ledger.verify import (
+    RULES,
+    VerifiedState,
+    _decode_record,
+    _NotCanonical,
+    expected_record_path,
+    load_state,
+    save_state,
+    state_path,
+    verify_chain,
+    verify_ledger,
+)
+from tests.conftest import git
+
+FORMAT = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
+
+
+def test_rule_names_are_those_of_the_format() -> None:
+    text = FORMAT.read_text()
+    section = text[text.index("## 9. Findings") :]
+    section = section[: section.index("\n## ", 5)] if "\n## " in section[5:] else section
+    documented = set(re.findall(r"`([a-z][a-z-]+)`", section))
+    assert documented == RULES
+
+
+# --- results and state -------------------------------------------------------------------
+
+
+def test_result_json_and_state_round_trip(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    result = verify_ledger(built.path, trust_genesis=built.genesis)
+    assert result.ok and result.state is not None
+    json.dumps(result.to_json())
+    state = result.state
+    assert state.genesis == built.genesis and state.head == built.ids[-1]
+    assert state.seq == len(built.ids) - 1
+    assert state.ledger_id == Ledger.open(built.path).ledger_id
+    fps = [k.fingerprint for k in state.keys]
+    assert fps == [built.alice.public_key.fingerprint, built.bob.public_key.fingerprint]
+    assert state.keys[1].added_seq == 5 and state.keys[0].added_seq == 0
+
+    written = save_state(built.path, state)
+    assert written == state_path(built.path) == built.path / "ledger-state" / "verified.json"
+    assert [p.name for p in written.parent.iterdir() if p.name.startswith(".verified")] == []
+    loaded = load_state(built.path)
+    assert loaded == state
+    assert VerifiedState.from_json(json.loads(written.read_text())) == state
+
+
+def test_load_state_absent_and_malformed(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    assert load_state(built.path) is None
+    path = state_path(built.path)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("{not json")
+    with pytest.raises(InputError):
+        load_state(built.path)
+    path.write_text(json.dumps({"format": 1, "genesis": "x"}))
+    with pytest.raises(InputError):
+        load_state(built.path)
+
+
+def test_since_verifies_only_new_records_with_saved_trust(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    first = verify_ledger(built.path)
+    assert first.state is not None
+    save_state(built.path, first.state)
+    ledger = Ledger.open(built.path)
+    # bob was trusted by a key record before the saved head: the saved trust state knows.
+    for i in range(3):
+        ledger.append("event", {"message": f"new {i}", "data": None}, key=built.bob)
+    state = load_state(built.path)
+    assert state is not None
+    result = verify_ledger(built.path, since=state)
+    assert result.ok, result.findings
+    assert result.records_checked == 3
+    assert result.since_seq == first.state.seq
+    assert result.seq == first.state.seq + 3
+    assert result.state is not None and result.state.genesis == built.genesis
+    assert result.genesis_pinned
+    # Nothing new: nothing to check, still fine.
+    again = verify_ledger(built.path, since=result.state)
+    assert again.ok and again.records_checked == 0 and again.state == result.state
+
+
+def test_since_keeps_revocations(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    ledger = Ledger.open(built.path)
+    fp = built.bob.public_key.fingerprint
+    ledger.append("key.revoked", {"fingerprint": fp, "reason": "left"}, key=built.alice)
+    first = verify_ledger(built.path)
+    assert first.state is not None
+    assert first.state.keys[1].revoked_seq == len(built.ids)
+    forge_append(built, built.bob, principal="bob")
+    result = verify_ledger(built.path, since=first.state)
+    assert rules_at(result) == {("revoked-key", len(built.ids) + 1)}
+
+
+def test_since_detects_a_tampered_record_after_the_saved_head(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    first = verify_ledger(built.path)
+    assert first.state is not None
+    forge_append(built, SigningKey.generate(), principal="mallory")
+    result = verify_ledger(built.path, since=first.state)
+    assert rules_at(result) == {("untrusted-key", len(built.ids))}
+    assert result.state is None
+
+
+def test_trust_genesis_must_be_a_full_id(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    with pytest.raises(InputError):
+        verify_ledger(built.path, trust_genesis=built.genesis[:12])
+    upper = verify_ledger(built.path, trust_genesis=built.genesis.upper())
+    assert upper.ok and upper.genesis_pinned
+
+
+def test_not_a_ledger(tmp_path: Path) -> None:
+    with pytest.raises(LedgerNotFound):
+        verify_ledger(tmp_path / "nothing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(LedgerNotFound):
+        verify_ledger(tmp_path / "plain")
+    pygit2.init_repository(str(tmp_path / "empty.git"), bare=True)
+    with pytest.raises(LedgerNotFound):
+        verify_ledger(tmp_path / "empty.git")
+
+
+def test_progress_is_reported(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    calls: list[tuple[int, int]] = []
+    verify_ledger(built.path, progress=lambda done, total: calls.append((done, total)))
+    n = len(built.ids)
+    assert calls[0] == (0, n) and calls[-1] == (n, n)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_included_commits(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    stranger = "f" * 40
+    result = verify_ledger(built.path, commits=[built.ids[3], built.ids[-1], stranger])
+    assert result.included == {built.ids[3]: 3, built.ids[-1]: len(built.ids) - 1, stranger: None}
+    # Resuming: commits before the saved head are still found.
+    assert result.state is not None
+    Ledger.open(built.path).append("event", {"message": "x", "data": None}, key=built.alice)
+    later = verify_ledger(built.path, since=result.state, commits=[built.ids[2], stranger])
+    assert later.ok and later.records_checked == 1
+    assert later.included == {built.ids[2]: 2, stranger: None}
+
+
+def test_verify_chain_with_quarantined_objects(tmp_path: Path) -> None:
+    """What a pre-receive hook sees: the new objects in a separate object directory."""
+    built = build(tmp_path)
+    remote = tmp_path / "remote.git"
+    git("clone", "--bare", "-q", built.path, remote)
+    ledger = Ledger.open(built.path)
+    new = [
+        ledger.append("event", {"message": f"pushed {i}", "data": None}, key=built.alice).commit_id
+        for i in range(3)
+    ]
+    quarantine = tmp_path / "quarantine"
+    quarantine.mkdir()
+    env = {
+        "GIT_OBJECT_DIRECTORY": str(quarantine),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(remote / "objects"),
+    }
+    git("fetch", "-q", built.path, "main", cwd=remote, env=env)
+    repo = pygit2.Repository(str(remote))
+    missing = verify_chain(repo, new[-1])
+    assert "object-missing" in missing.rules()
+    repo.odb.add_disk_alternate(str(quarantine))
+    result = verify_chain(repo, new[-1], trust_genesis=built.genesis)
+    assert result.ok, result.findings
+    assert result.seq == len(built.ids) + 2
+    # Resuming from the remote's own verified head checks only the pushed records.
+    first = verify_chain(repo, built.ids[-1])
+    assert first.state is not None
+    resumed = verify_chain(repo, new[-1], since=first.state)
+    assert resumed.ok and resumed.records_checked == 3
+
+
+# --- more rules -------------------------------------------------------------------------------
+
+
+def test_run_records_with_attachments_and_incident_index(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    ledger = Ledger.open(built.path)
+    run = records.new_run_id()
+    ledger.append("run.started", {"runbook": "x"}, key=built.alice, run=run, incident="INC-7")
+    ledger.append(
+        "step.finished",
+        {"step": "a", "exit": 0},
+        key=built.bob,
+        run=run,
+        attachments={"stdout": b"hello\n", "stderr": b""},
+    )
+    assert verify_ledger(built.path).findings == []
+
+
+def test_attachment_digest_mismatch(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    seq = len(built.ids)
+    now = records.format_time(records.utc_now())
+    path = records.record_path("event", seq, None, now)
+    out_path = path[: -len(".json")] + ".out"
+
+    def attach(rec: dict[str, Any]) -> None:
+        rec["time"] = now
+        rec["files"] = {"out": {"path": out_path, "sha256": "0" * 64, "size": 5}}
+
+    forge_append(
+        built,
+        built.alice,
+        edit_record=attach,
+        extra_tree={out_path: built.repo.create_blob(b"hello")},
+    )
+    assert rules_at(verify_ledger(built.path)) == {("file-digest", seq)}
+
+
+@pytest.mark.parametrize(
+    ("edit", "rule"),
+    [
+        (lambda r: r.update(extra=1), "record-schema"),
+        (lambda r: r.pop("host"), "record-schema"),
+        (lambda r: r.update(schema=2), "record-schema"),
+        (lambda r: r.update(time="2026-11-22 10:00:00"), "record-schema"),
+        (lambda r: r["data"].pop("message"), "record-schema"),
+        (lambda r: r.update(kind="mystery"), "record-schema"),
+        (lambda r: r.update(seq=True), "record-schema"),
+    ],
+)
+def test_record_schema(tmp_path: Path, edit: Any, rule: str) -> None:
+    built = build(tmp_path, events_after_key=0)
+    forge_append(built, built.alice, edit_record=edit)
+    result = verify_ledger(built.path)
+    assert (rule, len(built.ids)) in rules_at(result), result.findings
+
+
+def test_second_genesis_signer_is_trusted(tmp_path: Path) -> None:
+    alice, carol = SigningKey.generate(), SigningKey.generate()
+    ledger = Ledger.init(
+        tmp_path / "l",
+        name="two",
+        key=alice,
+        principal="alice",
+        signers=[("carol", carol.public_key)],
+    )
+    ledger.append("event", {"message": "by carol", "data": None}, key=carol)
+    assert verify_ledger(ledger.path).ok
+
+
+def test_genesis_signed_by_a_key_it_does_not_list(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    repo = built.repo
+    g = repo[built.genesis]
+    content = repo.create_commit_string(g.author, g.committer, g.message, g.tree_id, [])
+    from ledger.signing import sign_commit
+
+    mallory = SigningKey.generate()
+    forged = repo.create_commit_with_signature(content, sign_commit(content, mallory))
+    set_main(built.path, str(forged))
+    result = verify_ledger(built.path)
+    assert ("untrusted-key", 0) in rules_at(result)
+
+
+def test_large_directory_tree_append(tmp_path: Path) -> None:
+    """Over ~40 records in one day's directory the tree is searched, not parsed."""
+    built = build(tmp_path, events_after_key=0)
+    ledger = Ledger.open(built.path)
+    for i in range(60):
+        ledger.append("event", {"message": f"bulk {i}", "data": None}, key=built.alice)
+    assert verify_ledger(built.path).ok
+    repo = built.repo
+    victim = repo[built.ids[2]]
+    path = records.parse_trailers(victim.message)["Ledger-Record"]
+    forge_append(built, built.alice, extra_tree={path: repo.create_blob(b"{}")})
+    result = verify_ledger(built.path)
+    assert ("tree-append", len(built.ids) + 60) in rules_at(result)
+    assert any(path in f.message for f in result.findings)
+
+
+def test_corrupt_tree_object(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    tree = str(built.repo[built.ids[4]].tree_id)
+    obj = loose_object(built.path, tree)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(zlib.compress(b"tree 5\0junk!"))
+    result = verify_ledger(built.path)
+    assert ("object-corrupt", 4) in rules_at(result)
+
+
+# --- agreement with stock git ----------------------------------------------------------------
+
+
+def _allowed_signers(built: Built, path: Path) -> Path:
+    lines = [
+        allowed_signers_line("alice", built.alice.public_key, None, None),
+        allowed_signers_line("bob", built.bob.public_key, None, None),
+    ]
+    path.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines))
+    return path
+
+
+def test_stock_git_agrees_on_good_and_bad_signatures(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    signers = _allowed_signers(built, tmp_path / "allowed")
+    cfg = ["-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={signers}"]
+    assert verify_ledger(built.path).ok
+    for oid in built.ids:
+        git(*cfg, "verify-commit", oid, cwd=built.path)
+    raw = raw_commit(built.repo, built.ids[-1])
+    tampered = raw.replace(b"later 2", b"later X") if b"later 2" in raw else raw
+    tampered = tampered.replace(b"\n\nevent:", b"\n\nEVENT:")
+    assert tampered != raw
+    bad = write_raw_commit(built.path, tampered)
+    set_main(built.path, bad)
+    assert ("bad-signature", len(built.ids) - 1) in rules_at(verify_ledger(built.path))
+    assert git(*cfg, "verify-commit", bad, cwd=built.path, check=False).returncode != 0
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"b":1,"a":2}',
+        b'{"a": 1}',
+        b'{"a":1}\n',
+        b'{"a":1.0}',
+        b'{"a":1e3}',
+        b'{"a":NaN}',
+        b'{"a":1,"a":1}',
+        b'{"a":"\\u00e9"}',
+        b'{"a":"\\/"}',
+        b"\xef\xbb\xbf{}",
+        b'{"a":"\xff"}',
+        b'{"a":-0}',
+        b"[1]",
+        b'{"a":"\\ud800"}',
+    ],
+)
+def test_not_canonical(raw: bytes) -> None:
+    with pytest.raises(_NotCanonical):
+        _decode_record(raw)
+
+
+def test_canonical() -> None:
+    value = {"b": [1, -2, None, True], "a": {"é": 'x\ny\u2028\x7f"\\'}, "c": "日本"}
+    assert _decode_record(canonical(value)) == value
+    assert _decode_record('{"a":"é","b":"\\u0001"}'.encode()) == {"a": "é", "b": "\x01"}
+
+
+def test_expected_record_paths() -> None:
+    t = "2026-11-22T01:02:03.000004Z"
+    assert expected_record_path("genesis", 0, None, t) == "genesis.json"
+    assert expected_record_path("key.added", 7, None, t) == "keys/0000000007-key.added.json"
+    assert expected_record_path("event", 12, None, t) == "events/2026/11/22/0000000012-event.json"
+    run = "20261121T235959Z-0a1b2c3d"
+    assert (
+        expected_record_path("step.finished", 3, run, t)
+        == f"runs/2026/11/21/{run}/0000000003-step.finished.json"
+    )
+    # The store's paths agree with the format's.
+    assert records.record_path("step.finished", 3, run, t) == expected_record_path(
+        "step.finished", 3, run, t
+    )
