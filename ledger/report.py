@@ -136,6 +136,12 @@ class Attempt:
     excerpt: OutputExcerpt | None
     streams: list[OutputExcerpt]
     records: list[RecordRef]
+    type: str = "command"  # "command" or "approval"
+    reason: str | None = None  # why a step was skipped (when, resumed)
+    signal: int | None = None  # the signal that ended the command
+    approval_message: str | None = None
+    approvers: list[str] = field(default_factory=list)
+    min_approvals: int | None = None
 
     @property
     def time(self) -> str | None:
@@ -197,6 +203,8 @@ class RunView:
     duration_ms: int | None
     outcome: str  # run.finished status, or "unfinished"
     failed_step: str | None
+    error: str | None
+    description: str
     params: list[tuple[str, Any]]
     env: list[tuple[str, Any]]
     steps: list[StepView]
@@ -410,6 +418,8 @@ class _AttemptBuilder:
         refs = [_ref(r) for r in (self.started, self.finished) if r is not None]
         command = s.get("command", f.get("command"))
         handler = s.get("handler", f.get("handler"))
+        approval = _dict(s.get("approval"))
+        approvers = approval.get("approvers")
         return Attempt(
             step=self.step,
             index=self.index,
@@ -428,6 +438,12 @@ class _AttemptBuilder:
             excerpt=excerpt,
             streams=streams,
             records=refs,
+            type=_str(s.get("type")) or ("approval" if approval else "command"),
+            reason=_str(f.get("reason")) or None,
+            signal=_int(f.get("signal")),
+            approval_message=_str(approval.get("message")) or None,
+            approvers=sorted(_str(a) for a in approvers) if isinstance(approvers, list) else [],
+            min_approvals=_int(approval.get("min_approvals")),
         )
 
 
@@ -454,7 +470,8 @@ def _run_view(
         data = _dict(r.record.get("data"))
         if kind in ("step.started", "step.finished"):
             name = _str(data.get("step"), "?")
-            key = (name, _int(data.get("index")), _int(data.get("attempt")) or 1)
+            number = _int(data.get("attempt"))
+            key = (name, _int(data.get("index")), 1 if number is None else number)
             b = builders.get(key)
             if b is None or (kind == "step.started" and b.started is not None):
                 b = _AttemptBuilder(name, key[1], key[2])
@@ -470,8 +487,9 @@ def _run_view(
                 Approval(
                     step=_str(data.get("step")),
                     decision=_str(data.get("decision"), "approved"),
-                    principal=_str(data.get("principal")) or _str(actor.get("principal")),
-                    fingerprint=_str(actor.get("key")),
+                    # The signer of the record is the approver; data only repeats it.
+                    principal=_str(actor.get("principal")) or _str(data.get("principal")),
+                    fingerprint=_str(actor.get("key")) or _str(data.get("fingerprint")),
                     comment=_str(data.get("comment")),
                     time=_str(r.record.get("time")),
                     seq=r.seq,
@@ -511,7 +529,7 @@ def _run_view(
         runbook_path=_str(runbook.get("path")),
         runbook_sha256=_str(runbook.get("sha256")),
         incident=incident if isinstance(incident, str) and incident else None,
-        trigger=_items(trigger),
+        trigger=[(k, v) for k, v in _items(trigger) if v is not None and v != ""],
         operator=_str(operator) or _str(actor.get("principal")),
         host=_str(started_rec.record.get("host")) if started_rec else "",
         tool_version=_str(sd.get("tool_version")),
@@ -521,6 +539,8 @@ def _run_view(
         duration_ms=duration,
         outcome=_str(fd.get("status"), "unknown") if finished_rec else "unfinished",
         failed_step=_str(fd.get("failed_step")) or None,
+        error=_str(fd.get("error")) or None,
+        description=_str(runbook.get("description")),
         params=_items(sd.get("params")),
         env=_items(sd.get("env")),
         steps=[v for v in views if not v.handler],

@@ -297,3 +297,65 @@ def test_templates_ship_with_the_package() -> None:
 
     assert (rp.TEMPLATES_DIR / "incident.md.j2").is_file()
     assert (rp.TEMPLATES_DIR / "compliance.md.j2").is_file()
+
+
+RUNBOOK = """\
+name: deploy-demo
+description: Deploy with a failing step and a rollback
+parameters:
+  service: {type: string, default: api}
+  token: {type: string, secret: true, from_env: DEMO_TOKEN}
+steps:
+  - name: check
+    run: echo "checking {{ params.service }}"; echo "token is $token" >&2; echo version 1.4.2
+    outputs: {version: {regex: 'version ([0-9.]+)'}}
+  - name: flaky
+    run: echo 'out | pipe'; echo '```' >&2; exit 3
+    retries: 1
+    retry_delay: 0s
+  - name: never
+    run: echo never
+on_failure:
+  - name: rollback
+    run: echo rolled back
+"""
+
+
+def test_report_of_a_real_engine_run(tmp_path: Path) -> None:
+    """`ledger run` of a runbook that fails and rolls back, then `ledger report`."""
+    key = tmp_path / "key"
+    ledger = tmp_path / "ledger.git"
+    book = tmp_path / "deploy.yaml"
+    book.write_text(RUNBOOK)
+    secret = "s3cr3t-Vb7Qx"
+    assert run_cli("keys", "generate", key, "-C", "ops@example.com").code == 0
+    res = run_cli("init", ledger, "--key", key, "--name", "demo")
+    assert res.code == 0, res.err
+    env = {"DEMO_TOKEN": secret}
+    res = run_cli(
+        "run", book, "-L", ledger, "--key", key, "--incident", "INC-77", "--no-push", env=env
+    )
+    assert res.code != 0, res.output  # the run fails at 'flaky'
+    md = run_cli("report", "-L", ledger, "--incident", "INC-77").out
+    assert secret not in md
+    assert "[REDACTED:token]" in MD.render(md)
+    timeline = cells_of(md, "Time")[1:]
+    steps = [(r[2], r[3], r[4], r[6]) for r in timeline]
+    assert steps == [
+        ("check", "1", "ok", "0"),
+        ("flaky", "1", "failed", "3"),
+        ("flaky", "2", "failed", "3"),
+        ("rollback (on failure)", "1", "ok", "0"),
+    ]
+    assert dict(r for r in cells_of(md, "Output")[1:]) == {"version": "1.4.2"}
+    fences = [t for t in MD.parse(md) if t.type == "fence"]
+    assert any(t.content == "```\n" for t in fences)  # flaky's stderr tail, verbatim
+    summary = {r[0]: r[1] for r in cells_of(md, "Field")[1:]}
+    assert summary["Outcome"] == "failed" and summary["Incident"] == "INC-77"
+    html = MD.render(md)
+    assert "Result: <strong>verified</strong>" in html
+    chain = set(git("--git-dir", ledger, "rev-list", "main").stdout.split())
+    cited = [r[3] for r in cells_of(md, "Seq")[1:]]
+    assert cited and set(cited) <= chain
+    # Durations in the timeline agree with the step.finished records.
+    assert all(re.fullmatch(r"\d+ ms|\d+\.\d{3} s", r[5]) for r in timeline)
