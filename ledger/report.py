@@ -21,6 +21,7 @@ Nothing reads the clock; the report's time is the time of the newest record it s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -35,7 +36,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ledger import mdsafe
-from ledger.errors import InputError, LedgerError, TemplateError, UsageError
+from ledger.errors import InputError, LedgerError, StorageError, TemplateError, UsageError
 
 if TYPE_CHECKING:
     from ledger.store import Ledger
@@ -911,7 +912,10 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             on_chain += 1
     findings.sort(key=lambda f: (f.seq if f.seq is not None else -1, f.rule, f.message))
     if result.ok and result.state is not None and (state is None or result.state.seq > state.seq):
-        v.save_state(ledger.path, result.state)
+        # Only an accelerator for the next verification: a read-only copy (an auditor's)
+        # still gets its report.
+        with contextlib.suppress(StorageError):
+            v.save_state(ledger.path, result.state)
     return Verification(
         "verified" if result.ok and not findings else "failed",
         len(commits),
