@@ -402,14 +402,18 @@ def _lock_path(ledger: Ledger, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def runbook_lock(ledger: Ledger, name: str, run_id: str) -> Iterator[Path]:
+def runbook_lock(
+    ledger: Ledger, name: str, run_id: str, *, shown: str | None = None
+) -> Iterator[Path]:
     """Hold the runbook lock ``name`` for a run (an ``flock`` on
     ``<gitdir>/ledger-state/locks/<sha256(name)>``), released when the block ends or the
     process dies.
 
     Fails at once with :class:`LockTimeout` naming the run that holds it: runs never queue
-    behind one another silently.
+    behind one another silently. ``shown`` is the name as written into the lock file and
+    messages (the name with secrets redacted; default ``name``).
     """
+    label = name if shown is None else shown
     path = _lock_path(ledger, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -425,13 +429,13 @@ def runbook_lock(ledger: Ledger, name: str, run_id: str) -> Iterator[Path]:
         except BlockingIOError:
             holder = _lock_holder(fd)
             raise LockTimeout(
-                f"the runbook lock {name!r} is held by {holder}; a run holding the same lock "
+                f"the runbook lock {label!r} is held by {holder}; a run holding the same lock "
                 "is in progress, so this one does not start.",
                 hint="Wait for that run to finish ('ledger status' shows unfinished runs), "
                 "then start this one again.",
             ) from None
         info = json.dumps(
-            {"lock": name, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
+            {"lock": label, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
         ).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, info + b"\n", 0)
@@ -831,7 +835,8 @@ class Runner:
         lock_name = render_lock(ctx)
         if lock_name is None:
             return _Run(self, request, run_id, ctx, environ, None).execute()
-        with runbook_lock(self.ledger, lock_name, run_id):
+        shown = Redactor(request.params.secrets()).redact_text(lock_name)
+        with runbook_lock(self.ledger, lock_name, run_id, shown=shown):
             return _Run(self, request, run_id, ctx, environ, lock_name).execute()
 
 

@@ -1,0 +1,577 @@
+"""`ledger run` and `ledger resume` as real subprocesses: exit codes, signals, secrets,
+resume, dry run, a long runbook. Stock git judges what is in the repository."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import CliResult, git, run_cli
+
+from ledger.engine import RESUMED_REASON, runbook_lock
+from ledger.signing import SigningKey
+from ledger.store import Ledger, StoredRecord
+
+PRINCIPAL = "op@example.com"
+RUN_ID_RE = re.compile(r"Run (\d{8}T\d{6}Z-[0-9a-f]{8})")
+SECRET = "Tr0ub4dor&3-zebra-SECRET"
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.key = SigningKey.generate(comment=PRINCIPAL)
+        self.key_path = tmp / "op_key"
+        self.key.save(self.key_path)
+        self.path = tmp / "ledger"
+        Ledger.init(self.path, name="test", key=self.key, principal=PRINCIPAL)
+        self.work = tmp / "work"
+        self.work.mkdir()
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger.open(self.path)
+
+    def book(self, text: str, name: str = "rb.yaml") -> Path:
+        path = self.tmp / name
+        path.write_text(textwrap.dedent(text).replace("@W@", str(self.work)), encoding="utf-8")
+        return path
+
+    def args(self) -> list[str]:
+        return ["--ledger", str(self.path), "--key", str(self.key_path)]
+
+    def run(self, *args: str | Path, env: dict[str, str] | None = None) -> CliResult:
+        return run_cli(*args, *self.args(), env=env, cwd=self.work)
+
+    def popen(self, *args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledger", *[str(a) for a in args], *self.args()],
+            cwd=self.work,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def recs(self, run_id: str) -> list[StoredRecord]:
+        return self.ledger.run_records(run_id)
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+def run_id_of(result: CliResult) -> str:
+    found = RUN_ID_RE.search(result.out)
+    assert found, result.output
+    return found.group(1)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def finished(recs: list[StoredRecord], step: str) -> list[StoredRecord]:
+    return [r for r in recs if r.kind == "step.finished" and r.data["step"] == step]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_run_succeeds_and_prints_steps(env: Env) -> None:
+    book = env.book(
+        """
+        name: hello
+        parameters:
+          who: {type: string, default: world}
+        steps:
+          - name: greet
+            run: echo "hello {{ params.who }}"
+          - name: skipped
+            run: echo no
+            when: "false"
+        """
+    )
+    res = env.run("run", book, "-p", "who=ops", "--incident", "INC-7", "--trigger", "pager")
+    assert res.code == 0, res.output
+    run_id = run_id_of(res)
+    assert "hello ops" in res.out
+    assert "greet" in res.out and "skipped" in res.out
+    assert "succeeded" in res.out
+    recs = env.recs(run_id)
+    assert [r.kind for r in recs] == [
+        "run.started",
+        "step.started",
+        "step.finished",
+        "step.finished",
+        "run.finished",
+    ]
+    trigger = recs[0].data["trigger"]
+    assert trigger["incident"] == "INC-7" and trigger["text"] == "pager"
+    assert env.ledger.runs_for_incident("INC-7") == [run_id]
+    assert git("--git-dir", env.path, "fsck", "--strict", check=False).returncode == 0
+
+
+def test_exit_codes(env: Env) -> None:
+    failing = env.book(
+        """
+        name: f
+        steps:
+          - name: bad
+            run: echo oops >&2; exit 4
+        """
+    )
+    res = env.run("run", failing)
+    assert res.code == 10, res.output
+    assert "failed at step 'bad'" in res.err and "ledger resume" in res.err
+
+    invalid = env.book("name: x\nsteps:\n  - name: a\n    rn: true\n", name="bad.yaml")
+    head = env.ledger.head()
+    res = env.run("run", invalid)
+    assert res.code == 3, res.output
+    assert "bad.yaml:4:5" in res.err
+    res = env.run("run", failing, "-p", "nope=1")
+    assert res.code == 3 and "no parameter 'nope'" in res.err
+    assert env.ledger.head() == head
+
+    gated = env.book(
+        """
+        name: g
+        steps:
+          - name: gate
+            approval: {approvers: [op@example.com], timeout: 200ms}
+        """,
+        name="gated.yaml",
+    )
+    res = env.run("run", gated)
+    assert res.code == 10, res.output  # an approval timeout fails the run
+
+
+def test_lock_held_exits_6_and_writes_nothing(env: Env) -> None:
+    book = env.book(
+        """
+        name: locked
+        lock: restart-api
+        steps:
+          - name: a
+            run: "true"
+        """
+    )
+    head = env.ledger.head()
+    with runbook_lock(env.ledger, "restart-api", "20260101T000000Z-0000abcd"):
+        res = env.run("run", book)
+    assert res.code == 6, res.output
+    assert "restart-api" in res.err and "20260101T000000Z-0000abcd" in res.err
+    assert env.ledger.head() == head
+    assert env.run("run", book).code == 0
+
+
+def test_refuses_a_ledger_that_fails_verification(env: Env) -> None:
+    book = env.book(
+        """
+        name: v
+        steps:
+          - name: a
+            run: "true"
+        """
+    )
+    assert env.run("run", book).code == 0
+    genesis = env.ledger.genesis_id
+    head = env.ledger.head()
+    assert head is not None
+    git("--git-dir", env.path, "update-ref", f"refs/replace/{genesis}", head.commit_id)
+    res = env.run("run", book)
+    assert res.code == 7, res.output
+    assert "replace-refs" in res.err and "--allow-unverified" in res.err
+    assert env.ledger.head() == head
+    res = env.run("run", book, "--allow-unverified")
+    assert res.code == 0, res.output
+    assert "warning" in res.err
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(env: Env) -> None:
+    book = env.book(
+        """
+        name: plan
+        parameters:
+          service: {type: string, default: api}
+          token: {type: string, secret: true, from_env: API_TOKEN}
+        lock: "restart-{{ params.service }}"
+        steps:
+          - name: version
+            run: echo 1.0
+            outputs: {v: stdout}
+          - name: deploy
+            run: >-
+              deploy {{ params.service }} {{ steps.version.outputs.v }}
+              --token {{ params.token }}
+        on_failure:
+          - name: rollback
+            run: rollback {{ run.failed_step }}
+        """
+    )
+
+    def snapshot() -> tuple[object, str, list[str]]:
+        count = git("--git-dir", env.path, "count-objects", "-v").stdout
+        files = sorted(str(p.relative_to(env.path)) for p in env.path.rglob("*"))
+        return env.ledger.head(), count, files
+
+    before = snapshot()
+    res = env.run("run", book, "--dry-run", env={"API_TOKEN": SECRET})
+    assert res.code == 0, res.output
+    assert "deploy api '<steps.version.outputs.v>' --token '[REDACTED:token]'" in res.out
+    assert "rollback '<failed step>'" in res.out
+    assert "restart-api" in res.out
+    assert "nothing was written" in res.out
+    assert SECRET not in res.output
+    assert snapshot() == before
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _all_object_contents(gitdir: Path) -> list[bytes]:
+    """Every object of the repository, decompressed: loose files read with zlib, packed
+    ones through stock git."""
+    out: list[bytes] = []
+    objects = gitdir / "objects"
+    for path in objects.glob("??/*"):
+        out.append(zlib.decompress(path.read_bytes()))
+    batch = subprocess.run(
+        ["git", "--git-dir", str(gitdir), "cat-file", "--batch-all-objects", "--batch"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    out.append(batch)
+    return out
+
+
+def _assert_secret_absent(gitdir: Path, secret: str) -> int:
+    needle = secret.encode()
+    contents = _all_object_contents(gitdir)
+    for blob in contents:
+        assert needle not in blob
+    # Plain files beside the objects: refs, logs, config, local state, locks.
+    for path in gitdir.rglob("*"):
+        if path.is_file() and "objects" not in path.relative_to(gitdir).parts[:1]:
+            assert needle not in path.read_bytes(), path
+    return len(contents)
+
+
+def test_secret_never_reaches_the_ledger(env: Env) -> None:
+    book = env.book(
+        """
+        name: secretive
+        parameters:
+          token: {type: string, secret: true, from_env: API_TOKEN}
+        capture_env: [API_TOKEN, DEPLOY_ENV]
+        env: {TOKEN_COPY: "{{ params.token }}"}
+        lock: "lock-{{ params.token }}"
+        steps:
+          - name: echo
+            run: |
+              echo token is {{ params.token }}
+              echo "env is $PARAM_TOKEN and $TOKEN_COPY"
+              printf '%s' "$PARAM_TOKEN" | base64
+              env | grep -e TOKEN -e STEP_SECRET
+            outputs: {said: stdout, word: {regex: 'token is (\\S+)'}}
+            env: {STEP_SECRET: "x{{ params.token }}x"}
+          - name: export
+            run: export T={{ params.token }}; echo "T=$T"; echo "{{ steps.echo.outputs.word }}"
+          - name: fail
+            run: echo "bad token {{ params.token }}" >&2; exit 3
+        on_failure:
+          - name: handler
+            run: echo "cleanup with {{ params.token }}" >&2
+        """
+    )
+    environ = {"API_TOKEN": SECRET, "DEPLOY_ENV": "prod"}
+    res = env.run("run", book, "--trigger", "rotate", env=environ)
+    assert res.code == 10, res.output
+    run_id = run_id_of(res)
+    assert SECRET not in res.output
+    assert "[REDACTED:token]" in res.out
+    recs = env.recs(run_id)
+    assert recs[0].data["env"] == {"API_TOKEN": "[REDACTED:token]", "DEPLOY_ENV": "prod"}
+    echo = finished(recs, "echo")[0]
+    stdout = echo.attachment("stdout").decode()
+    assert stdout.count("[REDACTED:token]") >= 5, stdout
+    assert echo.data["outputs"]["word"] == "[REDACTED:token]"
+    assert "[REDACTED:token]" in finished(recs, "fail")[0].attachment("stderr").decode()
+
+    lp = ("--ledger", env.path)
+    shown = [run_cli("log", "--json", *lp), run_cli("log", *lp)]
+    shown += [run_cli("show", str(r.seq), "--json", *lp) for r in recs]
+    shown += [run_cli("show", str(r.seq), *lp) for r in recs]
+    shown.append(run_cli("report", "--run", run_id, *lp, cwd=env.work))
+    for out in shown:
+        assert out.code == 0, out.output
+        assert SECRET not in out.output
+
+    count = _assert_secret_absent(env.path, SECRET)
+    assert count > 10
+    # Packed as well: after stock git packs everything, no pack holds it either.
+    git("--git-dir", env.path, "gc", "--quiet", "--prune=now")
+    assert not list((env.path / "objects").glob("??/*"))
+    _assert_secret_absent(env.path, SECRET)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_step_and_records_the_abort(env: Env, sig: int, code: int) -> None:
+    mark = env.work / "started"
+    pidfile = env.work / "pid"
+    book = env.book(
+        f"""
+        name: long
+        steps:
+          - name: wait
+            run: sleep 120 & echo $! > {pidfile}; touch {mark}; wait
+          - name: never
+            run: echo never
+        on_failure:
+          - name: rollback
+            run: echo rollback
+        """
+    )
+    proc = env.popen("run", book)
+    try:
+        wait_for(mark.exists, "the step to start")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out + err
+    assert "interrupted" in err
+    run_id = RUN_ID_RE.search(out)
+    assert run_id, out
+    recs = env.recs(run_id.group(1))
+    assert finished(recs, "wait")[0].data["status"] == "interrupted"
+    assert finished(recs, "never") == [] and finished(recs, "rollback") == []
+    assert recs[-1].kind == "run.finished"
+    assert recs[-1].data["status"] == "aborted" and recs[-1].data["signal"] == sig
+    bg = int(pidfile.read_text())
+    wait_for(lambda: not alive(bg), "the step's background process to die", 15)
+
+
+def test_sigkill_of_the_runner_leaves_an_unfinished_run(env: Env) -> None:
+    mark = env.work / "started"
+    pidfile = env.work / "pid"
+    book = env.book(
+        f"""
+        name: killed
+        steps:
+          - name: wait
+            run: echo $$ > {pidfile}; touch {mark}; sleep 120
+        """
+    )
+    proc = env.popen("run", book)
+    step_pid = 0
+    try:
+        wait_for(mark.exists, "the step to start")
+        step_pid = int(pidfile.read_text())
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if step_pid:
+            # The step runs in its own session; nobody is left to stop it but us.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(step_pid, signal.SIGKILL)
+    led = env.ledger
+    (run_id,) = led.unfinished_runs()
+    recs = led.run_records(run_id)
+    assert [r.kind for r in recs] == ["run.started", "step.started"]
+    assert recs[-1].data["step"] == "wait"
+    status = run_cli("status", "--ledger", env.path)
+    assert run_id in status.output
+    assert run_cli("verify", "--ledger", env.path).code == 0
+    # The runbook lock and the ledger lock die with the process: the next run goes ahead.
+    assert (
+        env.run("run", env.book("name: n\nsteps:\n  - name: a\n    run: 'true'\n", "n.yaml")).code
+        == 0
+    )
+    res = env.run("resume", run_id)
+    assert res.code == 12 and "no run.finished" in res.err
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_continues_from_the_failed_step(env: Env) -> None:
+    counter = env.work / "first-ran"
+    flag = env.work / "fixed"
+    book = env.book(
+        f"""
+        name: deploy
+        parameters:
+          service: {{type: string, default: api}}
+          token: {{type: string, secret: true, from_env: API_TOKEN}}
+        steps:
+          - name: build
+            run: echo x >> {counter}; echo build-17
+            outputs: {{artifact: stdout}}
+          - name: deploy
+            run: test -f {flag} && echo "deploying {{{{ steps.build.outputs.artifact }}}}"
+          - name: verify
+            run: echo "{{{{ params.service }}}} ok [$PARAM_TOKEN]"
+        """
+    )
+    res = env.run("run", book, "-p", "service=web", env={"API_TOKEN": SECRET})
+    assert res.code == 10, res.output
+    original = run_id_of(res)
+    flag.touch()
+
+    # Secrets are resolved again from their sources: without API_TOKEN there is none.
+    missing = env.run("resume", original)
+    assert missing.code == 3 and "API_TOKEN" in missing.err
+
+    res = env.run("resume", original, env={"API_TOKEN": SECRET})
+    assert res.code == 0, res.output
+    resumed = run_id_of(res)
+    assert resumed != original
+    assert counter.read_text() == "x\n"
+    recs = env.recs(resumed)
+    assert recs[0].data["resumes"] == original
+    assert recs[0].data["params"] == {"service": "web", "token": "[REDACTED:token]"}
+    build = finished(recs, "build")
+    assert len(build) == 1 and build[0].data["status"] == "skipped"
+    assert build[0].data["reason"] == RESUMED_REASON
+    assert build[0].data["outputs"] == {"artifact": "build-17"}
+    assert finished(recs, "deploy")[0].attachment("stdout") == b"deploying build-17\n"
+    assert finished(recs, "verify")[0].attachment("stdout") == b"web ok [[REDACTED:token]]\n"
+
+    res = env.run("resume", resumed)
+    assert res.code == 12 and "succeeded" in res.err
+
+
+def test_resume_refuses_a_changed_runbook(env: Env) -> None:
+    book = env.book(
+        """
+        name: r
+        steps:
+          - name: fail
+            run: exit 1
+        """
+    )
+    res = env.run("run", book)
+    assert res.code == 10
+    run_id = run_id_of(res)
+    book.write_text(book.read_text() + "# changed\n", encoding="utf-8")
+    head = env.ledger.head()
+    res = env.run("resume", run_id)
+    assert res.code == 12, res.output
+    assert "SHA-256" in res.err and "changed" in res.err
+    assert env.ledger.head() == head
+    # The same runbook (same SHA-256) elsewhere is accepted with --runbook.
+    copy = env.tmp / "copy.yaml"
+    copy.write_text(book.read_text().removesuffix("# changed\n"), encoding="utf-8")
+    res = env.run("resume", run_id, "--runbook", copy)
+    assert res.code == 10, res.output  # runs again, and fails again
+    assert RUN_ID_RE.search(res.out)
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+def test_approval_from_a_second_process_with_a_second_key(env: Env) -> None:
+    bob = SigningKey.generate(comment="bob@example.com")
+    bob_path = env.tmp / "bob_key"
+    bob.save(bob_path)
+    added = run_cli("keys", "add", "bob@example.com", f"{bob_path}.pub", *env.args(), cwd=env.work)
+    assert added.code == 0, added.output
+    book = env.book(
+        """
+        name: gated
+        steps:
+          - name: approve
+            approval: {approvers: [bob@example.com], message: "Go?", timeout: 60s}
+          - name: ship
+            run: echo shipped
+        """
+    )
+    for decision, code in (("approve", 0), ("reject", 11)):
+        known = set(env.ledger.run_ids())
+        proc = env.popen("run", book)
+        try:
+
+            def waiting(known: set[str] = known) -> bool:
+                runs = [r for r in env.ledger.unfinished_runs() if r not in known]
+                return bool(runs) and any(
+                    r.kind == "step.started" for r in env.ledger.run_records(runs[0])
+                )
+
+            wait_for(waiting, "the run to wait for approval")
+            (run_id,) = [r for r in env.ledger.unfinished_runs() if r not in known]
+            extra = ["--reject"] if decision == "reject" else []
+            res = run_cli(
+                "approve",
+                run_id,
+                "approve",
+                "--ledger",
+                env.path,
+                "--key",
+                bob_path,
+                *extra,
+                cwd=env.work,
+            )
+            assert res.code == 0, res.output
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == code, out + err
+        recs = env.recs(run_id)
+        appr = [r for r in recs if r.kind == "approval"]
+        assert appr[0].record["actor"]["principal"] == "bob@example.com"
+        ship = finished(recs, "ship")
+        assert (len(ship) == 1) == (decision == "approve")
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def test_a_200_step_runbook(env: Env) -> None:
+    steps = "".join(f"  - name: step-{i:03d}\n    run: echo {i}\n" for i in range(200))
+    book = env.book("name: long\nsteps:\n" + steps, name="long.yaml")
+    res = env.run("run", book, "--no-push")
+    assert res.code == 0, res.output[-2000:]
+    run_id = run_id_of(res)
+    recs = env.recs(run_id)
+    assert len(recs) == 402
+    fins = [r for r in recs if r.kind == "step.finished"]
+    assert [r.data["step"] for r in fins] == [f"step-{i:03d}" for i in range(200)]
+    assert fins[-1].attachment("stdout") == b"199\n"
+    assert recs[-1].data["status"] == "succeeded"
