@@ -359,3 +359,30 @@ def test_report_of_a_real_engine_run(tmp_path: Path) -> None:
     assert cited and set(cited) <= chain
     # Durations in the timeline agree with the step.finished records.
     assert all(re.fullmatch(r"\d+ ms|\d+\.\d{3} s", r[5]) for r in timeline)
+
+
+def test_tampered_ledger_reports_failed_verification(world: World) -> None:
+    rid = world.run("INC-8")
+    head = world.led.head()
+    assert head is not None
+    top = world.led.record(head.seq)
+    # Stock git appends an unsigned commit that claims the next seq.
+    message = (
+        "forged\n\n"
+        f"Ledger-Id: {world.led.ledger_id}\nLedger-Seq: {head.seq + 1}\nLedger-Kind: event\n"
+        f"Ledger-Record: {top.path}\nLedger-Record-Sha256: {'0' * 64}\n"
+        f"Ledger-Prev-Sha256: {'0' * 64}\n"
+    )
+    forged = git(
+        "--git-dir", world.path, "commit-tree", "main^{tree}", "-p", "main", "-m", message
+    ).stdout.strip()
+    git("--git-dir", world.path, "update-ref", "refs/heads/main", forged)
+    md = report(world, "--run", rid)
+    html = MD.render(md)
+    assert "Result: <strong>failed</strong>" in html
+    rules = {r[0] for r in cells_of(md, "Rule")[1:]}
+    assert "unsigned" in rules
+    assert "7 of the 7 records this report uses are on the verified chain" in html
+    assert "Result: <strong>not verified</strong>" in MD.render(
+        report(world, "--run", rid, "--no-verify")
+    )
