@@ -137,6 +137,13 @@ def _escape_line(text: str) -> str:
     return "".join(out)
 
 
+_BARE_PIPE = re.compile(r"(?<!\\)\|")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.split("\n") if part.strip())
+
+
 def inline(value: object, width: int | None = None) -> Md:
     """Escape a value as one line of inline Markdown text.
 
@@ -146,7 +153,8 @@ def inline(value: object, width: int | None = None) -> Md:
     (before escaping) and ends with ``…``.
     """
     if isinstance(value, Md):
-        return value
+        # Already Markdown (another filter's output): kept, but on one line.
+        return Md(_one_line(value))
     text = clean(value, tabs=False).replace("\n", " ").strip()
     return Md(_escape_line(_cut(text, width)))
 
@@ -160,7 +168,8 @@ def cell(value: object, width: int | None = CELL_WIDTH) -> Md:
     """Escape a value for a table cell: one line with ``↵`` for each line break, pipes and
     backslashes escaped, at most ``width`` characters (``None``: no limit)."""
     if isinstance(value, Md):
-        return value
+        # Already Markdown: kept, but on one line and with no bare pipe left.
+        return Md(_BARE_PIPE.sub(r"\\|", _one_line(value)))
     text = clean(value, tabs=False).strip()
     text = re.sub(r"[ ]*\n[ ]*", " ↵ ", text)
     escaped = _escape_line(_cut(text, width))
