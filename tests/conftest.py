@@ -34,6 +34,9 @@ os.environ.pop("CI_PIPELINE_ID", None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The real git servers (git daemon, http-backend, sshd) as session fixtures, registered once.
+pytest_plugins = ["gitservers"]
+
 
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -55,16 +58,25 @@ class CliResult:
         return self.out + self.err
 
 
-def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None,
-            env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 120) -> CliResult:
+def run_cli(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+) -> CliResult:
     """Run `python -m ledger ARGS` as a real subprocess and capture everything."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     proc = subprocess.run(
         [sys.executable, "-m", "ledger", *[str(a) for a in args]],
-        cwd=cwd, env=full_env, input=input, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
@@ -76,11 +88,21 @@ def cli() -> Iterator[object]:
     yield run_cli
 
 
-def git(*args: str | os.PathLike[str], cwd: Path | None = None, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def git(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run stock git (an independent judge in tests, never part of the product)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run(["git", *[str(a) for a in args]], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, check=check)
+    return subprocess.run(
+        ["git", *[str(a) for a in args]],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=check,
+    )

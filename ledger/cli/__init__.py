@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 # Importing the command modules registers their commands on `app`.
 from ledger.cli import core as _core  # noqa: F401  (registration)
 from ledger.cli.common import app, console_err
@@ -31,15 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="ledger")
     except RunInterrupted as exc:
-        console_err.print(f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}", highlight=False)
-        sys.exit(exc.code)
+        _fail(exc, exc.code)
     except LedgerError as exc:
-        console_err.print(
-            f"[bold red]ledger: {exc.label}:[/] {exc.diagnostics()}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(exc.exit_code)
+        _fail(exc, exc.exit_code)
     except KeyboardInterrupt:
         console_err.print("ledger: interrupted.", highlight=False)
         sys.exit(130)
@@ -53,6 +49,14 @@ def main(argv: list[str] | None = None) -> None:
             highlight=False,
         )
         sys.exit(6)
+
+
+def _fail(exc: LedgerError, code: int) -> None:
+    message = escape(exc.diagnostics())
+    console_err.print(
+        f"[bold red]ledger: {exc.label}:[/] {message}", highlight=False, soft_wrap=True
+    )
+    sys.exit(code)
 
 
 __all__ = ["app", "main"]
