@@ -97,7 +97,9 @@ def append_run(led: Ledger, key: SigningKey, started: datetime, incident: str | 
     return rid
 
 
-def fill(led: Ledger, key: SigningKey, target: int, start: datetime) -> None:
+def fill(led: Ledger, key: SigningKey, target: int, start: datetime) -> str | None:
+    """Append runs up to ``target`` records; returns the first run appended."""
+    first: str | None = None
     head = led.head()
     n = head.seq if head else 0
     i = n
@@ -105,16 +107,19 @@ def fill(led: Ledger, key: SigningKey, target: int, start: datetime) -> None:
     while n + RECORDS_PER_RUN <= target:
         # About 30 runs a day, over the year before `start`.
         when = start - timedelta(days=365) + timedelta(minutes=47 * i // RECORDS_PER_RUN)
-        append_run(led, key, min(when, start - timedelta(days=1)), None)
+        rid = append_run(led, key, min(when, start - timedelta(days=1)), None)
+        first = first or rid
         n += RECORDS_PER_RUN
         i += RECORDS_PER_RUN
         if n % 10_000 < RECORDS_PER_RUN:
             subprocess.run(["git", "--git-dir", str(led.path), "repack", "-d", "-q"], check=True)
             rate = (n - (head.seq if head else 0)) / (time.perf_counter() - t0)
             print(f"  filled {n:>7,} records ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+    return first
 
 
 def timed(fn: object, repeat: int) -> float:
+    fn()  # type: ignore[operator]  (warm-up: imports, caches)
     samples = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -123,7 +128,7 @@ def timed(fn: object, repeat: int) -> float:
     return statistics.median(samples)
 
 
-def measure(led: Ledger, key: SigningKey, repeat: int) -> dict[str, float]:
+def measure(led: Ledger, key: SigningKey, repeat: int, oldest: str) -> dict[str, float]:
     now = datetime.now(UTC)
     head = led.head()
     incident = f"INC-BENCH-{head.seq if head else 0}"
@@ -144,6 +149,12 @@ def measure(led: Ledger, key: SigningKey, repeat: int) -> dict[str, float]:
             lambda: report.report_for(led, run=last, verifier=report.skip_verifier), repeat
         ),
         "incident (2 runs)": timed(lambda: report.report_for(led, incident=incident), repeat),
+        # The first run of the ledger: the verifier walks back from the head to show that
+        # its records are on the verified chain.
+        "oldest run": timed(lambda: report.report_for(led, run=oldest), repeat),
+        "oldest, no verify": timed(
+            lambda: report.report_for(led, run=oldest, verifier=report.skip_verifier), repeat
+        ),
     }
     text = report.report_for(led, run=last)
     assert "Result: **verified**" in text, text[-2000:]
@@ -165,12 +176,15 @@ def main() -> None:
         )
         start = datetime.now(UTC)
         results = {}
+        oldest: str | None = None
         for size in (args.small, args.large):
             print(f"filling to {size:,} records", file=sys.stderr)
-            fill(led, key, size, start)
+            first = fill(led, key, size, start)
+            oldest = oldest or first
+            assert oldest is not None
             head = led.head()
             print(f"measuring at {head.seq if head else 0:,} records", file=sys.stderr)
-            results[size] = measure(led, key, args.repeat)
+            results[size] = measure(led, key, args.repeat, oldest)
         small, large = results[args.small], results[args.large]
         print(
             f"report times (median of {args.repeat}), ledger of {args.small:,} vs "
