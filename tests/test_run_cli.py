@@ -576,3 +576,63 @@ def test_a_200_step_runbook(env: Env) -> None:
     assert [r.data["step"] for r in fins] == [f"step-{i:03d}" for i in range(200)]
     assert fins[-1].attachment("stdout") == b"199\n"
     assert recs[-1].data["status"] == "succeeded"
+
+
+# --------------------------------------------------------------------------- replication
+
+
+def test_run_pushes_its_records_to_the_remotes(env: Env) -> None:
+    remote = env.tmp / "remote.git"
+    git("init", "--bare", "--quiet", remote)
+    added = run_cli("remote", "add", "origin", remote, "--ledger", env.path)
+    assert added.code == 0, added.output
+    book = env.book(
+        """
+        name: pushed
+        steps:
+          - name: a
+            run: echo a
+        """
+    )
+    res = env.run("run", book)
+    assert res.code == 0, res.output
+    assert "push origin" in res.err
+    head = env.ledger.head()
+    assert head is not None
+    remote_head = git("--git-dir", remote, "rev-parse", "refs/heads/main").stdout.strip()
+    assert remote_head == head.commit_id
+
+    res = env.run("run", book, "--no-push")
+    assert res.code == 0 and "push origin" not in res.err
+    remote_head = git("--git-dir", remote, "rev-parse", "refs/heads/main").stdout.strip()
+    assert remote_head == head.commit_id  # not pushed
+    unreachable = run_cli("remote", "add", "down", env.tmp / "missing.git", "--ledger", env.path)
+    assert unreachable.code == 0, unreachable.output
+    res = env.run("run", book)
+    assert res.code == 0, res.output  # a remote that is down never fails the run
+    assert "push down" in res.err and "safe in the local ledger" in res.err
+
+
+def test_hostile_runbooks_are_refused_before_anything_is_written(env: Env) -> None:
+    head = env.ledger.head()
+    bomb = env.book(
+        'name: bomb\na: &a ["lol","lol"]\nb: &b [*a,*a,*a]\nc: [*b,*b,*b]\n'
+        "steps:\n  - name: x\n    run: 'true'\n",
+        name="bomb.yaml",
+    )
+    injection = env.book(
+        """
+        name: inject
+        steps:
+          - name: x
+            run: "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+        """,
+        name="inject.yaml",
+    )
+    binary = env.tmp / "binary.yaml"
+    binary.write_bytes(b"name: x\nsteps:\n  - name: \xff\n    run: 'true'\n")
+    for path in (bomb, injection, binary):
+        res = env.run("run", path)
+        assert res.code == 3, res.output
+        assert str(path) in res.err
+    assert env.ledger.head() == head
