@@ -1660,7 +1660,7 @@ class BackgroundPusher:
 
 HOOK_SCRIPT = """#!/bin/sh
 # Installed by 'ledger remote init': verifies every record pushed to this ledger remote.
-exec {python} -m ledger hook pre-receive
+exec {python} -m ledger.hook pre-receive
 """
 
 

@@ -432,7 +432,7 @@ def test_remote_init_is_protected(tmp_path: Path) -> None:
         assert key in cfg
     hook = tmp_path / "prot.git" / "hooks" / "pre-receive"
     assert os.access(hook, os.X_OK)
-    assert "-m ledger hook pre-receive" in hook.read_text()
+    assert "-m ledger.hook pre-receive" in hook.read_text()
     again = run_cli("remote", "init", tmp_path / "prot.git", "--ledger", t.path)
     assert again.code == 5
     bad = run_cli("remote", "init", tmp_path / "p2.git", "--trust-genesis", "abc")

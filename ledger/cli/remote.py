@@ -4,7 +4,6 @@ hidden pre-receive hook entry of protected remotes."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,7 @@ from rich.markup import escape
 
 from ledger import replicate
 from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
-from ledger.errors import LedgerError, LedgerNotFound, RemoteError, UsageError
+from ledger.errors import LedgerNotFound, RemoteError, UsageError
 
 remote_app = typer.Typer(
     help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
@@ -324,17 +323,7 @@ def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
 @hook_app.command("pre-receive")
 def hook_pre_receive() -> None:
     """The pre-receive check of a protected remote (git runs it with the updates on stdin)."""
-    repo_dir = Path(os.environ.get("GIT_DIR") or ".").resolve()
-    lines = sys.stdin.read().splitlines()
-    try:
-        result = replicate.pre_receive(repo_dir, lines)
-    except LedgerError as exc:
-        sys.stderr.write(f"ledger: push refused: the check could not run: {exc.diagnostics()}\n")
-        sys.exit(1)
-    for message in result.messages:
-        sys.stderr.write(f"ledger: {message}\n")
-    sys.stderr.flush()
-    if not result.ok:
-        # sys.exit, not typer.Exit: git reads the hook's exit status, and the CLI's boundary
-        # runs the app in non-standalone mode where typer.Exit's code is only returned.
-        sys.exit(1)
+    from ledger.hook import pre_receive
+
+    # sys.exit, not typer.Exit: git reads the hook's exit status.
+    sys.exit(pre_receive(sys.stdin.read().splitlines()))

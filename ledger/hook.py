@@ -1,0 +1,43 @@
+"""The pre-receive hook of protected remotes, as a light entry point.
+
+git runs ``python -m ledger.hook pre-receive`` in the remote with the ref updates on
+standard input. This module imports only the library (not the CLI), so a push pays for as
+little start-up as possible. Exit status 0 accepts the push; 1 refuses it, and what was
+written to standard error reaches the pusher.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ledger.errors import LedgerError
+
+
+def pre_receive(stdin_lines: list[str]) -> int:
+    """Check the pushed updates; print the verdict for the pusher; return the exit status."""
+    from ledger import replicate
+
+    repo_dir = Path(os.environ.get("GIT_DIR") or ".").resolve()
+    try:
+        result = replicate.pre_receive(repo_dir, stdin_lines)
+    except LedgerError as exc:
+        sys.stderr.write(f"ledger: push refused: the check could not run: {exc.diagnostics()}\n")
+        return 1
+    for message in result.messages:
+        sys.stderr.write(f"ledger: {message}\n")
+    sys.stderr.flush()
+    return 0 if result.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["pre-receive"]:
+        sys.stderr.write("usage: python -m ledger.hook pre-receive\n")
+        return 2
+    return pre_receive(sys.stdin.read().splitlines())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
