@@ -151,6 +151,14 @@ def measure(led: Ledger, key: SigningKey, repeat: int, oldest: str) -> dict[str,
         "incident (2 runs)": timed(lambda: report.report_for(led, incident=incident), repeat),
         # The first run of the ledger: the verifier walks back from the head to show that
         # its records are on the verified chain.
+        "CLI, whole process": timed(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "ledger", "report", "-L", str(led.path), "--run", last],
+                check=True,
+                capture_output=True,
+            ),
+            repeat,
+        ),
         "oldest run": timed(lambda: report.report_for(led, run=oldest), repeat),
         "oldest, no verify": timed(
             lambda: report.report_for(led, run=oldest, verifier=report.skip_verifier), repeat
