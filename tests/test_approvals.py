@@ -8,6 +8,8 @@ subprocesses with their own keys, and the waiting side is the real wait_for_appr
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 import sys
 import threading
@@ -543,3 +545,83 @@ def test_library_refuses_untrusted_key(env: Env) -> None:
         approvals.record_approval(
             env.ledger, run_id, "approve", key=env.key("alice"), comment="x" * 5000
         )
+
+
+# --------------------------------------------------------------------------- terminal prompt
+
+
+def test_terminal_prompt_reads_answer_and_cancels() -> None:
+    from ledger.cli.approve import TerminalPrompt
+
+    r, w = os.pipe()
+    with os.fdopen(r, "r") as stream, os.fdopen(w, "w") as writer:
+        prompt = TerminalPrompt(stream, poll=0.02)
+        writer.write("maybe\nyes checked the graphs\n")
+        writer.flush()
+        assert prompt("Approve?") == (True, "checked the graphs")
+        writer.write("n\n")
+        writer.flush()
+        assert prompt("Approve?") == (False, "")
+        prompt.cancel()
+        with pytest.raises(EOFError):
+            prompt("Approve?")
+
+
+def test_operator_approves_at_the_terminal_of_a_real_run(env: Env) -> None:
+    book = env.tmp / "book.yaml"
+    book.write_text(
+        "name: gated\n"
+        "steps:\n"
+        "  - name: before\n"
+        "    run: echo before\n"
+        "  - name: approve\n"
+        "    approval: {approvers: [ops@example.com], message: 'Go on?'}\n"
+        "  - name: after\n"
+        "    run: echo after\n"
+    )
+    work = env.tmp / "work"  # not env.tmp, which holds a directory named "ledger"
+    work.mkdir()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ledger",
+            "run",
+            str(book),
+            "--ledger",
+            str(env.path),
+            "--key",
+            str(env.operator_file),
+            "--no-push",
+        ],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=work,
+    )
+    os.close(slave)
+    try:
+        end = time.monotonic() + WAIT_S
+        while not approvals.pending_requests(Ledger.open(env.path)):
+            assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+            time.sleep(0.05)  # polling the ledger for the event, with a deadline
+        os.write(master, b"y fine by me\n")
+        out, _ = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, out
+    assert "Go on?" in out
+    led = Ledger.open(env.path)
+    run_id = led.run_ids()[-1]
+    rec = next(r for r in led.run_records(run_id) if r.kind == "approval")
+    assert rec.data["via"] == "terminal" and rec.data["comment"] == "fine by me"
+    assert rec.record["actor"] == {
+        "principal": "ops@example.com",
+        "key": env.operator.public_key.fingerprint,
+    }
+    kinds = [(r.kind, r.data.get("step")) for r in led.run_records(run_id)]
+    assert ("step.finished", "after") in kinds

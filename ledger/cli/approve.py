@@ -125,6 +125,7 @@ class TerminalPrompt:
         self.stream = stream or sys.stdin
         self.poll = poll
         self._cancel = threading.Event()
+        self._buffer = b""
 
     @staticmethod
     def available(stream: TextIO | None = None) -> bool:
@@ -139,15 +140,21 @@ class TerminalPrompt:
         self._cancel.set()
 
     def _readline(self) -> str | None:
+        """The next line of input, or ``None`` once cancelled."""
         fd = self.stream.fileno()
-        while not self._cancel.is_set():
+        while b"\n" not in self._buffer:
+            if self._cancel.is_set():
+                return None
             ready, _, _ = select.select([fd], [], [], self.poll)
             if ready:
                 raw = os.read(fd, 4096)
                 if not raw:
+                    if self._buffer:
+                        break
                     raise EOFError("end of input")
-                return raw.decode("utf-8", errors="replace")
-        return None
+                self._buffer += raw
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", errors="replace")
 
     def __call__(self, question: str) -> tuple[bool, str]:
         console_err.print(f"[bold yellow]{escape(question)}[/]", highlight=False)
