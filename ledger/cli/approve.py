@@ -26,8 +26,12 @@ _NO = frozenset({"n", "no", "reject", "rejected"})
 
 @app.command("approve")
 def approve_cmd(
-    run_id: Annotated[str, typer.Argument(help="The waiting run's id.", show_default=False)],
-    step: Annotated[str, typer.Argument(help="The approval step's name.", show_default=False)],
+    run_id: Annotated[
+        str, typer.Argument(help="The waiting run's id.", metavar="RUN_ID", show_default=False)
+    ],
+    step: Annotated[
+        str, typer.Argument(help="The approval step's name.", metavar="STEP", show_default=False)
+    ],
     key: KeyOpt = None,
     comment: Annotated[
         str, typer.Option("--comment", "-m", help="Why you approve or reject (recorded).")
