@@ -136,7 +136,7 @@ class RunFailed(LedgerError):
 
 
 class RunRejected(LedgerError):
-    """A run was stopped at an approval step (rejected, or the approval timed out)."""
+    """A run was stopped at an approval step by a rejection (a timeout fails the step)."""
 
     exit_code = 11
     label = "run rejected"
