@@ -24,6 +24,7 @@ import re
 import struct
 import tempfile
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -383,8 +384,32 @@ class _Commit:
     message: bytes | None
 
 
+_CANONICAL_COMMIT = re.compile(
+    rb"tree ([0-9a-f]{40})\n((?:parent [0-9a-f]{40}\n)*)author ([^\n]*)\ncommitter ([^\n]*)\n"
+    rb"(gpgsig ([^\n]*\n(?: [^\n]*\n)*))\n"
+)
+
+
 def _parse_commit(raw: bytes) -> _Commit:
     """Split a raw commit into its headers, signature(s), signed payload and message."""
+    m = _CANONICAL_COMMIT.match(raw)
+    if m is not None:  # the layout of FORMAT.md §3 and §6: one quick match
+        parents_block = m.group(2)
+        fast_parents = [
+            parents_block[i + 7 : i + 47].decode() for i in range(0, len(parents_block), 48)
+        ]
+        signature = m.group(6)[:-1].replace(b"\n ", b"\n").decode("utf-8", "replace")
+        return _Commit(
+            m.group(1).decode(),
+            fast_parents,
+            m.group(3),
+            m.group(4),
+            [signature],
+            [],
+            [],
+            raw[: m.start(5)] + raw[m.end(5) :],
+            raw[m.end() :],
+        )
     end = raw.find(b"\n\n")
     if end < 0:
         head_block, message = raw.rstrip(b"\n"), None
@@ -770,7 +795,8 @@ class _Verifier:
         self._trees: dict[str, bytes] = {}
         self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
         self._raw_commits: dict[str, bytes] = {}
-        self._raw_budget = 48 * 1024 * 1024
+        self._lookups: dict[tuple[str, str, bool], tuple[int, str] | None] = {}
+        self._raw_budget = 16 * 1024 * 1024
         self.checked = 0
 
     # -- findings and raw reads ------------------------------------------------------
@@ -800,6 +826,7 @@ class _Verifier:
 
     def next_generation(self) -> None:
         self._trees_old, self._trees = self._trees, {}
+        self._lookups.clear()
         if len(self._parsed) > 64:
             self._parsed.clear()
 
@@ -818,13 +845,18 @@ class _Verifier:
         comparison confirms by rebuilding the parent tree's SHA-1 (and which falls back to
         parsing the whole tree when it does not match).
         """
+        key = (oid, name, directory)
+        if key in self._lookups:
+            return self._lookups[key]
         mode = _MODE_TREE if directory else _MODE_BLOB
         needle = b"%o %s\0" % (mode, name.encode("utf-8"))
         at = raw.find(needle)
-        if at < 0 or at + len(needle) + 20 > len(raw):
-            return None
-        end = at + len(needle)
-        return mode, raw[end : end + 20].hex()
+        hit = None
+        if at >= 0 and at + len(needle) + 20 <= len(raw):
+            end = at + len(needle)
+            hit = mode, raw[end : end + 20].hex()
+        self._lookups[key] = hit
+        return hit
 
     # -- repository-wide checks ------------------------------------------------------
 
@@ -1576,6 +1608,52 @@ def verify_chain(
     alternate) and the pushed new head; ``since`` may be the state of the head the remote
     already had. Otherwise as :func:`verify_ledger`.
     """
+    with _bounded_libgit2_memory():
+        return _verify_chain(
+            repo,
+            head,
+            trust_genesis=trust_genesis,
+            since=since,
+            progress=progress,
+            commits=commits,
+            check_repository=check_repository,
+        )
+
+
+@contextmanager
+def _bounded_libgit2_memory() -> Iterator[None]:
+    """Keep libgit2's caches and pack maps small while verifying.
+
+    A verification reads every object once, so caching them does not help, and by default
+    libgit2 keeps up to 256 MB of small objects and maps packs in 1 GB windows (resident
+    pages count as the process's memory). The limits are process-wide, so they are put back
+    afterwards.
+    """
+    settings = pygit2.settings
+    old_cache = settings.cached_memory[1]
+    old_window = settings.mwindow_size
+    old_mapped = settings.mwindow_mapped_limit
+    settings.cache_max_size(8 * 1024 * 1024)
+    settings.mwindow_size = min(old_window, 16 * 1024 * 1024)
+    settings.mwindow_mapped_limit = min(old_mapped, 48 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        settings.cache_max_size(old_cache)
+        settings.mwindow_size = old_window
+        settings.mwindow_mapped_limit = old_mapped
+
+
+def _verify_chain(
+    repo: Path | str | pygit2.Repository,
+    head: str,
+    *,
+    trust_genesis: str | None,
+    since: VerifiedState | None,
+    progress: ProgressFn | None,
+    commits: Collection[str],
+    check_repository: bool,
+) -> VerifyResult:
     pin = _check_genesis_arg(trust_genesis)
     repo = _open_repo(repo)
     head = head.strip().lower()
