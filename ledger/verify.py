@@ -23,6 +23,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1620,6 +1621,11 @@ def verify_chain(
         )
 
 
+_LIMITS_LOCK = threading.Lock()
+_LIMITS_SAVED: list[int] = []
+_LIMITS_USERS = [0]
+
+
 @contextmanager
 def _bounded_libgit2_memory() -> Iterator[None]:
     """Keep libgit2's caches and pack maps small while verifying.
@@ -1630,18 +1636,26 @@ def _bounded_libgit2_memory() -> Iterator[None]:
     afterwards.
     """
     settings = pygit2.settings
-    old_cache = settings.cached_memory[1]
-    old_window = settings.mwindow_size
-    old_mapped = settings.mwindow_mapped_limit
-    settings.cache_max_size(8 * 1024 * 1024)
-    settings.mwindow_size = min(old_window, 16 * 1024 * 1024)
-    settings.mwindow_mapped_limit = min(old_mapped, 48 * 1024 * 1024)
+    with _LIMITS_LOCK:
+        if not _LIMITS_SAVED:
+            _LIMITS_SAVED.extend(
+                [settings.cached_memory[1], settings.mwindow_size, settings.mwindow_mapped_limit]
+            )
+            settings.cache_max_size(8 * 1024 * 1024)
+            settings.mwindow_size = min(_LIMITS_SAVED[1], 16 * 1024 * 1024)
+            settings.mwindow_mapped_limit = min(_LIMITS_SAVED[2], 48 * 1024 * 1024)
+        _LIMITS_USERS[0] += 1
     try:
         yield
     finally:
-        settings.cache_max_size(old_cache)
-        settings.mwindow_size = old_window
-        settings.mwindow_mapped_limit = old_mapped
+        with _LIMITS_LOCK:
+            _LIMITS_USERS[0] -= 1
+            if _LIMITS_USERS[0] == 0:
+                cache, window, mapped = _LIMITS_SAVED
+                settings.cache_max_size(cache)
+                settings.mwindow_size = window
+                settings.mwindow_mapped_limit = mapped
+                _LIMITS_SAVED.clear()
 
 
 def _verify_chain(

@@ -394,3 +394,12 @@ def test_expected_record_paths() -> None:
     assert records.record_path("step.finished", 3, run, t) == expected_record_path(
         "step.finished", 3, run, t
     )
+
+
+def test_libgit2_limits_are_restored(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    settings = pygit2.settings
+    before = (settings.cached_memory[1], settings.mwindow_size, settings.mwindow_mapped_limit)
+    assert verify_ledger(built.path).ok
+    after = (settings.cached_memory[1], settings.mwindow_size, settings.mwindow_mapped_limit)
+    assert after == before
