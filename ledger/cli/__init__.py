@@ -16,7 +16,7 @@ from ledger.cli import core as _core  # noqa: F401  (registration)
 from ledger.cli.common import app, console_err
 from ledger.errors import LedgerError, RunInterrupted
 
-for _optional in ("runbook", "run", "approve", "remote", "report"):
+for _optional in ("runbook", "run", "approve", "remote", "report", "demo"):
     try:
         __import__(f"ledger.cli.{_optional}")
     except ModuleNotFoundError as exc:  # area not built yet

@@ -1,0 +1,197 @@
+"""`ledger demo`: the whole loop on an embedded example, with nothing to configure.
+
+A fresh key, a new local ledger, two protected local remotes, the example runbook
+``hello.yaml`` run end to end (with a secret that must never reach the ledger), push,
+verification, and a Markdown report written to a file.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ledger.cli.common import app, console
+from ledger.errors import LedgerExists, RunFailed
+
+MARKER = ".ledger-demo"
+EXAMPLE = "hello.yaml"
+INCIDENT = "DEMO-1"
+
+
+def _embedded_runbook() -> bytes:
+    """The example runbook shipped inside the package (``ledger/runbooks/hello.yaml``)."""
+    return resources.files("ledger").joinpath("runbooks", EXAMPLE).read_bytes()
+
+
+def _heading(number: int, text: str) -> None:
+    console.print(f"\n[bold]{number}/7 {escape(text)}[/]")
+
+
+def _fresh_directory(directory: Path) -> None:
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).exists():
+            raise LedgerExists(
+                f"{directory} exists and was not made by 'ledger demo'; the demo only "
+                "replaces its own directories.",
+                hint="Give another directory: 'ledger demo DIR'.",
+            )
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("Made by 'ledger demo'; safe to delete.\n")
+
+
+def _secret_in_objects(ledger_path: Path, secret: bytes) -> int:
+    """How many objects of the repository contain ``secret`` (decompressed)."""
+    import pygit2
+
+    repo = pygit2.Repository(str(ledger_path))
+    return sum(1 for oid in repo.odb if secret in repo.odb.read(oid)[1])
+
+
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to put the demo's key, ledger, remotes and report.")
+    ] = Path("ledger-demo"),
+    name: Annotated[str, typer.Option("--name", help="Who the example greets.")] = "Ada",
+) -> None:
+    """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
+    report."""
+    from ledger import audit, replicate
+    from ledger.cli.run import TerminalEvents, _start_pusher
+    from ledger.engine import Runner, RunRequest, StopSignal
+    from ledger.report import report_for
+    from ledger.runbook import load_runbook, resolve_parameters
+    from ledger.signing import SigningKey
+    from ledger.store import Ledger
+
+    root = directory.resolve()
+    _fresh_directory(root)
+    console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
+
+    _heading(1, "A signing key for the operator")
+    principal = f"demo-operator@{socket.gethostname()}"
+    key = SigningKey.generate(comment=principal)
+    key_path = root / "keys" / "operator"
+    key_path.parent.mkdir(mode=0o700)
+    key.save(key_path)
+    console.print(f"  Ed25519 key {key.public_key.fingerprint} in {key_path} (mode 0600).")
+
+    _heading(2, "A new ledger: a bare git repository that only grows")
+    led = Ledger.init(root / "ledger.git", name="demo", key=key, principal=principal)
+    led.config_set("ledger.signingKey", str(key_path))
+    audit.verify_local(led.path, trust_genesis=led.genesis_id)
+    console.print(f"  {led.path}: ledger id {led.ledger_id}")
+    console.print(
+        f"  genesis commit {led.genesis_id} (auditors pin this id); trusted signer "
+        f"{escape(principal)}."
+    )
+
+    _heading(3, "Two protected remotes")
+    for remote in ("primary", "secondary"):
+        path = root / "remotes" / f"{remote}.git"
+        path.parent.mkdir(exist_ok=True)
+        replicate.init_remote(path, genesis=led.genesis_id)
+        replicate.add_remote(led.path, remote, str(path))
+        console.print(f"  {remote}: {path}")
+    console.print(
+        "  Each refuses force pushes and deletions and verifies every pushed record "
+        "in its pre-receive hook when served over git://, ssh:// or http(s)://. "
+        "(Here they are local paths, which git writes directly: see "
+        "docs/REPLICATION.md.)"
+    )
+
+    _heading(4, f"Running the example runbook {EXAMPLE} (incident {INCIDENT})")
+    runbook_path = root / "runbooks" / EXAMPLE
+    runbook_path.parent.mkdir()
+    runbook_path.write_bytes(_embedded_runbook())
+    token = secrets.token_urlsafe(12)
+    environ = dict(__import__("os").environ, HELLO_TOKEN=token)
+    runbook = load_runbook(runbook_path)
+    params = resolve_parameters(runbook, {"name": name}, environ)
+    console.print(
+        f"  {runbook_path}: {len(runbook.steps)} steps; the secret parameter 'token' "
+        "comes from $HELLO_TOKEN (a random value made for this demo).\n"
+    )
+    events = TerminalEvents()
+    stop = StopSignal()
+    runner = Runner(led, key, events=events, stop=stop)
+    events.pusher = _start_pusher(led, no_push=False)
+    try:
+        outcome = runner.run(
+            RunRequest(runbook, params, incident=INCIDENT, trigger="ledger demo", environ=environ)
+        )
+    finally:
+        if events.pusher is not None:
+            for result in events.pusher.close(timeout=30.0).outcomes:
+                console.print(
+                    f"  background push to {escape(result.remote)}: {escape(result.line())}"
+                )
+
+    _heading(5, "Pushing the ledger to both remotes (never forced)")
+    summary = replicate.push(led.path)
+    for result in summary.outcomes:
+        console.print(f"  {escape(result.remote)}: {escape(result.line())}")
+
+    _heading(6, "Verifying: signatures, trust, chain, tree, remotes, and the secret")
+    check = audit.verify_local(led.path)
+    head = led.head()
+    if check.result.ok:
+        console.print(
+            f"  [green]verified[/] {check.result.records_checked} records, every one "
+            f"signed by a trusted key; head seq {head.seq if head else '?'}."
+        )
+    else:
+        for finding in check.result.findings:
+            console.print(f"  [red]FINDING[/] [{finding.rule}] {escape(finding.message)}")
+    for state in replicate.check_remotes(led.path):
+        console.print(f"  remote {escape(state.name)}: {escape(state.line())}")
+    leaks = _secret_in_objects(led.path, token.encode())
+    if leaks:
+        console.print(f"  [red]the secret's value is in {leaks} git object(s)[/]")
+    else:
+        console.print(
+            "  the secret's value appears in none of the ledger's git objects "
+            "(it is recorded as [REDACTED:token]).",
+            markup=False,
+        )
+
+    _heading(7, "The incident report")
+    report_path = root / "report.md"
+    report_path.write_text(report_for(led, incident=INCIDENT), encoding="utf-8")
+    console.print(f"  Markdown report written to [bold]{escape(str(report_path))}[/]")
+
+    ledger_opt = f"--ledger {led.path}"
+    console.print("\n[bold]What happened[/]")
+    console.print(
+        f"  Run {outcome.run_id} {outcome.status}: {outcome.records} signed records, each a git "
+        "commit written before its step ran (step.started) and after (step.finished), then "
+        "pushed to two remotes and verified."
+    )
+    console.print("\n[bold]Try next[/]")
+    for line in (
+        f"ledger log {ledger_opt}",
+        f"ledger show {ledger_opt} 1",
+        f"ledger verify {ledger_opt} --json",
+        f"ledger keys allowed-signers {ledger_opt} -o {root / 'allowed_signers'}",
+        f"git -C {led.path} -c gpg.ssh.allowedSignersFile={root / 'allowed_signers'} "
+        "verify-commit main",
+        f"ledger report {ledger_opt} --run {outcome.run_id}",
+    ):
+        console.print(f"  {escape(line)}")
+    if not outcome.succeeded or not check.result.ok or leaks:
+        raise RunFailed(
+            "the demo did not complete cleanly (see above).",
+            hint="Run 'ledger verify --ledger "
+            f"{led.path}' and look at the run's records with 'ledger log'.",
+        )
+
+
+__all__ = ["demo_cmd"]

@@ -1,0 +1,49 @@
+"""The README's main-job command, run from a clean temporary directory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
+from tests.conftest import git, run_cli
+
+
+def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
+    res = run_cli("demo", cwd=tmp_path)
+    assert res.code == 0, res.output
+    assert "Traceback" not in res.output
+    root = tmp_path / "ledger-demo"
+    led = root / "ledger.git"
+    for words in ("1/7", "7/7", "succeeded", "verified", "in sync", "appears in none"):
+        assert words in res.out, words
+    report = root / "report.md"
+    assert str(report) in res.out
+    text = report.read_text()
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings[0] == "Incident DEMO-1"
+    assert "[REDACTED:token]" in text.replace("\\", "")
+    # Every commit id the report cites is a commit of the ledger.
+    ledger_id = git("config", "ledger.id", cwd=led).stdout.strip()
+    cited = set(re.findall(r"`([0-9a-f]{12,40})`", text)) - {ledger_id}
+    assert cited
+    for short in cited:
+        assert git("cat-file", "-t", short, cwd=led, check=False).stdout.strip() == "commit"
+    # Both remotes hold the same head as the ledger, and stock git accepts every signature.
+    head = git("rev-parse", "main", cwd=led).stdout.strip()
+    for remote in ("primary", "secondary"):
+        assert git("rev-parse", "main", cwd=root / "remotes" / f"{remote}.git").stdout.strip() \
+            == head
+    signers = root / "allowed_signers"
+    assert run_cli("keys", "allowed-signers", "--ledger", led, "-o", signers).code == 0
+    for commit in git("rev-list", "main", cwd=led).stdout.split():
+        assert git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit,
+                   cwd=led, check=False).returncode == 0
+    # Running it again replaces its own directory; a foreign directory is refused.
+    assert run_cli("demo", cwd=tmp_path).code == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "file").write_text("x")
+    res = run_cli("demo", "mine", cwd=tmp_path)
+    assert res.code == 5 and "not made by 'ledger demo'" in res.err
