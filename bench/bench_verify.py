@@ -162,10 +162,11 @@ def fast_build(path: Path, n: int, key: SigningKey) -> str:
         sig = pygit2.Signature(ident, ident, int(when.timestamp()), 0)
         content = repo.create_commit_string(sig, sig, message, tree, [parent] if parent else [])
         parent = repo.create_commit_with_signature(content, sign_commit(content, key))
-        if seq % 10_000 == 9_999:
+        if seq % 10_000 == 9_999:  # pack what is reachable so far, keeping few loose files
+            repo.references.create("refs/heads/main", parent, force=True)
             subprocess.run(["git", "-C", str(path), "repack", "-dq"], check=True)
     assert parent is not None
-    repo.references.create("refs/heads/main", parent)
+    repo.references.create("refs/heads/main", parent, force=True)
     subprocess.run(["git", "-C", str(path), "repack", "-adq"], check=True)
     return str(parent)
 
