@@ -861,6 +861,17 @@ def _select(
     return "range", selector, runs
 
 
+def _in_head_tree(ledger: Ledger, rec: RecordLike) -> bool:
+    path = getattr(rec, "path", None)
+    raw = getattr(rec, "raw", None)
+    if not isinstance(path, str) or not isinstance(raw, bytes):
+        return False
+    try:
+        return ledger.read_blob(path) == raw
+    except InputError:
+        return False
+
+
 def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
     """Verify the ledger's chain with :mod:`ledger.verify` and check that every record the
     report uses is on it.
@@ -868,23 +879,29 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
     Verification resumes from this copy's last verified head (``ledger verify`` keeps it),
     so only newer records are checked again; a successful verification moves that head
     forward. Without a saved head the whole chain is verified, pinned to the ledger's
-    configured genesis.
+    configured genesis. A record newer than the saved head is looked up on the verifier's
+    walk; an older one is on the chain when the verified head's tree holds its bytes at its
+    path (the tree only grows, which the verifier checked), so a report on an old run does
+    not walk back through the history.
     """
     from ledger import verify as v
 
-    commits = sorted({r.commit_id for r in recs})
+    by_commit = {r.commit_id: r for r in recs}
+    commits = sorted(by_commit)
     try:
         state = v.load_state(ledger.path)
     except InputError:
         state = None  # a malformed saved state: verify everything instead
     if state is not None and state.genesis != ledger.genesis_id:
         state = None
+    resumed_at = state.seq if state is not None else -1
     try:
         result = v.verify_ledger(
             ledger.path,
             trust_genesis=ledger.genesis_id,
             since=state,
-            commits=commits,
+            # Records newer than the last verified head are met on the verifier's walk.
+            commits=[c for c in commits if by_commit[c].seq > resumed_at],
         )
     except LedgerError as exc:
         return Verification(
@@ -895,23 +912,30 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             method="ledger.verify",
         )
     findings = [Finding(f.rule, f.seq, f.commit, f.message) for f in result.findings]
-    seq_of = {r.commit_id: r.seq for r in recs}
     on_chain = 0
     for commit in commits:
-        # The verifier numbers the chain itself; on a chain whose seqs are damaged its
-        # numbers can differ from the record's, and those findings are listed already.
-        at = result.included.get(commit)
-        if at is None or (result.ok and at != seq_of[commit]):
+        rec = by_commit[commit]
+        if rec.seq > resumed_at:
+            # The verifier numbers the chain itself; on a chain whose seqs are damaged its
+            # numbers can differ from the record's, and those findings are listed already.
+            at = result.included.get(commit)
+            member = at is not None and (at == rec.seq or not result.ok)
+        else:
+            # At or below the last verified head: the verified chain's tree only grows, so
+            # the record is the chain's when the head's tree holds exactly its bytes at its
+            # path (no walk back through the history).
+            member = _in_head_tree(ledger, rec)
+        if member:
+            on_chain += 1
+        else:
             findings.append(
                 Finding(
                     "not-on-chain",
-                    seq_of[commit],
+                    rec.seq,
                     commit,
                     "this record is not on the verified chain at its seq",
                 )
             )
-        else:
-            on_chain += 1
     findings.sort(key=lambda f: (f.seq if f.seq is not None else -1, f.rule, f.message))
     if result.ok and result.state is not None and (state is None or result.state.seq > state.seq):
         # Only an accelerator for the next verification: a read-only copy (an auditor's)
