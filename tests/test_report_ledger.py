@@ -386,3 +386,21 @@ def test_tampered_ledger_reports_failed_verification(world: World) -> None:
     assert "Result: <strong>not verified</strong>" in MD.render(
         report(world, "--run", rid, "--no-verify")
     )
+
+
+def test_old_run_after_the_verified_head_moved_on(world: World) -> None:
+    """Records below the saved verified head are checked against the verified tree."""
+    from ledger import report as rp
+    from ledger import verify
+
+    old = world.run("INC-11")
+    assert "Result: **verified**" in rp.report_for(world.led, run=old)
+    saved = verify.load_state(world.path)
+    assert saved is not None
+    world.run("INC-12")
+    md = rp.report_for(world.led, run=old)
+    assert all(r.seq <= saved.seq for r in world.led.run_records(old))
+    assert "Result: **verified**" in md
+    assert "7 of the 7 records this report uses are on the verified chain" in md
+    newer = verify.load_state(world.path)
+    assert newer is not None and newer.seq > saved.seq
