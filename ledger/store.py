@@ -578,7 +578,11 @@ class Ledger:
         if ref is None:
             return []
         tree = self._commit(ref.target).tree
-        if self._signers_cache and self._signers_cache[0] == str(tree.id):
+        # Trust changes only with genesis.json and keys/: key the cache on their ids.
+        stamp = str(tree[records.GENESIS_PATH].id) + (
+            str(tree[records.KEYS_DIR].id) if records.KEYS_DIR in tree else ""
+        )
+        if self._signers_cache and self._signers_cache[0] == stamp:
             return self._signers_cache[1]
         genesis = json.loads(_blob_data(self.repo, tree[records.GENESIS_PATH].id))
         by_fp: dict[str, Signer] = {}
@@ -604,7 +608,7 @@ class Ledger:
                         rec["time"],
                     )
         result = list(by_fp.values())
-        self._signers_cache = (str(tree.id), result)
+        self._signers_cache = (stamp, result)
         return result
 
     def trusted_signer(self, fingerprint: str) -> Signer | None:
