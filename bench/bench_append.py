@@ -41,18 +41,35 @@ def append_cost_ms(led: Ledger, key: SigningKey, n: int = 200) -> float:
 
 def git_commit_rate(tmp: Path, key_path: Path, n: int) -> float:
     repo = tmp / "gitrepo"
-    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull,
-               GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@example.com",
-               GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@example.com")
+    env = dict(
+        os.environ,
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_AUTHOR_NAME="b",
+        GIT_AUTHOR_EMAIL="b@example.com",
+        GIT_COMMITTER_NAME="b",
+        GIT_COMMITTER_EMAIL="b@example.com",
+    )
     subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
-    cfg = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key_path}",
-           "-c", "core.fsync=committed", "-c", "core.fsyncMethod=fsync"]
+    cfg = [
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingkey={key_path}",
+        "-c",
+        "core.fsync=committed",
+        "-c",
+        "core.fsyncMethod=fsync",
+    ]
     start = time.perf_counter()
     for i in range(n):
         (repo / f"{i:06d}.json").write_text(f'{{"message":"bench {i}"}}')
         subprocess.run(["git", "-C", str(repo), "add", f"{i:06d}.json"], check=True, env=env)
-        subprocess.run(["git", "-C", str(repo), *cfg, "commit", "-q", "-S", "-m", f"record {i}"],
-                       check=True, env=env)
+        subprocess.run(
+            ["git", "-C", str(repo), *cfg, "commit", "-q", "-S", "-m", f"record {i}"],
+            check=True,
+            env=env,
+        )
     return n / (time.perf_counter() - start)
 
 
@@ -66,8 +83,7 @@ def main() -> None:
         tmp = Path(d)
         key = SigningKey.generate(comment="bench@example.com")
         key.save(tmp / "key")
-        led = Ledger.init(tmp / "ledger.git", name="bench", key=key,
-                          principal="bench@example.com")
+        led = Ledger.init(tmp / "ledger.git", name="bench", key=key, principal="bench@example.com")
         ours = append_rate(led, key, args.records)
         theirs = git_commit_rate(tmp, tmp / "key", args.git_records)
         print(f"ledger append (durable, signed): {ours:8.1f} records/s")
@@ -90,8 +106,10 @@ def main() -> None:
         fill_s = time.perf_counter() - fill_start
         at_large = append_cost_ms(led, key)
         print(f"append at 1,000 records:         {at_1k:8.2f} ms (median)")
-        print(f"append at {args.large:,} records:{'':>{max(1, 7 - len(str(args.large)))}}"
-              f"{at_large:8.2f} ms (median; filled in {fill_s:.0f} s)")
+        print(
+            f"append at {args.large:,} records:{'':>{max(1, 7 - len(str(args.large)))}}"
+            f"{at_large:8.2f} ms (median; filled in {fill_s:.0f} s)"
+        )
         print(f"ratio large/1k:                  {at_large / at_1k:8.2f}x  (target <= 1.5x)")
 
 

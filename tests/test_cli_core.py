@@ -35,8 +35,9 @@ def test_keys_generate_matches_ssh_keygen(tmp_path: Path) -> None:
     assert res.code == 0, res.output
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     ours = next(w for w in res.out.split() if w.startswith("SHA256:"))
-    theirs = subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True,
-                            check=True).stdout.split()[1]
+    theirs = subprocess.run(
+        ["ssh-keygen", "-lf", str(key)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
     assert ours == theirs
     again = run_cli("keys", "generate", key)
     assert again.code == 5 and "exists" in again.err
@@ -69,8 +70,10 @@ def test_record_log_show_verify(setup: tuple[Path, Path], tmp_path: Path) -> Non
     assert log.code == 0
     entries = json.loads(log.out)
     assert [e["seq"] for e in entries] == [2, 1, 0]
-    assert entries[0]["record"]["data"] == {"message": "from file",
-                                            "data": {"ticket": "OPS-1", "n": 2}}
+    assert entries[0]["record"]["data"] == {
+        "message": "from file",
+        "data": {"ticket": "OPS-1", "n": 2},
+    }
     only = json.loads(run_cli("log", "-L", led, "--json", "--kind", "genesis").out)
     assert [e["seq"] for e in only] == [0]
     show = run_cli("show", "-L", led, "1", "--json")
@@ -81,17 +84,20 @@ def test_record_log_show_verify(setup: tuple[Path, Path], tmp_path: Path) -> Non
     assert res.code == 0 and json.loads(res.out)["records_checked"] == 0
 
 
-def test_keys_add_revoke_and_allowed_signers_for_stock_git(setup: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
+def test_keys_add_revoke_and_allowed_signers_for_stock_git(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
     led, alice = setup
     bob = tmp_path / "bob"
     assert run_cli("keys", "generate", bob).code == 0
     res = run_cli("keys", "add", "-L", led, "-k", alice, "bob@example.com", f"{bob}.pub")
     assert res.code == 0, res.output
     assert run_cli("record", "-L", led, "-k", bob, "-m", "by bob").code == 0
-    bob_fp = next(s["fingerprint"] for s in json.loads(run_cli("keys", "list", "-L", led,
-                                                                "--json").out)
-                  if s["principal"] == "bob@example.com")
+    bob_fp = next(
+        s["fingerprint"]
+        for s in json.loads(run_cli("keys", "list", "-L", led, "--json").out)
+        if s["principal"] == "bob@example.com"
+    )
     res = run_cli("keys", "revoke", "-L", led, "-k", alice, bob_fp, "--reason", "left team")
     assert res.code == 0, res.output
     res = run_cli("record", "-L", led, "-k", bob, "-m", "after revocation")
@@ -107,8 +113,14 @@ def test_keys_add_revoke_and_allowed_signers_for_stock_git(setup: tuple[Path, Pa
     commits = git("rev-list", "main", cwd=led).stdout.split()
     assert len(commits) == 4
     for commit in commits:
-        out = git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit,
-                  cwd=led, check=False)
+        out = git(
+            "-c",
+            f"gpg.ssh.allowedSignersFile={signers}",
+            "verify-commit",
+            commit,
+            cwd=led,
+            check=False,
+        )
         assert out.returncode == 0, (commit, out.stderr)
     assert git("fsck", "--strict", cwd=led, check=False).returncode == 0
     assert run_cli("verify", "-L", led).code == 0
@@ -118,8 +130,7 @@ def test_untrusted_signer_cannot_add_keys(setup: tuple[Path, Path], tmp_path: Pa
     led, _ = setup
     mallory = tmp_path / "mallory"
     assert run_cli("keys", "generate", mallory).code == 0
-    res = run_cli("keys", "add", "-L", led, "-k", mallory, "mallory@example.com",
-                  f"{mallory}.pub")
+    res = run_cli("keys", "add", "-L", led, "-k", mallory, "mallory@example.com", f"{mallory}.pub")
     assert res.code == 4 and "not trusted" in res.err
     no_traceback(res)
 
@@ -139,8 +150,9 @@ def test_untrusted_signer_cannot_add_keys(setup: tuple[Path, Path], tmp_path: Pa
         (["verify", "--bogus-flag"], 2, "No such option"),
     ],
 )
-def test_bad_input_is_a_clear_error(setup: tuple[Path, Path], args: list[str], code: int,
-                                    words: str) -> None:
+def test_bad_input_is_a_clear_error(
+    setup: tuple[Path, Path], args: list[str], code: int, words: str
+) -> None:
     led, key = setup
     full = [*args, "-L", str(led)]
     if "-k" not in args:

@@ -34,13 +34,23 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     # Both remotes hold the same head as the ledger, and stock git accepts every signature.
     head = git("rev-parse", "main", cwd=led).stdout.strip()
     for remote in ("primary", "secondary"):
-        assert git("rev-parse", "main", cwd=root / "remotes" / f"{remote}.git").stdout.strip() \
-            == head
+        assert (
+            git("rev-parse", "main", cwd=root / "remotes" / f"{remote}.git").stdout.strip() == head
+        )
     signers = root / "allowed_signers"
     assert run_cli("keys", "allowed-signers", "--ledger", led, "-o", signers).code == 0
     for commit in git("rev-list", "main", cwd=led).stdout.split():
-        assert git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit,
-                   cwd=led, check=False).returncode == 0
+        assert (
+            git(
+                "-c",
+                f"gpg.ssh.allowedSignersFile={signers}",
+                "verify-commit",
+                commit,
+                cwd=led,
+                check=False,
+            ).returncode
+            == 0
+        )
     # Running it again replaces its own directory; a foreign directory is refused.
     assert run_cli("demo", cwd=tmp_path).code == 0
     (tmp_path / "mine").mkdir()

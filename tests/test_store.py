@@ -81,14 +81,26 @@ def test_open_missing_and_non_ledger(tmp_path: Path) -> None:
         Ledger.open(tmp_path / "bare.git")
 
 
-def test_append_chain_paths_and_stock_git_agrees(ledger: Ledger, key: SigningKey,
-                                                 tmp_path: Path) -> None:
+def test_append_chain_paths_and_stock_git_agrees(
+    ledger: Ledger, key: SigningKey, tmp_path: Path
+) -> None:
     run = records.new_run_id()
     a = ledger.append("event", {"message": "hello", "data": None}, key=key)
-    b = ledger.append("run.started", {"runbook": {"name": "x"}}, key=key, run=run,
-                      incident="INC-42", attachments={"runbook": b"name: x\n"})
-    c = ledger.append("step.finished", {"step": "s", "status": "ok"}, key=key, run=run,
-                      attachments={"stdout": b"out\n", "stderr": b""})
+    b = ledger.append(
+        "run.started",
+        {"runbook": {"name": "x"}},
+        key=key,
+        run=run,
+        incident="INC-42",
+        attachments={"runbook": b"name: x\n"},
+    )
+    c = ledger.append(
+        "step.finished",
+        {"step": "s", "status": "ok"},
+        key=key,
+        run=run,
+        attachments={"stdout": b"out\n", "stderr": b""},
+    )
     assert [a.seq, b.seq, c.seq] == [1, 2, 3]
     assert a.path.startswith("events/") and a.path.endswith("0000000001-event.json")
     assert b.path.startswith(f"runs/{run[0:4]}/{run[4:6]}/{run[6:8]}/{run}/")
@@ -101,8 +113,14 @@ def test_append_chain_paths_and_stock_git_agrees(ledger: Ledger, key: SigningKey
 
     signers = allowed_signers(ledger, tmp_path / "allowed")
     for rec in ledger.iter_records():
-        out = git("-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", rec.commit_id,
-                  cwd=ledger.path, check=False)
+        out = git(
+            "-c",
+            f"gpg.ssh.allowedSignersFile={signers}",
+            "verify-commit",
+            rec.commit_id,
+            cwd=ledger.path,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr
     fsck = git("fsck", "--strict", cwd=ledger.path, check=False)
     assert fsck.returncode == 0 and fsck.stdout == "" and "warning" not in fsck.stderr, fsck.stderr
@@ -119,14 +137,24 @@ def test_untrusted_key_cannot_append(ledger: Ledger) -> None:
 
 def test_key_added_then_revoked(ledger: Ledger, key: SigningKey) -> None:
     bob = SigningKey.generate()
-    ledger.append("key.added", {"principal": "bob@example.com", "key": bob.public_key.openssh(),
-                                "fingerprint": bob.public_key.fingerprint, "comment": ""},
-                  key=key)
+    ledger.append(
+        "key.added",
+        {
+            "principal": "bob@example.com",
+            "key": bob.public_key.openssh(),
+            "fingerprint": bob.public_key.fingerprint,
+            "comment": "",
+        },
+        key=key,
+    )
     done = ledger.append("event", {"message": "by bob", "data": None}, key=bob)
-    assert done.record["actor"] == {"principal": "bob@example.com",
-                                    "key": bob.public_key.fingerprint}
-    ledger.append("key.revoked", {"fingerprint": bob.public_key.fingerprint, "reason": "left"},
-                  key=key)
+    assert done.record["actor"] == {
+        "principal": "bob@example.com",
+        "key": bob.public_key.fingerprint,
+    }
+    ledger.append(
+        "key.revoked", {"fingerprint": bob.public_key.fingerprint, "reason": "left"}, key=key
+    )
     with pytest.raises(UntrustedKey):
         ledger.append("event", {"message": "after", "data": None}, key=bob)
     assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
@@ -136,8 +164,9 @@ def test_floats_and_bad_names_refused(ledger: Ledger, key: SigningKey) -> None:
     with pytest.raises(InputError):
         ledger.append("event", {"message": "x", "data": 1.5}, key=key)
     with pytest.raises(InputError):
-        ledger.append("event", {"message": "x", "data": None}, key=key,
-                      attachments={"../evil": b""})
+        ledger.append(
+            "event", {"message": "x", "data": None}, key=key, attachments={"../evil": b""}
+        )
     with pytest.raises(InputError):
         ledger.append("genesis", {}, key=key)
     head = ledger.head()
@@ -174,8 +203,9 @@ WRITER = textwrap.dedent(
 def test_four_processes_append_800_records(ledger: Ledger, tmp_path: Path) -> None:
     key_path = tmp_path / "alice"
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(ledger.path), str(key_path), "200",
-                          f"w{w}-"])
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(ledger.path), str(key_path), "200", f"w{w}-"]
+        )
         for w in range(4)
     ]
     assert [p.wait(timeout=600) for p in procs] == [0, 0, 0, 0]
@@ -191,8 +221,11 @@ def test_four_processes_append_800_records(ledger: Ledger, tmp_path: Path) -> No
 
 def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_path: Path) -> None:
     key_path = tmp_path / "alice"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(ledger.path), str(key_path),
-                             "100000", "x", "progress"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(ledger.path), str(key_path), "100000", "x", "progress"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:  # each line: one more record acknowledged
         if int(line) >= 20:
