@@ -11,17 +11,31 @@ import sys
 
 from rich.markup import escape
 
-# Importing the command modules registers their commands on `app`.
-from ledger.cli import core as _core  # noqa: F401  (registration)
 from ledger.cli.common import app, console_err
 from ledger.errors import LedgerError, RunInterrupted
 
-for _optional in ("runbook", "run", "approve", "remote", "report", "demo"):
-    try:
-        __import__(f"ledger.cli.{_optional}")
-    except ModuleNotFoundError as exc:  # area not built yet
-        if exc.name != f"ledger.cli.{_optional}":
-            raise
+# Each area registers its commands on `app` when its module is imported. A command needs
+# only its own area's module, so start-up imports just that one (plus the core commands);
+# help, completion and anything unknown import them all.
+AREAS: dict[str, tuple[str, ...]] = {
+    "core": ("init", "keys", "record", "log", "show", "verify"),
+    "runbook": ("validate", "schema"),
+    "run": ("run", "resume"),
+    "approve": ("approve", "approvals"),
+    "remote": ("remote", "push", "fetch", "clone", "status", "hook"),
+    "report": ("report",),
+    "demo": ("demo",),
+}
+
+
+def register(argv: list[str]) -> None:
+    """Import the command modules the arguments need (all of them when unsure)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    wanted = [area for area, names in AREAS.items() if command in names]
+    if not wanted or any(a in ("-h", "--help") for a in argv[:1]):
+        wanted = list(AREAS)
+    for area in ("core", *wanted):
+        __import__(f"ledger.cli.{area}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     Typer reports usage errors itself (exit 2); every library error arrives here and
     becomes its message and exit code.
     """
+    args = sys.argv[1:] if argv is None else argv
+    register(args)
     try:
-        app(args=argv, prog_name="ledger")
+        app(args=args, prog_name="ledger")
     except RunInterrupted as exc:
         _fail(exc, exc.code)
     except LedgerError as exc:
