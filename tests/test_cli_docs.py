@@ -7,7 +7,7 @@ import re
 
 import typer.main
 
-import ledger.errors as errors
+from ledger import errors
 from ledger.cli import AREAS, app, register
 from tests.conftest import REPO_ROOT
 
