@@ -86,6 +86,7 @@ KINDS = frozenset(
     }
 )
 _KEY_KINDS = frozenset({"key.added", "key.revoked"})
+_RUN_KINDS = frozenset({"run.started", "step.started", "step.finished", "approval", "run.finished"})
 _COMMON_FIELDS = frozenset(
     {"schema", "ledger", "seq", "kind", "time", "run", "actor", "host", "data", "files"}
 )
@@ -667,6 +668,8 @@ def _check_schema(rec: dict[str, Any]) -> list[str]:
         out.extend(_check_data(kind, rec["data"]))
     if kind == "genesis" and rec.get("run") is not None:
         out.append("the genesis record has a run")
+    if kind in _RUN_KINDS and "run" in rec and rec["run"] is None:
+        out.append(f"a {kind} record without a run id")
     return out
 
 

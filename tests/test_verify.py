@@ -3,6 +3,7 @@ the path layout, and agreement with stock git on what a good signature is."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -215,15 +216,41 @@ def test_run_records_with_attachments_and_incident_index(tmp_path: Path) -> None
     built = build(tmp_path, events_after_key=0)
     ledger = Ledger.open(built.path)
     run = records.new_run_id()
-    ledger.append("run.started", {"runbook": "x"}, key=built.alice, run=run, incident="INC-7")
+    book = b"name: rb\nsteps: []\n"
+    started = _run_started_data(hashlib.sha256(book).hexdigest())
+    started["trigger"]["incident"] = "INC-7"
     ledger.append(
-        "step.finished",
-        {"step": "a", "exit": 0},
-        key=built.bob,
+        "run.started",
+        started,
+        key=built.alice,
         run=run,
-        attachments={"stdout": b"hello\n", "stderr": b""},
+        incident="INC-7",
+        attachments={"runbook": book},
     )
+    out = b"hello\n"
+    finished = {
+        "step": "a",
+        "index": 0,
+        "phase": "main",
+        "handler": False,
+        "attempt": 1,
+        "status": "ok",
+        "exit_code": 0,
+        "duration_ms": 5,
+        "error": None,
+        "outputs": {},
+        "stdout": {
+            "size": 6,
+            "sha256": hashlib.sha256(out).hexdigest(),
+            "truncated": False,
+            "omitted": 0,
+        },
+    }
+    ledger.append("step.finished", finished, key=built.bob, run=run, attachments={"stdout": out})
     assert verify_ledger(built.path).findings == []
+    # A run record without a run id is not one (§5.1).
+    seq = ledger.append("run.finished", {"status": "succeeded"}, key=built.alice).seq
+    assert rules_at(verify_ledger(built.path)) == {("record-schema", seq)}
 
 
 def test_attachment_digest_mismatch(tmp_path: Path) -> None:
@@ -403,3 +430,81 @@ def test_libgit2_limits_are_restored(tmp_path: Path) -> None:
     assert verify_ledger(built.path).ok
     after = (settings.cached_memory[1], settings.mwindow_size, settings.mwindow_mapped_limit)
     assert after == before
+
+
+RUNBOOK = """\
+name: verify-me
+description: every kind of run record the engine writes
+parameters:
+  token:
+    type: string
+    secret: true
+  count:
+    type: int
+    default: 2
+steps:
+  - name: hello
+    run: echo "hello {{ params.count }}"
+    outputs:
+      word: {regex: '^(hello)'}
+  - name: skipped
+    when: "params.count > 5"
+    run: echo never
+  - name: flaky
+    run: test -f flag || { touch flag; exit 3; }
+    retries: 1
+    retry_delay: 10ms
+  - name: soft-fail
+    run: echo soft >&2; exit 1
+    continue_on_error: true
+  - name: hard-fail
+    run: echo "token {{ params.token }}"; exit 2
+on_failure:
+  - name: cleanup
+    run: echo cleaning up
+"""
+
+
+def test_engine_written_run_records_verify(tmp_path: Path) -> None:
+    """A real run (retries, a skip, failures, a handler, an incident) verifies clean."""
+    from tests.conftest import run_cli
+
+    key = SigningKey.generate(comment="op@example.com")
+    key.save(tmp_path / "op_key")
+    ledger_path = tmp_path / "ledger"
+    Ledger.init(ledger_path, name="runs", key=key, principal="op@example.com")
+    work = tmp_path / "work"
+    work.mkdir()
+    book = tmp_path / "rb.yaml"
+    book.write_text(RUNBOOK)
+    args = ["--ledger", ledger_path, "--key", tmp_path / "op_key"]
+    res = run_cli("run", book, "-p", "token=s3cr3t-value", "--incident", "INC-9", *args, cwd=work)
+    assert res.code == 10, res.output  # hard-fail fails the run (RunFailed)
+    led = Ledger.open(ledger_path)
+    kinds = [r.kind for r in led.iter_records(newest_first=False)]
+    assert {"run.started", "step.started", "step.finished", "run.finished"} <= set(kinds)
+    result = verify_ledger(ledger_path)
+    assert result.findings == []
+
+
+def _run_started_data(sha: str) -> dict[str, Any]:
+    return {
+        "runbook": {"name": "rb", "path": "/x/rb.yaml", "sha256": sha, "description": None},
+        "params": {},
+        "param_sources": {},
+        "trigger": {
+            "source": "manual",
+            "incident": None,
+            "text": None,
+            "ci": None,
+            "ci_run": None,
+            "ci_url": None,
+        },
+        "operator": {"principal": "alice", "user": None},
+        "tool_version": "runbook-ledger 0.1.0",
+        "env": {},
+        "lock": None,
+        "resumes": None,
+        "steps": ["a"],
+        "on_failure": [],
+    }
