@@ -37,60 +37,99 @@ RECORDS_PER_RUN = 10
 
 
 def append_run(led: Ledger, key: SigningKey, started: datetime, incident: str | None) -> str:
-    """One run: run.started, 4 steps (started + finished with output), run.finished."""
+    """One run as the engine writes it (FORMAT.md §5.1): run.started, 4 steps (started +
+    finished with output), run.finished."""
     rid = records.new_run_id(started)
+    book = b"name: bench\n"
+    names = [f"s{i}" for i in range(4)]
     led.append(
         "run.started",
         {
-            "runbook": {"name": "bench", "path": "runbooks/bench.yaml", "sha256": "a" * 64},
+            "runbook": {
+                "name": "bench",
+                "path": "runbooks/bench.yaml",
+                "sha256": records.sha256_hex(book),
+                "description": None,
+            },
             "params": {"service": "api"},
-            "trigger": {"incident": incident, "source": "bench"},
-            "operator": "bench@example.com",
-            "tool_version": "bench",
+            "param_sources": {"service": "default"},
+            "trigger": {
+                "source": "manual",
+                "incident": incident,
+                "text": None,
+                "ci": None,
+                "ci_run": None,
+                "ci_url": None,
+            },
+            "operator": {"principal": "bench@example.com", "user": None},
+            "tool_version": "runbook-ledger bench",
             "env": {},
+            "lock": None,
             "resumes": None,
+            "steps": names,
+            "on_failure": [],
         },
         key=key,
         run=rid,
         incident=incident,
+        attachments={"runbook": book},
     )
-    for i in range(4):
+    for i, name in enumerate(names):
+        step = {"step": name, "index": i, "phase": "main", "handler": False, "attempt": 1}
         led.append(
             "step.started",
             {
-                "step": f"s{i}",
-                "index": i,
-                "attempt": 1,
+                **step,
+                "type": "command",
                 "command": f"echo {i}",
                 "shell": "sh",
                 "cwd": None,
-                "handler": False,
+                "timeout_ms": None,
+                "max_attempts": 1,
+                "env": [],
             },
             key=key,
             run=rid,
         )
         out = f"step {i} output\n".encode() * 50
+        empty = {"size": 0, "sha256": records.sha256_hex(b""), "truncated": False, "omitted": 0}
         led.append(
             "step.finished",
             {
-                "step": f"s{i}",
-                "index": i,
-                "attempt": 1,
+                **step,
                 "status": "ok",
                 "exit_code": 0,
                 "duration_ms": 5,
-                "stdout": {"size": len(out), "sha256": records.sha256_hex(out), "truncated": False},
-                "stderr": {"size": 0, "sha256": records.sha256_hex(b""), "truncated": False},
-                "outputs": {},
                 "error": None,
+                "outputs": {},
+                "signal": None,
+                "stdout": {
+                    "size": len(out),
+                    "sha256": records.sha256_hex(out),
+                    "truncated": False,
+                    "omitted": 0,
+                },
+                "stderr": empty,
+                "lingering": False,
+                "will_retry": False,
             },
             key=key,
             run=rid,
-            attachments={"stdout": out, "stderr": b""},
+            attachments={"stdout": out},
         )
     led.append(
         "run.finished",
-        {"status": "succeeded", "failed_step": None, "duration_ms": 50},
+        {
+            "status": "succeeded",
+            "failed_step": None,
+            "error": None,
+            "duration_ms": 50,
+            "continued_after_failure": [],
+            "handlers_run": [],
+            "handlers_failed": [],
+            "signal": None,
+            "resumes": None,
+        },
         key=key,
         run=rid,
     )

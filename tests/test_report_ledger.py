@@ -18,6 +18,10 @@ from tests.conftest import git, run_cli
 MD = MarkdownIt("commonmark").enable("table")
 
 
+def stream_meta(data: bytes) -> dict[str, Any]:
+    return {"size": len(data), "sha256": records.sha256_hex(data), "truncated": False, "omitted": 0}
+
+
 class World:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
@@ -46,43 +50,57 @@ class World:
         stderr: bytes = b"boom\n",
         fail: bool = True,
     ) -> str:
-        """Append the records of one run the way the engine writes them."""
+        """Append the records of one run the way the engine writes them (FORMAT.md §5.1)."""
         led, a = self.led, self.alice
         rid = records.new_run_id()
+        book = b"name: restart-api\n"
         led.append(
             "run.started",
             {
                 "runbook": {
                     "name": "restart-api",
                     "path": "runbooks/restart-api.yaml",
-                    "sha256": "a" * 64,
-                    "file": "runbook",
+                    "sha256": records.sha256_hex(book),
+                    "description": None,
                 },
                 "params": {"service": "api", "token": "[REDACTED:token]"},
-                "trigger": {"incident": incident, "source": "cli"}
-                if incident
-                else {"source": "cli"},
-                "operator": "alice@example.com",
-                "tool_version": "0.1.0",
+                "param_sources": {"service": "default", "token": "env:TOKEN"},
+                "trigger": {
+                    "source": "manual",
+                    "incident": incident,
+                    "text": None,
+                    "ci": None,
+                    "ci_run": None,
+                    "ci_url": None,
+                },
+                "operator": {"principal": "alice@example.com", "user": "alice"},
+                "tool_version": "runbook-ledger 0.1.0",
                 "env": {},
+                "lock": None,
                 "resumes": None,
+                "steps": ["check", "approve"],
+                "on_failure": [],
             },
             key=a,
             run=rid,
             incident=incident,
-            attachments={"runbook": b"name: restart-api\n"},
+            attachments={"runbook": book},
         )
-        for attempt, status in enumerate(["failed", "ok"] if fail else ["ok"], start=1):
+        step = {"step": "check", "index": 0, "phase": "main", "handler": False}
+        statuses = ["failed", "ok"] if fail else ["ok"]
+        for attempt, status in enumerate(statuses, start=1):
             led.append(
                 "step.started",
                 {
-                    "step": "check",
-                    "index": 0,
+                    **step,
                     "attempt": attempt,
+                    "type": "command",
                     "command": command,
                     "shell": "bash",
                     "cwd": None,
-                    "handler": False,
+                    "timeout_ms": None,
+                    "max_attempts": 2,
+                    "env": [],
                 },
                 key=a,
                 run=rid,
@@ -90,43 +108,83 @@ class World:
             led.append(
                 "step.finished",
                 {
-                    "step": "check",
-                    "index": 0,
+                    **step,
                     "attempt": attempt,
                     "status": status,
                     "exit_code": 0 if status == "ok" else 7,
                     "duration_ms": 42,
-                    "stdout": {
-                        "size": len(stdout),
-                        "sha256": records.sha256_hex(stdout),
-                        "truncated": False,
-                    },
-                    "stderr": {
-                        "size": len(stderr),
-                        "sha256": records.sha256_hex(stderr),
-                        "truncated": False,
-                    },
+                    "error": None if status == "ok" else "exited with status 7",
                     "outputs": {"version": "1.2.3"} if status == "ok" else {},
-                    "error": None,
+                    "signal": None,
+                    "stdout": stream_meta(stdout),
+                    "stderr": stream_meta(stderr),
+                    "lingering": False,
+                    "will_retry": status != "ok",
                 },
                 key=a,
                 run=rid,
-                attachments={"stdout": stdout, "stderr": stderr},
+                attachments={k: v for k, v in (("stdout", stdout), ("stderr", stderr)) if v},
             )
+        approve = {"step": "approve", "index": 1, "phase": "main", "handler": False}
+        request = led.append(
+            "step.started",
+            {
+                **approve,
+                "attempt": 1,
+                "type": "approval",
+                "approval": {
+                    "approvers": ["bob@example.com"],
+                    "min_approvals": 1,
+                    "message": "Restart api?",
+                    "timeout_ms": None,
+                },
+            },
+            key=a,
+            run=rid,
+        )
         led.append(
             "approval",
             {
                 "step": "approve",
+                "index": 1,
                 "decision": "approved",
-                "principal": "bob@example.com",
                 "comment": "ok",
+                "principal": "bob@example.com",
+                "fingerprint": self.bob.public_key.fingerprint,
+                "request_seq": request.seq,
+                "request_commit": request.commit_id,
+                "via": "command",
             },
             key=self.bob,
             run=rid,
         )
         led.append(
+            "step.finished",
+            {
+                **approve,
+                "attempt": 1,
+                "status": "ok",
+                "exit_code": None,
+                "duration_ms": 10,
+                "error": None,
+                "outputs": {},
+            },
+            key=a,
+            run=rid,
+        )
+        led.append(
             "run.finished",
-            {"status": "succeeded", "failed_step": None, "duration_ms": 1234},
+            {
+                "status": "succeeded",
+                "failed_step": None,
+                "error": None,
+                "duration_ms": 1234,
+                "continued_after_failure": [],
+                "handlers_run": [],
+                "handlers_failed": [],
+                "signal": None,
+                "resumes": None,
+            },
             key=a,
             run=rid,
         )
@@ -170,7 +228,7 @@ def test_run_report_facts_are_in_the_ledger(world: World) -> None:
     chain = set(git("--git-dir", world.path, "rev-list", "main").stdout.split())
     rows = cells_of(md, "Seq")[1:]
     cited = [r[3] for r in rows]
-    assert len(cited) == 7 and set(cited) <= chain
+    assert len(cited) == 9 and set(cited) <= chain
     for seq, commit in ((int(r[0]), r[3]) for r in rows):
         msg = git("--git-dir", world.path, "log", "-1", "--format=%B", commit).stdout
         assert f"Ledger-Seq: {seq}" in msg
@@ -178,11 +236,12 @@ def test_run_report_facts_are_in_the_ledger(world: World) -> None:
     assert [(r[2], r[3], r[4], r[5], r[6]) for r in timeline] == [
         ("check", "1", "failed", "42 ms", "7"),
         ("check", "2", "ok", "42 ms", "0"),
+        ("approve", "1", "ok", "10 ms", "—"),
     ]
     assert "--token [REDACTED:token]" in md
     html = MD.render(md)
     assert "Result: <strong>verified</strong>" in html
-    assert "7 of the 7 records this report uses are on the verified chain" in html
+    assert "9 of the 9 records this report uses are on the verified chain" in html
     signers = {r[0]: r for r in cells_of(md, "Principal")[1:]}
     assert signers["bob@example.com"][1] == world.bob.public_key.fingerprint
     assert signers["bob@example.com"][2:] == ["1", "yes"]
@@ -215,7 +274,7 @@ def test_incident_spans_runs_in_time_order(world: World) -> None:
         f"Run {r1}: restart-api",
         f"Run {r2}: restart-api",
     ]
-    assert len(cells_of(md, "Time")) == 1 + 3
+    assert len(cells_of(md, "Time")) == 1 + 5
 
 
 def test_time_range(world: World) -> None:
@@ -289,7 +348,7 @@ def test_custom_template_via_cli(world: World) -> None:
     tmpl = Path(__file__).resolve().parent.parent / "templates" / "compliance.md.j2"
     md = report(world, "--run", rid, "--template", tmpl)
     rows = cells_of(md, "Run")
-    assert len(rows) == 1 + 2 and all(len(r) == 10 for r in rows)
+    assert len(rows) == 1 + 3 and all(len(r) == 10 for r in rows)
 
 
 def test_templates_ship_with_the_package() -> None:
@@ -382,7 +441,7 @@ def test_tampered_ledger_reports_failed_verification(world: World) -> None:
     assert "Result: <strong>failed</strong>" in html
     rules = {r[0] for r in cells_of(md, "Rule")[1:]}
     assert "unsigned" in rules
-    assert "7 of the 7 records this report uses are on the verified chain" in html
+    assert "9 of the 9 records this report uses are on the verified chain" in html
     assert "Result: <strong>not verified</strong>" in MD.render(
         report(world, "--run", rid, "--no-verify")
     )
@@ -401,6 +460,6 @@ def test_old_run_after_the_verified_head_moved_on(world: World) -> None:
     md = rp.report_for(world.led, run=old)
     assert all(r.seq <= saved.seq for r in world.led.run_records(old))
     assert "Result: **verified**" in md
-    assert "7 of the 7 records this report uses are on the verified chain" in md
+    assert "9 of the 9 records this report uses are on the verified chain" in md
     newer = verify.load_state(world.path)
     assert newer is not None and newer.seq > saved.seq
