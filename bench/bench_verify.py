@@ -174,17 +174,21 @@ def fast_build(path: Path, n: int, key: SigningKey) -> str:
 # --- measurements -------------------------------------------------------------------------
 
 
-def verify_rate(path: Path) -> tuple[float, int]:
-    verify_ledger(path)  # warm the page cache, as for git below
-    start = time.perf_counter()
-    result = verify_ledger(path)
-    elapsed = time.perf_counter() - start
-    if not result.ok:
-        raise SystemExit(f"the benchmark ledger does not verify: {result.findings[:3]}")
-    return result.records_checked / elapsed, result.records_checked
+def verify_rate(path: Path, runs: int = 3) -> tuple[float, int]:
+    """Best of ``runs`` (after one run that warms the page cache, as for git below)."""
+    verify_ledger(path)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = verify_ledger(path)
+        best = min(best, time.perf_counter() - start)
+        if not result.ok:
+            raise SystemExit(f"the benchmark ledger does not verify: {result.findings[:3]}")
+    return result.records_checked / best, result.records_checked
 
 
-def git_verify_rate(path: Path, led: Ledger, sample: int, tmp: Path) -> float:
+def git_verify_rate(path: Path, led: Ledger, sample: int, tmp: Path, runs: int = 2) -> float:
+    """Best of ``runs`` loops of ``git verify-commit`` over ``sample`` commits."""
     lines = []
     for s in led.signers():
         after = records.parse_time(s.added_time) if s.added_time else None
@@ -205,10 +209,13 @@ def git_verify_rate(path: Path, led: Ledger, sample: int, tmp: Path) -> float:
         "verify-commit",
     ]
     subprocess.run([*cmd, ids[0]], check=True, env=env, capture_output=True)  # warm up
-    start = time.perf_counter()
-    for oid in ids:
-        subprocess.run([*cmd, oid], check=True, env=env, capture_output=True)
-    return len(ids) / (time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        for oid in ids:
+            subprocess.run([*cmd, oid], check=True, env=env, capture_output=True)
+        best = min(best, time.perf_counter() - start)
+    return len(ids) / best
 
 
 _CHILD = """
@@ -249,7 +256,7 @@ def main() -> None:
         loose, n = verify_rate(led.path)
         packed_path = tmp / "packed.git"
         subprocess.run(
-            ["git", "clone", "-q", "--bare", "--mirror", str(led.path), str(packed_path)],
+            ["git", "clone", "-q", "--no-local", "--mirror", str(led.path), str(packed_path)],
             check=True,
         )
         packed, _ = verify_rate(packed_path)
@@ -261,6 +268,7 @@ def main() -> None:
             f"git verify-commit per commit:    {git_rate:8.1f} commits/s "
             f"(sample of {args.git_sample})"
         )
+        print("(each rate is the best of several runs: other processes share this machine)")
         print(f"ratio ledger/git (slower case):  {best / git_rate:8.1f}x  (target >= 40x)")
         print(f"target >= 2,000 commits/s:       {'met' if best >= 2000 else 'NOT met'}")
 
