@@ -670,6 +670,49 @@ def _check_schema(rec: dict[str, Any]) -> list[str]:
         out.append("the genesis record has a run")
     if kind in _RUN_KINDS and "run" in rec and rec["run"] is None:
         out.append(f"a {kind} record without a run id")
+    if not out and kind in _RUN_KINDS:
+        out.extend(_check_run_links(rec))
+    return out
+
+
+def _check_run_links(rec: dict[str, Any]) -> list[str]:
+    """§5.1 facts that tie a run record's data to its attachments and its signer."""
+    kind, data, files = rec["kind"], rec["data"], rec["files"]
+    out = []
+    if kind == "run.started":
+        attached = files.get("runbook")
+        if attached is None:
+            out.append("run.started has no runbook attachment")
+        elif attached.get("sha256") != data["runbook"]["sha256"]:
+            out.append("runbook.sha256 differs from the runbook attachment's digest")
+        incident = data["trigger"]["incident"]
+        index = files.get("incident-index")
+        if incident is not None and (
+            index is None or index.get("path") != f"incidents/{incident}/{rec['run']}"
+        ):
+            out.append(f"the run names incident {incident!r} but has no index file for it")
+        if incident is None and index is not None:
+            out.append("an incident index file for a run without an incident")
+    elif kind == "step.finished":
+        for stream in ("stdout", "stderr"):
+            summary = data.get(stream)
+            if summary is None:
+                continue
+            if not _stream(summary):
+                out.append(f"step.finished data field {stream} is malformed")
+                continue
+            attached = files.get(stream)
+            if (attached is not None) != (summary["size"] > 0):
+                out.append(f"{stream} must be attached exactly when it is not empty")
+            elif (
+                attached is not None
+                and not summary["truncated"]
+                and (attached.get("sha256"), attached.get("size"))
+                != (summary["sha256"], summary["size"])
+            ):
+                out.append(f"the {stream} attachment differs from the step's {stream} digest")
+    elif kind == "approval" and data["fingerprint"] != rec["actor"]["key"]:
+        out.append("the approval's fingerprint is not actor.key")
     return out
 
 
@@ -747,7 +790,151 @@ def _check_data(kind: str, data: dict[str, Any]) -> list[str]:
         )
     if kind == "event":
         return fields({"message": is_str, "data": lambda v: True})
-    return []
+    spec = _RUN_SPECS.get(kind)
+    if spec is None:
+        return []
+    # §5.1: every listed field is present and well-typed; unknown fields are ignored.
+    out = []
+    missing = sorted(spec.keys() - data.keys())
+    if missing:
+        out.append(f"{kind} data lacks {', '.join(missing)}")
+    for name, ok in spec.items():
+        if name in data and not ok(data[name]):
+            out.append(f"{kind} data field {name} is malformed")
+    extra = _STEP_EXTRA.get((kind, data.get("type"), data.get("status")), {})
+    for name, ok in extra.items():
+        if name not in data:
+            out.append(f"{kind} data lacks {name}")
+        elif not ok(data[name]):
+            out.append(f"{kind} data field {name} is malformed")
+    return out
+
+
+# --- §5.1 run records: field -> predicate ---------------------------------------------------
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _str_or_null(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _int(v: Any) -> bool:
+    return _is_int(v)
+
+
+def _int_or_null(v: Any) -> bool:
+    return v is None or _is_int(v)
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _obj(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _hex64(v: Any) -> bool:
+    return isinstance(v, str) and bool(_SHA256.fullmatch(v))
+
+
+def _one_of(*values: str) -> Callable[[Any], bool]:
+    return lambda v: v in values
+
+
+def _shape(**spec: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and all(k in v and ok(v[k]) for k, ok in spec.items())
+
+
+def _run_id_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and bool(_RUN_ID.fullmatch(v)))
+
+
+_stream = _shape(size=_int, sha256=_hex64, truncated=_bool, omitted=_int)
+_STEP_COMMON: dict[str, Callable[[Any], bool]] = {
+    "step": _str,
+    "index": _int,
+    "phase": _one_of("main", "on_failure"),
+    "handler": _bool,
+    "attempt": _int,
+}
+_RUN_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "run.started": {
+        "runbook": _shape(name=_str, path=_str, sha256=_hex64, description=_str_or_null),
+        "params": _obj,
+        "param_sources": lambda v: isinstance(v, dict) and all(map(_str, v.values())),
+        "trigger": _shape(
+            source=_one_of("manual", "ci"),
+            incident=_str_or_null,
+            text=_str_or_null,
+            ci=_str_or_null,
+            ci_run=_str_or_null,
+            ci_url=_str_or_null,
+        ),
+        "operator": _shape(principal=_str, user=_str_or_null),
+        "tool_version": _str,
+        "env": _obj,
+        "lock": _str_or_null,
+        "resumes": _run_id_or_null,
+        "steps": _strs,
+        "on_failure": _strs,
+    },
+    "step.started": {**_STEP_COMMON, "type": _one_of("command", "approval")},
+    "step.finished": {
+        **_STEP_COMMON,
+        "status": _one_of("ok", "failed", "timeout", "interrupted", "skipped", "rejected"),
+        "exit_code": _int_or_null,
+        "duration_ms": _int,
+        "error": _str_or_null,
+        "outputs": lambda v: isinstance(v, dict) and all(map(_str, v.values())),
+    },
+    "approval": {
+        "step": _str_or_null,
+        "index": _int_or_null,
+        "decision": _one_of("approved", "rejected"),
+        "comment": _str,
+        "principal": _str,
+        "fingerprint": lambda v: isinstance(v, str) and bool(_FINGERPRINT.fullmatch(v)),
+        "request_seq": _int,
+        "request_commit": lambda v: isinstance(v, str) and bool(_HEX40.fullmatch(v)),
+        "via": _one_of("command", "terminal"),
+    },
+    "run.finished": {
+        "status": _one_of("succeeded", "failed", "aborted", "rejected"),
+        "failed_step": _str_or_null,
+        "error": _str_or_null,
+        "duration_ms": _int,
+        "continued_after_failure": _strs,
+        "handlers_run": _strs,
+        "handlers_failed": _strs,
+        "signal": _int_or_null,
+        "resumes": _run_id_or_null,
+    },
+}
+# Fields that depend on the step's type (step.started) or status (step.finished).
+_STEP_EXTRA: dict[tuple[str, Any, Any], dict[str, Callable[[Any], bool]]] = {
+    ("step.started", "command", None): {
+        "command": _str,
+        "shell": _one_of("bash", "sh"),
+        "cwd": _str_or_null,
+        "timeout_ms": _int_or_null,
+        "max_attempts": _int,
+        "env": _strs,
+    },
+    ("step.started", "approval", None): {
+        "approval": _shape(
+            approvers=_strs, min_approvals=_int, message=_str_or_null, timeout_ms=_int_or_null
+        ),
+    },
+    ("step.finished", None, "skipped"): {"reason": _str},
+}
 
 
 # --- trees --------------------------------------------------------------------------------

@@ -508,3 +508,67 @@ def _run_started_data(sha: str) -> dict[str, Any]:
         "steps": ["a"],
         "on_failure": [],
     }
+
+
+def _forge_run_record(
+    built: Built, kind: str, data: dict[str, Any], attachments: dict[str, bytes]
+) -> int:
+    """Append a run record with attachments, consistent except for what ``data`` says."""
+    seq = int(records.parse_trailers(built.repo[built.head()].message)["Ledger-Seq"]) + 1
+    run = records.new_run_id()
+    now = records.format_time(records.utc_now())
+    path = records.record_path(kind, seq, run, now)
+    files = {
+        name: {
+            "path": path[: -len(".json")] + "." + name,
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "size": len(content),
+        }
+        for name, content in attachments.items()
+    }
+
+    def edit(rec: dict[str, Any]) -> None:
+        rec.update(kind=kind, run=run, time=now, data=data, files=files)
+
+    extra = {m["path"]: built.repo.create_blob(attachments[n]) for n, m in files.items()}
+    forge_append(built, built.alice, edit_record=edit, extra_tree=extra)
+    return seq
+
+
+def test_run_started_runbook_digest_must_match_its_attachment(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    book = b"name: rb\nsteps: []\n"
+    data = _run_started_data(hashlib.sha256(book).hexdigest())
+    _forge_run_record(built, "run.started", data, {"runbook": book})
+    assert verify_ledger(built.path).ok
+    bad = _forge_run_record(built, "run.started", _run_started_data("0" * 64), {"runbook": book})
+    assert rules_at(verify_ledger(built.path)) == {("record-schema", bad)}
+
+
+def test_step_output_digest_must_match_its_attachment(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    empty = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest(), "truncated": False, "omitted": 0}
+    data = {
+        "step": "a",
+        "index": 0,
+        "phase": "main",
+        "handler": False,
+        "attempt": 1,
+        "status": "ok",
+        "exit_code": 0,
+        "duration_ms": 5,
+        "error": None,
+        "outputs": {},
+        "stdout": {**empty, "size": 6, "sha256": hashlib.sha256(b"other\n").hexdigest()},
+        "stderr": empty,
+    }
+    seq = _forge_run_record(built, "step.finished", data, {"stdout": b"hello\n"})
+    result = verify_ledger(built.path)
+    assert rules_at(result) == {("record-schema", seq)}
+    assert "stdout" in result.findings[0].message
+
+
+def test_run_records_need_their_fields(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    seq = _forge_run_record(built, "run.finished", {"status": "fine"}, {})
+    assert rules_at(verify_ledger(built.path)) == {("record-schema", seq)}
