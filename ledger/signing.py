@@ -32,7 +32,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import importlib
 import os
 import secrets
 import stat
@@ -43,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+import bcrypt
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -456,162 +456,18 @@ def _public_key_with_comment(blob: bytes, comment: str) -> PublicKey:
 # --------------------------------------------------------------------------- bcrypt-pbkdf
 
 
-def _native_bcrypt_kdf() -> Callable[..., bytes] | None:
-    try:
-        module = importlib.import_module("bcrypt")
-    except ImportError:
-        return None
-    kdf = getattr(module, "kdf", None)
-    return kdf if callable(kdf) else None
-
-
-_NATIVE_KDF: Final = _native_bcrypt_kdf()
-
-
-@functools.cache
-def _blowfish_init() -> tuple[int, ...]:
-    """Blowfish's initial P-array and S-boxes: the hexadecimal digits of pi's fraction."""
-
-    def arctan_inv(x: int, one: int) -> int:
-        total = term = one // x
-        x2 = x * x
-        n = 1
-        sign = -1
-        while term:
-            term //= x2
-            n += 2
-            total += sign * (term // n)
-            sign = -sign
-        return total
-
-    words = 18 + 4 * 256
-    guard = 64
-    bits = words * 32 + guard
-    one = 1 << bits
-    pi = 4 * (4 * arctan_inv(5, one) - arctan_inv(239, one))  # Machin's formula
-    frac = (pi - (3 << bits)) >> guard
-    return tuple((frac >> (32 * (words - 1 - i))) & 0xFFFFFFFF for i in range(words))
-
-
-def _blowfish_expand(p: list[int], sboxes: tuple[list[int], ...], data: list[int] | None) -> None:
-    """One Eksblowfish expansion pass (``Blowfish_expandstate``/``expand0state`` without
-    the key XOR into P, which the caller does)."""
-    s0, s1, s2, s3 = sboxes
-    mask = 0xFFFFFFFF
-    left = right = 0
-    j = 0
-    for box in (p, s0, s1, s2, s3):
-        for i in range(0, len(box), 2):
-            if data is not None:
-                left ^= data[j]
-                right ^= data[j + 1]
-                j = (j + 2) & 15
-            left ^= p[0]
-            for k in range(1, 17, 2):
-                right ^= (
-                    (
-                        ((s0[left >> 24] + s1[(left >> 16) & 255]) ^ s2[(left >> 8) & 255])
-                        + s3[left & 255]
-                    )
-                    & mask
-                ) ^ p[k]
-                left ^= (
-                    (
-                        ((s0[right >> 24] + s1[(right >> 16) & 255]) ^ s2[(right >> 8) & 255])
-                        + s3[right & 255]
-                    )
-                    & mask
-                ) ^ p[k + 1]
-            left, right = right ^ p[17], left
-            box[i] = left
-            box[i + 1] = right
-
-
-def _bcrypt_hash(sha2pass: bytes, sha2salt: bytes) -> bytes:
-    init = _blowfish_init()
-    p = list(init[:18])
-    sboxes = tuple(list(init[18 + 256 * i : 18 + 256 * (i + 1)]) for i in range(4))
-    pass_words = list(struct.unpack(">16I", sha2pass))
-    salt_words = list(struct.unpack(">16I", sha2salt))
-    for i in range(18):
-        p[i] ^= pass_words[i & 15]
-    _blowfish_expand(p, sboxes, salt_words)
-    for _ in range(64):
-        for words in (salt_words, pass_words):
-            for i in range(18):
-                p[i] ^= words[i & 15]
-            _blowfish_expand(p, sboxes, None)
-    s0, s1, s2, s3 = sboxes
-    mask = 0xFFFFFFFF
-    cdata = list(struct.unpack(">8I", b"OxychromaticBlowfishSwatDynamite"))
-    for _ in range(64):
-        for b in range(0, 8, 2):
-            left, right = cdata[b] ^ p[0], cdata[b + 1]
-            for k in range(1, 17, 2):
-                right ^= (
-                    (
-                        ((s0[left >> 24] + s1[(left >> 16) & 255]) ^ s2[(left >> 8) & 255])
-                        + s3[left & 255]
-                    )
-                    & mask
-                ) ^ p[k]
-                left ^= (
-                    (
-                        ((s0[right >> 24] + s1[(right >> 16) & 255]) ^ s2[(right >> 8) & 255])
-                        + s3[right & 255]
-                    )
-                    & mask
-                ) ^ p[k + 1]
-            cdata[b], cdata[b + 1] = right ^ p[17], left
-    return struct.pack("<8I", *cdata)
-
-
-def _bcrypt_pbkdf_python(password: bytes, salt: bytes, key_len: int, rounds: int) -> bytes:
-    """OpenBSD's ``bcrypt_pbkdf`` in pure Python (slow; used without the bcrypt package)."""
-    sha2pass = hashlib.sha512(password).digest()
-    stride = (key_len + 31) // 32
-    amount = (key_len + stride - 1) // stride
-    key = bytearray(key_len)
-    remaining = key_len
-    count = 1
-    while remaining > 0:
-        tmp = _bcrypt_hash(sha2pass, hashlib.sha512(salt + _U32.pack(count)).digest())
-        out = bytearray(tmp)
-        for _ in range(1, rounds):
-            tmp = _bcrypt_hash(sha2pass, hashlib.sha512(tmp).digest())
-            for j in range(32):
-                out[j] ^= tmp[j]
-        amount = min(amount, remaining)
-        done = 0
-        for i in range(amount):
-            dest = i * stride + count - 1
-            if dest >= key_len:
-                break
-            key[dest] = out[i]
-            done += 1
-        remaining -= done
-        count += 1
-    return bytes(key)
-
-
-def bcrypt_pbkdf(
-    password: bytes, salt: bytes, key_len: int, rounds: int, *, native: bool = True
-) -> bytes:
-    """OpenBSD ``bcrypt_pbkdf`` as OpenSSH uses it for private key files.
-
-    Uses the ``bcrypt`` package when installed (and ``native``), else pure Python.
-    """
+def bcrypt_pbkdf(password: bytes, salt: bytes, key_len: int, rounds: int) -> bytes:
+    """OpenBSD ``bcrypt_pbkdf`` as OpenSSH uses it for private key files (``bcrypt`` package)."""
     if not password or not salt or not 0 < key_len <= 1024 or rounds < 1:
         raise ValueError("bcrypt_pbkdf: empty password or salt, or bad length or rounds")
-    if native and _NATIVE_KDF is not None:
-        return _NATIVE_KDF(
-            password=password,
-            salt=salt,
-            desired_key_bytes=key_len,
-            rounds=rounds,
-            ignore_few_rounds=True,
-        )
-    return _bcrypt_pbkdf_python(password, salt, key_len, rounds)
+    key: bytes = bcrypt.kdf(
+        password=password,
+        salt=salt,
+        desired_key_bytes=key_len,
+        rounds=rounds,
+        ignore_few_rounds=True,
+    )
+    return key
 
 
 # --------------------------------------------------------------------------- private keys

@@ -121,8 +121,6 @@ def test_saved_key_loads_in_ssh_keygen(tmp_path: Path, passphrase: str | None) -
 
 
 def test_default_rounds_key_round_trips(tmp_path: Path) -> None:
-    if signing._NATIVE_KDF is None:
-        pytest.skip("16 bcrypt rounds in pure Python take ~15 s; covered with fewer rounds")
     key = SigningKey.generate()
     key.save(tmp_path / "k", PASS)
     keygen("-y", "-P", PASS, "-f", tmp_path / "k")
@@ -205,25 +203,6 @@ def test_ssh_keygen_encrypted_keys(tmp_path: Path, cipher: str) -> None:
 
     key = SigningKey.load(path, PASS)
     assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / "enc.pub")
-
-
-def test_pure_python_bcrypt_pbkdf_decrypts_ssh_keygen_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two KDF rounds, so the rounds' XOR accumulation is exercised too."""
-    path = make_key(tmp_path, "enc", "-t", "ed25519", "-a", "2", passphrase=PASS)
-    monkeypatch.setattr(signing, "_NATIVE_KDF", None)
-    key = SigningKey.load(path, PASS)
-    assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / "enc.pub")
-
-
-def test_native_and_pure_bcrypt_pbkdf_agree() -> None:
-    if signing._NATIVE_KDF is None:
-        pytest.skip("the bcrypt package is not installed")
-    for pw, salt, n, rounds in [(b"password", b"salt", 16, 3), (b"\xff" * 80, b"s" * 16, 44, 1)]:
-        assert signing.bcrypt_pbkdf(pw, salt, n, rounds, native=False) == signing.bcrypt_pbkdf(
-            pw, salt, n, rounds
-        )
 
 
 def test_pem_keys(tmp_path: Path) -> None:
