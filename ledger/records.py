@@ -69,6 +69,7 @@ TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 SUMMARY_MAX = 200
+EVENT_BUCKET = 1000
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029]")
 
 
@@ -188,7 +189,9 @@ def record_dir(kind: str, seq: int, run: str | None, time: str) -> str:
         if not m:
             raise InputError(f"{run!r} is not a run id")
         return f"{RUNS_DIR}/{m.group(1)}/{m.group(2)}/{m.group(3)}/{run}"
-    return f"{EVENTS_DIR}/{time[0:4]}/{time[5:7]}/{time[8:10]}"
+    # Bucketed by seq within the day so that no directory holds more than 1,000 records,
+    # however many events a day brings (an append rewrites the trees on its path).
+    return f"{EVENTS_DIR}/{time[0:4]}/{time[5:7]}/{time[8:10]}/{seq // EVENT_BUCKET:07d}"
 
 
 def record_path(kind: str, seq: int, run: str | None, time: str) -> str:

@@ -42,6 +42,10 @@ STATE_DIR = "ledger-state"
 SEQ_INDEX = "seq-index"
 LOCK_FILE = "ledger.lock"
 LOCK_TIMEOUT_S = 120.0
+PACK_EVERY = 1000
+"""Every this many records, the append that reaches a multiple packs the loose objects."""
+MAX_PACKS = 32
+"""When there are more packs than this, they are consolidated into one."""
 _OID_LEN = 20
 
 
@@ -755,7 +759,70 @@ class Ledger:
             except (pygit2.GitError, OSError) as exc:
                 raise _storage_error("append to", self.path, exc) from None
             self._index_put(seq, oid)
+            if seq % PACK_EVERY == 0:
+                self.pack_objects()
         return Appended(str(oid), seq, path, record)
+
+    def pack_objects(self) -> int:
+        """Move the loose objects into a pack (and consolidate packs when there are many).
+
+        Called under the append lock every :data:`PACK_EVERY` records, so that a ledger of
+        100,000 records is a few packs rather than 700,000 files. The new pack is on disk
+        before any loose object or old pack is removed. Returns the objects packed.
+        """
+        objects = self.gitdir / "objects"
+        packs = objects / "pack"
+        try:
+            old_packs = sorted(packs.glob("pack-*.pack"))
+            if len(old_packs) >= MAX_PACKS:
+                # One pack of every object there is (packed or loose), then drop the rest.
+                builder = pygit2.PackBuilder(self.repo)
+                builder.set_threads(0)
+                wanted = 0
+                for oid in self.repo.odb:
+                    builder.add(oid)
+                    wanted += 1
+                builder.write(str(packs))
+                if builder.written_objects_count != wanted:
+                    raise StorageError(
+                        f"packing {self.path} wrote {builder.written_objects_count} of "
+                        f"{wanted} objects; nothing was removed.",
+                        hint="Run 'ledger verify'; check free disk space.",
+                    )
+                _syncfs(self.gitdir)
+                current = {p.name for p in packs.glob("pack-*.pack")}
+                new = current - {p.name for p in old_packs}
+                for pack in old_packs:
+                    if new and pack.name not in new:
+                        for suffix in (".idx", ".rev", ".keep", ".pack"):
+                            pack.with_suffix(suffix).unlink(missing_ok=True)
+                for file, _ in _loose_objects(objects):
+                    file.unlink(missing_ok=True)
+                return wanted
+            loose = list(_loose_objects(objects))
+            if not loose:
+                return 0
+            builder = pygit2.PackBuilder(self.repo)
+            builder.set_threads(0)  # as many as there are cores
+            for _, oid in loose:
+                builder.add(oid)
+            builder.write(str(packs))
+            _syncfs(self.gitdir)
+            for file, _ in loose:
+                file.unlink(missing_ok=True)
+            return builder.written_objects_count
+        except (pygit2.GitError, OSError) as exc:
+            raise _storage_error("pack the objects of", self.path, exc) from None
+
+
+def _loose_objects(objects: Path) -> Iterator[tuple[Path, pygit2.Oid]]:
+    for fan in objects.iterdir():
+        if len(fan.name) != 2 or not fan.is_dir():
+            continue
+        for file in fan.iterdir():
+            name = fan.name + file.name
+            if len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+                yield file, pygit2.Oid(hex=name)
 
 
 def _signed_commit(

@@ -583,7 +583,7 @@ def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str
     t = _TIME.fullmatch(time)
     if not t:
         return None
-    return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{name}"
+    return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{seq // 1000:07d}/{name}"
 
 
 @functools.lru_cache(maxsize=8)

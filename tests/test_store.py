@@ -46,6 +46,33 @@ def allowed_signers(led: Ledger, path: Path) -> Path:
     return path
 
 
+RUN_STARTED = {
+    "env": {},
+    "lock": None,
+    "on_failure": [],
+    "resumes": None,
+    "steps": ["s"],
+    "operator": {"principal": "alice@example.com", "user": None},
+    "param_sources": {},
+    "params": {},
+    "tool_version": "runbook-ledger 0.1.0",
+    "runbook": {
+        "description": "",
+        "name": "x",
+        "path": "/x.yaml",
+        "sha256": records.sha256_hex(b"name: x\n"),
+    },
+    "trigger": {
+        "ci": None,
+        "ci_run": None,
+        "ci_url": None,
+        "incident": "INC-42",
+        "source": "manual",
+        "text": None,
+    },
+}
+
+
 def test_init_writes_genesis_and_protects_branch(ledger: Ledger, key: SigningKey) -> None:
     head = ledger.head()
     assert head is not None and head.seq == 0
@@ -88,15 +115,15 @@ def test_append_chain_paths_and_stock_git_agrees(
     a = ledger.append("event", {"message": "hello", "data": None}, key=key)
     b = ledger.append(
         "run.started",
-        {"runbook": {"name": "x"}},
+        RUN_STARTED,
         key=key,
         run=run,
         incident="INC-42",
         attachments={"runbook": b"name: x\n"},
     )
     c = ledger.append(
-        "step.finished",
-        {"step": "s", "status": "ok"},
+        "event",
+        {"message": "during the run", "data": None},
         key=key,
         run=run,
         attachments={"stdout": b"out\n", "stderr": b""},
@@ -124,7 +151,8 @@ def test_append_chain_paths_and_stock_git_agrees(
         assert out.returncode == 0, out.stderr
     fsck = git("fsck", "--strict", cwd=ledger.path, check=False)
     assert fsck.returncode == 0 and fsck.stdout == "" and "warning" not in fsck.stderr, fsck.stderr
-    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+    result = verify_ledger(ledger.path, trust_genesis=ledger.genesis_id)
+    assert result.ok, [f.message for f in result.findings]
 
 
 def test_untrusted_key_cannot_append(ledger: Ledger) -> None:
@@ -244,3 +272,24 @@ def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_p
     # The next append continues the chain.
     key = SigningKey.load(key_path)
     assert reopened.append("event", {"message": "after", "data": None}, key=key).seq == head.seq + 1
+
+
+def test_loose_objects_are_packed_and_packs_consolidated(
+    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger import store
+
+    monkeypatch.setattr(store, "PACK_EVERY", 20)
+    monkeypatch.setattr(store, "MAX_PACKS", 3)
+    for i in range(90):
+        ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
+    objects = ledger.gitdir / "objects"
+    packs = sorted(objects.glob("pack/pack-*.pack"))
+    assert 1 <= len(packs) <= 3
+    loose = [f for d in objects.iterdir() if len(d.name) == 2 for f in d.iterdir()]
+    assert len(loose) < 20 * 8  # only what came after the last pack
+    assert [r.seq for r in ledger.iter_records(newest_first=False)] == list(range(91))
+    assert ledger.record(5).data["message"] == "m4"
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=ledger.path, check=False)
+    assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr

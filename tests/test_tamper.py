@@ -250,7 +250,7 @@ def forge_append(
         path = records.record_path(rec["kind"], rec["seq"], rec["run"], rec["time"])
         when = int(records.parse_time(rec["time"]).timestamp())
     except (KeyError, ValueError):  # a deliberately malformed record
-        path = f"events/2026/01/01/{seq:010d}-event.json"
+        path = f"events/2026/01/01/{seq // 1000:07d}/{seq:010d}-event.json"
         when = int(records.parse_time(now).timestamp())
     changes: dict[str, Any] = {path: repo.create_blob(raw_record)}
     changes.update(extra_tree or {})
