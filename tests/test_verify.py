@@ -411,7 +411,10 @@ def test_expected_record_paths() -> None:
     t = "2026-11-22T01:02:03.000004Z"
     assert expected_record_path("genesis", 0, None, t) == "genesis.json"
     assert expected_record_path("key.added", 7, None, t) == "keys/0000000007-key.added.json"
-    assert expected_record_path("event", 12, None, t) == "events/2026/11/22/0000000/0000000012-event.json"
+    assert (
+        expected_record_path("event", 12, None, t)
+        == "events/2026/11/22/0000000/0000000012-event.json"
+    )
     run = "20261121T235959Z-0a1b2c3d"
     assert (
         expected_record_path("step.finished", 3, run, t)
