@@ -30,13 +30,15 @@ def append_rate(led: Ledger, key: SigningKey, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def append_cost_ms(led: Ledger, key: SigningKey, n: int = 200) -> float:
+def append_cost_ms(led: Ledger, key: SigningKey, n: int = 1000) -> tuple[float, float]:
     samples = []
     for i in range(n):
         t = time.perf_counter()
         led.append("event", {"message": f"probe {i}", "data": None}, key=key)
         samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
+    # Over one whole packing cycle (every 1,000 records): the median and the mean (which
+    # includes the packing).
+    return statistics.median(samples), statistics.fmean(samples)
 
 
 def git_commit_rate(tmp: Path, key_path: Path, n: int) -> float:
@@ -99,18 +101,21 @@ def main() -> None:
             n += 1
         at_1k = append_cost_ms(led, key)
         fill_start = time.perf_counter()
-        n += 200
+        n += 1000
         while n < args.large:
             led.append("event", {"message": "fill", "data": None}, key=key)
             n += 1
         fill_s = time.perf_counter() - fill_start
         at_large = append_cost_ms(led, key)
-        print(f"append at 1,000 records:         {at_1k:8.2f} ms (median)")
+        print(f"append at 1,000 records:   {at_1k[0]:6.2f} ms median, {at_1k[1]:6.2f} ms mean")
         print(
-            f"append at {args.large:,} records:{'':>{max(1, 7 - len(str(args.large)))}}"
-            f"{at_large:8.2f} ms (median; filled in {fill_s:.0f} s)"
+            f"append at {args.large:,} records: {at_large[0]:6.2f} ms median, "
+            f"{at_large[1]:6.2f} ms mean (filled in {fill_s:.0f} s)"
         )
-        print(f"ratio large/1k:                  {at_large / at_1k:8.2f}x  (target <= 1.5x)")
+        print(
+            f"ratio large/1k: {at_large[0] / at_1k[0]:.2f}x median, "
+            f"{at_large[1] / at_1k[1]:.2f}x mean  (target <= 1.5x)"
+        )
 
 
 if __name__ == "__main__":

@@ -796,8 +796,7 @@ class Ledger:
                     if new and pack.name not in new:
                         for suffix in (".idx", ".rev", ".keep", ".pack"):
                             pack.with_suffix(suffix).unlink(missing_ok=True)
-                for file, _ in _loose_objects(objects):
-                    file.unlink(missing_ok=True)
+                _remove_loose(list(_loose_objects(objects)))
                 return wanted
             loose = list(_loose_objects(objects))
             if not loose:
@@ -808,8 +807,7 @@ class Ledger:
                 builder.add(oid)
             builder.write(str(packs))
             _syncfs(self.gitdir)
-            for file, _ in loose:
-                file.unlink(missing_ok=True)
+            _remove_loose(loose)
             return builder.written_objects_count
         except (pygit2.GitError, OSError) as exc:
             raise _storage_error("pack the objects of", self.path, exc) from None
@@ -823,6 +821,18 @@ def _loose_objects(objects: Path) -> Iterator[tuple[Path, pygit2.Oid]]:
             name = fan.name + file.name
             if len(name) == 40 and all(c in "0123456789abcdef" for c in name):
                 yield file, pygit2.Oid(hex=name)
+
+
+def _remove_loose(loose: list[tuple[Path, pygit2.Oid]]) -> None:
+    """Remove packed loose objects, and their fan-out directories once empty (a directory
+    emptied of thousands of entries stays slow to add to)."""
+    for file, _ in loose:
+        file.unlink(missing_ok=True)
+    for directory in {file.parent for file, _ in loose}:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: another writer added an object meanwhile
+            continue
 
 
 def _signed_commit(
