@@ -201,6 +201,7 @@ class Ledger:
             ) from None
         self.name: str = str(cfg["ledger.name"]) if "ledger.name" in cfg else ""
         self._signers_cache: tuple[str, list[Signer]] | None = None
+        self.last_pack_error: StorageError | None = None
 
     # -- creation and opening -----------------------------------------------------------
 
@@ -760,7 +761,12 @@ class Ledger:
                 raise _storage_error("append to", self.path, exc) from None
             self._index_put(seq, oid)
             if seq % PACK_EVERY == 0:
-                self.pack_objects()
+                try:
+                    self.pack_objects()
+                except StorageError as exc:
+                    # Packing is upkeep: the record is already durable and acknowledged.
+                    # Loose objects stay until the next packing succeeds.
+                    self.last_pack_error = exc
         return Appended(str(oid), seq, path, record)
 
     def pack_objects(self) -> int:
@@ -778,10 +784,12 @@ class Ledger:
                 # One pack of every object there is (packed or loose), then drop the rest.
                 builder = pygit2.PackBuilder(self.repo)
                 builder.set_threads(0)
-                wanted = 0
-                for oid in self.repo.odb:
-                    builder.add(oid)
-                    wanted += 1
+                # The odb lists an object once per place it is stored (loose, each pack).
+                unique = {oid.raw for oid in self.repo.odb}
+                wanted = len(unique)
+                for raw in unique:
+                    builder.add(pygit2.Oid(raw=raw))
+                del unique
                 builder.write(str(packs))
                 if builder.written_objects_count != wanted:
                     raise StorageError(
