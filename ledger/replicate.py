@@ -44,11 +44,11 @@ from ledger.errors import (
     InputError,
     LedgerError,
     LedgerExists,
-    LedgerNotFound,
     RemoteError,
     StorageError,
     VerificationFailed,
 )
+from ledger.store import open_repository
 
 MAIN_REF = "refs/heads/main"
 PUSH_REFSPEC = "refs/heads/main:refs/heads/main"
@@ -189,18 +189,7 @@ def check_remote_name(name: str) -> str:
 
 
 def _open_repo(path: Path) -> pygit2.Repository:
-    if not path.exists():
-        raise LedgerNotFound(
-            f"there is no ledger at {path} (the path does not exist).",
-            hint="Point --ledger at an existing ledger.",
-        )
-    try:
-        return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-    except pygit2.GitError as exc:
-        raise LedgerNotFound(
-            f"{path} is not a ledger: it is not a git repository ({exc}).",
-            hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
-        ) from None
+    return open_repository(path)
 
 
 def _remote_names(repo: pygit2.Repository) -> list[str]:

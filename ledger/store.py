@@ -171,6 +171,23 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def open_repository(path: Path) -> pygit2.Repository:
+    """The git repository at exactly ``path`` (no search upwards); :class:`LedgerNotFound`
+    when there is none."""
+    if not path.exists():
+        raise LedgerNotFound(
+            f"there is no ledger at {path} (the path does not exist).",
+            hint="Create one with 'ledger init', or point --ledger at an existing one.",
+        )
+    try:
+        return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    except pygit2.GitError as exc:
+        raise LedgerNotFound(
+            f"{path} is not a ledger: it is not a git repository ({exc}).",
+            hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
+        ) from None
+
+
 def _storage_error(action: str, path: Path, exc: BaseException) -> StorageError:
     text = str(exc)
     hint = "Check the path, its permissions and free disk space, then try again."
@@ -208,18 +225,7 @@ class Ledger:
     @classmethod
     def open(cls, path: Path) -> Ledger:
         """Open an existing ledger; :class:`LedgerNotFound` if there is none."""
-        if not path.exists():
-            raise LedgerNotFound(
-                f"there is no ledger at {path} (the path does not exist).",
-                hint="Create one with 'ledger init', or point --ledger at an existing one.",
-            )
-        try:
-            repo = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-        except pygit2.GitError as exc:
-            raise LedgerNotFound(
-                f"{path} is not a ledger: it is not a git repository ({exc}).",
-                hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
-            ) from None
+        repo = open_repository(path)
         if not repo.is_bare:
             raise LedgerNotFound(
                 f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
