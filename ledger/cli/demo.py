@@ -7,6 +7,7 @@ verification, and a Markdown report written to a file.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -113,7 +114,7 @@ def demo_cmd(
     runbook_path.parent.mkdir()
     runbook_path.write_bytes(_embedded_runbook())
     token = secrets.token_urlsafe(12)
-    environ = dict(__import__("os").environ, HELLO_TOKEN=token)
+    environ = dict(os.environ, HELLO_TOKEN=token)
     runbook = load_runbook(runbook_path)
     params = resolve_parameters(runbook, {"name": name}, environ)
     console.print(
