@@ -1532,6 +1532,10 @@ class TemplateContext:
             self.steps[step.name] = StepState(name=step.name, outputs=outputs)
         self.current: StepState | None = None
         self._runbook_env: dict[bool, dict[str, str]] = {}
+        # ``steps.*`` namespaces, built once per step state rather than once per render
+        # (a long runbook would otherwise rebuild every earlier step's at every step).
+        self._step_ns: dict[tuple[str, bool], Namespace] = {}
+        self._steps_ns: dict[bool, Namespace] = {}
 
     # ----- state updates
 
@@ -1552,6 +1556,9 @@ class TemplateContext:
         self.steps[name] = StepState(
             name=name, status=status, exit_code=exit_code, outputs=dict(outputs or {})
         )
+        self._step_ns.pop((name, False), None)
+        self._step_ns.pop((name, True), None)
+        self._steps_ns.clear()
         if self.current is not None and self.current.name == name:
             self.current = None
 
@@ -1583,6 +1590,23 @@ class TemplateContext:
             self._runbook_env[redacted] = rendered
         return self._runbook_env[redacted]
 
+    def _one_step_ns(self, state: StepState, redacted: bool) -> Namespace:
+        """``steps.NAME`` for one step (cached until the step's state changes)."""
+        cached = self._step_ns.get((state.name, redacted))
+        if cached is None:
+            secrets = self.secrets()
+            outputs = {k: (redact(v, secrets) if redacted else v) for k, v in state.outputs.items()}
+            cached = Namespace(
+                {
+                    "exit_code": state.exit_code,
+                    "status": state.status,
+                    "outputs": Namespace(outputs, f"steps.{state.name}.outputs"),
+                },
+                f"steps.{state.name}",
+            )
+            self._step_ns[(state.name, redacted)] = cached
+        return cached
+
     def _params_ns(self, redacted: bool) -> Namespace:
         values = self.params.redacted() if redacted else self.params.values
         return Namespace(values, "params")
@@ -1605,23 +1629,13 @@ class TemplateContext:
         def out(value: str) -> str:
             return redact(value, secrets) if redacted else value
 
-        steps = Namespace(
-            {
-                name: Namespace(
-                    {
-                        "exit_code": state.exit_code,
-                        "status": state.status,
-                        "outputs": Namespace(
-                            {k: out(v) for k, v in state.outputs.items()},
-                            f"steps.{name}.outputs",
-                        ),
-                    },
-                    f"steps.{name}",
-                )
-                for name, state in self.steps.items()
-            },
-            "steps",
-        )
+        steps = self._steps_ns.get(redacted)
+        if steps is None:
+            steps = Namespace(
+                {name: self._one_step_ns(state, redacted) for name, state in self.steps.items()},
+                "steps",
+            )
+            self._steps_ns[redacted] = steps
         current = self._current_for(step)
         step_ns = Namespace(
             {
@@ -1694,6 +1708,9 @@ def render_template(
     """Render any runbook template twice: with real values, and with secrets redacted."""
     secrets = context.secrets()
     text = _render(source, context.variables(step), command=command, secrets=secrets, where=where)
+    if not secrets:
+        # Without secrets the redacted variables are the real ones: the same text.
+        return RenderedText(text=text, redacted=text)
     shown = _render(
         source,
         context.variables(step, redacted=True),

@@ -270,9 +270,8 @@ def check_compiles(source: str, *, command: bool) -> None:
     from jinja2 import TemplateError, TemplateSyntaxError
 
     parse_template(source)
-    env = COMMAND_ENV if command else TEXT_ENV
     try:
-        env.from_string(source)
+        _compiled(source, command)  # the compiled template is kept for rendering
     except TemplateSyntaxError as exc:
         raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
     except TemplateError as exc:
@@ -285,7 +284,7 @@ def check_expression_compiles(source: str) -> None:
 
     parse_expression(source)
     try:
-        TEXT_ENV.compile_expression(source)
+        _compiled_expression(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
     except TemplateError as exc:
@@ -365,13 +364,13 @@ def _undeclared(tree: nodes.Node) -> set[str]:
     return set(meta.find_undeclared_variables(wrapper))
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def _compiled(source: str, command: bool) -> Any:
     env = COMMAND_ENV if command else TEXT_ENV
     return env.from_string(source)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def _compiled_expression(source: str) -> Any:
     return TEXT_ENV.compile_expression(source, undefined_to_none=False)
 
