@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time as _time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import Any
 
 import pygit2
 
-from ledger import __version__, records
+from ledger import __version__, packfile, records
 from ledger.errors import (
     ConcurrentUpdate,
     InputError,
@@ -41,12 +42,29 @@ MAIN_REF = "refs/heads/main"
 STATE_DIR = "ledger-state"
 SEQ_INDEX = "seq-index"
 LOCK_FILE = "ledger.lock"
+PACK_LOCK_FILE = "ledger-pack.lock"
 LOCK_TIMEOUT_S = 120.0
+MERGE_EVERY = 16
+"""Every this many records, the append that reaches a multiple merges the small packs
+(one per append) into one, so that readers never search hundreds of packs."""
+SMALL_PACK_OBJECTS = 64
+"""A pack of at most this many objects is an append's own (merged every MERGE_EVERY)."""
+MEDIUM_PACK_OBJECTS = MERGE_EVERY * SMALL_PACK_OBJECTS
+"""A pack of at most this many objects is a merge of small packs (repacked every
+PACK_EVERY with deltas); larger packs are only consolidated when there are MAX_PACKS."""
 PACK_EVERY = 1000
-"""Every this many records, the append that reaches a multiple packs the loose objects."""
+"""Every this many records, the append that reaches a multiple starts repacking the loose
+objects and the small and merged packs into one pack with deltas (in a background thread:
+appends go on meanwhile)."""
 MAX_PACKS = 32
-"""When there are more packs than this, they are consolidated into one."""
+"""When there are this many large packs, they are consolidated into one."""
 _OID_LEN = 20
+
+
+@dataclass(frozen=True)
+class _OpenFiles:
+    lock: int  # <gitdir>/ledger.lock
+    gitdir: int  # the git directory, for syncfs
 
 
 @dataclass(frozen=True)
@@ -143,11 +161,12 @@ class StoredRecord:
 _libc: Any = None
 
 
-def _syncfs(path: Path) -> None:
+def _syncfs(path: Path, fd: int | None = None) -> None:
     """Flush everything written to the filesystem holding ``path`` to stable storage.
 
-    One ``syncfs(2)`` after writing a record's handful of objects is much cheaper than an
-    fsync per object file and gives the same guarantee. Elsewhere than Linux: ``sync()``.
+    One ``syncfs(2)`` after writing a record's objects is much cheaper than an fsync per
+    file and gives the same guarantee. ``fd`` is an open descriptor on that filesystem (else
+    ``path`` is opened). Elsewhere than Linux: ``sync()``.
     """
     global _libc  # noqa: PLW0603
     if _libc is None:
@@ -159,16 +178,18 @@ def _syncfs(path: Path) -> None:
     if _libc is False:
         os.sync()
         return
-    fd = os.open(path, os.O_RDONLY)
+    own = fd is None
+    use = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if fd is None else fd
     try:
-        if _libc.syncfs(fd) != 0:
+        if _libc.syncfs(use) != 0:
             err = ctypes.get_errno()
             raise StorageError(
                 f"could not flush the ledger at {path} to disk: {os.strerror(err)}.",
                 hint="Check the disk; the record was not acknowledged.",
             )
     finally:
-        os.close(fd)
+        if own:
+            os.close(use)
 
 
 def open_repository(path: Path) -> pygit2.Repository:
@@ -219,6 +240,11 @@ class Ledger:
         self.name: str = str(cfg["ledger.name"]) if "ledger.name" in cfg else ""
         self._signers_cache: tuple[str, list[Signer]] | None = None
         self.last_pack_error: StorageError | None = None
+        self._packer: threading.Thread | None = None
+        self._trees = _Trees(repo)
+        self._open: _OpenFiles | None = None
+        self._thread_lock = threading.Lock()
+        self._index_fd: int | None = None
 
     # -- creation and opening -----------------------------------------------------------
 
@@ -450,13 +476,31 @@ class Ledger:
 
     def _index_put(self, seq: int, oid: pygit2.Oid) -> None:
         """Record that ``seq`` is at ``oid`` (a local accelerator, never trusted blindly)."""
-        path = self._index_path()
-        path.parent.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.pwrite(fd, oid.raw, seq * _OID_LEN)
-        finally:
+            if self._index_fd is None:
+                path = self._index_path()
+                path.parent.mkdir(exist_ok=True)
+                self._index_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.pwrite(self._index_fd, oid.raw, seq * _OID_LEN)
+        except OSError:
+            # Only an accelerator: lookups check what it says and rebuild what is missing.
+            if self._index_fd is not None:
+                fd, self._index_fd = self._index_fd, None
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close the files this object keeps open (it stays usable: they are reopened)."""
+        if self._index_fd is not None:
+            fd, self._index_fd = self._index_fd, None
             os.close(fd)
+        if self._open is not None:
+            files, self._open = self._open, None
+            os.close(files.lock)
+            os.close(files.gitdir)
+
+    def __del__(self) -> None:
+        if getattr(self, "_index_fd", None) is not None or getattr(self, "_open", None):
+            self.close()
 
     def _index_get(self, seq: int) -> pygit2.Oid | None:
         try:
@@ -632,13 +676,23 @@ class Ledger:
 
     @contextmanager
     def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-        """The exclusive append lock (held across processes; released if we die)."""
+        """The exclusive append lock (held across processes; released if we die).
+
+        An ``flock`` on ``<gitdir>/ledger.lock`` through a descriptor this object keeps open,
+        plus a thread lock, since threads sharing the descriptor would share the ``flock``.
+        """
         path = self.gitdir / LOCK_FILE
+        too_long = LockTimeout(
+            f"another process has held the ledger lock {path} for over {timeout:.0f} s.",
+            hint="Wait for it to finish, or find the stuck 'ledger' process.",
+        )
+        if not self._thread_lock.acquire(timeout=timeout):
+            raise too_long
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise _storage_error("lock", self.path, exc) from None
-        try:
+            try:
+                fd = self._fds().lock
+            except OSError as exc:
+                raise _storage_error("lock", self.path, exc) from None
             deadline = _time.monotonic() + timeout
             delay = 0.001
             while True:
@@ -647,16 +701,27 @@ class Ledger:
                     break
                 except BlockingIOError:
                     if _time.monotonic() > deadline:
-                        raise LockTimeout(
-                            f"another process has held the ledger lock {path} for over "
-                            f"{timeout:.0f} s.",
-                            hint="Wait for it to finish, or find the stuck 'ledger' process.",
-                        ) from None
+                        raise too_long from None
                     _time.sleep(delay)
                     delay = min(delay * 2, 0.05)
-            yield
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            os.close(fd)
+            self._thread_lock.release()
+
+    def _fds(self) -> _OpenFiles:
+        """Descriptors kept open across appends (opening files is a large part of one)."""
+        if self._open is None:
+            lock = os.open(self.gitdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                gitdir = os.open(self.gitdir, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                os.close(lock)
+                raise
+            self._open = _OpenFiles(lock, gitdir)
+        return self._open
 
     def append(
         self,
@@ -706,11 +771,12 @@ class Ledger:
             now = records.format_time(records.utc_now())
             path = records.record_path(kind, seq, run, now)
             try:
-                additions: dict[str, pygit2.Oid] = {}
+                objects = packfile.PackWriter()
+                additions: dict[str, bytes] = {}
                 files: dict[str, dict[str, Any]] = {}
                 for name, content in sorted(attachments.items()):
                     apath = records.attachment_path(path, name)
-                    additions[apath] = self.repo.create_blob(content)
+                    additions[apath] = objects.add(packfile.OBJ_BLOB, content)
                     files[name] = {
                         "path": apath,
                         "sha256": records.sha256_hex(content),
@@ -719,7 +785,7 @@ class Ledger:
                 if incident is not None and kind == records.KIND_RUN_STARTED and run:
                     ipath = records.incident_index_path(incident, run)
                     content = (path + "\n").encode()
-                    additions[ipath] = self.repo.create_blob(content)
+                    additions[ipath] = objects.add(packfile.OBJ_BLOB, content)
                     files["incident-index"] = {
                         "path": ipath,
                         "sha256": records.sha256_hex(content),
@@ -738,8 +804,8 @@ class Ledger:
                     files=files,
                 )
                 raw = records.canonical_json(record)
-                additions[path] = self.repo.create_blob(raw)
-                tree = _add_to_tree(self.repo, parent.tree, additions)
+                additions[path] = objects.add(packfile.OBJ_BLOB, raw)
+                tree = self._trees.add(objects, parent.tree_id.raw, additions)
                 parent_raw = self.repo.odb.read(parent.id)[1]
                 message = records.build_message(
                     summary or records.summarize(kind, data),
@@ -752,8 +818,16 @@ class Ledger:
                         "Ledger-Prev-Sha256": records.git_object_sha256("commit", parent_raw),
                     },
                 )
-                oid = _signed_commit(self.repo, key, who, now, message, tree, [parent.id])
-                _syncfs(self.gitdir)
+                oid = pygit2.Oid(
+                    raw=objects.add(
+                        packfile.OBJ_COMMIT,
+                        _signed_commit_bytes(
+                            key, who, now, message, pygit2.Oid(raw=tree), [parent.id]
+                        ),
+                    )
+                )
+                objects.write(self.gitdir / "objects" / "pack")
+                _syncfs(self.gitdir, self._fds().gitdir)
                 current = self.repo.references.get(MAIN_REF)
                 if current is None or current.target != parent.id:
                     raise ConcurrentUpdate(
@@ -762,69 +836,201 @@ class Ledger:
                         hint="Stop other tools writing to this repository; run 'ledger verify'.",
                     )
                 current.set_target(oid, f"ledger: append seq {seq}")
-                _syncfs(self.gitdir)
+                _syncfs(self.gitdir, self._fds().gitdir)
             except (pygit2.GitError, OSError) as exc:
                 raise _storage_error("append to", self.path, exc) from None
             self._index_put(seq, oid)
-            if seq % PACK_EVERY == 0:
-                try:
-                    self.pack_objects()
-                except StorageError as exc:
-                    # Packing is upkeep: the record is already durable and acknowledged.
-                    # Loose objects stay until the next packing succeeds.
-                    self.last_pack_error = exc
+        if seq % PACK_EVERY == 0:
+            self.start_packing()
+        elif seq % MERGE_EVERY == 0:
+            try:
+                merge_small_packs(self.repo, self.gitdir)
+            except StorageError as exc:
+                # Upkeep: the record is durable and acknowledged; the packs stay as they are.
+                self.last_pack_error = exc
         return Appended(str(oid), seq, path, record)
 
-    def pack_objects(self) -> int:
-        """Move the loose objects into a pack (and consolidate packs when there are many).
+    # -- packing -------------------------------------------------------------------------
 
-        Called under the append lock every :data:`PACK_EVERY` records, so that a ledger of
-        100,000 records is a few packs rather than 700,000 files. The new pack is on disk
-        before any loose object or old pack is removed. Returns the objects packed.
+    def start_packing(self) -> None:
+        """Pack the loose objects in a background thread (one at a time per ledger).
+
+        Packing is upkeep: the records are durable and acknowledged before it starts, and it
+        must not pause the appends that follow (a run's steps go on while it works). The
+        thread is not a daemon, so a process that ends waits for it to finish rather than
+        leaving a half-written pack behind. A failure is kept in :attr:`last_pack_error`;
+        the loose objects then stay until a later packing succeeds.
         """
-        objects = self.gitdir / "objects"
-        packs = objects / "pack"
+        if self._packer is not None and self._packer.is_alive():
+            return
+        self._packer = threading.Thread(
+            target=self._pack_in_background, name="ledger-pack", daemon=False
+        )
+        self._packer.start()
+
+    def wait_for_packing(self) -> None:
+        """Wait until a packing started by :meth:`start_packing` has finished."""
+        if self._packer is not None:
+            self._packer.join()
+
+    def _pack_in_background(self) -> None:
         try:
-            old_packs = sorted(packs.glob("pack-*.pack"))
-            if len(old_packs) >= MAX_PACKS:
-                # One pack of every object there is (packed or loose), then drop the rest.
-                builder = pygit2.PackBuilder(self.repo)
-                builder.set_threads(0)
-                # The odb lists an object once per place it is stored (loose, each pack).
-                unique = {oid.raw for oid in self.repo.odb}
-                wanted = len(unique)
-                for raw in unique:
-                    builder.add(pygit2.Oid(raw=raw))
-                del unique
-                builder.write(str(packs))
-                if builder.written_objects_count != wanted:
-                    raise StorageError(
-                        f"packing {self.path} wrote {builder.written_objects_count} of "
-                        f"{wanted} objects; nothing was removed.",
-                        hint="Run 'ledger verify'; check free disk space.",
-                    )
-                _syncfs(self.gitdir)
-                current = {p.name for p in packs.glob("pack-*.pack")}
-                new = current - {p.name for p in old_packs}
-                for pack in old_packs:
-                    if new and pack.name not in new:
-                        for suffix in (".idx", ".rev", ".keep", ".pack"):
-                            pack.with_suffix(suffix).unlink(missing_ok=True)
-                _remove_loose(list(_loose_objects(objects)))
-                return wanted
-            loose = list(_loose_objects(objects))
-            if not loose:
+            # A repository object of its own: the appending thread keeps using self.repo.
+            pack_objects(open_repository(self.gitdir), self.gitdir, threads=1)
+            self.last_pack_error = None
+        except StorageError as exc:
+            self.last_pack_error = exc
+        except LedgerNotFound as exc:  # the ledger's directory was removed meanwhile
+            self.last_pack_error = StorageError(exc.message)
+
+    def pack_objects(self) -> int:
+        """Pack the loose objects now, in this thread (see :func:`pack_objects`)."""
+        return pack_objects(self.repo, self.gitdir)
+
+
+@dataclass(frozen=True)
+class _Pack:
+    base: Path  # objects/pack/pack-<sha1> (without suffix)
+    count: int
+
+
+def _list_packs(pack_dir: Path) -> list[_Pack]:
+    """The packs in ``pack_dir`` with their object counts (packs with a ``.keep`` file, or
+    whose index cannot be read, are left out: they are never merged or removed)."""
+    found: list[_Pack] = []
+    for idx in sorted(pack_dir.glob("pack-*.idx")):
+        base = idx.with_suffix("")
+        if base.with_suffix(".keep").exists() or not base.with_suffix(".pack").exists():
+            continue
+        try:
+            with open(idx, "rb") as fh:
+                head = fh.read(8 + 1024)
+        except OSError:
+            continue  # removed meanwhile by another packer
+        if len(head) < 8 + 1024 or head[:4] != b"\377tOc":
+            continue
+        found.append(_Pack(base, int.from_bytes(head[8 + 1020 : 8 + 1024], "big")))
+    return found
+
+
+def _pack_oids(pack: _Pack) -> list[pygit2.Oid]:
+    return [
+        pygit2.Oid(raw=raw)
+        for raw in packfile.index_object_ids(pack.base.with_suffix(".idx").read_bytes())
+    ]
+
+
+def _remove_packs(packs: list[_Pack]) -> None:
+    for pack in packs:
+        # The index first: readers find packs by their index.
+        for suffix in (".idx", ".rev", ".pack"):
+            pack.base.with_suffix(suffix).unlink(missing_ok=True)
+
+
+@contextmanager
+def _pack_lock(gitdir: Path) -> Iterator[bool]:
+    """Whether this caller holds the ledger's packing lock (never waits for it)."""
+    try:
+        fd = os.open(gitdir / PACK_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _storage_error("pack the objects of", gitdir, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False  # another thread or process is packing this ledger
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def merge_small_packs(repo: pygit2.Repository, gitdir: Path) -> int:
+    """Merge the small packs (each append writes one) into one pack, objects stored whole.
+
+    Cheap (no delta search: the objects are copied), and run every :data:`MERGE_EVERY`
+    records. The merged pack is on disk before any small pack is removed, and only packs
+    listed before it was written are removed. Returns the packs merged.
+    """
+    pack_dir = gitdir / "objects" / "pack"
+    try:
+        with _pack_lock(gitdir) as locked:
+            if not locked:
                 return 0
-            builder = pygit2.PackBuilder(self.repo)
-            builder.set_threads(0)  # as many as there are cores
-            for _, oid in loose:
-                builder.add(oid)
-            builder.write(str(packs))
-            _syncfs(self.gitdir)
+            small = [p for p in _list_packs(pack_dir) if p.count <= SMALL_PACK_OBJECTS]
+            if len(small) < 2:
+                return 0
+            writer = packfile.PackWriter()
+            for pack in small:
+                entries = packfile.whole_entries(
+                    pack.base.with_suffix(".pack").read_bytes(),
+                    pack.base.with_suffix(".idx").read_bytes(),
+                )
+                if entries is not None:  # an append's pack: its entries are copied as is
+                    for raw, entry in entries:
+                        writer.add_entry(raw, entry)
+                    continue
+                for oid in _pack_oids(pack):  # (a fetched pack may hold deltas)
+                    obj_type, data = repo.odb.read(oid)
+                    writer.add(int(obj_type), bytes(data))
+            writer.write(pack_dir)
+            _syncfs(gitdir)
+            _remove_packs(small)
+            return len(small)
+    except (pygit2.GitError, OSError, ValueError) as exc:
+        raise _storage_error("merge the packs of", gitdir, exc) from None
+
+
+def pack_objects(repo: pygit2.Repository, gitdir: Path, *, threads: int = 0) -> int:
+    """Repack the loose objects and the small and merged packs into one pack with deltas
+    (or, when there are :data:`MAX_PACKS` large packs, every object into one).
+
+    Run every :data:`PACK_EVERY` records, so that a ledger of 100,000 records is a few
+    compact packs rather than 700,000 files. Appends may go on meanwhile: only the loose
+    objects and packs listed before the new pack was written are removed, and only once it
+    is on disk. Two packings of one ledger never overlap (an ``flock`` on
+    ``<gitdir>/ledger-pack.lock``; the second returns 0 at once). ``threads`` is the delta
+    search's (0: as many as there are cores). Returns the objects packed.
+    """
+    objects = gitdir / "objects"
+    pack_dir = objects / "pack"
+    try:
+        with _pack_lock(gitdir) as locked:
+            if not locked:
+                return 0
+            packs = _list_packs(pack_dir)
+            loose = list(_loose_objects(objects))
+            large = [p for p in packs if p.count > MEDIUM_PACK_OBJECTS]
+            if len(large) >= MAX_PACKS:
+                drop = packs
+                # The odb lists an object once per place it is stored (loose, each pack).
+                wanted = {oid.raw for oid in repo.odb}
+            else:
+                drop = [p for p in packs if p.count <= MEDIUM_PACK_OBJECTS]
+                if not loose and len(drop) < 2:
+                    return 0
+                wanted = {oid.raw for _, oid in loose}
+                for pack in drop:
+                    wanted.update(oid.raw for oid in _pack_oids(pack))
+            builder = pygit2.PackBuilder(repo)
+            builder.set_threads(threads)
+            for raw in wanted:
+                builder.add(pygit2.Oid(raw=raw))
+            builder.write(str(pack_dir))
+            if builder.written_objects_count != len(wanted):
+                raise StorageError(
+                    f"packing {gitdir} wrote {builder.written_objects_count} of {len(wanted)} "
+                    "objects; nothing was removed.",
+                    hint="Run 'ledger verify'; check free disk space.",
+                )
+            _syncfs(gitdir)
+            written = {p.base for p in _list_packs(pack_dir)} - {p.base for p in packs}
+            if written:  # (the same set of objects again would be the same pack)
+                _remove_packs(drop)
             _remove_loose(loose)
-            return builder.written_objects_count
-        except (pygit2.GitError, OSError) as exc:
-            raise _storage_error("pack the objects of", self.path, exc) from None
+            return len(wanted)
+    except (pygit2.GitError, OSError, ValueError) as exc:
+        raise _storage_error("pack the objects of", gitdir, exc) from None
 
 
 def _loose_objects(objects: Path) -> Iterator[tuple[Path, pygit2.Oid]]:
@@ -849,6 +1055,27 @@ def _remove_loose(loose: list[tuple[Path, pygit2.Oid]]) -> None:
             continue
 
 
+def _signed_commit_bytes(
+    key: SigningKey,
+    principal: str,
+    time: str,
+    message: str,
+    tree: pygit2.Oid,
+    parents: list[str | pygit2.Oid],
+) -> bytes:
+    """The raw signed commit, formatted exactly as libgit2's ``create_commit_string`` and
+    ``create_commit_with_signature`` would (the tree need not be in the repository yet)."""
+    ident = records.clean_principal(principal).encode("utf-8")
+    when = int(records.parse_time(time).timestamp())
+    person = b"%s <%s> %d +0000\n" % (ident, ident, when)
+    content = b"tree %s\n" % str(tree).encode("ascii")
+    for parent in parents:
+        content += b"parent %s\n" % str(parent).encode("ascii")
+    content += b"author " + person + b"committer " + person + b"\n" + message.encode("utf-8")
+    signature = sign_commit(content, key)
+    return packfile.add_signature(content, signature.encode("ascii"))
+
+
 def _signed_commit(
     repo: pygit2.Repository,
     key: SigningKey,
@@ -858,12 +1085,9 @@ def _signed_commit(
     tree: pygit2.Oid,
     parents: list[str | pygit2.Oid],
 ) -> pygit2.Oid:
-    ident = records.clean_principal(principal)
-    when = int(records.parse_time(time).timestamp())
-    sig = pygit2.Signature(ident, ident, when, 0)
-    content = str(repo.create_commit_string(sig, sig, message, tree, list(parents)))
-    signature = sign_commit(content, key)
-    oid: pygit2.Oid = repo.create_commit_with_signature(content, signature)
+    """Write a signed commit as a loose object (the genesis; appends go through packs)."""
+    raw = _signed_commit_bytes(key, principal, time, message, tree, parents)
+    oid: pygit2.Oid = repo.odb.write(pygit2.enums.ObjectType.COMMIT, raw)
     return oid
 
 
@@ -877,41 +1101,82 @@ def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
     return bytes(obj.data)
 
 
-def _add_to_tree(
-    repo: pygit2.Repository, base: pygit2.Tree | None, additions: Mapping[str, pygit2.Oid]
-) -> pygit2.Oid:
-    """A new tree: ``base`` plus the files in ``additions`` (path -> blob). Never replaces."""
-    nested: dict[str, Any] = {}
-    for path, oid in additions.items():
-        parts = path.split("/")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = oid
-    return _write_tree(repo, base, nested, "")
+class _Trees:
+    """Builds the new trees of an append: a base tree plus new files, never replacing one.
 
+    Base trees are read from the repository, or taken from the trees this object built for
+    the previous append (the next append of a run builds on exactly those), so a run's
+    growing directory is not parsed again at every step.
+    """
 
-def _write_tree(
-    repo: pygit2.Repository, base: pygit2.Tree | None, node: Mapping[str, Any], where: str
-) -> pygit2.Oid:
-    builder = repo.TreeBuilder(base) if base is not None else repo.TreeBuilder()
-    for name, value in node.items():
-        existing = base[name] if base is not None and name in base else None
-        if isinstance(value, dict):
-            sub: pygit2.Tree | None = None
-            if existing is not None:
-                obj = repo[existing.id]
-                if not isinstance(obj, pygit2.Tree):
-                    raise StorageError(f"{where}{name} is a file in the ledger, not a directory.")
-                sub = obj
-            builder.insert(
-                name, _write_tree(repo, sub, value, f"{where}{name}/"), pygit2.enums.FileMode.TREE
-            )
-        else:
-            if existing is not None:
-                raise StorageError(
-                    f"{where}{name} already exists in the ledger; records never replace files.",
-                    hint="Run 'ledger verify'; the ledger may have been tampered with.",
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.repo = repo
+        self._built: dict[bytes, dict[bytes, tuple[bytes, bytes]]] = {}
+
+    def _entries(self, oid: bytes, where: str) -> dict[bytes, tuple[bytes, bytes]]:
+        hit = self._built.get(oid)
+        if hit is not None:
+            return hit
+        obj_type, raw = self.repo.odb.read(pygit2.Oid(raw=oid))
+        if obj_type != pygit2.enums.ObjectType.TREE:
+            raise StorageError(f"{where or '/'} is a file in the ledger, not a directory.")
+        try:
+            return {name: (mode, eid) for mode, name, eid in packfile.parse_tree(raw)}
+        except ValueError as exc:
+            raise StorageError(
+                f"the tree at {where or '/'} is damaged ({exc}).",
+                hint="Run 'ledger verify' to see what is wrong.",
+            ) from None
+
+    def add(
+        self, objects: packfile.PackWriter, base: bytes | None, additions: Mapping[str, bytes]
+    ) -> bytes:
+        """The id of ``base`` plus ``additions`` (path -> blob id); new trees go to
+        ``objects``."""
+        nested: dict[str, Any] = {}
+        for path, oid in additions.items():
+            parts = path.split("/")
+            node = nested
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = oid
+        built: dict[bytes, dict[bytes, tuple[bytes, bytes]]] = {}
+        oid = self._build(objects, base, nested, "", built)
+        self._built = built
+        return oid
+
+    def _build(
+        self,
+        objects: packfile.PackWriter,
+        base: bytes | None,
+        node: Mapping[str, Any],
+        where: str,
+        built: dict[bytes, dict[bytes, tuple[bytes, bytes]]],
+    ) -> bytes:
+        entries = dict(self._entries(base, where)) if base is not None else {}
+        for name, value in node.items():
+            key = name.encode("utf-8")
+            existing = entries.get(key)
+            if isinstance(value, dict):
+                sub: bytes | None = None
+                if existing is not None:
+                    if existing[0] != packfile.MODE_TREE:
+                        raise StorageError(
+                            f"{where}{name} is a file in the ledger, not a directory."
+                        )
+                    sub = existing[1]
+                entries[key] = (
+                    packfile.MODE_TREE,
+                    self._build(objects, sub, value, f"{where}{name}/", built),
                 )
-            builder.insert(name, value, pygit2.enums.FileMode.BLOB)
-    return builder.write()
+            else:
+                if existing is not None:
+                    raise StorageError(
+                        f"{where}{name} already exists in the ledger; records never replace files.",
+                        hint="Run 'ledger verify'; the ledger may have been tampered with.",
+                    )
+                entries[key] = (packfile.MODE_BLOB, value)
+        raw = packfile.serialize_tree((mode, name, eid) for name, (mode, eid) in entries.items())
+        oid = objects.add(packfile.OBJ_TREE, raw)
+        built[oid] = entries
+        return oid

@@ -106,3 +106,24 @@ def git(
         text=True,
         check=check,
     )
+
+
+def explode_packs(gitdir: Path) -> None:
+    """Turn every pack of a repository into loose objects with stock git, so a test can
+    damage one object file (appends write packs)."""
+    for pack in sorted((gitdir / "objects" / "pack").glob("pack-*.pack")):
+        data = pack.read_bytes()
+        for suffix in (".idx", ".rev", ".pack"):
+            pack.with_suffix(suffix).unlink(missing_ok=True)
+        subprocess.run(
+            ["git", "--git-dir", str(gitdir), "unpack-objects", "-q"],
+            input=data,
+            capture_output=True,
+            check=True,
+        )
+
+
+def loose_object(gitdir: Path, oid: str) -> Path:
+    """The loose file of object ``oid`` (packs are exploded first)."""
+    explode_packs(gitdir)
+    return gitdir / "objects" / oid[:2] / oid[2:]

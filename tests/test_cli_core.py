@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliResult, git, run_cli
+from tests.conftest import CliResult, git, loose_object, run_cli
 
 
 def no_traceback(res: CliResult) -> None:
@@ -221,7 +221,7 @@ def test_corrupted_object_is_reported(setup: tuple[Path, Path]) -> None:
     led, key = setup
     assert run_cli("record", "-L", led, "-k", key, "-m", "x").code == 0
     head = git("rev-parse", "main", cwd=led).stdout.strip()
-    obj = led / "objects" / head[:2] / head[2:]
+    obj = loose_object(led, head)
     obj.chmod(0o644)
     obj.write_bytes(b"garbage, not zlib")
     res = run_cli("verify", "-L", led)

@@ -272,7 +272,12 @@ def _all_object_contents(gitdir: Path) -> list[bytes]:
         capture_output=True,
         check=True,
     ).stdout
-    out.append(batch)
+    pos = 0
+    while pos < len(batch):  # "<oid> <type> <size>\n<content>\n" per object
+        header_end = batch.index(b"\n", pos)
+        size = int(batch[pos:header_end].split()[2])
+        out.append(batch[header_end + 1 : header_end + 1 + size])
+        pos = header_end + 1 + size + 1
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pygit2
 import pytest
-from conftest import git
+from conftest import git, loose_object
 
 from ledger import records
 from ledger.signing import SigningKey, sign_commit
@@ -289,10 +289,6 @@ def stock_git_tree_with(path: Path, commit: str, changes: dict[str, bytes | None
     tree = git("write-tree", cwd=path, env=env).stdout.strip()
     (path / "tamper-index").unlink()
     return tree
-
-
-def loose_object(path: Path, oid: str) -> Path:
-    return path / "objects" / oid[:2] / oid[2:]
 
 
 def record_blob_id(built: Built, seq: int) -> str:

@@ -1,0 +1,238 @@
+"""Writing an append's objects as one small git pack, and the git tree format.
+
+An append makes a handful of objects (the record, its attachments, the trees on its path, the
+signed commit). Written as loose objects they are a file each, every one in its own fan-out
+directory, and later have to be packed and unlinked again; written as one pack they are two
+files (``pack-<sha1>.pack`` and its ``.idx``, version 2, objects stored whole) that stock git
+and libgit2 read like any other pack. :mod:`ledger.store` merges these small packs in the
+background (docs/FORMAT.md §1).
+
+Nothing here touches a repository: callers read base trees and write the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+OBJ_COMMIT: Final = 1
+OBJ_TREE: Final = 2
+OBJ_BLOB: Final = 3
+OBJ_TAG: Final = 4
+_TYPE_NAMES: Final = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree", OBJ_BLOB: b"blob", OBJ_TAG: b"tag"}
+
+MODE_TREE: Final = b"40000"
+MODE_BLOB: Final = b"100644"
+
+#: A tree entry: (mode, name, 20-byte object id).
+TreeEntry = tuple[bytes, bytes, bytes]
+
+
+def object_id(obj_type: int, content: bytes) -> bytes:
+    """The SHA-1 object id git gives ``content`` of type ``obj_type`` (20 bytes)."""
+    h = hashlib.sha1(_TYPE_NAMES[obj_type] + b" %d\0" % len(content), usedforsecurity=False)
+    h.update(content)
+    return h.digest()
+
+
+# --- trees ------------------------------------------------------------------------------
+
+
+def parse_tree(raw: bytes) -> list[TreeEntry]:
+    """The entries of a raw tree object, in their stored order. ``ValueError`` if malformed."""
+    entries: list[TreeEntry] = []
+    pos, end = 0, len(raw)
+    while pos < end:
+        space = raw.find(b" ", pos)
+        nul = raw.find(b"\0", space + 1)
+        if space < 0 or nul < 0 or nul + 21 > end:
+            raise ValueError("truncated tree entry")
+        entries.append((raw[pos:space], raw[space + 1 : nul], raw[nul + 1 : nul + 21]))
+        pos = nul + 21
+    return entries
+
+
+def _sort_key(entry: TreeEntry) -> bytes:
+    # git orders a tree's entries by name, a subtree's name compared as if it ended in '/'.
+    return entry[1] + b"/" if entry[0] == MODE_TREE else entry[1]
+
+
+def serialize_tree(entries: Iterable[TreeEntry]) -> bytes:
+    """A raw tree object of ``entries`` in git's order. ``ValueError`` on a duplicate name."""
+    ordered = sorted(entries, key=_sort_key)
+    for a, b in itertools.pairwise(ordered):
+        if a[1] == b[1]:
+            raise ValueError(f"duplicate tree entry {a[1].decode(errors='replace')!r}")
+    return b"".join(mode + b" " + name + b"\0" + oid for mode, name, oid in ordered)
+
+
+# --- commits ----------------------------------------------------------------------------
+
+
+def add_signature(content: bytes, signature: bytes, field: bytes = b"gpgsig") -> bytes:
+    """The commit ``content`` with ``signature`` in a ``field`` header after the others,
+    continuation lines indented by one space (what ``git commit -S`` and libgit2 write)."""
+    end = content.find(b"\n\n")
+    if end < 0:
+        raise ValueError("a commit without a blank line after its headers")
+    sig = signature.replace(b"\n", b"\n ")  # exactly as libgit2 formats a header field
+    return content[: end + 1] + field + b" " + sig + b"\n" + content[end + 1 :]
+
+
+# --- packs ------------------------------------------------------------------------------
+
+
+class PackWriter:
+    """Collects objects and writes them as one pack with its version-2 index."""
+
+    def __init__(self) -> None:
+        self._objects: dict[bytes, bytes] = {}  # id -> the pack entry (header + zlib data)
+
+    def add(self, obj_type: int, content: bytes) -> bytes:
+        """Add an object; returns its 20-byte id (an object added twice is stored once)."""
+        oid = object_id(obj_type, content)
+        if oid not in self._objects:
+            self._objects[oid] = _entry_header(obj_type, len(content)) + zlib.compress(content, 1)
+        return oid
+
+    def add_entry(self, oid: bytes, entry: bytes) -> None:
+        """Add a whole (not delta) entry copied from another pack, as it is."""
+        self._objects.setdefault(oid, entry)
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def encode(self) -> tuple[bytes, bytes, str]:
+        """The pack, its index, and the pack's name (hex SHA-1 of the pack's content)."""
+        parts = [b"PACK", struct.pack(">II", 2, len(self._objects))]
+        offset = 12
+        index: list[tuple[bytes, int, int]] = []
+        for oid, entry in self._objects.items():
+            index.append((oid, zlib.crc32(entry), offset))
+            parts.append(entry)
+            offset += len(entry)
+        body = b"".join(parts)
+        checksum = hashlib.sha1(body, usedforsecurity=False).digest()
+        pack = body + checksum
+        return pack, _encode_index(index, checksum), checksum.hex()
+
+    def write(self, pack_dir: Path) -> str:
+        """Write ``pack-<sha1>.pack`` then ``.idx`` into ``pack_dir`` (each to a temporary
+        file renamed into place; the index last, as readers find packs by their index).
+        Not synced: the caller makes them durable. Returns the pack's name."""
+        pack, idx, name = self.encode()
+        base = pack_dir / f"pack-{name}"
+        _write_new(pack_dir, base.with_suffix(".pack"), pack)
+        _write_new(pack_dir, base.with_suffix(".idx"), idx)
+        return name
+
+
+def _entry_header(obj_type: int, size: int) -> bytes:
+    out = bytearray()
+    byte = (obj_type << 4) | (size & 0x0F)
+    size >>= 4
+    while size:
+        out.append(byte | 0x80)
+        byte = size & 0x7F
+        size >>= 7
+    out.append(byte)
+    return bytes(out)
+
+
+def _encode_index(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
+    entries = sorted(entries)
+    fanout = [0] * 256
+    for oid, _, _ in entries:
+        fanout[oid[0]] += 1
+    total = 0
+    for i in range(256):
+        total += fanout[i]
+        fanout[i] = total
+    if any(offset >= 0x80000000 for _, _, offset in entries):
+        raise ValueError("a single append's pack larger than 2 GiB")
+    body = b"".join(
+        [
+            b"\377tOc",
+            struct.pack(">I", 2),
+            struct.pack(">256I", *fanout),
+            b"".join(oid for oid, _, _ in entries),
+            b"".join(struct.pack(">I", crc) for _, crc, _ in entries),
+            b"".join(struct.pack(">I", offset) for _, _, offset in entries),
+            pack_checksum,
+        ]
+    )
+    return body + hashlib.sha1(body, usedforsecurity=False).digest()
+
+
+def index_object_ids(idx: bytes) -> list[bytes]:
+    """The object ids listed in a version-2 pack index. ``ValueError`` if it is not one."""
+    if len(idx) < 8 + 1024 or idx[:4] != b"\377tOc" or struct.unpack(">I", idx[4:8])[0] != 2:
+        raise ValueError("not a version-2 pack index")
+    count = struct.unpack(">I", idx[8 + 255 * 4 : 8 + 256 * 4])[0]
+    start = 8 + 1024
+    if len(idx) < start + 20 * count:
+        raise ValueError("truncated pack index")
+    return [idx[start + 20 * i : start + 20 * (i + 1)] for i in range(count)]
+
+
+def whole_entries(pack: bytes, idx: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The (id, entry) pairs of a pack whose objects are all stored whole, as they are in
+    the pack, or ``None`` when it holds deltas (their offsets would not survive a copy).
+    ``ValueError`` if the pack and its index do not agree."""
+    oids = index_object_ids(idx)
+    count = len(oids)
+    table = 8 + 1024 + 24 * count  # after the ids and the CRCs: 4-byte offsets
+    if len(idx) < table + 4 * count + 40 or pack[:4] != b"PACK" or len(pack) < 32:
+        raise ValueError("truncated pack or pack index")
+    if idx[table + 4 * count : table + 4 * count + 20] != pack[-20:]:
+        raise ValueError("the pack index belongs to another pack")
+    offsets = struct.unpack(f">{count}I", idx[table : table + 4 * count])
+    if any(off & 0x80000000 for off in offsets):
+        return None  # a large pack: never one of an append's
+    ordered = sorted(zip(offsets, oids, strict=True))
+    ends = [off for off, _ in ordered[1:]] + [len(pack) - 20]
+    out: list[tuple[bytes, bytes]] = []
+    for (start, oid), end in zip(ordered, ends, strict=True):
+        if not 12 <= start < end <= len(pack) - 20:
+            raise ValueError("a pack index offset outside the pack")
+        if (pack[start] >> 4) & 7 not in _TYPE_NAMES:
+            return None  # a delta
+        out.append((oid, pack[start:end]))
+    return out
+
+
+def _write_new(directory: Path, target: Path, data: bytes) -> None:
+    tmp = directory / f"tmp_ledger_{secrets.token_hex(8)}_{target.name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+__all__ = [
+    "MODE_BLOB",
+    "MODE_TREE",
+    "OBJ_BLOB",
+    "OBJ_COMMIT",
+    "OBJ_TAG",
+    "OBJ_TREE",
+    "PackWriter",
+    "TreeEntry",
+    "add_signature",
+    "index_object_ids",
+    "object_id",
+    "parse_tree",
+    "serialize_tree",
+    "whole_entries",
+]
