@@ -34,6 +34,7 @@ record this module writes passes through a redactor once more before it is appen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -44,6 +45,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import pygit2
 
 from ledger import __version__, records, templating
 from ledger.errors import (
@@ -114,6 +117,7 @@ __all__ = [
     "StepStart",
     "StopSignal",
     "detect_ci",
+    "extend_verified_state",
     "plan_run",
     "prepare_resume",
     "run_environment",
@@ -391,6 +395,50 @@ def verify_before_run(ledger: Ledger) -> int:
     if result.state is not None:
         verify.save_state(ledger.path, result.state)
     return result.records_checked
+
+
+def extend_verified_state(ledger: Ledger, appended: list[Appended]) -> bool:
+    """Move this copy's verified head over the records a run has just appended itself.
+
+    Only when they form an unbroken chain from the verified head: the first one's parent is
+    that head, each next one's parent the one before (so nothing else was appended, or
+    swapped in, between them), and none of them changes trust. This process computed and
+    signed every one of them, so the next run's incremental verification need not read
+    them again; a record anyone else wrote is always verified. ``ledger verify`` without
+    ``--since-last`` still checks the whole chain. Returns whether the state moved.
+    """
+    from ledger import verify
+
+    if not appended or any(a.record.get("kind") in records.KEY_KINDS for a in appended):
+        return False
+    try:
+        state = verify.load_state(ledger.path)
+        if state is None:
+            return False
+        expected = state.head
+        for done in appended:
+            commit = ledger.repo.get(done.commit_id)
+            parents: list[str] = (
+                [str(p) for p in commit.parent_ids] if isinstance(commit, pygit2.Commit) else []
+            )
+            if parents != [expected]:
+                return False
+            expected = done.commit_id
+        last = appended[-1]
+        raw = ledger.repo.odb.read(last.commit_id)[1]
+        verify.save_state(
+            ledger.path,
+            dataclasses.replace(
+                state,
+                head=last.commit_id,
+                seq=last.seq,
+                prev_sha256=records.git_object_sha256("commit", raw),
+                verified_at=records.format_time(records.utc_now()),
+            ),
+        )
+    except (LedgerError, pygit2.GitError, KeyError, ValueError):
+        return False  # the next run verifies these records instead
+    return True
 
 
 # --------------------------------------------------------------------------- lock
@@ -834,10 +882,15 @@ class Runner:
         )
         lock_name = render_lock(ctx)
         if lock_name is None:
-            return _Run(self, request, run_id, ctx, environ, None).execute()
-        shown = Redactor(request.params.secrets()).redact_text(lock_name)
-        with runbook_lock(self.ledger, lock_name, run_id, shown=shown):
-            return _Run(self, request, run_id, ctx, environ, lock_name).execute()
+            run = _Run(self, request, run_id, ctx, environ, None)
+            outcome = run.execute()
+        else:
+            shown = Redactor(request.params.secrets()).redact_text(lock_name)
+            with runbook_lock(self.ledger, lock_name, run_id, shown=shown):
+                run = _Run(self, request, run_id, ctx, environ, lock_name)
+                outcome = run.execute()
+        extend_verified_state(self.ledger, run.appended)
+        return outcome
 
 
 class _Run:
@@ -864,6 +917,7 @@ class _Run:
         self.base_env = run_environment(environ)
         self.count = 0
         self.head: str | None = None
+        self.appended: list[Appended] = []
 
     # ----- records
 
@@ -900,6 +954,7 @@ class _Run:
         )
         self.count += 1
         self.head = done.commit_id
+        self.appended.append(done)
         self.r.events.record_appended(done)
         return done
 
