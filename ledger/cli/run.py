@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from ledger import records
 from ledger.cli.common import KeyOpt, LedgerOpt, app, console, console_err
@@ -101,6 +102,17 @@ class TerminalEvents(EngineEvents):
         self._open_line: dict[StreamName, bool] = {"stdout": False, "stderr": False}
         self.pusher: Any = None
 
+    def _print(self, markup: str) -> None:
+        """One status line: styled on a terminal; as plain text when the output is a pipe or
+        a file (a log or CI), where rendering through rich would cost more than the step's
+        own records."""
+        if console.is_terminal:
+            console.print(markup)
+            return
+        self._close_lines()
+        sys.stdout.write(Text.from_markup(markup).plain + "\n")
+        sys.stdout.flush()
+
     def _close_lines(self) -> None:
         for name, is_open in self._open_line.items():
             if is_open:
@@ -111,7 +123,7 @@ class TerminalEvents(EngineEvents):
 
     def run_started(self, run_id: str, runbook: Runbook, resumes: str | None) -> None:
         extra = f", resumes {resumes}" if resumes else ""
-        console.print(
+        self._print(
             f"[bold]Run {run_id}[/]: {escape(runbook.name)} ({len(runbook.steps)} steps{extra})"
         )
 
@@ -119,13 +131,13 @@ class TerminalEvents(EngineEvents):
         self._close_lines()
         what = "handler" if info.handler else "step"
         attempt = f"  attempt {info.attempt}/{info.max_attempts}" if info.max_attempts > 1 else ""
-        console.print(
+        self._print(
             f"[bold cyan]▶ {what} {info.position}/{info.total}: {escape(info.step.name)}[/]"
             f"[dim]{attempt}[/]"
         )
         if info.command is not None:
             for i, line in enumerate(info.command.rstrip("\n").split("\n")):
-                console.print(f"[dim]{'$' if i == 0 else '>'} {escape(line)}[/]")
+                self._print(f"[dim]{'$' if i == 0 else '>'} {escape(line)}[/]")
 
     def output(self, stream: StreamName, data: bytes) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
@@ -138,7 +150,7 @@ class TerminalEvents(EngineEvents):
         mark, style = _STATUS_STYLE.get(info.status, ("•", "bold"))
         name = escape(info.step.name)
         if info.status == STEP_SKIPPED:
-            console.print(f"[{style}]{mark} {name} skipped: {escape(info.reason or '')}[/]")
+            self._print(f"[{style}]{mark} {name} skipped: {escape(info.reason or '')}[/]")
             return
         facts = []
         if info.exit_code is not None:
@@ -147,18 +159,18 @@ class TerminalEvents(EngineEvents):
         line = f"[{style}]{mark} {name} {info.status}[/] [dim]({', '.join(facts)})[/]"
         if info.error and info.status != STEP_OK:
             line += f": {escape(info.error)}"
-        console.print(line)
+        self._print(line)
         if info.will_retry:
-            console.print(
+            self._print(
                 f"[yellow]  retrying in {info.retry_delay_s:g} s (attempt {info.attempt + 1})[/]"
             )
 
     def approval_waiting(self, step: Any, message: str | None) -> None:
         if message:
-            console.print(f"[bold yellow]? {escape(message)}[/]")
+            self._print(f"[bold yellow]? {escape(message)}[/]")
 
     def approval_progress(self, text: str) -> None:
-        console.print(f"[yellow]  {escape(text)}[/]")
+        self._print(f"[yellow]  {escape(text)}[/]")
 
     def record_appended(self, appended: Appended) -> None:
         if self.pusher is not None:
@@ -168,7 +180,7 @@ class TerminalEvents(EngineEvents):
         self._close_lines()
         style = _RUN_STYLE.get(outcome.status, "bold")
         where = f" at step {escape(outcome.failed_step)}" if outcome.failed_step else ""
-        console.print(
+        self._print(
             f"[{style}]Run {outcome.run_id} {outcome.status}{where}[/] "
             f"[dim]({_seconds(outcome.duration_ms)}, {outcome.records} records)[/]"
         )
