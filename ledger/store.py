@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import itertools
 import json
 import os
 import socket
@@ -59,6 +60,16 @@ appends go on meanwhile)."""
 MAX_PACKS = 32
 """When there are this many large packs, they are consolidated into one."""
 _OID_LEN = 20
+
+
+@dataclass(frozen=True)
+class _Tip:
+    """The commit an append builds on."""
+
+    commit_id: str
+    seq: int
+    tree: bytes  # 20-byte id of its tree
+    raw: bytes  # the commit object's content (for Ledger-Prev-Sha256)
 
 
 @dataclass(frozen=True)
@@ -241,9 +252,11 @@ class Ledger:
         self._signers_cache: tuple[str, list[Signer]] | None = None
         self.last_pack_error: StorageError | None = None
         self._packer: threading.Thread | None = None
+        self._full_pack_due = False
         self._trees = _Trees(repo)
         self._open: _OpenFiles | None = None
         self._thread_lock = threading.Lock()
+        self._last: _Tip | None = None
         self._index_fd: int | None = None
 
     # -- creation and opening -----------------------------------------------------------
@@ -629,16 +642,20 @@ class Ledger:
     def signers(self) -> list[Signer]:
         """Every key the ledger has trusted, from genesis and the tree's ``keys/``, with
         revocations applied (as the records say; ``ledger verify`` checks the signatures)."""
-        ref = self.repo.references.get(MAIN_REF)
-        if ref is None:
+        if self._read_main() is None:
             return []
-        tree = self._commit(ref.target).tree
-        # Trust changes only with genesis.json and keys/: key the cache on their ids.
-        stamp = str(tree[records.GENESIS_PATH].id) + (
-            str(tree[records.KEYS_DIR].id) if records.KEYS_DIR in tree else ""
+        tip = self._tip()
+        # Trust changes only with genesis.json and keys/: key the cache on their ids (read
+        # from the root tree the last append built, when it is the head's).
+        root = self._trees.entries(tip.tree, "")
+        genesis_entry = root.get(records.GENESIS_PATH.encode())
+        keys_entry = root.get(records.KEYS_DIR.encode())
+        stamp = (genesis_entry[1].hex() if genesis_entry else "") + (
+            keys_entry[1].hex() if keys_entry else ""
         )
         if self._signers_cache and self._signers_cache[0] == stamp:
             return self._signers_cache[1]
+        tree = self._commit(tip.commit_id).tree
         genesis = json.loads(_blob_data(self.repo, tree[records.GENESIS_PATH].id))
         by_fp: dict[str, Signer] = {}
         for s in genesis.get("data", {}).get("signers", []):
@@ -711,6 +728,76 @@ class Ledger:
         finally:
             self._thread_lock.release()
 
+    def _read_main(self) -> str | None:
+        """The commit id ``main`` names, read from its file (else through libgit2, which
+        also knows packed refs)."""
+        try:
+            text = (self.gitdir / MAIN_REF).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
+            return text
+        ref = self.repo.references.get(MAIN_REF)
+        return None if ref is None else str(ref.target)
+
+    def _tip(self) -> _Tip:
+        """The commit ``main`` names, with what an append needs of it (the one this object
+        appended last is remembered rather than read again)."""
+        head = self._read_main()
+        if head is None:
+            raise StorageError(f"the ledger at {self.path} has no {MAIN_REF}.")
+        if self._last is not None and self._last.commit_id == head:
+            return self._last
+        commit = self._commit(head)
+        try:
+            raw = bytes(self.repo.odb.read(commit.id)[1])
+        except (KeyError, pygit2.GitError) as exc:
+            raise _storage_error("read the head of", self.path, exc) from None
+        return _Tip(head, self._commit_seq(commit), commit.tree_id.raw, raw)
+
+    def _move_main(self, old: str, new: str, who: str, when: str, message: str) -> None:
+        """Compare-and-swap ``main`` from ``old`` to ``new`` the way git does (holding
+        ``refs/heads/main.lock``, renamed over the ref), and log it in the reflogs of
+        ``main`` and ``HEAD`` with the signer as the identity. Not synced: the caller is."""
+        ref = self.gitdir / MAIN_REF
+        lock = ref.with_name(ref.name + ".lock")
+        moved = ConcurrentUpdate(
+            f"{MAIN_REF} of {self.path} moved while the append lock was held; something "
+            "wrote to the ledger without taking the lock.",
+            hint="Stop other tools writing to this repository; run 'ledger verify'.",
+        )
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            raise moved from None  # a git process is updating the ref right now
+        try:
+            try:
+                os.write(fd, f"{new}\n".encode("ascii"))
+            finally:
+                os.close(fd)
+            if self._read_main() != old:
+                raise moved
+            os.replace(lock, ref)
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
+        ident = records.clean_principal(who)
+        seconds = int(records.parse_time(when).timestamp())
+        line = f"{old} {new} {ident} <{ident}> {seconds} +0000\t{message}\n".encode()
+        logs = [self.gitdir / "logs" / MAIN_REF]
+        try:
+            if (self.gitdir / "HEAD").read_bytes().strip() == f"ref: {MAIN_REF}".encode():
+                logs.append(self.gitdir / "logs" / "HEAD")  # as git logs a branch HEAD names
+        except OSError:
+            pass
+        for log in logs:
+            try:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "ab") as fh:
+                    fh.write(line)
+            except OSError:
+                continue  # the reflog is a convenience for people, not part of the ledger
+
     def _fds(self) -> _OpenFiles:
         """Descriptors kept open across appends (opening files is a large part of one)."""
         if self._open is None:
@@ -753,11 +840,8 @@ class Ledger:
                 raise InputError(f"{name!r} is not a valid attachment name.")
         fingerprint = key.public_key.fingerprint
         with self.lock():
-            ref = self.repo.references.get(MAIN_REF)
-            if ref is None:
-                raise StorageError(f"the ledger at {self.path} has no {MAIN_REF}.")
-            parent = self._commit(ref.target)
-            parent_seq = self._commit_seq(parent)
+            parent = self._tip()
+            parent_seq = parent.seq
             signer = self.trusted_signer(fingerprint)
             if signer is None:
                 raise UntrustedKey(
@@ -805,8 +889,7 @@ class Ledger:
                 )
                 raw = records.canonical_json(record)
                 additions[path] = objects.add(packfile.OBJ_BLOB, raw)
-                tree = self._trees.add(objects, parent.tree_id.raw, additions)
-                parent_raw = self.repo.odb.read(parent.id)[1]
+                tree = self._trees.add(objects, parent.tree, additions)
                 message = records.build_message(
                     summary or records.summarize(kind, data),
                     {
@@ -815,52 +898,41 @@ class Ledger:
                         "Ledger-Kind": kind,
                         "Ledger-Record": path,
                         "Ledger-Record-Sha256": records.sha256_hex(raw),
-                        "Ledger-Prev-Sha256": records.git_object_sha256("commit", parent_raw),
+                        "Ledger-Prev-Sha256": records.git_object_sha256("commit", parent.raw),
                     },
                 )
-                oid = pygit2.Oid(
-                    raw=objects.add(
-                        packfile.OBJ_COMMIT,
-                        _signed_commit_bytes(
-                            key, who, now, message, pygit2.Oid(raw=tree), [parent.id]
-                        ),
-                    )
+                commit_raw = _signed_commit_bytes(
+                    key, who, now, message, pygit2.Oid(raw=tree), [parent.commit_id]
                 )
+                oid = pygit2.Oid(raw=objects.add(packfile.OBJ_COMMIT, commit_raw))
                 objects.write(self.gitdir / "objects" / "pack")
                 _syncfs(self.gitdir, self._fds().gitdir)
-                current = self.repo.references.get(MAIN_REF)
-                if current is None or current.target != parent.id:
-                    raise ConcurrentUpdate(
-                        f"{MAIN_REF} of {self.path} moved while the append lock was held; "
-                        "something wrote to the ledger without taking the lock.",
-                        hint="Stop other tools writing to this repository; run 'ledger verify'.",
-                    )
-                current.set_target(oid, f"ledger: append seq {seq}")
+                self._move_main(parent.commit_id, str(oid), who, now, f"ledger: append seq {seq}")
                 _syncfs(self.gitdir, self._fds().gitdir)
             except (pygit2.GitError, OSError) as exc:
                 raise _storage_error("append to", self.path, exc) from None
+            self._last = _Tip(str(oid), seq, tree, commit_raw)
             self._index_put(seq, oid)
         if seq % PACK_EVERY == 0:
             self.start_packing()
         elif seq % MERGE_EVERY == 0:
-            try:
-                merge_small_packs(self.repo, self.gitdir)
-            except StorageError as exc:
-                # Upkeep: the record is durable and acknowledged; the packs stay as they are.
-                self.last_pack_error = exc
+            self.start_packing(full=False)
         return Appended(str(oid), seq, path, record)
 
     # -- packing -------------------------------------------------------------------------
 
-    def start_packing(self) -> None:
-        """Pack the loose objects in a background thread (one at a time per ledger).
+    def start_packing(self, *, full: bool = True) -> None:
+        """Start pack upkeep in a background thread: with ``full``, repack with deltas
+        (:func:`pack_objects`), else merge the small packs (:func:`merge_small_packs`).
 
-        Packing is upkeep: the records are durable and acknowledged before it starts, and it
-        must not pause the appends that follow (a run's steps go on while it works). The
-        thread is not a daemon, so a process that ends waits for it to finish rather than
-        leaving a half-written pack behind. A failure is kept in :attr:`last_pack_error`;
-        the loose objects then stay until a later packing succeeds.
+        Upkeep must not pause the appends that follow (a run's steps go on while it works):
+        the records are durable and acknowledged before it starts. One upkeep thread at a
+        time per ledger object; a full repack asked for while another is running is done
+        by the next upkeep. The thread is not a daemon, so a process that ends waits for it
+        rather than leaving a half-written pack behind. A failure is kept in
+        :attr:`last_pack_error`; nothing is removed before its replacement is on disk.
         """
+        self._full_pack_due = self._full_pack_due or full
         if self._packer is not None and self._packer.is_alive():
             return
         self._packer = threading.Thread(
@@ -869,14 +941,19 @@ class Ledger:
         self._packer.start()
 
     def wait_for_packing(self) -> None:
-        """Wait until a packing started by :meth:`start_packing` has finished."""
-        if self._packer is not None:
+        """Wait until the upkeep started by :meth:`start_packing` has finished."""
+        while self._packer is not None and self._packer.is_alive():
             self._packer.join()
 
     def _pack_in_background(self) -> None:
         try:
             # A repository object of its own: the appending thread keeps using self.repo.
-            pack_objects(open_repository(self.gitdir), self.gitdir, threads=1)
+            repo = open_repository(self.gitdir)
+            if self._full_pack_due:
+                self._full_pack_due = False
+                pack_objects(repo, self.gitdir, threads=1)  # takes the small packs too
+            else:
+                merge_small_packs(repo, self.gitdir)
             self.last_pack_error = None
         except StorageError as exc:
             self.last_pack_error = exc
@@ -1101,19 +1178,26 @@ def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
     return bytes(obj.data)
 
 
+def _git_order(name: bytes, mode: bytes) -> bytes:
+    # git orders a tree's entries by name, a subtree's name compared as if it ended in '/'.
+    return name + b"/" if mode == packfile.MODE_TREE else name
+
+
 class _Trees:
     """Builds the new trees of an append: a base tree plus new files, never replacing one.
 
     Base trees are read from the repository, or taken from the trees this object built for
     the previous append (the next append of a run builds on exactly those), so a run's
-    growing directory is not parsed again at every step.
+    growing directory is not parsed again at every step. Entries are kept as dicts in git's
+    order; a new name that sorts after the others (a run's next record) is simply appended.
     """
 
     def __init__(self, repo: pygit2.Repository) -> None:
         self.repo = repo
         self._built: dict[bytes, dict[bytes, tuple[bytes, bytes]]] = {}
 
-    def _entries(self, oid: bytes, where: str) -> dict[bytes, tuple[bytes, bytes]]:
+    def entries(self, oid: bytes, where: str) -> dict[bytes, tuple[bytes, bytes]]:
+        """name -> (mode, id) of the tree ``oid``, in git's order."""
         hit = self._built.get(oid)
         if hit is not None:
             return hit
@@ -1121,12 +1205,19 @@ class _Trees:
         if obj_type != pygit2.enums.ObjectType.TREE:
             raise StorageError(f"{where or '/'} is a file in the ledger, not a directory.")
         try:
-            return {name: (mode, eid) for mode, name, eid in packfile.parse_tree(raw)}
+            parsed = packfile.parse_tree(raw)
         except ValueError as exc:
             raise StorageError(
                 f"the tree at {where or '/'} is damaged ({exc}).",
                 hint="Run 'ledger verify' to see what is wrong.",
             ) from None
+        keys = [_git_order(name, mode) for mode, name, _ in parsed]
+        if any(a >= b for a, b in itertools.pairwise(keys)):
+            raise StorageError(
+                f"the tree at {where or '/'} is not in git's order; the ledger is damaged.",
+                hint="Run 'ledger verify' to see what is wrong.",
+            )
+        return {name: (mode, eid) for mode, name, eid in parsed}
 
     def add(
         self, objects: packfile.PackWriter, base: bytes | None, additions: Mapping[str, bytes]
@@ -1153,9 +1244,17 @@ class _Trees:
         where: str,
         built: dict[bytes, dict[bytes, tuple[bytes, bytes]]],
     ) -> bytes:
-        entries = dict(self._entries(base, where)) if base is not None else {}
-        for name, value in node.items():
-            key = name.encode("utf-8")
+        entries = dict(self.entries(base, where)) if base is not None else {}
+        last = _git_order(*next(((k, v[0]) for k, v in reversed(entries.items())), (b"", b"")))
+        in_order = True
+        changes = sorted(
+            ((name.encode("utf-8"), value) for name, value in node.items()),
+            key=lambda item: _git_order(
+                item[0], packfile.MODE_TREE if isinstance(item[1], dict) else packfile.MODE_BLOB
+            ),
+        )
+        for key, value in changes:
+            name = key.decode("utf-8")
             existing = entries.get(key)
             if isinstance(value, dict):
                 sub: bytes | None = None
@@ -1176,7 +1275,13 @@ class _Trees:
                         hint="Run 'ledger verify'; the ledger may have been tampered with.",
                     )
                 entries[key] = (packfile.MODE_BLOB, value)
-        raw = packfile.serialize_tree((mode, name, eid) for name, (mode, eid) in entries.items())
+            if existing is None:  # a new name: still in order if it sorts after the rest
+                order = _git_order(key, entries[key][0])
+                in_order = in_order and order > last
+                last = max(last, order)
+        if not in_order:
+            entries = dict(sorted(entries.items(), key=lambda kv: _git_order(kv[0], kv[1][0])))
+        raw = b"".join(mode + b" " + name + b"\0" + eid for name, (mode, eid) in entries.items())
         oid = objects.add(packfile.OBJ_TREE, raw)
         built[oid] = entries
         return oid

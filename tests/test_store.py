@@ -370,3 +370,35 @@ def test_a_second_packing_of_the_same_ledger_does_nothing(ledger: Ledger, key: S
     finally:
         os.close(fd)
     assert ledger.pack_objects() > 0
+
+
+def test_trees_stay_in_gits_order_whatever_the_order_of_appends(
+    ledger: Ledger, key: SigningKey
+) -> None:
+    """New names that sort before existing ones (a 'keys/' directory after 'runs/' exists, an
+    earlier run's directory after a later one's) still give trees stock git accepts."""
+    late, early = "20261122T120000Z-bbbbbbbb", "20261122T110000Z-aaaaaaaa"
+    ledger.append("event", {"message": "late", "data": None}, key=key, run=late)
+    ledger.append(
+        "event",
+        {"message": "early", "data": None},
+        key=key,
+        run=early,
+        attachments={"b": b"1", "a": b"2"},
+    )
+    other = SigningKey.generate(comment="o@example.com")
+    ledger.append(
+        "key.added",
+        {
+            "principal": "o@example.com",
+            "key": other.public_key.openssh(),
+            "fingerprint": other.public_key.fingerprint,
+            "comment": "",
+        },
+        key=key,
+    )
+    ledger.append("event", {"message": "m", "data": None}, key=key)
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=ledger.path, check=False)
+    assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+    assert sorted(ledger.run_ids()) == [early, late]
