@@ -12,6 +12,7 @@ Nothing here touches a repository: callers read base trees and write the files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -19,7 +20,6 @@ import secrets
 import struct
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Final
 
 OBJ_COMMIT: Final = 1
@@ -123,14 +123,14 @@ class PackWriter:
         pack = body + checksum
         return pack, _encode_index(index, checksum), checksum.hex()
 
-    def write(self, pack_dir: Path) -> str:
+    def write(self, pack_dir: str | os.PathLike[str]) -> str:
         """Write ``pack-<sha1>.pack`` then ``.idx`` into ``pack_dir`` (each to a temporary
         file renamed into place; the index last, as readers find packs by their index).
         Not synced: the caller makes them durable. Returns the pack's name."""
         pack, idx, name = self.encode()
-        base = pack_dir / f"pack-{name}"
-        _write_new(pack_dir, base.with_suffix(".pack"), pack)
-        _write_new(pack_dir, base.with_suffix(".idx"), idx)
+        directory = os.fspath(pack_dir)
+        _write_new(directory, f"pack-{name}.pack", pack)
+        _write_new(directory, f"pack-{name}.idx", idx)
         return name
 
 
@@ -208,16 +208,21 @@ def whole_entries(pack: bytes, idx: bytes) -> list[tuple[bytes, bytes]] | None:
     return out
 
 
-def _write_new(directory: Path, target: Path, data: bytes) -> None:
-    tmp = directory / f"tmp_ledger_{secrets.token_hex(8)}_{target.name}"
+def _write_new(directory: str, name: str, data: bytes) -> None:
+    tmp = os.path.join(directory, f"tmp_ledger_{secrets.token_hex(8)}_{name}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 __all__ = [

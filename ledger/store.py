@@ -9,6 +9,7 @@ instead of scanning history.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -257,6 +258,10 @@ class Ledger:
         self._open: _OpenFiles | None = None
         self._thread_lock = threading.Lock()
         self._last: _Tip | None = None
+        # Paths an append uses, made once (building them is a visible part of an append).
+        self._main_file = str(self.gitdir / MAIN_REF)
+        self._pack_dir = self.gitdir / "objects" / "pack"
+        self._head_is_main: bool | None = None
         self._index_fd: int | None = None
 
     # -- creation and opening -----------------------------------------------------------
@@ -732,7 +737,8 @@ class Ledger:
         """The commit id ``main`` names, read from its file (else through libgit2, which
         also knows packed refs)."""
         try:
-            text = (self.gitdir / MAIN_REF).read_text(encoding="ascii").strip()
+            with open(self._main_file, "rb") as fh:
+                text = fh.read(64).decode("ascii").strip()
         except (OSError, UnicodeDecodeError):
             text = ""
         if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
@@ -759,8 +765,8 @@ class Ledger:
         """Compare-and-swap ``main`` from ``old`` to ``new`` the way git does (holding
         ``refs/heads/main.lock``, renamed over the ref), and log it in the reflogs of
         ``main`` and ``HEAD`` with the signer as the identity. Not synced: the caller is."""
-        ref = self.gitdir / MAIN_REF
-        lock = ref.with_name(ref.name + ".lock")
+        ref = self._main_file
+        lock = ref + ".lock"
         moved = ConcurrentUpdate(
             f"{MAIN_REF} of {self.path} moved while the append lock was held; something "
             "wrote to the ledger without taking the lock.",
@@ -779,17 +785,21 @@ class Ledger:
                 raise moved
             os.replace(lock, ref)
         except BaseException:
-            lock.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
             raise
         ident = records.clean_principal(who)
-        seconds = int(records.parse_time(when).timestamp())
+        seconds = _seconds(when)
         line = f"{old} {new} {ident} <{ident}> {seconds} +0000\t{message}\n".encode()
         logs = [self.gitdir / "logs" / MAIN_REF]
-        try:
-            if (self.gitdir / "HEAD").read_bytes().strip() == f"ref: {MAIN_REF}".encode():
-                logs.append(self.gitdir / "logs" / "HEAD")  # as git logs a branch HEAD names
-        except OSError:
-            pass
+        if self._head_is_main is None:
+            try:
+                head = (self.gitdir / "HEAD").read_bytes().strip()
+            except OSError:
+                head = b""
+            self._head_is_main = head == f"ref: {MAIN_REF}".encode()
+        if self._head_is_main:
+            logs.append(self.gitdir / "logs" / "HEAD")  # as git logs the branch HEAD names
         for log in logs:
             try:
                 log.parent.mkdir(parents=True, exist_ok=True)
@@ -905,7 +915,7 @@ class Ledger:
                     key, who, now, message, pygit2.Oid(raw=tree), [parent.commit_id]
                 )
                 oid = pygit2.Oid(raw=objects.add(packfile.OBJ_COMMIT, commit_raw))
-                objects.write(self.gitdir / "objects" / "pack")
+                objects.write(self._pack_dir)
                 _syncfs(self.gitdir, self._fds().gitdir)
                 self._move_main(parent.commit_id, str(oid), who, now, f"ledger: append seq {seq}")
                 _syncfs(self.gitdir, self._fds().gitdir)
@@ -1132,6 +1142,11 @@ def _remove_loose(loose: list[tuple[Path, pygit2.Oid]]) -> None:
             continue
 
 
+def _seconds(time: str) -> int:
+    """Seconds since the epoch of a record time (``YYYY-MM-DDTHH:MM:SS.ffffffZ``)."""
+    return int(datetime.fromisoformat(time).timestamp())
+
+
 def _signed_commit_bytes(
     key: SigningKey,
     principal: str,
@@ -1143,8 +1158,7 @@ def _signed_commit_bytes(
     """The raw signed commit, formatted exactly as libgit2's ``create_commit_string`` and
     ``create_commit_with_signature`` would (the tree need not be in the repository yet)."""
     ident = records.clean_principal(principal).encode("utf-8")
-    when = int(records.parse_time(time).timestamp())
-    person = b"%s <%s> %d +0000\n" % (ident, ident, when)
+    person = b"%s <%s> %d +0000\n" % (ident, ident, _seconds(time))
     content = b"tree %s\n" % str(tree).encode("ascii")
     for parent in parents:
         content += b"parent %s\n" % str(parent).encode("ascii")
@@ -1195,6 +1209,7 @@ class _Trees:
     def __init__(self, repo: pygit2.Repository) -> None:
         self.repo = repo
         self._built: dict[bytes, dict[bytes, tuple[bytes, bytes]]] = {}
+        self._raw: dict[bytes, bytes] = {}  # the serialized trees of the last append
 
     def entries(self, oid: bytes, where: str) -> dict[bytes, tuple[bytes, bytes]]:
         """name -> (mode, id) of the tree ``oid``, in git's order."""
@@ -1232,8 +1247,9 @@ class _Trees:
                 node = node.setdefault(part, {})
             node[parts[-1]] = oid
         built: dict[bytes, dict[bytes, tuple[bytes, bytes]]] = {}
-        oid = self._build(objects, base, nested, "", built)
-        self._built = built
+        raws: dict[bytes, bytes] = {}
+        oid = self._build(objects, base, nested, "", built, raws)
+        self._built, self._raw = built, raws
         return oid
 
     def _build(
@@ -1243,10 +1259,12 @@ class _Trees:
         node: Mapping[str, Any],
         where: str,
         built: dict[bytes, dict[bytes, tuple[bytes, bytes]]],
+        raws: dict[bytes, bytes],
     ) -> bytes:
         entries = dict(self.entries(base, where)) if base is not None else {}
         last = _git_order(*next(((k, v[0]) for k, v in reversed(entries.items())), (b"", b"")))
         in_order = True
+        added: list[bytes] = []  # new names, in order
         changes = sorted(
             ((name.encode("utf-8"), value) for name, value in node.items()),
             key=lambda item: _git_order(
@@ -1266,7 +1284,7 @@ class _Trees:
                     sub = existing[1]
                 entries[key] = (
                     packfile.MODE_TREE,
-                    self._build(objects, sub, value, f"{where}{name}/", built),
+                    self._build(objects, sub, value, f"{where}{name}/", built, raws),
                 )
             else:
                 if existing is not None:
@@ -1279,9 +1297,19 @@ class _Trees:
                 order = _git_order(key, entries[key][0])
                 in_order = in_order and order > last
                 last = max(last, order)
-        if not in_order:
-            entries = dict(sorted(entries.items(), key=lambda kv: _git_order(kv[0], kv[1][0])))
-        raw = b"".join(mode + b" " + name + b"\0" + eid for name, (mode, eid) in entries.items())
+                added.append(key)
+        base_raw = self._raw.get(base) if base is not None else b""
+        if in_order and base_raw is not None and len(added) == len(changes):
+            # Only new names, after the others (a run's next record): the base tree's bytes
+            # followed by the new entries.
+            raw = base_raw + b"".join(
+                entries[k][0] + b" " + k + b"\0" + entries[k][1] for k in added
+            )
+        else:
+            if not in_order:
+                entries = dict(sorted(entries.items(), key=lambda kv: _git_order(kv[0], kv[1][0])))
+            raw = b"".join(mode + b" " + n + b"\0" + eid for n, (mode, eid) in entries.items())
         oid = objects.add(packfile.OBJ_TREE, raw)
         built[oid] = entries
+        raws[oid] = raw
         return oid
