@@ -139,6 +139,24 @@ def test_run_succeeds_and_prints_steps(env: Env) -> None:
     assert git("--git-dir", env.path, "fsck", "--strict", check=False).returncode == 0
 
 
+def test_status_lines_print_markup_like_text_verbatim(env: Env) -> None:
+    """Commands and messages are printed as they are: text that looks like rich markup is
+    neither styled nor swallowed."""
+    book = env.book(
+        """
+        name: brackets
+        steps:
+          - name: show
+            run: echo "[bold]x[/bold]" && exit 3
+        """
+    )
+    res = env.run("run", book)
+    assert res.code != 0
+    assert '$ echo "[bold]x[/bold]" && exit 3' in res.out
+    assert "\n[bold]x[/bold]\n" in res.out  # the command's own output
+    assert "show failed (exit 3" in res.out
+
+
 def test_exit_codes(env: Env) -> None:
     failing = env.book(
         """

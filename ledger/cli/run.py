@@ -102,15 +102,14 @@ class TerminalEvents(EngineEvents):
         self._open_line: dict[StreamName, bool] = {"stdout": False, "stderr": False}
         self.pusher: Any = None
 
-    def _print(self, markup: str) -> None:
-        """One status line: styled on a terminal; as plain text when the output is a pipe or
-        a file (a log or CI), where rendering through rich would cost more than the step's
-        own records."""
+    def _print(self, *parts: tuple[str, str]) -> None:
+        """One status line of (text, style) parts: styled on a terminal, plain text when the
+        output is a pipe or a file (a log, CI). No markup is parsed: step names and
+        messages are printed as they are."""
         if console.is_terminal:
-            console.print(markup)
+            console.print(Text.assemble(*parts))
             return
-        self._close_lines()
-        sys.stdout.write(Text.from_markup(markup).plain + "\n")
+        sys.stdout.write("".join(text for text, _ in parts) + "\n")
         sys.stdout.flush()
 
     def _close_lines(self) -> None:
@@ -124,7 +123,8 @@ class TerminalEvents(EngineEvents):
     def run_started(self, run_id: str, runbook: Runbook, resumes: str | None) -> None:
         extra = f", resumes {resumes}" if resumes else ""
         self._print(
-            f"[bold]Run {run_id}[/]: {escape(runbook.name)} ({len(runbook.steps)} steps{extra})"
+            (f"Run {run_id}", "bold"),
+            (f": {runbook.name} ({len(runbook.steps)} steps{extra})", ""),
         )
 
     def step_started(self, info: StepStart) -> None:
@@ -132,12 +132,12 @@ class TerminalEvents(EngineEvents):
         what = "handler" if info.handler else "step"
         attempt = f"  attempt {info.attempt}/{info.max_attempts}" if info.max_attempts > 1 else ""
         self._print(
-            f"[bold cyan]▶ {what} {info.position}/{info.total}: {escape(info.step.name)}[/]"
-            f"[dim]{attempt}[/]"
+            (f"▶ {what} {info.position}/{info.total}: {info.step.name}", "bold cyan"),
+            (attempt, "dim"),
         )
         if info.command is not None:
             for i, line in enumerate(info.command.rstrip("\n").split("\n")):
-                self._print(f"[dim]{'$' if i == 0 else '>'} {escape(line)}[/]")
+                self._print((f"{'$' if i == 0 else '>'} {line}", "dim"))
 
     def output(self, stream: StreamName, data: bytes) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
@@ -148,29 +148,29 @@ class TerminalEvents(EngineEvents):
     def step_finished(self, info: StepEnd) -> None:
         self._close_lines()
         mark, style = _STATUS_STYLE.get(info.status, ("•", "bold"))
-        name = escape(info.step.name)
+        name = info.step.name
         if info.status == STEP_SKIPPED:
-            self._print(f"[{style}]{mark} {name} skipped: {escape(info.reason or '')}[/]")
+            self._print((f"{mark} {name} skipped: {info.reason or ''}", style))
             return
         facts = []
         if info.exit_code is not None:
             facts.append(f"exit {info.exit_code}")
         facts.append(_seconds(info.duration_ms))
-        line = f"[{style}]{mark} {name} {info.status}[/] [dim]({', '.join(facts)})[/]"
+        parts = [(f"{mark} {name} {info.status}", style), (f" ({', '.join(facts)})", "dim")]
         if info.error and info.status != STEP_OK:
-            line += f": {escape(info.error)}"
-        self._print(line)
+            parts.append((f": {info.error}", ""))
+        self._print(*parts)
         if info.will_retry:
             self._print(
-                f"[yellow]  retrying in {info.retry_delay_s:g} s (attempt {info.attempt + 1})[/]"
+                (f"  retrying in {info.retry_delay_s:g} s (attempt {info.attempt + 1})", "yellow")
             )
 
     def approval_waiting(self, step: Any, message: str | None) -> None:
         if message:
-            self._print(f"[bold yellow]? {escape(message)}[/]")
+            self._print((f"? {message}", "bold yellow"))
 
     def approval_progress(self, text: str) -> None:
-        self._print(f"[yellow]  {escape(text)}[/]")
+        self._print((f"  {text}", "yellow"))
 
     def record_appended(self, appended: Appended) -> None:
         if self.pusher is not None:
@@ -179,10 +179,10 @@ class TerminalEvents(EngineEvents):
     def run_finished(self, outcome: RunOutcome) -> None:
         self._close_lines()
         style = _RUN_STYLE.get(outcome.status, "bold")
-        where = f" at step {escape(outcome.failed_step)}" if outcome.failed_step else ""
+        where = f" at step {outcome.failed_step}" if outcome.failed_step else ""
         self._print(
-            f"[{style}]Run {outcome.run_id} {outcome.status}{where}[/] "
-            f"[dim]({_seconds(outcome.duration_ms)}, {outcome.records} records)[/]"
+            (f"Run {outcome.run_id} {outcome.status}{where}", style),
+            (f" ({_seconds(outcome.duration_ms)}, {outcome.records} records)", "dim"),
         )
 
 
