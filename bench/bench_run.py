@@ -105,6 +105,7 @@ def main() -> None:
         time_ledger_run(small_book, ledger, key_path, env)  # warm-up, saves verified state
         overheads: list[float] = []
         fixed: list[float] = []
+        slopes: list[float] = []
         spawn: list[float] = []
         for _ in range(args.repeat):
             t_run = time_ledger_run(big_book, ledger, key_path, env)
@@ -114,6 +115,7 @@ def main() -> None:
             per_step = (t_run - t_bash) / n
             overheads.append(per_step * 1000)
             slope = (t_run - t_small) / (n - small)
+            slopes.append(slope * 1000)
             fixed.append((t_small - slope * small) * 1000)
             spawn.append(t_proc / n * 1000)
             print(
@@ -128,6 +130,10 @@ def main() -> None:
     print(
         f"fixed cost per run (start-up, verification, run records): "
         f"{statistics.median(fixed):.0f} ms"
+    )
+    print(
+        f"cost of one more step (slope between {small} and {n} steps, with its bash): "
+        f"{statistics.median(slopes):.2f} ms"
     )
     verdict = "met" if median <= TARGET_MS else "NOT met"
     print(f"target <= {TARGET_MS:g} ms per step: {verdict}")

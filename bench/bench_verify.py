@@ -2,7 +2,8 @@
 
 Prints, from measurements taken in this one run:
 - commits/s of ``verify_ledger`` over a ledger of --records records written by the store
-  (as the store leaves it: loose objects; and repacked, as a clone or ``git gc`` has it);
+  (as the store leaves it: an append's small packs and their merges; and repacked, as a clone or
+  ``git gc`` has it);
 - commits/s of stock ``git verify-commit`` run once per commit over a sample of the same
   commits (what an auditor without this tool would do), and the ratio of the two;
 - peak memory (``ru_maxrss`` of a fresh process) verifying a ledger of --memory-records
@@ -58,7 +59,7 @@ def simulated_store() -> Iterator[None]:
 
     saved = (records.utc_now, store_mod._syncfs)
     records.utc_now = now
-    store_mod._syncfs = lambda path: None
+    store_mod._syncfs = lambda path, fd=None: None
     try:
         yield
     finally:
@@ -262,7 +263,7 @@ def main() -> None:
         packed, _ = verify_rate(packed_path)
         git_rate = git_verify_rate(led.path, led, args.git_sample, tmp)
         best = min(loose, packed)
-        print(f"ledger verify, loose objects:    {loose:8.0f} commits/s ({n:,} commits)")
+        print(f"ledger verify, as appended:       {loose:8.0f} commits/s ({n:,} commits)")
         print(f"ledger verify, packed (a clone): {packed:8.0f} commits/s")
         print(
             f"git verify-commit per commit:    {git_rate:8.1f} commits/s "
