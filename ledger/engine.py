@@ -417,10 +417,11 @@ def extend_verified_state(ledger: Ledger, appended: list[Appended]) -> bool:
             return False
         expected = state.head
         for done in appended:
-            commit = ledger.repo.get(done.commit_id)
-            parents: list[str] = (
-                [str(p) for p in commit.parent_ids] if isinstance(commit, pygit2.Commit) else []
-            )
+            parents: list[str] = [done.parent] if done.parent is not None else []
+            if done.parent is None:  # not known from the append: read it
+                commit = ledger.repo.get(done.commit_id)
+                if isinstance(commit, pygit2.Commit):
+                    parents = [str(p) for p in commit.parent_ids]
             if parents != [expected]:
                 return False
             expected = done.commit_id

@@ -95,6 +95,8 @@ class Appended:
     seq: int
     path: str
     record: dict[str, Any]
+    parent: str | None = None
+    """The commit it was appended onto (what ``main`` named under the append lock)."""
 
 
 @dataclass(frozen=True)
@@ -927,7 +929,7 @@ class Ledger:
             self.start_packing()
         elif seq % MERGE_EVERY == 0:
             self.start_packing(full=False)
-        return Appended(str(oid), seq, path, record)
+        return Appended(str(oid), seq, path, record, parent.commit_id)
 
     # -- packing -------------------------------------------------------------------------
 
