@@ -1016,6 +1016,29 @@ def _remove_packs(packs: list[_Pack]) -> None:
             pack.base.with_suffix(suffix).unlink(missing_ok=True)
 
 
+STALE_LEFTOVER_S = 600.0
+"""A temporary pack file, or a pack without its index, older than this is a leftover of a
+writer that died mid-append (never acknowledged, never referenced) and is removed."""
+
+
+def _remove_stale_leftovers(pack_dir: Path) -> None:
+    cutoff = _time.time() - STALE_LEFTOVER_S
+    for path in pack_dir.iterdir():
+        name = path.name
+        leftover = name.startswith("tmp_ledger_") or (
+            name.startswith("pack-")
+            and name.endswith(".pack")
+            and not path.with_suffix(".idx").exists()
+        )
+        if not leftover:
+            continue
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+
+
 @contextmanager
 def _pack_lock(gitdir: Path) -> Iterator[bool]:
     """Whether this caller holds the ledger's packing lock (never waits for it)."""
@@ -1046,6 +1069,7 @@ def merge_small_packs(repo: pygit2.Repository, gitdir: Path) -> int:
         with _pack_lock(gitdir) as locked:
             if not locked:
                 return 0
+            _remove_stale_leftovers(pack_dir)
             small = [p for p in _list_packs(pack_dir) if p.count <= SMALL_PACK_OBJECTS]
             if len(small) < 2:
                 return 0

@@ -402,3 +402,29 @@ def test_trees_stay_in_gits_order_whatever_the_order_of_appends(
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
     assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
     assert sorted(ledger.run_ids()) == [early, late]
+
+
+def test_upkeep_removes_what_a_dead_writer_left_and_nothing_fresh(
+    ledger: Ledger, key: SigningKey
+) -> None:
+    """A writer killed mid-append can leave a temporary file or a pack without its index
+    (never acknowledged, never referenced): old ones go at the next upkeep, recent ones stay
+    (they may be an append in flight in another process)."""
+    import time as time_mod
+
+    from ledger import store
+
+    pack_dir = ledger.gitdir / "objects" / "pack"
+    old_tmp = pack_dir / "tmp_ledger_0123_pack-x.pack"
+    old_pack = pack_dir / ("pack-" + "1" * 40 + ".pack")
+    fresh_tmp = pack_dir / "tmp_ledger_4567_pack-y.idx"
+    for path in (old_tmp, old_pack, fresh_tmp):
+        path.write_bytes(b"partial")
+    past = time_mod.time() - store.STALE_LEFTOVER_S - 60
+    for path in (old_tmp, old_pack):
+        os.utime(path, (past, past))
+    ledger.append("event", {"message": "m", "data": None}, key=key)
+    store.merge_small_packs(ledger.repo, ledger.gitdir)
+    assert not old_tmp.exists() and not old_pack.exists()
+    assert fresh_tmp.exists()
+    assert ledger.record(1).data["message"] == "m"
