@@ -813,6 +813,7 @@ class Ledger:
     def _fds(self) -> _OpenFiles:
         """Descriptors kept open across appends (opening files is a large part of one)."""
         if self._open is None:
+            self._pack_dir.mkdir(parents=True, exist_ok=True)  # (git always makes it)
             lock = os.open(self.gitdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 gitdir = os.open(self.gitdir, os.O_RDONLY | os.O_CLOEXEC)
