@@ -57,6 +57,7 @@ RULES = frozenset(
         "file-digest",
         "record-canonical",
         "record-schema",
+        "commit-header",
         "trailers",
         "tree-append",
         "merge",
@@ -1177,7 +1178,7 @@ class _Verifier:
         if is_root and not is_first:
             note("parents", "a commit without parent in the middle of the chain")
         for problem in commit.header_problems:
-            note("record-schema", f"commit header: {problem}")
+            note("commit-header", problem)
 
         # -- message and trailers --
         trailers, message_problems = _parse_message(commit.message)
@@ -1692,7 +1693,7 @@ def _check_idents(commit: _Commit, rec: dict[str, Any], note: Callable[[str, str
         if value != want:
             got = (value or b"").decode("utf-8", "replace")
             note(
-                "record-schema",
+                "commit-header",
                 f"commit {what} is {got!r}, the record's actor and time give "
                 f"{want.decode('utf-8', 'replace')!r}",
             )

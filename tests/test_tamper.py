@@ -17,8 +17,8 @@ import pygit2
 import pytest
 from conftest import git, loose_object
 
-from ledger import records
-from ledger.signing import SigningKey, sign_commit
+from ledger import packfile, records
+from ledger.signing import SigningKey, sign_commit, split_signed_commit
 from ledger.store import Ledger
 from ledger.verify import VerifyResult, verify_ledger
 
@@ -221,6 +221,7 @@ def forge_append(
     edit_trailers: Callable[[dict[str, str]], None] | None = None,
     extra_tree: dict[str, Any] | None = None,
     parents: list[str] | None = None,
+    ident: str | None = None,
 ) -> str:
     """Append a record the way the store would, but under the attacker's control."""
     repo = built.repo
@@ -266,7 +267,7 @@ def forge_append(
     if edit_trailers:
         edit_trailers(trailers)
     message = records.build_message(f"{rec.get('kind')}: forged", trailers)
-    ident = principal
+    ident = principal if ident is None else ident
     sig = pygit2.Signature(ident, ident, when, 0)
     oid = signed_commit(repo, key, tree, parents if parents is not None else [head], message, sig)
     set_main(built.path, oid)
@@ -683,7 +684,7 @@ def test_genesis_changed(tmp_path: Path) -> None:
     assert ("genesis-mismatch", 0) in rules_at(result)
     # An attacker can make the new chain self-consistent except for the author time
     # mismatch in genesis; only the pin catches the swap itself.
-    assert verify(built, trust_genesis=new_genesis).rules() <= {"record-schema"}
+    assert verify(built, trust_genesis=new_genesis).rules() <= {"commit-header"}
 
 
 def test_genesis_changed_against_saved_state(tmp_path: Path) -> None:
@@ -740,3 +741,24 @@ def test_malformed_trailers(tmp_path: Path, shape: str) -> None:
 
     forge_append(built, built.alice, edit_trailers=edit)
     assert ("trailers", len(built.ids)) in rules_at(verify(built))
+
+
+def test_commit_ident_that_is_not_the_records_actor(tmp_path: Path) -> None:
+    """A commit signed by a trusted key whose author is not the record's actor (at its time)
+    is its own finding, not a malformed record."""
+    built = build(tmp_path)
+    seq = len(built.ids)
+    forge_append(built, built.alice, ident="mallory")
+    assert ("commit-header", seq) in rules_at(verify(built))
+
+
+def test_commit_with_an_extra_header(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    raw = raw_commit(built.repo, built.ids[-1])
+    payload, _sig = split_signed_commit(raw)
+    tampered = payload.replace(b"\ncommitter ", b"\nencoding ISO-8859-1\ncommitter ", 1)
+    assert tampered != payload
+    signer = built.bob if b"author bob " in payload else built.alice
+    signed = packfile.add_signature(tampered, sign_commit(tampered, signer).encode())
+    set_main(built.path, write_raw_commit(built.path, signed))
+    assert ("commit-header", len(built.ids) - 1) in rules_at(verify(built))
