@@ -372,7 +372,10 @@ class Ledger:
                     "Ledger-Record-Sha256": records.sha256_hex(raw),
                 },
             )
-            oid = _signed_commit(repo, key, principal, now, message, tree, [])
+            oid = repo.odb.write(
+                pygit2.enums.ObjectType.COMMIT,
+                _signed_commit_bytes(key, principal, now, message, tree, []),
+            )
             _syncfs(path)
             repo.references.create(MAIN_REF, oid)
             cfg["ledger.genesis"] = str(oid)
@@ -1192,21 +1195,6 @@ def _signed_commit_bytes(
     content += b"author " + person + b"committer " + person + b"\n" + message.encode("utf-8")
     signature = sign_commit(content, key)
     return packfile.add_signature(content, signature.encode("ascii"))
-
-
-def _signed_commit(
-    repo: pygit2.Repository,
-    key: SigningKey,
-    principal: str,
-    time: str,
-    message: str,
-    tree: pygit2.Oid,
-    parents: list[str | pygit2.Oid],
-) -> pygit2.Oid:
-    """Write a signed commit as a loose object (the genesis; appends go through packs)."""
-    raw = _signed_commit_bytes(key, principal, time, message, tree, parents)
-    oid: pygit2.Oid = repo.odb.write(pygit2.enums.ObjectType.COMMIT, raw)
-    return oid
 
 
 def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
