@@ -972,23 +972,24 @@ def _fetch_main(repo: pygit2.Repository, name: str, cb: _Callbacks) -> str | Non
     return str(ref.target) if ref is not None else None
 
 
+def _open_for_remote(
+    ledger_path: Path, name: str, creds: Credentials
+) -> tuple[pygit2.Repository, str, str | None, int | None]:
+    """The ledger's repository, the remote's URL, and our head and its seq."""
+    _configure(creds)
+    repo = _open_repo(ledger_path)
+    url = _get_remote(repo, name).url or ""
+    local = _main_head(repo)
+    return repo, url, local, commit_seq(repo, local) if local else None
+
+
 def push_one(
     ledger_path: Path, name: str, creds: Credentials, last_seen: Mapping[str, Any] | None = None
 ) -> PushOutcome:
     """Push our main to one remote (fast-forward only); never raises for remote trouble."""
     start = time.monotonic()
-    _configure(creds)
-    repo = _open_repo(ledger_path)
-    remote = _get_remote(repo, name)
-    url = remote.url or ""
-    local = _main_head(repo)
-    out = PushOutcome(
-        name,
-        url,
-        PushStatus.ERROR,
-        local_head=local,
-        local_seq=commit_seq(repo, local) if local else None,
-    )
+    repo, url, local, local_seq = _open_for_remote(ledger_path, name, creds)
+    out = PushOutcome(name, url, PushStatus.ERROR, local_head=local, local_seq=local_seq)
     if local is None:
         out.message = "the ledger has no records to push"
         return out
@@ -1251,18 +1252,8 @@ def check_one(
     verify_ahead: bool = True,
 ) -> RemoteState:
     """Fetch one remote's main into ``refs/remotes/NAME/main`` and compare it with ours."""
-    _configure(creds)
-    repo = _open_repo(ledger_path)
-    remote = _get_remote(repo, name)
-    url = remote.url or ""
-    local = _main_head(repo)
-    st = RemoteState(
-        name,
-        url,
-        RemoteCondition.ERROR,
-        local_head=local,
-        local_seq=commit_seq(repo, local) if local else None,
-    )
+    repo, url, local, local_seq = _open_for_remote(ledger_path, name, creds)
+    st = RemoteState(name, url, RemoteCondition.ERROR, local_head=local, local_seq=local_seq)
     prev = (last_seen or {}).get("head")
     st.last_seen_head = prev
     st.last_seen_seq = (last_seen or {}).get("seq")
