@@ -428,3 +428,40 @@ def test_upkeep_removes_what_a_dead_writer_left_and_nothing_fresh(
     assert not old_tmp.exists() and not old_pack.exists()
     assert fresh_tmp.exists()
     assert ledger.record(1).data["message"] == "m"
+
+
+def test_small_packs_with_deltas_are_merged_through_the_object_database(
+    ledger: Ledger, key: SigningKey, tmp_path: Path
+) -> None:
+    """Packs a fetch brings can hold deltas, whose entries cannot be copied as they are:
+    their objects are read and stored whole instead, and nothing is lost."""
+    from ledger import packfile, store
+
+    def add(n: int) -> None:
+        for i in range(n):
+            ledger.append("event", {"message": "x" * 200 + str(i), "data": None}, key=key)
+
+    add(20)
+    copy = tmp_path / "copy.git"
+    git("clone", "-q", "--bare", ledger.path, copy)
+    for _ in range(2):
+        add(3)
+        git("-c", "fetch.unpackLimit=1", "fetch", "-q", ledger.path, "main:main", cwd=copy)
+    pack_dir = copy / "objects" / "pack"
+    small = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    assert len(small) >= 2
+    with_deltas = [
+        p
+        for p in small
+        if packfile.whole_entries(
+            p.base.with_suffix(".pack").read_bytes(), p.base.with_suffix(".idx").read_bytes()
+        )
+        is None
+    ]
+    assert with_deltas, "git sent no deltas; the fallback path is not exercised"
+    assert store.merge_small_packs(pygit2.Repository(str(copy)), copy) == len(small)
+    left = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    assert len(left) <= 1
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=copy, check=False)
+    assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
+    assert verify_ledger(copy, trust_genesis=ledger.genesis_id).ok
