@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 GIT_DAEMON = "/usr/lib/git-core/git-daemon"
 GIT_HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
@@ -65,28 +66,36 @@ def port_accepts(port: int) -> bool:
 def wait_for_port(
     port: int,
     proc: subprocess.Popen[bytes] | None = None,
-    deadline: float = _DEADLINE,
+    *,
     log: Path | None = None,
+    deadline: float = _DEADLINE,
 ) -> None:
-    """Poll until something accepts connections on ``port`` (or the process died)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            text = log.read_text(errors="replace") if log and log.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before listening:\n{text}")
-        if port_accepts(port):
-            return
-        time.sleep(0.02)  # polling interval while waiting for the server to listen
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {deadline}s")
-
-
-def wait_for_port_closed(port: int, deadline: float = _DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    """Wait until something accepts connections on ``port``, woken by the server's log (it
+    writes a line once it listens) or by its exit. Without ``proc`` (a server in this
+    process, listening from its construction) the port must accept at once."""
+    if proc is None or log is None:
         if not port_accepts(port):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"127.0.0.1:{port} still accepts connections after {deadline}s")
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+        return
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or port_accepts(port),
+            f"a server on 127.0.0.1:{port}",
+            files=[log],
+            pids=[proc.pid],
+            timeout=deadline,
+        )
+    except AssertionError as exc:
+        raise RuntimeError(str(exc)) from None
+    if proc.poll() is not None:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        raise RuntimeError(f"server exited with {proc.returncode} before listening:\n{text}")
+
+
+def port_closed(port: int) -> None:
+    """The port of a stopped server (its process has exited) no longer accepts."""
+    if port_accepts(port):
+        raise RuntimeError(f"127.0.0.1:{port} still accepts connections after its server stopped")
 
 
 def init_bare(path: Path, *, protected: bool = False) -> Path:
@@ -155,6 +164,7 @@ class GitDaemon(GitServer):
                     "--export-all",
                     "--reuseaddr",
                     "--informative-errors",
+                    "--verbose",  # logs "Ready to rumble" once it listens
                     f"--base-path={self.base}",
                     f"--port={self.port}",
                     "--listen=127.0.0.1",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import git, run_cli
+from waiting import wait_for
 
 from ledger import approvals, records
 from ledger.errors import ApprovalRefused, UntrustedKey
@@ -603,10 +604,16 @@ def test_operator_approves_at_the_terminal_of_a_real_run(env: Env) -> None:
     )
     os.close(slave)
     try:
-        end = time.monotonic() + WAIT_S
-        while not approvals.pending_requests(Ledger.open(env.path)):
-            assert proc.poll() is None and time.monotonic() < end, proc.communicate()
-            time.sleep(0.05)  # polling the ledger for the event, with a deadline
+        wait_for(
+            lambda: (
+                bool(approvals.pending_requests(Ledger.open(env.path))) or proc.poll() is not None
+            ),
+            "the run to ask for approval",
+            files=[env.path / "refs" / "heads"],
+            pids=[proc.pid],
+            timeout=WAIT_S,
+        )
+        assert proc.poll() is None, proc.communicate()
         os.write(master, b"y fine by me\n")
         out, _ = proc.communicate(timeout=WAIT_S)
     finally:

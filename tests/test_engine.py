@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import git
+from waiting import wait_for
 
 from ledger import records
 from ledger.engine import (
@@ -36,6 +37,7 @@ from ledger.engine import (
     trigger_data,
 )
 from ledger.errors import (
+    ApprovalRefused,
     LockTimeout,
     ResumeRefused,
     RunFailed,
@@ -257,10 +259,7 @@ def test_timeout_kills_the_whole_process_group(env: Env) -> None:
     assert "timed out" in fin["error"]
     assert fin["duration_ms"] >= 500
     bg = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while _alive(bg) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(bg), "the background child of the timed-out step survived"
+    wait_for(lambda: not _alive(bg), "the background child of the timed-out step to die", pids=[bg])
 
 
 # --------------------------------------------------------------------------- retries
@@ -613,9 +612,7 @@ def test_stop_interrupts_the_step_and_aborts_the_run(env: Env) -> None:
     stop = StopSignal()
 
     def trigger() -> None:
-        deadline = time.monotonic() + 30
-        while not mark.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(mark.exists, "the step to start", files=[mark])
         stop.trigger(signal.SIGTERM)
 
     thread = threading.Thread(target=trigger)
@@ -852,6 +849,20 @@ def test_resume_refuses_unknown_and_unfinished_runs(env: Env) -> None:
 # --------------------------------------------------------------------------- approvals
 
 
+def _wait_for_request(path: Path, run_id: str, step: str) -> None:
+    """Until the run asks for approval at ``step`` (woken by each append to the ledger)."""
+    from ledger import approvals
+
+    def asked() -> bool:
+        try:
+            approvals.pending_request(Ledger.open(path), run_id, step)
+        except ApprovalRefused:
+            return False
+        return True
+
+    wait_for(asked, f"the run to wait at {step}", files=[path / "refs" / "heads"])
+
+
 def test_approval_from_a_second_key_lets_the_run_go_on(env: Env) -> None:
     from ledger import approvals
 
@@ -885,16 +896,9 @@ def test_approval_from_a_second_key_lets_the_run_go_on(env: Env) -> None:
     run_id = records.new_run_id()
 
     def approve() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            other = Ledger.open(env.ledger.path)
-            try:
-                approvals.pending_request(other, run_id, "approve")
-            except Exception:  # noqa: BLE001 (not waiting yet)
-                time.sleep(0.05)
-                continue
-            approvals.record_approval(other, run_id, "approve", key=bob, comment="go")
-            return
+        _wait_for_request(env.ledger.path, run_id, "approve")
+        other = Ledger.open(env.ledger.path)
+        approvals.record_approval(other, run_id, "approve", key=bob, comment="go")
 
     thread = threading.Thread(target=approve)
     thread.start()
@@ -953,16 +957,11 @@ def test_approval_timeout_fails_the_run_and_rejection_rejects_it(env: Env) -> No
     run_id = records.new_run_id()
 
     def reject() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            other = Ledger.open(env.ledger.path)
-            try:
-                approvals.record_approval(
-                    other, run_id, "approve", key=env.key, decision="rejected", comment="no"
-                )
-                return
-            except Exception:  # noqa: BLE001 (not waiting yet)
-                time.sleep(0.05)
+        _wait_for_request(env.ledger.path, run_id, "approve")
+        other = Ledger.open(env.ledger.path)
+        approvals.record_approval(
+            other, run_id, "approve", key=env.key, decision="rejected", comment="no"
+        )
 
     thread = threading.Thread(target=reject)
     thread.start()

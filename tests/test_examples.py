@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, git, run_cli
+from waiting import wait_for
 
 from ledger import approvals, records
 from ledger.runbook import load_runbook
@@ -307,15 +308,25 @@ def _start_rotation(box: Box, cred: Path, token: str) -> subprocess.Popen[str]:
 
 
 def _wait_for_request(box: Box, proc: subprocess.Popen[str]) -> approvals.ApprovalRequest:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        pending = approvals.pending_requests(box.ledger())
-        if pending:
-            return pending[0]
-        assert proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.05)  # polling the ledger for the event, with a deadline
-    proc.kill()
-    raise AssertionError("the run never reached its approval step")
+    pending: list[approvals.ApprovalRequest] = []
+
+    def asked() -> bool:
+        pending[:] = approvals.pending_requests(box.ledger())
+        return bool(pending) or proc.poll() is not None
+
+    try:
+        wait_for(
+            asked,
+            "the run to reach its approval step",
+            files=[box.ledger_path / "refs" / "heads"],
+            pids=[proc.pid],
+            timeout=WAIT_S,
+        )
+    except AssertionError:
+        proc.kill()
+        raise
+    assert pending, proc.communicate()[0]
+    return pending[0]
 
 
 def test_rotate_credential_approved_from_second_process(box: Box) -> None:

@@ -13,7 +13,7 @@ from gitservers import (
     GitDaemon,
     GitHttpServer,
     SshServer,
-    wait_for_port_closed,
+    port_closed,
 )
 
 # The server fixtures (session-scoped servers, per-test repositories).
@@ -108,7 +108,7 @@ def test_daemon_stop_and_restart_on_same_port(
     url, path = server.make_repo()
     port = server.port
     server.stop()
-    wait_for_port_closed(port)
+    port_closed(port)
     down = git("push", url, "main", cwd=work, check=False)
     assert down.returncode != 0
     server.start(port)

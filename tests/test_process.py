@@ -12,13 +12,13 @@ import shlex
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from waiting import wait_for
 
 from ledger.process import (
     CapturedStream,
@@ -31,14 +31,6 @@ from ledger.process import (
 
 PY = shlex.quote(sys.executable)
 SECRET = "hunter2-S3cr3t/value+x"
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def pid_gone(pid: int) -> bool:
@@ -55,7 +47,7 @@ def pid_gone(pid: int) -> bool:
 
 
 def read_pid(path: Path) -> int:
-    wait_for(lambda: path.exists() and path.read_text().strip() != "", what=str(path))
+    wait_for(lambda: path.exists() and path.read_text().strip() != "", str(path), files=[path])
     return int(path.read_text())
 
 
@@ -275,7 +267,7 @@ def test_sink_exception_kills_the_group_and_propagates(pidfiles: Path) -> None:
     with pytest.raises(RuntimeError, match="terminal went away"):
         run_command(CommandSpec(command, timeout_s=60), sink=sink)
     bg = read_pid(pidfile)
-    wait_for(lambda: pid_gone(bg), what="background sleep to die")
+    wait_for(lambda: pid_gone(bg), "background sleep to die", pids=[bg])
 
 
 # --------------------------------------------------------------------------- redaction
@@ -495,7 +487,7 @@ def test_timeout_kills_the_group_including_a_grandchild_ignoring_sigterm(
     assert 3500 <= r.duration_ms < 30000
     for path in (gc, bg):
         pid = read_pid(path)
-        wait_for(lambda pid=pid: pid_gone(pid), what=f"pid {pid} to die")
+        wait_for(lambda pid=pid: pid_gone(pid), f"pid {pid} to die", pids=[pid])
     assert r.pid is not None and pid_gone(r.pid)
 
 
@@ -521,7 +513,7 @@ def test_stop_event_interrupts(pidfiles: Path) -> None:
     assert r.exit_code is None and r.signal == 15
     assert r.duration_ms < 10000
     sleeper = read_pid(bg)
-    wait_for(lambda: pid_gone(sleeper), what="background sleep to die")
+    wait_for(lambda: pid_gone(sleeper), "background sleep to die", pids=[sleeper])
 
 
 def test_stop_event_from_another_thread(tmp_path: Path) -> None:
@@ -529,7 +521,7 @@ def test_stop_event_from_another_thread(tmp_path: Path) -> None:
     stop = threading.Event()
 
     def stopper() -> None:
-        wait_for(ready.exists, what="child to start")
+        wait_for(ready.exists, "child to start", files=[ready])
         stop.set()
 
     t = threading.Thread(target=stopper)

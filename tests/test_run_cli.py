@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import CliResult, git, run_cli
+from waiting import wait_for
 
 from ledger.engine import RESUMED_REASON, runbook_lock
 from ledger.signing import SigningKey
@@ -76,14 +75,6 @@ def run_id_of(result: CliResult) -> str:
     found = RUN_ID_RE.search(result.out)
     assert found, result.output
     return found.group(1)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def finished(recs: list[StoredRecord], step: str) -> list[StoredRecord]:
@@ -392,7 +383,7 @@ def test_signal_stops_the_step_and_records_the_abort(env: Env, sig: int, code: i
     )
     proc = env.popen("run", book)
     try:
-        wait_for(mark.exists, "the step to start")
+        wait_for(mark.exists, "the step to start", files=[mark], pids=[proc.pid])
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -408,7 +399,7 @@ def test_signal_stops_the_step_and_records_the_abort(env: Env, sig: int, code: i
     assert recs[-1].kind == "run.finished"
     assert recs[-1].data["status"] == "aborted" and recs[-1].data["signal"] == sig
     bg = int(pidfile.read_text())
-    wait_for(lambda: not alive(bg), "the step's background process to die", 15)
+    wait_for(lambda: not alive(bg), "the step's background process to die", pids=[bg], timeout=15)
 
 
 def test_sigkill_of_the_runner_leaves_an_unfinished_run(env: Env) -> None:
@@ -425,7 +416,7 @@ def test_sigkill_of_the_runner_leaves_an_unfinished_run(env: Env) -> None:
     proc = env.popen("run", book)
     step_pid = 0
     try:
-        wait_for(mark.exists, "the step to start")
+        wait_for(mark.exists, "the step to start", files=[mark], pids=[proc.pid])
         step_pid = int(pidfile.read_text())
         proc.kill()
         proc.communicate(timeout=30)
@@ -557,7 +548,12 @@ def test_approval_from_a_second_process_with_a_second_key(env: Env) -> None:
                     r.kind == "step.started" for r in env.ledger.run_records(runs[0])
                 )
 
-            wait_for(waiting, "the run to wait for approval")
+            wait_for(
+                waiting,
+                "the run to wait for approval",
+                files=[env.path / "refs" / "heads"],
+                pids=[proc.pid],
+            )
             (run_id,) = [r for r in env.ledger.unfinished_runs() if r not in known]
             extra = ["--reject"] if decision == "reject" else []
             res = run_cli(
