@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time as _time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +45,7 @@ STATE_DIR = "ledger-state"
 SEQ_INDEX = "seq-index"
 LOCK_FILE = "ledger.lock"
 PACK_LOCK_FILE = "ledger-pack.lock"
+MERGE_LOCK_FILE = "ledger-merge.lock"
 LOCK_TIMEOUT_S = 120.0
 MERGE_EVERY = 16
 """Every this many records, the append that reaches a multiple merges the small packs
@@ -255,6 +256,7 @@ class Ledger:
         self._signers_cache: tuple[str, list[Signer]] | None = None
         self.last_pack_error: StorageError | None = None
         self._packer: threading.Thread | None = None
+        self._merger: threading.Thread | None = None
         self._full_pack_due = False
         self._trees = _Trees(repo)
         self._open: _OpenFiles | None = None
@@ -938,43 +940,44 @@ class Ledger:
     # -- packing -------------------------------------------------------------------------
 
     def start_packing(self, *, full: bool = True) -> None:
-        """Start pack upkeep in a background thread: with ``full``, repack with deltas
-        (:func:`pack_objects`), else merge the small packs (:func:`merge_small_packs`).
+        """Start pack upkeep in the background: with ``full``, a repack with deltas
+        (:func:`pack_objects`), else a merge of the small packs (:func:`merge_small_packs`).
 
         Upkeep must not pause the appends that follow (a run's steps go on while it works):
-        the records are durable and acknowledged before it starts. One upkeep thread at a
-        time per ledger object; a full repack asked for while another is running is done
-        by the next upkeep. The thread is not a daemon, so a process that ends waits for it
-        rather than leaving a half-written pack behind. A failure is kept in
-        :attr:`last_pack_error`; nothing is removed before its replacement is on disk.
+        the records are durable and acknowledged before it starts. Each kind has one thread
+        per ledger object, and merges go on while a (long) repack runs, so small packs never
+        pile up; a repack asked for while one is running is started by a later call. The
+        threads are not daemons, so a process that ends waits for them rather than leaving
+        a half-written pack behind. A failure is kept in :attr:`last_pack_error`; nothing is
+        removed before its replacement is on disk.
         """
         self._full_pack_due = self._full_pack_due or full
-        if self._packer is not None and self._packer.is_alive():
-            return
-        self._packer = threading.Thread(
-            target=self._pack_in_background, name="ledger-pack", daemon=False
-        )
-        self._packer.start()
+        if self._full_pack_due and not _alive(self._packer):
+            self._full_pack_due = False
+            self._packer = self._upkeep(pack_objects, "ledger-pack", threads=1)
+        elif not full and not _alive(self._merger):
+            self._merger = self._upkeep(merge_small_packs, "ledger-merge")
 
     def wait_for_packing(self) -> None:
         """Wait until the upkeep started by :meth:`start_packing` has finished."""
-        while self._packer is not None and self._packer.is_alive():
-            self._packer.join()
+        for thread in (self._packer, self._merger):
+            if thread is not None:
+                thread.join()
 
-    def _pack_in_background(self) -> None:
-        try:
-            # A repository object of its own: the appending thread keeps using self.repo.
-            repo = open_repository(self.gitdir)
-            if self._full_pack_due:
-                self._full_pack_due = False
-                pack_objects(repo, self.gitdir, threads=1)  # takes the small packs too
-            else:
-                merge_small_packs(repo, self.gitdir)
-            self.last_pack_error = None
-        except StorageError as exc:
-            self.last_pack_error = exc
-        except LedgerNotFound as exc:  # the ledger's directory was removed meanwhile
-            self.last_pack_error = StorageError(exc.message)
+    def _upkeep(self, work: Callable[..., int], name: str, **kwargs: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                # A repository object of its own: the appending thread keeps using self.repo.
+                work(open_repository(self.gitdir), self.gitdir, **kwargs)
+                self.last_pack_error = None
+            except StorageError as exc:
+                self.last_pack_error = exc
+            except LedgerNotFound as exc:  # the ledger's directory was removed meanwhile
+                self.last_pack_error = StorageError(exc.message)
+
+        thread = threading.Thread(target=run, name=name, daemon=False)
+        thread.start()
+        return thread
 
     def pack_objects(self) -> int:
         """Pack the loose objects now, in this thread (see :func:`pack_objects`)."""
@@ -1044,10 +1047,10 @@ def _remove_stale_leftovers(pack_dir: Path) -> None:
 
 
 @contextmanager
-def _pack_lock(gitdir: Path) -> Iterator[bool]:
-    """Whether this caller holds the ledger's packing lock (never waits for it)."""
+def _pack_lock(gitdir: Path, name: str = PACK_LOCK_FILE) -> Iterator[bool]:
+    """Whether this caller holds the ledger's packing (or merging) lock; never waits."""
     try:
-        fd = os.open(gitdir / PACK_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(gitdir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise _storage_error("pack the objects of", gitdir, exc) from None
     try:
@@ -1070,7 +1073,7 @@ def merge_small_packs(repo: pygit2.Repository, gitdir: Path) -> int:
     """
     pack_dir = gitdir / "objects" / "pack"
     try:
-        with _pack_lock(gitdir) as locked:
+        with _pack_lock(gitdir, MERGE_LOCK_FILE) as locked:
             if not locked:
                 return 0
             _remove_stale_leftovers(pack_dir)
@@ -1078,22 +1081,29 @@ def merge_small_packs(repo: pygit2.Repository, gitdir: Path) -> int:
             if len(small) < 2:
                 return 0
             writer = packfile.PackWriter()
+            merged: list[_Pack] = []
             for pack in small:
-                entries = packfile.whole_entries(
-                    pack.base.with_suffix(".pack").read_bytes(),
-                    pack.base.with_suffix(".idx").read_bytes(),
-                )
+                try:
+                    entries = packfile.whole_entries(
+                        pack.base.with_suffix(".pack").read_bytes(),
+                        pack.base.with_suffix(".idx").read_bytes(),
+                    )
+                except FileNotFoundError:
+                    continue  # a repack running beside this merge took it already
                 if entries is not None:  # an append's pack: its entries are copied as is
                     for raw, entry in entries:
                         writer.add_entry(raw, entry)
-                    continue
-                for oid in _pack_oids(pack):  # (a fetched pack may hold deltas)
-                    obj_type, data = repo.odb.read(oid)
-                    writer.add(int(obj_type), bytes(data))
+                else:
+                    for oid in _pack_oids(pack):  # (a fetched pack may hold deltas)
+                        obj_type, data = repo.odb.read(oid)
+                        writer.add(int(obj_type), bytes(data))
+                merged.append(pack)
+            if len(merged) < 2:
+                return 0
             writer.write(pack_dir)
             _syncfs(gitdir)
-            _remove_packs(small)
-            return len(small)
+            _remove_packs(merged)
+            return len(merged)
     except (pygit2.GitError, OSError, ValueError) as exc:
         raise _storage_error("merge the packs of", gitdir, exc) from None
 
@@ -1123,12 +1133,18 @@ def pack_objects(repo: pygit2.Repository, gitdir: Path, *, threads: int = 0) -> 
                 # The odb lists an object once per place it is stored (loose, each pack).
                 wanted = {oid.raw for oid in repo.odb}
             else:
-                drop = [p for p in packs if p.count <= MEDIUM_PACK_OBJECTS]
+                drop = []
+                wanted = {oid.raw for _, oid in loose}
+                for pack in packs:
+                    if pack.count > MEDIUM_PACK_OBJECTS:
+                        continue
+                    try:
+                        wanted.update(oid.raw for oid in _pack_oids(pack))
+                    except FileNotFoundError:
+                        continue  # a merge running beside this repack took it already
+                    drop.append(pack)
                 if not loose and len(drop) < 2:
                     return 0
-                wanted = {oid.raw for _, oid in loose}
-                for pack in drop:
-                    wanted.update(oid.raw for oid in _pack_oids(pack))
             builder = pygit2.PackBuilder(repo)
             builder.set_threads(threads)
             for raw in wanted:
@@ -1170,6 +1186,10 @@ def _remove_loose(loose: list[tuple[Path, pygit2.Oid]]) -> None:
             directory.rmdir()
         except OSError:  # not empty: another writer added an object meanwhile
             continue
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 def _seconds(time: str) -> int:

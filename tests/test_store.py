@@ -465,3 +465,38 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
     fsck = git("fsck", "--strict", "--no-dangling", cwd=copy, check=False)
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
     assert verify_ledger(copy, trust_genesis=ledger.genesis_id).ok
+
+
+def test_small_packs_are_merged_while_a_repack_runs(
+    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repack with deltas can take seconds; the merges of small packs do not wait for it,
+    so a busy ledger never piles up hundreds of packs for readers to search."""
+    import threading
+
+    from ledger import store
+
+    monkeypatch.setattr(store, "PACK_EVERY", 5)
+    monkeypatch.setattr(store, "MERGE_EVERY", 4)
+    release = threading.Event()
+    real_pack = store.pack_objects
+
+    def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
+        assert release.wait(60)
+        return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "pack_objects", held_pack)
+    for i in range(40):
+        ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
+        if ledger._merger is not None:
+            ledger._merger.join()  # (only to make the count below exact)
+    pack_dir = ledger.gitdir / "objects" / "pack"
+    small = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    assert ledger._packer is not None and ledger._packer.is_alive()  # the repack is held
+    assert len(small) <= store.MERGE_EVERY  # ... and yet the small packs were merged
+    release.set()
+    ledger.wait_for_packing()
+    assert ledger.last_pack_error is None
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=ledger.path, check=False)
+    assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
