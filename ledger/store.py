@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time as _time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,10 +75,22 @@ class _Tip:
     raw: bytes  # the commit object's content (for Ledger-Prev-Sha256)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _OpenFiles:
-    lock: int  # <gitdir>/ledger.lock
-    gitdir: int  # the git directory, for syncfs
+    """Descriptors a ledger object keeps open across appends; closed by :meth:`close`, at
+    the latest when the object is collected or the interpreter exits (``weakref.finalize``
+    runs before modules are torn down, unlike ``__del__``)."""
+
+    lock: int | None = None  # <gitdir>/ledger.lock
+    gitdir: int | None = None  # the git directory, for syncfs
+    index: int | None = None  # the seq index
+
+    def close(self) -> None:
+        for name in ("lock", "gitdir", "index"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -259,14 +272,14 @@ class Ledger:
         self._merger: threading.Thread | None = None
         self._full_pack_due = False
         self._trees = _Trees(repo)
-        self._open: _OpenFiles | None = None
+        self._files = _OpenFiles()
+        weakref.finalize(self, self._files.close)
         self._thread_lock = threading.Lock()
         self._last: _Tip | None = None
         # Paths an append uses, made once (building them is a visible part of an append).
         self._main_file = str(self.gitdir / MAIN_REF)
         self._pack_dir = self.gitdir / "objects" / "pack"
         self._head_is_main: bool | None = None
-        self._index_fd: int | None = None
 
     # -- creation and opening -----------------------------------------------------------
 
@@ -502,30 +515,20 @@ class Ledger:
     def _index_put(self, seq: int, oid: pygit2.Oid) -> None:
         """Record that ``seq`` is at ``oid`` (a local accelerator, never trusted blindly)."""
         try:
-            if self._index_fd is None:
+            if self._files.index is None:
                 path = self._index_path()
                 path.parent.mkdir(exist_ok=True)
-                self._index_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            os.pwrite(self._index_fd, oid.raw, seq * _OID_LEN)
+                self._files.index = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.pwrite(self._files.index, oid.raw, seq * _OID_LEN)
         except OSError:
             # Only an accelerator: lookups check what it says and rebuild what is missing.
-            if self._index_fd is not None:
-                fd, self._index_fd = self._index_fd, None
+            if self._files.index is not None:
+                fd, self._files.index = self._files.index, None
                 os.close(fd)
 
     def close(self) -> None:
         """Close the files this object keeps open (it stays usable: they are reopened)."""
-        if self._index_fd is not None:
-            fd, self._index_fd = self._index_fd, None
-            os.close(fd)
-        if self._open is not None:
-            files, self._open = self._open, None
-            os.close(files.lock)
-            os.close(files.gitdir)
-
-    def __del__(self) -> None:
-        if getattr(self, "_index_fd", None) is not None or getattr(self, "_open", None):
-            self.close()
+        self._files.close()
 
     def _index_get(self, seq: int) -> pygit2.Oid | None:
         try:
@@ -719,7 +722,7 @@ class Ledger:
             raise too_long
         try:
             try:
-                fd = self._fds().lock
+                fd = self._fds()[0]
             except OSError as exc:
                 raise _storage_error("lock", self.path, exc) from None
             deadline = _time.monotonic() + timeout
@@ -815,18 +818,19 @@ class Ledger:
             except OSError:
                 continue  # the reflog is a convenience for people, not part of the ledger
 
-    def _fds(self) -> _OpenFiles:
-        """Descriptors kept open across appends (opening files is a large part of one)."""
-        if self._open is None:
+    def _fds(self) -> tuple[int, int]:
+        """The append lock's and the git directory's descriptors, kept open across appends
+        (opening files is a large part of one)."""
+        files = self._files
+        if files.lock is None or files.gitdir is None:
             self._pack_dir.mkdir(parents=True, exist_ok=True)  # (git always makes it)
-            lock = os.open(self.gitdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                gitdir = os.open(self.gitdir, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                os.close(lock)
-                raise
-            self._open = _OpenFiles(lock, gitdir)
-        return self._open
+            if files.lock is None:
+                files.lock = os.open(
+                    self.gitdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+                )
+            if files.gitdir is None:
+                files.gitdir = os.open(self.gitdir, os.O_RDONLY | os.O_CLOEXEC)
+        return files.lock, files.gitdir
 
     def append(
         self,
@@ -924,9 +928,9 @@ class Ledger:
                 )
                 oid = pygit2.Oid(raw=objects.add(packfile.OBJ_COMMIT, commit_raw))
                 objects.write(self._pack_dir)
-                _syncfs(self.gitdir, self._fds().gitdir)
+                _syncfs(self.gitdir, self._fds()[1])
                 self._move_main(parent.commit_id, str(oid), who, now, f"ledger: append seq {seq}")
-                _syncfs(self.gitdir, self._fds().gitdir)
+                _syncfs(self.gitdir, self._fds()[1])
             except (pygit2.GitError, OSError) as exc:
                 raise _storage_error("append to", self.path, exc) from None
             self._last = _Tip(str(oid), seq, tree, commit_raw)
