@@ -219,6 +219,9 @@ def git_verify_rate(path: Path, led: Ledger, sample: int, tmp: Path, runs: int =
     return len(ids) / best
 
 
+# The peak is read from /proc/self/status (VmHWM: this process's own address space). Not
+# ru_maxrss: Linux carries the parent's peak into a child that was started by vfork+exec, so
+# it would report the benchmark's own builder (hundreds of MB) instead of the verifier.
 _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
@@ -226,9 +229,16 @@ from ledger.verify import verify_ledger
 start = time.perf_counter()
 result = verify_ledger(Path(sys.argv[1]))
 elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1])
+except OSError:
+    pass
 print(json.dumps({"ok": result.ok, "n": result.records_checked, "s": elapsed,
                   "findings": [f.to_json() for f in result.findings[:3]],
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "maxrss_kb": peak}))
 """
 
 
