@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,52 @@ def test_corrupted_object_is_reported(setup: tuple[Path, Path]) -> None:
     res = run_cli("log", "-L", led)
     assert res.code == 6, res.output
     no_traceback(res)
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on its own 8 MiB filesystem (tmpfs), so that a test can fill it up."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {made.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_record_on_a_full_disk_fails_cleanly_and_loses_nothing(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "alice"
+    assert run_cli("keys", "generate", key, "-C", "alice@example.com").code == 0
+    led = small_disk / "ledger.git"
+    assert run_cli("init", led, "--key", key, "--name", "ops").code == 0
+    assert run_cli("record", "-L", led, "-k", key, "-m", "before").code == 0
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh:  # take every block that is left
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError):
+            while True:
+                fh.write(chunk)
+                fh.flush()
+    res = run_cli("record", "-L", led, "-k", key, "-m", "on a full disk")
+    assert res.code == 6, res.output
+    assert "disk is full" in res.err, res.output
+    no_traceback(res)
+    assert not list((led / "objects" / "pack").glob("tmp_*"))  # nothing half-written kept
+    filler.unlink()
+    assert run_cli("verify", "-L", led).code == 0  # the failed append left no trace
+    assert run_cli("record", "-L", led, "-k", key, "-m", "after").code == 0
+    log = run_cli("log", "-L", led, "--json")
+    messages = [r["record"]["data"].get("message") for r in json.loads(log.out)]
+    assert "on a full disk" not in messages and {"before", "after"} <= set(messages)
+    assert git("fsck", "--strict", cwd=led, check=False).returncode == 0
