@@ -11,8 +11,8 @@ Measures, in this one run, on a throwaway key and ledger:
 
 Per-step overhead = (time of ``ledger run`` - time of bash) / N, for each repetition; the
 median is printed and compared with the 15 ms target. The fixed cost of a run (Python
-start-up, verification of the ledger, run.started/run.finished) is also shown, from the
-difference between a run of N and a run of N/10 steps.
+start-up, verification of the ledger, run.started/run.finished) and the cost of one more
+step (with its bash process) are also shown, from a run of N and a run of N/10 steps.
 
 Usage: python bench/bench_run.py [--steps 200] [--repeat 5]
 """
