@@ -124,12 +124,13 @@ class PackWriter:
         return pack, _encode_index(index, checksum), checksum.hex()
 
     def write(self, pack_dir: str | os.PathLike[str]) -> str:
-        """Write ``pack-<sha1>.pack`` then ``.idx`` into ``pack_dir`` (each to a temporary
-        file renamed into place; the index last, as readers find packs by their index).
-        Not synced: the caller makes them durable. Returns the pack's name."""
+        """Write ``pack-<sha1>.pack`` then its ``.idx`` into ``pack_dir``. Readers find packs
+        by their index, so the pack is written in place and the index, last, through a
+        temporary file renamed into place. Not synced: the caller makes them durable.
+        Returns the pack's name."""
         pack, idx, name = self.encode()
         directory = os.fspath(pack_dir)
-        _write_new(directory, f"pack-{name}.pack", pack)
+        _write_in_place(os.path.join(directory, f"pack-{name}.pack"), pack)
         _write_new(directory, f"pack-{name}.idx", idx)
         return name
 
@@ -206,6 +207,32 @@ def whole_entries(pack: bytes, idx: bytes) -> list[tuple[bytes, bytes]] | None:
             return None  # a delta
         out.append((oid, pack[start:end]))
     return out
+
+
+def _write_in_place(path: str, data: bytes) -> None:
+    """Create ``path`` with ``data``. A pack is named by its content's digest: one that
+    exists with these very bytes is kept; one cut short by a crash (it has no index, so it
+    was never read) is replaced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o444)
+    except FileExistsError:
+        with open(path, "rb") as fh:
+            if fh.read(len(data) + 1) == data:
+                return
+        os.unlink(path)
+        fd = os.open(path, flags, 0o444)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
 
 
 def _write_new(directory: str, name: str, data: bytes) -> None:

@@ -157,3 +157,19 @@ def test_commit_bytes_match_libgit2(bare: Path) -> None:
     oid = repo.odb.write(pygit2.enums.ObjectType.COMMIT, raw)
     assert git("--git-dir", bare, "cat-file", "-p", str(oid)).returncode == 0
     assert git("--git-dir", bare, "fsck", "--strict", "--no-dangling").returncode == 0
+
+
+def test_a_pack_cut_short_under_the_same_name_is_replaced(bare: Path) -> None:
+    """Packs are named by their content, so a merge redone after a crash writes the same
+    name again: a partial file left there must not be taken for the pack."""
+    writer = packfile.PackWriter()
+    writer.add(packfile.OBJ_BLOB, b"the only object\n" * 100)
+    pack, _idx, name = writer.encode()
+    pack_dir = bare / "objects" / "pack"
+    partial = pack_dir / f"pack-{name}.pack"
+    partial.write_bytes(pack[: len(pack) // 2])
+    assert writer.write(pack_dir) == name
+    assert partial.read_bytes() == pack
+    assert git("--git-dir", bare, "verify-pack", pack_dir / f"pack-{name}.idx").returncode == 0
+    assert writer.write(pack_dir) == name  # the same pack again: kept as it is
+    assert partial.read_bytes() == pack
