@@ -1532,10 +1532,18 @@ class TemplateContext:
             self.steps[step.name] = StepState(name=step.name, outputs=outputs)
         self.current: StepState | None = None
         self._runbook_env: dict[bool, dict[str, str]] = {}
-        # ``steps.*`` namespaces, built once per step state rather than once per render
-        # (a long runbook would otherwise rebuild every earlier step's at every step).
-        self._step_ns: dict[tuple[str, bool], Namespace] = {}
-        self._steps_ns: dict[bool, Namespace] = {}
+        # ``steps`` as templates see it (real and redacted): each step's namespace is built
+        # when its state changes, not at every render (a long runbook would otherwise
+        # rebuild every earlier step's at every step).
+        self._steps_data: dict[bool, dict[str, object]] = {
+            redacted: {
+                name: self._one_step_ns(state, redacted) for name, state in self.steps.items()
+            }
+            for redacted in (False, True)
+        }
+        self._steps_ns = {
+            redacted: Namespace.view(data, "steps") for redacted, data in self._steps_data.items()
+        }
 
     # ----- state updates
 
@@ -1556,9 +1564,8 @@ class TemplateContext:
         self.steps[name] = StepState(
             name=name, status=status, exit_code=exit_code, outputs=dict(outputs or {})
         )
-        self._step_ns.pop((name, False), None)
-        self._step_ns.pop((name, True), None)
-        self._steps_ns.clear()
+        for redacted, data in self._steps_data.items():
+            data[name] = self._one_step_ns(self.steps[name], redacted)
         if self.current is not None and self.current.name == name:
             self.current = None
 
@@ -1591,21 +1598,17 @@ class TemplateContext:
         return self._runbook_env[redacted]
 
     def _one_step_ns(self, state: StepState, redacted: bool) -> Namespace:
-        """``steps.NAME`` for one step (cached until the step's state changes)."""
-        cached = self._step_ns.get((state.name, redacted))
-        if cached is None:
-            secrets = self.secrets()
-            outputs = {k: (redact(v, secrets) if redacted else v) for k, v in state.outputs.items()}
-            cached = Namespace(
-                {
-                    "exit_code": state.exit_code,
-                    "status": state.status,
-                    "outputs": Namespace(outputs, f"steps.{state.name}.outputs"),
-                },
-                f"steps.{state.name}",
-            )
-            self._step_ns[(state.name, redacted)] = cached
-        return cached
+        """``steps.NAME`` for one step's state."""
+        secrets = self.secrets()
+        outputs = {k: (redact(v, secrets) if redacted else v) for k, v in state.outputs.items()}
+        return Namespace(
+            {
+                "exit_code": state.exit_code,
+                "status": state.status,
+                "outputs": Namespace(outputs, f"steps.{state.name}.outputs"),
+            },
+            f"steps.{state.name}",
+        )
 
     def _params_ns(self, redacted: bool) -> Namespace:
         values = self.params.redacted() if redacted else self.params.values
@@ -1629,13 +1632,7 @@ class TemplateContext:
         def out(value: str) -> str:
             return redact(value, secrets) if redacted else value
 
-        steps = self._steps_ns.get(redacted)
-        if steps is None:
-            steps = Namespace(
-                {name: self._one_step_ns(state, redacted) for name, state in self.steps.items()},
-                "steps",
-            )
-            self._steps_ns[redacted] = steps
+        steps = self._steps_ns[redacted]
         current = self._current_for(step)
         step_ns = Namespace(
             {

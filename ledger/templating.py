@@ -73,6 +73,15 @@ class Namespace:
         object.__setattr__(self, "_data", dict(data))
         object.__setattr__(self, "_label", label)
 
+    @classmethod
+    def view(cls, data: dict[str, object], label: str) -> Namespace:
+        """A namespace over ``data`` itself, not a copy: its owner may keep updating it
+        (templates still cannot)."""
+        ns = cls.__new__(cls)
+        object.__setattr__(ns, "_data", data)
+        object.__setattr__(ns, "_label", label)
+        return ns
+
     def __getattr__(self, name: str) -> object:
         data: dict[str, object] = object.__getattribute__(self, "_data")
         try:
