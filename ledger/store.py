@@ -61,6 +61,8 @@ PACK_EVERY = 1000
 objects and the small and merged packs into one pack with deltas (in a background thread:
 appends go on meanwhile)."""
 MAX_PACKS = 32
+UPKEEP_NICE = 19
+"""The niceness of the upkeep threads (Linux schedules threads one by one)."""
 """When there are this many large packs, they are consolidated into one."""
 _OID_LEN = 20
 
@@ -970,6 +972,9 @@ class Ledger:
 
     def _upkeep(self, work: Callable[..., int], name: str, **kwargs: Any) -> threading.Thread:
         def run() -> None:
+            with contextlib.suppress(OSError, AttributeError):
+                # Background work yields the CPU to the appends and the run's commands.
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPKEEP_NICE)
             try:
                 # A repository object of its own: the appending thread keeps using self.repo.
                 work(open_repository(self.gitdir), self.gitdir, **kwargs)

@@ -500,3 +500,28 @@ def test_small_packs_are_merged_while_a_repack_runs(
     assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
     fsck = git("fsck", "--strict", "--no-dangling", cwd=ledger.path, check=False)
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
+
+
+def test_upkeep_runs_at_low_priority(
+    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pack upkeep is background work: its thread is niced so that the appends and a run's
+    commands keep the CPU; the appending thread keeps its own priority."""
+    import threading
+
+    from ledger import store
+
+    seen: list[int] = []
+    real_merge = store.merge_small_packs
+
+    def observed(repo: object, gitdir: Path) -> int:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_merge(repo, gitdir)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "merge_small_packs", observed)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    for i in range(store.MERGE_EVERY):
+        ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
+    ledger.wait_for_packing()
+    assert seen == [max(before, store.UPKEEP_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
