@@ -38,7 +38,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -1297,9 +1297,12 @@ def allowed_signers_line(
 
     ``<principal> namespaces="git"[,valid-after="YYYYMMDDHHMMSSZ"][,valid-before="…"]
     <type> <base64>``, without newline. Times are written in UTC (naive datetimes are taken
-    as UTC), to the second; OpenSSH treats both bounds as inclusive. InputError if the
-    principal cannot be written safely (empty, whitespace, quotes, commas, wildcards,
-    control characters, a leading ``#``) or valid-before precedes valid-after.
+    as UTC), to the second; OpenSSH treats both bounds as inclusive but refuses a line whose
+    valid-before is not after its valid-after, so a key added and revoked within the same
+    second is written valid for that second and the next (the ledger's own verification
+    orders them by seq). InputError if the principal cannot be written safely (empty,
+    whitespace, quotes, commas, wildcards, control characters, a leading ``#``) or
+    valid-before precedes valid-after.
     """
     if (
         not principal
@@ -1311,6 +1314,12 @@ def allowed_signers_line(
             hint="Use a principal without spaces, quotes, commas, wildcards (* ? !) or "
             "control characters, such as an e-mail address.",
         )
+    if (
+        valid_after is not None
+        and valid_before is not None
+        and _ssh_time(valid_before) == _ssh_time(valid_after)
+    ):
+        valid_before = valid_after + timedelta(seconds=1)
     options = ['namespaces="git"']
     if valid_after is not None:
         options.append(f'valid-after="{_ssh_time(valid_after)}"')

@@ -778,6 +778,25 @@ def test_allowed_signers_validity_is_honoured_by_git(tmp_path: Path) -> None:
     assert _verify_commit(tmp_path, repo_path, oid, pk, valid_after=tokyo + second).returncode != 0
 
 
+def test_a_key_added_and_revoked_in_one_second_is_accepted_by_git(tmp_path: Path) -> None:
+    """OpenSSH refuses a line whose valid-before is not after its valid-after; a key revoked
+    in the second it was added is written valid for that second and the next."""
+    repo_path = tmp_path / "repo.git"
+    repo = pygit2.init_repository(str(repo_path), bare=True)
+    key = SigningKey.generate()
+    added = datetime(2021, 6, 1, 12, 0, 0, 100_000, tzinfo=UTC)
+    revoked = added + timedelta(microseconds=700_000)
+    oid, _ = _signed_commit(repo, key, int(added.timestamp()), "in between\n")
+    line = allowed_signers_line("p", key.public_key, added, revoked)
+    assert 'valid-after="20210601120000Z",valid-before="20210601120001Z"' in line
+    assert (
+        _verify_commit(
+            tmp_path, repo_path, oid, key.public_key, valid_after=added, valid_before=revoked
+        ).returncode
+        == 0
+    )
+
+
 def test_allowed_signers_line_format() -> None:
     pk = SigningKey.generate().public_key
     assert allowed_signers_line("alice@example.com", pk, None, None) == (
