@@ -209,19 +209,13 @@ def whole_entries(pack: bytes, idx: bytes) -> list[tuple[bytes, bytes]] | None:
     return out
 
 
-def _write_in_place(path: str, data: bytes) -> None:
-    """Create ``path`` with ``data``. A pack is named by its content's digest: one that
-    exists with these very bytes is kept; one cut short by a crash (it has no index, so it
-    was never read) is replaced."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o444)
-    except FileExistsError:
-        with open(path, "rb") as fh:
-            if fh.read(len(data) + 1) == data:
-                return
-        os.unlink(path)
-        fd = os.open(path, flags, 0o444)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _create(path: str, data: bytes) -> None:
+    """Create ``path`` (read-only, never over an existing file) holding ``data``; nothing is
+    left behind if writing fails."""
+    fd = os.open(path, _NEW_FILE, 0o444)
     try:
         try:
             view = memoryview(data)
@@ -235,16 +229,25 @@ def _write_in_place(path: str, data: bytes) -> None:
         raise
 
 
-def _write_new(directory: str, name: str, data: bytes) -> None:
-    tmp = os.path.join(directory, f"tmp_ledger_{secrets.token_hex(8)}_{name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+def _write_in_place(path: str, data: bytes) -> None:
+    """Create ``path`` with ``data``. A pack is named by its content's digest: one that
+    exists with these very bytes is kept; one cut short by a crash (it has no index, so it
+    was never read) is replaced."""
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        _create(path, data)
+    except FileExistsError:
+        with open(path, "rb") as fh:
+            if fh.read(len(data) + 1) == data:
+                return
+        os.unlink(path)
+        _create(path, data)
+
+
+def _write_new(directory: str, name: str, data: bytes) -> None:
+    """Write ``name`` in ``directory`` through a temporary file renamed into place."""
+    tmp = os.path.join(directory, f"tmp_ledger_{secrets.token_hex(8)}_{name}")
+    _create(tmp, data)
+    try:
         os.replace(tmp, os.path.join(directory, name))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
