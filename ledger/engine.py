@@ -417,12 +417,7 @@ def extend_verified_state(ledger: Ledger, appended: list[Appended]) -> bool:
             return False
         expected = state.head
         for done in appended:
-            parents: list[str] = [done.parent] if done.parent is not None else []
-            if done.parent is None:  # not known from the append: read it
-                commit = ledger.repo.get(done.commit_id)
-                if isinstance(commit, pygit2.Commit):
-                    parents = [str(p) for p in commit.parent_ids]
-            if parents != [expected]:
+            if done.parent != expected:  # (the store names the parent of every append)
                 return False
             expected = done.commit_id
         last = appended[-1]

@@ -59,14 +59,14 @@ def parse_tree(raw: bytes) -> list[TreeEntry]:
     return entries
 
 
-def _sort_key(entry: TreeEntry) -> bytes:
-    # git orders a tree's entries by name, a subtree's name compared as if it ended in '/'.
-    return entry[1] + b"/" if entry[0] == MODE_TREE else entry[1]
+def git_order(name: bytes, mode: bytes) -> bytes:
+    """The key git orders a tree's entries by: the name, a subtree's as if it ended in '/'."""
+    return name + b"/" if mode == MODE_TREE else name
 
 
 def serialize_tree(entries: Iterable[TreeEntry]) -> bytes:
     """A raw tree object of ``entries`` in git's order. ``ValueError`` on a duplicate name."""
-    ordered = sorted(entries, key=_sort_key)
+    ordered = sorted(entries, key=lambda entry: git_order(entry[1], entry[0]))
     for a, b in itertools.pairwise(ordered):
         if a[1] == b[1]:
             raise ValueError(f"duplicate tree entry {a[1].decode(errors='replace')!r}")
@@ -265,6 +265,7 @@ __all__ = [
     "PackWriter",
     "TreeEntry",
     "add_signature",
+    "git_order",
     "index_object_ids",
     "object_id",
     "parse_tree",

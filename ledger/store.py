@@ -1236,11 +1236,6 @@ def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
     return bytes(obj.data)
 
 
-def _git_order(name: bytes, mode: bytes) -> bytes:
-    # git orders a tree's entries by name, a subtree's name compared as if it ended in '/'.
-    return name + b"/" if mode == packfile.MODE_TREE else name
-
-
 class _Trees:
     """Builds the new trees of an append: a base tree plus new files, never replacing one.
 
@@ -1270,7 +1265,7 @@ class _Trees:
                 f"the tree at {where or '/'} is damaged ({exc}).",
                 hint="Run 'ledger verify' to see what is wrong.",
             ) from None
-        keys = [_git_order(name, mode) for mode, name, _ in parsed]
+        keys = [packfile.git_order(name, mode) for mode, name, _ in parsed]
         if any(a >= b for a, b in itertools.pairwise(keys)):
             raise StorageError(
                 f"the tree at {where or '/'} is not in git's order; the ledger is damaged.",
@@ -1306,12 +1301,14 @@ class _Trees:
         raws: dict[bytes, bytes],
     ) -> bytes:
         entries = dict(self.entries(base, where)) if base is not None else {}
-        last = _git_order(*next(((k, v[0]) for k, v in reversed(entries.items())), (b"", b"")))
+        last = packfile.git_order(
+            *next(((k, v[0]) for k, v in reversed(entries.items())), (b"", b""))
+        )
         in_order = True
         added: list[bytes] = []  # new names, in order
         changes = sorted(
             ((name.encode("utf-8"), value) for name, value in node.items()),
-            key=lambda item: _git_order(
+            key=lambda item: packfile.git_order(
                 item[0], packfile.MODE_TREE if isinstance(item[1], dict) else packfile.MODE_BLOB
             ),
         )
@@ -1338,7 +1335,7 @@ class _Trees:
                     )
                 entries[key] = (packfile.MODE_BLOB, value)
             if existing is None:  # a new name: still in order if it sorts after the rest
-                order = _git_order(key, entries[key][0])
+                order = packfile.git_order(key, entries[key][0])
                 in_order = in_order and order > last
                 last = max(last, order)
                 added.append(key)
@@ -1351,7 +1348,9 @@ class _Trees:
             )
         else:
             if not in_order:
-                entries = dict(sorted(entries.items(), key=lambda kv: _git_order(kv[0], kv[1][0])))
+                entries = dict(
+                    sorted(entries.items(), key=lambda kv: packfile.git_order(kv[0], kv[1][0]))
+                )
             raw = b"".join(mode + b" " + n + b"\0" + eid for n, (mode, eid) in entries.items())
         oid = objects.add(packfile.OBJ_TREE, raw)
         built[oid] = entries
