@@ -13,12 +13,12 @@ from typing import Any
 
 import pygit2
 import pytest
-from test_tamper import (
+from support.gitcmd import loose_object
+from support.tamper import (
     Built,
     build,
     canonical,
     forge_append,
-    loose_object,
     raw_commit,
     rules_at,
     set_main,
