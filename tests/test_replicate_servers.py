@@ -9,7 +9,6 @@ from pathlib import Path
 
 import gitservers
 import pytest
-from conftest import git, run_cli
 from gitservers import (
     HTTP_PASSWORD,
     HTTP_USER,
@@ -19,7 +18,9 @@ from gitservers import (
     free_port,
     ssh_keygen,
 )
-from test_replicate import (
+from support.cli import run_cli
+from support.gitcmd import git
+from support.replicas import (
     TestLedger,
     make_ledger,
     remote_head,
