@@ -14,12 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from markdown_it import MarkdownIt
 from markdown_it.token import Token
+from support.markdown import MD, structure
 
 from ledger import mdsafe
-
-MD = MarkdownIt("commonmark").enable("table")
 
 HOSTILE: list[Any] = [
     "```",
@@ -67,24 +65,6 @@ HOSTILE: list[Any] = [
     "\ud800 lone surrogate",
 ]
 HOSTILE_IDS = [repr(h)[:40] for h in HOSTILE]
-
-
-def signature(tokens: list[Token]) -> list[tuple[str, ...]]:
-    """A document's structure: block tokens in order; for inline tokens, the kinds of their
-    children other than text (so different text gives the same signature, but emphasis,
-    links, HTML, code spans or line breaks would not)."""
-    sig: list[tuple[str, ...]] = []
-    for tok in tokens:
-        if tok.type == "inline":
-            kinds = [c.type for c in tok.children or [] if c.type not in ("text", "text_special")]
-            sig.append(("inline", *kinds))
-        else:
-            sig.append((tok.type, tok.tag, str(tok.nesting)))
-    return sig
-
-
-def structure(markdown: str) -> list[tuple[str, ...]]:
-    return signature(MD.parse(markdown))
 
 
 def shown_text(inline_tok: Token) -> str:
