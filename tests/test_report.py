@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from markdown_it import MarkdownIt
-from test_mdsafe import structure
+from support.markdown import MD, structure
 
 from ledger import report as rp
 from ledger.errors import TemplateError
 
-MD = MarkdownIt("commonmark").enable("table")
 FP_ALICE = "SHA256:" + "A" * 43
 FP_BOB = "SHA256:" + "B" * 43
 LEDGER_ID = "0123456789abcdef0123456789abcdef"
