@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from markdown_it import MarkdownIt
+from support.markdown import MD
 
 from ledger import records, replicate
 from ledger.signing import SigningKey
 from ledger.store import Ledger
 from tests.conftest import git, run_cli
-
-MD = MarkdownIt("commonmark").enable("table")
 
 
 def stream_meta(data: bytes) -> dict[str, Any]:
