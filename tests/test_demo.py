@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from markdown_it import MarkdownIt
+from support.markdown import MD
 
 from tests.conftest import git, run_cli
 
@@ -21,7 +21,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     report = root / "report.md"
     assert str(report) in res.out
     text = report.read_text()
-    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    tokens = MD.parse(text)
     headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
     assert headings[0] == "Incident DEMO-1"
     assert "[REDACTED:token]" in text.replace("\\", "")
