@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
 import threading
 import time
 from datetime import datetime
@@ -16,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import git
-from waiting import wait_for
+from support.cli import alive as _alive
+from support.gitcmd import git
+from support.ledgers import PRINCIPAL, finished, wait_for_request
+from support.ledgers import EngineEnv as Env
+from support.waiting import wait_for
 
 from ledger import records
 from ledger.engine import (
@@ -37,52 +39,15 @@ from ledger.engine import (
     trigger_data,
 )
 from ledger.errors import (
-    ApprovalRefused,
     LockTimeout,
     ResumeRefused,
     RunFailed,
     RunInterrupted,
     RunRejected,
 )
-from ledger.runbook import Runbook, load_runbook, resolve_parameters
+from ledger.runbook import Runbook, resolve_parameters
 from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
-
-PRINCIPAL = "op@example.com"
-
-
-class Env:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.key = SigningKey.generate(comment=PRINCIPAL)
-        self.key_path = tmp / "op_key"
-        self.key.save(self.key_path)
-        self.ledger = Ledger.init(tmp / "ledger", name="test", key=self.key, principal=PRINCIPAL)
-        self.work = tmp / "work"
-        self.work.mkdir()
-
-    def book(self, text: str, name: str = "rb.yaml") -> Runbook:
-        path = self.tmp / name
-        path.write_text(textwrap.dedent(text).replace("@W@", str(self.work)), encoding="utf-8")
-        return load_runbook(path)
-
-    def run(
-        self,
-        book: Runbook,
-        params: dict[str, str] | None = None,
-        *,
-        environ: dict[str, str] | None = None,
-        events: EngineEvents | None = None,
-        stop: threading.Event | None = None,
-        **kw: Any,
-    ) -> RunOutcome:
-        env = dict(os.environ) if environ is None else environ
-        resolved = resolve_parameters(book, params or {}, env)
-        runner = Runner(self.ledger, self.key, events=events, stop=stop, **kw)
-        return runner.run(RunRequest(runbook=book, params=resolved, environ=env))
-
-    def recs(self, run_id: str) -> list[StoredRecord]:
-        return self.ledger.run_records(run_id)
 
 
 @pytest.fixture()
@@ -92,10 +57,6 @@ def env(tmp_path: Path) -> Env:
 
 def kinds(recs: list[StoredRecord]) -> list[str]:
     return [r.kind for r in recs]
-
-
-def finished(recs: list[StoredRecord], step: str) -> list[StoredRecord]:
-    return [r for r in recs if r.kind == "step.finished" and r.data["step"] == step]
 
 
 def started(recs: list[StoredRecord], step: str) -> list[StoredRecord]:
@@ -223,19 +184,6 @@ def test_runner_private_variables_do_not_reach_steps(env: Env) -> None:
 
 
 # --------------------------------------------------------------------------- timeout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_timeout_kills_the_whole_process_group(env: Env) -> None:
@@ -849,20 +797,6 @@ def test_resume_refuses_unknown_and_unfinished_runs(env: Env) -> None:
 # --------------------------------------------------------------------------- approvals
 
 
-def _wait_for_request(path: Path, run_id: str, step: str) -> None:
-    """Until the run asks for approval at ``step`` (woken by each append to the ledger)."""
-    from ledger import approvals
-
-    def asked() -> bool:
-        try:
-            approvals.pending_request(Ledger.open(path), run_id, step)
-        except ApprovalRefused:
-            return False
-        return True
-
-    wait_for(asked, f"the run to wait at {step}", files=[path / "refs" / "heads"])
-
-
 def test_approval_from_a_second_key_lets_the_run_go_on(env: Env) -> None:
     from ledger import approvals
 
@@ -896,7 +830,7 @@ def test_approval_from_a_second_key_lets_the_run_go_on(env: Env) -> None:
     run_id = records.new_run_id()
 
     def approve() -> None:
-        _wait_for_request(env.ledger.path, run_id, "approve")
+        wait_for_request(env.ledger.path, run_id, "approve")
         other = Ledger.open(env.ledger.path)
         approvals.record_approval(other, run_id, "approve", key=bob, comment="go")
 
@@ -957,7 +891,7 @@ def test_approval_timeout_fails_the_run_and_rejection_rejects_it(env: Env) -> No
     run_id = records.new_run_id()
 
     def reject() -> None:
-        _wait_for_request(env.ledger.path, run_id, "approve")
+        wait_for_request(env.ledger.path, run_id, "approve")
         other = Ledger.open(env.ledger.path)
         approvals.record_approval(
             other, run_id, "approve", key=env.key, decision="rejected", comment="no"
