@@ -8,62 +8,21 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import textwrap
 import zlib
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, git, run_cli
-from waiting import wait_for
+from support.cli import CliResult, alive, run_cli
+from support.gitcmd import git
+from support.ledgers import CliEnv as Env
+from support.ledgers import finished
+from support.waiting import wait_for
 
 from ledger.engine import RESUMED_REASON, runbook_lock
 from ledger.signing import SigningKey
-from ledger.store import Ledger, StoredRecord
 
-PRINCIPAL = "op@example.com"
 RUN_ID_RE = re.compile(r"Run (\d{8}T\d{6}Z-[0-9a-f]{8})")
 SECRET = "Tr0ub4dor&3-zebra-SECRET"
-
-
-class Env:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.key = SigningKey.generate(comment=PRINCIPAL)
-        self.key_path = tmp / "op_key"
-        self.key.save(self.key_path)
-        self.path = tmp / "ledger"
-        Ledger.init(self.path, name="test", key=self.key, principal=PRINCIPAL)
-        self.work = tmp / "work"
-        self.work.mkdir()
-
-    @property
-    def ledger(self) -> Ledger:
-        return Ledger.open(self.path)
-
-    def book(self, text: str, name: str = "rb.yaml") -> Path:
-        path = self.tmp / name
-        path.write_text(textwrap.dedent(text).replace("@W@", str(self.work)), encoding="utf-8")
-        return path
-
-    def args(self) -> list[str]:
-        return ["--ledger", str(self.path), "--key", str(self.key_path)]
-
-    def run(self, *args: str | Path, env: dict[str, str] | None = None) -> CliResult:
-        return run_cli(*args, *self.args(), env=env, cwd=self.work)
-
-    def popen(self, *args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledger", *[str(a) for a in args], *self.args()],
-            cwd=self.work,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def recs(self, run_id: str) -> list[StoredRecord]:
-        return self.ledger.run_records(run_id)
 
 
 @pytest.fixture()
@@ -75,22 +34,6 @@ def run_id_of(result: CliResult) -> str:
     found = RUN_ID_RE.search(result.out)
     assert found, result.output
     return found.group(1)
-
-
-def finished(recs: list[StoredRecord], step: str) -> list[StoredRecord]:
-    return [r for r in recs if r.kind == "step.finished" and r.data["step"] == step]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --------------------------------------------------------------------------- basics
