@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, git, run_cli
-from waiting import wait_for
+from support.cli import REPO_ROOT, run_cli
+from support.gitcmd import git
+from support.ledgers import wait_for_request
 
-from ledger import approvals, records
+from ledger import records
 from ledger.runbook import load_runbook
 from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
@@ -307,28 +308,6 @@ def _start_rotation(box: Box, cred: Path, token: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_request(box: Box, proc: subprocess.Popen[str]) -> approvals.ApprovalRequest:
-    pending: list[approvals.ApprovalRequest] = []
-
-    def asked() -> bool:
-        pending[:] = approvals.pending_requests(box.ledger())
-        return bool(pending) or proc.poll() is not None
-
-    try:
-        wait_for(
-            asked,
-            "the run to reach its approval step",
-            files=[box.ledger_path / "refs" / "heads"],
-            pids=[proc.pid],
-            timeout=WAIT_S,
-        )
-    except AssertionError:
-        proc.kill()
-        raise
-    assert pending, proc.communicate()[0]
-    return pending[0]
-
-
 def test_rotate_credential_approved_from_second_process(box: Box) -> None:
     cred = box.tmp / "creds" / "api.token"
     cred.parent.mkdir()
@@ -337,7 +316,7 @@ def test_rotate_credential_approved_from_second_process(box: Box) -> None:
     token = "new-" + secrets.token_hex(12)
     proc = _start_rotation(box, cred, token)
     try:
-        request = _wait_for_request(box, proc)
+        request = wait_for_request(box.ledger_path, proc=proc, timeout=WAIT_S)
         assert request.step == "approve-rotation"
         assert "security@example.com" in request.approvers
         assert request.message and "for incident OPS-7" in request.message
@@ -392,7 +371,7 @@ def test_rotate_credential_rejected(box: Box) -> None:
     cred.write_text("old-credential-value\n")
     proc = _start_rotation(box, cred, "new-" + secrets.token_hex(12))
     try:
-        request = _wait_for_request(box, proc)
+        request = wait_for_request(box.ledger_path, proc=proc, timeout=WAIT_S)
         res = run_cli(
             "approve",
             request.run_id,
@@ -422,7 +401,7 @@ def test_rotate_credential_interrupted_while_waiting(box: Box) -> None:
     cred.write_text("old-credential-value\n")
     proc = _start_rotation(box, cred, "new-" + secrets.token_hex(12))
     try:
-        request = _wait_for_request(box, proc)
+        request = wait_for_request(box.ledger_path, proc=proc, timeout=WAIT_S)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=WAIT_S)
     finally:
