@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import git, run_cli
-from waiting import wait_for
+from support.cli import run_cli
+from support.gitcmd import git
+from support.waiting import wait_for
 
 from ledger import approvals, records
 from ledger.errors import ApprovalRefused, UntrustedKey
