@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import CliResult, git, loose_object, run_cli
+from support.cli import CliResult, run_cli
+from support.gitcmd import git, loose_object
 
 
 def no_traceback(res: CliResult) -> None:
