@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import typer.main
+from support.cli import REPO_ROOT
 
 from ledger import errors
 from ledger.cli import AREAS, app, register
-from tests.conftest import REPO_ROOT
 
 
 def _commands() -> list[tuple[str, str | None]]:
