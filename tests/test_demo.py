@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from support.cli import run_cli
+from support.gitcmd import git
 from support.markdown import MD
-
-from tests.conftest import git, run_cli
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
