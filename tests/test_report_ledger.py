@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
+from support.gitcmd import git
 from support.markdown import MD
 
 from ledger import records, replicate
 from ledger.signing import SigningKey
 from ledger.store import Ledger
-from tests.conftest import git, run_cli
 
 
 def stream_meta(data: bytes) -> dict[str, Any]:
