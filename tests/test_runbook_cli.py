@@ -7,8 +7,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+from support.cli import run_cli
 
-from tests.conftest import run_cli
 from tests.test_runbook import ISSUE_RUNBOOK
 
 
