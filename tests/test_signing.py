@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pygit2
 import pytest
+from support.gitcmd import git
 
 from ledger import signing
 from ledger.errors import InputError, KeyProblem, LedgerExists, SignatureError
@@ -33,7 +34,6 @@ from ledger.signing import (
     verify_signed_commit,
     verify_sshsig,
 )
-from tests.conftest import git
 
 PASS = "correct horse battery"
 
