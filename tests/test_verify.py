@@ -13,7 +13,8 @@ from typing import Any
 
 import pygit2
 import pytest
-from support.gitcmd import loose_object
+from support.cli import run_cli
+from support.gitcmd import git, loose_object
 from support.tamper import (
     Built,
     build,
@@ -41,7 +42,6 @@ from ledger.verify import (
     verify_chain,
     verify_ledger,
 )
-from tests.conftest import git
 
 FORMAT = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -470,8 +470,6 @@ on_failure:
 
 def test_engine_written_run_records_verify(tmp_path: Path) -> None:
     """A real run (retries, a skip, failures, a handler, an incident) verifies clean."""
-    from tests.conftest import run_cli
-
     key = SigningKey.generate(comment="op@example.com")
     key.save(tmp_path / "op_key")
     ledger_path = tmp_path / "ledger"
