@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pygit2
 import pytest
+from support.gitcmd import git
 
 from ledger import records
 from ledger.errors import InputError, LedgerExists, LedgerNotFound, UntrustedKey
 from ledger.signing import SigningKey
 from ledger.store import Ledger
 from ledger.verify import verify_ledger
-from tests.conftest import git
 
 
 @pytest.fixture()
