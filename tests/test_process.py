@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from waiting import wait_for
+from support.waiting import wait_for
 
 from ledger.process import (
     CapturedStream,
