@@ -6,7 +6,6 @@ from pathlib import Path
 
 import gitservers
 import pytest
-from conftest import git
 from gitservers import (
     HTTP_PASSWORD,
     HTTP_USER,
@@ -15,6 +14,7 @@ from gitservers import (
     SshServer,
     port_closed,
 )
+from support.gitcmd import git
 
 # The server fixtures (session-scoped servers, per-test repositories).
 git_daemon = gitservers.git_daemon
