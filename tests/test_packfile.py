@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from conftest import git
+from support.gitcmd import git
 
 from ledger import packfile
 from ledger.signing import SigningKey, sign_commit
