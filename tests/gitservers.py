@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
+from support.waiting import wait_for
 
 GIT_DAEMON = "/usr/lib/git-core/git-daemon"
 GIT_HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
