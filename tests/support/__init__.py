@@ -8,7 +8,8 @@ another, nor conftest).
 - ``cli``: ``python -m ledger`` as a child process (``run_cli``, ``CliResult``), ``alive``.
 - ``waiting``: ``wait_for``, woken by inotify and pidfd, never by a fixed sleep.
 - ``ledgers``: a ledger with an operator key for running runbooks (``RunbookEnv`` and its
-  engine and CLI flavours), record filters.
+  engine and CLI flavours, ``EngineEnv`` and ``CliEnv``), ``finished`` records of a step,
+  ``wait_for_request`` (until a run asks for approval).
 - ``markdown``: a CommonMark parser's view of a document's structure.
 - ``tamper``: building ledgers and forging commits, for verification tests.
 - ``replicas``: ledgers, commits and bare repositories for replication tests.
