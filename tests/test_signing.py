@@ -1,4 +1,4 @@
-"""ledger.signing, judged by stock ssh-keygen and git.
+"""ledger.keys, judged by stock ssh-keygen and git.
 
 Keys made here must load in ssh-keygen and vice versa; signatures made here must verify
 with `ssh-keygen -Y verify` and `git verify-commit`, and theirs with ours.
@@ -19,9 +19,8 @@ from zoneinfo import ZoneInfo
 import pygit2
 import pytest
 
-from ledger import signing
 from ledger.errors import InputError, KeyProblem, LedgerExists, SignatureError
-from ledger.signing import (
+from ledger.keys import (
     PublicKey,
     SigningKey,
     allowed_signers_line,
@@ -29,7 +28,10 @@ from ledger.signing import (
     key_is_encrypted,
     parse_sshsig,
     sign_commit,
+    sign_sshsig,
     split_signed_commit,
+    sshsig,
+    sshwire,
     verify_signed_commit,
     verify_sshsig,
 )
@@ -166,7 +168,7 @@ def test_ssh_keygen_keys_load_and_sign(
     assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / f"{name}.pub")
 
     data = b"some data\x00\xff with bytes\n"
-    ours = key.sign_sshsig(data)
+    ours = sign_sshsig(key, data)
     assert keygen_verify(tmp_path, ours, data, key.public_key).returncode == 0
     assert verify_sshsig(ours, data) == key.public_key
 
@@ -223,7 +225,7 @@ def test_pem_keys(tmp_path: Path) -> None:
     ec_key = SigningKey.load(ec_path, PASS)
     assert ec_key.public_key.fingerprint == keygen_fingerprint(tmp_path / "ec_p8.pub")
     data = b"pem"
-    sig = ec_key.sign_sshsig(data)
+    sig = sign_sshsig(ec_key, data)
     assert keygen_verify(tmp_path, sig, data, ec_key.public_key).returncode == 0
 
 
@@ -429,7 +431,7 @@ def test_rsa_sha1_signatures_are_refused(tmp_path: Path) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key = SigningKey(private)
     raw = private.sign(b"data", padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
-    sha1_blob = signing._string(b"ssh-rsa") + signing._string(raw)
+    sha1_blob = sshwire.string(b"ssh-rsa") + sshwire.string(raw)
     assert not key.public_key.verify(sha1_blob, b"data")
     assert key.public_key.verify(key.sign(b"data"), b"data")
 
@@ -446,17 +448,17 @@ def test_sshsig_armor_is_byte_identical_to_ssh_keygen(tmp_path: Path) -> None:
         (tmp_path / "msg").write_bytes(data)
         (tmp_path / "msg.sig").unlink(missing_ok=True)
         keygen("-Y", "sign", "-f", path, "-n", "git", tmp_path / "msg")
-        assert key.sign_sshsig(data) == (tmp_path / "msg.sig").read_text()
-    assert key.sign_sshsig(b"").endswith("-----END SSH SIGNATURE-----\n")
+        assert sign_sshsig(key, data) == (tmp_path / "msg.sig").read_text()
+    assert sign_sshsig(key, b"").endswith("-----END SSH SIGNATURE-----\n")
 
 
 def test_our_sshsig_verifies_with_ssh_keygen(tmp_path: Path) -> None:
     key = SigningKey.generate()
     data = b"tree 123\n\nmessage\n"
-    armored = key.sign_sshsig(data)
+    armored = sign_sshsig(key, data)
     assert keygen_verify(tmp_path, armored, data, key.public_key).returncode == 0
     assert keygen_verify(tmp_path, armored, data + b"!", key.public_key).returncode != 0
-    other_ns = key.sign_sshsig(data, namespace="file")
+    other_ns = sign_sshsig(key, data, namespace="file")
     assert keygen_verify(tmp_path, other_ns, data, key.public_key, "file").returncode == 0
     assert keygen_verify(tmp_path, other_ns, data, key.public_key, "git").returncode != 0
 
@@ -468,7 +470,7 @@ def test_our_sshsig_verifies_with_ssh_keygen(tmp_path: Path) -> None:
     assert parsed.signature_type == "ssh-ed25519"
     assert key.public_key.verify(
         parsed.signature_blob,
-        signing._signed_data(b"git", b"", b"sha512", hashlib.sha512(data).digest()),
+        sshsig._signed_data(b"git", b"", b"sha512", hashlib.sha512(data).digest()),
     )
 
 
@@ -494,8 +496,8 @@ def _resign(
 ) -> str:
     digest = hashlib.new(hash_alg.decode(), data).digest()
     in_signed = reserved if signed_reserved is None else signed_reserved
-    sig = key.sign(signing._signed_data(namespace, in_signed, hash_alg, digest))
-    s = signing._string
+    sig = key.sign(sshsig._signed_data(namespace, in_signed, hash_alg, digest))
+    s = sshwire.string
     blob = (
         b"SSHSIG"
         + struct.pack(">I", version)
@@ -506,13 +508,13 @@ def _resign(
         + s(sig)
         + trailing
     )
-    return signing._armor(blob)
+    return sshsig._armor(blob)
 
 
 def test_sshsig_rejections(tmp_path: Path) -> None:
     key = SigningKey.generate()
     data = b"payload"
-    good = key.sign_sshsig(data)
+    good = sign_sshsig(key, data)
     assert _resign(key, data) == good  # the helper builds what sign_sshsig builds
     assert verify_sshsig(good.encode(), data) == key.public_key  # bytes accepted too
     assert verify_sshsig(good.rstrip("\n"), data) == key.public_key  # as git stores it
@@ -539,12 +541,12 @@ def test_sshsig_rejections(tmp_path: Path) -> None:
                 parse_sshsig(armored)
 
     # a flipped bit anywhere in the blob never verifies
-    blob = bytearray(signing._dearmor(good))
+    blob = bytearray(sshsig._dearmor(good))
     for i in range(0, len(blob), 7):
         flipped = bytearray(blob)
         flipped[i] ^= 0x10
         with pytest.raises(SignatureError):
-            verify_sshsig(signing._armor(bytes(flipped)), data)
+            verify_sshsig(sshsig._armor(bytes(flipped)), data)
 
     # the wrong-namespace signature is still a valid signature in its own namespace
     assert verify_sshsig(cases["other namespace"], data, namespace="file") == key.public_key

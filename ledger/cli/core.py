@@ -24,7 +24,7 @@ from ledger.cli.common import (
     resolve_key_path,
 )
 from ledger.errors import InputError, KeyProblem, LedgerExists, UsageError
-from ledger.signing import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
+from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
 from ledger.store import Ledger, StoredRecord
 
 keys_app = typer.Typer(
