@@ -19,7 +19,14 @@ from zoneinfo import ZoneInfo
 import pygit2
 import pytest
 
-from ledger.errors import InputError, KeyProblem, LedgerExists, SignatureError
+from ledger.errors import (
+    InputError,
+    KeyProblem,
+    LedgerExists,
+    PassphraseRequired,
+    SignatureError,
+    WrongPassphrase,
+)
 from ledger.keys import (
     PublicKey,
     SigningKey,
@@ -135,9 +142,8 @@ def test_ssh_keygen_reencrypts_our_key(tmp_path: Path) -> None:
     path = tmp_path / "k"
     key.save(path, kdf_rounds=2)
     keygen("-p", "-a", "1", "-N", PASS, "-f", path)
-    with pytest.raises(KeyProblem) as info:
+    with pytest.raises(PassphraseRequired):
         SigningKey.load(path)
-    assert getattr(info.value, "needs_passphrase", False) is True
     assert SigningKey.load(path, PASS).public_key == key.public_key
 
 
@@ -192,15 +198,12 @@ def test_ssh_keygen_keys_load_and_sign(
 def test_ssh_keygen_encrypted_keys(tmp_path: Path, cipher: str) -> None:
     path = make_key(tmp_path, "enc", "-t", "ed25519", "-a", "1", "-Z", cipher, passphrase=PASS)
     assert key_is_encrypted(path)
-    with pytest.raises(KeyProblem) as info:
+    with pytest.raises(PassphraseRequired) as info:
         SigningKey.load(path)
-    assert getattr(info.value, "needs_passphrase", False) is True
     assert str(path) in info.value.message
 
-    with pytest.raises(KeyProblem) as wrong:
+    with pytest.raises(WrongPassphrase) as wrong:
         SigningKey.load(path, b"not the passphrase")
-    assert getattr(wrong.value, "wrong_passphrase", False) is True
-    assert not getattr(wrong.value, "needs_passphrase", False)
     assert "wrong" in wrong.value.message
 
     key = SigningKey.load(path, PASS)
@@ -216,12 +219,10 @@ def test_pem_keys(tmp_path: Path) -> None:
     ec_path = make_key(tmp_path, "ec_p8", "-t", "ecdsa", "-m", "PKCS8", passphrase=PASS)
     assert "ENCRYPTED PRIVATE KEY" in ec_path.read_text()
     assert key_is_encrypted(ec_path)
-    with pytest.raises(KeyProblem) as info:
+    with pytest.raises(PassphraseRequired):
         SigningKey.load(ec_path)
-    assert getattr(info.value, "needs_passphrase", False) is True
-    with pytest.raises(KeyProblem) as wrong:
+    with pytest.raises(WrongPassphrase):
         SigningKey.load(ec_path, "bad passphrase")
-    assert getattr(wrong.value, "wrong_passphrase", False) is True
     ec_key = SigningKey.load(ec_path, PASS)
     assert ec_key.public_key.fingerprint == keygen_fingerprint(tmp_path / "ec_p8.pub")
     data = b"pem"

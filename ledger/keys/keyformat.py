@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ledger.errors import KeyProblem
+from ledger.errors import KeyProblem, PassphraseRequired, WrongPassphrase
 from ledger.keys import blobs, sshwire
 
 KEY_BEGIN: Final = "-----BEGIN OPENSSH PRIVATE KEY-----"
@@ -24,12 +24,6 @@ KEY_END: Final = "-----END OPENSSH PRIVATE KEY-----"
 KEY_MAGIC: Final = b"openssh-key-v1\x00"
 MAX_KDF_ROUNDS: Final = 1 << 16
 DEFAULT_KDF_ROUNDS: Final = 16  # ssh-keygen's default (-a)
-
-
-def mark(exc: KeyProblem, **flags: bool) -> KeyProblem:
-    """Set attributes such as ``needs_passphrase`` on an error instance for the CLI."""
-    exc.__dict__.update(flags)
-    return exc
 
 
 def bcrypt_pbkdf(password: bytes, salt: bytes, key_len: int, rounds: int) -> bytes:
@@ -152,13 +146,7 @@ def decrypt_openssh(key_file: _OpenSshFile, passphrase: bytes | None, where: str
             hint=f"Re-encrypt it with `ssh-keygen -p -f {where}`.",
         )
     if not passphrase:
-        raise mark(
-            KeyProblem(
-                f"{where} is encrypted and no passphrase was given.",
-                hint="Give the key's passphrase.",
-            ),
-            needs_passphrase=True,
-        )
+        raise passphrase_required(where)
     try:
         reader = sshwire.Reader(key_file.kdf_options)
         salt = reader.string()
@@ -183,13 +171,16 @@ def decrypt_openssh(key_file: _OpenSshFile, passphrase: bytes | None, where: str
         raise wrong_passphrase(where) from None
 
 
-def wrong_passphrase(where: str) -> KeyProblem:
-    return mark(
-        KeyProblem(
-            f"the passphrase for {where} is wrong.",
-            hint="Give the passphrase the key was encrypted with.",
-        ),
-        wrong_passphrase=True,
+def passphrase_required(where: str) -> PassphraseRequired:
+    return PassphraseRequired(
+        f"{where} is encrypted and no passphrase was given.", hint="Give the key's passphrase."
+    )
+
+
+def wrong_passphrase(where: str) -> WrongPassphrase:
+    return WrongPassphrase(
+        f"the passphrase for {where} is wrong.",
+        hint="Give the passphrase the key was encrypted with.",
     )
 
 

@@ -258,9 +258,9 @@ class SigningKey:
     def load(cls, path: Path | str, passphrase: bytes | str | None = None) -> SigningKey:
         """Load a private key file as ``ssh-keygen`` writes it (or PEM/PKCS#8).
 
-        Raises KeyProblem when the file is missing, unreadable, not a private key, of an
-        unsupported type, encrypted without a passphrase given (``needs_passphrase``), or
-        the passphrase is wrong (``wrong_passphrase``).
+        Raises KeyProblem when the file is missing, unreadable, not a private key or of an
+        unsupported type; its subclasses PassphraseRequired when the key is encrypted and no
+        passphrase was given, WrongPassphrase when the passphrase is wrong.
         """
         path = Path(path).expanduser()
         secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
@@ -342,13 +342,7 @@ class SigningKey:
                 if passphrase:  # given but the key is not encrypted
                     private = serialization.load_pem_private_key(data, None)
                 else:
-                    raise keyformat.mark(
-                        KeyProblem(
-                            f"{where} is encrypted and no passphrase was given.",
-                            hint="Give the key's passphrase.",
-                        ),
-                        needs_passphrase=True,
-                    ) from None
+                    raise keyformat.passphrase_required(where) from None
         except ValueError:
             if passphrase and keyformat.pem_encrypted(data):
                 raise keyformat.wrong_passphrase(where) from None
