@@ -118,6 +118,8 @@ def test_saved_key_loads_in_ssh_keygen(tmp_path: Path, passphrase: str | None) -
 
     derived = keygen("-y", "-P", passphrase or "", "-f", path).stdout.decode().split()
     assert " ".join(derived[:2]) == key.public_key.openssh()
+    # the comment is in an unencrypted file; an encrypted one leaves it to the .pub file
+    assert derived[2:] == ([] if passphrase else ["alice@example.com"])
     assert keygen_fingerprint(pub_path) == key.public_key.fingerprint
     assert keygen_fingerprint(path) == key.public_key.fingerprint
     assert key_is_encrypted(path) is (passphrase is not None)
@@ -192,9 +194,7 @@ def test_ssh_keygen_keys_load_and_sign(
     assert derived.split()[:2] == pub_text.split()[:2]
 
 
-@pytest.mark.parametrize(
-    "cipher", ["aes256-ctr", "aes128-ctr", "aes256-cbc", "aes256-gcm@openssh.com"]
-)
+@pytest.mark.parametrize("cipher", ["aes256-ctr", "aes256-cbc", "aes256-gcm@openssh.com"])
 def test_ssh_keygen_encrypted_keys(tmp_path: Path, cipher: str) -> None:
     path = make_key(tmp_path, "enc", "-t", "ed25519", "-a", "1", "-Z", cipher, passphrase=PASS)
     assert key_is_encrypted(path)
@@ -297,22 +297,74 @@ def test_unsupported_key_type(tmp_path: Path) -> None:
         PublicKey.parse((tmp_path / "dsa.pub").read_text())
 
 
-def test_chacha20_encrypted_key_is_refused_with_a_hint(tmp_path: Path) -> None:
-    path = make_key(
-        tmp_path,
-        "k",
-        "-t",
-        "ed25519",
-        "-a",
-        "2",
-        "-Z",
+@pytest.mark.parametrize(
+    "cipher",
+    [
+        "aes128-ctr",
+        "aes192-ctr",
+        "aes128-cbc",
+        "aes128-gcm@openssh.com",
         "chacha20-poly1305@openssh.com",
-        passphrase=PASS,
-    )
-    with pytest.raises(KeyProblem) as info:
-        SigningKey.load(path, PASS)
-    assert "chacha20-poly1305@openssh.com" in info.value.message
-    assert "ssh-keygen -p" in (info.value.hint or "")
+    ],
+)
+def test_other_ciphers_are_refused_with_a_hint_that_works(tmp_path: Path, cipher: str) -> None:
+    """cryptography decrypts aes256-ctr/cbc/gcm only; a key under another cipher gets a clear
+    error naming it, whose hint (re-encrypt with ssh-keygen) makes the key loadable."""
+    path = make_key(tmp_path, "k", "-t", "ed25519", "-a", "2", "-Z", cipher, passphrase=PASS)
+    assert key_is_encrypted(path)
+    for passphrase in (None, PASS):
+        with pytest.raises(KeyProblem) as info:
+            SigningKey.load(path, passphrase)
+        assert type(info.value) is KeyProblem  # not PassphraseRequired: asking would not help
+        assert cipher in info.value.message
+        assert f"ssh-keygen -p -Z aes256-ctr -f {path}" in (info.value.hint or "")
+    keygen("-p", "-Z", "aes256-ctr", "-a", "2", "-P", PASS, "-N", PASS, "-f", path)
+    key = SigningKey.load(path, PASS)
+    assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / "k.pub")
+
+
+def _with_kdf_rounds(path: Path, rounds: int) -> Path:
+    """A copy of an encrypted openssh-key-v1 file whose clear header asks for ``rounds``."""
+    lines = path.read_text().splitlines()
+    blob = bytearray(base64.b64decode("".join(lines[1:-1])))
+    at = blob.index(b"bcrypt") + len(b"bcrypt")  # then: options length, salt length, salt
+    (salt_len,) = struct.unpack_from(">I", blob, at + 4)
+    struct.pack_into(">I", blob, at + 8 + salt_len, rounds)
+    hostile = path.with_name(path.name + f"-{rounds}")
+    hostile.write_text(f"{lines[0]}\n{base64.b64encode(bytes(blob)).decode()}\n{lines[-1]}\n")
+    return hostile
+
+
+def test_huge_kdf_rounds_are_refused_before_any_work(tmp_path: Path) -> None:
+    """A key file's rounds count is capped at 65,536: cryptography has no cap, and 2**32-1
+    rounds of bcrypt-pbkdf would keep the process busy for days."""
+    path = make_key(tmp_path, "k", "-t", "ed25519", "-a", "1", passphrase=PASS)
+    assert SigningKey.load(_with_kdf_rounds(path, 1), PASS)  # the edit itself is sound
+    hostile = _with_kdf_rounds(path, 0xFFFFFFFF)
+    assert key_is_encrypted(hostile)
+    with pytest.raises(KeyProblem, match="rounds 4294967295") as info:
+        SigningKey.load(hostile)  # refused before the passphrase is even asked for
+    assert type(info.value) is KeyProblem
+    with pytest.raises(KeyProblem, match="rounds 4294967295"):
+        SigningKey.load(hostile, PASS)
+    with pytest.raises(KeyProblem, match="rounds 0"):
+        SigningKey.load(_with_kdf_rounds(path, 0), PASS)
+
+
+def test_comments_of_key_files(tmp_path: Path) -> None:
+    """cryptography drops comments; an unencrypted file keeps its own (read and written), an
+    encrypted one takes that of its .pub file when the .pub holds the same key."""
+    plain = make_key(tmp_path, "plain", "-t", "ed25519")
+    (tmp_path / "plain.pub").unlink()
+    assert SigningKey.load(plain).comment == "plain@test"  # from the private file itself
+
+    enc = make_key(tmp_path, "enc", "-t", "ed25519", "-a", "1", passphrase=PASS)
+    assert SigningKey.load(enc, PASS).comment == "enc@test"  # from enc.pub
+    other = SigningKey.generate().public_key.openssh()
+    (tmp_path / "enc.pub").write_text(f"{other} someone@else\n")
+    assert SigningKey.load(enc, PASS).comment == ""  # a .pub of another key is ignored
+    (tmp_path / "enc.pub").unlink()
+    assert SigningKey.load(enc, PASS).comment == ""
 
 
 def test_directory_and_unreadable_key(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Key files on disk: reading one (bounded, regular files only), creating new ones with a
-fixed mode and never overwriting, the mode warning, and whether a key file is encrypted.
+fixed mode and never overwriting, the mode warning, whether a key file is encrypted, and the
+comment of the ``.pub`` file next to a private key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ledger.errors import KeyProblem, LedgerExists
 from ledger.keys import blobs, keyformat
 
 _MAX_KEY_FILE: Final = 1 << 20
+_MAX_PUB_FILE: Final = 1 << 16
 
 
 def read_key_file(path: Path) -> bytes:
@@ -94,18 +96,28 @@ def fsync_dir(directory: Path) -> None:
 def key_is_encrypted(path: Path | str) -> bool:
     """Whether the private key file at ``path`` needs a passphrase. KeyProblem as load."""
     path = Path(path).expanduser()
-    data = read_key_file(path)
-    stripped = data.lstrip()
-    if stripped.startswith(keyformat.KEY_BEGIN.encode()):
-        return keyformat.read_openssh_armor(data, str(path)).cipher != "none"
-    if keyformat.is_pem_private(stripped):
-        return keyformat.pem_encrypted(data)
-    if keyformat.looks_public(data):
-        raise KeyProblem(
-            f"{path} is a public key, not a private key.",
-            hint="Give the private key file (the one without .pub).",
-        )
-    raise KeyProblem(f"{path} is not a private key file.", hint=blobs.KEY_HINT)
+    return keyformat.is_encrypted(read_key_file(path), str(path))
+
+
+def pub_file_comment(path: Path, public_line: str) -> str:
+    """The comment of ``PATH.pub`` if that file holds the key ``public_line``
+    (``<type> <base64>``); else the empty string. Never raises.
+
+    An encrypted private key file's own comment is in its encrypted part, which the library
+    that decrypts it does not give back; OpenSSH keeps the same comment in the ``.pub`` file.
+    """
+    pub_path = path.with_name(path.name + ".pub")
+    try:
+        if not pub_path.is_file():  # also refuses a FIFO, which would block
+            return ""
+        with pub_path.open("rb") as handle:
+            first = handle.read(_MAX_PUB_FILE).decode("utf-8", "replace").split("\n", 1)[0]
+    except OSError:
+        return ""
+    fields = first.strip().split(None, 2)
+    if len(fields) < 3 or " ".join(fields[:2]) != public_line:
+        return ""
+    return fields[2].strip()
 
 
 def key_file_mode_problem(path: Path | str) -> str | None:

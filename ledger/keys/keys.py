@@ -8,14 +8,12 @@ import base64
 import binascii
 import functools
 import hashlib
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
@@ -260,109 +258,31 @@ class SigningKey:
 
         Raises KeyProblem when the file is missing, unreadable, not a private key or of an
         unsupported type; its subclasses PassphraseRequired when the key is encrypted and no
-        passphrase was given, WrongPassphrase when the passphrase is wrong.
+        passphrase was given, WrongPassphrase when the passphrase is wrong. The comment is
+        the file's own, or for an encrypted file that of ``PATH.pub`` if it holds this key.
         """
         path = Path(path).expanduser()
-        secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
         data = files.read_key_file(path)
-        stripped = data.lstrip()
-        if stripped.startswith(keyformat.KEY_BEGIN.encode()):
-            return cls._load_openssh(data, secret, str(path))
-        if keyformat.is_pem_private(stripped):
-            return cls._load_pem(data, secret, str(path))
-        if keyformat.looks_public(data):
-            raise KeyProblem(
-                f"{path} is a public key, not a private key.",
-                hint="Give the private key file (the one without .pub).",
-            )
-        raise KeyProblem(f"{path} is not a private key file.", hint=blobs.KEY_HINT)
+        private, comment = keyformat.load_private(data, _secret(passphrase), str(path))
+        key = cls._checked(private, comment or "", str(path))
+        if comment is None:
+            key.comment = files.pub_file_comment(path, key.public_key.openssh())
+        return key
 
     @classmethod
     def from_openssh(
         cls, data: bytes | str, passphrase: bytes | str | None = None, *, where: str = "the key"
     ) -> SigningKey:
-        """Parse the content of an OpenSSH private key file."""
+        """Parse the content of an OpenSSH private key file (the comment of an encrypted
+        one is not read)."""
         raw = data.encode("ascii", "replace") if isinstance(data, str) else data
-        secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
-        return cls._load_openssh(raw, secret, where)
+        private, comment = keyformat.load_openssh(raw, _secret(passphrase), where)
+        return cls._checked(private, comment or "", where)
 
     @classmethod
-    def _load_openssh(cls, data: bytes, passphrase: bytes | None, where: str) -> SigningKey:
-        key_file = keyformat.read_openssh_armor(data, where)
+    def _checked(cls, private: blobs.PrivateCrypto, comment: str, where: str) -> SigningKey:
         try:
-            reader = sshwire.Reader(key_file.public_blob)
-            key_type = reader.string().decode("ascii", "replace")
-        except sshwire.Malformed:
-            raise KeyProblem(
-                f"{where} is damaged: malformed public key.", hint=blobs.KEY_HINT
-            ) from None
-        if key_type not in blobs.SUPPORTED_KEY_TYPES:
-            raise KeyProblem(
-                f"{where} is a {key_type} key, which is not supported.",
-                hint=f"Use one of: {', '.join(blobs.SUPPORTED_KEY_TYPES)} "
-                "(`ssh-keygen -t ed25519` makes the default kind).",
-            )
-        encrypted = key_file.cipher != "none"
-        plain = keyformat.decrypt_openssh(key_file, passphrase, where)
-        try:
-            section = sshwire.Reader(plain)
-            check1, check2 = section.u32(), section.u32()
-        except sshwire.Malformed:
-            raise KeyProblem(
-                f"{where} is damaged: private part truncated.", hint=blobs.KEY_HINT
-            ) from None
-        if check1 != check2:
-            if encrypted:
-                raise keyformat.wrong_passphrase(where)
-            raise KeyProblem(f"{where} is damaged: check bytes differ.", hint=blobs.KEY_HINT)
-        try:
-            inner_type = section.string().decode("ascii", "replace")
-            if inner_type != key_type:
-                raise sshwire.Malformed("private and public parts disagree on the key type")
-            private = keyformat.private_from_section(section, key_type)
-            comment = section.string().decode("utf-8", "replace")
-            pad = section.rest()
-            if pad != bytes(range(1, len(pad) + 1)):
-                raise sshwire.Malformed("bad padding")
-        except (sshwire.Malformed, ValueError, UnsupportedAlgorithm) as exc:
-            raise KeyProblem(f"{where} is damaged: {exc}.", hint=blobs.KEY_HINT) from None
-        key = cls(private, comment)
-        if key.public_key.blob != key_file.public_blob:
-            raise KeyProblem(
-                f"{where} is damaged: public and private parts do not match.", hint=blobs.KEY_HINT
-            )
-        return key
-
-    @classmethod
-    def _load_pem(cls, data: bytes, passphrase: bytes | None, where: str) -> SigningKey:
-        try:
-            try:
-                private = serialization.load_pem_private_key(data, passphrase or None)
-            except TypeError:
-                if passphrase:  # given but the key is not encrypted
-                    private = serialization.load_pem_private_key(data, None)
-                else:
-                    raise keyformat.passphrase_required(where) from None
-        except ValueError:
-            if passphrase and keyformat.pem_encrypted(data):
-                raise keyformat.wrong_passphrase(where) from None
-            raise KeyProblem(
-                f"{where} is not a valid PEM private key.", hint=blobs.KEY_HINT
-            ) from None
-        except UnsupportedAlgorithm:
-            raise KeyProblem(
-                f"{where} holds a key of an unsupported kind.", hint=blobs.KEY_HINT
-            ) from None
-        if not isinstance(
-            private,
-            ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
-        ):
-            raise KeyProblem(
-                f"{where} holds a {type(private).__name__}, which is not supported.",
-                hint=blobs.KEY_HINT,
-            )
-        try:
-            return cls(private)
+            return cls(private, comment)
         except KeyProblem as exc:
             raise KeyProblem(f"{where}: {exc.message}", hint=exc.hint) from None
 
@@ -377,34 +297,9 @@ class SigningKey:
         """The private key as an OpenSSH private key file, as ``ssh-keygen`` writes it.
 
         With a (non-empty) passphrase it is encrypted with aes256-ctr and bcrypt-pbkdf of
-        ``kdf_rounds`` rounds.
+        ``kdf_rounds`` rounds, and the comment is left out (it is in the ``.pub`` file).
         """
-        secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
-        cipher = keyformat.SAVE_CIPHER if secret else "none"
-        spec = keyformat.CIPHERS[cipher]
-        check = sshwire.U32.pack(secrets.randbits(32))
-        section = check + check + keyformat.private_section(self._private)
-        section += sshwire.string(self.comment.encode("utf-8"))
-        pad = (-len(section)) % spec.block
-        section += bytes(range(1, pad + 1))
-        if secret:
-            salt = os.urandom(16)
-            kdf, kdf_options = "bcrypt", sshwire.string(salt) + sshwire.U32.pack(kdf_rounds)
-            key_iv = keyformat.bcrypt_pbkdf(secret, salt, spec.key_len + spec.iv_len, kdf_rounds)
-            section = keyformat.crypt(spec, key_iv, section, b"", encrypt=True)
-        else:
-            kdf, kdf_options = "none", b""
-        blob = (
-            keyformat.KEY_MAGIC
-            + sshwire.string(cipher.encode())
-            + sshwire.string(kdf.encode())
-            + sshwire.string(kdf_options)
-            + sshwire.U32.pack(1)
-            + sshwire.string(self.public_key.blob)
-            + sshwire.string(section)
-        )
-        body = sshwire.wrap(base64.b64encode(blob).decode("ascii"))
-        return f"{keyformat.KEY_BEGIN}\n{body}\n{keyformat.KEY_END}\n"
+        return keyformat.dump_openssh(self._private, self.comment, _secret(passphrase), kdf_rounds)
 
     def save(
         self,
@@ -453,3 +348,7 @@ class SigningKey:
             )
         sig = key.sign(data, padding.PKCS1v15(), hashes.SHA512())
         return sshwire.string(b"rsa-sha2-512") + sshwire.string(sig)
+
+
+def _secret(passphrase: bytes | str | None) -> bytes | None:
+    return passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase

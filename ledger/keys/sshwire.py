@@ -30,6 +30,11 @@ class Reader:
         self._buf = memoryview(data)
         self._pos = pos
 
+    @property
+    def offset(self) -> int:
+        """How many bytes of the buffer have been read."""
+        return self._pos
+
     def u32(self) -> int:
         pos = self._pos
         if pos + 4 > len(self._buf):
