@@ -1,4 +1,4 @@
-"""Throughput of commit signing and signature verification (ledger.signing).
+"""Throughput of commit signing and signature verification (ledger.keys).
 
 The ledger verifier must check more than 2,000 commits per second in one process; this
 measures the signing layer's share: split the raw commit, parse the SSHSIG, verify Ed25519.
@@ -14,7 +14,7 @@ import time
 
 import pygit2
 
-from ledger.signing import SigningKey, sign_commit, verify_signed_commit
+from ledger.keys import SigningKey, sign_commit, verify_signed_commit
 
 
 def main(count: int = 5000) -> None:

@@ -62,6 +62,14 @@ class KeyProblem(LedgerError):
     label = "key error"
 
 
+class PassphraseRequired(KeyProblem):
+    """A private key file is encrypted and no passphrase was given (the CLI then asks)."""
+
+
+class WrongPassphrase(KeyProblem):
+    """The passphrase given for an encrypted private key file is not its passphrase."""
+
+
 class UntrustedKey(KeyProblem):
     """The signing key is not trusted by the ledger at its current head."""
 

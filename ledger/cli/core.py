@@ -23,8 +23,8 @@ from ledger.cli.common import (
     read_passphrase,
     resolve_key_path,
 )
-from ledger.errors import InputError, KeyProblem, LedgerExists, UsageError
-from ledger.signing import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
+from ledger.errors import InputError, KeyProblem, LedgerExists, PassphraseRequired, UsageError
+from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
 from ledger.store import Ledger, StoredRecord
 
 keys_app = typer.Typer(
@@ -47,9 +47,8 @@ def load_key(path: Path) -> SigningKey:
         console_err.print(f"ledger: warning: {problem}")
     try:
         return SigningKey.load(path)
-    except KeyProblem as exc:
-        if not getattr(exc, "needs_passphrase", False):
-            raise
+    except PassphraseRequired:
+        pass
     return SigningKey.load(path, read_passphrase(path))
 
 

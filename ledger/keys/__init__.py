@@ -1,0 +1,40 @@
+"""OpenSSH keys and SSH signatures (``SSHSIG``), built on the cryptography package.
+
+Modules, lowest first:
+
+- ``sshwire``: the SSH wire format (RFC 4251 types) and the armor width.
+- ``blobs``: the supported key types and their SSH public-key blobs.
+- ``keyformat``: the content of private key files (``openssh-key-v1``, PEM).
+- ``files``: key files on disk: bounded reads, new 0600 files, mode warnings.
+- ``keys``: :class:`PublicKey` and :class:`SigningKey`.
+- ``sshsig``: SSHSIG sign/parse/verify, armored byte for byte as ``ssh-keygen -Y sign``.
+- ``gitsign``: git's SSH commit signatures (sign, split, verify).
+- ``allowed_signers``: allowed-signers lines for ``git verify-commit``.
+
+Nothing here prints, prompts or exits. Problems with keys or key files raise
+:class:`~ledger.errors.KeyProblem`; malformed or non-verifying signatures raise
+:class:`~ledger.errors.SignatureError`.
+"""
+
+from __future__ import annotations
+
+from ledger.keys.allowed_signers import allowed_signers_line
+from ledger.keys.files import key_file_mode_problem, key_is_encrypted
+from ledger.keys.gitsign import sign_commit, split_signed_commit, verify_signed_commit
+from ledger.keys.keys import PublicKey, SigningKey
+from ledger.keys.sshsig import SshSig, parse_sshsig, sign_sshsig, verify_sshsig
+
+__all__ = [
+    "PublicKey",
+    "SigningKey",
+    "SshSig",
+    "allowed_signers_line",
+    "key_file_mode_problem",
+    "key_is_encrypted",
+    "parse_sshsig",
+    "sign_commit",
+    "sign_sshsig",
+    "split_signed_commit",
+    "verify_signed_commit",
+    "verify_sshsig",
+]

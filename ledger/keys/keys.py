@@ -1,0 +1,354 @@
+"""OpenSSH keys: :class:`PublicKey` (parsed, compared, verifying raw SSH signatures) and
+:class:`SigningKey` (generated, loaded from and saved to the files ``ssh-keygen`` writes, signing).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from ledger.errors import KeyProblem, LedgerExists
+from ledger.keys import blobs, files, keyformat, sshwire
+
+_RSA_SIG_HASHES: Final[dict[bytes, type[hashes.HashAlgorithm]]] = {
+    b"rsa-sha2-512": hashes.SHA512,
+    b"rsa-sha2-256": hashes.SHA256,
+}
+
+
+class PublicKey:
+    """An OpenSSH public key. Immutable; equal and hashed by its wire blob.
+
+    Build one with :meth:`parse` (a key line) or :meth:`from_blob`; the comment of a parsed
+    line is kept in :attr:`comment` but is not part of equality.
+    """
+
+    __slots__ = ("_crypto", "_fingerprint", "blob", "comment", "key_type")
+
+    key_type: str
+    blob: bytes
+    comment: str
+    _crypto: blobs.PublicCrypto
+    _fingerprint: str
+
+    def __init__(
+        self, key_type: str, blob: bytes, crypto: blobs.PublicCrypto, comment: str = ""
+    ) -> None:
+        """Internal; use :meth:`parse` or :meth:`from_blob`."""
+        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+        object.__setattr__(self, "key_type", key_type)
+        object.__setattr__(self, "blob", blob)
+        object.__setattr__(self, "comment", comment)
+        object.__setattr__(self, "_crypto", crypto)
+        object.__setattr__(self, "_fingerprint", "SHA256:" + digest)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("PublicKey is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("PublicKey is immutable")
+
+    # -- construction
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> PublicKey:
+        """The key whose SSH wire encoding is ``blob``. KeyProblem if it is not one we use."""
+        try:
+            return public_key_from_blob(bytes(blob))
+        except sshwire.Unsupported as exc:
+            raise KeyProblem(
+                f"unsupported SSH public key: {exc}.",
+                hint=f"Use one of: {', '.join(blobs.SUPPORTED_KEY_TYPES)} "
+                "(Ed25519 is the default).",
+            ) from None
+        except sshwire.Malformed as exc:
+            raise KeyProblem(f"malformed SSH public key: {exc}.", hint=blobs.KEY_HINT) from None
+
+    @classmethod
+    def parse(cls, text: str) -> PublicKey:
+        """Parse an OpenSSH public key line ``<type> <base64> [comment]``."""
+        line = text.strip()
+        if not line or "\n" in line or "\r" in line:
+            raise KeyProblem(
+                "expected exactly one OpenSSH public key line ('<type> <base64> [comment]').",
+                hint="Give the content of a .pub file, for example "
+                "'ssh-ed25519 AAAAC3Nza... alice@host'.",
+            )
+        fields = line.split(None, 2)
+        if line.startswith("-----BEGIN") or len(fields) < 2:
+            raise KeyProblem(
+                f"not an OpenSSH public key line: {line[:40]!r}.",
+                hint="Give the content of a .pub file ('<type> <base64> [comment]'), "
+                "not a private key.",
+            )
+        try:
+            blob = base64.b64decode(fields[1], validate=True)
+        except binascii.Error:
+            raise KeyProblem(
+                f"the base64 part of the public key line is malformed: {fields[1][:40]!r}.",
+                hint="Copy the whole line of the .pub file again.",
+            ) from None
+        key = cls.from_blob(blob)
+        if key.key_type != fields[0]:
+            raise KeyProblem(
+                f"the public key line says {fields[0]!r} but holds a {key.key_type} key.",
+                hint="Copy the whole line of the .pub file again.",
+            )
+        comment = fields[2].strip() if len(fields) == 3 else ""
+        return key._with_comment(comment) if comment else key
+
+    @classmethod
+    def from_crypto(cls, key: blobs.PublicCrypto, comment: str = "") -> PublicKey:
+        """Wrap a cryptography public key object."""
+        try:
+            pub = public_key_from_blob(blobs.blob_of(key))
+        except sshwire.Malformed as exc:
+            raise KeyProblem(f"unsupported public key: {exc}.", hint=blobs.KEY_HINT) from None
+        return pub._with_comment(comment) if comment else pub
+
+    def _with_comment(self, comment: str) -> PublicKey:
+        return PublicKey(self.key_type, self.blob, self._crypto, comment)
+
+    # -- presentation
+
+    def openssh(self) -> str:
+        """``<type> <base64>`` without comment."""
+        return f"{self.key_type} {base64.b64encode(self.blob).decode('ascii')}"
+
+    def openssh_line(self) -> str:
+        """``<type> <base64> [comment]``, as in a .pub file (without newline)."""
+        return f"{self.openssh()} {self.comment}" if self.comment else self.openssh()
+
+    @property
+    def fingerprint(self) -> str:
+        """``SHA256:<base64 without padding>``, exactly as ``ssh-keygen -lf`` prints it."""
+        return self._fingerprint
+
+    @property
+    def crypto_key(self) -> blobs.PublicCrypto:
+        """The cryptography public key object."""
+        return self._crypto
+
+    def __reduce__(self) -> tuple[Callable[[bytes, str], PublicKey], tuple[bytes, str]]:
+        return (_public_key_with_comment, (self.blob, self.comment))
+
+    def __copy__(self) -> PublicKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> PublicKey:
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PublicKey):
+            return NotImplemented
+        return self.blob == other.blob
+
+    def __hash__(self) -> int:
+        return hash(self.blob)
+
+    def __repr__(self) -> str:
+        return f"PublicKey({self.key_type} {self._fingerprint})"
+
+    def __str__(self) -> str:
+        return self.openssh()
+
+    # -- verification
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """Whether ``signature`` (an SSH signature blob) is this key's signature of ``data``.
+
+        Accepts ``ssh-ed25519``, ``ecdsa-sha2-*`` matching the key's curve, and
+        ``rsa-sha2-512``/``rsa-sha2-256`` for RSA keys (SHA-1 ``ssh-rsa`` signatures are
+        refused, as OpenSSH refuses them for SSHSIG). Malformed blobs give False.
+        """
+        try:
+            reader = sshwire.Reader(signature)
+            sig_type = reader.string()
+            sig = reader.string()
+            reader.end()
+            key = self._crypto
+            if isinstance(key, ed25519.Ed25519PublicKey):
+                if sig_type != b"ssh-ed25519" or len(sig) != 64:
+                    return False
+                key.verify(sig, data)
+                return True
+            if isinstance(key, ec.EllipticCurvePublicKey):
+                if sig_type != self.key_type.encode():
+                    return False
+                inner = sshwire.Reader(sig)
+                r = inner.mpint()
+                s = inner.mpint()
+                inner.end()
+                if r == 0 or s == 0:
+                    return False
+                hash_cls = blobs.ECDSA[self.key_type][2]
+                key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hash_cls()))
+                return True
+            hash_rsa = _RSA_SIG_HASHES.get(sig_type)
+            if hash_rsa is None:
+                return False
+            size = (key.key_size + 7) // 8
+            if len(sig) > size:
+                return False
+            key.verify(sig.rjust(size, b"\x00"), data, padding.PKCS1v15(), hash_rsa())
+            return True
+        except (InvalidSignature, sshwire.Malformed):
+            return False
+
+
+@functools.lru_cache(maxsize=4096)
+def public_key_from_blob(blob: bytes) -> PublicKey:
+    key_type, crypto = blobs.decode_blob(blob)
+    return PublicKey(key_type, blob, crypto)
+
+
+def _public_key_with_comment(blob: bytes, comment: str) -> PublicKey:
+    key = PublicKey.from_blob(blob)
+    return key._with_comment(comment) if comment else key
+
+
+class SigningKey:
+    """A private signing key (Ed25519 by default; ECDSA and RSA when loaded)."""
+
+    __slots__ = ("_private", "comment", "public_key")
+
+    _private: blobs.PrivateCrypto
+    public_key: PublicKey
+    comment: str
+
+    def __init__(self, private: blobs.PrivateCrypto, comment: str = "") -> None:
+        if not isinstance(
+            private,
+            ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        ):
+            raise KeyProblem(
+                f"unsupported private key type {type(private).__name__}.",
+                hint="Use an Ed25519, ECDSA (P-256/384/521) or RSA key.",
+            )
+        self._private = private
+        self.public_key = PublicKey.from_crypto(private.public_key())
+        self.comment = comment
+
+    def __repr__(self) -> str:
+        return f"SigningKey({self.public_key.key_type} {self.public_key.fingerprint})"
+
+    # -- construction
+
+    @classmethod
+    def generate(cls, comment: str = "") -> SigningKey:
+        """A new random Ed25519 key."""
+        return cls(ed25519.Ed25519PrivateKey.generate(), comment)
+
+    @classmethod
+    def load(cls, path: Path | str, passphrase: bytes | str | None = None) -> SigningKey:
+        """Load a private key file as ``ssh-keygen`` writes it (or PEM/PKCS#8).
+
+        Raises KeyProblem when the file is missing, unreadable, not a private key or of an
+        unsupported type; its subclasses PassphraseRequired when the key is encrypted and no
+        passphrase was given, WrongPassphrase when the passphrase is wrong. The comment is
+        the file's own, or for an encrypted file that of ``PATH.pub`` if it holds this key.
+        """
+        path = Path(path).expanduser()
+        data = files.read_key_file(path)
+        private, comment = keyformat.load_private(data, _secret(passphrase), str(path))
+        key = cls._checked(private, comment or "", str(path))
+        if comment is None:
+            key.comment = files.pub_file_comment(path, key.public_key.openssh())
+        return key
+
+    @classmethod
+    def from_openssh(
+        cls, data: bytes | str, passphrase: bytes | str | None = None, *, where: str = "the key"
+    ) -> SigningKey:
+        """Parse the content of an OpenSSH private key file (the comment of an encrypted
+        one is not read)."""
+        raw = data.encode("ascii", "replace") if isinstance(data, str) else data
+        private, comment = keyformat.load_openssh(raw, _secret(passphrase), where)
+        return cls._checked(private, comment or "", where)
+
+    @classmethod
+    def _checked(cls, private: blobs.PrivateCrypto, comment: str, where: str) -> SigningKey:
+        try:
+            return cls(private, comment)
+        except KeyProblem as exc:
+            raise KeyProblem(f"{where}: {exc.message}", hint=exc.hint) from None
+
+    # -- serialisation
+
+    def private_openssh(
+        self,
+        passphrase: bytes | str | None = None,
+        *,
+        kdf_rounds: int = keyformat.DEFAULT_KDF_ROUNDS,
+    ) -> str:
+        """The private key as an OpenSSH private key file, as ``ssh-keygen`` writes it.
+
+        With a (non-empty) passphrase it is encrypted with aes256-ctr and bcrypt-pbkdf of
+        ``kdf_rounds`` rounds, and the comment is left out (it is in the ``.pub`` file).
+        """
+        return keyformat.dump_openssh(self._private, self.comment, _secret(passphrase), kdf_rounds)
+
+    def save(
+        self,
+        path: Path | str,
+        passphrase: bytes | str | None = None,
+        *,
+        kdf_rounds: int = keyformat.DEFAULT_KDF_ROUNDS,
+    ) -> None:
+        """Write the private key to ``path`` (mode 0600) and ``path.pub`` (mode 0644).
+
+        Never overwrites: LedgerExists if either file exists. KeyProblem if the files
+        cannot be created.
+        """
+        path = Path(path).expanduser()
+        pub_path = path.with_name(path.name + ".pub")
+        for target in (path, pub_path):
+            if target.exists() or target.is_symlink():
+                raise LedgerExists(
+                    f"{target} already exists; a key file is never overwritten.",
+                    hint="Choose another path, or move the old key away first.",
+                )
+        private_text = self.private_openssh(passphrase, kdf_rounds=kdf_rounds).encode("ascii")
+        comment = " ".join(self.comment.split())  # one line, whatever the comment holds
+        public_text = (f"{self.public_key.openssh()} {comment}".rstrip() + "\n").encode("utf-8")
+        files.write_new_file(path, private_text, 0o600)
+        try:
+            files.write_new_file(pub_path, public_text, 0o644)
+        except (KeyProblem, LedgerExists):
+            path.unlink(missing_ok=True)
+            raise
+        files.fsync_dir(path.parent)
+
+    # -- signing
+
+    def sign(self, data: bytes) -> bytes:
+        """An SSH signature blob of ``data`` (Ed25519; ECDSA; RSA with rsa-sha2-512)."""
+        key = self._private
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return sshwire.string(b"ssh-ed25519") + sshwire.string(key.sign(data))
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            key_type = self.public_key.key_type
+            der = key.sign(data, ec.ECDSA(blobs.ECDSA[key_type][2]()))
+            r, s = decode_dss_signature(der)
+            return sshwire.string(key_type.encode()) + sshwire.string(
+                sshwire.mpint(r) + sshwire.mpint(s)
+            )
+        sig = key.sign(data, padding.PKCS1v15(), hashes.SHA512())
+        return sshwire.string(b"rsa-sha2-512") + sshwire.string(sig)
+
+
+def _secret(passphrase: bytes | str | None) -> bytes | None:
+    return passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase

@@ -1,0 +1,184 @@
+"""SSHSIG as OpenSSH's ``PROTOCOL.sshsig`` defines it: :func:`sign_sshsig`,
+:func:`parse_sshsig` and :func:`verify_sshsig`, armored byte for byte as ``ssh-keygen -Y sign``
+writes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ledger.errors import SignatureError
+from ledger.keys import sshwire
+from ledger.keys.keys import PublicKey, SigningKey, public_key_from_blob
+
+_SIG_BEGIN: Final = "-----BEGIN SSH SIGNATURE-----"
+_SIG_END: Final = "-----END SSH SIGNATURE-----"
+_SSHSIG_MAGIC: Final = b"SSHSIG"
+_SSHSIG_VERSION: Final = 1
+_SSHSIG_HASHES: Final[dict[str, Callable[[bytes], bytes]]] = {
+    "sha512": lambda data: hashlib.sha512(data).digest(),
+    "sha256": lambda data: hashlib.sha256(data).digest(),
+}
+
+_SIG_HINT: Final = (
+    "The signature is damaged or is not an SSH signature as made by `ssh-keygen -Y sign` or git."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SshSig:
+    """A parsed SSHSIG signature (OpenSSH ``PROTOCOL.sshsig``)."""
+
+    public_key: PublicKey
+    namespace: str
+    reserved: bytes
+    hash_algorithm: str
+    signature_blob: bytes
+
+    @property
+    def signature_type(self) -> str:
+        """The SSH signature algorithm, e.g. ``ssh-ed25519`` or ``rsa-sha2-512``."""
+        try:
+            return sshwire.Reader(self.signature_blob).string().decode("ascii", "replace")
+        except sshwire.Malformed:
+            return ""
+
+
+def _signed_data(namespace: bytes, reserved: bytes, hash_alg: bytes, digest: bytes) -> bytes:
+    return (
+        _SSHSIG_MAGIC
+        + sshwire.string(namespace)
+        + sshwire.string(reserved)
+        + sshwire.string(hash_alg)
+        + sshwire.string(digest)
+    )
+
+
+def _armor(blob: bytes) -> str:
+    body = sshwire.wrap(base64.b64encode(blob).decode("ascii"))
+    return f"{_SIG_BEGIN}\n{body}\n{_SIG_END}\n"
+
+
+def _bad_signature(detail: str) -> SignatureError:
+    return SignatureError(f"malformed SSH signature: {detail}.", hint=_SIG_HINT)
+
+
+def _dearmor(armored: str | bytes) -> bytes:
+    if isinstance(armored, bytes | bytearray | memoryview):
+        try:
+            text = bytes(armored).decode("ascii")
+        except UnicodeDecodeError:
+            raise _bad_signature("not ASCII text") from None
+    else:
+        text = armored
+    if not text.startswith(_SIG_BEGIN):
+        raise _bad_signature(f"it does not start with {_SIG_BEGIN}")
+    end = text.find(_SIG_END, len(_SIG_BEGIN))
+    if end < 0:
+        raise _bad_signature(f"{_SIG_END} is missing (truncated?)")
+    if text[end + len(_SIG_END) :].strip():
+        raise _bad_signature(f"text follows {_SIG_END}")
+    body = text[len(_SIG_BEGIN) : end].replace("\r", "").replace("\n", "")
+    try:
+        return binascii.a2b_base64(body, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _bad_signature("the base64 content is malformed") from None
+
+
+def parse_sshsig(armored: str | bytes) -> SshSig:
+    """Parse an armored SSHSIG signature. SignatureError if it is malformed."""
+    blob = _dearmor(armored)
+    if not blob.startswith(_SSHSIG_MAGIC):
+        raise _bad_signature("no SSHSIG magic")
+    try:
+        reader = sshwire.Reader(blob, len(_SSHSIG_MAGIC))
+        version = reader.u32()
+        if version != _SSHSIG_VERSION:
+            raise _bad_signature(f"unsupported SSHSIG version {version}")
+        public_blob = reader.string()
+        namespace = reader.string()
+        reserved = reader.string()
+        hash_alg = reader.string()
+        signature = reader.string()
+        reader.end()
+    except sshwire.Malformed as exc:
+        raise _bad_signature(str(exc)) from None
+    try:
+        public_key = public_key_from_blob(public_blob)
+    except sshwire.Malformed as exc:
+        raise _bad_signature(f"signer's public key: {exc}") from None
+    try:
+        return SshSig(
+            public_key, namespace.decode("utf-8"), reserved, hash_alg.decode("ascii"), signature
+        )
+    except UnicodeDecodeError:
+        raise _bad_signature("namespace or hash name is not text") from None
+
+
+def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> PublicKey:
+    """Verify an armored SSHSIG signature of ``data`` in ``namespace``; the signer's key.
+
+    SignatureError if it is malformed, for another namespace, uses a hash other than
+    sha256/sha512, or does not verify. Whether the signer is trusted is the caller's
+    business.
+    """
+    sig = parse_sshsig(armored)
+    if sig.namespace != namespace:
+        raise SignatureError(
+            f"the SSH signature is for namespace {sig.namespace!r}, not {namespace!r}.",
+            hint="A signature made for another purpose cannot stand for this one.",
+        )
+    if sig.reserved:
+        # OpenSSH ignores this field and verifies as if it were empty, so its content could
+        # be changed without breaking the signature; we accept only what signers write.
+        raise _bad_signature("the reserved field is not empty")
+    digest = _SSHSIG_HASHES.get(sig.hash_algorithm)
+    if digest is None:
+        raise SignatureError(
+            f"the SSH signature uses hash {sig.hash_algorithm!r}; only sha512 and sha256 "
+            "are accepted.",
+            hint=_SIG_HINT,
+        )
+    signed = _signed_data(
+        sig.namespace.encode("utf-8"),
+        b"",
+        sig.hash_algorithm.encode("ascii"),
+        digest(data),
+    )
+    if not sig.public_key.verify(sig.signature_blob, signed):
+        raise SignatureError(
+            f"the SSH signature by {sig.public_key.fingerprint} does not verify: the signed "
+            "data was changed or the signature was damaged.",
+            hint="Do not trust this data.",
+        )
+    return sig.public_key
+
+
+def sign_sshsig(key: SigningKey, data: bytes, namespace: str = "git") -> str:
+    """An armored SSHSIG signature of ``data``, byte for byte as ``ssh-keygen -Y sign``
+    writes it (hash sha512; ends with a newline).
+
+    For a git commit use :func:`sign_commit`, which leaves off the final newline.
+    """
+    if not namespace:
+        raise SignatureError(
+            "an SSH signature needs a non-empty namespace.",
+            hint="Use the namespace 'git' for commits.",
+        )
+    ns = namespace.encode("utf-8")
+    signed = _signed_data(ns, b"", b"sha512", hashlib.sha512(data).digest())
+    blob = (
+        _SSHSIG_MAGIC
+        + sshwire.U32.pack(_SSHSIG_VERSION)
+        + sshwire.string(key.public_key.blob)
+        + sshwire.string(ns)
+        + sshwire.string(b"")
+        + sshwire.string(b"sha512")
+        + sshwire.string(key.sign(signed))
+    )
+    return _armor(blob)
