@@ -1,4 +1,4 @@
-"""Writing an append's objects as one small git pack, and the git tree format.
+"""Writing an append's objects as one small git pack.
 
 An append makes a handful of objects (the record, its attachments, the trees on its path, the
 signed commit). Written as loose objects they are a file each, every one in its own fan-out
@@ -14,77 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 import secrets
 import struct
 import zlib
-from collections.abc import Iterable
-from typing import Final
 
-OBJ_COMMIT: Final = 1
-OBJ_TREE: Final = 2
-OBJ_BLOB: Final = 3
-OBJ_TAG: Final = 4
-_TYPE_NAMES: Final = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree", OBJ_BLOB: b"blob", OBJ_TAG: b"tag"}
-
-MODE_TREE: Final = b"40000"
-MODE_BLOB: Final = b"100644"
-
-#: A tree entry: (mode, name, 20-byte object id).
-TreeEntry = tuple[bytes, bytes, bytes]
-
-
-def object_id(obj_type: int, content: bytes) -> bytes:
-    """The SHA-1 object id git gives ``content`` of type ``obj_type`` (20 bytes)."""
-    h = hashlib.sha1(_TYPE_NAMES[obj_type] + b" %d\0" % len(content), usedforsecurity=False)
-    h.update(content)
-    return h.digest()
-
-
-# --- trees ------------------------------------------------------------------------------
-
-
-def parse_tree(raw: bytes) -> list[TreeEntry]:
-    """The entries of a raw tree object, in their stored order. ``ValueError`` if malformed."""
-    entries: list[TreeEntry] = []
-    pos, end = 0, len(raw)
-    while pos < end:
-        space = raw.find(b" ", pos)
-        nul = raw.find(b"\0", space + 1)
-        if space < 0 or nul < 0 or nul + 21 > end:
-            raise ValueError("truncated tree entry")
-        entries.append((raw[pos:space], raw[space + 1 : nul], raw[nul + 1 : nul + 21]))
-        pos = nul + 21
-    return entries
-
-
-def git_order(name: bytes, mode: bytes) -> bytes:
-    """The key git orders a tree's entries by: the name, a subtree's as if it ended in '/'."""
-    return name + b"/" if mode == MODE_TREE else name
-
-
-def serialize_tree(entries: Iterable[TreeEntry]) -> bytes:
-    """A raw tree object of ``entries`` in git's order. ``ValueError`` on a duplicate name."""
-    ordered = sorted(entries, key=lambda entry: git_order(entry[1], entry[0]))
-    for a, b in itertools.pairwise(ordered):
-        if a[1] == b[1]:
-            raise ValueError(f"duplicate tree entry {a[1].decode(errors='replace')!r}")
-    return b"".join(mode + b" " + name + b"\0" + oid for mode, name, oid in ordered)
-
-
-# --- commits ----------------------------------------------------------------------------
-
-
-def add_signature(content: bytes, signature: bytes, field: bytes = b"gpgsig") -> bytes:
-    """The commit ``content`` with ``signature`` in a ``field`` header after the others,
-    continuation lines indented by one space (what ``git commit -S`` and libgit2 write)."""
-    end = content.find(b"\n\n")
-    if end < 0:
-        raise ValueError("a commit without a blank line after its headers")
-    sig = signature.replace(b"\n", b"\n ")  # exactly as libgit2 formats a header field
-    return content[: end + 1] + field + b" " + sig + b"\n" + content[end + 1 :]
-
+from ledger.format.gitobj import (
+    MODE_BLOB,
+    MODE_TREE,
+    OBJ_BLOB,
+    OBJ_COMMIT,
+    OBJ_TAG,
+    OBJ_TREE,
+    TYPE_NAMES,
+    TreeEntry,
+    add_signature,
+    git_order,
+    object_id,
+    parse_tree,
+    serialize_tree,
+)
 
 # --- packs ------------------------------------------------------------------------------
 
@@ -203,7 +152,7 @@ def whole_entries(pack: bytes, idx: bytes) -> list[tuple[bytes, bytes]] | None:
     for (start, oid), end in zip(ordered, ends, strict=True):
         if not 12 <= start < end <= len(pack) - 20:
             raise ValueError("a pack index offset outside the pack")
-        if (pack[start] >> 4) & 7 not in _TYPE_NAMES:
+        if (pack[start] >> 4) & 7 not in TYPE_NAMES:
             return None  # a delta
         out.append((oid, pack[start:end]))
     return out

@@ -39,6 +39,7 @@ from ledger.errors import (
     StorageError,
     UntrustedKey,
 )
+from ledger.format import gitobj
 from ledger.signing import PublicKey, SigningKey, sign_commit
 
 MAIN_REF = "refs/heads/main"
@@ -884,7 +885,7 @@ class Ledger:
                 files: dict[str, dict[str, Any]] = {}
                 for name, content in sorted(attachments.items()):
                     apath = records.attachment_path(path, name)
-                    additions[apath] = objects.add(packfile.OBJ_BLOB, content)
+                    additions[apath] = objects.add(gitobj.OBJ_BLOB, content)
                     files[name] = {
                         "path": apath,
                         "sha256": records.sha256_hex(content),
@@ -893,7 +894,7 @@ class Ledger:
                 if incident is not None and kind == records.KIND_RUN_STARTED and run:
                     ipath = records.incident_index_path(incident, run)
                     content = (path + "\n").encode()
-                    additions[ipath] = objects.add(packfile.OBJ_BLOB, content)
+                    additions[ipath] = objects.add(gitobj.OBJ_BLOB, content)
                     files["incident-index"] = {
                         "path": ipath,
                         "sha256": records.sha256_hex(content),
@@ -912,7 +913,7 @@ class Ledger:
                     files=files,
                 )
                 raw = records.canonical_json(record)
-                additions[path] = objects.add(packfile.OBJ_BLOB, raw)
+                additions[path] = objects.add(gitobj.OBJ_BLOB, raw)
                 tree = self._trees.add(objects, parent.tree, additions)
                 message = records.build_message(
                     summary or records.summarize(kind, data),
@@ -928,7 +929,7 @@ class Ledger:
                 commit_raw = _signed_commit_bytes(
                     key, who, now, message, pygit2.Oid(raw=tree), [parent.commit_id]
                 )
-                oid = pygit2.Oid(raw=objects.add(packfile.OBJ_COMMIT, commit_raw))
+                oid = pygit2.Oid(raw=objects.add(gitobj.OBJ_COMMIT, commit_raw))
                 objects.write(self._pack_dir)
                 _syncfs(self.gitdir, self._fds()[1])
                 self._move_main(parent.commit_id, str(oid), who, now, f"ledger: append seq {seq}")
@@ -1216,14 +1217,15 @@ def _signed_commit_bytes(
 ) -> bytes:
     """The raw signed commit, formatted exactly as libgit2's ``create_commit_string`` and
     ``create_commit_with_signature`` would (the tree need not be in the repository yet)."""
-    ident = records.clean_principal(principal).encode("utf-8")
-    person = b"%s <%s> %d +0000\n" % (ident, ident, _seconds(time))
-    content = b"tree %s\n" % str(tree).encode("ascii")
-    for parent in parents:
-        content += b"parent %s\n" % str(parent).encode("ascii")
-    content += b"author " + person + b"committer " + person + b"\n" + message.encode("utf-8")
+    content = gitobj.commit_content(
+        str(tree),
+        [str(parent) for parent in parents],
+        records.clean_principal(principal),
+        _seconds(time),
+        message,
+    )
     signature = sign_commit(content, key)
-    return packfile.add_signature(content, signature.encode("ascii"))
+    return gitobj.add_signature(content, signature.encode("ascii"))
 
 
 def _blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
@@ -1259,13 +1261,13 @@ class _Trees:
         if obj_type != pygit2.enums.ObjectType.TREE:
             raise StorageError(f"{where or '/'} is a file in the ledger, not a directory.")
         try:
-            parsed = packfile.parse_tree(raw)
+            parsed = gitobj.parse_tree(raw)
         except ValueError as exc:
             raise StorageError(
                 f"the tree at {where or '/'} is damaged ({exc}).",
                 hint="Run 'ledger verify' to see what is wrong.",
             ) from None
-        keys = [packfile.git_order(name, mode) for mode, name, _ in parsed]
+        keys = [gitobj.git_order(name, mode) for mode, name, _ in parsed]
         if any(a >= b for a, b in itertools.pairwise(keys)):
             raise StorageError(
                 f"the tree at {where or '/'} is not in git's order; the ledger is damaged.",
@@ -1301,15 +1303,15 @@ class _Trees:
         raws: dict[bytes, bytes],
     ) -> bytes:
         entries = dict(self.entries(base, where)) if base is not None else {}
-        last = packfile.git_order(
+        last = gitobj.git_order(
             *next(((k, v[0]) for k, v in reversed(entries.items())), (b"", b""))
         )
         in_order = True
         added: list[bytes] = []  # new names, in order
         changes = sorted(
             ((name.encode("utf-8"), value) for name, value in node.items()),
-            key=lambda item: packfile.git_order(
-                item[0], packfile.MODE_TREE if isinstance(item[1], dict) else packfile.MODE_BLOB
+            key=lambda item: gitobj.git_order(
+                item[0], gitobj.MODE_TREE if isinstance(item[1], dict) else gitobj.MODE_BLOB
             ),
         )
         for key, value in changes:
@@ -1318,13 +1320,13 @@ class _Trees:
             if isinstance(value, dict):
                 sub: bytes | None = None
                 if existing is not None:
-                    if existing[0] != packfile.MODE_TREE:
+                    if existing[0] != gitobj.MODE_TREE:
                         raise StorageError(
                             f"{where}{name} is a file in the ledger, not a directory."
                         )
                     sub = existing[1]
                 entries[key] = (
-                    packfile.MODE_TREE,
+                    gitobj.MODE_TREE,
                     self._build(objects, sub, value, f"{where}{name}/", built, raws),
                 )
             else:
@@ -1333,9 +1335,9 @@ class _Trees:
                         f"{where}{name} already exists in the ledger; records never replace files.",
                         hint="Run 'ledger verify'; the ledger may have been tampered with.",
                     )
-                entries[key] = (packfile.MODE_BLOB, value)
+                entries[key] = (gitobj.MODE_BLOB, value)
             if existing is None:  # a new name: still in order if it sorts after the rest
-                order = packfile.git_order(key, entries[key][0])
+                order = gitobj.git_order(key, entries[key][0])
                 in_order = in_order and order > last
                 last = max(last, order)
                 added.append(key)
@@ -1349,10 +1351,10 @@ class _Trees:
         else:
             if not in_order:
                 entries = dict(
-                    sorted(entries.items(), key=lambda kv: packfile.git_order(kv[0], kv[1][0]))
+                    sorted(entries.items(), key=lambda kv: gitobj.git_order(kv[0], kv[1][0]))
                 )
             raw = b"".join(mode + b" " + n + b"\0" + eid for n, (mode, eid) in entries.items())
-        oid = objects.add(packfile.OBJ_TREE, raw)
+        oid = objects.add(gitobj.OBJ_TREE, raw)
         built[oid] = entries
         raws[oid] = raw
         return oid
