@@ -277,10 +277,10 @@ def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_p
 def test_loose_objects_are_packed_and_packs_consolidated(
     ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ledger import store
+    from ledger.store import upkeep
 
-    monkeypatch.setattr(store, "PACK_EVERY", 10)
-    monkeypatch.setattr(store, "MAX_PACKS", 2)
+    monkeypatch.setattr(upkeep, "PACK_EVERY", 10)
+    monkeypatch.setattr(upkeep, "MAX_PACKS", 2)
     for i in range(90):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
         ledger.wait_for_packing()
@@ -304,19 +304,19 @@ def test_appends_go_on_while_packing(
     wait for it (here the packing is held until the test lets it go)."""
     import threading
 
-    from ledger import store
+    from ledger.store import upkeep
 
-    monkeypatch.setattr(store, "PACK_EVERY", 5)
+    monkeypatch.setattr(upkeep, "PACK_EVERY", 5)
     release = threading.Event()
     started = threading.Event()
-    real_pack = store.pack_objects
+    real_pack = upkeep.pack_objects
 
     def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
         started.set()
         assert release.wait(60)
         return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "pack_objects", held_pack)
+    monkeypatch.setattr(upkeep, "pack_objects", held_pack)
     for i in range(5):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
     assert started.wait(60)
@@ -337,10 +337,10 @@ def test_packing_concurrent_with_appends_loses_nothing(
 ) -> None:
     """Packings (and pack consolidations) running beside a stream of appends remove only
     objects already in a pack on disk: every record stays readable and the chain verifies."""
-    from ledger import store
+    from ledger.store import upkeep
 
-    monkeypatch.setattr(store, "PACK_EVERY", 7)
-    monkeypatch.setattr(store, "MAX_PACKS", 3)
+    monkeypatch.setattr(upkeep, "PACK_EVERY", 7)
+    monkeypatch.setattr(upkeep, "MAX_PACKS", 3)
     for i in range(150):
         ledger.append(
             "event", {"message": f"m{i}", "data": None}, key=key, attachments={"out": b"x%d" % i}
@@ -359,11 +359,11 @@ def test_a_second_packing_of_the_same_ledger_does_nothing(ledger: Ledger, key: S
     import fcntl
     import os
 
-    from ledger import store
+    from ledger.store import gitdir
 
     for i in range(3):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
-    fd = os.open(ledger.gitdir / store.PACK_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(ledger.gitdir / gitdir.PACK_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         assert ledger.pack_objects() == 0  # another packer holds the lock
@@ -412,7 +412,7 @@ def test_upkeep_removes_what_a_dead_writer_left_and_nothing_fresh(
     (they may be an append in flight in another process)."""
     import time as time_mod
 
-    from ledger import store
+    from ledger.store import upkeep
 
     pack_dir = ledger.gitdir / "objects" / "pack"
     old_tmp = pack_dir / "tmp_ledger_0123_pack-x.pack"
@@ -420,11 +420,11 @@ def test_upkeep_removes_what_a_dead_writer_left_and_nothing_fresh(
     fresh_tmp = pack_dir / "tmp_ledger_4567_pack-y.idx"
     for path in (old_tmp, old_pack, fresh_tmp):
         path.write_bytes(b"partial")
-    past = time_mod.time() - store.STALE_LEFTOVER_S - 60
+    past = time_mod.time() - upkeep.STALE_LEFTOVER_S - 60
     for path in (old_tmp, old_pack):
         os.utime(path, (past, past))
     ledger.append("event", {"message": "m", "data": None}, key=key)
-    store.merge_small_packs(ledger.repo, ledger.gitdir)
+    upkeep.merge_small_packs(ledger.repo, ledger.gitdir)
     assert not old_tmp.exists() and not old_pack.exists()
     assert fresh_tmp.exists()
     assert ledger.record(1).data["message"] == "m"
@@ -435,7 +435,7 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
 ) -> None:
     """Packs a fetch brings can hold deltas, whose entries cannot be copied as they are:
     their objects are read and stored whole instead, and nothing is lost."""
-    from ledger import packfile, store
+    from ledger.store import packs, upkeep
 
     def add(n: int) -> None:
         for i in range(n):
@@ -448,19 +448,19 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
         add(3)
         git("-c", "fetch.unpackLimit=1", "fetch", "-q", ledger.path, "main:main", cwd=copy)
     pack_dir = copy / "objects" / "pack"
-    small = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= upkeep.SMALL_PACK_OBJECTS]
     assert len(small) >= 2
     with_deltas = [
         p
         for p in small
-        if packfile.whole_entries(
+        if packs.whole_entries(
             p.base.with_suffix(".pack").read_bytes(), p.base.with_suffix(".idx").read_bytes()
         )
         is None
     ]
     assert with_deltas, "git sent no deltas; the fallback path is not exercised"
-    assert store.merge_small_packs(pygit2.Repository(str(copy)), copy) == len(small)
-    left = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    assert upkeep.merge_small_packs(pygit2.Repository(str(copy)), copy) == len(small)
+    left = [p for p in upkeep.list_packs(pack_dir) if p.count <= upkeep.SMALL_PACK_OBJECTS]
     assert len(left) <= 1
     fsck = git("fsck", "--strict", "--no-dangling", cwd=copy, check=False)
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
@@ -474,26 +474,28 @@ def test_small_packs_are_merged_while_a_repack_runs(
     so a busy ledger never piles up hundreds of packs for readers to search."""
     import threading
 
-    from ledger import store
+    from ledger.store import upkeep
 
-    monkeypatch.setattr(store, "PACK_EVERY", 5)
-    monkeypatch.setattr(store, "MERGE_EVERY", 4)
+    monkeypatch.setattr(upkeep, "PACK_EVERY", 5)
+    monkeypatch.setattr(upkeep, "MERGE_EVERY", 4)
     release = threading.Event()
-    real_pack = store.pack_objects
+    real_pack = upkeep.pack_objects
 
     def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
         assert release.wait(60)
         return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "pack_objects", held_pack)
+    monkeypatch.setattr(upkeep, "pack_objects", held_pack)
     for i in range(40):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
-        if ledger._merger is not None:
-            ledger._merger.join()  # (only to make the count below exact)
+        if ledger._upkeep.merger is not None:
+            ledger._upkeep.merger.join()  # (only to make the count below exact)
     pack_dir = ledger.gitdir / "objects" / "pack"
-    small = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
-    assert ledger._packer is not None and ledger._packer.is_alive()  # the repack is held
-    assert len(small) <= store.MERGE_EVERY  # ... and yet the small packs were merged
+    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= upkeep.SMALL_PACK_OBJECTS]
+    assert (
+        ledger._upkeep.packer is not None and ledger._upkeep.packer.is_alive()
+    )  # the repack is held
+    assert len(small) <= upkeep.MERGE_EVERY  # ... and yet the small packs were merged
     release.set()
     ledger.wait_for_packing()
     assert ledger.last_pack_error is None
@@ -509,19 +511,19 @@ def test_upkeep_runs_at_low_priority(
     commands keep the CPU; the appending thread keeps its own priority."""
     import threading
 
-    from ledger import store
+    from ledger.store import upkeep
 
     seen: list[int] = []
-    real_merge = store.merge_small_packs
+    real_merge = upkeep.merge_small_packs
 
     def observed(repo: object, gitdir: Path) -> int:
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return real_merge(repo, gitdir)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "merge_small_packs", observed)
+    monkeypatch.setattr(upkeep, "merge_small_packs", observed)
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    for i in range(store.MERGE_EVERY):
+    for i in range(upkeep.MERGE_EVERY):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
     ledger.wait_for_packing()
-    assert seen == [max(before, store.UPKEEP_NICE)]
+    assert seen == [max(before, upkeep.UPKEEP_NICE)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
