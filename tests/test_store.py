@@ -527,3 +527,25 @@ def test_upkeep_runs_at_low_priority(
     ledger.wait_for_packing()
     assert seen == [max(before, upkeep.UPKEEP_NICE)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_a_stored_record_reads_its_attachments_through_the_reader_it_was_given() -> None:
+    """A record read back holds a blob reader, not the ledger: any reader of (path, commit)
+    serves, and a record without one has no attachments to give."""
+    from ledger.store import StoredRecord
+
+    asked: list[tuple[str, str]] = []
+
+    def reader(path: str, commit_id: str) -> bytes:
+        asked.append((path, commit_id))
+        return b"content of " + path.encode()
+
+    files = {"out": {"path": "runs/x/1-out", "sha256": "", "size": 0}}
+    rec = StoredRecord("c0ffee", 1, "event", "p", {"files": files}, b"{}", "m\n", 0, reader)
+    assert rec.attachment("out") == b"content of runs/x/1-out"
+    assert asked == [("runs/x/1-out", "c0ffee")]
+    with pytest.raises(InputError):
+        rec.attachment("err")
+    alone = StoredRecord("c0ffee", 1, "event", "p", {"files": files}, b"{}", "m\n", 0)
+    with pytest.raises(InputError):
+        alone.attachment("out")

@@ -128,7 +128,7 @@ class Reads:
             raw=raw,
             message=commit.message,
             commit_time=commit.commit_time,
-            _ledger=self,  # type: ignore[arg-type]
+            read_blob=self._read_blob_at,
         )
 
     def iter_records(
@@ -219,6 +219,9 @@ class Reads:
         if not isinstance(obj, pygit2.Blob):
             raise InputError(f"{path!r} in the ledger is a directory, not a file.")
         return bytes(obj.data)
+
+    def _read_blob_at(self, path: str, commit_id: str) -> bytes:
+        return self.read_blob(path, commit_id=commit_id)
 
     def _tree_at(self, path: str) -> pygit2.Tree | None:
         tree = self._head_tree()

@@ -3,14 +3,15 @@ records as read back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ledger.errors import InputError
 from ledger.signing import PublicKey
 
-if TYPE_CHECKING:
-    from ledger.store.ledger import Ledger
+BlobReader = Callable[[str, str], bytes]
+"""Reads a file of the ledger's tree: ``(path, commit_id) -> bytes``."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ class StoredRecord:
     raw: bytes
     message: str
     commit_time: int
-    _ledger: Ledger | None = field(default=None, repr=False, compare=False)
+    read_blob: BlobReader | None = field(default=None, repr=False, compare=False)
+    """Reads the files of the tree this record was read from (its attachments); set by the
+    store, ``None`` for a record with no store behind it."""
 
     @property
     def run(self) -> str | None:
@@ -99,9 +102,9 @@ class StoredRecord:
     def attachment(self, name: str) -> bytes:
         """The bytes of one of this record's attached files."""
         path = self.files.get(name)
-        if path is None or self._ledger is None:
+        if path is None or self.read_blob is None:
             raise InputError(f"record {self.seq} has no attached file {name!r}.")
-        return self._ledger.read_blob(path, commit_id=self.commit_id)
+        return self.read_blob(path, self.commit_id)
 
 
-__all__ = ["Appended", "Head", "Signer", "StoredRecord"]
+__all__ = ["Appended", "BlobReader", "Head", "Signer", "StoredRecord"]
