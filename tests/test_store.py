@@ -16,7 +16,7 @@ import pytest
 from ledger import records
 from ledger.errors import InputError, LedgerExists, LedgerNotFound, UntrustedKey
 from ledger.signing import SigningKey
-from ledger.store import Ledger
+from ledger.store import Ledger, UpkeepPolicy
 from ledger.verify import verify_ledger
 from tests.conftest import git
 
@@ -274,13 +274,8 @@ def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_p
     assert reopened.append("event", {"message": "after", "data": None}, key=key).seq == head.seq + 1
 
 
-def test_loose_objects_are_packed_and_packs_consolidated(
-    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ledger.store import upkeep
-
-    monkeypatch.setattr(upkeep, "PACK_EVERY", 10)
-    monkeypatch.setattr(upkeep, "MAX_PACKS", 2)
+def test_loose_objects_are_packed_and_packs_consolidated(ledger: Ledger, key: SigningKey) -> None:
+    ledger = Ledger.open(ledger.path, upkeep=UpkeepPolicy(pack_every=10, max_packs=2))
     for i in range(90):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
         ledger.wait_for_packing()
@@ -306,15 +301,15 @@ def test_appends_go_on_while_packing(
 
     from ledger.store import upkeep
 
-    monkeypatch.setattr(upkeep, "PACK_EVERY", 5)
+    ledger = Ledger.open(ledger.path, upkeep=UpkeepPolicy(pack_every=5))
     release = threading.Event()
     started = threading.Event()
     real_pack = upkeep.pack_objects
 
-    def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
+    def held_pack(repo: object, gitdir: Path, policy: UpkeepPolicy, *, threads: int = 0) -> int:
         started.set()
         assert release.wait(60)
-        return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
+        return real_pack(repo, gitdir, policy, threads=threads)  # type: ignore[arg-type]
 
     monkeypatch.setattr(upkeep, "pack_objects", held_pack)
     for i in range(5):
@@ -332,15 +327,10 @@ def test_appends_go_on_while_packing(
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
 
 
-def test_packing_concurrent_with_appends_loses_nothing(
-    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_packing_concurrent_with_appends_loses_nothing(ledger: Ledger, key: SigningKey) -> None:
     """Packings (and pack consolidations) running beside a stream of appends remove only
     objects already in a pack on disk: every record stays readable and the chain verifies."""
-    from ledger.store import upkeep
-
-    monkeypatch.setattr(upkeep, "PACK_EVERY", 7)
-    monkeypatch.setattr(upkeep, "MAX_PACKS", 3)
+    ledger = Ledger.open(ledger.path, upkeep=UpkeepPolicy(pack_every=7, max_packs=3))
     for i in range(150):
         ledger.append(
             "event", {"message": f"m{i}", "data": None}, key=key, attachments={"out": b"x%d" % i}
@@ -448,7 +438,7 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
         add(3)
         git("-c", "fetch.unpackLimit=1", "fetch", "-q", ledger.path, "main:main", cwd=copy)
     pack_dir = copy / "objects" / "pack"
-    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= upkeep.SMALL_PACK_OBJECTS]
+    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= UpkeepPolicy().small_pack_objects]
     assert len(small) >= 2
     with_deltas = [
         p
@@ -460,7 +450,7 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
     ]
     assert with_deltas, "git sent no deltas; the fallback path is not exercised"
     assert upkeep.merge_small_packs(pygit2.Repository(str(copy)), copy) == len(small)
-    left = [p for p in upkeep.list_packs(pack_dir) if p.count <= upkeep.SMALL_PACK_OBJECTS]
+    left = [p for p in upkeep.list_packs(pack_dir) if p.count <= UpkeepPolicy().small_pack_objects]
     assert len(left) <= 1
     fsck = git("fsck", "--strict", "--no-dangling", cwd=copy, check=False)
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
@@ -476,14 +466,14 @@ def test_small_packs_are_merged_while_a_repack_runs(
 
     from ledger.store import upkeep
 
-    monkeypatch.setattr(upkeep, "PACK_EVERY", 5)
-    monkeypatch.setattr(upkeep, "MERGE_EVERY", 4)
+    policy = UpkeepPolicy(pack_every=5, merge_every=4)
+    ledger = Ledger.open(ledger.path, upkeep=policy)
     release = threading.Event()
     real_pack = upkeep.pack_objects
 
-    def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
+    def held_pack(repo: object, gitdir: Path, given: UpkeepPolicy, *, threads: int = 0) -> int:
         assert release.wait(60)
-        return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
+        return real_pack(repo, gitdir, given, threads=threads)  # type: ignore[arg-type]
 
     monkeypatch.setattr(upkeep, "pack_objects", held_pack)
     for i in range(40):
@@ -491,11 +481,11 @@ def test_small_packs_are_merged_while_a_repack_runs(
         if ledger._upkeep.merger is not None:
             ledger._upkeep.merger.join()  # (only to make the count below exact)
     pack_dir = ledger.gitdir / "objects" / "pack"
-    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= upkeep.SMALL_PACK_OBJECTS]
+    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= policy.small_pack_objects]
     assert (
         ledger._upkeep.packer is not None and ledger._upkeep.packer.is_alive()
     )  # the repack is held
-    assert len(small) <= upkeep.MERGE_EVERY  # ... and yet the small packs were merged
+    assert len(small) <= policy.merge_every  # ... and yet the small packs were merged
     release.set()
     ledger.wait_for_packing()
     assert ledger.last_pack_error is None
@@ -516,16 +506,17 @@ def test_upkeep_runs_at_low_priority(
     seen: list[int] = []
     real_merge = upkeep.merge_small_packs
 
-    def observed(repo: object, gitdir: Path) -> int:
+    def observed(repo: object, gitdir: Path, given: UpkeepPolicy) -> int:
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return real_merge(repo, gitdir)  # type: ignore[arg-type]
+        return real_merge(repo, gitdir, given)  # type: ignore[arg-type]
 
     monkeypatch.setattr(upkeep, "merge_small_packs", observed)
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    for i in range(upkeep.MERGE_EVERY):
+    policy = UpkeepPolicy()
+    for i in range(policy.merge_every):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
     ledger.wait_for_packing()
-    assert seen == [max(before, upkeep.UPKEEP_NICE)]
+    assert seen == [max(before, policy.nice)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
 
 

@@ -16,13 +16,14 @@ Modules:
 - ``trust``: the keys the records trust (genesis, ``keys/``).
 - ``seqindex``: the local seq -> commit index.
 - ``packs``: an append's objects as one pack with its v2 index.
-- ``upkeep``: merging and repacking packs in the background; pack locks.
+- ``upkeep``: merging and repacking packs in the background (:class:`UpkeepPolicy`).
 - ``gitdir``: the git directory: fixed paths, opening, syncfs, flock, files written whole.
 """
 
 from ledger.store.gitdir import MAIN_REF, open_repository
 from ledger.store.ledger import Ledger
 from ledger.store.types import Appended, Head, Signer, StoredRecord
+from ledger.store.upkeep import UpkeepPolicy
 
 __all__ = [
     "MAIN_REF",
@@ -31,5 +32,6 @@ __all__ = [
     "Ledger",
     "Signer",
     "StoredRecord",
+    "UpkeepPolicy",
     "open_repository",
 ]

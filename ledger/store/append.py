@@ -2,7 +2,7 @@
 
 Composing (:func:`compose`) builds everything in memory: the record, its attachments, the
 new trees on its path, the message and the signed commit, collected in one
-:class:`~ledger.store.packs.PackWriter`. Committing (:meth:`Appends._commit`) writes them
+:class:`~ledger.store.packs.PackWriter`. Committing (:meth:`Appends._commit_append`) writes them
 as one pack, flushes the filesystem (``syncfs``), moves ``refs/heads/main`` by
 compare-and-swap, and flushes again: a record is acknowledged only once both are on disk.
 Appends from several processes are serialised by an ``flock`` on ``<gitdir>/ledger.lock``.

@@ -22,17 +22,20 @@ import pygit2
 from ledger import __version__, records
 from ledger.errors import LedgerExists, LedgerNotFound, StorageError
 from ledger.signing import PublicKey, SigningKey
-from ledger.store import append, gitdir, trees, upkeep
+from ledger.store import append, gitdir, trees
 from ledger.store.reads import Tip
 from ledger.store.seqindex import SeqIndex
 from ledger.store.types import Signer
+from ledger.store.upkeep import Upkeep, UpkeepPolicy
 
 
 class Ledger(append.Appends):
     """A ledger repository opened for reading (:class:`~ledger.store.reads.Reads`) and
     appending (:class:`~ledger.store.append.Appends`)."""
 
-    def __init__(self, path: Path, repo: pygit2.Repository) -> None:
+    def __init__(
+        self, path: Path, repo: pygit2.Repository, *, upkeep: UpkeepPolicy | None = None
+    ) -> None:
         self.path = path
         self.repo = repo
         self.gitdir = Path(repo.path)
@@ -48,7 +51,7 @@ class Ledger(append.Appends):
             ) from None
         self.name: str = str(cfg["ledger.name"]) if "ledger.name" in cfg else ""
         self._signers_cache: tuple[str, list[Signer]] | None = None
-        self._upkeep = upkeep.Upkeep(self.gitdir)
+        self._upkeep = Upkeep(self.gitdir, upkeep or UpkeepPolicy())
         self._trees = trees.Trees(repo)
         self._files = gitdir.OpenFiles()
         self._index = SeqIndex(self.gitdir / gitdir.STATE_DIR / gitdir.SEQ_INDEX)
@@ -64,18 +67,19 @@ class Ledger(append.Appends):
     # -- creation and opening -----------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path) -> Ledger:
-        """Open an existing ledger; :class:`LedgerNotFound` if there is none."""
+    def open(cls, path: Path, *, upkeep: UpkeepPolicy | None = None) -> Ledger:
+        """Open an existing ledger; :class:`LedgerNotFound` if there is none. ``upkeep``:
+        when to merge and repack packs (default: :class:`UpkeepPolicy`'s defaults)."""
         repo = gitdir.open_repository(path)
         if not repo.is_bare:
             raise LedgerNotFound(
                 f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
                 hint="Point --ledger at a ledger made by 'ledger init'.",
             )
-        return cls(path, repo)
+        return cls(path, repo, upkeep=upkeep)
 
     @classmethod
-    def adopt(cls, path: Path) -> Ledger:
+    def adopt(cls, path: Path, *, upkeep: UpkeepPolicy | None = None) -> Ledger:
         """Open a bare repository holding a ledger chain and write its ``ledger.*`` config
         from its genesis record (used after cloning)."""
         repo = pygit2.Repository(str(path))
@@ -91,7 +95,7 @@ class Ledger(append.Appends):
         repo.config["ledger.id"] = str(genesis.get("ledger", ""))
         repo.config["ledger.genesis"] = str(commit.id)
         repo.config["ledger.name"] = str(genesis.get("data", {}).get("name", ""))
-        return cls(path, repo)
+        return cls(path, repo, upkeep=upkeep)
 
     @classmethod
     def init(
@@ -103,6 +107,7 @@ class Ledger(append.Appends):
         principal: str,
         signers: list[tuple[str, PublicKey]] | None = None,
         host: str | None = None,
+        upkeep: UpkeepPolicy | None = None,
     ) -> Ledger:
         """Create a new ledger with its genesis record.
 
@@ -126,7 +131,7 @@ class Ledger(append.Appends):
             "created_by": f"runbook-ledger {__version__}",
         }
         oid = _write_genesis(path, repo, ledger_id, key, principal, host, data)
-        ledger = cls(path, repo)
+        ledger = cls(path, repo, upkeep=upkeep)
         ledger._index.put(0, oid)
         return ledger
 
@@ -173,7 +178,7 @@ class Ledger(append.Appends):
     def pack_objects(self) -> int:
         """Pack the loose objects now, in this thread (see
         :func:`~ledger.store.upkeep.pack_objects`)."""
-        return upkeep.pack_objects(self.repo, self.gitdir)
+        return self._upkeep.pack_now(self.repo)
 
 
 def _create_repository(path: Path, name: str) -> tuple[pygit2.Repository, str]:

@@ -1,10 +1,11 @@
 """Pack upkeep: merging the small packs appends write, repacking with deltas, and the
 background threads that do both while appends go on.
 
-Each append writes one small pack (:mod:`ledger.store.packs`). Every :data:`MERGE_EVERY`
+Each append writes one small pack (:mod:`ledger.store.packs`). Every ``merge_every``
 records the small packs are merged into one (objects copied whole, cheap); every
-:data:`PACK_EVERY` records the loose objects and small and merged packs are repacked with
-deltas; when there are :data:`MAX_PACKS` large packs, everything goes into one. Nothing is
+``pack_every`` records the loose objects and small and merged packs are repacked with
+deltas; when there are ``max_packs`` large packs, everything goes into one (the numbers are
+an :class:`UpkeepPolicy`'s). Nothing is
 removed before its replacement is on disk, and two upkeeps of one kind never overlap (an
 ``flock`` on ``<gitdir>/ledger-pack.lock`` or ``ledger-merge.lock``).
 """
@@ -26,22 +27,35 @@ import pygit2
 from ledger.errors import LedgerNotFound, StorageError
 from ledger.store import gitdir, packs
 
-MERGE_EVERY = 16
-"""Every this many records, the append that reaches a multiple merges the small packs
-(one per append) into one, so that readers never search hundreds of packs."""
-SMALL_PACK_OBJECTS = 64
-"""A pack of at most this many objects is an append's own (merged every MERGE_EVERY)."""
-MEDIUM_PACK_OBJECTS = MERGE_EVERY * SMALL_PACK_OBJECTS
-"""A pack of at most this many objects is a merge of small packs (repacked every
-PACK_EVERY with deltas); larger packs are only consolidated when there are MAX_PACKS."""
-PACK_EVERY = 1000
-"""Every this many records, the append that reaches a multiple starts repacking the loose
-objects and the small and merged packs into one pack with deltas (in a background thread:
-appends go on meanwhile)."""
-MAX_PACKS = 32
-"""When there are this many large packs, they are consolidated into one."""
-UPKEEP_NICE = 19
-"""The niceness of the upkeep threads (Linux schedules threads one by one)."""
+
+@dataclass(frozen=True)
+class UpkeepPolicy:
+    """When upkeep runs and what it treats as small, medium and large packs. The defaults
+    are the ledger's; tests and tools pass their own (``Ledger.open(path, upkeep=...)``)."""
+
+    merge_every: int = 16
+    """Every this many records, the append that reaches a multiple merges the small packs
+    (one per append) into one, so that readers never search hundreds of packs."""
+    small_pack_objects: int = 64
+    """A pack of at most this many objects is an append's own (merged every merge_every)."""
+    pack_every: int = 1000
+    """Every this many records, the append that reaches a multiple starts repacking the
+    loose objects and the small and merged packs into one pack with deltas (in a background
+    thread: appends go on meanwhile)."""
+    max_packs: int = 32
+    """When there are this many large packs, they are consolidated into one."""
+    nice: int = 19
+    """The niceness of the upkeep threads (Linux schedules threads one by one)."""
+
+    @property
+    def medium_pack_objects(self) -> int:
+        """A pack of at most this many objects is a merge of small packs (repacked every
+        pack_every with deltas); larger packs are only consolidated when there are
+        max_packs."""
+        return self.merge_every * self.small_pack_objects
+
+
+DEFAULT_POLICY = UpkeepPolicy()
 
 
 @dataclass(frozen=True)
@@ -76,8 +90,8 @@ def pack_oids(pack: Pack) -> list[pygit2.Oid]:
     ]
 
 
-def remove_packs(packs: list[Pack]) -> None:
-    for pack in packs:
+def remove_packs(doomed: list[Pack]) -> None:
+    for pack in doomed:
         # The index first: readers find packs by their index.
         for suffix in (".idx", ".rev", ".pack"):
             pack.base.with_suffix(suffix).unlink(missing_ok=True)
@@ -120,10 +134,12 @@ def pack_lock(gitdir_path: Path, name: str = gitdir.PACK_LOCK_FILE) -> Iterator[
         os.close(fd)
 
 
-def merge_small_packs(repo: pygit2.Repository, gitdir_path: Path) -> int:
+def merge_small_packs(
+    repo: pygit2.Repository, gitdir_path: Path, policy: UpkeepPolicy = DEFAULT_POLICY
+) -> int:
     """Merge the small packs (each append writes one) into one pack, objects stored whole.
 
-    Cheap (no delta search: the objects are copied), and run every :data:`MERGE_EVERY`
+    Cheap (no delta search: the objects are copied), and run every ``policy.merge_every``
     records. The merged pack is on disk before any small pack is removed, and only packs
     listed before it was written are removed. Returns the packs merged.
     """
@@ -133,7 +149,7 @@ def merge_small_packs(repo: pygit2.Repository, gitdir_path: Path) -> int:
             if not locked:
                 return 0
             remove_stale_leftovers(pack_dir)
-            small = [p for p in list_packs(pack_dir) if p.count <= SMALL_PACK_OBJECTS]
+            small = [p for p in list_packs(pack_dir) if p.count <= policy.small_pack_objects]
             if len(small) < 2:
                 return 0
             writer = packs.PackWriter()
@@ -164,11 +180,17 @@ def merge_small_packs(repo: pygit2.Repository, gitdir_path: Path) -> int:
         raise gitdir.storage_error("merge the packs of", gitdir_path, exc) from None
 
 
-def pack_objects(repo: pygit2.Repository, gitdir_path: Path, *, threads: int = 0) -> int:
+def pack_objects(
+    repo: pygit2.Repository,
+    gitdir_path: Path,
+    policy: UpkeepPolicy = DEFAULT_POLICY,
+    *,
+    threads: int = 0,
+) -> int:
     """Repack the loose objects and the small and merged packs into one pack with deltas
-    (or, when there are :data:`MAX_PACKS` large packs, every object into one).
+    (or, when there are ``policy.max_packs`` large packs, every object into one).
 
-    Run every :data:`PACK_EVERY` records, so that a ledger of 100,000 records is a few
+    Run every ``policy.pack_every`` records, so that a ledger of 100,000 records is a few
     compact packs rather than 700,000 files. Appends may go on meanwhile: only the loose
     objects and packs listed before the new pack was written are removed, and only once it
     is on disk. Two packings of one ledger never overlap (an ``flock`` on
@@ -181,18 +203,18 @@ def pack_objects(repo: pygit2.Repository, gitdir_path: Path, *, threads: int = 0
         with pack_lock(gitdir_path) as locked:
             if not locked:
                 return 0
-            packs = list_packs(pack_dir)
+            found = list_packs(pack_dir)
             loose = list(loose_objects(objects))
-            large = [p for p in packs if p.count > MEDIUM_PACK_OBJECTS]
-            if len(large) >= MAX_PACKS:
-                drop = packs
+            large = [p for p in found if p.count > policy.medium_pack_objects]
+            if len(large) >= policy.max_packs:
+                drop = found
                 # The odb lists an object once per place it is stored (loose, each pack).
                 wanted = {oid.raw for oid in repo.odb}
             else:
                 drop = []
                 wanted = {oid.raw for _, oid in loose}
-                for pack in packs:
-                    if pack.count > MEDIUM_PACK_OBJECTS:
+                for pack in found:
+                    if pack.count > policy.medium_pack_objects:
                         continue
                     try:
                         wanted.update(oid.raw for oid in pack_oids(pack))
@@ -213,7 +235,7 @@ def pack_objects(repo: pygit2.Repository, gitdir_path: Path, *, threads: int = 0
                     hint="Run 'ledger verify'; check free disk space.",
                 )
             gitdir.syncfs(gitdir_path)
-            written = {p.base for p in list_packs(pack_dir)} - {p.base for p in packs}
+            written = {p.base for p in list_packs(pack_dir)} - {p.base for p in found}
             if written:  # (the same set of objects again would be the same pack)
                 remove_packs(drop)
             remove_loose(loose)
@@ -248,8 +270,9 @@ class Upkeep:
     """The upkeep threads of one ledger object: at most one repack and one merge at a time,
     and the last failure (:attr:`last_error`)."""
 
-    def __init__(self, gitdir_path: Path) -> None:
+    def __init__(self, gitdir_path: Path, policy: UpkeepPolicy = DEFAULT_POLICY) -> None:
         self.gitdir = gitdir_path
+        self.policy = policy
         self.last_error: StorageError | None = None
         self.packer: threading.Thread | None = None
         self.merger: threading.Thread | None = None
@@ -257,9 +280,9 @@ class Upkeep:
 
     def after_append(self, seq: int) -> None:
         """Start what the append of ``seq`` makes due (see the module's docstring)."""
-        if seq % PACK_EVERY == 0:
+        if seq % self.policy.pack_every == 0:
             self.start()
-        elif seq % MERGE_EVERY == 0:
+        elif seq % self.policy.merge_every == 0:
             self.start(full=False)
 
     def start(self, *, full: bool = True) -> None:
@@ -272,6 +295,10 @@ class Upkeep:
         elif not full and not _alive(self.merger):
             self.merger = self._thread(merge_small_packs, "ledger-merge")
 
+    def pack_now(self, repo: pygit2.Repository) -> int:
+        """Repack now, in this thread (see :func:`pack_objects`)."""
+        return pack_objects(repo, self.gitdir, self.policy)
+
     def wait(self) -> None:
         """Wait until the upkeep started so far has finished."""
         for thread in (self.packer, self.merger):
@@ -282,10 +309,10 @@ class Upkeep:
         def run() -> None:
             with contextlib.suppress(OSError, AttributeError):
                 # Background work yields the CPU to the appends and the run's commands.
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPKEEP_NICE)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.policy.nice)
             try:
                 # A repository object of its own: the appending thread keeps using its own.
-                work(gitdir.open_repository(self.gitdir), self.gitdir, **kwargs)
+                work(gitdir.open_repository(self.gitdir), self.gitdir, self.policy, **kwargs)
                 self.last_error = None
             except StorageError as exc:
                 self.last_error = exc
