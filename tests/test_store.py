@@ -255,16 +255,23 @@ def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_p
         text=True,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:  # each line: one more record acknowledged
-        if int(line) >= 20:
+    acknowledged: list[int] = []  # each line: the record of seq i + 1 is durable
+    for line in proc.stdout:
+        acknowledged.append(int(line) + 1)
+        if acknowledged[-1] > 20:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # What it printed before it died was acknowledged too.
+    acknowledged += [int(line) + 1 for line in proc.stdout.read().split()]
+    assert acknowledged == list(range(1, len(acknowledged) + 1))
     reopened = Ledger.open(ledger.path)
     result = verify_ledger(ledger.path, trust_genesis=ledger.genesis_id)
     assert result.ok, result.findings
     head = reopened.head()
-    assert head is not None and head.seq >= 3
+    assert head is not None and head.seq >= acknowledged[-1]
+    for seq in acknowledged:
+        assert reopened.record(seq).data["message"] == f"x{seq - 1}"
     last = reopened.record(head.seq)
     assert last.data["message"] == f"x{head.seq - 1}"
     fsck = git("fsck", "--strict", cwd=ledger.path, check=False)
@@ -295,7 +302,7 @@ def test_loose_objects_are_packed_and_packs_consolidated(ledger: Ledger, key: Si
 def test_appends_go_on_while_packing(
     ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The append that reaches PACK_EVERY starts packing and returns; later appends do not
+    """The append that reaches pack_every starts packing and returns; later appends do not
     wait for it (here the packing is held until the test lets it go)."""
     import threading
 
