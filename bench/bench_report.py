@@ -215,7 +215,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
     args = ap.parse_args()
-    store._syncfs = lambda path, fd=None: None  # bulk fill only; see the docstring
+    store.gitdir.syncfs = lambda path, fd=None: None  # bulk fill only; see the docstring
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-report-") as d:
         key = SigningKey.generate(comment="bench@example.com")
         led = Ledger.init(

@@ -57,13 +57,13 @@ def simulated_store() -> Iterator[None]:
         clock[0] += STEP
         return clock[0]
 
-    saved = (records.utc_now, store_mod._syncfs)
+    saved = (records.utc_now, store_mod.gitdir.syncfs)
     records.utc_now = now
-    store_mod._syncfs = lambda path, fd=None: None
+    store_mod.gitdir.syncfs = lambda path, fd=None: None
     try:
         yield
     finally:
-        records.utc_now, store_mod._syncfs = saved
+        records.utc_now, store_mod.gitdir.syncfs = saved
 
 
 def build_with_store(path: Path, n: int, alice: SigningKey, bob: SigningKey) -> Ledger:

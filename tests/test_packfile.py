@@ -1,4 +1,5 @@
-"""The pack and object encoding of appends, judged by stock git and libgit2."""
+"""The pack (ledger.store.packs) and object encoding (ledger.format.gitobj) of appends,
+judged by stock git and libgit2."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pygit2
 import pytest
 from support.gitcmd import git
 
-from ledger import packfile
+from ledger.format import gitobj
 from ledger.signing import SigningKey, sign_commit
+from ledger.store import packs
 
 
 @pytest.fixture()
@@ -35,7 +37,7 @@ def _hash_object(repo: Path, kind: str, content: bytes) -> str:
 
 def test_object_ids_are_gits(bare: Path) -> None:
     for content in (b"", b"hello\n", bytes(range(256)) * 100):
-        assert packfile.object_id(packfile.OBJ_BLOB, content).hex() == _hash_object(
+        assert gitobj.object_id(gitobj.OBJ_BLOB, content).hex() == _hash_object(
             bare, "blob", content
         )
 
@@ -45,15 +47,15 @@ def test_trees_are_ordered_as_git_orders_them(bare: Path) -> None:
     blob = bytes.fromhex(_hash_object(bare, "blob", b"x"))
     sub = bytes.fromhex(git("--git-dir", bare, "mktree", "--missing").stdout.strip() or "0" * 40)
     entries = [
-        (packfile.MODE_TREE, b"a", sub),
-        (packfile.MODE_BLOB, b"a.b", blob),
-        (packfile.MODE_BLOB, b"a0", blob),
-        (packfile.MODE_BLOB, b"Z", blob),
-        (packfile.MODE_TREE, b"runs", sub),
+        (gitobj.MODE_TREE, b"a", sub),
+        (gitobj.MODE_BLOB, b"a.b", blob),
+        (gitobj.MODE_BLOB, b"a0", blob),
+        (gitobj.MODE_BLOB, b"Z", blob),
+        (gitobj.MODE_TREE, b"runs", sub),
     ]
-    raw = packfile.serialize_tree(entries)
+    raw = gitobj.serialize_tree(entries)
     listing = "".join(
-        f"{'040000 tree' if m == packfile.MODE_TREE else '100644 blob'} {o.hex()}\t{n.decode()}\n"
+        f"{'040000 tree' if m == gitobj.MODE_TREE else '100644 blob'} {o.hex()}\t{n.decode()}\n"
         for m, n, o in entries
     )
     made = subprocess.run(
@@ -62,27 +64,27 @@ def test_trees_are_ordered_as_git_orders_them(bare: Path) -> None:
         capture_output=True,
         check=True,
     ).stdout.decode()
-    assert packfile.object_id(packfile.OBJ_TREE, raw).hex() == made.strip()
-    assert packfile.parse_tree(raw) == sorted(
-        entries, key=lambda e: e[1] + b"/" if e[0] == packfile.MODE_TREE else e[1]
+    assert gitobj.object_id(gitobj.OBJ_TREE, raw).hex() == made.strip()
+    assert gitobj.parse_tree(raw) == sorted(
+        entries, key=lambda e: e[1] + b"/" if e[0] == gitobj.MODE_TREE else e[1]
     )
     with pytest.raises(ValueError):
-        packfile.serialize_tree([*entries, (packfile.MODE_BLOB, b"Z", blob)])
+        gitobj.serialize_tree([*entries, (gitobj.MODE_BLOB, b"Z", blob)])
     with pytest.raises(ValueError):
-        packfile.parse_tree(raw[:-3])
+        gitobj.parse_tree(raw[:-3])
 
 
 def test_a_written_pack_is_read_by_stock_git_and_libgit2(bare: Path) -> None:
-    writer = packfile.PackWriter()
-    blobs = [writer.add(packfile.OBJ_BLOB, b"record %d\n" % i * (i + 1)) for i in range(5)]
-    big = writer.add(packfile.OBJ_BLOB, bytes(range(256)) * 400)  # multi-byte size header
+    writer = packs.PackWriter()
+    blobs = [writer.add(gitobj.OBJ_BLOB, b"record %d\n" % i * (i + 1)) for i in range(5)]
+    big = writer.add(gitobj.OBJ_BLOB, bytes(range(256)) * 400)  # multi-byte size header
     tree = writer.add(
-        packfile.OBJ_TREE,
-        packfile.serialize_tree(
-            [(packfile.MODE_BLOB, b"f%d" % i, oid) for i, oid in enumerate([*blobs, big])]
+        gitobj.OBJ_TREE,
+        gitobj.serialize_tree(
+            [(gitobj.MODE_BLOB, b"f%d" % i, oid) for i, oid in enumerate([*blobs, big])]
         ),
     )
-    assert writer.add(packfile.OBJ_BLOB, b"record 0\n") == blobs[0]  # stored once
+    assert writer.add(gitobj.OBJ_BLOB, b"record 0\n") == blobs[0]  # stored once
     name = writer.write(bare / "objects" / "pack")
     idx = bare / "objects" / "pack" / f"pack-{name}.idx"
     verify = git("--git-dir", bare, "verify-pack", "-v", idx)
@@ -97,18 +99,18 @@ def test_a_written_pack_is_read_by_stock_git_and_libgit2(bare: Path) -> None:
 
 
 def test_whole_entries_copy_and_refuse_deltas(bare: Path, tmp_path: Path) -> None:
-    writer = packfile.PackWriter()
-    ids = [writer.add(packfile.OBJ_BLOB, b"line %d\n" % i * 50) for i in range(4)]
+    writer = packs.PackWriter()
+    ids = [writer.add(gitobj.OBJ_BLOB, b"line %d\n" % i * 50) for i in range(4)]
     pack, idx, _ = writer.encode()
-    entries = packfile.whole_entries(pack, idx)
+    entries = packs.whole_entries(pack, idx)
     assert entries is not None and sorted(oid for oid, _ in entries) == sorted(ids)
-    merged = packfile.PackWriter()
+    merged = packs.PackWriter()
     for oid, entry in entries:
         merged.add_entry(oid, entry)
     name = merged.write(bare / "objects" / "pack")
     assert git("--git-dir", bare, "verify-pack", bare / "objects" / "pack" / f"pack-{name}.idx")
     with pytest.raises(ValueError):
-        packfile.whole_entries(pack[:-20] + b"\0" * 20, idx)
+        packs.whole_entries(pack[:-20] + b"\0" * 20, idx)
     # A pack stock git made with deltas is not copied entry by entry.
     work = tmp_path / "work"
     git("init", "-q", work)
@@ -118,7 +120,7 @@ def test_whole_entries_copy_and_refuse_deltas(bare: Path, tmp_path: Path) -> Non
         git("-C", work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"c{i}")
     git("-C", work, "repack", "-adq", "--window=10")
     (gpack,) = (work / ".git" / "objects" / "pack").glob("pack-*.pack")
-    deltas = packfile.whole_entries(gpack.read_bytes(), gpack.with_suffix(".idx").read_bytes())
+    deltas = packs.whole_entries(gpack.read_bytes(), gpack.with_suffix(".idx").read_bytes())
     assert deltas is None
 
 
@@ -130,16 +132,16 @@ def test_signature_header_is_formatted_as_libgit2_does(bare: Path) -> None:
     content = str(repo.create_commit_string(sig, sig, "msg\n\nbody\n", tree, []))
     signature = sign_commit(content, key)
     expected = repo.create_commit_with_signature(content, signature)
-    raw = packfile.add_signature(content.encode(), signature.encode())
-    assert packfile.object_id(packfile.OBJ_COMMIT, raw).hex() == str(expected)
+    raw = gitobj.add_signature(content.encode(), signature.encode())
+    assert gitobj.object_id(gitobj.OBJ_COMMIT, raw).hex() == str(expected)
     with pytest.raises(ValueError):
-        packfile.add_signature(b"tree x\n", signature.encode())
+        gitobj.add_signature(b"tree x\n", signature.encode())
 
 
 def test_commit_bytes_match_libgit2(bare: Path) -> None:
     """The store formats commits itself (their trees are not written yet); byte for byte
     what libgit2's create_commit_string and create_commit_with_signature make."""
-    from ledger.store import _signed_commit_bytes
+    from ledger.store.append import signed_commit_bytes
 
     repo = pygit2.Repository(str(bare))
     key = SigningKey.generate(comment="op@example.com")
@@ -147,7 +149,7 @@ def test_commit_bytes_match_libgit2(bare: Path) -> None:
     parent_sig = pygit2.Signature("p", "p@example.com", 1, 0)
     parent = repo.create_commit(None, parent_sig, parent_sig, "p\n", tree, [])
     when = "2026-11-22T04:16:52.123456Z"
-    raw = _signed_commit_bytes(
+    raw = signed_commit_bytes(
         key, "op@example.com", when, "summary\n\nLedger-Seq: 1\n", tree, [parent]
     )
     payload = raw.split(b"gpgsig ")[0] + raw.split(b"-----END SSH SIGNATURE-----\n")[1]
@@ -162,8 +164,8 @@ def test_commit_bytes_match_libgit2(bare: Path) -> None:
 def test_a_pack_cut_short_under_the_same_name_is_replaced(bare: Path) -> None:
     """Packs are named by their content, so a merge redone after a crash writes the same
     name again: a partial file left there must not be taken for the pack."""
-    writer = packfile.PackWriter()
-    writer.add(packfile.OBJ_BLOB, b"the only object\n" * 100)
+    writer = packs.PackWriter()
+    writer.add(gitobj.OBJ_BLOB, b"the only object\n" * 100)
     pack, _idx, name = writer.encode()
     pack_dir = bare / "objects" / "pack"
     partial = pack_dir / f"pack-{name}.pack"

@@ -17,7 +17,7 @@ from support.gitcmd import git
 from ledger import records
 from ledger.errors import InputError, LedgerExists, LedgerNotFound, UntrustedKey
 from ledger.signing import SigningKey
-from ledger.store import Ledger
+from ledger.store import Ledger, UpkeepPolicy
 from ledger.verify import verify_ledger
 
 
@@ -255,16 +255,23 @@ def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_p
         text=True,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:  # each line: one more record acknowledged
-        if int(line) >= 20:
+    acknowledged: list[int] = []  # each line: the record of seq i + 1 is durable
+    for line in proc.stdout:
+        acknowledged.append(int(line) + 1)
+        if acknowledged[-1] > 20:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # What it printed before it died was acknowledged too.
+    acknowledged += [int(line) + 1 for line in proc.stdout.read().split()]
+    assert acknowledged == list(range(1, len(acknowledged) + 1))
     reopened = Ledger.open(ledger.path)
     result = verify_ledger(ledger.path, trust_genesis=ledger.genesis_id)
     assert result.ok, result.findings
     head = reopened.head()
-    assert head is not None and head.seq >= 3
+    assert head is not None and head.seq >= acknowledged[-1]
+    for seq in acknowledged:
+        assert reopened.record(seq).data["message"] == f"x{seq - 1}"
     last = reopened.record(head.seq)
     assert last.data["message"] == f"x{head.seq - 1}"
     fsck = git("fsck", "--strict", cwd=ledger.path, check=False)
@@ -274,13 +281,8 @@ def test_writer_killed_mid_append_leaves_verifiable_ledger(ledger: Ledger, tmp_p
     assert reopened.append("event", {"message": "after", "data": None}, key=key).seq == head.seq + 1
 
 
-def test_loose_objects_are_packed_and_packs_consolidated(
-    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ledger import store
-
-    monkeypatch.setattr(store, "PACK_EVERY", 10)
-    monkeypatch.setattr(store, "MAX_PACKS", 2)
+def test_loose_objects_are_packed_and_packs_consolidated(ledger: Ledger, key: SigningKey) -> None:
+    ledger = Ledger.open(ledger.path, upkeep=UpkeepPolicy(pack_every=10, max_packs=2))
     for i in range(90):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
         ledger.wait_for_packing()
@@ -300,23 +302,23 @@ def test_loose_objects_are_packed_and_packs_consolidated(
 def test_appends_go_on_while_packing(
     ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The append that reaches PACK_EVERY starts packing and returns; later appends do not
+    """The append that reaches pack_every starts packing and returns; later appends do not
     wait for it (here the packing is held until the test lets it go)."""
     import threading
 
-    from ledger import store
+    from ledger.store import upkeep
 
-    monkeypatch.setattr(store, "PACK_EVERY", 5)
+    ledger = Ledger.open(ledger.path, upkeep=UpkeepPolicy(pack_every=5))
     release = threading.Event()
     started = threading.Event()
-    real_pack = store.pack_objects
+    real_pack = upkeep.pack_objects
 
-    def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
+    def held_pack(repo: object, gitdir: Path, policy: UpkeepPolicy, *, threads: int = 0) -> int:
         started.set()
         assert release.wait(60)
-        return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
+        return real_pack(repo, gitdir, policy, threads=threads)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "pack_objects", held_pack)
+    monkeypatch.setattr(upkeep, "pack_objects", held_pack)
     for i in range(5):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
     assert started.wait(60)
@@ -332,15 +334,10 @@ def test_appends_go_on_while_packing(
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
 
 
-def test_packing_concurrent_with_appends_loses_nothing(
-    ledger: Ledger, key: SigningKey, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_packing_concurrent_with_appends_loses_nothing(ledger: Ledger, key: SigningKey) -> None:
     """Packings (and pack consolidations) running beside a stream of appends remove only
     objects already in a pack on disk: every record stays readable and the chain verifies."""
-    from ledger import store
-
-    monkeypatch.setattr(store, "PACK_EVERY", 7)
-    monkeypatch.setattr(store, "MAX_PACKS", 3)
+    ledger = Ledger.open(ledger.path, upkeep=UpkeepPolicy(pack_every=7, max_packs=3))
     for i in range(150):
         ledger.append(
             "event", {"message": f"m{i}", "data": None}, key=key, attachments={"out": b"x%d" % i}
@@ -359,11 +356,11 @@ def test_a_second_packing_of_the_same_ledger_does_nothing(ledger: Ledger, key: S
     import fcntl
     import os
 
-    from ledger import store
+    from ledger.store import gitdir
 
     for i in range(3):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
-    fd = os.open(ledger.gitdir / store.PACK_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(ledger.gitdir / gitdir.PACK_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         assert ledger.pack_objects() == 0  # another packer holds the lock
@@ -412,7 +409,7 @@ def test_upkeep_removes_what_a_dead_writer_left_and_nothing_fresh(
     (they may be an append in flight in another process)."""
     import time as time_mod
 
-    from ledger import store
+    from ledger.store import upkeep
 
     pack_dir = ledger.gitdir / "objects" / "pack"
     old_tmp = pack_dir / "tmp_ledger_0123_pack-x.pack"
@@ -420,11 +417,11 @@ def test_upkeep_removes_what_a_dead_writer_left_and_nothing_fresh(
     fresh_tmp = pack_dir / "tmp_ledger_4567_pack-y.idx"
     for path in (old_tmp, old_pack, fresh_tmp):
         path.write_bytes(b"partial")
-    past = time_mod.time() - store.STALE_LEFTOVER_S - 60
+    past = time_mod.time() - upkeep.STALE_LEFTOVER_S - 60
     for path in (old_tmp, old_pack):
         os.utime(path, (past, past))
     ledger.append("event", {"message": "m", "data": None}, key=key)
-    store.merge_small_packs(ledger.repo, ledger.gitdir)
+    upkeep.merge_small_packs(ledger.repo, ledger.gitdir)
     assert not old_tmp.exists() and not old_pack.exists()
     assert fresh_tmp.exists()
     assert ledger.record(1).data["message"] == "m"
@@ -435,7 +432,7 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
 ) -> None:
     """Packs a fetch brings can hold deltas, whose entries cannot be copied as they are:
     their objects are read and stored whole instead, and nothing is lost."""
-    from ledger import packfile, store
+    from ledger.store import packs, upkeep
 
     def add(n: int) -> None:
         for i in range(n):
@@ -448,19 +445,19 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
         add(3)
         git("-c", "fetch.unpackLimit=1", "fetch", "-q", ledger.path, "main:main", cwd=copy)
     pack_dir = copy / "objects" / "pack"
-    small = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= UpkeepPolicy().small_pack_objects]
     assert len(small) >= 2
     with_deltas = [
         p
         for p in small
-        if packfile.whole_entries(
+        if packs.whole_entries(
             p.base.with_suffix(".pack").read_bytes(), p.base.with_suffix(".idx").read_bytes()
         )
         is None
     ]
     assert with_deltas, "git sent no deltas; the fallback path is not exercised"
-    assert store.merge_small_packs(pygit2.Repository(str(copy)), copy) == len(small)
-    left = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
+    assert upkeep.merge_small_packs(pygit2.Repository(str(copy)), copy) == len(small)
+    left = [p for p in upkeep.list_packs(pack_dir) if p.count <= UpkeepPolicy().small_pack_objects]
     assert len(left) <= 1
     fsck = git("fsck", "--strict", "--no-dangling", cwd=copy, check=False)
     assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
@@ -474,26 +471,28 @@ def test_small_packs_are_merged_while_a_repack_runs(
     so a busy ledger never piles up hundreds of packs for readers to search."""
     import threading
 
-    from ledger import store
+    from ledger.store import upkeep
 
-    monkeypatch.setattr(store, "PACK_EVERY", 5)
-    monkeypatch.setattr(store, "MERGE_EVERY", 4)
+    policy = UpkeepPolicy(pack_every=5, merge_every=4)
+    ledger = Ledger.open(ledger.path, upkeep=policy)
     release = threading.Event()
-    real_pack = store.pack_objects
+    real_pack = upkeep.pack_objects
 
-    def held_pack(repo: object, gitdir: Path, *, threads: int = 0) -> int:
+    def held_pack(repo: object, gitdir: Path, given: UpkeepPolicy, *, threads: int = 0) -> int:
         assert release.wait(60)
-        return real_pack(repo, gitdir, threads=threads)  # type: ignore[arg-type]
+        return real_pack(repo, gitdir, given, threads=threads)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "pack_objects", held_pack)
+    monkeypatch.setattr(upkeep, "pack_objects", held_pack)
     for i in range(40):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
-        if ledger._merger is not None:
-            ledger._merger.join()  # (only to make the count below exact)
+        if ledger._upkeep.merger is not None:
+            ledger._upkeep.merger.join()  # (only to make the count below exact)
     pack_dir = ledger.gitdir / "objects" / "pack"
-    small = [p for p in store._list_packs(pack_dir) if p.count <= store.SMALL_PACK_OBJECTS]
-    assert ledger._packer is not None and ledger._packer.is_alive()  # the repack is held
-    assert len(small) <= store.MERGE_EVERY  # ... and yet the small packs were merged
+    small = [p for p in upkeep.list_packs(pack_dir) if p.count <= policy.small_pack_objects]
+    assert (
+        ledger._upkeep.packer is not None and ledger._upkeep.packer.is_alive()
+    )  # the repack is held
+    assert len(small) <= policy.merge_every  # ... and yet the small packs were merged
     release.set()
     ledger.wait_for_packing()
     assert ledger.last_pack_error is None
@@ -509,19 +508,42 @@ def test_upkeep_runs_at_low_priority(
     commands keep the CPU; the appending thread keeps its own priority."""
     import threading
 
-    from ledger import store
+    from ledger.store import upkeep
 
     seen: list[int] = []
-    real_merge = store.merge_small_packs
+    real_merge = upkeep.merge_small_packs
 
-    def observed(repo: object, gitdir: Path) -> int:
+    def observed(repo: object, gitdir: Path, given: UpkeepPolicy) -> int:
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return real_merge(repo, gitdir)  # type: ignore[arg-type]
+        return real_merge(repo, gitdir, given)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "merge_small_packs", observed)
+    monkeypatch.setattr(upkeep, "merge_small_packs", observed)
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    for i in range(store.MERGE_EVERY):
+    policy = UpkeepPolicy()
+    for i in range(policy.merge_every):
         ledger.append("event", {"message": f"m{i}", "data": None}, key=key)
     ledger.wait_for_packing()
-    assert seen == [max(before, store.UPKEEP_NICE)]
+    assert seen == [max(before, policy.nice)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_a_stored_record_reads_its_attachments_through_the_reader_it_was_given() -> None:
+    """A record read back holds a blob reader, not the ledger: any reader of (path, commit)
+    serves, and a record without one has no attachments to give."""
+    from ledger.store import StoredRecord
+
+    asked: list[tuple[str, str]] = []
+
+    def reader(path: str, commit_id: str) -> bytes:
+        asked.append((path, commit_id))
+        return b"content of " + path.encode()
+
+    files = {"out": {"path": "runs/x/1-out", "sha256": "", "size": 0}}
+    rec = StoredRecord("c0ffee", 1, "event", "p", {"files": files}, b"{}", "m\n", 0, reader)
+    assert rec.attachment("out") == b"content of runs/x/1-out"
+    assert asked == [("runs/x/1-out", "c0ffee")]
+    with pytest.raises(InputError):
+        rec.attachment("err")
+    alone = StoredRecord("c0ffee", 1, "event", "p", {"files": files}, b"{}", "m\n", 0)
+    with pytest.raises(InputError):
+        alone.attachment("out")

@@ -1,0 +1,6 @@
+"""The ledger's formats, pure: no I/O.
+
+- ``gitobj``: the git object codec: object ids, trees, commit encoding, signature headers.
+"""
+
+__all__: list[str] = []

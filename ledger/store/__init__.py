@@ -1,0 +1,37 @@
+"""The ledger repository: the only code that writes it and the ordinary way to read it.
+
+    from ledger.store import Ledger
+
+    ledger = Ledger.open(path)
+    appended = ledger.append("event", {"message": "hello", "data": None}, key=key)
+    assert ledger.record(appended.seq).record == appended.record
+
+Modules:
+
+- ``ledger``: :class:`Ledger`: creating, opening, configuration, upkeep threads.
+- ``reads``: reading: the head, records, the seq lookups, the head's tree, trusted keys.
+- ``append``: the durable append: compose (in memory), then pack, syncfs, CAS, syncfs.
+- ``types``: :class:`Head`, :class:`Appended`, :class:`Signer`, :class:`StoredRecord`.
+- ``trees``: building an append's new trees; reading blobs.
+- ``trust``: the keys the records trust (genesis, ``keys/``).
+- ``seqindex``: the local seq -> commit index.
+- ``packs``: an append's objects as one pack with its v2 index.
+- ``upkeep``: merging and repacking packs in the background (:class:`UpkeepPolicy`).
+- ``gitdir``: the git directory: fixed paths, opening, syncfs, flock, files written whole.
+"""
+
+from ledger.store.gitdir import MAIN_REF, open_repository
+from ledger.store.ledger import Ledger
+from ledger.store.types import Appended, Head, Signer, StoredRecord
+from ledger.store.upkeep import UpkeepPolicy
+
+__all__ = [
+    "MAIN_REF",
+    "Appended",
+    "Head",
+    "Ledger",
+    "Signer",
+    "StoredRecord",
+    "UpkeepPolicy",
+    "open_repository",
+]

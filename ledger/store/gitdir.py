@@ -1,0 +1,177 @@
+"""The ledger's git directory: its fixed paths, opening it, flushing it to disk, file locks,
+files written whole, and how storage failures are reported.
+
+One ``flock`` helper and one way of writing a file whole serve every lock and state file of
+the store (the append lock, the pack and merge locks, pack indexes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from ledger.errors import LedgerNotFound, StorageError
+
+MAIN_REF = "refs/heads/main"
+STATE_DIR = "ledger-state"
+SEQ_INDEX = "seq-index"
+LOCK_FILE = "ledger.lock"
+PACK_LOCK_FILE = "ledger-pack.lock"
+MERGE_LOCK_FILE = "ledger-merge.lock"
+TMP_PREFIX = "tmp_ledger_"
+"""Temporary files the store writes start with this (upkeep removes stale ones)."""
+
+# --- durability -------------------------------------------------------------------------
+
+_libc: Any = None
+
+
+def syncfs(path: Path, fd: int | None = None) -> None:
+    """Flush everything written to the filesystem holding ``path`` to stable storage.
+
+    One ``syncfs(2)`` after writing a record's objects is much cheaper than an fsync per
+    file and gives the same guarantee. ``fd`` is an open descriptor on that filesystem (else
+    ``path`` is opened). Elsewhere than Linux: ``sync()``.
+    """
+    global _libc  # noqa: PLW0603
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syncfs  # noqa: B018  (probe)
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc is False:
+        os.sync()
+        return
+    own = fd is None
+    use = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if fd is None else fd
+    try:
+        if _libc.syncfs(use) != 0:
+            err = ctypes.get_errno()
+            raise StorageError(
+                f"could not flush the ledger at {path} to disk: {os.strerror(err)}.",
+                hint="Check the disk; the record was not acknowledged.",
+            )
+    finally:
+        if own:
+            os.close(use)
+
+
+# --- opening and errors -----------------------------------------------------------------
+
+
+def open_repository(path: Path) -> pygit2.Repository:
+    """The git repository at exactly ``path`` (no search upwards); :class:`LedgerNotFound`
+    when there is none."""
+    if not path.exists():
+        raise LedgerNotFound(
+            f"there is no ledger at {path} (the path does not exist).",
+            hint="Create one with 'ledger init', or point --ledger at an existing one.",
+        )
+    try:
+        return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    except pygit2.GitError as exc:
+        raise LedgerNotFound(
+            f"{path} is not a ledger: it is not a git repository ({exc}).",
+            hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
+        ) from None
+
+
+def storage_error(action: str, path: Path, exc: BaseException) -> StorageError:
+    """The :class:`StorageError` for ``exc`` raised while trying to ``action`` the ledger
+    at ``path`` (a full disk gets its own hint)."""
+    text = str(exc)
+    hint = "Check the path, its permissions and free disk space, then try again."
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space" in text:
+        hint = "The disk is full: free space and try again; nothing was acknowledged."
+    return StorageError(f"could not {action} the ledger at {path}: {text}.", hint=hint)
+
+
+# --- locks ------------------------------------------------------------------------------
+
+
+def flock(fd: int, *, wait: float = 0.0) -> bool:
+    """Take an exclusive ``flock`` on ``fd``; whether it is now held.
+
+    With ``wait`` 0, one try; else retried (1 ms, doubling to 50 ms) until ``wait`` seconds
+    have passed. The lock goes with the descriptor: closing it, or the process dying,
+    releases it.
+    """
+    deadline = time.monotonic() + wait
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@dataclass
+class OpenFiles:
+    """Descriptors a ledger object keeps open across appends; closed by :meth:`close`, at
+    the latest when the object is collected or the interpreter exits (``weakref.finalize``
+    runs before modules are torn down, unlike ``__del__``)."""
+
+    lock: int | None = None  # <gitdir>/ledger.lock
+    gitdir: int | None = None  # the git directory, for syncfs
+
+    def close(self) -> None:
+        for name in ("lock", "gitdir"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                os.close(fd)
+
+
+# --- files written whole ----------------------------------------------------------------
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def create_file(path: str, data: bytes, mode: int = 0o444) -> None:
+    """Create ``path`` (never over an existing file: ``FileExistsError``) holding ``data``;
+    nothing is left behind if writing fails. Not synced: the caller makes it durable."""
+    fd = os.open(path, _NEW_FILE, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+
+
+def replace_file(directory: str, name: str, data: bytes, mode: int = 0o444) -> None:
+    """Write ``name`` in ``directory`` atomically: through a temporary file (named with
+    :data:`TMP_PREFIX`) renamed into place, so readers see the old file or the whole new
+    one. Not synced: the caller makes it durable."""
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}_{name}")
+    create_file(tmp, data, mode)
+    try:
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,252 @@
+"""The ledger repository: the only code that writes it and the ordinary way to read it.
+
+Appends are durable and serialised: a record is acknowledged only after its objects and the
+moved branch are on disk, and appends from several processes are serialised with an
+exclusive lock on ``<gitdir>/ledger.lock`` plus a compare-and-swap of ``refs/heads/main``
+(:mod:`ledger.store.append`). Reading answers from the tree (the layout of docs/FORMAT.md
+§4) and from a local seq index instead of scanning history (:mod:`ledger.store.reads`).
+This module creates and opens ledgers and owns their configuration and upkeep threads.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from ledger import __version__, records
+from ledger.errors import LedgerExists, LedgerNotFound, StorageError
+from ledger.signing import PublicKey, SigningKey
+from ledger.store import append, gitdir, trees
+from ledger.store.reads import Tip
+from ledger.store.seqindex import SeqIndex
+from ledger.store.types import Signer
+from ledger.store.upkeep import Upkeep, UpkeepPolicy
+
+
+class Ledger(append.Appends):
+    """A ledger repository opened for reading (:class:`~ledger.store.reads.Reads`) and
+    appending (:class:`~ledger.store.append.Appends`)."""
+
+    def __init__(
+        self, path: Path, repo: pygit2.Repository, *, upkeep: UpkeepPolicy | None = None
+    ) -> None:
+        self.path = path
+        self.repo = repo
+        self.gitdir = Path(repo.path)
+        cfg = repo.config
+        try:
+            self.ledger_id: str = str(cfg["ledger.id"])
+            self.genesis_id: str = str(cfg["ledger.genesis"])
+        except KeyError:
+            raise LedgerNotFound(
+                f"{path} is a git repository but not a ledger (its config has no ledger.id "
+                "or ledger.genesis).",
+                hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
+            ) from None
+        self.name: str = str(cfg["ledger.name"]) if "ledger.name" in cfg else ""
+        self._signers_cache: tuple[str, list[Signer]] | None = None
+        self._upkeep = Upkeep(self.gitdir, upkeep or UpkeepPolicy())
+        self._trees = trees.Trees(repo)
+        self._files = gitdir.OpenFiles()
+        self._index = SeqIndex(self.gitdir / gitdir.STATE_DIR / gitdir.SEQ_INDEX)
+        weakref.finalize(self, self._files.close)
+        weakref.finalize(self, self._index.close)
+        self._thread_lock = threading.Lock()
+        self._last: Tip | None = None
+        # Paths an append uses, made once (building them is a visible part of an append).
+        self._main_file = str(self.gitdir / gitdir.MAIN_REF)
+        self._pack_dir = self.gitdir / "objects" / "pack"
+        self._head_is_main: bool | None = None
+
+    # -- creation and opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, upkeep: UpkeepPolicy | None = None) -> Ledger:
+        """Open an existing ledger; :class:`LedgerNotFound` if there is none. ``upkeep``:
+        when to merge and repack packs (default: :class:`UpkeepPolicy`'s defaults)."""
+        repo = gitdir.open_repository(path)
+        if not repo.is_bare:
+            raise LedgerNotFound(
+                f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
+                hint="Point --ledger at a ledger made by 'ledger init'.",
+            )
+        return cls(path, repo, upkeep=upkeep)
+
+    @classmethod
+    def adopt(cls, path: Path, *, upkeep: UpkeepPolicy | None = None) -> Ledger:
+        """Open a bare repository holding a ledger chain and write its ``ledger.*`` config
+        from its genesis record (used after cloning)."""
+        repo = pygit2.Repository(str(path))
+        ref = repo.references.get(gitdir.MAIN_REF)
+        if ref is None:
+            raise LedgerNotFound(f"{path} has no {gitdir.MAIN_REF}; it holds no ledger.")
+        commit = repo.get(ref.target)
+        while isinstance(commit, pygit2.Commit) and commit.parents:
+            commit = commit.parents[0]
+        if not isinstance(commit, pygit2.Commit) or records.GENESIS_PATH not in commit.tree:
+            raise LedgerNotFound(f"the first commit of {path} holds no genesis record.")
+        genesis = json.loads(trees.blob_data(repo, commit.tree[records.GENESIS_PATH].id))
+        repo.config["ledger.id"] = str(genesis.get("ledger", ""))
+        repo.config["ledger.genesis"] = str(commit.id)
+        repo.config["ledger.name"] = str(genesis.get("data", {}).get("name", ""))
+        return cls(path, repo, upkeep=upkeep)
+
+    @classmethod
+    def init(
+        cls,
+        path: Path,
+        *,
+        name: str,
+        key: SigningKey,
+        principal: str,
+        signers: list[tuple[str, PublicKey]] | None = None,
+        host: str | None = None,
+        upkeep: UpkeepPolicy | None = None,
+    ) -> Ledger:
+        """Create a new ledger with its genesis record.
+
+        The initial trusted signers are ``key`` as ``principal`` plus ``signers``. Raises
+        :class:`LedgerExists` if ``path`` exists and is not an empty directory.
+        """
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise LedgerExists(
+                f"{path} already exists and is not empty; 'ledger init' never touches an "
+                "existing ledger or directory.",
+                hint="Choose another path, or use the existing ledger with --ledger.",
+            )
+        repo, ledger_id = _create_repository(path, name)
+        members = [(principal, key.public_key), *(signers or [])]
+        data = {
+            "name": name,
+            "signers": [
+                {"principal": p, "key": pk.openssh(), "fingerprint": pk.fingerprint}
+                for p, pk in members
+            ],
+            "created_by": f"runbook-ledger {__version__}",
+        }
+        oid = _write_genesis(path, repo, ledger_id, key, principal, host, data)
+        ledger = cls(path, repo, upkeep=upkeep)
+        ledger._index.put(0, oid)
+        return ledger
+
+    # -- configuration ------------------------------------------------------------------
+
+    def config_get(self, key: str) -> str | None:
+        cfg = self.repo.config
+        return str(cfg[key]) if key in cfg else None
+
+    def config_set(self, key: str, value: str) -> None:
+        self.repo.config[key] = value
+
+    def close(self) -> None:
+        """Close the files this object keeps open (it stays usable: they are reopened)."""
+        self._files.close()
+        self._index.close()
+
+    # -- packing -------------------------------------------------------------------------
+
+    @property
+    def last_pack_error(self) -> StorageError | None:
+        """The failure of the last pack upkeep, if it failed."""
+        return self._upkeep.last_error
+
+    def start_packing(self, *, full: bool = True) -> None:
+        """Start pack upkeep in the background: with ``full``, a repack with deltas
+        (:func:`~ledger.store.upkeep.pack_objects`), else a merge of the small packs
+        (:func:`~ledger.store.upkeep.merge_small_packs`).
+
+        Upkeep must not pause the appends that follow (a run's steps go on while it works):
+        the records are durable and acknowledged before it starts. Each kind has one thread
+        per ledger object, and merges go on while a (long) repack runs, so small packs never
+        pile up; a repack asked for while one is running is started by a later call. The
+        threads are not daemons, so a process that ends waits for them rather than leaving
+        a half-written pack behind. A failure is kept in :attr:`last_pack_error`; nothing is
+        removed before its replacement is on disk.
+        """
+        self._upkeep.start(full=full)
+
+    def wait_for_packing(self) -> None:
+        """Wait until the upkeep started by :meth:`start_packing` has finished."""
+        self._upkeep.wait()
+
+    def pack_objects(self) -> int:
+        """Pack the loose objects now, in this thread (see
+        :func:`~ledger.store.upkeep.pack_objects`)."""
+        return self._upkeep.pack_now(self.repo)
+
+
+def _create_repository(path: Path, name: str) -> tuple[pygit2.Repository, str]:
+    """A new bare repository configured as a ledger (refusing non-fast-forward pushes and
+    deletions, checking what it receives, no automatic gc), and the new ledger's id."""
+    try:
+        repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
+        cfg = repo.config
+        cfg["receive.denyNonFastForwards"] = True
+        cfg["receive.denyDeletes"] = True
+        cfg["receive.fsckObjects"] = True
+        cfg["core.logAllRefUpdates"] = "always"
+        cfg["gc.auto"] = 0
+        ledger_id = records.new_ledger_id()
+        cfg["ledger.id"] = ledger_id
+        cfg["ledger.name"] = name
+    except (pygit2.GitError, OSError) as exc:
+        raise gitdir.storage_error("create", path, exc) from None
+    return repo, ledger_id
+
+
+def _write_genesis(
+    path: Path,
+    repo: pygit2.Repository,
+    ledger_id: str,
+    key: SigningKey,
+    principal: str,
+    host: str | None,
+    data: dict[str, Any],
+) -> pygit2.Oid:
+    """Write the genesis record ``data`` as the first commit of ``main``, durably; its id."""
+    now = records.format_time(records.utc_now())
+    record = records.make_record(
+        ledger_id=ledger_id,
+        seq=0,
+        kind=records.KIND_GENESIS,
+        time=now,
+        run=None,
+        principal=principal,
+        key_fingerprint=key.public_key.fingerprint,
+        host=host or socket.gethostname(),
+        data=data,
+        files={},
+    )
+    raw = records.canonical_json(record)
+    try:
+        blob = repo.create_blob(raw)
+        tb = repo.TreeBuilder()
+        tb.insert(records.GENESIS_PATH, blob, pygit2.enums.FileMode.BLOB)
+        tree = tb.write()
+        message = records.build_message(
+            records.summarize(records.KIND_GENESIS, data),
+            {
+                "Ledger-Id": ledger_id,
+                "Ledger-Seq": "0",
+                "Ledger-Kind": records.KIND_GENESIS,
+                "Ledger-Record": records.GENESIS_PATH,
+                "Ledger-Record-Sha256": records.sha256_hex(raw),
+            },
+        )
+        oid = repo.odb.write(
+            pygit2.enums.ObjectType.COMMIT,
+            append.signed_commit_bytes(key, principal, now, message, tree, []),
+        )
+        gitdir.syncfs(path)
+        repo.references.create(gitdir.MAIN_REF, oid)
+        repo.config["ledger.genesis"] = str(oid)
+        gitdir.syncfs(path)
+    except (pygit2.GitError, OSError) as exc:
+        raise gitdir.storage_error("write the genesis record of", path, exc) from None
+    return oid
