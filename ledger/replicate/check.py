@@ -173,17 +173,7 @@ def check_one(
         st.ahead = chain.ahead(repo, fetched, local)
         st.message = "run 'ledger verify' on a clone of it before trusting those records"
         if verify_ahead:
-            problems, _result = verify_head(
-                repo, fetched, trust_genesis=chain.root_commit(repo, local)
-            )
-            if problems:
-                st.condition = RemoteCondition.INVALID
-                st.message = (
-                    f"the remote's records beyond ours (up to {fetched}) do not "
-                    "verify: " + "; ".join(problems[:10])
-                )
-            else:
-                st.message = "its extra records verify"
+            _verify_ahead(repo, st, local, fetched)
     else:
         st.condition = RemoteCondition.DIVERGED
         st.message = (
@@ -192,31 +182,42 @@ def check_one(
             "holds another ledger (possible tampering). Nothing was overwritten."
         )
         return st
-    if (
-        prev
-        and prev != fetched
-        and chain.has(repo, prev)
-        and chain.is_ancestor(repo, fetched, prev)
-    ):
+    _compare_last_seen(repo, st, fetched)
+    return st
+
+
+def _verify_ahead(repo: pygit2.Repository, st: RemoteState, local: str, fetched: str) -> None:
+    """Verify the remote's records beyond ours (``fetched`` extends ``local``)."""
+    problems, _result = verify_head(repo, fetched, trust_genesis=chain.root_commit(repo, local))
+    if problems:
+        st.condition = RemoteCondition.INVALID
+        st.message = (
+            f"the remote's records beyond ours (up to {fetched}) do not "
+            "verify: " + "; ".join(problems[:10])
+        )
+    else:
+        st.message = "its extra records verify"
+
+
+def _compare_last_seen(repo: pygit2.Repository, st: RemoteState, fetched: str) -> None:
+    """A rollback or rewrite since we last saw the remote overrides the comparison with ours."""
+    prev = st.last_seen_head
+    if not prev or prev == fetched or not chain.has(repo, prev):
+        return
+    if chain.is_ancestor(repo, fetched, prev):
         st.condition = RemoteCondition.ROLLBACK
         st.message = (
             f"the remote went back from {prev} (seq {st.last_seen_seq}) to "
             f"{fetched} (seq {st.remote_seq}) since we last saw it: records were "
             "removed there (possible tampering)"
         )
-    elif (
-        prev
-        and prev != fetched
-        and chain.has(repo, prev)
-        and not chain.is_ancestor(repo, prev, fetched)
-    ):
+    elif not chain.is_ancestor(repo, prev, fetched):
         st.condition = RemoteCondition.DIVERGED
         st.message = (
             f"the remote's main {fetched} (seq {st.remote_seq}) does not extend "
             f"{prev} (seq {st.last_seen_seq}), which it held when we last saw it: "
             "its history was rewritten (possible tampering)"
         )
-    return st
 
 
 def check_remotes(

@@ -8,6 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pygit2
 
@@ -68,66 +69,10 @@ def clone(
     try:
         repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
         repo.remotes.create("origin", url, f"+{chain.MAIN_REF}:refs/remotes/origin/main")
-        cb = transport.Callbacks(url, creds, repo.config)
-        try:
-            fetched = transport.fetch_main(repo, "origin", cb)
-        except transport.AuthFailed as exc:
-            raise RemoteError(
-                f"could not clone {url}: {exc}.",
-                hint="Provide credentials (--ssh-key, LEDGER_HTTP_TOKEN).",
-            ) from None
-        except pygit2.GitError as exc:
-            status_, message = pushes.classify_git_error(exc, cb)
-            raise RemoteError(
-                f"could not clone {url}: {status_.value}: {message}.", hint=hint_for(status_)
-            ) from None
-        if fetched is None:
-            raise RemoteError(
-                f"{url} holds no ledger: it has no {chain.MAIN_REF}.", hint="Check the URL."
-            )
-        root = chain.root_commit(repo, fetched)
-        if trust_genesis is not None and root != trust_genesis:
-            raise VerificationFailed(
-                f"the ledger at {url} starts at genesis {root}, not at the trusted genesis "
-                f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
-                hint="Check the genesis id with the ledger's owner.",
-            )
-        problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
-        if problems:
-            raise VerificationFailed(
-                f"the ledger at {url} does not verify ({len(problems)} finding(s)): "
-                + "; ".join(problems[:10])
-                + ". Nothing was kept.",
-                findings=list(problems),
-                hint="Do not trust this copy; compare with the ledger's other remotes.",
-            )
-        repo.references.create(chain.MAIN_REF, fetched, force=False)
-        cfg = repo.config
-        cfg["receive.denyNonFastForwards"] = True
-        cfg["receive.denyDeletes"] = True
-        cfg["receive.fsckObjects"] = True
-        cfg["core.logAllRefUpdates"] = "always"
-        Ledger.adopt(target)
-        if result.state is not None:
-            save_state(repo, result.state)
-        seq = chain.commit_seq(repo, fetched)
-        with state.lock(repo) as st:
-            st["origin"] = {
-                "url": url,
-                "head": fetched,
-                "seq": seq,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "status": pushes.PushStatus.UP_TO_DATE.value,
-            }
+        fetched, root, result = _fetch_verified(repo, url, creds, trust_genesis)
+        seq = _keep(repo, target, url, fetched, result)
     except BaseException:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            for child in target.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+        _remove_created(target, created)
         raise
     if trust_genesis is None:
         warnings.append(
@@ -135,6 +80,83 @@ def clone(
             "ledger's owner published, and pass --trust-genesis next time."
         )
     return CloneResult(target, root, fetched, seq, warnings)
+
+
+def _fetch_verified(
+    repo: pygit2.Repository, url: str, creds: transport.Credentials, trust_genesis: str | None
+) -> tuple[str, str, Any]:
+    """Fetch origin's main and verify its chain: its head, its genesis and the verifier's
+    result. Raises when it cannot be fetched, holds no ledger, or does not verify."""
+    cb = transport.Callbacks(url, creds, repo.config)
+    try:
+        fetched = transport.fetch_main(repo, "origin", cb)
+    except transport.AuthFailed as exc:
+        raise RemoteError(
+            f"could not clone {url}: {exc}.",
+            hint="Provide credentials (--ssh-key, LEDGER_HTTP_TOKEN).",
+        ) from None
+    except pygit2.GitError as exc:
+        status_, message = pushes.classify_git_error(exc, cb)
+        raise RemoteError(
+            f"could not clone {url}: {status_.value}: {message}.", hint=hint_for(status_)
+        ) from None
+    if fetched is None:
+        raise RemoteError(
+            f"{url} holds no ledger: it has no {chain.MAIN_REF}.", hint="Check the URL."
+        )
+    root = chain.root_commit(repo, fetched)
+    if trust_genesis is not None and root != trust_genesis:
+        raise VerificationFailed(
+            f"the ledger at {url} starts at genesis {root}, not at the trusted genesis "
+            f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
+            hint="Check the genesis id with the ledger's owner.",
+        )
+    problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
+    if problems:
+        raise VerificationFailed(
+            f"the ledger at {url} does not verify ({len(problems)} finding(s)): "
+            + "; ".join(problems[:10])
+            + ". Nothing was kept.",
+            findings=list(problems),
+            hint="Do not trust this copy; compare with the ledger's other remotes.",
+        )
+    return fetched, root, result
+
+
+def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result: Any) -> int | None:
+    """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config,
+    its verified state and what origin held. Returns the head's seq."""
+    repo.references.create(chain.MAIN_REF, fetched, force=False)
+    cfg = repo.config
+    cfg["receive.denyNonFastForwards"] = True
+    cfg["receive.denyDeletes"] = True
+    cfg["receive.fsckObjects"] = True
+    cfg["core.logAllRefUpdates"] = "always"
+    Ledger.adopt(target)
+    if result.state is not None:
+        save_state(repo, result.state)
+    seq = chain.commit_seq(repo, fetched)
+    with state.lock(repo) as st:
+        st["origin"] = {
+            "url": url,
+            "head": fetched,
+            "seq": seq,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": pushes.PushStatus.UP_TO_DATE.value,
+        }
+    return seq
+
+
+def _remove_created(target: Path, created: bool) -> None:
+    """Undo a failed clone: the directory if we created it, else everything put in it."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        for child in target.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def hint_for(status_: pushes.PushStatus) -> str:

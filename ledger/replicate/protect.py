@@ -83,20 +83,7 @@ def pre_receive(
     change, only forward, and the resulting chain must verify from the pinned genesis
     (``ledger.genesis`` of the remote; pinned by the first accepted push when unset).
     """
-    env = os.environ if environ is None else environ
-    extra: list[Path] = []
-    for var in ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY"):
-        value = env.get(var)
-        if value:
-            p = Path(value)
-            extra.append(p if p.is_absolute() else (repo_dir / p))
-    for value in (env.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") or "").split(":"):
-        if value:
-            extra.append(Path(value) if Path(value).is_absolute() else repo_dir / value)
-    repo = pygit2.Repository(str(repo_dir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-    for d in extra:
-        with contextlib.suppress(pygit2.GitError):
-            repo.odb.add_disk_alternate(str(d))
+    repo = _open_received(repo_dir, os.environ if environ is None else environ)
     pinned = str(repo.config["ledger.genesis"]) if "ledger.genesis" in repo.config else None
     messages: list[str] = []
     verified: list[Any] = []
@@ -107,35 +94,10 @@ def pre_receive(
         if len(fields) != 3:
             continue
         old, new, ref = fields
-        if ref != chain.MAIN_REF:
+        refusal = _refusal(repo, old, new, ref)
+        if refusal is not None:
             ok = False
-            messages.append(
-                f"refusing {ref}: only {chain.MAIN_REF} may be updated on a ledger "
-                "remote [rule: main-only]"
-            )
-            continue
-        if new == chain.ZERO_OID:
-            ok = False
-            messages.append(
-                f"refusing to delete {ref}: a ledger is never deleted [rule: no-delete]"
-            )
-            continue
-        try:
-            commit = repo[new]
-        except (KeyError, ValueError):
-            ok = False
-            messages.append(f"refusing {ref} -> {new}: the commit is not in the push")
-            continue
-        if not isinstance(commit, pygit2.Commit):
-            ok = False
-            messages.append(f"refusing {ref} -> {new}: not a commit")
-            continue
-        if old != chain.ZERO_OID and not chain.is_ancestor(repo, old, new):
-            ok = False
-            messages.append(
-                f"refusing {ref}: {new} does not extend {old}; a ledger only grows "
-                "[rule: fast-forward]"
-            )
+            messages.append(refusal)
             continue
         root = chain.root_commit(repo, new)
         genesis = pinned or pin_now
@@ -171,6 +133,48 @@ def pre_receive(
         with contextlib.suppress(LedgerError):
             save_state(repo, verified[-1])
     return HookResult(ok, messages)
+
+
+def _open_received(repo_dir: Path, env: Mapping[str, str]) -> pygit2.Repository:
+    """The remote's repository, seeing the pushed objects too: during pre-receive git keeps
+    them in a quarantine directory named by the environment."""
+    extra: list[Path] = []
+    for var in ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY"):
+        value = env.get(var)
+        if value:
+            p = Path(value)
+            extra.append(p if p.is_absolute() else (repo_dir / p))
+    for value in (env.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") or "").split(":"):
+        if value:
+            extra.append(Path(value) if Path(value).is_absolute() else repo_dir / value)
+    repo = pygit2.Repository(str(repo_dir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    for d in extra:
+        with contextlib.suppress(pygit2.GitError):
+            repo.odb.add_disk_alternate(str(d))
+    return repo
+
+
+def _refusal(repo: pygit2.Repository, old: str, new: str, ref: str) -> str | None:
+    """Why the update ``old -> new`` of ``ref`` is refused before any record is read, or
+    None: only main, never deleted, only forward, and the new head must be a pushed commit."""
+    if ref != chain.MAIN_REF:
+        return (
+            f"refusing {ref}: only {chain.MAIN_REF} may be updated on a ledger "
+            "remote [rule: main-only]"
+        )
+    if new == chain.ZERO_OID:
+        return f"refusing to delete {ref}: a ledger is never deleted [rule: no-delete]"
+    try:
+        commit = repo[new]
+    except (KeyError, ValueError):
+        return f"refusing {ref} -> {new}: the commit is not in the push"
+    if not isinstance(commit, pygit2.Commit):
+        return f"refusing {ref} -> {new}: not a commit"
+    if old != chain.ZERO_OID and not chain.is_ancestor(repo, old, new):
+        return (
+            f"refusing {ref}: {new} does not extend {old}; a ledger only grows [rule: fast-forward]"
+        )
+    return None
 
 
 def _hook_since(repo: pygit2.Repository, old: str, genesis: str) -> Any:

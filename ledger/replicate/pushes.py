@@ -235,77 +235,29 @@ def push_one(
     if local is None:
         out.message = "the ledger has no records to push"
         return out
+    seen = last_seen or {}
     cb = transport.Callbacks(url, creds, repo.config)
     try:
         remote_head = transport.list_main(repo, name, cb)
         out.remote_head = remote_head
-        prev = (last_seen or {}).get("head")
         if remote_head is not None and remote_head == local:
             out.status = PushStatus.UP_TO_DATE
         elif remote_head is None or (
             chain.has(repo, remote_head) and chain.is_ancestor(repo, remote_head, local)
         ):
-            if remote_head is None and prev:
+            if remote_head is None and seen.get("head"):
                 out.rollback = (
-                    f"the remote's main is gone, but it held {chain.short(prev)} "
-                    f"(seq {(last_seen or {}).get('seq')}) when we last saw it"
+                    f"the remote's main is gone, but it held {chain.short(seen['head'])} "
+                    f"(seq {seen.get('seq')}) when we last saw it"
                 )
-            out.records = chain.ahead(repo, local, remote_head)
             cb = transport.Callbacks(url, creds, repo.config)
-            transport.anonymous(repo, name).push([PUSH_REFSPEC], callbacks=cb)
-            if cb.rejections:
-                out.status = PushStatus.REJECTED
-                refs = "; ".join(f"{ref}: {msg}" for ref, msg in cb.rejections)
-                server = cb.server_messages()
-                out.message = refs + (" — server said: " + " | ".join(server) if server else "")
-                out.records = 0
-            elif chain.MAIN_REF in cb.accepted:
-                out.status = PushStatus.PUSHED
-                out.remote_head = local
-            else:
-                out.status = PushStatus.ERROR
-                out.message = "the remote did not report the state of refs/heads/main"
+            _send(repo, name, out, local, remote_head, cb)
         else:
-            fetched = transport.fetch_main(repo, name, cb)
-            out.remote_head = fetched
-            if fetched is not None and chain.is_ancestor(repo, local, fetched):
-                out.status = PushStatus.AHEAD
-                n = chain.ahead(repo, fetched, local)
-                out.message = (
-                    f"the remote holds {n} record(s) beyond our head "
-                    f"{chain.short(local)}: its main is {fetched} (seq "
-                    f"{chain.commit_seq(repo, fetched)}). Nothing pushed; check where they "
-                    "came from with 'ledger fetch'."
-                )
-            else:
-                out.status = PushStatus.DIVERGED
-                out.message = (
-                    f"the remote's main {fetched} "
-                    f"(seq {chain.commit_seq(repo, fetched or '')}) and "
-                    f"our main {local} (seq {out.local_seq}) do not extend one another: the "
-                    "remote was rewritten or holds another ledger (possible tampering). Nothing "
-                    "was pushed or overwritten."
-                )
+            _refuse(repo, out, local, transport.fetch_main(repo, name, cb))
         if out.remote_head is not None:
             out.remote_seq = chain.commit_seq(repo, out.remote_head)
-        if (
-            prev
-            and out.rollback is None
-            and out.remote_head is not None
-            and out.status is not PushStatus.DIVERGED
-        ):
-            before = remote_head if remote_head is not None else out.remote_head
-            if (
-                before != prev
-                and chain.has(repo, prev)
-                and chain.has(repo, before)
-                and chain.is_ancestor(repo, before, prev)
-            ):
-                out.rollback = (
-                    f"the remote went back from {chain.short(prev)} (seq "
-                    f"{(last_seen or {}).get('seq')}) to {chain.short(before)} (seq "
-                    f"{chain.commit_seq(repo, before)}) since we last saw it"
-                )
+        if out.rollback is None:
+            out.rollback = _went_back(repo, out, remote_head, seen)
     except transport.AuthFailed as exc:
         out.status, out.message = PushStatus.AUTH_FAILED, str(exc)
     except pygit2.GitError as exc:
@@ -318,6 +270,77 @@ def push_one(
         out.status, out.message = PushStatus.ERROR, str(exc)
     out.seconds = time.monotonic() - start
     return out
+
+
+def _send(
+    repo: pygit2.Repository,
+    name: str,
+    out: PushOutcome,
+    local: str,
+    remote_head: str | None,
+    cb: transport.Callbacks,
+) -> None:
+    """The push itself, when the remote's main is missing or an ancestor of ours."""
+    out.records = chain.ahead(repo, local, remote_head)
+    transport.anonymous(repo, name).push([PUSH_REFSPEC], callbacks=cb)
+    if cb.rejections:
+        out.status = PushStatus.REJECTED
+        refs = "; ".join(f"{ref}: {msg}" for ref, msg in cb.rejections)
+        server = cb.server_messages()
+        out.message = refs + (" — server said: " + " | ".join(server) if server else "")
+        out.records = 0
+    elif chain.MAIN_REF in cb.accepted:
+        out.status = PushStatus.PUSHED
+        out.remote_head = local
+    else:
+        out.status = PushStatus.ERROR
+        out.message = "the remote did not report the state of refs/heads/main"
+
+
+def _refuse(repo: pygit2.Repository, out: PushOutcome, local: str, fetched: str | None) -> None:
+    """Why nothing is pushed when the remote's main (``fetched``) is not an ancestor of our
+    main (``local``): the remote is ahead of us, or the two diverged."""
+    out.remote_head = fetched
+    if fetched is not None and chain.is_ancestor(repo, local, fetched):
+        out.status = PushStatus.AHEAD
+        n = chain.ahead(repo, fetched, local)
+        out.message = (
+            f"the remote holds {n} record(s) beyond our head "
+            f"{chain.short(local)}: its main is {fetched} (seq "
+            f"{chain.commit_seq(repo, fetched)}). Nothing pushed; check where they "
+            "came from with 'ledger fetch'."
+        )
+    else:
+        out.status = PushStatus.DIVERGED
+        out.message = (
+            f"the remote's main {fetched} (seq {chain.commit_seq(repo, fetched or '')}) and "
+            f"our main {local} (seq {out.local_seq}) do not extend one another: the "
+            "remote was rewritten or holds another ledger (possible tampering). Nothing "
+            "was pushed or overwritten."
+        )
+
+
+def _went_back(
+    repo: pygit2.Repository, out: PushOutcome, remote_head: str | None, seen: Mapping[str, Any]
+) -> str | None:
+    """The rollback message when the remote's main (before our push) is an ancestor of the
+    head it held when we last saw it, else None."""
+    prev = seen.get("head")
+    if not prev or out.remote_head is None or out.status is PushStatus.DIVERGED:
+        return None
+    before = remote_head if remote_head is not None else out.remote_head
+    if (
+        before != prev
+        and chain.has(repo, prev)
+        and chain.has(repo, before)
+        and chain.is_ancestor(repo, before, prev)
+    ):
+        return (
+            f"the remote went back from {chain.short(prev)} (seq "
+            f"{seen.get('seq')}) to {chain.short(before)} (seq "
+            f"{chain.commit_seq(repo, before)}) since we last saw it"
+        )
+    return None
 
 
 def record_outcomes(repo: pygit2.Repository, outcomes: Iterable[PushOutcome]) -> None:
