@@ -16,6 +16,7 @@ from conftest import git, run_cli
 
 from ledger import replicate
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
+from ledger.replicate import transport
 from ledger.signing import SigningKey
 from ledger.store import Ledger
 
@@ -510,6 +511,28 @@ def test_hook_fails_closed_outside_a_repository(tmp_path: Path) -> None:
         "hook", "pre-receive", cwd=tmp_path, input=f"{'0' * 40} {'1' * 40} refs/heads/main\n"
     )
     assert r.code != 0
+
+
+def test_timeouts_are_read_from_the_environment_only_by_credentials_from_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creds = replicate.Credentials.from_env(
+        environ={"LEDGER_REMOTE_CONNECT_TIMEOUT": "3", "LEDGER_REMOTE_TIMEOUT": "7.5"}
+    )
+    assert (creds.connect_timeout, creds.io_timeout) == (3.0, 7.5)
+    monkeypatch.setenv("LEDGER_REMOTE_TIMEOUT", "99")  # the library itself does not look
+    try:
+        transport.configure(creds)
+        settings = pygit2.settings
+        assert (settings.server_connect_timeout, settings.server_timeout) == (3000, 7500)
+    finally:
+        transport.configure(replicate.Credentials())
+    assert (pygit2.settings.server_connect_timeout, pygit2.settings.server_timeout) == (
+        10_000,
+        120_000,
+    )
+    with pytest.raises(InputError, match="LEDGER_REMOTE_TIMEOUT='soon' is not a number"):
+        replicate.Credentials.from_env(environ={"LEDGER_REMOTE_TIMEOUT": "soon"})
 
 
 def test_pygit2_remote_api_is_used_for_config(tmp_path: Path) -> None:

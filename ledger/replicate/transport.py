@@ -36,7 +36,7 @@ _PROGRESS_RE = re.compile(
 
 @dataclass(frozen=True)
 class Credentials:
-    """How to authenticate to remotes.
+    """How to authenticate to remotes, and how long to wait for them.
 
     SSH: the key file ``ssh_key`` (``--ssh-key`` / ``LEDGER_SSH_KEY``), then ssh-agent
     (``SSH_AUTH_SOCK``), then ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa``. HTTP(S):
@@ -44,6 +44,10 @@ class Credentials:
     ``LEDGER_HTTP_USER`` + ``LEDGER_HTTP_PASSWORD``, then credentials in the URL, then the
     file of git's ``store`` credential helper (``credential.helper = store``). SSH host keys
     are checked against ``$HOME/.ssh/known_hosts`` unless ``insecure_host_key``.
+
+    Timeouts (seconds, process-wide in libgit2, applied by :func:`configure`): connecting
+    (``LEDGER_REMOTE_CONNECT_TIMEOUT``), any other network wait (``LEDGER_REMOTE_TIMEOUT``).
+    Only :meth:`from_env` reads the environment; the library takes what it is given.
     """
 
     ssh_key: Path | None = None
@@ -53,6 +57,8 @@ class Credentials:
     insecure_host_key: bool = False
     use_agent: bool = True
     home: Path | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    io_timeout: float = DEFAULT_IO_TIMEOUT_S
 
     @classmethod
     def from_env(
@@ -82,7 +88,23 @@ class Credentials:
             insecure_host_key=insecure_host_key,
             use_agent=bool(env.get("SSH_AUTH_SOCK")),
             home=Path(env["HOME"]) if env.get("HOME") else None,
+            connect_timeout=_seconds(
+                env, "LEDGER_REMOTE_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S
+            ),
+            io_timeout=_seconds(env, "LEDGER_REMOTE_TIMEOUT", DEFAULT_IO_TIMEOUT_S),
         )
+
+
+def _seconds(env: Mapping[str, str], var: str, default: float) -> float:
+    value = env.get(var)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(
+            f"{var}={value!r} is not a number of seconds.", hint=f"Set {var} to e.g. 30."
+        ) from None
 
 
 class AuthFailed(Exception):
@@ -334,25 +356,23 @@ class Callbacks(pygit2.RemoteCallbacks):
         return out
 
 
-_timeouts_set = False
+_timeouts_set: tuple[float, float] | None = None
 _settings_lock = threading.Lock()
 
 
-def configure(creds: Credentials | None = None) -> None:
-    """Process-wide libgit2 settings: network timeouts, and the home directory whose
-    ``.ssh/known_hosts`` libgit2 checks host keys against (libgit2 reads $HOME only once)."""
+def configure(creds: Credentials) -> None:
+    """Process-wide libgit2 settings: the network timeouts of ``creds``, and the home
+    directory whose ``.ssh/known_hosts`` libgit2 checks host keys against (libgit2 reads
+    $HOME only once)."""
     global _timeouts_set  # noqa: PLW0603
     with _settings_lock:
-        if not _timeouts_set:
-            connect = float(
-                os.environ.get("LEDGER_REMOTE_CONNECT_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S
-            )
-            io = float(os.environ.get("LEDGER_REMOTE_TIMEOUT") or DEFAULT_IO_TIMEOUT_S)
+        timeouts = (creds.connect_timeout, creds.io_timeout)
+        if _timeouts_set != timeouts:
             with contextlib.suppress(AttributeError, pygit2.GitError, ValueError):
-                pygit2.settings.server_connect_timeout = int(connect * 1000)
-                pygit2.settings.server_timeout = int(io * 1000)
-            _timeouts_set = True
-        home = creds.home if creds is not None and creds.home is not None else None
+                pygit2.settings.server_connect_timeout = int(creds.connect_timeout * 1000)
+                pygit2.settings.server_timeout = int(creds.io_timeout * 1000)
+            _timeouts_set = timeouts
+        home = creds.home
         if home is None and os.environ.get("HOME"):
             home = Path(os.environ["HOME"])
         if home is not None:
