@@ -399,6 +399,28 @@ def test_clone_verifies_and_pins_genesis(tmp_path: Path) -> None:
         replicate.clone(str(remote), tmp_path / "audit")
 
 
+def test_a_clone_is_protected_like_a_new_ledger(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    replicate.clone(str(remote), tmp_path / "audit", trust_genesis=t.ledger.genesis_id)
+    cfg = git("--git-dir", tmp_path / "audit", "config", "--list").stdout.splitlines()
+    for key in (
+        "receive.denynonfastforwards=true",
+        "receive.denydeletes=true",
+        "receive.fsckobjects=true",
+        "transfer.fsckobjects=true",
+        "core.logallrefupdates=always",
+        "gc.auto=0",
+    ):
+        assert key in cfg
+    remote_cfg = replicate.init_remote(tmp_path / "prot.git")
+    cfg = git("--git-dir", remote_cfg, "config", "--list").stdout.splitlines()
+    assert "transfer.fsckobjects=true" in cfg
+    assert not any(line.startswith("gc.auto=") for line in cfg)  # pushes leave loose objects
+
+
 def test_clone_refuses_a_tampered_remote(tmp_path: Path) -> None:
     t = make_ledger(tmp_path)
     remote = plain_bare(tmp_path / "r.git")

@@ -13,7 +13,7 @@ from typing import Any
 import pygit2
 
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
-from ledger.replicate import chain, check, pushes, remotes, state, transport
+from ledger.replicate import chain, check, protect, pushes, remotes, state, transport
 from ledger.store import Ledger
 from ledger.verify import save_state
 
@@ -127,11 +127,7 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config,
     its verified state and what origin held. Returns the head's seq."""
     repo.references.create(chain.MAIN_REF, fetched, force=False)
-    cfg = repo.config
-    cfg["receive.denyNonFastForwards"] = True
-    cfg["receive.denyDeletes"] = True
-    cfg["receive.fsckObjects"] = True
-    cfg["core.logAllRefUpdates"] = "always"
+    protect.protect(repo.config, ledger=True)
     Ledger.adopt(target)
     if result.state is not None:
         save_state(repo, result.state)

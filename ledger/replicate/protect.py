@@ -26,6 +26,31 @@ exec {python} -m ledger.hook pre-receive
 """
 
 
+PROTECTION: dict[str, bool | str] = {
+    "receive.denyNonFastForwards": True,
+    "receive.denyDeletes": True,
+    "receive.fsckObjects": True,
+    "transfer.fsckObjects": True,
+    "core.logAllRefUpdates": "always",
+}
+
+
+def protect(config: pygit2.Config, *, ledger: bool = False) -> None:
+    """Write the configuration of a protected repository: stock git refuses to rewind or
+    delete its refs and checks every object it receives or fetches, and every ref update
+    is logged.
+
+    ``ledger=True`` is for a ledger's own repository (a verified clone; ``Ledger.init``
+    writes the same today): ledger.store keeps its packs itself, so git's automatic gc is
+    off (``gc.auto = 0``). A protected remote keeps git's gc for the objects that pushes
+    leave behind.
+    """
+    for key, value in PROTECTION.items():
+        config[key] = value
+    if ledger:
+        config["gc.auto"] = 0
+
+
 def init_remote(path: Path, *, genesis: str | None = None) -> Path:
     """Create a protected bare remote at ``path``.
 
@@ -47,11 +72,7 @@ def init_remote(path: Path, *, genesis: str | None = None) -> Path:
     try:
         repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
         cfg = repo.config
-        cfg["receive.denyNonFastForwards"] = True
-        cfg["receive.denyDeletes"] = True
-        cfg["receive.fsckObjects"] = True
-        cfg["transfer.fsckObjects"] = True
-        cfg["core.logAllRefUpdates"] = "always"
+        protect(cfg)
         cfg["ledger.remote"] = True
         if genesis:
             cfg["ledger.genesis"] = genesis
