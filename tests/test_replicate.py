@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from conftest import git, run_cli
 
 from ledger import replicate
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
-from ledger.replicate import transport
+from ledger.replicate import protect, transport
 from ledger.signing import SigningKey
 from ledger.store import Ledger
 
@@ -460,6 +461,27 @@ def test_remote_init_is_protected(tmp_path: Path) -> None:
     assert again.code == 5
     bad = run_cli("remote", "init", tmp_path / "p2.git", "--trust-genesis", "abc")
     assert bad.code == 3
+
+
+def test_hook_script_puts_the_package_first_on_pythonpath_unless_site_has_it(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "it's here"
+    home.mkdir()
+    script = protect.hook_script("/opt/py 3/python", home)
+    assert "exec '/opt/py 3/python' -m ledger.hook pre-receive" in script
+    quoted = "'" + str(home.resolve()).replace("'", "'\"'\"'") + "'"
+    assert f"PYTHONPATH={quoted}${{PYTHONPATH:+:$PYTHONPATH}}\nexport PYTHONPATH\n" in script
+    ran = subprocess.run(
+        ["sh", "-c", script.replace("exec '/opt/py 3/python' -m", 'printf %s "$PYTHONPATH" #')],
+        env={"PYTHONPATH": "/elsewhere"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ran.stdout == f"{home.resolve()}:/elsewhere"
+    site_dir = Path(site.getsitepackages()[0])
+    assert "PYTHONPATH" not in protect.hook_script("/usr/bin/python3", site_dir)
 
 
 def test_pre_receive_accepts_the_ledger_and_rejects_forgeries(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import shlex
+import site
 import stat
 import sys
 from collections.abc import Iterable, Mapping
@@ -16,14 +17,32 @@ from typing import Any
 
 import pygit2
 
+import ledger
 from ledger.errors import InputError, LedgerError, LedgerExists, StorageError
 from ledger.replicate import chain, check
 from ledger.verify import load_state, save_state
 
 HOOK_SCRIPT = """#!/bin/sh
-# Installed by 'ledger remote init': verifies every record pushed to this ledger remote.
-exec {python} -m ledger.hook pre-receive
+# Installed by 'ledger remote init': verifies every record pushed to this ledger remote,
+# with the Python and the ledger package that created it.
+{pythonpath}exec {python} -m ledger.hook pre-receive
 """
+_PYTHONPATH_LINES = """PYTHONPATH={home}${{PYTHONPATH:+:$PYTHONPATH}}
+export PYTHONPATH
+"""
+
+
+def hook_script(python: str, package_home: Path) -> str:
+    """The pre-receive script: ``python`` runs ``ledger.hook`` from ``package_home`` (the
+    directory holding the ``ledger`` package), which goes first on PYTHONPATH unless it is
+    one of the interpreter's site-packages directories (found there anyway; putting it
+    before the standard library could shadow it). git runs hooks with the server's
+    environment, where the package need not be importable: it may only have been on the
+    PYTHONPATH of whoever ran ``ledger remote init``."""
+    site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    home = package_home.resolve()
+    pythonpath = "" if home in site_dirs else _PYTHONPATH_LINES.format(home=shlex.quote(str(home)))
+    return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
 
 
 PROTECTION: dict[str, bool | str] = {
@@ -79,7 +98,7 @@ def init_remote(path: Path, *, genesis: str | None = None) -> Path:
         hooks = Path(repo.path) / "hooks"
         hooks.mkdir(exist_ok=True)
         hook = hooks / "pre-receive"
-        hook.write_text(HOOK_SCRIPT.format(python=shlex.quote(sys.executable)))
+        hook.write_text(hook_script(sys.executable, Path(ledger.__file__).parent.parent))
         hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     except (pygit2.GitError, OSError) as exc:
         raise StorageError(
