@@ -98,7 +98,7 @@ def _fetch_verified(
     except pygit2.GitError as exc:
         status_, message = pushes.classify_git_error(exc, cb)
         raise RemoteError(
-            f"could not clone {url}: {status_.value}: {message}.", hint=hint_for(status_)
+            f"could not clone {url}: {status_.value}: {message}.", hint=_hint_for(status_)
         ) from None
     if fetched is None:
         raise RemoteError(
@@ -155,7 +155,7 @@ def _remove_created(target: Path, created: bool) -> None:
                 child.unlink(missing_ok=True)
 
 
-def hint_for(status_: pushes.PushStatus) -> str:
+def _hint_for(status_: pushes.PushStatus) -> str:
     if status_ is pushes.PushStatus.UNREACHABLE:
         return "Check the URL, that the server is running, and the network."
     if status_ is pushes.PushStatus.AUTH_FAILED:

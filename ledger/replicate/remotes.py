@@ -23,9 +23,6 @@ _HOST_RE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$|^\[[0-9A-Fa-f:.]+\]$"
 )
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_PROGRESS_RE = re.compile(
-    r"^(Counting|Compressing|Writing|Resolving|Total|Unpacking|Enumerating|Delta|Receiving)\b"
-)
 SCHEMES = {
     "file": "file",
     "git": "git",
@@ -144,7 +141,7 @@ def check_remote_name(name: str) -> str:
     return name
 
 
-def remote_names(repo: pygit2.Repository) -> list[str]:
+def _remote_names(repo: pygit2.Repository) -> list[str]:
     return sorted(n for n in repo.remotes.names() if n)
 
 
@@ -152,7 +149,7 @@ def get_remote(repo: pygit2.Repository, name: str) -> pygit2.Remote:
     try:
         return repo.remotes[name]
     except (KeyError, ValueError, pygit2.GitError):
-        known = ", ".join(remote_names(repo)) or "none"
+        known = ", ".join(_remote_names(repo)) or "none"
         raise RemoteError(
             f"there is no remote named {name!r} (configured remotes: {known}).",
             hint="List them with 'ledger remote list'; add one with 'ledger remote add NAME URL'.",
@@ -165,7 +162,7 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
     transport = classify_url(url)
     url = normalize_url(url)
     repo = open_repository(ledger_path)
-    if name in remote_names(repo):
+    if name in _remote_names(repo):
         raise InputError(
             f"a remote named {name!r} already exists ({repo.remotes[name].url}).",
             hint=f"Remove it first with 'ledger remote remove {name}', or choose another name.",
@@ -201,7 +198,7 @@ def remove_remote(ledger_path: Path, name: str) -> None:
 def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
     repo = open_repository(ledger_path)
     out = []
-    for name in remote_names(repo):
+    for name in _remote_names(repo):
         url = repo.remotes[name].url or ""
         try:
             transport = classify_url(url)
@@ -213,7 +210,7 @@ def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
 
 
 def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list[RemoteInfo]:
-    chosen = list(names) if names else remote_names(repo)
+    chosen = list(names) if names else _remote_names(repo)
     out = []
     for name in chosen:
         remote = get_remote(repo, name)

@@ -29,7 +29,7 @@ def lock(repo: pygit2.Repository) -> Iterator[dict[str, Any]]:
     lock_fd = os.open(state_dir / (REMOTES_STATE + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        state = read_file(path)
+        state = _read_file(path)
         before = json.dumps(state, sort_keys=True)
         yield state
         if json.dumps(state, sort_keys=True) != before:
@@ -40,7 +40,7 @@ def lock(repo: pygit2.Repository) -> Iterator[dict[str, Any]]:
         os.close(lock_fd)
 
 
-def read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -55,7 +55,7 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def read(repo: pygit2.Repository) -> dict[str, Any]:
     """The state file of the ledger repository ``repo`` (empty when there is none yet)."""
-    return read_file(Path(repo.path) / STATE_DIR / REMOTES_STATE)
+    return _read_file(Path(repo.path) / STATE_DIR / REMOTES_STATE)
 
 
 def read_remote_state(ledger_path: Path) -> dict[str, Any]:
