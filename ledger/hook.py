@@ -13,15 +13,14 @@ import sys
 from pathlib import Path
 
 from ledger.errors import LedgerError
+from ledger.replicate import protect
 
 
 def pre_receive(stdin_lines: list[str]) -> int:
     """Check the pushed updates; print the verdict for the pusher; return the exit status."""
-    from ledger import replicate
-
     repo_dir = Path(os.environ.get("GIT_DIR") or ".").resolve()
     try:
-        result = replicate.pre_receive(repo_dir, stdin_lines)
+        result = protect.pre_receive(repo_dir, stdin_lines)
     except LedgerError as exc:
         sys.stderr.write(f"ledger: push refused: the check could not run: {exc.diagnostics()}\n")
         return 1

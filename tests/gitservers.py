@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -146,10 +146,12 @@ class GitServer:
 class GitDaemon(GitServer):
     scheme = "git"
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, env: Mapping[str, str] | None = None) -> None:
+        """``env``: the daemon's environment (and so its hooks'), instead of ours."""
         super().__init__(base)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base.parent / "git-daemon.log"
+        self.env = dict(env) if env is not None else None
 
     def start(self, port: int | None = None) -> None:
         """Start on a free port, or on ``port`` (e.g. the one it had before a stop)."""
@@ -173,6 +175,7 @@ class GitDaemon(GitServer):
                 stdout=logf,
                 stderr=logf,
                 stdin=subprocess.DEVNULL,
+                env=self.env,
             )
             logf.close()
             try:

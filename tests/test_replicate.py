@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from support.replicas import (
 
 from ledger import replicate
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
+from ledger.replicate import protect, transport
 from ledger.store import Ledger
 
 # --- URLs and remote configuration -----------------------------------------------------------
@@ -322,6 +324,28 @@ def test_clone_verifies_and_pins_genesis(tmp_path: Path) -> None:
         replicate.clone(str(remote), tmp_path / "audit")
 
 
+def test_a_clone_is_protected_like_a_new_ledger(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    replicate.clone(str(remote), tmp_path / "audit", trust_genesis=t.ledger.genesis_id)
+    cfg = git("--git-dir", tmp_path / "audit", "config", "--list").stdout.splitlines()
+    for key in (
+        "receive.denynonfastforwards=true",
+        "receive.denydeletes=true",
+        "receive.fsckobjects=true",
+        "transfer.fsckobjects=true",
+        "core.logallrefupdates=always",
+        "gc.auto=0",
+    ):
+        assert key in cfg
+    remote_cfg = replicate.init_remote(tmp_path / "prot.git")
+    cfg = git("--git-dir", remote_cfg, "config", "--list").stdout.splitlines()
+    assert "transfer.fsckobjects=true" in cfg
+    assert not any(line.startswith("gc.auto=") for line in cfg)  # pushes leave loose objects
+
+
 def test_clone_refuses_a_tampered_remote(tmp_path: Path) -> None:
     t = make_ledger(tmp_path)
     remote = plain_bare(tmp_path / "r.git")
@@ -361,6 +385,27 @@ def test_remote_init_is_protected(tmp_path: Path) -> None:
     assert again.code == 5
     bad = run_cli("remote", "init", tmp_path / "p2.git", "--trust-genesis", "abc")
     assert bad.code == 3
+
+
+def test_hook_script_puts_the_package_first_on_pythonpath_unless_site_has_it(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "it's here"
+    home.mkdir()
+    script = protect.hook_script("/opt/py 3/python", home)
+    assert "exec '/opt/py 3/python' -m ledger.hook pre-receive" in script
+    quoted = "'" + str(home.resolve()).replace("'", "'\"'\"'") + "'"
+    assert f"PYTHONPATH={quoted}${{PYTHONPATH:+:$PYTHONPATH}}\nexport PYTHONPATH\n" in script
+    ran = subprocess.run(
+        ["sh", "-c", script.replace("exec '/opt/py 3/python' -m", 'printf %s "$PYTHONPATH" #')],
+        env={"PYTHONPATH": "/elsewhere"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ran.stdout == f"{home.resolve()}:/elsewhere"
+    site_dir = Path(site.getsitepackages()[0])
+    assert "PYTHONPATH" not in protect.hook_script("/usr/bin/python3", site_dir)
 
 
 def test_pre_receive_accepts_the_ledger_and_rejects_forgeries(tmp_path: Path) -> None:
@@ -434,6 +479,28 @@ def test_hook_fails_closed_outside_a_repository(tmp_path: Path) -> None:
         "hook", "pre-receive", cwd=tmp_path, input=f"{'0' * 40} {'1' * 40} refs/heads/main\n"
     )
     assert r.code != 0
+
+
+def test_timeouts_are_read_from_the_environment_only_by_credentials_from_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creds = replicate.Credentials.from_env(
+        environ={"LEDGER_REMOTE_CONNECT_TIMEOUT": "3", "LEDGER_REMOTE_TIMEOUT": "7.5"}
+    )
+    assert (creds.connect_timeout, creds.io_timeout) == (3.0, 7.5)
+    monkeypatch.setenv("LEDGER_REMOTE_TIMEOUT", "99")  # the library itself does not look
+    try:
+        transport.configure(creds)
+        settings = pygit2.settings
+        assert (settings.server_connect_timeout, settings.server_timeout) == (3000, 7500)
+    finally:
+        transport.configure(replicate.Credentials())
+    assert (pygit2.settings.server_connect_timeout, pygit2.settings.server_timeout) == (
+        10_000,
+        120_000,
+    )
+    with pytest.raises(InputError, match="LEDGER_REMOTE_TIMEOUT='soon' is not a number"):
+        replicate.Credentials.from_env(environ={"LEDGER_REMOTE_TIMEOUT": "soon"})
 
 
 def test_pygit2_remote_api_is_used_for_config(tmp_path: Path) -> None:

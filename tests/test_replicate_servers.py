@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import site
+import subprocess
+import sys
 from pathlib import Path
 
 import gitservers
@@ -16,6 +19,7 @@ from gitservers import (
     GitHttpServer,
     SshServer,
     free_port,
+    require,
     ssh_keygen,
 )
 from support.cli import run_cli
@@ -28,6 +32,7 @@ from support.replicas import (
     unsigned_commit_on,
 )
 
+import ledger
 from ledger import replicate
 
 pytestmark = pytest.mark.server
@@ -325,3 +330,57 @@ def test_token_from_environment_and_clone_over_http(
     assert wrong.code == 7 and not (tmp_path / "audit2").exists()
     assert json.loads(run_cli("status", "--json", "--ledger", tmp_path / "audit").out)["seq"] == 3
     assert base64  # (imported for symmetry with the server's basic auth)
+
+
+def _python_without_ledger(venv: Path) -> Path:
+    """An interpreter that imports this one's third-party packages (pygit2, ...) but not
+    ``ledger``: a venv whose site-packages lists ours by a path line. A path line does not
+    run the ``.pth`` files found there, so the editable install of ``ledger`` stays out."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    where = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(where, "system.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
+def test_a_protected_remote_runs_the_ledger_it_was_made_with(tmp_path: Path) -> None:
+    # `ledger remote init` run by an interpreter that finds `ledger` only on its PYTHONPATH;
+    # git daemon then runs the hook with an environment that names no PYTHONPATH at all.
+    require(gitservers.GIT_DAEMON)
+    python = _python_without_ledger(tmp_path / "venv")
+    bare_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    alone = subprocess.run(
+        [python, "-c", "import ledger"], env=bare_env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "No module named 'ledger'" in alone.stderr  # the server cannot import it itself
+    t = make_ledger(tmp_path)
+    daemon = GitDaemon(tmp_path / "gitd" / "repos", env=bare_env)
+    remote = daemon.path("prot.git")
+    made = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys; from pathlib import Path; from ledger import replicate; "
+            "replicate.init_remote(Path(sys.argv[1]), genesis=sys.argv[2])",
+            str(remote),
+            t.ledger.genesis_id,
+        ],
+        env={**bare_env, "PYTHONPATH": str(Path(ledger.__file__).parent.parent)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    daemon.start()
+    try:
+        replicate.add_remote(t.path, "prot", daemon.url("prot.git"))
+        summary = replicate.push(t.path)
+    finally:
+        daemon.stop()
+    assert summary.outcomes[0].status is replicate.PushStatus.PUSHED, summary.outcomes[0].line()
+    assert remote_head(remote) == t.head

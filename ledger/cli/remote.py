@@ -14,6 +14,7 @@ from rich.markup import escape
 from ledger import replicate
 from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
 from ledger.errors import LedgerNotFound, RemoteError, UsageError
+from ledger.hook import pre_receive
 
 remote_app = typer.Typer(
     help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
@@ -323,7 +324,5 @@ def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
 @hook_app.command("pre-receive")
 def hook_pre_receive() -> None:
     """The pre-receive check of a protected remote (git runs it with the updates on stdin)."""
-    from ledger.hook import pre_receive
-
     # sys.exit, not typer.Exit: git reads the hook's exit status.
     sys.exit(pre_receive(sys.stdin.read().splitlines()))

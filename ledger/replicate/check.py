@@ -1,0 +1,370 @@
+"""Fetching and comparing: each remote's main against ours (behind, ahead, diverged, rolled
+back, invalid), the chain verification of a head, and ``ledger status`` from what was last
+seen."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from ledger.replicate import chain, pushes, remotes, state, transport
+from ledger.store import Ledger, open_repository
+from ledger.verify import verify_chain
+
+
+class RemoteCondition(enum.StrEnum):
+    IN_SYNC = "in sync"
+    BEHIND = "behind"  # the remote is a prefix of ours
+    AHEAD = "ahead"  # ours is a prefix of the remote's
+    EMPTY = "empty"  # the remote has no main
+    DIVERGED = "diverged"
+    ROLLBACK = "rollback"
+    INVALID = "invalid"  # the remote's extra records do not verify
+    UNREACHABLE = "unreachable"
+    AUTH_FAILED = "auth failed"
+    HOST_KEY = "host key refused"
+    ERROR = "error"
+
+
+_REMOTE_PROBLEMS = {RemoteCondition.DIVERGED, RemoteCondition.ROLLBACK, RemoteCondition.INVALID}
+
+
+@dataclass
+class RemoteState:
+    """One remote compared with our ledger (from :func:`check_remotes`)."""
+
+    name: str
+    url: str
+    condition: RemoteCondition
+    local_head: str | None = None
+    local_seq: int | None = None
+    remote_head: str | None = None
+    remote_seq: int | None = None
+    last_seen_head: str | None = None
+    last_seen_seq: int | None = None
+    behind: int = 0  # records the remote lacks
+    ahead: int = 0  # records the remote has beyond ours
+    message: str = ""
+
+    @property
+    def problem(self) -> bool:
+        """Divergence, rollback or invalid records: possible tampering."""
+        return self.condition in _REMOTE_PROBLEMS
+
+    @property
+    def checked(self) -> bool:
+        return self.condition not in (
+            RemoteCondition.UNREACHABLE,
+            RemoteCondition.AUTH_FAILED,
+            RemoteCondition.HOST_KEY,
+            RemoteCondition.ERROR,
+        )
+
+    @property
+    def rule(self) -> str | None:
+        """The finding rule of docs/FORMAT.md §9 for a problem, else None."""
+        if self.condition is RemoteCondition.DIVERGED:
+            return "diverged"
+        if self.condition is RemoteCondition.ROLLBACK:
+            return "rollback"
+        if self.condition is RemoteCondition.INVALID:
+            return "diverged"
+        return None
+
+    def line(self) -> str:
+        c = self.condition
+        if c is RemoteCondition.IN_SYNC:
+            return f"in sync at seq {self.remote_seq} ({chain.short(self.remote_head)})"
+        if c is RemoteCondition.BEHIND:
+            return (
+                f"{self.behind} record(s) behind: at seq {self.remote_seq} "
+                f"({chain.short(self.remote_head)}), ours is seq {self.local_seq}"
+            )
+        if c is RemoteCondition.AHEAD:
+            return (
+                f"{self.ahead} record(s) ahead of us: at seq {self.remote_seq} "
+                f"({chain.short(self.remote_head)}); {self.message}"
+            )
+        if c is RemoteCondition.EMPTY:
+            return "holds no records yet"
+        return f"{c.value.upper() if self.problem else c.value}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "remote": self.name,
+            "url": self.url,
+            "condition": self.condition.value,
+            "problem": self.problem,
+            "rule": self.rule,
+            "local_head": self.local_head,
+            "local_seq": self.local_seq,
+            "remote_head": self.remote_head,
+            "remote_seq": self.remote_seq,
+            "last_seen_head": self.last_seen_head,
+            "last_seen_seq": self.last_seen_seq,
+            "behind": self.behind,
+            "ahead": self.ahead,
+            "message": self.message,
+        }
+
+
+_REMOTE_FROM_PUSH = {
+    pushes.PushStatus.UNREACHABLE: RemoteCondition.UNREACHABLE,
+    pushes.PushStatus.AUTH_FAILED: RemoteCondition.AUTH_FAILED,
+    pushes.PushStatus.HOST_KEY: RemoteCondition.HOST_KEY,
+}
+
+
+def check_one(
+    ledger_path: Path,
+    name: str,
+    creds: transport.Credentials,
+    last_seen: Mapping[str, Any] | None = None,
+    verify_ahead: bool = True,
+) -> RemoteState:
+    """Fetch one remote's main into ``refs/remotes/NAME/main`` and compare it with ours."""
+    repo, url, local, local_seq = transport.open_for_remote(ledger_path, name, creds)
+    st = RemoteState(name, url, RemoteCondition.ERROR, local_head=local, local_seq=local_seq)
+    prev = (last_seen or {}).get("head")
+    st.last_seen_head = prev
+    st.last_seen_seq = (last_seen or {}).get("seq")
+    cb = transport.Callbacks(url, creds, repo.config)
+    try:
+        fetched = transport.fetch_main(repo, name, cb)
+    except transport.AuthFailed as exc:
+        st.condition, st.message = RemoteCondition.AUTH_FAILED, str(exc)
+        return st
+    except pygit2.GitError as exc:
+        status, message = pushes.classify_git_error(exc, cb)
+        st.condition = _REMOTE_FROM_PUSH.get(status, RemoteCondition.ERROR)
+        st.message = message
+        return st
+    st.remote_head = fetched
+    st.remote_seq = chain.commit_seq(repo, fetched) if fetched else None
+    if fetched is None:
+        if prev:
+            st.condition = RemoteCondition.ROLLBACK
+            st.message = (
+                f"the remote's main is gone, but it held {prev} (seq "
+                f"{st.last_seen_seq}) when we last saw it"
+            )
+        else:
+            st.condition = RemoteCondition.EMPTY
+            st.behind = (st.local_seq or 0) + 1 if local else 0
+        return st
+    if local is None:
+        st.condition = RemoteCondition.AHEAD
+        st.ahead = (st.remote_seq or 0) + 1
+        return st
+    if fetched == local:
+        st.condition = RemoteCondition.IN_SYNC
+    elif chain.is_ancestor(repo, fetched, local):
+        st.condition = RemoteCondition.BEHIND
+        st.behind = chain.ahead(repo, local, fetched)
+    elif chain.is_ancestor(repo, local, fetched):
+        st.condition = RemoteCondition.AHEAD
+        st.ahead = chain.ahead(repo, fetched, local)
+        st.message = "run 'ledger verify' on a clone of it before trusting those records"
+        if verify_ahead:
+            _verify_ahead(repo, st, local, fetched)
+    else:
+        st.condition = RemoteCondition.DIVERGED
+        st.message = (
+            f"the remote's main is {fetched} (seq {st.remote_seq}) and ours is {local} "
+            f"(seq {st.local_seq}); neither extends the other: the remote was rewritten or "
+            "holds another ledger (possible tampering). Nothing was overwritten."
+        )
+        return st
+    _compare_last_seen(repo, st, fetched)
+    return st
+
+
+def _verify_ahead(repo: pygit2.Repository, st: RemoteState, local: str, fetched: str) -> None:
+    """Verify the remote's records beyond ours (``fetched`` extends ``local``)."""
+    problems, _result = verify_head(repo, fetched, trust_genesis=chain.root_commit(repo, local))
+    if problems:
+        st.condition = RemoteCondition.INVALID
+        st.message = (
+            f"the remote's records beyond ours (up to {fetched}) do not "
+            "verify: " + "; ".join(problems[:10])
+        )
+    else:
+        st.message = "its extra records verify"
+
+
+def _compare_last_seen(repo: pygit2.Repository, st: RemoteState, fetched: str) -> None:
+    """A rollback or rewrite since we last saw the remote overrides the comparison with ours."""
+    prev = st.last_seen_head
+    if not prev or prev == fetched or not chain.has(repo, prev):
+        return
+    if chain.is_ancestor(repo, fetched, prev):
+        st.condition = RemoteCondition.ROLLBACK
+        st.message = (
+            f"the remote went back from {prev} (seq {st.last_seen_seq}) to "
+            f"{fetched} (seq {st.remote_seq}) since we last saw it: records were "
+            "removed there (possible tampering)"
+        )
+    elif not chain.is_ancestor(repo, prev, fetched):
+        st.condition = RemoteCondition.DIVERGED
+        st.message = (
+            f"the remote's main {fetched} (seq {st.remote_seq}) does not extend "
+            f"{prev} (seq {st.last_seen_seq}), which it held when we last saw it: "
+            "its history was rewritten (possible tampering)"
+        )
+
+
+def check_remotes(
+    ledger_path: Path,
+    names: Sequence[str] | None = None,
+    *,
+    credentials: transport.Credentials | None = None,
+) -> list[RemoteState]:
+    """Fetch every remote's main (in parallel) and classify it against our main.
+
+    Remote heads go to ``refs/remotes/NAME/main``; our ``refs/heads/main`` is never touched.
+    The remembered head of a remote is updated only when it is not a problem, so a
+    divergence or rollback keeps being reported until someone deals with it.
+    """
+    creds = credentials or transport.Credentials.from_env()
+    repo = open_repository(ledger_path)
+    chosen = remotes.select_remotes(repo, names)
+    if not chosen:
+        return []
+    seen = state.read(repo)
+    with ThreadPoolExecutor(max_workers=min(len(chosen), 16)) as pool:
+        futures = [
+            pool.submit(check_one, ledger_path, r.name, creds, seen.get(r.name)) for r in chosen
+        ]
+        results = [f.result() for f in futures]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with state.lock(repo) as st:
+        for r in results:
+            entry = dict(st.get(r.name) or {})
+            entry["url"] = r.url
+            entry["checked"] = now
+            entry["status"] = r.condition.value
+            if r.checked and not r.problem and r.remote_head:
+                entry.update(head=r.remote_head, seq=r.remote_seq, time=now)
+                entry.pop("problem", None)
+            elif r.problem:
+                entry["problem"] = {
+                    "status": r.condition.value,
+                    "head": r.remote_head,
+                    "time": now,
+                    "message": r.message,
+                }
+            st[r.name] = entry
+    return results
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+@dataclass
+class RemoteStatus:
+    name: str
+    url: str
+    transport: str
+    last_head: str | None
+    last_seq: int | None
+    behind: int | None  # records the remote lacked when last seen (None: never seen)
+    last_time: str | None
+    last_status: str | None
+    problem: str | None
+    warning: str | None
+
+
+@dataclass
+class LedgerStatus:
+    path: Path
+    head: str | None
+    seq: int | None
+    remotes: list[RemoteStatus]
+    unfinished_runs: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "head": self.head,
+            "seq": self.seq,
+            "unfinished_runs": self.unfinished_runs,
+            "remotes": [r.__dict__ for r in self.remotes],
+        }
+
+
+def status(ledger_path: Path) -> LedgerStatus:
+    """Local head and seq, what each remote held when last seen, unfinished runs."""
+    ledger = Ledger.open(ledger_path)
+    head = ledger.head()
+    repo = ledger.repo
+    seen = state.read(repo)
+    rows = []
+    for info in remotes.list_remotes(ledger_path):
+        entry = seen.get(info.name) or {}
+        last_head = entry.get("head")
+        last_seq = entry.get("seq")
+        behind = None
+        if head is not None and isinstance(last_seq, int):
+            behind = max(head.seq - last_seq, 0)
+        elif head is not None and last_head is None:
+            behind = head.seq + 1
+        problem = entry.get("problem", {}).get("message") if entry.get("problem") else None
+        if entry.get("rollback"):
+            problem = (problem + "; " if problem else "") + str(entry["rollback"].get("message"))
+        rows.append(
+            RemoteStatus(
+                info.name,
+                info.url,
+                info.transport,
+                last_head,
+                last_seq,
+                behind,
+                entry.get("time"),
+                entry.get("status"),
+                problem,
+                info.warning,
+            )
+        )
+    return LedgerStatus(
+        ledger_path,
+        head.commit_id if head else None,
+        head.seq if head else None,
+        rows,
+        ledger.unfinished_runs(),
+    )
+
+
+# --- chain verification -----------------------------------------------------------------
+
+
+def _finding_lines(result: Any) -> list[str]:
+    out = []
+    for f in result.findings:
+        where = f"commit {f.commit}" if f.commit else "the chain"
+        if f.seq is not None:
+            where += f" (seq {f.seq})"
+        out.append(f"{where}: {f.message} [rule: {f.rule}]")
+    if not out and not result.ok:
+        out.append(f"the chain ending at {result.head} does not verify")
+    return out
+
+
+def verify_head(
+    repo: pygit2.Repository,
+    head: str,
+    *,
+    trust_genesis: str | None,
+    since: Any = None,
+) -> tuple[list[str], Any]:
+    """Verify the chain ending at ``head`` with :func:`ledger.verify.verify_chain`.
+
+    Returns one line per finding (empty: it verifies) and the verifier's result."""
+    result = verify_chain(repo, head, trust_genesis=trust_genesis, since=since)
+    return _finding_lines(result), result

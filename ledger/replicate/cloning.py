@@ -1,0 +1,171 @@
+"""Verified clones: copy a remote ledger into a new bare repository, verify it on arrival
+and pin its genesis, or remove everything again."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
+from ledger.replicate import chain, check, protect, pushes, remotes, state, transport
+from ledger.store import Ledger
+from ledger.verify import save_state
+
+
+@dataclass
+class CloneResult:
+    path: Path
+    genesis: str
+    head: str
+    seq: int | None
+    warnings: list[str]
+
+
+def default_clone_path(url: str) -> Path:
+    """Like git: the last path component of the URL without ``.git``."""
+    tail = url.rstrip("/").replace(":", "/").rsplit("/", 1)[-1]
+    if tail.endswith(".git"):
+        tail = tail[:-4]
+    return Path(tail or "ledger")
+
+
+def clone(
+    url: str,
+    path: Path | None = None,
+    *,
+    trust_genesis: str | None = None,
+    credentials: transport.Credentials | None = None,
+) -> CloneResult:
+    """Copy a remote ledger into a new bare repository and verify it on arrival.
+
+    On any failure (unreachable, no ledger there, genesis differs from ``trust_genesis``,
+    verification findings) everything created is removed again.
+    """
+    kind = remotes.classify_url(url)
+    url = remotes.normalize_url(url)
+    target = path or default_clone_path(url)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LedgerExists(
+            f"{target} already exists and is not empty.", hint="Choose another path for the copy."
+        )
+    if trust_genesis is not None and not re.fullmatch(r"[0-9a-f]{40}", trust_genesis):
+        raise InputError(
+            f"{trust_genesis!r} is not a full commit id (40 lowercase hex digits).",
+            hint="Pass the genesis commit id the ledger's owner published.",
+        )
+    creds = credentials or transport.Credentials.from_env()
+    transport.configure(creds)
+    created = not target.exists()
+    warnings = []
+    warning = remotes.direct_write_warning("origin", url)
+    if warning and kind in ("path", "file"):
+        warnings.append(warning)
+    try:
+        repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
+        repo.remotes.create("origin", url, f"+{chain.MAIN_REF}:refs/remotes/origin/main")
+        fetched, root, result = _fetch_verified(repo, url, creds, trust_genesis)
+        seq = _keep(repo, target, url, fetched, result)
+    except BaseException:
+        _remove_created(target, created)
+        raise
+    if trust_genesis is None:
+        warnings.append(
+            f"genesis {root} was trusted on first use: compare it with the genesis id the "
+            "ledger's owner published, and pass --trust-genesis next time."
+        )
+    return CloneResult(target, root, fetched, seq, warnings)
+
+
+def _fetch_verified(
+    repo: pygit2.Repository, url: str, creds: transport.Credentials, trust_genesis: str | None
+) -> tuple[str, str, Any]:
+    """Fetch origin's main and verify its chain: its head, its genesis and the verifier's
+    result. Raises when it cannot be fetched, holds no ledger, or does not verify."""
+    cb = transport.Callbacks(url, creds, repo.config)
+    try:
+        fetched = transport.fetch_main(repo, "origin", cb)
+    except transport.AuthFailed as exc:
+        raise RemoteError(
+            f"could not clone {url}: {exc}.",
+            hint="Provide credentials (--ssh-key, LEDGER_HTTP_TOKEN).",
+        ) from None
+    except pygit2.GitError as exc:
+        status_, message = pushes.classify_git_error(exc, cb)
+        raise RemoteError(
+            f"could not clone {url}: {status_.value}: {message}.", hint=_hint_for(status_)
+        ) from None
+    if fetched is None:
+        raise RemoteError(
+            f"{url} holds no ledger: it has no {chain.MAIN_REF}.", hint="Check the URL."
+        )
+    root = chain.root_commit(repo, fetched)
+    if trust_genesis is not None and root != trust_genesis:
+        raise VerificationFailed(
+            f"the ledger at {url} starts at genesis {root}, not at the trusted genesis "
+            f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
+            hint="Check the genesis id with the ledger's owner.",
+        )
+    problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
+    if problems:
+        raise VerificationFailed(
+            f"the ledger at {url} does not verify ({len(problems)} finding(s)): "
+            + "; ".join(problems[:10])
+            + ". Nothing was kept.",
+            findings=list(problems),
+            hint="Do not trust this copy; compare with the ledger's other remotes.",
+        )
+    return fetched, root, result
+
+
+def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result: Any) -> int | None:
+    """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config,
+    its verified state and what origin held. Returns the head's seq."""
+    repo.references.create(chain.MAIN_REF, fetched, force=False)
+    protect.protect(repo.config, ledger=True)
+    Ledger.adopt(target)
+    if result.state is not None:
+        save_state(repo, result.state)
+    seq = chain.commit_seq(repo, fetched)
+    with state.lock(repo) as st:
+        st["origin"] = {
+            "url": url,
+            "head": fetched,
+            "seq": seq,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": pushes.PushStatus.UP_TO_DATE.value,
+        }
+    return seq
+
+
+def _remove_created(target: Path, created: bool) -> None:
+    """Undo a failed clone: the directory if we created it, else everything put in it."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        for child in target.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _hint_for(status_: pushes.PushStatus) -> str:
+    if status_ is pushes.PushStatus.UNREACHABLE:
+        return "Check the URL, that the server is running, and the network."
+    if status_ is pushes.PushStatus.AUTH_FAILED:
+        return (
+            "Provide credentials: --ssh-key / LEDGER_SSH_KEY or ssh-agent for ssh, "
+            "LEDGER_HTTP_TOKEN (or LEDGER_HTTP_USER + LEDGER_HTTP_PASSWORD) for https."
+        )
+    if status_ is pushes.PushStatus.HOST_KEY:
+        return (
+            "Add the host's key to ~/.ssh/known_hosts after checking its fingerprint "
+            "(ssh-keyscan), or pass --insecure-host-key to skip the check."
+        )
+    return "See the message above."

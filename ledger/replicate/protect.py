@@ -1,0 +1,230 @@
+"""Protected remotes: creating one (:func:`init_remote`) with its configuration and
+pre-receive hook, and the check that hook runs on every push (:func:`pre_receive`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import site
+import stat
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+import ledger
+from ledger.errors import InputError, LedgerError, LedgerExists, StorageError
+from ledger.replicate import chain, check
+from ledger.verify import load_state, save_state
+
+HOOK_SCRIPT = """#!/bin/sh
+# Installed by 'ledger remote init': verifies every record pushed to this ledger remote,
+# with the Python and the ledger package that created it.
+{pythonpath}exec {python} -m ledger.hook pre-receive
+"""
+_PYTHONPATH_LINES = """PYTHONPATH={home}${{PYTHONPATH:+:$PYTHONPATH}}
+export PYTHONPATH
+"""
+
+
+def hook_script(python: str, package_home: Path) -> str:
+    """The pre-receive script: ``python`` runs ``ledger.hook`` from ``package_home`` (the
+    directory holding the ``ledger`` package), which goes first on PYTHONPATH unless it is
+    one of the interpreter's site-packages directories (found there anyway; putting it
+    before the standard library could shadow it). git runs hooks with the server's
+    environment, where the package need not be importable: it may only have been on the
+    PYTHONPATH of whoever ran ``ledger remote init``."""
+    site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    home = package_home.resolve()
+    pythonpath = "" if home in site_dirs else _PYTHONPATH_LINES.format(home=shlex.quote(str(home)))
+    return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
+
+
+PROTECTION: dict[str, bool | str] = {
+    "receive.denyNonFastForwards": True,
+    "receive.denyDeletes": True,
+    "receive.fsckObjects": True,
+    "transfer.fsckObjects": True,
+    "core.logAllRefUpdates": "always",
+}
+
+
+def protect(config: pygit2.Config, *, ledger: bool = False) -> None:
+    """Write the configuration of a protected repository: stock git refuses to rewind or
+    delete its refs and checks every object it receives or fetches, and every ref update
+    is logged.
+
+    ``ledger=True`` is for a ledger's own repository (a verified clone; ``Ledger.init``
+    writes the same today): ledger.store keeps its packs itself, so git's automatic gc is
+    off (``gc.auto = 0``). A protected remote keeps git's gc for the objects that pushes
+    leave behind.
+    """
+    for key, value in PROTECTION.items():
+        config[key] = value
+    if ledger:
+        config["gc.auto"] = 0
+
+
+def init_remote(path: Path, *, genesis: str | None = None) -> Path:
+    """Create a protected bare remote at ``path``.
+
+    It refuses non-fast-forward updates and deletions, checks objects, and has a pre-receive
+    hook that verifies every pushed record (``ledger hook pre-receive``). ``genesis`` pins the
+    ledger it accepts; without it, the first push pins it.
+    """
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise LedgerExists(
+            f"{path} already exists and is not empty; 'ledger remote init' only creates new "
+            "remotes.",
+            hint="Choose a new path.",
+        )
+    if genesis is not None and not re.fullmatch(r"[0-9a-f]{40}", genesis):
+        raise InputError(
+            f"{genesis!r} is not a full commit id (40 lowercase hex digits).",
+            hint="Pass the genesis commit id that 'ledger log' shows as seq 0.",
+        )
+    try:
+        repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
+        cfg = repo.config
+        protect(cfg)
+        cfg["ledger.remote"] = True
+        if genesis:
+            cfg["ledger.genesis"] = genesis
+        hooks = Path(repo.path) / "hooks"
+        hooks.mkdir(exist_ok=True)
+        hook = hooks / "pre-receive"
+        hook.write_text(hook_script(sys.executable, Path(ledger.__file__).parent.parent))
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    except (pygit2.GitError, OSError) as exc:
+        raise StorageError(
+            f"could not create the remote at {path}: {exc}.",
+            hint="Check the path and its permissions.",
+        ) from None
+    return path
+
+
+@dataclass
+class HookResult:
+    ok: bool
+    messages: list[str]
+
+
+def pre_receive(
+    repo_dir: Path, updates: Iterable[str], environ: Mapping[str, str] | None = None
+) -> HookResult:
+    """The pre-receive check of a protected remote.
+
+    ``updates`` are the hook's input lines ``OLD NEW REFNAME``. Only ``refs/heads/main`` may
+    change, only forward, and the resulting chain must verify from the pinned genesis
+    (``ledger.genesis`` of the remote; pinned by the first accepted push when unset).
+    """
+    repo = _open_received(repo_dir, os.environ if environ is None else environ)
+    pinned = str(repo.config["ledger.genesis"]) if "ledger.genesis" in repo.config else None
+    messages: list[str] = []
+    verified: list[Any] = []
+    ok = True
+    pin_now: str | None = None
+    for line in updates:
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        old, new, ref = fields
+        refusal = _refusal(repo, old, new, ref)
+        if refusal is not None:
+            ok = False
+            messages.append(refusal)
+            continue
+        root = chain.root_commit(repo, new)
+        genesis = pinned or pin_now
+        if genesis is not None and root != genesis:
+            ok = False
+            messages.append(
+                f"refusing {ref}: the chain of {new} starts at {root}, not at the "
+                f"pinned genesis {genesis} of this remote [rule: genesis-mismatch]"
+            )
+            continue
+        since = _hook_since(repo, old, genesis or root)
+        problems, result = check.verify_head(repo, new, trust_genesis=genesis or root, since=since)
+        if problems:
+            ok = False
+            messages.append(f"refusing {ref} -> {new}: {len(problems)} problem(s) found:")
+            messages.extend(f"  {p}" for p in problems[:20])
+            if len(problems) > 20:
+                messages.append(f"  ... and {len(problems) - 20} more")
+            continue
+        if result.state is not None:
+            verified.append(result.state)
+        if genesis is None:
+            pin_now = root
+        messages.append(
+            f"accepted {ref}: {chain.short(old) if old != chain.ZERO_OID else 'new'} -> "
+            f"{chain.short(new)} (seq {chain.commit_seq(repo, new)})"
+        )
+    if ok and pin_now and pinned is None:
+        repo.config["ledger.genesis"] = pin_now
+        messages.append(f"pinned genesis {pin_now}")
+    if ok and verified:
+        # Lets the next push verify only its new records (matched by the old head).
+        with contextlib.suppress(LedgerError):
+            save_state(repo, verified[-1])
+    return HookResult(ok, messages)
+
+
+def _open_received(repo_dir: Path, env: Mapping[str, str]) -> pygit2.Repository:
+    """The remote's repository, seeing the pushed objects too: during pre-receive git keeps
+    them in a quarantine directory named by the environment."""
+    extra: list[Path] = []
+    for var in ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY"):
+        value = env.get(var)
+        if value:
+            p = Path(value)
+            extra.append(p if p.is_absolute() else (repo_dir / p))
+    for value in (env.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") or "").split(":"):
+        if value:
+            extra.append(Path(value) if Path(value).is_absolute() else repo_dir / value)
+    repo = pygit2.Repository(str(repo_dir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    for d in extra:
+        with contextlib.suppress(pygit2.GitError):
+            repo.odb.add_disk_alternate(str(d))
+    return repo
+
+
+def _refusal(repo: pygit2.Repository, old: str, new: str, ref: str) -> str | None:
+    """Why the update ``old -> new`` of ``ref`` is refused before any record is read, or
+    None: only main, never deleted, only forward, and the new head must be a pushed commit."""
+    if ref != chain.MAIN_REF:
+        return (
+            f"refusing {ref}: only {chain.MAIN_REF} may be updated on a ledger "
+            "remote [rule: main-only]"
+        )
+    if new == chain.ZERO_OID:
+        return f"refusing to delete {ref}: a ledger is never deleted [rule: no-delete]"
+    try:
+        commit = repo[new]
+    except (KeyError, ValueError):
+        return f"refusing {ref} -> {new}: the commit is not in the push"
+    if not isinstance(commit, pygit2.Commit):
+        return f"refusing {ref} -> {new}: not a commit"
+    if old != chain.ZERO_OID and not chain.is_ancestor(repo, old, new):
+        return (
+            f"refusing {ref}: {new} does not extend {old}; a ledger only grows [rule: fast-forward]"
+        )
+    return None
+
+
+def _hook_since(repo: pygit2.Repository, old: str, genesis: str) -> Any:
+    """The remote's saved verified state if it is exactly the head being extended."""
+    if old == chain.ZERO_OID:
+        return None
+    try:
+        state = load_state(repo)
+    except LedgerError:
+        return None
+    if state is None or state.head != old or state.genesis != genesis:
+        return None
+    return state

@@ -1,0 +1,220 @@
+"""Remote configuration and URLs: which transports a URL names, the warning for remotes that
+libgit2 writes directly, and adding, removing and listing the remotes of a ledger."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from ledger.errors import InputError, RemoteError, StorageError
+from ledger.replicate import chain, state
+from ledger.store import open_repository
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SCP_RE = re.compile(
+    r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<path>[^\s].*)$"
+)
+_HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$|^\[[0-9A-Fa-f:.]+\]$"
+)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+SCHEMES = {
+    "file": "file",
+    "git": "git",
+    "ssh": "ssh",
+    "git+ssh": "ssh",
+    "ssh+git": "ssh",
+    "http": "http",
+    "https": "https",
+}
+
+
+# --- remotes and URLs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    """A configured remote; ``warning`` is set when its server-side rules cannot apply."""
+
+    name: str
+    url: str
+    transport: str  # path, file, git, ssh, http, https
+    warning: str | None = None
+
+    @property
+    def direct(self) -> bool:
+        """True when libgit2 writes the remote's directory itself (no server, no hooks)."""
+        return self.transport in ("path", "file")
+
+
+def classify_url(url: str) -> str:
+    """The transport of a remote URL: path, file, git, ssh, http or https.
+
+    Raises :class:`InputError` with a message naming what is wrong when the URL is malformed.
+    """
+    hint = (
+        "Use a path, file:///abs/path, git://host[:port]/path, ssh://[user@]host[:port]/path, "
+        "user@host:path, http(s)://host[:port]/path."
+    )
+    if not url or not url.strip():
+        raise InputError("the remote URL is empty.", hint=hint)
+    if _CONTROL_RE.search(url):
+        raise InputError(f"the remote URL {url!r} contains control characters.", hint=hint)
+    if "://" in url:
+        scheme = url.split("://", 1)[0].lower()
+        transport = SCHEMES.get(scheme)
+        if transport is None:
+            raise InputError(
+                f"the remote URL {url!r} has the unsupported scheme {scheme!r}.", hint=hint
+            )
+        if any(c.isspace() for c in url):
+            raise InputError(f"the remote URL {url!r} contains white space.", hint=hint)
+        parts = urllib.parse.urlsplit(url)
+        if transport == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+                raise InputError(
+                    f"the file URL {url!r} must name an absolute local path (file:///path).",
+                    hint=hint,
+                )
+            return transport
+        host = parts.hostname or ""
+        if not host or not _HOST_RE.match(host if ":" not in host else f"[{host}]"):
+            raise InputError(f"the remote URL {url!r} has no valid host name.", hint=hint)
+        try:
+            port = parts.port
+        except ValueError:
+            raise InputError(f"the remote URL {url!r} has an invalid port.", hint=hint) from None
+        if port == 0:
+            raise InputError(f"the remote URL {url!r} has an invalid port.", hint=hint)
+        if parts.path in ("", "/"):
+            raise InputError(f"the remote URL {url!r} names no repository path.", hint=hint)
+        if parts.password and transport in ("ssh", "git"):
+            raise InputError(
+                f"the remote URL {url!r} carries a password; ssh and git URLs cannot.",
+                hint="Use a key (--ssh-key, ssh-agent) for ssh remotes.",
+            )
+        return transport
+    match = SCP_RE.match(url)
+    if match and "/" not in url.split(":", 1)[0]:
+        host = match.group("host")
+        if not _HOST_RE.match(host) or host.startswith(".") or ".." in host:
+            raise InputError(f"the remote URL {url!r} has no valid host name.", hint=hint)
+        return "ssh"
+    if ":" in url.split("/", 1)[0] and not url.startswith(("/", ".")):
+        raise InputError(
+            f"the remote URL {url!r} is malformed (a colon but no host:path).", hint=hint
+        )
+    return "path"
+
+
+def normalize_url(url: str) -> str:
+    """The URL as stored: local paths become absolute so that they do not depend on the cwd."""
+    if classify_url(url) == "path":
+        return str(Path(url).expanduser().absolute())
+    return url
+
+
+def direct_write_warning(name: str, url: str) -> str | None:
+    """The warning for a remote that libgit2 writes directly (a path or ``file://``)."""
+    if classify_url(url) not in ("path", "file"):
+        return None
+    return (
+        f"remote {name} ({url}) is a local path: pushes write its directory directly, so its "
+        "receive.denyNonFastForwards / receive.denyDeletes rules and its pre-receive check do "
+        "not run, and whoever can write that directory can rewrite it. Serve it over "
+        "ssh://, git:// or https:// to have those rules enforced."
+    )
+
+
+def check_remote_name(name: str) -> str:
+    if not _NAME_RE.match(name) or ".." in name or name.endswith((".lock", ".")):
+        raise InputError(
+            f"{name!r} is not a valid remote name.",
+            hint="Use letters, digits, '.', '_' and '-' (at most 64, starting with a letter "
+            "or digit).",
+        )
+    return name
+
+
+def _remote_names(repo: pygit2.Repository) -> list[str]:
+    return sorted(n for n in repo.remotes.names() if n)
+
+
+def get_remote(repo: pygit2.Repository, name: str) -> pygit2.Remote:
+    try:
+        return repo.remotes[name]
+    except (KeyError, ValueError, pygit2.GitError):
+        known = ", ".join(_remote_names(repo)) or "none"
+        raise RemoteError(
+            f"there is no remote named {name!r} (configured remotes: {known}).",
+            hint="List them with 'ledger remote list'; add one with 'ledger remote add NAME URL'.",
+        ) from None
+
+
+def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
+    """Add a remote to the ledger's git config; the result's ``warning`` is for the user."""
+    check_remote_name(name)
+    transport = classify_url(url)
+    url = normalize_url(url)
+    repo = open_repository(ledger_path)
+    if name in _remote_names(repo):
+        raise InputError(
+            f"a remote named {name!r} already exists ({repo.remotes[name].url}).",
+            hint=f"Remove it first with 'ledger remote remove {name}', or choose another name.",
+        )
+    try:
+        repo.remotes.create(name, url, f"+{chain.MAIN_REF}:refs/remotes/{name}/main")
+    except pygit2.GitError as exc:
+        raise StorageError(f"could not add remote {name!r}: {exc}.") from None
+    return RemoteInfo(name, url, transport, direct_write_warning(name, url))
+
+
+def remove_remote(ledger_path: Path, name: str) -> None:
+    """Remove a remote (its config, tracking ref and recorded state)."""
+    repo = open_repository(ledger_path)
+    get_remote(repo, name)
+    # Not repo.remotes.delete(): libgit2's remote deletion also removes local branches whose
+    # names match the remote's fetch refspec source, which here is our own refs/heads/main.
+    prefix = f"remote.{name}."
+    try:
+        cfg = repo.config
+        keys = sorted({e.name for e in cfg if e.name.startswith(prefix)})
+        for key in keys:
+            cfg.delete_multivar(key, ".*")
+        for ref in list(repo.references):
+            if ref.startswith(f"refs/remotes/{name}/"):
+                repo.references.delete(ref)
+    except (pygit2.GitError, KeyError, ValueError) as exc:
+        raise StorageError(f"could not remove remote {name!r}: {exc}.") from None
+    with state.lock(repo) as seen:
+        seen.pop(name, None)
+
+
+def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
+    repo = open_repository(ledger_path)
+    out = []
+    for name in _remote_names(repo):
+        url = repo.remotes[name].url or ""
+        try:
+            transport = classify_url(url)
+            warning = direct_write_warning(name, url)
+        except InputError as exc:
+            transport, warning = "invalid", exc.message
+        out.append(RemoteInfo(name, url, transport, warning))
+    return out
+
+
+def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list[RemoteInfo]:
+    chosen = list(names) if names else _remote_names(repo)
+    out = []
+    for name in chosen:
+        remote = get_remote(repo, name)
+        url = remote.url or ""
+        transport = classify_url(url)
+        out.append(RemoteInfo(name, url, transport, direct_write_warning(name, url)))
+    return out
