@@ -12,29 +12,31 @@ import jsonschema
 import pytest
 
 from ledger.errors import InputError, RunbookError, UsageError
-from ledger.runbook import (
-    MAX_RUNBOOK_BYTES,
-    Problem,
-    RunbookInvalid,
+from ledger.run.context import (
     TemplateContext,
     attempt_succeeded,
     evaluate_condition,
     extract_outputs,
-    load_runbook,
-    parse_assignments,
-    parse_duration,
-    parse_runbook,
-    redact,
     render_approval_message,
     render_command,
     render_cwd,
     render_lock,
     render_template,
+    should_run,
+    step_environment,
+)
+from ledger.runbook import (
+    MAX_RUNBOOK_BYTES,
+    Problem,
+    RunbookInvalid,
+    load_runbook,
+    parse_assignments,
+    parse_duration,
+    parse_runbook,
+    redact,
     resolve_parameters,
     runbook_schema,
     schema_text,
-    should_run,
-    step_environment,
 )
 
 # The runbook of the issue that defined the format, verbatim.
