@@ -95,56 +95,9 @@ class _Checker:
         for ref in refs:
             if ref.root not in scope.roots:
                 continue
-            found = self._reference(ref, scope)
+            found = _reference_problem(ref, scope)
             if found:
                 self.problems.append(self.where.template_problem(path, found, ref.lineno))
-
-    def _reference(self, ref: templating.Reference, scope: _Scope) -> str | None:
-        p = ref.path
-        if not p:
-            return None
-        shown = ".".join((ref.root, *p))
-        if ref.root == "params":
-            if p[0] not in scope.params:
-                return (
-                    f"{shown}: no parameter {p[0]!r}{suggest(p[0], scope.params)} "
-                    f"(declared: {', '.join(sorted(scope.params)) or 'none'})"
-                )
-        elif ref.root == "env":
-            if p[0] not in scope.env_names:
-                return (
-                    f"{shown}: {p[0]!r} is not in the runbook's env or capture_env"
-                    f"{suggest(p[0], scope.env_names)}; only those are readable as env.NAME"
-                )
-        elif ref.root == "run":
-            if p[0] not in RUN_ATTRS:
-                return f"{shown}: run has {', '.join(sorted(RUN_ATTRS))}"
-        elif ref.root == "step":
-            if p[0] not in CURRENT_ATTRS:
-                return f"{shown}: step has {', '.join(sorted(CURRENT_ATTRS))}"
-            if p[0] == "outputs" and len(p) > 1 and p[1] not in scope.current_outputs:
-                return f"{shown}: this step declares no output {p[1]!r}"
-        elif ref.root == "steps":
-            name = p[0]
-            if name not in scope.earlier:
-                if name == scope.current:
-                    return f"{shown}: a step cannot read its own results through steps (use step)"
-                if name in scope.later:
-                    return (
-                        f"{shown}: step {name!r} runs after this one; a template can only read "
-                        "steps that ran before it"
-                    )
-                return f"{shown}: no step {name!r}{suggest(name, scope.earlier)}"
-            if len(p) > 1:
-                if p[1] not in STEP_ATTRS:
-                    return f"{shown}: a step has {', '.join(sorted(STEP_ATTRS))}"
-                outputs = scope.earlier[name]
-                if p[1] == "outputs" and len(p) > 2 and p[2] not in outputs:
-                    declared = ", ".join(sorted(outputs)) or "none"
-                    return (
-                        f"{shown}: step {name!r} declares no output {p[2]!r} (declared: {declared})"
-                    )
-        return None
 
     # ----- parameters
 
@@ -152,94 +105,114 @@ class _Checker:
         params: dict[str, Parameter] = {}
         seen_env: dict[str, str] = {}
         for name, spec in raw.items():
-            base: FieldPath = ("parameters", name)
-            ptype: ParamType = spec.get("type", "string")
-            check = _TYPE_CHECK[ptype]
-            default = spec.get("default")
-            choices = spec.get("choices")
-            secret = bool(spec.get("secret", False))
             env_name = PARAM_ENV_PREFIX + name.upper()
             if env_name in seen_env:
                 self.add(
-                    base,
+                    ("parameters", name),
                     f"parameters {name!r} and {seen_env[env_name]!r} both map to the "
                     f"environment variable {env_name}; rename one",
                     key=True,
                 )
             seen_env[env_name] = name
-            if default is not None and not check(default):
-                self.add(
-                    (*base, "default"),
-                    f"the default must be of type {ptype}, got {describe(default)}"
-                    + (" (quote it to make it text)" if ptype == "string" else ""),
-                )
-            if choices is not None:
-                for i, choice in enumerate(choices):
-                    if not check(choice):
-                        self.add(
-                            (*base, "choices", i),
-                            f"a choice must be of type {ptype}, got {describe(choice)}",
-                        )
-                if default is not None and default not in choices:
-                    self.add(
-                        (*base, "default"),
-                        f"the default {default!r} is not one of the choices "
-                        f"({', '.join(str(c) for c in choices)})",
-                    )
-            if secret and default is not None:
-                self.add(
-                    (*base, "default"),
-                    "a secret parameter cannot have a default: its value would be in the "
-                    "runbook file; read it with from_env or from_file, or pass -p",
-                )
-            required = spec.get("required")
-            if required is True and default is not None:
-                self.add(
-                    (*base, "required"),
-                    "a parameter with a default is never missing; remove 'required' or 'default'",
-                )
-            pattern = spec.get("pattern")
-            if pattern is not None:
-                if ptype != "string":
-                    self.add((*base, "pattern"), "'pattern' applies to string parameters only")
-                else:
-                    try:
-                        compiled = re.compile(pattern)
-                    except re.error as exc:
-                        self.add((*base, "pattern"), f"not a valid regular expression: {exc}")
-                    else:
-                        if isinstance(default, str) and not compiled.fullmatch(default):
-                            self.add(
-                                (*base, "default"),
-                                f"the default {default!r} does not match the pattern",
-                            )
-            minimum, maximum = spec.get("min"), spec.get("max")
-            for bound in ("min", "max"):
-                if bound in spec and ptype != "int":
-                    self.add((*base, bound), f"'{bound}' applies to int parameters only")
-            if minimum is not None and maximum is not None and minimum > maximum:
-                self.add((*base, "max"), f"max {maximum} is less than min {minimum}")
-            if isinstance(default, int) and not isinstance(default, bool):
-                if minimum is not None and default < minimum:
-                    self.add((*base, "default"), f"the default {default} is less than min")
-                if maximum is not None and default > maximum:
-                    self.add((*base, "default"), f"the default {default} is more than max")
-            params[name] = Parameter(
-                name=name,
-                type=ptype,
-                default=default,
-                choices=list(choices) if choices is not None else None,
-                description=spec.get("description"),
-                secret=secret,
-                from_env=spec.get("from_env"),
-                from_file=spec.get("from_file"),
-                required=required if required is not None else default is None,
-                pattern=pattern,
-                min=minimum,
-                max=maximum,
-                line=self.where.loc(base, key=True)[0],
-            )
+            params[name] = self.parameter(name, spec)
         return params
+
+    def parameter(self, name: str, spec: Mapping[str, Any]) -> Parameter:
+        """One parameter, once its default and constraints agree with its type."""
+        base: FieldPath = ("parameters", name)
+        ptype: ParamType = spec.get("type", "string")
+        default = spec.get("default")
+        choices = spec.get("choices")
+        secret = bool(spec.get("secret", False))
+        self._typed_values(base, ptype, default, choices)
+        if secret and default is not None:
+            self.add(
+                (*base, "default"),
+                "a secret parameter cannot have a default: its value would be in the "
+                "runbook file; read it with from_env or from_file, or pass -p",
+            )
+        required = spec.get("required")
+        if required is True and default is not None:
+            self.add(
+                (*base, "required"),
+                "a parameter with a default is never missing; remove 'required' or 'default'",
+            )
+        pattern = spec.get("pattern")
+        if pattern is not None:
+            self._pattern(base, ptype, pattern, default)
+        self._bounds(base, ptype, spec, default)
+        return Parameter(
+            name=name,
+            type=ptype,
+            default=default,
+            choices=list(choices) if choices is not None else None,
+            description=spec.get("description"),
+            secret=secret,
+            from_env=spec.get("from_env"),
+            from_file=spec.get("from_file"),
+            required=required if required is not None else default is None,
+            pattern=pattern,
+            min=spec.get("min"),
+            max=spec.get("max"),
+            line=self.where.loc(base, key=True)[0],
+        )
+
+    def _typed_values(
+        self, base: FieldPath, ptype: ParamType, default: object, choices: list[object] | None
+    ) -> None:
+        """The default and the choices are of the parameter's type; the default is a choice."""
+        check = _TYPE_CHECK[ptype]
+        if default is not None and not check(default):
+            self.add(
+                (*base, "default"),
+                f"the default must be of type {ptype}, got {describe(default)}"
+                + (" (quote it to make it text)" if ptype == "string" else ""),
+            )
+        if choices is not None:
+            for i, choice in enumerate(choices):
+                if not check(choice):
+                    self.add(
+                        (*base, "choices", i),
+                        f"a choice must be of type {ptype}, got {describe(choice)}",
+                    )
+            if default is not None and default not in choices:
+                self.add(
+                    (*base, "default"),
+                    f"the default {default!r} is not one of the choices "
+                    f"({', '.join(str(c) for c in choices)})",
+                )
+
+    def _pattern(self, base: FieldPath, ptype: ParamType, pattern: str, default: object) -> None:
+        """The pattern applies to a string, compiles, and matches the default."""
+        if ptype != "string":
+            self.add((*base, "pattern"), "'pattern' applies to string parameters only")
+            return
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            self.add((*base, "pattern"), f"not a valid regular expression: {exc}")
+        else:
+            if isinstance(default, str) and not compiled.fullmatch(default):
+                self.add(
+                    (*base, "default"),
+                    f"the default {default!r} does not match the pattern",
+                )
+
+    def _bounds(
+        self, base: FieldPath, ptype: ParamType, spec: Mapping[str, Any], default: object
+    ) -> None:
+        """``min``/``max`` apply to an int, are in order, and hold the default."""
+        minimum, maximum = spec.get("min"), spec.get("max")
+        for bound in ("min", "max"):
+            if bound in spec and ptype != "int":
+                self.add((*base, bound), f"'{bound}' applies to int parameters only")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            self.add((*base, "max"), f"max {maximum} is less than min {minimum}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if minimum is not None and default < minimum:
+                self.add((*base, "default"), f"the default {default} is less than min")
+            if maximum is not None and default > maximum:
+                self.add((*base, "default"), f"the default {default} is more than max")
 
     # ----- steps
 
@@ -259,54 +232,8 @@ class _Checker:
     ) -> Step:
         base: FieldPath = (phase if phase == "on_failure" else "steps", index)
         name = str(raw["name"])
-        approval: ApprovalSpec | None = None
-        if "approval" in raw:
-            for extra in sorted(set(raw) - _APPROVAL_STEP_FIELDS):
-                self.add(
-                    (*base, extra),
-                    f"{extra!r} applies to command steps only; an approval step takes "
-                    f"{', '.join(sorted(_APPROVAL_STEP_FIELDS))}",
-                    key=True,
-                )
-            spec = raw["approval"]
-            approvers = list(spec["approvers"])
-            min_approvals = int(spec.get("min_approvals", 1))
-            if min_approvals > len(approvers):
-                self.add(
-                    (*base, "approval", "min_approvals"),
-                    f"{min_approvals} approvals are needed but only {len(approvers)} "
-                    "approver(s) are listed",
-                )
-            timeout = spec.get("timeout")
-            approval = ApprovalSpec(
-                approvers=approvers,
-                min_approvals=min_approvals,
-                message=spec.get("message"),
-                timeout_s=(
-                    self.duration(timeout, (*base, "approval", "timeout"), positive=True)
-                    if timeout is not None
-                    else None
-                ),
-            )
-        outputs: dict[str, OutputSpec] = {}
-        for out_name, out_spec in raw.get("outputs", {}).items():
-            out_path: FieldPath = (*base, "outputs", out_name)
-            if isinstance(out_spec, str):
-                outputs[out_name] = OutputSpec(
-                    out_name, "stdout" if out_spec == "stdout" else "stderr"
-                )
-            elif "json" in out_spec:
-                expr = str(out_spec["json"])
-                if any(part == "" for part in expr.split(".")):
-                    self.add((*out_path, "json"), f"{expr!r} is not a dotted path like a.b.0")
-                outputs[out_name] = OutputSpec(out_name, "json", expr)
-            else:
-                expr = str(out_spec["regex"])
-                try:
-                    re.compile(expr)
-                except re.error as exc:
-                    self.add((*out_path, "regex"), f"not a valid regular expression: {exc}")
-                outputs[out_name] = OutputSpec(out_name, "regex", expr)
+        approval = self._approval(raw, base) if "approval" in raw else None
+        outputs = self._outputs(raw.get("outputs", {}), base)
         timeout_raw = raw.get("timeout", defaults.get("timeout"))
         timeout_path = (*base, "timeout") if "timeout" in raw else ("defaults", "timeout")
         retry_delay = raw.get("retry_delay")
@@ -340,6 +267,106 @@ class _Checker:
             line=self.where.loc(base)[0],
         )
 
+    def _approval(self, raw: Mapping[str, Any], base: FieldPath) -> ApprovalSpec:
+        """An approval step's spec; it takes no command-step fields."""
+        for extra in sorted(set(raw) - _APPROVAL_STEP_FIELDS):
+            self.add(
+                (*base, extra),
+                f"{extra!r} applies to command steps only; an approval step takes "
+                f"{', '.join(sorted(_APPROVAL_STEP_FIELDS))}",
+                key=True,
+            )
+        spec = raw["approval"]
+        approvers = list(spec["approvers"])
+        min_approvals = int(spec.get("min_approvals", 1))
+        if min_approvals > len(approvers):
+            self.add(
+                (*base, "approval", "min_approvals"),
+                f"{min_approvals} approvals are needed but only {len(approvers)} "
+                "approver(s) are listed",
+            )
+        timeout = spec.get("timeout")
+        return ApprovalSpec(
+            approvers=approvers,
+            min_approvals=min_approvals,
+            message=spec.get("message"),
+            timeout_s=(
+                self.duration(timeout, (*base, "approval", "timeout"), positive=True)
+                if timeout is not None
+                else None
+            ),
+        )
+
+    def _outputs(self, raw: Mapping[str, Any], base: FieldPath) -> dict[str, OutputSpec]:
+        """The step's output definitions; json paths and regexes are checked."""
+        outputs: dict[str, OutputSpec] = {}
+        for out_name, out_spec in raw.items():
+            out_path: FieldPath = (*base, "outputs", out_name)
+            if isinstance(out_spec, str):
+                outputs[out_name] = OutputSpec(
+                    out_name, "stdout" if out_spec == "stdout" else "stderr"
+                )
+            elif "json" in out_spec:
+                expr = str(out_spec["json"])
+                if any(part == "" for part in expr.split(".")):
+                    self.add((*out_path, "json"), f"{expr!r} is not a dotted path like a.b.0")
+                outputs[out_name] = OutputSpec(out_name, "json", expr)
+            else:
+                expr = str(out_spec["regex"])
+                try:
+                    re.compile(expr)
+                except re.error as exc:
+                    self.add((*out_path, "regex"), f"not a valid regular expression: {exc}")
+                outputs[out_name] = OutputSpec(out_name, "regex", expr)
+        return outputs
+
+
+def _reference_problem(ref: templating.Reference, scope: _Scope) -> str | None:
+    """What is wrong with one variable path a template reads, or ``None``."""
+    p = ref.path
+    if not p:
+        return None
+    shown = ".".join((ref.root, *p))
+    if ref.root == "params":
+        if p[0] not in scope.params:
+            return (
+                f"{shown}: no parameter {p[0]!r}{suggest(p[0], scope.params)} "
+                f"(declared: {', '.join(sorted(scope.params)) or 'none'})"
+            )
+    elif ref.root == "env":
+        if p[0] not in scope.env_names:
+            return (
+                f"{shown}: {p[0]!r} is not in the runbook's env or capture_env"
+                f"{suggest(p[0], scope.env_names)}; only those are readable as env.NAME"
+            )
+    elif ref.root == "run":
+        if p[0] not in RUN_ATTRS:
+            return f"{shown}: run has {', '.join(sorted(RUN_ATTRS))}"
+    elif ref.root == "step":
+        if p[0] not in CURRENT_ATTRS:
+            return f"{shown}: step has {', '.join(sorted(CURRENT_ATTRS))}"
+        if p[0] == "outputs" and len(p) > 1 and p[1] not in scope.current_outputs:
+            return f"{shown}: this step declares no output {p[1]!r}"
+    elif ref.root == "steps":
+        name = p[0]
+        if name not in scope.earlier:
+            if name == scope.current:
+                return f"{shown}: a step cannot read its own results through steps (use step)"
+            if name in scope.later:
+                return (
+                    f"{shown}: step {name!r} runs after this one; a template can only read "
+                    "steps that ran before it"
+                )
+            return f"{shown}: no step {name!r}{suggest(name, scope.earlier)}"
+        if len(p) > 1:
+            if p[1] not in STEP_ATTRS:
+                return f"{shown}: a step has {', '.join(sorted(STEP_ATTRS))}"
+            outputs = scope.earlier[name]
+            if p[1] == "outputs" and len(p) > 2 and p[2] not in outputs:
+                declared = ", ".join(sorted(outputs)) or "none"
+                return f"{shown}: step {name!r} declares no output {p[2]!r} (declared: {declared})"
+    return None
+
 
 def _env_text(value: object) -> str:
     if isinstance(value, bool):
@@ -369,17 +396,7 @@ def build(
         checker.step(raw, i, "on_failure", defaults)
         for i, raw in enumerate(data.get("on_failure", []))
     ]
-
-    # unique step names
-    seen: dict[str, FieldPath] = {}
-    for step in [*steps, *handlers]:
-        list_name = "steps" if step.phase == "main" else "on_failure"
-        path: FieldPath = (list_name, step.index, "name")
-        if step.name in seen:
-            first = format_field(seen[step.name])
-            checker.add(path, f"duplicate step name {step.name!r} (first used at {first})")
-        else:
-            seen[step.name] = path
+    _check_unique_names(checker, [*steps, *handlers])
 
     # templates
     env = {k: _env_text(v) for k, v in data.get("env", {}).items()}
@@ -395,40 +412,7 @@ def build(
     if lock is not None:
         scope = _Scope("lock", frozenset({"params", "env"}), param_names, env_names)
         checker.template(lock, ("lock",), scope, kind="text")
-    all_names = frozenset(s.name for s in [*steps, *handlers])
-    step_roots = frozenset({"params", "steps", "step", "run", "env"})
-    earlier: dict[str, frozenset[str]] = {}
-    for step in [*steps, *handlers]:
-        list_name = "steps" if step.phase == "main" else "on_failure"
-        base: FieldPath = (list_name, step.index)
-        scope = _Scope(
-            f"step {step.name!r}",
-            step_roots,
-            param_names,
-            env_names,
-            earlier=dict(earlier),
-            later=all_names - frozenset(earlier) - {step.name},
-            current=step.name,
-            current_outputs=frozenset(step.outputs),
-        )
-        if step.run is not None:
-            checker.template(step.run, (*base, "run"), scope, kind="command")
-        if (
-            step.cwd is not None
-            and "cwd" in data["steps" if step.phase == "main" else "on_failure"][step.index]
-        ):
-            checker.template(step.cwd, (*base, "cwd"), scope, kind="text")
-        for key, value in step.env.items():
-            checker.template(value, (*base, "env", key), scope, kind="text")
-        if step.when is not None:
-            checker.template(step.when, (*base, "when"), scope, kind="condition")
-        if step.until is not None:
-            checker.template(step.until, (*base, "until"), scope, kind="condition")
-        if step.approval is not None and step.approval.message is not None:
-            checker.template(
-                step.approval.message, (*base, "approval", "message"), scope, kind="text"
-            )
-        earlier[step.name] = frozenset(step.outputs)
+    _check_step_templates(checker, data, [*steps, *handlers], param_names, env_names)
     cwd_default = defaults.get("cwd")
     if cwd_default is not None:
         scope = _Scope("defaults.cwd", frozenset({"params", "run", "env"}), param_names, env_names)
@@ -445,3 +429,57 @@ def build(
         "on_failure": handlers,
     }
     return fields, checker.problems
+
+
+def _check_unique_names(checker: _Checker, all_steps: list[Step]) -> None:
+    """No two steps (main steps and handlers together) share a name."""
+    seen: dict[str, FieldPath] = {}
+    for step in all_steps:
+        list_name = "steps" if step.phase == "main" else "on_failure"
+        path: FieldPath = (list_name, step.index, "name")
+        if step.name in seen:
+            first = format_field(seen[step.name])
+            checker.add(path, f"duplicate step name {step.name!r} (first used at {first})")
+        else:
+            seen[step.name] = path
+
+
+def _check_step_templates(
+    checker: _Checker,
+    data: Mapping[str, Any],
+    all_steps: list[Step],
+    param_names: frozenset[str],
+    env_names: frozenset[str],
+) -> None:
+    """Every template of every step, each reading only the steps that ran before it."""
+    all_names = frozenset(s.name for s in all_steps)
+    step_roots = frozenset({"params", "steps", "step", "run", "env"})
+    earlier: dict[str, frozenset[str]] = {}
+    for step in all_steps:
+        list_name = "steps" if step.phase == "main" else "on_failure"
+        base: FieldPath = (list_name, step.index)
+        scope = _Scope(
+            f"step {step.name!r}",
+            step_roots,
+            param_names,
+            env_names,
+            earlier=dict(earlier),
+            later=all_names - frozenset(earlier) - {step.name},
+            current=step.name,
+            current_outputs=frozenset(step.outputs),
+        )
+        if step.run is not None:
+            checker.template(step.run, (*base, "run"), scope, kind="command")
+        if step.cwd is not None and "cwd" in data[list_name][step.index]:
+            checker.template(step.cwd, (*base, "cwd"), scope, kind="text")
+        for key, value in step.env.items():
+            checker.template(value, (*base, "env", key), scope, kind="text")
+        if step.when is not None:
+            checker.template(step.when, (*base, "when"), scope, kind="condition")
+        if step.until is not None:
+            checker.template(step.until, (*base, "until"), scope, kind="condition")
+        if step.approval is not None and step.approval.message is not None:
+            checker.template(
+                step.approval.message, (*base, "approval", "message"), scope, kind="text"
+            )
+        earlier[step.name] = frozenset(step.outputs)
