@@ -6,35 +6,38 @@ import hashlib
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from ledger.errors import InputError, RunbookError, UsageError
-from ledger.runbook import (
-    MAX_RUNBOOK_BYTES,
-    Problem,
-    RunbookInvalid,
+from ledger.run.context import (
     TemplateContext,
     attempt_succeeded,
     evaluate_condition,
     extract_outputs,
-    load_runbook,
-    parse_assignments,
-    parse_duration,
-    parse_runbook,
-    redact,
     render_approval_message,
     render_command,
     render_cwd,
     render_lock,
     render_template,
+    should_run,
+    step_environment,
+)
+from ledger.runbook import (
+    MAX_RUNBOOK_BYTES,
+    Problem,
+    RunbookInvalid,
+    load_runbook,
+    parse_assignments,
+    parse_duration,
+    parse_runbook,
+    redact,
     resolve_parameters,
     runbook_schema,
     schema_text,
-    should_run,
-    step_environment,
 )
 
 # The runbook of the issue that defined the format, verbatim.
@@ -1002,3 +1005,23 @@ def test_env_variable_reads_declared_env_and_captured_env_only() -> None:
     assert ctx.captured_env == {"X": "theirs", "REGION": "eu"}
     with pytest.raises(RunbookError, match=r"'env\.HOME' is undefined"):
         render_template("{{ env.HOME }}", ctx)
+
+
+@pytest.mark.parametrize("first", ["ledger.runbook", "ledger.run.context"])
+def test_runbook_package_is_read_at_load_time_only(first: str) -> None:
+    # ledger.run builds on ledger.runbook, never the other way round: loading a runbook
+    # (what 'ledger validate' does) imports nothing of ledger.run, and either package can
+    # be imported first.
+    code = (
+        "import importlib, sys\n"
+        f"importlib.import_module({first!r})\n"
+        "import ledger.runbook\n"
+        "run = sorted(m for m in sys.modules if m == 'ledger.run' or m.startswith('ledger.run.'))\n"
+        "print(' '.join(run))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = "" if first == "ledger.runbook" else "ledger.run ledger.run.context"
+    assert proc.stdout.strip() == expected

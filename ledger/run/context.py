@@ -1,0 +1,515 @@
+"""The run-time template state: :class:`TemplateContext` and the renderers.
+
+The engine resolves parameters (:func:`ledger.runbook.resolve_parameters`), keeps the state
+of the run in a :class:`TemplateContext`, and renders with :func:`render_command`,
+:func:`step_environment`, :func:`render_cwd`, :func:`render_lock`,
+:func:`render_approval_message` and :func:`evaluate_condition`. Every renderer returns the
+real text (for execution) and a redacted one (for the ledger), where each secret parameter
+is ``[REDACTED:name]``. :func:`extract_output` reads a step's declared outputs from its
+streams.
+
+Moved here from the load-time parser: a runbook is read once, and this is the state that
+changes at every step of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from jinja2 import TemplateError
+
+from ledger.errors import RunbookError
+from ledger.runbook import (
+    MAX_OUTPUT_CHARS,
+    OutputSpec,
+    ResolvedParams,
+    Runbook,
+    Step,
+    redact,
+    templating,
+)
+from ledger.runbook.templating import Namespace, Raw
+
+
+@dataclass
+class StepState:
+    """What templates see of a step: ``steps.NAME.*`` (finished) or ``step.*`` (current)."""
+
+    name: str = ""
+    status: str = "pending"
+    exit_code: int | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class RenderedText:
+    """A rendered template: ``text`` for execution, ``redacted`` for the ledger."""
+
+    text: str
+    redacted: str
+
+
+@dataclass(frozen=True)
+class RenderedCommand:
+    """A rendered ``run`` command: ``text`` to execute, ``redacted`` to record."""
+
+    text: str
+    redacted: str
+
+
+@dataclass(frozen=True)
+class RenderedEnv:
+    """Environment variables a step adds: ``values`` for execution, ``redacted`` to record."""
+
+    values: dict[str, str]
+    redacted: dict[str, str]
+
+
+class TemplateContext:
+    """The state templates read during one run.
+
+    The engine creates one per run, sets :attr:`current` to the step being run (or lets the
+    renderers do it), and records each finished step with :meth:`finish`. ``environ`` is
+    only read for the runbook's ``capture_env`` names. With ``dry_run=True`` every declared
+    output of every step reads as a placeholder ``<steps.NAME.outputs.KEY>``, so a plan can
+    render every command before anything ran.
+    """
+
+    def __init__(
+        self,
+        runbook: Runbook,
+        params: ResolvedParams,
+        *,
+        run_id: str = "",
+        incident: str | None = None,
+        trigger: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.runbook = runbook
+        self.params = params
+        self.run_id = run_id
+        self.incident = incident
+        self.trigger = trigger
+        self.failed_step: str | None = None
+        self.captured_env: dict[str, str] = {
+            name: env[name] for name in runbook.capture_env if name in env
+        }
+        self.steps: dict[str, StepState] = {}
+        for step in runbook.all_steps:
+            outputs = (
+                {key: f"<steps.{step.name}.outputs.{key}>" for key in step.outputs}
+                if dry_run
+                else {}
+            )
+            self.steps[step.name] = StepState(name=step.name, outputs=outputs)
+        self.current: StepState | None = None
+        self._runbook_env: dict[bool, dict[str, str]] = {}
+        # ``steps`` as templates see it (real and redacted): each step's namespace is built
+        # when its state changes, not at every render (a long runbook would otherwise
+        # rebuild every earlier step's at every step).
+        self._steps_data: dict[bool, dict[str, object]] = {
+            redacted: {
+                name: self._one_step_ns(state, redacted) for name, state in self.steps.items()
+            }
+            for redacted in (False, True)
+        }
+        self._steps_ns = {
+            redacted: Namespace.view(data, "steps") for redacted, data in self._steps_data.items()
+        }
+
+    # ----- state updates
+
+    def begin(self, step: Step, attempt: int = 1) -> StepState:
+        """Make ``step`` the current step (``step.*`` in templates), at ``attempt``."""
+        self.current = StepState(name=step.name, status="running", attempt=attempt)
+        return self.current
+
+    def finish(
+        self,
+        step: Step | str,
+        status: str,
+        exit_code: int | None = None,
+        outputs: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record a finished (or skipped) step so later templates read ``steps.NAME.*``."""
+        name = step if isinstance(step, str) else step.name
+        self.steps[name] = StepState(
+            name=name, status=status, exit_code=exit_code, outputs=dict(outputs or {})
+        )
+        for redacted, data in self._steps_data.items():
+            data[name] = self._one_step_ns(self.steps[name], redacted)
+        if self.current is not None and self.current.name == name:
+            self.current = None
+
+    def secrets(self) -> dict[str, str]:
+        return self.params.secrets()
+
+    # ----- variables
+
+    def _current_for(self, step: Step | None) -> StepState:
+        if step is None:
+            return self.current or StepState()
+        if self.current is not None and self.current.name == step.name:
+            return self.current
+        return StepState(name=step.name)
+
+    def runbook_env(self, *, redacted: bool = False) -> dict[str, str]:
+        """The runbook's top-level ``env``, rendered."""
+        if redacted not in self._runbook_env:
+            variables = {"params": self._params_ns(redacted), "run": self._run_ns()}
+            rendered: dict[str, str] = {}
+            for key, value in self.runbook.env.items():
+                rendered[key] = _render(
+                    value,
+                    variables,
+                    command=False,
+                    secrets=self.secrets(),
+                    where=f"{self.runbook.source}: env.{key}",
+                )
+            self._runbook_env[redacted] = rendered
+        return self._runbook_env[redacted]
+
+    def _one_step_ns(self, state: StepState, redacted: bool) -> Namespace:
+        """``steps.NAME`` for one step's state."""
+        secrets = self.secrets()
+        outputs = {k: (redact(v, secrets) if redacted else v) for k, v in state.outputs.items()}
+        return Namespace(
+            {
+                "exit_code": state.exit_code,
+                "status": state.status,
+                "outputs": Namespace(outputs, f"steps.{state.name}.outputs"),
+            },
+            f"steps.{state.name}",
+        )
+
+    def _params_ns(self, redacted: bool) -> Namespace:
+        values = self.params.redacted() if redacted else self.params.values
+        return Namespace(values, "params")
+
+    def _run_ns(self) -> Namespace:
+        return Namespace(
+            {
+                "id": self.run_id,
+                "incident": self.incident,
+                "trigger": self.trigger,
+                "failed_step": self.failed_step,
+            },
+            "run",
+        )
+
+    def variables(self, step: Step | None = None, *, redacted: bool = False) -> dict[str, object]:
+        """The template variables: params, steps, step, run, env."""
+        secrets = self.secrets()
+
+        def out(value: str) -> str:
+            return redact(value, secrets) if redacted else value
+
+        steps = self._steps_ns[redacted]
+        current = self._current_for(step)
+        step_ns = Namespace(
+            {
+                "name": current.name,
+                "attempt": current.attempt,
+                "exit_code": current.exit_code,
+                "status": current.status,
+                "outputs": Namespace(
+                    {k: out(v) for k, v in current.outputs.items()}, "step.outputs"
+                ),
+            },
+            "step",
+        )
+        captured: dict[str, object] = {
+            name: self.captured_env.get(name) for name in self.runbook.capture_env
+        }
+        env = {**captured, **self.runbook_env(redacted=redacted)}
+        return {
+            "params": self._params_ns(redacted),
+            "steps": steps,
+            "step": step_ns,
+            "run": self._run_ns(),
+            "env": Namespace(env, "env"),
+        }
+
+
+_RENDER_ERRORS: Final = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError)
+
+
+def _render(
+    source: str,
+    variables: Mapping[str, object],
+    *,
+    command: bool,
+    secrets: Mapping[str, str],
+    where: str,
+) -> str:
+    try:
+        text = templating.render(source, variables, command=command)
+    except _RENDER_ERRORS as exc:
+        detail = redact(str(getattr(exc, "message", None) or exc), secrets)
+        raise RunbookError(
+            f"{where}: the template cannot be rendered: {detail}.",
+            hint="Fix the template in the runbook (check names with 'ledger validate'); a "
+            "step's outputs exist only once it has run.",
+        ) from None
+    if "\0" in text:
+        raise RunbookError(
+            f"{where}: the rendered text contains a NUL byte.",
+            hint="Check the values that flow into this template.",
+        )
+    return text
+
+
+def _where(runbook: Runbook, step: Step, field_name: str) -> str:
+    list_name = "steps" if step.phase == "main" else "on_failure"
+    return (
+        f"{runbook.source}:{step.line}: step {step.name!r} ({list_name}[{step.index}].{field_name})"
+    )
+
+
+def render_template(
+    source: str,
+    context: TemplateContext,
+    *,
+    step: Step | None = None,
+    command: bool = False,
+    where: str = "template",
+) -> RenderedText:
+    """Render any runbook template twice: with real values, and with secrets redacted."""
+    secrets = context.secrets()
+    text = _render(source, context.variables(step), command=command, secrets=secrets, where=where)
+    if not secrets:
+        # Without secrets the redacted variables are the real ones: the same text.
+        return RenderedText(text=text, redacted=text)
+    shown = _render(
+        source,
+        context.variables(step, redacted=True),
+        command=command,
+        secrets=secrets,
+        where=where,
+    )
+    return RenderedText(text=text, redacted=redact(shown, secrets))
+
+
+def render_command(step: Step, context: TemplateContext) -> RenderedCommand:
+    """The step's ``run`` with every ``{{ value }}`` shell-quoted (unless ``| raw``)."""
+    if step.run is None:
+        raise RunbookError(
+            f"{_where(context.runbook, step, 'run')}: an approval step has no command.",
+            hint="Render commands of run steps only.",
+        )
+    rendered = render_template(
+        step.run, context, step=step, command=True, where=_where(context.runbook, step, "run")
+    )
+    return RenderedCommand(text=rendered.text, redacted=rendered.redacted)
+
+
+def render_cwd(step: Step, context: TemplateContext) -> RenderedText | None:
+    """The step's working directory (``cwd`` or ``defaults.cwd``), or ``None``."""
+    if step.cwd is None:
+        return None
+    return render_template(step.cwd, context, step=step, where=_where(context.runbook, step, "cwd"))
+
+
+def step_environment(step: Step, context: TemplateContext) -> RenderedEnv:
+    """Variables the step adds to the operator's environment, in increasing precedence:
+    ``PARAM_<NAME>`` for every parameter, the runbook's ``env``, the step's ``env``."""
+    values = {**context.params.environment(), **context.runbook_env()}
+    shown = {**context.params.redacted_environment(), **context.runbook_env(redacted=True)}
+    for key, value in step.env.items():
+        rendered = render_template(
+            value, context, step=step, where=_where(context.runbook, step, f"env.{key}")
+        )
+        values[key] = rendered.text
+        shown[key] = rendered.redacted
+    secrets = context.secrets()
+    return RenderedEnv(values=values, redacted={k: redact(v, secrets) for k, v in shown.items()})
+
+
+def render_lock(context: TemplateContext) -> str | None:
+    """The run's lock name (``lock`` rendered), or ``None`` when the runbook has none."""
+    runbook = context.runbook
+    if runbook.lock is None:
+        return None
+    variables = {
+        "params": context.variables()["params"],
+        "env": context.variables()["env"],
+    }
+    return _render(
+        runbook.lock,
+        variables,
+        command=False,
+        secrets=context.secrets(),
+        where=f"{runbook.source}: lock",
+    )
+
+
+def render_approval_message(step: Step, context: TemplateContext) -> RenderedText | None:
+    """The approval step's ``message``, rendered, or ``None`` when it has none."""
+    if step.approval is None or step.approval.message is None:
+        return None
+    return render_template(
+        step.approval.message,
+        context,
+        step=step,
+        where=_where(context.runbook, step, "approval.message"),
+    )
+
+
+_COND_TRUE: Final = frozenset({"true", "yes", "1"})
+_COND_FALSE: Final = frozenset({"false", "no", "0"})
+
+
+def evaluate_condition(
+    expr: str, context: TemplateContext, *, step: Step | None = None, field_name: str = "when"
+) -> bool:
+    """Evaluate a ``when`` / ``until`` condition.
+
+    A string with Jinja markup (``{{ params.x == 'a' }}``) is rendered and must give
+    ``true``/``false`` (also ``yes``/``no``/``1``/``0``, any case, surrounding space
+    ignored). Otherwise it is a bare expression (``params.x == 'a'``) that must give a
+    boolean (or one of those strings, or the integers 0 and 1). Anything else is a
+    :class:`RunbookError`.
+    """
+    where = (
+        _where(context.runbook, step, field_name)
+        if step is not None
+        else f"{context.runbook.source}: {field_name}"
+    )
+    secrets = context.secrets()
+    variables = context.variables(step)
+    result: object
+    if templating.is_template(expr):
+        result = _render(expr, variables, command=False, secrets=secrets, where=where)
+    else:
+        try:
+            result = templating.evaluate(expr, variables)
+            if isinstance(result, templating.StrictUndefinedType):
+                str(result)  # raises UndefinedError with the name
+        except _RENDER_ERRORS as exc:
+            detail = redact(str(getattr(exc, "message", None) or exc), secrets)
+            raise RunbookError(
+                f"{where}: the condition {expr!r} cannot be evaluated: {detail}.",
+                hint="Fix the condition in the runbook (check it with 'ledger validate').",
+            ) from None
+    if isinstance(result, bool):
+        return result
+    if isinstance(result, int) and result in (0, 1):
+        return bool(result)
+    if isinstance(result, str | Raw):
+        word = result.strip().lower()
+        if word in _COND_TRUE:
+            return True
+        if word in _COND_FALSE:
+            return False
+    shown = redact(templating.to_text(result), secrets)
+    raise RunbookError(
+        f"{where}: the condition {expr!r} gave {shown!r}, which is neither true nor false.",
+        hint="Write a comparison such as params.service == 'api' or steps.check.exit_code == 0.",
+    )
+
+
+def should_run(step: Step, context: TemplateContext) -> bool:
+    """Whether the step's ``when`` allows it to run (true when it has none)."""
+    if step.when is None:
+        return True
+    return evaluate_condition(step.when, context, step=step, field_name="when")
+
+
+def attempt_succeeded(step: Step, context: TemplateContext) -> bool:
+    """Whether the current attempt succeeded: its ``until`` if set, else exit code 0.
+
+    Set ``context.current`` (see :meth:`TemplateContext.begin`) with the attempt's
+    ``exit_code`` and ``outputs`` first.
+    """
+    current = context._current_for(step)
+    if step.until is None:
+        return current.exit_code == 0
+    return evaluate_condition(step.until, context, step=step, field_name="until")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _output_error(step: Step, spec: OutputSpec, message: str) -> RunbookError:
+    return RunbookError(
+        f"step {step.name!r}: output {spec.name!r} cannot be captured: {message}.",
+        hint="Check what the command prints, or the output's definition in the runbook.",
+    )
+
+
+def extract_output(step: Step, spec: OutputSpec, stdout: bytes, stderr: bytes = b"") -> str:
+    """One output value from a command's streams (see :class:`OutputSpec`).
+
+    Output text is decoded as UTF-8 (invalid bytes replaced). A JSON value that is not a
+    string is given as compact JSON text. :class:`RunbookError` when the stream is not
+    JSON, the key or a match is missing, or the value is longer than
+    :data:`MAX_OUTPUT_CHARS`.
+    """
+    text = (stderr if spec.kind == "stderr" else stdout).decode("utf-8", errors="replace")
+    if spec.kind in ("stdout", "stderr"):
+        value = text.strip()
+    elif spec.kind == "json":
+        try:
+            node: object = json.loads(text)
+        except ValueError as exc:
+            raise _output_error(step, spec, f"stdout is not JSON ({exc})") from None
+        for part in (spec.expr or "").split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise _output_error(step, spec, f"the JSON has no {spec.expr!r} (at {part!r})")
+        if isinstance(node, str):
+            value = node
+        else:
+            value = json.dumps(node, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    else:
+        pattern = re.compile(spec.expr or "", re.MULTILINE)
+        match = pattern.search(text)
+        if match is None:
+            raise _output_error(step, spec, f"the pattern {spec.expr!r} does not match stdout")
+        if "value" in pattern.groupindex:
+            value = match.group("value") or ""
+        elif pattern.groups >= 1:
+            value = match.group(1) or ""
+        else:
+            value = match.group(0)
+    if len(value) > MAX_OUTPUT_CHARS:
+        raise _output_error(
+            step, spec, f"the value is {len(value)} characters long (at most {MAX_OUTPUT_CHARS})"
+        )
+    return value
+
+
+def extract_outputs(step: Step, stdout: bytes, stderr: bytes = b"") -> dict[str, str]:
+    """Every output the step declares, from its streams (see :func:`extract_output`)."""
+    return {name: extract_output(step, spec, stdout, stderr) for name, spec in step.outputs.items()}
+
+
+__all__ = [
+    "RenderedCommand",
+    "RenderedEnv",
+    "RenderedText",
+    "StepState",
+    "TemplateContext",
+    "attempt_succeeded",
+    "evaluate_condition",
+    "extract_output",
+    "extract_outputs",
+    "render_approval_message",
+    "render_command",
+    "render_cwd",
+    "render_lock",
+    "render_template",
+    "should_run",
+    "step_environment",
+]

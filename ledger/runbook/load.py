@@ -1,0 +1,89 @@
+"""Loading a runbook: :func:`load_runbook` (a file) and :func:`parse_runbook` (its bytes).
+
+A runbook is a YAML file (see ``docs/RUNBOOKS.md``). :func:`load_runbook` reads one and
+returns a validated :class:`~ledger.runbook.model.Runbook`; every problem found is reported
+at once, each as ``file:line:column: field.path: message``, in a
+:class:`~ledger.runbook.problems.RunbookInvalid` error.
+
+Loading runs three passes: the defensive YAML composer (:mod:`ledger.runbook.yamlsrc`), the
+JSON Schema shipped in ``ledger/schema/runbook.schema.json`` (:mod:`ledger.runbook.schema`),
+and the rules the schema cannot express (:mod:`ledger.runbook.check`: unique step names,
+typed defaults, templates that parse and only read parameters that exist and steps that ran
+before).
+
+The module reads the runbook file; it does nothing else with the outside world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ledger.errors import RunbookError
+from ledger.runbook import check, schema, yamlsrc
+from ledger.runbook.model import MAX_RUNBOOK_BYTES, Runbook
+from ledger.runbook.problems import FieldPath, Locator, Problem, RunbookInvalid
+
+
+def parse_runbook(text: bytes, source: str, *, path: Path | None = None) -> Runbook:
+    """Parse and validate a runbook from its exact bytes.
+
+    ``source`` names the runbook in messages (usually its path). Raises
+    :class:`RunbookInvalid` (a :class:`RunbookError`) listing every problem found.
+    """
+    decoded = yamlsrc.decode(text, source)
+    data, locs = yamlsrc.compose(decoded, source)
+    where = Locator(source, locs)
+    bad_paths: list[FieldPath] = []
+    problems = schema.schema_problems(data, where, bad_paths)
+    if not isinstance(data, dict) or () in bad_paths:
+        raise RunbookInvalid(source, problems)
+    fields, more = check.build(data, where, bad_paths)
+    problems += more
+    if problems:
+        raise RunbookInvalid(source, problems)
+    return Runbook(
+        **fields,
+        text=bytes(text),
+        sha256=hashlib.sha256(text).hexdigest(),
+        path=path,
+        source=source,
+    )
+
+
+def load_runbook(path: Path) -> Runbook:
+    """Read and validate the runbook file at ``path`` (see :func:`parse_runbook`)."""
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_RUNBOOK_BYTES:
+            raise RunbookInvalid(
+                source,
+                [
+                    Problem(
+                        source,
+                        1,
+                        1,
+                        "",
+                        f"the file is {size} bytes long; runbooks may be at most "
+                        f"{MAX_RUNBOOK_BYTES} bytes (1 MiB)",
+                    )
+                ],
+                hint="Split the runbook, or move long scripts into files the steps run.",
+            )
+        with path.open("rb") as handle:
+            data = handle.read(MAX_RUNBOOK_BYTES + 1)
+    except IsADirectoryError:
+        raise RunbookError(
+            f"{source} is a directory, not a runbook file.", hint="Give the path of a YAML file."
+        ) from None
+    except FileNotFoundError:
+        raise RunbookError(
+            f"the runbook {source} does not exist.", hint="Check the path and try again."
+        ) from None
+    except OSError as exc:
+        raise RunbookError(
+            f"cannot read the runbook {source}: {exc.strerror or exc}.",
+            hint="Check the file's permissions.",
+        ) from None
+    return parse_runbook(data, source, path=path)

@@ -1,0 +1,120 @@
+"""The runbook format's JSON Schema, and its violations worded as located problems.
+
+The schema (draft 2020-12) ships in ``ledger/schema/runbook.schema.json``; it may carry an
+``errorMessage`` per keyword, which replaces the generic wording.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+import jsonschema
+
+from ledger.runbook.problems import FieldPath, Locator, Problem, describe, suggest
+
+
+@cache
+def runbook_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the runbook format, as shipped in the package."""
+    text = resources.files("ledger").joinpath("schema/runbook.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def schema_text() -> str:
+    """The JSON Schema as text, exactly as shipped."""
+    return resources.files("ledger").joinpath("schema/runbook.schema.json").read_text("utf-8")
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(runbook_schema())
+
+
+_TYPE_NAMES: Final = {
+    "string": "text",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str | None:
+    custom = error.schema.get("errorMessage") if isinstance(error.schema, dict) else None
+    if isinstance(custom, dict):
+        custom = custom.get(str(error.validator))
+    if isinstance(custom, str):
+        if isinstance(error.instance, dict | list):
+            return custom
+        return f"{custom} (got {describe(error.instance)})"
+    return None
+
+
+def schema_problems(data: object, where: Locator, bad_paths: list[FieldPath]) -> list[Problem]:
+    """Schema violations as problems; ``bad_paths`` receives the path of each violation."""
+    problems: dict[tuple[str, str], Problem] = {}
+
+    def add(problem: Problem) -> None:
+        problems.setdefault((problem.field, problem.message), problem)
+
+    for error in _validator().iter_errors(data):
+        path: FieldPath = tuple(error.absolute_path)
+        validator = str(error.validator)
+        instance = error.instance
+        if "propertyNames" in error.absolute_schema_path:
+            key = str(instance)
+            bad_paths.append((*path, key))
+            custom = _schema_message(error) or error.message
+            add(where.problem((*path, key), f"invalid name: {custom}", key=True))
+            continue
+        bad_paths.append(path)
+        if validator == "required" and isinstance(instance, dict):
+            for name in error.validator_value:
+                if name not in instance:
+                    add(where.problem((*path, name), "required field is missing"))
+            continue
+        if validator == "additionalProperties" and isinstance(instance, dict):
+            allowed = list(error.schema.get("properties", {}))
+            for name in instance:
+                if name not in allowed:
+                    add(
+                        where.problem(
+                            (*path, name),
+                            f"unknown field {name!r}{suggest(name, allowed)}; allowed here: "
+                            f"{', '.join(allowed)}",
+                            key=True,
+                        )
+                    )
+            continue
+        custom = _schema_message(error)
+        if custom is not None:
+            add(where.problem(path, custom))
+            continue
+        if validator == "type":
+            wanted = error.validator_value
+            kinds = [wanted] if isinstance(wanted, str) else list(wanted)
+            names = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
+            message = f"expected {names}, got {describe(instance)}"
+        elif validator == "enum":
+            options = ", ".join(str(v) for v in error.validator_value)
+            message = f"must be one of: {options} (got {describe(instance)})"
+        elif validator == "minItems":
+            message = f"must have at least {error.validator_value} item(s)"
+        elif validator == "minLength":
+            message = "must not be empty"
+        elif validator == "uniqueItems":
+            message = "has the same item more than once"
+        elif validator == "minimum":
+            message = f"must be at least {error.validator_value} (got {describe(instance)})"
+        elif validator == "maximum":
+            message = f"must be at most {error.validator_value} (got {describe(instance)})"
+        else:
+            message = error.message
+        add(where.problem(path, message))
+    return list(problems.values())

@@ -1,0 +1,425 @@
+"""Jinja2 templating for runbooks: sandboxed, strict, and shell-quoting by default.
+
+Runbook templates are written by runbook authors, but the values that flow into them come
+from operators (parameters) and from earlier commands (outputs). Three environments share
+one set of rules:
+
+* every environment is an :class:`ImmutableSandboxedEnvironment` with ``StrictUndefined``
+  (a missing variable is an error, never an empty string), autoescape off, no loader
+  (``include``/``import``/``extends`` are refused), and caps on ``*``, ``**`` and ``%`` so a
+  template cannot allocate gigabytes;
+* the *command* environment shell-quotes every ``{{ ... }}`` value with :func:`shlex.quote`
+  through Jinja's ``finalize`` hook, unless the value went through the ``raw`` filter;
+* the *text* environment renders values as plain text (environment values, working
+  directories, lock names, approval messages, conditions).
+
+This module knows nothing about runbooks; the rest of :mod:`ledger.runbook` builds on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from jinja2 import StrictUndefined, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+#: Largest string or list a template may build with ``*`` (characters or items).
+MAX_REPEAT: Final = 1 << 20
+#: Largest exponent of ``**``.
+MAX_EXPONENT: Final = 256
+#: Largest rendered text (characters).
+MAX_RENDERED: Final = 1 << 20
+
+#: Names every template may use besides the context: Jinja's own globals.
+BUILTIN_NAMES: Final = frozenset({"range", "dict", "cycler", "joiner", "namespace", "loop"})
+
+
+class Raw(str):
+    """A value the author marked, with the ``raw`` filter, to go into a command unquoted."""
+
+    __slots__ = ()
+
+
+def to_text(value: object) -> str:
+    """How a value is written into a template's output: ``None`` is empty, booleans lower-case."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Namespace):
+        return repr(value)
+    return str(value)
+
+
+class Namespace:
+    """A read-only mapping reached by attribute (``params.service``) or item (``steps['a-b']``).
+
+    Unlike a dict, it has no methods that could hide an entry: a parameter called ``items`` or
+    ``get`` is reached as ``params.items`` like any other.
+    """
+
+    __slots__ = ("_data", "_label")
+    _data: dict[str, object]
+    _label: str
+
+    def __init__(self, data: Mapping[str, object], label: str) -> None:
+        object.__setattr__(self, "_data", dict(data))
+        object.__setattr__(self, "_label", label)
+
+    @classmethod
+    def view(cls, data: dict[str, object], label: str) -> Namespace:
+        """A namespace over ``data`` itself, not a copy: its owner may keep updating it
+        (templates still cannot)."""
+        ns = cls.__new__(cls)
+        object.__setattr__(ns, "_data", data)
+        object.__setattr__(ns, "_label", label)
+        return ns
+
+    def __getattr__(self, name: str) -> object:
+        data: dict[str, object] = object.__getattribute__(self, "_data")
+        try:
+            return data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> object:
+        data: dict[str, object] = object.__getattribute__(self, "_data")
+        return data[name]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{self._label} is read-only")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k}: {to_text(v)}" for k, v in self._data.items()) + "}"
+
+
+def namespace_label(ns: Namespace) -> str:
+    """The template path of a namespace (``params``, ``steps.check.outputs``)."""
+    return str(object.__getattribute__(ns, "_label"))
+
+
+class StrictUndefinedType(StrictUndefined):
+    """StrictUndefined that names the missing variable by its template path."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        obj = self._undefined_obj
+        name = self._undefined_name
+        if self._undefined_hint is None and isinstance(obj, Namespace) and name is not None:
+            known = ", ".join(sorted(obj)) or "none"
+            return f"'{namespace_label(obj)}.{name}' is undefined (known here: {known})"
+        message: str = super()._undefined_message
+        return message
+
+
+def _finalize_quoted(value: object) -> str:
+    if isinstance(value, Raw):
+        return str.__str__(value)
+    return shlex.quote(to_text(value))
+
+
+def _finalize_plain(value: object) -> str:
+    return to_text(value)
+
+
+def _filter_raw(value: object) -> Raw:
+    return Raw(to_text(value))
+
+
+def _filter_shell_quote(value: object) -> Raw:
+    return Raw(shlex.quote(to_text(value)))
+
+
+def _size(value: object) -> int | None:
+    if isinstance(value, str | bytes | list | tuple):
+        return len(value)
+    return None
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with caps on the operators that can allocate without bound."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "*":
+            for seq, count in ((left, right), (right, left)):
+                size = _size(seq)
+                if size is not None and isinstance(count, int) and size * count > MAX_REPEAT:
+                    raise SecurityError(
+                        f"repeating a value {count} times would build more than {MAX_REPEAT} items"
+                    )
+            return operator.mul(left, right)
+        if operator_ == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+                raise SecurityError(f"exponent {right} is larger than {MAX_EXPONENT}")
+            return operator.pow(left, right)
+        return super().call_binop(context, operator_, left, right)
+
+
+def _make_env(finalize: Any) -> _Sandbox:
+    env = _Sandbox(
+        undefined=StrictUndefinedType,
+        autoescape=False,
+        finalize=finalize,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        loader=None,
+        auto_reload=False,
+        cache_size=0,
+    )
+    env.filters["raw"] = _filter_raw
+    env.filters["shell_quote"] = _filter_shell_quote
+    env.globals.pop("lipsum", None)
+    return env
+
+
+COMMAND_ENV: Final = _make_env(_finalize_quoted)
+TEXT_ENV: Final = _make_env(_finalize_plain)
+
+#: Jinja statements runbook templates may not use.
+_FORBIDDEN_NODES: Final = {
+    nodes.Include: "{% include %}",
+    nodes.Import: "{% import %}",
+    nodes.FromImport: "{% from ... import %}",
+    nodes.Extends: "{% extends %}",
+}
+
+
+class TemplateProblem(Exception):
+    """A template cannot be parsed or compiled (internal: callers attach the location)."""
+
+    def __init__(self, message: str, lineno: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lineno = lineno
+
+
+def is_template(text: str) -> bool:
+    """Whether a string contains Jinja markup (``{{``, ``{%`` or ``{#``)."""
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+def _check_forbidden(tree: nodes.Node) -> None:
+    for node_type, label in _FORBIDDEN_NODES.items():
+        for node in tree.find_all(node_type):
+            raise TemplateProblem(
+                f"{label} is not available in runbook templates", node.lineno or 1
+            )
+    for found in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        item: Any = found
+        name: object = None
+        if isinstance(item, nodes.Getattr):
+            name = item.attr
+        elif isinstance(item, nodes.Filter):
+            if item.name == "attr" and item.args and isinstance(item.args[0], nodes.Const):
+                name = item.args[0].value
+        elif isinstance(item.arg, nodes.Const):
+            name = item.arg.value
+        if isinstance(name, str) and name.startswith("_"):
+            raise TemplateProblem(
+                f"the attribute {name!r} starts with '_'; internal attributes are not "
+                "available in runbook templates (the sandbox refuses them)",
+                item.lineno or 1,
+            )
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_template(source: str) -> nodes.Template:
+    """Parse a template; :class:`TemplateProblem` on a syntax error or forbidden statement."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        tree = TEXT_ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
+    _check_forbidden(tree)
+    return tree
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_expression(source: str) -> nodes.Expr:
+    """Parse a bare Jinja expression such as ``params.service == 'api'``."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        parser = Parser(TEXT_ENV, source, state="variable")
+        expr = parser.parse_expression()
+        if not parser.stream.eos:
+            token = parser.stream.current
+            raise TemplateSyntaxError(
+                f"unexpected {token.value!r} after the expression", token.lineno
+            )
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
+    _check_forbidden(expr)
+    return expr
+
+
+def check_compiles(source: str, *, command: bool) -> None:
+    """Compile a template (finds unknown filters and tests); :class:`TemplateProblem` if not."""
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    parse_template(source)
+    try:
+        _compiled(source, command)  # the compiled template is kept for rendering
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
+    except TemplateError as exc:
+        raise TemplateProblem(str(exc.message or exc), 1) from None
+
+
+def check_expression_compiles(source: str) -> None:
+    """Compile a bare expression; :class:`TemplateProblem` if it cannot be compiled."""
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    parse_expression(source)
+    try:
+        _compiled_expression(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
+    except TemplateError as exc:
+        raise TemplateProblem(str(exc.message or exc), 1) from None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A variable path a template reads: ``steps.check.outputs.version`` is
+    ``Reference("steps", ("check", "outputs", "version"), lineno)``. ``dynamic`` is true when
+    the path continues with a computed key that cannot be checked statically."""
+
+    root: str
+    path: tuple[str, ...]
+    lineno: int
+    dynamic: bool = False
+
+
+def _chain(node: nodes.Node) -> tuple[str, list[str], bool] | None:
+    """The (root name, attribute path, dynamic) of a Getattr/Getitem chain, or None."""
+    path: list[str] = []
+    dynamic = False
+    current: nodes.Node = node
+    while True:
+        if isinstance(current, nodes.Getattr):
+            path.append(current.attr)
+            current = current.node
+        elif isinstance(current, nodes.Getitem):
+            arg = current.arg
+            if isinstance(arg, nodes.Const) and isinstance(arg.value, str | int):
+                path.append(str(arg.value))
+            else:
+                path.clear()
+                dynamic = True
+            current = current.node
+        elif isinstance(current, nodes.Name):
+            path.reverse()
+            return current.name, path, dynamic
+        else:
+            return None
+
+
+def references(tree: nodes.Node) -> tuple[set[str], list[Reference]]:
+    """Names a template reads from its context, and every attribute path it reads.
+
+    The first set holds the top-level names read before any local assignment (Jinja's
+    ``find_undeclared_variables``); the list holds maximal attribute chains rooted at those
+    names, for checking that ``params.X`` and ``steps.Y`` exist.
+    """
+    undeclared = _undeclared(tree)
+    inner: set[int] = set()
+    for chained in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        inner.add(id(getattr(chained, "node", None)))
+    refs: list[Reference] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+        if id(node) in inner:
+            continue
+        if isinstance(node, nodes.Name) and node.ctx != "load":
+            continue
+        found = _chain(node)
+        if found is None:
+            continue
+        root, path, dynamic = found
+        if root not in undeclared:
+            continue
+        refs.append(Reference(root, tuple(path), node.lineno or 1, dynamic))
+    return undeclared, refs
+
+
+def _undeclared(tree: nodes.Node) -> set[str]:
+    from jinja2 import meta
+
+    if isinstance(tree, nodes.Template):
+        return set(meta.find_undeclared_variables(tree))
+    wrapper = nodes.Template([nodes.Output([tree])], lineno=1)
+    wrapper.set_environment(TEXT_ENV)
+    return set(meta.find_undeclared_variables(wrapper))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str, command: bool) -> Any:
+    env = COMMAND_ENV if command else TEXT_ENV
+    return env.from_string(source)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_expression(source: str) -> Any:
+    return TEXT_ENV.compile_expression(source, undefined_to_none=False)
+
+
+def render(source: str, variables: Mapping[str, object], *, command: bool) -> str:
+    """Render a template; Jinja and Python errors propagate for the caller to wrap.
+
+    With ``command=True`` every ``{{ ... }}`` value is shell-quoted unless marked ``raw``.
+    """
+    template = _compiled(source, command)
+    text: str = template.render(dict(variables))
+    if len(text) > MAX_RENDERED:
+        raise SecurityError(f"the rendered text is longer than {MAX_RENDERED} characters")
+    return text
+
+
+def evaluate(source: str, variables: Mapping[str, object]) -> object:
+    """Evaluate a bare expression; Jinja and Python errors propagate."""
+    expression = _compiled_expression(source)
+    result: object = expression(**dict(variables))
+    return result
+
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "COMMAND_ENV",
+    "MAX_RENDERED",
+    "TEXT_ENV",
+    "Namespace",
+    "Raw",
+    "Reference",
+    "StrictUndefinedType",
+    "TemplateProblem",
+    "check_compiles",
+    "check_expression_compiles",
+    "evaluate",
+    "is_template",
+    "parse_expression",
+    "parse_template",
+    "references",
+    "render",
+    "to_text",
+]
