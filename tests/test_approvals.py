@@ -22,8 +22,9 @@ import pytest
 from conftest import git, run_cli
 from waiting import wait_for
 
-from ledger import approvals, records
+from ledger import records
 from ledger.errors import ApprovalRefused, UntrustedKey
+from ledger.run import approvals
 from ledger.runbook import ApprovalSpec
 from ledger.signing import SigningKey
 from ledger.store import Ledger

@@ -1,4 +1,4 @@
-"""Tests of ledger.process: real shells, real process groups, real signals."""
+"""Tests of ledger.run.process: real shells, real process groups, real signals."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from urllib.parse import quote
 import pytest
 from waiting import wait_for
 
-from ledger.process import (
+from ledger.redact import Redactor
+from ledger.run.process import (
     CapturedStream,
     CommandResult,
     CommandSpec,
-    Redactor,
     StreamName,
     run_command,
 )

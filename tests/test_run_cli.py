@@ -17,7 +17,7 @@ import pytest
 from conftest import CliResult, git, run_cli
 from waiting import wait_for
 
-from ledger.engine import RESUMED_REASON, runbook_lock
+from ledger.run import RESUMED_REASON, runbook_lock
 from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
 

@@ -1,0 +1,75 @@
+"""Running a runbook: every step executed and written to the ledger as it goes.
+
+- ``events.py``    statuses, StopSignal, the observer (EngineEvents, StepStart/StepEnd), RunOutcome
+- ``plan.py``      the dry-run plan (plan_run) and the resume plan (prepare_resume)
+- ``trigger.py``   CI detection, the trigger of run.started, the steps' base environment
+- ``locks.py``     runbook locks (runbook_lock)
+- ``verified.py``  verify before a run, remember the verified head after it
+- ``process.py``   one shell command: process group, timeout, tee, bounded capture
+- ``approvals.py`` approval requests, vote checks, the wait
+- ``engine.py``    Runner and one run's step loop writing the records
+
+Secrets are redacted by :mod:`ledger.redact`.
+"""
+
+from ledger.run.engine import Runner, RunRequest
+from ledger.run.events import (
+    RESUMED_REASON,
+    RUN_ABORTED,
+    RUN_FAILED,
+    RUN_REJECTED,
+    RUN_SUCCEEDED,
+    STEP_FAILED,
+    STEP_INTERRUPTED,
+    STEP_OK,
+    STEP_REJECTED,
+    STEP_SKIPPED,
+    STEP_TIMEOUT,
+    WHEN_REASON,
+    EngineEvents,
+    RunOutcome,
+    StepEnd,
+    StepStart,
+    StopSignal,
+)
+from ledger.run.locks import LOCKS_DIR, runbook_lock
+from ledger.run.plan import CarriedStep, Plan, PlannedStep, ResumePlan, plan_run, prepare_resume
+from ledger.run.process import StreamName
+from ledger.run.trigger import detect_ci, run_environment, trigger_data
+from ledger.run.verified import extend_verified_state, verify_before_run
+
+__all__ = [
+    "LOCKS_DIR",
+    "RESUMED_REASON",
+    "RUN_ABORTED",
+    "RUN_FAILED",
+    "RUN_REJECTED",
+    "RUN_SUCCEEDED",
+    "STEP_FAILED",
+    "STEP_INTERRUPTED",
+    "STEP_OK",
+    "STEP_REJECTED",
+    "STEP_SKIPPED",
+    "STEP_TIMEOUT",
+    "WHEN_REASON",
+    "CarriedStep",
+    "EngineEvents",
+    "Plan",
+    "PlannedStep",
+    "ResumePlan",
+    "RunOutcome",
+    "RunRequest",
+    "Runner",
+    "StepEnd",
+    "StepStart",
+    "StopSignal",
+    "StreamName",
+    "detect_ci",
+    "extend_verified_state",
+    "plan_run",
+    "prepare_resume",
+    "run_environment",
+    "runbook_lock",
+    "trigger_data",
+    "verify_before_run",
+]
