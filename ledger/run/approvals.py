@@ -25,11 +25,11 @@ Nothing here prints or prompts: the interactive callback and ``notify`` belong t
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final
 
 import pygit2
 
@@ -40,27 +40,32 @@ from ledger.errors import (
     StorageError,
     UntrustedKey,
 )
+from ledger.run import approval_records
+from ledger.run.approval_records import (
+    APPROVED,
+    DECISIONS,
+    INTERRUPTED,
+    REJECTED,
+    TIMEOUT,
+    VIA_COMMAND,
+    VIA_TERMINAL,
+    ApprovalOutcome,
+    ApprovalRequest,
+    Decision,
+    Ignored,
+    OutcomeDecision,
+    Vote,
+    request_data,
+)
 from ledger.runbook import ApprovalSpec
 from ledger.signing import SigningKey, verify_signed_commit
 from ledger.store import MAIN_REF, Appended, Ledger, Signer, StoredRecord
-
-APPROVED: Final = "approved"
-REJECTED: Final = "rejected"
-TIMEOUT: Final = "timeout"
-INTERRUPTED: Final = "interrupted"
-DECISIONS: Final = frozenset({APPROVED, REJECTED})
-
-#: How an approval was given: ``ledger approve`` (``command``) or the run's terminal.
-VIA_COMMAND: Final = "command"
-VIA_TERMINAL: Final = "terminal"
 
 #: Seconds between two looks at the ledger's branch while waiting.
 POLL_INTERVAL_S: Final = 0.2
 #: Longest comment accepted (characters).
 MAX_COMMENT_CHARS: Final = 4096
 
-Decision = Literal["approved", "rejected"]
-OutcomeDecision = Literal["approved", "rejected", "timeout", "interrupted"]
 
 #: ``interactive(question)`` asks the operator; returns (approved, comment). It runs in a
 #: worker thread. If it also has a ``cancel()`` method, that is called when the wait ends
@@ -68,64 +73,7 @@ OutcomeDecision = Literal["approved", "rejected", "timeout", "interrupted"]
 Interactive = Callable[[str], tuple[bool, str]]
 
 
-# --------------------------------------------------------------------------- the request
-
-
-def request_data(spec: ApprovalSpec, message: str | None) -> dict[str, Any]:
-    """The fields the engine adds to an approval step's ``step.started`` record.
-
-    ``message`` is the rendered message with secrets redacted (or ``None``). Returns
-    ``{"approval": {"approvers", "min_approvals", "message", "timeout_ms"}}``.
-    """
-    timeout_ms = None if spec.timeout_s is None else round(spec.timeout_s * 1000)
-    return {
-        "approval": {
-            "approvers": list(spec.approvers),
-            "min_approvals": spec.min_approvals,
-            "message": message,
-            "timeout_ms": timeout_ms,
-        }
-    }
-
-
-@dataclass(frozen=True)
-class ApprovalRequest:
-    """An approval step a run is waiting at, as its ``step.started`` record says."""
-
-    run_id: str
-    step: str
-    index: int | None
-    seq: int
-    commit: str
-    approvers: tuple[str, ...]
-    min_approvals: int
-    message: str | None
-    timeout_ms: int | None
-
-
-def _request_from(run_id: str, rec: StoredRecord) -> ApprovalRequest | None:
-    data = rec.data
-    spec = data.get("approval")
-    if not isinstance(spec, dict):
-        return None
-    approvers = spec.get("approvers")
-    if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
-        return None
-    minimum = spec.get("min_approvals", 1)
-    message = spec.get("message")
-    timeout_ms = spec.get("timeout_ms")
-    index = data.get("index")
-    return ApprovalRequest(
-        run_id=run_id,
-        step=str(data.get("step", "")),
-        index=index if isinstance(index, int) else None,
-        seq=rec.seq,
-        commit=rec.commit_id,
-        approvers=tuple(approvers),
-        min_approvals=minimum if isinstance(minimum, int) and minimum >= 1 else 1,
-        message=message if isinstance(message, str) else None,
-        timeout_ms=timeout_ms if isinstance(timeout_ms, int) else None,
-    )
+# --------------------------------------------------------------------------- requests
 
 
 def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
@@ -163,7 +111,7 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
             f"{run_id}' shows its records).",
         )
     last = started[-1]
-    request = _request_from(run_id, last)
+    request = approval_records.request_from(run_id, last)
     if request is None:
         raise ApprovalRefused(
             f"step {step!r} of run {run_id} is not an approval step (its step.started record "
@@ -293,79 +241,6 @@ def record_approval(
 # --------------------------------------------------------------------------- waiting
 
 
-class Vote(NamedTuple):
-    """One counted approval (or the rejection): who, with which key, and where it is."""
-
-    principal: str
-    fingerprint: str
-    seq: int
-    commit: str
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """An approval record that did not count, and why."""
-
-    seq: int
-    commit: str
-    principal: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ApprovalOutcome:
-    """How the wait at an approval step ended.
-
-    ``decision`` is approved, rejected, timeout or interrupted. ``approvers`` are the
-    counted approvals in seq order (one per principal); ``rejected_by`` is the rejection that
-    ended the wait. ``comment`` joins the comments of the counted records
-    (``principal: text``).
-    """
-
-    decision: OutcomeDecision
-    approvers: list[Vote]
-    comment: str
-    request_seq: int
-    required: int
-    rejected_by: Vote | None = None
-    ignored: list[Ignored] = field(default_factory=list)
-
-    @property
-    def approved(self) -> bool:
-        return self.decision == APPROVED
-
-    @property
-    def step_status(self) -> str:
-        """The ``status`` of the step's ``step.finished``: ok, rejected, timeout, interrupted."""
-        return "ok" if self.decision == APPROVED else self.decision
-
-    def finished_data(self) -> dict[str, Any]:
-        """The ``approval`` field for the step's ``step.finished`` record."""
-
-        def vote(v: Vote) -> dict[str, Any]:
-            return {
-                "principal": v.principal,
-                "fingerprint": v.fingerprint,
-                "seq": v.seq,
-                "commit": v.commit,
-            }
-
-        return {
-            "approval": {
-                "decision": self.decision,
-                "request_seq": self.request_seq,
-                "required": self.required,
-                "approvers": [vote(v) for v in self.approvers],
-                "rejected_by": vote(self.rejected_by) if self.rejected_by else None,
-                "comment": self.comment,
-                "ignored": [
-                    {"seq": i.seq, "commit": i.commit, "principal": i.principal, "reason": i.reason}
-                    for i in self.ignored
-                ],
-            }
-        }
-
-
 def _trusted_at(signers: Sequence[Signer], fingerprint: str, seq: int) -> Signer | None:
     """The signer with ``fingerprint`` trusted at ``seq`` (FORMAT.md §7), or ``None``."""
     for s in signers:
@@ -472,7 +347,7 @@ def _find_request(
 ) -> ApprovalRequest:
     if request_seq is not None:
         rec = ledger.record(request_seq)
-        request = _request_from(run_id, rec)
+        request = approval_records.request_from(run_id, rec)
         if request is None or rec.run != run_id or rec.kind != records.KIND_STEP_STARTED:
             raise ApprovalRefused(
                 f"record seq {request_seq} is not the approval request of step {step!r} of "
@@ -481,6 +356,127 @@ def _find_request(
             )
         return request
     return pending_request(ledger, run_id, step)
+
+
+class _Tally:
+    """The votes counted so far at one request, the comments, and what was ignored."""
+
+    def __init__(
+        self, request: ApprovalRequest, required: int, notify: Callable[[str], None] | None
+    ) -> None:
+        self.request = request
+        self.required = required
+        self.notify = notify
+        self.counted: dict[str, Vote] = {}
+        self.comments: dict[str, str] = {}
+        self.ignored: list[Ignored] = []
+
+    def say(self, text: str) -> None:
+        if self.notify is not None:
+            self.notify(text)
+
+    def outcome(
+        self, decision: OutcomeDecision, rejected_by: Vote | None = None
+    ) -> ApprovalOutcome:
+        votes = sorted(self.counted.values(), key=lambda v: v.seq)
+        texts = [f"{p}: {c}" for p, c in self.comments.items() if c]
+        return ApprovalOutcome(
+            decision=decision,
+            approvers=votes,
+            comment="; ".join(texts),
+            request_seq=self.request.seq,
+            required=self.required,
+            rejected_by=rejected_by,
+            ignored=self.ignored,
+        )
+
+    def take(self, checked: tuple[Vote, str, str] | Ignored) -> ApprovalOutcome | None:
+        """Count one checked approval record; the outcome once the wait is decided."""
+        if isinstance(checked, Ignored):
+            self.ignored.append(checked)
+            self.say(
+                f"Ignored the approval record seq {checked.seq} "
+                f"({checked.principal or 'no principal'}): {checked.reason}."
+            )
+            return None
+        vote, decision, comment = checked
+        if comment:
+            self.comments[vote.principal] = comment
+        if decision == REJECTED:
+            self.counted.pop(vote.principal, None)
+            self.say(f"Rejected by {vote.principal} (seq {vote.seq}).")
+            return self.outcome(REJECTED, rejected_by=vote)
+        if vote.principal in self.counted:
+            self.say(f"{vote.principal} approved again (seq {vote.seq}); counted once.")
+            return None
+        self.counted[vote.principal] = vote
+        self.say(
+            f"Approved by {vote.principal} (seq {vote.seq}): {len(self.counted)} of "
+            f"{self.required}."
+        )
+        return self.outcome(APPROVED) if len(self.counted) >= self.required else None
+
+
+class _NewRecords:
+    """The records appended after a seq, read only when the branch has moved."""
+
+    def __init__(self, ledger: Ledger, seq: int) -> None:
+        self.ledger = ledger
+        self.last_seen = seq
+        self.last_target: str | None = None
+
+    def read(self) -> Iterator[StoredRecord]:
+        ref = self.ledger.repo.references.get(MAIN_REF)
+        target = str(ref.target) if ref is not None else None
+        if target == self.last_target:
+            return
+        self.last_target = target
+        head = self.ledger.head()
+        top = head.seq if head is not None else self.last_seen
+        for seq in range(self.last_seen + 1, top + 1):
+            rec = self.ledger.record(seq)
+            self.last_seen = seq
+            yield rec
+
+
+def _operator(ledger: Ledger, operator_key: SigningKey | None) -> str | None:
+    """The principal the ledger trusts the operator's key as, if any."""
+    if operator_key is None:
+        return None
+    signer = ledger.trusted_signer(operator_key.public_key.fingerprint)
+    return signer.principal if signer is not None else None
+
+
+def _record_answer(
+    ledger: Ledger,
+    run_id: str,
+    step_name: str,
+    finished: _Prompt,
+    operator_key: SigningKey | None,
+    tally: _Tally,
+) -> bool:
+    """Append the operator's answer from the terminal; whether a record may have been added."""
+    if finished.error is not None:
+        if isinstance(finished.error, EOFError | OSError):
+            tally.say("No answer from the terminal; waiting for approvals in the ledger.")
+            return False
+        raise finished.error
+    if finished.answer is None or operator_key is None:
+        return False
+    ok, text = finished.answer
+    try:
+        record_approval(
+            ledger,
+            run_id,
+            step_name,
+            key=operator_key,
+            decision=APPROVED if ok else REJECTED,
+            comment=text,
+            via=VIA_TERMINAL,
+        )
+    except ApprovalRefused as exc:
+        tally.say(f"Your answer was not recorded: {exc.message}")
+    return True
 
 
 def wait_for_approval(
@@ -513,125 +509,44 @@ def wait_for_approval(
     Approvals already in the ledger when the wait starts count too. Errors writing the
     operator's answer propagate (:class:`~ledger.errors.LedgerError`).
     """
-    request = _find_request(ledger, run_id, step_name, request_seq)
-    approvers = tuple(spec.approvers)
-    request = ApprovalRequest(
-        run_id=request.run_id,
-        step=request.step,
-        index=request.index,
-        seq=request.seq,
-        commit=request.commit,
-        approvers=approvers,
+    request = dataclasses.replace(
+        _find_request(ledger, run_id, step_name, request_seq),
+        approvers=tuple(spec.approvers),
         min_approvals=spec.min_approvals,
-        message=request.message,
-        timeout_ms=request.timeout_ms,
     )
-    required = spec.min_approvals
     if deadline is None and spec.timeout_s is not None:
         deadline = time.monotonic() + spec.timeout_s
-
-    def say(text: str) -> None:
-        if notify is not None:
-            notify(text)
-
-    counted: dict[str, Vote] = {}
-    comments: dict[str, str] = {}
-    ignored: list[Ignored] = []
-
-    def outcome(decision: OutcomeDecision, rejected_by: Vote | None = None) -> ApprovalOutcome:
-        votes = sorted(counted.values(), key=lambda v: v.seq)
-        texts = [f"{p}: {c}" for p, c in comments.items() if c]
-        return ApprovalOutcome(
-            decision=decision,
-            approvers=votes,
-            comment="; ".join(texts),
-            request_seq=request.seq,
-            required=required,
-            rejected_by=rejected_by,
-            ignored=ignored,
-        )
-
-    operator: str | None = None
-    if operator_key is not None:
-        signer = ledger.trusted_signer(operator_key.public_key.fingerprint)
-        operator = signer.principal if signer is not None else None
+    tally = _Tally(request, spec.min_approvals, notify)
+    operator = _operator(ledger, operator_key)
     prompt: _Prompt | None = None
-    prompt_wanted = interactive is not None and operator is not None and operator in approvers
-
-    say(
-        f"Waiting for {required} approval{'s' if required != 1 else ''} of step "
-        f"{step_name!r} by {', '.join(approvers)}. Approve from another shell with: "
+    prompt_wanted = interactive is not None and operator is not None and operator in spec.approvers
+    tally.say(
+        f"Waiting for {tally.required} approval{'s' if tally.required != 1 else ''} of step "
+        f"{step_name!r} by {', '.join(request.approvers)}. Approve from another shell with: "
         f"ledger approve {run_id} {step_name} --key KEY  (or --reject)"
     )
-    last_seen = request.seq
-    last_target: str | None = None
+    new_records = _NewRecords(ledger, request.seq)
     try:
         while True:
-            ref = ledger.repo.references.get(MAIN_REF)
-            target = str(ref.target) if ref is not None else None
-            if target != last_target:
-                last_target = target
-                head = ledger.head()
-                top = head.seq if head is not None else last_seen
-                for seq in range(last_seen + 1, top + 1):
-                    rec = ledger.record(seq)
-                    last_seen = seq
-                    checked = check_approval(ledger, rec, request)
-                    if checked is None:
-                        continue
-                    if isinstance(checked, Ignored):
-                        ignored.append(checked)
-                        say(
-                            f"Ignored the approval record seq {seq} "
-                            f"({checked.principal or 'no principal'}): {checked.reason}."
-                        )
-                        continue
-                    vote, decision, comment = checked
-                    if comment:
-                        comments[vote.principal] = comment
-                    if decision == REJECTED:
-                        counted.pop(vote.principal, None)
-                        say(f"Rejected by {vote.principal} (seq {seq}).")
-                        return outcome(REJECTED, rejected_by=vote)
-                    if vote.principal in counted:
-                        say(f"{vote.principal} approved again (seq {seq}); counted once.")
-                        continue
-                    counted[vote.principal] = vote
-                    say(f"Approved by {vote.principal} (seq {seq}): {len(counted)} of {required}.")
-                    if len(counted) >= required:
-                        return outcome(APPROVED)
+            for rec in new_records.read():
+                checked = check_approval(ledger, rec, request)
+                decided = tally.take(checked) if checked is not None else None
+                if decided is not None:
+                    return decided
             if prompt is not None and prompt.done.is_set():
                 finished, prompt = prompt, None
-                if finished.error is not None:
-                    if isinstance(finished.error, EOFError | OSError):
-                        say("No answer from the terminal; waiting for approvals in the ledger.")
-                    else:
-                        raise finished.error
-                elif finished.answer is not None and operator_key is not None:
-                    ok, text = finished.answer
-                    try:
-                        record_approval(
-                            ledger,
-                            run_id,
-                            step_name,
-                            key=operator_key,
-                            decision=APPROVED if ok else REJECTED,
-                            comment=text,
-                            via=VIA_TERMINAL,
-                        )
-                    except ApprovalRefused as exc:
-                        say(f"Your answer was not recorded: {exc.message}")
+                if _record_answer(ledger, run_id, step_name, finished, operator_key, tally):
                     continue  # read the new record at once
             if prompt_wanted and interactive is not None and operator is not None:
                 prompt_wanted = False
-                if operator not in counted:
+                if operator not in tally.counted:
                     prompt = _Prompt(interactive, _question(request, operator))
             if stop.is_set():
-                return outcome(INTERRUPTED)
+                return tally.outcome(INTERRUPTED)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                say(f"No decision on step {step_name!r} before the timeout.")
-                return outcome(TIMEOUT)
+                tally.say(f"No decision on step {step_name!r} before the timeout.")
+                return tally.outcome(TIMEOUT)
             wait = poll_interval if deadline is None else min(poll_interval, deadline - now)
             stop.wait(max(wait, 0.0))
     finally:
@@ -649,6 +564,7 @@ __all__ = [
     "VIA_TERMINAL",
     "ApprovalOutcome",
     "ApprovalRequest",
+    "Decision",
     "Ignored",
     "Interactive",
     "Vote",

@@ -28,7 +28,8 @@ Secrets never reach the ledger: commands, working directories and messages are r
 twice (real for execution, redacted for the record), output streams are redacted while they
 are read (:mod:`ledger.run.process`), environment values are not recorded (only the names a
 step adds, and the values of the runbook's ``capture_env``), and every string of every
-record this module writes passes through a redactor once more before it is appended.
+record of a run passes through a redactor once more before it is appended
+(:class:`~ledger.run.journal.RunJournal`).
 """
 
 from __future__ import annotations
@@ -38,65 +39,37 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ledger import __version__, records
-from ledger.errors import LedgerError, RunbookError, StorageError, UntrustedKey
+from ledger.errors import UntrustedKey
 from ledger.redact import Redactor
-from ledger.run import approvals
 from ledger.run.events import (
-    RESUMED_REASON,
     RUN_ABORTED,
     RUN_FAILED,
     RUN_REJECTED,
     RUN_SUCCEEDED,
-    STEP_FAILED,
     STEP_INTERRUPTED,
     STEP_OK,
     STEP_REJECTED,
     STEP_SKIPPED,
-    STEP_TIMEOUT,
-    WHEN_REASON,
     EngineEvents,
     RunOutcome,
-    StepEnd,
-    StepStart,
     StopSignal,
     signum_of,
 )
+from ledger.run.journal import RunJournal
 from ledger.run.locks import runbook_lock
 from ledger.run.plan import CarriedStep
-from ledger.run.process import (
-    DEFAULT_CAPTURE_BYTES,
-    DEFAULT_KILL_GRACE_S,
-    CapturedStream,
-    CommandResult,
-    CommandSpec,
-    run_command,
-)
+from ledger.run.process import DEFAULT_CAPTURE_BYTES, DEFAULT_KILL_GRACE_S
+from ledger.run.steps import StepRunner
 from ledger.run.trigger import run_environment, trigger_data
 from ledger.run.verified import extend_verified_state
-from ledger.runbook import (
-    ResolvedParams,
-    Runbook,
-    Step,
-    TemplateContext,
-    attempt_succeeded,
-    extract_output,
-    render_approval_message,
-    render_command,
-    render_cwd,
-    render_lock,
-    should_run,
-    step_environment,
-)
+from ledger.runbook import ResolvedParams, Runbook, TemplateContext, render_lock
 from ledger.signing import SigningKey
-from ledger.store import Appended, Ledger
+from ledger.store import Ledger
 
 __all__ = ["RunRequest", "Runner"]
-
-# --------------------------------------------------------------------------- running
 
 
 @dataclass
@@ -113,25 +86,6 @@ class RunRequest:
     resumes: str | None = None
     carried: dict[str, CarriedStep] = field(default_factory=dict)
     run_id: str | None = None
-
-
-@dataclass
-class _StepResult:
-    status: str
-    error: str | None = None
-
-
-def _stream_meta(stream: CapturedStream) -> dict[str, Any]:
-    return {
-        "size": stream.size,
-        "sha256": stream.sha256,
-        "truncated": stream.truncated,
-        "omitted": stream.omitted,
-    }
-
-
-def _duration_ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
 
 
 class Runner:
@@ -198,12 +152,27 @@ class Runner:
             with runbook_lock(self.ledger, lock_name, run_id, shown=shown):
                 run = _Run(self, request, run_id, ctx, environ, lock_name)
                 outcome = run.execute()
-        extend_verified_state(self.ledger, run.appended)
+        extend_verified_state(self.ledger, run.journal.appended)
         return outcome
 
 
+@dataclass
+class _Ending:
+    """How the run ends, as its main steps and then its handlers decide."""
+
+    status: str = RUN_SUCCEEDED
+    failed_step: str | None = None
+    error: str | None = None
+    continued: list[str] = field(default_factory=list)
+    """Failed steps with ``continue_on_error``."""
+    handlers_run: list[str] = field(default_factory=list)
+    handlers_failed: list[str] = field(default_factory=list)
+
+
 class _Run:
-    """The state of one run while it executes."""
+    """One run while it executes: run.started, the main steps, the on_failure handlers when
+    it failed, run.finished. Records go through :class:`RunJournal`; each step is run by
+    :class:`StepRunner`."""
 
     def __init__(
         self,
@@ -221,59 +190,31 @@ class _Run:
         self.ctx = ctx
         self.environ = environ
         self.lock_name = lock_name
-        self.secrets = request.params.secrets()
-        self.redactor = Redactor(self.secrets)
-        self.base_env = run_environment(environ)
-        self.count = 0
-        self.head: str | None = None
-        self.appended: list[Appended] = []
-
-    # ----- records
-
-    def scrub(self, value: Any) -> Any:
-        """Redact every string in a record's data (defence in depth)."""
-        if not self.redactor:
-            return value
-        if isinstance(value, str):
-            return self.redactor.redact_text(value)
-        if isinstance(value, dict):
-            return {self.scrub(k): self.scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.scrub(v) for v in value]
-        return value
-
-    def append(
-        self,
-        kind: str,
-        data: Mapping[str, Any],
-        *,
-        summary: str,
-        attachments: Mapping[str, bytes] | None = None,
-        incident: str | None = None,
-    ) -> Appended:
-        done = self.r.ledger.append(
-            kind,
-            self.scrub(dict(data)),
-            key=self.r.key,
-            principal=self.r.principal,
-            run=self.run_id,
-            attachments=attachments,
-            summary=self.scrub(summary),
-            incident=incident,
+        secrets = request.params.secrets()
+        self.journal = RunJournal(
+            runner.ledger, runner.key, runner.principal, run_id, Redactor(secrets), runner.events
         )
-        self.count += 1
-        self.head = done.commit_id
-        self.appended.append(done)
-        self.r.events.record_appended(done)
-        return done
-
-    def redact(self, text: str | None) -> str | None:
-        return None if text is None else self.redactor.redact_text(text)
-
-    # ----- the run
+        self.steps = StepRunner(
+            self.journal,
+            ctx,
+            stop=runner.stop,
+            base_env=run_environment(environ),
+            secrets=secrets,
+            carried=request.carried,
+            interactive=runner.interactive,
+            capture_bytes=runner.capture_bytes,
+            kill_grace_s=runner.kill_grace_s,
+        )
 
     def execute(self) -> RunOutcome:
         t0 = time.monotonic()
+        self.record_started()
+        ending = self.main_steps()
+        if ending.status == RUN_FAILED and self.book.on_failure:
+            self.handlers(ending)
+        return self.record_finished(ending, int((time.monotonic() - t0) * 1000))
+
+    def record_started(self) -> None:
         book = self.book
         data: dict[str, Any] = {
             "runbook": {
@@ -296,7 +237,7 @@ class _Run:
             "steps": [s.name for s in book.steps],
             "on_failure": [s.name for s in book.on_failure],
         }
-        self.append(
+        self.journal.append(
             records.KIND_RUN_STARTED,
             data,
             summary=f"run.started: {book.name}"
@@ -306,62 +247,65 @@ class _Run:
         )
         self.r.events.run_started(self.run_id, book, self.req.resumes)
 
-        status = RUN_SUCCEEDED
-        failed_step: str | None = None
-        error: str | None = None
-        continued: list[str] = []
-        total = len(book.steps)
-        for position, step in enumerate(book.steps, 1):
+    def main_steps(self) -> _Ending:
+        """Run the main steps until one fails (without continue_on_error), is rejected or
+        interrupted, or a stop is asked for."""
+        ending = _Ending()
+        total = len(self.book.steps)
+        for position, step in enumerate(self.book.steps, 1):
             if self.r.stop.is_set():
-                status, failed_step = RUN_ABORTED, step.name
+                ending.status, ending.failed_step = RUN_ABORTED, step.name
                 break
-            result = self.step(step, handler=False, position=position, total=total)
+            result = self.steps.run(step, handler=False, position=position, total=total)
             if result.status in (STEP_OK, STEP_SKIPPED):
                 continue
             if result.status == STEP_INTERRUPTED:
-                status, failed_step, error = RUN_ABORTED, step.name, result.error
-                break
-            if result.status == STEP_REJECTED:
-                status, failed_step, error = RUN_REJECTED, step.name, result.error
-                break
-            if step.continue_on_error:
-                continued.append(step.name)
+                ending.status = RUN_ABORTED
+            elif result.status == STEP_REJECTED:
+                ending.status = RUN_REJECTED
+            elif step.continue_on_error:
+                ending.continued.append(step.name)
                 continue
-            status, failed_step, error = RUN_FAILED, step.name, result.error
+            else:
+                ending.status = RUN_FAILED
+            ending.failed_step, ending.error = step.name, result.error
             break
+        return ending
 
-        handlers_failed: list[str] = []
-        handlers_run: list[str] = []
-        if status == RUN_FAILED and book.on_failure:
-            self.ctx.failed_step = failed_step
-            total = len(book.on_failure)
-            for position, handler in enumerate(book.on_failure, 1):
-                if self.r.stop.is_set():
-                    status = RUN_ABORTED
-                    break
-                result = self.step(handler, handler=True, position=position, total=total)
-                if result.status == STEP_SKIPPED:
-                    continue
-                handlers_run.append(handler.name)
-                if result.status == STEP_INTERRUPTED:
-                    status = RUN_ABORTED
-                    break
-                if result.status != STEP_OK:
-                    handlers_failed.append(handler.name)
+    def handlers(self, ending: _Ending) -> None:
+        """Run the on_failure handlers of a failed run (all of them, unless stopped)."""
+        self.ctx.failed_step = ending.failed_step
+        total = len(self.book.on_failure)
+        for position, handler in enumerate(self.book.on_failure, 1):
+            if self.r.stop.is_set():
+                ending.status = RUN_ABORTED
+                break
+            result = self.steps.run(handler, handler=True, position=position, total=total)
+            if result.status == STEP_SKIPPED:
+                continue
+            ending.handlers_run.append(handler.name)
+            if result.status == STEP_INTERRUPTED:
+                ending.status = RUN_ABORTED
+                break
+            if result.status != STEP_OK:
+                ending.handlers_failed.append(handler.name)
+
+    def record_finished(self, ending: _Ending, duration_ms: int) -> RunOutcome:
+        book, status, failed_step = self.book, ending.status, ending.failed_step
         signum = signum_of(self.r.stop) if status == RUN_ABORTED else None
-        duration_ms = int((time.monotonic() - t0) * 1000)
+        error = self.journal.redact(ending.error)
         finished = {
             "status": status,
             "failed_step": failed_step,
-            "error": self.redact(error),
+            "error": error,
             "duration_ms": duration_ms,
-            "continued_after_failure": continued,
-            "handlers_run": handlers_run,
-            "handlers_failed": handlers_failed,
+            "continued_after_failure": ending.continued,
+            "handlers_run": ending.handlers_run,
+            "handlers_failed": ending.handlers_failed,
             "signal": signum,
             "resumes": self.req.resumes,
         }
-        self.append(
+        self.journal.append(
             records.KIND_RUN_FINISHED,
             finished,
             summary=f"run.finished: {book.name} {status}"
@@ -373,336 +317,12 @@ class _Run:
             status=status,
             failed_step=failed_step,
             duration_ms=duration_ms,
-            error=self.redact(error),
+            error=error,
             resumes=self.req.resumes,
             signum=signum,
-            head=self.head,
-            records=self.count,
-            handlers_failed=handlers_failed,
+            head=self.journal.head,
+            records=self.journal.count,
+            handlers_failed=ending.handlers_failed,
         )
         self.r.events.run_finished(outcome)
         return outcome
-
-    # ----- steps
-
-    def base_data(self, step: Step, handler: bool, attempt: int) -> dict[str, Any]:
-        return {
-            "step": step.name,
-            "index": step.index,
-            "phase": step.phase,
-            "handler": handler,
-            "attempt": attempt,
-        }
-
-    def finish(
-        self,
-        step: Step,
-        handler: bool,
-        attempt: int,
-        status: str,
-        *,
-        exit_code: int | None = None,
-        duration_ms: int = 0,
-        error: str | None = None,
-        reason: str | None = None,
-        outputs: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-        attachments: Mapping[str, bytes] | None = None,
-        will_retry: bool = False,
-        retry_delay_s: float = 0.0,
-    ) -> Appended:
-        data = self.base_data(step, handler, attempt)
-        data.update(
-            {
-                "status": status,
-                "exit_code": exit_code,
-                "duration_ms": duration_ms,
-                "error": self.redact(error),
-                "outputs": dict(outputs or {}),
-            }
-        )
-        if reason is not None:
-            data["reason"] = reason
-        if extra:
-            data.update(extra)
-        done = self.append(
-            records.KIND_STEP_FINISHED,
-            data,
-            summary=f"step.finished: {step.name} {status}"
-            + (f" (attempt {attempt})" if attempt > 1 else "")
-            + (" [handler]" if handler else ""),
-            attachments=attachments,
-        )
-        self.r.events.step_finished(
-            StepEnd(
-                step=step,
-                attempt=attempt,
-                status=status,
-                exit_code=exit_code,
-                duration_ms=duration_ms,
-                error=self.redact(error),
-                handler=handler,
-                reason=reason,
-                will_retry=will_retry,
-                retry_delay_s=retry_delay_s,
-                outputs=dict(outputs or {}),
-                seq=done.seq,
-            )
-        )
-        return done
-
-    def step(self, step: Step, *, handler: bool, position: int, total: int) -> _StepResult:
-        carried = None if handler else self.req.carried.get(step.name)
-        if carried is not None:
-            self.finish(
-                step,
-                handler,
-                0,
-                STEP_SKIPPED,
-                exit_code=carried.exit_code,
-                reason=RESUMED_REASON,
-                outputs=carried.outputs,
-                extra={"resumed_from": {"run": carried.run, "seq": carried.seq}},
-            )
-            self.ctx.finish(step, STEP_OK, carried.exit_code, carried.outputs)
-            return _StepResult(STEP_OK)
-        self.ctx.begin(step, 1)
-        try:
-            runs = should_run(step, self.ctx)
-        except RunbookError as exc:
-            self.finish(step, handler, 1, STEP_FAILED, error=exc.message)
-            self.ctx.finish(step, STEP_FAILED)
-            return _StepResult(STEP_FAILED, exc.message)
-        if not runs:
-            self.finish(step, handler, 0, STEP_SKIPPED, reason=WHEN_REASON)
-            self.ctx.finish(step, STEP_SKIPPED)
-            return _StepResult(STEP_SKIPPED)
-        if step.approval is not None:
-            return self.approval(step, handler=handler, position=position, total=total)
-        return self.command(step, handler=handler, position=position, total=total)
-
-    def command(self, step: Step, *, handler: bool, position: int, total: int) -> _StepResult:
-        ctx = self.ctx
-        last_status = STEP_FAILED
-        last_error: str | None = None
-        last_exit: int | None = None
-        last_outputs: dict[str, str] = {}
-        for attempt in range(1, step.max_attempts + 1):
-            if attempt > 1 and self.r.stop.wait(step.retry_delay_for(attempt)):
-                ctx.finish(step, last_status, last_exit, last_outputs)
-                return _StepResult(STEP_INTERRUPTED, "interrupted while waiting to retry")
-            ctx.begin(step, attempt)
-            try:
-                command = render_command(step, ctx)
-                cwd = render_cwd(step, ctx)
-                env = step_environment(step, ctx)
-            except RunbookError as exc:
-                self.finish(step, handler, attempt, STEP_FAILED, error=exc.message)
-                ctx.finish(step, STEP_FAILED)
-                return _StepResult(STEP_FAILED, exc.message)
-            started = self.base_data(step, handler, attempt)
-            started.update(
-                {
-                    "type": "command",
-                    "max_attempts": step.max_attempts,
-                    "command": command.redacted,
-                    "shell": step.shell,
-                    "cwd": cwd.redacted if cwd is not None else None,
-                    "timeout_ms": _duration_ms(step.timeout_s),
-                    "env": sorted(env.values),
-                }
-            )
-            self.append(
-                records.KIND_STEP_STARTED,
-                started,
-                summary=f"step.started: {step.name}"
-                + (f" (attempt {attempt})" if attempt > 1 else "")
-                + (" [handler]" if handler else ""),
-            )
-            self.r.events.step_started(
-                StepStart(
-                    step=step,
-                    attempt=attempt,
-                    max_attempts=step.max_attempts,
-                    command=self.redact(command.redacted),
-                    handler=handler,
-                    position=position,
-                    total=total,
-                )
-            )
-            full_env = dict(self.base_env)
-            full_env.update(env.values)
-            full_env["LEDGER_RUN_ID"] = self.run_id
-            full_env["LEDGER_STEP"] = step.name
-            full_env["LEDGER_ATTEMPT"] = str(attempt)
-            spec = CommandSpec(
-                command=command.text,
-                shell=step.shell,
-                cwd=Path(cwd.text) if cwd is not None else None,
-                env=full_env,
-                timeout_s=step.timeout_s,
-                capture_bytes=self.r.capture_bytes,
-                redactions=self.secrets,
-                kill_grace_s=self.r.kill_grace_s,
-            )
-            result = run_command(spec, sink=self.r.events.output, stop=self.r.stop)
-            status, error, outputs = self.judge(step, result)
-            will_retry = (
-                status in (STEP_FAILED, STEP_TIMEOUT)
-                and attempt < step.max_attempts
-                and not self.r.stop.is_set()
-            )
-            attachments = {
-                name: stream.data
-                for name, stream in (("stdout", result.stdout), ("stderr", result.stderr))
-                if stream.size
-            }
-            self.finish(
-                step,
-                handler,
-                attempt,
-                status,
-                exit_code=result.exit_code,
-                duration_ms=result.duration_ms,
-                error=error,
-                outputs=outputs,
-                extra={
-                    "signal": result.signal,
-                    "stdout": _stream_meta(result.stdout),
-                    "stderr": _stream_meta(result.stderr),
-                    "lingering": result.lingering,
-                    "will_retry": will_retry,
-                },
-                attachments=attachments,
-                will_retry=will_retry,
-                retry_delay_s=step.retry_delay_for(attempt + 1) if will_retry else 0.0,
-            )
-            last_status, last_error, last_exit, last_outputs = (
-                status,
-                error,
-                result.exit_code,
-                outputs,
-            )
-            if not will_retry:
-                break
-        ctx.finish(step, last_status, last_exit, last_outputs)
-        return _StepResult(last_status, last_error)
-
-    def judge(self, step: Step, result: CommandResult) -> tuple[str, str | None, dict[str, str]]:
-        """The attempt's status, error and outputs (``until`` and outputs evaluated)."""
-        current = self.ctx.current or self.ctx.begin(step, 1)
-        current.exit_code = result.exit_code
-        current.status = result.status
-        if result.status == "interrupted":
-            return STEP_INTERRUPTED, result.error, {}
-        outputs: dict[str, str] = {}
-        problems: list[str] = []
-        if result.status == "ok" or step.until is not None:
-            for name, spec in step.outputs.items():
-                try:
-                    outputs[name] = extract_output(
-                        step, spec, result.stdout.data, result.stderr.data
-                    )
-                except RunbookError as exc:
-                    problems.append(exc.message)
-        current.outputs = dict(outputs)
-        if result.status == "timeout":
-            return STEP_TIMEOUT, result.error, outputs
-        if step.until is not None:
-            try:
-                ok = attempt_succeeded(step, self.ctx)
-            except RunbookError as exc:
-                return STEP_FAILED, exc.message, outputs
-            if not ok:
-                detail = f"; {result.error}" if result.error else ""
-                return STEP_FAILED, f"the until condition is false{detail}", outputs
-            if problems:
-                return STEP_FAILED, "; ".join(problems), outputs
-            return STEP_OK, None, outputs
-        if result.status != "ok":
-            return STEP_FAILED, result.error, outputs
-        if problems:
-            return STEP_FAILED, "; ".join(problems), outputs
-        return STEP_OK, None, outputs
-
-    def approval(self, step: Step, *, handler: bool, position: int, total: int) -> _StepResult:
-        spec = step.approval
-        if spec is None:  # pragma: no cover (callers check)
-            raise RunbookError(f"step {step.name!r} is not an approval step.")
-        try:
-            message = render_approval_message(step, self.ctx)
-        except RunbookError as exc:
-            self.finish(step, handler, 1, STEP_FAILED, error=exc.message)
-            self.ctx.finish(step, STEP_FAILED)
-            return _StepResult(STEP_FAILED, exc.message)
-        shown = self.redact(message.redacted) if message is not None else None
-        started = self.base_data(step, handler, 1)
-        started["type"] = "approval"
-        started.update(approvals.request_data(spec, shown))
-        t0 = time.monotonic()
-        request = self.append(
-            records.KIND_STEP_STARTED,
-            started,
-            summary=f"step.started: {step.name} (approval)" + (" [handler]" if handler else ""),
-        )
-        self.r.events.step_started(
-            StepStart(
-                step=step,
-                attempt=1,
-                max_attempts=1,
-                command=None,
-                handler=handler,
-                position=position,
-                total=total,
-            )
-        )
-        self.r.events.approval_waiting(step, shown)
-        try:
-            outcome = approvals.wait_for_approval(
-                self.r.ledger,
-                self.run_id,
-                step.name,
-                spec,
-                stop=self.r.stop,
-                interactive=self.r.interactive,
-                operator_key=self.r.key,
-                request_seq=request.seq,
-                notify=self.r.events.approval_progress,
-            )
-        except StorageError:
-            raise
-        except LedgerError as exc:
-            # The wait itself broke (not a decision): the step fails with the reason.
-            self.finish(
-                step,
-                handler,
-                1,
-                STEP_FAILED,
-                duration_ms=int((time.monotonic() - t0) * 1000),
-                error=exc.message,
-            )
-            self.ctx.finish(step, STEP_FAILED)
-            return _StepResult(STEP_FAILED, exc.message)
-        status = outcome.step_status
-        error: str | None = None
-        if outcome.decision == approvals.REJECTED:
-            who = outcome.rejected_by.principal if outcome.rejected_by else "an approver"
-            error = f"rejected by {who}"
-        elif outcome.decision == approvals.TIMEOUT:
-            error = (
-                f"no decision within the approval timeout ({len(outcome.approvers)} of "
-                f"{outcome.required} approvals)"
-            )
-        elif outcome.decision == approvals.INTERRUPTED:
-            error = "interrupted while waiting for approval"
-        self.finish(
-            step,
-            handler,
-            1,
-            status,
-            duration_ms=int((time.monotonic() - t0) * 1000),
-            error=error,
-            extra=outcome.finished_data(),
-        )
-        self.ctx.finish(step, status)
-        return _StepResult(status, error)

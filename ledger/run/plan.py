@@ -220,6 +220,30 @@ def prepare_resume(
     """
     records.check_run_id(run_id)
     recs = ledger.run_records(run_id)
+    started, finished = _resumable_run(ledger, run_id, recs)
+    data = started.data
+    runbook = _same_runbook(run_id, started, runbook_path)
+    recorded = data.get("params")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    params = resolve_parameters(runbook, _resumed_values(runbook, recorded, given), environ)
+    trigger = data.get("trigger")
+    incident = trigger.get("incident") if isinstance(trigger, dict) else None
+    failed_step = finished.data.get("failed_step")
+    return ResumePlan(
+        run_id=run_id,
+        runbook=runbook,
+        params=params,
+        incident=incident if isinstance(incident, str) else None,
+        carried=_carried_steps(run_id, recs),
+        status=str(finished.data.get("status", "")),
+        failed_step=failed_step if isinstance(failed_step, str) else None,
+    )
+
+
+def _resumable_run(
+    ledger: Ledger, run_id: str, recs: list[StoredRecord]
+) -> tuple[StoredRecord, StoredRecord]:
+    """The run's run.started and last run.finished, if it ended failed or aborted."""
     started = next((r for r in recs if r.kind == records.KIND_RUN_STARTED), None)
     if started is None:
         raise ResumeRefused(
@@ -241,8 +265,12 @@ def prepare_resume(
             "resumed.",
             hint="Start a new run with 'ledger run' instead.",
         )
-    data = started.data
-    book = data.get("runbook")
+    return started, finished[-1]
+
+
+def _same_runbook(run_id: str, started: StoredRecord, runbook_path: Path | None) -> Runbook:
+    """The runbook the run ran, loaded again; refused if it is gone or changed."""
+    book = started.data.get("runbook")
     book = book if isinstance(book, dict) else {}
     recorded_sha = str(book.get("sha256", ""))
     path = runbook_path or Path(str(book.get("path", "")))
@@ -262,8 +290,13 @@ def prepare_resume(
             f"record seq {started.seq}: 'ledger show {started.seq} --file runbook'), or start a "
             "new run with 'ledger run'.",
         )
-    recorded = data.get("params")
-    recorded = recorded if isinstance(recorded, dict) else {}
+    return runbook
+
+
+def _resumed_values(
+    runbook: Runbook, recorded: dict[str, Any], given: Mapping[str, str] | None
+) -> dict[str, object]:
+    """The recorded non-secret parameters plus the secrets ``given`` again."""
     values: dict[str, object] = {}
     for name, param in runbook.parameters.items():
         if param.secret:
@@ -279,7 +312,11 @@ def prepare_resume(
                 hint="Give -p only for secret parameters, or start a new run with 'ledger run'.",
             )
         values[name] = value
-    params = resolve_parameters(runbook, values, environ)
+    return values
+
+
+def _carried_steps(run_id: str, recs: list[StoredRecord]) -> dict[str, CarriedStep]:
+    """The main steps whose last step.finished says they succeeded (or were carried)."""
     carried: dict[str, CarriedStep] = {}
     for name, rec in _final_main_steps(recs).items():
         d = rec.data
@@ -299,15 +336,4 @@ def prepare_resume(
             run=run_id,
             seq=rec.seq,
         )
-    trigger = data.get("trigger")
-    incident = trigger.get("incident") if isinstance(trigger, dict) else None
-    failed_step = finished[-1].data.get("failed_step")
-    return ResumePlan(
-        run_id=run_id,
-        runbook=runbook,
-        params=params,
-        incident=incident if isinstance(incident, str) else None,
-        carried=carried,
-        status=status,
-        failed_step=failed_step if isinstance(failed_step, str) else None,
-    )
+    return carried

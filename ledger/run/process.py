@@ -399,17 +399,7 @@ def run_command(
     stdout = streams["stdout"].close()
     stderr = streams["stderr"].close()
     duration_ms = int((time.monotonic() - t0) * 1000)
-    status: Status
-    if reason == "timeout":
-        status = "timeout"
-        limit = _seconds(spec.timeout_s or 0.0)
-        error: str | None = f"timed out after {limit}; " + _stop_note(spec, escalated)
-    elif reason == "interrupted":
-        status = "interrupted"
-        error = "interrupted; " + _stop_note(spec, escalated)
-    else:
-        status = "ok" if returncode == 0 else "failed"
-        error = _exit_error(returncode)
+    status, error = _ending(spec, reason, escalated, returncode)
     return CommandResult(
         status=status,
         exit_code=returncode if returncode >= 0 else None,
@@ -423,6 +413,18 @@ def run_command(
         pid=child.pid,
         lingering=lingering,
     )
+
+
+def _ending(
+    spec: CommandSpec, reason: str | None, escalated: bool, returncode: int
+) -> tuple[Status, str | None]:
+    """The result's status and error, from why supervision stopped and the exit status."""
+    if reason == "timeout":
+        limit = _seconds(spec.timeout_s or 0.0)
+        return "timeout", f"timed out after {limit}; " + _stop_note(spec, escalated)
+    if reason == "interrupted":
+        return "interrupted", "interrupted; " + _stop_note(spec, escalated)
+    return ("ok" if returncode == 0 else "failed"), _exit_error(returncode)
 
 
 def _stop_note(spec: CommandSpec, escalated: bool) -> str:
@@ -443,85 +445,119 @@ def _supervise(
 
     Returns (stop reason or None, whether SIGKILL was needed after the grace, lingering).
     """
-    deadline = t0 + spec.timeout_s if spec.timeout_s is not None else None
-    reason: str | None = None  # "timeout" or "interrupted" once SIGTERM was sent
-    term_at = 0.0  # when SIGTERM was sent (meaningful once reason is set)
-    killed = False  # SIGKILL sent to the group
-    escalated = False  # ... because the grace period ran out
-    exited = False
-    drain_from = 0.0  # when waiting for the pipes to close began (once exited)
-    poll_step = 0.001
+    return _Supervisor(child, spec, stop, t0).run(pipes)
 
-    with selectors.DefaultSelector() as sel:
-        for fd, stream in pipes.items():
-            sel.register(fd, selectors.EVENT_READ, stream)
-        open_pipes = len(pipes)
-        if child.pidfd is not None:
-            sel.register(child.pidfd, selectors.EVENT_READ, None)
 
-        while True:
-            now = time.monotonic()
-            if not exited and child.poll_exit():
-                exited = True
-                drain_from = now
-                if child.pidfd is not None:
-                    sel.unregister(child.pidfd)
+class _Supervisor:
+    """The state of one :func:`_supervise`: what was sent to the group, and when."""
 
-            if reason is None and not exited:
-                if stop is not None and stop.is_set():
-                    reason = "interrupted"
-                elif deadline is not None and now >= deadline:
-                    reason = "timeout"
-                if reason is not None:
-                    child.signal_group(signal.SIGTERM)
-                    term_at = now
+    def __init__(
+        self, child: _Child, spec: CommandSpec, stop: threading.Event | None, t0: float
+    ) -> None:
+        self.child = child
+        self.spec = spec
+        self.stop = stop
+        self.deadline = t0 + spec.timeout_s if spec.timeout_s is not None else None
+        self.reason: str | None = None  # "timeout" or "interrupted" once SIGTERM was sent
+        self.term_at = 0.0  # when SIGTERM was sent (meaningful once reason is set)
+        self.killed = False  # SIGKILL sent to the group
+        self.escalated = False  # ... because the grace period ran out
+        self.exited = False
+        self.drain_from = 0.0  # when waiting for the pipes to close began (once exited)
+        self.poll_step = 0.001
+        self.open_pipes = 0
 
-            if reason is not None and not killed:
-                done = exited and open_pipes == 0
-                if done or now >= term_at + spec.kill_grace_s:
-                    # Whatever of the group survived SIGTERM (or ignored it) dies now.
-                    escalated = not done
-                    child.signal_group(signal.SIGKILL)
-                    killed = True
-                    drain_from = now
+    def run(self, pipes: Mapping[int, _Stream]) -> tuple[str | None, bool, bool]:
+        with selectors.DefaultSelector() as sel:
+            for fd, stream in pipes.items():
+                sel.register(fd, selectors.EVENT_READ, stream)
+            self.open_pipes = len(pipes)
+            if self.child.pidfd is not None:
+                sel.register(self.child.pidfd, selectors.EVENT_READ, None)
 
-            if exited and open_pipes == 0:
-                break
-            draining = exited and (reason is None or killed)
-            if draining:
-                if stop is not None and stop.is_set() and reason is None:
-                    # Stopped while waiting for background processes to close the output.
-                    child.signal_group(signal.SIGKILL)
-                    return reason, escalated, True
-                if now >= drain_from + spec.drain_s:
-                    return reason, escalated, True
+            while True:
+                now = time.monotonic()
+                self._notice_exit(sel, now)
+                self._terminate_if_due(now)
+                self._kill_if_due(now)
+                if self.exited and self.open_pipes == 0:
+                    break
+                draining = self.exited and (self.reason is None or self.killed)
+                if draining and self._give_up_draining(now):
+                    return self.reason, self.escalated, True
+                self._pump(sel, self._select_timeout(now, draining))
+        return self.reason, self.escalated, False
 
-            # How long select may block.
-            waits: list[float] = []
-            if not exited:
-                if deadline is not None and reason is None:
-                    waits.append(deadline - now)
-                if stop is not None and reason is None:
-                    waits.append(_STOP_POLL_S)
-                if child.pidfd is None:
-                    waits.append(poll_step)
-                    poll_step = min(poll_step * 2, _STOP_POLL_S)
-            if draining:
-                waits.append(drain_from + spec.drain_s - now)
-                if stop is not None and reason is None:
-                    waits.append(_STOP_POLL_S)
-            if reason is not None and not killed:
-                waits.append(term_at + spec.kill_grace_s - now)
-            timeout = max(min(waits), 0.0) if waits else None
+    def _stop_set(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
-            for key, _ in sel.select(timeout):
-                stream = key.data
-                if stream is None:
-                    continue  # pidfd readable: the shell exited; noticed at the loop top
-                data = os.read(key.fd, _READ_SIZE)
-                if data:
-                    stream.feed(data)
-                else:
-                    sel.unregister(key.fd)
-                    open_pipes -= 1
-    return reason, escalated, False
+    def _notice_exit(self, sel: selectors.BaseSelector, now: float) -> None:
+        if not self.exited and self.child.poll_exit():
+            self.exited = True
+            self.drain_from = now
+            if self.child.pidfd is not None:
+                sel.unregister(self.child.pidfd)
+
+    def _terminate_if_due(self, now: float) -> None:
+        """SIGTERM to the group on stop or timeout, while the shell runs."""
+        if self.reason is not None or self.exited:
+            return
+        if self._stop_set():
+            self.reason = "interrupted"
+        elif self.deadline is not None and now >= self.deadline:
+            self.reason = "timeout"
+        if self.reason is not None:
+            self.child.signal_group(signal.SIGTERM)
+            self.term_at = now
+
+    def _kill_if_due(self, now: float) -> None:
+        """SIGKILL to the group once it is done, or when the grace period ran out."""
+        if self.reason is None or self.killed:
+            return
+        done = self.exited and self.open_pipes == 0
+        if done or now >= self.term_at + self.spec.kill_grace_s:
+            # Whatever of the group survived SIGTERM (or ignored it) dies now.
+            self.escalated = not done
+            self.child.signal_group(signal.SIGKILL)
+            self.killed = True
+            self.drain_from = now
+
+    def _give_up_draining(self, now: float) -> bool:
+        """Whether to stop waiting for background processes to close the output."""
+        if self._stop_set() and self.reason is None:
+            # Stopped while waiting for background processes to close the output.
+            self.child.signal_group(signal.SIGKILL)
+            return True
+        return now >= self.drain_from + self.spec.drain_s
+
+    def _select_timeout(self, now: float, draining: bool) -> float | None:
+        """How long select may block."""
+        waits: list[float] = []
+        watch_stop = self.stop is not None and self.reason is None
+        if not self.exited:
+            if self.deadline is not None and self.reason is None:
+                waits.append(self.deadline - now)
+            if watch_stop:
+                waits.append(_STOP_POLL_S)
+            if self.child.pidfd is None:
+                waits.append(self.poll_step)
+                self.poll_step = min(self.poll_step * 2, _STOP_POLL_S)
+        if draining:
+            waits.append(self.drain_from + self.spec.drain_s - now)
+            if watch_stop:
+                waits.append(_STOP_POLL_S)
+        if self.reason is not None and not self.killed:
+            waits.append(self.term_at + self.spec.kill_grace_s - now)
+        return max(min(waits), 0.0) if waits else None
+
+    def _pump(self, sel: selectors.BaseSelector, timeout: float | None) -> None:
+        for key, _ in sel.select(timeout):
+            stream = key.data
+            if stream is None:
+                continue  # pidfd readable: the shell exited; noticed at the loop top
+            data = os.read(key.fd, _READ_SIZE)
+            if data:
+                stream.feed(data)
+            else:
+                sel.unregister(key.fd)
+                self.open_pipes -= 1
