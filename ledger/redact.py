@@ -1,7 +1,11 @@
 """The one redactor: a secret's value, and common encodings of it, become ``[REDACTED:name]``.
 
-Used for every output stream of a step (:class:`StreamRedactor`, fed chunk by chunk) and for
-every string of every record the engine writes (:class:`Redactor`).
+Used for every output stream of a step (:class:`StreamRedactor`, fed chunk by chunk), for
+every string of every record the engine writes (:class:`Redactor`), and for rendered texts
+(:func:`redact`). The label format is :func:`redaction_label`'s alone.
+
+This module sits on the ground floor: it imports nothing from ``ledger`` but its errors, so
+every layer (runbook parameters, the engine, the process runner) can use it.
 
 Every occurrence of a secret's value is replaced by ``[REDACTED:name]``, also when the value
 straddles two reads: the stream redactor holds back the last ``longest pattern - 1`` bytes
@@ -26,15 +30,40 @@ label then falls back to ``[REDACTED]``; the runbook layer should refuse very sh
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import re
 from collections.abc import Mapping
+from typing import Final
 from urllib.parse import quote, quote_plus
 
-__all__ = ["Redactor", "StreamRedactor"]
+__all__ = ["FALLBACK_LABEL", "Redactor", "StreamRedactor", "redact", "redaction_label"]
+
+#: The label of a secret whose value is part of a label (see :class:`Redactor`).
+FALLBACK_LABEL: Final = "[REDACTED]"
 
 _MIN_ENCODED_LEN = 8
+#: Redactors kept for :func:`redact` (one run has one set of secrets).
+_CACHED_REDACTORS = 8
+
+
+def redaction_label(name: str) -> str:
+    """What replaces the value of the secret ``name``: ``[REDACTED:name]``."""
+    return f"[REDACTED:{name}]"
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    """``text`` with every secret of ``secrets`` (name to value) replaced by its label: the
+    value and its encodings, longest match first, as :class:`Redactor` does."""
+    if not any(secrets.values()):
+        return text
+    return _redactor(tuple(secrets.items())).redact_text(text)
+
+
+@functools.lru_cache(maxsize=_CACHED_REDACTORS)
+def _redactor(secrets: tuple[tuple[str, str], ...]) -> Redactor:
+    return Redactor(dict(secrets))
 
 
 def _base64_fragments(raw: bytes) -> set[bytes]:
@@ -80,9 +109,9 @@ class Redactor:
         for name, value in secrets.items():
             if not value:
                 continue
-            label = f"[REDACTED:{name}]"
+            label = redaction_label(name)
             if any(v in label for v in values):
-                label = "[REDACTED]"
+                label = FALLBACK_LABEL
             for variant in _variants(value):
                 labels.setdefault(variant, label.encode("utf-8", "surrogateescape"))
         self._labels = labels

@@ -3,13 +3,15 @@ streaming in chunks, the label format)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import itertools
 import json
 import random
+from pathlib import Path
 from urllib.parse import quote
 
-from ledger.redact import Redactor
+from ledger.redact import Redactor, redact, redaction_label
 
 
 def test_redactor_replaces_every_occurrence() -> None:
@@ -82,3 +84,86 @@ def test_stream_redactor_random_chunkings() -> None:
         s = red.stream()
         out = b"".join(s.feed(c) for c in _chunks(data, cuts)) + s.flush()
         assert out == red.redact(data)
+
+
+# --------------------------------------------------------------------------- redact() and the label
+
+
+def test_redact_function_replaces_values_and_their_encodings() -> None:
+    secrets = {"token": "s3cr3t/value+1"}
+    text = "raw s3cr3t/value+1, url " + quote("s3cr3t/value+1", safe="") + ", b64 "
+    text += base64.b64encode(b"user:s3cr3t/value+1").decode()
+    out = redact(text, secrets)
+    assert out.count(redaction_label("token")) == 3
+    assert "s3cr3t" not in out and quote("s3cr3t/value+1", safe="") not in out
+
+
+def test_redact_function_longest_match_and_empty_values() -> None:
+    secrets = {"short": "secret", "long": "secret-and-more", "empty": ""}
+    assert redact("secret-and-more secret", secrets) == "[REDACTED:long] [REDACTED:short]"
+    assert redact("nothing here", {}) == "nothing here"
+    assert redact("nothing here", {"empty": ""}) == "nothing here"
+
+
+def test_redact_function_equals_the_redactor() -> None:
+    rng = random.Random(99)
+    secrets = {"a": "ab-cd-ef", "b": "ab-cd-ef-gh", "c": "é-value"}
+    alphabet = ["ab", "-cd", "-ef", "-gh", "é", "-value", " ", "x"]
+    red = Redactor(secrets)
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert redact(text, secrets) == red.redact_text(text)
+
+
+def test_redact_function_round_trips_any_text() -> None:
+    text = "surrogate \udcff and NUL \0 and é"
+    assert redact(text, {"x": "absent-value"}) == text
+
+
+def test_label_format() -> None:
+    assert redaction_label("db_password") == "[REDACTED:db_password]"
+    red = Redactor({"db_password": "correct horse"})
+    assert red.redact_text("pw: correct horse") == "pw: " + redaction_label("db_password")
+
+
+def _label_builders(path: Path) -> list[int]:
+    """Lines of ``path`` that build a label: an f-string starting ``[REDACTED:``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            first = node.values[0] if node.values else None
+            if isinstance(first, ast.Constant) and str(first.value).endswith("[REDACTED:"):
+                lines.append(node.lineno)
+    return lines
+
+
+#: Modules still building the label themselves. runbook.py is the other helper's until the
+#: package split is merged (it then imports ledger.redact): delete this entry then.
+_NOT_YET = {"ledger/runbook.py"}
+
+
+def test_the_label_is_built_in_one_place() -> None:
+    root = Path(__file__).resolve().parent.parent
+    builders = {}
+    for path in sorted((root / "ledger").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        found = _label_builders(path)
+        if found and rel not in _NOT_YET:
+            builders[rel] = found
+    assert list(builders) == ["ledger/redact.py"], builders
+    assert len(builders["ledger/redact.py"]) == 1
+
+
+def test_redact_sits_on_the_ground_floor() -> None:
+    """ledger.redact imports nothing from the package but its errors (the runbook layer
+    imports it)."""
+    source = Path(__file__).resolve().parent.parent / "ledger" / "redact.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert {m for m in imported if m.split(".")[0] == "ledger"} <= {"ledger.errors"}

@@ -1,13 +1,16 @@
 """Running a runbook: every step executed and written to the ledger as it goes.
 
-- ``events.py``    statuses, StopSignal, the observer (EngineEvents, StepStart/StepEnd), RunOutcome
-- ``plan.py``      the dry-run plan (plan_run) and the resume plan (prepare_resume)
-- ``trigger.py``   CI detection, the trigger of run.started, the steps' base environment
-- ``locks.py``     runbook locks (runbook_lock)
-- ``verified.py``  verify before a run, remember the verified head after it
-- ``process.py``   one shell command: process group, timeout, tee, bounded capture
-- ``approvals.py`` approval requests, vote checks, the wait
-- ``engine.py``    Runner and one run's step loop writing the records
+- ``engine.py``            Runner and _Run: run.started, main steps, handlers, run.finished
+- ``steps.py``             a step to its step.finished: carried, skipped, attempts, approval
+- ``journal.py``           the records of one run: appended, redacted once more, counted
+- ``events.py``            statuses, StopSignal, EngineEvents, StepStart/StepEnd, RunOutcome
+- ``plan.py``              the dry-run plan (plan_run) and the resume plan (prepare_resume)
+- ``trigger.py``           CI detection, the trigger of run.started, the steps' base environment
+- ``locks.py``             runbook locks (runbook_lock)
+- ``verified.py``          verify before a run, remember the verified head after it
+- ``process.py``           one shell command: process group, timeout, tee, bounded capture
+- ``approvals.py``         approval requests, giving approvals, vote checks, the wait
+- ``approval_records.py``  what approval records say: decisions, request, votes, outcome
 
 Secrets are redacted by :mod:`ledger.redact`.
 """
