@@ -1,4 +1,4 @@
-"""Overhead of ledger.process.run_command against a bare subprocess.run.
+"""Overhead of ledger.run.process.run_command against a bare subprocess.run.
 
 Runs ``true`` N times each way (interleaved, so load changes hit both alike) and prints the
 median wall time of each and their ratio and difference. A benchmark, not a test:
@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 
-from ledger.process import CommandSpec, run_command
+from ledger.run.process import CommandSpec, run_command
 
 
 def main() -> None:

@@ -22,7 +22,14 @@ from support.ledgers import EngineEnv as Env
 from support.waiting import wait_for
 
 from ledger import records
-from ledger.engine import (
+from ledger.errors import (
+    LockTimeout,
+    ResumeRefused,
+    RunFailed,
+    RunInterrupted,
+    RunRejected,
+)
+from ledger.run import (
     RESUMED_REASON,
     WHEN_REASON,
     EngineEvents,
@@ -37,13 +44,6 @@ from ledger.engine import (
     prepare_resume,
     runbook_lock,
     trigger_data,
-)
-from ledger.errors import (
-    LockTimeout,
-    ResumeRefused,
-    RunFailed,
-    RunInterrupted,
-    RunRejected,
 )
 from ledger.runbook import Runbook, resolve_parameters
 from ledger.signing import SigningKey
@@ -798,7 +798,7 @@ def test_resume_refuses_unknown_and_unfinished_runs(env: Env) -> None:
 
 
 def test_approval_from_a_second_key_lets_the_run_go_on(env: Env) -> None:
-    from ledger import approvals
+    from ledger.run import approvals
 
     bob = SigningKey.generate(comment="bob@example.com")
     env.ledger.append(
@@ -856,7 +856,7 @@ def test_approval_from_a_second_key_lets_the_run_go_on(env: Env) -> None:
 
 
 def test_approval_timeout_fails_the_run_and_rejection_rejects_it(env: Env) -> None:
-    from ledger import approvals
+    from ledger.run import approvals
 
     book = env.book(
         """
@@ -939,7 +939,7 @@ def test_stock_git_accepts_a_run(env: Env) -> None:
 
 def test_a_run_extends_the_verified_head_over_its_own_records(env: Env) -> None:
     from ledger import verify
-    from ledger.engine import verify_before_run
+    from ledger.run import verify_before_run
 
     book = env.book(
         """
@@ -967,7 +967,7 @@ def test_a_run_extends_the_verified_head_over_its_own_records(env: Env) -> None:
 
 def test_records_written_by_others_are_still_verified_before_the_next_run(env: Env) -> None:
     from ledger import verify
-    from ledger.engine import verify_before_run
+    from ledger.run import verify_before_run
 
     book = env.book(
         """
@@ -990,7 +990,7 @@ def test_a_swapped_chain_under_a_run_is_not_marked_verified(env: Env) -> None:
     """A run whose first record's parent is not the verified head (the branch was moved
     behind the runner's back) leaves the verified head where it was."""
     from ledger import verify
-    from ledger.engine import extend_verified_state, verify_before_run
+    from ledger.run import extend_verified_state, verify_before_run
 
     verify_before_run(env.ledger)
     before = verify.load_state(env.ledger.path)

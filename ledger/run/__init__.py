@@ -1,1 +1,79 @@
-"""Running a runbook: the template state of a run (context), and the engine around it."""
+"""Running a runbook: every step executed and written to the ledger as it goes.
+
+- ``context.py``           the template state of one run: rendering, conditions, outputs
+- ``engine.py``            Runner and _Run: run.started, main steps, handlers, run.finished
+- ``steps.py``             a step to its step.finished: carried, skipped, attempts, approval
+- ``journal.py``           the records of one run: appended, redacted once more, counted
+- ``events.py``            statuses, StopSignal, EngineEvents, StepStart/StepEnd, RunOutcome
+- ``plan.py``              the dry-run plan (plan_run) and the resume plan (prepare_resume)
+- ``trigger.py``           CI detection, the trigger of run.started, the steps' base environment
+- ``locks.py``             runbook locks (runbook_lock)
+- ``verified.py``          verify before a run, remember the verified head after it
+- ``process.py``           one shell command: process group, timeout, tee, bounded capture
+- ``approvals.py``         approval requests, giving approvals, vote checks, the wait
+- ``approval_records.py``  what approval records say: decisions, request, votes, outcome
+
+Secrets are redacted by :mod:`ledger.redact`.
+"""
+
+from ledger.run.engine import Runner, RunRequest
+from ledger.run.events import (
+    RESUMED_REASON,
+    RUN_ABORTED,
+    RUN_FAILED,
+    RUN_REJECTED,
+    RUN_SUCCEEDED,
+    STEP_FAILED,
+    STEP_INTERRUPTED,
+    STEP_OK,
+    STEP_REJECTED,
+    STEP_SKIPPED,
+    STEP_TIMEOUT,
+    WHEN_REASON,
+    EngineEvents,
+    RunOutcome,
+    StepEnd,
+    StepStart,
+    StopSignal,
+)
+from ledger.run.locks import LOCKS_DIR, runbook_lock
+from ledger.run.plan import CarriedStep, Plan, PlannedStep, ResumePlan, plan_run, prepare_resume
+from ledger.run.process import StreamName
+from ledger.run.trigger import detect_ci, run_environment, trigger_data
+from ledger.run.verified import extend_verified_state, verify_before_run
+
+__all__ = [
+    "LOCKS_DIR",
+    "RESUMED_REASON",
+    "RUN_ABORTED",
+    "RUN_FAILED",
+    "RUN_REJECTED",
+    "RUN_SUCCEEDED",
+    "STEP_FAILED",
+    "STEP_INTERRUPTED",
+    "STEP_OK",
+    "STEP_REJECTED",
+    "STEP_SKIPPED",
+    "STEP_TIMEOUT",
+    "WHEN_REASON",
+    "CarriedStep",
+    "EngineEvents",
+    "Plan",
+    "PlannedStep",
+    "ResumePlan",
+    "RunOutcome",
+    "RunRequest",
+    "Runner",
+    "StepEnd",
+    "StepStart",
+    "StopSignal",
+    "StreamName",
+    "detect_ci",
+    "extend_verified_state",
+    "plan_run",
+    "prepare_resume",
+    "run_environment",
+    "runbook_lock",
+    "trigger_data",
+    "verify_before_run",
+]

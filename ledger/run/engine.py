@@ -1,0 +1,329 @@
+"""The runbook engine: executes a validated runbook and writes every step to the ledger.
+
+One run is a sequence of signed records (docs/FORMAT.md §5.1):
+
+* ``run.started`` (the runbook's path and SHA-256, its text as the attachment ``runbook``,
+  parameters with secrets redacted, operator, trigger, captured environment, tool version,
+  the run it resumes);
+* for every attempt of every command step, ``step.started`` *before* the command runs
+  (write-ahead: the rendered command with secrets redacted) and ``step.finished`` after it
+  (status, exit code, duration, captured outputs, stdout/stderr as attachments with their
+  size and SHA-256); a step whose ``when`` is false, or that succeeded in the run being
+  resumed, gets a single ``step.finished`` with status ``skipped``;
+* approval steps: ``step.started`` carries the request, approvers append ``approval``
+  records (:mod:`ledger.run.approvals`), ``step.finished`` carries the decision;
+* ``on_failure`` handlers when the run failed, recorded like steps with ``handler: true``;
+* ``run.finished`` (status succeeded / failed / aborted / rejected, failed step, duration).
+
+A runner killed outright leaves a run without ``run.finished`` (and possibly a
+``step.started`` without its ``step.finished``): visible evidence that it did not end.
+
+Nothing here prints, prompts or exits. Progress goes to an :class:`EngineEvents` observer
+(the CLI prints it); a stop request (Ctrl-C, SIGTERM) comes in through a
+:class:`threading.Event` the caller sets (use :class:`StopSignal` to carry the signal
+number). :meth:`RunOutcome.raise_for_status` turns an unsuccessful outcome into the error
+the CLI maps to its exit code.
+
+Secrets never reach the ledger: commands, working directories and messages are rendered
+twice (real for execution, redacted for the record), output streams are redacted while they
+are read (:mod:`ledger.run.process`), environment values are not recorded (only the names a
+step adds, and the values of the runbook's ``capture_env``), and every string of every
+record of a run passes through a redactor once more before it is appended
+(:class:`~ledger.run.journal.RunJournal`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger import __version__, records
+from ledger.errors import UntrustedKey
+from ledger.redact import Redactor
+from ledger.run.context import TemplateContext, render_lock
+from ledger.run.events import (
+    RUN_ABORTED,
+    RUN_FAILED,
+    RUN_REJECTED,
+    RUN_SUCCEEDED,
+    STEP_INTERRUPTED,
+    STEP_OK,
+    STEP_REJECTED,
+    STEP_SKIPPED,
+    EngineEvents,
+    RunOutcome,
+    StopSignal,
+    signum_of,
+)
+from ledger.run.journal import RunJournal
+from ledger.run.locks import runbook_lock
+from ledger.run.plan import CarriedStep
+from ledger.run.process import DEFAULT_CAPTURE_BYTES, DEFAULT_KILL_GRACE_S
+from ledger.run.steps import StepRunner
+from ledger.run.trigger import run_environment, trigger_data
+from ledger.run.verified import extend_verified_state
+from ledger.runbook import ResolvedParams, Runbook
+from ledger.signing import SigningKey
+from ledger.store import Ledger
+
+__all__ = ["RunRequest", "Runner"]
+
+
+@dataclass
+class RunRequest:
+    """One run to execute."""
+
+    runbook: Runbook
+    params: ResolvedParams
+    incident: str | None = None
+    trigger: str | None = None
+    environ: Mapping[str, str] | None = None
+    """The runner's environment (default :data:`os.environ`): steps inherit it, CI is
+    detected from it, ``capture_env`` reads it."""
+    resumes: str | None = None
+    carried: dict[str, CarriedStep] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+class Runner:
+    """Executes runs on one ledger, signing with one key.
+
+    ``principal`` defaults to the principal the ledger trusts ``key`` as. ``interactive``
+    is the approval prompt (see :func:`ledger.run.approvals.wait_for_approval`); ``None``
+    means approvals come only from ``ledger approve``.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        key: SigningKey,
+        *,
+        principal: str | None = None,
+        events: EngineEvents | None = None,
+        stop: threading.Event | None = None,
+        interactive: Any = None,
+        capture_bytes: int = DEFAULT_CAPTURE_BYTES,
+        kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+    ) -> None:
+        self.ledger = ledger
+        self.key = key
+        signer = ledger.trusted_signer(key.public_key.fingerprint)
+        if signer is None:
+            raise UntrustedKey(
+                f"the key {key.public_key.fingerprint} is not trusted by the ledger at "
+                f"{ledger.path}, so it cannot sign this run's records.",
+                hint="Use a trusted key (see 'ledger keys list'), or have a trusted signer add "
+                "this one with 'ledger keys add'.",
+            )
+        self.principal = principal or signer.principal
+        self.events = events or EngineEvents()
+        self.stop = stop or StopSignal()
+        self.interactive = interactive
+        self.capture_bytes = capture_bytes
+        self.kill_grace_s = kill_grace_s
+
+    # ----- public
+
+    def run(self, request: RunRequest) -> RunOutcome:
+        """Execute ``request``; returns how it ended (see :meth:`RunOutcome.raise_for_status`).
+
+        Takes the runbook's lock (if it has one) for the whole run. Errors writing the ledger
+        propagate (:class:`StorageError`): a run never goes on without its records.
+        """
+        run_id = request.run_id or records.new_run_id()
+        environ = dict(os.environ if request.environ is None else request.environ)
+        ctx = TemplateContext(
+            request.runbook,
+            request.params,
+            run_id=run_id,
+            incident=request.incident,
+            trigger=request.trigger,
+            environ=environ,
+        )
+        lock_name = render_lock(ctx)
+        if lock_name is None:
+            run = _Run(self, request, run_id, ctx, environ, None)
+            outcome = run.execute()
+        else:
+            shown = Redactor(request.params.secrets()).redact_text(lock_name)
+            with runbook_lock(self.ledger, lock_name, run_id, shown=shown):
+                run = _Run(self, request, run_id, ctx, environ, lock_name)
+                outcome = run.execute()
+        extend_verified_state(self.ledger, run.journal.appended)
+        return outcome
+
+
+@dataclass
+class _Ending:
+    """How the run ends, as its main steps and then its handlers decide."""
+
+    status: str = RUN_SUCCEEDED
+    failed_step: str | None = None
+    error: str | None = None
+    continued: list[str] = field(default_factory=list)
+    """Failed steps with ``continue_on_error``."""
+    handlers_run: list[str] = field(default_factory=list)
+    handlers_failed: list[str] = field(default_factory=list)
+
+
+class _Run:
+    """One run while it executes: run.started, the main steps, the on_failure handlers when
+    it failed, run.finished. Records go through :class:`RunJournal`; each step is run by
+    :class:`StepRunner`."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        request: RunRequest,
+        run_id: str,
+        ctx: TemplateContext,
+        environ: dict[str, str],
+        lock_name: str | None,
+    ) -> None:
+        self.r = runner
+        self.req = request
+        self.book = request.runbook
+        self.run_id = run_id
+        self.ctx = ctx
+        self.environ = environ
+        self.lock_name = lock_name
+        secrets = request.params.secrets()
+        self.journal = RunJournal(
+            runner.ledger, runner.key, runner.principal, run_id, Redactor(secrets), runner.events
+        )
+        self.steps = StepRunner(
+            self.journal,
+            ctx,
+            stop=runner.stop,
+            base_env=run_environment(environ),
+            secrets=secrets,
+            carried=request.carried,
+            interactive=runner.interactive,
+            capture_bytes=runner.capture_bytes,
+            kill_grace_s=runner.kill_grace_s,
+        )
+
+    def execute(self) -> RunOutcome:
+        t0 = time.monotonic()
+        self.record_started()
+        ending = self.main_steps()
+        if ending.status == RUN_FAILED and self.book.on_failure:
+            self.handlers(ending)
+        return self.record_finished(ending, int((time.monotonic() - t0) * 1000))
+
+    def record_started(self) -> None:
+        book = self.book
+        data: dict[str, Any] = {
+            "runbook": {
+                "name": book.name,
+                "path": str(book.path.resolve()) if book.path is not None else book.source,
+                "sha256": book.sha256,
+                "description": book.description,
+            },
+            "params": self.req.params.redacted(),
+            "param_sources": dict(self.req.params.sources),
+            "trigger": trigger_data(self.req.incident, self.req.trigger, self.environ),
+            "operator": {
+                "principal": self.r.principal,
+                "user": self.environ.get("USER") or self.environ.get("LOGNAME"),
+            },
+            "tool_version": f"runbook-ledger {__version__}",
+            "env": dict(self.ctx.captured_env),
+            "lock": self.lock_name,
+            "resumes": self.req.resumes,
+            "steps": [s.name for s in book.steps],
+            "on_failure": [s.name for s in book.on_failure],
+        }
+        self.journal.append(
+            records.KIND_RUN_STARTED,
+            data,
+            summary=f"run.started: {book.name}"
+            + (f" (resumes {self.req.resumes})" if self.req.resumes else ""),
+            attachments={"runbook": book.text},
+            incident=self.req.incident,
+        )
+        self.r.events.run_started(self.run_id, book, self.req.resumes)
+
+    def main_steps(self) -> _Ending:
+        """Run the main steps until one fails (without continue_on_error), is rejected or
+        interrupted, or a stop is asked for."""
+        ending = _Ending()
+        total = len(self.book.steps)
+        for position, step in enumerate(self.book.steps, 1):
+            if self.r.stop.is_set():
+                ending.status, ending.failed_step = RUN_ABORTED, step.name
+                break
+            result = self.steps.run(step, handler=False, position=position, total=total)
+            if result.status in (STEP_OK, STEP_SKIPPED):
+                continue
+            if result.status == STEP_INTERRUPTED:
+                ending.status = RUN_ABORTED
+            elif result.status == STEP_REJECTED:
+                ending.status = RUN_REJECTED
+            elif step.continue_on_error:
+                ending.continued.append(step.name)
+                continue
+            else:
+                ending.status = RUN_FAILED
+            ending.failed_step, ending.error = step.name, result.error
+            break
+        return ending
+
+    def handlers(self, ending: _Ending) -> None:
+        """Run the on_failure handlers of a failed run (all of them, unless stopped)."""
+        self.ctx.failed_step = ending.failed_step
+        total = len(self.book.on_failure)
+        for position, handler in enumerate(self.book.on_failure, 1):
+            if self.r.stop.is_set():
+                ending.status = RUN_ABORTED
+                break
+            result = self.steps.run(handler, handler=True, position=position, total=total)
+            if result.status == STEP_SKIPPED:
+                continue
+            ending.handlers_run.append(handler.name)
+            if result.status == STEP_INTERRUPTED:
+                ending.status = RUN_ABORTED
+                break
+            if result.status != STEP_OK:
+                ending.handlers_failed.append(handler.name)
+
+    def record_finished(self, ending: _Ending, duration_ms: int) -> RunOutcome:
+        book, status, failed_step = self.book, ending.status, ending.failed_step
+        signum = signum_of(self.r.stop) if status == RUN_ABORTED else None
+        error = self.journal.redact(ending.error)
+        finished = {
+            "status": status,
+            "failed_step": failed_step,
+            "error": error,
+            "duration_ms": duration_ms,
+            "continued_after_failure": ending.continued,
+            "handlers_run": ending.handlers_run,
+            "handlers_failed": ending.handlers_failed,
+            "signal": signum,
+            "resumes": self.req.resumes,
+        }
+        self.journal.append(
+            records.KIND_RUN_FINISHED,
+            finished,
+            summary=f"run.finished: {book.name} {status}"
+            + (f" at {failed_step}" if failed_step else ""),
+        )
+        outcome = RunOutcome(
+            run_id=self.run_id,
+            runbook=book.name,
+            status=status,
+            failed_step=failed_step,
+            duration_ms=duration_ms,
+            error=error,
+            resumes=self.req.resumes,
+            signum=signum,
+            head=self.journal.head,
+            records=self.journal.count,
+            handlers_failed=ending.handlers_failed,
+        )
+        self.r.events.run_finished(outcome)
+        return outcome

@@ -1,0 +1,171 @@
+"""The records of one run as they are written: every string redacted once more, each
+append counted and reported, and the shape shared by every step's records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ledger import records
+from ledger.redact import Redactor
+from ledger.run.events import EngineEvents, StepEnd
+from ledger.runbook import Step
+from ledger.signing import SigningKey
+from ledger.store import Appended, Ledger
+
+__all__ = ["RunJournal"]
+
+
+class RunJournal:
+    """Appends the records of run ``run_id`` to ``ledger``, signed with ``key``.
+
+    Every string of every record passes through ``redactor`` before it is appended
+    (defence in depth: what reaches here should already be redacted). Each durable record
+    goes to ``events.record_appended``; ``appended`` lists them in order.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        key: SigningKey,
+        principal: str,
+        run_id: str,
+        redactor: Redactor,
+        events: EngineEvents,
+    ) -> None:
+        self.ledger = ledger
+        self.key = key
+        self.principal = principal
+        self.run_id = run_id
+        self.redactor = redactor
+        self.events = events
+        self.count = 0
+        self.head: str | None = None
+        self.appended: list[Appended] = []
+
+    def scrub(self, value: Any) -> Any:
+        """Redact every string in a record's data (defence in depth)."""
+        if not self.redactor:
+            return value
+        if isinstance(value, str):
+            return self.redactor.redact_text(value)
+        if isinstance(value, dict):
+            return {self.scrub(k): self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def redact(self, text: str | None) -> str | None:
+        return None if text is None else self.redactor.redact_text(text)
+
+    def append(
+        self,
+        kind: str,
+        data: Mapping[str, Any],
+        *,
+        summary: str,
+        attachments: Mapping[str, bytes] | None = None,
+        incident: str | None = None,
+    ) -> Appended:
+        done = self.ledger.append(
+            kind,
+            self.scrub(dict(data)),
+            key=self.key,
+            principal=self.principal,
+            run=self.run_id,
+            attachments=attachments,
+            summary=self.scrub(summary),
+            incident=incident,
+        )
+        self.count += 1
+        self.head = done.commit_id
+        self.appended.append(done)
+        self.events.record_appended(done)
+        return done
+
+    # ----- step records
+
+    @staticmethod
+    def step_data(step: Step, handler: bool, attempt: int) -> dict[str, Any]:
+        """The fields every step.started and step.finished record begins with."""
+        return {
+            "step": step.name,
+            "index": step.index,
+            "phase": step.phase,
+            "handler": handler,
+            "attempt": attempt,
+        }
+
+    def step_started(
+        self, step: Step, handler: bool, attempt: int, data: Mapping[str, Any], note: str = ""
+    ) -> Appended:
+        """Append a step attempt's step.started (``data`` after :meth:`step_data`'s fields;
+        ``note`` goes into the summary after the step's name)."""
+        started = self.step_data(step, handler, attempt)
+        started.update(data)
+        return self.append(
+            records.KIND_STEP_STARTED,
+            started,
+            summary=f"step.started: {step.name}"
+            + note
+            + (f" (attempt {attempt})" if attempt > 1 else "")
+            + (" [handler]" if handler else ""),
+        )
+
+    def step_finished(
+        self,
+        step: Step,
+        handler: bool,
+        attempt: int,
+        status: str,
+        *,
+        exit_code: int | None = None,
+        duration_ms: int = 0,
+        error: str | None = None,
+        reason: str | None = None,
+        outputs: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        attachments: Mapping[str, bytes] | None = None,
+        will_retry: bool = False,
+        retry_delay_s: float = 0.0,
+    ) -> Appended:
+        """Append a step's step.finished and report it to ``events.step_finished``."""
+        data = self.step_data(step, handler, attempt)
+        data.update(
+            {
+                "status": status,
+                "exit_code": exit_code,
+                "duration_ms": duration_ms,
+                "error": self.redact(error),
+                "outputs": dict(outputs or {}),
+            }
+        )
+        if reason is not None:
+            data["reason"] = reason
+        if extra:
+            data.update(extra)
+        done = self.append(
+            records.KIND_STEP_FINISHED,
+            data,
+            summary=f"step.finished: {step.name} {status}"
+            + (f" (attempt {attempt})" if attempt > 1 else "")
+            + (" [handler]" if handler else ""),
+            attachments=attachments,
+        )
+        self.events.step_finished(
+            StepEnd(
+                step=step,
+                attempt=attempt,
+                status=status,
+                exit_code=exit_code,
+                duration_ms=duration_ms,
+                error=self.redact(error),
+                handler=handler,
+                reason=reason,
+                will_retry=will_retry,
+                retry_delay_s=retry_delay_s,
+                outputs=dict(outputs or {}),
+                seq=done.seq,
+            )
+        )
+        return done
