@@ -1023,5 +1023,8 @@ def test_runbook_package_is_read_at_load_time_only(first: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    expected = "" if first == "ledger.runbook" else "ledger.run ledger.run.context"
-    assert proc.stdout.strip() == expected
+    loaded = proc.stdout.split()
+    if first == "ledger.runbook":
+        assert loaded == []
+    else:
+        assert "ledger.run.context" in loaded

@@ -13,9 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ledger import approvals
-from ledger.engine import EngineEvents, Runner, RunOutcome, RunRequest
 from ledger.errors import ApprovalRefused
+from ledger.run import EngineEvents, Runner, RunOutcome, RunRequest, approvals
 from ledger.runbook import Runbook, load_runbook, resolve_parameters
 from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
