@@ -32,8 +32,6 @@ from ledger.store import Ledger
 from ledger.verify import (
     RULES,
     VerifiedState,
-    _decode_record,
-    _NotCanonical,
     expected_record_path,
     load_state,
     save_state,
@@ -41,6 +39,7 @@ from ledger.verify import (
     verify_chain,
     verify_ledger,
 )
+from ledger.verify.records import NotCanonical, decode_record
 from tests.conftest import git
 
 FORMAT = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
@@ -397,14 +396,14 @@ def test_stock_git_agrees_on_good_and_bad_signatures(tmp_path: Path) -> None:
     ],
 )
 def test_not_canonical(raw: bytes) -> None:
-    with pytest.raises(_NotCanonical):
-        _decode_record(raw)
+    with pytest.raises(NotCanonical):
+        decode_record(raw)
 
 
 def test_canonical() -> None:
     value = {"b": [1, -2, None, True], "a": {"é": 'x\ny\u2028\x7f"\\'}, "c": "日本"}
-    assert _decode_record(canonical(value)) == value
-    assert _decode_record('{"a":"é","b":"\\u0001"}'.encode()) == {"a": "é", "b": "\x01"}
+    assert decode_record(canonical(value)) == value
+    assert decode_record('{"a":"é","b":"\\u0001"}'.encode()) == {"a": "é", "b": "\x01"}
 
 
 def test_expected_record_paths() -> None:
