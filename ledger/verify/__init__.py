@@ -29,12 +29,13 @@ Modules:
 
 - ``rules``: FORMAT.md §9 rule names, kinds, fields, trailers and identifier regexes
 - ``findings``: :class:`Finding`, :class:`VerifyResult`
-- ``objects``: raw commit, SSHSIG and tree parsing; opening a repository
+- ``objects``: raw commit, SSHSIG and tree parsing; reading objects with caches
 - ``records``: canonical JSON, common fields, record paths, message and trailers
 - ``kinds``: each kind's ``data`` (§5, §5.1 predicate tables)
-- ``trust``: :class:`TrustedKey` and the trust replay of §7
+- ``trust``: signatures (§6), :class:`TrustedKey` and the trust replay of §7
 - ``tree``: the append-only tree comparison of §4
-- ``chain``: the chain walk, :func:`verify_chain`, :func:`verify_ledger`
+- ``commit``: one commit's checks, step 5 of §10, one method per step
+- ``chain``: the chain walk (§10 steps 1–6), :func:`verify_chain`, :func:`verify_ledger`
 - ``state``: :class:`VerifiedState` and its file (§8)
 - ``local``: this copy's verified-head policy (:func:`verify_local`)
 """

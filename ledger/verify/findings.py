@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.verify import state
+if TYPE_CHECKING:  # (findings is the package's leaf: state imports trust, which notes findings)
+    from ledger.verify import state
 
 ProgressFn = Callable[[int, int], None]
+#: Records a finding of the commit being checked: ``note(rule, message)``.
+Note = Callable[[str, str], None]
 
 # --- results ------------------------------------------------------------------------------
 

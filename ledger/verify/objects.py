@@ -13,7 +13,7 @@ from pathlib import Path
 import pygit2
 
 from ledger.errors import LedgerNotFound
-from ledger.verify.rules import HEX40
+from ledger.verify.rules import HEX40, MODE_BLOB, MODE_TREE, OBJ_COMMIT, OBJ_TREE
 
 SSHSIG_MAGIC = b"SSHSIG"
 _ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
@@ -219,3 +219,98 @@ def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
             f"{path} is not a ledger: it is not a git repository ({exc}).",
             hint="Point --ledger at a ledger repository.",
         ) from None
+
+
+# --- reading objects ------------------------------------------------------------------------
+
+
+class ObjectReader:
+    """Raw reads for one verification, with the small caches the chain walk needs.
+
+    Trees read for the previous commit and for this one are kept: a commit's parent trees
+    are the trees read for the previous commit, so each tree is inflated once. Raw commits
+    read on the walk back are kept (within a budget) for the forward pass.
+    """
+
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.odb = repo.odb
+        self._trees_old: dict[str, bytes] = {}
+        self._trees: dict[str, bytes] = {}
+        self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
+        self._raw_commits: dict[str, bytes] = {}
+        self._lookups: dict[tuple[str, str, bool], tuple[int, str] | None] = {}
+        self._raw_budget = 16 * 1024 * 1024
+
+    def read(self, oid: str, want: int, what: str) -> bytes:
+        try:
+            typ, data = self.odb.read(oid)
+        except KeyError:  # pygit2.NotFoundError is a KeyError
+            raise ObjectError("object-missing", f"{what} {oid} is missing") from None
+        except (pygit2.GitError, ValueError, OSError) as exc:
+            raise ObjectError("object-corrupt", f"{what} {oid} cannot be read: {exc}") from None
+        if int(typ) != want:
+            raise ObjectError("object-corrupt", f"{what} {oid} has the wrong object type")
+        return bytes(data)
+
+    def read_tree(self, oid: str, what: str) -> bytes:
+        cached = self._trees.get(oid)
+        if cached is None:
+            cached = self._trees_old.get(oid)
+            if cached is None:
+                cached = self.read(oid, OBJ_TREE, what)
+            self._trees[oid] = cached
+        return cached
+
+    def next_generation(self) -> None:
+        self._trees_old, self._trees = self._trees, {}
+        self._lookups.clear()
+        if len(self._parsed) > 64:
+            self._parsed.clear()
+
+    def entries(self, oid: str, raw: bytes) -> dict[str, tuple[int, str]]:
+        parsed = self._parsed.get(oid)
+        if parsed is None:
+            parsed = tree_entries(raw)
+            self._parsed[oid] = parsed
+        return parsed
+
+    def lookup(self, oid: str, raw: bytes, name: str, directory: bool) -> tuple[int, str] | None:
+        """One entry of a tree by name.
+
+        The entry is found by searching the raw tree for its
+        bytes with the mode the layout requires; that is only a hint, which the tree
+        comparison confirms by rebuilding the parent tree's SHA-1 (and which falls back to
+        parsing the whole tree when it does not match).
+        """
+        key = (oid, name, directory)
+        if key in self._lookups:
+            return self._lookups[key]
+        mode = MODE_TREE if directory else MODE_BLOB
+        needle = b"%o %s\0" % (mode, name.encode("utf-8"))
+        at = raw.find(needle)
+        hit = None
+        if at >= 0 and at + len(needle) + 20 <= len(raw):
+            end = at + len(needle)
+            hit = mode, raw[end : end + 20].hex()
+        self._lookups[key] = hit
+        return hit
+
+    def parents_of(self, oid: str, keep: bool = False) -> list[str]:
+        """The parent ids of a commit (the forward check re-parses it fully).
+
+        With ``keep``, the raw commit is kept for the forward pass while the cache is
+        under its budget, saving a second read of the object."""
+        raw = self.read(oid, OBJ_COMMIT, "commit")
+        if keep and self._raw_budget > 0:
+            self._raw_commits[oid] = raw
+            self._raw_budget -= len(raw) + 100
+        parents = []
+        pos = raw.find(b"\n") + 1
+        while raw.startswith(b"parent ", pos):
+            parents.append(raw[pos + 7 : pos + 47].decode("ascii", "replace"))
+            pos += 48
+        return parents
+
+    def commit(self, oid: str) -> bytes:
+        """A raw commit: the one kept on the walk back (once), else read again."""
+        return self._raw_commits.pop(oid, None) or self.read(oid, OBJ_COMMIT, "commit")
