@@ -31,6 +31,7 @@ from ledger.signing import SigningKey, allowed_signers_line
 from ledger.store import Ledger
 from ledger.verify import (
     RULES,
+    Finding,
     VerifiedState,
     expected_record_path,
     load_state,
@@ -75,6 +76,18 @@ def test_result_json_and_state_round_trip(tmp_path: Path) -> None:
     loaded = load_state(built.path)
     assert loaded == state
     assert VerifiedState.from_json(json.loads(written.read_text())) == state
+
+
+def test_ok_is_derived_from_the_findings(tmp_path: Path) -> None:
+    """A finding added after the chain was verified makes the result fail and drops the
+    state, so no caller can save a head it has just found wrong."""
+    built = build(tmp_path, events_after_key=0)
+    result = verify_ledger(built.path, trust_genesis=built.genesis)
+    assert result.ok and result.state is not None and result.to_json()["ok"] is True
+    result.add(Finding("diverged", None, None, "remote origin is not a prefix of ours"))
+    assert not result.ok and result.state is None and result.to_json()["ok"] is False
+    with pytest.raises(AttributeError):
+        result.ok = True  # type: ignore[misc]
 
 
 def test_load_state_absent_and_malformed(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ def verify_ledger(
             _check_repository(v)
             v.add("rollback", None, None, f"{ref} does not exist; it was at seq {since.seq}")
             return findings.VerifyResult(
-                ok=False,
                 findings=v.findings,
                 head=None,
                 seq=None,
@@ -211,7 +210,6 @@ def _verify_chain(
             verified_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         )
     return findings.VerifyResult(
-        ok=ok,
         findings=v.findings,
         head=head,
         seq=last.seq,

@@ -63,7 +63,7 @@ def verify_local(
 def _check_remembered_head(result: VerifyResult, previous: state.VerifiedState) -> None:
     at = result.included.get(previous.head)
     if result.seq is not None and result.seq < previous.seq and at is None:
-        result.findings.append(
+        result.add(
             Finding(
                 "rollback",
                 result.seq,
@@ -73,7 +73,7 @@ def _check_remembered_head(result: VerifyResult, previous: state.VerifiedState) 
             )
         )
     elif at != previous.seq:
-        result.findings.append(
+        result.add(
             Finding(
                 "rewrite",
                 previous.seq,
@@ -82,6 +82,3 @@ def _check_remembered_head(result: VerifyResult, previous: state.VerifiedState) 
                 "on the chain: history was rewritten.",
             )
         )
-    if result.findings:
-        result.ok = False
-        result.state = None
