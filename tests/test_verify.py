@@ -35,11 +35,14 @@ from ledger.verify import (
     VerifiedState,
     expected_record_path,
     load_state,
+    rules,
     save_state,
     state_path,
     verify_chain,
     verify_ledger,
 )
+from ledger.verify import records as verify_records
+from ledger.verify import tree as verify_tree
 from ledger.verify.records import NotCanonical, decode_record
 from tests.conftest import git
 
@@ -436,6 +439,151 @@ def test_expected_record_paths() -> None:
     assert records.record_path("step.finished", 3, run, t) == expected_record_path(
         "step.finished", 3, run, t
     )
+
+
+# --- conformance: the verifier's reading of the format agrees with the writer's ----------
+#
+# ledger/verify/ declares the format's constants again on purpose (it imports nothing from
+# ledger.records, so that a writer bug cannot hide from it). These tests pin the two
+# declarations to each other, constant by constant, as test_rule_names_are_those_of_the_format
+# pins RULES to FORMAT.md. A regex is compared as each side applies it (the verifier with
+# fullmatch, the writer with match) over the same samples, so an anchor that lets a trailing
+# newline through is a disagreement too.
+
+
+def test_kinds_agree_with_the_writer() -> None:
+    assert rules.KINDS == records.KINDS
+    assert rules.KEY_KINDS == records.KEY_KINDS
+    assert {
+        records.KIND_RUN_STARTED,
+        records.KIND_STEP_STARTED,
+        records.KIND_STEP_FINISHED,
+        records.KIND_APPROVAL,
+        records.KIND_RUN_FINISHED,
+    } == rules.RUN_KINDS
+
+
+def test_fields_and_trailers_agree_with_the_writer() -> None:
+    assert set(records.COMMON_FIELDS) == rules.COMMON_FIELDS
+    made = records.make_record(
+        ledger_id="0" * 32,
+        seq=1,
+        kind="event",
+        time="2026-11-22T01:02:03.000004Z",
+        run=None,
+        principal="alice",
+        key_fingerprint="SHA256:" + "A" * 43,
+        host="h",
+        data={},
+        files={},
+    )
+    assert made.keys() == rules.COMMON_FIELDS
+    assert rules.TRAILERS == records.TRAILER_ORDER
+    assert rules.SUMMARY_MAX == records.SUMMARY_MAX
+
+
+def _variants(*valid: str) -> list[str]:
+    """Valid samples and the ways a sample can almost match."""
+    out = ["", "\n", " "]
+    for v in valid:
+        out += [v, v + "\n", "\n" + v, v + " ", " " + v, v.upper(), v[:-1], v + v[-1], v + "x"]
+        out += [v[:i] + "/" + v[i + 1 :] for i in (0, len(v) // 2, len(v) - 1)]
+    return out
+
+
+REGEX_PAIRS = {
+    "ledger id": (
+        rules.LEDGER_ID,
+        records.LEDGER_ID_RE,
+        _variants("0123456789abcdef" * 2, "f" * 32),
+    ),
+    "run id": (
+        rules.RUN_ID,
+        records.RUN_ID_RE,
+        _variants("20261121T235959Z-0a1b2c3d", "19991231T000000Z-ffffffff"),
+    ),
+    "file name": (
+        rules.FILE_NAME,
+        records.FILE_NAME_RE,
+        _variants("stdout", "0", "a" * 64, "runbook.yaml", "x_y-z.1", ".hidden", "-x", "A"),
+    ),
+    "incident": (
+        rules.INCIDENT,
+        records.INCIDENT_RE,
+        _variants("INC-42", "a", "Z" * 128, "inc.1_b-c", ".x", "_x", "é"),
+    ),
+    "time": (
+        rules.TIME,
+        records.TIME_RE,
+        _variants("2026-11-22T01:02:03.000004Z", "2026-11-22T01:02:03.000004"),
+    ),
+    "sha256": (
+        rules.SHA256,
+        records.SHA256_RE,
+        _variants("0123456789abcdef" * 4, "e3b0c44298fc1c149afbf4c8996fb924" * 2),
+    ),
+}
+
+
+_DRIFT_NEWLINE = pytest.mark.xfail(
+    strict=True, reason="records.py anchors with $, which lets a trailing newline through"
+)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=_DRIFT_NEWLINE) for n in sorted(REGEX_PAIRS)]
+)
+def test_identifier_patterns_agree_with_the_writer(name: str) -> None:
+    verifier, writer, samples = REGEX_PAIRS[name]
+    differ = [s for s in samples if bool(verifier.fullmatch(s)) != bool(writer.match(s))]
+    assert differ == []
+    assert any(verifier.fullmatch(s) for s in samples)
+
+
+ALL_CHARACTERS = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+
+
+@pytest.mark.xfail(strict=True, reason="records.py refuses U+2028/U+2029 in summaries")
+def test_summary_control_characters_agree_with_the_writer() -> None:
+    """The writer takes out of a summary exactly what the verifier refuses in one."""
+    refused = set(rules.CONTROL.findall(ALL_CHARACTERS))
+    replaced = set()
+    for at in range(0, len(ALL_CHARACTERS), 150):  # (short enough not to be truncated)
+        chunk = ALL_CHARACTERS[at : at + 150]
+        cleaned = records.clean_summary(f"a{chunk}b")[1:-1]
+        assert len(cleaned) == len(chunk)
+        replaced |= {ch for ch, out in zip(chunk, cleaned, strict=True) if out != ch}
+    assert replaced == refused
+
+
+def test_ident_characters_agree_with_the_writer() -> None:
+    """The writer drops from a principal exactly what the verifier's ident drops."""
+    kept = records.clean_principal(f"a{ALL_CHARACTERS}b")[1:-1]
+    if kept != rules.IDENT_DROP.sub("", ALL_CHARACTERS):
+        bmp = ALL_CHARACTERS[:0xF800]
+        writer = {ch for ch in bmp if records.clean_principal(f"a{ch}b") == "ab"}
+        assert writer == set(rules.IDENT_DROP.findall(ALL_CHARACTERS))
+        pytest.fail("the writer and the verifier drop different characters from a principal")
+    for principal in ["alice", " bob <b@x> ", "\u2028", "<>", "c\x85d\u2029e", "", "é\x7f"]:
+        assert verify_records.ident(principal) == records.clean_principal(principal)
+
+
+def test_paths_agree_with_the_writer() -> None:
+    run = "20261121T235959Z-0a1b2c3d"
+    for t in ["2026-11-22T01:02:03.000004Z", "1999-01-01T00:00:00.000000Z"]:
+        for seq in [0, 1, 999, 1000, 12345, 9_999_999_999]:
+            for kind in sorted(rules.KINDS):
+                for r in [None, run]:
+                    assert expected_record_path(kind, seq, r, t) == records.record_path(
+                        kind, seq, r, t
+                    ), (kind, seq, r, t)
+    rec_path = records.record_path("run.started", 3, run, "2026-11-22T01:02:03.000004Z")
+    index = records.incident_index_path("INC-7", run)
+    rec = {"kind": "run.started", "run": run, "files": {"incident-index": {"path": index}}}
+    assert verify_tree.expected_file_path(rec, rec_path, "incident-index") == index
+    for name in ["stdout", "runbook", "a.b-c_d"]:
+        want = records.attachment_path(rec_path, name)
+        assert verify_tree.expected_file_path(rec, rec_path, name) == want
 
 
 def test_libgit2_limits_are_restored(tmp_path: Path) -> None:
