@@ -525,14 +525,7 @@ REGEX_PAIRS = {
 }
 
 
-_DRIFT_NEWLINE = pytest.mark.xfail(
-    strict=True, reason="records.py anchors with $, which lets a trailing newline through"
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_DRIFT_NEWLINE) for n in sorted(REGEX_PAIRS)]
-)
+@pytest.mark.parametrize("name", sorted(REGEX_PAIRS))
 def test_identifier_patterns_agree_with_the_writer(name: str) -> None:
     verifier, writer, samples = REGEX_PAIRS[name]
     differ = [s for s in samples if bool(verifier.fullmatch(s)) != bool(writer.match(s))]
@@ -543,7 +536,6 @@ def test_identifier_patterns_agree_with_the_writer(name: str) -> None:
 ALL_CHARACTERS = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
 
 
-@pytest.mark.xfail(strict=True, reason="records.py refuses U+2028/U+2029 in summaries")
 def test_summary_control_characters_agree_with_the_writer() -> None:
     """The writer takes out of a summary exactly what the verifier refuses in one."""
     refused = set(rules.CONTROL.findall(ALL_CHARACTERS))
