@@ -3,6 +3,7 @@ the path layout, and agreement with stock git on what a good signature is."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -449,6 +450,23 @@ def test_expected_record_paths() -> None:
 # pins RULES to FORMAT.md. A regex is compared as each side applies it (the verifier with
 # fullmatch, the writer with match) over the same samples, so an anchor that lets a trailing
 # newline through is a disagreement too.
+
+
+def test_the_verifier_imports_nothing_from_the_writer() -> None:
+    """ledger/verify/ reads the format itself: only ledger.signing and ledger.errors."""
+    package = Path(verify_records.__file__).parent
+    outside = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            outside |= {n for n in names if n.startswith("ledger.")}
+    allowed = ("ledger.verify", "ledger.signing", "ledger.errors")
+    assert {n for n in outside if not n.startswith(allowed)} == set()
 
 
 def test_kinds_agree_with_the_writer() -> None:

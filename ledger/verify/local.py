@@ -1,9 +1,11 @@
 """Verifying this machine's copy of a ledger: pinning, remembered state, rollback.
 
-``ledger.verify.chain`` checks a chain and knows nothing of what was verified before; this module
-adds the policy of a local copy: which genesis is pinned (``--trust-genesis``, else the one
-remembered from the last verification, else trust on first use), whether to resume from the
-last verified head, and that the last verified head is still on the chain.
+``ledger.verify.chain`` checks a chain and knows nothing of what was verified before; this
+module adds the policy of a local copy: which genesis is pinned (``--trust-genesis``, else the
+one remembered from the last verification, else trust on first use), whether to resume from
+the last verified head, and that the last verified head is still on the chain. (It is meant
+to become the one owner of every decision made from the verified head; the engine's, the
+report's, clone's, the hook's and ``ledger init``'s join it after the package split.)
 """
 
 from __future__ import annotations
