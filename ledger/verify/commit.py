@@ -1,5 +1,5 @@
-"""One commit's checks: step 5 of FORMAT.md §10, one method per step, in the document's
-order, each naming the §9 rules it can report.
+"""One commit's checks: step 5 of FORMAT.md §10, one method per bullet of it, in the
+document's order, numbered (5.1)–(5.9), each naming the §9 rules it can report.
 
 :class:`Verifier` carries what the chain walk accumulates (findings, trust, the ledger id,
 object caches); :meth:`Verifier.check_commit` checks one commit against the facts of the
@@ -96,22 +96,22 @@ class Verifier:
 
     def _check_parsed(self, c: _Facts) -> Expected:
         self.reader.next_generation()
-        self._check_object(c)  # (1) merge, parents, commit-header
-        self._check_message(c)  # (2) trailers
-        self._check_record(c)  # (3) tree-append, record-digest, record-canonical
-        self._check_schema(c)  # (4) record-schema
-        self._check_seq(c)  # (5) consistency: seq
+        self._check_object(c)  # (5.1) merge, parents, commit-header
+        self._check_message(c)  # (5.2) trailers
+        self._check_record(c)  # (5.3) tree-append, record-digest, record-canonical
+        self._check_schema(c)  # (5.4) record-schema
+        self._check_seq(c)  # (5.5) consistency: seq
         self._check_genesis(c)  # parents, record-schema; the genesis's trust
         self._check_consistency(c)  # trailers, commit-header, ledger-id
         self._check_prev_digest(c)  # prev-digest, trailers
-        self._check_signer(c)  # (6, 7) unsigned, signature-headers, bad-signature, trust
-        self._check_tree(c)  # (8) tree-append, file-digest, record-schema
-        self._apply_trust_changes(c)  # (9) key.added, key.revoked
+        self._check_signer(c)  # (5.6, 5.7) unsigned, signature-headers, bad-signature, trust
+        self._check_tree(c)  # (5.8) tree-append, file-digest, record-schema
+        self._apply_trust_changes(c)  # (5.9) key.added, key.revoked
         for rule, message in c.pending:
             self.add(rule, c.seq, c.oid, message)
         return Expected(c.oid, c.seq, c.digest, c.commit.tree)
 
-    # (1) Object: one parent, the previous commit (none for the root); only the headers
+    # (5.1) Object: one parent, the previous commit (none for the root); only the headers
     #     tree, parent, author, committer (the SHA-1 and parse are in check_commit).
     def _check_object(self, c: _Facts) -> None:
         commit, prev = c.commit, c.prev
@@ -124,13 +124,13 @@ class Verifier:
         for problem in commit.header_problems:
             c.note("commit-header", problem)
 
-    # (2) Message: a summary line, an empty line, then the trailers of §3 in order.
+    # (5.2) Message: a summary line, an empty line, then the trailers of §3 in order.
     def _check_message(self, c: _Facts) -> None:
         c.trailers, problems = records.parse_message(c.commit.message)
         for problem in problems:
             c.note("trailers", problem)
 
-    # (3) Record: the blob at Ledger-Record, its SHA-256, its canonical JSON.
+    # (5.3) Record: the blob at Ledger-Record, its SHA-256, its canonical JSON.
     def _check_record(self, c: _Facts) -> None:
         c.rec_path = rec_path = c.trailers.get("Ledger-Record")
         rec_raw: bytes | None = None
@@ -157,7 +157,7 @@ class Verifier:
         except records.NotCanonical as exc:
             c.note("record-canonical", f"{rec_path} is not canonical JSON: {exc}")
 
-    # (4) Schema: the common fields, each kind's data, a run record's links.
+    # (5.4) Schema: the common fields, each kind's data, a run record's links.
     def _check_schema(self, c: _Facts) -> None:
         if c.rec is None:
             return
@@ -166,7 +166,7 @@ class Verifier:
             c.note("record-schema", problem)
         c.schema_ok = not problems
 
-    # (5) Consistency: Ledger-Seq is the record's seq, one more than the previous one's
+    # (5.5) Consistency: Ledger-Seq is the record's seq, one more than the previous one's
     #     (0 at the root); after a gap the count resumes from the seq found.
     def _check_seq(self, c: _Facts) -> None:
         rec_seq = c.rec.get("seq") if c.rec is not None else None
@@ -233,8 +233,8 @@ class Verifier:
                 f"hashes to {c.prev.digest}",
             )
 
-    # (6) Signature: one gpgsig header whose SSHSIG verifies over the payload.
-    # (7) Trust: the signer is trusted at this seq, and is the record's actor.key.
+    # (5.6) Signature: one gpgsig header whose SSHSIG verifies over the payload.
+    # (5.7) Trust: the signer is trusted at this seq, and is the record's actor.key.
     def _check_signer(self, c: _Facts) -> None:
         signer_fp = self.signatures.check(c.commit, c.note)
         if signer_fp is None:
@@ -247,7 +247,7 @@ class Verifier:
                 f"actor.key is {actor.get('key')!r} but the commit is signed by {signer_fp}",
             )
 
-    # (8) Tree: the parent's tree plus exactly the record file and its listed files.
+    # (5.8) Tree: the parent's tree plus exactly the record file and its listed files.
     def _check_tree(self, c: _Facts) -> None:
         if c.rec is None or c.rec_path is None or c.rec_entry is None or not c.readable:
             return
@@ -258,7 +258,7 @@ class Verifier:
         except objects.ObjectError as exc:
             c.note(exc.rule, exc.message)
 
-    # (9) Trust changes: a well-formed key record signed by a trusted key changes trust.
+    # (5.9) Trust changes: a well-formed key record signed by a trusted key changes trust.
     def _apply_trust_changes(self, c: _Facts) -> None:
         if c.rec is None or c.is_root or not (c.trusted and c.schema_ok):
             return
