@@ -61,16 +61,19 @@ RUNS_DIR = "runs"
 EVENTS_DIR = "events"
 INCIDENTS_DIR = "incidents"
 
-LEDGER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-RUN_ID_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z-([0-9a-f]{8})$")
-FILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+LEDGER_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+RUN_ID_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z-([0-9a-f]{8})\Z")
+FILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 SUMMARY_MAX = 200
 EVENT_BUCKET = 1000
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029]")
+# FORMAT.md §3: a summary holds no C0/C1 control characters; a principal in an ident also
+# loses U+2028, U+2029, "<" and ">".
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f]")
+_IDENT_DROP_RE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029<>]")
 
 
 def _check_value(value: Any, where: str) -> None:
@@ -174,7 +177,7 @@ def clean_summary(text: str) -> str:
 
 def clean_principal(text: str) -> str:
     """A principal as it can stand in a git ident (no ``<``, ``>`` or control characters)."""
-    cleaned = _CONTROL_RE.sub("", text).replace("<", "").replace(">", "").strip()
+    cleaned = _IDENT_DROP_RE.sub("", text).strip()
     return cleaned or "unknown"
 
 

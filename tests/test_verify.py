@@ -3,6 +3,7 @@ the path layout, and agreement with stock git on what a good signature is."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -32,16 +33,19 @@ from ledger.signing import SigningKey, allowed_signers_line
 from ledger.store import Ledger
 from ledger.verify import (
     RULES,
+    Finding,
     VerifiedState,
-    _decode_record,
-    _NotCanonical,
     expected_record_path,
     load_state,
+    rules,
     save_state,
     state_path,
     verify_chain,
     verify_ledger,
 )
+from ledger.verify import records as verify_records
+from ledger.verify import tree as verify_tree
+from ledger.verify.records import NotCanonical, decode_record
 
 FORMAT = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -76,6 +80,18 @@ def test_result_json_and_state_round_trip(tmp_path: Path) -> None:
     loaded = load_state(built.path)
     assert loaded == state
     assert VerifiedState.from_json(json.loads(written.read_text())) == state
+
+
+def test_ok_is_derived_from_the_findings(tmp_path: Path) -> None:
+    """A finding added after the chain was verified makes the result fail and drops the
+    state, so no caller can save a head it has just found wrong."""
+    built = build(tmp_path, events_after_key=0)
+    result = verify_ledger(built.path, trust_genesis=built.genesis)
+    assert result.ok and result.state is not None and result.to_json()["ok"] is True
+    result.add(Finding("diverged", None, None, "remote origin is not a prefix of ours"))
+    assert not result.ok and result.state is None and result.to_json()["ok"] is False
+    with pytest.raises(AttributeError):
+        result.ok = True  # type: ignore[misc]
 
 
 def test_load_state_absent_and_malformed(tmp_path: Path) -> None:
@@ -397,14 +413,14 @@ def test_stock_git_agrees_on_good_and_bad_signatures(tmp_path: Path) -> None:
     ],
 )
 def test_not_canonical(raw: bytes) -> None:
-    with pytest.raises(_NotCanonical):
-        _decode_record(raw)
+    with pytest.raises(NotCanonical):
+        decode_record(raw)
 
 
 def test_canonical() -> None:
     value = {"b": [1, -2, None, True], "a": {"é": 'x\ny\u2028\x7f"\\'}, "c": "日本"}
-    assert _decode_record(canonical(value)) == value
-    assert _decode_record('{"a":"é","b":"\\u0001"}'.encode()) == {"a": "é", "b": "\x01"}
+    assert decode_record(canonical(value)) == value
+    assert decode_record('{"a":"é","b":"\\u0001"}'.encode()) == {"a": "é", "b": "\x01"}
 
 
 def test_expected_record_paths() -> None:
@@ -424,6 +440,160 @@ def test_expected_record_paths() -> None:
     assert records.record_path("step.finished", 3, run, t) == expected_record_path(
         "step.finished", 3, run, t
     )
+
+
+# --- conformance: the verifier's reading of the format agrees with the writer's ----------
+#
+# ledger/verify/ declares the format's constants again on purpose (it imports nothing from
+# ledger.records, so that a writer bug cannot hide from it). These tests pin the two
+# declarations to each other, constant by constant, as test_rule_names_are_those_of_the_format
+# pins RULES to FORMAT.md. A regex is compared as each side applies it (the verifier with
+# fullmatch, the writer with match) over the same samples, so an anchor that lets a trailing
+# newline through is a disagreement too.
+
+
+def test_the_verifier_imports_nothing_from_the_writer() -> None:
+    """ledger/verify/ reads the format itself: only ledger.signing and ledger.errors."""
+    package = Path(verify_records.__file__).parent
+    outside = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            outside |= {n for n in names if n.startswith("ledger.")}
+    allowed = ("ledger.verify", "ledger.signing", "ledger.errors")
+    assert {n for n in outside if not n.startswith(allowed)} == set()
+
+
+def test_kinds_agree_with_the_writer() -> None:
+    assert rules.KINDS == records.KINDS
+    assert rules.KEY_KINDS == records.KEY_KINDS
+    assert {
+        records.KIND_RUN_STARTED,
+        records.KIND_STEP_STARTED,
+        records.KIND_STEP_FINISHED,
+        records.KIND_APPROVAL,
+        records.KIND_RUN_FINISHED,
+    } == rules.RUN_KINDS
+
+
+def test_fields_and_trailers_agree_with_the_writer() -> None:
+    assert set(records.COMMON_FIELDS) == rules.COMMON_FIELDS
+    made = records.make_record(
+        ledger_id="0" * 32,
+        seq=1,
+        kind="event",
+        time="2026-11-22T01:02:03.000004Z",
+        run=None,
+        principal="alice",
+        key_fingerprint="SHA256:" + "A" * 43,
+        host="h",
+        data={},
+        files={},
+    )
+    assert made.keys() == rules.COMMON_FIELDS
+    assert rules.TRAILERS == records.TRAILER_ORDER
+    assert rules.SUMMARY_MAX == records.SUMMARY_MAX
+
+
+def _variants(*valid: str) -> list[str]:
+    """Valid samples and the ways a sample can almost match."""
+    out = ["", "\n", " "]
+    for v in valid:
+        out += [v, v + "\n", "\n" + v, v + " ", " " + v, v.upper(), v[:-1], v + v[-1], v + "x"]
+        out += [v[:i] + "/" + v[i + 1 :] for i in (0, len(v) // 2, len(v) - 1)]
+    return out
+
+
+REGEX_PAIRS = {
+    "ledger id": (
+        rules.LEDGER_ID,
+        records.LEDGER_ID_RE,
+        _variants("0123456789abcdef" * 2, "f" * 32),
+    ),
+    "run id": (
+        rules.RUN_ID,
+        records.RUN_ID_RE,
+        _variants("20261121T235959Z-0a1b2c3d", "19991231T000000Z-ffffffff"),
+    ),
+    "file name": (
+        rules.FILE_NAME,
+        records.FILE_NAME_RE,
+        _variants("stdout", "0", "a" * 64, "runbook.yaml", "x_y-z.1", ".hidden", "-x", "A"),
+    ),
+    "incident": (
+        rules.INCIDENT,
+        records.INCIDENT_RE,
+        _variants("INC-42", "a", "Z" * 128, "inc.1_b-c", ".x", "_x", "é"),
+    ),
+    "time": (
+        rules.TIME,
+        records.TIME_RE,
+        _variants("2026-11-22T01:02:03.000004Z", "2026-11-22T01:02:03.000004"),
+    ),
+    "sha256": (
+        rules.SHA256,
+        records.SHA256_RE,
+        _variants("0123456789abcdef" * 4, "e3b0c44298fc1c149afbf4c8996fb924" * 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGEX_PAIRS))
+def test_identifier_patterns_agree_with_the_writer(name: str) -> None:
+    verifier, writer, samples = REGEX_PAIRS[name]
+    differ = [s for s in samples if bool(verifier.fullmatch(s)) != bool(writer.match(s))]
+    assert differ == []
+    assert any(verifier.fullmatch(s) for s in samples)
+
+
+ALL_CHARACTERS = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+
+
+def test_summary_control_characters_agree_with_the_writer() -> None:
+    """The writer takes out of a summary exactly what the verifier refuses in one."""
+    refused = set(rules.CONTROL.findall(ALL_CHARACTERS))
+    replaced = set()
+    for at in range(0, len(ALL_CHARACTERS), 150):  # (short enough not to be truncated)
+        chunk = ALL_CHARACTERS[at : at + 150]
+        cleaned = records.clean_summary(f"a{chunk}b")[1:-1]
+        assert len(cleaned) == len(chunk)
+        replaced |= {ch for ch, out in zip(chunk, cleaned, strict=True) if out != ch}
+    assert replaced == refused
+
+
+def test_ident_characters_agree_with_the_writer() -> None:
+    """The writer drops from a principal exactly what the verifier's ident drops."""
+    kept = records.clean_principal(f"a{ALL_CHARACTERS}b")[1:-1]
+    if kept != rules.IDENT_DROP.sub("", ALL_CHARACTERS):
+        bmp = ALL_CHARACTERS[:0xF800]
+        writer = {ch for ch in bmp if records.clean_principal(f"a{ch}b") == "ab"}
+        assert writer == set(rules.IDENT_DROP.findall(ALL_CHARACTERS))
+        pytest.fail("the writer and the verifier drop different characters from a principal")
+    for principal in ["alice", " bob <b@x> ", "\u2028", "<>", "c\x85d\u2029e", "", "é\x7f"]:
+        assert verify_records.ident(principal) == records.clean_principal(principal)
+
+
+def test_paths_agree_with_the_writer() -> None:
+    run = "20261121T235959Z-0a1b2c3d"
+    for t in ["2026-11-22T01:02:03.000004Z", "1999-01-01T00:00:00.000000Z"]:
+        for seq in [0, 1, 999, 1000, 12345, 9_999_999_999]:
+            for kind in sorted(rules.KINDS):
+                for r in [None, run]:
+                    assert expected_record_path(kind, seq, r, t) == records.record_path(
+                        kind, seq, r, t
+                    ), (kind, seq, r, t)
+    rec_path = records.record_path("run.started", 3, run, "2026-11-22T01:02:03.000004Z")
+    index = records.incident_index_path("INC-7", run)
+    rec = {"kind": "run.started", "run": run, "files": {"incident-index": {"path": index}}}
+    assert verify_tree.expected_file_path(rec, rec_path, "incident-index") == index
+    for name in ["stdout", "runbook", "a.b-c_d"]:
+        want = records.attachment_path(rec_path, name)
+        assert verify_tree.expected_file_path(rec, rec_path, name) == want
 
 
 def test_libgit2_limits_are_restored(tmp_path: Path) -> None:

@@ -502,7 +502,7 @@ def verify_cmd(
         remote_states = replicate.check_remotes(path)
         for st in remote_states:
             if st.problem:
-                result.findings.append(
+                result.add(  # (not ok from now on: ok is derived from the findings)
                     Finding(
                         st.rule or "diverged",
                         st.remote_seq,
@@ -510,7 +510,6 @@ def verify_cmd(
                         f"remote {st.name} ({st.url}): {st.line()}",
                     )
                 )
-        result.ok = result.ok and not any(st.problem for st in remote_states)
     if json_out:
         doc = result.to_json()
         doc["pinned_now"] = outcome.pinned_now

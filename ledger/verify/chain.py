@@ -1,0 +1,397 @@
+"""The chain walk: verify a ledger's first-parent chain forward from its genesis (or from
+the last verified head), commit by commit, while only the commit ids are held in memory.
+
+The steps are those of FORMAT.md §10, numbered as there; step 5, each commit, is
+:mod:`ledger.verify.commit`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pygit2
+
+from ledger.errors import InputError, LedgerNotFound, StorageError
+from ledger.verify import findings, objects, state
+from ledger.verify.commit import Expected, Verifier
+from ledger.verify.rules import HEX40, MAIN_REF, OBJ_COMMIT
+
+
+def _check_genesis_arg(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not HEX40.fullmatch(text):
+        raise InputError(
+            f"{value!r} is not a full commit id; a genesis is pinned by all 40 hex digits.",
+            hint="Copy the genesis commit id printed by 'ledger init' (or 'ledger verify').",
+        )
+    return text
+
+
+def verify_ledger(
+    repo_path: Path | str | pygit2.Repository,
+    *,
+    ref: str = MAIN_REF,
+    trust_genesis: str | None = None,
+    since: state.VerifiedState | None = None,
+    progress: findings.ProgressFn | None = None,
+    commits: Collection[str] = (),
+) -> findings.VerifyResult:
+    """Verify the ledger's branch ``ref`` (FORMAT.md), reporting every finding.
+
+    ``trust_genesis`` pins the genesis commit (full id); otherwise ``since``'s genesis is
+    the pin; otherwise the result is unpinned (``genesis_pinned`` false: the repository's
+    own ``ledger.genesis`` config is on the same disk and is not used as a pin).
+    ``since`` (a saved :class:`state.VerifiedState`) verifies only the records after its head,
+    after checking that the chain still holds that head at its seq (``rewrite``) and has
+    not been cut back (``rollback``). ``progress(done, total)`` is called as records are
+    verified. ``commits`` are commit ids to look up on the verified chain
+    (``result.included``). Raises :class:`LedgerNotFound` when there is no repository or
+    (without ``since``) no ``ref``.
+    """
+    repo = objects.open_repo(repo_path)
+    try:
+        reference = repo.references.get(ref)
+    except (pygit2.GitError, ValueError) as exc:
+        raise StorageError(f"the ref {ref} cannot be read: {exc}.") from None
+    if reference is None:
+        if since is not None:
+            v = Verifier(repo)
+            _check_repository(v)
+            v.add("rollback", None, None, f"{ref} does not exist; it was at seq {since.seq}")
+            return findings.VerifyResult(
+                findings=v.findings,
+                head=None,
+                seq=None,
+                records_checked=0,
+                genesis=since.genesis,
+                state=None,
+                genesis_pinned=True,
+                ledger_id=since.ledger_id,
+            )
+        raise LedgerNotFound(
+            f"{repo.path} holds no {ref}; it is not a ledger or it is empty.",
+            hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
+        )
+    try:
+        target = str(reference.resolve().target)
+    except (KeyError, pygit2.GitError) as exc:
+        raise StorageError(f"the ref {ref} of {repo.path} cannot be resolved: {exc}.") from None
+    return verify_chain(
+        repo,
+        target,
+        trust_genesis=trust_genesis,
+        since=since,
+        progress=progress,
+        commits=commits,
+    )
+
+
+def verify_chain(
+    repo: Path | str | pygit2.Repository,
+    head: str,
+    *,
+    trust_genesis: str | None = None,
+    since: state.VerifiedState | None = None,
+    progress: findings.ProgressFn | None = None,
+    commits: Collection[str] = (),
+    check_repository: bool = True,
+) -> findings.VerifyResult:
+    """Verify the first-parent chain ending at commit ``head``.
+
+    For a pre-receive hook, pass the repository (with the quarantine directory as an odb
+    alternate) and the pushed new head; ``since`` may be the state of the head the remote
+    already had. Otherwise as :func:`verify_ledger`.
+    """
+    with _bounded_libgit2_memory():
+        return _verify_chain(
+            repo,
+            head,
+            trust_genesis=trust_genesis,
+            since=since,
+            progress=progress,
+            commits=commits,
+            check_repository=check_repository,
+        )
+
+
+_LIMITS_LOCK = threading.Lock()
+_LIMITS_SAVED: list[int] = []
+_LIMITS_USERS = [0]
+
+
+@contextmanager
+def _bounded_libgit2_memory() -> Iterator[None]:
+    """Keep libgit2's caches and pack maps small while verifying.
+
+    A verification reads every object once, so caching them does not help, and by default
+    libgit2 keeps up to 256 MB of small objects and maps packs in 1 GB windows (resident
+    pages count as the process's memory). The limits are process-wide, so they are put back
+    afterwards.
+    """
+    settings = pygit2.settings
+    with _LIMITS_LOCK:
+        if not _LIMITS_SAVED:
+            _LIMITS_SAVED.extend(
+                [settings.cached_memory[1], settings.mwindow_size, settings.mwindow_mapped_limit]
+            )
+            settings.cache_max_size(8 * 1024 * 1024)
+            settings.mwindow_size = min(_LIMITS_SAVED[1], 16 * 1024 * 1024)
+            settings.mwindow_mapped_limit = min(_LIMITS_SAVED[2], 48 * 1024 * 1024)
+        _LIMITS_USERS[0] += 1
+    try:
+        yield
+    finally:
+        with _LIMITS_LOCK:
+            _LIMITS_USERS[0] -= 1
+            if _LIMITS_USERS[0] == 0:
+                cache, window, mapped = _LIMITS_SAVED
+                settings.cache_max_size(cache)
+                settings.mwindow_size = window
+                settings.mwindow_mapped_limit = mapped
+                _LIMITS_SAVED.clear()
+
+
+def _verify_chain(
+    repo: Path | str | pygit2.Repository,
+    head: str,
+    *,
+    trust_genesis: str | None,
+    since: state.VerifiedState | None,
+    progress: findings.ProgressFn | None,
+    commits: Collection[str],
+    check_repository: bool,
+) -> findings.VerifyResult:
+    pin = _check_genesis_arg(trust_genesis)
+    repo = objects.open_repo(repo)
+    head = head.strip().lower()
+    v = Verifier(repo)
+    if check_repository:
+        _check_repository(v)  # (1)
+    wanted = {c.strip().lower() for c in commits}
+    walk = _walk_back(v, head, since, wanted)  # (2)
+    genesis = walk.ids[-1] if walk.reached_root else (since.genesis if since is not None else None)
+    pinned = pin or (since.genesis if since is not None else None)
+    if pin is not None and since is not None and since.genesis != pin:
+        v.add(
+            "genesis-mismatch",
+            None,
+            None,
+            f"the saved state is for genesis {since.genesis}, not the pinned {pin}",
+        )
+    start = _resume(v, walk, head, since)  # (3)
+    if walk.reached_root and pinned is not None and walk.ids[-1] != pinned:  # (4)
+        v.add(
+            "genesis-mismatch",
+            0,
+            walk.ids[-1],
+            f"the chain starts at {walk.ids[-1]}, the pinned genesis is {pinned}",
+        )
+    if walk.broken is not None:
+        v.add(walk.broken.rule, None, walk.broken_at, f"the chain is broken: {walk.broken.message}")
+    last = _verify_forward(v, walk, start, progress)  # (5)
+    included = _included(v, walk, wanted, last, since)
+    verified = None  # (6)
+    ok = not v.findings
+    if ok and last.digest is not None and last.seq is not None and v.ledger_id is not None:
+        verified = state.VerifiedState(
+            genesis=str(genesis),
+            head=head if walk.ids else since.head if since is not None else head,
+            seq=last.seq,
+            prev_sha256=last.digest,
+            ledger_id=v.ledger_id,
+            keys=v.trust.snapshot(),
+            verified_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        )
+    return findings.VerifyResult(
+        findings=v.findings,
+        head=head,
+        seq=last.seq,
+        records_checked=v.checked,
+        genesis=genesis,
+        state=verified,
+        genesis_pinned=pinned is not None,
+        ledger_id=v.ledger_id,
+        since_seq=start.seq if start is not None else None,
+        included=included,
+    )
+
+
+# (1) Repository: history substitutions stock git would apply.
+def _check_repository(v: Verifier) -> None:
+    repo = v.repo
+    for name in repo.references:
+        if name.startswith("refs/replace/"):
+            try:
+                target = str(repo.references[name].target)
+            except (KeyError, pygit2.GitError):
+                target = "?"
+            v.add(
+                "replace-refs",
+                None,
+                target if HEX40.fullmatch(target) else None,
+                f"{name} exists: it makes stock git show object {name[13:]} as {target}",
+            )
+    grafts = Path(repo.path) / "info" / "grafts"
+    if grafts.exists():
+        v.add("grafts", None, None, f"{grafts} exists: it rewrites parents for stock git")
+
+
+@dataclass
+class _Walk:
+    """The chain as walked back from the head: commit ids only, newest first."""
+
+    ids: list[str] = field(default_factory=list)
+    reached_root: bool = False
+    found_base: bool = False  # stopped at the saved head
+    broken: objects.ObjectError | None = None
+    broken_at: str | None = None
+    position: dict[str, int] = field(default_factory=dict)  # asked-about id -> index in ids
+
+
+# (2) Walk back from the head collecting ids only, stopping at the root or at the saved head.
+def _walk_back(
+    v: Verifier, head: str, since: state.VerifiedState | None, wanted: set[str]
+) -> _Walk:
+    walk = _Walk()
+    cur: str | None = head
+    while cur is not None:
+        if since is not None and cur == since.head:
+            walk.found_base = True
+            break
+        try:
+            parents = v.reader.parents_of(cur, keep=True)
+        except objects.ObjectError as exc:
+            walk.broken, walk.broken_at = exc, cur
+            break
+        walk.ids.append(cur)
+        if cur in wanted:
+            walk.position[cur] = len(walk.ids) - 1
+        if not parents:
+            walk.reached_root = True
+            break
+        cur = parents[0]
+    return walk
+
+
+# (3) Resume from the last verified head when the chain still holds it; otherwise say how
+#     the chain left it (rollback, rewrite) and verify the whole chain.
+def _resume(
+    v: Verifier, walk: _Walk, head: str, since: state.VerifiedState | None
+) -> state.VerifiedState | None:
+    if since is None:
+        return None
+    if walk.found_base:
+        return since
+    if walk.broken is not None:
+        return None
+    head_seq = len(walk.ids) - 1
+    if head_seq < since.seq:
+        v.add(
+            "rollback",
+            head_seq,
+            head,
+            f"the head is at seq {head_seq}, behind the verified head {since.head} "
+            f"at seq {since.seq}",
+        )
+        if not _is_ancestor(v, head, since.head, since.seq - head_seq):
+            v.add("rewrite", head_seq, head, "the head is not an ancestor of the verified head")
+    else:
+        at = walk.ids[len(walk.ids) - 1 - since.seq]
+        v.add(
+            "rewrite",
+            since.seq,
+            at,
+            f"the commit at seq {since.seq} is {at}, the verified head was {since.head}",
+        )
+    return None
+
+
+# (5) Each commit, oldest first, from the saved head, the root, or the break in the chain.
+def _verify_forward(
+    v: Verifier,
+    walk: _Walk,
+    start: state.VerifiedState | None,
+    progress: findings.ProgressFn | None,
+) -> Expected:
+    if start is not None:
+        v.ledger_id = start.ledger_id
+        v.trust.load(start.keys)
+        base_tree: str | None = None
+        try:
+            base_tree = objects.parse_commit(v.reader.read(start.head, OBJ_COMMIT, "commit")).tree
+        except objects.ObjectError as exc:
+            v.add(exc.rule, start.seq, start.head, exc.message)
+        prev = Expected(start.head, start.seq, start.prev_sha256, base_tree)
+    elif walk.reached_root:
+        prev = Expected(None, None, None, None)
+    else:
+        v.trust.known = False
+        prev = Expected(walk.broken_at, None, None, None, known=False)
+    total = len(walk.ids)
+    step = max(1, min(1000, total // 100 or 1))
+    if progress is not None:
+        progress(0, total)
+    first = True
+    for done, oid in enumerate(_reversed(walk.ids), start=1):
+        prev = v.check_commit(oid, prev, is_first=first and walk.reached_root)
+        first = False
+        if progress is not None and (done % step == 0 or done == total):
+            progress(done, total)
+    return prev
+
+
+def _included(
+    v: Verifier,
+    walk: _Walk,
+    wanted: set[str],
+    last: Expected,
+    since: state.VerifiedState | None,
+) -> dict[str, int | None]:
+    """Commits asked about: their seq on the chain; walks back past the saved head if needed."""
+    included: dict[str, int | None] = {}
+    for c in wanted:
+        if c in walk.position and last.seq is not None:
+            included[c] = last.seq - walk.position[c]
+    missing = wanted - walk.position.keys()
+    if missing and walk.found_base and since is not None:
+        cur: str | None = since.head
+        seq_here = since.seq
+        while cur is not None and missing:
+            if cur in missing:
+                included[cur] = seq_here
+                missing.discard(cur)
+            try:
+                parents = v.reader.parents_of(cur)
+            except objects.ObjectError:
+                break
+            cur = parents[0] if parents else None
+            seq_here -= 1
+    for c in missing:
+        included[c] = None
+    return included
+
+
+def _reversed(ids: list[str]) -> Iterator[str]:
+    for i in range(len(ids) - 1, -1, -1):
+        yield ids[i]
+
+
+def _is_ancestor(v: Verifier, ancestor: str, descendant: str, steps: int) -> bool:
+    """Whether ``ancestor`` is ``steps`` first-parent steps behind ``descendant``."""
+    cur = descendant
+    try:
+        for _ in range(steps):
+            parents = v.reader.parents_of(cur)
+            if not parents:
+                return False
+            cur = parents[0]
+    except objects.ObjectError:
+        return False
+    return cur == ancestor

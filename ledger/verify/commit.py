@@ -1,0 +1,266 @@
+"""One commit's checks: step 5 of FORMAT.md §10, one method per bullet of it, in the
+document's order, numbered (5.1)–(5.9), each naming the §9 rules it can report.
+
+:class:`Verifier` carries what the chain walk accumulates (findings, trust, the ledger id,
+object caches); :meth:`Verifier.check_commit` checks one commit against the facts of the
+commit before it (:class:`Expected`) and returns the facts the next one is checked against.
+A commit's findings are held until its seq is known, then recorded under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pygit2
+
+from ledger.verify import findings, kinds, objects, records, tree, trust
+from ledger.verify.rules import KEY_KINDS, OBJ_BLOB
+
+
+@dataclass
+class Expected:
+    """What the next commit is checked against: its expected parent's facts."""
+
+    commit: str | None
+    seq: int | None
+    digest: str | None
+    tree: str | None
+    known: bool = True  # False after a commit that could not be read
+
+
+@dataclass
+class _Facts:
+    """What the steps learn about one commit, in the order they learn it."""
+
+    oid: str
+    digest: str
+    commit: objects.Commit
+    prev: Expected
+    is_first: bool
+    guess: int | None  # the seq the chain so far implies
+    pending: list[tuple[str, str]] = field(default_factory=list)  # until the seq is known
+    trailers: dict[str, str] = field(default_factory=dict)
+    rec_path: str | None = None
+    rec_entry: tree.Entry | None = None
+    readable: bool = True  # False when the record's tree or blob could not be read
+    rec: dict[str, Any] | None = None
+    schema_ok: bool = False
+    seq: int | None = None
+    kind: Any = None
+    trusted: bool = False
+
+    @property
+    def is_root(self) -> bool:
+        return not self.commit.parents
+
+    def note(self, rule: str, message: str) -> None:
+        self.pending.append((rule, message))
+
+
+class Verifier:
+    """The state carried along the chain, and the checks of each commit."""
+
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.repo = repo
+        self.reader = objects.ObjectReader(repo)
+        self.trees = tree.TreeChecker(self.reader)
+        self.trust = trust.Trust()
+        self.signatures = trust.Signatures()
+        self.findings: list[findings.Finding] = []
+        self.ledger_id: str | None = None
+        self.checked = 0
+
+    def add(self, rule: str, seq: int | None, commit: str | None, message: str) -> None:
+        self.findings.append(findings.Finding(rule, seq, commit, message))
+
+    def check_commit(self, oid: str, prev: Expected, is_first: bool) -> Expected:
+        """Check commit ``oid``, whose parent should be ``prev``; the facts for the next."""
+        self.checked += 1
+        guess = prev.seq + 1 if prev.seq is not None else None
+        try:
+            raw = self.reader.commit(oid)
+            if hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest() != oid:  # noqa: S324
+                raise objects.ObjectError("object-corrupt", f"commit {oid} does not hash to its id")
+            commit = objects.parse_commit(raw)
+        except objects.ObjectError as exc:
+            self.add(exc.rule, guess, oid, exc.message)
+            return Expected(oid, guess, None, None, known=False)
+        digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+        try:
+            return self._check_parsed(_Facts(oid, digest, commit, prev, is_first, guess))
+        except objects.ObjectError as exc:
+            self.add(exc.rule, guess, oid, exc.message)
+            return Expected(oid, guess, digest, None, known=False)
+
+    def _check_parsed(self, c: _Facts) -> Expected:
+        self.reader.next_generation()
+        self._check_object(c)  # (5.1) merge, parents, commit-header
+        self._check_message(c)  # (5.2) trailers
+        self._check_record(c)  # (5.3) tree-append, record-digest, record-canonical
+        self._check_schema(c)  # (5.4) record-schema
+        self._check_seq(c)  # (5.5) consistency: seq
+        self._check_genesis(c)  # parents, record-schema; the genesis's trust
+        self._check_consistency(c)  # trailers, commit-header, ledger-id
+        self._check_prev_digest(c)  # prev-digest, trailers
+        self._check_signer(c)  # (5.6, 5.7) unsigned, signature-headers, bad-signature, trust
+        self._check_tree(c)  # (5.8) tree-append, file-digest, record-schema
+        self._apply_trust_changes(c)  # (5.9) key.added, key.revoked
+        for rule, message in c.pending:
+            self.add(rule, c.seq, c.oid, message)
+        return Expected(c.oid, c.seq, c.digest, c.commit.tree)
+
+    # (5.1) Object: one parent, the previous commit (none for the root); only the headers
+    #     tree, parent, author, committer (the SHA-1 and parse are in check_commit).
+    def _check_object(self, c: _Facts) -> None:
+        commit, prev = c.commit, c.prev
+        if commit.parents and prev.commit is not None and commit.parents[0] != prev.commit:
+            c.note("parents", f"its first parent is {commit.parents[0]}, not {prev.commit}")
+        if len(commit.parents) > 1:
+            c.note("merge", f"it has {len(commit.parents)} parents: {', '.join(commit.parents)}")
+        if c.is_root and not c.is_first:
+            c.note("parents", "a commit without parent in the middle of the chain")
+        for problem in commit.header_problems:
+            c.note("commit-header", problem)
+
+    # (5.2) Message: a summary line, an empty line, then the trailers of §3 in order.
+    def _check_message(self, c: _Facts) -> None:
+        c.trailers, problems = records.parse_message(c.commit.message)
+        for problem in problems:
+            c.note("trailers", problem)
+
+    # (5.3) Record: the blob at Ledger-Record, its SHA-256, its canonical JSON.
+    def _check_record(self, c: _Facts) -> None:
+        c.rec_path = rec_path = c.trailers.get("Ledger-Record")
+        rec_raw: bytes | None = None
+        if rec_path is not None and records.is_safe_path(rec_path):
+            try:
+                c.rec_entry = self.trees.find_path(c.commit.tree, rec_path)
+                if c.rec_entry is None:
+                    c.note("tree-append", f"the tree has no record file {rec_path}")
+                else:
+                    rec_raw = self.reader.read(c.rec_entry[1], OBJ_BLOB, f"record {rec_path}")
+            except objects.ObjectError as exc:
+                c.readable = False
+                c.note(exc.rule, exc.message)
+        elif rec_path is not None:
+            c.note("trailers", f"Ledger-Record {rec_path!r} is not a relative path")
+        if rec_raw is None:
+            return
+        want = c.trailers.get("Ledger-Record-Sha256")
+        have = hashlib.sha256(rec_raw).hexdigest()
+        if want is not None and want != have:
+            c.note("record-digest", f"{rec_path} has SHA-256 {have}, the trailer says {want}")
+        try:
+            c.rec = records.decode_record(rec_raw)
+        except records.NotCanonical as exc:
+            c.note("record-canonical", f"{rec_path} is not canonical JSON: {exc}")
+
+    # (5.4) Schema: the common fields, each kind's data, a run record's links.
+    def _check_schema(self, c: _Facts) -> None:
+        if c.rec is None:
+            return
+        problems = records.check_schema(c.rec)
+        for problem in problems:
+            c.note("record-schema", problem)
+        c.schema_ok = not problems
+
+    # (5.5) Consistency: Ledger-Seq is the record's seq, one more than the previous one's
+    #     (0 at the root); after a gap the count resumes from the seq found.
+    def _check_seq(self, c: _Facts) -> None:
+        rec_seq = c.rec.get("seq") if c.rec is not None else None
+        seq: int | None = rec_seq if kinds.is_int(rec_seq) else None
+        t_seq_text = c.trailers.get("Ledger-Seq")
+        t_seq = int(t_seq_text) if t_seq_text is not None else None
+        if seq is not None and t_seq is not None and seq != t_seq:
+            c.note("seq", f"Ledger-Seq says {t_seq}, the record says {seq}")
+        if seq is None:
+            seq = t_seq
+        prev_seq = c.prev.seq
+        if c.is_root:
+            if seq is not None and seq != 0:
+                c.note("seq", f"the first record has seq {seq}, not 0")
+        elif seq is not None and prev_seq is not None and seq != prev_seq + 1:
+            what = "repeat" if seq <= prev_seq else "gap"
+            c.note("seq", f"seq {seq} follows seq {prev_seq} ({what}; expected {prev_seq + 1})")
+        c.seq = seq if seq is not None else c.guess
+
+    #     The root holds the genesis record, and only the root: its ledger id and signers
+    #     start the chain's ledger id and trust.
+    def _check_genesis(self, c: _Facts) -> None:
+        rec = c.rec
+        c.kind = rec.get("kind") if rec is not None else c.trailers.get("Ledger-Kind")
+        if c.is_root and rec is not None and c.kind != "genesis":
+            c.note("parents", f"the chain's first commit holds a {c.kind!r} record, not genesis")
+        if not c.is_root and c.kind == "genesis":
+            c.note("record-schema", "a genesis record after the first commit")
+        if c.is_root and rec is not None and c.kind == "genesis":
+            lid = rec.get("ledger")
+            self.ledger_id = lid if isinstance(lid, str) else None
+            self.trust.init_from_genesis(rec)
+
+    #     Trailers agree with the record (kind, path of §4), author and committer are the
+    #     record's actor and time, and the record and Ledger-Id name the genesis's ledger.
+    def _check_consistency(self, c: _Facts) -> None:
+        rec, trailers = c.rec, c.trailers
+        if rec is not None:
+            records.compare_trailers(rec, trailers, c.rec_path, c.note)
+            records.check_idents(c.commit, rec, c.note)
+        if self.ledger_id is None:
+            return
+        foreign = []
+        if rec is not None and rec.get("ledger") != self.ledger_id:
+            foreign.append(f"the record says ledger {rec.get('ledger')!r}")
+        if trailers.get("Ledger-Id") not in (None, self.ledger_id):
+            foreign.append(f"Ledger-Id says {trailers.get('Ledger-Id')}")
+        if foreign:
+            c.note("ledger-id", f"{' and '.join(foreign)}; this ledger is {self.ledger_id}")
+
+    #     Ledger-Prev-Sha256 is the SHA-256 of the parent commit object (absent at the root).
+    def _check_prev_digest(self, c: _Facts) -> None:
+        t_prev = c.trailers.get("Ledger-Prev-Sha256")
+        if c.is_root:
+            if t_prev is not None:
+                c.note("trailers", "the genesis commit has a Ledger-Prev-Sha256 trailer")
+        elif t_prev is None:
+            if c.trailers:
+                c.note("trailers", "Ledger-Prev-Sha256 is missing or malformed")
+        elif c.prev.digest is not None and t_prev != c.prev.digest:
+            c.note(
+                "prev-digest",
+                f"Ledger-Prev-Sha256 is {t_prev}, but the parent {c.commit.parents[0]} "
+                f"hashes to {c.prev.digest}",
+            )
+
+    # (5.6) Signature: one gpgsig header whose SSHSIG verifies over the payload.
+    # (5.7) Trust: the signer is trusted at this seq, and is the record's actor.key.
+    def _check_signer(self, c: _Facts) -> None:
+        signer_fp = self.signatures.check(c.commit, c.note)
+        if signer_fp is None:
+            return
+        c.trusted = self.trust.check(signer_fp, c.note)
+        actor = c.rec.get("actor") if c.rec is not None else None
+        if isinstance(actor, dict) and actor.get("key") != signer_fp:
+            c.note(
+                "actor-key",
+                f"actor.key is {actor.get('key')!r} but the commit is signed by {signer_fp}",
+            )
+
+    # (5.8) Tree: the parent's tree plus exactly the record file and its listed files.
+    def _check_tree(self, c: _Facts) -> None:
+        if c.rec is None or c.rec_path is None or c.rec_entry is None or not c.readable:
+            return
+        try:
+            self.trees.check(
+                c.commit.tree, c.prev.tree, c.is_root, c.rec, c.rec_path, c.rec_entry, c.note
+            )
+        except objects.ObjectError as exc:
+            c.note(exc.rule, exc.message)
+
+    # (5.9) Trust changes: a well-formed key record signed by a trusted key changes trust.
+    def _apply_trust_changes(self, c: _Facts) -> None:
+        if c.rec is None or c.is_root or not (c.trusted and c.schema_ok):
+            return
+        if c.kind in KEY_KINDS:
+            self.trust.apply_key_record(c.rec)

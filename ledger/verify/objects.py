@@ -1,0 +1,316 @@
+"""Raw git objects as the verifier reads them: commits split into headers, signature and
+signed payload, armored SSHSIG blobs, tree entries, and opening a repository without search.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from ledger.errors import LedgerNotFound
+from ledger.verify.rules import HEX40, MODE_BLOB, MODE_TREE, OBJ_COMMIT, OBJ_TREE
+
+SSHSIG_MAGIC = b"SSHSIG"
+_ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
+_ARMOR_END = "-----END SSH SIGNATURE-----"
+
+# --- raw object parsing -------------------------------------------------------------------
+
+
+class ObjectError(Exception):
+    """An object could not be read; ``rule`` is object-missing or object-corrupt."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+@dataclass
+class Commit:
+    tree: str
+    parents: list[str]
+    author: bytes | None
+    committer: bytes | None
+    signatures: list[str]  # values of gpgsig / gpgsig-sha256 headers
+    header_problems: list[str]
+    signature_problems: list[str]
+    payload: bytes
+    message: bytes | None
+
+
+_CANONICAL_COMMIT = re.compile(
+    rb"tree ([0-9a-f]{40})\n((?:parent [0-9a-f]{40}\n)*)author ([^\n]*)\ncommitter ([^\n]*)\n"
+    rb"(gpgsig ([^\n]*\n(?: [^\n]*\n)*))\n"
+)
+
+
+def parse_commit(raw: bytes) -> Commit:
+    """Split a raw commit into its headers, signature(s), signed payload and message."""
+    m = _CANONICAL_COMMIT.match(raw)
+    if m is not None:  # the layout of FORMAT.md §3 and §6: one quick match
+        parents_block = m.group(2)
+        fast_parents = [
+            parents_block[i + 7 : i + 47].decode() for i in range(0, len(parents_block), 48)
+        ]
+        signature = m.group(6)[:-1].replace(b"\n ", b"\n").decode("utf-8", "replace")
+        return Commit(
+            m.group(1).decode(),
+            fast_parents,
+            m.group(3),
+            m.group(4),
+            [signature],
+            [],
+            [],
+            raw[: m.start(5)] + raw[m.end(5) :],
+            raw[m.end() :],
+        )
+    end = raw.find(b"\n\n")
+    if end < 0:
+        head_block, message = raw.rstrip(b"\n"), None
+    else:
+        head_block, message = raw[:end], raw[end + 2 :]
+    lines = head_block.split(b"\n")
+    headers: list[tuple[bytes, list[bytes], int, int]] = []  # name, value lines, first, last
+    for i, line in enumerate(lines):
+        if line.startswith(b" ") and headers:
+            name, values, first, _ = headers[-1]
+            values.append(line[1:])
+            headers[-1] = (name, values, first, i)
+            continue
+        name, _, value = line.partition(b" ")
+        headers.append((name, [value], i, i))
+    tree = ""
+    parents: list[str] = []
+    author = committer = None
+    sigs: list[str] = []
+    problems: list[str] = []
+    sig_problems: list[str] = []
+    drop: set[int] = set()
+    order: list[bytes] = []
+    for name, values, first, last in headers:
+        value = b"\n".join(values)
+        order.append(name)
+        if name == b"tree" and not tree:
+            tree = value.decode("ascii", "replace")
+        elif name == b"parent":
+            parents.append(value.decode("ascii", "replace"))
+        elif name == b"author" and author is None:
+            author = value
+        elif name == b"committer" and committer is None:
+            committer = value
+        elif name in (b"gpgsig", b"gpgsig-sha256"):
+            sigs.append(value.decode("utf-8", "replace"))
+            drop.update(range(first, last + 1))
+            if name != b"gpgsig":
+                sig_problems.append(f"it has a {name.decode()} header")
+        else:
+            problems.append(f"unexpected commit header {name.decode('utf-8', 'replace')!r}")
+    if not HEX40.fullmatch(tree) or any(not HEX40.fullmatch(p) for p in parents):
+        raise ObjectError("object-corrupt", "the commit's tree or parent header is malformed")
+    structural = [n for n in order if n not in (b"gpgsig", b"gpgsig-sha256")]
+    want = [b"tree"] + [b"parent"] * len(parents) + [b"author", b"committer"]
+    if structural != want:
+        problems.append("its headers are not tree, parent, author, committer in that order")
+    if sigs and order[len(want) : len(want) + 1] != [b"gpgsig"]:
+        sig_problems.append("the gpgsig header does not directly follow the committer line")
+    if drop:
+        kept = [line for i, line in enumerate(lines) if i not in drop]
+        payload = b"\n".join(kept) + (raw[end:] if end >= 0 else b"\n")
+    else:
+        payload = raw
+    return Commit(tree, parents, author, committer, sigs, problems, sig_problems, payload, message)
+
+
+class SigError(Exception):
+    pass
+
+
+def read_string(buf: bytes, pos: int) -> tuple[bytes, int]:
+    if pos + 4 > len(buf):
+        raise SigError("truncated SSHSIG blob")
+    (n,) = struct.unpack_from(">I", buf, pos)
+    pos += 4
+    if pos + n > len(buf):
+        raise SigError("truncated SSHSIG blob")
+    return buf[pos : pos + n], pos + n
+
+
+def ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+@dataclass(frozen=True)
+class SshSig:
+    public_key: bytes
+    namespace: bytes
+    reserved: bytes
+    hash_algorithm: bytes
+    signature: bytes
+
+
+def parse_sshsig(armored: str) -> SshSig:
+    """Parse an armored SSHSIG (OpenSSH PROTOCOL.sshsig)."""
+    lines = armored.strip("\n").split("\n")
+    if len(lines) < 3 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
+        raise SigError("the signature is not an armored SSH signature")
+    try:
+        blob = binascii.a2b_base64("".join(lines[1:-1]), strict_mode=True)
+    except binascii.Error as exc:
+        raise SigError(f"the signature's base64 is malformed ({exc})") from None
+    if not blob.startswith(SSHSIG_MAGIC) or len(blob) < 10:
+        raise SigError("the signature blob does not start with SSHSIG")
+    (version,) = struct.unpack_from(">I", blob, 6)
+    if version != 1:
+        raise SigError(f"unsupported SSHSIG version {version}")
+    pos = 10
+    public_key, pos = read_string(blob, pos)
+    namespace, pos = read_string(blob, pos)
+    reserved, pos = read_string(blob, pos)
+    hash_algorithm, pos = read_string(blob, pos)
+    signature, pos = read_string(blob, pos)
+    if pos != len(blob):
+        raise SigError("trailing bytes after the SSHSIG signature")
+    return SshSig(public_key, namespace, reserved, hash_algorithm, signature)
+
+
+def entry_bytes(mode: int, name: str, oid: str) -> bytes:
+    return b"%o %s\0" % (mode, name.encode("utf-8")) + bytes.fromhex(oid)
+
+
+def tree_entries(raw: bytes) -> dict[str, tuple[int, str]]:
+    """All entries of a raw tree: name -> (mode, hex id). ObjectError if malformed."""
+    out: dict[str, tuple[int, str]] = {}
+    pos = 0
+    n = len(raw)
+    while pos < n:
+        sp = raw.find(b" ", pos)
+        nul = raw.find(b"\0", sp + 1)
+        if sp < 0 or nul < 0 or nul + 21 > n:
+            raise ObjectError("object-corrupt", "a tree object is malformed")
+        try:
+            mode = int(raw[pos:sp], 8)
+            name = raw[sp + 1 : nul].decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise ObjectError("object-corrupt", "a tree entry is malformed") from None
+        out[name] = (mode, raw[nul + 1 : nul + 21].hex())
+        pos = nul + 21
+    return out
+
+
+def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
+    if isinstance(repo, pygit2.Repository):
+        return repo
+    path = Path(repo)
+    if not path.exists():
+        raise LedgerNotFound(
+            f"there is no ledger at {path} (the path does not exist).",
+            hint="Point --ledger at an existing ledger.",
+        )
+    try:
+        return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    except pygit2.GitError as exc:
+        raise LedgerNotFound(
+            f"{path} is not a ledger: it is not a git repository ({exc}).",
+            hint="Point --ledger at a ledger repository.",
+        ) from None
+
+
+# --- reading objects ------------------------------------------------------------------------
+
+
+class ObjectReader:
+    """Raw reads for one verification, with the small caches the chain walk needs.
+
+    Trees read for the previous commit and for this one are kept: a commit's parent trees
+    are the trees read for the previous commit, so each tree is inflated once. Raw commits
+    read on the walk back are kept (within a budget) for the forward pass.
+    """
+
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.odb = repo.odb
+        self._trees_old: dict[str, bytes] = {}
+        self._trees: dict[str, bytes] = {}
+        self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
+        self._raw_commits: dict[str, bytes] = {}
+        self._lookups: dict[tuple[str, str, bool], tuple[int, str] | None] = {}
+        self._raw_budget = 16 * 1024 * 1024
+
+    def read(self, oid: str, want: int, what: str) -> bytes:
+        try:
+            typ, data = self.odb.read(oid)
+        except KeyError:  # pygit2.NotFoundError is a KeyError
+            raise ObjectError("object-missing", f"{what} {oid} is missing") from None
+        except (pygit2.GitError, ValueError, OSError) as exc:
+            raise ObjectError("object-corrupt", f"{what} {oid} cannot be read: {exc}") from None
+        if int(typ) != want:
+            raise ObjectError("object-corrupt", f"{what} {oid} has the wrong object type")
+        return bytes(data)
+
+    def read_tree(self, oid: str, what: str) -> bytes:
+        cached = self._trees.get(oid)
+        if cached is None:
+            cached = self._trees_old.get(oid)
+            if cached is None:
+                cached = self.read(oid, OBJ_TREE, what)
+            self._trees[oid] = cached
+        return cached
+
+    def next_generation(self) -> None:
+        self._trees_old, self._trees = self._trees, {}
+        self._lookups.clear()
+        if len(self._parsed) > 64:
+            self._parsed.clear()
+
+    def entries(self, oid: str, raw: bytes) -> dict[str, tuple[int, str]]:
+        parsed = self._parsed.get(oid)
+        if parsed is None:
+            parsed = tree_entries(raw)
+            self._parsed[oid] = parsed
+        return parsed
+
+    def lookup(self, oid: str, raw: bytes, name: str, directory: bool) -> tuple[int, str] | None:
+        """One entry of a tree by name.
+
+        The entry is found by searching the raw tree for its
+        bytes with the mode the layout requires; that is only a hint, which the tree
+        comparison confirms by rebuilding the parent tree's SHA-1 (and which falls back to
+        parsing the whole tree when it does not match).
+        """
+        key = (oid, name, directory)
+        if key in self._lookups:
+            return self._lookups[key]
+        mode = MODE_TREE if directory else MODE_BLOB
+        needle = b"%o %s\0" % (mode, name.encode("utf-8"))
+        at = raw.find(needle)
+        hit = None
+        if at >= 0 and at + len(needle) + 20 <= len(raw):
+            end = at + len(needle)
+            hit = mode, raw[end : end + 20].hex()
+        self._lookups[key] = hit
+        return hit
+
+    def parents_of(self, oid: str, keep: bool = False) -> list[str]:
+        """The parent ids of a commit (the forward check re-parses it fully).
+
+        With ``keep``, the raw commit is kept for the forward pass while the cache is
+        under its budget, saving a second read of the object."""
+        raw = self.read(oid, OBJ_COMMIT, "commit")
+        if keep and self._raw_budget > 0:
+            self._raw_commits[oid] = raw
+            self._raw_budget -= len(raw) + 100
+        parents = []
+        pos = raw.find(b"\n") + 1
+        while raw.startswith(b"parent ", pos):
+            parents.append(raw[pos + 7 : pos + 47].decode("ascii", "replace"))
+            pos += 48
+        return parents
+
+    def commit(self, oid: str) -> bytes:
+        """A raw commit: the one kept on the walk back (once), else read again."""
+        return self._raw_commits.pop(oid, None) or self.read(oid, OBJ_COMMIT, "commit")

@@ -1,0 +1,314 @@
+"""A record as the verifier reads it: canonical JSON (FORMAT.md §2), the common fields and
+run links (§2, §5.1), the record's path (§4), and the commit message, trailers and idents
+that carry it (§3)."""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.verify import kinds, objects
+from ledger.verify.rules import (
+    COMMON_FIELDS,
+    CONTROL,
+    FILE_NAME,
+    FINGERPRINT,
+    IDENT_DROP,
+    KEY_KINDS,
+    KIND,
+    KINDS,
+    LEDGER_ID,
+    RUN_ID,
+    RUN_KINDS,
+    SEQ,
+    SHA256,
+    SUMMARY_MAX,
+    TIME,
+    TRAILERS,
+)
+
+# --- records ------------------------------------------------------------------------------
+
+
+class NotCanonical(Exception):
+    pass
+
+
+def _reject_float(text: str) -> Any:
+    raise NotCanonical(f"it holds the floating point number {text}")
+
+
+def _reject_constant(text: str) -> Any:
+    raise NotCanonical(f"it holds {text}, which is not JSON")
+
+
+def decode_record(raw: bytes) -> dict[str, Any]:
+    """Parse a record and check it is canonical (FORMAT.md §2); NotCanonical if not."""
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise NotCanonical("it is not UTF-8") from None
+    except RecursionError:
+        raise NotCanonical("it is nested too deeply") from None
+    except ValueError as exc:
+        raise NotCanonical(f"it is not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise NotCanonical("it is not a JSON object")
+    try:
+        again = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = again.encode("utf-8")
+    except (UnicodeEncodeError, RecursionError, ValueError):
+        raise NotCanonical("it cannot be re-encoded as UTF-8 JSON") from None
+    if canonical != raw:
+        raise NotCanonical("its bytes differ from its canonical encoding")
+    return obj
+
+
+def is_safe_path(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and all(p not in ("", ".", "..") for p in parts) and "\0" not in path
+
+
+def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str | None:
+    """The record file's path by FORMAT.md §4, or ``None`` if the inputs are malformed."""
+    if kind == "genesis":
+        return "genesis.json"
+    name = f"{seq:010d}-{kind}.json"
+    if kind in KEY_KINDS:
+        return f"keys/{name}"
+    if run is not None:
+        m = RUN_ID.fullmatch(run)
+        if not m:
+            return None
+        return f"runs/{m.group(1)}/{m.group(2)}/{m.group(3)}/{run}/{name}"
+    t = TIME.fullmatch(time)
+    if not t:
+        return None
+    return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{seq // 1000:07d}/{name}"
+
+
+@functools.lru_cache(maxsize=8)
+def epoch(time: str) -> int | None:
+    """Whole seconds since the epoch of a record time, or None if it is not one."""
+    m = TIME.fullmatch(time)
+    if m is None:
+        return None
+    try:
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        return calendar.timegm(datetime(y, mo, d, h, mi, sec, tzinfo=UTC).utctimetuple())
+    except ValueError:
+        return None
+
+
+def ident(principal: str) -> str:
+    """The git ident a principal stands as in author/committer (FORMAT.md §3)."""
+    return IDENT_DROP.sub("", principal).strip() or "unknown"
+
+
+def check_schema(rec: dict[str, Any]) -> list[str]:
+    """Problems with the common fields and the kind-specific data (FORMAT.md §2, §5)."""
+    out: list[str] = []
+    missing = sorted(COMMON_FIELDS - rec.keys())
+    extra = sorted(rec.keys() - COMMON_FIELDS)
+    if missing:
+        out.append(f"missing field(s) {', '.join(missing)}")
+    if extra:
+        out.append(f"unknown field(s) {', '.join(extra)}")
+    if "schema" in rec and not (kinds.is_int(rec["schema"]) and rec["schema"] == 1):
+        out.append(f"schema is {rec['schema']!r}, not 1")
+    if "ledger" in rec and not (
+        isinstance(rec["ledger"], str) and LEDGER_ID.fullmatch(rec["ledger"])
+    ):
+        out.append("ledger is not 32 lowercase hex digits")
+    if "seq" in rec and not (kinds.is_int(rec["seq"]) and rec["seq"] >= 0):
+        out.append("seq is not a non-negative integer")
+    kind = rec.get("kind")
+    if "kind" in rec and not (isinstance(kind, str) and kind in KINDS):
+        out.append(f"kind {kind!r} is not a kind of FORMAT.md §5")
+    if "time" in rec:
+        t = rec["time"]
+        if not (isinstance(t, str) and TIME.fullmatch(t)):
+            out.append("time is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+        elif epoch(t) is None:
+            out.append(f"time {t!r} is not a valid date and time")
+    run = rec.get("run")
+    if run is not None and not (isinstance(run, str) and RUN_ID.fullmatch(run)):
+        out.append("run is neither null nor a run id YYYYMMDDTHHMMSSZ-<8 hex>")
+    actor = rec.get("actor")
+    if "actor" in rec and not (
+        isinstance(actor, dict)
+        and actor.keys() == {"principal", "key"}
+        and isinstance(actor["principal"], str)
+        and isinstance(actor["key"], str)
+        and FINGERPRINT.fullmatch(actor["key"])
+    ):
+        out.append('actor is not {"principal": string, "key": "SHA256:..."}')
+    if "host" in rec and not isinstance(rec["host"], str):
+        out.append("host is not a string")
+    if "data" in rec and not isinstance(rec["data"], dict):
+        out.append("data is not an object")
+    files = rec.get("files")
+    if "files" in rec:
+        if not isinstance(files, dict):
+            out.append("files is not an object")
+        else:
+            for name, meta in files.items():
+                if not FILE_NAME.fullmatch(name):
+                    out.append(f"files name {name!r} does not match [a-z0-9][a-z0-9._-]{{0,63}}")
+                if not (
+                    isinstance(meta, dict)
+                    and meta.keys() == {"path", "sha256", "size"}
+                    and isinstance(meta["path"], str)
+                    and isinstance(meta["sha256"], str)
+                    and SHA256.fullmatch(meta["sha256"])
+                    and kinds.is_int(meta["size"])
+                    and meta["size"] >= 0
+                ):
+                    out.append(f'files entry {name!r} is not {{"path", "sha256", "size"}}')
+    if isinstance(kind, str) and isinstance(rec.get("data"), dict):
+        out.extend(kinds.check_data(kind, rec["data"]))
+    if kind == "genesis" and rec.get("run") is not None:
+        out.append("the genesis record has a run")
+    if kind in RUN_KINDS and "run" in rec and rec["run"] is None:
+        out.append(f"a {kind} record without a run id")
+    if not out and kind in RUN_KINDS:
+        out.extend(_check_run_links(rec))
+    return out
+
+
+def _check_run_links(rec: dict[str, Any]) -> list[str]:
+    """§5.1 facts that tie a run record's data to its attachments and its signer."""
+    kind, data, files = rec["kind"], rec["data"], rec["files"]
+    out = []
+    if kind == "run.started":
+        attached = files.get("runbook")
+        if attached is None:
+            out.append("run.started has no runbook attachment")
+        elif attached.get("sha256") != data["runbook"]["sha256"]:
+            out.append("runbook.sha256 differs from the runbook attachment's digest")
+        incident = data["trigger"]["incident"]
+        index = files.get("incident-index")
+        if incident is not None and (
+            index is None or index.get("path") != f"incidents/{incident}/{rec['run']}"
+        ):
+            out.append(f"the run names incident {incident!r} but has no index file for it")
+        if incident is None and index is not None:
+            out.append("an incident index file for a run without an incident")
+    elif kind == "step.finished":
+        for stream in ("stdout", "stderr"):
+            summary = data.get(stream)
+            if summary is None:
+                continue
+            if not kinds.is_stream(summary):
+                out.append(f"step.finished data field {stream} is malformed")
+                continue
+            attached = files.get(stream)
+            if (attached is not None) != (summary["size"] > 0):
+                out.append(f"{stream} must be attached exactly when it is not empty")
+            elif (
+                attached is not None
+                and not summary["truncated"]
+                and (attached.get("sha256"), attached.get("size"))
+                != (summary["sha256"], summary["size"])
+            ):
+                out.append(f"the {stream} attachment differs from the step's {stream} digest")
+    elif kind == "approval" and data["fingerprint"] != rec["actor"]["key"]:
+        out.append("the approval's fingerprint is not actor.key")
+    return out
+
+
+def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
+    """Trailers of a commit message and the problems with its shape (FORMAT.md §3)."""
+    if message is None:
+        return {}, ["the commit has no message"]
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}, ["the commit message is not UTF-8"]
+    problems: list[str] = []
+    if not text.endswith("\n"):
+        problems.append("the commit message does not end with a newline")
+    lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    summary = lines[0]
+    if len(summary) > SUMMARY_MAX or CONTROL.search(summary):
+        problems.append("the summary line is longer than 200 characters or has control characters")
+    if len(lines) < 3 or lines[1] != "":
+        problems.append("the message is not a summary line, an empty line, then trailers")
+        return {}, problems
+    trailers: dict[str, str] = {}
+    order: list[str] = []
+    for line in lines[2:]:
+        key, sep, value = line.partition(": ")
+        if not sep or key not in TRAILERS or key in trailers:
+            problems.append(f"unexpected line in the trailers: {line[:80]!r}")
+            continue
+        trailers[key] = value
+        order.append(key)
+    if order != [k for k in TRAILERS if k in trailers]:
+        problems.append("the trailers are not in the order of FORMAT.md §3")
+    missing = [k for k in TRAILERS[:5] if k not in trailers]
+    if missing:
+        problems.append(f"missing trailer(s) {', '.join(missing)}")
+    checks = {
+        "Ledger-Id": LEDGER_ID,
+        "Ledger-Seq": SEQ,
+        "Ledger-Kind": KIND,
+        "Ledger-Record-Sha256": SHA256,
+        "Ledger-Prev-Sha256": SHA256,
+    }
+    for key, pattern in checks.items():
+        if key in trailers and not pattern.fullmatch(trailers[key]):
+            problems.append(f"{key} {trailers[key][:80]!r} is malformed")
+            if key in ("Ledger-Seq", "Ledger-Record-Sha256", "Ledger-Prev-Sha256"):
+                del trailers[key]
+    return trailers, problems
+
+
+def compare_trailers(
+    rec: dict[str, Any],
+    trailers: dict[str, str],
+    rec_path: str | None,
+    note: Callable[[str, str], None],
+) -> None:
+    kind = rec.get("kind")
+    if "Ledger-Id" in trailers and trailers["Ledger-Id"] != rec.get("ledger"):
+        note("trailers", f"Ledger-Id {trailers['Ledger-Id']} differs from the record's ledger")
+    if "Ledger-Kind" in trailers and trailers["Ledger-Kind"] != kind:
+        note("trailers", f"Ledger-Kind {trailers['Ledger-Kind']} differs from the record's kind")
+    seq, run, time = rec.get("seq"), rec.get("run"), rec.get("time")
+    if (
+        isinstance(kind, str)
+        and isinstance(seq, int)
+        and (run is None or isinstance(run, str))
+        and isinstance(time, str)
+    ):
+        want = expected_record_path(kind, seq, run, time)
+        if want is not None and rec_path is not None and rec_path != want:
+            note("trailers", f"Ledger-Record is {rec_path}, FORMAT.md §4 puts the record at {want}")
+
+
+def check_idents(
+    commit: objects.Commit, rec: dict[str, Any], note: Callable[[str, str], None]
+) -> None:
+    actor = rec.get("actor")
+    time = rec.get("time")
+    if not (isinstance(actor, dict) and isinstance(actor.get("principal"), str)):
+        return
+    when = epoch(time) if isinstance(time, str) else None
+    if when is None:
+        return
+    name = ident(actor["principal"])
+    want = f"{name} <{name}> {when} +0000".encode()
+    for what, value in (("author", commit.author), ("committer", commit.committer)):
+        if value != want:
+            got = (value or b"").decode("utf-8", "replace")
+            note(
+                "commit-header",
+                f"commit {what} is {got!r}, the record's actor and time give "
+                f"{want.decode('utf-8', 'replace')!r}",
+            )

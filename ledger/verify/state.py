@@ -1,0 +1,166 @@
+"""This copy's last verified head (FORMAT.md §8): :class:`VerifiedState` and its file
+``<gitdir>/ledger-state/verified.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from ledger.errors import InputError, StorageError
+from ledger.verify import objects, trust
+from ledger.verify.rules import HEX40, SHA256
+
+STATE_DIR = "ledger-state"
+STATE_FILE = "verified.json"
+STATE_FORMAT = 1
+
+
+@dataclass
+class VerifiedState:
+    """What a successful verification established, to resume from next time.
+
+    ``prev_sha256`` is the SHA-256 of the head commit object (what the next record's
+    ``Ledger-Prev-Sha256`` must say); ``keys`` is the trust state at the head: every key
+    ever trusted, in the order it was added, with its revocation if any.
+    """
+
+    genesis: str
+    head: str
+    seq: int
+    prev_sha256: str
+    ledger_id: str
+    keys: list[trust.TrustedKey]
+    verified_at: str = field(default="", compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "genesis": self.genesis,
+            "head": self.head,
+            "seq": self.seq,
+            "prev_sha256": self.prev_sha256,
+            "ledger_id": self.ledger_id,
+            "keys": [k.to_json() for k in self.keys],
+            "verified_at": self.verified_at,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> VerifiedState:
+        """Parse a saved state; :class:`InputError` if it is malformed."""
+        try:
+            if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
+                raise ValueError("not a verified-state object of format 1")
+            keys = []
+            for k in obj["keys"]:
+                keys.append(
+                    trust.TrustedKey(
+                        principal=_want(k["principal"], str),
+                        key=_want(k["key"], str),
+                        fingerprint=_want(k["fingerprint"], str),
+                        added_seq=_want(k["added_seq"], int),
+                        added_time=_want_opt(k["added_time"], str),
+                        revoked_seq=_want_opt(k["revoked_seq"], int),
+                        revoked_time=_want_opt(k["revoked_time"], str),
+                    )
+                )
+            state = cls(
+                genesis=_want(obj["genesis"], str),
+                head=_want(obj["head"], str),
+                seq=_want(obj["seq"], int),
+                prev_sha256=_want(obj["prev_sha256"], str),
+                ledger_id=_want(obj["ledger_id"], str),
+                keys=keys,
+                verified_at=_want(obj.get("verified_at", ""), str),
+            )
+            if not (HEX40.fullmatch(state.genesis) and HEX40.fullmatch(state.head)):
+                raise ValueError("genesis and head must be 40 hex digits")
+            if state.seq < 0 or not SHA256.fullmatch(state.prev_sha256):
+                raise ValueError("bad seq or prev_sha256")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"the saved verification state is malformed ({exc}).",
+                hint="Delete it (ledger-state/verified.json in the ledger's git directory) "
+                "and verify the whole ledger again.",
+            ) from None
+        return state
+
+
+def _want(value: Any, typ: type) -> Any:
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise TypeError(f"expected {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _want_opt(value: Any, typ: type) -> Any:
+    return None if value is None else _want(value, typ)
+
+
+# --- local state --------------------------------------------------------------------------
+
+
+def _gitdir(repo_path: Path | str | pygit2.Repository) -> Path:
+    if isinstance(repo_path, pygit2.Repository):
+        return Path(repo_path.path)
+    return Path(objects.open_repo(repo_path).path)
+
+
+def state_path(repo_path: Path | str | pygit2.Repository) -> Path:
+    """Where the last verified head of this copy is kept."""
+    return _gitdir(repo_path) / STATE_DIR / STATE_FILE
+
+
+def save_state(repo_path: Path | str | pygit2.Repository, state: VerifiedState) -> Path:
+    """Write ``state`` atomically (temporary file, fsync, rename, fsync of the directory)."""
+    path = state_path(repo_path)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        data = (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode()
+        fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise StorageError(
+            f"could not save the verified head to {path}: {exc.strerror or exc}.",
+            hint="Check the permissions of the ledger's directory and free disk space.",
+        ) from None
+    return path
+
+
+def load_state(repo_path: Path | str | pygit2.Repository) -> VerifiedState | None:
+    """The saved state of this copy, or ``None`` if it was never verified."""
+    path = state_path(repo_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StorageError(
+            f"could not read the saved verification state {path}: {exc}.",
+            hint="Check its permissions, or delete it and verify the whole ledger again.",
+        ) from None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InputError(
+            f"the saved verification state {path} is not JSON ({exc}).",
+            hint="Delete it and verify the whole ledger again.",
+        ) from None
+    return VerifiedState.from_json(obj)

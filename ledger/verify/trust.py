@@ -1,0 +1,181 @@
+"""Signatures and trust (FORMAT.md §6, §7): verifying a commit's SSHSIG over its payload,
+and replaying the trusted keys from the genesis signers and the ``key.added`` /
+``key.revoked`` records."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.errors import KeyProblem
+from ledger.signing import PublicKey
+from ledger.verify import kinds, objects
+from ledger.verify.findings import Note
+
+
+@dataclass
+class TrustedKey:
+    """A key the ledger trusted at some point, with the records that added and revoked it.
+
+    ``added_seq`` is 0 and ``added_time`` ``None`` for the genesis signers.
+    """
+
+    principal: str
+    key: str
+    fingerprint: str
+    added_seq: int
+    added_time: str | None
+    revoked_seq: int | None = None
+    revoked_time: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_seq is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "key": self.key,
+            "fingerprint": self.fingerprint,
+            "added_seq": self.added_seq,
+            "added_time": self.added_time,
+            "revoked_seq": self.revoked_seq,
+            "revoked_time": self.revoked_time,
+        }
+
+
+class Trust:
+    """The keys trusted at the commit being checked, replayed along the chain.
+
+    ``by_fingerprint`` holds each key's latest entry; ``history`` every key ever trusted,
+    in the order it was added (what :class:`~ledger.verify.state.VerifiedState` saves).
+    ``known`` is false when the chain's start could not be read, so nothing is trusted.
+    """
+
+    def __init__(self) -> None:
+        self.by_fingerprint: dict[str, TrustedKey] = {}
+        self.history: list[TrustedKey] = []
+        self.known = True
+
+    def init_from_genesis(self, rec: dict[str, Any]) -> None:
+        """Trust the genesis record's well-formed signers (and nothing else)."""
+        self.by_fingerprint.clear()
+        self.history.clear()
+        data = rec.get("data")
+        signers = data.get("signers") if isinstance(data, dict) else None
+        for s in signers if isinstance(signers, list) else []:
+            if not isinstance(s, dict):
+                continue
+            problems, fp = kinds.check_key_line(s.get("key"), s.get("fingerprint"), "signer")
+            if problems or fp is None or not isinstance(s.get("principal"), str):
+                continue
+            entry = TrustedKey(s["principal"], s["key"], fp, 0, None)
+            if fp not in self.by_fingerprint:
+                self.by_fingerprint[fp] = entry
+                self.history.append(entry)
+        self.known = True
+
+    def load(self, keys: list[TrustedKey]) -> None:
+        """Resume from a saved trust state (copied: the saved one is not changed)."""
+        self.by_fingerprint.clear()
+        self.history = [TrustedKey(**k.to_json()) for k in keys]
+        for entry in self.history:
+            self.by_fingerprint[entry.fingerprint] = entry
+
+    def snapshot(self) -> list[TrustedKey]:
+        """A copy of every key ever trusted, to save."""
+        return [TrustedKey(**k.to_json()) for k in self.history]
+
+    def apply_key_record(self, rec: dict[str, Any]) -> None:
+        """A verified, well-formed ``key.added`` / ``key.revoked`` record changes trust.
+
+        Adding a key already trusted, or revoking one that is not, changes nothing."""
+        data = rec["data"]
+        if rec["kind"] == "key.added":
+            fp = data["fingerprint"]
+            current = self.by_fingerprint.get(fp)
+            if current is not None and current.active:
+                return
+            entry = TrustedKey(data["principal"], data["key"], fp, rec["seq"], rec["time"])
+            self.by_fingerprint[fp] = entry
+            self.history.append(entry)
+        else:
+            current = self.by_fingerprint.get(data["fingerprint"])
+            if current is not None and current.active:
+                current.revoked_seq = rec["seq"]
+                current.revoked_time = rec["time"]
+
+    def check(self, fp: str, note: Note) -> bool:
+        """Whether the signer ``fp`` is trusted now (``untrusted-key``, ``revoked-key``)."""
+        if not self.known:
+            return False
+        entry = self.by_fingerprint.get(fp)
+        if entry is None:
+            note("untrusted-key", f"signed by {fp}, which this ledger does not trust")
+            return False
+        if not entry.active:
+            note(
+                "revoked-key",
+                f"signed by {fp} ({entry.principal}), revoked at seq {entry.revoked_seq}",
+            )
+            return False
+        return True
+
+
+class Signatures:
+    """Checks commit signatures (FORMAT.md §6), parsing each signer's key once."""
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, PublicKey] = {}
+
+    def public_key(self, blob: bytes) -> PublicKey:
+        pk = self._keys.get(blob)
+        if pk is None:
+            pk = PublicKey.from_blob(blob)
+            self._keys[blob] = pk
+        return pk
+
+    def check(self, commit: objects.Commit, note: Note) -> str | None:
+        """Verify the commit's signature; the signer's fingerprint, or None."""
+        for problem in commit.signature_problems:
+            note("signature-headers", problem)
+        if not commit.signatures:
+            note("unsigned", "the commit has no gpgsig header")
+            return None
+        if len(commit.signatures) > 1:
+            note("signature-headers", f"the commit has {len(commit.signatures)} signature headers")
+            return None
+        if commit.signature_problems:
+            return None
+        try:
+            return self._verify(commit.signatures[0], commit.payload)
+        except objects.SigError as exc:
+            note("bad-signature", str(exc))
+        except KeyProblem as exc:
+            note("bad-signature", f"the signature's public key is unusable: {exc.message}")
+        return None
+
+    def _verify(self, armored: str, payload: bytes) -> str:
+        """The signer's fingerprint; :class:`SigError` or :class:`KeyProblem` if it fails."""
+        sig = objects.parse_sshsig(armored)
+        if sig.namespace != b"git":
+            raise objects.SigError(f"namespace is {sig.namespace!r}, not 'git'")
+        if sig.hash_algorithm != b"sha512":
+            raise objects.SigError(f"hash is {sig.hash_algorithm!r}, not 'sha512'")
+        if sig.reserved:
+            raise objects.SigError("the reserved field is not empty")
+        alg, _ = objects.read_string(sig.signature, 0)
+        if alg == b"ssh-rsa":
+            raise objects.SigError("RSA signatures with SHA-1 are not accepted")
+        pk = self.public_key(sig.public_key)
+        signed = (
+            objects.SSHSIG_MAGIC
+            + objects.ssh_string(sig.namespace)
+            + objects.ssh_string(sig.reserved)
+            + objects.ssh_string(sig.hash_algorithm)
+            + objects.ssh_string(hashlib.sha512(payload).digest())
+        )
+        if not pk.verify(sig.signature, signed):
+            raise objects.SigError(f"the signature by {pk.fingerprint} does not verify")
+        return str(pk.fingerprint)
