@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from ledger import mdsafe
+from ledger.report import mdsafe
 
 MD = MarkdownIt("commonmark").enable("table")
 
