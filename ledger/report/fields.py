@@ -14,7 +14,7 @@ from ledger.report import mdsafe
 def as_str(value: Any, default: str = "") -> str:
     if value is None:
         return default
-    return value if isinstance(value, str) else mdsafe.to_text(value)
+    return value if isinstance(value, str) else mdsafe.display_text(value)
 
 
 def as_int(value: Any) -> int | None:

@@ -67,7 +67,7 @@ def f_time(value: Any, style: str = "full") -> mdsafe.Md:
 
 def f_short(value: Any, length: int = 12) -> mdsafe.Md:
     """The first ``length`` characters of a commit id or digest, as inline code."""
-    return mdsafe.code(mdsafe.to_text(value)[:length])
+    return mdsafe.code(mdsafe.display_text(value)[:length])
 
 
 def f_json(value: Any) -> str:
