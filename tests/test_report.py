@@ -17,6 +17,7 @@ from markdown_it import MarkdownIt
 from test_mdsafe import structure
 
 from ledger import report as rp
+from ledger import verify
 from ledger.errors import TemplateError
 
 MD = MarkdownIt("commonmark").enable("table")
@@ -449,7 +450,7 @@ def test_unfinished_run_and_evidence_with_findings_and_remotes() -> None:
         3,
         head_seq=99,
         genesis_pinned=True,
-        findings=[rp.Finding("bad-signature", 12, "c" * 40, "signature | does not verify")],
+        findings=[verify.Finding("bad-signature", 12, "c" * 40, "signature | does not verify")],
     )
     remotes = [
         rp.RemoteView("origin", "/srv/a.git", "d" * 40, 99, True, True, "last seen x"),

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ledger import replicate, verify
 from ledger.errors import InputError, LedgerError, StorageError, UsageError
 from ledger.report.build import EXCERPT_LINES, build_report
 from ledger.report.fields import as_dict, as_int, as_str
 from ledger.report.model import (
-    Finding,
     LedgerInfo,
     RecordLike,
     RemoteView,
@@ -132,19 +132,17 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
     path (the tree only grows, which the verifier checked), so a report on an old run does
     not walk back through the history.
     """
-    from ledger import verify as v
-
     by_commit = {r.commit_id: r for r in recs}
     commits = sorted(by_commit)
     try:
-        state = v.load_state(ledger.path)
+        state = verify.load_state(ledger.path)
     except InputError:
         state = None  # a malformed saved state: verify everything instead
     if state is not None and state.genesis != ledger.genesis_id:
         state = None
     resumed_at = state.seq if state is not None else -1
     try:
-        result = v.verify_ledger(
+        result = verify.verify_ledger(
             ledger.path,
             trust_genesis=ledger.genesis_id,
             since=state,
@@ -156,10 +154,10 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             "failed",
             len(commits),
             0,
-            findings=[Finding("error", None, None, exc.diagnostics())],
+            findings=[verify.Finding("error", None, None, exc.diagnostics())],
             method="ledger.verify",
         )
-    findings = [Finding(f.rule, f.seq, f.commit, f.message) for f in result.findings]
+    findings = list(result.findings)
     on_chain = 0
     for commit in commits:
         rec = by_commit[commit]
@@ -177,7 +175,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             on_chain += 1
         else:
             findings.append(
-                Finding(
+                verify.Finding(
                     "not-on-chain",
                     rec.seq,
                     commit,
@@ -189,7 +187,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
         # Only an accelerator for the next verification: a read-only copy (an auditor's)
         # still gets its report.
         with contextlib.suppress(StorageError):
-            v.save_state(ledger.path, result.state)
+            verify.save_state(ledger.path, result.state)
     return Verification(
         "verified" if result.ok and not findings else "failed",
         len(commits),
@@ -212,8 +210,6 @@ def skip_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
 def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
     """What each remote held when it was last pushed to or fetched from (local state kept
     by :mod:`ledger.replicate`; no network access, so the report stays reproducible)."""
-    from ledger import replicate
-
     remotes = replicate.list_remotes(ledger.path)
     state = replicate.read_remote_state(ledger.path)
     head = ledger.head()

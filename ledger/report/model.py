@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ledger.verify import Finding
+
 #: Statuses of an attempt that count as a failure (their excerpt is the tail of stderr).
 FAILED_STATUSES = frozenset({"failed", "timeout", "interrupted", "error", "rejected", "unfinished"})
 
@@ -162,16 +164,11 @@ class RunView:
 
 
 @dataclass(frozen=True)
-class Finding:
-    rule: str
-    seq: int | None
-    commit: str | None
-    message: str
-
-
-@dataclass(frozen=True)
 class Verification:
-    """The result of verifying the chain that holds the records a report uses."""
+    """The result of verifying the chain that holds the records a report uses.
+
+    ``findings`` are :class:`ledger.verify.Finding` as the verifier made them, plus the
+    report's own (``not-on-chain``, ``error``)."""
 
     status: str  # "verified" | "failed" | "not verified"
     records_used: int  # records the report shows
