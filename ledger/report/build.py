@@ -153,6 +153,69 @@ class _AttemptBuilder:
         )
 
 
+def _attempts(ordered: Sequence[RecordLike], read_blob: BlobReader, lines: int) -> list[Attempt]:
+    """The attempts of a run's step records (in seq order), in order of their first record.
+
+    A step.started record for an attempt that already started begins a new builder under the
+    same key; the key then keeps only the newest builder.
+    """
+    builders: dict[tuple[str, int | None, int], _AttemptBuilder] = {}
+    order: list[tuple[str, int | None, int]] = []
+    for r in ordered:
+        kind = r.record.get("kind")
+        if kind not in ("step.started", "step.finished"):
+            continue
+        data = as_dict(r.record.get("data"))
+        name = as_str(data.get("step"), "?")
+        number = as_int(data.get("attempt"))
+        key = (name, as_int(data.get("index")), 1 if number is None else number)
+        b = builders.get(key)
+        if b is None or (kind == "step.started" and b.started is not None):
+            b = _AttemptBuilder(name, key[1], key[2])
+            builders[key] = b
+            order.append(key)
+        if kind == "step.started":
+            b.started = r
+        else:
+            b.finished = r
+    attempts: list[Attempt] = []
+    seen: set[int] = set()
+    for key in order:
+        b = builders[key]
+        if id(b) in seen:
+            continue
+        seen.add(id(b))
+        attempts.append(b.build(read_blob, lines))
+    return attempts
+
+
+def _approval(rec: RecordLike) -> Approval:
+    data = as_dict(rec.record.get("data"))
+    actor = as_dict(rec.record.get("actor"))
+    return Approval(
+        step=as_str(data.get("step")),
+        decision=as_str(data.get("decision"), "approved"),
+        # The signer of the record is the approver; data only repeats it.
+        principal=as_str(actor.get("principal")) or as_str(data.get("principal")),
+        fingerprint=as_str(actor.get("key")) or as_str(data.get("fingerprint")),
+        comment=as_str(data.get("comment")),
+        time=as_str(rec.record.get("time")),
+        seq=rec.seq,
+        commit=rec.commit_id,
+    )
+
+
+def _step_views(attempts: list[Attempt]) -> list[StepView]:
+    """Attempts grouped into steps, in order of each step's first record."""
+    steps: dict[tuple[str, int | None, bool], list[Attempt]] = {}
+    for a in attempts:
+        steps.setdefault((a.step, a.index, a.handler), []).append(a)
+    return [
+        StepView(name=k[0], index=k[1], handler=k[2], attempts=sorted(v, key=lambda a: a.attempt))
+        for k, v in steps.items()
+    ]
+
+
 def _run_view(
     run_id: str, recs: Sequence[RecordLike], read_blob: BlobReader, lines: int
 ) -> RunView:
@@ -167,57 +230,8 @@ def _run_view(
     runbook = as_dict(sd.get("runbook"))
     trigger = as_dict(sd.get("trigger"))
     incident = trigger.get("incident", sd.get("incident"))
-
-    builders: dict[tuple[str, int | None, int], _AttemptBuilder] = {}
-    order: list[tuple[str, int | None, int]] = []
-    approvals: list[Approval] = []
-    for r in ordered:
-        kind = r.record.get("kind")
-        data = as_dict(r.record.get("data"))
-        if kind in ("step.started", "step.finished"):
-            name = as_str(data.get("step"), "?")
-            number = as_int(data.get("attempt"))
-            key = (name, as_int(data.get("index")), 1 if number is None else number)
-            b = builders.get(key)
-            if b is None or (kind == "step.started" and b.started is not None):
-                b = _AttemptBuilder(name, key[1], key[2])
-                builders[key] = b
-                order.append(key)
-            if kind == "step.started":
-                b.started = r
-            else:
-                b.finished = r
-        elif kind == "approval":
-            actor = as_dict(r.record.get("actor"))
-            approvals.append(
-                Approval(
-                    step=as_str(data.get("step")),
-                    decision=as_str(data.get("decision"), "approved"),
-                    # The signer of the record is the approver; data only repeats it.
-                    principal=as_str(actor.get("principal")) or as_str(data.get("principal")),
-                    fingerprint=as_str(actor.get("key")) or as_str(data.get("fingerprint")),
-                    comment=as_str(data.get("comment")),
-                    time=as_str(r.record.get("time")),
-                    seq=r.seq,
-                    commit=r.commit_id,
-                )
-            )
-    attempts: list[Attempt] = []
-    seen: set[int] = set()
-    for key in order:
-        b = builders[key]
-        if id(b) in seen:
-            continue
-        seen.add(id(b))
-        attempts.append(b.build(read_blob, lines))
-    # Group attempts into steps, in order of each step's first record.
-    steps: dict[tuple[str, int | None, bool], list[Attempt]] = {}
-    for a in attempts:
-        steps.setdefault((a.step, a.index, a.handler), []).append(a)
-    views = [
-        StepView(name=k[0], index=k[1], handler=k[2], attempts=sorted(v, key=lambda a: a.attempt))
-        for k, v in steps.items()
-    ]
+    attempts = _attempts(ordered, read_blob, lines)
+    views = _step_views(attempts)
     started = as_str(started_rec.record.get("time")) if started_rec else None
     if started is None and ordered:
         started = as_str(ordered[0].record.get("time"))
@@ -251,7 +265,7 @@ def _run_view(
         env=sorted_items(sd.get("env")),
         steps=[v for v in views if not v.handler],
         handlers=[v for v in views if v.handler],
-        approvals=approvals,
+        approvals=[_approval(r) for r in ordered if r.record.get("kind") == "approval"],
         timeline=attempts,
         records=[_ref(r) for r in ordered],
     )
