@@ -66,7 +66,7 @@ def demo_cmd(
     """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
     report."""
     from ledger import audit, replicate
-    from ledger.cli.run import TerminalEvents, _start_pusher
+    from ledger.cli.terminal import TerminalEvents, start_pusher
     from ledger.engine import Runner, RunRequest, StopSignal
     from ledger.report import report_for
     from ledger.runbook import load_runbook, resolve_parameters
@@ -124,7 +124,7 @@ def demo_cmd(
     events = TerminalEvents()
     stop = StopSignal()
     runner = Runner(led, key, events=events, stop=stop)
-    events.pusher = _start_pusher(led, no_push=False)
+    events.pusher = start_pusher(led, no_push=False)
     try:
         outcome = runner.run(
             RunRequest(runbook, params, incident=INCIDENT, trigger="ledger demo", environ=environ)
