@@ -23,7 +23,7 @@ from ledger.cli.common import (
     read_passphrase,
     resolve_key_path,
 )
-from ledger.errors import InputError, KeyProblem, LedgerExists, UsageError
+from ledger.errors import InputError, KeyProblem, LedgerExists, UsageError, VerificationFailed
 from ledger.signing import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
 from ledger.store import Ledger, StoredRecord
 
@@ -523,7 +523,12 @@ def verify_cmd(
         for st in remote_states:
             console.print(f"remote {st.name}: {st.line()}", markup=False)
     if not result.ok:
-        raise typer.Exit(7)
+        where = "in the JSON output" if json_out else "above"
+        raise VerificationFailed(
+            f"{len(result.findings)} finding(s), listed {where}.",
+            findings=list(result.findings),
+            hint="Each finding names the rule of docs/FORMAT.md §9 that it breaks.",
+        )
 
 
 def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None:
