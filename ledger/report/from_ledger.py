@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ledger import replicate, verify
+from ledger import replicate
 from ledger.errors import InputError, LedgerError, StorageError, UsageError
 from ledger.report.build import EXCERPT_LINES, build_report
 from ledger.report.fields import as_dict, as_int, as_str
@@ -132,6 +132,10 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
     path (the tree only grows, which the verifier checked), so a report on an old run does
     not walk back through the history.
     """
+    # Imported here, not at the top: 'ledger --help' loads every command module, and the
+    # verifier is the one dependency of this package that nothing else there loads.
+    from ledger import verify
+
     by_commit = {r.commit_id: r for r in recs}
     commits = sorted(by_commit)
     try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ledger.verify import Finding
+if TYPE_CHECKING:
+    from ledger.verify import Finding
 
 #: Statuses of an attempt that count as a failure (their excerpt is the tail of stderr).
 FAILED_STATUSES = frozenset({"failed", "timeout", "interrupted", "error", "rejected", "unfinished"})
