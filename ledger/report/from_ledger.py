@@ -38,6 +38,9 @@ Verifier = Callable[["Ledger", Sequence[RecordLike]], Verification]
 RemoteState = Callable[["Ledger"], list[RemoteView]]
 
 
+# --- selecting the runs -------------------------------------------------------------------
+
+
 def _parse_bound(text: str, *, end: bool) -> datetime:
     value = text.strip()
     for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"):
@@ -107,6 +110,14 @@ def _select(
         runs[rid] = recs
     selector = f"{lo_s}..{hi_s}" if hi_s else f"{lo_s}.."
     return "range", selector, runs
+
+
+# --- verification -------------------------------------------------------------------------
+
+
+# default_verifier holds the report's "last verified head" policy (load the saved state,
+# resume from it, save the newer one). That policy is bound for ledger/verify/local.py, its
+# one owner, which the verify split creates; until then it stays in this one function.
 
 
 def _in_head_tree(ledger: Ledger, rec: RecordLike) -> bool:
@@ -211,6 +222,9 @@ def skip_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
     )
 
 
+# --- remotes ------------------------------------------------------------------------------
+
+
 def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
     """What each remote held when it was last pushed to or fetched from (local state kept
     by :mod:`ledger.replicate`; no network access, so the report stays reproducible)."""
@@ -246,6 +260,9 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
             )
         )
     return out
+
+
+# --- the report ---------------------------------------------------------------------------
 
 
 def report_for(

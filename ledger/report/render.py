@@ -104,6 +104,13 @@ FILTERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def iter_filters() -> Iterable[tuple[str, str]]:
+    """Each filter's name and first line of documentation (for docs and --help)."""
+    for name in sorted(FILTERS):
+        doc = (FILTERS[name].__doc__ or "").strip().split("\n")[0]
+        yield name, doc
+
+
 # --- rendering ----------------------------------------------------------------------------
 
 
@@ -193,10 +200,3 @@ def render(report: Report, template: Path | None = None) -> str:
     if not text.endswith("\n"):
         text += "\n"
     return text
-
-
-def iter_filters() -> Iterable[tuple[str, str]]:
-    """Each filter's name and first line of documentation (for docs and --help)."""
-    for name in sorted(FILTERS):
-        doc = (FILTERS[name].__doc__ or "").strip().split("\n")[0]
-        yield name, doc
