@@ -208,15 +208,15 @@ class TerminalPrompt:
                 return False, rest.strip()
 
 
-# --- background push ------------------------------------------------------------
+# --- background push ----------------------------------------------------------------------
 
 
 def start_pusher(led: Ledger, no_push: bool) -> Any:
     """The background pusher for the ledger's remotes, or ``None``."""
     if no_push:
         return None
-    # Imported here: the push machinery is needed only when the ledger has remotes, and
-    # 'ledger run' starts faster without it.
+    # Imported here: only a run that pushes needs it, and 'ledger run --no-push' (which
+    # loads only its own command modules) starts faster without it.
     from ledger import replicate
 
     pusher = replicate.BackgroundPusher(led.path)
