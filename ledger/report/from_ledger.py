@@ -3,10 +3,11 @@ run, of an incident (through the tree's incident index) or of a time range (thro
 shards) without walking the history, so its cost does not grow with the ledger; then it asks
 a verifier and the remotes' saved state, builds the model and renders it.
 
-:func:`default_verifier` verifies with :mod:`ledger.verify`, resuming from this copy's last
-verified head (that policy is bound for ``ledger/verify/local.py``; it is kept in one
-delimited function here until then). :func:`default_remotes` only reads the JSON state file
-:mod:`ledger.replicate` keeps (``read_remote_state``): no network access.
+:func:`default_verifier` verifies with :mod:`ledger.verify`, resuming from this copy's
+last verified head (that policy is bound for ``ledger/verify/local.py``; it is kept in one
+delimited function here until then). It imports the verifier itself, so that ``ledger
+--help``, which loads every command module, does not. :func:`default_remotes` only reads the
+JSON state file :mod:`ledger.replicate` keeps (``read_remote_state``): no network access.
 """
 
 from __future__ import annotations
@@ -143,9 +144,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
     path (the tree only grows, which the verifier checked), so a report on an old run does
     not walk back through the history.
     """
-    # Imported here, not at the top: 'ledger --help' loads every command module, and the
-    # verifier is the one dependency of this package that nothing else there loads.
-    from ledger import verify
+    from ledger import verify  # here, not at the top: keeps the verifier out of 'ledger --help'
 
     by_commit = {r.commit_id: r for r in recs}
     commits = sorted(by_commit)
