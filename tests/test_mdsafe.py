@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from markdown_it.token import Token
 from support.markdown import MD, structure
 
-from ledger import mdsafe
+from ledger.report import mdsafe
 
 HOSTILE: list[Any] = [
     "```",

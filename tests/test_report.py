@@ -16,6 +16,7 @@ import pytest
 from support.markdown import MD, structure
 
 from ledger import report as rp
+from ledger import verify
 from ledger.errors import TemplateError
 
 FP_ALICE = "SHA256:" + "A" * 43
@@ -447,7 +448,7 @@ def test_unfinished_run_and_evidence_with_findings_and_remotes() -> None:
         3,
         head_seq=99,
         genesis_pinned=True,
-        findings=[rp.Finding("bad-signature", 12, "c" * 40, "signature | does not verify")],
+        findings=[verify.Finding("bad-signature", 12, "c" * 40, "signature | does not verify")],
     )
     remotes = [
         rp.RemoteView("origin", "/srv/a.git", "d" * 40, 99, True, True, "last seen x"),

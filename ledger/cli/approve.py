@@ -1,27 +1,19 @@
 """`ledger approve` and `ledger approvals`: give and list approvals of waiting runs.
 
-Also the terminal prompt the run command passes to :func:`ledger.approvals.wait_for_approval`
-when the operator may approve at their own terminal (:class:`TerminalPrompt`).
+The prompt for an operator approving at their own terminal is
+:class:`ledger.cli.terminal.TerminalPrompt`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
-import sys
-import threading
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from ledger import approvals
-from ledger.cli.common import JsonOpt, KeyOpt, LedgerOpt, app, console, console_err
+from ledger.cli.common import JsonOpt, KeyOpt, LedgerOpt, app, console
 from ledger.cli.core import open_ledger, signing_key_for
-
-_YES = frozenset({"y", "yes", "approve", "approved"})
-_NO = frozenset({"n", "no", "reject", "rejected"})
 
 
 @app.command("approve")
@@ -116,63 +108,18 @@ def approvals_cmd(ledger: LedgerOpt = None, json_out: JsonOpt = False) -> None:
         console.print(f"    ledger approve {r.run_id} {r.step} --key KEY [--reject]", markup=False)
 
 
-class TerminalPrompt:
-    """Asks the operator at the terminal; an :data:`ledger.approvals.Interactive` callback.
+def __getattr__(name: str) -> object:
+    """Temporary re-export for the package split; removed when importers move.
 
-    Reads answers from ``stream`` (standard input) with ``select`` so that :meth:`cancel`
-    stops it as soon as the approval is decided elsewhere. An answer is ``y``/``yes`` or
-    ``n``/``no``, optionally followed by a comment: ``y checked the dashboards``. End of
-    input raises :class:`EOFError` (the run keeps waiting for approvals in the ledger).
+    :class:`TerminalPrompt` moved to :mod:`ledger.cli.terminal`; tests/test_approvals.py
+    still imports it from here. Resolved on demand because ``ledger.cli.terminal`` imports
+    the engine, which 'ledger approve' does not otherwise load (start-up time).
     """
+    if name == "TerminalPrompt":
+        from ledger.cli.terminal import TerminalPrompt
 
-    def __init__(self, stream: TextIO | None = None, poll: float = 0.2) -> None:
-        self.stream = stream or sys.stdin
-        self.poll = poll
-        self._cancel = threading.Event()
-        self._buffer = b""
+        return TerminalPrompt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    @staticmethod
-    def available(stream: TextIO | None = None) -> bool:
-        """Whether an operator can answer: standard input is a terminal."""
-        s = stream or sys.stdin
-        try:
-            return s.isatty()
-        except ValueError:
-            return False
 
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def _readline(self) -> str | None:
-        """The next line of input, or ``None`` once cancelled."""
-        fd = self.stream.fileno()
-        while b"\n" not in self._buffer:
-            if self._cancel.is_set():
-                return None
-            ready, _, _ = select.select([fd], [], [], self.poll)
-            if ready:
-                raw = os.read(fd, 4096)
-                if not raw:
-                    if self._buffer:
-                        break
-                    raise EOFError("end of input")
-                self._buffer += raw
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode("utf-8", errors="replace")
-
-    def __call__(self, question: str) -> tuple[bool, str]:
-        console_err.print(f"[bold yellow]{escape(question)}[/]", highlight=False)
-        while True:
-            console_err.print(
-                "Answer y or n, optionally followed by a comment (approvals from other "
-                "shells count too): ",
-                end="",
-            )
-            line = self._readline()
-            if line is None:
-                raise EOFError("the approval was decided elsewhere")
-            word, _, rest = line.strip().partition(" ")
-            if word.lower() in _YES:
-                return True, rest.strip()
-            if word.lower() in _NO:
-                return False, rest.strip()
+__all__ = ["approvals_cmd", "approve_cmd"]

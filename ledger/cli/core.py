@@ -6,7 +6,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,9 +23,19 @@ from ledger.cli.common import (
     read_passphrase,
     resolve_key_path,
 )
-from ledger.errors import InputError, KeyProblem, LedgerExists, PassphraseRequired, UsageError
+from ledger.errors import (
+    InputError,
+    KeyProblem,
+    LedgerExists,
+    PassphraseRequired,
+    UsageError,
+    VerificationFailed,
+)
 from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
 from ledger.store import Ledger, StoredRecord
+
+if TYPE_CHECKING:
+    from ledger.verify.local import LocalVerification
 
 keys_app = typer.Typer(
     help="Generate keys and manage the ledger's trusted signers.", no_args_is_help=True
@@ -467,32 +477,10 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Verify signatures, trust, chain and tree of every record; report every finding."""
-    from ledger.audit import verify_local
-
     path = find_ledger_path(ledger)
     Ledger.open(path)  # a clear error when there is no ledger
     show_bar = progress and not json_out and console_err.is_terminal
-    if show_bar:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        with Progress(
-            "verifying",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console_err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("verify", total=None)
-
-            def tick(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            outcome = verify_local(
-                path, trust_genesis=trust_genesis, since_last=since_last, progress=tick
-            )
-    else:
-        outcome = verify_local(path, trust_genesis=trust_genesis, since_last=since_last)
+    outcome = _verify_local(path, trust_genesis, since_last, show_bar)
     result = outcome.result
     remote_states: list[Any] = []
     if remotes:
@@ -521,7 +509,41 @@ def verify_cmd(
         for st in remote_states:
             console.print(f"remote {st.name}: {st.line()}", markup=False)
     if not result.ok:
-        raise typer.Exit(7)
+        where = "in the JSON output" if json_out else "above"
+        raise VerificationFailed(
+            f"{len(result.findings)} finding(s), listed {where}.",
+            findings=list(result.findings),
+            hint="Each finding names the rule of docs/FORMAT.md §9 that it breaks.",
+        )
+
+
+def _verify_local(
+    path: Path, trust_genesis: str | None, since_last: bool, show_bar: bool
+) -> LocalVerification:
+    """Verify this copy (:func:`ledger.audit.verify_local`), with a progress bar on stderr
+    when ``show_bar``."""
+    # Imported here: only 'ledger verify' needs the verifier; the other core commands start
+    # faster without it.
+    from ledger.audit import verify_local
+
+    if not show_bar:
+        return verify_local(path, trust_genesis=trust_genesis, since_last=since_last)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "verifying",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console_err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verify", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return verify_local(path, trust_genesis=trust_genesis, since_last=since_last, progress=tick)
 
 
 def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None:

@@ -15,11 +15,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
+import pygit2
 import typer
 from rich.markup import escape
 
+from ledger import replicate
 from ledger.cli.common import app, console
+from ledger.cli.terminal import TerminalEvents, start_pusher
+from ledger.engine import Runner, RunOutcome, RunRequest, StopSignal
 from ledger.errors import LedgerExists, RunFailed
+from ledger.report import report_for
+from ledger.runbook import load_runbook, resolve_parameters
+from ledger.signing import SigningKey
+from ledger.store import Ledger
 
 MARKER = ".ledger-demo"
 EXAMPLE = "hello.yaml"
@@ -50,33 +58,11 @@ def _fresh_directory(directory: Path) -> None:
 
 def _secret_in_objects(ledger_path: Path, secret: bytes) -> int:
     """How many objects of the repository contain ``secret`` (decompressed)."""
-    import pygit2
-
     repo = pygit2.Repository(str(ledger_path))
     return sum(1 for oid in repo.odb if secret in repo.odb.read(oid)[1])
 
 
-@app.command("demo")
-def demo_cmd(
-    directory: Annotated[
-        Path, typer.Argument(help="Where to put the demo's key, ledger, remotes and report.")
-    ] = Path("ledger-demo"),
-    name: Annotated[str, typer.Option("--name", help="Who the example greets.")] = "Ada",
-) -> None:
-    """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
-    report."""
-    from ledger import audit, replicate
-    from ledger.cli.run import TerminalEvents, _start_pusher
-    from ledger.engine import Runner, RunRequest, StopSignal
-    from ledger.report import report_for
-    from ledger.runbook import load_runbook, resolve_parameters
-    from ledger.signing import SigningKey
-    from ledger.store import Ledger
-
-    root = directory.resolve()
-    _fresh_directory(root)
-    console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
-
+def _make_key(root: Path) -> tuple[SigningKey, Path, str]:
     _heading(1, "A signing key for the operator")
     principal = f"demo-operator@{socket.gethostname()}"
     key = SigningKey.generate(comment=principal)
@@ -84,8 +70,15 @@ def demo_cmd(
     key_path.parent.mkdir(mode=0o700)
     key.save(key_path)
     console.print(f"  Ed25519 key {key.public_key.fingerprint} in {key_path} (mode 0600).")
+    return key, key_path, principal
 
+
+def _make_ledger(root: Path, key: SigningKey, key_path: Path, principal: str) -> Ledger:
     _heading(2, "A new ledger: a bare git repository that only grows")
+    # audit (and the verifier under it) is imported in the two steps that verify: every
+    # other module this one imports is loaded by 'ledger --help' anyway, these are not.
+    from ledger import audit
+
     led = Ledger.init(root / "ledger.git", name="demo", key=key, principal=principal)
     led.config_set("ledger.signingKey", str(key_path))
     audit.verify_local(led.path, trust_genesis=led.genesis_id)
@@ -94,7 +87,10 @@ def demo_cmd(
         f"  genesis commit {led.genesis_id} (auditors pin this id); trusted signer "
         f"{escape(principal)}."
     )
+    return led
 
+
+def _make_remotes(root: Path, led: Ledger) -> None:
     _heading(3, "Two protected remotes")
     for remote in ("primary", "secondary"):
         path = root / "remotes" / f"{remote}.git"
@@ -109,6 +105,9 @@ def demo_cmd(
         "docs/REPLICATION.md.)"
     )
 
+
+def _run_example(root: Path, led: Ledger, key: SigningKey, name: str) -> tuple[RunOutcome, str]:
+    """Run the example runbook; the outcome and the secret token it was given."""
     _heading(4, f"Running the example runbook {EXAMPLE} (incident {INCIDENT})")
     runbook_path = root / "runbooks" / EXAMPLE
     runbook_path.parent.mkdir()
@@ -124,7 +123,7 @@ def demo_cmd(
     events = TerminalEvents()
     stop = StopSignal()
     runner = Runner(led, key, events=events, stop=stop)
-    events.pusher = _start_pusher(led, no_push=False)
+    events.pusher = start_pusher(led, no_push=False)
     try:
         outcome = runner.run(
             RunRequest(runbook, params, incident=INCIDENT, trigger="ledger demo", environ=environ)
@@ -135,13 +134,21 @@ def demo_cmd(
                 console.print(
                     f"  background push to {escape(result.remote)}: {escape(result.line())}"
                 )
+    return outcome, token
 
+
+def _push(led: Ledger) -> None:
     _heading(5, "Pushing the ledger to both remotes (never forced)")
     summary = replicate.push(led.path)
     for result in summary.outcomes:
         console.print(f"  {escape(result.remote)}: {escape(result.line())}")
 
+
+def _verify(led: Ledger, token: str) -> tuple[bool, int]:
+    """Verify the ledger and the remotes, look for the secret; (verified, objects leaking)."""
     _heading(6, "Verifying: signatures, trust, chain, tree, remotes, and the secret")
+    from ledger import audit  # see _make_ledger
+
     check = audit.verify_local(led.path)
     head = led.head()
     if check.result.ok:
@@ -163,12 +170,17 @@ def demo_cmd(
             "(it is recorded as [REDACTED:token]).",
             markup=False,
         )
+    return check.result.ok, leaks
 
+
+def _write_report(root: Path, led: Ledger) -> None:
     _heading(7, "The incident report")
     report_path = root / "report.md"
     report_path.write_text(report_for(led, incident=INCIDENT), encoding="utf-8")
     console.print(f"  Markdown report written to [bold]{escape(str(report_path))}[/]")
 
+
+def _summary(root: Path, led: Ledger, outcome: RunOutcome) -> None:
     ledger_opt = f"--ledger {led.path}"
     console.print("\n[bold]What happened[/]")
     console.print(
@@ -187,7 +199,29 @@ def demo_cmd(
         f"ledger report {ledger_opt} --run {outcome.run_id}",
     ):
         console.print(f"  {escape(line)}")
-    if not outcome.succeeded or not check.result.ok or leaks:
+
+
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to put the demo's key, ledger, remotes and report.")
+    ] = Path("ledger-demo"),
+    name: Annotated[str, typer.Option("--name", help="Who the example greets.")] = "Ada",
+) -> None:
+    """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
+    report."""
+    root = directory.resolve()
+    _fresh_directory(root)
+    console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
+    key, key_path, principal = _make_key(root)
+    led = _make_ledger(root, key, key_path, principal)
+    _make_remotes(root, led)
+    outcome, token = _run_example(root, led, key, name)
+    _push(led)
+    verified, leaks = _verify(led, token)
+    _write_report(root, led)
+    _summary(root, led, outcome)
+    if not outcome.succeeded or not verified or leaks:
         raise RunFailed(
             "the demo did not complete cleanly (see above).",
             hint="Run 'ledger verify --ledger "

@@ -12,40 +12,32 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.text import Text
 
 from ledger import records
 from ledger.cli.common import KeyOpt, LedgerOpt, app, console, console_err
 from ledger.cli.core import open_ledger, signing_key_for
+from ledger.cli.terminal import TerminalEvents, TerminalPrompt, finish_pusher, start_pusher
 from ledger.engine import (
     RESUMED_REASON,
-    STEP_OK,
-    STEP_SKIPPED,
-    EngineEvents,
     Plan,
     PlannedStep,
     Runner,
-    RunOutcome,
     RunRequest,
-    StepEnd,
-    StepStart,
     StopSignal,
     plan_run,
     prepare_resume,
     verify_before_run,
 )
-from ledger.process import StreamName
-from ledger.runbook import Runbook, load_runbook, parse_assignments, resolve_parameters
-from ledger.store import Appended, Ledger
+from ledger.runbook import load_runbook, parse_assignments, resolve_parameters
+from ledger.store import Ledger
 
 ParamOpt = Annotated[
     list[str] | None,
@@ -74,118 +66,6 @@ TriggerOpt = Annotated[
     ),
 ]
 
-_STATUS_STYLE = {
-    "ok": ("✓", "green"),
-    "skipped": ("↷", "dim"),
-    "failed": ("✗", "red"),
-    "timeout": ("✗", "red"),
-    "interrupted": ("■", "yellow"),
-    "rejected": ("✗", "red"),
-}
-_RUN_STYLE = {
-    "succeeded": "bold green",
-    "failed": "bold red",
-    "rejected": "bold red",
-    "aborted": "bold yellow",
-}
-
-
-def _seconds(ms: int) -> str:
-    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
-
-
-class TerminalEvents(EngineEvents):
-    """Prints a run as it happens: step headers and status lines on stdout (rich), the
-    commands' own output raw to stdout and stderr."""
-
-    def __init__(self) -> None:
-        self._open_line: dict[StreamName, bool] = {"stdout": False, "stderr": False}
-        self.pusher: Any = None
-
-    def _print(self, *parts: tuple[str, str]) -> None:
-        """One status line of (text, style) parts: styled on a terminal, plain text when the
-        output is a pipe or a file (a log, CI). No markup is parsed: step names and
-        messages are printed as they are."""
-        if console.is_terminal:
-            console.print(Text.assemble(*parts))
-            return
-        sys.stdout.write("".join(text for text, _ in parts) + "\n")
-        sys.stdout.flush()
-
-    def _close_lines(self) -> None:
-        for name, is_open in self._open_line.items():
-            if is_open:
-                stream = sys.stdout if name == "stdout" else sys.stderr
-                stream.buffer.write(b"\n")
-                stream.flush()
-                self._open_line[name] = False
-
-    def run_started(self, run_id: str, runbook: Runbook, resumes: str | None) -> None:
-        extra = f", resumes {resumes}" if resumes else ""
-        self._print(
-            (f"Run {run_id}", "bold"),
-            (f": {runbook.name} ({len(runbook.steps)} steps{extra})", ""),
-        )
-
-    def step_started(self, info: StepStart) -> None:
-        self._close_lines()
-        what = "handler" if info.handler else "step"
-        attempt = f"  attempt {info.attempt}/{info.max_attempts}" if info.max_attempts > 1 else ""
-        self._print(
-            (f"▶ {what} {info.position}/{info.total}: {info.step.name}", "bold cyan"),
-            (attempt, "dim"),
-        )
-        if info.command is not None:
-            for i, line in enumerate(info.command.rstrip("\n").split("\n")):
-                self._print((f"{'$' if i == 0 else '>'} {line}", "dim"))
-
-    def output(self, stream: StreamName, data: bytes) -> None:
-        target = sys.stdout if stream == "stdout" else sys.stderr
-        target.buffer.write(data)
-        target.flush()
-        self._open_line[stream] = not data.endswith(b"\n")
-
-    def step_finished(self, info: StepEnd) -> None:
-        self._close_lines()
-        mark, style = _STATUS_STYLE.get(info.status, ("•", "bold"))
-        name = info.step.name
-        if info.status == STEP_SKIPPED:
-            self._print((f"{mark} {name} skipped: {info.reason or ''}", style))
-            return
-        facts = []
-        if info.exit_code is not None:
-            facts.append(f"exit {info.exit_code}")
-        facts.append(_seconds(info.duration_ms))
-        parts = [(f"{mark} {name} {info.status}", style), (f" ({', '.join(facts)})", "dim")]
-        if info.error and info.status != STEP_OK:
-            parts.append((f": {info.error}", ""))
-        self._print(*parts)
-        if info.will_retry:
-            self._print(
-                (f"  retrying in {info.retry_delay_s:g} s (attempt {info.attempt + 1})", "yellow")
-            )
-
-    def approval_waiting(self, step: Any, message: str | None) -> None:
-        if message:
-            self._print((f"? {message}", "bold yellow"))
-
-    def approval_progress(self, text: str) -> None:
-        self._print((f"  {text}", "yellow"))
-
-    def record_appended(self, appended: Appended) -> None:
-        if self.pusher is not None:
-            self.pusher.notify(appended.commit_id)
-
-    def run_finished(self, outcome: RunOutcome) -> None:
-        self._close_lines()
-        style = _RUN_STYLE.get(outcome.status, "bold")
-        where = f" at step {outcome.failed_step}" if outcome.failed_step else ""
-        self._print(
-            (f"Run {outcome.run_id} {outcome.status}{where}", style),
-            (f" ({_seconds(outcome.duration_ms)}, {outcome.records} records)", "dim"),
-        )
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -207,39 +87,7 @@ def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _start_pusher(led: Ledger, no_push: bool) -> Any:
-    """The background pusher for the ledger's remotes, or ``None``."""
-    if no_push:
-        return None
-    from ledger import replicate
-
-    pusher = replicate.BackgroundPusher(led.path)
-    if not pusher.names:
-        return None
-    return pusher.start()
-
-
-def _finish_pusher(pusher: Any) -> None:
-    if pusher is None:
-        return
-    summary = pusher.close(timeout=30.0)
-    for outcome in summary.outcomes:
-        style = "green" if outcome.holds_head else "yellow"
-        console_err.print(f"[{style}]push {escape(outcome.remote)}:[/] {escape(outcome.line())}")
-    for warning in summary.warnings:
-        console_err.print(f"[yellow]push warning:[/] {escape(warning)}")
-    if any(not o.holds_head for o in summary.outcomes):
-        console_err.print(
-            "[yellow]The run's records are safe in the local ledger; 'ledger push' catches "
-            "the remotes up later ('ledger status' shows the lag).[/]"
-        )
-
-
-def _interactive() -> Any:
-    try:
-        from ledger.cli.approve import TerminalPrompt
-    except ImportError:  # pragma: no cover (approvals CLI not installed)
-        return None
+def _interactive() -> TerminalPrompt | None:
     return TerminalPrompt() if TerminalPrompt.available() else None
 
 
@@ -258,12 +106,12 @@ def _execute(led: Ledger, key_path: Path | None, request: RunRequest, no_push: b
     events = TerminalEvents()
     stop = StopSignal()
     runner = Runner(led, signing_key, events=events, stop=stop, interactive=_interactive())
-    events.pusher = _start_pusher(led, no_push)
+    events.pusher = start_pusher(led, no_push)
     try:
         with _stop_on_signals(stop):
             outcome = runner.run(request)
     finally:
-        _finish_pusher(events.pusher)
+        finish_pusher(events.pusher)
     outcome.raise_for_status()
 
 

@@ -33,12 +33,12 @@ __all__ = [
     "cell",
     "clean",
     "code",
+    "display_text",
     "fence",
     "finalize",
     "heading",
     "inline",
     "tail_lines",
-    "to_text",
 ]
 
 CELL_WIDTH = 300
@@ -72,9 +72,12 @@ for _lo, _hi in _UNSAFE_RANGES:
         _TRANSLATE[_c] = "\ufffd"
 
 
-def to_text(value: object) -> str:
-    """Any value as text: bytes decoded as UTF-8 (invalid bytes become U+FFFD), None as "",
-    mappings and lists as canonical JSON, anything else with ``str``."""
+def display_text(value: object) -> str:
+    """Any value as text for display: bytes decoded as UTF-8 (invalid bytes become U+FFFD),
+    None as "", mappings and lists as canonical JSON, anything else with ``str``.
+
+    (Runbook templates convert values differently, for commands: see :mod:`ledger.templating`.)
+    """
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -95,7 +98,7 @@ def clean(value: object, *, tabs: bool = True) -> str:
 
     ``\\n`` is kept; ``\\t`` is kept when ``tabs`` is true, else it becomes a space.
     """
-    text = _LINE_BREAKS.sub("\n", to_text(value)).translate(_TRANSLATE)
+    text = _LINE_BREAKS.sub("\n", display_text(value)).translate(_TRANSLATE)
     if not tabs:
         text = text.replace("\t", " ")
     return text
@@ -225,7 +228,7 @@ def fence(value: object, info: str = "", line_width: int | None = FENCE_LINE_WID
     body = "\n".join(lines)
     longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
     ticks = "`" * max(3, longest + 1)
-    lang = _INFO_UNSAFE.sub("", to_text(info))[:40]
+    lang = _INFO_UNSAFE.sub("", display_text(info))[:40]
     return Md(f"{ticks}{lang}\n{body}\n{ticks}\n")
 
 
@@ -253,5 +256,5 @@ def finalize(value: object) -> object:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return Md(_escape_line(str(value)))
     if isinstance(value, Sequence | Mapping) and not isinstance(value, str):
-        return inline(to_text(value))
+        return inline(display_text(value))
     return inline(value)

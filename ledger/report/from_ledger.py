@@ -1,0 +1,336 @@
+"""Reports from a :class:`ledger.store.Ledger`: :func:`report_for` selects the records of a
+run, of an incident (through the tree's incident index) or of a time range (through the date
+shards) without walking the history, so its cost does not grow with the ledger; then it asks
+a verifier and the remotes' saved state, builds the model and renders it.
+
+:func:`default_verifier` verifies with :mod:`ledger.verify`, resuming from this copy's
+last verified head (that policy is bound for ``ledger/verify/local.py``; it is kept in one
+delimited function here until then). It imports the verifier itself, so that ``ledger
+--help``, which loads every command module, does not. :func:`default_remotes` only reads the
+JSON state file :mod:`ledger.replicate` keeps (``read_remote_state``): no network access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ledger import replicate
+from ledger.errors import InputError, LedgerError, StorageError, UsageError
+from ledger.report.build import EXCERPT_LINES, build_report
+from ledger.report.fields import as_dict, as_int, as_str
+from ledger.report.model import (
+    LedgerInfo,
+    RecordLike,
+    RemoteView,
+    Verification,
+)
+from ledger.report.render import render
+
+if TYPE_CHECKING:
+    from ledger.store import Ledger
+
+
+Verifier = Callable[["Ledger", Sequence[RecordLike]], Verification]
+RemoteState = Callable[["Ledger"], list[RemoteView]]
+
+
+# --- selecting the runs -------------------------------------------------------------------
+
+
+def _parse_bound(text: str, *, end: bool) -> datetime:
+    value = text.strip()
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"):
+        try:
+            when = datetime.strptime(value.removesuffix("Z").replace(" ", "T"), fmt)
+        except ValueError:
+            continue
+        if fmt == "%Y-%m-%d" and end:
+            when = when.replace(hour=23, minute=59, second=59, microsecond=999999)
+        return when.replace(tzinfo=UTC)
+    raise UsageError(
+        f"{text!r} is not a time: use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z] (UTC).",
+        hint="For example --since 2026-11-22 --until 2026-11-22T18:00Z.",
+    )
+
+
+def _iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _select(
+    ledger: Ledger,
+    run: str | None,
+    incident: str | None,
+    since: str | None,
+    until: str | None,
+) -> tuple[str, str, dict[str, Sequence[RecordLike]]]:
+    chosen = [x for x in (run, incident, since) if x]
+    if len(chosen) != 1 or (until and not since):
+        raise UsageError(
+            "choose exactly one of --run RUN_ID, --incident ID, or --since T [--until T].",
+            hint="For example: ledger report --incident INC-42.",
+        )
+    runs: dict[str, Sequence[RecordLike]] = {}
+    if run:
+        recs = ledger.run_records(run)
+        if not recs:
+            raise InputError(
+                f"the ledger has no run {run}.",
+                hint="List runs with 'ledger log' or 'ledger status'.",
+            )
+        runs[run] = list(recs)
+        return "run", run, runs
+    if incident:
+        ids = ledger.runs_for_incident(incident)
+        if not ids:
+            raise InputError(
+                f"the ledger has no runs for incident {incident}.",
+                hint="Runs are tied to an incident with 'ledger run --incident ID'.",
+            )
+        for rid in ids:
+            runs[rid] = list(ledger.run_records(rid))
+        return "incident", incident, runs
+    lo = _parse_bound(since or "", end=False)
+    hi = _parse_bound(until, end=True) if until else None
+    if hi is not None and hi < lo:
+        raise UsageError(f"--until {until} is before --since {since}.")
+    lo_s, hi_s = _iso(lo), _iso(hi) if hi else None
+    for rid in ledger.run_ids(lo, hi):
+        recs = list(ledger.run_records(rid))
+        start = next(
+            (r.record.get("time") for r in recs if r.record.get("kind") == "run.started"), None
+        )
+        start = start or (recs[0].record.get("time") if recs else None)
+        if not isinstance(start, str) or start < lo_s or (hi_s is not None and start > hi_s):
+            continue
+        runs[rid] = recs
+    selector = f"{lo_s}..{hi_s}" if hi_s else f"{lo_s}.."
+    return "range", selector, runs
+
+
+# --- verification -------------------------------------------------------------------------
+
+
+# default_verifier holds the report's "last verified head" policy (load the saved state,
+# resume from it, save the newer one). That policy is bound for ledger/verify/local.py, its
+# one owner, which the verify split creates; until then it stays in this one function.
+
+
+def _in_head_tree(ledger: Ledger, rec: RecordLike) -> bool:
+    path = getattr(rec, "path", None)
+    raw = getattr(rec, "raw", None)
+    if not isinstance(path, str) or not isinstance(raw, bytes):
+        return False
+    try:
+        return ledger.read_blob(path) == raw
+    except InputError:
+        return False
+
+
+def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
+    """Verify the ledger's chain with :mod:`ledger.verify` and check that every record the
+    report uses is on it.
+
+    Verification resumes from this copy's last verified head (``ledger verify`` keeps it),
+    so only newer records are checked again; a successful verification moves that head
+    forward. Without a saved head the whole chain is verified, pinned to the ledger's
+    configured genesis. A record newer than the saved head is looked up on the verifier's
+    walk; an older one is on the chain when the verified head's tree holds its bytes at its
+    path (the tree only grows, which the verifier checked), so a report on an old run does
+    not walk back through the history.
+    """
+    from ledger import verify  # here, not at the top: keeps the verifier out of 'ledger --help'
+
+    by_commit = {r.commit_id: r for r in recs}
+    commits = sorted(by_commit)
+    try:
+        state = verify.load_state(ledger.path)
+    except InputError:
+        state = None  # a malformed saved state: verify everything instead
+    if state is not None and state.genesis != ledger.genesis_id:
+        state = None
+    resumed_at = state.seq if state is not None else -1
+    try:
+        result = verify.verify_ledger(
+            ledger.path,
+            trust_genesis=ledger.genesis_id,
+            since=state,
+            # Records newer than the last verified head are met on the verifier's walk.
+            commits=[c for c in commits if by_commit[c].seq > resumed_at],
+        )
+    except LedgerError as exc:
+        return Verification(
+            "failed",
+            len(commits),
+            0,
+            findings=[verify.Finding("error", None, None, exc.diagnostics())],
+            method="ledger.verify",
+        )
+    findings = list(result.findings)
+    on_chain = 0
+    for commit in commits:
+        rec = by_commit[commit]
+        if rec.seq > resumed_at:
+            # The verifier numbers the chain itself; on a chain whose seqs are damaged its
+            # numbers can differ from the record's, and those findings are listed already.
+            at = result.included.get(commit)
+            member = at is not None and (at == rec.seq or not result.ok)
+        else:
+            # At or below the last verified head: the verified chain's tree only grows, so
+            # the record is the chain's when the head's tree holds exactly its bytes at its
+            # path (no walk back through the history).
+            member = _in_head_tree(ledger, rec)
+        if member:
+            on_chain += 1
+        else:
+            findings.append(
+                verify.Finding(
+                    "not-on-chain",
+                    rec.seq,
+                    commit,
+                    "this record is not on the verified chain at its seq",
+                )
+            )
+    findings.sort(key=lambda f: (f.seq if f.seq is not None else -1, f.rule, f.message))
+    if result.ok and result.state is not None and (state is None or result.state.seq > state.seq):
+        # Only an accelerator for the next verification: a read-only copy (an auditor's)
+        # still gets its report.
+        with contextlib.suppress(StorageError):
+            verify.save_state(ledger.path, result.state)
+    return Verification(
+        "verified" if result.ok and not findings else "failed",
+        len(commits),
+        on_chain,
+        head_seq=result.seq,
+        genesis_pinned=result.genesis_pinned,
+        findings=findings,
+        method="signatures with the keys trusted at each seq, record, file and previous-"
+        "commit digests, sequence and append-only tree",
+    )
+
+
+def skip_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
+    """A verifier that does not verify (``ledger report --no-verify``); the report says so."""
+    return Verification(
+        "not verified", len({r.commit_id for r in recs}), 0, method="verification was skipped"
+    )
+
+
+# --- remotes ------------------------------------------------------------------------------
+
+
+def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
+    """What each remote held when it was last pushed to or fetched from (local state kept
+    by :mod:`ledger.replicate`; no network access, so the report stays reproducible)."""
+    remotes = replicate.list_remotes(ledger.path)
+    state = replicate.read_remote_state(ledger.path)
+    head = ledger.head()
+    out: list[RemoteView] = []
+    for info in remotes:
+        entry = as_dict(state.get(info.name))
+        seq = as_int(entry.get("seq"))
+        commit = entry.get("head")
+        problem = as_dict(entry.get("problem")).get("message") or as_dict(
+            entry.get("rollback")
+        ).get("message")
+        when = as_str(entry.get("time"))
+        note = f"last seen {when}" if when else "never seen"
+        holds = (
+            head is not None
+            and seq is not None
+            and not problem
+            and (seq > head.seq or (seq == head.seq and commit == head.commit_id))
+        )
+        out.append(
+            RemoteView(
+                name=info.name,
+                url=info.url,
+                head_commit=commit if isinstance(commit, str) else None,
+                head_seq=seq,
+                holds_head=holds,
+                holds_records=False,
+                note=note,
+                problem=as_str(problem),
+            )
+        )
+    return out
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def report_for(
+    ledger: Ledger,
+    *,
+    run: str | None = None,
+    incident: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    template: Path | None = None,
+    verifier: Verifier | None = default_verifier,
+    remotes: RemoteState | Callable[[Ledger], list[RemoteView] | None] | None = default_remotes,
+    excerpt_lines: int = EXCERPT_LINES,
+) -> str:
+    """The Markdown report for one run, one incident, or the runs started in a time range.
+
+    Reads only the records of the selected runs (through the tree's run directories,
+    incident index and date shards), so its cost does not grow with the ledger's history.
+    """
+    scope, selector, runs = _select(ledger, run, incident, since, until)
+    head = ledger.head()
+    head_time = None
+    if head is not None:
+        head_time = as_str(ledger.record(head.seq).record.get("time")) or None
+    info = LedgerInfo(
+        ledger_id=ledger.ledger_id,
+        name=ledger.name,
+        genesis=ledger.genesis_id,
+        head_commit=head.commit_id if head else None,
+        head_seq=head.seq if head else None,
+        head_time=head_time,
+    )
+    used = [r for recs in runs.values() for r in recs]
+    verification = verifier(ledger, used) if verifier is not None else None
+    remote_views = remotes(ledger) if remotes is not None else None
+    if remote_views is not None and used:
+        top = max(r.seq for r in used)
+        remote_views = [
+            dataclasses.replace(
+                rv,
+                holds_records=rv.holds_records
+                or (rv.head_seq is not None and rv.head_seq >= top and not rv.problem),
+            )
+            for rv in remote_views
+        ]
+    trust = {s.fingerprint: s.active for s in ledger.signers()}
+    model = build_report(
+        runs,
+        read_blob=ledger.read_blob,
+        ledger=info,
+        scope=scope,
+        selector=selector,
+        verification=verification,
+        remotes=remote_views,
+        trusted=trust.get,
+        excerpt_lines=excerpt_lines,
+    )
+    return render(model, template)
+
+
+def write_report(text: str, output: Path | None) -> Path | None:
+    """Write the report to ``output`` (UTF-8), or return None when it goes to stdout."""
+    if output is None:
+        return None
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(
+            f"cannot write the report to {output}: {exc.strerror or exc}.",
+            hint="Check that the directory exists and is writable.",
+        ) from None
+    return output
