@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger.signing import SigningKey
+from ledger.keys import SigningKey
 from ledger.store import Ledger
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gitservers import GitDaemon, GitHttpServer, GitServer
 
 from ledger import replicate
-from ledger.signing import SigningKey
+from ledger.keys import SigningKey
 from ledger.store import Ledger
 
 

@@ -29,8 +29,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ledger import records, report, store, verify
-from ledger.signing import SigningKey
+from ledger import report, store, verify
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.store import Ledger
 
 RECORDS_PER_RUN = 10

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger.signing import SigningKey
+from ledger.keys import SigningKey
 from ledger.store import Ledger
 
 TARGET_MS = 15.0

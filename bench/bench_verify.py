@@ -38,9 +38,9 @@ from typing import Any
 
 import pygit2
 
-from ledger import records
 from ledger import store as store_mod
-from ledger.signing import SigningKey, allowed_signers_line, sign_commit
+from ledger.format import records
+from ledger.keys import SigningKey, allowed_signers_line, sign_commit
 from ledger.store import Ledger
 from ledger.verify import verify_ledger
 

@@ -13,11 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import REPO_ROOT, CliResult, run_cli
-from support.gitcmd import explode_packs, git, loose_object
-
-# Names test modules imported from conftest before support/ existed.
-__all__ = ["REPO_ROOT", "CliResult", "explode_packs", "git", "loose_object", "run_cli"]
+from support.cli import run_cli
 
 # The sandbox first: it scrubs the environment on import, before anything imports pygit2
 # (nothing above does), and checks the temporary directory at the end. Then the real git

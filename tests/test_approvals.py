@@ -23,11 +23,11 @@ from support.cli import run_cli
 from support.gitcmd import git
 from support.waiting import wait_for
 
-from ledger import records
 from ledger.errors import ApprovalRefused, UntrustedKey
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.run import approvals
 from ledger.runbook import ApprovalSpec
-from ledger.signing import SigningKey
 from ledger.store import Ledger
 
 WAIT_S = 60.0

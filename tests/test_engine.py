@@ -21,7 +21,6 @@ from support.ledgers import PRINCIPAL, finished, wait_for_request
 from support.ledgers import EngineEnv as Env
 from support.waiting import wait_for
 
-from ledger import records
 from ledger.errors import (
     LockTimeout,
     ResumeRefused,
@@ -29,6 +28,8 @@ from ledger.errors import (
     RunInterrupted,
     RunRejected,
 )
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.run import (
     RESUMED_REASON,
     WHEN_REASON,
@@ -46,7 +47,6 @@ from ledger.run import (
     trigger_data,
 )
 from ledger.runbook import Runbook, resolve_parameters
-from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
 
 

@@ -21,9 +21,9 @@ from support.cli import REPO_ROOT, run_cli
 from support.gitcmd import git
 from support.ledgers import wait_for_request
 
-from ledger import records
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.runbook import load_runbook
-from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
 
 RUNBOOKS = REPO_ROOT / "runbooks"

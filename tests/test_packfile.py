@@ -11,7 +11,7 @@ import pytest
 from support.gitcmd import git
 
 from ledger.format import gitobj
-from ledger.signing import SigningKey, sign_commit
+from ledger.keys import SigningKey, sign_commit
 from ledger.store import packs
 
 

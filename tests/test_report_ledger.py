@@ -12,8 +12,9 @@ from support.cli import run_cli
 from support.gitcmd import git
 from support.markdown import MD
 
-from ledger import records, replicate
-from ledger.signing import SigningKey
+from ledger import replicate
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.store import Ledger
 
 

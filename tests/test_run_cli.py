@@ -18,8 +18,8 @@ from support.ledgers import CliEnv as Env
 from support.ledgers import finished
 from support.waiting import wait_for
 
+from ledger.keys import SigningKey
 from ledger.run import RESUMED_REASON, runbook_lock
-from ledger.signing import SigningKey
 
 RUN_ID_RE = re.compile(r"Run (\d{8}T\d{6}Z-[0-9a-f]{8})")
 SECRET = "Tr0ub4dor&3-zebra-SECRET"

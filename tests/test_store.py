@@ -14,9 +14,9 @@ import pygit2
 import pytest
 from support.gitcmd import git
 
-from ledger import records
 from ledger.errors import InputError, LedgerExists, LedgerNotFound, UntrustedKey
-from ledger.signing import SigningKey
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.store import Ledger, UpkeepPolicy
 from ledger.verify import verify_ledger
 
@@ -34,7 +34,7 @@ def ledger(tmp_path: Path, key: SigningKey) -> Ledger:
 
 
 def allowed_signers(led: Ledger, path: Path) -> Path:
-    from ledger.signing import allowed_signers_line
+    from ledger.keys import allowed_signers_line
 
     lines = []
     for s in led.signers():
@@ -214,7 +214,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from ledger.signing import SigningKey
+    from ledger.keys import SigningKey
     from ledger.store import Ledger
     led = Ledger.open(Path(sys.argv[1]))
     key = SigningKey.load(Path(sys.argv[2]))

@@ -28,8 +28,8 @@ from support.tamper import (
     write_raw_commit,
 )
 
-from ledger import packfile, records
-from ledger.signing import SigningKey, sign_commit, split_signed_commit
+from ledger.format import gitobj, records
+from ledger.keys import SigningKey, sign_commit, split_signed_commit
 from ledger.store import Ledger
 
 # --- tests --------------------------------------------------------------------------------
@@ -492,6 +492,6 @@ def test_commit_with_an_extra_header(tmp_path: Path) -> None:
     tampered = payload.replace(b"\ncommitter ", b"\nencoding ISO-8859-1\ncommitter ", 1)
     assert tampered != payload
     signer = built.bob if b"author bob " in payload else built.alice
-    signed = packfile.add_signature(tampered, sign_commit(tampered, signer).encode())
+    signed = gitobj.add_signature(tampered, sign_commit(tampered, signer).encode())
     set_main(built.path, write_raw_commit(built.path, signed))
     assert ("commit-header", len(built.ids) - 1) in rules_at(verify(built))

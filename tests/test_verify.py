@@ -27,9 +27,9 @@ from support.tamper import (
     write_raw_commit,
 )
 
-from ledger import records
 from ledger.errors import InputError, LedgerNotFound
-from ledger.signing import SigningKey, allowed_signers_line
+from ledger.format import records
+from ledger.keys import SigningKey, allowed_signers_line
 from ledger.store import Ledger
 from ledger.verify import (
     RULES,
@@ -326,7 +326,7 @@ def test_genesis_signed_by_a_key_it_does_not_list(tmp_path: Path) -> None:
     repo = built.repo
     g = repo[built.genesis]
     content = repo.create_commit_string(g.author, g.committer, g.message, g.tree_id, [])
-    from ledger.signing import sign_commit
+    from ledger.keys import sign_commit
 
     mallory = SigningKey.generate()
     forged = repo.create_commit_with_signature(content, sign_commit(content, mallory))
@@ -445,7 +445,7 @@ def test_expected_record_paths() -> None:
 # --- conformance: the verifier's reading of the format agrees with the writer's ----------
 #
 # ledger/verify/ declares the format's constants again on purpose (it imports nothing from
-# ledger.records, so that a writer bug cannot hide from it). These tests pin the two
+# ledger.format.records, so that a writer bug cannot hide from it). These tests pin the two
 # declarations to each other, constant by constant, as test_rule_names_are_those_of_the_format
 # pins RULES to FORMAT.md. A regex is compared as each side applies it (the verifier with
 # fullmatch, the writer with match) over the same samples, so an anchor that lets a trailing
@@ -453,7 +453,7 @@ def test_expected_record_paths() -> None:
 
 
 def test_the_verifier_imports_nothing_from_the_writer() -> None:
-    """ledger/verify/ reads the format itself: only ledger.signing and ledger.errors."""
+    """ledger/verify/ reads the format itself: only ledger.keys and ledger.errors."""
     package = Path(verify_records.__file__).parent
     outside = set()
     for source in package.glob("*.py"):
@@ -465,7 +465,7 @@ def test_the_verifier_imports_nothing_from_the_writer() -> None:
             else:
                 continue
             outside |= {n for n in names if n.startswith("ledger.")}
-    allowed = ("ledger.verify", "ledger.signing", "ledger.errors")
+    allowed = ("ledger.verify", "ledger.keys", "ledger.errors")
     assert {n for n in outside if not n.startswith(allowed)} == set()
 
 

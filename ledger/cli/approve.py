@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from ledger import approvals
 from ledger.cli.common import JsonOpt, KeyOpt, LedgerOpt, app, console
 from ledger.cli.core import open_ledger, signing_key_for
+from ledger.run import approvals
 
 
 @app.command("approve")

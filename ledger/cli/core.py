@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ledger import records
 from ledger.cli.common import (
     JsonOpt,
     KeyOpt,
@@ -31,6 +30,7 @@ from ledger.errors import (
     UsageError,
     VerificationFailed,
 )
+from ledger.format import records
 from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
 from ledger.store import Ledger, StoredRecord
 
@@ -520,11 +520,11 @@ def verify_cmd(
 def _verify_local(
     path: Path, trust_genesis: str | None, since_last: bool, show_bar: bool
 ) -> LocalVerification:
-    """Verify this copy (:func:`ledger.audit.verify_local`), with a progress bar on stderr
+    """Verify this copy (:func:`ledger.verify.local.verify_local`), with a progress bar on stderr
     when ``show_bar``."""
     # Imported here: only 'ledger verify' needs the verifier; the other core commands start
     # faster without it.
-    from ledger.audit import verify_local
+    from ledger.verify.local import verify_local
 
     if not show_bar:
         return verify_local(path, trust_genesis=trust_genesis, since_last=since_last)

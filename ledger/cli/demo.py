@@ -22,11 +22,11 @@ from rich.markup import escape
 from ledger import replicate
 from ledger.cli.common import app, console
 from ledger.cli.terminal import TerminalEvents, start_pusher
-from ledger.engine import Runner, RunOutcome, RunRequest, StopSignal
 from ledger.errors import LedgerExists, RunFailed
+from ledger.keys import SigningKey
 from ledger.report import report_for
+from ledger.run import Runner, RunOutcome, RunRequest, StopSignal
 from ledger.runbook import load_runbook, resolve_parameters
-from ledger.signing import SigningKey
 from ledger.store import Ledger
 
 MARKER = ".ledger-demo"
@@ -77,11 +77,11 @@ def _make_ledger(root: Path, key: SigningKey, key_path: Path, principal: str) ->
     _heading(2, "A new ledger: a bare git repository that only grows")
     # audit (and the verifier under it) is imported in the two steps that verify: every
     # other module this one imports is loaded by 'ledger --help' anyway, these are not.
-    from ledger import audit
+    from ledger.verify import local
 
     led = Ledger.init(root / "ledger.git", name="demo", key=key, principal=principal)
     led.config_set("ledger.signingKey", str(key_path))
-    audit.verify_local(led.path, trust_genesis=led.genesis_id)
+    local.verify_local(led.path, trust_genesis=led.genesis_id)
     console.print(f"  {led.path}: ledger id {led.ledger_id}")
     console.print(
         f"  genesis commit {led.genesis_id} (auditors pin this id); trusted signer "
@@ -147,9 +147,9 @@ def _push(led: Ledger) -> None:
 def _verify(led: Ledger, token: str) -> tuple[bool, int]:
     """Verify the ledger and the remotes, look for the secret; (verified, objects leaking)."""
     _heading(6, "Verifying: signatures, trust, chain, tree, remotes, and the secret")
-    from ledger import audit  # see _make_ledger
+    from ledger.verify import local  # see _make_ledger
 
-    check = audit.verify_local(led.path)
+    check = local.verify_local(led.path)
     head = led.head()
     if check.result.ok:
         console.print(

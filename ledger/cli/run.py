@@ -1,6 +1,6 @@
 """`ledger run` and `ledger resume`: execute a runbook with live output and signed records.
 
-The engine (:mod:`ledger.engine`) does the work; this module parses arguments, prints what
+The engine (:mod:`ledger.run`) does the work; this module parses arguments, prints what
 the engine reports (step headers, live output, status lines, the outcome), turns Ctrl-C and
 SIGTERM into a stop request, pushes the new records to the configured remotes in the
 background, and raises the outcome's error so the exit code says how the run ended:
@@ -21,11 +21,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ledger import records
 from ledger.cli.common import KeyOpt, LedgerOpt, app, console, console_err
 from ledger.cli.core import open_ledger, signing_key_for
 from ledger.cli.terminal import TerminalEvents, TerminalPrompt, finish_pusher, start_pusher
-from ledger.engine import (
+from ledger.format import records
+from ledger.run import (
     RESUMED_REASON,
     Plan,
     PlannedStep,

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ledger.cli.common import console, console_err
-from ledger.engine import (
+from ledger.run import (
     STEP_OK,
     STEP_SKIPPED,
     EngineEvents,
@@ -26,7 +26,7 @@ from ledger.engine import (
     StepEnd,
     StepStart,
 )
-from ledger.process import StreamName
+from ledger.run.process import StreamName
 from ledger.runbook import Runbook
 from ledger.store import Appended, Ledger
 
@@ -147,7 +147,7 @@ _NO = frozenset({"n", "no", "reject", "rejected"})
 
 
 class TerminalPrompt:
-    """Asks the operator at the terminal; an :data:`ledger.approvals.Interactive` callback.
+    """Asks the operator at the terminal; an :data:`ledger.run.approvals.Interactive` callback.
 
     Reads answers from ``stream`` (standard input) with ``select`` so that :meth:`cancel`
     stops it as soon as the approval is decided elsewhere. An answer is ``y``/``yes`` or

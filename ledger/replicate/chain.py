@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pygit2
 
-from ledger import records
 from ledger.errors import StorageError
+from ledger.format import records
 
 MAIN_REF = "refs/heads/main"
 ZERO_OID = "0" * 40

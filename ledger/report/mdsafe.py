@@ -76,7 +76,8 @@ def display_text(value: object) -> str:
     """Any value as text for display: bytes decoded as UTF-8 (invalid bytes become U+FFFD),
     None as "", mappings and lists as canonical JSON, anything else with ``str``.
 
-    (Runbook templates convert values differently, for commands: see :mod:`ledger.templating`.)
+    (Runbook templates convert values differently, for commands: see
+    :mod:`ledger.runbook.templating`.)
     """
     if value is None:
         return ""

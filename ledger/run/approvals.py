@@ -33,13 +33,14 @@ from typing import Final
 
 import pygit2
 
-from ledger import records
 from ledger.errors import (
     ApprovalRefused,
     SignatureError,
     StorageError,
     UntrustedKey,
 )
+from ledger.format import records
+from ledger.keys import SigningKey, verify_signed_commit
 from ledger.run import approval_records
 from ledger.run.approval_records import (
     APPROVED,
@@ -58,7 +59,6 @@ from ledger.run.approval_records import (
     request_data,
 )
 from ledger.runbook import ApprovalSpec
-from ledger.signing import SigningKey, verify_signed_commit
 from ledger.store import MAIN_REF, Appended, Ledger, Signer, StoredRecord
 
 #: Seconds between two looks at the ledger's branch while waiting.

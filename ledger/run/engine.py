@@ -41,8 +41,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger import __version__, records
+from ledger import __version__
 from ledger.errors import UntrustedKey
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.redact import Redactor
 from ledger.run.context import TemplateContext, render_lock
 from ledger.run.events import (
@@ -67,7 +69,6 @@ from ledger.run.steps import StepRunner
 from ledger.run.trigger import run_environment, trigger_data
 from ledger.run.verified import extend_verified_state
 from ledger.runbook import ResolvedParams, Runbook
-from ledger.signing import SigningKey
 from ledger.store import Ledger
 
 __all__ = ["RunRequest", "Runner"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ledger import records
+from ledger.format import records
+from ledger.keys import SigningKey
 from ledger.redact import Redactor
 from ledger.run.events import EngineEvents, StepEnd
 from ledger.runbook import Step
-from ledger.signing import SigningKey
 from ledger.store import Appended, Ledger
 
 __all__ = ["RunJournal"]

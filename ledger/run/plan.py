@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ledger import records
 from ledger.errors import InputError, ResumeRefused, RunbookError
+from ledger.format import records
 from ledger.redact import Redactor
 from ledger.run.context import (
     TemplateContext,

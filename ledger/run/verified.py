@@ -7,8 +7,8 @@ import dataclasses
 
 import pygit2
 
-from ledger import records
 from ledger.errors import LedgerError, VerificationFailed
+from ledger.format import records
 from ledger.store import Appended, Ledger
 
 __all__ = ["extend_verified_state", "verify_before_run"]

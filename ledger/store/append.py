@@ -23,10 +23,9 @@ from typing import Any
 
 import pygit2
 
-from ledger import records
 from ledger.errors import ConcurrentUpdate, InputError, LockTimeout, UntrustedKey
-from ledger.format import gitobj
-from ledger.signing import SigningKey, sign_commit
+from ledger.format import gitobj, records
+from ledger.keys import SigningKey, sign_commit
 from ledger.store import gitdir, packs, trees, upkeep
 from ledger.store.reads import Reads, Tip
 from ledger.store.types import Appended

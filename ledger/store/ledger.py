@@ -19,9 +19,10 @@ from typing import Any
 
 import pygit2
 
-from ledger import __version__, records
+from ledger import __version__
 from ledger.errors import LedgerExists, LedgerNotFound, StorageError
-from ledger.signing import PublicKey, SigningKey
+from ledger.format import records
+from ledger.keys import PublicKey, SigningKey
 from ledger.store import append, gitdir, trees
 from ledger.store.reads import Tip
 from ledger.store.seqindex import SeqIndex

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pygit2
 
-from ledger import records
 from ledger.errors import InputError, StorageError
+from ledger.format import records
 from ledger.store import gitdir, trees, trust
 from ledger.store.seqindex import SeqIndex
 from ledger.store.types import Head, Signer, StoredRecord

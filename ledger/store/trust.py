@@ -8,8 +8,8 @@ import json
 
 import pygit2
 
-from ledger import records
-from ledger.signing import PublicKey
+from ledger.format import records
+from ledger.keys import PublicKey
 from ledger.store import trees
 from ledger.store.types import Signer
 

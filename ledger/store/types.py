@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.errors import InputError
-from ledger.signing import PublicKey
+from ledger.keys import PublicKey
 
 BlobReader = Callable[[str, str], bytes]
 """Reads a file of the ledger's tree: ``(path, commit_id) -> bytes``."""

@@ -11,8 +11,8 @@ The chain is verified forward from the genesis (or from the last verified head, 
 :class:`VerifiedState`) while only the commit ids are held in memory, so that memory stays
 small on long ledgers.
 
-The package imports nothing from ``ledger.records`` or ``ledger.store`` (only
-``ledger.signing`` for public keys, and ``ledger.errors``): it re-reads the format's rules
+The package imports nothing from ``ledger.format.records`` or ``ledger.store`` (only
+``ledger.keys`` for public keys, and ``ledger.errors``): it re-reads the format's rules
 on purpose, so that a bug in the writer cannot hide from it.
 
 Verify a clone pinned to a genesis::

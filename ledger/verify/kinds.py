@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger.errors import KeyProblem
-from ledger.signing import PublicKey
+from ledger.keys import PublicKey
 from ledger.verify.rules import FINGERPRINT, HEX40, RUN_ID, SHA256
 
 

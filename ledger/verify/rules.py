@@ -1,7 +1,7 @@
 """The format's vocabulary as the verifier reads it: FORMAT.md §9 rule names, the kinds,
 fields and trailers of §2–§5, and the regular expressions of its identifiers.
 
-Declared here again on purpose rather than imported from ``ledger.records`` (see the
+Declared here again on purpose rather than imported from ``ledger.format.records`` (see the
 package docstring); ``tests/test_verify.py`` checks, constant by constant, that the two
 readings agree.
 """

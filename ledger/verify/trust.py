@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import KeyProblem
-from ledger.signing import PublicKey
+from ledger.keys import PublicKey
 from ledger.verify import kinds, objects
 from ledger.verify.findings import Note
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import ApprovalRefused
+from ledger.keys import SigningKey
 from ledger.run import EngineEvents, Runner, RunOutcome, RunRequest, approvals
 from ledger.runbook import Runbook, load_runbook, resolve_parameters
-from ledger.signing import SigningKey
 from ledger.store import Ledger, StoredRecord
 from support.cli import CliResult, run_cli
 from support.waiting import wait_for

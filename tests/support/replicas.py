@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.signing import SigningKey
+from ledger.keys import SigningKey
 from ledger.store import Ledger
 from support.gitcmd import git
 

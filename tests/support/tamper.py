@@ -12,8 +12,8 @@ from typing import Any
 
 import pygit2
 
-from ledger import records
-from ledger.signing import SigningKey, sign_commit
+from ledger.format import records
+from ledger.keys import SigningKey, sign_commit
 from ledger.store import Ledger
 from ledger.verify import VerifyResult, verify_ledger
 from support.gitcmd import git
@@ -125,7 +125,7 @@ def signed_commit(
     message: str,
     author: pygit2.Signature,
 ) -> str:
-    """A commit signed with ``key`` (pygit2 content + ledger.signing, as an attacker would)."""
+    """A commit signed with ``key`` (pygit2 content + ledger.keys, as an attacker would)."""
     content = repo.create_commit_string(
         author, author, message, pygit2.Oid(hex=str(tree)), [pygit2.Oid(hex=p) for p in parents]
     )
