@@ -138,18 +138,13 @@ def _label_builders(path: Path) -> list[int]:
     return lines
 
 
-#: Modules still building the label themselves. runbook.py is the other helper's until the
-#: package split is merged (it then imports ledger.redact): delete this entry then.
-_NOT_YET = {"ledger/runbook.py"}
-
-
 def test_the_label_is_built_in_one_place() -> None:
     root = Path(__file__).resolve().parent.parent
     builders = {}
     for path in sorted((root / "ledger").rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         found = _label_builders(path)
-        if found and rel not in _NOT_YET:
+        if found:
             builders[rel] = found
     assert list(builders) == ["ledger/redact.py"], builders
     assert len(builders["ledger/redact.py"]) == 1

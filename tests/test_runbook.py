@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from ledger.errors import InputError, RunbookError, UsageError
+from ledger.redact import redact
 from ledger.run.context import (
     TemplateContext,
     attempt_succeeded,
@@ -34,7 +35,6 @@ from ledger.runbook import (
     parse_assignments,
     parse_duration,
     parse_runbook,
-    redact,
     resolve_parameters,
     runbook_schema,
     schema_text,

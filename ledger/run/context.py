@@ -24,13 +24,13 @@ from typing import Final
 from jinja2 import TemplateError
 
 from ledger.errors import RunbookError
+from ledger.redact import redact
 from ledger.runbook import (
     MAX_OUTPUT_CHARS,
     OutputSpec,
     ResolvedParams,
     Runbook,
     Step,
-    redact,
     templating,
 )
 from ledger.runbook.templating import Namespace, Raw

@@ -39,8 +39,6 @@ from ledger.runbook.model import (
 from ledger.runbook.params import (
     ResolvedParams,
     parse_assignments,
-    redact,
-    redaction_label,
     resolve_parameters,
 )
 from ledger.runbook.problems import Problem, RunbookInvalid, format_field
@@ -65,8 +63,6 @@ __all__ = [
     "parse_assignments",
     "parse_duration",
     "parse_runbook",
-    "redact",
-    "redaction_label",
     "resolve_parameters",
     "runbook_schema",
     "schema_text",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from ledger.errors import InputError, UsageError
+from ledger.redact import redaction_label
 from ledger.runbook import templating
 from ledger.runbook.model import (
     MAX_SECRET_FILE_BYTES,
@@ -76,21 +77,6 @@ class ResolvedParams:
             PARAM_ENV_PREFIX + name.upper(): templating.to_text(value)
             for name, value in self.redacted().items()
         }
-
-
-# Unified with ledger/redact.py at the merge.
-def redaction_label(name: str) -> str:
-    """What replaces a secret's value: ``[REDACTED:name]``."""
-    return f"[REDACTED:{name}]"
-
-
-# Unified with ledger/redact.py at the merge.
-def redact(text: str, secrets: Mapping[str, str]) -> str:
-    """Replace every occurrence of each secret value in ``text`` (longest values first)."""
-    for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
-        if value:
-            text = text.replace(value, redaction_label(name))
-    return text
 
 
 _TRUE: Final = frozenset({"true", "yes", "on", "1"})
