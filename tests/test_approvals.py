@@ -554,7 +554,7 @@ def test_library_refuses_untrusted_key(env: Env) -> None:
 
 
 def test_terminal_prompt_reads_answer_and_cancels() -> None:
-    from ledger.cli.approve import TerminalPrompt
+    from ledger.cli.terminal import TerminalPrompt
 
     r, w = os.pipe()
     with os.fdopen(r, "r") as stream, os.fdopen(w, "w") as writer:

@@ -108,18 +108,4 @@ def approvals_cmd(ledger: LedgerOpt = None, json_out: JsonOpt = False) -> None:
         console.print(f"    ledger approve {r.run_id} {r.step} --key KEY [--reject]", markup=False)
 
 
-def __getattr__(name: str) -> object:
-    """Temporary re-export for the package split; removed when importers move.
-
-    :class:`TerminalPrompt` moved to :mod:`ledger.cli.terminal`; tests/test_approvals.py
-    still imports it from here. Resolved on demand because ``ledger.cli.terminal`` imports
-    the engine, which 'ledger approve' does not otherwise load (start-up time).
-    """
-    if name == "TerminalPrompt":
-        from ledger.cli.terminal import TerminalPrompt
-
-        return TerminalPrompt
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["approvals_cmd", "approve_cmd"]

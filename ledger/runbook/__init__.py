@@ -19,9 +19,6 @@ Modules:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
-
 from ledger.runbook.load import load_runbook, parse_runbook
 from ledger.runbook.model import (
     MAX_DEPTH,
@@ -67,40 +64,3 @@ __all__ = [
     "runbook_schema",
     "schema_text",
 ]
-
-# --------------------------------------------------------------------------- temporary shim
-# Temporary re-export for the package split; removed when importers move: engine.py still
-# imports these run-time names from ledger.runbook. They live in ledger.run.context, which
-# imports this package, so they are looked up on first use instead of imported here (an
-# import here would run back up a layer and make a cycle). Not part of __all__.
-
-_MOVED_TO_RUN_CONTEXT = frozenset(
-    {
-        "TemplateContext",
-        "attempt_succeeded",
-        "extract_output",
-        "render_approval_message",
-        "render_command",
-        "render_cwd",
-        "render_lock",
-        "should_run",
-        "step_environment",
-    }
-)
-
-if TYPE_CHECKING:
-    from ledger.run.context import TemplateContext as TemplateContext
-    from ledger.run.context import attempt_succeeded as attempt_succeeded
-    from ledger.run.context import extract_output as extract_output
-    from ledger.run.context import render_approval_message as render_approval_message
-    from ledger.run.context import render_command as render_command
-    from ledger.run.context import render_cwd as render_cwd
-    from ledger.run.context import render_lock as render_lock
-    from ledger.run.context import should_run as should_run
-    from ledger.run.context import step_environment as step_environment
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED_TO_RUN_CONTEXT:
-        return getattr(importlib.import_module("ledger.run.context"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,140 @@
+"""The house rules of docs/ARCHITECTURE.md, checked against the code.
+
+- every module under ``ledger/`` has a row in ARCHITECTURE.md's module table, and every row
+  names a module that exists;
+- sizes: no module over 600 lines, no class over 300, no function over 80 (the data tables
+  listed in ``_DATA`` aside);
+- layering: nothing under ``ledger/`` outside ``ledger/cli/`` imports typer, rich or the CLI,
+  and there is no import cycle between packages (the verifier's independence from the writer
+  is pinned in tests/test_verify.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = REPO_ROOT / "ledger"
+
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 300
+MAX_FUNCTION_LINES = 80
+
+#: Definitions that are data, not logic (module path relative to the repo, name).
+_DATA: set[tuple[str, str]] = set()
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(REPO_ROOT).as_posix()
+
+
+def _dotted(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _table_modules() -> set[str]:
+    text = (REPO_ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    return set(re.findall(r"^\| `(ledger/[\w/]+\.py)` \|", text, re.M))
+
+
+def test_every_module_is_in_the_architecture_table() -> None:
+    listed = _table_modules()
+    present = {_name(p) for p in _modules()}
+    assert present - listed == set(), "modules missing from docs/ARCHITECTURE.md's table"
+    assert listed - present == set(), "docs/ARCHITECTURE.md lists modules that do not exist"
+
+
+def _long_definitions(tree: ast.AST) -> Iterator[tuple[str, str, int, int]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            limit = MAX_CLASS_LINES
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            limit = MAX_FUNCTION_LINES
+        else:
+            continue
+        length = (node.end_lineno or node.lineno) - node.lineno + 1
+        if length > limit:
+            yield type(node).__name__, node.name, node.lineno, length
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_name)
+def test_sizes(path: Path) -> None:
+    text = path.read_text()
+    lines = text.count("\n")
+    assert lines <= MAX_MODULE_LINES, f"{_name(path)} has {lines} lines"
+    long = [
+        f"{kind} {name} (line {line}, {length} lines)"
+        for kind, name, line, length in _long_definitions(ast.parse(text))
+        if (_name(path), name) not in _DATA
+    ]
+    assert long == [], f"{_name(path)}: {long}"
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names this module imports (``from ledger.x import y`` counts x and x.y)."""
+    out: set[str] = set()
+    package = _dotted(path) if path.name == "__init__.py" else _dotted(path).rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _top(name: str) -> str:
+    """The ledger package (``ledger.verify``) or top-level module a name belongs to."""
+    parts = name.split(".")
+    return ".".join(parts[:2])
+
+
+def test_the_library_does_not_touch_the_terminal() -> None:
+    for path in _modules():
+        if "cli" in path.relative_to(PACKAGE).parts or path.name == "__main__.py":
+            continue
+        names = _imports(path)
+        bad = sorted(n for n in names if n.split(".")[0] in {"typer", "rich", "click"})
+        bad += sorted(n for n in names if n.startswith("ledger.cli"))
+        assert bad == [], f"{_name(path)} imports the CLI layer: {bad}"
+
+
+def test_packages_form_no_cycle() -> None:
+    edges: dict[str, set[str]] = {}
+    for path in _modules():
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        src = _top(_dotted(path))
+        deps = {_top(n) for n in _imports(path) if n.startswith("ledger.")}
+        edges.setdefault(src, set()).update(d for d in deps if d not in (src, "ledger"))
+    seen: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        if seen.get(node) == 1:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack, node])}")
+        if seen.get(node) == 2:
+            return
+        seen[node] = 1
+        for dep in sorted(edges.get(node, ())):
+            visit(dep, [*stack, node])
+        seen[node] = 2
+
+    for node in sorted(edges):
+        visit(node, [])
