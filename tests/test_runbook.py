@@ -786,7 +786,8 @@ def test_rendering_the_issue_runbook() -> None:
         run_id="R1",
     )
     rb = ctx.runbook
-    assert render_lock(ctx) == "restart-api"
+    lock = render_lock(ctx)
+    assert lock is not None and lock.text == lock.redacted == "restart-api"
     check = rb.steps[0]
     assert should_run(check, ctx)
     assert render_command(check, ctx).text == "./check.sh api"
