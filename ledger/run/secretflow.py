@@ -42,6 +42,8 @@ WITHHELD: Final = "(the message depends on the value of a secret and is not show
 
 #: Characters placeholders are made of, tried in order; never one that occurs in the secret.
 _ALPHABET: Final = "qzxjkvwyfgQZXJKVWYFG0123456789"
+#: The name under which a text computed from several secrets (or none alone) is redacted.
+_ANY: Final = "secret"
 #: Shortest computed text redacted from output (shorter ones would match unrelated text).
 MIN_DERIVED_LENGTH: Final = 4
 
@@ -75,7 +77,7 @@ def _message(exc: Exception) -> str:
 
 
 def _label(names: Sequence[str], command: bool) -> str:
-    label = redaction_label(names[0]) if len(names) == 1 else FALLBACK_LABEL
+    label = FALLBACK_LABEL if len(names) != 1 or names[0] == _ANY else redaction_label(names[0])
     return shlex.quote(label) if command else label
 
 
@@ -118,10 +120,11 @@ def render_split(
         return text, text, []
     others = [_attempt(render, dict.fromkeys(secrets, which), errors) for which in (0, 1)]
     if any(isinstance(o, Exception) or len(o) != len(real) for o in others):
-        name = _name(secrets)
+        deciding = [n for n in secrets if _attempt(render, {n: 0}, errors) != real]
+        name = _name(deciding if len(secrets) > 1 else secrets)
         seen = {chunk for o in others if not isinstance(o, Exception) for chunk in o}
         derived = [(name, chunk) for chunk in real if chunk not in seen]
-        return text, _label(secrets, command), [*_derived(derived, command), (name, text)]
+        return text, _label([name], command), [*_derived(derived, command), (name, text)]
     changed = [i for i, chunk in enumerate(real) if any(o[i] != chunk for o in others)]  # type: ignore[index]
     if not changed:
         return text, text, []
@@ -142,7 +145,7 @@ def render_split(
 
 
 def _name(names: Sequence[str]) -> str:
-    return names[0] if len(names) == 1 else "secret"
+    return names[0] if len(names) == 1 else _ANY
 
 
 def _derived(found: list[tuple[str, str]], command: bool) -> list[tuple[str, str]]:
