@@ -45,7 +45,6 @@ from ledger import __version__
 from ledger.errors import UntrustedKey
 from ledger.format import records
 from ledger.keys import SigningKey
-from ledger.redact import Redactor
 from ledger.run.context import TemplateContext, render_lock
 from ledger.run.events import (
     RUN_ABORTED,
@@ -145,14 +144,13 @@ class Runner:
             trigger=request.trigger,
             environ=environ,
         )
-        lock_name = render_lock(ctx)
-        if lock_name is None:
+        lock = render_lock(ctx)
+        if lock is None:
             run = _Run(self, request, run_id, ctx, environ, None)
             outcome = run.execute()
         else:
-            shown = Redactor(request.params.secrets()).redact_text(lock_name)
-            with runbook_lock(self.ledger, lock_name, run_id, shown=shown):
-                run = _Run(self, request, run_id, ctx, environ, lock_name)
+            with runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted):
+                run = _Run(self, request, run_id, ctx, environ, lock.redacted)
                 outcome = run.execute()
         extend_verified_state(self.ledger, run.journal.appended)
         return outcome
@@ -185,6 +183,7 @@ class _Run:
         environ: dict[str, str],
         lock_name: str | None,
     ) -> None:
+        """``lock_name`` is the lock's name as recorded (redacted)."""
         self.r = runner
         self.req = request
         self.book = request.runbook
@@ -192,9 +191,9 @@ class _Run:
         self.ctx = ctx
         self.environ = environ
         self.lock_name = lock_name
-        secrets = request.params.secrets()
+        secrets = ctx.secrets()
         self.journal = RunJournal(
-            runner.ledger, runner.key, runner.principal, run_id, Redactor(secrets), runner.events
+            runner.ledger, runner.key, runner.principal, run_id, ctx.redactor, runner.events
         )
         self.steps = StepRunner(
             self.journal,

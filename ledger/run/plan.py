@@ -11,7 +11,6 @@ from typing import Any, Final
 
 from ledger.errors import InputError, ResumeRefused, RunbookError
 from ledger.format import records
-from ledger.redact import Redactor
 from ledger.run.context import (
     TemplateContext,
     render_approval_message,
@@ -104,8 +103,6 @@ def plan_run(
     env = os.environ if environ is None else environ
     ctx = TemplateContext(runbook, params, run_id="<run id>", environ=env, dry_run=True)
     lock = render_lock(ctx)
-    secrets = params.secrets()
-    redactor = Redactor(secrets)
 
     def one(step: Step) -> PlannedStep:
         ctx.begin(step, 1)
@@ -147,9 +144,9 @@ def plan_run(
             name=step.name,
             phase=step.phase,
             kind="command",
-            command=redactor.redact_text(command.redacted),
+            command=ctx.redactor().redact_text(command.redacted),
             shell=step.shell,
-            cwd=redactor.redact_text(cwd.redacted) if cwd else None,
+            cwd=ctx.redactor().redact_text(cwd.redacted) if cwd else None,
             when=step.when,
             will_run=will_run,
             timeout_s=step.timeout_s,
@@ -162,7 +159,7 @@ def plan_run(
     steps = [one(s) for s in runbook.steps]
     ctx.failed_step = "<failed step>"
     handlers = [one(s) for s in runbook.on_failure]
-    return Plan(runbook, params.redacted(), lock, steps, handlers)
+    return Plan(runbook, params.redacted(), lock.redacted if lock else None, steps, handlers)
 
 
 # --------------------------------------------------------------------------- resume

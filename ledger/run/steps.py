@@ -226,6 +226,7 @@ class StepRunner:
             timeout_s=step.timeout_s,
             capture_bytes=self.capture_bytes,
             redactions=self.secrets,
+            derived=self.ctx.derived(),
             kill_grace_s=self.kill_grace_s,
         )
 
