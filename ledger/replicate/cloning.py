@@ -12,9 +12,9 @@ from typing import Any
 
 import pygit2
 
+from ledger import store
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
-from ledger.replicate import chain, check, protect, pushes, remotes, state, transport
-from ledger.store import Ledger
+from ledger.replicate import chain, check, pushes, remotes, state, transport
 from ledger.verify import save_state
 
 
@@ -127,8 +127,8 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config,
     its verified state and what origin held. Returns the head's seq."""
     repo.references.create(chain.MAIN_REF, fetched, force=False)
-    protect.protect(repo.config, ledger=True)
-    Ledger.adopt(target)
+    store.protect(repo.config, ledger=True)
+    store.Ledger.adopt(target)
     if result.state is not None:
         save_state(repo, result.state)
     seq = chain.commit_seq(repo, fetched)

@@ -18,6 +18,7 @@ from typing import Any
 import pygit2
 
 import ledger
+from ledger import store
 from ledger.errors import InputError, LedgerError, LedgerExists, StorageError
 from ledger.replicate import chain, check
 from ledger.verify import load_state, save_state
@@ -45,31 +46,6 @@ def hook_script(python: str, package_home: Path) -> str:
     return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
 
 
-PROTECTION: dict[str, bool | str] = {
-    "receive.denyNonFastForwards": True,
-    "receive.denyDeletes": True,
-    "receive.fsckObjects": True,
-    "transfer.fsckObjects": True,
-    "core.logAllRefUpdates": "always",
-}
-
-
-def protect(config: pygit2.Config, *, ledger: bool = False) -> None:
-    """Write the configuration of a protected repository: stock git refuses to rewind or
-    delete its refs and checks every object it receives or fetches, and every ref update
-    is logged.
-
-    ``ledger=True`` is for a ledger's own repository (a verified clone; ``Ledger.init``
-    writes the same today): ledger.store keeps its packs itself, so git's automatic gc is
-    off (``gc.auto = 0``). A protected remote keeps git's gc for the objects that pushes
-    leave behind.
-    """
-    for key, value in PROTECTION.items():
-        config[key] = value
-    if ledger:
-        config["gc.auto"] = 0
-
-
 def init_remote(path: Path, *, genesis: str | None = None) -> Path:
     """Create a protected bare remote at ``path``.
 
@@ -91,7 +67,7 @@ def init_remote(path: Path, *, genesis: str | None = None) -> Path:
     try:
         repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
         cfg = repo.config
-        protect(cfg)
+        store.protect(cfg)
         cfg["ledger.remote"] = True
         if genesis:
             cfg["ledger.genesis"] = genesis

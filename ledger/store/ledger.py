@@ -183,16 +183,12 @@ class Ledger(append.Appends):
 
 
 def _create_repository(path: Path, name: str) -> tuple[pygit2.Repository, str]:
-    """A new bare repository configured as a ledger (refusing non-fast-forward pushes and
-    deletions, checking what it receives, no automatic gc), and the new ledger's id."""
+    """A new bare repository configured as a ledger (:func:`~ledger.store.gitdir.protect`
+    with ``ledger=True``: as a verified clone is), and the new ledger's id."""
     try:
         repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
         cfg = repo.config
-        cfg["receive.denyNonFastForwards"] = True
-        cfg["receive.denyDeletes"] = True
-        cfg["receive.fsckObjects"] = True
-        cfg["core.logAllRefUpdates"] = "always"
-        cfg["gc.auto"] = 0
+        gitdir.protect(cfg, ledger=True)
         ledger_id = records.new_ledger_id()
         cfg["ledger.id"] = ledger_id
         cfg["ledger.name"] = name
