@@ -86,7 +86,7 @@ class RunJournal:
     # ----- step records
 
     @staticmethod
-    def step_data(step: Step, handler: bool, attempt: int) -> dict[str, Any]:
+    def step_data(step: Step, handler: bool, attempt: int) -> records.StepFields:
         """The fields every step.started and step.finished record begins with."""
         return {
             "step": step.name,
@@ -97,12 +97,21 @@ class RunJournal:
         }
 
     def step_started(
-        self, step: Step, handler: bool, attempt: int, data: Mapping[str, Any], note: str = ""
+        self,
+        step: Step,
+        handler: bool,
+        attempt: int,
+        step_type: str,
+        data: records.StepStartedByType,
+        note: str = "",
     ) -> Appended:
-        """Append a step attempt's step.started (``data`` after :meth:`step_data`'s fields;
-        ``note`` goes into the summary after the step's name)."""
-        started = self.step_data(step, handler, attempt)
-        started.update(data)
+        """Append a step attempt's step.started of type ``step_type`` (``data`` after
+        :meth:`step_data`'s fields; ``note`` goes into the summary after the step's name)."""
+        started: records.StepStarted = {
+            **self.step_data(step, handler, attempt),
+            "type": step_type,
+            **data,
+        }
         return self.append(
             records.KIND_STEP_STARTED,
             started,
@@ -124,26 +133,26 @@ class RunJournal:
         error: str | None = None,
         reason: str | None = None,
         outputs: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
+        extra: records.StepFinishedSome | None = None,
         attachments: Mapping[str, bytes] | None = None,
         will_retry: bool = False,
         retry_delay_s: float = 0.0,
     ) -> Appended:
         """Append a step's step.finished and report it to ``events.step_finished``."""
-        data = self.step_data(step, handler, attempt)
-        data.update(
-            {
-                "status": status,
-                "exit_code": exit_code,
-                "duration_ms": duration_ms,
-                "error": self.redact(error),
-                "outputs": dict(outputs or {}),
-            }
-        )
+        some: records.StepFinishedSome = {}
         if reason is not None:
-            data["reason"] = reason
+            some["reason"] = reason
         if extra:
-            data.update(extra)
+            some.update(extra)
+        data: records.StepFinished = {
+            **self.step_data(step, handler, attempt),
+            "status": status,
+            "exit_code": exit_code,
+            "duration_ms": duration_ms,
+            "error": self.redact(error),
+            "outputs": dict(outputs or {}),
+            **some,
+        }
         done = self.append(
             records.KIND_STEP_FINISHED,
             data,

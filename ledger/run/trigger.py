@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from ledger.format import records
+
 __all__ = ["detect_ci", "run_environment", "trigger_data"]
 
 #: Variables of the runner's own environment that never reach a step.
@@ -62,7 +64,7 @@ def detect_ci(environ: Mapping[str, str]) -> dict[str, str | None] | None:
 
 def trigger_data(
     incident: str | None, text: str | None, environ: Mapping[str, str]
-) -> dict[str, str | None]:
+) -> records.Trigger:
     """The ``trigger`` object of run.started: what started the run.
 
     ``source`` is ``ci`` when a CI system is detected, else ``manual``; ``incident`` and

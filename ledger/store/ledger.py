@@ -15,7 +15,6 @@ import socket
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
 
 import pygit2
 
@@ -123,7 +122,7 @@ class Ledger(append.Appends):
             )
         repo, ledger_id = _create_repository(path, name)
         members = [(principal, key.public_key), *(signers or [])]
-        data = {
+        data: records.GenesisData = {
             "name": name,
             "signers": [
                 {"principal": p, "key": pk.openssh(), "fingerprint": pk.fingerprint}
@@ -204,7 +203,7 @@ def _write_genesis(
     key: SigningKey,
     principal: str,
     host: str | None,
-    data: dict[str, Any],
+    data: records.GenesisData,
 ) -> pygit2.Oid:
     """Write the genesis record ``data`` as the first commit of ``main``, durably; its id."""
     now = records.format_time(records.utc_now())
