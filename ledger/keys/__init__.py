@@ -24,13 +24,22 @@ from ledger.keys.allowed_signers import allowed_signers_line
 from ledger.keys.files import key_file_mode_problem, key_is_encrypted
 from ledger.keys.gitsign import sign_commit, verify_signed_commit
 from ledger.keys.keys import PublicKey, SigningKey
-from ledger.keys.sshsig import SshSig, parse_sshsig, sign_sshsig, verify_sshsig
+from ledger.keys.sshsig import (
+    SshSig,
+    SshSigFields,
+    decode_sshsig,
+    parse_sshsig,
+    sign_sshsig,
+    verify_sshsig,
+)
 
 __all__ = [
     "PublicKey",
     "SigningKey",
     "SshSig",
+    "SshSigFields",
     "allowed_signers_line",
+    "decode_sshsig",
     "key_file_mode_problem",
     "key_is_encrypted",
     "parse_sshsig",

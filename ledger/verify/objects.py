@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pygit2
 
+from ledger import keys
 from ledger.errors import LedgerNotFound
 from ledger.format import gitobj
 from ledger.verify.rules import HEX40, MODE_BLOB, MODE_TREE, OBJ_COMMIT, OBJ_TREE
@@ -125,17 +126,10 @@ def ssh_string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-@dataclass(frozen=True)
-class SshSig:
-    public_key: bytes
-    namespace: bytes
-    reserved: bytes
-    hash_algorithm: bytes
-    signature: bytes
-
-
-def parse_sshsig(armored: str) -> SshSig:
-    """Parse an armored SSHSIG (OpenSSH PROTOCOL.sshsig)."""
+def parse_sshsig(armored: str) -> keys.SshSigFields:
+    """Parse an armored SSHSIG (OpenSSH PROTOCOL.sshsig). The armor is read here, strictly
+    (exactly the BEGIN and END lines around base64 lines; ``keys.parse_sshsig`` tolerates
+    CRs and trailing blanks); the blob's layout is ``keys.decode_sshsig``."""
     lines = armored.strip("\n").split("\n")
     if len(lines) < 3 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
         raise SigError("the signature is not an armored SSH signature")
@@ -143,20 +137,10 @@ def parse_sshsig(armored: str) -> SshSig:
         blob = binascii.a2b_base64("".join(lines[1:-1]), strict_mode=True)
     except binascii.Error as exc:
         raise SigError(f"the signature's base64 is malformed ({exc})") from None
-    if not blob.startswith(SSHSIG_MAGIC) or len(blob) < 10:
-        raise SigError("the signature blob does not start with SSHSIG")
-    (version,) = struct.unpack_from(">I", blob, 6)
-    if version != 1:
-        raise SigError(f"unsupported SSHSIG version {version}")
-    pos = 10
-    public_key, pos = read_string(blob, pos)
-    namespace, pos = read_string(blob, pos)
-    reserved, pos = read_string(blob, pos)
-    hash_algorithm, pos = read_string(blob, pos)
-    signature, pos = read_string(blob, pos)
-    if pos != len(blob):
-        raise SigError("trailing bytes after the SSHSIG signature")
-    return SshSig(public_key, namespace, reserved, hash_algorithm, signature)
+    try:
+        return keys.decode_sshsig(blob)
+    except ValueError as exc:
+        raise SigError(str(exc)) from None
 
 
 def entry_bytes(mode: int, name: str, oid: str) -> bytes:
