@@ -12,10 +12,9 @@ from typing import Any
 
 import pygit2
 
-from ledger import store
+from ledger import store, verify
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
 from ledger.replicate import chain, check, pushes, remotes, state, transport
-from ledger.verify import save_state
 
 
 @dataclass
@@ -130,7 +129,7 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     store.protect(repo.config, ledger=True)
     store.Ledger.adopt(target)
     if result.state is not None:
-        save_state(repo, result.state)
+        verify.save_state(repo, result.state)
     seq = chain.commit_seq(repo, fetched)
     with state.lock(repo) as st:
         st["origin"] = {

@@ -18,10 +18,9 @@ from typing import Any
 import pygit2
 
 import ledger
-from ledger import store
+from ledger import store, verify
 from ledger.errors import InputError, LedgerError, LedgerExists, StorageError
 from ledger.replicate import chain, check
-from ledger.verify import load_state, save_state
 
 HOOK_SCRIPT = """#!/bin/sh
 # Installed by 'ledger remote init': verifies every record pushed to this ledger remote,
@@ -147,7 +146,7 @@ def pre_receive(
     if ok and verified:
         # Lets the next push verify only its new records (matched by the old head).
         with contextlib.suppress(LedgerError):
-            save_state(repo, verified[-1])
+            verify.save_state(repo, verified[-1])
     return HookResult(ok, messages)
 
 
@@ -198,7 +197,7 @@ def _hook_since(repo: pygit2.Repository, old: str, genesis: str) -> Any:
     if old == chain.ZERO_OID:
         return None
     try:
-        state = load_state(repo)
+        state = verify.load_state(repo)
     except LedgerError:
         return None
     if state is None or state.head != old or state.genesis != genesis:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
+from ledger import runbook, store
 from ledger.format import records
-from ledger.runbook import ApprovalSpec
-from ledger.store import StoredRecord
 
 __all__ = [
     "APPROVED",
@@ -43,7 +42,7 @@ Decision = Literal["approved", "rejected"]
 OutcomeDecision = Literal["approved", "rejected", "timeout", "interrupted"]
 
 
-def request_data(spec: ApprovalSpec, message: str | None) -> records.StepStartedByType:
+def request_data(spec: runbook.ApprovalSpec, message: str | None) -> records.StepStartedByType:
     """The fields the engine adds to an approval step's ``step.started`` record.
 
     ``message`` is the rendered message with secrets redacted (or ``None``). Returns
@@ -75,7 +74,7 @@ class ApprovalRequest:
     timeout_ms: int | None
 
 
-def request_from(run_id: str, rec: StoredRecord) -> ApprovalRequest | None:
+def request_from(run_id: str, rec: store.StoredRecord) -> ApprovalRequest | None:
     data = rec.data_as(records.StepStarted)
     spec = data.get("approval")
     if not isinstance(spec, dict):

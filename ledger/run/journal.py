@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ledger import keys, runbook, store
 from ledger.format import records
-from ledger.keys import SigningKey
 from ledger.redact import Redactor
 from ledger.run.events import EngineEvents, StepEnd
-from ledger.runbook import Step
-from ledger.store import Appended, Ledger
 
 __all__ = ["RunJournal"]
 
@@ -26,8 +24,8 @@ class RunJournal:
 
     def __init__(
         self,
-        ledger: Ledger,
-        key: SigningKey,
+        ledger: store.Ledger,
+        key: keys.SigningKey,
         principal: str,
         run_id: str,
         redactor: Redactor,
@@ -41,7 +39,7 @@ class RunJournal:
         self.events = events
         self.count = 0
         self.head: str | None = None
-        self.appended: list[Appended] = []
+        self.appended: list[store.Appended] = []
 
     def scrub(self, value: Any) -> Any:
         """Redact every string in a record's data (defence in depth)."""
@@ -66,7 +64,7 @@ class RunJournal:
         summary: str,
         attachments: Mapping[str, bytes] | None = None,
         incident: str | None = None,
-    ) -> Appended:
+    ) -> store.Appended:
         done = self.ledger.append(
             kind,
             self.scrub(dict(data)),
@@ -86,7 +84,7 @@ class RunJournal:
     # ----- step records
 
     @staticmethod
-    def step_data(step: Step, handler: bool, attempt: int) -> records.StepFields:
+    def step_data(step: runbook.Step, handler: bool, attempt: int) -> records.StepFields:
         """The fields every step.started and step.finished record begins with."""
         return {
             "step": step.name,
@@ -98,13 +96,13 @@ class RunJournal:
 
     def step_started(
         self,
-        step: Step,
+        step: runbook.Step,
         handler: bool,
         attempt: int,
         step_type: str,
         data: records.StepStartedByType,
         note: str = "",
-    ) -> Appended:
+    ) -> store.Appended:
         """Append a step attempt's step.started of type ``step_type`` (``data`` after
         :meth:`step_data`'s fields; ``note`` goes into the summary after the step's name)."""
         started: records.StepStarted = {
@@ -123,7 +121,7 @@ class RunJournal:
 
     def step_finished(
         self,
-        step: Step,
+        step: runbook.Step,
         handler: bool,
         attempt: int,
         status: str,
@@ -137,7 +135,7 @@ class RunJournal:
         attachments: Mapping[str, bytes] | None = None,
         will_retry: bool = False,
         retry_delay_s: float = 0.0,
-    ) -> Appended:
+    ) -> store.Appended:
         """Append a step's step.finished and report it to ``events.step_finished``."""
         some: records.StepFinishedSome = {}
         if reason is not None:

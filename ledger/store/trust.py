@@ -8,8 +8,8 @@ import json
 
 import pygit2
 
+from ledger import keys
 from ledger.format import records
-from ledger.keys import PublicKey
 from ledger.store import trees
 from ledger.store.types import Signer
 
@@ -23,13 +23,13 @@ def signers_in(
     genesis_data: records.GenesisData = genesis.get("data", {})
     by_fp: dict[str, Signer] = {}
     for s in genesis_data.get("signers", []):
-        pk = PublicKey.parse(s["key"])
+        pk = keys.PublicKey.parse(s["key"])
         by_fp[pk.fingerprint] = Signer(s["principal"], pk, 0, None)
     for entry in sorted(keys_tree or [], key=lambda e: e.name or ""):
         rec = json.loads(trees.blob_data(repo, entry.id))
         if rec.get("kind") == records.KIND_KEY_ADDED:
             added: records.KeyAdded = rec.get("data", {})
-            pk = PublicKey.parse(added["key"])
+            pk = keys.PublicKey.parse(added["key"])
             by_fp[pk.fingerprint] = Signer(added["principal"], pk, rec["seq"], rec["time"])
         elif rec.get("kind") == records.KIND_KEY_REVOKED:
             revoked: records.KeyRevoked = rec.get("data", {})

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from ledger import keys
 from ledger.errors import InputError
 from ledger.format import records
-from ledger.keys import PublicKey
 
 D = TypeVar("D")
 
@@ -42,7 +42,7 @@ class Signer:
     """A key trusted by the ledger at some point, with the records that added/revoked it."""
 
     principal: str
-    public_key: PublicKey
+    public_key: keys.PublicKey
     added_seq: int
     added_time: str | None
     revoked_seq: int | None = None

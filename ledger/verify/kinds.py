@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ledger import keys
 from ledger.errors import KeyProblem
-from ledger.keys import PublicKey
 from ledger.verify.rules import FINGERPRINT, HEX40, RUN_ID, SHA256
 
 
@@ -21,7 +21,7 @@ def check_key_line(key: Any, fingerprint: Any, where: str) -> tuple[list[str], s
     if not isinstance(key, str) or not isinstance(fingerprint, str):
         return [f"{where}: key and fingerprint must be strings"], None
     try:
-        pk = PublicKey.parse(key)
+        pk = keys.PublicKey.parse(key)
     except KeyProblem as exc:
         return [f"{where}: the key is not an OpenSSH public key ({exc.message})"], None
     out = []
