@@ -161,6 +161,44 @@ def test_commit_bytes_match_libgit2(bare: Path) -> None:
     assert git("--git-dir", bare, "fsck", "--strict", "--no-dangling").returncode == 0
 
 
+def test_commits_decode_as_libgit2_and_git_split_them(bare: Path) -> None:
+    """One codec decodes commits for the keys and the verifier: the quick decoding of the
+    layout the store writes, the header-by-header one and git's own split agree with
+    libgit2 on a signed commit, and the header split keeps any other layout's order."""
+    repo = pygit2.Repository(str(bare))
+    key = SigningKey.generate(comment="a@example.com")
+    tree = repo.TreeBuilder().write()
+    sig = pygit2.Signature("a@example.com", "a@example.com", 1795321012, 0)
+    parent = repo.create_commit(None, sig, sig, "p\n", tree, [])
+    content = str(repo.create_commit_string(sig, sig, "msg\n\nbody\n", tree, [parent]))
+    signature = sign_commit(content, key)
+    raw = repo.odb.read(repo.create_commit_with_signature(content, signature))[1]
+    commit = repo.get(repo.create_commit_with_signature(content, signature))
+    assert isinstance(commit, pygit2.Commit)
+
+    fast = gitobj.parse_signed_commit(raw)
+    assert fast is not None
+    assert (fast.tree, fast.parents) == (str(tree), [str(parent)])
+    assert fast.signature.decode() == signature
+    assert fast.payload == content.encode() == gitobj.split_signed_commit(raw)[0]
+    assert fast.message == commit.raw_message == b"msg\n\nbody\n"
+
+    split = gitobj.split_headers(raw)
+    names = [h.name for h in split.headers]
+    assert names == [b"tree", b"parent", b"author", b"committer", b"gpgsig"]
+    assert split.headers[-1].value.decode() == signature
+    assert split.without({b"gpgsig"}) == fast.payload
+    assert split.message == fast.message
+
+    odd = content.replace("\n\n", "\nencoding UTF-8\ngpgsig-sha256 x\n y\n\n", 1).encode()
+    assert gitobj.parse_signed_commit(odd) is None
+    split = gitobj.split_headers(odd)
+    assert [h.name for h in split.headers][-2:] == [b"encoding", b"gpgsig-sha256"]
+    assert split.headers[-1].value == b"x\ny"
+    assert split.without({b"gpgsig-sha256"}) == gitobj.split_signed_commit(odd)[0]
+    assert split.without({b"nothing"}) is odd
+
+
 def test_a_pack_cut_short_under_the_same_name_is_replaced(bare: Path) -> None:
     """Packs are named by their content, so a merge redone after a crash writes the same
     name again: a partial file left there must not be taken for the pack."""

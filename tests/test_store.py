@@ -89,6 +89,21 @@ def test_init_writes_genesis_and_protects_branch(ledger: Ledger, key: SigningKey
     assert records.canonical_json(genesis) == ledger.read_blob("genesis.json")
 
 
+def test_a_new_ledger_is_protected_like_a_clone(ledger: Ledger) -> None:
+    """One protected-repository configuration (``store.gitdir.protect``) for both: stock git
+    judges what it says."""
+    cfg = git("--git-dir", ledger.path, "config", "--list").stdout.splitlines()
+    for line in (
+        "receive.denynonfastforwards=true",
+        "receive.denydeletes=true",
+        "receive.fsckobjects=true",
+        "transfer.fsckobjects=true",
+        "core.logallrefupdates=always",
+        "gc.auto=0",
+    ):
+        assert line in cfg
+
+
 def test_init_refuses_existing(tmp_path: Path, key: SigningKey, ledger: Ledger) -> None:
     with pytest.raises(LedgerExists):
         Ledger.init(ledger.path, name="again", key=key, principal="a@b")

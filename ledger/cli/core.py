@@ -213,12 +213,12 @@ def keys_add(
     signing_key = signing_key_for(led, key)
     done = led.append(
         records.KIND_KEY_ADDED,
-        {
-            "principal": principal,
-            "key": public.openssh(),
-            "fingerprint": public.fingerprint,
-            "comment": comment,
-        },
+        records.KeyAdded(
+            principal=principal,
+            key=public.openssh(),
+            fingerprint=public.fingerprint,
+            comment=comment,
+        ),
         key=signing_key,
     )
     console.print(
@@ -270,7 +270,9 @@ def keys_revoke(
             hint="Add another key with 'ledger keys add' first.",
         )
     done = led.append(
-        records.KIND_KEY_REVOKED, {"fingerprint": fingerprint, "reason": reason}, key=signing_key
+        records.KIND_KEY_REVOKED,
+        records.KeyRevoked(fingerprint=fingerprint, reason=reason),
+        key=signing_key,
     )
     console.print(
         f"Revoked {target.principal} {fingerprint} (seq {done.seq}, commit {done.commit_id})"
@@ -359,7 +361,10 @@ def record_cmd(
         records.check_run_id(run)
     signing_key = signing_key_for(led, key)
     done = led.append(
-        records.KIND_EVENT, {"message": message, "data": value}, key=signing_key, run=run
+        records.KIND_EVENT,
+        records.EventData(message=message, data=value),
+        key=signing_key,
+        run=run,
     )
     console.print(f"Recorded event seq {done.seq} commit {done.commit_id}")
 

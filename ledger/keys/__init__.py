@@ -8,7 +8,8 @@ Modules, lowest first:
 - ``files``: key files on disk: bounded reads, new 0600 files, mode warnings.
 - ``keys``: :class:`PublicKey` and :class:`SigningKey`.
 - ``sshsig``: SSHSIG sign/parse/verify, armored byte for byte as ``ssh-keygen -Y sign``.
-- ``gitsign``: git's SSH commit signatures (sign, split, verify).
+- ``gitsign``: git's SSH commit signatures (sign, verify; the split is
+  ``ledger.format.gitobj.split_signed_commit``).
 - ``allowed_signers``: allowed-signers lines for ``git verify-commit``.
 
 Nothing here prints, prompts or exits. Problems with keys or key files raise
@@ -18,17 +19,27 @@ Nothing here prints, prompts or exits. Problems with keys or key files raise
 
 from __future__ import annotations
 
+from ledger.format.gitobj import split_signed_commit  # its home is the git object codec
 from ledger.keys.allowed_signers import allowed_signers_line
 from ledger.keys.files import key_file_mode_problem, key_is_encrypted
-from ledger.keys.gitsign import sign_commit, split_signed_commit, verify_signed_commit
+from ledger.keys.gitsign import sign_commit, verify_signed_commit
 from ledger.keys.keys import PublicKey, SigningKey
-from ledger.keys.sshsig import SshSig, parse_sshsig, sign_sshsig, verify_sshsig
+from ledger.keys.sshsig import (
+    SshSig,
+    SshSigFields,
+    decode_sshsig,
+    parse_sshsig,
+    sign_sshsig,
+    verify_sshsig,
+)
 
 __all__ = [
     "PublicKey",
     "SigningKey",
     "SshSig",
+    "SshSigFields",
     "allowed_signers_line",
+    "decode_sshsig",
     "key_file_mode_problem",
     "key_is_encrypted",
     "parse_sshsig",

@@ -1,6 +1,7 @@
 """SSHSIG as OpenSSH's ``PROTOCOL.sshsig`` defines it: :func:`sign_sshsig`,
 :func:`parse_sshsig` and :func:`verify_sshsig`, armored byte for byte as ``ssh-keygen -Y sign``
-writes it.
+writes it. :func:`decode_sshsig` (the blob's layout) is shared with the verifier, which
+reads the armor and judges the fields itself.
 """
 
 from __future__ import annotations
@@ -49,6 +50,37 @@ class SshSig:
             return ""
 
 
+@dataclass(frozen=True, slots=True)
+class SshSigFields:
+    """The fields of an SSHSIG blob, undecoded."""
+
+    public_key: bytes
+    namespace: bytes
+    reserved: bytes
+    hash_algorithm: bytes
+    signature: bytes
+
+
+def decode_sshsig(blob: bytes) -> SshSigFields:
+    """The fields of an SSHSIG blob (``"SSHSIG"``, version 1, five strings, nothing after);
+    ``ValueError`` naming what is wrong."""
+    if not blob.startswith(_SSHSIG_MAGIC) or len(blob) < len(_SSHSIG_MAGIC) + 4:
+        raise ValueError("the signature blob does not start with SSHSIG")
+    reader = sshwire.Reader(blob, len(_SSHSIG_MAGIC))
+    version = reader.u32()
+    if version != _SSHSIG_VERSION:
+        raise ValueError(f"unsupported SSHSIG version {version}")
+    try:
+        fields = SshSigFields(
+            reader.string(), reader.string(), reader.string(), reader.string(), reader.string()
+        )
+    except sshwire.Malformed:
+        raise ValueError("truncated SSHSIG blob") from None
+    if reader.offset != len(blob):
+        raise ValueError("trailing bytes after the SSHSIG signature")
+    return fields
+
+
 def _signed_data(namespace: bytes, reserved: bytes, hash_alg: bytes, digest: bytes) -> bytes:
     return (
         _SSHSIG_MAGIC
@@ -92,29 +124,21 @@ def _dearmor(armored: str | bytes) -> bytes:
 
 def parse_sshsig(armored: str | bytes) -> SshSig:
     """Parse an armored SSHSIG signature. SignatureError if it is malformed."""
-    blob = _dearmor(armored)
-    if not blob.startswith(_SSHSIG_MAGIC):
-        raise _bad_signature("no SSHSIG magic")
     try:
-        reader = sshwire.Reader(blob, len(_SSHSIG_MAGIC))
-        version = reader.u32()
-        if version != _SSHSIG_VERSION:
-            raise _bad_signature(f"unsupported SSHSIG version {version}")
-        public_blob = reader.string()
-        namespace = reader.string()
-        reserved = reader.string()
-        hash_alg = reader.string()
-        signature = reader.string()
-        reader.end()
-    except sshwire.Malformed as exc:
+        fields = decode_sshsig(_dearmor(armored))
+    except ValueError as exc:  # sshwire.Malformed is one
         raise _bad_signature(str(exc)) from None
     try:
-        public_key = public_key_from_blob(public_blob)
+        public_key = public_key_from_blob(fields.public_key)
     except sshwire.Malformed as exc:
         raise _bad_signature(f"signer's public key: {exc}") from None
     try:
         return SshSig(
-            public_key, namespace.decode("utf-8"), reserved, hash_alg.decode("ascii"), signature
+            public_key,
+            fields.namespace.decode("utf-8"),
+            fields.reserved,
+            fields.hash_algorithm.decode("ascii"),
+            fields.signature,
         )
     except UnicodeDecodeError:
         raise _bad_signature("namespace or hash name is not text") from None

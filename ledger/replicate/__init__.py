@@ -23,7 +23,8 @@ Modules (each imports only the ones listed before it):
 - ``pushes``: ``push_one``, ``push``, their outcomes and the classification of git errors.
 - ``check``: ``check_one``, ``check_remotes``, ``status``, ``verify_head``.
 - ``pusher``: ``BackgroundPusher``, the pushes during a run.
-- ``protect``: protected remotes (``init_remote``) and their pre-receive check.
+- ``protect``: protected remotes (``init_remote``) and their pre-receive check (their
+  configuration is ``ledger.store.protect``).
 - ``cloning``: verified clones.
 
 ``pushes`` and ``cloning`` are not called ``push`` and ``clone`` because the face exports

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pygit2
 
+from ledger import store
 from ledger.errors import StorageError
 from ledger.format import records
 
-MAIN_REF = "refs/heads/main"
+MAIN_REF = store.MAIN_REF  # the replicate modules' short name for the store's one home
 ZERO_OID = "0" * 40
 
 

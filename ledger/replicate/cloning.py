@@ -12,10 +12,9 @@ from typing import Any
 
 import pygit2
 
+from ledger import store, verify
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
-from ledger.replicate import chain, check, protect, pushes, remotes, state, transport
-from ledger.store import Ledger
-from ledger.verify import save_state
+from ledger.replicate import chain, check, pushes, remotes, state, transport
 
 
 @dataclass
@@ -127,10 +126,10 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config,
     its verified state and what origin held. Returns the head's seq."""
     repo.references.create(chain.MAIN_REF, fetched, force=False)
-    protect.protect(repo.config, ledger=True)
-    Ledger.adopt(target)
+    store.protect(repo.config, ledger=True)
+    store.Ledger.adopt(target)
     if result.state is not None:
-        save_state(repo, result.state)
+        verify.save_state(repo, result.state)
     seq = chain.commit_seq(repo, fetched)
     with state.lock(repo) as st:
         st["origin"] = {

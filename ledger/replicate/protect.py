@@ -18,9 +18,9 @@ from typing import Any
 import pygit2
 
 import ledger
+from ledger import store, verify
 from ledger.errors import InputError, LedgerError, LedgerExists, StorageError
 from ledger.replicate import chain, check
-from ledger.verify import load_state, save_state
 
 HOOK_SCRIPT = """#!/bin/sh
 # Installed by 'ledger remote init': verifies every record pushed to this ledger remote,
@@ -45,31 +45,6 @@ def hook_script(python: str, package_home: Path) -> str:
     return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
 
 
-PROTECTION: dict[str, bool | str] = {
-    "receive.denyNonFastForwards": True,
-    "receive.denyDeletes": True,
-    "receive.fsckObjects": True,
-    "transfer.fsckObjects": True,
-    "core.logAllRefUpdates": "always",
-}
-
-
-def protect(config: pygit2.Config, *, ledger: bool = False) -> None:
-    """Write the configuration of a protected repository: stock git refuses to rewind or
-    delete its refs and checks every object it receives or fetches, and every ref update
-    is logged.
-
-    ``ledger=True`` is for a ledger's own repository (a verified clone; ``Ledger.init``
-    writes the same today): ledger.store keeps its packs itself, so git's automatic gc is
-    off (``gc.auto = 0``). A protected remote keeps git's gc for the objects that pushes
-    leave behind.
-    """
-    for key, value in PROTECTION.items():
-        config[key] = value
-    if ledger:
-        config["gc.auto"] = 0
-
-
 def init_remote(path: Path, *, genesis: str | None = None) -> Path:
     """Create a protected bare remote at ``path``.
 
@@ -91,7 +66,7 @@ def init_remote(path: Path, *, genesis: str | None = None) -> Path:
     try:
         repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
         cfg = repo.config
-        protect(cfg)
+        store.protect(cfg)
         cfg["ledger.remote"] = True
         if genesis:
             cfg["ledger.genesis"] = genesis
@@ -171,7 +146,7 @@ def pre_receive(
     if ok and verified:
         # Lets the next push verify only its new records (matched by the old head).
         with contextlib.suppress(LedgerError):
-            save_state(repo, verified[-1])
+            verify.save_state(repo, verified[-1])
     return HookResult(ok, messages)
 
 
@@ -222,7 +197,7 @@ def _hook_since(repo: pygit2.Repository, old: str, genesis: str) -> Any:
     if old == chain.ZERO_OID:
         return None
     try:
-        state = load_state(repo)
+        state = verify.load_state(repo)
     except LedgerError:
         return None
     if state is None or state.head != old or state.genesis != genesis:

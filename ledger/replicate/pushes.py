@@ -19,7 +19,7 @@ from ledger.errors import RemoteError
 from ledger.replicate import chain, remotes, state, transport
 from ledger.store import open_repository
 
-PUSH_REFSPEC = "refs/heads/main:refs/heads/main"
+PUSH_REFSPEC = f"{chain.MAIN_REF}:{chain.MAIN_REF}"
 
 
 class PushStatus(enum.StrEnum):

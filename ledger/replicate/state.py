@@ -4,7 +4,6 @@ and rewritten under an exclusive file lock."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -13,22 +12,21 @@ from typing import Any
 
 import pygit2
 
+from ledger import store
 from ledger.errors import StorageError
-from ledger.store import open_repository
 
-STATE_DIR = "ledger-state"
 REMOTES_STATE = "remotes.json"
 
 
 @contextlib.contextmanager
 def lock(repo: pygit2.Repository) -> Iterator[dict[str, Any]]:
     """Read-modify-write of ``ledger-state/remotes.json`` under an exclusive file lock."""
-    state_dir = Path(repo.path) / STATE_DIR
+    state_dir = Path(repo.path) / store.STATE_DIR
     state_dir.mkdir(exist_ok=True)
     path = state_dir / REMOTES_STATE
     lock_fd = os.open(state_dir / (REMOTES_STATE + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        store.flock(lock_fd, wait=None)
         state = _read_file(path)
         before = json.dumps(state, sort_keys=True)
         yield state
@@ -55,9 +53,9 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def read(repo: pygit2.Repository) -> dict[str, Any]:
     """The state file of the ledger repository ``repo`` (empty when there is none yet)."""
-    return _read_file(Path(repo.path) / STATE_DIR / REMOTES_STATE)
+    return _read_file(Path(repo.path) / store.STATE_DIR / REMOTES_STATE)
 
 
 def read_remote_state(ledger_path: Path) -> dict[str, Any]:
     """What each remote held when last seen: ``{name: {"head", "seq", "time", "url", ...}}``."""
-    return read(open_repository(ledger_path))
+    return read(store.open_repository(ledger_path))

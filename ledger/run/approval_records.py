@@ -5,10 +5,10 @@ ignored records, and how a wait ended (:class:`ApprovalOutcome`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
-from ledger.runbook import ApprovalSpec
-from ledger.store import StoredRecord
+from ledger import runbook, store
+from ledger.format import records
 
 __all__ = [
     "APPROVED",
@@ -42,7 +42,7 @@ Decision = Literal["approved", "rejected"]
 OutcomeDecision = Literal["approved", "rejected", "timeout", "interrupted"]
 
 
-def request_data(spec: ApprovalSpec, message: str | None) -> dict[str, Any]:
+def request_data(spec: runbook.ApprovalSpec, message: str | None) -> records.StepStartedByType:
     """The fields the engine adds to an approval step's ``step.started`` record.
 
     ``message`` is the rendered message with secrets redacted (or ``None``). Returns
@@ -74,8 +74,8 @@ class ApprovalRequest:
     timeout_ms: int | None
 
 
-def request_from(run_id: str, rec: StoredRecord) -> ApprovalRequest | None:
-    data = rec.data
+def request_from(run_id: str, rec: store.StoredRecord) -> ApprovalRequest | None:
+    data = rec.data_as(records.StepStarted)
     spec = data.get("approval")
     if not isinstance(spec, dict):
         return None
@@ -145,10 +145,10 @@ class ApprovalOutcome:
         """The ``status`` of the step's ``step.finished``: ok, rejected, timeout, interrupted."""
         return "ok" if self.decision == APPROVED else self.decision
 
-    def finished_data(self) -> dict[str, Any]:
+    def finished_data(self) -> records.StepFinishedSome:
         """The ``approval`` field for the step's ``step.finished`` record."""
 
-        def vote(v: Vote) -> dict[str, Any]:
+        def vote(v: Vote) -> records.Vote:
             return {
                 "principal": v.principal,
                 "fingerprint": v.fingerprint,

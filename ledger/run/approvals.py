@@ -93,7 +93,7 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
         )
     finished = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]
     if finished:
-        status = finished[-1].data.get("status", "unknown")
+        status = finished[-1].data_as(records.RunFinished).get("status", "unknown")
         raise ApprovalRefused(
             f"run {run_id} is not waiting for an approval: it already finished (status {status}).",
             hint="Approvals count only while the run waits at the approval step.",
@@ -136,7 +136,7 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
 def _current_step(recs: Sequence[StoredRecord]) -> str | None:
     for rec in reversed(recs):
         if rec.kind == records.KIND_STEP_STARTED:
-            step = rec.data.get("step")
+            step = rec.data_as(records.StepStarted).get("step")
             return step if isinstance(step, str) else None
     return None
 
@@ -211,17 +211,17 @@ def record_approval(
     for rec in ledger.run_records(run_id):
         if rec.kind != records.KIND_APPROVAL or rec.seq <= request.seq:
             continue
-        data = rec.data
-        if data.get("request_seq") != request.seq or data.get("principal") != principal:
+        earlier = rec.data_as(records.Approval)
+        if earlier.get("request_seq") != request.seq or earlier.get("principal") != principal:
             continue
-        if data.get("decision") == decision:
+        if earlier.get("decision") == decision:
             raise ApprovalRefused(
                 f"{principal} already {decision} step {step!r} of run {run_id} "
                 f"(seq {rec.seq}); the same principal counts once.",
                 hint=f"{request.min_approvals} distinct approvers are needed; ask another "
                 "approver.",
             )
-    data = {
+    data: records.Approval = {
         "step": step,
         "index": request.index,
         "decision": decision,

@@ -217,7 +217,7 @@ class _Run:
 
     def record_started(self) -> None:
         book = self.book
-        data: dict[str, Any] = {
+        data: records.RunStarted = {
             "runbook": {
                 "name": book.name,
                 "path": str(book.path.resolve()) if book.path is not None else book.source,
@@ -295,7 +295,7 @@ class _Run:
         book, status, failed_step = self.book, ending.status, ending.failed_step
         signum = signum_of(self.r.stop) if status == RUN_ABORTED else None
         error = self.journal.redact(ending.error)
-        finished = {
+        finished: records.RunFinished = {
             "status": status,
             "failed_step": failed_step,
             "error": error,

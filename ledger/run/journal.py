@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ledger import keys, runbook, store
 from ledger.format import records
-from ledger.keys import SigningKey
 from ledger.redact import Redactor
 from ledger.run.events import EngineEvents, StepEnd
-from ledger.runbook import Step
-from ledger.store import Appended, Ledger
 
 __all__ = ["RunJournal"]
 
@@ -26,8 +24,8 @@ class RunJournal:
 
     def __init__(
         self,
-        ledger: Ledger,
-        key: SigningKey,
+        ledger: store.Ledger,
+        key: keys.SigningKey,
         principal: str,
         run_id: str,
         redactor: Callable[[], Redactor],
@@ -41,7 +39,7 @@ class RunJournal:
         self.events = events
         self.count = 0
         self.head: str | None = None
-        self.appended: list[Appended] = []
+        self.appended: list[store.Appended] = []
 
     @property
     def redactor(self) -> Redactor:
@@ -65,7 +63,7 @@ class RunJournal:
         summary: str,
         attachments: Mapping[str, bytes] | None = None,
         incident: str | None = None,
-    ) -> Appended:
+    ) -> store.Appended:
         done = self.ledger.append(
             kind,
             self.scrub(dict(data)),
@@ -85,7 +83,7 @@ class RunJournal:
     # ----- step records
 
     @staticmethod
-    def step_data(step: Step, handler: bool, attempt: int) -> dict[str, Any]:
+    def step_data(step: runbook.Step, handler: bool, attempt: int) -> records.StepFields:
         """The fields every step.started and step.finished record begins with."""
         return {
             "step": step.name,
@@ -96,12 +94,21 @@ class RunJournal:
         }
 
     def step_started(
-        self, step: Step, handler: bool, attempt: int, data: Mapping[str, Any], note: str = ""
-    ) -> Appended:
-        """Append a step attempt's step.started (``data`` after :meth:`step_data`'s fields;
-        ``note`` goes into the summary after the step's name)."""
-        started = self.step_data(step, handler, attempt)
-        started.update(data)
+        self,
+        step: runbook.Step,
+        handler: bool,
+        attempt: int,
+        step_type: str,
+        data: records.StepStartedByType,
+        note: str = "",
+    ) -> store.Appended:
+        """Append a step attempt's step.started of type ``step_type`` (``data`` after
+        :meth:`step_data`'s fields; ``note`` goes into the summary after the step's name)."""
+        started: records.StepStarted = {
+            **self.step_data(step, handler, attempt),
+            "type": step_type,
+            **data,
+        }
         return self.append(
             records.KIND_STEP_STARTED,
             started,
@@ -113,7 +120,7 @@ class RunJournal:
 
     def step_finished(
         self,
-        step: Step,
+        step: runbook.Step,
         handler: bool,
         attempt: int,
         status: str,
@@ -123,26 +130,26 @@ class RunJournal:
         error: str | None = None,
         reason: str | None = None,
         outputs: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
+        extra: records.StepFinishedSome | None = None,
         attachments: Mapping[str, bytes] | None = None,
         will_retry: bool = False,
         retry_delay_s: float = 0.0,
-    ) -> Appended:
+    ) -> store.Appended:
         """Append a step's step.finished and report it to ``events.step_finished``."""
-        data = self.step_data(step, handler, attempt)
-        data.update(
-            {
-                "status": status,
-                "exit_code": exit_code,
-                "duration_ms": duration_ms,
-                "error": self.redact(error),
-                "outputs": dict(outputs or {}),
-            }
-        )
+        some: records.StepFinishedSome = {}
         if reason is not None:
-            data["reason"] = reason
+            some["reason"] = reason
         if extra:
-            data.update(extra)
+            some.update(extra)
+        data: records.StepFinished = {
+            **self.step_data(step, handler, attempt),
+            "status": status,
+            "exit_code": exit_code,
+            "duration_ms": duration_ms,
+            "error": self.redact(error),
+            "outputs": dict(outputs or {}),
+            **some,
+        }
         done = self.append(
             records.KIND_STEP_FINISHED,
             data,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -11,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from ledger import store
 from ledger.errors import LockTimeout, StorageError
-from ledger.store import Ledger
 
 __all__ = ["LOCKS_DIR", "runbook_lock"]
 
@@ -20,14 +19,14 @@ __all__ = ["LOCKS_DIR", "runbook_lock"]
 LOCKS_DIR: Final = "locks"
 
 
-def _lock_path(ledger: Ledger, name: str) -> Path:
+def _lock_path(ledger: store.Ledger, name: str) -> Path:
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
-    return ledger.gitdir / "ledger-state" / LOCKS_DIR / digest
+    return ledger.gitdir / store.STATE_DIR / LOCKS_DIR / digest
 
 
 @contextlib.contextmanager
 def runbook_lock(
-    ledger: Ledger, name: str, run_id: str, *, shown: str | None = None
+    ledger: store.Ledger, name: str, run_id: str, *, shown: str | None = None
 ) -> Iterator[Path]:
     """Hold the runbook lock ``name`` for a run (an ``flock`` on
     ``<gitdir>/ledger-state/locks/<sha256(name)>``), released when the block ends or the
@@ -48,16 +47,14 @@ def runbook_lock(
             hint="Check the permissions of the ledger's directory.",
         ) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not store.flock(fd):
             holder = _lock_holder(fd)
             raise LockTimeout(
                 f"the runbook lock {label!r} is held by {holder}; a run holding the same lock "
                 "is in progress, so this one does not start.",
                 hint="Wait for that run to finish ('ledger status' shows unfinished runs), "
                 "then start this one again.",
-            ) from None
+            )
         info = json.dumps(
             {"lock": label, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
         ).encode()

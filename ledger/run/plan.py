@@ -221,14 +221,14 @@ def prepare_resume(
     records.check_run_id(run_id)
     recs = ledger.run_records(run_id)
     started, finished = _resumable_run(ledger, run_id, recs)
-    data = started.data
+    data = started.data_as(records.RunStarted)
     runbook = _same_runbook(run_id, started, runbook_path)
     recorded = data.get("params")
     recorded = recorded if isinstance(recorded, dict) else {}
     params = resolve_parameters(runbook, _resumed_values(runbook, recorded, given), environ)
     trigger = data.get("trigger")
     incident = trigger.get("incident") if isinstance(trigger, dict) else None
-    failed_step = finished.data.get("failed_step")
+    failed_step = finished.data_as(records.RunFinished).get("failed_step")
     return ResumePlan(
         run_id=run_id,
         runbook=runbook,
@@ -319,7 +319,7 @@ def _carried_steps(run_id: str, recs: list[StoredRecord]) -> dict[str, CarriedSt
     """The main steps whose last step.finished says they succeeded (or were carried)."""
     carried: dict[str, CarriedStep] = {}
     for name, rec in _final_main_steps(recs).items():
-        d = rec.data
+        d = rec.data_as(records.StepFinished)
         ok = d.get("status") == STEP_OK or (
             d.get("status") == STEP_SKIPPED and d.get("reason") == RESUMED_REASON
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import LedgerError, RunbookError, StorageError
+from ledger.format import records
 from ledger.run import approvals
 from ledger.run.context import (
     RenderedCommand,
@@ -72,7 +73,7 @@ class Judged:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def _stream_meta(stream: CapturedStream) -> dict[str, Any]:
+def _stream_meta(stream: CapturedStream) -> records.StreamMeta:
     return {
         "size": stream.size,
         "sha256": stream.sha256,
@@ -199,8 +200,7 @@ class StepRunner:
         """Record the attempt's step.started (write-ahead, redacted); returns the command
         as shown to the operator."""
         cwd = attempt.cwd
-        data = {
-            "type": "command",
+        data: records.StepStartedByType = {
             "max_attempts": step.max_attempts,
             "command": attempt.command.redacted,
             "shell": step.shell,
@@ -208,7 +208,7 @@ class StepRunner:
             "timeout_ms": _duration_ms(step.timeout_s),
             "env": sorted(attempt.env.values),
         }
-        self.journal.step_started(step, handler, attempt.attempt, data)
+        self.journal.step_started(step, handler, attempt.attempt, "command", data)
         return self.journal.redact(attempt.command.redacted)
 
     def spec(self, step: Step, attempt: _Attempt) -> CommandSpec:
@@ -277,9 +277,9 @@ class StepRunner:
         except RunbookError as exc:
             return self._failed(step, handler, 1, exc)
         shown = self.journal.redact(message.redacted) if message is not None else None
-        data = {"type": "approval", **approvals.request_data(spec, shown)}
+        data = approvals.request_data(spec, shown)
         t0 = time.monotonic()
-        request = self.journal.step_started(step, handler, 1, data, " (approval)")
+        request = self.journal.step_started(step, handler, 1, "approval", data, " (approval)")
         self.events.step_started(
             StepStart(
                 step=step,

@@ -17,21 +17,25 @@ Modules:
 - ``seqindex``: the local seq -> commit index.
 - ``packs``: an append's objects as one pack with its v2 index.
 - ``upkeep``: merging and repacking packs in the background (:class:`UpkeepPolicy`).
-- ``gitdir``: the git directory: fixed paths, opening, syncfs, flock, files written whole.
+- ``gitdir``: the git directory: fixed paths, opening, syncfs, the protected-repository
+  configuration, flock, files written whole.
 """
 
-from ledger.store.gitdir import MAIN_REF, open_repository
+from ledger.store.gitdir import MAIN_REF, STATE_DIR, flock, open_repository, protect
 from ledger.store.ledger import Ledger
 from ledger.store.types import Appended, Head, Signer, StoredRecord
 from ledger.store.upkeep import UpkeepPolicy
 
 __all__ = [
     "MAIN_REF",
+    "STATE_DIR",
     "Appended",
     "Head",
     "Ledger",
     "Signer",
     "StoredRecord",
     "UpkeepPolicy",
+    "flock",
     "open_repository",
+    "protect",
 ]

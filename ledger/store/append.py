@@ -63,12 +63,12 @@ class Composed:
     objects: packs.PackWriter
     tip: Tip  # the new commit, as the next append's parent
     path: str
-    record: dict[str, Any]
+    record: records.Record
 
 
 def _file_entry(
     objects: packs.PackWriter, additions: dict[str, bytes], path: str, content: bytes
-) -> dict[str, Any]:
+) -> records.FileEntry:
     additions[path] = objects.add(gitobj.OBJ_BLOB, content)
     return {"path": path, "sha256": records.sha256_hex(content), "size": len(content)}
 
@@ -89,7 +89,7 @@ def compose(
     path = records.record_path(draft.kind, seq, draft.run, now)
     objects = packs.PackWriter()
     additions: dict[str, bytes] = {}
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, records.FileEntry] = {}
     for name, content in sorted(draft.attachments.items()):
         apath = records.attachment_path(path, name)
         files[name] = _file_entry(objects, additions, apath, content)

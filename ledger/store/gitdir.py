@@ -1,8 +1,11 @@
 """The ledger's git directory: its fixed paths, opening it, flushing it to disk, file locks,
 files written whole, and how storage failures are reported.
 
-One ``flock`` helper and one way of writing a file whole serve every lock and state file of
-the store (the append lock, the pack and merge locks, pack indexes).
+One ``flock`` helper serves every lock of the ledger directory (the append lock, the pack
+and merge locks, runbook locks, the remote state's lock), and one way of writing a file
+whole the store's state files (pack indexes). The protected-repository configuration
+(:func:`protect`) is here so that ``Ledger.init``, a verified clone and a protected remote
+share it.
 """
 
 from __future__ import annotations
@@ -97,16 +100,46 @@ def storage_error(action: str, path: Path, exc: BaseException) -> StorageError:
     return StorageError(f"could not {action} the ledger at {path}: {text}.", hint=hint)
 
 
+# --- configuration ----------------------------------------------------------------------
+
+PROTECTION: dict[str, bool | str] = {
+    "receive.denyNonFastForwards": True,
+    "receive.denyDeletes": True,
+    "receive.fsckObjects": True,
+    "transfer.fsckObjects": True,
+    "core.logAllRefUpdates": "always",
+}
+
+
+def protect(config: pygit2.Config, *, ledger: bool = False) -> None:
+    """Write the configuration of a protected repository: stock git refuses to rewind or
+    delete its refs and checks every object it receives or fetches, and every ref update
+    is logged.
+
+    ``ledger=True`` is for a ledger's own repository (``Ledger.init`` and a verified
+    clone): ledger.store keeps its packs itself, so git's automatic gc is off
+    (``gc.auto = 0``). A protected remote keeps git's gc for the objects that pushes leave
+    behind.
+    """
+    for key, value in PROTECTION.items():
+        config[key] = value
+    if ledger:
+        config["gc.auto"] = 0
+
+
 # --- locks ------------------------------------------------------------------------------
 
 
-def flock(fd: int, *, wait: float = 0.0) -> bool:
+def flock(fd: int, *, wait: float | None = 0.0) -> bool:
     """Take an exclusive ``flock`` on ``fd``; whether it is now held.
 
-    With ``wait`` 0, one try; else retried (1 ms, doubling to 50 ms) until ``wait`` seconds
-    have passed. The lock goes with the descriptor: closing it, or the process dying,
-    releases it.
+    With ``wait`` 0, one try; with ``None``, wait as long as it takes (the kernel queues the
+    caller); else retried (1 ms, doubling to 50 ms) until ``wait`` seconds have passed. The
+    lock goes with the descriptor: closing it, or the process dying, releases it.
     """
+    if wait is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
     deadline = time.monotonic() + wait
     delay = 0.001
     while True:

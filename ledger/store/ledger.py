@@ -15,7 +15,6 @@ import socket
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
 
 import pygit2
 
@@ -123,7 +122,7 @@ class Ledger(append.Appends):
             )
         repo, ledger_id = _create_repository(path, name)
         members = [(principal, key.public_key), *(signers or [])]
-        data = {
+        data: records.GenesisData = {
             "name": name,
             "signers": [
                 {"principal": p, "key": pk.openssh(), "fingerprint": pk.fingerprint}
@@ -183,16 +182,12 @@ class Ledger(append.Appends):
 
 
 def _create_repository(path: Path, name: str) -> tuple[pygit2.Repository, str]:
-    """A new bare repository configured as a ledger (refusing non-fast-forward pushes and
-    deletions, checking what it receives, no automatic gc), and the new ledger's id."""
+    """A new bare repository configured as a ledger (:func:`~ledger.store.gitdir.protect`
+    with ``ledger=True``: as a verified clone is), and the new ledger's id."""
     try:
         repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
         cfg = repo.config
-        cfg["receive.denyNonFastForwards"] = True
-        cfg["receive.denyDeletes"] = True
-        cfg["receive.fsckObjects"] = True
-        cfg["core.logAllRefUpdates"] = "always"
-        cfg["gc.auto"] = 0
+        gitdir.protect(cfg, ledger=True)
         ledger_id = records.new_ledger_id()
         cfg["ledger.id"] = ledger_id
         cfg["ledger.name"] = name
@@ -208,7 +203,7 @@ def _write_genesis(
     key: SigningKey,
     principal: str,
     host: str | None,
-    data: dict[str, Any],
+    data: records.GenesisData,
 ) -> pygit2.Oid:
     """Write the genesis record ``data`` as the first commit of ``main``, durably; its id."""
     now = records.format_time(records.utc_now())

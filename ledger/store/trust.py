@@ -8,8 +8,8 @@ import json
 
 import pygit2
 
+from ledger import keys
 from ledger.format import records
-from ledger.keys import PublicKey
 from ledger.store import trees
 from ledger.store.types import Signer
 
@@ -20,18 +20,20 @@ def signers_in(
     """Every key trusted by the records of ``root`` (a commit's tree) and ``keys_tree``
     (its ``keys/``), with revocations applied."""
     genesis = json.loads(trees.blob_data(repo, root[records.GENESIS_PATH].id))
+    genesis_data: records.GenesisData = genesis.get("data", {})
     by_fp: dict[str, Signer] = {}
-    for s in genesis.get("data", {}).get("signers", []):
-        pk = PublicKey.parse(s["key"])
+    for s in genesis_data.get("signers", []):
+        pk = keys.PublicKey.parse(s["key"])
         by_fp[pk.fingerprint] = Signer(s["principal"], pk, 0, None)
     for entry in sorted(keys_tree or [], key=lambda e: e.name or ""):
         rec = json.loads(trees.blob_data(repo, entry.id))
-        d = rec.get("data", {})
         if rec.get("kind") == records.KIND_KEY_ADDED:
-            pk = PublicKey.parse(d["key"])
-            by_fp[pk.fingerprint] = Signer(d["principal"], pk, rec["seq"], rec["time"])
+            added: records.KeyAdded = rec.get("data", {})
+            pk = keys.PublicKey.parse(added["key"])
+            by_fp[pk.fingerprint] = Signer(added["principal"], pk, rec["seq"], rec["time"])
         elif rec.get("kind") == records.KIND_KEY_REVOKED:
-            old = by_fp.get(d.get("fingerprint", ""))
+            revoked: records.KeyRevoked = rec.get("data", {})
+            old = by_fp.get(revoked.get("fingerprint", ""))
             if old is not None:
                 by_fp[old.fingerprint] = Signer(
                     old.principal,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from ledger import keys
 from ledger.errors import InputError
-from ledger.keys import PublicKey
+from ledger.format import records
+
+D = TypeVar("D")
 
 BlobReader = Callable[[str, str], bytes]
 """Reads a file of the ledger's tree: ``(path, commit_id) -> bytes``."""
@@ -29,7 +32,7 @@ class Appended:
     commit_id: str
     seq: int
     path: str
-    record: dict[str, Any]
+    record: records.Record
     parent: str | None = None
     """The commit it was appended onto (what ``main`` named under the append lock)."""
 
@@ -39,7 +42,7 @@ class Signer:
     """A key trusted by the ledger at some point, with the records that added/revoked it."""
 
     principal: str
-    public_key: PublicKey
+    public_key: keys.PublicKey
     added_seq: int
     added_time: str | None
     revoked_seq: int | None = None
@@ -83,6 +86,15 @@ class StoredRecord:
     def data(self) -> dict[str, Any]:
         data = self.record.get("data")
         return data if isinstance(data, dict) else {}
+
+    def data_as(self, shape: type[D]) -> D:
+        """``data`` seen as ``shape``, the kind's type in :mod:`ledger.format.records` (for
+        example ``rec.data_as(records.StepFinished)``): the fields the format names, typed.
+
+        Nothing is checked: a record read back says whatever its bytes say, so a reader
+        still reads values leniently (``.get``, ``isinstance``) unless the ledger was
+        verified."""
+        return cast(D, self.data)
 
     @property
     def files(self) -> dict[str, str]:

@@ -12,8 +12,9 @@ The chain is verified forward from the genesis (or from the last verified head, 
 small on long ledgers.
 
 The package imports nothing from ``ledger.format.records`` or ``ledger.store`` (only
-``ledger.keys`` for public keys, and ``ledger.errors``): it re-reads the format's rules
-on purpose, so that a bug in the writer cannot hide from it.
+``ledger.keys`` for public keys, ``ledger.format.gitobj`` to decode raw commits and trees,
+and ``ledger.errors``): it re-reads the format's rules on purpose, so that a bug in the
+writer cannot hide from it.
 
 Verify a clone pinned to a genesis::
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ledger import keys
 from ledger.errors import KeyProblem
-from ledger.keys import PublicKey
 from ledger.verify.rules import FINGERPRINT, HEX40, RUN_ID, SHA256
 
 
@@ -21,7 +21,7 @@ def check_key_line(key: Any, fingerprint: Any, where: str) -> tuple[list[str], s
     if not isinstance(key, str) or not isinstance(fingerprint, str):
         return [f"{where}: key and fingerprint must be strings"], None
     try:
-        pk = PublicKey.parse(key)
+        pk = keys.PublicKey.parse(key)
     except KeyProblem as exc:
         return [f"{where}: the key is not an OpenSSH public key ({exc.message})"], None
     out = []
@@ -46,17 +46,8 @@ def check_data(kind: str, data: dict[str, Any]) -> list[str]:
                 problems.append(f"{kind} data field {name} is malformed")
         return problems
 
-    def is_str(v: Any) -> bool:
-        return isinstance(v, str)
-
     if kind == "genesis":
-        out = fields(
-            {
-                "name": is_str,
-                "signers": lambda v: isinstance(v, list) and len(v) > 0,
-                "created_by": is_str,
-            }
-        )
+        out = fields(_EXACT_SPECS[kind])
         signers = data.get("signers")
         if isinstance(signers, list):
             for i, s in enumerate(signers):
@@ -70,26 +61,12 @@ def check_data(kind: str, data: dict[str, Any]) -> list[str]:
                 out.extend(check_key_line(s["key"], s["fingerprint"], f"genesis signer {i}")[0])
         return out
     if kind == "key.added":
-        out = fields(
-            {
-                "principal": is_str,
-                "key": is_str,
-                "fingerprint": is_str,
-                "comment": is_str,
-            }
-        )
+        out = fields(_EXACT_SPECS[kind])
         if not out:
             out.extend(check_key_line(data["key"], data["fingerprint"], "key.added")[0])
         return out
-    if kind == "key.revoked":
-        return fields(
-            {
-                "fingerprint": lambda v: isinstance(v, str) and bool(FINGERPRINT.fullmatch(v)),
-                "reason": is_str,
-            }
-        )
-    if kind == "event":
-        return fields({"message": is_str, "data": lambda v: True})
+    if kind in ("key.revoked", "event"):
+        return fields(_EXACT_SPECS[kind])
     spec = _RUN_SPECS.get(kind)
     if spec is None:
         return []
@@ -157,6 +134,22 @@ def _run_id_or_null(v: Any) -> bool:
     return v is None or (isinstance(v, str) and bool(RUN_ID.fullmatch(v)))
 
 
+def _fingerprint(v: Any) -> bool:
+    return isinstance(v, str) and bool(FINGERPRINT.fullmatch(v))
+
+
+#: The kinds whose ``data`` has exactly these fields (FORMAT.md §2, §5).
+_EXACT_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "genesis": {
+        "name": _str,
+        "signers": lambda v: isinstance(v, list) and len(v) > 0,
+        "created_by": _str,
+    },
+    "key.added": {"principal": _str, "key": _str, "fingerprint": _str, "comment": _str},
+    "key.revoked": {"fingerprint": _fingerprint, "reason": _str},
+    "event": {"message": _str, "data": lambda v: True},
+}
+
 is_stream = _shape(size=_int, sha256=_hex64, truncated=_bool, omitted=_int)
 _STEP_COMMON: dict[str, Callable[[Any], bool]] = {
     "step": _str,
@@ -201,7 +194,7 @@ _RUN_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "decision": _one_of("approved", "rejected"),
         "comment": _str,
         "principal": _str,
-        "fingerprint": lambda v: isinstance(v, str) and bool(FINGERPRINT.fullmatch(v)),
+        "fingerprint": _fingerprint,
         "request_seq": _int,
         "request_commit": lambda v: isinstance(v, str) and bool(HEX40.fullmatch(v)),
         "via": _one_of("command", "terminal"),
@@ -235,3 +228,13 @@ _STEP_EXTRA: dict[tuple[str, Any, Any], dict[str, Callable[[Any], bool]]] = {
     },
     ("step.finished", None, "skipped"): {"reason": _str},
 }
+
+
+def field_sets(kind: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The fields of ``kind``'s ``data`` as checked here: those every record of the kind
+    must have, and those some must have (by ``type`` or ``status``). For the conformance
+    test that pins the writer's record types to this reading."""
+    if kind in _EXACT_SPECS:
+        return frozenset(_EXACT_SPECS[kind]), frozenset()
+    some = {name for (k, _, _), spec in _STEP_EXTRA.items() if k == kind for name in spec}
+    return frozenset(_RUN_SPECS.get(kind, {})), frozenset(some)

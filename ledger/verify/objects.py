@@ -5,14 +5,15 @@ signed payload, armored SSHSIG blobs, tree entries, and opening a repository wit
 from __future__ import annotations
 
 import binascii
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 
+from ledger import keys
 from ledger.errors import LedgerNotFound
+from ledger.format import gitobj
 from ledger.verify.rules import HEX40, MODE_BLOB, MODE_TREE, OBJ_COMMIT, OBJ_TREE
 
 SSHSIG_MAGIC = b"SSHSIG"
@@ -31,6 +32,13 @@ class ObjectError(Exception):
         self.message = message
 
 
+#: Headers whose value is a signature, dropped from the signed payload. Stricter than git's
+#: rule (:func:`ledger.format.gitobj.split_signed_commit`, which drops every header whose
+#: name starts with ``gpgsig``): any other such name stays in the payload and is reported
+#: as an unexpected header.
+_SIGNATURE_HEADERS = frozenset({b"gpgsig", b"gpgsig-sha256"})
+
+
 @dataclass
 class Commit:
     tree: str
@@ -44,57 +52,33 @@ class Commit:
     message: bytes | None
 
 
-_CANONICAL_COMMIT = re.compile(
-    rb"tree ([0-9a-f]{40})\n((?:parent [0-9a-f]{40}\n)*)author ([^\n]*)\ncommitter ([^\n]*)\n"
-    rb"(gpgsig ([^\n]*\n(?: [^\n]*\n)*))\n"
-)
-
-
 def parse_commit(raw: bytes) -> Commit:
-    """Split a raw commit into its headers, signature(s), signed payload and message."""
-    m = _CANONICAL_COMMIT.match(raw)
-    if m is not None:  # the layout of FORMAT.md §3 and §6: one quick match
-        parents_block = m.group(2)
-        fast_parents = [
-            parents_block[i + 7 : i + 47].decode() for i in range(0, len(parents_block), 48)
-        ]
-        signature = m.group(6)[:-1].replace(b"\n ", b"\n").decode("utf-8", "replace")
+    """Split a raw commit into its headers, signature(s), signed payload and message (the
+    decoding is the git object codec's; what the headers must be is checked here)."""
+    fast = gitobj.parse_signed_commit(raw)
+    if fast is not None:  # the layout of FORMAT.md §3 and §6: one quick match
+        signature = fast.signature.decode("utf-8", "replace")
         return Commit(
-            m.group(1).decode(),
-            fast_parents,
-            m.group(3),
-            m.group(4),
+            fast.tree,
+            fast.parents,
+            fast.author,
+            fast.committer,
             [signature],
             [],
             [],
-            raw[: m.start(5)] + raw[m.end(5) :],
-            raw[m.end() :],
+            fast.payload,
+            fast.message,
         )
-    end = raw.find(b"\n\n")
-    if end < 0:
-        head_block, message = raw.rstrip(b"\n"), None
-    else:
-        head_block, message = raw[:end], raw[end + 2 :]
-    lines = head_block.split(b"\n")
-    headers: list[tuple[bytes, list[bytes], int, int]] = []  # name, value lines, first, last
-    for i, line in enumerate(lines):
-        if line.startswith(b" ") and headers:
-            name, values, first, _ = headers[-1]
-            values.append(line[1:])
-            headers[-1] = (name, values, first, i)
-            continue
-        name, _, value = line.partition(b" ")
-        headers.append((name, [value], i, i))
+    split = gitobj.split_headers(raw)
     tree = ""
     parents: list[str] = []
     author = committer = None
     sigs: list[str] = []
     problems: list[str] = []
     sig_problems: list[str] = []
-    drop: set[int] = set()
     order: list[bytes] = []
-    for name, values, first, last in headers:
-        value = b"\n".join(values)
+    for header in split.headers:
+        name, value = header.name, header.value
         order.append(name)
         if name == b"tree" and not tree:
             tree = value.decode("ascii", "replace")
@@ -104,27 +88,24 @@ def parse_commit(raw: bytes) -> Commit:
             author = value
         elif name == b"committer" and committer is None:
             committer = value
-        elif name in (b"gpgsig", b"gpgsig-sha256"):
+        elif name in _SIGNATURE_HEADERS:
             sigs.append(value.decode("utf-8", "replace"))
-            drop.update(range(first, last + 1))
             if name != b"gpgsig":
                 sig_problems.append(f"it has a {name.decode()} header")
         else:
             problems.append(f"unexpected commit header {name.decode('utf-8', 'replace')!r}")
     if not HEX40.fullmatch(tree) or any(not HEX40.fullmatch(p) for p in parents):
         raise ObjectError("object-corrupt", "the commit's tree or parent header is malformed")
-    structural = [n for n in order if n not in (b"gpgsig", b"gpgsig-sha256")]
+    structural = [n for n in order if n not in _SIGNATURE_HEADERS]
     want = [b"tree"] + [b"parent"] * len(parents) + [b"author", b"committer"]
     if structural != want:
         problems.append("its headers are not tree, parent, author, committer in that order")
     if sigs and order[len(want) : len(want) + 1] != [b"gpgsig"]:
         sig_problems.append("the gpgsig header does not directly follow the committer line")
-    if drop:
-        kept = [line for i, line in enumerate(lines) if i not in drop]
-        payload = b"\n".join(kept) + (raw[end:] if end >= 0 else b"\n")
-    else:
-        payload = raw
-    return Commit(tree, parents, author, committer, sigs, problems, sig_problems, payload, message)
+    payload = split.without(_SIGNATURE_HEADERS)
+    return Commit(
+        tree, parents, author, committer, sigs, problems, sig_problems, payload, split.message
+    )
 
 
 class SigError(Exception):
@@ -145,17 +126,10 @@ def ssh_string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-@dataclass(frozen=True)
-class SshSig:
-    public_key: bytes
-    namespace: bytes
-    reserved: bytes
-    hash_algorithm: bytes
-    signature: bytes
-
-
-def parse_sshsig(armored: str) -> SshSig:
-    """Parse an armored SSHSIG (OpenSSH PROTOCOL.sshsig)."""
+def parse_sshsig(armored: str) -> keys.SshSigFields:
+    """Parse an armored SSHSIG (OpenSSH PROTOCOL.sshsig). The armor is read here, strictly
+    (exactly the BEGIN and END lines around base64 lines; ``keys.parse_sshsig`` tolerates
+    CRs and trailing blanks); the blob's layout is ``keys.decode_sshsig``."""
     lines = armored.strip("\n").split("\n")
     if len(lines) < 3 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
         raise SigError("the signature is not an armored SSH signature")
@@ -163,43 +137,29 @@ def parse_sshsig(armored: str) -> SshSig:
         blob = binascii.a2b_base64("".join(lines[1:-1]), strict_mode=True)
     except binascii.Error as exc:
         raise SigError(f"the signature's base64 is malformed ({exc})") from None
-    if not blob.startswith(SSHSIG_MAGIC) or len(blob) < 10:
-        raise SigError("the signature blob does not start with SSHSIG")
-    (version,) = struct.unpack_from(">I", blob, 6)
-    if version != 1:
-        raise SigError(f"unsupported SSHSIG version {version}")
-    pos = 10
-    public_key, pos = read_string(blob, pos)
-    namespace, pos = read_string(blob, pos)
-    reserved, pos = read_string(blob, pos)
-    hash_algorithm, pos = read_string(blob, pos)
-    signature, pos = read_string(blob, pos)
-    if pos != len(blob):
-        raise SigError("trailing bytes after the SSHSIG signature")
-    return SshSig(public_key, namespace, reserved, hash_algorithm, signature)
+    try:
+        return keys.decode_sshsig(blob)
+    except ValueError as exc:
+        raise SigError(str(exc)) from None
 
 
 def entry_bytes(mode: int, name: str, oid: str) -> bytes:
-    return b"%o %s\0" % (mode, name.encode("utf-8")) + bytes.fromhex(oid)
+    return gitobj.tree_entry(b"%o" % mode, name.encode("utf-8"), bytes.fromhex(oid))
 
 
 def tree_entries(raw: bytes) -> dict[str, tuple[int, str]]:
-    """All entries of a raw tree: name -> (mode, hex id). ObjectError if malformed."""
+    """All entries of a raw tree: name -> (mode, hex id). ObjectError if malformed (the
+    entries are the codec's; a mode that is not octal or a name that is not UTF-8 is
+    malformed here)."""
     out: dict[str, tuple[int, str]] = {}
-    pos = 0
-    n = len(raw)
-    while pos < n:
-        sp = raw.find(b" ", pos)
-        nul = raw.find(b"\0", sp + 1)
-        if sp < 0 or nul < 0 or nul + 21 > n:
-            raise ObjectError("object-corrupt", "a tree object is malformed")
-        try:
-            mode = int(raw[pos:sp], 8)
-            name = raw[sp + 1 : nul].decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            raise ObjectError("object-corrupt", "a tree entry is malformed") from None
-        out[name] = (mode, raw[nul + 1 : nul + 21].hex())
-        pos = nul + 21
+    try:
+        for mode, name, oid in gitobj.iter_tree(raw):
+            try:
+                out[name.decode("utf-8")] = (int(mode, 8), oid.hex())
+            except (ValueError, UnicodeDecodeError):
+                raise ObjectError("object-corrupt", "a tree entry is malformed") from None
+    except ValueError:
+        raise ObjectError("object-corrupt", "a tree object is malformed") from None
     return out
 
 
