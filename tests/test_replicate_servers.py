@@ -384,3 +384,101 @@ def test_a_protected_remote_runs_the_ledger_it_was_made_with(tmp_path: Path) -> 
         daemon.stop()
     assert summary.outcomes[0].status is replicate.PushStatus.PUSHED, summary.outcomes[0].line()
     assert remote_head(remote) == t.head
+
+
+# --- divergence and an ahead remote over every transport (issue 10, item 4) ---------------
+
+
+def _served_remote(
+    transport: str,
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    t: TestLedger,
+    name: str,
+) -> tuple[str, Path, dict[str, str]]:
+    """A remote for ``t`` over ``transport``: (URL, path on disk, environment for the CLI).
+    Over http it is a private repository, so that every connection asks for credentials."""
+    if transport == "http":
+        url, path = http_server.make_private_repo()
+        return url, path, {"LEDGER_HTTP_USER": HTTP_USER, "LEDGER_HTTP_PASSWORD": HTTP_PASSWORD}
+    server = {"git": git_daemon, "ssh": ssh_server}[transport]
+    url, path = protected_on(server, t, name)
+    return url, path, ssh_env(ssh_server)
+
+
+def _other_copy(t: TestLedger, tmp_path: Path, name: str) -> TestLedger:
+    """A copy of ``t`` (same ledger, same key) that can grow on its own."""
+    from ledger.store import Ledger
+
+    copy = tmp_path / name
+    git("clone", "-q", "--bare", t.path, copy)
+    git("--git-dir", copy, "remote", "remove", "origin")
+    for key in ("ledger.id", "ledger.genesis", "ledger.name"):
+        value = git("--git-dir", t.path, "config", key, check=False).stdout.strip()
+        if value:
+            git("--git-dir", copy, "config", key, value)
+    return TestLedger(copy, t.key, t.key_path, Ledger.open(copy))
+
+
+@pytest.mark.parametrize("transport", ["git", "http", "ssh"])
+def test_diverged_and_ahead_remotes_are_reported_as_such_over_every_transport(
+    transport: str,
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    ssh_server.write_known_hosts(home)
+    t = make_ledger(tmp_path)
+    url, path, env = _served_remote(
+        transport, git_daemon, http_server, ssh_server, t, f"div-{tmp_path.name}"
+    )
+    replicate.add_remote(t.path, "r", url)
+    first = run_cli("push", "--ledger", t.path, env=env)
+    assert first.code == 0, first.output
+
+    # Ahead: another copy of the same ledger pushed two more records there.
+    other = _other_copy(t, tmp_path, "other")
+    other.append(2)
+    replicate.add_remote(other.path, "r", url)
+    creds = replicate.Credentials.from_env(environ={**os.environ, **env})
+    replicate.push(other.path, credentials=creds).check(None)
+    assert remote_head(path) == other.head
+    assert t.seq == 3 and other.seq == 5, (t.seq, other.seq)
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 0, r.output
+    assert "r  ahead: the remote holds 2 record(s) beyond our head" in r.out, r.output
+    assert "auth" not in r.output
+    f = run_cli("fetch", "--ledger", t.path, env=env)
+    assert f.code == 0, f.output
+    assert "2 record(s) ahead of us" in f.out and "its extra records verify" in f.out
+
+    # Diverged: ours grows on its own; the remote is not a prefix of ours nor ours of it.
+    t.append()
+    mine = t.head
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 8, r.output
+    assert "r  DIVERGED:" in r.out and other.head in r.out and mine in r.out, r.output
+    assert "auth" not in r.output
+    assert remote_head(path) == other.head and t.head == mine
+    j = run_cli("push", "--json", "--ledger", t.path, env=env)
+    assert j.code == 8 and json.loads(j.out)["outcomes"][0]["status"] == "diverged"
+    f = run_cli("fetch", "--ledger", t.path, env=env)
+    assert f.code == 8 and "DIVERGED" in f.out and "auth" not in f.output, f.output
+    v = run_cli("verify", "--remotes", "--json", "--ledger", t.path, env=env)
+    assert v.code == 7, v.output
+    doc = json.loads(v.out)
+    assert doc["ok"] is False and doc["remotes"][0]["condition"] == "diverged"
+
+    # The background pusher of a run says the same.
+    os.environ.update(env)
+    try:
+        pusher = replicate.BackgroundPusher(t.path).start()
+        pusher.notify(t.head)
+        summary = pusher.close(timeout=60)
+    finally:
+        for k in env:
+            del os.environ[k]
+    assert summary.outcomes[0].status is replicate.PushStatus.DIVERGED, summary.outcomes[0]

@@ -250,7 +250,6 @@ def push_one(
                     f"the remote's main is gone, but it held {chain.short(seen['head'])} "
                     f"(seq {seen.get('seq')}) when we last saw it"
                 )
-            cb = transport.Callbacks(url, creds, repo.config)
             _send(repo, name, out, local, remote_head, cb)
         else:
             _refuse(repo, out, local, transport.fetch_main(repo, name, cb))
@@ -282,7 +281,7 @@ def _send(
 ) -> None:
     """The push itself, when the remote's main is missing or an ancestor of ours."""
     out.records = chain.ahead(repo, local, remote_head)
-    transport.anonymous(repo, name).push([PUSH_REFSPEC], callbacks=cb)
+    transport.push_main(repo, name, PUSH_REFSPEC, cb)
     if cb.rejections:
         out.status = PushStatus.REJECTED
         refs = "; ".join(f"{ref}: {msg}" for ref, msg in cb.rejections)
