@@ -14,6 +14,7 @@ from typing import Any
 
 import pygit2
 
+from ledger.redact import mask_url
 from ledger.replicate import chain, pushes, remotes, state, transport
 from ledger.store import Ledger, open_repository
 from ledger.verify import verify_chain
@@ -131,7 +132,9 @@ def check_one(
 ) -> RemoteState:
     """Fetch one remote's main into ``refs/remotes/NAME/main`` and compare it with ours."""
     repo, url, local, local_seq = transport.open_for_remote(ledger_path, name, creds)
-    st = RemoteState(name, url, RemoteCondition.ERROR, local_head=local, local_seq=local_seq)
+    st = RemoteState(
+        name, mask_url(url), RemoteCondition.ERROR, local_head=local, local_seq=local_seq
+    )
     prev = (last_seen or {}).get("head")
     st.last_seen_head = prev
     st.last_seen_seq = (last_seen or {}).get("seq")
@@ -318,6 +321,7 @@ def status(ledger_path: Path) -> LedgerStatus:
         problem = entry.get("problem", {}).get("message") if entry.get("problem") else None
         if entry.get("rollback"):
             problem = (problem + "; " if problem else "") + str(entry["rollback"].get("message"))
+        problem = mask_url(problem) if problem else None
         rows.append(
             RemoteStatus(
                 info.name,
