@@ -482,3 +482,61 @@ def test_diverged_and_ahead_remotes_are_reported_as_such_over_every_transport(
         for k in env:
             del os.environ[k]
     assert summary.outcomes[0].status is replicate.PushStatus.DIVERGED, summary.outcomes[0]
+
+
+def test_verify_remotes_fails_closed_when_a_remote_cannot_be_checked(
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    t = make_ledger(tmp_path)
+    good, _ = protected_on(git_daemon, t, f"good-{tmp_path.name}")
+    replicate.add_remote(t.path, "good", good)
+    replicate.push(t.path).check(None)
+    assert run_cli("verify", "--remotes", "--ledger", t.path).code == 0
+
+    replicate.add_remote(t.path, "down", f"git://127.0.0.1:{free_port()}/x.git")
+    purl, _ = http_server.make_private_repo()
+    replicate.add_remote(t.path, "web", purl)  # no credentials given: 401
+    surl, _ = protected_on(ssh_server, t, f"hk-{tmp_path.name}")
+    replicate.add_remote(t.path, "hostkey", surl)  # no known_hosts entry
+    env = ssh_env(ssh_server)
+    r = run_cli("verify", "--remotes", "--ledger", t.path, env=env)
+    assert r.code == 8, r.output
+    assert "Verified 4 record(s)" in r.out
+    for name, words in (
+        ("down", "unreachable"),
+        ("web", "auth failed"),
+        ("hostkey", "host key refused"),
+    ):
+        assert name in r.err and words in r.err, (name, r.output)
+    assert f"remote good ({good}): in sync" in r.out
+    assert f"remote hostkey ({surl}): host key refused" in r.out
+
+    j = run_cli("verify", "--remotes", "--json", "--ledger", t.path, env=env)
+    assert j.code == 8, j.output
+    doc = json.loads(j.out)
+    assert doc["ok"] is False and doc["findings"] == []
+    assert sorted(doc["remotes_unchecked"]) == ["down", "hostkey", "web"]
+    assert {s["remote"]: s["url"] for s in doc["remotes"]}["web"] == purl
+
+    # An SSH key the server does not know: authentication failure, named too.
+    ssh_server.write_known_hosts(home)
+    stranger = ssh_keygen(tmp_path / "stranger")
+    r = run_cli("verify", "--remotes", "--ledger", t.path, env={"LEDGER_SSH_KEY": str(stranger)})
+    assert r.code == 8 and "hostkey (" in r.err and "auth failed" in r.err, r.output
+
+    skips = ["--skip-remote", "down", "--skip-remote", "web", "--skip-remote", "hostkey"]
+    r = run_cli(
+        "verify", "--remotes", *skips, "--ledger", t.path, env={"LEDGER_SSH_KEY": str(stranger)}
+    )
+    assert r.code == 0, r.output
+    assert "(may be skipped)" in r.out
+    j = run_cli("verify", "--remotes", "--json", *skips[:4], "--ledger", t.path, env=env)
+    assert j.code == 0, j.output  # hostkey is reachable with the right key now
+    doc = json.loads(j.out)
+    assert doc["ok"] is True and sorted(doc["remotes_skipped"]) == ["down", "web"]
+    r = run_cli("verify", "--remotes", "--skip-remote", "nope", "--ledger", t.path)
+    assert r.code == 2 and "nope" in r.err
