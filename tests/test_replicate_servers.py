@@ -540,3 +540,66 @@ def test_verify_remotes_fails_closed_when_a_remote_cannot_be_checked(
     assert doc["ok"] is True and sorted(doc["remotes_skipped"]) == ["down", "web"]
     r = run_cli("verify", "--remotes", "--skip-remote", "nope", "--ledger", t.path)
     assert r.code == 2 and "nope" in r.err
+
+
+def test_a_remote_url_pointed_at_a_doctored_copy_does_not_verify(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    url, _path = protected_on(git_daemon, t, f"orig-{tmp_path.name}")
+    r = run_cli("remote", "add", "origin", url, "--ledger", t.path)
+    assert r.code == 0, r.output
+    assert run_cli("push", "--ledger", t.path).code == 0
+    assert run_cli("verify", "--remotes", "--ledger", t.path).code == 0
+    # What the remote held is kept in the user's own state, not in the ledger directory.
+    assert not (t.path / "ledger-state" / "remotes.json").exists()
+    kept = list((home / ".local" / "state" / "runbook-ledger" / "remotes").glob("*.json"))
+    assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
+    assert t.head in kept[0].read_text()
+
+    def doctored(name: str, head: str) -> str:
+        """A copy of our chain up to ``head`` (or another chain), served by the daemon."""
+        durl, dpath = git_daemon.make_repo(f"{name}-{tmp_path.name}.git")
+        git("--git-dir", t.path, "push", "-q", str(dpath), f"{head}:refs/heads/main")
+        return durl
+
+    def point_at(new_url: str) -> None:
+        git("--git-dir", t.path, "config", "remote.origin.url", new_url)
+
+    # A copy missing our last two records (someone hides them from the witness): a rollback
+    # of what that remote held, also when the ledger-state files are deleted.
+    first = git("--git-dir", t.path, "rev-parse", "main~2").stdout.strip()
+    point_at(doctored("short", first))
+    (t.path / "ledger-state" / "remotes.json").unlink(missing_ok=True)  # the attacker's part
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 7, v.output
+    assert "rollback" in v.out and "was not made with 'ledger remote add'" in v.out
+
+    # The same chain as ours elsewhere: nothing diverges, but the change itself fails closed.
+    point_at(doctored("same", t.head))
+    v = run_cli("verify", "--remotes", "--json", "--ledger", t.path)
+    assert v.code == 8, v.output
+    doc = json.loads(v.out)
+    assert doc["ok"] is False and doc["remotes"][0]["condition"] == "url changed"
+    f = run_cli("fetch", "--ledger", t.path)
+    assert f.code == 8 and "doctored copy" in f.err, f.output
+    assert "changed without 'ledger remote add'" in run_cli("status", "--ledger", t.path).out
+
+    # Another history altogether: divergence, loudly.
+    other = make_ledger(tmp_path, "other", records=5)
+    durl, dpath = git_daemon.make_repo(f"other-{tmp_path.name}.git")
+    git("--git-dir", other.path, "push", "-q", str(dpath), "main:refs/heads/main")
+    point_at(durl)
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 7 and "DIVERGED" in v.out, v.output
+
+    # The witness removed from the config: named, not silently gone.
+    git("--git-dir", t.path, "config", "--remove-section", "remote.origin")
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 8 and "origin" in v.err and "missing" in v.err, v.output
+
+    # The user's own change, made with the tool, is accepted.
+    r = run_cli("remote", "add", "origin", doctored("moved", t.head), "--ledger", t.path)
+    assert r.code == 0, r.output
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 0, v.output

@@ -273,7 +273,7 @@ def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
     if unchecked:
         raise RemoteError(
             "could not check "
-            + ", ".join(f"{s.name} ({s.condition.value})" for s in unchecked)
+            + "; ".join(f"{s.name} ({s.url}): {s.condition.value}: {s.message}" for s in unchecked)
             + ".",
             hint="Check that the remotes are reachable and the credentials are right.",
         )
@@ -327,14 +327,14 @@ def check_for_verify(path: Path, result: Any, skip: list[str]) -> RemoteCheck:
     ``result``; remotes that could not be checked are named, unless ``skip`` allows it."""
     from ledger.verify import Finding
 
-    configured = {r.name for r in replicate.list_remotes(path)}
-    unknown = sorted(set(skip) - configured)
+    states = replicate.check_remotes(path)
+    known = {s.name for s in states}
+    unknown = sorted(set(skip) - known)
     if unknown:
         raise UsageError(
-            f"--skip-remote names no configured remote: {', '.join(unknown)} "
-            f"(configured: {', '.join(sorted(configured)) or 'none'})."
+            f"--skip-remote names no remote of this ledger: {', '.join(unknown)} "
+            f"(remotes: {', '.join(sorted(known)) or 'none'})."
         )
-    states = replicate.check_remotes(path)
     for st in states:
         if st.problem:
             result.add(  # (not ok from now on: ok is derived from the findings)

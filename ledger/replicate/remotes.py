@@ -183,6 +183,7 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
         repo.remotes.create(name, url, f"+{chain.MAIN_REF}:refs/remotes/{name}/main")
     except pygit2.GitError as exc:
         raise StorageError(mask_url(f"could not add remote {name!r}: {exc}.")) from None
+    state.remember_url(repo, name)
     return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url))
 
 
@@ -190,6 +191,7 @@ def remove_remote(ledger_path: Path, name: str) -> None:
     """Remove a remote (its config, tracking ref and recorded state)."""
     repo = open_repository(ledger_path)
     get_remote(repo, name)
+    state.forget(repo, name)
     # Not repo.remotes.delete(): libgit2's remote deletion also removes local branches whose
     # names match the remote's fetch refspec source, which here is our own refs/heads/main.
     prefix = f"remote.{name}."
@@ -203,8 +205,6 @@ def remove_remote(ledger_path: Path, name: str) -> None:
                 repo.references.delete(ref)
     except (pygit2.GitError, KeyError, ValueError) as exc:
         raise StorageError(f"could not remove remote {name!r}: {exc}.") from None
-    with state.lock(repo) as seen:
-        seen.pop(name, None)
 
 
 def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
