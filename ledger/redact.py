@@ -38,7 +38,14 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import quote, quote_plus
 
-__all__ = ["FALLBACK_LABEL", "Redactor", "StreamRedactor", "redact", "redaction_label"]
+__all__ = [
+    "FALLBACK_LABEL",
+    "Redactor",
+    "StreamRedactor",
+    "mask_url",
+    "redact",
+    "redaction_label",
+]
 
 #: The label of a secret whose value is part of a label (see :class:`Redactor`).
 FALLBACK_LABEL: Final = "[REDACTED]"
@@ -187,3 +194,23 @@ class StreamRedactor:
     def flush(self) -> bytes:
         rest, self._carry = self._carry, b""
         return self._redactor.redact(rest)
+
+
+# --- passwords in URLs ----------------------------------------------------------------------
+
+#: ``scheme://user:password@``: the password runs to the last ``@`` before the path.
+_URL_PASSWORD_RE = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:?#]*):(?P<password>[^\s/?#]*)@"
+)
+#: What a password in a URL is shown as.
+URL_PASSWORD_MASK: Final = "***"  # noqa: S105  (a placeholder, not a password)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked: ``https://user:secret@host/x``
+    becomes ``https://user:***@host/x``. The one masking function for remote URLs, used
+    wherever a URL (or a message that may quote one) is shown or written outside the git
+    config where the user put it."""
+    if "@" not in text:
+        return text
+    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group('head')}:{URL_PASSWORD_MASK}@", text)

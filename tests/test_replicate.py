@@ -525,3 +525,82 @@ def test_fetch_never_moves_main_even_with_a_hand_made_push_refspec(tmp_path: Pat
     assert t.head == mine
     replicate.remove_remote(t.path, "r")
     assert t.head == mine  # removing a remote never touches our main either
+
+
+# --- passwords in remote URLs are masked everywhere they are shown (issue 11, §2) -----------
+
+SECRET = "hunter2-s3cr3t-pw"
+
+
+def _all_files_text(root: Path, *, skip: tuple[str, ...] = ()) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name not in skip}
+
+
+def test_a_password_in_a_remote_url_is_never_shown_nor_written(tmp_path: Path) -> None:
+    from gitservers import free_port
+
+    t = make_ledger(tmp_path)
+    port = free_port()
+    url = f"https://alice:{SECRET}@127.0.0.1:{port}/private/led.git"
+    shown = f"https://alice:***@127.0.0.1:{port}/private/led.git"
+    outputs = []
+
+    def cli(*args: str | Path) -> str:
+        r = run_cli(*args, "--ledger", t.path, env={"LEDGER_REMOTE_CONNECT_TIMEOUT": "2"})
+        outputs.append((args, r.output))
+        return r.output
+
+    assert shown in cli("remote", "add", "web", url)
+    assert shown in cli("remote", "list")
+    listed = json.loads(run_cli("remote", "list", "--json", "--ledger", t.path).out)
+    assert listed[0]["url"] == shown
+    assert "already exists" in cli("remote", "add", "web", url)  # the error quotes the URL
+    cli("remote", "add", "bad", f"https://alice:{SECRET}@/no-host")  # a malformed one
+    cli("remote", "add", "bad2", f"https://alice:{SECRET}@host.example/a b")
+    cli("push")  # unreachable: nothing listens there
+    cli("push", "--json")
+    cli("fetch")
+    cli("fetch", "--json")
+    cli("verify", "--remotes")
+    assert shown in cli("verify", "--remotes", "--json")
+    cli("status")
+    cli("status", "--json")
+    report = tmp_path / "report.md"
+    run = t.ledger.append("event", {"message": "x", "data": None}, key=t.key)
+    cli("report", "--since", "2000-01-01T00:00:00Z", "-o", report)
+    assert run.commit_id
+    for args, out in outputs:
+        assert SECRET not in out, (args, out)
+    text = report.read_text()
+    assert r"https://alice:\*\*\*@127.0.0.1" in text and SECRET not in text
+    # Written in clear only in the git config where the user put it.
+    for path, data in _all_files_text(t.path, skip=("config",)).items():
+        assert SECRET.encode() not in data, path
+    assert SECRET in (t.path / "config").read_text()
+
+
+def test_mask_url() -> None:
+    from ledger.redact import mask_url
+
+    assert mask_url("https://u:pw@h/r") == "https://u:***@h/r"
+    assert mask_url("at http://u:p@ss@h:8/x and git://h/x") == "at http://u:***@h:8/x and git://h/x"
+    assert mask_url("ssh://git@h/x") == "ssh://git@h/x"
+    assert mask_url("git@h:x") == "git@h:x"
+    assert mask_url("https://:tok@h/x") == "https://:***@h/x"
+
+
+# --- no remotes: push and fetch say so, also in JSON (issue 11, §3) -----------------------
+
+
+def test_push_and_fetch_without_remotes_say_so(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    for command in ("push", "fetch"):
+        r = run_cli(command, "--ledger", t.path)
+        assert r.code == 8 and f"no remotes to {command}" in r.err, r.output
+        j = run_cli(command, "--json", "--ledger", t.path)
+        assert j.code == 8, j.output
+        doc = json.loads(j.out)
+        assert f"no remotes to {command}" in doc["error"]
+        assert doc.get("outcomes", doc.get("remotes")) == []
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 8 and "no remotes to check" in v.err, v.output

@@ -384,3 +384,222 @@ def test_a_protected_remote_runs_the_ledger_it_was_made_with(tmp_path: Path) -> 
         daemon.stop()
     assert summary.outcomes[0].status is replicate.PushStatus.PUSHED, summary.outcomes[0].line()
     assert remote_head(remote) == t.head
+
+
+# --- divergence and an ahead remote over every transport (issue 10, item 4) ---------------
+
+
+def _served_remote(
+    transport: str,
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    t: TestLedger,
+    name: str,
+) -> tuple[str, Path, dict[str, str]]:
+    """A remote for ``t`` over ``transport``: (URL, path on disk, environment for the CLI).
+    Over http it is a private repository, so that every connection asks for credentials."""
+    if transport == "http":
+        url, path = http_server.make_private_repo()
+        return url, path, {"LEDGER_HTTP_USER": HTTP_USER, "LEDGER_HTTP_PASSWORD": HTTP_PASSWORD}
+    server = {"git": git_daemon, "ssh": ssh_server}[transport]
+    url, path = protected_on(server, t, name)
+    return url, path, ssh_env(ssh_server)
+
+
+def _other_copy(t: TestLedger, tmp_path: Path, name: str) -> TestLedger:
+    """A copy of ``t`` (same ledger, same key) that can grow on its own."""
+    from ledger.store import Ledger
+
+    copy = tmp_path / name
+    git("clone", "-q", "--bare", t.path, copy)
+    git("--git-dir", copy, "remote", "remove", "origin")
+    for key in ("ledger.id", "ledger.genesis", "ledger.name"):
+        value = git("--git-dir", t.path, "config", key, check=False).stdout.strip()
+        if value:
+            git("--git-dir", copy, "config", key, value)
+    return TestLedger(copy, t.key, t.key_path, Ledger.open(copy))
+
+
+@pytest.mark.parametrize("transport", ["git", "http", "ssh"])
+def test_diverged_and_ahead_remotes_are_reported_as_such_over_every_transport(
+    transport: str,
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    ssh_server.write_known_hosts(home)
+    t = make_ledger(tmp_path)
+    url, path, env = _served_remote(
+        transport, git_daemon, http_server, ssh_server, t, f"div-{tmp_path.name}"
+    )
+    replicate.add_remote(t.path, "r", url)
+    first = run_cli("push", "--ledger", t.path, env=env)
+    assert first.code == 0, first.output
+
+    # Ahead: another copy of the same ledger pushed two more records there.
+    other = _other_copy(t, tmp_path, "other")
+    other.append(2)
+    replicate.add_remote(other.path, "r", url)
+    creds = replicate.Credentials.from_env(environ={**os.environ, **env})
+    replicate.push(other.path, credentials=creds).check(None)
+    assert remote_head(path) == other.head
+    assert t.seq == 3 and other.seq == 5, (t.seq, other.seq)
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 0, r.output
+    assert "r  ahead: the remote holds 2 record(s) beyond our head" in r.out, r.output
+    assert "auth" not in r.output
+    f = run_cli("fetch", "--ledger", t.path, env=env)
+    assert f.code == 0, f.output
+    assert "2 record(s) ahead of us" in f.out and "its extra records verify" in f.out
+
+    # Diverged: ours grows on its own; the remote is not a prefix of ours nor ours of it.
+    t.append()
+    mine = t.head
+    r = run_cli("push", "--ledger", t.path, env=env)
+    assert r.code == 8, r.output
+    assert "r  DIVERGED:" in r.out and other.head in r.out and mine in r.out, r.output
+    assert "auth" not in r.output
+    assert remote_head(path) == other.head and t.head == mine
+    j = run_cli("push", "--json", "--ledger", t.path, env=env)
+    assert j.code == 8 and json.loads(j.out)["outcomes"][0]["status"] == "diverged"
+    f = run_cli("fetch", "--ledger", t.path, env=env)
+    assert f.code == 8 and "DIVERGED" in f.out and "auth" not in f.output, f.output
+    v = run_cli("verify", "--remotes", "--json", "--ledger", t.path, env=env)
+    assert v.code == 7, v.output
+    doc = json.loads(v.out)
+    assert doc["ok"] is False and doc["remotes"][0]["condition"] == "diverged"
+
+    # The background pusher of a run says the same.
+    os.environ.update(env)
+    try:
+        pusher = replicate.BackgroundPusher(t.path).start()
+        pusher.notify(t.head)
+        summary = pusher.close(timeout=60)
+    finally:
+        for k in env:
+            del os.environ[k]
+    assert summary.outcomes[0].status is replicate.PushStatus.DIVERGED, summary.outcomes[0]
+
+
+def test_verify_remotes_fails_closed_when_a_remote_cannot_be_checked(
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    t = make_ledger(tmp_path)
+    good, _ = protected_on(git_daemon, t, f"good-{tmp_path.name}")
+    replicate.add_remote(t.path, "good", good)
+    replicate.push(t.path).check(None)
+    assert run_cli("verify", "--remotes", "--ledger", t.path).code == 0
+
+    replicate.add_remote(t.path, "down", f"git://127.0.0.1:{free_port()}/x.git")
+    purl, _ = http_server.make_private_repo()
+    replicate.add_remote(t.path, "web", purl)  # no credentials given: 401
+    surl, _ = protected_on(ssh_server, t, f"hk-{tmp_path.name}")
+    replicate.add_remote(t.path, "hostkey", surl)  # no known_hosts entry
+    env = ssh_env(ssh_server)
+    r = run_cli("verify", "--remotes", "--ledger", t.path, env=env)
+    assert r.code == 8, r.output
+    assert "Verified 4 record(s)" in r.out
+    for name, words in (
+        ("down", "unreachable"),
+        ("web", "auth failed"),
+        ("hostkey", "host key refused"),
+    ):
+        assert name in r.err and words in r.err, (name, r.output)
+    assert f"remote good ({good}): in sync" in r.out
+    assert f"remote hostkey ({surl}): host key refused" in r.out
+
+    j = run_cli("verify", "--remotes", "--json", "--ledger", t.path, env=env)
+    assert j.code == 8, j.output
+    doc = json.loads(j.out)
+    assert doc["ok"] is False and doc["findings"] == []
+    assert sorted(doc["remotes_unchecked"]) == ["down", "hostkey", "web"]
+    assert {s["remote"]: s["url"] for s in doc["remotes"]}["web"] == purl
+
+    # An SSH key the server does not know: authentication failure, named too.
+    ssh_server.write_known_hosts(home)
+    stranger = ssh_keygen(tmp_path / "stranger")
+    r = run_cli("verify", "--remotes", "--ledger", t.path, env={"LEDGER_SSH_KEY": str(stranger)})
+    assert r.code == 8 and "hostkey (" in r.err and "auth failed" in r.err, r.output
+
+    skips = ["--skip-remote", "down", "--skip-remote", "web", "--skip-remote", "hostkey"]
+    r = run_cli(
+        "verify", "--remotes", *skips, "--ledger", t.path, env={"LEDGER_SSH_KEY": str(stranger)}
+    )
+    assert r.code == 0, r.output
+    assert "(may be skipped)" in r.out
+    j = run_cli("verify", "--remotes", "--json", *skips[:4], "--ledger", t.path, env=env)
+    assert j.code == 0, j.output  # hostkey is reachable with the right key now
+    doc = json.loads(j.out)
+    assert doc["ok"] is True and sorted(doc["remotes_skipped"]) == ["down", "web"]
+    r = run_cli("verify", "--remotes", "--skip-remote", "nope", "--ledger", t.path)
+    assert r.code == 2 and "nope" in r.err
+
+
+def test_a_remote_url_pointed_at_a_doctored_copy_does_not_verify(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    url, _path = protected_on(git_daemon, t, f"orig-{tmp_path.name}")
+    r = run_cli("remote", "add", "origin", url, "--ledger", t.path)
+    assert r.code == 0, r.output
+    assert run_cli("push", "--ledger", t.path).code == 0
+    assert run_cli("verify", "--remotes", "--ledger", t.path).code == 0
+    # What the remote held is kept in the user's own state, not in the ledger directory.
+    assert not (t.path / "ledger-state" / "remotes.json").exists()
+    kept = list((home / ".local" / "state" / "runbook-ledger" / "remotes").glob("*.json"))
+    assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
+    assert t.head in kept[0].read_text()
+
+    def doctored(name: str, head: str) -> str:
+        """A copy of our chain up to ``head`` (or another chain), served by the daemon."""
+        durl, dpath = git_daemon.make_repo(f"{name}-{tmp_path.name}.git")
+        git("--git-dir", t.path, "push", "-q", str(dpath), f"{head}:refs/heads/main")
+        return durl
+
+    def point_at(new_url: str) -> None:
+        git("--git-dir", t.path, "config", "remote.origin.url", new_url)
+
+    # A copy missing our last two records (someone hides them from the witness): a rollback
+    # of what that remote held, also when the ledger-state files are deleted.
+    first = git("--git-dir", t.path, "rev-parse", "main~2").stdout.strip()
+    point_at(doctored("short", first))
+    (t.path / "ledger-state" / "remotes.json").unlink(missing_ok=True)  # the attacker's part
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 7, v.output
+    assert "rollback" in v.out and "was not made with 'ledger remote add'" in v.out
+
+    # The same chain as ours elsewhere: nothing diverges, but the change itself fails closed.
+    point_at(doctored("same", t.head))
+    v = run_cli("verify", "--remotes", "--json", "--ledger", t.path)
+    assert v.code == 8, v.output
+    doc = json.loads(v.out)
+    assert doc["ok"] is False and doc["remotes"][0]["condition"] == "url changed"
+    f = run_cli("fetch", "--ledger", t.path)
+    assert f.code == 8 and "doctored copy" in f.err, f.output
+    assert "changed without 'ledger remote add'" in run_cli("status", "--ledger", t.path).out
+
+    # Another history altogether: divergence, loudly.
+    other = make_ledger(tmp_path, "other", records=5)
+    durl, dpath = git_daemon.make_repo(f"other-{tmp_path.name}.git")
+    git("--git-dir", other.path, "push", "-q", str(dpath), "main:refs/heads/main")
+    point_at(durl)
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 7 and "DIVERGED" in v.out, v.output
+
+    # The witness removed from the config: named, not silently gone.
+    git("--git-dir", t.path, "config", "--remove-section", "remote.origin")
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 8 and "origin" in v.err and "missing" in v.err, v.output
+
+    # The user's own change, made with the tool, is accepted.
+    r = run_cli("remote", "add", "origin", doctored("moved", t.head), "--ledger", t.path)
+    assert r.code == 0, r.output
+    v = run_cli("verify", "--remotes", "--ledger", t.path)
+    assert v.code == 0, v.output

@@ -14,6 +14,7 @@ from rich.markup import escape
 from ledger.cli import help as cli_help
 from ledger.cli.common import app, console_err
 from ledger.errors import LedgerError, RunInterrupted
+from ledger.redact import mask_url
 
 # Each area registers its commands on `app` when its module is imported. A command needs
 # only its own area's module, so start-up imports just that one (plus the core commands);
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(exc: LedgerError, code: int) -> None:
-    message = escape(exc.diagnostics())
+    message = escape(mask_url(exc.diagnostics()))
     console_err.print(
         f"[bold red]ledger: {exc.label}:[/] {message}", highlight=False, soft_wrap=True
     )

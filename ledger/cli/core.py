@@ -480,9 +480,19 @@ def verify_cmd(
         bool,
         typer.Option(
             "--remotes",
-            help="Also fetch every remote and check it is a prefix of ours or ours of it.",
+            help="Also fetch every remote and check it is a prefix of ours or ours of it; "
+            "fails (exit 8) when a remote cannot be checked.",
         ),
     ] = False,
+    skip_remote: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip-remote",
+            help="With --remotes: a remote that may be skipped when it cannot be checked "
+            "(unreachable, authentication, host key). Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on a terminal.")
     ] = True,
@@ -492,35 +502,29 @@ def verify_cmd(
     """Verify signatures, trust, chain and tree of every record; report every finding."""
     path = find_ledger_path(ledger)
     Ledger.open(path)  # a clear error when there is no ledger
+    if skip_remote and not remotes:
+        raise UsageError("--skip-remote only applies with --remotes.")
     show_bar = progress and not json_out and console_err.is_terminal
     outcome = _verify_local(path, trust_genesis, since_last, show_bar)
     result = outcome.result
-    remote_states: list[Any] = []
+    check = None
     if remotes:
-        from ledger import replicate
-        from ledger.verify import Finding
+        from ledger.cli.remote import check_for_verify
 
-        remote_states = replicate.check_remotes(path)
-        for st in remote_states:
-            if st.problem:
-                result.add(  # (not ok from now on: ok is derived from the findings)
-                    Finding(
-                        st.rule or "diverged",
-                        st.remote_seq,
-                        st.remote_head,
-                        f"remote {st.name} ({st.url}): {st.line()}",
-                    )
-                )
+        check = check_for_verify(path, result, skip_remote or [])
     if json_out:
         doc = result.to_json()
         doc["pinned_now"] = outcome.pinned_now
-        if remotes:
-            doc["remotes"] = [s.to_json() for s in remote_states]
+        if check is not None:
+            doc["remotes"] = [s.to_json() for s in check.states]
+            doc["remotes_unchecked"] = check.unchecked
+            doc["remotes_skipped"] = check.skipped
+            doc["ok"] = bool(doc["ok"]) and not check.failed
         console.out(json.dumps(doc, indent=1, ensure_ascii=False))
     else:
         _print_verification(result, outcome.pinned_now, since_last)
-        for st in remote_states:
-            console.print(f"remote {st.name}: {st.line()}", markup=False)
+        if check is not None:
+            check.print()
     if not result.ok:
         where = "in the JSON output" if json_out else "above"
         raise VerificationFailed(
@@ -528,6 +532,8 @@ def verify_cmd(
             findings=list(result.findings),
             hint="Each finding names the rule of docs/FORMAT.md §9 that it breaks.",
         )
+    if check is not None:
+        check.raise_if_failed()
 
 
 def _verify_local(

@@ -37,7 +37,8 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     (
         "8",
         "remote problem: unknown, unreachable, authentication or host key refused, rejected, "
-        "diverged, `--require` not met",
+        "diverged, `--require` not met, no remotes; `verify --remotes`: a remote that could "
+        "not be checked (not named with `--skip-remote`), or none to check",
     ),
     ("10", "run failed (a step failed)"),
     ("11", "run rejected at an approval step"),
@@ -66,7 +67,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "log": ("ledger log -n 20", "ledger log --run RUN_ID --kind step.finished --json"),
     "show": ("ledger show 42", "ledger show 42 --file stdout"),
-    "verify": ("ledger verify", "ledger verify --since-last --remotes --json"),
+    "verify": (
+        "ledger verify",
+        "ledger verify --since-last --remotes --skip-remote mirror --json",
+    ),
     "runs": ("ledger runs", "ledger runs --incident INC-42 --status failed --json"),
     "validate": ("ledger validate runbooks/*.yaml", "ledger validate restart.yaml --json"),
     "schema": ("ledger schema > runbook.schema.json",),

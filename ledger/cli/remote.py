@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,6 +16,7 @@ from ledger import replicate
 from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
 from ledger.errors import LedgerNotFound, RemoteError, UsageError
 from ledger.hook import pre_receive
+from ledger.redact import mask_url
 
 remote_app = typer.Typer(
     help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
@@ -43,9 +45,13 @@ InsecureOpt = Annotated[
 ]
 
 
+NO_REMOTES_TO_PUSH = "this ledger has no remotes to push to"
+NO_REMOTES_TO_FETCH = "this ledger has no remotes to fetch from"
+
+
 def _warn(text: str) -> None:
     console_err.print(
-        f"[yellow]ledger: warning:[/] {escape(text)}", highlight=False, soft_wrap=True
+        f"[yellow]ledger: warning:[/] {escape(mask_url(text))}", highlight=False, soft_wrap=True
     )
 
 
@@ -185,8 +191,11 @@ def push_cmd(
     path = find_ledger_path(ledger)
     summary = replicate.push(path, names or None, credentials=_creds(ssh_key, insecure_host_key))
     if not summary.outcomes:
+        if as_json:
+            doc = {**summary.to_json(), "error": NO_REMOTES_TO_PUSH}
+            console.out(json.dumps(doc, indent=2))
         raise RemoteError(
-            "this ledger has no remotes to push to.",
+            f"{NO_REMOTES_TO_PUSH}.",
             hint="Add one with 'ledger remote add NAME URL' (see 'ledger remote init').",
         )
     if as_json:
@@ -223,8 +232,11 @@ def fetch_cmd(
         path, names or None, credentials=_creds(ssh_key, insecure_host_key)
     )
     if not states:
+        if as_json:
+            doc = {"ok": False, "remotes": [], "error": NO_REMOTES_TO_FETCH}
+            console.out(json.dumps(doc, indent=2))
         raise RemoteError(
-            "this ledger has no remotes to fetch from.",
+            f"{NO_REMOTES_TO_FETCH}.",
             hint="Add one with 'ledger remote add NAME URL'.",
         )
     print_remote_states(states, as_json=as_json)
@@ -232,13 +244,15 @@ def fetch_cmd(
 
 
 def print_remote_states(states: list[replicate.RemoteState], *, as_json: bool = False) -> None:
-    """Print one line per remote (or JSON); shared with 'ledger verify --remotes'."""
+    """Print one line per remote, with the URL checked (or JSON: ``{"ok", "remotes"}``)."""
     if as_json:
-        console.print(json.dumps([s.to_json() for s in states], indent=2))
+        ok = all(s.checked and not s.problem for s in states)
+        doc = {"ok": ok, "remotes": [s.to_json() for s in states]}
+        console.out(json.dumps(doc, indent=2))
         return
     width = max(len(s.name) for s in states)
     for s in states:
-        line = f"{s.name:<{width}}  {s.line()}"
+        line = f"{s.name:<{width}}  {s.line()}  [{s.url}]"
         if s.problem:
             console.print(f"[bold red]{escape(line)}[/]", highlight=False)
         else:
@@ -259,10 +273,80 @@ def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
     if unchecked:
         raise RemoteError(
             "could not check "
-            + ", ".join(f"{s.name} ({s.condition.value})" for s in unchecked)
+            + "; ".join(f"{s.name} ({s.url}): {s.condition.value}: {s.message}" for s in unchecked)
             + ".",
             hint="Check that the remotes are reachable and the credentials are right.",
         )
+
+
+# --- verify --remotes -----------------------------------------------------------------------
+
+
+@dataclass
+class RemoteCheck:
+    """What 'verify --remotes' found: every remote's state, and the names of those that could
+    not be checked (failing the command) or could not be checked but may be skipped."""
+
+    states: list[Any]
+    unchecked: list[str]
+    skipped: list[str]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.unchecked) or not self.states
+
+    def print(self) -> None:
+        if not self.states:
+            console.print("Remotes: none configured, nothing to compare with.")
+        for st in self.states:
+            note = " (may be skipped)" if st.name in self.skipped else ""
+            console.print(f"remote {st.name} ({st.url}): {st.line()}{note}", markup=False)
+
+    def raise_if_failed(self) -> None:
+        if not self.states:
+            raise RemoteError(
+                "--remotes was given but this ledger has no remotes to check.",
+                hint="Add one with 'ledger remote add NAME URL', or verify without --remotes.",
+            )
+        if self.unchecked:
+            by = {s.name: s for s in self.states}
+            raise RemoteError(
+                "the ledger verifies, but these remotes could not be checked: "
+                + "; ".join(
+                    f"{n} ({by[n].url}): {by[n].condition.value}: {by[n].message}"
+                    for n in self.unchecked
+                )
+                + ".",
+                hint="Make them reachable (network, credentials, host key), or name the "
+                "ones that may be skipped with --skip-remote NAME.",
+            )
+
+
+def check_for_verify(path: Path, result: Any, skip: list[str]) -> RemoteCheck:
+    """Fetch and compare every remote; divergence and rollback become findings of
+    ``result``; remotes that could not be checked are named, unless ``skip`` allows it."""
+    from ledger.verify import Finding
+
+    states = replicate.check_remotes(path)
+    known = {s.name for s in states}
+    unknown = sorted(set(skip) - known)
+    if unknown:
+        raise UsageError(
+            f"--skip-remote names no remote of this ledger: {', '.join(unknown)} "
+            f"(remotes: {', '.join(sorted(known)) or 'none'})."
+        )
+    for st in states:
+        if st.problem:
+            result.add(  # (not ok from now on: ok is derived from the findings)
+                Finding(
+                    st.rule or "diverged",
+                    st.remote_seq,
+                    st.remote_head,
+                    f"remote {st.name} ({st.url}): {st.line()}",
+                )
+            )
+    down = [s.name for s in states if not s.checked]
+    return RemoteCheck(states, [n for n in down if n not in skip], [n for n in down if n in skip])
 
 
 @app.command("clone")
@@ -282,7 +366,7 @@ def clone_cmd(
     result = replicate.clone(
         url, path, trust_genesis=trust_genesis, credentials=_creds(ssh_key, insecure_host_key)
     )
-    console.print(f"Cloned and verified {url} into {result.path}", markup=False)
+    console.print(f"Cloned and verified {mask_url(url)} into {result.path}", markup=False)
     console.print(f"  genesis: {result.genesis}", markup=False)
     console.print(f"  head:    {result.head} (seq {result.seq})", markup=False)
     for w in result.warnings:

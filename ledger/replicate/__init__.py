@@ -9,14 +9,17 @@ reports a refused ref not as an exception but through
 ``RemoteCallbacks.push_update_reference``; every such report becomes a ``rejected`` outcome
 with the server's own words (from the sideband).
 
-What each remote held when we last saw it is kept in ``<gitdir>/ledger-state/remotes.json``
-(and in ``refs/remotes/NAME/main``): ``ledger status`` shows the lag from it, and a remote
-whose head later goes backwards is reported as a rollback.
+What each remote held when we last saw it is kept in the user's own state directory
+(``$XDG_STATE_HOME/runbook-ledger/remotes/<ledger id>.json``, see :mod:`.state`), out of
+reach of whoever can write the ledger directory (and in ``refs/remotes/NAME/main``, as
+evidence): ``ledger status`` shows the lag from it, and a remote whose head later goes
+backwards is reported as a rollback. Remote URLs are shown with their password masked
+(:func:`ledger.redact.mask_url`).
 
 Modules (each imports only the ones listed before it):
 
 - ``chain``: our main head, a commit's seq, genesis, ancestry, records between two heads.
-- ``state``: ``remotes.json``, what each remote held when last seen.
+- ``state``: what each remote held when last seen (the user's state directory).
 - ``remotes``: remote configuration and URLs (add, remove, list, transports, warnings).
 - ``transport``: credentials, SSH host keys, libgit2 callbacks and network settings; listing
   and fetching a remote's main.

@@ -14,6 +14,7 @@ from typing import Any
 
 import pygit2
 
+from ledger.redact import mask_url
 from ledger.replicate import chain, pushes, remotes, state, transport
 from ledger.store import Ledger, open_repository
 from ledger.verify import verify_chain
@@ -31,6 +32,8 @@ class RemoteCondition(enum.StrEnum):
     AUTH_FAILED = "auth failed"
     HOST_KEY = "host key refused"
     ERROR = "error"
+    URL_CHANGED = "url changed"  # the config names another URL than when last checked
+    MISSING = "missing"  # checked before on this machine, gone from the config now
 
 
 _REMOTE_PROBLEMS = {RemoteCondition.DIVERGED, RemoteCondition.ROLLBACK, RemoteCondition.INVALID}
@@ -65,6 +68,8 @@ class RemoteState:
             RemoteCondition.AUTH_FAILED,
             RemoteCondition.HOST_KEY,
             RemoteCondition.ERROR,
+            RemoteCondition.URL_CHANGED,
+            RemoteCondition.MISSING,
         )
 
     @property
@@ -131,7 +136,9 @@ def check_one(
 ) -> RemoteState:
     """Fetch one remote's main into ``refs/remotes/NAME/main`` and compare it with ours."""
     repo, url, local, local_seq = transport.open_for_remote(ledger_path, name, creds)
-    st = RemoteState(name, url, RemoteCondition.ERROR, local_head=local, local_seq=local_seq)
+    st = RemoteState(
+        name, mask_url(url), RemoteCondition.ERROR, local_head=local, local_seq=local_seq
+    )
     prev = (last_seen or {}).get("head")
     st.last_seen_head = prev
     st.last_seen_seq = (last_seen or {}).get("seq")
@@ -148,6 +155,39 @@ def check_one(
         return st
     st.remote_head = fetched
     st.remote_seq = chain.commit_seq(repo, fetched) if fetched else None
+    _compare(repo, st, local, fetched, verify_ahead)
+    _note_url_change(st, (last_seen or {}).get("url_changed_from"))
+    return st
+
+
+def _note_url_change(st: RemoteState, before: Any) -> None:
+    """A URL changed in the config without 'ledger remote add': fail closed, loudly."""
+    if not isinstance(before, str):
+        return
+    said = (
+        f"remote {st.name} now points at {st.url}, but it pointed at {before} when it was "
+        "last checked on this machine, and the change was not made with 'ledger remote add' "
+        "(someone who can write the ledger's config may have pointed it at a doctored copy)"
+    )
+    if st.problem:
+        st.message = f"{st.message}; {said}"
+    elif st.checked:
+        st.condition = RemoteCondition.URL_CHANGED
+        st.message = (
+            f"{said}. If you changed it, run 'ledger remote remove {st.name}' and 'ledger "
+            f"remote add {st.name} URL'."
+        )
+
+
+def _compare(
+    repo: pygit2.Repository,
+    st: RemoteState,
+    local: str | None,
+    fetched: str | None,
+    verify_ahead: bool,
+) -> None:
+    """Classify the fetched head against ours and against what the remote held before."""
+    prev = st.last_seen_head
     if fetched is None:
         if prev:
             st.condition = RemoteCondition.ROLLBACK
@@ -158,11 +198,11 @@ def check_one(
         else:
             st.condition = RemoteCondition.EMPTY
             st.behind = (st.local_seq or 0) + 1 if local else 0
-        return st
+        return
     if local is None:
         st.condition = RemoteCondition.AHEAD
         st.ahead = (st.remote_seq or 0) + 1
-        return st
+        return
     if fetched == local:
         st.condition = RemoteCondition.IN_SYNC
     elif chain.is_ancestor(repo, fetched, local):
@@ -181,9 +221,8 @@ def check_one(
             f"(seq {st.local_seq}); neither extends the other: the remote was rewritten or "
             "holds another ledger (possible tampering). Nothing was overwritten."
         )
-        return st
+        return
     _compare_last_seen(repo, st, fetched)
-    return st
 
 
 def _verify_ahead(repo: pygit2.Repository, st: RemoteState, local: str, fetched: str) -> None:
@@ -202,7 +241,16 @@ def _verify_ahead(repo: pygit2.Repository, st: RemoteState, local: str, fetched:
 def _compare_last_seen(repo: pygit2.Repository, st: RemoteState, fetched: str) -> None:
     """A rollback or rewrite since we last saw the remote overrides the comparison with ours."""
     prev = st.last_seen_head
-    if not prev or prev == fetched or not chain.has(repo, prev):
+    if not prev or prev == fetched:
+        return
+    if not chain.has(repo, prev):
+        # Everything the remote holds is here now (just fetched): it no longer holds prev.
+        st.condition = RemoteCondition.DIVERGED
+        st.message = (
+            f"the remote's main {fetched} (seq {st.remote_seq}) does not contain {prev} "
+            f"(seq {st.last_seen_seq}), which it held when we last saw it: its history was "
+            "rewritten (possible tampering)"
+        )
         return
     if chain.is_ancestor(repo, fetched, prev):
         st.condition = RemoteCondition.ROLLBACK
@@ -236,16 +284,20 @@ def check_remotes(
     repo = open_repository(ledger_path)
     chosen = remotes.select_remotes(repo, names)
     if not chosen:
-        return []
+        return [] if names else _missing(repo, ledger_path)
     seen = state.read(repo)
     with ThreadPoolExecutor(max_workers=min(len(chosen), 16)) as pool:
         futures = [
             pool.submit(check_one, ledger_path, r.name, creds, seen.get(r.name)) for r in chosen
         ]
         results = [f.result() for f in futures]
+    if not names:
+        results += _missing(repo, ledger_path)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with state.lock(repo) as st:
         for r in results:
+            if r.condition is RemoteCondition.MISSING:
+                continue
             entry = dict(st.get(r.name) or {})
             entry["url"] = r.url
             entry["checked"] = now
@@ -262,6 +314,20 @@ def check_remotes(
                 }
             st[r.name] = entry
     return results
+
+
+def _missing(repo: pygit2.Repository, ledger_path: Path) -> list[RemoteState]:
+    """Remotes checked before on this machine that the ledger's config no longer names."""
+    out = []
+    for name, url in sorted(state.missing(repo).items()):
+        st = RemoteState(name, url, RemoteCondition.MISSING)
+        st.message = (
+            f"remote {name} ({url}) was checked on this machine before, but the ledger's "
+            f"config {ledger_path} no longer names it, and it was not removed with 'ledger "
+            "remote remove' (someone who can write the config may have removed a witness)"
+        )
+        out.append(st)
+    return out
 
 
 # --- status -------------------------------------------------------------------------------
@@ -318,6 +384,12 @@ def status(ledger_path: Path) -> LedgerStatus:
         problem = entry.get("problem", {}).get("message") if entry.get("problem") else None
         if entry.get("rollback"):
             problem = (problem + "; " if problem else "") + str(entry["rollback"].get("message"))
+        if entry.get("url_changed_from"):
+            problem = (problem + "; " if problem else "") + (
+                f"its URL was {entry['url_changed_from']} when last checked, and was changed "
+                "without 'ledger remote add'"
+            )
+        problem = mask_url(problem) if problem else None
         rows.append(
             RemoteStatus(
                 info.name,

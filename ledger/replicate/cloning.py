@@ -14,6 +14,7 @@ import pygit2
 
 from ledger import store, verify
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
+from ledger.redact import mask_url
 from ledger.replicate import chain, check, pushes, remotes, state, transport
 
 
@@ -87,33 +88,34 @@ def _fetch_verified(
     """Fetch origin's main and verify its chain: its head, its genesis and the verifier's
     result. Raises when it cannot be fetched, holds no ledger, or does not verify."""
     cb = transport.Callbacks(url, creds, repo.config)
+    shown = mask_url(url)
     try:
         fetched = transport.fetch_main(repo, "origin", cb)
     except transport.AuthFailed as exc:
         raise RemoteError(
-            f"could not clone {url}: {exc}.",
+            f"could not clone {shown}: {exc}.",
             hint="Provide credentials (--ssh-key, LEDGER_HTTP_TOKEN).",
         ) from None
     except pygit2.GitError as exc:
         status_, message = pushes.classify_git_error(exc, cb)
         raise RemoteError(
-            f"could not clone {url}: {status_.value}: {message}.", hint=_hint_for(status_)
+            f"could not clone {shown}: {status_.value}: {message}.", hint=_hint_for(status_)
         ) from None
     if fetched is None:
         raise RemoteError(
-            f"{url} holds no ledger: it has no {chain.MAIN_REF}.", hint="Check the URL."
+            f"{shown} holds no ledger: it has no {chain.MAIN_REF}.", hint="Check the URL."
         )
     root = chain.root_commit(repo, fetched)
     if trust_genesis is not None and root != trust_genesis:
         raise VerificationFailed(
-            f"the ledger at {url} starts at genesis {root}, not at the trusted genesis "
+            f"the ledger at {shown} starts at genesis {root}, not at the trusted genesis "
             f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
             hint="Check the genesis id with the ledger's owner.",
         )
     problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
     if problems:
         raise VerificationFailed(
-            f"the ledger at {url} does not verify ({len(problems)} finding(s)): "
+            f"the ledger at {shown} does not verify ({len(problems)} finding(s)): "
             + "; ".join(problems[:10])
             + ". Nothing was kept.",
             findings=list(problems),
@@ -133,7 +135,7 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     seq = chain.commit_seq(repo, fetched)
     with state.lock(repo) as st:
         st["origin"] = {
-            "url": url,
+            "url": mask_url(url),
             "head": fetched,
             "seq": seq,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -16,6 +16,7 @@ from typing import Any
 import pygit2
 
 from ledger.errors import RemoteError
+from ledger.redact import mask_url
 from ledger.replicate import chain, remotes, state, transport
 from ledger.store import open_repository
 
@@ -156,7 +157,7 @@ class PushSummary:
 def classify_git_error(
     exc: BaseException, cb: transport.Callbacks | None
 ) -> tuple[PushStatus, str]:
-    text = str(exc).strip() or exc.__class__.__name__
+    text = mask_url(str(exc).strip() or exc.__class__.__name__)
     if isinstance(exc, transport.AuthFailed):
         return PushStatus.AUTH_FAILED, text
     if cb is not None and cb.host_key_problem:
@@ -231,7 +232,7 @@ def push_one(
     """Push our main to one remote (fast-forward only); never raises for remote trouble."""
     start = time.monotonic()
     repo, url, local, local_seq = transport.open_for_remote(ledger_path, name, creds)
-    out = PushOutcome(name, url, PushStatus.ERROR, local_head=local, local_seq=local_seq)
+    out = PushOutcome(name, mask_url(url), PushStatus.ERROR, local_head=local, local_seq=local_seq)
     if local is None:
         out.message = "the ledger has no records to push"
         return out
@@ -250,7 +251,6 @@ def push_one(
                     f"the remote's main is gone, but it held {chain.short(seen['head'])} "
                     f"(seq {seen.get('seq')}) when we last saw it"
                 )
-            cb = transport.Callbacks(url, creds, repo.config)
             _send(repo, name, out, local, remote_head, cb)
         else:
             _refuse(repo, out, local, transport.fetch_main(repo, name, cb))
@@ -264,10 +264,10 @@ def push_one(
         status, message = classify_git_error(exc, cb)
         if "non-fastforwardable" in str(exc) or "non-fast-forward" in str(exc):
             status = PushStatus.REJECTED
-            message = f"{exc} (the remote moved while we pushed; run 'ledger push' again)"
+            message = mask_url(f"{exc} (the remote moved while we pushed; run 'ledger push' again)")
         out.status, out.message = status, message
     except (OSError, ValueError, KeyError) as exc:
-        out.status, out.message = PushStatus.ERROR, str(exc)
+        out.status, out.message = PushStatus.ERROR, mask_url(str(exc))
     out.seconds = time.monotonic() - start
     return out
 
@@ -282,7 +282,7 @@ def _send(
 ) -> None:
     """The push itself, when the remote's main is missing or an ancestor of ours."""
     out.records = chain.ahead(repo, local, remote_head)
-    transport.anonymous(repo, name).push([PUSH_REFSPEC], callbacks=cb)
+    transport.push_main(repo, name, PUSH_REFSPEC, cb)
     if cb.rejections:
         out.status = PushStatus.REJECTED
         refs = "; ".join(f"{ref}: {msg}" for ref, msg in cb.rejections)

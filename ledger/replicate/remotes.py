@@ -12,6 +12,7 @@ from pathlib import Path
 import pygit2
 
 from ledger.errors import InputError, RemoteError, StorageError
+from ledger.redact import mask_url
 from ledger.replicate import chain, state
 from ledger.store import open_repository
 
@@ -39,7 +40,10 @@ SCHEMES = {
 
 @dataclass(frozen=True)
 class RemoteInfo:
-    """A configured remote; ``warning`` is set when its server-side rules cannot apply."""
+    """A configured remote; ``warning`` is set when its server-side rules cannot apply.
+
+    ``url`` is for showing: its password, if any, is masked (:func:`ledger.redact.mask_url`).
+    Only :mod:`ledger.replicate.transport` reads the real URL, from the config, to connect."""
 
     name: str
     url: str
@@ -63,6 +67,14 @@ def classify_url(url: str) -> str:
     )
     if not url or not url.strip():
         raise InputError("the remote URL is empty.", hint=hint)
+    try:
+        return _classify(url, hint)
+    except InputError as exc:
+        # Every message quotes the URL: never with its password.
+        raise InputError(mask_url(exc.message), hint=exc.hint) from None
+
+
+def _classify(url: str, hint: str) -> str:
     if _CONTROL_RE.search(url):
         raise InputError(f"the remote URL {url!r} contains control characters.", hint=hint)
     if "://" in url:
@@ -124,10 +136,10 @@ def direct_write_warning(name: str, url: str) -> str | None:
     if classify_url(url) not in ("path", "file"):
         return None
     return (
-        f"remote {name} ({url}) is a local path: pushes write its directory directly, so its "
-        "receive.denyNonFastForwards / receive.denyDeletes rules and its pre-receive check do "
-        "not run, and whoever can write that directory can rewrite it. Serve it over "
-        "ssh://, git:// or https:// to have those rules enforced."
+        f"remote {name} ({mask_url(url)}) is a local path: pushes write its directory "
+        "directly, so its receive.denyNonFastForwards / receive.denyDeletes rules and its "
+        "pre-receive check do not run, and whoever can write that directory can rewrite "
+        "it. Serve it over ssh://, git:// or https:// to have those rules enforced."
     )
 
 
@@ -164,20 +176,22 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
     repo = open_repository(ledger_path)
     if name in _remote_names(repo):
         raise InputError(
-            f"a remote named {name!r} already exists ({repo.remotes[name].url}).",
+            f"a remote named {name!r} already exists ({mask_url(repo.remotes[name].url or '')}).",
             hint=f"Remove it first with 'ledger remote remove {name}', or choose another name.",
         )
     try:
         repo.remotes.create(name, url, f"+{chain.MAIN_REF}:refs/remotes/{name}/main")
     except pygit2.GitError as exc:
-        raise StorageError(f"could not add remote {name!r}: {exc}.") from None
-    return RemoteInfo(name, url, transport, direct_write_warning(name, url))
+        raise StorageError(mask_url(f"could not add remote {name!r}: {exc}.")) from None
+    state.remember_url(repo, name)
+    return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url))
 
 
 def remove_remote(ledger_path: Path, name: str) -> None:
     """Remove a remote (its config, tracking ref and recorded state)."""
     repo = open_repository(ledger_path)
     get_remote(repo, name)
+    state.forget(repo, name)
     # Not repo.remotes.delete(): libgit2's remote deletion also removes local branches whose
     # names match the remote's fetch refspec source, which here is our own refs/heads/main.
     prefix = f"remote.{name}."
@@ -191,8 +205,6 @@ def remove_remote(ledger_path: Path, name: str) -> None:
                 repo.references.delete(ref)
     except (pygit2.GitError, KeyError, ValueError) as exc:
         raise StorageError(f"could not remove remote {name!r}: {exc}.") from None
-    with state.lock(repo) as seen:
-        seen.pop(name, None)
 
 
 def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
@@ -205,7 +217,7 @@ def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
             warning = direct_write_warning(name, url)
         except InputError as exc:
             transport, warning = "invalid", exc.message
-        out.append(RemoteInfo(name, url, transport, warning))
+        out.append(RemoteInfo(name, mask_url(url), transport, warning))
     return out
 
 
@@ -216,5 +228,5 @@ def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list
         remote = get_remote(repo, name)
         url = remote.url or ""
         transport = classify_url(url)
-        out.append(RemoteInfo(name, url, transport, direct_write_warning(name, url)))
+        out.append(RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url)))
     return out

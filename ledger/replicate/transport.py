@@ -211,6 +211,15 @@ class Callbacks(pygit2.RemoteCallbacks):
         self.url = url
         self.creds = creds
         self.config = config
+        self.begin()
+
+    def begin(self) -> None:
+        """Start a new operation (a new connection): every credential may be offered again.
+
+        libgit2 asks for credentials once per connection, and a candidate offered is
+        consumed; an object reused for a second connection without this would have nothing
+        left to offer and report an authentication failure (issue 10, item 4). Every
+        network function of this module calls it first."""
         self.attempts = 0
         self.tried: list[str] = []
         self.host_key_problem: str | None = None
@@ -415,6 +424,7 @@ def anonymous(repo: pygit2.Repository, name: str) -> pygit2.Remote:
 
 def list_main(repo: pygit2.Repository, name: str, cb: Callbacks) -> str | None:
     remote = anonymous(repo, name)
+    cb.begin()
     heads = remote.list_heads(callbacks=cb)
     for head in heads:
         if head.name == chain.MAIN_REF:
@@ -427,6 +437,7 @@ def fetch_main(repo: pygit2.Repository, name: str, cb: Callbacks) -> str | None:
     remote = anonymous(repo, name)
     tracking = f"refs/remotes/{name}/main"
     before = chain.main_head(repo)
+    cb.begin()
     remote.fetch(
         [f"+{chain.MAIN_REF}:{tracking}"], callbacks=cb, prune=pygit2.enums.FetchPrune.NO_PRUNE
     )
@@ -440,6 +451,13 @@ def fetch_main(repo: pygit2.Repository, name: str, cb: Callbacks) -> str | None:
         )
     ref = repo.references.get(tracking)
     return str(ref.target) if ref is not None else None
+
+
+def push_main(repo: pygit2.Repository, name: str, refspec: str, cb: Callbacks) -> None:
+    """Push ``refspec`` to NAME's URL; refused refs arrive in ``cb.rejections``."""
+    remote = anonymous(repo, name)
+    cb.begin()
+    remote.push([refspec], callbacks=cb)
 
 
 def open_for_remote(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ledger import replicate
 from ledger.errors import InputError, LedgerError, StorageError, UsageError
+from ledger.redact import mask_url
 from ledger.report.build import EXCERPT_LINES, build_report
 from ledger.report.fields import as_dict, as_int, as_str
 from ledger.report.model import (
@@ -249,13 +250,13 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
         out.append(
             RemoteView(
                 name=info.name,
-                url=info.url,
+                url=mask_url(info.url),
                 head_commit=commit if isinstance(commit, str) else None,
                 head_seq=seq,
                 holds_head=holds,
                 holds_records=False,
                 note=note,
-                problem=as_str(problem),
+                problem=mask_url(as_str(problem)),
             )
         )
     return out

@@ -36,9 +36,11 @@ ROOT_PREFIX = "ledger-tests-"
 CHILD_SITE = Path(__file__).resolve().parent / "childsite"
 
 SCRUB_PREFIXES = ("GIT_", "LEDGER_", "SSH_AUTH_SOCK", "SSH_AGENT_PID")
-SCRUB_NAMES = ("XDG_CONFIG_HOME", "EMAIL", "CI_PIPELINE_ID")
-"""XDG_CONFIG_HOME: read by both git and libgit2 for ``git/config``; EMAIL: git's identity
-fallback; CI_PIPELINE_ID: the product records it as the run's CI trigger."""
+SCRUB_NAMES = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "EMAIL", "CI_PIPELINE_ID")
+"""XDG_CONFIG_HOME: read by both git and libgit2 for ``git/config``; XDG_STATE_HOME: the
+product keeps the user's trust anchors (remotes' last-seen heads) there, under HOME otherwise;
+EMAIL: git's identity fallback; CI_PIPELINE_ID: the product records it as the run's CI
+trigger."""
 
 SYSTEM_TMP = Path(tempfile.gettempdir())
 """The system temporary directory as the session found it (before TMPDIR is redirected)."""
