@@ -15,7 +15,7 @@ import pygit2
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
 from ledger.replicate import chain, check, protect, pushes, remotes, state, transport
 from ledger.store import Ledger
-from ledger.verify import save_state
+from ledger.verify import local
 
 
 @dataclass
@@ -129,8 +129,7 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     repo.references.create(chain.MAIN_REF, fetched, force=False)
     protect.protect(repo.config, ledger=True)
     Ledger.adopt(target)
-    if result.state is not None:
-        save_state(repo, result.state)
+    local.remember_clone(repo, result)
     seq = chain.commit_seq(repo, fetched)
     with state.lock(repo) as st:
         st["origin"] = {
