@@ -84,14 +84,24 @@ def state_path(repo_path: Path | str | pygit2.Repository) -> Path:
 
 def _private_dir(path: Path) -> None:
     """Create ``path`` (and parents) 0700; refuse one another user or group could write."""
+    _check_private(path)
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.stat()
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)  # (mkdir's mode is masked by the umask)
     except OSError as exc:
         raise StorageError(
             f"could not create the state directory {path}: {exc.strerror or exc}.",
             hint=f"Check its permissions, or set {ENV_STATE_DIR} to a directory of your own.",
         ) from None
+
+
+def _check_private(path: Path) -> None:
+    """Anchors are read from, and written to, only directories that are the user's alone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # absent (or unreadable: reading the file says so)
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         raise StorageError(
             f"the state directory {path} is not private (owner uid {st.st_uid}, mode "
@@ -102,6 +112,7 @@ def _private_dir(path: Path) -> None:
 
 def _write_private(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, mode 0600 (temp file, fsync, rename, fsync)."""
+    _private_dir(state_root())
     _private_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # (mode 0600)
@@ -127,10 +138,13 @@ def _write_private(path: Path, data: bytes) -> Path:
     return path
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(path: Path, *, private: bool = True) -> str | None:
+    if private:
+        _check_private(state_root())
+        _check_private(path.parent)
     try:
         return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise StorageError(
@@ -194,8 +208,9 @@ def parse_pins(text: str, source: str) -> dict[str, str]:
 
 
 def read_pins(path: Path) -> dict[str, str]:
-    text = _read_text(path)
-    if text is None and path != state_root() / PINS_FILE:
+    own = path == state_root() / PINS_FILE
+    text = _read_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
+    if text is None and not own:
         raise InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
     return parse_pins(text or "", str(path))
 
