@@ -151,16 +151,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
     commits = sorted(by_commit)
     try:
         state, pin = local.report_resume(ledger.path)
-    except LedgerError as exc:
-        return Verification(
-            "failed",
-            len(commits),
-            0,
-            findings=[verify.Finding("error", None, None, exc.diagnostics())],
-            method="ledger.verify",
-        )
-    resumed_at = state.seq if state is not None else -1
-    try:
+        resumed_at = state.seq if state is not None else -1
         result = verify.verify_ledger(
             ledger.path,
             trust_genesis=pin.genesis,
