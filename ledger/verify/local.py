@@ -342,6 +342,8 @@ def verify_local(
     saved = False
     if remember and result.ok and result.state is not None:
         saved = _try_save(path, result.state)
+        if saved and pin.source in ("--trust-genesis", "pin file"):
+            save_pin(result.state.ledger_id, result.state.genesis)  # an explicit anchor wins
     pinned_now = pin.genesis is None and saved
     return LocalVerification(result, pinned_now, previous, pin.source, saved)
 
@@ -466,8 +468,9 @@ def report_resume(path: Path | str) -> tuple[state.VerifiedState | None, Pin]:
 
 
 def remember(path: Path | str, result: VerifyResult, previous: state.VerifiedState | None) -> bool:
-    """Remember a verified head that moved forward; quietly not on a read-only machine."""
-    if not result.ok or result.state is None:
+    """Remember a pinned, verified head that moved forward; quietly not on a read-only
+    machine. (A report never pins: only ``ledger verify`` trusts on first use, and says so.)"""
+    if not result.ok or result.state is None or not result.genesis_pinned:
         return False
     if previous is not None and result.state.seq <= previous.seq:
         return False
