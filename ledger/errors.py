@@ -178,3 +178,12 @@ class ApprovalRefused(LedgerError):
 
     exit_code = 13
     label = "approval refused"
+
+
+class GenesisNotPinned(LedgerError):
+    """No genesis is pinned for this ledger on this machine (nor given): ``ledger verify
+    --require-pin``, and ``run`` / ``record`` / ``approve``, which never trust an unpinned
+    genesis silently."""
+
+    exit_code = 14
+    label = "genesis not pinned"

@@ -29,6 +29,7 @@ from ledger.keys import SigningKey
 from ledger.run import approvals
 from ledger.runbook import ApprovalSpec
 from ledger.store import Ledger
+from ledger.verify import local
 
 WAIT_S = 60.0
 
@@ -59,6 +60,7 @@ def env(tmp_path: Path) -> Env:
     operator = SigningKey.load(operator_file)
     path = tmp_path / "ledger"
     led = Ledger.init(path, name="approvals", key=operator, principal="ops@example.com")
+    local.pin_after_init(path, led.genesis_id)  # as 'ledger init' does on its machine
     keys: dict[str, Path] = {"operator": operator_file}
     for who in ("alice", "bob", "alice2", "mallory", "carol"):
         keys[who] = _keyfile(tmp_path, who)

@@ -939,7 +939,7 @@ def test_stock_git_accepts_a_run(env: Env) -> None:
 
 def test_a_run_extends_the_verified_head_over_its_own_records(env: Env) -> None:
     from ledger import verify
-    from ledger.run import verify_before_run
+    from ledger.verify import local
 
     book = env.book(
         """
@@ -951,7 +951,7 @@ def test_a_run_extends_the_verified_head_over_its_own_records(env: Env) -> None:
             run: echo b
         """
     )
-    assert verify_before_run(env.ledger) == 1  # the genesis
+    assert local.verify_before_append(env.ledger.path) == 0  # init verified the genesis
     outcome = env.run(book)
     state = verify.load_state(env.ledger.path)
     head = env.ledger.head()
@@ -962,12 +962,12 @@ def test_a_run_extends_the_verified_head_over_its_own_records(env: Env) -> None:
     assert full.ok and full.state is not None
     assert (full.state.prev_sha256, full.state.keys) == (state.prev_sha256, state.keys)
     # The next run's verification has nothing new to read.
-    assert verify_before_run(env.ledger) == 0
+    assert local.verify_before_append(env.ledger.path) == 0
 
 
 def test_records_written_by_others_are_still_verified_before_the_next_run(env: Env) -> None:
     from ledger import verify
-    from ledger.run import verify_before_run
+    from ledger.verify import local
 
     book = env.book(
         """
@@ -977,27 +977,28 @@ def test_records_written_by_others_are_still_verified_before_the_next_run(env: E
             run: echo a
         """
     )
-    verify_before_run(env.ledger)
+    local.verify_before_append(env.ledger.path)
     before = verify.load_state(env.ledger.path)
     # Another writer appends between the verification and the run: not the run's record.
     Ledger.open(env.ledger.path).append("event", {"message": "x", "data": None}, key=env.key)
     env.run(book)
     assert verify.load_state(env.ledger.path) == before
-    assert verify_before_run(env.ledger) == 5  # the event and the run's four records
+    assert local.verify_before_append(env.ledger.path) == 5  # the event and the run's four
 
 
 def test_a_swapped_chain_under_a_run_is_not_marked_verified(env: Env) -> None:
     """A run whose first record's parent is not the verified head (the branch was moved
     behind the runner's back) leaves the verified head where it was."""
     from ledger import verify
-    from ledger.run import extend_verified_state, verify_before_run
+    from ledger.verify import local
 
-    verify_before_run(env.ledger)
+    local.verify_before_append(env.ledger.path)
     before = verify.load_state(env.ledger.path)
     first = env.ledger.append("event", {"message": "a", "data": None}, key=env.key)
     second = env.ledger.append("event", {"message": "b", "data": None}, key=env.key)
-    assert extend_verified_state(env.ledger, [second]) is False  # parent is not the head
+    extend = local.extend_over_own_appends
+    assert extend(env.ledger.repo, env.ledger.path, [second]) is False  # parent is not the head
     assert verify.load_state(env.ledger.path) == before
-    assert extend_verified_state(env.ledger, [first, second]) is True
+    assert extend(env.ledger.repo, env.ledger.path, [first, second]) is True
     state = verify.load_state(env.ledger.path)
     assert state is not None and state.head == second.commit_id

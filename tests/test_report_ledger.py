@@ -16,6 +16,7 @@ from ledger import replicate
 from ledger.format import records
 from ledger.keys import SigningKey
 from ledger.store import Ledger
+from ledger.verify import local
 
 
 def stream_meta(data: bytes) -> dict[str, Any]:
@@ -29,6 +30,7 @@ class World:
         self.bob = SigningKey.generate(comment="bob@example.com")
         self.path = tmp_path / "ledger.git"
         self.led = Ledger.init(self.path, name="ops", key=self.alice, principal="alice@example.com")
+        local.pin_after_init(self.path, self.led.genesis_id)  # as 'ledger init' does
         pk = self.bob.public_key
         self.led.append(
             "key.added",

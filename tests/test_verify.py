@@ -37,6 +37,7 @@ from ledger.verify import (
     VerifiedState,
     expected_record_path,
     load_state,
+    local,
     rules,
     save_state,
     state_path,
@@ -76,11 +77,17 @@ def test_result_json_and_state_round_trip(tmp_path: Path) -> None:
     assert state.keys[1].added_seq == 5 and state.keys[0].added_seq == 0
 
     written = save_state(built.path, state)
-    assert written == state_path(built.path) == built.path / "ledger-state" / "verified.json"
-    assert [p.name for p in written.parent.iterdir() if p.name.startswith(".verified")] == []
+    # In the user's state directory, keyed by the git directory's real path; never in the
+    # ledger's own directory.
+    assert written == state_path(built.path)
+    assert written.parent.parent == local.state_root()
+    assert not (built.path / "ledger-state" / "verified.json").exists()
+    assert [p.name for p in written.parent.iterdir() if p.name.startswith(".tmp")] == []
     loaded = load_state(built.path)
     assert loaded == state
-    assert VerifiedState.from_json(json.loads(written.read_text())) == state
+    doc = json.loads(written.read_text())
+    assert doc.pop("path") == str(built.path.resolve())
+    assert VerifiedState.from_json(doc) == state
 
 
 def test_ok_is_derived_from_the_findings(tmp_path: Path) -> None:
@@ -672,7 +679,8 @@ def test_engine_written_run_records_verify(tmp_path: Path) -> None:
     key = SigningKey.generate(comment="op@example.com")
     key.save(tmp_path / "op_key")
     ledger_path = tmp_path / "ledger"
-    Ledger.init(ledger_path, name="runs", key=key, principal="op@example.com")
+    created = Ledger.init(ledger_path, name="runs", key=key, principal="op@example.com")
+    local.pin_after_init(ledger_path, created.genesis_id)  # as 'ledger init' does
     work = tmp_path / "work"
     work.mkdir()
     book = tmp_path / "rb.yaml"

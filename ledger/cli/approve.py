@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import JsonOpt, KeyOpt, LedgerOpt, app, console
-from ledger.cli.core import open_ledger, signing_key_for
+from ledger.cli.common import JsonOpt, KeyOpt, LedgerOpt, TrustGenesisOpt, app, console
+from ledger.cli.core import open_ledger, require_pin, signing_key_for
 from ledger.run import approvals
 
 
@@ -33,6 +33,7 @@ def approve_cmd(
     ] = False,
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
+    trust_genesis: TrustGenesisOpt = None,
 ) -> None:
     """Approve (or --reject) a run waiting at an approval step, signed with your own key.
 
@@ -40,6 +41,7 @@ def approve_cmd(
     Exit status 13 when the run is not waiting at STEP or you may not approve it.
     """
     led = open_ledger(ledger)
+    require_pin(led, trust_genesis)
     signing_key = signing_key_for(led, key)
     decision: approvals.Decision = approvals.REJECTED if reject else approvals.APPROVED
     done = approvals.record_approval(

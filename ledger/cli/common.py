@@ -50,6 +50,15 @@ KeyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TrustGenesisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trust-genesis",
+        help="Genesis commit id to pin (default: $LEDGER_TRUST_GENESIS, else the pin kept in "
+        "your state directory).",
+        show_default=False,
+    ),
+]
 
 
 def find_ledger_path(explicit: Path | None) -> Path:

@@ -14,6 +14,7 @@ from ledger.cli.common import (
     JsonOpt,
     KeyOpt,
     LedgerOpt,
+    TrustGenesisOpt,
     app,
     console,
     console_err,
@@ -24,6 +25,7 @@ from ledger.cli.common import (
     resolve_key_path,
 )
 from ledger.errors import (
+    GenesisNotPinned,
     InputError,
     KeyProblem,
     LedgerExists,
@@ -36,7 +38,7 @@ from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mo
 from ledger.store import Ledger, StoredRecord, gitdir
 
 if TYPE_CHECKING:
-    from ledger.verify.local import LocalVerification
+    from ledger.verify.local import Anchors, LocalVerification
 
 keys_app = typer.Typer(
     help="Generate keys and manage the ledger's trusted signers.", no_args_is_help=True
@@ -116,7 +118,9 @@ def init(
         principal=who,
     )
     ledger.config_set("ledger.signingKey", str(key_path.resolve()))
-    _pin_genesis(ledger)
+    from ledger.verify import local  # here: the verifier is large; --help starts without it
+
+    local.pin_after_init(ledger.path, ledger.genesis_id)
     excluded = gitdir.exclude_from_worktree(target)
     console.print(f"Created ledger {ledger.name!r} at {target}")
     console.print(f"  ledger id:  {ledger.ledger_id}")
@@ -133,13 +137,11 @@ def init(
         )
 
 
-def _pin_genesis(ledger: Ledger) -> None:
-    """The creator's own copy trusts the genesis it just wrote."""
-    from ledger import verify
+def require_pin(ledger: Ledger, trust_genesis: str | None) -> None:
+    """Appending commands never trust an unpinned genesis silently (exit 14 without one)."""
+    from ledger.verify import local  # here: the verifier is large; --help starts without it
 
-    result = verify.verify_ledger(ledger.path, trust_genesis=ledger.genesis_id)
-    if result.state is not None:
-        verify.save_state(ledger.path, result.state)
+    local.require_pin(ledger.path, local.Anchors.given(trust_genesis))
 
 
 # --- keys -------------------------------------------------------------------------------
@@ -348,6 +350,7 @@ def record_cmd(
     run: Annotated[str | None, typer.Option("--run", help="Attach the event to a run id.")] = None,
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
+    trust_genesis: TrustGenesisOpt = None,
 ) -> None:
     """Append an external event to the ledger (for other tools)."""
     if kind != records.KIND_EVENT:
@@ -359,6 +362,7 @@ def record_cmd(
     led = open_ledger(ledger)
     if run is not None:
         records.check_run_id(run)
+    require_pin(led, trust_genesis)
     signing_key = signing_key_for(led, key)
     done = led.append(
         records.KIND_EVENT,
@@ -472,10 +476,22 @@ def verify_cmd(
     since_last: Annotated[
         bool, typer.Option("--since-last", help="Verify only records after the last verified head.")
     ] = False,
-    trust_genesis: Annotated[
-        str | None,
-        typer.Option("--trust-genesis", help="Genesis commit id to pin (else the one remembered)."),
+    trust_genesis: TrustGenesisOpt = None,
+    pins: Annotated[
+        Path | None,
+        typer.Option(
+            "--pins",
+            help="A pin file you keep: lines '<ledger id> <genesis commit id>'.",
+            show_default=False,
+        ),
     ] = None,
+    require_pin: Annotated[
+        bool,
+        typer.Option(
+            "--require-pin",
+            help="Exit 14 when no genesis is pinned, instead of trusting it on first use.",
+        ),
+    ] = False,
     remotes: Annotated[
         bool,
         typer.Option(
@@ -505,7 +521,10 @@ def verify_cmd(
     if skip_remote and not remotes:
         raise UsageError("--skip-remote only applies with --remotes.")
     show_bar = progress and not json_out and console_err.is_terminal
-    outcome = _verify_local(path, trust_genesis, since_last, show_bar)
+    from ledger.verify import local  # here: only 'ledger verify' needs the verifier
+
+    anchors = local.Anchors.given(trust_genesis, pins)
+    outcome = _verify_local(path, anchors, since_last, show_bar, remember=not require_pin)
     result = outcome.result
     check = None
     if remotes:
@@ -515,6 +534,8 @@ def verify_cmd(
     if json_out:
         doc = result.to_json()
         doc["pinned_now"] = outcome.pinned_now
+        doc["pin_source"] = outcome.pin_source
+        doc["state_saved"] = outcome.remembered
         if check is not None:
             doc["remotes"] = [s.to_json() for s in check.states]
             doc["remotes_unchecked"] = check.unchecked
@@ -534,19 +555,24 @@ def verify_cmd(
         )
     if check is not None:
         check.raise_if_failed()
+    if require_pin and outcome.pin_source is None:
+        raise GenesisNotPinned(
+            f"no genesis is pinned for the ledger at {path} (genesis {result.genesis}, "
+            f"ledger id {result.ledger_id}); it was not pinned now (--require-pin).",
+            hint="Compare the genesis with the ledger's owner, then pin it: 'ledger verify' "
+            "without --require-pin, --trust-genesis, $LEDGER_TRUST_GENESIS or --pins FILE.",
+        )
 
 
 def _verify_local(
-    path: Path, trust_genesis: str | None, since_last: bool, show_bar: bool
+    path: Path, anchors: Anchors, since_last: bool, show_bar: bool, *, remember: bool
 ) -> LocalVerification:
     """Verify this copy (:func:`ledger.verify.local.verify_local`), with a progress bar on stderr
     when ``show_bar``."""
-    # Imported here: only 'ledger verify' needs the verifier; the other core commands start
-    # faster without it.
     from ledger.verify.local import verify_local
 
     if not show_bar:
-        return verify_local(path, trust_genesis=trust_genesis, since_last=since_last)
+        return verify_local(path, anchors=anchors, since_last=since_last, remember=remember)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
@@ -562,7 +588,9 @@ def _verify_local(
         def tick(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return verify_local(path, trust_genesis=trust_genesis, since_last=since_last, progress=tick)
+        return verify_local(
+            path, anchors=anchors, since_last=since_last, progress=tick, remember=remember
+        )
 
 
 def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None:
@@ -577,10 +605,17 @@ def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None
     )
     if result.ok:
         console.print(f"Verified {scope}: head seq {result.seq}, commit {result.head}.")
-        if pinned_now:
+        if not result.genesis_pinned:
+            now = (
+                "it is pinned now (trust on first use)"
+                if pinned_now
+                else "it was not pinned now either"
+            )
             console.print(
-                f"Genesis {result.genesis} was not pinned on this machine; it is "
-                "pinned now (trust on first use). Compare it with the ledger's owner."
+                f"[bold yellow]NOT PINNED:[/] genesis {result.genesis} (ledger "
+                f"{result.ledger_id}) was not pinned on this machine; {now}. Compare it "
+                "with the ledger's owner.",
+                highlight=False,
             )
         elif result.genesis_pinned:
             console.print(f"Genesis {result.genesis} matches the pinned genesis.")

@@ -81,7 +81,7 @@ def _make_ledger(root: Path, key: SigningKey, key_path: Path, principal: str) ->
 
     led = Ledger.init(root / "ledger.git", name="demo", key=key, principal=principal)
     led.config_set("ledger.signingKey", str(key_path))
-    local.verify_local(led.path, trust_genesis=led.genesis_id)
+    local.pin_after_init(led.path, led.genesis_id)
     console.print(f"  {led.path}: ledger id {led.ledger_id}")
     console.print(
         f"  genesis commit {led.genesis_id} (auditors pin this id); trusted signer "

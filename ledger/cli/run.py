@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ledger.cli.common import KeyOpt, LedgerOpt, app, console, console_err
+from ledger.cli.common import KeyOpt, LedgerOpt, TrustGenesisOpt, app, console, console_err
 from ledger.cli.core import open_ledger, signing_key_for
 from ledger.cli.terminal import TerminalEvents, TerminalPrompt, finish_pusher, start_pusher
 from ledger.format import records
@@ -34,7 +34,6 @@ from ledger.run import (
     StopSignal,
     plan_run,
     prepare_resume,
-    verify_before_run,
 )
 from ledger.runbook import load_runbook, parse_assignments, resolve_parameters
 from ledger.store import Ledger
@@ -91,14 +90,16 @@ def _interactive() -> TerminalPrompt | None:
     return TerminalPrompt() if TerminalPrompt.available() else None
 
 
-def _check_ledger(led: Ledger, allow_unverified: bool) -> None:
+def _check_ledger(led: Ledger, allow_unverified: bool, trust_genesis: str | None) -> None:
     if allow_unverified:
         console_err.print(
             "[yellow]ledger: warning:[/] --allow-unverified: the ledger is not verified before "
             "this run."
         )
         return
-    verify_before_run(led)
+    from ledger.verify import local  # here: the verifier is large and --help starts without it
+
+    local.verify_before_append(led.path, local.Anchors.given(trust_genesis))
 
 
 def _execute(led: Ledger, key_path: Path | None, request: RunRequest, no_push: bool) -> None:
@@ -208,6 +209,7 @@ def run_cmd(
     ledger: LedgerOpt = None,
     no_push: NoPushOpt = False,
     allow_unverified: AllowUnverifiedOpt = False,
+    trust_genesis: TrustGenesisOpt = None,
 ) -> None:
     """Run a runbook: every step is recorded as signed commits before and after it runs.
 
@@ -222,7 +224,7 @@ def run_cmd(
         _print_plan(plan_run(book, params))
         return
     led = open_ledger(ledger)
-    _check_ledger(led, allow_unverified)
+    _check_ledger(led, allow_unverified, trust_genesis)
     request = RunRequest(
         runbook=book, params=params, incident=incident, trigger=trigger, environ=dict(os.environ)
     )
@@ -256,13 +258,14 @@ def resume_cmd(
     ledger: LedgerOpt = None,
     no_push: NoPushOpt = False,
     allow_unverified: AllowUnverifiedOpt = False,
+    trust_genesis: TrustGenesisOpt = None,
 ) -> None:
     """Continue a failed (or interrupted) run from its failed step, as a new linked run.
 
     See ``_RESUME_HELP``.
     """
     led = open_ledger(ledger)
-    _check_ledger(led, allow_unverified)
+    _check_ledger(led, allow_unverified, trust_genesis)
     plan = prepare_resume(led, run_id, runbook_path=runbook, given=parse_assignments(param or []))
     if plan.carried:
         console.print(

@@ -12,10 +12,11 @@ from typing import Any
 
 import pygit2
 
-from ledger import store, verify
+from ledger import store
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
 from ledger.redact import mask_url
 from ledger.replicate import chain, check, pushes, remotes, state, transport
+from ledger.verify import local
 
 
 @dataclass
@@ -130,8 +131,7 @@ def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result:
     repo.references.create(chain.MAIN_REF, fetched, force=False)
     store.protect(repo.config, ledger=True)
     store.Ledger.adopt(target)
-    if result.state is not None:
-        verify.save_state(repo, result.state)
+    local.remember_clone(repo, result)
     seq = chain.commit_seq(repo, fetched)
     with state.lock(repo) as st:
         st["origin"] = {

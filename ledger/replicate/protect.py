@@ -18,9 +18,10 @@ from typing import Any
 import pygit2
 
 import ledger
-from ledger import store, verify
-from ledger.errors import InputError, LedgerError, LedgerExists, StorageError
+from ledger import store
+from ledger.errors import InputError, LedgerExists, StorageError
 from ledger.replicate import chain, check
+from ledger.verify import local
 
 HOOK_SCRIPT = """#!/bin/sh
 # Installed by 'ledger remote init': verifies every record pushed to this ledger remote,
@@ -123,7 +124,7 @@ def pre_receive(
                 f"pinned genesis {genesis} of this remote [rule: genesis-mismatch]"
             )
             continue
-        since = _hook_since(repo, old, genesis or root)
+        since = local.hook_since(repo, old, genesis or root)
         problems, result = check.verify_head(repo, new, trust_genesis=genesis or root, since=since)
         if problems:
             ok = False
@@ -145,8 +146,7 @@ def pre_receive(
         messages.append(f"pinned genesis {pin_now}")
     if ok and verified:
         # Lets the next push verify only its new records (matched by the old head).
-        with contextlib.suppress(LedgerError):
-            verify.save_state(repo, verified[-1])
+        local.hook_remember(repo, verified[-1])
     return HookResult(ok, messages)
 
 
@@ -190,16 +190,3 @@ def _refusal(repo: pygit2.Repository, old: str, new: str, ref: str) -> str | Non
             f"refusing {ref}: {new} does not extend {old}; a ledger only grows [rule: fast-forward]"
         )
     return None
-
-
-def _hook_since(repo: pygit2.Repository, old: str, genesis: str) -> Any:
-    """The remote's saved verified state if it is exactly the head being extended."""
-    if old == chain.ZERO_OID:
-        return None
-    try:
-        state = verify.load_state(repo)
-    except LedgerError:
-        return None
-    if state is None or state.head != old or state.genesis != genesis:
-        return None
-    return state

@@ -12,7 +12,6 @@ JSON state file :mod:`ledger.replicate` keeps (``read_remote_state``): no networ
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ledger import replicate
-from ledger.errors import InputError, LedgerError, StorageError, UsageError
+from ledger.errors import InputError, LedgerError, UsageError
 from ledger.redact import mask_url
 from ledger.report.build import EXCERPT_LINES, build_report
 from ledger.report.fields import as_dict, as_int, as_str
@@ -139,27 +138,24 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
 
     Verification resumes from this copy's last verified head (``ledger verify`` keeps it),
     so only newer records are checked again; a successful verification moves that head
-    forward. Without a saved head the whole chain is verified, pinned to the ledger's
-    configured genesis. A record newer than the saved head is looked up on the verifier's
-    walk; an older one is on the chain when the verified head's tree holds its bytes at its
-    path (the tree only grows, which the verifier checked), so a report on an old run does
-    not walk back through the history.
+    forward (:mod:`ledger.verify.local` decides both). Without a saved head the whole chain
+    is verified, pinned to the genesis this machine pinned (the ledger's own config is not a
+    pin); unpinned, the report says so. A record newer than the saved head is looked up on
+    the verifier's walk; an older one is on the chain when the verified head's tree holds its
+    bytes at its path (the tree only grows, which the verifier checked), so a report on an
+    old run does not walk back through the history.
     """
     from ledger import verify  # here, not at the top: keeps the verifier out of 'ledger --help'
+    from ledger.verify import local
 
     by_commit = {r.commit_id: r for r in recs}
     commits = sorted(by_commit)
     try:
-        state = verify.load_state(ledger.path)
-    except InputError:
-        state = None  # a malformed saved state: verify everything instead
-    if state is not None and state.genesis != ledger.genesis_id:
-        state = None
-    resumed_at = state.seq if state is not None else -1
-    try:
+        state, pin = local.report_resume(ledger.path)
+        resumed_at = state.seq if state is not None else -1
         result = verify.verify_ledger(
             ledger.path,
-            trust_genesis=ledger.genesis_id,
+            trust_genesis=pin.genesis,
             since=state,
             # Records newer than the last verified head are met on the verifier's walk.
             commits=[c for c in commits if by_commit[c].seq > resumed_at],
@@ -198,11 +194,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
                 )
             )
     findings.sort(key=lambda f: (f.seq if f.seq is not None else -1, f.rule, f.message))
-    if result.ok and result.state is not None and (state is None or result.state.seq > state.seq):
-        # Only an accelerator for the next verification: a read-only copy (an auditor's)
-        # still gets its report.
-        with contextlib.suppress(StorageError):
-            verify.save_state(ledger.path, result.state)
+    local.remember(ledger.path, result, state)  # (not on a read-only machine: still a report)
     return Verification(
         "verified" if result.ok and not findings else "failed",
         len(commits),

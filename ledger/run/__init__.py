@@ -40,7 +40,6 @@ from ledger.run.locks import LOCKS_DIR, runbook_lock
 from ledger.run.plan import CarriedStep, Plan, PlannedStep, ResumePlan, plan_run, prepare_resume
 from ledger.run.process import StreamName
 from ledger.run.trigger import detect_ci, run_environment, trigger_data
-from ledger.run.verified import extend_verified_state, verify_before_run
 
 __all__ = [
     "LOCKS_DIR",
@@ -69,11 +68,9 @@ __all__ = [
     "StopSignal",
     "StreamName",
     "detect_ci",
-    "extend_verified_state",
     "plan_run",
     "prepare_resume",
     "run_environment",
     "runbook_lock",
     "trigger_data",
-    "verify_before_run",
 ]

@@ -37,18 +37,19 @@ Modules:
 - ``tree``: the append-only tree comparison of §4
 - ``commit``: one commit's checks, step 5 of §10, one method per step
 - ``chain``: the chain walk (§10 steps 1–6), :func:`verify_chain`, :func:`verify_ledger`
-- ``state``: :class:`VerifiedState` and its file (§8)
-- ``local``: this copy's verified-head policy (:func:`verify_local`)
+- ``state``: :class:`VerifiedState` and its JSON form (§8)
+- ``local``: this copy's trust anchors (pin, verified head) in the user's state directory,
+  and every decision made from them (:func:`verify_local`, ...)
 """
 
 from __future__ import annotations
 
 from ledger.verify.chain import verify_chain, verify_ledger
 from ledger.verify.findings import Finding, ProgressFn, VerifyResult
-from ledger.verify.local import LocalVerification, verify_local
+from ledger.verify.local import LocalVerification, load_state, save_state, state_path, verify_local
 from ledger.verify.records import expected_record_path
 from ledger.verify.rules import MAIN_REF, RULES
-from ledger.verify.state import VerifiedState, load_state, save_state, state_path
+from ledger.verify.state import VerifiedState
 from ledger.verify.trust import TrustedKey
 
 __all__ = [

@@ -42,6 +42,7 @@ def verify_ledger(
     since: state.VerifiedState | None = None,
     progress: findings.ProgressFn | None = None,
     commits: Collection[str] = (),
+    remembered: state.VerifiedState | None = None,
 ) -> findings.VerifyResult:
     """Verify the ledger's branch ``ref`` (FORMAT.md), reporting every finding.
 
@@ -52,28 +53,31 @@ def verify_ledger(
     after checking that the chain still holds that head at its seq (``rewrite``) and has
     not been cut back (``rollback``). ``progress(done, total)`` is called as records are
     verified. ``commits`` are commit ids to look up on the verified chain
-    (``result.included``). Raises :class:`LedgerNotFound` when there is no repository or
-    (without ``since``) no ``ref``.
+    (``result.included``). ``remembered`` (a saved state) verifies the whole chain, as
+    without ``since``, and reports how the chain left that head exactly as resuming from it
+    would (FORMAT.md §10 step 3: ``rollback``, ``rewrite``). Raises :class:`LedgerNotFound`
+    when there is no repository or (without a saved state) no ``ref``.
     """
     repo = objects.open_repo(repo_path)
     try:
         reference = repo.references.get(ref)
     except (pygit2.GitError, ValueError) as exc:
         raise StorageError(f"the ref {ref} cannot be read: {exc}.") from None
+    saved = since or remembered
     if reference is None:
-        if since is not None:
+        if saved is not None:
             v = Verifier(repo)
             _check_repository(v)
-            v.add("rollback", None, None, f"{ref} does not exist; it was at seq {since.seq}")
+            v.add("rollback", None, None, f"{ref} does not exist; it was at seq {saved.seq}")
             return findings.VerifyResult(
                 findings=v.findings,
                 head=None,
                 seq=None,
                 records_checked=0,
-                genesis=since.genesis,
+                genesis=saved.genesis,
                 state=None,
                 genesis_pinned=True,
-                ledger_id=since.ledger_id,
+                ledger_id=saved.ledger_id,
             )
         raise LedgerNotFound(
             f"{repo.path} holds no {ref}; it is not a ledger or it is empty.",
@@ -90,6 +94,7 @@ def verify_ledger(
         since=since,
         progress=progress,
         commits=commits,
+        remembered=remembered,
     )
 
 
@@ -102,6 +107,7 @@ def verify_chain(
     progress: findings.ProgressFn | None = None,
     commits: Collection[str] = (),
     check_repository: bool = True,
+    remembered: state.VerifiedState | None = None,
 ) -> findings.VerifyResult:
     """Verify the first-parent chain ending at commit ``head``.
 
@@ -118,6 +124,7 @@ def verify_chain(
             progress=progress,
             commits=commits,
             check_repository=check_repository,
+            remembered=None if since is not None else remembered,
         )
 
 
@@ -167,6 +174,7 @@ def _verify_chain(
     progress: findings.ProgressFn | None,
     commits: Collection[str],
     check_repository: bool,
+    remembered: state.VerifiedState | None,
 ) -> findings.VerifyResult:
     pin = _check_genesis_arg(trust_genesis)
     repo = objects.open_repo(repo)
@@ -186,6 +194,8 @@ def _verify_chain(
             f"the saved state is for genesis {since.genesis}, not the pinned {pin}",
         )
     start = _resume(v, walk, head, since)  # (3)
+    if remembered is not None:
+        _check_remembered(v, walk, head, remembered)
     if walk.reached_root and pinned is not None and walk.ids[-1] != pinned:  # (4)
         v.add(
             "genesis-mismatch",
@@ -289,8 +299,25 @@ def _resume(
         return None
     if walk.found_base:
         return since
+    if walk.broken is None:
+        _left(v, walk, head, since)
+    return None
+
+
+def _check_remembered(v: Verifier, walk: _Walk, head: str, saved: state.VerifiedState) -> None:
+    """Plain verification of a copy verified before: the same findings as step (3) would
+    make when resuming, while the whole chain is verified."""
     if walk.broken is not None:
-        return None
+        return
+    at = len(walk.ids) - 1 - saved.seq
+    if at >= 0 and walk.ids[at] == saved.head:
+        return
+    _left(v, walk, head, saved)
+
+
+def _left(v: Verifier, walk: _Walk, head: str, since: state.VerifiedState) -> None:
+    """How a whole chain walked back to its root left the saved head: ``rollback`` (plus
+    ``rewrite`` when the head is not the saved head's ancestor) or ``rewrite``."""
     head_seq = len(walk.ids) - 1
     if head_seq < since.seq:
         v.add(
@@ -310,7 +337,6 @@ def _resume(
             at,
             f"the commit at seq {since.seq} is {at}, the verified head was {since.head}",
         )
-    return None
 
 
 # (5) Each commit, oldest first, from the saved head, the root, or the break in the chain.

@@ -1,20 +1,300 @@
-"""Verifying this machine's copy of a ledger: pinning, remembered state, rollback.
+"""This copy's trust anchors and verified head, and every decision made from them.
 
 ``ledger.verify.chain`` checks a chain and knows nothing of what was verified before; this
-module adds the policy of a local copy: which genesis is pinned (``--trust-genesis``, else the
-one remembered from the last verification, else trust on first use), whether to resume from
-the last verified head, and that the last verified head is still on the chain. (It is meant
-to become the one owner of every decision made from the verified head; the engine's, the
-report's, clone's, the hook's and ``ledger init``'s join it after the package split.)
+module is the one owner of what this machine remembers about a ledger (FORMAT.md §8) and
+of each policy that reads it. Callers pick a policy by name:
+
+- :func:`verify_local` (``ledger verify``): pinned, optionally resumed, remembered;
+- :func:`pin_after_init` (``ledger init``): the creator's copy trusts the genesis it wrote;
+- :func:`verify_before_append` (``ledger run``): refuse an unpinned genesis, resume from the
+  verified head, remember; :func:`require_pin` (``record``, ``approve``);
+- :func:`extend_over_own_appends` (after a run): move the head over the run's own records;
+- :func:`report_resume` / :func:`remember` (reports), :func:`remember_clone` (``ledger
+  clone``), :func:`add_remote_findings` (``verify --remotes``);
+- :func:`hook_since` / :func:`hook_remember`: the pre-receive hook's own state on the server.
+
+The anchors live in the user's state directory, never in the ledger directory (anyone
+who can write the ledger could otherwise move them): ``$LEDGER_STATE_DIR``, else
+``$XDG_STATE_HOME/runbook-ledger``, else ``~/.local/state/runbook-ledger`` (directories
+0700, files 0600). ``pins`` holds one ``<ledger id> <genesis commit id>`` line per pinned
+ledger (the format of an auditor's ``--pins`` file); ``heads/<sha256 of the git
+directory's real path>.json`` holds the last verified head of one copy, so two copies of
+one ledger share a pin but never a head.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
-from ledger.verify import chain, state
+import pygit2
+
+from ledger.errors import (
+    GenesisNotPinned,
+    InputError,
+    LedgerError,
+    StorageError,
+    VerificationFailed,
+)
+from ledger.verify import chain, objects, state
 from ledger.verify.findings import Finding, ProgressFn, VerifyResult
+from ledger.verify.rules import HEX40, KEY_KINDS
+
+APP_DIR = "runbook-ledger"
+PINS_FILE = "pins"
+HEADS_DIR = "heads"
+#: The pre-receive hook's own state, in the protected remote's git directory (the server's).
+HOOK_STATE = ("ledger-state", "verified.json")
+ENV_STATE_DIR = "LEDGER_STATE_DIR"
+ENV_TRUST_GENESIS = "LEDGER_TRUST_GENESIS"
+_PIN_LINE = re.compile(r"([0-9a-f]{32})\s+([0-9a-f]{40})")
+
+
+# --- where the anchors live ----------------------------------------------------------------
+
+
+def state_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The user's state directory for runbook-ledger (not created here)."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_STATE_DIR):
+        return Path(env[ENV_STATE_DIR])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / APP_DIR
+    return Path.home() / ".local" / "state" / APP_DIR
+
+
+def _gitdir(repo_path: Path | str | pygit2.Repository) -> Path:
+    repo = repo_path if isinstance(repo_path, pygit2.Repository) else objects.open_repo(repo_path)
+    return Path(repo.path).resolve()
+
+
+def state_path(repo_path: Path | str | pygit2.Repository) -> Path:
+    """Where the last verified head of this copy is kept (keyed by its real path)."""
+    key = hashlib.sha256(str(_gitdir(repo_path)).encode()).hexdigest()
+    return state_root() / HEADS_DIR / f"{key}.json"
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) 0700; refuse one another user or group could write."""
+    _check_private(path)
+    try:
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)  # (mkdir's mode is masked by the umask)
+    except OSError as exc:
+        raise StorageError(
+            f"could not create the state directory {path}: {exc.strerror or exc}.",
+            hint=f"Check its permissions, or set {ENV_STATE_DIR} to a directory of your own.",
+        ) from None
+
+
+def _check_private(path: Path) -> None:
+    """Anchors are read from, and written to, only directories that are the user's alone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # absent (or unreadable: reading the file says so)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise StorageError(
+            f"the state directory {path} is not private (owner uid {st.st_uid}, mode "
+            f"{st.st_mode & 0o777:o}): trust anchors kept there could be changed by others.",
+            hint=f"chmod 700 {path} (it must be yours), or set {ENV_STATE_DIR}.",
+        )
+
+
+def _write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, mode 0600 (temp file, fsync, rename, fsync)."""
+    _private_dir(state_root())
+    _private_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # (mode 0600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise StorageError(
+            f"could not save {path}: {exc.strerror or exc}.",
+            hint="Check the state directory's permissions and free disk space.",
+        ) from None
+    return path
+
+
+def _read_text(path: Path, *, private: bool = True) -> str | None:
+    if private:
+        _check_private(state_root())
+        _check_private(path.parent)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StorageError(
+            f"could not read {path}: {exc}.",
+            hint="Check its permissions, or delete it and verify the whole ledger again.",
+        ) from None
+
+
+# --- the verified head ------------------------------------------------------------------
+
+
+def save_state(repo_path: Path | str | pygit2.Repository, saved: state.VerifiedState) -> Path:
+    """Remember ``saved`` as this copy's verified head (and pin its genesis if unpinned)."""
+    doc = saved.to_json()
+    doc["path"] = str(_gitdir(repo_path))
+    path = _write_private(
+        state_path(repo_path), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    )
+    if own_pin(saved.ledger_id) is None:
+        save_pin(saved.ledger_id, saved.genesis)
+    return path
+
+
+def load_state(repo_path: Path | str | pygit2.Repository) -> state.VerifiedState | None:
+    """This copy's verified head, or ``None`` if this machine never verified it."""
+    path = state_path(repo_path)
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise InputError(
+            f"the saved verification state {path} is not JSON ({exc}).",
+            hint="Delete it and verify the whole ledger again.",
+        ) from None
+    if isinstance(doc, dict) and doc.pop("path", None) not in (None, str(_gitdir(repo_path))):
+        return None  # another copy's (cannot happen short of a SHA-256 collision)
+    return state.VerifiedState.from_json(doc)
+
+
+# --- pins -----------------------------------------------------------------------------------
+
+
+def parse_pins(text: str, source: str) -> dict[str, str]:
+    """A pin file: ``<ledger id> <genesis commit id>`` per line; ``#`` comments, blank lines."""
+    pins: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        body = line.split("#", 1)[0].strip().lower()
+        if not body:
+            continue
+        m = _PIN_LINE.fullmatch(body)
+        if m is None:
+            raise InputError(
+                f"line {number} of the pin file {source} is not "
+                "'<ledger id: 32 hex> <genesis commit id: 40 hex>'.",
+                hint="Fix or remove that line.",
+            )
+        pins[m.group(1)] = m.group(2)
+    return pins
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    own = path == state_root() / PINS_FILE
+    text = _read_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
+    if text is None and not own:
+        raise InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
+    return parse_pins(text or "", str(path))
+
+
+def own_pin(ledger_id: str | None) -> str | None:
+    """The genesis this machine pinned for ``ledger_id``, if any."""
+    if not ledger_id:
+        return None
+    return read_pins(state_root() / PINS_FILE).get(ledger_id)
+
+
+def save_pin(ledger_id: str, genesis: str) -> None:
+    path = state_root() / PINS_FILE
+    pins = read_pins(path)
+    pins[ledger_id] = genesis
+    text = "".join(f"{lid} {g}\n" for lid, g in sorted(pins.items()))
+    _write_private(path, ("# <ledger id> <genesis commit id>\n" + text).encode())
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """Explicit trust anchors: ``--trust-genesis`` (else ``$LEDGER_TRUST_GENESIS``) and an
+    auditor's pin file (``--pins``)."""
+
+    trust_genesis: str | None = None
+    pins_file: Path | None = None
+
+    @classmethod
+    def given(cls, trust_genesis: str | None = None, pins_file: Path | None = None) -> Anchors:
+        return cls(trust_genesis or os.environ.get(ENV_TRUST_GENESIS) or None, pins_file)
+
+
+@dataclass(frozen=True)
+class Pin:
+    genesis: str | None
+    source: str | None  # "--trust-genesis", "pin file", "this machine"; None: unpinned
+
+
+def _config_ledger_id(path: Path | str | pygit2.Repository) -> str | None:
+    """The ledger id the config claims: only a key to look a pin up by, never believed."""
+    try:
+        repo = path if isinstance(path, pygit2.Repository) else objects.open_repo(path)
+        return str(repo.config["ledger.id"]).strip().lower()
+    except (KeyError, pygit2.GitError, ValueError):
+        return None
+
+
+def find_pin(anchors: Anchors, saved: state.VerifiedState | None, *ids: str | None) -> Pin:
+    """The genesis to pin: explicit, else the pin file's, else this machine's, else the
+    verified head's, each looked up by the ledger ids given (the head's, the config's)."""
+    if anchors.trust_genesis:
+        return Pin(anchors.trust_genesis.strip().lower(), "--trust-genesis")
+    keys = [i for i in (saved.ledger_id if saved else None, *ids) if i]
+    if anchors.pins_file is not None:
+        pins = read_pins(anchors.pins_file)
+        for lid in keys:
+            if lid in pins:
+                return Pin(pins[lid], "pin file")
+    for lid in keys:
+        mine = own_pin(lid)
+        if mine is not None:
+            return Pin(mine, "this machine")
+    if saved is not None:
+        return Pin(saved.genesis, "this machine")
+    return Pin(None, None)
+
+
+def require_pin(path: Path | str, anchors: Anchors | None = None) -> Pin:
+    """The pin of the ledger at ``path``; :class:`GenesisNotPinned` when there is none
+    (``ledger record`` and ``approve`` never trust an unpinned genesis silently)."""
+    anchors = anchors or Anchors.given()
+    pin = find_pin(anchors, load_state(path), _config_ledger_id(path))
+    if pin.genesis is None:
+        raise GenesisNotPinned(
+            f"the ledger at {path} has no pinned genesis on this machine, so nothing is "
+            "appended to it: its history could be anyone's.",
+            hint="Pin it: run 'ledger verify' once (and compare the genesis it prints with the "
+            "ledger's owner), or pass --trust-genesis GENESIS / set "
+            f"{ENV_TRUST_GENESIS}.",
+        )
+    return pin
+
+
+# --- policies ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -24,63 +304,229 @@ class LocalVerification:
     result: VerifyResult
     pinned_now: bool
     previous: state.VerifiedState | None
+    pin_source: str | None = None
+    remembered: bool = False
 
 
 def verify_local(
     path: Path,
     *,
-    trust_genesis: str | None = None,
+    anchors: Anchors | None = None,
     since_last: bool = False,
     progress: ProgressFn | None = None,
     remember: bool = True,
 ) -> LocalVerification:
-    """Verify the ledger at ``path`` against what this machine verified before.
+    """``ledger verify``: verify the ledger at ``path`` against what this machine verified.
 
-    The genesis pin is ``trust_genesis``, else the remembered state's genesis; with neither,
-    the chain is verified unpinned and, if sound, its genesis is pinned from now on (trust
-    on first use; ``pinned_now``). With ``since_last``, only records after the remembered
-    head are verified. Either way a remembered head that is no longer on the chain is a
-    ``rewrite`` finding, and a chain shorter than it a ``rollback``. On success the new head
-    is remembered (unless ``remember`` is false).
+    The pin is explicit, else the pin file's, else this machine's; with none, the chain is
+    verified unpinned and, if sound, its genesis is pinned from now on (trust on first use;
+    ``pinned_now``). With ``since_last``, only records after the remembered head are
+    verified; either way a remembered head the chain no longer holds is a ``rewrite`` or
+    ``rollback`` (FORMAT.md §10 step 3). On success the head is remembered unless
+    ``remember`` is false or the state directory cannot be written (a read-only run).
     """
-    previous = state.load_state(path)
-    pin = trust_genesis or (previous.genesis if previous else None)
-    if (
-        since_last
-        and previous is not None
-        and (trust_genesis is None or trust_genesis.lower() == previous.genesis)
-    ):
-        result = chain.verify_ledger(path, trust_genesis=pin, since=previous, progress=progress)
+    anchors = anchors or Anchors.given()
+    previous = load_state(path)
+    pin = find_pin(anchors, previous, _config_ledger_id(path))
+    if previous is not None and pin.genesis is not None and previous.genesis != pin.genesis:
+        previous = None  # the remembered head is another genesis's: a full, pinned check
+    if since_last and previous is not None:
+        result = chain.verify_ledger(
+            path, trust_genesis=pin.genesis, since=previous, progress=progress
+        )
     else:
-        wanted = [previous.head] if previous else []
-        result = chain.verify_ledger(path, trust_genesis=pin, progress=progress, commits=wanted)
-        if previous is not None and result.genesis == previous.genesis:
-            _check_remembered_head(result, previous)
-    pinned_now = pin is None and result.ok
-    if result.ok and result.state is not None and remember:
-        state.save_state(path, result.state)
-    return LocalVerification(result, pinned_now, previous)
+        result = chain.verify_ledger(
+            path, trust_genesis=pin.genesis, progress=progress, remembered=previous
+        )
+    _check_pin_of_result(result, anchors, pin)
+    saved = False
+    if remember and result.ok and result.state is not None:
+        saved = _try_save(path, result.state)
+        if saved and pin.source in ("--trust-genesis", "pin file"):
+            save_pin(result.state.ledger_id, result.state.genesis)  # an explicit anchor wins
+    pinned_now = pin.genesis is None and saved
+    return LocalVerification(result, pinned_now, previous, pin.source, saved)
 
 
-def _check_remembered_head(result: VerifyResult, previous: state.VerifiedState) -> None:
-    at = result.included.get(previous.head)
-    if result.seq is not None and result.seq < previous.seq and at is None:
+def _check_pin_of_result(result: VerifyResult, anchors: Anchors, used: Pin) -> None:
+    """The chain's verified ledger id may have a pin that the config's did not find."""
+    if used.genesis is not None or not result.ledger_id or result.genesis is None:
+        return
+    other = find_pin(Anchors(None, anchors.pins_file), None, result.ledger_id)
+    if other.genesis is not None and other.genesis != result.genesis:
         result.add(
             Finding(
-                "rollback",
-                result.seq,
-                result.head,
-                f"the ledger's head is at seq {result.seq}, behind the head verified before "
-                f"(seq {previous.seq}, commit {previous.head}): records were removed.",
+                "genesis-mismatch",
+                0,
+                result.genesis,
+                f"ledger {result.ledger_id} is pinned ({other.source}) to genesis "
+                f"{other.genesis}, the chain starts at {result.genesis}",
             )
         )
-    elif at != previous.seq:
-        result.add(
-            Finding(
-                "rewrite",
-                previous.seq,
-                previous.head,
-                f"the commit verified before at seq {previous.seq} ({previous.head}) is no longer "
-                "on the chain: history was rewritten.",
-            )
+
+
+def _try_save(path: Path | str, verified: state.VerifiedState) -> bool:
+    try:
+        save_state(path, verified)
+    except StorageError:
+        return False
+    return True
+
+
+def pin_after_init(path: Path | str, genesis: str) -> None:
+    """``ledger init``: the creator's own copy trusts the genesis it just wrote."""
+    result = chain.verify_ledger(path, trust_genesis=genesis)
+    if result.state is not None:
+        save_state(path, result.state)
+
+
+def verify_before_append(path: Path | str, anchors: Anchors | None = None) -> int:
+    """``ledger run``: refuse an unpinned genesis, then verify incrementally from this
+    copy's verified head and remember the new one. Returns how many records were checked;
+    :class:`VerificationFailed` names the findings."""
+    anchors = anchors or Anchors.given()
+    pin = require_pin(path, anchors)
+    previous = load_state(path)
+    since = previous if previous is not None and previous.genesis == pin.genesis else None
+    result = chain.verify_ledger(path, trust_genesis=pin.genesis, since=since)
+    if not result.ok:
+        lines = "; ".join(f"{f.rule} at seq {f.seq}: {f.message}" for f in result.findings[:5])
+        more = len(result.findings) - 5
+        if more > 0:
+            lines += f"; and {more} more"
+        raise VerificationFailed(
+            f"the ledger at {path} does not verify, so no run is appended to it: {lines}.",
+            findings=list(result.findings),
+            hint="Run 'ledger verify' for the full findings and investigate. To run anyway "
+            "(the run's records are then appended to a ledger that failed verification), pass "
+            "--allow-unverified.",
         )
+    if result.state is not None:
+        save_state(path, result.state)
+    return result.records_checked
+
+
+class OwnAppend(Protocol):
+    """What a writer knows of a record it appended (``ledger.store.Appended``)."""
+
+    @property
+    def commit_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def record(self) -> Mapping[str, object]: ...
+    @property
+    def parent(self) -> str | None: ...
+
+
+def extend_over_own_appends(
+    repo: pygit2.Repository, path: Path | str, appended: Sequence[OwnAppend]
+) -> bool:
+    """After a run: move this copy's verified head over the records the run appended itself.
+
+    Only when they form an unbroken chain from the verified head (the first one's parent is
+    that head, each next one's parent the one before, so nothing else was appended or
+    swapped in between) and none of them changes trust: this process computed and signed
+    each, so the next run's incremental verification need not read them again; a record
+    anyone else wrote is always verified. Returns whether the head moved.
+    """
+    if not appended or any(a.record.get("kind") in KEY_KINDS for a in appended):
+        return False
+    try:
+        saved = load_state(path)
+        if saved is None:
+            return False
+        expected = saved.head
+        for done in appended:
+            if done.parent != expected:
+                return False
+            expected = done.commit_id
+        last = appended[-1]
+        raw = repo.odb.read(last.commit_id)[1]
+        digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        save_state(
+            path,
+            replace(saved, head=last.commit_id, seq=last.seq, prev_sha256=digest, verified_at=now),
+        )
+    except (LedgerError, pygit2.GitError, KeyError, ValueError):
+        return False  # the next run verifies these records instead
+    return True
+
+
+def report_resume(path: Path | str) -> tuple[state.VerifiedState | None, Pin]:
+    """A report: where to resume (this copy's verified head, if its genesis is the pin)
+    and the pin (this machine's; unpinned otherwise, and the report says so)."""
+    try:
+        saved = load_state(path)
+    except InputError:
+        saved = None  # malformed: verify everything instead
+    pin = find_pin(Anchors.given(), saved, _config_ledger_id(path))
+    if saved is not None and saved.genesis != pin.genesis:
+        saved = None
+    return saved, pin
+
+
+def remember(path: Path | str, result: VerifyResult, previous: state.VerifiedState | None) -> bool:
+    """Remember a pinned, verified head that moved forward; quietly not on a read-only
+    machine. (A report never pins: only ``ledger verify`` trusts on first use, and says so.)"""
+    if not result.ok or result.state is None or not result.genesis_pinned:
+        return False
+    if previous is not None and result.state.seq <= previous.seq:
+        return False
+    return _try_save(path, result.state)
+
+
+def remember_clone(repo: pygit2.Repository, result: VerifyResult) -> None:
+    """``ledger clone``: the new copy's verified head and pin are those clone verified."""
+    if result.ok and result.state is not None:
+        save_state(repo, result.state)
+
+
+def add_remote_findings(result: VerifyResult, remote_states: Iterable[Any]) -> None:
+    """``verify --remotes``: each remote's problem is a finding of this verification."""
+    for st in remote_states:
+        if st.problem:
+            result.add(
+                Finding(
+                    st.rule or "diverged",
+                    st.remote_seq,
+                    st.remote_head,
+                    f"remote {st.name} ({st.url}): {st.line()}",
+                )
+            )
+
+
+# --- the pre-receive hook's state (the server's own) ---------------------------------------
+
+
+def _hook_state_path(repo: pygit2.Repository) -> Path:
+    return Path(repo.path).joinpath(*HOOK_STATE)
+
+
+def hook_since(repo: pygit2.Repository, old: str, genesis: str) -> state.VerifiedState | None:
+    """The protected remote's saved state if it is exactly the head being extended."""
+    if not HEX40.fullmatch(old) or old == "0" * 40:
+        return None
+    try:
+        text = _hook_state_path(repo).read_text(encoding="utf-8")
+        saved = state.VerifiedState.from_json(json.loads(text))
+    except (OSError, ValueError, LedgerError):
+        return None
+    if saved.head != old or saved.genesis != genesis:
+        return None
+    return saved
+
+
+def hook_remember(repo: pygit2.Repository, verified: state.VerifiedState) -> None:
+    """Lets the remote's next push verify only its new records (best effort)."""
+    path = _hook_state_path(repo)
+    data = (json.dumps(verified.to_json(), indent=2, sort_keys=True) + "\n").encode()
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        return

@@ -1,23 +1,17 @@
-"""This copy's last verified head (FORMAT.md §8): :class:`VerifiedState` and its file
-``<gitdir>/ledger-state/verified.json``."""
+"""This copy's last verified head (FORMAT.md §8): :class:`VerifiedState` and its JSON form.
+
+Where it is kept, and every decision made from it, is :mod:`ledger.verify.local`'s.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pygit2
-
-from ledger.errors import InputError, StorageError
-from ledger.verify import objects, trust
+from ledger.errors import InputError
+from ledger.verify import trust
 from ledger.verify.rules import HEX40, SHA256
 
-STATE_DIR = "ledger-state"
-STATE_FILE = "verified.json"
 STATE_FORMAT = 1
 
 
@@ -85,8 +79,7 @@ class VerifiedState:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
                 f"the saved verification state is malformed ({exc}).",
-                hint="Delete it (ledger-state/verified.json in the ledger's git directory) "
-                "and verify the whole ledger again.",
+                hint="Delete it and verify the whole ledger again.",
             ) from None
         return state
 
@@ -99,68 +92,3 @@ def _want(value: Any, typ: type) -> Any:
 
 def _want_opt(value: Any, typ: type) -> Any:
     return None if value is None else _want(value, typ)
-
-
-# --- local state --------------------------------------------------------------------------
-
-
-def _gitdir(repo_path: Path | str | pygit2.Repository) -> Path:
-    if isinstance(repo_path, pygit2.Repository):
-        return Path(repo_path.path)
-    return Path(objects.open_repo(repo_path).path)
-
-
-def state_path(repo_path: Path | str | pygit2.Repository) -> Path:
-    """Where the last verified head of this copy is kept."""
-    return _gitdir(repo_path) / STATE_DIR / STATE_FILE
-
-
-def save_state(repo_path: Path | str | pygit2.Repository, state: VerifiedState) -> Path:
-    """Write ``state`` atomically (temporary file, fsync, rename, fsync of the directory)."""
-    path = state_path(repo_path)
-    try:
-        path.parent.mkdir(exist_ok=True)
-        data = (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode()
-        fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        raise StorageError(
-            f"could not save the verified head to {path}: {exc.strerror or exc}.",
-            hint="Check the permissions of the ledger's directory and free disk space.",
-        ) from None
-    return path
-
-
-def load_state(repo_path: Path | str | pygit2.Repository) -> VerifiedState | None:
-    """The saved state of this copy, or ``None`` if it was never verified."""
-    path = state_path(repo_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StorageError(
-            f"could not read the saved verification state {path}: {exc}.",
-            hint="Check its permissions, or delete it and verify the whole ledger again.",
-        ) from None
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise InputError(
-            f"the saved verification state {path} is not JSON ({exc}).",
-            hint="Delete it and verify the whole ledger again.",
-        ) from None
-    return VerifiedState.from_json(obj)

@@ -18,6 +18,7 @@ from ledger.keys import SigningKey
 from ledger.run import EngineEvents, Runner, RunOutcome, RunRequest, approvals
 from ledger.runbook import Runbook, load_runbook, resolve_parameters
 from ledger.store import Ledger, StoredRecord
+from ledger.verify import local
 from support.cli import CliResult, run_cli
 from support.waiting import wait_for
 
@@ -36,6 +37,8 @@ class RunbookEnv:
         self.key.save(self.key_path)
         self.path = tmp / "ledger"
         self.initialized = Ledger.init(self.path, name="test", key=self.key, principal=PRINCIPAL)
+        # As 'ledger init' does: the creator's machine pins the genesis it wrote.
+        local.pin_after_init(self.path, self.initialized.genesis_id)
         self.work = tmp / "work"
         self.work.mkdir()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ledger.keys import SigningKey
 from ledger.store import Ledger
+from ledger.verify import local
 from support.gitcmd import git
 
 
@@ -47,6 +48,7 @@ def make_ledger(tmp_path: Path, name: str = "led", records: int = 3) -> TestLedg
     key_path = tmp_path / f"{name}-key"
     key.save(key_path)
     led = Ledger.init(tmp_path / name, name=name, key=key, principal="operator@example.com")
+    local.pin_after_init(led.path, led.genesis_id)  # as 'ledger init' does on its machine
     t = TestLedger(tmp_path / name, key, key_path, led)
     if records:
         t.append(records)
