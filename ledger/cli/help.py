@@ -25,14 +25,22 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ("3", "invalid input: runbook, template, `--data`, URL, parameter, unknown record"),
     (
         "4",
-        "key problem: missing or unreadable key, wrong or missing passphrase, key not trusted by the ledger",
+        (
+            "key problem: missing or unreadable key, wrong or missing passphrase, key not "
+            "trusted by the ledger"
+        ),
     ),
     ("5", "no ledger at that location, or one already exists where one would be created"),
     ("6", "storage problem: I/O error, disk full, permissions, corrupted repository, lock busy"),
     ("7", "verification found problems (every finding is printed)"),
     (
         "8",
-        "remote problem: unknown, unreachable, authentication or host key refused, rejected, diverged, `--require` not met, no remotes; `verify --remotes`: a remote that could not be checked (not named with `--skip-remote`), or none to check",
+        (
+            "remote problem: unknown, unreachable, authentication or host key refused, "
+            "rejected, diverged, `--require` not met, no remotes; `verify --remotes`: a "
+            "remote that could not be checked (not named with `--skip-remote`), or none to "
+            "check"
+        ),
     ),
     ("10", "run failed (a step failed)"),
     ("11", "run rejected at an approval step"),
@@ -40,7 +48,11 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ("13", "approval refused (run not waiting at that step, or signer not an approver)"),
     (
         "14",
-        "genesis not pinned: `verify --require-pin`, or `run` / `resume` / `record` / `approve` on a ledger this machine never pinned (pin it with `ledger verify`, `--trust-genesis`, `$LEDGER_TRUST_GENESIS` or `--pins`)",
+        (
+            "genesis not pinned: `verify --require-pin`, or `run` / `resume` / `record` / "
+            "`approve` on a ledger this machine never pinned (pin it with `ledger verify`, "
+            "`--trust-genesis`, `$LEDGER_TRUST_GENESIS` or `--pins`)"
+        ),
     ),
     ("130, 143", "run interrupted by SIGINT / SIGTERM (recorded as aborted)"),
 )
