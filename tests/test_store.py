@@ -627,3 +627,18 @@ def test_a_main_lock_that_is_not_a_regular_file_is_left_alone(
     assert lock.is_dir()
     head = ledger.head()
     assert head is not None and head.seq == 0
+
+
+def test_principals_that_cannot_name_a_signer_are_refused(tmp_path: Path, key: SigningKey) -> None:
+    for bad in ("two words", "del\x7f", "a,b", "#x", "bidi\u202e"):
+        with pytest.raises(InputError, match="not a usable principal"):
+            Ledger.init(tmp_path / "l.git", name="ops", key=key, principal=bad)
+        assert not (tmp_path / "l.git").exists()
+    led = Ledger.init(tmp_path / "l.git", name="ops", key=key, principal="alice@example.com")
+    bob = SigningKey.generate()
+    added = {"key": bob.public_key.openssh(), "fingerprint": bob.public_key.fingerprint}
+    for bad_principal in ("bob smith", 7):
+        with pytest.raises(InputError, match="principal"):
+            led.append("key.added", {**added, "principal": bad_principal, "comment": ""}, key=key)
+    head = led.head()
+    assert head is not None and head.seq == 0

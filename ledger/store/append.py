@@ -54,6 +54,11 @@ class Draft:
         for name in self.attachments:
             if not records.FILE_NAME_RE.match(name) or name == "json":
                 raise InputError(f"{name!r} is not a valid attachment name.")
+        if self.kind == records.KIND_KEY_ADDED:
+            principal = self.data.get("principal")
+            if not isinstance(principal, str):
+                raise InputError("a key.added record needs the principal as a string.")
+            records.check_principal(principal)
 
 
 @dataclass(frozen=True)
