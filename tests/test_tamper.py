@@ -551,3 +551,14 @@ def test_high_s_ecdsa_signature_is_reported(tmp_path: Path) -> None:
     assert rules_at(result) == {("bad-signature", head.seq)}
     finding = result.findings[0]
     assert "high-S" in finding.message and finding.commit == new_id
+
+
+def test_shallow_file(tmp_path: Path) -> None:
+    """A ``shallow`` file cuts history for stock git as ``info/grafts`` does: reported."""
+    built = build(tmp_path)
+    (built.path / "shallow").write_text(f"{built.ids[3]}\n")
+    count = git("rev-list", "--count", MAIN, cwd=built.path).stdout.strip()
+    assert int(count) < len(built.ids)  # stock git now shows a shorter history
+    result = verify(built)
+    assert result.rules() == {"grafts"}
+    assert "shallow" in result.findings[0].message
