@@ -282,3 +282,122 @@ def test_record_on_a_full_disk_fails_cleanly_and_loses_nothing(
     messages = [r["record"]["data"].get("message") for r in json.loads(log.out)]
     assert "on a full disk" not in messages and {"before", "after"} <= set(messages)
     assert git("fsck", "--strict", cwd=led, check=False).returncode == 0
+
+
+def test_a_key_revoked_and_added_back_verifies_with_stock_git_in_both_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key trusted in two windows (added, revoked, added back) gets one allowed-signers line
+    per window, so stock ``git verify-commit`` accepts what it signed in each (one line with
+    only the latest window rejected the earlier ones). Records an hour apart (a clock the
+    test sets), written by the library."""
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.format import records
+    from ledger.keys import SigningKey
+    from ledger.store import Ledger
+
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+
+    def tick() -> datetime:
+        clock[0] += timedelta(hours=1)
+        return clock[0]
+
+    monkeypatch.setattr(records, "utc_now", tick)
+    alice, bob = SigningKey.generate(), SigningKey.generate()
+    led = Ledger.init(tmp_path / "l.git", name="ops", key=alice, principal="alice@example.com")
+    added = {
+        "principal": "bob@example.com",
+        "key": bob.public_key.openssh(),
+        "fingerprint": bob.public_key.fingerprint,
+        "comment": "",
+    }
+    revoked = {"fingerprint": bob.public_key.fingerprint, "reason": "on leave"}
+    led.append("key.added", added, key=alice)
+    first = led.append("event", {"message": "bob, first window", "data": None}, key=bob)
+    led.append("key.revoked", revoked, key=alice)
+    led.append("key.added", added, key=alice)
+    second = led.append("event", {"message": "bob, second window", "data": None}, key=bob)
+    led.append("key.revoked", revoked, key=alice)
+    led.append("key.added", added, key=alice)
+    third = led.append("event", {"message": "bob, third window", "data": None}, key=bob)
+    led.close()
+
+    signers = tmp_path / "allowed_signers"
+    res = run_cli("keys", "allowed-signers", "-L", led.path, "-o", signers)
+    assert res.code == 0, res.output
+    lines = signers.read_text().splitlines()
+    bob_lines = [line for line in lines if line.startswith("bob@example.com ")]
+    assert len(bob_lines) == 3, lines
+    assert "valid-before" not in bob_lines[2]
+    commits = git("rev-list", "main", cwd=led.path).stdout.split()
+    assert len(commits) == 9
+    for commit in commits:
+        out = git(
+            "-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", commit,
+            cwd=led.path, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, (commit, out.stderr)
+    assert {first.commit_id, second.commit_id, third.commit_id} <= set(commits)
+    listed = json.loads(run_cli("keys", "list", "-L", led.path, "--json").out)
+    assert [(s["principal"], s["active"]) for s in listed] == [
+        ("alice@example.com", True),
+        ("bob@example.com", False),
+        ("bob@example.com", False),
+        ("bob@example.com", True),
+    ]
+    assert run_cli("verify", "-L", led.path).code == 0
+
+
+ODD_PRINCIPALS = [
+    "two words",
+    "a,b",
+    'quo"te',
+    "it's",
+    "back\\slash",
+    "*",
+    "al?ce",
+    "!neg",
+    "#comment",
+    "<angle>",
+    "tab\tin",
+    "bell\x07",
+    "del\x7f",
+    "c1\x85",
+    "nbsp\u00a0",
+    "line\u2028sep",
+    "bidi\u202e",
+    " ",
+]
+
+
+@pytest.mark.parametrize("principal", ODD_PRINCIPALS)
+def test_init_and_keys_add_refuse_the_same_principals(
+    setup: tuple[Path, Path], tmp_path: Path, principal: str
+) -> None:
+    """One check for every principal written into a trust record: what ``keys add`` and the
+    allowed-signers export refuse, ``init --principal`` refuses too (exit 3), before
+    anything is written."""
+    led, key = setup
+    fresh = tmp_path / "fresh.git"
+    res = run_cli("init", fresh, "--key", key, "--principal", principal)
+    assert res.code == 3, res.output
+    assert "is not a usable principal" in res.err
+    no_traceback(res)
+    assert not fresh.exists()
+    res_add = run_cli("keys", "add", "-L", led, "-k", key, principal, f"{key}.pub")
+    assert res_add.code == 3, res_add.output
+    assert "is not a usable principal" in res_add.err
+    no_traceback(res_add)
+
+
+def test_usable_principals_are_accepted_and_exported(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    assert run_cli("keys", "generate", key, "-C", "Alice Example <alice@example.com>").code == 0
+    led = tmp_path / "l.git"
+    res = run_cli("init", led, "--key", key)  # the comment is no principal: USER@HOST
+    assert res.code == 0, res.output
+    res = run_cli("keys", "add", "-L", led, "-k", key, "bjørn+ops@example.com", f"{key}.pub")
+    assert res.code == 3 and "already trusted" in res.err  # the principal itself passed
+    signers = run_cli("keys", "allowed-signers", "-L", led)
+    assert signers.code == 0, signers.output

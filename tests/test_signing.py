@@ -31,6 +31,7 @@ from ledger.errors import (
 from ledger.keys import (
     PublicKey,
     SigningKey,
+    SshSig,
     allowed_signers_line,
     key_file_mode_problem,
     key_is_encrypted,
@@ -912,3 +913,70 @@ def test_multiline_comment_keeps_pub_file_one_line(tmp_path: Path) -> None:
     assert text == f"{key.public_key.openssh()} two lines\n"
     keygen("-lf", tmp_path / "k.pub")
     assert SigningKey.load(tmp_path / "k").comment == "two\nlines"
+
+
+# ----------------------------------------------------------------- ECDSA: low-S only
+
+# The group orders of the NIST curves (SEC 2), written here independently of the product.
+CURVE_ORDERS = {
+    "ecdsa-sha2-nistp256": int(
+        "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16
+    ),
+    "ecdsa-sha2-nistp384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AEC"
+        "EC196ACCC52973",
+        16,
+    ),
+    "ecdsa-sha2-nistp521": int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F96"
+        "6B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
+
+
+def ecdsa_rs(signature_blob: bytes) -> tuple[str, int, int]:
+    reader = sshwire.Reader(signature_blob)
+    alg = reader.string().decode()
+    inner = sshwire.Reader(reader.string())
+    return alg, inner.mpint(), inner.mpint()
+
+
+def with_s(signature_blob: bytes, s: int) -> bytes:
+    alg, r, _ = ecdsa_rs(signature_blob)
+    return sshwire.string(alg.encode()) + sshwire.string(sshwire.mpint(r) + sshwire.mpint(s))
+
+
+@pytest.mark.parametrize("bits", ["256", "384", "521"])
+def test_ecdsa_signatures_are_low_s_and_ssh_keygen_accepts_them(tmp_path: Path, bits: str) -> None:
+    """ECDSA (r, s) and (r, n - s) both verify, so a third party could give a signed commit a
+    new id; the writer always emits the low one (s <= n/2), which OpenSSH accepts."""
+    key = SigningKey.load(make_key(tmp_path, f"ec{bits}", "-t", "ecdsa", "-b", bits))
+    n = CURVE_ORDERS[key.public_key.key_type]
+    for i in range(40):  # each signature has a fresh nonce: high-S half the time unless fixed
+        blob = key.sign(b"payload %d" % i)
+        alg, r, s = ecdsa_rs(blob)
+        assert alg == key.public_key.key_type and 0 < r < n
+        assert 0 < s <= n // 2, i
+        assert key.public_key.verify(with_s(blob, n - s), b"payload %d" % i)  # n is the order
+    armored = sign_sshsig(key, b"data")
+    assert keygen_verify(tmp_path, armored, b"data", key.public_key).returncode == 0
+    # The mirror image is as good to OpenSSH: only our verifier refuses it (test_tamper).
+    sig = parse_sshsig(armored)
+    _, _, s = ecdsa_rs(sig.signature_blob)
+    flipped = _reblob(sig, with_s(sig.signature_blob, n - s))
+    assert keygen_verify(tmp_path, flipped, b"data", key.public_key).returncode == 0
+
+
+def _reblob(sig: SshSig, signature_blob: bytes) -> str:
+    s = sshwire.string
+    blob = (
+        b"SSHSIG"
+        + struct.pack(">I", 1)
+        + s(sig.public_key.blob)
+        + s(sig.namespace.encode())
+        + s(sig.reserved)
+        + s(sig.hash_algorithm.encode())
+        + s(signature_blob)
+    )
+    return sshsig._armor(blob)

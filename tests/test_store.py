@@ -562,3 +562,98 @@ def test_a_stored_record_reads_its_attachments_through_the_reader_it_was_given()
     alone = StoredRecord("c0ffee", 1, "event", "p", {"files": files}, b"{}", "m\n", 0)
     with pytest.raises(InputError):
         alone.attachment("out")
+
+
+DIES_MOVING_MAIN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from ledger.keys import SigningKey
+    from ledger.store import Ledger
+    real_replace = os.replace
+    def replace(src, dst, *args, **kwargs):
+        if str(src).endswith("refs/heads/main.lock"):
+            os.kill(os.getpid(), signal.SIGKILL)  # dies holding refs/heads/main.lock
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = replace
+    led = Ledger.open(Path(sys.argv[1]))
+    led.append("event", {"message": "never", "data": None}, key=SigningKey.load(Path(sys.argv[2])))
+    """
+)
+
+
+def test_a_writer_killed_holding_main_lock_does_not_block_appends(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A writer killed between writing ``refs/heads/main.lock`` and renaming it over ``main``
+    leaves the lock file behind. Every writer holds the ``ledger.lock`` flock while the lock
+    file exists, so one found under the flock is stale: the next append removes it."""
+    from support.cli import run_cli
+
+    key_path = tmp_path / "alice"
+    proc = subprocess.run(
+        [sys.executable, "-c", DIES_MOVING_MAIN, str(ledger.path), str(key_path)], check=False
+    )
+    assert proc.returncode == -signal.SIGKILL
+    stale = ledger.gitdir / "refs" / "heads" / "main.lock"
+    assert stale.is_file()
+    res = run_cli("record", "-L", ledger.path, "-k", key_path, "-m", "after the crash")
+    assert res.code == 0, res.output
+    assert not stale.exists()
+    reopened = Ledger.open(ledger.path)
+    head = reopened.head()
+    assert head is not None and head.seq == 1
+    assert reopened.record(1).data["message"] == "after the crash"
+    fsck = git("fsck", "--strict", "--no-dangling", cwd=ledger.path, check=False)
+    assert fsck.returncode == 0 and "error" not in fsck.stderr, fsck.stderr
+    assert run_cli("verify", "-L", ledger.path).code == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"0123", ("f" * 40 + "\n").encode()])
+def test_a_stale_main_lock_file_is_removed_under_the_append_lock(
+    ledger: Ledger, key: SigningKey, content: bytes
+) -> None:
+    stale = ledger.gitdir / "refs" / "heads" / "main.lock"
+    stale.write_bytes(content)
+    done = ledger.append("event", {"message": "m", "data": None}, key=key)
+    assert done.seq == 1 and not stale.exists()
+    assert (ledger.gitdir / "refs" / "heads" / "main").read_text() == done.commit_id + "\n"
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok
+
+
+def test_a_main_lock_that_is_not_a_regular_file_is_left_alone(
+    ledger: Ledger, key: SigningKey, tmp_path: Path
+) -> None:
+    """Only a regular file is a lock some writer could have left; anything else (a symbolic
+    link, a directory) is refused, named, and not touched."""
+    from ledger.errors import ConcurrentUpdate
+
+    lock = ledger.gitdir / "refs" / "heads" / "main.lock"
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me\n")
+    lock.symlink_to(target)
+    with pytest.raises(ConcurrentUpdate, match=r"refs/heads/main\.lock is"):
+        ledger.append("event", {"message": "m", "data": None}, key=key)
+    assert lock.is_symlink() and target.read_text() == "keep me\n"
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(ConcurrentUpdate, match=r"refs/heads/main\.lock is"):
+        ledger.append("event", {"message": "m", "data": None}, key=key)
+    assert lock.is_dir()
+    head = ledger.head()
+    assert head is not None and head.seq == 0
+
+
+def test_principals_that_cannot_name_a_signer_are_refused(tmp_path: Path, key: SigningKey) -> None:
+    for bad in ("two words", "del\x7f", "a,b", "#x", "bidi\u202e"):
+        with pytest.raises(InputError, match="not a usable principal"):
+            Ledger.init(tmp_path / "l.git", name="ops", key=key, principal=bad)
+        assert not (tmp_path / "l.git").exists()
+    led = Ledger.init(tmp_path / "l.git", name="ops", key=key, principal="alice@example.com")
+    bob = SigningKey.generate()
+    added = {"key": bob.public_key.openssh(), "fingerprint": bob.public_key.fingerprint}
+    for bad_principal in ("bob smith", 7):
+        with pytest.raises(InputError, match="principal"):
+            led.append("key.added", {**added, "principal": bad_principal, "comment": ""}, key=key)
+    head = led.head()
+    assert head is not None and head.seq == 0

@@ -31,6 +31,7 @@ from support.tamper import (
 from ledger.format import gitobj, records
 from ledger.keys import SigningKey, sign_commit, split_signed_commit
 from ledger.store import Ledger
+from ledger.verify import verify_ledger
 
 # --- tests --------------------------------------------------------------------------------
 
@@ -495,3 +496,69 @@ def test_commit_with_an_extra_header(tmp_path: Path) -> None:
     signed = gitobj.add_signature(tampered, sign_commit(tampered, signer).encode())
     set_main(built.path, write_raw_commit(built.path, signed))
     assert ("commit-header", len(built.ids) - 1) in rules_at(verify(built))
+
+
+def test_high_s_ecdsa_signature_is_reported(tmp_path: Path) -> None:
+    """ECDSA signatures are malleable: (r, n - s) verifies wherever (r, s) does, so anyone can
+    give a signed head a new commit id with a signature stock git still calls good. The
+    writer signs low-S only; the verifier reports a high-S one (``bad-signature``)."""
+    import struct
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ledger.keys import allowed_signers_line, parse_sshsig, sshsig, sshwire
+
+    p256_order = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
+    key = SigningKey(ec.generate_private_key(ec.SECP256R1()))
+    path = tmp_path / "ec.git"
+    led = Ledger.init(path, name="ec", key=key, principal="alice")
+    for i in range(3):
+        led.append("event", {"message": f"e{i}", "data": None}, key=key)
+    head = led.head()
+    assert head is not None and verify_ledger(path, trust_genesis=led.genesis_id).ok
+    led.close()
+
+    content, [armored] = split_signed_commit(
+        raw_commit(pygit2.Repository(str(path)), head.commit_id)
+    )
+    sig = parse_sshsig(armored)
+    outer = sshwire.Reader(sig.signature_blob)
+    alg = outer.string()
+    inner = sshwire.Reader(outer.string())
+    r, s = inner.mpint(), inner.mpint()
+    assert s <= p256_order // 2  # as written
+    string = sshwire.string
+    flipped_blob = string(alg) + string(sshwire.mpint(r) + sshwire.mpint(p256_order - s))
+    blob = (
+        b"SSHSIG" + struct.pack(">I", 1) + string(sig.public_key.blob) + string(b"git")
+        + string(b"") + string(b"sha512") + string(flipped_blob)
+    )  # fmt: skip
+    tampered = gitobj.add_signature(content, sshsig._armor(blob).rstrip("\n").encode())
+    new_id = write_raw_commit(path, tampered)
+    assert new_id != head.commit_id
+    set_main(path, new_id)
+
+    # Stock git calls the mirrored signature good ...
+    signers = tmp_path / "allowed"
+    signers.write_text(allowed_signers_line("alice", key.public_key) + "\n")
+    out = git(
+        "-c", f"gpg.ssh.allowedSignersFile={signers}", "verify-commit", new_id,
+        cwd=path, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    # ... the ledger's verifier does not.
+    result = verify_ledger(path, trust_genesis=led.genesis_id)
+    assert rules_at(result) == {("bad-signature", head.seq)}
+    finding = result.findings[0]
+    assert "high-S" in finding.message and finding.commit == new_id
+
+
+def test_shallow_file(tmp_path: Path) -> None:
+    """A ``shallow`` file cuts history for stock git as ``info/grafts`` does: reported."""
+    built = build(tmp_path)
+    (built.path / "shallow").write_text(f"{built.ids[3]}\n")
+    count = git("rev-list", "--count", MAIN, cwd=built.path).stdout.strip()
+    assert int(count) < len(built.ids)  # stock git now shows a shorter history
+    result = verify(built)
+    assert result.rules() == {"grafts"}
+    assert "shallow" in result.findings[0].message

@@ -614,6 +614,16 @@ def test_ident_characters_agree_with_the_writer() -> None:
         assert verify_records.ident(principal) == records.clean_principal(principal)
 
 
+def test_ecdsa_curve_orders_agree_with_the_writer() -> None:
+    """The writer makes ECDSA signatures low-S with the same curve orders the verifier
+    checks them against (each table is also judged on its own: test_signing, test_tamper)."""
+    from ledger.keys import blobs
+    from ledger.verify import trust
+
+    assert {k.encode(): v for k, v in blobs.ECDSA_ORDER.items()} == trust.ECDSA_ORDER
+    assert set(blobs.ECDSA_ORDER) == set(blobs.ECDSA)
+
+
 def test_paths_agree_with_the_writer() -> None:
     run = "20261121T235959Z-0a1b2c3d"
     for t in ["2026-11-22T01:02:03.000004Z", "1999-01-01T00:00:00.000000Z"]:

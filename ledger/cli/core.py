@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -71,8 +72,10 @@ def signing_key_for(ledger: Ledger | None, explicit: Path | None) -> SigningKey:
 
 
 def default_principal(key: SigningKey) -> str:
+    """The key's comment if it is an e-mail-like usable principal, else ``USER@HOST``."""
     if key.comment and "@" in key.comment:
-        return key.comment
+        with contextlib.suppress(InputError):
+            return records.check_principal(key.comment)
     user = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
     return f"{user}@{socket.gethostname()}"
 
@@ -108,9 +111,11 @@ def init(
             "existing ledger or directory.",
             hint="Choose another path, or use the existing ledger with --ledger.",
         )
+    if principal is not None:
+        records.check_principal(principal)  # before a passphrase is asked for
     key_path = resolve_key_path(key)
     signing_key = load_key(key_path)
-    who = principal or default_principal(signing_key)
+    who = records.check_principal(principal or default_principal(signing_key))
     ledger = Ledger.init(
         target,
         name=name or target.resolve().parent.name or "ledger",
@@ -205,11 +210,7 @@ def keys_add(
     """Trust a new signer: appends a key.added record signed by a trusted key."""
     led = open_ledger(ledger)
     public = _read_public_key(pubkey)
-    if not principal.strip() or any(c in principal for c in '<>\n\r\t ,"'):
-        raise InputError(
-            f"{principal!r} is not a usable principal (no spaces, commas, quotes "
-            "or angle brackets)."
-        )
+    records.check_principal(principal)
     if led.trusted_signer(public.fingerprint) is not None:
         raise InputError(f"the key {public.fingerprint} is already trusted by this ledger.")
     signing_key = signing_key_for(led, key)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -406,6 +407,49 @@ def clean_summary(text: str) -> str:
     if len(line) > SUMMARY_MAX:
         line = line[: SUMMARY_MAX - 1] + "…"
     return line or "record"
+
+
+# A principal names a signer in git's allowed-signers file (where white space separates
+# fields, commas separate principals, quotes and backslashes quote, "*", "?" and "!" are
+# patterns and a leading "#" comments the line out) and in commit identities (which drop
+# "<", ">" and control characters): FORMAT.md §7.
+PRINCIPAL_FORBIDDEN = frozenset("\"'\\,*?!<>")
+
+
+def _principal_problem(principal: str) -> str | None:
+    if not principal:
+        return "it is empty"
+    if principal.startswith("#"):
+        return "it starts with '#'"
+    for ch in principal:
+        category = unicodedata.category(ch)
+        if ch in PRINCIPAL_FORBIDDEN:
+            return f"it contains {ch!r}"
+        if category[0] == "Z" or ch.isspace():
+            return f"it contains white space (U+{ord(ch):04X})"
+        if category in ("Cc", "Cf", "Cs"):
+            return f"it contains the control or format character U+{ord(ch):04X}"
+    return None
+
+
+def check_principal(principal: str) -> str:
+    """``principal`` if it can name a signer (FORMAT.md §7), else :class:`InputError`.
+
+    The one check for every principal the tool writes into a trust record (``ledger init``,
+    ``ledger keys add``) or exports (``ledger keys allowed-signers``): no white space
+    (Unicode categories Z*, or anything ``str.isspace`` calls white space), no control or
+    format characters (Cc, including DEL and C1; Cf; lone surrogates), none of
+    ``" ' \\ , * ? ! < >``, not empty, no leading ``#``.
+    """
+    problem = _principal_problem(principal)
+    if problem is not None:
+        raise InputError(
+            f"{principal!r} is not a usable principal: {problem}.",
+            hint="A principal names a signer in git's allowed-signers file and in commit "
+            "identities: use one without white space, quotes, commas, backslashes, wildcards "
+            "(* ? !), angle brackets or control characters, such as an e-mail address.",
+        )
+    return principal
 
 
 def clean_principal(text: str) -> str:

@@ -5,12 +5,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Final
 
 from ledger.errors import InputError
+from ledger.format import records
 from ledger.keys.keys import PublicKey
-
-_PRINCIPAL_FORBIDDEN: Final = frozenset(" \t\"',*?!\\")
 
 
 def _ssh_time(when: datetime) -> str:
@@ -32,20 +30,10 @@ def allowed_signers_line(
     as UTC), to the second; OpenSSH treats both bounds as inclusive but refuses a line whose
     valid-before is not after its valid-after, so a key added and revoked within the same
     second is written valid for that second and the next (the ledger's own verification
-    orders them by seq). InputError if the principal cannot be written safely (empty,
-    whitespace, quotes, commas, wildcards, control characters, a leading ``#``) or
-    valid-before precedes valid-after.
+    orders them by seq). InputError if the principal cannot be written safely
+    (:func:`ledger.format.records.check_principal`) or valid-before precedes valid-after.
     """
-    if (
-        not principal
-        or principal.startswith("#")
-        or any(ch in _PRINCIPAL_FORBIDDEN or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in principal)
-    ):
-        raise InputError(
-            f"principal {principal!r} cannot be written to an allowed-signers file.",
-            hint="Use a principal without spaces, quotes, commas, wildcards (* ? !) or "
-            "control characters, such as an e-mail address.",
-        )
+    records.check_principal(principal)
     if (
         valid_after is not None
         and valid_before is not None

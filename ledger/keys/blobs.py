@@ -21,6 +21,21 @@ ECDSA: Final[dict[str, tuple[str, type[ec.EllipticCurve], type[hashes.HashAlgori
     "ecdsa-sha2-nistp384": ("nistp384", ec.SECP384R1, hashes.SHA384),
     "ecdsa-sha2-nistp521": ("nistp521", ec.SECP521R1, hashes.SHA512),
 }
+#: key type -> the order n of the curve's group (SEC 2): an ECDSA signature (r, s) is also
+#: valid as (r, n - s), so signatures are written with s <= n/2 only (FORMAT.md §6).
+ECDSA_ORDER: Final[dict[str, int]] = {
+    "ecdsa-sha2-nistp256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "ecdsa-sha2-nistp384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AEC"
+        "EC196ACCC52973",
+        16,
+    ),
+    "ecdsa-sha2-nistp521": int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F96"
+        "6B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
 _RSA_SIG_HASHES: Final[dict[bytes, type[hashes.HashAlgorithm]]] = {
     b"rsa-sha2-512": hashes.SHA512,
     b"rsa-sha2-256": hashes.SHA256,

@@ -335,7 +335,7 @@ class SigningKey:
     # -- signing
 
     def sign(self, data: bytes) -> bytes:
-        """An SSH signature blob of ``data`` (Ed25519; ECDSA; RSA with rsa-sha2-512)."""
+        """An SSH signature blob of ``data`` (Ed25519; ECDSA, low-S; RSA with rsa-sha2-512)."""
         key = self._private
         if isinstance(key, ed25519.Ed25519PrivateKey):
             return sshwire.string(b"ssh-ed25519") + sshwire.string(key.sign(data))
@@ -343,6 +343,9 @@ class SigningKey:
             key_type = self.public_key.key_type
             der = key.sign(data, ec.ECDSA(blobs.ECDSA[key_type][2]()))
             r, s = decode_dss_signature(der)
+            order = blobs.ECDSA_ORDER[key_type]
+            if s > order // 2:
+                s = order - s  # low-S: the one form of the two a verifier accepts (§6)
             return sshwire.string(key_type.encode()) + sshwire.string(
                 sshwire.mpint(r) + sshwire.mpint(s)
             )

@@ -54,6 +54,11 @@ class Draft:
         for name in self.attachments:
             if not records.FILE_NAME_RE.match(name) or name == "json":
                 raise InputError(f"{name!r} is not a valid attachment name.")
+        if self.kind == records.KIND_KEY_ADDED:
+            principal = self.data.get("principal")
+            if not isinstance(principal, str):
+                raise InputError("a key.added record needs the principal as a string.")
+            records.check_principal(principal)
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,11 @@ class Appends(Reads):
     def _move_main(self, old: str, new: str, who: str, when: str, message: str) -> None:
         """Compare-and-swap ``main`` from ``old`` to ``new`` the way git does (holding
         ``refs/heads/main.lock``, renamed over the ref), and log it in the reflogs of
-        ``main`` and ``HEAD`` with the signer as the identity. Not synced: the caller is."""
+        ``main`` and ``HEAD`` with the signer as the identity. Not synced: the caller is.
+
+        Called under the append ``flock``, so a ``main.lock`` already there was left by a
+        writer that died holding it: it is removed (if a regular file) and the move goes on.
+        """
         ref = self._main_file
         lock = ref + ".lock"
         moved = ConcurrentUpdate(
@@ -204,10 +213,16 @@ class Appends(Reads):
             "wrote to the ledger without taking the lock.",
             hint="Stop other tools writing to this repository; run 'ledger verify'.",
         )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(lock, flags, 0o644)
         except FileExistsError:
-            raise moved from None  # a git process is updating the ref right now
+            # Left by a writer killed while moving main: stale, since we hold the flock.
+            gitdir.remove_stale_ref_lock(lock, gitdir.MAIN_REF)
+            try:
+                fd = os.open(lock, flags, 0o644)
+            except FileExistsError:
+                raise moved from None  # something that ignores the flock is writing main
         try:
             try:
                 os.write(fd, f"{new}\n".encode("ascii"))

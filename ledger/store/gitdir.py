@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import LedgerNotFound, StorageError
+from ledger.errors import ConcurrentUpdate, LedgerNotFound, StorageError
 
 MAIN_REF = "refs/heads/main"
 STATE_DIR = "ledger-state"
@@ -155,6 +156,29 @@ def flock(fd: int, *, wait: float | None = 0.0) -> bool:
 
 def unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def remove_stale_ref_lock(lock: str, name: str) -> None:
+    """Remove ``lock``, the lock file of the ref ``name`` (``refs/heads/main.lock``), left by
+    a writer that died between creating it and renaming it over the ref.
+
+    Call only while holding the append ``flock``: every writer holds it for as long as its
+    ref lock file exists, so one found then is stale by construction. Only a regular file is
+    removed (never followed if a symbolic link); anything else there is a
+    :class:`ConcurrentUpdate` naming it, left as it is.
+    """
+    try:
+        info = os.lstat(lock)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise ConcurrentUpdate(
+            f"{name}.lock is not a regular file ({lock}), so it is not a lock file a writer "
+            "left behind; the ledger's branch cannot be moved while it is there.",
+            hint="Find out what put it there, remove it, then run 'ledger verify' and retry.",
+        )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock)
 
 
 @dataclass

@@ -112,7 +112,9 @@ class Ledger(append.Appends):
         """Create a new ledger with its genesis record.
 
         The initial trusted signers are ``key`` as ``principal`` plus ``signers``. Raises
-        :class:`LedgerExists` if ``path`` exists and is not an empty directory.
+        :class:`LedgerExists` if ``path`` exists and is not an empty directory,
+        :class:`InputError` for a principal that cannot name a signer
+        (:func:`~ledger.format.records.check_principal`).
         """
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise LedgerExists(
@@ -120,8 +122,10 @@ class Ledger(append.Appends):
                 "existing ledger or directory.",
                 hint="Choose another path, or use the existing ledger with --ledger.",
             )
-        repo, ledger_id = _create_repository(path, name)
         members = [(principal, key.public_key), *(signers or [])]
+        for who, _ in members:
+            records.check_principal(who)
+        repo, ledger_id = _create_repository(path, name)
         data: records.GenesisData = {
             "name": name,
             "signers": [

@@ -7,6 +7,7 @@ The steps are those of FORMAT.md §10, numbered as there; step 5, each commit, i
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -249,8 +250,17 @@ def _check_repository(v: Verifier) -> None:
                 f"{name} exists: it makes stock git show object {name[13:]} as {target}",
             )
     grafts = Path(repo.path) / "info" / "grafts"
-    if grafts.exists():
+    if os.path.lexists(grafts):
         v.add("grafts", None, None, f"{grafts} exists: it rewrites parents for stock git")
+    shallow = Path(repo.path) / "shallow"
+    if os.path.lexists(shallow):
+        v.add(
+            "grafts",
+            None,
+            None,
+            f"{shallow} exists: stock git treats the commits it lists as having no parents, "
+            "so it shows a shorter history than the objects hold",
+        )
 
 
 @dataclass

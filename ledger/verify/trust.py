@@ -123,6 +123,36 @@ class Trust:
         return True
 
 
+#: The order n of each ECDSA curve's group (SEC 2). (r, s) and (r, n - s) are both valid
+#: signatures, so a third party could give a signed commit a new id: only s <= n/2 is
+#: accepted (FORMAT.md §6). Declared apart from the writer's table; tests pin the two.
+ECDSA_ORDER = {
+    b"ecdsa-sha2-nistp256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    b"ecdsa-sha2-nistp384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AEC"
+        "EC196ACCC52973",
+        16,
+    ),
+    b"ecdsa-sha2-nistp521": int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F96"
+        "6B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
+
+
+def _high_s(alg: bytes, signature: bytes) -> bool:
+    """Whether an ``ecdsa-sha2-*`` signature blob's s is above half the curve order."""
+    order = ECDSA_ORDER.get(alg)
+    if order is None:
+        return False
+    _, pos = objects.read_string(signature, 0)
+    inner, _ = objects.read_string(signature, pos)
+    _r, pos = objects.read_string(inner, 0)
+    s, _ = objects.read_string(inner, pos)
+    return int.from_bytes(s, "big") > order // 2
+
+
 class Signatures:
     """Checks commit signatures (FORMAT.md §6), parsing each signer's key once."""
 
@@ -178,4 +208,9 @@ class Signatures:
         )
         if not pk.verify(sig.signature, signed):
             raise objects.SigError(f"the signature by {pk.fingerprint} does not verify")
+        if _high_s(alg, sig.signature):
+            raise objects.SigError(
+                f"the ECDSA signature by {pk.fingerprint} is high-S (s > n/2): its mirror "
+                "image, which anyone can make from a good signature to change a commit's id"
+            )
         return str(pk.fingerprint)
