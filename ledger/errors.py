@@ -49,6 +49,12 @@ class RunbookError(InputError):
     label = "invalid runbook"
 
 
+class UnknownRun(InputError):
+    """A run id names no run of the ledger (the same for report, resume and approve)."""
+
+    label = "unknown run"
+
+
 class TemplateError(InputError):
     """A report template cannot be loaded or rendered."""
 

@@ -251,6 +251,14 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; :class:`UsageError` if malformed."""
     out: dict[str, str] = {}
     for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"-p {item[: exc.start]!r}...: the argument is not valid UTF-8 text "
+                f"(character {exc.start} is a byte that is not UTF-8).",
+                hint="Give parameter values in UTF-8.",
+            ) from None
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
