@@ -167,10 +167,6 @@ def _center(value: object, width: object = 80) -> None:
     check_width(width, "center")
 
 
-def _just(value: object, width: object = 80, *_: object, **__: object) -> None:
-    check_width(width, "padding")
-
-
 def _indent(s: object, width: object = 4, *_: object, **__: object) -> None:
     per_line = len(width) if isinstance(width, str) else width
     if isinstance(per_line, int | float):
