@@ -92,31 +92,10 @@ class Reads:
 
     def _tree(self, oid: pygit2.Oid, where: str) -> pygit2.Tree:
         """The tree ``oid`` (at ``where``); :class:`CorruptLedger` naming it if unreadable."""
-        try:
-            obj = self.repo[oid]
-        except (KeyError, ValueError, pygit2.GitError) as exc:
-            raise gitdir.corrupt(self.path, f"the tree {oid} ({where or '/'})", exc) from None
-        if not isinstance(obj, pygit2.Tree):
-            raise gitdir.corrupt(self.path, f"object {oid} ({where or '/'})", "not a tree")
-        return obj
+        return read_tree(self.repo, self.path, oid, where)
 
     def _lookup(self, tree: pygit2.Tree, path: str) -> pygit2.Object | None:
-        """The object at ``path`` under ``tree``, None if there is none; each tree on the
-        way is read through :meth:`_tree`, so a damaged one is named."""
-        node: pygit2.Object = tree
-        parts = path.split("/")
-        for i, part in enumerate(parts):
-            if not isinstance(node, pygit2.Tree) or part not in node:
-                return None
-            entry_id = node[part].id
-            if i < len(parts) - 1:
-                node = self._tree(entry_id, "/".join(parts[: i + 1]))
-                continue
-            try:
-                node = self.repo[entry_id]
-            except (KeyError, ValueError, pygit2.GitError) as exc:
-                raise gitdir.corrupt(self.path, f"object {entry_id} ({path})", exc) from None
-        return node
+        return lookup(self.repo, self.path, tree, path)
 
     @staticmethod
     def _commit_seq(commit: pygit2.Commit) -> int:
@@ -338,3 +317,38 @@ class Reads:
             if s.fingerprint == fingerprint and s.active:
                 return s
         return None
+
+
+def read_tree(
+    repo: pygit2.Repository, where_ledger: Path, oid: pygit2.Oid, where: str
+) -> pygit2.Tree:
+    """The tree ``oid`` (at ``where`` in the ledger); :class:`CorruptLedger` naming it if it
+    cannot be read."""
+    try:
+        obj = repo[oid]
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise gitdir.corrupt(where_ledger, f"the tree {oid} ({where or '/'})", exc) from None
+    if not isinstance(obj, pygit2.Tree):
+        raise gitdir.corrupt(where_ledger, f"object {oid} ({where or '/'})", "not a tree")
+    return obj
+
+
+def lookup(
+    repo: pygit2.Repository, where_ledger: Path, tree: pygit2.Tree, path: str
+) -> pygit2.Object | None:
+    """The object at ``path`` under ``tree``, None if there is none; each tree on the way is
+    read through :func:`read_tree`, so a damaged one is named."""
+    node: pygit2.Object = tree
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if not isinstance(node, pygit2.Tree) or part not in node:
+            return None
+        entry_id = node[part].id
+        if i < len(parts) - 1:
+            node = read_tree(repo, where_ledger, entry_id, "/".join(parts[: i + 1]))
+            continue
+        try:
+            node = repo[entry_id]
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise gitdir.corrupt(where_ledger, f"object {entry_id} ({path})", exc) from None
+    return node
