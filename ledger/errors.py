@@ -49,6 +49,12 @@ class RunbookError(InputError):
     label = "invalid runbook"
 
 
+class UnknownRun(InputError):
+    """A run id names no run of the ledger (the same for report, resume and approve)."""
+
+    label = "unknown run"
+
+
 class TemplateError(InputError):
     """A report template cannot be loaded or rendered."""
 
@@ -109,6 +115,14 @@ class ConcurrentUpdate(StorageError):
     label = "concurrent update"
 
 
+class CorruptLedger(StorageError):
+    """An object or reference of the ledger repository cannot be read or parsed: the ledger
+    is damaged. The message names the object (or reference)."""
+
+    exit_code = 7
+    label = "corrupt ledger"
+
+
 class SignatureError(LedgerError):
     """A signature is malformed or does not verify."""
 
@@ -148,6 +162,13 @@ class RunRejected(LedgerError):
 
     exit_code = 11
     label = "run rejected"
+
+
+class FileExists(LedgerError):
+    """A file (a key, an output) already exists where one would be written."""
+
+    exit_code = 5
+    label = "file exists"
 
 
 class ResumeRefused(LedgerError):

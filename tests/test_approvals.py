@@ -452,7 +452,8 @@ def test_approve_step_not_waiting_refused(env: Env) -> None:
     run_id, _ = start_waiting(env)
     unknown_run = records.new_run_id()
     res = approve(env, "alice", unknown_run)
-    assert res.returncode == 13 and f"there is no run {unknown_run}" in res.stderr
+    # an unknown run is unknown input (exit 3, as for 'report' and 'resume'), not a refusal
+    assert res.returncode == 3 and f"has no run {unknown_run}" in res.stderr
     res = approve(env, "alice", run_id, "deploy")
     assert res.returncode == 13
     assert "not waiting at step 'deploy'" in res.stderr and "at step 'approve'" in res.stderr

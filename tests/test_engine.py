@@ -27,6 +27,7 @@ from ledger.errors import (
     RunFailed,
     RunInterrupted,
     RunRejected,
+    UnknownRun,
 )
 from ledger.format import records
 from ledger.keys import SigningKey
@@ -786,7 +787,7 @@ def test_resume_refuses_a_changed_runbook(env: Env) -> None:
 
 
 def test_resume_refuses_unknown_and_unfinished_runs(env: Env) -> None:
-    with pytest.raises(ResumeRefused, match="no run"):
+    with pytest.raises(UnknownRun, match="has no run"):
         prepare_resume(env.ledger, "20260101T000000Z-00000000")
     run_id = records.new_run_id()
     env.ledger.append("run.started", {"runbook": {}}, key=env.key, run=run_id)

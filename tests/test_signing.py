@@ -21,9 +21,9 @@ import pytest
 from support.gitcmd import git
 
 from ledger.errors import (
+    FileExists,
     InputError,
     KeyProblem,
-    LedgerExists,
     PassphraseRequired,
     SignatureError,
     WrongPassphrase,
@@ -386,19 +386,19 @@ def test_save_never_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "k"
     key.save(path, kdf_rounds=2)
     before = path.read_bytes()
-    with pytest.raises(LedgerExists):
+    with pytest.raises(FileExists):
         SigningKey.generate().save(path)
     assert path.read_bytes() == before
 
     # a stale .pub alone also blocks, and nothing is left behind
     (tmp_path / "other.pub").write_text("stale\n")
-    with pytest.raises(LedgerExists):
+    with pytest.raises(FileExists):
         key.save(tmp_path / "other")
     assert not (tmp_path / "other").exists()
 
     # a dangling symlink is not followed
     (tmp_path / "link").symlink_to(tmp_path / "target")
-    with pytest.raises(LedgerExists):
+    with pytest.raises(FileExists):
         key.save(tmp_path / "link")
     assert not (tmp_path / "target").exists()
 

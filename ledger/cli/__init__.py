@@ -7,12 +7,13 @@ Each area registers its commands on :data:`app` from its own module.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.markup import escape
 
 from ledger.cli import help as cli_help
-from ledger.cli.common import app, console_err
+from ledger.cli.common import app, console_err, quiet_broken_pipe
 from ledger.errors import LedgerError, RunInterrupted
 from ledger.redact import mask_url
 
@@ -50,8 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
     register(args)
+    stdout_before = _stdout_identity()
     try:
         app(args=args, prog_name="ledger")
+    except SystemExit as exc:
+        # Click (and rich, in Typer's help) answer a closed standard output (`ledger log |
+        # head`) with exit 1 after muting it; a reader that stopped reading is no failure.
+        muted = _stdout_identity() != stdout_before
+        if exc.code == 1 and (muted or type(sys.stdout).__name__ == "PacifyFlushWrapper"):
+            quiet_broken_pipe()
+        raise
     except RunInterrupted as exc:
         _fail(exc, exc.code)
     except LedgerError as exc:
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         console_err.print("ledger: interrupted.", highlight=False)
         sys.exit(130)
     except BrokenPipeError:
-        sys.exit(0)
+        quiet_broken_pipe()
     except OSError as exc:
         console_err.print(
             f"[bold red]ledger: storage error:[/] {exc.strerror or exc} "
@@ -69,6 +78,33 @@ def main(argv: list[str] | None = None) -> None:
             highlight=False,
         )
         sys.exit(6)
+    except (RecursionError, MemoryError) as exc:
+        _unexpected(exc, "the input is too large or too deeply nested to handle")
+    except Exception as exc:  # noqa: BLE001 (the last resort: a bug, never a traceback)
+        _unexpected(exc, "this is a bug in ledger")
+
+
+def _stdout_identity() -> tuple[int, int] | None:
+    try:
+        st = os.fstat(1)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _unexpected(exc: BaseException, what: str) -> None:
+    """One paragraph for an error no part of the library expected (exit 1); the traceback
+    only when LEDGER_DEBUG is set."""
+    if os.environ.get("LEDGER_DEBUG"):
+        raise exc
+    console_err.print(
+        f"[bold red]ledger: unexpected failure:[/] {escape(type(exc).__name__)}: "
+        f"{escape(str(exc)[:500])} ({what}). Nothing was acknowledged that is not on disk. "
+        "Run the command again with LEDGER_DEBUG=1 for details, and report it.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(1)
 
 
 def _fail(exc: LedgerError, code: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import sys
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 
 from ledger.cli import help as cli_help
-from ledger.errors import KeyProblem, LedgerNotFound
+from ledger.errors import InputError, KeyProblem, LedgerNotFound
 
 app = typer.Typer(
     name="ledger",
@@ -28,8 +29,27 @@ app = typer.Typer(
 
 app.callback()(cli_help.version_option)
 
-console = Console(highlight=False, soft_wrap=True)
-console_err = Console(stderr=True, highlight=False)
+
+def quiet_broken_pipe() -> None:
+    """Standard output was closed by its reader (``ledger log | head``): send the rest to
+    /dev/null, so that nothing more fails, and end with success."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise SystemExit(0)
+
+
+class _Console(Console):
+    """rich's console, except that a reader who stops reading is not a failure (rich ends
+    with exit 1 there)."""
+
+    def on_broken_pipe(self) -> None:
+        quiet_broken_pipe()
+
+
+console = _Console(highlight=False, soft_wrap=True)
+console_err = _Console(stderr=True, highlight=False)
 
 LedgerOpt = Annotated[
     Path | None,
@@ -126,3 +146,18 @@ def resolve_key_path(explicit: Path | None, configured: str | None = None) -> Pa
         f"has no ledger.signingKey, and there is no key at {default}.",
         hint="Pass --key PATH, or create the default key with 'ledger keys generate'.",
     )
+
+
+def check_text(value: str, option: str) -> str:
+    """``value`` unless it holds bytes that are not UTF-8 (Python hands them over as lone
+    surrogates); :class:`InputError` naming ``option`` then."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{option} is not valid UTF-8 text: byte "
+            f"{exc.object[exc.start : exc.end].encode('utf-8', 'surrogateescape')!r} "
+            f"at character {exc.start} is not UTF-8.",
+            hint="Give the text in UTF-8 (check the terminal's or the calling program's encoding).",
+        ) from None
+    return value

@@ -17,6 +17,7 @@ from ledger.cli.common import (
     LedgerOpt,
     TrustGenesisOpt,
     app,
+    check_text,
     console,
     console_err,
     default_key_path,
@@ -359,6 +360,7 @@ def record_cmd(
             f"--kind {kind!r} cannot be recorded by hand; only 'event' can.",
             hint="Run records are written by 'ledger run'; keys by 'ledger keys'.",
         )
+    check_text(message, "--message")
     value = _parse_data(data)
     led = open_ledger(ledger)
     if run is not None:
@@ -382,21 +384,15 @@ def _parse_data(data: str | None) -> Any:
     if data.startswith("@"):
         path = Path(data[1:])
         source = str(path)
+        if path.exists() and not path.is_file():
+            raise InputError(f"--data file {path} is not a regular file.")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise InputError(f"--data file {path} does not exist.") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read --data file {path}: {exc}.") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
-            hint='Pass a JSON value, e.g. --data \'{"ticket": "OPS-1"}\', or @FILE.',
-        ) from None
-    records.canonical_json(value)  # refuses floats with a clear message
-    return value
+    return records.parse_data(text, source)
 
 
 @app.command("log")

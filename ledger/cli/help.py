@@ -22,7 +22,13 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ("0", "success (run succeeded, ledger verified)"),
     ("1", "unexpected failure"),
     ("2", "usage error (unknown flag, missing argument, arguments that do not fit together)"),
-    ("3", "invalid input: runbook, template, `--data`, URL, parameter, unknown record"),
+    (
+        "3",
+        (
+            "invalid input: runbook, template, `--data`, URL, parameter, text that is not "
+            "UTF-8, unknown record or run (`report`, `resume`, `approve` alike)"
+        ),
+    ),
     (
         "4",
         (
@@ -30,9 +36,21 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
             "trusted by the ledger"
         ),
     ),
-    ("5", "no ledger at that location, or one already exists where one would be created"),
-    ("6", "storage problem: I/O error, disk full, permissions, corrupted repository, lock busy"),
-    ("7", "verification found problems (every finding is printed)"),
+    (
+        "5",
+        (
+            "no ledger at that location, or a ledger or file (a key) already exists where one"
+            " would be created"
+        ),
+    ),
+    ("6", "storage problem: I/O error, disk full, permissions, lock busy"),
+    (
+        "7",
+        (
+            "verification found problems (every finding is printed), or the ledger is "
+            "corrupt: an object or reference that cannot be read (named in the message)"
+        ),
+    ),
     (
         "8",
         (

@@ -310,9 +310,27 @@ DATA_TYPES: dict[str, type] = {
 }
 
 
-def _check_value(value: Any, where: str) -> None:
-    """Refuse values that have no single canonical encoding."""
-    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+#: Deepest nesting of lists and objects a record may hold.
+MAX_DEPTH = 64
+#: Most digits an integer of a record may have (Python's own limit for converting text).
+MAX_INT_DIGITS = 4300
+
+
+def _check_value(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse values that have no single canonical encoding, or that nest too deeply."""
+    if depth > MAX_DEPTH:
+        raise InputError(
+            f"{where} is nested more than {MAX_DEPTH} levels deep; records refuse deeper values.",
+            hint="Flatten the value.",
+        )
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > MAX_INT_DIGITS * 3:  # (3 bits < one decimal digit)
+            raise InputError(
+                f"{where} holds an integer of more than {MAX_INT_DIGITS} digits.",
+                hint="Write it as a string.",
+            )
         return
     if isinstance(value, float):
         raise InputError(
@@ -324,11 +342,11 @@ def _check_value(value: Any, where: str) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InputError(f"{where} has a non-string key {k!r}; record keys are strings.")
-            _check_value(v, f"{where}.{k}")
+            _check_value(v, f"{where}.{k}", depth + 1)
         return
     if isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _check_value(v, f"{where}[{i}]")
+            _check_value(v, f"{where}[{i}]", depth + 1)
         return
     raise InputError(f"{where} holds a {type(value).__name__}, which a record cannot store.")
 
@@ -336,9 +354,64 @@ def _check_value(value: Any, where: str) -> None:
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` canonically: sorted keys, no whitespace, UTF-8, no floats."""
     _check_value(value, "record")
-    return json.dumps(
+    text = json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"the record holds text that is not valid Unicode ({exc.reason}: "
+            f"{exc.object[exc.start : exc.end]!a}); such text cannot be written as UTF-8. "
+            "Text given as command-line arguments must be valid UTF-8; in JSON, "
+            "'\\ud800' alone (a lone surrogate) is not a character.",
+            hint="Give valid UTF-8 text.",
+        ) from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears more than once in one object")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def parse_data(text: str, source: str) -> Any:
+    """A JSON value given by a user (``ledger record --data``), strictly: no duplicate keys,
+    no floats, integers of at most :data:`MAX_INT_DIGITS` digits, nesting of at most
+    :data:`MAX_DEPTH` levels, valid Unicode; :class:`InputError` naming ``source`` if not."""
+    hint = 'Pass a JSON value, e.g. --data \'{"ticket": "OPS-1"}\', or @FILE.'
+    depth = 0
+    for char in text:  # refuse deep nesting before the (recursive) parser sees it
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise InputError(
+                    f"{source} is nested more than {MAX_DEPTH} levels deep; records refuse "
+                    "deeper values.",
+                    hint="Flatten the value.",
+                )
+        elif char in "]}":
+            depth -= 1
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
+            hint=hint,
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{source} is refused: {exc}.", hint=hint) from None
+    canonical_json(value)  # refuses floats and lone surrogates with a clear message
+    return value
 
 
 def sha256_hex(data: bytes) -> str:

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from ledger.errors import KeyProblem, LedgerExists
+from ledger.errors import FileExists, KeyProblem
 from ledger.keys import blobs, keyformat
 
 _MAX_KEY_FILE: Final = 1 << 20
@@ -49,7 +49,7 @@ def write_new_file(path: Path, content: bytes, mode: int) -> None:
     try:
         fd = os.open(path, flags, mode)
     except FileExistsError:
-        raise LedgerExists(
+        raise FileExists(
             f"{path} already exists; a key file is never overwritten.",
             hint="Choose another path, or move the old key away first.",
         ) from None

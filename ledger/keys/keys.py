@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ledger.errors import KeyProblem, LedgerExists
+from ledger.errors import FileExists, KeyProblem
 from ledger.keys import blobs, files, keyformat, sshwire
 
 _RSA_SIG_HASHES: Final[dict[bytes, type[hashes.HashAlgorithm]]] = {
@@ -310,14 +310,14 @@ class SigningKey:
     ) -> None:
         """Write the private key to ``path`` (mode 0600) and ``path.pub`` (mode 0644).
 
-        Never overwrites: LedgerExists if either file exists. KeyProblem if the files
+        Never overwrites: FileExists if either file exists. KeyProblem if the files
         cannot be created.
         """
         path = Path(path).expanduser()
         pub_path = path.with_name(path.name + ".pub")
         for target in (path, pub_path):
             if target.exists() or target.is_symlink():
-                raise LedgerExists(
+                raise FileExists(
                     f"{target} already exists; a key file is never overwritten.",
                     hint="Choose another path, or move the old key away first.",
                 )
@@ -327,7 +327,7 @@ class SigningKey:
         files.write_new_file(path, private_text, 0o600)
         try:
             files.write_new_file(pub_path, public_text, 0o644)
-        except (KeyProblem, LedgerExists):
+        except (KeyProblem, FileExists):
             path.unlink(missing_ok=True)
             raise
         files.fsync_dir(path.parent)

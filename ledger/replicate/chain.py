@@ -14,8 +14,11 @@ ZERO_OID = "0" * 40
 
 
 def main_head(repo: pygit2.Repository) -> str | None:
-    ref = repo.references.get(MAIN_REF)
-    return str(ref.target) if ref is not None else None
+    """Our ``main`` head; :class:`~ledger.errors.CorruptLedger` when it cannot be read."""
+    from ledger.store import gitdir
+
+    target = gitdir.main_target(repo, repo.path)
+    return str(target) if target is not None else None
 
 
 def commit_seq(repo: pygit2.Repository, oid: str) -> int | None:

@@ -37,6 +37,7 @@ from ledger.errors import (
     ApprovalRefused,
     SignatureError,
     StorageError,
+    UnknownRun,
     UntrustedKey,
 )
 from ledger.format import records
@@ -86,10 +87,10 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
     records.check_run_id(run_id)
     recs = ledger.run_records(run_id)
     if not recs:
-        raise ApprovalRefused(
-            f"there is no run {run_id} in the ledger at {ledger.path}.",
-            hint="Check the run id ('ledger log' lists runs), and that --ledger points at the "
-            "ledger the run writes to.",
+        raise UnknownRun(
+            f"the ledger at {ledger.path} has no run {run_id}, so there is nothing to approve.",
+            hint="Check the run id ('ledger log --kind run.started' lists runs), and that "
+            "--ledger points at the ledger the run writes to.",
         )
     finished = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]
     if finished:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ledger.errors import InputError, ResumeRefused, RunbookError
+from ledger.errors import InputError, ResumeRefused, RunbookError, UnknownRun
 from ledger.format import records
 from ledger.run.context import (
     TemplateContext,
@@ -246,8 +246,8 @@ def _resumable_run(
     """The run's run.started and last run.finished, if it ended failed or aborted."""
     started = next((r for r in recs if r.kind == records.KIND_RUN_STARTED), None)
     if started is None:
-        raise ResumeRefused(
-            f"there is no run {run_id} in the ledger at {ledger.path}.",
+        raise UnknownRun(
+            f"the ledger at {ledger.path} has no run {run_id}, so there is nothing to resume.",
             hint="Check the run id ('ledger log --kind run.started' lists runs).",
         )
     finished = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]

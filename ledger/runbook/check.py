@@ -10,11 +10,11 @@ parses, compiles, and only reads parameters that exist and steps that ran before
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ledger.runbook import templating
+from ledger.runbook import caps, templating
 from ledger.runbook.model import (
     DEFAULT_RETRY_DELAY_S,
     PARAM_ENV_PREFIX,
@@ -50,8 +50,8 @@ class _Scope:
     roots: frozenset[str]
     params: frozenset[str]
     env_names: frozenset[str]
-    earlier: dict[str, frozenset[str]] = field(default_factory=dict)  # step -> outputs
-    later: frozenset[str] = frozenset()
+    earlier: Mapping[str, frozenset[str]] = field(default_factory=dict)  # step -> outputs
+    later: Mapping[str, frozenset[str]] = field(default_factory=dict)
     current: str | None = None
     current_outputs: frozenset[str] = frozenset()
 
@@ -68,6 +68,10 @@ class _Checker:
 
     def template(self, source: str, path: FieldPath, scope: _Scope, *, kind: str) -> None:
         """Check a template (kind command/text) or condition (kind condition)."""
+        simple = templating.simple_references(source) if kind != "condition" else None
+        if simple is not None:
+            self._references(simple[0], simple[1], path, scope)
+            return
         try:
             if kind == "condition" and not templating.is_template(source):
                 tree: Any = templating.parse_expression(source)
@@ -81,6 +85,16 @@ class _Checker:
             )
             return
         undeclared, refs = templating.references(tree)
+        self._references(undeclared, refs, path, scope)
+
+    def _references(
+        self,
+        undeclared: set[str],
+        refs: list[templating.Reference],
+        path: FieldPath,
+        scope: _Scope,
+    ) -> None:
+        """Every name and variable path a template reads exists in its scope."""
         for name in sorted(undeclared - templating.BUILTIN_NAMES):
             if name in scope.roots:
                 continue
@@ -187,11 +201,11 @@ class _Checker:
         if ptype != "string":
             self.add((*base, "pattern"), "'pattern' applies to string parameters only")
             return
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            self.add((*base, "pattern"), f"not a valid regular expression: {exc}")
+        problem = caps.regex_problem(pattern)
+        if problem is not None:
+            self.add((*base, "pattern"), problem)
         else:
+            compiled = re.compile(pattern)
             if isinstance(default, str) and not compiled.fullmatch(default):
                 self.add(
                     (*base, "default"),
@@ -313,12 +327,34 @@ class _Checker:
                 outputs[out_name] = OutputSpec(out_name, "json", expr)
             else:
                 expr = str(out_spec["regex"])
-                try:
-                    re.compile(expr)
-                except re.error as exc:
-                    self.add((*out_path, "regex"), f"not a valid regular expression: {exc}")
+                problem = caps.regex_problem(expr)
+                if problem is not None:
+                    self.add((*out_path, "regex"), problem)
                 outputs[out_name] = OutputSpec(out_name, "regex", expr)
         return outputs
+
+
+@dataclass(frozen=True)
+class _Steps(Mapping[str, frozenset[str]]):
+    """The steps at positions ``start`` to ``stop`` (excluded), name -> outputs: a view over
+    tables shared by every template of the runbook, so that building one scope per step
+    costs nothing (a copy per step made validation quadratic)."""
+
+    outputs: Mapping[str, frozenset[str]]
+    order: Mapping[str, int]
+    start: int
+    stop: int
+
+    def __getitem__(self, name: str) -> frozenset[str]:
+        if self.start <= self.order.get(name, -1) < self.stop:
+            return self.outputs[name]
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, i in self.order.items() if self.start <= i < self.stop)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _reference_problem(ref: templating.Reference, scope: _Scope) -> str | None:
@@ -452,10 +488,13 @@ def _check_step_templates(
     env_names: frozenset[str],
 ) -> None:
     """Every template of every step, each reading only the steps that ran before it."""
-    all_names = frozenset(s.name for s in all_steps)
+    order: dict[str, int] = {}
+    outputs: dict[str, frozenset[str]] = {}
+    for position, step in enumerate(all_steps):
+        order.setdefault(step.name, position)
+        outputs.setdefault(step.name, frozenset(step.outputs))
     step_roots = frozenset({"params", "steps", "step", "run", "env"})
-    earlier: dict[str, frozenset[str]] = {}
-    for step in all_steps:
+    for position, step in enumerate(all_steps):
         list_name = "steps" if step.phase == "main" else "on_failure"
         base: FieldPath = (list_name, step.index)
         scope = _Scope(
@@ -463,8 +502,8 @@ def _check_step_templates(
             step_roots,
             param_names,
             env_names,
-            earlier=dict(earlier),
-            later=all_names - frozenset(earlier) - {step.name},
+            earlier=_Steps(outputs, order, 0, position),
+            later=_Steps(outputs, order, position + 1, len(all_steps)),
             current=step.name,
             current_outputs=frozenset(step.outputs),
         )
@@ -482,4 +521,3 @@ def _check_step_templates(
             checker.template(
                 step.approval.message, (*base, "approval", "message"), scope, kind="text"
             )
-        earlier[step.name] = frozenset(step.outputs)

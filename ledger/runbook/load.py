@@ -17,6 +17,8 @@ The module reads the runbook file; it does nothing else with the outside world.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 from ledger.errors import RunbookError
@@ -52,31 +54,17 @@ def parse_runbook(text: bytes, source: str, *, path: Path | None = None) -> Runb
 
 
 def load_runbook(path: Path) -> Runbook:
-    """Read and validate the runbook file at ``path`` (see :func:`parse_runbook`)."""
+    """Read and validate the runbook file at ``path`` (see :func:`parse_runbook`).
+
+    Only a regular file is read: a FIFO, device or socket is refused before anything waits
+    on it."""
+    return parse_runbook(_read_regular(path), str(path), path=path)
+
+
+def _read_regular(path: Path) -> bytes:
     source = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_RUNBOOK_BYTES:
-            raise RunbookInvalid(
-                source,
-                [
-                    Problem(
-                        source,
-                        1,
-                        1,
-                        "",
-                        f"the file is {size} bytes long; runbooks may be at most "
-                        f"{MAX_RUNBOOK_BYTES} bytes (1 MiB)",
-                    )
-                ],
-                hint="Split the runbook, or move long scripts into files the steps run.",
-            )
-        with path.open("rb") as handle:
-            data = handle.read(MAX_RUNBOOK_BYTES + 1)
-    except IsADirectoryError:
-        raise RunbookError(
-            f"{source} is a directory, not a runbook file.", hint="Give the path of a YAML file."
-        ) from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise RunbookError(
             f"the runbook {source} does not exist.", hint="Check the path and try again."
@@ -86,4 +74,50 @@ def load_runbook(path: Path) -> Runbook:
             f"cannot read the runbook {source}: {exc.strerror or exc}.",
             hint="Check the file's permissions.",
         ) from None
-    return parse_runbook(data, source, path=path)
+    try:
+        _check_regular(fd, source)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            os.set_blocking(fd, True)
+            return handle.read(MAX_RUNBOOK_BYTES + 1)
+        except OSError as exc:
+            raise RunbookError(
+                f"cannot read the runbook {source}: {exc.strerror or exc}.",
+                hint="Check the file's permissions.",
+            ) from None
+
+
+def _check_regular(fd: int, source: str) -> None:
+    """The open file is a regular file of at most :data:`MAX_RUNBOOK_BYTES`."""
+    st = os.fstat(fd)
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        raise RunbookError(
+            f"{source} is a directory, not a runbook file.",
+            hint="Give the path of a YAML file.",
+        )
+    if not stat.S_ISREG(mode):
+        raise RunbookError(
+            f"{source} is not a regular file (a pipe, device or socket); runbooks are "
+            "read from regular files only.",
+            hint="Save the runbook to a file and give its path.",
+        )
+    size = st.st_size
+    if size > MAX_RUNBOOK_BYTES:
+        raise RunbookInvalid(
+            source,
+            [
+                Problem(
+                    source,
+                    1,
+                    1,
+                    "",
+                    f"the file is {size} bytes long; runbooks may be at most "
+                    f"{MAX_RUNBOOK_BYTES} bytes (1 MiB)",
+                )
+            ],
+            hint="Split the runbook, or move long scripts into files the steps run.",
+        )

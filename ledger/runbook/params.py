@@ -20,7 +20,7 @@ from typing import Final
 
 from ledger.errors import InputError, UsageError
 from ledger.redact import redaction_label
-from ledger.runbook import templating
+from ledger.runbook import caps, templating
 from ledger.runbook.model import (
     MAX_SECRET_FILE_BYTES,
     MIN_SECRET_LENGTH,
@@ -121,6 +121,12 @@ def _coerce(param: Parameter, raw: object, source: str) -> ParamValue:
         if not isinstance(raw, str):
             raw = templating.to_text(raw)
         value = raw
+        if param.pattern is not None and len(value) > caps.MAX_PATTERN_VALUE:
+            raise InputError(
+                f"{what}: the value is {len(value)} characters long; a parameter with a "
+                f"pattern takes at most {caps.MAX_PATTERN_VALUE}.",
+                hint="Give a shorter value.",
+            )
         if param.pattern is not None and not re.fullmatch(param.pattern, value):
             raise InputError(
                 f"{what}: {shown} does not match the pattern {param.pattern!r}.",
@@ -245,6 +251,14 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
     """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}``; :class:`UsageError` if malformed."""
     out: dict[str, str] = {}
     for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"-p {item[: exc.start]!r}...: the argument is not valid UTF-8 text "
+                f"(character {exc.start} is a byte that is not UTF-8).",
+                hint="Give parameter values in UTF-8.",
+            ) from None
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import ConcurrentUpdate, LedgerNotFound, StorageError
+from ledger.errors import ConcurrentUpdate, CorruptLedger, LedgerNotFound, StorageError
 
 MAIN_REF = "refs/heads/main"
 STATE_DIR = "ledger-state"
@@ -89,6 +89,35 @@ def open_repository(path: Path) -> pygit2.Repository:
             f"{path} is not a ledger: it is not a git repository ({exc}).",
             hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
         ) from None
+
+
+CORRUPT_HINT = (
+    "Run 'ledger verify' to see what is damaged; restore from a remote with 'ledger clone'."
+)
+
+
+def corrupt(path: Path | str, what: str, exc: BaseException | str | None = None) -> CorruptLedger:
+    """The :class:`CorruptLedger` for ``what`` (an object or reference, named) that cannot be
+    read or parsed in the ledger at ``path``."""
+    detail = f" ({exc})" if exc is not None and str(exc) else ""
+    return CorruptLedger(
+        f"the ledger at {path} is corrupt: {what} cannot be read{detail}.", hint=CORRUPT_HINT
+    )
+
+
+def main_target(repo: pygit2.Repository, path: Path | str) -> pygit2.Oid | None:
+    """The commit id ``refs/heads/main`` names, ``None`` when there is no such branch;
+    :class:`CorruptLedger` when the reference cannot be read."""
+    try:
+        ref = repo.references.get(MAIN_REF)
+        if ref is None:
+            return None
+        target = ref.target
+    except (pygit2.GitError, ValueError) as exc:
+        raise corrupt(path, f"the reference {MAIN_REF}", exc) from None
+    if not isinstance(target, pygit2.Oid):
+        raise corrupt(path, f"the reference {MAIN_REF}", f"it points to {target}")
+    return target
 
 
 def storage_error(action: str, path: Path, exc: BaseException) -> StorageError:

@@ -47,10 +47,10 @@ class Reads:
     # -- head and lookups ---------------------------------------------------------------
 
     def head(self) -> Head | None:
-        ref = self.repo.references.get(gitdir.MAIN_REF)
-        if ref is None:
+        target = gitdir.main_target(self.repo, self.path)
+        if target is None:
             return None
-        commit = self._commit(ref.target)
+        commit = self._commit(target)
         return Head(str(commit.id), self._commit_seq(commit))
 
     def _read_main(self) -> str | None:
@@ -63,8 +63,8 @@ class Reads:
             text = ""
         if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
             return text
-        ref = self.repo.references.get(gitdir.MAIN_REF)
-        return None if ref is None else str(ref.target)
+        target = gitdir.main_target(self.repo, self.path)
+        return None if target is None else str(target)
 
     def _tip(self) -> Tip:
         """The commit ``main`` names, with what an append needs of it (the one this object
@@ -78,21 +78,24 @@ class Reads:
         try:
             raw = bytes(self.repo.odb.read(commit.id)[1])
         except (KeyError, pygit2.GitError) as exc:
-            raise gitdir.storage_error("read the head of", self.path, exc) from None
+            raise gitdir.corrupt(self.path, f"the head commit {head}", exc) from None
         return Tip(head, self._commit_seq(commit), commit.tree_id.raw, raw)
 
     def _commit(self, oid: pygit2.Oid | str) -> pygit2.Commit:
         try:
             obj = self.repo[oid]
         except (KeyError, ValueError, pygit2.GitError) as exc:
-            raise StorageError(
-                f"the ledger at {self.path} is corrupted: object {oid} cannot be read ({exc}).",
-                hint="Run 'ledger verify' to see what is damaged; restore from a remote with "
-                "'ledger clone'.",
-            ) from None
+            raise gitdir.corrupt(self.path, f"the commit {oid}", exc) from None
         if not isinstance(obj, pygit2.Commit):
-            raise StorageError(f"object {oid} in {self.path} is not a commit.")
+            raise gitdir.corrupt(self.path, f"object {oid}", "it is not a commit")
         return obj
+
+    def _tree(self, oid: pygit2.Oid, where: str) -> pygit2.Tree:
+        """The tree ``oid`` (at ``where``); :class:`CorruptLedger` naming it if unreadable."""
+        return read_tree(self.repo, self.path, oid, where)
+
+    def _lookup(self, tree: pygit2.Tree, path: str) -> pygit2.Object | None:
+        return lookup(self.repo, self.path, tree, path)
 
     @staticmethod
     def _commit_seq(commit: pygit2.Commit) -> int:
@@ -110,14 +113,14 @@ class Reads:
         path = trailers.get("Ledger-Record", "")
         try:
             seq = int(trailers["Ledger-Seq"])
-            entry = commit.tree[path]
+            entry = self._tree(commit.tree_id, "/")[path]
             raw = trees.blob_data(self.repo, entry.id)
             record = json.loads(raw)
-        except (KeyError, ValueError, pygit2.GitError) as exc:
-            raise StorageError(
-                f"commit {commit.id} does not hold a readable record ({exc}); the ledger is "
-                "damaged.",
-                hint="Run 'ledger verify' to see what is wrong.",
+            if not isinstance(record, dict):
+                raise ValueError("the record is not a JSON object")
+        except (KeyError, ValueError, RecursionError, pygit2.GitError) as exc:
+            raise gitdir.corrupt(
+                self.path, f"the record {path or '(no Ledger-Record)'} of commit {commit.id}", exc
             ) from None
         return StoredRecord(
             commit_id=str(commit.id),
@@ -202,20 +205,19 @@ class Reads:
     # -- tree lookups --------------------------------------------------------------------
 
     def _head_tree(self, commit_id: str | None = None) -> pygit2.Tree | None:
-        if commit_id is not None:
-            return self._commit(commit_id).tree
-        ref = self.repo.references.get(gitdir.MAIN_REF)
-        return None if ref is None else self._commit(ref.target).tree
+        if commit_id is None:
+            target = gitdir.main_target(self.repo, self.path)
+            if target is None:
+                return None
+            commit_id = str(target)
+        return self._tree(self._commit(commit_id).tree_id, "/")
 
     def read_blob(self, path: str, *, commit_id: str | None = None) -> bytes:
         """The content of a file of the ledger's tree (at the head, or at ``commit_id``)."""
         tree = self._head_tree(commit_id)
-        try:
-            if tree is None:
-                raise KeyError(path)
-            obj = self.repo[tree[path].id]
-        except KeyError:
-            raise InputError(f"the ledger has no file {path!r}.") from None
+        obj = None if tree is None else self._lookup(tree, path)
+        if obj is None:
+            raise InputError(f"the ledger has no file {path!r}.")
         if not isinstance(obj, pygit2.Blob):
             raise InputError(f"{path!r} in the ledger is a directory, not a file.")
         return bytes(obj.data)
@@ -227,10 +229,7 @@ class Reads:
         tree = self._head_tree()
         if tree is None:
             return None
-        try:
-            obj = self.repo[tree[path].id]
-        except KeyError:
-            return None
+        obj = self._lookup(tree, path)
         return obj if isinstance(obj, pygit2.Tree) else None
 
     def run_dir(self, run_id: str) -> str:
@@ -308,8 +307,13 @@ class Reads:
         )
         if self._signers_cache and self._signers_cache[0] == stamp:
             return self._signers_cache[1]
-        tree = self._commit(tip.commit_id).tree
-        result = trust.signers_in(self.repo, tree, self._tree_at(records.KEYS_DIR))
+        tree = self._tree(self._commit(tip.commit_id).tree_id, "/")
+        try:
+            result = trust.signers_in(self.repo, tree, self._tree_at(records.KEYS_DIR))
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise gitdir.corrupt(
+                self.path, f"the trusted keys (genesis.json, keys/) at {tip.commit_id}", exc
+            ) from None
         self._signers_cache = (stamp, result)
         return result
 
@@ -318,3 +322,38 @@ class Reads:
             if s.fingerprint == fingerprint and s.active:
                 return s
         return None
+
+
+def read_tree(
+    repo: pygit2.Repository, where_ledger: Path, oid: pygit2.Oid, where: str
+) -> pygit2.Tree:
+    """The tree ``oid`` (at ``where`` in the ledger); :class:`CorruptLedger` naming it if it
+    cannot be read."""
+    try:
+        obj = repo[oid]
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise gitdir.corrupt(where_ledger, f"the tree {oid} ({where or '/'})", exc) from None
+    if not isinstance(obj, pygit2.Tree):
+        raise gitdir.corrupt(where_ledger, f"object {oid} ({where or '/'})", "not a tree")
+    return obj
+
+
+def lookup(
+    repo: pygit2.Repository, where_ledger: Path, tree: pygit2.Tree, path: str
+) -> pygit2.Object | None:
+    """The object at ``path`` under ``tree``, None if there is none; each tree on the way is
+    read through :func:`read_tree`, so a damaged one is named."""
+    node: pygit2.Object = tree
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if not isinstance(node, pygit2.Tree) or part not in node:
+            return None
+        entry_id = node[part].id
+        if i < len(parts) - 1:
+            node = read_tree(repo, where_ledger, entry_id, "/".join(parts[: i + 1]))
+            continue
+        try:
+            node = repo[entry_id]
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise gitdir.corrupt(where_ledger, f"object {entry_id} ({path})", exc) from None
+    return node

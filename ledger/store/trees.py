@@ -9,18 +9,28 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import StorageError
+from ledger.errors import CorruptLedger, StorageError
 from ledger.format import gitobj
 from ledger.store import packs
+
+CORRUPT_HINT = (
+    "Run 'ledger verify' to see what is damaged; restore from a remote with 'ledger clone'."
+)
 
 
 def blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
     """The content of the blob ``oid``; :class:`StorageError` if it is not a blob."""
-    obj = repo.get(oid)
+    try:
+        obj = repo.get(oid)
+    except (ValueError, pygit2.GitError) as exc:
+        raise CorruptLedger(
+            f"the ledger at {repo.path} is corrupt: the blob {oid} cannot be read ({exc}).",
+            hint=CORRUPT_HINT,
+        ) from None
     if not isinstance(obj, pygit2.Blob):
-        raise StorageError(
-            f"object {oid} is not a file; the ledger is damaged.",
-            hint="Run 'ledger verify' to see what is wrong.",
+        raise CorruptLedger(
+            f"object {oid} is not a file; the ledger at {repo.path} is damaged.",
+            hint=CORRUPT_HINT,
         )
     return bytes(obj.data)
 
@@ -44,14 +54,21 @@ class Trees:
         hit = self._built.get(oid)
         if hit is not None:
             return hit
-        obj_type, raw = self.repo.odb.read(pygit2.Oid(raw=oid))
+        try:
+            obj_type, raw = self.repo.odb.read(pygit2.Oid(raw=oid))
+        except (KeyError, ValueError, pygit2.GitError) as exc:
+            raise CorruptLedger(
+                f"the ledger at {self.repo.path} is corrupt: the tree {oid.hex()} "
+                f"({where or '/'}) cannot be read ({exc}).",
+                hint=CORRUPT_HINT,
+            ) from None
         if obj_type != pygit2.enums.ObjectType.TREE:
             raise StorageError(f"{where or '/'} is a file in the ledger, not a directory.")
         try:
             parsed = gitobj.parse_tree(raw)
         except ValueError as exc:
-            raise StorageError(
-                f"the tree at {where or '/'} is damaged ({exc}).",
+            raise CorruptLedger(
+                f"the tree {oid.hex()} at {where or '/'} is damaged ({exc}).",
                 hint="Run 'ledger verify' to see what is wrong.",
             ) from None
         keys = [gitobj.git_order(name, mode) for mode, name, _ in parsed]
