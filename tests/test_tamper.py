@@ -495,3 +495,65 @@ def test_commit_with_an_extra_header(tmp_path: Path) -> None:
     signed = gitobj.add_signature(tampered, sign_commit(tampered, signer).encode())
     set_main(built.path, write_raw_commit(built.path, signed))
     assert ("commit-header", len(built.ids) - 1) in rules_at(verify(built))
+
+
+# --- a key record that fails any check has no effect on trust (FORMAT.md §10 step 5) -------
+
+
+def _eve_added(built: Any, eve: SigningKey) -> dict[str, Any]:
+    pub = eve.public_key
+    return {"principal": "eve", "key": pub.openssh(), "fingerprint": pub.fingerprint, "comment": ""}
+
+
+def test_key_added_failing_its_record_digest_adds_nothing(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    eve = SigningKey.generate()
+
+    def wrong_digest(trailers: dict[str, str]) -> None:
+        trailers["Ledger-Record-Sha256"] = "0" * 64
+
+    forge_append(
+        built, built.alice, kind="key.added", data=_eve_added(built, eve), edit_trailers=wrong_digest
+    )
+    forge_append(built, eve, principal="eve")
+    n = len(built.ids)
+    result = verify(built)
+    assert ("record-digest", n) in rules_at(result)
+    assert ("untrusted-key", n + 1) in rules_at(result)  # eve was not added
+    assert eve.public_key.fingerprint not in {k.fingerprint for k in result.keys}
+
+
+def test_key_added_whose_actor_is_not_its_signer_adds_nothing(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    eve = SigningKey.generate()
+
+    def claim_bob(rec: dict[str, Any]) -> None:
+        rec["actor"]["key"] = built.bob.public_key.fingerprint
+
+    forge_append(built, built.alice, kind="key.added", data=_eve_added(built, eve), edit_record=claim_bob)
+    forge_append(built, eve, principal="eve")
+    n = len(built.ids)
+    result = verify(built)
+    assert ("actor-key", n) in rules_at(result)
+    assert ("untrusted-key", n + 1) in rules_at(result)
+
+
+def test_key_revoked_failing_a_check_revokes_nothing(tmp_path: Path) -> None:
+    built = build(tmp_path)
+
+    def bad_prev(trailers: dict[str, str]) -> None:
+        trailers["Ledger-Prev-Sha256"] = "0" * 64
+
+    forge_append(
+        built,
+        built.alice,
+        kind="key.revoked",
+        data={"fingerprint": built.bob.public_key.fingerprint, "reason": "x"},
+        edit_trailers=bad_prev,
+    )
+    forge_append(built, built.bob, principal="bob")
+    n = len(built.ids)
+    result = verify(built)
+    assert rules_at(result) == {("prev-digest", n)}  # bob's later record is still trusted
+    bob = next(k for k in result.keys if k.fingerprint == built.bob.public_key.fingerprint)
+    assert bob.active
