@@ -634,3 +634,35 @@ def test_operator_approves_at_the_terminal_of_a_real_run(env: Env) -> None:
     }
     kinds = [(r.kind, r.data.get("step")) for r in led.run_records(run_id)]
     assert ("step.finished", "after") in kinds
+
+
+# --------------------------------------------------------------------------- forged trust
+
+
+def test_key_added_forged_by_an_untrusted_key_gives_no_approval(env: Env) -> None:
+    from support.tamper import Built, forge_append
+
+    from ledger.errors import VerificationFailed
+
+    run_id, _ = start_waiting(env)
+    mallory = env.key("mallory")
+    pub = mallory.public_key
+    forge_append(
+        Built(env.path, mallory, mallory, []),
+        mallory,
+        principal="alice@example.com",
+        kind="key.added",
+        data={
+            "principal": "alice@example.com",
+            "key": pub.openssh(),
+            "fingerprint": pub.fingerprint,
+            "comment": "",
+        },
+    )
+    waiter = Waiter(env, run_id, deadline=time.monotonic() + WAIT_S)
+    res = approve(env, "mallory", run_id)
+    assert res.returncode == 7, res.stderr
+    assert "untrusted-key" in res.stderr
+    with pytest.raises(VerificationFailed, match="untrusted-key"):
+        waiter.outcome()
+    assert [r.kind for r in Ledger.open(env.path).run_records(run_id)].count("approval") == 0

@@ -140,7 +140,13 @@ def test_one_middle_commit_dropped(tmp_path: Path) -> None:
     result = verify(built)
     assert ("seq", 4) in rules_at(result)
     assert ("prev-digest", 4) in rules_at(result)
-    assert "bad-signature" not in result.rules() and "untrusted-key" not in result.rules()
+    assert "bad-signature" not in result.rules()
+    # Every re-signed commit names its old parent's digest, so the key.added of bob (seq 5)
+    # has a finding too: it adds nothing, and bob's records are signed by an untrusted key.
+    assert ("prev-digest", 5) in rules_at(result)
+    bob = built.bob.public_key.fingerprint
+    assert {f.seq for f in result.findings if f.rule == "untrusted-key"} == {6, 8}
+    assert bob not in {k.fingerprint for k in result.keys}
 
 
 def test_one_middle_commit_dropped_by_a_careful_attacker(tmp_path: Path) -> None:
@@ -513,7 +519,11 @@ def test_key_added_failing_its_record_digest_adds_nothing(tmp_path: Path) -> Non
         trailers["Ledger-Record-Sha256"] = "0" * 64
 
     forge_append(
-        built, built.alice, kind="key.added", data=_eve_added(built, eve), edit_trailers=wrong_digest
+        built,
+        built.alice,
+        kind="key.added",
+        data=_eve_added(built, eve),
+        edit_trailers=wrong_digest,
     )
     forge_append(built, eve, principal="eve")
     n = len(built.ids)
@@ -530,7 +540,8 @@ def test_key_added_whose_actor_is_not_its_signer_adds_nothing(tmp_path: Path) ->
     def claim_bob(rec: dict[str, Any]) -> None:
         rec["actor"]["key"] = built.bob.public_key.fingerprint
 
-    forge_append(built, built.alice, kind="key.added", data=_eve_added(built, eve), edit_record=claim_bob)
+    data = _eve_added(built, eve)
+    forge_append(built, built.alice, kind="key.added", data=data, edit_record=claim_bob)
     forge_append(built, eve, principal="eve")
     n = len(built.ids)
     result = verify(built)

@@ -92,6 +92,7 @@ def _interactive() -> TerminalPrompt | None:
 
 
 def _check_ledger(led: Ledger, allow_unverified: bool) -> None:
+    led.allow_unverified = allow_unverified  # each record appended onto a bad head says so
     if allow_unverified:
         console_err.print(
             "[yellow]ledger: warning:[/] --allow-unverified: the ledger is not verified before "
