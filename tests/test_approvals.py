@@ -88,27 +88,72 @@ SPEC = ApprovalSpec(
 )
 
 
+STEP = {"phase": "main", "handler": False, "attempt": 1}
+DONE = {**STEP, "status": "ok", "exit_code": 0, "duration_ms": 1, "error": None, "outputs": {}}
+RUNBOOK = b"name: t\n"
+
+
+def _run_started() -> dict[str, object]:
+    """A complete run.started (the chain must verify for approvals to count)."""
+    return {
+        "runbook": {
+            "name": "t",
+            "path": "/t.yaml",
+            "sha256": records.sha256_hex(RUNBOOK),
+            "description": None,
+        },
+        "params": {},
+        "param_sources": {},
+        "trigger": {
+            "source": "manual",
+            "incident": None,
+            "text": None,
+            "ci": None,
+            "ci_run": None,
+            "ci_url": None,
+        },
+        "operator": {"principal": "ops@example.com", "user": None},
+        "tool_version": "test",
+        "env": {},
+        "lock": None,
+        "resumes": None,
+        "steps": ["check", "approve"],
+        "on_failure": [],
+    }
+
+
 def start_waiting(env: Env, spec: ApprovalSpec = SPEC, step: str = "approve") -> tuple[str, int]:
     """Append what the engine appends before waiting: run.started and the request."""
     run_id = records.new_run_id()
     env.ledger.append(
-        records.KIND_RUN_STARTED, {"runbook": {"name": "t"}}, key=env.operator, run=run_id
+        records.KIND_RUN_STARTED,
+        _run_started(),
+        key=env.operator,
+        run=run_id,
+        attachments={"runbook": RUNBOOK},
     )
+    command = {"command": "true", "shell": "sh", "cwd": None, "timeout_ms": None, "env": []}
     env.ledger.append(
         records.KIND_STEP_STARTED,
-        {"step": "check", "index": 0, "attempt": 1},
+        {"step": "check", "index": 0, **STEP, "type": "command", **command, "max_attempts": 1},
         key=env.operator,
         run=run_id,
     )
     env.ledger.append(
         records.KIND_STEP_FINISHED,
-        {"step": "check", "index": 0, "attempt": 1, "status": "ok"},
+        {"step": "check", "index": 0, **DONE},
         key=env.operator,
         run=run_id,
     )
     req = env.ledger.append(
         records.KIND_STEP_STARTED,
-        {"step": step, "index": 1, "attempt": 1, **approvals.request_data(spec, spec.message)},
+        {
+            "step": step,
+            "index": 1,
+            **STEP,
+            "type": "approval",
+            **approvals.request_data(spec, spec.message),
+        },
         key=env.operator,
         run=run_id,
     )
@@ -357,7 +402,7 @@ def test_untrusted_key_is_refused_and_its_record_ignored(env: Env) -> None:
             "principal": "bob@example.com",
             "fingerprint": carol.public_key.fingerprint,
             "request_seq": req_seq,
-            "request_commit": "",
+            "request_commit": led.record(req_seq).commit_id,
             "via": "command",
         },
         key=carol,
@@ -411,7 +456,7 @@ def test_principal_not_in_approvers_refused_and_ignored(env: Env) -> None:
             "principal": "carol@example.com",
             "fingerprint": carol.public_key.fingerprint,
             "request_seq": req_seq,
-            "request_commit": "",
+            "request_commit": led.record(req_seq).commit_id,
             "via": "command",
         },
         key=carol,
@@ -437,7 +482,7 @@ def test_approval_for_another_request_does_not_count(env: Env) -> None:
             "principal": "alice@example.com",
             "fingerprint": alice.public_key.fingerprint,
             "request_seq": req_seq - 1,
-            "request_commit": "",
+            "request_commit": led.record(req_seq).commit_id,
             "via": "command",
         },
         key=alice,
@@ -461,14 +506,27 @@ def test_approve_step_not_waiting_refused(env: Env) -> None:
     # Once decided, the step takes no more approvals.
     env.ledger.append(
         records.KIND_STEP_FINISHED,
-        {"step": "approve", "index": 1, "attempt": 1, "status": "ok"},
+        {"step": "approve", "index": 1, **DONE},
         key=env.operator,
         run=run_id,
     )
     res = approve(env, "alice", run_id)
     assert res.returncode == 13 and "no longer waiting" in res.stderr
     env.ledger.append(
-        records.KIND_RUN_FINISHED, {"status": "succeeded"}, key=env.operator, run=run_id
+        records.KIND_RUN_FINISHED,
+        {
+            "status": "succeeded",
+            "failed_step": None,
+            "error": None,
+            "duration_ms": 1,
+            "continued_after_failure": [],
+            "handlers_run": [],
+            "handlers_failed": [],
+            "signal": None,
+            "resumes": None,
+        },
+        key=env.operator,
+        run=run_id,
     )
     res = approve(env, "alice", run_id)
     assert res.returncode == 13 and "already finished" in res.stderr
