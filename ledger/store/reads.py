@@ -186,30 +186,9 @@ class Reads:
             raise InputError(f"no record with seq {seq} in this ledger (the newest is {top}).")
         head_tree = self._commit(head.commit_id).tree
         hit = self._index.get(seq)
-        if hit is not None and self._on_chain(hit, seq, head_tree):
+        if hit is not None and _on_chain(self.repo, hit, seq, head_tree):
             return str(hit)
         return self._walk_to(head, seq)
-
-    def _on_chain(self, oid: pygit2.Oid, seq: int, head_tree: pygit2.Tree) -> bool:
-        """Whether commit ``oid`` holds record ``seq`` of the chain whose head has
-        ``head_tree`` (its record and listed files are the head tree's blobs)."""
-        try:
-            commit = self.repo[oid]
-            if not isinstance(commit, pygit2.Commit) or self._commit_seq(commit) != seq:
-                return False
-            path = records.parse_trailers(commit.message).get("Ledger-Record", "")
-            entry = commit.tree[path]
-            if head_tree[path].id != entry.id:
-                return False
-            record = json.loads(trees.blob_data(self.repo, entry.id))
-            files = record.get("files") if isinstance(record, dict) else None
-            for meta in (files or {}).values() if isinstance(files, dict) else ():
-                other = str(meta.get("path", "")) if isinstance(meta, dict) else ""
-                if commit.tree[other].id != head_tree[other].id:
-                    return False
-        except (KeyError, ValueError, TypeError, AttributeError, StorageError, pygit2.GitError):
-            return False
-        return True
 
     def _walk_to(self, head: Head, seq: int) -> str:
         """Walk back from ``head`` to ``seq`` by first parents, repairing the index."""
@@ -339,3 +318,28 @@ class Reads:
         if self._read_main() is None:
             return None
         return self.trust_view().trusted(fingerprint)
+
+
+def _on_chain(repo: pygit2.Repository, oid: pygit2.Oid, seq: int, head_tree: pygit2.Tree) -> bool:
+    """Whether commit ``oid`` holds record ``seq`` of the chain whose head has ``head_tree``
+    (its record and every file the record lists are the head tree's blobs at those paths)."""
+    try:
+        commit = repo[oid]
+        if not isinstance(commit, pygit2.Commit):
+            return False
+        trailers = records.parse_trailers(commit.message)
+        if trailers.get("Ledger-Seq") != str(seq):
+            return False
+        path = trailers.get("Ledger-Record", "")
+        entry = commit.tree[path]
+        if head_tree[path].id != entry.id:
+            return False
+        record = json.loads(trees.blob_data(repo, entry.id))
+        files = record.get("files") if isinstance(record, dict) else None
+        for meta in files.values() if isinstance(files, dict) else ():
+            other = str(meta.get("path", "")) if isinstance(meta, dict) else ""
+            if commit.tree[other].id != head_tree[other].id:
+                return False
+    except (KeyError, ValueError, TypeError, AttributeError, StorageError, pygit2.GitError):
+        return False
+    return True
