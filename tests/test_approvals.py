@@ -90,27 +90,72 @@ SPEC = ApprovalSpec(
 )
 
 
+STEP = {"phase": "main", "handler": False, "attempt": 1}
+DONE = {**STEP, "status": "ok", "exit_code": 0, "duration_ms": 1, "error": None, "outputs": {}}
+RUNBOOK = b"name: t\n"
+
+
+def _run_started() -> dict[str, object]:
+    """A complete run.started (the chain must verify for approvals to count)."""
+    return {
+        "runbook": {
+            "name": "t",
+            "path": "/t.yaml",
+            "sha256": records.sha256_hex(RUNBOOK),
+            "description": None,
+        },
+        "params": {},
+        "param_sources": {},
+        "trigger": {
+            "source": "manual",
+            "incident": None,
+            "text": None,
+            "ci": None,
+            "ci_run": None,
+            "ci_url": None,
+        },
+        "operator": {"principal": "ops@example.com", "user": None},
+        "tool_version": "test",
+        "env": {},
+        "lock": None,
+        "resumes": None,
+        "steps": ["check", "approve"],
+        "on_failure": [],
+    }
+
+
 def start_waiting(env: Env, spec: ApprovalSpec = SPEC, step: str = "approve") -> tuple[str, int]:
     """Append what the engine appends before waiting: run.started and the request."""
     run_id = records.new_run_id()
     env.ledger.append(
-        records.KIND_RUN_STARTED, {"runbook": {"name": "t"}}, key=env.operator, run=run_id
+        records.KIND_RUN_STARTED,
+        _run_started(),
+        key=env.operator,
+        run=run_id,
+        attachments={"runbook": RUNBOOK},
     )
+    command = {"command": "true", "shell": "sh", "cwd": None, "timeout_ms": None, "env": []}
     env.ledger.append(
         records.KIND_STEP_STARTED,
-        {"step": "check", "index": 0, "attempt": 1},
+        {"step": "check", "index": 0, **STEP, "type": "command", **command, "max_attempts": 1},
         key=env.operator,
         run=run_id,
     )
     env.ledger.append(
         records.KIND_STEP_FINISHED,
-        {"step": "check", "index": 0, "attempt": 1, "status": "ok"},
+        {"step": "check", "index": 0, **DONE},
         key=env.operator,
         run=run_id,
     )
     req = env.ledger.append(
         records.KIND_STEP_STARTED,
-        {"step": step, "index": 1, "attempt": 1, **approvals.request_data(spec, spec.message)},
+        {
+            "step": step,
+            "index": 1,
+            **STEP,
+            "type": "approval",
+            **approvals.request_data(spec, spec.message),
+        },
         key=env.operator,
         run=run_id,
     )
@@ -359,7 +404,7 @@ def test_untrusted_key_is_refused_and_its_record_ignored(env: Env) -> None:
             "principal": "bob@example.com",
             "fingerprint": carol.public_key.fingerprint,
             "request_seq": req_seq,
-            "request_commit": "",
+            "request_commit": led.record(req_seq).commit_id,
             "via": "command",
         },
         key=carol,
@@ -413,7 +458,7 @@ def test_principal_not_in_approvers_refused_and_ignored(env: Env) -> None:
             "principal": "carol@example.com",
             "fingerprint": carol.public_key.fingerprint,
             "request_seq": req_seq,
-            "request_commit": "",
+            "request_commit": led.record(req_seq).commit_id,
             "via": "command",
         },
         key=carol,
@@ -439,7 +484,7 @@ def test_approval_for_another_request_does_not_count(env: Env) -> None:
             "principal": "alice@example.com",
             "fingerprint": alice.public_key.fingerprint,
             "request_seq": req_seq - 1,
-            "request_commit": "",
+            "request_commit": led.record(req_seq).commit_id,
             "via": "command",
         },
         key=alice,
@@ -464,14 +509,27 @@ def test_approve_step_not_waiting_refused(env: Env) -> None:
     # Once decided, the step takes no more approvals.
     env.ledger.append(
         records.KIND_STEP_FINISHED,
-        {"step": "approve", "index": 1, "attempt": 1, "status": "ok"},
+        {"step": "approve", "index": 1, **DONE},
         key=env.operator,
         run=run_id,
     )
     res = approve(env, "alice", run_id)
     assert res.returncode == 13 and "no longer waiting" in res.stderr
     env.ledger.append(
-        records.KIND_RUN_FINISHED, {"status": "succeeded"}, key=env.operator, run=run_id
+        records.KIND_RUN_FINISHED,
+        {
+            "status": "succeeded",
+            "failed_step": None,
+            "error": None,
+            "duration_ms": 1,
+            "continued_after_failure": [],
+            "handlers_run": [],
+            "handlers_failed": [],
+            "signal": None,
+            "resumes": None,
+        },
+        key=env.operator,
+        run=run_id,
     )
     res = approve(env, "alice", run_id)
     assert res.returncode == 13 and "already finished" in res.stderr
@@ -637,3 +695,35 @@ def test_operator_approves_at_the_terminal_of_a_real_run(env: Env) -> None:
     }
     kinds = [(r.kind, r.data.get("step")) for r in led.run_records(run_id)]
     assert ("step.finished", "after") in kinds
+
+
+# --------------------------------------------------------------------------- forged trust
+
+
+def test_key_added_forged_by_an_untrusted_key_gives_no_approval(env: Env) -> None:
+    from support.tamper import Built, forge_append
+
+    from ledger.errors import VerificationFailed
+
+    run_id, _ = start_waiting(env)
+    mallory = env.key("mallory")
+    pub = mallory.public_key
+    forge_append(
+        Built(env.path, mallory, mallory, []),
+        mallory,
+        principal="alice@example.com",
+        kind="key.added",
+        data={
+            "principal": "alice@example.com",
+            "key": pub.openssh(),
+            "fingerprint": pub.fingerprint,
+            "comment": "",
+        },
+    )
+    waiter = Waiter(env, run_id, deadline=time.monotonic() + WAIT_S)
+    res = approve(env, "mallory", run_id)
+    assert res.returncode == 7, res.stderr
+    assert "untrusted-key" in res.stderr
+    with pytest.raises(VerificationFailed, match="untrusted-key"):
+        waiter.outcome()
+    assert [r.kind for r in Ledger.open(env.path).run_records(run_id)].count("approval") == 0

@@ -401,3 +401,68 @@ def test_usable_principals_are_accepted_and_exported(tmp_path: Path) -> None:
     assert res.code == 3 and "already trusted" in res.err  # the principal itself passed
     signers = run_cli("keys", "allowed-signers", "-L", led)
     assert signers.code == 0, signers.output
+
+
+# --- trust comes from the verified chain, not from the tree's bytes ------------------------
+
+
+def _forge_key_record(led: Path, attacker: Path, kind: str, data: dict[str, str]) -> str:
+    """A key record signed by ``attacker`` (never trusted), appended to ``main`` as someone
+    with write access to the ledger directory could."""
+    from support.tamper import Built, forge_append
+
+    from ledger.keys import SigningKey
+
+    key = SigningKey.load(attacker)
+    built = Built(led, key, key, [])
+    return forge_append(built, key, principal="alice@example.com", kind=kind, data=data)
+
+
+def _forged_key_added(tmp_path: Path, led: Path) -> tuple[Path, str]:
+    from ledger.keys import PublicKey
+
+    mallory = tmp_path / "mallory"
+    assert run_cli("keys", "generate", mallory).code == 0
+    pub = PublicKey.parse(Path(f"{mallory}.pub").read_text())
+    data = {
+        "principal": "alice@example.com",
+        "key": pub.openssh(),
+        "fingerprint": pub.fingerprint,
+        "comment": "",
+    }
+    _forge_key_record(led, mallory, "key.added", data)
+    return mallory, pub.fingerprint
+
+
+def test_forged_key_added_is_not_trusted_anywhere(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    led, _alice = setup
+    mallory, fp = _forged_key_added(tmp_path, led)
+    head = git("rev-parse", "main", cwd=led).stdout.strip()
+    listed = run_cli("keys", "list", "-L", led, "--json")
+    assert fp not in listed.out, listed.output
+    assert listed.code == 7 and "untrusted-key" in listed.err, listed.output
+    no_traceback(listed)
+    exported = run_cli("keys", "allowed-signers", "-L", led)
+    pub = Path(f"{mallory}.pub").read_text().split()[1]
+    assert pub not in exported.out
+    assert exported.code == 7 and "untrusted-key" in exported.err, exported.output
+    res = run_cli("record", "-L", led, "-k", mallory, "-m", "on top of the forgery")
+    assert res.code != 0, res.output
+    no_traceback(res)
+    assert git("rev-parse", "main", cwd=led).stdout.strip() == head
+
+
+def test_forged_key_revoked_does_not_revoke_and_append_names_the_finding(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    led, alice = setup
+    fp = json.loads(run_cli("keys", "list", "-L", led, "--json").out)[0]["fingerprint"]
+    mallory = tmp_path / "mallory"
+    assert run_cli("keys", "generate", mallory).code == 0
+    _forge_key_record(led, mallory, "key.revoked", {"fingerprint": fp, "reason": "forged"})
+    listed = run_cli("keys", "list", "-L", led, "--json")
+    assert [s["active"] for s in json.loads(listed.out)] == [True], listed.output
+    res = run_cli("record", "-L", led, "-k", alice, "-m", "after the forgery")
+    assert res.code == 7, res.output
+    assert "untrusted-key" in res.err and "does not verify" in res.err, res.output
+    no_traceback(res)

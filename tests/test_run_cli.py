@@ -731,3 +731,54 @@ def test_hostile_runbooks_are_refused_before_anything_is_written(env: Env) -> No
         assert res.code == 3, res.output
         assert str(path) in res.err
     assert env.ledger.head() == head
+
+
+def test_forged_seq_index_entry_is_not_believed_by_show_log_or_resume(env: Env) -> None:
+    """An unreachable forged step.finished plus 20 bytes changed in ledger-state/seq-index."""
+    import json
+
+    import pygit2
+    from support.tamper import Built, canonical, forge_append, set_main
+
+    pwned = env.work / "PWNED"
+    flag = env.work / "fixed"
+    book = env.book(
+        f"""
+        name: deploy
+        steps:
+          - name: build
+            run: echo build-17
+            outputs: {{artifact: stdout}}
+          - name: deploy
+            run: test -f {flag} && echo "deploying {{{{ steps.build.outputs.artifact }}}}"
+        """
+    )
+    res = env.run("run", book)
+    assert res.code == 10, res.output
+    original = run_id_of(res)
+    real = finished(env.recs(original), "build")[0]
+    head = git("rev-parse", "main", cwd=env.path).stdout.strip()
+    mallory = SigningKey.generate()
+    forged_rec = dict(real.record)
+    forged_rec["data"] = {**real.data, "outputs": {"artifact": f"x; touch {pwned}; echo"}}
+    parent = str(pygit2.Repository(str(env.path))[real.commit_id].parent_ids[0])
+    set_main(env.path, parent)  # the forgery is built on the real record's parent...
+    forged = forge_append(
+        Built(env.path, mallory, mallory, []), mallory, raw_record=canonical(forged_rec)
+    )
+    set_main(env.path, head)  # ...and left unreachable
+    index = env.path / "ledger-state" / "seq-index"
+    with open(index, "r+b") as fh:
+        fh.seek(real.seq * 20)
+        fh.write(bytes.fromhex(forged))
+    shown = run_cli("show", str(real.seq), "--json", "--ledger", env.path)
+    assert shown.code == 0, shown.output
+    assert json.loads(shown.out)["commit"] == real.commit_id
+    assert "PWNED" not in shown.out
+    logged = run_cli("log", "--run", original, "--json", "--ledger", env.path)
+    assert logged.code == 0 and "PWNED" not in logged.out, logged.output
+    flag.touch()
+    res = env.run("resume", original)
+    assert res.code == 0, res.output
+    assert not pwned.exists()
+    assert "deploying build-17" in res.out

@@ -141,7 +141,13 @@ def test_one_middle_commit_dropped(tmp_path: Path) -> None:
     result = verify(built)
     assert ("seq", 4) in rules_at(result)
     assert ("prev-digest", 4) in rules_at(result)
-    assert "bad-signature" not in result.rules() and "untrusted-key" not in result.rules()
+    assert "bad-signature" not in result.rules()
+    # Every re-signed commit names its old parent's digest, so the key.added of bob (seq 5)
+    # has a finding too: it adds nothing, and bob's records are signed by an untrusted key.
+    assert ("prev-digest", 5) in rules_at(result)
+    bob = built.bob.public_key.fingerprint
+    assert {f.seq for f in result.findings if f.rule == "untrusted-key"} == {6, 8}
+    assert bob not in {k.fingerprint for k in result.keys}
 
 
 def test_one_middle_commit_dropped_by_a_careful_attacker(tmp_path: Path) -> None:
@@ -562,3 +568,70 @@ def test_shallow_file(tmp_path: Path) -> None:
     result = verify(built)
     assert result.rules() == {"grafts"}
     assert "shallow" in result.findings[0].message
+
+
+# --- a key record that fails any check has no effect on trust (FORMAT.md §10 step 5) -------
+
+
+def _eve_added(built: Any, eve: SigningKey) -> dict[str, Any]:
+    pub = eve.public_key
+    return {"principal": "eve", "key": pub.openssh(), "fingerprint": pub.fingerprint, "comment": ""}
+
+
+def test_key_added_failing_its_record_digest_adds_nothing(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    eve = SigningKey.generate()
+
+    def wrong_digest(trailers: dict[str, str]) -> None:
+        trailers["Ledger-Record-Sha256"] = "0" * 64
+
+    forge_append(
+        built,
+        built.alice,
+        kind="key.added",
+        data=_eve_added(built, eve),
+        edit_trailers=wrong_digest,
+    )
+    forge_append(built, eve, principal="eve")
+    n = len(built.ids)
+    result = verify(built)
+    assert ("record-digest", n) in rules_at(result)
+    assert ("untrusted-key", n + 1) in rules_at(result)  # eve was not added
+    assert eve.public_key.fingerprint not in {k.fingerprint for k in result.keys}
+
+
+def test_key_added_whose_actor_is_not_its_signer_adds_nothing(tmp_path: Path) -> None:
+    built = build(tmp_path)
+    eve = SigningKey.generate()
+
+    def claim_bob(rec: dict[str, Any]) -> None:
+        rec["actor"]["key"] = built.bob.public_key.fingerprint
+
+    data = _eve_added(built, eve)
+    forge_append(built, built.alice, kind="key.added", data=data, edit_record=claim_bob)
+    forge_append(built, eve, principal="eve")
+    n = len(built.ids)
+    result = verify(built)
+    assert ("actor-key", n) in rules_at(result)
+    assert ("untrusted-key", n + 1) in rules_at(result)
+
+
+def test_key_revoked_failing_a_check_revokes_nothing(tmp_path: Path) -> None:
+    built = build(tmp_path)
+
+    def bad_prev(trailers: dict[str, str]) -> None:
+        trailers["Ledger-Prev-Sha256"] = "0" * 64
+
+    forge_append(
+        built,
+        built.alice,
+        kind="key.revoked",
+        data={"fingerprint": built.bob.public_key.fingerprint, "reason": "x"},
+        edit_trailers=bad_prev,
+    )
+    forge_append(built, built.bob, principal="bob")
+    n = len(built.ids)
+    result = verify(built)
+    assert rules_at(result) == {("prev-digest", n)}  # bob's later record is still trusted
+    bob = next(k for k in result.keys if k.fingerprint == built.bob.public_key.fingerprint)
+    assert bob.active

@@ -306,11 +306,19 @@ def keys_list(ledger: LedgerOpt = None, json_out: JsonOpt = False) -> None:
                 ]
             )
         )
-        return
-    for s in signers:
-        state = "trusted" if s.active else f"revoked at seq {s.revoked_seq} ({s.revoked_time})"
-        added = "genesis" if s.added_seq == 0 else f"seq {s.added_seq}"
-        console.print(f"{s.fingerprint}  {s.principal}  added {added}  {state}")
+    else:
+        for s in signers:
+            state = "trusted" if s.active else f"revoked at seq {s.revoked_seq} ({s.revoked_time})"
+            added = "genesis" if s.added_seq == 0 else f"seq {s.added_seq}"
+            console.print(f"{s.fingerprint}  {s.principal}  added {added}  {state}")
+    _unless_verified(led, "the keys above are those the verifier's replay trusts")
+
+
+def _unless_verified(led: Ledger, shown: str) -> None:
+    """Exit 7 naming the findings when the chain under what was shown does not verify."""
+    view = led.trust_view() if led.head() is not None else None
+    if view is not None and not view.ok:
+        raise view.refuse(led.path, f"{shown} (a record that fails a check changes nothing)")
 
 
 @keys_app.command("allowed-signers")
@@ -336,6 +344,7 @@ def keys_allowed_signers(
             f"Wrote {len(lines)} signer(s) to {output}. Use it with: git -c "
             f"gpg.ssh.allowedSignersFile={output} verify-commit COMMIT"
         )
+    _unless_verified(led, "the lines written are the keys the verifier's replay trusts")
 
 
 # --- record, log, show ------------------------------------------------------------------

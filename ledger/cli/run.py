@@ -91,6 +91,7 @@ def _interactive() -> TerminalPrompt | None:
 
 
 def _check_ledger(led: Ledger, allow_unverified: bool, trust_genesis: str | None) -> None:
+    led.allow_unverified = allow_unverified  # each record appended onto a bad head says so
     if allow_unverified:
         console_err.print(
             "[yellow]ledger: warning:[/] --allow-unverified: the ledger is not verified before "

@@ -56,6 +56,7 @@ TRAILER_ORDER = (
     "Ledger-Record",
     "Ledger-Record-Sha256",
     "Ledger-Prev-Sha256",
+    "Ledger-Unverified",
 )
 
 GENESIS_PATH = "genesis.json"

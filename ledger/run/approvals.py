@@ -193,7 +193,10 @@ def record_approval(
         raise ApprovalRefused(f"{decision!r} is not a decision; use approved or rejected.")
     _check_comment(comment)
     fingerprint = key.public_key.fingerprint
-    signer = ledger.trusted_signer(fingerprint)
+    view = ledger.trust_view()
+    if not view.ok and not ledger.allow_unverified:
+        raise view.refuse(ledger.path, "no approval is recorded in it")
+    signer = view.trusted(fingerprint)
     if signer is None:
         raise UntrustedKey(
             f"the key {fingerprint} is not trusted by the ledger at {ledger.path}, so its "
@@ -427,15 +430,19 @@ class _NewRecords:
         self.last_target: str | None = None
 
     def read(self) -> Iterator[StoredRecord]:
+        """The new records, read from the verified view: the chain up to the new head is
+        verified (incrementally) first; :class:`VerificationFailed` if it does not verify."""
         ref = self.ledger.repo.references.get(MAIN_REF)
         target = str(ref.target) if ref is not None else None
         if target == self.last_target:
             return
         self.last_target = target
-        head = self.ledger.head()
-        top = head.seq if head is not None else self.last_seen
+        view = self.ledger.trust_view()
+        if not view.ok and not self.ledger.allow_unverified:
+            raise view.refuse(self.ledger.path, "no approval in it is counted")
+        top = view.seq if view.seq is not None else self.last_seen
         for seq in range(self.last_seen + 1, top + 1):
-            rec = self.ledger.record(seq)
+            rec = self.ledger.record(seq, at=view.head)
             self.last_seen = seq
             yield rec
 

@@ -219,7 +219,10 @@ def prepare_resume(
     (``-p NAME=VALUE``, only for secrets).
     """
     records.check_run_id(run_id)
-    recs = ledger.run_records(run_id)
+    view = ledger.trust_view()  # the run's records are read from the verified chain
+    if not view.ok and not ledger.allow_unverified:
+        raise view.refuse(ledger.path, "no run in it is resumed")
+    recs = ledger.run_records(run_id, at=view.head)
     started, finished = _resumable_run(ledger, run_id, recs)
     data = started.data_as(records.RunStarted)
     runbook = _same_runbook(run_id, started, runbook_path)

@@ -26,7 +26,7 @@ import pygit2
 from ledger.errors import ConcurrentUpdate, InputError, LockTimeout, UntrustedKey
 from ledger.format import gitobj, records
 from ledger.keys import SigningKey, sign_commit
-from ledger.store import gitdir, packs, trees, upkeep
+from ledger.store import gitdir, packs, trees, trust, upkeep
 from ledger.store.reads import Reads, Tip
 from ledger.store.types import Appended
 
@@ -86,9 +86,11 @@ def compose(
     key: SigningKey,
     who: str,
     tree_builder: trees.Trees,
+    unverified: str | None = None,
 ) -> Composed:
     """The objects of the record ``draft`` appended onto ``parent``, signed with ``key`` as
-    ``who``. Writes nothing (base trees are read from the repository)."""
+    ``who``. Writes nothing (base trees are read from the repository). ``unverified``: the
+    rules ``parent``'s chain breaks, for the ``Ledger-Unverified`` trailer."""
     seq = parent.seq + 1
     now = records.format_time(records.utc_now())
     path = records.record_path(draft.kind, seq, draft.run, now)
@@ -125,6 +127,7 @@ def compose(
             "Ledger-Record": path,
             "Ledger-Record-Sha256": records.sha256_hex(raw),
             "Ledger-Prev-Sha256": records.git_object_sha256("commit", parent.raw),
+            **({"Ledger-Unverified": unverified} if unverified else {}),
         },
     )
     commit_raw = signed_commit_bytes(
@@ -293,7 +296,11 @@ class Appends(Reads):
         fingerprint = key.public_key.fingerprint
         with self.lock():
             parent = self._tip()
-            signer = self.trusted_signer(fingerprint)
+            view = trust.view_at(self.repo, parent.commit_id, self._view)
+            self._view = view
+            if not view.ok and not self.allow_unverified:
+                raise view.refuse(self.path, "nothing is appended to it")
+            signer = view.trusted(fingerprint)
             if signer is None:
                 raise UntrustedKey(
                     f"the key {fingerprint} is not trusted by this ledger, so it cannot sign "
@@ -310,11 +317,17 @@ class Appends(Reads):
                     key=key,
                     who=who,
                     tree_builder=self._trees,
+                    unverified=" ".join(view.rules()) or None,
                 )
                 self._commit_append(parent, made, who)
             except (pygit2.GitError, OSError) as exc:
                 raise gitdir.storage_error("append to", self.path, exc) from None
             self._last = made.tip
+            if kind not in records.KEY_KINDS:
+                # This process composed and signed it: the view moves over it unread (a key
+                # record is verified by the next read, so trust comes from the verifier).
+                digest = records.git_object_sha256("commit", made.tip.raw)
+                self._view = view.advanced(made.tip.commit_id, made.tip.seq, digest)
             self._index.put(made.tip.seq, pygit2.Oid(hex=made.tip.commit_id))
         self._upkeep.after_append(made.tip.seq)
         return Appended(made.tip.commit_id, made.tip.seq, made.path, made.record, parent.commit_id)

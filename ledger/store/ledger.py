@@ -25,7 +25,7 @@ from ledger.keys import PublicKey, SigningKey
 from ledger.store import append, gitdir, trees
 from ledger.store.reads import Tip
 from ledger.store.seqindex import SeqIndex
-from ledger.store.types import Signer
+from ledger.store.trust import TrustView
 from ledger.store.upkeep import Upkeep, UpkeepPolicy
 
 
@@ -50,7 +50,9 @@ class Ledger(append.Appends):
                 hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
             ) from None
         self.name: str = str(cfg["ledger.name"]) if "ledger.name" in cfg else ""
-        self._signers_cache: tuple[str, list[Signer]] | None = None
+        self._view: TrustView | None = None
+        self.allow_unverified = False
+        """Append onto a head that does not verify (each such record says so, FORMAT.md §3)."""
         self._upkeep = Upkeep(self.gitdir, upkeep or UpkeepPolicy())
         self._trees = trees.Trees(repo)
         self._files = gitdir.OpenFiles()

@@ -42,7 +42,8 @@ class Reads:
     _trees: trees.Trees
     _last: Tip | None  # the tip this object appended last
     _main_file: str
-    _signers_cache: tuple[str, list[Signer]] | None
+    _view: trust.TrustView | None  # the verified view at the head last read
+    allow_unverified: bool  # append onto a head that does not verify (recorded)
 
     # -- head and lookups ---------------------------------------------------------------
 
@@ -156,10 +157,12 @@ class Reads:
         for one in reversed(ids):
             yield self._load(self._commit(one))
 
-    def record(self, ref: str | int) -> StoredRecord:
-        """One record, by seq (an int or a decimal string) or by commit id (or prefix)."""
+    def record(self, ref: str | int, *, at: str | None = None) -> StoredRecord:
+        """One record, by seq (an int or a decimal string) or by commit id (or prefix).
+
+        By seq, the record on the chain ending at commit ``at`` (default: ``main``)."""
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit() and len(ref) < 12):
-            return self._load(self._commit(self.commit_for_seq(int(ref))))
+            return self._load(self._commit(self.commit_for_seq(int(ref), at=at)))
         text = str(ref)
         try:
             obj = self.repo.revparse_single(text)
@@ -174,33 +177,39 @@ class Reads:
 
     # -- seq index -----------------------------------------------------------------------
 
-    def commit_for_seq(self, seq: int) -> str:
-        """The commit id of the record with ``seq`` on the current chain (via the index)."""
-        head = self.head()
+    def commit_for_seq(self, seq: int, *, at: str | None = None) -> str:
+        """The commit id of the record with ``seq`` on the chain ending at ``at`` (default:
+        ``main``). The seq index is believed only when the head's tree holds that commit's
+        record, and the files it lists, as the same blobs at the same paths: the chain's
+        trees only grow (the append-only rule), so that is membership, checked without
+        walking history. Otherwise the chain is walked back and the index repaired."""
+        head = self.head() if at is None else Head(at, self._commit_seq(self._commit(at)))
         if head is None or seq < 0 or seq > head.seq:
             top = "none" if head is None else str(head.seq)
             raise InputError(f"no record with seq {seq} in this ledger (the newest is {top}).")
-        for attempt in range(2):
-            if attempt or str(self._index.get(head.seq)) != head.commit_id:
-                self._rebuild_index(head)
-            hit = self._index.get(seq)
-            if hit is not None and hit in self.repo and self._commit_seq(self._commit(hit)) == seq:
-                return str(hit)
+        head_tree = self._commit(head.commit_id).tree
+        hit = self._index.get(seq)
+        if hit is not None and _on_chain(self.repo, hit, seq, head_tree):
+            return str(hit)
+        return self._walk_to(head, seq)
+
+    def _walk_to(self, head: Head, seq: int) -> str:
+        """Walk back from ``head`` to ``seq`` by first parents, repairing the index."""
+        oid: pygit2.Oid | None = pygit2.Oid(hex=head.commit_id)
+        at = head.seq
+        while oid is not None:
+            commit = self._commit(oid)
+            if self._commit_seq(commit) != at:
+                break
+            self._index.put(at, commit.id)
+            if at == seq:
+                return str(commit.id)
+            oid = commit.parent_ids[0] if commit.parent_ids else None
+            at -= 1
         raise StorageError(
             f"seq {seq} is not on the chain of {self.path}; it is damaged.",
             hint="Run 'ledger verify' to see what is wrong.",
         )
-
-    def _rebuild_index(self, head: Head) -> None:
-        """Bring the seq index up to date, walking back from the head to where it agrees."""
-        oid: pygit2.Oid | None = pygit2.Oid(hex=head.commit_id)
-        while oid is not None:
-            commit = self._commit(oid)
-            seq = self._commit_seq(commit)
-            if self._index.get(seq) == commit.id and seq != head.seq:
-                return
-            self._index.put(seq, commit.id)
-            oid = commit.parent_ids[0] if commit.parent_ids else None
 
     # -- tree lookups --------------------------------------------------------------------
 
@@ -225,8 +234,8 @@ class Reads:
     def _read_blob_at(self, path: str, commit_id: str) -> bytes:
         return self.read_blob(path, commit_id=commit_id)
 
-    def _tree_at(self, path: str) -> pygit2.Tree | None:
-        tree = self._head_tree()
+    def _tree_at(self, path: str, at: str | None = None) -> pygit2.Tree | None:
+        tree = self._head_tree(at)
         if tree is None:
             return None
         obj = self._lookup(tree, path)
@@ -235,14 +244,15 @@ class Reads:
     def run_dir(self, run_id: str) -> str:
         return records.record_dir(records.KIND_RUN_STARTED, 0, records.check_run_id(run_id), "")
 
-    def run_records(self, run_id: str) -> list[StoredRecord]:
-        """All records of one run, in seq order, found through the tree (no history scan)."""
+    def run_records(self, run_id: str, *, at: str | None = None) -> list[StoredRecord]:
+        """All records of one run, in seq order, found through the tree (no history scan)
+        of commit ``at`` (default: ``main``)."""
         directory = self.run_dir(run_id)
-        tree = self._tree_at(directory)
+        tree = self._tree_at(directory, at)
         if tree is None:
             return []
         names = sorted(e.name for e in tree if e.name and e.name.endswith(".json"))
-        return [self.record(int(name.split("-", 1)[0])) for name in names]
+        return [self.record(int(name.split("-", 1)[0]), at=at) for name in names]
 
     def run_file_names(self, run_id: str) -> list[str]:
         """The record files of one run (``SEQ-KIND.json``), in seq order, from the tree."""
@@ -291,37 +301,52 @@ class Reads:
 
     # -- trust ---------------------------------------------------------------------------
 
+    def trust_view(self) -> trust.TrustView:
+        """The verified view at ``main``: the chain verified up to it (incrementally) and
+        the trust set the verifier replays over it (:mod:`ledger.store.trust`)."""
+        head = self._read_main()
+        if head is None:
+            raise StorageError(f"the ledger at {self.path} has no {gitdir.MAIN_REF}.")
+        self._view = trust.view_at(self.repo, head, self._view)
+        return self._view
+
     def signers(self) -> list[Signer]:
-        """Every key the ledger has trusted, from genesis and the tree's ``keys/``, with
-        revocations applied (as the records say; ``ledger verify`` checks the signatures)."""
+        """Every key the ledger has trusted, with revocations, as the verifier replays the
+        chain up to ``main`` (a key record that fails any check changes nothing)."""
         if self._read_main() is None:
             return []
-        tip = self._tip()
-        # Trust changes only with genesis.json and keys/: key the cache on their ids (read
-        # from the root tree the last append built, when it is the head's).
-        root = self._trees.entries(tip.tree, "")
-        genesis_entry = root.get(records.GENESIS_PATH.encode())
-        keys_entry = root.get(records.KEYS_DIR.encode())
-        stamp = (genesis_entry[1].hex() if genesis_entry else "") + (
-            keys_entry[1].hex() if keys_entry else ""
-        )
-        if self._signers_cache and self._signers_cache[0] == stamp:
-            return self._signers_cache[1]
-        tree = self._tree(self._commit(tip.commit_id).tree_id, "/")
-        try:
-            result = trust.signers_in(self.repo, tree, self._tree_at(records.KEYS_DIR))
-        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
-            raise gitdir.corrupt(
-                self.path, f"the trusted keys (genesis.json, keys/) at {tip.commit_id}", exc
-            ) from None
-        self._signers_cache = (stamp, result)
-        return result
+        return list(self.trust_view().signers)
 
     def trusted_signer(self, fingerprint: str) -> Signer | None:
-        for s in self.signers():
-            if s.fingerprint == fingerprint and s.active:
-                return s
-        return None
+        """The signer with ``fingerprint`` if it is trusted at ``main`` (verified view)."""
+        if self._read_main() is None:
+            return None
+        return self.trust_view().trusted(fingerprint)
+
+
+def _on_chain(repo: pygit2.Repository, oid: pygit2.Oid, seq: int, head_tree: pygit2.Tree) -> bool:
+    """Whether commit ``oid`` holds record ``seq`` of the chain whose head has ``head_tree``
+    (its record and every file the record lists are the head tree's blobs at those paths)."""
+    try:
+        commit = repo[oid]
+        if not isinstance(commit, pygit2.Commit):
+            return False
+        trailers = records.parse_trailers(commit.message)
+        if trailers.get("Ledger-Seq") != str(seq):
+            return False
+        path = trailers.get("Ledger-Record", "")
+        entry = commit.tree[path]
+        if head_tree[path].id != entry.id:
+            return False
+        record = json.loads(trees.blob_data(repo, entry.id))
+        files = record.get("files") if isinstance(record, dict) else None
+        for meta in files.values() if isinstance(files, dict) else ():
+            other = str(meta.get("path", "")) if isinstance(meta, dict) else ""
+            if commit.tree[other].id != head_tree[other].id:
+                return False
+    except (KeyError, ValueError, TypeError, AttributeError, StorageError, pygit2.GitError):
+        return False
+    return True
 
 
 def read_tree(

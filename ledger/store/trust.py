@@ -1,49 +1,112 @@
-"""The keys a ledger trusts, as its records say: genesis' signers, then the ``keys/``
-directory's additions and revocations in seq order, one entry per trust window
-(``ledger verify`` checks the signatures; this only reads)."""
+"""The verified view the store's decisions read: the chain up to a verified head and the
+trust set the verifier replays over it (:mod:`ledger.verify`, the code ``ledger verify``
+runs), never the bytes of the head's ``keys/`` directory.
+
+:func:`view_at` verifies the records after the best known verified head (this object's,
+or this copy's saved state) up to ``main``, incrementally; :meth:`TrustView.advanced`
+moves a view over a record this process composed and signed itself (not a key record),
+so a series of appends does not read its own records again.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
+from dataclasses import dataclass
 
 import pygit2
 
-from ledger.format import records
+from ledger.errors import InputError, StorageError, VerificationFailed
 from ledger.keys import PublicKey
-from ledger.store import trees
 from ledger.store.types import Signer
+from ledger.verify import Finding, TrustedKey, VerifiedState, load_state, save_state, verify_chain
 
 
-def signers_in(
-    repo: pygit2.Repository, root: pygit2.Tree, keys_tree: pygit2.Tree | None
-) -> list[Signer]:
-    """Every trust window of the records of ``root`` (a commit's tree) and ``keys_tree`` (its
-    ``keys/``), in the order they opened: one :class:`Signer` per time a key became trusted,
-    with the revocation that closed it (FORMAT.md §10 "Trust changes": adding a key already
-    trusted, or revoking one that is not, changes nothing; a revoked key may come back, as a
-    new window)."""
-    genesis = json.loads(trees.blob_data(repo, root[records.GENESIS_PATH].id))
-    windows: list[Signer] = []
-    current: dict[str, int] = {}  # fingerprint -> index in windows of its open window
-    for s in genesis.get("data", {}).get("signers", []):
-        pk = PublicKey.parse(s["key"])
-        if pk.fingerprint not in current:
-            current[pk.fingerprint] = len(windows)
-            windows.append(Signer(s["principal"], pk, 0, None))
-    for entry in sorted(keys_tree or [], key=lambda e: e.name or ""):
-        rec = json.loads(trees.blob_data(repo, entry.id))
-        d = rec.get("data", {})
-        if rec.get("kind") == records.KIND_KEY_ADDED:
-            pk = PublicKey.parse(d["key"])
-            if pk.fingerprint not in current:
-                current[pk.fingerprint] = len(windows)
-                windows.append(Signer(d["principal"], pk, rec["seq"], rec["time"]))
-        elif rec.get("kind") == records.KIND_KEY_REVOKED:
-            at = current.pop(d.get("fingerprint", ""), None)
-            if at is not None:
-                old = windows[at]
-                windows[at] = dataclasses.replace(
-                    old, revoked_seq=rec["seq"], revoked_time=rec["time"]
-                )
-    return windows
+@dataclass(frozen=True)
+class TrustView:
+    """What the verifier established about the chain ending at ``head``.
+
+    ``signers`` is the trust set at ``head`` as the verifier replays it: a record that
+    fails any check changes nothing in it. ``findings`` is empty when the chain verifies;
+    ``state`` is then what a verification would save.
+    """
+
+    head: str
+    seq: int | None
+    signers: tuple[Signer, ...]
+    findings: tuple[Finding, ...]
+    state: VerifiedState | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def trusted(self, fingerprint: str) -> Signer | None:
+        for s in self.signers:
+            if s.fingerprint == fingerprint and s.active:
+                return s
+        return None
+
+    def rules(self) -> list[str]:
+        return sorted({f.rule for f in self.findings})
+
+    def advanced(self, commit_id: str, seq: int, prev_sha256: str) -> TrustView:
+        """This view moved over a non-key record this process appended onto ``head``."""
+        state = self.state
+        if state is not None:
+            state = dataclasses.replace(state, head=commit_id, seq=seq, prev_sha256=prev_sha256)
+        return dataclasses.replace(self, head=commit_id, seq=seq, state=state)
+
+    def refuse(self, path: object, what: str) -> VerificationFailed:
+        """The error that refuses ``what`` on a chain that does not verify."""
+        shown = "; ".join(f"{f.rule} at seq {f.seq}: {f.message}" for f in self.findings[:5])
+        more = len(self.findings) - 5
+        if more > 0:
+            shown += f"; and {more} more"
+        return VerificationFailed(
+            f"the ledger at {path} does not verify, so {what}: {shown}.",
+            findings=list(self.findings),
+            hint="Run 'ledger verify' for every finding and investigate (restore from a "
+            "remote with 'ledger clone' if it was tampered with). To run anyway, 'ledger run' "
+            "and 'ledger resume' take --allow-unverified, which the run records.",
+        )
+
+
+_PARSED: dict[str, PublicKey] = {}
+
+
+def _signer(k: TrustedKey) -> Signer:
+    pk = _PARSED.get(k.key)
+    if pk is None:
+        pk = _PARSED[k.key] = PublicKey.parse(k.key)
+    return Signer(k.principal, pk, k.added_seq, k.added_time, k.revoked_seq, k.revoked_time)
+
+
+def view_at(repo: pygit2.Repository, head: str, known: TrustView | None) -> TrustView:
+    """The verified view of the chain ending at commit ``head``.
+
+    Verification resumes from the furthest verified head known (``known``'s, when it
+    verified, or the saved state's); a new verified head is saved for the next process
+    (only an accelerator: a copy that cannot be written is still read).
+    """
+    if known is not None and known.head == head:
+        return known
+    try:
+        saved = load_state(repo)
+    except InputError:
+        saved = None
+    base = known.state if known is not None else None
+    if saved is not None and (base is None or saved.seq > base.seq):
+        base = saved
+    result = verify_chain(repo, head, since=base)
+    state = result.state
+    if state is not None and (saved is None or state.seq > saved.seq or state.head != saved.head):
+        with contextlib.suppress(StorageError):
+            save_state(repo, state)
+    return TrustView(
+        head=head,
+        seq=result.seq,
+        signers=tuple(_signer(k) for k in result.keys),
+        findings=tuple(result.findings),
+        state=state,
+    )

@@ -231,6 +231,7 @@ def _verify_chain(
         ledger_id=v.ledger_id,
         since_seq=start.seq if start is not None else None,
         included=included,
+        keys=v.trust.snapshot() if v.trust.known else [],
     )
 
 

@@ -258,9 +258,10 @@ class Verifier:
         except objects.ObjectError as exc:
             c.note(exc.rule, exc.message)
 
-    # (5.9) Trust changes: a well-formed key record signed by a trusted key changes trust.
+    # (5.9) Trust changes: a key record changes trust only if this commit passed every
+    #     check above (signed by a trusted key, well-formed, and no finding of any rule).
     def _apply_trust_changes(self, c: _Facts) -> None:
-        if c.rec is None or c.is_root or not (c.trusted and c.schema_ok):
+        if c.rec is None or c.is_root or not (c.trusted and c.schema_ok) or c.pending:
             return
         if c.kind in KEY_KINDS:
             self.trust.apply_key_record(c.rec)

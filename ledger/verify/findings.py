@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # (findings is the package's leaf: state imports trust, which notes findings)
-    from ledger.verify import state
+    from ledger.verify import state, trust
 
 ProgressFn = Callable[[int, int], None]
 #: Records a finding of the commit being checked: ``note(rule, message)``.
@@ -54,6 +54,10 @@ class VerifyResult:
     ledger_id: str | None = None
     since_seq: int | None = None
     included: dict[str, int | None] = field(default_factory=dict)
+    keys: list[trust.TrustedKey] = field(default_factory=list)
+    """The trust set at the head as the verifier replayed it (every key ever trusted, with
+    its revocation), whether or not there were findings: a record that failed any check
+    changed nothing in it. Empty when the chain's start could not be read."""
 
     def __post_init__(self) -> None:
         if self.findings:

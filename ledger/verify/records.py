@@ -29,6 +29,7 @@ from ledger.verify.rules import (
     SUMMARY_MAX,
     TIME,
     TRAILERS,
+    UNVERIFIED,
 )
 
 # --- records ------------------------------------------------------------------------------
@@ -260,6 +261,7 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
         "Ledger-Kind": KIND,
         "Ledger-Record-Sha256": SHA256,
         "Ledger-Prev-Sha256": SHA256,
+        "Ledger-Unverified": UNVERIFIED,
     }
     for key, pattern in checks.items():
         if key in trailers and not pattern.fullmatch(trailers[key]):

@@ -69,10 +69,12 @@ TRAILERS = (
     "Ledger-Record",
     "Ledger-Record-Sha256",
     "Ledger-Prev-Sha256",
+    "Ledger-Unverified",
 )
 
 HEX40 = re.compile(r"[0-9a-f]{40}")
 LEDGER_ID = re.compile(r"[0-9a-f]{32}")
+UNVERIFIED = re.compile(r"[a-z][a-z-]*( [a-z][a-z-]*)*")  # Ledger-Unverified: rule names
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SEQ = re.compile(r"0|[1-9][0-9]*")
 TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.\d{6}Z")
