@@ -28,7 +28,7 @@ from support.tamper import (
 )
 
 from ledger.errors import InputError, LedgerNotFound
-from ledger.format import records
+from ledger.format import records, shapes
 from ledger.keys import SigningKey, allowed_signers_line
 from ledger.store import Ledger
 from ledger.verify import (
@@ -496,8 +496,8 @@ def test_record_types_agree_with_the_verifiers_field_sets() -> None:
     (ledger.verify.kinds) name the same fields, kind by kind: a field every record of the
     kind has is required on both sides; one only some records have (by type or status) is
     optional in the type."""
-    assert records.Record.__required_keys__ == rules.COMMON_FIELDS
-    assert records.Record.__optional_keys__ == frozenset()
+    assert shapes.Record.__required_keys__ == rules.COMMON_FIELDS
+    assert shapes.Record.__optional_keys__ == frozenset()
     assert set(records.DATA_TYPES) == rules.KINDS
     for kind, shape in records.DATA_TYPES.items():
         required, some = verify_kinds.field_sets(kind)
@@ -506,7 +506,7 @@ def test_record_types_agree_with_the_verifiers_field_sets() -> None:
         if kind not in rules.RUN_KINDS:  # exact field sets (FORMAT.md §2)
             assert shape.__optional_keys__ == frozenset(), kind  # type: ignore[attr-defined]
     # the optional fields of §5.1, besides those the verifier requires by type or status
-    assert records.StepFinished.__optional_keys__ == {
+    assert shapes.StepFinished.__optional_keys__ == {
         "reason",
         "resumed_from",
         "signal",

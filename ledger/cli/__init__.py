@@ -21,7 +21,8 @@ from ledger.redact import mask_url
 # only its own area's module, so start-up imports just that one (plus the core commands);
 # help, completion and anything unknown import them all.
 AREAS: dict[str, tuple[str, ...]] = {
-    "core": ("init", "keys", "record", "log", "show", "verify"),
+    "core": ("init", "keys", "record", "log", "show"),
+    "verify": ("verify",),
     "runs": ("runs",),
     "runbook": ("validate", "schema"),
     "run": ("run", "resume"),

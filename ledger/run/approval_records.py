@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
 from ledger import runbook, store
-from ledger.format import records
+from ledger.format import shapes
 
 __all__ = [
     "APPROVED",
@@ -42,7 +42,7 @@ Decision = Literal["approved", "rejected"]
 OutcomeDecision = Literal["approved", "rejected", "timeout", "interrupted"]
 
 
-def request_data(spec: runbook.ApprovalSpec, message: str | None) -> records.StepStartedByType:
+def request_data(spec: runbook.ApprovalSpec, message: str | None) -> shapes.StepStartedByType:
     """The fields the engine adds to an approval step's ``step.started`` record.
 
     ``message`` is the rendered message with secrets redacted (or ``None``). Returns
@@ -75,7 +75,7 @@ class ApprovalRequest:
 
 
 def request_from(run_id: str, rec: store.StoredRecord) -> ApprovalRequest | None:
-    data = rec.data_as(records.StepStarted)
+    data = rec.data_as(shapes.StepStarted)
     spec = data.get("approval")
     if not isinstance(spec, dict):
         return None
@@ -145,10 +145,10 @@ class ApprovalOutcome:
         """The ``status`` of the step's ``step.finished``: ok, rejected, timeout, interrupted."""
         return "ok" if self.decision == APPROVED else self.decision
 
-    def finished_data(self) -> records.StepFinishedSome:
+    def finished_data(self) -> shapes.StepFinishedSome:
         """The ``approval`` field for the step's ``step.finished`` record."""
 
-        def vote(v: Vote) -> records.Vote:
+        def vote(v: Vote) -> shapes.Vote:
             return {
                 "principal": v.principal,
                 "fingerprint": v.fingerprint,

@@ -40,7 +40,7 @@ from ledger.errors import (
     UnknownRun,
     UntrustedKey,
 )
-from ledger.format import records
+from ledger.format import records, shapes
 from ledger.keys import SigningKey, verify_signed_commit
 from ledger.run import approval_records
 from ledger.run.approval_records import (
@@ -94,7 +94,7 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
         )
     finished = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]
     if finished:
-        status = finished[-1].data_as(records.RunFinished).get("status", "unknown")
+        status = finished[-1].data_as(shapes.RunFinished).get("status", "unknown")
         raise ApprovalRefused(
             f"run {run_id} is not waiting for an approval: it already finished (status {status}).",
             hint="Approvals count only while the run waits at the approval step.",
@@ -137,7 +137,7 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
 def _current_step(recs: Sequence[StoredRecord]) -> str | None:
     for rec in reversed(recs):
         if rec.kind == records.KIND_STEP_STARTED:
-            step = rec.data_as(records.StepStarted).get("step")
+            step = rec.data_as(shapes.StepStarted).get("step")
             return step if isinstance(step, str) else None
     return None
 
@@ -215,7 +215,7 @@ def record_approval(
     for rec in ledger.run_records(run_id):
         if rec.kind != records.KIND_APPROVAL or rec.seq <= request.seq:
             continue
-        earlier = rec.data_as(records.Approval)
+        earlier = rec.data_as(shapes.Approval)
         if earlier.get("request_seq") != request.seq or earlier.get("principal") != principal:
             continue
         if earlier.get("decision") == decision:
@@ -225,7 +225,7 @@ def record_approval(
                 hint=f"{request.min_approvals} distinct approvers are needed; ask another "
                 "approver.",
             )
-    data: records.Approval = {
+    data: shapes.Approval = {
         "step": step,
         "index": request.index,
         "decision": decision,

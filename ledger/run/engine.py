@@ -43,7 +43,7 @@ from typing import Any
 
 from ledger import __version__
 from ledger.errors import UntrustedKey
-from ledger.format import records
+from ledger.format import records, shapes
 from ledger.keys import SigningKey
 from ledger.run.context import TemplateContext, render_lock
 from ledger.run.events import (
@@ -219,7 +219,7 @@ class _Run:
 
     def record_started(self) -> None:
         book = self.book
-        data: records.RunStarted = {
+        data: shapes.RunStarted = {
             "runbook": {
                 "name": book.name,
                 "path": str(book.path.resolve()) if book.path is not None else book.source,
@@ -297,7 +297,7 @@ class _Run:
         book, status, failed_step = self.book, ending.status, ending.failed_step
         signum = signum_of(self.r.stop) if status == RUN_ABORTED else None
         error = self.journal.redact(ending.error)
-        finished: records.RunFinished = {
+        finished: shapes.RunFinished = {
             "status": status,
             "failed_step": failed_step,
             "error": error,

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger import keys, runbook, store
-from ledger.format import records
+from ledger.format import records, shapes
 from ledger.redact import Redactor
 from ledger.run.events import EngineEvents, StepEnd
 
@@ -83,7 +83,7 @@ class RunJournal:
     # ----- step records
 
     @staticmethod
-    def step_data(step: runbook.Step, handler: bool, attempt: int) -> records.StepFields:
+    def step_data(step: runbook.Step, handler: bool, attempt: int) -> shapes.StepFields:
         """The fields every step.started and step.finished record begins with."""
         return {
             "step": step.name,
@@ -99,12 +99,12 @@ class RunJournal:
         handler: bool,
         attempt: int,
         step_type: str,
-        data: records.StepStartedByType,
+        data: shapes.StepStartedByType,
         note: str = "",
     ) -> store.Appended:
         """Append a step attempt's step.started of type ``step_type`` (``data`` after
         :meth:`step_data`'s fields; ``note`` goes into the summary after the step's name)."""
-        started: records.StepStarted = {
+        started: shapes.StepStarted = {
             **self.step_data(step, handler, attempt),
             "type": step_type,
             **data,
@@ -130,18 +130,18 @@ class RunJournal:
         error: str | None = None,
         reason: str | None = None,
         outputs: Mapping[str, str] | None = None,
-        extra: records.StepFinishedSome | None = None,
+        extra: shapes.StepFinishedSome | None = None,
         attachments: Mapping[str, bytes] | None = None,
         will_retry: bool = False,
         retry_delay_s: float = 0.0,
     ) -> store.Appended:
         """Append a step's step.finished and report it to ``events.step_finished``."""
-        some: records.StepFinishedSome = {}
+        some: shapes.StepFinishedSome = {}
         if reason is not None:
             some["reason"] = reason
         if extra:
             some.update(extra)
-        data: records.StepFinished = {
+        data: shapes.StepFinished = {
             **self.step_data(step, handler, attempt),
             "status": status,
             "exit_code": exit_code,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ledger.errors import InputError, ResumeRefused, RunbookError, UnknownRun
-from ledger.format import records
+from ledger.format import records, shapes
 from ledger.run.context import (
     TemplateContext,
     render_approval_message,
@@ -224,14 +224,14 @@ def prepare_resume(
         raise view.refuse(ledger.path, "no run in it is resumed")
     recs = ledger.run_records(run_id, at=view.head)
     started, finished = _resumable_run(ledger, run_id, recs)
-    data = started.data_as(records.RunStarted)
+    data = started.data_as(shapes.RunStarted)
     runbook = _same_runbook(run_id, started, runbook_path)
     recorded = data.get("params")
     recorded = recorded if isinstance(recorded, dict) else {}
     params = resolve_parameters(runbook, _resumed_values(runbook, recorded, given), environ)
     trigger = data.get("trigger")
     incident = trigger.get("incident") if isinstance(trigger, dict) else None
-    failed_step = finished.data_as(records.RunFinished).get("failed_step")
+    failed_step = finished.data_as(shapes.RunFinished).get("failed_step")
     return ResumePlan(
         run_id=run_id,
         runbook=runbook,
@@ -322,7 +322,7 @@ def _carried_steps(run_id: str, recs: list[StoredRecord]) -> dict[str, CarriedSt
     """The main steps whose last step.finished says they succeeded (or were carried)."""
     carried: dict[str, CarriedStep] = {}
     for name, rec in _final_main_steps(recs).items():
-        d = rec.data_as(records.StepFinished)
+        d = rec.data_as(shapes.StepFinished)
         ok = d.get("status") == STEP_OK or (
             d.get("status") == STEP_SKIPPED and d.get("reason") == RESUMED_REASON
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import LedgerError, RunbookError, StorageError
-from ledger.format import records
+from ledger.format import shapes
 from ledger.run import approvals
 from ledger.run.context import (
     RenderedCommand,
@@ -73,7 +73,7 @@ class Judged:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def _stream_meta(stream: CapturedStream) -> records.StreamMeta:
+def _stream_meta(stream: CapturedStream) -> shapes.StreamMeta:
     return {
         "size": stream.size,
         "sha256": stream.sha256,
@@ -200,7 +200,7 @@ class StepRunner:
         """Record the attempt's step.started (write-ahead, redacted); returns the command
         as shown to the operator."""
         cwd = attempt.cwd
-        data: records.StepStartedByType = {
+        data: shapes.StepStartedByType = {
             "max_attempts": step.max_attempts,
             "command": attempt.command.redacted,
             "shell": step.shell,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from ledger.format import records
+from ledger.format import shapes
 
 __all__ = ["PRIVATE_ENV", "detect_ci", "run_environment", "tool_secrets", "trigger_data"]
 
@@ -73,7 +73,7 @@ def detect_ci(environ: Mapping[str, str]) -> dict[str, str | None] | None:
 
 def trigger_data(
     incident: str | None, text: str | None, environ: Mapping[str, str]
-) -> records.Trigger:
+) -> shapes.Trigger:
     """The ``trigger`` object of run.started: what started the run.
 
     ``source`` is ``ci`` when a CI system is detected, else ``manual``; ``incident`` and

@@ -24,7 +24,7 @@ from typing import Any
 import pygit2
 
 from ledger.errors import ConcurrentUpdate, InputError, LockTimeout, UntrustedKey
-from ledger.format import gitobj, records
+from ledger.format import gitobj, records, shapes
 from ledger.keys import SigningKey, sign_commit
 from ledger.store import gitdir, packs, trees, trust, upkeep
 from ledger.store.reads import Reads, Tip
@@ -68,12 +68,12 @@ class Composed:
     objects: packs.PackWriter
     tip: Tip  # the new commit, as the next append's parent
     path: str
-    record: records.Record
+    record: shapes.Record
 
 
 def _file_entry(
     objects: packs.PackWriter, additions: dict[str, bytes], path: str, content: bytes
-) -> records.FileEntry:
+) -> shapes.FileEntry:
     additions[path] = objects.add(gitobj.OBJ_BLOB, content)
     return {"path": path, "sha256": records.sha256_hex(content), "size": len(content)}
 
@@ -96,7 +96,7 @@ def compose(
     path = records.record_path(draft.kind, seq, draft.run, now)
     objects = packs.PackWriter()
     additions: dict[str, bytes] = {}
-    files: dict[str, records.FileEntry] = {}
+    files: dict[str, shapes.FileEntry] = {}
     for name, content in sorted(draft.attachments.items()):
         apath = records.attachment_path(path, name)
         files[name] = _file_entry(objects, additions, apath, content)

@@ -20,7 +20,7 @@ import pygit2
 
 from ledger import __version__
 from ledger.errors import LedgerExists, LedgerNotFound, StorageError
-from ledger.format import records
+from ledger.format import records, shapes
 from ledger.keys import PublicKey, SigningKey
 from ledger.store import append, gitdir, trees
 from ledger.store.reads import Tip
@@ -128,7 +128,7 @@ class Ledger(append.Appends):
         for who, _ in members:
             records.check_principal(who)
         repo, ledger_id = _create_repository(path, name)
-        data: records.GenesisData = {
+        data: shapes.GenesisData = {
             "name": name,
             "signers": [
                 {"principal": p, "key": pk.openssh(), "fingerprint": pk.fingerprint}
@@ -209,7 +209,7 @@ def _write_genesis(
     key: SigningKey,
     principal: str,
     host: str | None,
-    data: records.GenesisData,
+    data: shapes.GenesisData,
 ) -> pygit2.Oid:
     """Write the genesis record ``data`` as the first commit of ``main``, durably; its id."""
     now = records.format_time(records.utc_now())

@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 
 from ledger import keys
 from ledger.errors import InputError
-from ledger.format import records
+from ledger.format import shapes
 
 D = TypeVar("D")
 
@@ -32,7 +32,7 @@ class Appended:
     commit_id: str
     seq: int
     path: str
-    record: records.Record
+    record: shapes.Record
     parent: str | None = None
     """The commit it was appended onto (what ``main`` named under the append lock)."""
 
@@ -89,7 +89,7 @@ class StoredRecord:
 
     def data_as(self, shape: type[D]) -> D:
         """``data`` seen as ``shape``, the kind's type in :mod:`ledger.format.records` (for
-        example ``rec.data_as(records.StepFinished)``): the fields the format names, typed.
+        example ``rec.data_as(shapes.StepFinished)``): the fields the format names, typed.
 
         Nothing is checked: a record read back says whatever its bytes say, so a reader
         still reads values leniently (``.get``, ``isinstance``) unless the ledger was
