@@ -20,7 +20,7 @@ from ledger.errors import LedgerError, RunInterrupted
 AREAS: dict[str, tuple[str, ...]] = {
     "core": ("init", "keys", "record", "log", "show", "verify"),
     "runbook": ("validate", "schema"),
-    "run": ("run", "resume"),
+    "run": ("run", "resume", "abandon"),
     "approve": ("approve", "approvals"),
     "remote": ("remote", "push", "fetch", "clone", "status", "hook"),
     "report": ("report",),

@@ -268,7 +268,7 @@ def _render(
 
 
 def _where(runbook: Runbook, step: Step, field_name: str) -> str:
-    list_name = "steps" if step.phase == "main" else "on_failure"
+    list_name = "steps" if step.phase == "main" else step.phase
     return (
         f"{runbook.source}:{step.line}: step {step.name!r} ({list_name}[{step.index}].{field_name})"
     )
@@ -361,6 +361,41 @@ def render_approval_message(step: Step, context: TemplateContext) -> RenderedTex
         step=step,
         where=_where(context.runbook, step, "approval.message"),
     )
+
+
+def render_approvers(step: Step, context: TemplateContext) -> list[str]:
+    """The approval step's approvers, each rendered from the parameters (an approver may be
+    ``{{ params.who }}``). :class:`RunbookError` when one renders empty, to text with
+    whitespace or a secret, or to a principal listed twice, or fewer principals remain than
+    ``min_approvals`` needs."""
+    spec = step.approval
+    if spec is None:
+        return []
+    variables = {"params": context.variables()["params"]}
+    secrets = context.secrets()
+    out: list[str] = []
+    for i, source in enumerate(spec.approvers):
+        where = _where(context.runbook, step, f"approval.approvers[{i}]")
+        if not templating.is_template(source):
+            out.append(source)
+            continue
+        text = _render(source, variables, command=False, secrets=secrets, where=where).strip()
+        shown = redact(text, secrets)
+        problem = None
+        if shown != text:
+            problem = "renders to a secret parameter's value"
+        elif not text or any(c.isspace() for c in text):
+            problem = f"renders to {shown!r}, which is not one principal"
+        elif text in out:
+            problem = f"renders to {shown!r}, which is already an approver"
+        if problem is not None:
+            raise RunbookError(
+                f"{where}: the approver {source!r} {problem}.",
+                hint="Give the parameter the principal of a trusted signer (see 'ledger keys "
+                "list').",
+            )
+        out.append(text)
+    return out
 
 
 _COND_TRUE: Final = frozenset({"true", "yes", "1"})
