@@ -30,6 +30,7 @@ from ledger.run import (
     RESUMED_REASON,
     Plan,
     PlannedStep,
+    ResumePlan,
     Runner,
     RunRequest,
     StopSignal,
@@ -247,6 +248,39 @@ def run_cmd(
     _execute(led, key, request, no_push)
 
 
+def _resume_plan(
+    led: Ledger,
+    run_id: str,
+    key_path: Path | None,
+    *,
+    runbook_path: Path | None,
+    given: dict[str, str],
+    from_step: str | None,
+    rerun_unfinished: bool,
+) -> tuple[ResumePlan, str]:
+    """The resume plan and the new run's id, made while holding the old run's lock (so no
+    process runs it); an unfinished run is closed as abandoned first."""
+    records.check_run_id(run_id)
+    with run_lock(led, run_id, purpose="resume"):
+        plan = prepare_resume(
+            led,
+            run_id,
+            runbook_path=runbook_path,
+            given=given,
+            from_step=from_step,
+            runner_gone=True,
+            rerun_unfinished=rerun_unfinished,
+        )
+        for line in plan.unfinished_steps:
+            console_err.print(f"Never finished in run {run_id}: {line}", markup=False)
+        new_id = records.new_run_id()
+        if plan.status == "unfinished":
+            why = f"runner gone; resumed by run {new_id}"
+            done = abandon_run(led, run_id, why, key=signing_key_for(led, key_path))
+            console.print(f"Closed run {run_id} as abandoned (seq {done.seq}).", markup=False)
+    return plan, new_id
+
+
 @app.command("resume", help=_RESUME_HELP)
 def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="The run's id.", show_default=False)],
@@ -297,25 +331,15 @@ def resume_cmd(
     """
     led = open_ledger(ledger)
     _check_ledger(led, allow_unverified)
-    records.check_run_id(run_id)
-    with run_lock(led, run_id, purpose="resume"):
-        plan = prepare_resume(
-            led,
-            run_id,
-            runbook_path=runbook,
-            given=parse_assignments(param or []),
-            from_step=from_step,
-            runner_gone=True,
-            rerun_unfinished=rerun_unfinished,
-        )
-        for line in plan.unfinished_steps:
-            console_err.print(f"Never finished in run {run_id}: {line}", markup=False)
-        new_id = records.new_run_id()
-        if plan.status == "unfinished":
-            signing_key = signing_key_for(led, key)
-            why = f"runner gone; resumed by run {new_id}"
-            done = abandon_run(led, run_id, why, key=signing_key)
-            console.print(f"Closed run {run_id} as abandoned (seq {done.seq}).", markup=False)
+    plan, new_id = _resume_plan(
+        led,
+        run_id,
+        key,
+        runbook_path=runbook,
+        given=parse_assignments(param or []),
+        from_step=from_step,
+        rerun_unfinished=rerun_unfinished,
+    )
     where = f"from step {plan.resume_from}" if plan.resume_from else "from where it stopped"
     console.print(
         f"Resuming run {run_id} ({plan.status} at {plan.failed_step or '?'}) {where}; "
