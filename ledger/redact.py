@@ -34,7 +34,7 @@ import functools
 import html
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import quote, quote_plus
 
@@ -99,14 +99,17 @@ def _variants(value: str) -> set[bytes]:
 class Redactor:
     """Replaces secrets (and common encodings of them) by ``[REDACTED:name]``.
 
-    ``secrets`` maps a name to its value; empty values are ignored. When two secrets share a
-    pattern, the one given first names it. At any position the longest pattern wins.
+    ``secrets`` maps a name to its value; empty values are ignored. ``derived`` adds more
+    values under a name (texts computed from a secret, see :mod:`ledger.run.secretflow`).
+    When two secrets share a pattern, the one given first names it. At any position the
+    longest pattern wins.
     """
 
-    def __init__(self, secrets: Mapping[str, str]) -> None:
-        values = [v for v in secrets.values() if v]
+    def __init__(self, secrets: Mapping[str, str], derived: Iterable[tuple[str, str]] = ()) -> None:
+        pairs = [*secrets.items(), *derived]
+        values = [v for _name, v in pairs if v]
         labels: dict[bytes, bytes] = {}
-        for name, value in secrets.items():
+        for name, value in pairs:
             if not value:
                 continue
             label = redaction_label(name)

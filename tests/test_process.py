@@ -306,6 +306,19 @@ def test_secret_in_command_output_and_encoded_is_redacted() -> None:
     assert SECRET.encode() not in r.stdout.data + r.stderr.data
 
 
+def test_texts_computed_from_a_secret_are_redacted_from_output() -> None:
+    derived = SECRET.upper()[::-1]
+    env = dict(os.environ, TOKEN=SECRET, D=derived)
+    r = run(
+        'echo "$D"; echo "x$D" >&2',
+        env=env,
+        redactions={"token": SECRET},
+        derived=(("token", derived),),
+    )
+    assert r.stdout.data == b"[REDACTED:token]\n"
+    assert r.stderr.data == b"x[REDACTED:token]\n"
+
+
 # --------------------------------------------------------------------------- capture
 
 

@@ -162,3 +162,12 @@ def test_redact_sits_on_the_ground_floor() -> None:
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     assert {m for m in imported if m.split(".")[0] == "ledger"} <= {"ledger.errors"}
+
+
+def test_redactor_derived_values_are_redacted_under_their_secret_name() -> None:
+    r = Redactor({"token": "s3cret-value"}, [("token", "S3CRET-VALUE"), ("token", "eulav")])
+    out = r.redact_text("a s3cret-value b S3CRET-VALUE c eulav")
+    assert out == "a [REDACTED:token] b [REDACTED:token] c [REDACTED:token]"
+    # Encodings of a derived value are covered like a secret's.
+    encoded = base64.b64encode(b"S3CRET-VALUE").decode()
+    assert r.redact_text(f"<{encoded}>") == "<[REDACTED:token]>"

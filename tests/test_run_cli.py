@@ -304,6 +304,139 @@ def test_secret_never_reaches_the_ledger(env: Env) -> None:
     _assert_secret_absent(env.path, SECRET)
 
 
+# The tool's own credentials (issue 11 §2): never in a step's environment, redacted anyway.
+CREDENTIALS = {
+    "LEDGER_HTTP_TOKEN": "ghp-tool-token-0123456789abcdef",
+    "LEDGER_HTTP_PASSWORD": "tool-http-password-Zq9",
+    "LEDGER_SSH_PASSPHRASE": "tool-ssh-passphrase-Wx7",
+    "LEDGER_KEY_PASSPHRASE": "tool-key-passphrase-Vy5",
+}
+
+
+def test_tool_credentials_never_reach_a_step_and_are_redacted(env: Env) -> None:
+    (env.work / "creds.txt").write_text("".join(f"{v}\n" for v in CREDENTIALS.values()))
+    book = env.book(
+        """
+        name: creds
+        capture_env: [LEDGER_HTTP_TOKEN, LEDGER_SSH_PASSPHRASE]
+        steps:
+          - name: environment
+            run: |
+              env | grep -e '^LEDGER_' | sort
+              echo "token=${LEDGER_HTTP_TOKEN:-unset} password=${LEDGER_HTTP_PASSWORD:-unset}"
+              echo "ssh=${LEDGER_SSH_PASSPHRASE:-unset} key=${LEDGER_KEY_PASSPHRASE:-unset}"
+          - name: otherwise
+            run: cat @W@/creds.txt
+            outputs: {first: {regex: '^(\\S+)'}}
+        """
+    )
+    res = env.run("run", book, env=CREDENTIALS)
+    assert res.code == 0, res.output
+    recs = env.recs(run_id_of(res))
+    assert recs[0].data["env"] == {}
+    shown = finished(recs, "environment")[0].attachment("stdout").decode()
+    assert "token=unset password=unset" in shown and "ssh=unset key=unset" in shown
+    assert "LEDGER_RUN_ID=" in shown  # the step's own variables still arrive
+    other = finished(recs, "otherwise")[0]
+    text = other.attachment("stdout").decode()
+    for name in CREDENTIALS:
+        assert f"[REDACTED:{name}]" in text, text
+    assert other.data["outputs"]["first"] == "[REDACTED:LEDGER_HTTP_TOKEN]"
+    listing = run_cli("log", "--json", "--ledger", env.path)
+    for value in CREDENTIALS.values():
+        assert value not in res.output and value not in listing.output
+        _assert_secret_absent(env.path, value)
+
+
+# Texts computed from a secret (issue 11 §2): every one is redacted wherever it would show.
+TRANSFORMS = {
+    "upper": ("params.token | upper", SECRET.upper()),
+    "lower": ("params.token | lower", SECRET.lower()),
+    "replace": ("params.token | replace('zebra', 'horse')", SECRET.replace("zebra", "horse")),
+    "reverse": ("params.token | reverse", SECRET[::-1]),
+    "slice": ("params.token[1:]", SECRET[1:]),
+    "concat": ("'pre-' ~ params.token ~ '-post'", f"pre-{SECRET}-post"),
+    "title": ("params.token | title", SECRET.title()),
+    "join": ("params.token | list | join('.')", ".".join(SECRET)),
+    "method": ("params.token.swapcase()", SECRET.swapcase()),
+    "format": ("'<%s>' | format(params.token | upper)", f"<{SECRET.upper()}>"),
+    "percent": ("'%s!' % (params.token | lower)", f"{SECRET.lower()}!"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_texts_computed_from_a_secret_are_redacted(env: Env, name: str) -> None:
+    expr, value = TRANSFORMS[name]
+    q = expr.replace("'", "''")  # inside single-quoted YAML
+    book = env.book(
+        f"""
+        name: derived
+        parameters:
+          token: {{type: string, secret: true, from_env: API_TOKEN}}
+        lock: 'lk-{{{{ {q} }}}}'
+        env: {{BOOK_DERIVED: '{{{{ {q} }}}}'}}
+        steps:
+          - name: cmd
+            run: 'echo {{{{ {q} }}}}; echo "env=$DERIVED book=$BOOK_DERIVED"'
+            env: {{DERIVED: 'x-{{{{ {q} }}}}'}}
+            outputs: {{said: stdout}}
+          - name: when-template
+            run: echo never
+            when: '{{{{ {q} }}}}'
+            continue_on_error: true
+          - name: when-expression
+            run: echo never
+            when: '{q}'
+            continue_on_error: true
+          - name: missing-cwd
+            run: echo never
+            cwd: '/nonexistent/{{{{ {q} }}}}'
+            continue_on_error: true
+          - name: lookup
+            run: 'echo {{{{ steps.cmd.outputs[{q}] }}}}'
+            continue_on_error: true
+          - name: lookup-when
+            run: echo never
+            when: 'steps.cmd.outputs[{q}] == "x"'
+            continue_on_error: true
+        """
+    )
+    res = env.run("run", book, env={"API_TOKEN": SECRET})
+    assert "Traceback" not in res.output
+    assert res.code in (0, 10), res.output
+    recs = env.recs(run_id_of(res))
+    errors = " ".join(str(r.data.get("error")) for r in recs if r.data.get("error"))
+    assert "neither true nor false" in errors and "does not exist" in errors, errors
+    assert "cannot be rendered" in errors and "cannot be evaluated" in errors, errors
+    assert "[REDACTED:token]" in recs[0].data["lock"]
+    said = finished(recs, "cmd")[0]
+    assert said.data["outputs"]["said"].count("[REDACTED:token]") >= 2, said.data
+    listing = run_cli("log", "--json", "--ledger", env.path)
+    for needle in (SECRET, value):
+        assert needle not in res.output and needle not in listing.output
+        _assert_secret_absent(env.path, needle)
+
+
+def test_dry_run_redacts_the_lock_like_the_run(env: Env) -> None:
+    book = env.book(
+        """
+        name: plan-lock
+        parameters:
+          token: {type: string, secret: true, from_env: API_TOKEN}
+        lock: "lk-{{ params.token }}-{{ params.token | upper }}"
+        steps:
+          - name: a
+            run: echo {{ params.token | reverse }}
+            cwd: "/tmp/{{ params.token | lower }}"
+        """
+    )
+    res = env.run("run", book, "--dry-run", env={"API_TOKEN": SECRET})
+    assert res.code == 0, res.output
+    assert "lk-[REDACTED:token]-[REDACTED:token]" in res.out
+    for needle in (SECRET, SECRET.upper(), SECRET.lower(), SECRET[::-1]):
+        assert needle not in res.output
+
+
 # --------------------------------------------------------------------------- signals
 
 

@@ -786,7 +786,8 @@ def test_rendering_the_issue_runbook() -> None:
         run_id="R1",
     )
     rb = ctx.runbook
-    assert render_lock(ctx) == "restart-api"
+    lock = render_lock(ctx)
+    assert lock is not None and lock.text == lock.redacted == "restart-api"
     check = rb.steps[0]
     assert should_run(check, ctx)
     assert render_command(check, ctx).text == "./check.sh api"
@@ -888,6 +889,58 @@ def test_redacted_command_hides_secrets_in_every_form() -> None:
     assert secret in shlex.split(second.text)[1]
     assert secret not in second.redacted and "[REDACTED:token]" in second.redacted
     assert redact(f"x{secret}y", {"token": secret}) == "x[REDACTED:token]y"
+
+
+def test_values_computed_from_a_secret_are_redacted_by_differential_rendering() -> None:
+    secret = "Tr0ub4dor&3-zebra"
+    ctx = context_for(
+        "name: x\nparameters:\n  token: {secret: true}\n  pin: {type: int, secret: true}\n"
+        "steps:\n  - name: a\n    run: echo\n",
+        {"token": secret, "pin": "48151623"},
+    )
+    step = ctx.runbook.steps[0]
+
+    def shown(source: str, command: bool = False) -> str:
+        return render_template(source, ctx, step=step, command=command).redacted
+
+    assert shown("a {{ params.token | upper }} b") == "a [REDACTED:token] b"
+    assert shown("{{ params.token[::-1] }}/{{ params.pin + 1 }}") == (
+        "[REDACTED:token]/[REDACTED:pin]"
+    )
+    assert shown("x {{ params.token | replace('zebra', 'Z') }}", True) == "x '[REDACTED:token]'"
+    # Not computed from the secret's value: kept.
+    assert shown("{{ params.token | length > 3 }} {{ 'lit' | upper }}") == "true LIT"
+    # The secret decides the structure (a loop over its characters): the whole text goes.
+    assert shown("{% for c in params.token %}{{ c | upper }}{% endfor %}!") == "[REDACTED:token]"
+    # A condition picking literals character by character rebuilds the secret from
+    # untainted text; it differs with the placeholders all the same.
+    rebuild = "{% for c in params.token %}{% if c == 'T' %}T{% else %}-{% endif %}{% endfor %}"
+    assert "T" not in shown(rebuild).replace("REDACTED:token", "")
+    # The real texts of redacted chunks are redacted from then on (output, records).
+    assert ctx.redactor().redact_text(f"got {secret.upper()}") == "got [REDACTED:token]"
+
+
+def test_error_messages_computed_from_a_secret_are_withheld() -> None:
+    secret = "Tr0ub4dor&3-zebra"
+    ctx = context_for(
+        "name: x\nparameters:\n  token: {secret: true}\nsteps:\n"
+        "  - {name: a, run: echo, outputs: {v: stdout}}\n"
+        "  - name: b\n    run: echo {{ steps.a.outputs[params.token | lower] }}\n"
+        "  - name: c\n    run: echo\n    when: params.token[1:]\n"
+        "  - name: d\n    run: echo {{ steps.a.outputs.v | int // 0 }}\n",
+        {"token": secret},
+    )
+    ctx.finish("a", "ok", 0, {"v": "1"})
+    b, c, d = ctx.runbook.steps[1:]
+    with pytest.raises(RunbookError) as err:
+        render_command(b, ctx)
+    assert secret.lower() not in err.value.message and "not shown" in err.value.message
+    with pytest.raises(RunbookError) as err:
+        evaluate_condition(c.when or "", ctx, step=c)
+    assert secret[1:] not in err.value.message and "computed from a secret" in err.value.message
+    with pytest.raises(RunbookError) as err:  # unrelated to the secret: shown in full
+        render_command(d, ctx)
+    assert "division" in err.value.message
 
 
 def test_env_values_are_templates_and_redacted() -> None:

@@ -11,6 +11,7 @@ import sys
 
 from rich.markup import escape
 
+from ledger.cli import help as cli_help
 from ledger.cli.common import app, console_err
 from ledger.errors import LedgerError, RunInterrupted
 
@@ -19,6 +20,7 @@ from ledger.errors import LedgerError, RunInterrupted
 # help, completion and anything unknown import them all.
 AREAS: dict[str, tuple[str, ...]] = {
     "core": ("init", "keys", "record", "log", "show", "verify"),
+    "runs": ("runs",),
     "runbook": ("validate", "schema"),
     "run": ("run", "resume", "abandon"),
     "approve": ("approve", "approvals"),
@@ -36,6 +38,7 @@ def register(argv: list[str]) -> None:
         wanted = list(AREAS)
     for area in ("core", *wanted):
         __import__(f"ledger.cli.{area}")
+    cli_help.attach(app)
 
 
 def main(argv: list[str] | None = None) -> None:

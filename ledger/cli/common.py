@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ledger.cli import help as cli_help
 from ledger.errors import KeyProblem, LedgerNotFound
 
 app = typer.Typer(
@@ -20,10 +21,12 @@ app = typer.Typer(
         "replicated to remotes that refuse force pushes."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+app.callback()(cli_help.version_option)
 
 console = Console(highlight=False, soft_wrap=True)
 console_err = Console(stderr=True, highlight=False)
@@ -90,8 +93,15 @@ def read_passphrase(path: Path) -> bytes:
     return getpass.getpass(f"Passphrase for {path}: ").encode()
 
 
+def default_key_path() -> Path:
+    """Where `ledger keys generate` writes a key when given no path, and where the other
+    commands look last for one: ``~/.ssh/ledger_ed25519``."""
+    return Path.home() / ".ssh" / "ledger_ed25519"
+
+
 def resolve_key_path(explicit: Path | None, configured: str | None = None) -> Path:
-    """The signing key's path: ``--key``, ``$LEDGER_SIGNING_KEY``, else the ledger's config."""
+    """The signing key's path: ``--key``, ``$LEDGER_SIGNING_KEY``, the ledger's config, else
+    the default path of `ledger keys generate` when a key is there."""
     if explicit is not None:
         return explicit
     env = os.environ.get("LEDGER_SIGNING_KEY")
@@ -99,8 +109,11 @@ def resolve_key_path(explicit: Path | None, configured: str | None = None) -> Pa
         return Path(env)
     if configured:
         return Path(configured)
+    default = default_key_path()
+    if default.exists():
+        return default
     raise KeyProblem(
-        "no signing key given: no --key, LEDGER_SIGNING_KEY is not set, and the ledger's "
-        "config has no ledger.signingKey.",
-        hint="Pass --key PATH (create one with 'ledger keys generate').",
+        "no signing key given: no --key, LEDGER_SIGNING_KEY is not set, the ledger's config "
+        f"has no ledger.signingKey, and there is no key at {default}.",
+        hint="Pass --key PATH, or create the default key with 'ledger keys generate'.",
     )

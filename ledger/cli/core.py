@@ -17,6 +17,7 @@ from ledger.cli.common import (
     app,
     console,
     console_err,
+    default_key_path,
     default_ledger_path_for_init,
     find_ledger_path,
     read_passphrase,
@@ -32,7 +33,7 @@ from ledger.errors import (
 )
 from ledger.format import records
 from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
-from ledger.store import Ledger, StoredRecord
+from ledger.store import Ledger, StoredRecord, gitdir
 
 if TYPE_CHECKING:
     from ledger.verify.local import LocalVerification
@@ -116,6 +117,7 @@ def init(
     )
     ledger.config_set("ledger.signingKey", str(key_path.resolve()))
     _pin_genesis(ledger)
+    excluded = gitdir.exclude_from_worktree(target)
     console.print(f"Created ledger {ledger.name!r} at {target}")
     console.print(f"  ledger id:  {ledger.ledger_id}")
     console.print(f"  genesis:    {ledger.genesis_id}")
@@ -123,6 +125,12 @@ def init(
     console.print(
         f"Auditors pin the genesis commit id: 'ledger verify --trust-genesis {ledger.genesis_id}'."
     )
+    if excluded is not None:
+        console.print(
+            f"The ledger is inside a git work tree: {excluded} now excludes it, so the "
+            "project's git never adds it.",
+            markup=False,
+        )
 
 
 def _pin_genesis(ledger: Ledger) -> None:
@@ -159,7 +167,7 @@ def keys_generate(
     ] = False,
 ) -> None:
     """Generate an Ed25519 key pair in OpenSSH format (private key mode 0600)."""
-    target = path or Path.home() / ".ssh" / "ledger_ed25519"
+    target = path or default_key_path()
     secret: bytes | None = None
     if passphrase:
         env = os.environ.get("LEDGER_KEY_PASSPHRASE")

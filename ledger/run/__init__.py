@@ -8,6 +8,7 @@
 - ``plan.py``              the dry-run plan (plan_run) and the resume plan (prepare_resume)
 - ``trigger.py``           CI detection, the trigger of run.started, the steps' base environment
 - ``locks.py``             runbook locks (runbook_lock) and run locks (run_lock)
+- ``approvers.py``         approvers rendered from parameters (render_approvers)
 - ``abandon.py``           closing a run whose runner is gone (abandon_run)
 - ``verified.py``          verify before a run, remember the verified head after it
 - ``process.py``           one shell command: process group, timeout, tee, bounded capture

@@ -17,14 +17,23 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from jinja2 import TemplateError
 
 from ledger.errors import RunbookError
-from ledger.redact import redact
+from ledger.redact import Redactor, redact
+from ledger.run.secretflow import (
+    WITHHELD,
+    Vary,
+    error_shown,
+    placeholder,
+    render_split,
+    result_shown,
+)
+from ledger.run.trigger import PRIVATE_ENV, tool_secrets
 from ledger.runbook import (
     MAX_OUTPUT_CHARS,
     OutputSpec,
@@ -76,9 +85,10 @@ class TemplateContext:
 
     The engine creates one per run, sets :attr:`current` to the step being run (or lets the
     renderers do it), and records each finished step with :meth:`finish`. ``environ`` is
-    only read for the runbook's ``capture_env`` names. With ``dry_run=True`` every declared
-    output of every step reads as a placeholder ``<steps.NAME.outputs.KEY>``, so a plan can
-    render every command before anything ran.
+    read for the runbook's ``capture_env`` names and for the tool's own credentials (see
+    :func:`ledger.run.trigger.tool_secrets`), which are secrets too and never captured.
+    With ``dry_run=True`` every declared output of every step reads as a placeholder
+    ``<steps.NAME.outputs.KEY>``, so a plan can render every command before anything ran.
     """
 
     def __init__(
@@ -100,8 +110,14 @@ class TemplateContext:
         self.trigger = trigger
         self.failed_step: str | None = None
         self.captured_env: dict[str, str] = {
-            name: env[name] for name in runbook.capture_env if name in env
+            name: env[name]
+            for name in runbook.capture_env
+            if name in env and name not in PRIVATE_ENV
         }
+        self._secrets = {**tool_secrets(env), **params.secrets()}
+        self._param_secrets = tuple(params.secrets())
+        self._derived: dict[tuple[str, str], None] = {}
+        self._redactor: tuple[int, Redactor] | None = None
         self.steps: dict[str, StepState] = {}
         for step in runbook.all_steps:
             outputs = (
@@ -111,19 +127,13 @@ class TemplateContext:
             )
             self.steps[step.name] = StepState(name=step.name, outputs=outputs)
         self.current: StepState | None = None
-        self._runbook_env: dict[bool, dict[str, str]] = {}
-        # ``steps`` as templates see it (real and redacted): each step's namespace is built
-        # when its state changes, not at every render (a long runbook would otherwise
-        # rebuild every earlier step's at every step).
-        self._steps_data: dict[bool, dict[str, object]] = {
-            redacted: {
-                name: self._one_step_ns(state, redacted) for name, state in self.steps.items()
-            }
-            for redacted in (False, True)
-        }
-        self._steps_ns = {
-            redacted: Namespace.view(data, "steps") for redacted, data in self._steps_data.items()
-        }
+        self._runbook_env: dict[_Key, dict[str, str]] = {}
+        self._runbook_env_shown: dict[str, RenderedText] | None = None
+        # ``steps`` as templates see it, per variant (real, placeholders): each step's
+        # namespace is built when its state changes, not at every render (a long runbook
+        # would otherwise rebuild every earlier step's at every step).
+        self._steps_data: dict[_Key, dict[str, object]] = {}
+        self._steps_ns: dict[_Key, Namespace] = {}
 
     # ----- state updates
 
@@ -144,13 +154,35 @@ class TemplateContext:
         self.steps[name] = StepState(
             name=name, status=status, exit_code=exit_code, outputs=dict(outputs or {})
         )
-        for redacted, data in self._steps_data.items():
-            data[name] = self._one_step_ns(self.steps[name], redacted)
+        for key, data in self._steps_data.items():
+            data[name] = self._one_step_ns(self.steps[name], dict(key))
         if self.current is not None and self.current.name == name:
             self.current = None
 
     def secrets(self) -> dict[str, str]:
-        return self.params.secrets()
+        """Every secret of the run, name to value: secret parameters and the tool's own
+        credentials found in the environment."""
+        return dict(self._secrets)
+
+    def add_derived(self, derived: Iterable[tuple[str, str]]) -> None:
+        """Remember texts a template computed from a secret (name, text): redacted from
+        then on, in records and in the output of commands (:meth:`redactor`)."""
+        for pair in derived:
+            self._derived.setdefault(pair, None)
+
+    def derived(self) -> tuple[tuple[str, str], ...]:
+        """Every text computed from a secret so far (see :meth:`add_derived`)."""
+        return tuple(self._derived)
+
+    def redactor(self) -> Redactor:
+        """A redactor for the run's secrets and every text computed from them so far."""
+        if self._redactor is None or self._redactor[0] != len(self._derived):
+            self._redactor = (len(self._derived), Redactor(self._secrets, self._derived))
+        return self._redactor[1]
+
+    def secret_params(self) -> tuple[str, ...]:
+        """The secret parameters that have a value: what templates can read."""
+        return self._param_secrets
 
     # ----- variables
 
@@ -161,26 +193,40 @@ class TemplateContext:
             return self.current
         return StepState(name=step.name)
 
-    def runbook_env(self, *, redacted: bool = False) -> dict[str, str]:
-        """The runbook's top-level ``env``, rendered."""
-        if redacted not in self._runbook_env:
-            variables = {"params": self._params_ns(redacted), "run": self._run_ns()}
-            rendered: dict[str, str] = {}
-            for key, value in self.runbook.env.items():
-                rendered[key] = _render(
-                    value,
-                    variables,
-                    command=False,
-                    secrets=self.secrets(),
-                    where=f"{self.runbook.source}: env.{key}",
-                )
-            self._runbook_env[redacted] = rendered
-        return self._runbook_env[redacted]
+    def runbook_env(self, vary: Vary | None = None) -> dict[str, str]:
+        """The runbook's top-level ``env``, rendered (with the secrets in ``vary`` replaced by
+        placeholders; see :mod:`ledger.run.secretflow`)."""
+        key = _key(vary)
+        if not key:
+            return {k: v.text for k, v in self.runbook_env_shown().items()}
+        if key not in self._runbook_env:
+            variables = {"params": self._params_ns(dict(key)), "run": self._run_ns()}
+            self._runbook_env[key] = {
+                name: templating.render(value, variables, command=False)
+                for name, value in self.runbook.env.items()
+            }
+        return self._runbook_env[key]
 
-    def _one_step_ns(self, state: StepState, redacted: bool) -> Namespace:
-        """``steps.NAME`` for one step's state."""
-        secrets = self.secrets()
-        outputs = {k: (redact(v, secrets) if redacted else v) for k, v in state.outputs.items()}
+    def runbook_env_shown(self) -> dict[str, RenderedText]:
+        """The runbook's top-level ``env``, rendered, real and redacted."""
+        if self._runbook_env_shown is None:
+            shown: dict[str, RenderedText] = {}
+            for name, value in self.runbook.env.items():
+
+                def chunks(vary: Vary, value: str = value) -> list[str]:
+                    variables = {"params": self._params_ns(vary), "run": self._run_ns()}
+                    return templating.render_chunks(value, variables, command=False)
+
+                shown[name] = _split(
+                    self, chunks, command=False, where=f"{self.runbook.source}: env.{name}"
+                )
+            self._runbook_env_shown = shown
+        return self._runbook_env_shown
+
+    def _one_step_ns(self, state: StepState, vary: Vary) -> Namespace:
+        """``steps.NAME`` for one step's state (outputs redacted for the varied secrets)."""
+        hidden = {name: self._secrets[name] for name in vary}
+        outputs = {k: redact(v, hidden) for k, v in state.outputs.items()}
         return Namespace(
             {
                 "exit_code": state.exit_code,
@@ -190,8 +236,20 @@ class TemplateContext:
             f"steps.{state.name}",
         )
 
-    def _params_ns(self, redacted: bool) -> Namespace:
-        values = self.params.redacted() if redacted else self.params.values
+    def _steps_view(self, vary: Vary) -> Namespace:
+        key = _key(vary)
+        if key not in self._steps_ns:
+            data: dict[str, object] = {
+                name: self._one_step_ns(state, vary) for name, state in self.steps.items()
+            }
+            self._steps_data[key] = data
+            self._steps_ns[key] = Namespace.view(data, "steps")
+        return self._steps_ns[key]
+
+    def _params_ns(self, vary: Vary) -> Namespace:
+        values = dict(self.params.values)
+        for name, which in vary.items():
+            values[name] = placeholder(values[name], which)
         return Namespace(values, "params")
 
     def _run_ns(self) -> Namespace:
@@ -205,14 +263,11 @@ class TemplateContext:
             "run",
         )
 
-    def variables(self, step: Step | None = None, *, redacted: bool = False) -> dict[str, object]:
-        """The template variables: params, steps, step, run, env."""
-        secrets = self.secrets()
-
-        def out(value: str) -> str:
-            return redact(value, secrets) if redacted else value
-
-        steps = self._steps_ns[redacted]
+    def variables(self, step: Step | None = None, vary: Vary | None = None) -> dict[str, object]:
+        """The template variables: params, steps, step, run, env (with the secrets in
+        ``vary`` replaced by placeholders, step outputs redacted for them)."""
+        vary = vary or {}
+        hidden = {name: self._secrets[name] for name in vary}
         current = self._current_for(step)
         step_ns = Namespace(
             {
@@ -221,7 +276,7 @@ class TemplateContext:
                 "exit_code": current.exit_code,
                 "status": current.status,
                 "outputs": Namespace(
-                    {k: out(v) for k, v in current.outputs.items()}, "step.outputs"
+                    {k: redact(v, hidden) for k, v in current.outputs.items()}, "step.outputs"
                 ),
             },
             "step",
@@ -229,42 +284,61 @@ class TemplateContext:
         captured: dict[str, object] = {
             name: self.captured_env.get(name) for name in self.runbook.capture_env
         }
-        env = {**captured, **self.runbook_env(redacted=redacted)}
+        env = {**captured, **self.runbook_env(vary)}
         return {
-            "params": self._params_ns(redacted),
-            "steps": steps,
+            "params": self._params_ns(vary),
+            "steps": self._steps_view(vary),
             "step": step_ns,
             "run": self._run_ns(),
             "env": Namespace(env, "env"),
         }
 
 
+_Key = tuple[tuple[str, int], ...]
+
+
+def _key(vary: Vary | None) -> _Key:
+    return tuple(sorted((vary or {}).items()))
+
+
 _RENDER_ERRORS: Final = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError)
 
 
-def _render(
-    source: str,
-    variables: Mapping[str, object],
+def _split(
+    context: TemplateContext,
+    chunks: Callable[[Vary], list[str]],
     *,
     command: bool,
-    secrets: Mapping[str, str],
     where: str,
-) -> str:
-    try:
-        text = templating.render(source, variables, command=command)
-    except _RENDER_ERRORS as exc:
-        detail = redact(str(getattr(exc, "message", None) or exc), secrets)
-        raise RunbookError(
-            f"{where}: the template cannot be rendered: {detail}.",
+) -> RenderedText:
+    """Render real and redacted (see :mod:`ledger.run.secretflow`)."""
+
+    def failed(detail: str) -> RunbookError:
+        return RunbookError(
+            f"{where}: the template cannot be rendered: {context.redactor().redact_text(detail)}.",
             hint="Fix the template in the runbook (check names with 'ledger validate'); a "
             "step's outputs exist only once it has run.",
-        ) from None
+        )
+
+    text, shown, derived = render_split(
+        chunks,
+        context.secret_params(),
+        command=command,
+        errors=_RENDER_ERRORS,
+        on_error=failed,
+    )
+    context.add_derived(derived)
     if "\0" in text:
         raise RunbookError(
             f"{where}: the rendered text contains a NUL byte.",
             hint="Check the values that flow into this template.",
         )
-    return text
+    return RenderedText(text=text, redacted=context.redactor().redact_text(shown))
+
+
+def where_in_runbook(runbook: Runbook, step: Step, field_name: str) -> str:
+    """``FILE:LINE: step NAME (LIST[INDEX].FIELD)`` for messages about a step's field."""
+    return _where(runbook, step, field_name)
 
 
 def _where(runbook: Runbook, step: Step, field_name: str) -> str:
@@ -281,21 +355,19 @@ def render_template(
     step: Step | None = None,
     command: bool = False,
     where: str = "template",
+    names: tuple[str, ...] | None = None,
 ) -> RenderedText:
-    """Render any runbook template twice: with real values, and with secrets redacted."""
-    secrets = context.secrets()
-    text = _render(source, context.variables(step), command=command, secrets=secrets, where=where)
-    if not secrets:
-        # Without secrets the redacted variables are the real ones: the same text.
-        return RenderedText(text=text, redacted=text)
-    shown = _render(
-        source,
-        context.variables(step, redacted=True),
-        command=command,
-        secrets=secrets,
-        where=where,
-    )
-    return RenderedText(text=text, redacted=redact(shown, secrets))
+    """Render any runbook template: the real text, and the text to record and show, where
+    every part computed from a secret is ``[REDACTED:name]`` (:mod:`ledger.run.secretflow`).
+    ``names`` restricts the variables the template sees."""
+
+    def chunks(vary: Vary) -> list[str]:
+        variables = context.variables(step, vary)
+        if names is not None:
+            variables = {k: v for k, v in variables.items() if k in names}
+        return templating.render_chunks(source, variables, command=command)
+
+    return _split(context, chunks, command=command, where=where)
 
 
 def render_command(step: Step, context: TemplateContext) -> RenderedCommand:
@@ -321,33 +393,32 @@ def render_cwd(step: Step, context: TemplateContext) -> RenderedText | None:
 def step_environment(step: Step, context: TemplateContext) -> RenderedEnv:
     """Variables the step adds to the operator's environment, in increasing precedence:
     ``PARAM_<NAME>`` for every parameter, the runbook's ``env``, the step's ``env``."""
-    values = {**context.params.environment(), **context.runbook_env()}
-    shown = {**context.params.redacted_environment(), **context.runbook_env(redacted=True)}
+    book_env = context.runbook_env_shown()
+    values = {**context.params.environment(), **{k: v.text for k, v in book_env.items()}}
+    shown = {
+        **context.params.redacted_environment(),
+        **{k: v.redacted for k, v in book_env.items()},
+    }
     for key, value in step.env.items():
         rendered = render_template(
             value, context, step=step, where=_where(context.runbook, step, f"env.{key}")
         )
         values[key] = rendered.text
         shown[key] = rendered.redacted
-    secrets = context.secrets()
-    return RenderedEnv(values=values, redacted={k: redact(v, secrets) for k, v in shown.items()})
+    redactor = context.redactor()
+    return RenderedEnv(
+        values=values, redacted={k: redactor.redact_text(v) for k, v in shown.items()}
+    )
 
 
-def render_lock(context: TemplateContext) -> str | None:
-    """The run's lock name (``lock`` rendered), or ``None`` when the runbook has none."""
+def render_lock(context: TemplateContext) -> RenderedText | None:
+    """The run's lock name (``lock`` rendered: real, and redacted for records and plans), or
+    ``None`` when the runbook has none."""
     runbook = context.runbook
     if runbook.lock is None:
         return None
-    variables = {
-        "params": context.variables()["params"],
-        "env": context.variables()["env"],
-    }
-    return _render(
-        runbook.lock,
-        variables,
-        command=False,
-        secrets=context.secrets(),
-        where=f"{runbook.source}: lock",
+    return render_template(
+        runbook.lock, context, where=f"{runbook.source}: lock", names=("params", "env")
     )
 
 
@@ -363,41 +434,6 @@ def render_approval_message(step: Step, context: TemplateContext) -> RenderedTex
     )
 
 
-def render_approvers(step: Step, context: TemplateContext) -> list[str]:
-    """The approval step's approvers, each rendered from the parameters (an approver may be
-    ``{{ params.who }}``). :class:`RunbookError` when one renders empty, to text with
-    whitespace or a secret, or to a principal listed twice, or fewer principals remain than
-    ``min_approvals`` needs."""
-    spec = step.approval
-    if spec is None:
-        return []
-    variables = {"params": context.variables()["params"]}
-    secrets = context.secrets()
-    out: list[str] = []
-    for i, source in enumerate(spec.approvers):
-        where = _where(context.runbook, step, f"approval.approvers[{i}]")
-        if not templating.is_template(source):
-            out.append(source)
-            continue
-        text = _render(source, variables, command=False, secrets=secrets, where=where).strip()
-        shown = redact(text, secrets)
-        problem = None
-        if shown != text:
-            problem = "renders to a secret parameter's value"
-        elif not text or any(c.isspace() for c in text):
-            problem = f"renders to {shown!r}, which is not one principal"
-        elif text in out:
-            problem = f"renders to {shown!r}, which is already an approver"
-        if problem is not None:
-            raise RunbookError(
-                f"{where}: the approver {source!r} {problem}.",
-                hint="Give the parameter the principal of a trusted signer (see 'ledger keys "
-                "list').",
-            )
-        out.append(text)
-    return out
-
-
 _COND_TRUE: Final = frozenset({"true", "yes", "1"})
 _COND_FALSE: Final = frozenset({"false", "no", "0"})
 
@@ -411,29 +447,37 @@ def evaluate_condition(
     ``true``/``false`` (also ``yes``/``no``/``1``/``0``, any case, surrounding space
     ignored). Otherwise it is a bare expression (``params.x == 'a'``) that must give a
     boolean (or one of those strings, or the integers 0 and 1). Anything else is a
-    :class:`RunbookError`.
+    :class:`RunbookError`. Messages show nothing computed from a secret.
     """
     where = (
         _where(context.runbook, step, field_name)
         if step is not None
         else f"{context.runbook.source}: {field_name}"
     )
-    secrets = context.secrets()
-    variables = context.variables(step)
+    names = context.secret_params()
+
+    def evaluate(vary: Vary) -> object:
+        value = templating.evaluate(expr, context.variables(step, vary))
+        if isinstance(value, templating.StrictUndefinedType):
+            str(value)  # raises UndefinedError with the name
+        return value
+
     result: object
     if templating.is_template(expr):
-        result = _render(expr, variables, command=False, secrets=secrets, where=where)
+        rendered = render_template(expr, context, step=step, where=where)
+        result, shown = rendered.text, rendered.redacted
     else:
         try:
-            result = templating.evaluate(expr, variables)
-            if isinstance(result, templating.StrictUndefinedType):
-                str(result)  # raises UndefinedError with the name
+            result = evaluate({})
         except _RENDER_ERRORS as exc:
-            detail = redact(str(getattr(exc, "message", None) or exc), secrets)
+            detail = context.redactor().redact_text(
+                error_shown(exc, evaluate, names, _RENDER_ERRORS)
+            )
             raise RunbookError(
                 f"{where}: the condition {expr!r} cannot be evaluated: {detail}.",
                 hint="Fix the condition in the runbook (check it with 'ledger validate').",
             ) from None
+        shown = ""
     if isinstance(result, bool):
         return result
     if isinstance(result, int) and result in (0, 1):
@@ -444,9 +488,14 @@ def evaluate_condition(
             return True
         if word in _COND_FALSE:
             return False
-    shown = redact(templating.to_text(result), secrets)
+    if not templating.is_template(expr):
+        shown = result_shown(
+            evaluate, names, result, as_text=templating.to_text, errors=_RENDER_ERRORS
+        )
+    shown = context.redactor().redact_text(shown)
+    gave = "a value computed from a secret (not shown)" if shown == WITHHELD else repr(shown)
     raise RunbookError(
-        f"{where}: the condition {expr!r} gave {shown!r}, which is neither true nor false.",
+        f"{where}: the condition {expr!r} gave {gave}, which is neither true nor false.",
         hint="Write a comparison such as params.service == 'api' or steps.check.exit_code == 0.",
     )
 

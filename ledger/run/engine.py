@@ -49,8 +49,8 @@ from ledger import __version__
 from ledger.errors import UntrustedKey
 from ledger.format import records
 from ledger.keys import SigningKey
-from ledger.redact import Redactor
-from ledger.run.context import TemplateContext, render_approvers, render_lock
+from ledger.run.approvers import render_approvers
+from ledger.run.context import TemplateContext, render_lock
 from ledger.run.events import (
     RUN_ABORTED,
     RUN_FAILED,
@@ -154,15 +154,16 @@ class Runner:
             trigger=request.trigger,
             environ=environ,
         )
-        lock_name = render_lock(ctx)
+        lock = render_lock(ctx)
         for step in request.runbook.all_steps:
             render_approvers(step, ctx)  # a bad approver stops the run before it starts
         with contextlib.ExitStack() as held:
-            if lock_name is not None:
-                shown = Redactor(request.params.secrets()).redact_text(lock_name)
-                held.enter_context(runbook_lock(self.ledger, lock_name, run_id, shown=shown))
+            if lock is not None:
+                held.enter_context(
+                    runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted)
+                )
             held.enter_context(run_lock(self.ledger, run_id))
-            run = _Run(self, request, run_id, ctx, environ, lock_name)
+            run = _Run(self, request, run_id, ctx, environ, lock.redacted if lock else None)
             outcome = run.execute()
         extend_verified_state(self.ledger, run.journal.appended)
         return outcome
@@ -197,6 +198,7 @@ class _Run:
         environ: dict[str, str],
         lock_name: str | None,
     ) -> None:
+        """``lock_name`` is the lock's name as recorded (redacted)."""
         self.r = runner
         self.req = request
         self.book = request.runbook
@@ -204,9 +206,9 @@ class _Run:
         self.ctx = ctx
         self.environ = environ
         self.lock_name = lock_name
-        secrets = request.params.secrets()
+        secrets = ctx.secrets()
         self.journal = RunJournal(
-            runner.ledger, runner.key, runner.principal, run_id, Redactor(secrets), runner.events
+            runner.ledger, runner.key, runner.principal, run_id, ctx.redactor, runner.events
         )
         self.steps = StepRunner(
             self.journal,

@@ -3,7 +3,7 @@ append counted and reported, and the shape shared by every step's records."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger.format import records
@@ -30,30 +30,29 @@ class RunJournal:
         key: SigningKey,
         principal: str,
         run_id: str,
-        redactor: Redactor,
+        redactor: Callable[[], Redactor],
         events: EngineEvents,
     ) -> None:
         self.ledger = ledger
         self.key = key
         self.principal = principal
         self.run_id = run_id
-        self.redactor = redactor
+        self._redactor = redactor
         self.events = events
         self.count = 0
         self.head: str | None = None
         self.appended: list[Appended] = []
 
+    @property
+    def redactor(self) -> Redactor:
+        """The run's redactor as it is now: its secrets and every text computed from them
+        that templates rendered so far."""
+        return self._redactor()
+
     def scrub(self, value: Any) -> Any:
         """Redact every string in a record's data (defence in depth)."""
-        if not self.redactor:
-            return value
-        if isinstance(value, str):
-            return self.redactor.redact_text(value)
-        if isinstance(value, dict):
-            return {self.scrub(k): self.scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.scrub(v) for v in value]
-        return value
+        redactor = self.redactor
+        return _scrub(redactor, value) if redactor else value
 
     def redact(self, text: str | None) -> str | None:
         return None if text is None else self.redactor.redact_text(text)
@@ -169,3 +168,13 @@ class RunJournal:
             )
         )
         return done
+
+
+def _scrub(redactor: Redactor, value: Any) -> Any:
+    if isinstance(value, str):
+        return redactor.redact_text(value)
+    if isinstance(value, dict):
+        return {_scrub(redactor, k): _scrub(redactor, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(redactor, v) for v in value]
+    return value

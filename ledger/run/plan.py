@@ -12,11 +12,10 @@ from typing import Any, Final
 
 from ledger.errors import InputError, ResumeRefused, RunbookError
 from ledger.format import records
-from ledger.redact import Redactor
+from ledger.run.approvers import render_approvers
 from ledger.run.context import (
     TemplateContext,
     render_approval_message,
-    render_approvers,
     render_command,
     render_cwd,
     render_lock,
@@ -110,8 +109,6 @@ def plan_run(
     env = os.environ if environ is None else environ
     ctx = TemplateContext(runbook, params, run_id="<run id>", environ=env, dry_run=True)
     lock = render_lock(ctx)
-    secrets = params.secrets()
-    redactor = Redactor(secrets)
 
     def one(step: Step) -> PlannedStep:
         ctx.begin(step, 1)
@@ -153,9 +150,9 @@ def plan_run(
             name=step.name,
             phase=step.phase,
             kind="command",
-            command=redactor.redact_text(command.redacted),
+            command=ctx.redactor().redact_text(command.redacted),
             shell=step.shell,
-            cwd=redactor.redact_text(cwd.redacted) if cwd else None,
+            cwd=ctx.redactor().redact_text(cwd.redacted) if cwd else None,
             when=step.when,
             will_run=will_run,
             timeout_s=step.timeout_s,
@@ -170,7 +167,8 @@ def plan_run(
     handlers = [one(s) for s in runbook.on_failure]
     on_cancel = [one(s) for s in runbook.on_cancel]
     always = [one(s) for s in runbook.always]
-    return Plan(runbook, params.redacted(), lock, steps, handlers, on_cancel, always)
+    shown_lock = lock.redacted if lock else None
+    return Plan(runbook, params.redacted(), shown_lock, steps, handlers, on_cancel, always)
 
 
 # --------------------------------------------------------------------------- resume

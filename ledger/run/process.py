@@ -174,7 +174,8 @@ class CommandSpec:
     ``command`` is shell text run as ``[shell, "-c", command]``. ``env`` is the complete
     environment of the command (``None``: this process's environment). ``timeout_s``:
     ``None`` for no limit. ``capture_bytes`` bounds ``CapturedStream.data`` per stream (plus
-    the marker line). ``redactions`` maps a secret's name to its value. ``kill_grace_s``:
+    the marker line). ``redactions`` maps a secret's name to its value; ``derived`` adds
+    texts computed from secrets, under the secret's name. ``kill_grace_s``:
     time between SIGTERM and SIGKILL of the process group on timeout or stop.
     ``drain_s``: after the shell exits, how long to keep reading output that background
     processes it started still hold open; after that reading stops, our ends of the pipes
@@ -188,6 +189,7 @@ class CommandSpec:
     timeout_s: float | None = None
     capture_bytes: int = DEFAULT_CAPTURE_BYTES
     redactions: Mapping[str, str] = field(default_factory=dict)
+    derived: tuple[tuple[str, str], ...] = ()
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     drain_s: float = DEFAULT_DRAIN_S
 
@@ -355,7 +357,7 @@ def run_command(
     if stop is not None and stop.is_set():
         return _not_started("interrupted", "interrupted before it started", started_at, t0)
 
-    redactor = Redactor(spec.redactions)
+    redactor = Redactor(spec.redactions, spec.derived)
     streams = {
         "stdout": _Stream("stdout", redactor, spec.capture_bytes, sink),
         "stderr": _Stream("stderr", redactor, spec.capture_bytes, sink),

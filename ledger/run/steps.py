@@ -14,6 +14,7 @@ from typing import Any
 
 from ledger.errors import LedgerError, RunbookError, StorageError
 from ledger.run import approvals
+from ledger.run.approvers import render_approvers
 from ledger.run.context import (
     RenderedCommand,
     RenderedEnv,
@@ -22,7 +23,6 @@ from ledger.run.context import (
     attempt_succeeded,
     extract_output,
     render_approval_message,
-    render_approvers,
     render_command,
     render_cwd,
     should_run,
@@ -228,6 +228,7 @@ class StepRunner:
             timeout_s=step.timeout_s,
             capture_bytes=self.capture_bytes,
             redactions=self.secrets,
+            derived=self.ctx.derived(),
             kill_grace_s=self.kill_grace_s,
         )
 

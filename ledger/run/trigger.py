@@ -6,10 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["detect_ci", "run_environment", "trigger_data"]
+__all__ = ["PRIVATE_ENV", "detect_ci", "run_environment", "tool_secrets", "trigger_data"]
 
-#: Variables of the runner's own environment that never reach a step.
-_PRIVATE_ENV: Final = frozenset({"LEDGER_KEY_PASSPHRASE"})
+#: The credentials the tool itself reads from its environment: the signing key's passphrase
+#: and the remotes' HTTP token, HTTP password and SSH key passphrase. They never reach a
+#: step (nor ``capture_env``), and their values are redacted like secret parameters.
+PRIVATE_ENV: Final = frozenset(
+    {
+        "LEDGER_KEY_PASSPHRASE",
+        "LEDGER_HTTP_TOKEN",
+        "LEDGER_HTTP_PASSWORD",
+        "LEDGER_SSH_PASSPHRASE",
+    }
+)
 
 
 def _env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -84,5 +93,13 @@ def trigger_data(
 
 
 def run_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The base environment of every step: the runner's own, minus its private variables."""
-    return {k: v for k, v in environ.items() if k not in _PRIVATE_ENV}
+    """The base environment of every step: the runner's own, minus the tool's credentials
+    (:data:`PRIVATE_ENV`)."""
+    return {k: v for k, v in environ.items() if k not in PRIVATE_ENV}
+
+
+def tool_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """The tool's credentials set in ``environ``, name to value, to redact as secrets (a
+    step that obtains one otherwise still cannot record it). Every non-empty value counts,
+    however short: a short one may then redact unrelated text, never leak."""
+    return {name: environ[name] for name in sorted(PRIVATE_ENV) if environ.get(name)}

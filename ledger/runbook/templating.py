@@ -396,6 +396,20 @@ def render(source: str, variables: Mapping[str, object], *, command: bool) -> st
     return text
 
 
+def render_chunks(source: str, variables: Mapping[str, object], *, command: bool) -> list[str]:
+    """Like :func:`render`, as the chunks Jinja produces: each run of literal template text
+    and each ``{{ ... }}`` value (finalized) is one chunk (see :mod:`ledger.run.secretflow`)."""
+    template = _compiled(source, command)
+    chunks: list[str] = []
+    size = 0
+    for chunk in template.root_render_func(template.new_context(dict(variables))):
+        size += len(chunk)
+        if size > MAX_RENDERED:
+            raise SecurityError(f"the rendered text is longer than {MAX_RENDERED} characters")
+        chunks.append(chunk)
+    return chunks
+
+
 def evaluate(source: str, variables: Mapping[str, object]) -> object:
     """Evaluate a bare expression; Jinja and Python errors propagate."""
     expression = _compiled_expression(source)
@@ -421,5 +435,6 @@ __all__ = [
     "parse_template",
     "references",
     "render",
+    "render_chunks",
     "to_text",
 ]

@@ -175,3 +175,44 @@ def replace_file(directory: str, name: str, data: bytes, mode: int = 0o444) -> N
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def exclude_from_worktree(path: Path) -> Path | None:
+    """Keep a ledger made inside a git work tree out of that project's index.
+
+    When ``path`` lies inside the work tree of another (non-bare) git repository, its
+    directory is added to that repository's ``info/exclude`` (once), so that ``git add .``
+    in the project never picks the ledger up. Returns the exclude file written, else None.
+    """
+    resolved = path.resolve()
+    found = pygit2.discover_repository(str(resolved.parent))
+    if not found:
+        return None
+    try:
+        project = pygit2.Repository(found)
+    except pygit2.GitError:
+        return None
+    workdir = project.workdir
+    if project.is_bare or not workdir:
+        return None
+    try:
+        relative = resolved.relative_to(Path(workdir).resolve())
+    except ValueError:
+        return None
+    exclude = Path(project.path) / "info" / "exclude"
+    line = f"/{relative.as_posix()}/"
+    try:
+        current = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        if line in current.splitlines():
+            return exclude
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        with exclude.open("a", encoding="utf-8") as out:
+            if current and not current.endswith("\n"):
+                out.write("\n")
+            out.write(f"# the ledger made by 'ledger init'\n{line}\n")
+    except OSError as exc:
+        raise StorageError(
+            f"the ledger was created, but {exclude} could not be written: {exc}.",
+            hint=f"Add the line {line} to it yourself so that git ignores the ledger.",
+        ) from None
+    return exclude

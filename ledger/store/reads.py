@@ -245,6 +245,11 @@ class Reads:
         names = sorted(e.name for e in tree if e.name and e.name.endswith(".json"))
         return [self.record(int(name.split("-", 1)[0])) for name in names]
 
+    def run_file_names(self, run_id: str) -> list[str]:
+        """The record files of one run (``SEQ-KIND.json``), in seq order, from the tree."""
+        tree = self._tree_at(self.run_dir(run_id))
+        return sorted(e.name for e in tree or [] if e.name and e.name.endswith(".json"))
+
     def run_ids(self, since: datetime | None = None, until: datetime | None = None) -> list[str]:
         """Run ids whose start date lies in [since, until] (by the date shards)."""
         root = self._tree_at(records.RUNS_DIR)

@@ -1,0 +1,151 @@
+"""What `ledger --help` and each command's help show beyond the option list.
+
+- :data:`EXIT_CODES`: the documented exit codes (the README's table is checked against it);
+  shown at the end of ``ledger --help``.
+- :data:`EXAMPLES`: one or two examples per command, shown at the end of its ``--help``.
+- :func:`version_option`: ``ledger --version``.
+
+The examples are attached after the command modules are imported (:func:`attach`), so no
+command module has to repeat them and a command without examples fails a test.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ledger import __version__
+
+#: Exit code -> meaning. The README's "Exit codes" table lists exactly these.
+EXIT_CODES: tuple[tuple[str, str], ...] = (
+    ("0", "success (run succeeded, ledger verified)"),
+    ("1", "unexpected failure"),
+    ("2", "usage error (unknown flag, missing argument, arguments that do not fit together)"),
+    ("3", "invalid input: runbook, template, `--data`, URL, parameter, unknown record"),
+    (
+        "4",
+        "key problem: missing or unreadable key, wrong or missing passphrase, key not trusted "
+        "by the ledger",
+    ),
+    ("5", "no ledger at that location, or one already exists where one would be created"),
+    (
+        "6",
+        "storage problem: I/O error, disk full, permissions, corrupted repository, lock busy",
+    ),
+    ("7", "verification found problems (every finding is printed)"),
+    (
+        "8",
+        "remote problem: unknown, unreachable, authentication or host key refused, rejected, "
+        "diverged, `--require` not met",
+    ),
+    ("10", "run failed (a step failed)"),
+    ("11", "run rejected at an approval step"),
+    ("12", "resume refused (runbook changed, run not failed)"),
+    ("13", "approval refused (run not waiting at that step, or signer not an approver)"),
+    ("130, 143", "run interrupted by SIGINT / SIGTERM (recorded as aborted)"),
+)
+
+#: Command path (as typed after `ledger`) -> examples, one per line.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "init": (
+        "ledger keys generate && ledger init --name ops",
+        "ledger init ops.git --key ~/.ssh/ledger_ed25519 --principal alice@example.com",
+    ),
+    "keys generate": ("ledger keys generate", "ledger keys generate ./ci_key -C ci@example.com"),
+    "keys add": ("ledger keys add bob@example.com ~/bob_ed25519.pub",),
+    "keys revoke": ("ledger keys revoke SHA256:abc... --reason 'laptop lost'",),
+    "keys list": ("ledger keys list", "ledger keys list --json"),
+    "keys allowed-signers": (
+        "ledger keys allowed-signers -o signers",
+        "git -c gpg.ssh.allowedSignersFile=signers verify-commit main",
+    ),
+    "record": (
+        "ledger record -m 'pager acknowledged' --data '{\"alert\": \"api-5xx\"}'",
+        "ledger record -m 'deploy done' --data @deploy.json",
+    ),
+    "log": ("ledger log -n 20", "ledger log --run RUN_ID --kind step.finished --json"),
+    "show": ("ledger show 42", "ledger show 42 --file stdout"),
+    "verify": ("ledger verify", "ledger verify --since-last --remotes --json"),
+    "runs": ("ledger runs", "ledger runs --incident INC-42 --status failed --json"),
+    "validate": ("ledger validate runbooks/*.yaml", "ledger validate restart.yaml --json"),
+    "schema": ("ledger schema > runbook.schema.json",),
+    "run": (
+        "ledger run runbooks/hello.yaml -p name=Ada --incident INC-42",
+        "ledger run restart.yaml --dry-run",
+    ),
+    "resume": ("ledger resume RUN_ID", "ledger resume RUN_ID --runbook restart.yaml"),
+    "approve": (
+        "ledger approve RUN_ID confirm --key ~/.ssh/ledger_ed25519",
+        "ledger approve RUN_ID confirm --reject --comment 'not during peak'",
+    ),
+    "approvals": ("ledger approvals", "ledger approvals --json"),
+    "remote init": ("ledger remote init ~/ledger-remotes/ops.git",),
+    "remote add": (
+        "ledger remote add backup ~/ledger-remotes/ops.git",
+        "ledger remote add origin ssh://git@backup.example.com/srv/git/ops.git",
+    ),
+    "remote remove": ("ledger remote remove backup",),
+    "remote list": ("ledger remote list", "ledger remote list --json"),
+    "push": ("ledger push", "ledger push origin --require all --json"),
+    "fetch": ("ledger fetch", "ledger fetch origin"),
+    "clone": ("ledger clone ssh://git@backup.example.com/srv/git/ops.git ops-audit.git",),
+    "status": ("ledger status", "ledger status --json"),
+    "report": (
+        "ledger report --incident INC-42 -o INC-42.md",
+        "ledger report --since 2026-11-01 --until 2026-11-30 -t my.md.j2",
+    ),
+    "demo": ("ledger demo", "ledger demo /tmp/try-ledger"),
+}
+
+
+def examples_epilog(lines: tuple[str, ...]) -> str:
+    """Click keeps an epilog's line breaks only between paragraphs: one paragraph a line."""
+    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
+
+def exit_codes_epilog() -> str:
+    rows = "\n\n".join(f"  {code:>8}  {meaning.replace('`', '')}" for code, meaning in EXIT_CODES)
+    return "Exit codes:\n\n" + rows
+
+
+def attach(app: typer.Typer) -> None:
+    """Give every registered command its examples (as its help's epilog)."""
+    app.info.epilog = exit_codes_epilog()
+    _attach(app, "")
+
+
+def _attach(group: typer.Typer, prefix: str) -> None:
+    for command in group.registered_commands:
+        name = command.name or (command.callback.__name__ if command.callback else "")
+        lines = EXAMPLES.get(f"{prefix}{name}")
+        if lines:
+            command.epilog = examples_epilog(lines)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None and sub.name:
+            _attach(sub.typer_instance, f"{prefix}{sub.name} ")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ledger {__version__}")
+        raise typer.Exit(0)
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        callback=_show_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+]
+
+
+def version_option(version: VersionOpt = False) -> None:
+    # No docstring: the app's own help text stays the one shown.
+    return None
+
+
+__all__ = ["EXAMPLES", "EXIT_CODES", "attach", "version_option"]
