@@ -172,10 +172,18 @@ class FileExists(LedgerError):
 
 
 class ResumeRefused(LedgerError):
-    """A run cannot be resumed (runbook changed, run not failed, run unknown)."""
+    """A run cannot be resumed (runbook changed, run not failed, run unknown, handlers ran
+    without a named restart point, a step never finished)."""
 
     exit_code = 12
     label = "resume refused"
+
+
+class AbandonRefused(LedgerError):
+    """A run cannot be closed with ``ledger abandon``: it already finished."""
+
+    exit_code = 12
+    label = "abandon refused"
 
 
 class RunInterrupted(LedgerError):

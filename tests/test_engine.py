@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
 import threading
 import time
 from datetime import datetime
@@ -22,8 +23,11 @@ from support.ledgers import EngineEnv as Env
 from support.waiting import wait_for
 
 from ledger.errors import (
+    AbandonRefused,
+    InputError,
     LockTimeout,
     ResumeRefused,
+    RunbookError,
     RunFailed,
     RunInterrupted,
     RunRejected,
@@ -41,9 +45,11 @@ from ledger.run import (
     StepEnd,
     StepStart,
     StopSignal,
+    abandon_run,
     detect_ci,
     plan_run,
     prepare_resume,
+    run_lock,
     runbook_lock,
     trigger_data,
 )
@@ -763,7 +769,7 @@ def test_resume_skips_what_succeeded_and_carries_outputs(env: Env) -> None:
     assert skip.data["resumed_from"] == {"run": original.run_id, "seq": orig_first.seq}
     assert finished(recs, "third")[0].attachment("stdout") == b"v9 web\n"
 
-    with pytest.raises(ResumeRefused, match="only failed or aborted"):
+    with pytest.raises(ResumeRefused, match="only failed, aborted or abandoned"):
         prepare_resume(env.ledger, resumed.run_id)
 
 
@@ -870,13 +876,18 @@ def test_approval_timeout_fails_the_run_and_rejection_rejects_it(env: Env) -> No
         on_failure:
           - name: cleanup
             run: echo cleanup
+        on_cancel:
+          - name: cancelled
+            run: echo cancelled
         """
     )
     outcome = env.run(book)
     assert outcome.status == "failed" and outcome.failed_step == "approve"
     recs = env.recs(outcome.run_id)
     assert finished(recs, "approve")[0].data["status"] == "timeout"
-    assert finished(recs, "cleanup")[0].data["status"] == "ok"
+    # A timed-out approval cancels the run: on_cancel runs, not on_failure.
+    assert finished(recs, "cleanup") == []
+    assert finished(recs, "cancelled")[0].data["phase"] == "on_cancel"
 
     book2 = env.book(
         """
@@ -1007,3 +1018,261 @@ def test_a_swapped_chain_under_a_run_is_not_marked_verified(env: Env) -> None:
     assert extend(env.ledger.repo, env.ledger.path, [first, second]) is True
     state = verify.load_state(env.ledger.path)
     assert state is not None and state.head == second.commit_id
+
+
+# ------------------------------------------------------------------ handlers for every ending
+
+
+def phases(recs: list[StoredRecord]) -> list[tuple[str, str]]:
+    """(step, phase) of every step.finished, in order."""
+    return [(r.data["step"], r.data["phase"]) for r in recs if r.kind == "step.finished"]
+
+
+HANDLERS = textwrap.dedent(
+    """
+        on_failure:
+          - name: rollback
+            run: echo rollback {{ run.failed_step }}
+        on_cancel:
+          - name: cancelled
+            run: echo cancelled {{ run.failed_step }}
+        always:
+          - name: cleanup
+            run: echo cleanup {{ steps.rollback.status }} {{ steps.cancelled.status }}
+    """
+)
+
+
+def test_always_handlers_run_on_success_and_after_on_failure(env: Env) -> None:
+    ok = env.book("name: fine\nsteps:\n  - name: a\n    run: 'true'\n" + HANDLERS)
+    outcome = env.run(ok)
+    assert outcome.succeeded
+    recs = env.recs(outcome.run_id)
+    assert phases(recs) == [("a", "main"), ("cleanup", "always")]
+    assert finished(recs, "cleanup")[0].attachment("stdout") == b"cleanup pending pending\n"
+    assert started(recs, "cleanup")[0].data["handler"] is True
+    assert recs[0].data["on_cancel"] == ["cancelled"] and recs[0].data["always"] == ["cleanup"]
+    assert recs[-1].data["handlers_run"] == ["cleanup"]
+
+    bad = env.book("name: bad\nsteps:\n  - name: a\n    run: exit 3\n" + HANDLERS, "bad.yaml")
+    outcome = env.run(bad)
+    assert outcome.status == "failed"
+    recs = env.recs(outcome.run_id)
+    assert phases(recs) == [("a", "main"), ("rollback", "on_failure"), ("cleanup", "always")]
+    assert finished(recs, "cleanup")[0].attachment("stdout") == b"cleanup ok pending\n"
+    assert recs[-1].data["handlers_run"] == ["rollback", "cleanup"]
+    assert recs[-1].data["status"] == "failed"
+
+
+def test_a_stop_runs_on_cancel_and_always_and_a_second_stop_stops_them(env: Env) -> None:
+    mark = env.work / "started"
+    hmark = env.work / "handler-started"
+    book = env.book(
+        f"""
+        name: stop
+        steps:
+          - name: long
+            run: touch {mark}; sleep 60
+        on_failure:
+          - name: rollback
+            run: echo rollback
+        on_cancel:
+          - name: cancelled
+            run: echo cancelled {{{{ run.failed_step }}}}
+          - name: slow
+            run: touch {hmark}; sleep 60
+          - name: never
+            run: echo never
+        always:
+          - name: cleanup
+            run: echo cleanup
+        """
+    )
+    stop = StopSignal()
+
+    def trigger() -> None:
+        wait_for(mark.exists, "the step to start", files=[mark])
+        stop.trigger(signal.SIGINT)
+        wait_for(hmark.exists, "the slow handler to start", files=[hmark])
+        stop.trigger(signal.SIGINT)
+
+    thread = threading.Thread(target=trigger)
+    thread.start()
+    outcome = env.run(book, stop=stop, kill_grace_s=1.0)
+    thread.join()
+    assert outcome.status == "aborted" and outcome.signum == signal.SIGINT
+    recs = env.recs(outcome.run_id)
+    assert phases(recs) == [("long", "main"), ("cancelled", "on_cancel"), ("slow", "on_cancel")]
+    assert finished(recs, "cancelled")[0].attachment("stdout") == b"cancelled long\n"
+    assert finished(recs, "slow")[0].data["status"] == "interrupted"
+    assert recs[-1].data["handlers_run"] == ["cancelled", "slow"]
+    assert recs[-1].data["status"] == "aborted"
+
+
+def test_one_stop_lets_every_cancel_and_always_handler_finish(env: Env) -> None:
+    mark = env.work / "started"
+    book = env.book(
+        f"""
+        name: stop
+        steps:
+          - name: long
+            run: touch {mark}; sleep 60
+        on_cancel:
+          - name: cancelled
+            run: echo cancelled
+        always:
+          - name: cleanup
+            run: echo cleanup
+        """
+    )
+    stop = StopSignal()
+
+    def trigger() -> None:
+        wait_for(mark.exists, "the step to start", files=[mark])
+        stop.trigger(signal.SIGTERM)
+
+    thread = threading.Thread(target=trigger)
+    thread.start()
+    outcome = env.run(book, stop=stop, kill_grace_s=1.0)
+    thread.join()
+    recs = env.recs(outcome.run_id)
+    assert outcome.status == "aborted" and recs[-1].data["signal"] == 15
+    assert phases(recs) == [("long", "main"), ("cancelled", "on_cancel"), ("cleanup", "always")]
+    assert [finished(recs, n)[0].data["status"] for n in ("cancelled", "cleanup")] == ["ok", "ok"]
+
+
+def test_plan_shows_every_handler_list(env: Env) -> None:
+    book = env.book("name: p\nsteps:\n  - name: a\n    run: 'true'\n" + HANDLERS)
+    plan = plan_run(book, resolve_parameters(book, {}, {}), environ={})
+    assert [s.name for s in plan.handlers] == ["rollback"]
+    assert [(s.name, s.phase) for s in plan.on_cancel] == [("cancelled", "on_cancel")]
+    assert [(s.name, s.phase) for s in plan.always] == [("cleanup", "always")]
+
+
+# --------------------------------------------------------------------------- resume after handlers
+
+
+def test_resume_after_handlers_ran_needs_a_restart_point(env: Env) -> None:
+    state = env.work / "state"
+    flag = env.work / "fixed"
+    book = env.book(
+        f"""
+        name: deploy
+        steps:
+          - name: migrate
+            run: echo migrated > {state}
+          - name: deploy
+            run: test -f {flag}
+          - name: check
+            run: grep migrated {state}
+        on_failure:
+          - name: rollback
+            run: rm {state}
+        """
+    )
+    original = env.run(book)
+    assert original.status == "failed" and not state.exists()
+    flag.touch()
+    with pytest.raises(ResumeRefused, match=r"ran its handlers \(rollback\)") as info:
+        prepare_resume(env.ledger, original.run_id, environ={})
+    assert info.value.exit_code == 12 and "--from" in (info.value.hint or "")
+
+    with pytest.raises(ResumeRefused, match="no main step"):
+        prepare_resume(env.ledger, original.run_id, environ={}, from_step="rollback")
+    with pytest.raises(ResumeRefused, match="'deploy', which comes before it, did not succeed"):
+        prepare_resume(env.ledger, original.run_id, environ={}, from_step="check")
+
+    plan = prepare_resume(env.ledger, original.run_id, environ={}, from_step="migrate")
+    assert plan.carried == {} and plan.handlers_ran == ["rollback"]
+    resumed = Runner(env.ledger, env.key).run(
+        RunRequest(
+            runbook=plan.runbook,
+            params=plan.params,
+            resumes=original.run_id,
+            carried=plan.carried,
+            resume_from=plan.resume_from,
+            environ=dict(os.environ),
+        )
+    )
+    assert resumed.succeeded and state.read_text() == "migrated\n"
+    recs = env.recs(resumed.run_id)
+    assert recs[0].data["resume_from"] == "migrate" and recs[0].data["resumes"] == original.run_id
+    assert finished(recs, "migrate")[0].data["status"] == "ok"
+
+    # --from a later step carries the ones before it.
+    plan = prepare_resume(env.ledger, original.run_id, environ={}, from_step="deploy")
+    assert set(plan.carried) == {"migrate"}
+
+
+# --------------------------------------------------------------------------- templated approvers
+
+
+def test_templated_approvers_are_rendered_from_parameters(env: Env) -> None:
+    from ledger.run import approvals
+
+    book = env.book(
+        """
+        name: gated
+        parameters:
+          who: {type: string}
+        steps:
+          - name: approve
+            approval: {approvers: ["{{ params.who }}"], timeout: 60s}
+          - name: ship
+            run: echo shipped
+        """
+    )
+    params = resolve_parameters(book, {"who": PRINCIPAL}, {})
+    plan = plan_run(book, params, environ={})
+    assert plan.steps[0].approvers == [PRINCIPAL]
+    run_id = records.new_run_id()
+
+    def approve() -> None:
+        wait_for_request(env.ledger.path, run_id, "approve")
+        other = Ledger.open(env.ledger.path)
+        approvals.record_approval(other, run_id, "approve", key=env.key, comment="go")
+
+    thread = threading.Thread(target=approve)
+    thread.start()
+    outcome = Runner(env.ledger, env.key).run(
+        RunRequest(runbook=book, params=params, run_id=run_id, environ=dict(os.environ))
+    )
+    thread.join()
+    assert outcome.succeeded
+    request = started(env.recs(run_id), "approve")[0]
+    assert request.data["approval"]["approvers"] == [PRINCIPAL]
+
+    blank = resolve_parameters(book, {"who": ""}, {})
+    with pytest.raises(RunbookError, match="not one principal"):
+        plan_run(book, blank, environ={})
+    head = env.ledger.head()
+    with pytest.raises(RunbookError, match="not one principal"):
+        Runner(env.ledger, env.key).run(RunRequest(runbook=book, params=blank, environ={}))
+    assert env.ledger.head() == head  # refused before anything was recorded
+
+
+# --------------------------------------------------------------------------- closing runs
+
+
+def test_abandon_closes_an_unfinished_run_only_once_its_runner_is_gone(env: Env) -> None:
+    run_id = records.new_run_id()
+    env.ledger.append("run.started", {"runbook": {}, "resumes": None}, key=env.key, run=run_id)
+    with (
+        run_lock(env.ledger, run_id),
+        pytest.raises(LockTimeout, match="still running"),
+        run_lock(env.ledger, run_id, purpose="abandon"),
+    ):
+        pass
+    with run_lock(env.ledger, run_id, purpose="abandon"):
+        done = abandon_run(env.ledger, run_id, "  host died  ", key=env.key)
+    rec = env.ledger.record(done.seq)
+    assert rec.kind == "run.finished" and rec.run == run_id
+    assert rec.data["status"] == "abandoned" and rec.data["reason"] == "host died"
+    with pytest.raises(AbandonRefused, match="already finished") as info:
+        abandon_run(env.ledger, run_id, "again", key=env.key)
+    assert info.value.exit_code == 12
+    with pytest.raises(InputError, match="no run"):
+        abandon_run(env.ledger, records.new_run_id(), "x", key=env.key)
+    with pytest.raises(InputError, match="empty"):
+        abandon_run(env.ledger, run_id, " ", key=env.key)
+    assert run_id not in env.ledger.unfinished_runs()

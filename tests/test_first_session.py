@@ -189,7 +189,13 @@ def test_help_lists_the_exit_codes_of_the_readme() -> None:
 
 
 def test_runs_statuses_are_the_engines() -> None:
-    engine = {events.RUN_SUCCEEDED, events.RUN_FAILED, events.RUN_ABORTED, events.RUN_REJECTED}
+    engine = {
+        events.RUN_SUCCEEDED,
+        events.RUN_FAILED,
+        events.RUN_ABORTED,
+        events.RUN_REJECTED,
+        events.RUN_ABANDONED,
+    }
     assert set(run_list.STATUSES) == engine | {run_list.UNFINISHED}
 
 

@@ -514,8 +514,9 @@ def test_sigkill_of_the_runner_leaves_an_unfinished_run(env: Env) -> None:
         env.run("run", env.book("name: n\nsteps:\n  - name: a\n    run: 'true'\n", "n.yaml")).code
         == 0
     )
+    # Its runner is gone, but the step may have done part of its work: shown, not re-run.
     res = env.run("resume", run_id)
-    assert res.code == 12 and "no run.finished" in res.err
+    assert res.code == 12 and "never finished" in res.err and "sleep 120" in res.err
 
 
 # --------------------------------------------------------------------------- resume
@@ -782,3 +783,171 @@ def test_forged_seq_index_entry_is_not_believed_by_show_log_or_resume(env: Env) 
     assert res.code == 0, res.output
     assert not pwned.exists()
     assert "deploying build-17" in res.out
+
+
+def test_resume_after_a_rollback_needs_from_and_the_report_tells_it(env: Env) -> None:
+    state = env.work / "state"
+    flag = env.work / "fixed"
+    book = env.book(
+        f"""
+        name: deploy
+        steps:
+          - name: migrate
+            run: echo migrated > {state}
+          - name: deploy
+            run: test -f {flag}
+          - name: check
+            run: grep migrated {state}
+        on_failure:
+          - name: rollback
+            run: rm {state}
+        always:
+          - name: notify
+            run: echo done
+        """
+    )
+    res = env.run("run", book)
+    assert res.code == 10, res.output
+    original = run_id_of(res)
+    assert not state.exists()
+    flag.touch()
+    # Carrying 'migrate' over would report a success the rollback undid.
+    res = env.run("resume", original)
+    assert res.code == 12 and "rollback" in res.err and "--from" in res.err, res.output
+    res = env.run("resume", original, "--from", "nosuch")
+    assert res.code == 12 and "no main step" in res.err
+    res = env.run("resume", original, "--from", "migrate")
+    assert res.code == 0, res.output
+    resumed = run_id_of(res)
+    assert state.read_text() == "migrated\n"
+    recs = env.recs(resumed)
+    assert recs[0].data["resume_from"] == "migrate"
+    assert finished(recs, "migrate")[0].data["status"] == "ok"
+    assert run_cli("verify", "--ledger", env.path).code == 0
+
+    report = run_cli("report", "--run", original, "--ledger", env.path, "--no-verify")
+    assert report.code == 0, report.output
+    assert "rollback (on failure)" in report.out and "notify (always)" in report.out
+    report = run_cli("report", "--run", resumed, "--ledger", env.path, "--no-verify")
+    assert f"{original} (from step migrate)" in report.out.replace("\\", "")
+
+
+def _killed_run(env: Env, book: Path, mark: Path, pidfile: Path) -> str:
+    """Start ``book``, SIGKILL its runner (and the step) once ``mark`` exists; the run id."""
+    proc = env.popen("run", book)
+    step_pid = 0
+    try:
+        wait_for(mark.exists, "the step to start", files=[mark], pids=[proc.pid])
+        step_pid = int(pidfile.read_text())
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if step_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(step_pid, signal.SIGKILL)
+    (run_id,) = env.ledger.unfinished_runs()
+    return run_id
+
+
+def test_a_killed_run_can_be_resumed_or_abandoned(env: Env) -> None:
+    mark, pidfile, flag = env.work / "started", env.work / "pid", env.work / "flag"
+    counter = env.work / "counter"
+    book = env.book(
+        f"""
+        name: killed
+        steps:
+          - name: first
+            run: echo x >> {counter}
+          - name: wait
+            run: echo $$ > {pidfile}; touch {mark}; test -f {flag} || sleep 120
+          - name: after
+            run: echo after
+        """
+    )
+    run_id = _killed_run(env, book, mark, pidfile)
+    res = env.run("resume", run_id)
+    assert res.code == 12 and "never finished" in res.err and "--rerun-unfinished" in res.err
+    flag.touch()
+    res = env.run("resume", run_id, "--rerun-unfinished")
+    assert res.code == 0, res.output
+    assert "Never finished" in res.err and f"Closed run {run_id} as abandoned" in res.out
+    resumed = run_id_of(res)
+    assert counter.read_text() == "x\n"  # 'first' was carried over
+    closing = env.recs(run_id)[-1]
+    assert closing.kind == "run.finished" and closing.data["status"] == "abandoned"
+    assert closing.data["reason"] == f"runner gone; resumed by run {resumed}"
+    assert closing.data["failed_step"] == "wait"
+    assert env.ledger.unfinished_runs() == []
+
+    res = env.run("abandon", run_id, "--reason", "again")
+    assert res.code == 12 and "already finished" in res.err
+
+    mark.unlink()
+    flag.unlink()
+    second = _killed_run(env, book, mark, pidfile)
+    res = env.run("abandon", second, "--reason", "host lost; finished by hand")
+    assert res.code == 0, res.output
+    rec = env.recs(second)[-1]
+    assert rec.data["status"] == "abandoned" and rec.data["reason"] == "host lost; finished by hand"
+    assert env.ledger.unfinished_runs() == []
+    assert run_cli("verify", "--ledger", env.path).code == 0
+    report = run_cli("report", "--run", second, "--ledger", env.path, "--no-verify")
+    assert "| Outcome | abandoned |" in report.out and "host lost" in report.out
+    assert env.run("abandon", "20260101T000000Z-00000000", "--reason", "x").code == 3
+
+
+def test_abandon_and_resume_refuse_a_run_whose_runner_is_alive(env: Env) -> None:
+    mark, pidfile = env.work / "started", env.work / "pid"
+    book = env.book(
+        f"""
+        name: alive
+        steps:
+          - name: wait
+            run: echo $$ > {pidfile}; touch {mark}; sleep 120
+        """
+    )
+    proc = env.popen("run", book)
+    try:
+        wait_for(mark.exists, "the step to start", files=[mark], pids=[proc.pid])
+        (run_id,) = env.ledger.unfinished_runs()
+        res = env.run("abandon", run_id, "--reason", "x")
+        assert res.code == 6 and "still running" in res.err, res.output
+        res = env.run("resume", run_id, "--rerun-unfinished")
+        assert res.code == 6 and "still running" in res.err, res.output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert env.recs(run_id)[-1].data["status"] == "aborted"
+
+
+def test_record_refuses_an_event_for_a_run_that_does_not_exist(env: Env) -> None:
+    head = env.ledger.head()
+    res = env.run("record", "-m", "note", "--run", "20260101T000000Z-00000000")
+    assert res.code == 3 and "no run" in res.err, res.output
+    assert env.ledger.head() == head
+    ok = env.run("run", env.book("name: n\nsteps:\n  - name: a\n    run: 'true'\n"))
+    assert env.run("record", "-m", "note", "--run", run_id_of(ok)).code == 0
+
+
+def test_dry_run_shows_every_handler_list_and_rendered_approvers(env: Env) -> None:
+    book = env.book(
+        """
+        name: plan
+        parameters:
+          who: {type: string}
+        steps:
+          - name: gate
+            approval: {approvers: ["{{ params.who }}"]}
+        on_cancel:
+          - name: undo
+            run: echo undo
+        always:
+          - name: tidy
+            run: echo tidy
+        """
+    )
+    res = env.run("run", book, "-p", "who=alice@example.com", "--dry-run")
+    assert res.code == 0, res.output
+    assert "approval by alice@example.com" in res.out
+    assert "On cancel:" in res.out and "undo" in res.out
+    assert "Always:" in res.out and "tidy" in res.out

@@ -1081,3 +1081,59 @@ def test_runbook_package_is_read_at_load_time_only(first: str) -> None:
         assert loaded == []
     else:
         assert "ledger.run.context" in loaded
+
+
+def test_on_cancel_and_always_handler_lists() -> None:
+    rb = parse_runbook(
+        b"name: x\nsteps:\n  - {name: a, run: echo, outputs: {v: stdout}}\n"
+        b"on_failure:\n  - {name: f, run: echo}\n"
+        b"on_cancel:\n  - name: c\n    run: echo {{ steps.a.outputs.v }} {{ run.failed_step }}\n"
+        b"always:\n  - name: z\n    run: echo {{ steps.f.status }} {{ steps.c.status }}\n",
+        "rb.yaml",
+    )
+    assert [(s.name, s.phase, s.index) for s in rb.on_cancel] == [("c", "on_cancel", 0)]
+    assert [(s.name, s.phase, s.index) for s in rb.always] == [("z", "always", 0)]
+    assert [s.name for s in rb.all_steps] == ["a", "f", "c", "z"]
+    schema = runbook_schema()
+    assert {"on_cancel", "always"} <= set(schema["properties"])
+
+
+def test_handler_lists_share_names_and_do_not_read_each_other() -> None:
+    problems = problems_of(
+        "name: x\nsteps:\n  - {name: a, run: echo}\non_failure:\n  - {name: f, run: echo}\n"
+        "on_cancel:\n  - {name: f, run: echo}\n  - {name: c, run: 'echo {{ steps.f.status }}'}\n"
+        "always:\n  - {name: z, run: echo, bogus: 1}\n"
+    )
+    fields = [p.field for p in problems]
+    assert "always[0].bogus" in fields  # the schema applies to every list
+    problems = problems_of(
+        "name: x\nsteps:\n  - {name: a, run: echo}\non_failure:\n  - {name: f, run: echo}\n"
+        "on_cancel:\n  - {name: f, run: echo}\n"
+    )
+    assert [(p.field, p.line) for p in problems] == [("on_cancel[0].name", 7)]
+    problems = problems_of(
+        "name: x\nsteps:\n  - {name: a, run: echo}\non_failure:\n  - {name: f, run: echo}\n"
+        "on_cancel:\n  - {name: c, run: 'echo {{ steps.f.status }}'}\n"
+    )
+    assert [p.field for p in problems] == ["on_cancel[0].run"]
+    assert "'f' runs after this one" in problems[0].message or "no step 'f'" in problems[0].message
+
+
+def test_templated_approvers_read_only_non_secret_parameters() -> None:
+    rb = parse_runbook(
+        b"name: x\nparameters: {who: {type: string}}\nsteps:\n"
+        b'  - name: a\n    approval: {approvers: ["{{ params.who }}", bob]}\n',
+        "rb.yaml",
+    )
+    assert rb.steps[0].approval is not None
+    assert rb.steps[0].approval.approvers == ["{{ params.who }}", "bob"]
+    problems = problems_of(
+        "name: x\nparameters:\n  who: {type: string}\n  tok: {secret: true, from_env: T}\n"
+        "steps:\n  - name: a\n    approval:\n      approvers:\n"
+        "        - '{{ params.nobody }}'\n        - '{{ steps.a.status }}'\n"
+        "        - '{{ params.tok }}'\n"
+    )
+    messages = {p.field: p.message for p in problems}
+    assert "no parameter 'nobody'" in messages["steps[0].approval.approvers[0]"]
+    assert "'steps' is not available in an approver" in messages["steps[0].approval.approvers[1]"]
+    assert "is a secret" in messages["steps[0].approval.approvers[2]"]

@@ -791,3 +791,83 @@ def test_run_records_need_their_fields(tmp_path: Path) -> None:
     built = build(tmp_path, events_after_key=0)
     seq = _forge_run_record(built, "run.finished", {"status": "fine"}, {})
     assert rules_at(verify_ledger(built.path)) == {("record-schema", seq)}
+
+
+def test_run_record_fields_of_handler_lists_and_abandoned_runs() -> None:
+    """The verifier reads the fields the engine writes for on_cancel/always handlers,
+    resume --from and abandoned runs, and refuses them malformed."""
+    from ledger.verify.kinds import check_data
+
+    common = {"step": "tidy", "index": 0, "handler": True, "attempt": 1}
+    for phase in ("main", "on_failure", "on_cancel", "always"):
+        assert (
+            check_data(
+                "step.started",
+                {
+                    **common,
+                    "phase": phase,
+                    "type": "approval",
+                    "approval": {
+                        "approvers": ["a"],
+                        "min_approvals": 1,
+                        "message": None,
+                        "timeout_ms": None,
+                    },
+                },
+            )
+            == []
+        )
+    bad = check_data(
+        "step.started",
+        {
+            **common,
+            "phase": "finally",
+            "type": "approval",
+            "approval": {
+                "approvers": ["a"],
+                "min_approvals": 1,
+                "message": None,
+                "timeout_ms": None,
+            },
+        },
+    )
+    assert bad == ["step.started data field phase is malformed"]
+    finished = {
+        "status": "abandoned",
+        "failed_step": "wait",
+        "error": None,
+        "duration_ms": 5,
+        "continued_after_failure": [],
+        "handlers_run": [],
+        "handlers_failed": [],
+        "signal": None,
+        "resumes": None,
+    }
+    assert check_data("run.finished", {**finished, "reason": "host lost"}) == []
+    assert check_data("run.finished", finished) == ["run.finished data lacks reason"]
+    started = {
+        "runbook": {"name": "n", "path": "/p", "sha256": "0" * 64, "description": None},
+        "params": {},
+        "param_sources": {},
+        "trigger": {
+            "source": "manual",
+            "incident": None,
+            "text": None,
+            "ci": None,
+            "ci_run": None,
+            "ci_url": None,
+        },
+        "operator": {"principal": "p", "user": None},
+        "tool_version": "t",
+        "env": {},
+        "lock": None,
+        "resumes": None,
+        "steps": ["a"],
+        "on_failure": [],
+    }
+    assert check_data("run.started", started) == []  # written before the new lists
+    new = {**started, "on_cancel": ["c"], "always": [], "resume_from": "a"}
+    assert check_data("run.started", new) == []
+    assert check_data("run.started", {**new, "always": "z"}) == [
+        "run.started data field always is malformed"
+    ]

@@ -25,7 +25,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "verify": ("verify",),
     "runs": ("runs",),
     "runbook": ("validate", "schema"),
-    "run": ("run", "resume"),
+    "run": ("run", "resume", "abandon"),
     "approve": ("approve", "approvals"),
     "remote": ("remote", "push", "fetch", "clone", "status", "hook"),
     "report": ("report",),

@@ -372,6 +372,14 @@ def record_cmd(
     led = open_ledger(ledger)
     if run is not None:
         records.check_run_id(run)
+        recs = led.run_records(run)
+        if not recs or recs[0].kind != records.KIND_RUN_STARTED:
+            raise InputError(
+                f"there is no run {run} in the ledger at {led.path}; an event attached to it "
+                "would make up a run that never started.",
+                hint="Check the run id ('ledger log --kind run.started' lists runs), or record "
+                "the event without --run.",
+            )
     require_pin(led, trust_genesis)
     signing_key = signing_key_for(led, key)
     done = led.append(

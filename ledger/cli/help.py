@@ -43,12 +43,20 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
             " would be created"
         ),
     ),
-    ("6", "storage problem: I/O error, disk full, permissions, lock busy"),
+    (
+        "6",
+        (
+            "storage problem: I/O error, disk full, permissions, lock busy (including a run "
+            "still held by its runner)"
+        ),
+    ),
     (
         "7",
         (
             "verification found problems (every finding is printed), or the ledger is "
-            "corrupt: an object or reference that cannot be read (named in the message)"
+            "corrupt: an object or reference that cannot be read (named in the message); an "
+            "append, approval, resume or trust listing refused because the ledger's head does"
+            " not verify"
         ),
     ),
     (
@@ -62,7 +70,13 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ),
     ("10", "run failed (a step failed)"),
     ("11", "run rejected at an approval step"),
-    ("12", "resume refused (runbook changed, run not failed)"),
+    (
+        "12",
+        (
+            "resume or abandon refused (runbook changed, run not failed, handlers ran and no "
+            "`--from` restart point, a step never finished; abandon: run already finished)"
+        ),
+    ),
     ("13", "approval refused (run not waiting at that step, or signer not an approver)"),
     (
         "14",
@@ -106,7 +120,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger run runbooks/hello.yaml -p name=Ada --incident INC-42",
         "ledger run restart.yaml --dry-run",
     ),
-    "resume": ("ledger resume RUN_ID", "ledger resume RUN_ID --runbook restart.yaml"),
+    "resume": ("ledger resume RUN_ID", "ledger resume RUN_ID --from migrate"),
+    "abandon": ("ledger abandon RUN_ID --reason 'runner host lost; finished by hand'",),
     "approve": (
         "ledger approve RUN_ID confirm --key ~/.ssh/ledger_ed25519",
         "ledger approve RUN_ID confirm --reject --comment 'not during peak'",

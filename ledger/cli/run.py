@@ -1,4 +1,5 @@
-"""`ledger run` and `ledger resume`: execute a runbook with live output and signed records.
+"""`ledger run`, `ledger resume` and `ledger abandon`: execute a runbook with live output and
+signed records, continue a run that stopped, close one whose runner is gone.
 
 The engine (:mod:`ledger.run`) does the work; this module parses arguments, prints what
 the engine reports (step headers, live output, status lines, the outcome), turns Ctrl-C and
@@ -29,11 +30,14 @@ from ledger.run import (
     RESUMED_REASON,
     Plan,
     PlannedStep,
+    ResumePlan,
     Runner,
     RunRequest,
     StopSignal,
+    abandon_run,
     plan_run,
     prepare_resume,
+    run_lock,
 )
 from ledger.runbook import load_runbook, parse_assignments, resolve_parameters
 from ledger.store import Ledger
@@ -164,10 +168,15 @@ def _print_plan(plan: Plan) -> None:
     console.print("Steps:")
     for i, step in enumerate(plan.steps, 1):
         _print_planned(i, step)
-    if plan.handlers:
-        console.print("On failure:")
-        for i, step in enumerate(plan.handlers, 1):
-            _print_planned(i, step)
+    for title, handlers in (
+        ("On failure:", plan.handlers),
+        ("On cancel:", plan.on_cancel),
+        ("Always:", plan.always),
+    ):
+        if handlers:
+            console.print(title)
+            for i, step in enumerate(handlers, 1):
+                _print_planned(i, step)
     console.print("[bold]Dry run:[/] nothing was run and nothing was written to the ledger.")
 
 
@@ -181,10 +190,20 @@ _RUN_HELP = (
     "130/143 interrupted (SIGINT/SIGTERM)."
 )
 _RESUME_HELP = (
-    "Continue a failed (or interrupted) run from its failed step, as a new linked run.\n\n"
+    "Continue a failed, interrupted, abandoned or unfinished run, as a new linked run.\n\n"
     "Steps that succeeded in the original run are recorded as skipped (succeeded in resumed "
-    "run) and their outputs carried over. Refused (exit 12) when the runbook's SHA-256 "
-    "differs from the recorded one or the run did not fail."
+    "run) and their outputs carried over. --from STEP restarts at STEP: the steps before it "
+    "are carried over, it and every later step run again. Refused (exit 12) when the "
+    "runbook's SHA-256 differs from the recorded one, the run did not fail, its handlers ran "
+    "and no --from names the restart point, or a step of it started and never finished "
+    "(unless --from or --rerun-unfinished); exit 6 while its runner still runs it. An "
+    "unfinished run whose runner is gone is first closed as abandoned."
+)
+_ABANDON_HELP = (
+    "Close a run whose runner is gone (killed, host lost): a signed run.finished with "
+    "status abandoned and the reason.\n\n"
+    "Refused with exit 12 when the run already finished, 6 while its runner still runs it, "
+    "3 for an unknown run or an empty reason."
 )
 
 
@@ -232,9 +251,42 @@ def run_cmd(
     _execute(led, key, request, no_push)
 
 
+def _resume_plan(
+    led: Ledger,
+    run_id: str,
+    key_path: Path | None,
+    *,
+    runbook_path: Path | None,
+    given: dict[str, str],
+    from_step: str | None,
+    rerun_unfinished: bool,
+) -> tuple[ResumePlan, str]:
+    """The resume plan and the new run's id, made while holding the old run's lock (so no
+    process runs it); an unfinished run is closed as abandoned first."""
+    records.check_run_id(run_id)
+    with run_lock(led, run_id, purpose="resume"):
+        plan = prepare_resume(
+            led,
+            run_id,
+            runbook_path=runbook_path,
+            given=given,
+            from_step=from_step,
+            runner_gone=True,
+            rerun_unfinished=rerun_unfinished,
+        )
+        for line in plan.unfinished_steps:
+            console_err.print(f"Never finished in run {run_id}: {line}", markup=False)
+        new_id = records.new_run_id()
+        if plan.status == "unfinished":
+            why = f"runner gone; resumed by run {new_id}"
+            done = abandon_run(led, run_id, why, key=signing_key_for(led, key_path))
+            console.print(f"Closed run {run_id} as abandoned (seq {done.seq}).", markup=False)
+    return plan, new_id
+
+
 @app.command("resume", help=_RESUME_HELP)
 def resume_cmd(
-    run_id: Annotated[str, typer.Argument(help="The failed run's id.", show_default=False)],
+    run_id: Annotated[str, typer.Argument(help="The run's id.", show_default=False)],
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -254,6 +306,22 @@ def resume_cmd(
             show_default=False,
         ),
     ] = None,
+    from_step: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Restart at this step: the steps before it are carried over, it and every "
+            "later step run again (required after handlers ran).",
+            show_default=False,
+        ),
+    ] = None,
+    rerun_unfinished: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-unfinished",
+            help="Run again a step that started and never finished (its runner was killed).",
+        ),
+    ] = False,
     trigger: TriggerOpt = None,
     key: KeyOpt = None,
     ledger: LedgerOpt = None,
@@ -261,19 +329,27 @@ def resume_cmd(
     allow_unverified: AllowUnverifiedOpt = False,
     trust_genesis: TrustGenesisOpt = None,
 ) -> None:
-    """Continue a failed (or interrupted) run from its failed step, as a new linked run.
+    """Continue a failed, interrupted, abandoned or unfinished run, as a new linked run.
 
     See ``_RESUME_HELP``.
     """
     led = open_ledger(ledger)
     _check_ledger(led, allow_unverified, trust_genesis)
-    plan = prepare_resume(led, run_id, runbook_path=runbook, given=parse_assignments(param or []))
-    if plan.carried:
-        console.print(
-            f"Resuming run {run_id} ({plan.status} at {plan.failed_step or '?'}); "
-            f"{len(plan.carried)} step(s) {RESUMED_REASON}: {', '.join(plan.carried)}",
-            markup=False,
-        )
+    plan, new_id = _resume_plan(
+        led,
+        run_id,
+        key,
+        runbook_path=runbook,
+        given=parse_assignments(param or []),
+        from_step=from_step,
+        rerun_unfinished=rerun_unfinished,
+    )
+    where = f"from step {plan.resume_from}" if plan.resume_from else "from where it stopped"
+    console.print(
+        f"Resuming run {run_id} ({plan.status} at {plan.failed_step or '?'}) {where}; "
+        f"{len(plan.carried)} step(s) {RESUMED_REASON}: {', '.join(plan.carried) or 'none'}",
+        markup=False,
+    )
     request = RunRequest(
         runbook=plan.runbook,
         params=plan.params,
@@ -282,5 +358,29 @@ def resume_cmd(
         environ=dict(os.environ),
         resumes=run_id,
         carried=dict(plan.carried),
+        run_id=new_id,
+        resume_from=plan.resume_from,
     )
     _execute(led, key, request, no_push)
+
+
+@app.command("abandon", help=_ABANDON_HELP)
+def abandon_cmd(
+    run_id: Annotated[str, typer.Argument(help="The unfinished run's id.", show_default=False)],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the run is closed (recorded).", show_default=False)
+    ],
+    key: KeyOpt = None,
+    ledger: LedgerOpt = None,
+    allow_unverified: AllowUnverifiedOpt = False,
+) -> None:
+    """Close a run whose runner is gone. See ``_ABANDON_HELP``."""
+    led = open_ledger(ledger)
+    _check_ledger(led, allow_unverified, None)
+    records.check_run_id(run_id)
+    signing_key = signing_key_for(led, key)
+    with run_lock(led, run_id, purpose="abandon"):
+        done = abandon_run(led, run_id, reason, key=signing_key)
+    console.print(
+        f"Closed run {run_id} as abandoned: seq {done.seq} commit {done.commit_id}", markup=False
+    )

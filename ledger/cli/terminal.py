@@ -85,7 +85,7 @@ class TerminalEvents(EngineEvents):
 
     def step_started(self, info: StepStart) -> None:
         self._close_lines()
-        what = "handler" if info.handler else "step"
+        what = f"{info.step.phase} handler" if info.handler else "step"
         attempt = f"  attempt {info.attempt}/{info.max_attempts}" if info.max_attempts > 1 else ""
         self._print(
             (f"▶ {what} {info.position}/{info.total}: {info.step.name}", "bold cyan"),

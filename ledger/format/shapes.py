@@ -93,7 +93,7 @@ class Operator(TypedDict):
     user: str | None
 
 
-class RunStarted(TypedDict):
+class RunStartedFields(TypedDict):
     runbook: RunbookRef
     params: dict[str, str | int | bool | None]
     param_sources: dict[str, str]
@@ -107,12 +107,24 @@ class RunStarted(TypedDict):
     on_failure: list[str]
 
 
+class RunStartedLater(TypedDict, total=False):
+    """Fields added after records without them were written (checked when present)."""
+
+    on_cancel: list[str]
+    always: list[str]
+    resume_from: str | None
+
+
+class RunStarted(RunStartedFields, RunStartedLater):
+    """``run.started``: what ran, with which parameters, triggered how, by whom."""
+
+
 class StepFields(TypedDict):
     """The fields every ``step.started`` and ``step.finished`` begins with."""
 
     step: str
     index: int
-    phase: str  # main or on_failure
+    phase: str  # main, on_failure, on_cancel or always
     handler: bool
     attempt: int
 

@@ -150,6 +150,9 @@ class _AttemptBuilder:
             approval_message=as_str(approval.get("message")) or None,
             approvers=sorted(as_str(a) for a in approvers) if isinstance(approvers, list) else [],
             min_approvals=as_int(approval.get("min_approvals")),
+            # Records written before on_cancel/always existed: a handler is on_failure.
+            phase=as_str(s.get("phase", f.get("phase")))
+            or ("on_failure" if handler is True else "main"),
         )
 
 
@@ -268,6 +271,8 @@ def _run_view(
         approvals=[_approval(r) for r in ordered if r.record.get("kind") == "approval"],
         timeline=attempts,
         records=[_ref(r) for r in ordered],
+        resume_from=as_str(sd.get("resume_from")) or None,
+        reason=as_str(fd.get("reason")) or None,
     )
 
 

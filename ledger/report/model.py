@@ -65,6 +65,9 @@ class OutputExcerpt:
     path: str | None  # the attachment's path in the ledger's tree
 
 
+_PHASE_LABELS = {"on_failure": "on failure", "on_cancel": "on cancel", "always": "always"}
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One attempt of one step: its step.started and step.finished records."""
@@ -92,6 +95,15 @@ class Attempt:
     approval_message: str | None = None
     approvers: list[str] = field(default_factory=list)
     min_approvals: int | None = None
+    phase: str = "main"  # main, or the handler list: on_failure | on_cancel | always
+
+    @property
+    def label(self) -> str:
+        """How a handler is marked after its name: `` (on failure)``, `` (on cancel)``,
+        `` (always)``; empty for a main step."""
+        if not self.handler:
+            return ""
+        return f" ({_PHASE_LABELS.get(self.phase, 'handler')})"
 
     @property
     def time(self) -> str | None:
@@ -116,6 +128,11 @@ class StepView:
         return self.attempts[-1]
 
     @property
+    def label(self) -> str:
+        """The handler mark after the step's name (see :attr:`Attempt.label`)."""
+        return self.last.label
+
+    @property
     def status(self) -> str:
         return self.last.status
 
@@ -136,7 +153,7 @@ class Approval:
 
 @dataclass(frozen=True)
 class RunView:
-    """One run: summary fields, its steps, approvals, failure handlers and records."""
+    """One run: summary fields, its steps, approvals, handlers and records."""
 
     run_id: str
     runbook: str
@@ -162,6 +179,8 @@ class RunView:
     approvals: list[Approval]
     timeline: list[Attempt]
     records: list[RecordRef]
+    resume_from: str | None = None  # the step `ledger resume --from` restarted at
+    reason: str | None = None  # why the run was abandoned (`ledger abandon`)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ledger.store import Ledger
 UNFINISHED = "unfinished"
 #: What `--status` may name: the statuses a run.finished record carries (FORMAT.md §5.1;
 #: tests/test_runs.py pins them to the engine's), and unfinished.
-STATUSES = ("succeeded", "failed", "aborted", "rejected", UNFINISHED)
+STATUSES = ("succeeded", "failed", "aborted", "rejected", "abandoned", UNFINISHED)
 
 
 @dataclass(frozen=True)

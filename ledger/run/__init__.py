@@ -7,7 +7,9 @@
 - ``events.py``            statuses, StopSignal, EngineEvents, StepStart/StepEnd, RunOutcome
 - ``plan.py``              the dry-run plan (plan_run) and the resume plan (prepare_resume)
 - ``trigger.py``           CI detection, the trigger of run.started, the steps' base environment
-- ``locks.py``             runbook locks (runbook_lock)
+- ``locks.py``             runbook locks (runbook_lock) and run locks (run_lock)
+- ``approvers.py``         approvers rendered from parameters (render_approvers)
+- ``abandon.py``           closing a run whose runner is gone (abandon_run)
 - ``verified.py``          verify before a run, remember the verified head after it
 - ``process.py``           one shell command: process group, timeout, tee, bounded capture
 - ``approvals.py``         approval requests, giving approvals, vote checks, the wait
@@ -16,9 +18,11 @@
 Secrets are redacted by :mod:`ledger.redact`.
 """
 
+from ledger.run.abandon import abandon_run
 from ledger.run.engine import Runner, RunRequest
 from ledger.run.events import (
     RESUMED_REASON,
+    RUN_ABANDONED,
     RUN_ABORTED,
     RUN_FAILED,
     RUN_REJECTED,
@@ -36,7 +40,7 @@ from ledger.run.events import (
     StepStart,
     StopSignal,
 )
-from ledger.run.locks import LOCKS_DIR, runbook_lock
+from ledger.run.locks import LOCKS_DIR, run_lock, runbook_lock
 from ledger.run.plan import CarriedStep, Plan, PlannedStep, ResumePlan, plan_run, prepare_resume
 from ledger.run.process import StreamName
 from ledger.run.trigger import detect_ci, run_environment, trigger_data
@@ -44,6 +48,7 @@ from ledger.run.trigger import detect_ci, run_environment, trigger_data
 __all__ = [
     "LOCKS_DIR",
     "RESUMED_REASON",
+    "RUN_ABANDONED",
     "RUN_ABORTED",
     "RUN_FAILED",
     "RUN_REJECTED",
@@ -67,10 +72,12 @@ __all__ = [
     "StepStart",
     "StopSignal",
     "StreamName",
+    "abandon_run",
     "detect_ci",
     "plan_run",
     "prepare_resume",
     "run_environment",
+    "run_lock",
     "runbook_lock",
     "trigger_data",
 ]

@@ -336,8 +336,13 @@ def _split(
     return RenderedText(text=text, redacted=context.redactor().redact_text(shown))
 
 
+def where_in_runbook(runbook: Runbook, step: Step, field_name: str) -> str:
+    """``FILE:LINE: step NAME (LIST[INDEX].FIELD)`` for messages about a step's field."""
+    return _where(runbook, step, field_name)
+
+
 def _where(runbook: Runbook, step: Step, field_name: str) -> str:
-    list_name = "steps" if step.phase == "main" else "on_failure"
+    list_name = "steps" if step.phase == "main" else step.phase
     return (
         f"{runbook.source}:{step.line}: step {step.name!r} ({list_name}[{step.index}].{field_name})"
     )

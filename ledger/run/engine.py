@@ -12,7 +12,10 @@ One run is a sequence of signed records (docs/FORMAT.md §5.1):
   resumed, gets a single ``step.finished`` with status ``skipped``;
 * approval steps: ``step.started`` carries the request, approvers append ``approval``
   records (:mod:`ledger.run.approvals`), ``step.finished`` carries the decision;
-* ``on_failure`` handlers when the run failed, recorded like steps with ``handler: true``;
+* handlers, recorded like steps with ``handler: true`` and ``phase`` naming their list:
+  ``on_failure`` when a step failed, ``on_cancel`` when the run was cancelled (SIGINT,
+  SIGTERM, an approval rejected or timed out), then ``always`` however the run ended;
+  after a cancellation handlers run until a second stop request;
 * ``run.finished`` (status succeeded / failed / aborted / rejected, failed step, duration).
 
 A runner killed outright leaves a run without ``run.finished`` (and possibly a
@@ -34,6 +37,7 @@ record of a run passes through a redactor once more before it is appended
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -45,6 +49,7 @@ from ledger import __version__
 from ledger.errors import UntrustedKey
 from ledger.format import records, shapes
 from ledger.keys import SigningKey
+from ledger.run.approvers import render_approvers
 from ledger.run.context import TemplateContext, render_lock
 from ledger.run.events import (
     RUN_ABORTED,
@@ -55,13 +60,15 @@ from ledger.run.events import (
     STEP_OK,
     STEP_REJECTED,
     STEP_SKIPPED,
+    STEP_TIMEOUT,
     EngineEvents,
     RunOutcome,
     StopSignal,
+    handler_stop,
     signum_of,
 )
 from ledger.run.journal import RunJournal
-from ledger.run.locks import runbook_lock
+from ledger.run.locks import run_lock, runbook_lock
 from ledger.run.plan import CarriedStep
 from ledger.run.process import DEFAULT_CAPTURE_BYTES, DEFAULT_KILL_GRACE_S
 from ledger.run.steps import StepRunner
@@ -86,6 +93,8 @@ class RunRequest:
     resumes: str | None = None
     carried: dict[str, CarriedStep] = field(default_factory=dict)
     run_id: str | None = None
+    resume_from: str | None = None
+    """The step ``ledger resume --from`` restarts at (recorded in run.started)."""
 
 
 class Runner:
@@ -130,7 +139,8 @@ class Runner:
     def run(self, request: RunRequest) -> RunOutcome:
         """Execute ``request``; returns how it ended (see :meth:`RunOutcome.raise_for_status`).
 
-        Takes the runbook's lock (if it has one) for the whole run. Errors writing the ledger
+        Takes the runbook's lock (if it has one) and the run's own lock
+        (:func:`~ledger.run.locks.run_lock`) for the whole run. Errors writing the ledger
         propagate (:class:`StorageError`): a run never goes on without its records.
         """
         run_id = request.run_id or records.new_run_id()
@@ -144,13 +154,16 @@ class Runner:
             environ=environ,
         )
         lock = render_lock(ctx)
-        if lock is None:
-            run = _Run(self, request, run_id, ctx, environ, None)
+        for step in request.runbook.all_steps:
+            render_approvers(step, ctx)  # a bad approver stops the run before it starts
+        with contextlib.ExitStack() as held:
+            if lock is not None:
+                held.enter_context(
+                    runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted)
+                )
+            held.enter_context(run_lock(self.ledger, run_id))
+            run = _Run(self, request, run_id, ctx, environ, lock.redacted if lock else None)
             outcome = run.execute()
-        else:
-            with runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted):
-                run = _Run(self, request, run_id, ctx, environ, lock.redacted)
-                outcome = run.execute()
         # Imported here: the verifier is large and the run starts without it.
         from ledger.verify import local
 
@@ -167,14 +180,16 @@ class _Ending:
     error: str | None = None
     continued: list[str] = field(default_factory=list)
     """Failed steps with ``continue_on_error``."""
+    cancelled: bool = False
+    """SIGINT/SIGTERM, or an approval rejected or timed out: ``on_cancel`` runs."""
     handlers_run: list[str] = field(default_factory=list)
     handlers_failed: list[str] = field(default_factory=list)
 
 
 class _Run:
-    """One run while it executes: run.started, the main steps, the on_failure handlers when
-    it failed, run.finished. Records go through :class:`RunJournal`; each step is run by
-    :class:`StepRunner`."""
+    """One run while it executes: run.started, the main steps, the on_failure or on_cancel
+    handlers, the always handlers, run.finished. Records go through :class:`RunJournal`;
+    each step is run by :class:`StepRunner`."""
 
     def __init__(
         self,
@@ -213,8 +228,11 @@ class _Run:
         t0 = time.monotonic()
         self.record_started()
         ending = self.main_steps()
-        if ending.status == RUN_FAILED and self.book.on_failure:
-            self.handlers(ending)
+        if ending.cancelled:
+            self.handlers(ending, "on_cancel")
+        elif ending.status == RUN_FAILED:
+            self.handlers(ending, "on_failure")
+        self.handlers(ending, "always")
         return self.record_finished(ending, int((time.monotonic() - t0) * 1000))
 
     def record_started(self) -> None:
@@ -239,6 +257,9 @@ class _Run:
             "resumes": self.req.resumes,
             "steps": [s.name for s in book.steps],
             "on_failure": [s.name for s in book.on_failure],
+            "on_cancel": [s.name for s in book.on_cancel],
+            "always": [s.name for s in book.always],
+            "resume_from": self.req.resume_from,
         }
         self.journal.append(
             records.KIND_RUN_STARTED,
@@ -258,14 +279,17 @@ class _Run:
         for position, step in enumerate(self.book.steps, 1):
             if self.r.stop.is_set():
                 ending.status, ending.failed_step = RUN_ABORTED, step.name
+                ending.cancelled = True
                 break
             result = self.steps.run(step, handler=False, position=position, total=total)
             if result.status in (STEP_OK, STEP_SKIPPED):
                 continue
             if result.status == STEP_INTERRUPTED:
-                ending.status = RUN_ABORTED
+                ending.status, ending.cancelled = RUN_ABORTED, True
             elif result.status == STEP_REJECTED:
-                ending.status = RUN_REJECTED
+                ending.status, ending.cancelled = RUN_REJECTED, True
+            elif step.approval is not None and result.status == STEP_TIMEOUT:
+                ending.status, ending.cancelled = RUN_FAILED, True
             elif step.continue_on_error:
                 ending.continued.append(step.name)
                 continue
@@ -275,12 +299,19 @@ class _Run:
             break
         return ending
 
-    def handlers(self, ending: _Ending) -> None:
-        """Run the on_failure handlers of a failed run (all of them, unless stopped)."""
+    def handlers(self, ending: _Ending, phase: str) -> None:
+        """Run the handler list ``phase`` (all of it, unless stopped). After a cancellation
+        they run until a second stop request (:func:`handler_stop`); a stop while they run
+        aborts the run and ends the list."""
+        steps = self.book.handlers(phase)
+        if not steps:
+            return
         self.ctx.failed_step = ending.failed_step
-        total = len(self.book.on_failure)
-        for position, handler in enumerate(self.book.on_failure, 1):
-            if self.r.stop.is_set():
+        stop = handler_stop(self.r.stop)
+        self.steps.stop = stop
+        total = len(steps)
+        for position, handler in enumerate(steps, 1):
+            if stop.is_set():
                 ending.status = RUN_ABORTED
                 break
             result = self.steps.run(handler, handler=True, position=position, total=total)

@@ -14,6 +14,7 @@ from ledger.store import Appended
 
 __all__ = [
     "RESUMED_REASON",
+    "RUN_ABANDONED",
     "RUN_ABORTED",
     "RUN_FAILED",
     "RUN_REJECTED",
@@ -30,6 +31,7 @@ __all__ = [
     "StepEnd",
     "StepStart",
     "StopSignal",
+    "handler_stop",
     "signum_of",
 ]
 
@@ -37,6 +39,7 @@ RUN_SUCCEEDED: Final = "succeeded"
 RUN_FAILED: Final = "failed"
 RUN_ABORTED: Final = "aborted"
 RUN_REJECTED: Final = "rejected"
+RUN_ABANDONED: Final = "abandoned"
 
 STEP_OK: Final = "ok"
 STEP_FAILED: Final = "failed"
@@ -60,12 +63,28 @@ class StopSignal(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self.signum: int | None = None
+        self.again = threading.Event()
+        """Set by a second signal: stops the handlers that run after a cancellation."""
 
     def trigger(self, signum: int) -> None:
-        """Ask the run to stop because of signal ``signum`` (safe in a signal handler)."""
+        """Ask the run to stop because of signal ``signum`` (safe in a signal handler).
+        A second call also sets :attr:`again`."""
         if self.signum is None:
             self.signum = signum
+        if self.is_set():
+            self.again.set()
         self.set()
+
+
+def handler_stop(stop: threading.Event) -> threading.Event:
+    """The stop event for handlers about to run: ``stop`` itself while it is not set; once
+    it is (the run was cancelled), the second-signal event of a :class:`StopSignal` (or an
+    event nothing sets), so that ``on_cancel`` and ``always`` handlers run after a first
+    Ctrl-C and a second one stops them."""
+    if not stop.is_set():
+        return stop
+    again = getattr(stop, "again", None)
+    return again if isinstance(again, threading.Event) else threading.Event()
 
 
 def signum_of(stop: threading.Event) -> int:
@@ -188,7 +207,7 @@ class RunOutcome:
             )
         handlers = ""
         if self.handlers_failed:
-            handlers = f" The on_failure handler(s) {', '.join(self.handlers_failed)} failed too."
+            handlers = f" The handler(s) {', '.join(self.handlers_failed)} failed too."
         raise RunFailed(
             f"run {self.run_id} of {self.runbook!r} failed {where}{detail}.{handlers}",
             hint=f"See 'ledger show' / 'ledger log --run {self.run_id}' for its records; once "

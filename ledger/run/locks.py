@@ -1,4 +1,6 @@
-"""Runbook locks: one run at a time per lock name, an ``flock`` that dies with the process."""
+"""Runbook locks: one run at a time per lock name, an ``flock`` that dies with the process;
+and run locks: every run holds one on its own id while it runs, so that a lock that can be
+taken proves the run's runner is gone (``ledger abandon``, resuming an unfinished run)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Final
 from ledger import store
 from ledger.errors import LockTimeout, StorageError
 
-__all__ = ["LOCKS_DIR", "runbook_lock"]
+__all__ = ["LOCKS_DIR", "run_lock", "runbook_lock"]
 
 #: Directory (under ``<gitdir>/ledger-state``) holding the runbook lock files.
 LOCKS_DIR: Final = "locks"
@@ -65,6 +67,47 @@ def runbook_lock(
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> Iterator[None]:
+    """Hold the lock of run ``run_id`` (``<gitdir>/ledger-state/locks/run-<run id>``).
+
+    The runner holds it from before ``run.started`` until after ``run.finished``; whoever
+    else takes it (to close or resume a run that did not finish) knows that no process is
+    running the run. Fails at once with :class:`LockTimeout` (exit 6) naming the holder. The
+    file is removed when the block ends (a holder reads the run's records after taking the
+    lock, so a stale file taken after removal still sees how the run ended).
+    """
+    path = ledger.gitdir / "ledger-state" / LOCKS_DIR / f"run-{run_id}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the run lock file {path}: {exc.strerror or exc}.",
+            hint="Check the permissions of the ledger's directory.",
+        ) from None
+    try:
+        if not store.flock(fd):
+            raise LockTimeout(
+                f"run {run_id} is held by {_lock_holder(fd)}: its runner is still running "
+                "(or another command is closing or resuming it).",
+                hint="Wait for it to finish ('ledger status' lists unfinished runs), or stop "
+                "it with Ctrl-C / SIGTERM, which records how it ended.",
+            )
+        info = json.dumps(
+            {"lock": purpose, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
+        ).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info + b"\n", 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
     finally:
         os.close(fd)
 

@@ -1,5 +1,6 @@
 """Plans made before a run: the dry run (:func:`plan_run`, everything rendered and redacted,
-nothing run) and the resume (:func:`prepare_resume`, what a failed or aborted run left)."""
+nothing run) and the resume (:func:`prepare_resume`, what a failed, aborted, abandoned or
+unfinished run left, and where to restart)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Final
 
 from ledger.errors import InputError, ResumeRefused, RunbookError, UnknownRun
 from ledger.format import records, shapes
+from ledger.run.approvers import render_approvers
 from ledger.run.context import (
     TemplateContext,
     render_approval_message,
@@ -22,6 +24,7 @@ from ledger.run.context import (
 )
 from ledger.run.events import (
     RESUMED_REASON,
+    RUN_ABANDONED,
     RUN_ABORTED,
     RUN_FAILED,
     STEP_OK,
@@ -40,7 +43,7 @@ from ledger.store import Ledger, StoredRecord
 __all__ = ["CarriedStep", "Plan", "PlannedStep", "ResumePlan", "plan_run", "prepare_resume"]
 
 #: Run statuses ``ledger resume`` continues from.
-_RESUMABLE: Final = frozenset({RUN_FAILED, RUN_ABORTED})
+_RESUMABLE: Final = frozenset({RUN_FAILED, RUN_ABORTED, RUN_ABANDONED})
 
 
 # --------------------------------------------------------------------------- dry run
@@ -71,13 +74,16 @@ class PlannedStep:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run would do: parameters (redacted), lock, steps and handlers."""
+    """What a run would do: parameters (redacted), lock, steps and handlers (``handlers``
+    are the ``on_failure`` ones)."""
 
     runbook: Runbook
     params: dict[str, Any]
     lock: str | None
     steps: list[PlannedStep]
     handlers: list[PlannedStep]
+    on_cancel: list[PlannedStep] = field(default_factory=list)
+    always: list[PlannedStep] = field(default_factory=list)
 
 
 def _depends_on_steps(expr: str) -> bool:
@@ -129,7 +135,7 @@ def plan_run(
                 outputs=[],
                 env=[],
                 approval_message=message.redacted if message else None,
-                approvers=list(step.approval.approvers),
+                approvers=render_approvers(step, ctx),
             )
         command = render_command(step, ctx)
         cwd = render_cwd(step, ctx)
@@ -159,7 +165,10 @@ def plan_run(
     steps = [one(s) for s in runbook.steps]
     ctx.failed_step = "<failed step>"
     handlers = [one(s) for s in runbook.on_failure]
-    return Plan(runbook, params.redacted(), lock.redacted if lock else None, steps, handlers)
+    on_cancel = [one(s) for s in runbook.on_cancel]
+    always = [one(s) for s in runbook.always]
+    shown_lock = lock.redacted if lock else None
+    return Plan(runbook, params.redacted(), shown_lock, steps, handlers, on_cancel, always)
 
 
 # --------------------------------------------------------------------------- resume
@@ -187,7 +196,13 @@ class ResumePlan:
     incident: str | None
     carried: dict[str, CarriedStep]
     status: str
+    """The run's run.finished status, or ``unfinished``."""
     failed_step: str | None
+    resume_from: str | None = None
+    """The step named with ``--from``: it and every later step run again."""
+    unfinished_steps: list[str] = field(default_factory=list)
+    """Steps whose step.started has no step.finished, described for the operator."""
+    handlers_ran: list[str] = field(default_factory=list)
 
 
 def _final_main_steps(recs: list[StoredRecord]) -> dict[str, StoredRecord]:
@@ -201,6 +216,40 @@ def _final_main_steps(recs: list[StoredRecord]) -> dict[str, StoredRecord]:
     return last
 
 
+def _unfinished_steps(recs: list[StoredRecord]) -> list[StoredRecord]:
+    """step.started records with no later step.finished of the same step and attempt (the
+    write-ahead evidence of a step whose runner was killed while it ran)."""
+    open_: dict[tuple[object, object, object], StoredRecord] = {}
+    for rec in recs:
+        key = (rec.data.get("step"), rec.data.get("phase"), rec.data.get("attempt"))
+        if rec.kind == records.KIND_STEP_STARTED:
+            open_[key] = rec
+        elif rec.kind == records.KIND_STEP_FINISHED:
+            open_.pop(key, None)
+    return sorted(open_.values(), key=lambda r: r.seq)
+
+
+def _describe_unfinished(rec: StoredRecord) -> str:
+    d = rec.data
+    what = f"step {d.get('step')!r} attempt {d.get('attempt')} (seq {rec.seq}, {rec.time})"
+    command = d.get("command")
+    return f"{what}: {command}" if isinstance(command, str) else what
+
+
+def _handlers_ran(recs: list[StoredRecord]) -> list[str]:
+    """Handlers that ran (or started) in the run, in order."""
+    names: list[str] = []
+    for rec in recs:
+        if rec.kind not in (records.KIND_STEP_STARTED, records.KIND_STEP_FINISHED):
+            continue
+        name = rec.data.get("step")
+        if rec.data.get("handler") is not True or rec.data.get("status") == STEP_SKIPPED:
+            continue
+        if isinstance(name, str) and name not in names:
+            names.append(name)
+    return names
+
+
 def prepare_resume(
     ledger: Ledger,
     run_id: str,
@@ -208,22 +257,29 @@ def prepare_resume(
     runbook_path: Path | None = None,
     given: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    from_step: str | None = None,
+    runner_gone: bool = False,
+    rerun_unfinished: bool = False,
 ) -> ResumePlan:
     """Everything needed to resume ``run_id``; :class:`ResumeRefused` when it cannot be.
 
-    Refused when the run is unknown, unfinished (its runner may still be running, or was
-    killed: there is no record of how it ended), succeeded or was rejected, and when the
-    runbook file (recorded path, or ``runbook_path``) is missing or its SHA-256 differs
-    from the recorded one. Non-secret parameters are the recorded values; secret ones are
-    resolved again from their sources (``from_env``, ``from_file``) or ``given``
-    (``-p NAME=VALUE``, only for secrets).
+    Refused when the run is unknown, succeeded or was rejected; when the runbook file
+    (recorded path, or ``runbook_path``) is missing or its SHA-256 differs from the recorded
+    one; when handlers ran (they may have undone the earlier steps) and no ``from_step``
+    names the restart point; when the run did not finish (no run.finished) unless
+    ``runner_gone`` (pass it only while holding :func:`~ledger.run.locks.run_lock` of the
+    run); and when a step of it started but never finished, unless ``from_step`` or
+    ``rerun_unfinished``. With ``from_step`` the main steps before it that succeeded are
+    carried and it and every later step run again. Non-secret parameters are the recorded
+    values; secret ones are resolved again from their sources (``from_env``,
+    ``from_file``) or ``given`` (``-p NAME=VALUE``, only for secrets).
     """
     records.check_run_id(run_id)
     view = ledger.trust_view()  # the run's records are read from the verified chain
     if not view.ok and not ledger.allow_unverified:
         raise view.refuse(ledger.path, "no run in it is resumed")
     recs = ledger.run_records(run_id, at=view.head)
-    started, finished = _resumable_run(ledger, run_id, recs)
+    started, finished = _resumable_run(ledger, run_id, recs, runner_gone)
     data = started.data_as(shapes.RunStarted)
     runbook = _same_runbook(run_id, started, runbook_path)
     recorded = data.get("params")
@@ -231,22 +287,63 @@ def prepare_resume(
     params = resolve_parameters(runbook, _resumed_values(runbook, recorded, given), environ)
     trigger = data.get("trigger")
     incident = trigger.get("incident") if isinstance(trigger, dict) else None
-    failed_step = finished.data_as(shapes.RunFinished).get("failed_step")
+    failed_step = (
+        finished.data_as(shapes.RunFinished).get("failed_step") if finished is not None else None
+    )
+    handlers = _handlers_ran(recs)
+    unfinished = [_describe_unfinished(r) for r in _unfinished_steps(recs)]
+    if from_step is None:
+        _check_plain_resume(run_id, handlers, unfinished, rerun_unfinished, failed_step)
+        carried = _carried_steps(run_id, recs)
+    else:
+        carried = _carried_before(run_id, recs, runbook, from_step)
     return ResumePlan(
         run_id=run_id,
         runbook=runbook,
         params=params,
         incident=incident if isinstance(incident, str) else None,
-        carried=_carried_steps(run_id, recs),
-        status=str(finished.data.get("status", "")),
+        carried=carried,
+        status=str(finished.data.get("status", "")) if finished is not None else "unfinished",
         failed_step=failed_step if isinstance(failed_step, str) else None,
+        resume_from=from_step,
+        unfinished_steps=unfinished,
+        handlers_ran=handlers,
     )
 
 
+def _check_plain_resume(
+    run_id: str,
+    handlers: list[str],
+    unfinished: list[str],
+    rerun_unfinished: bool,
+    failed_step: object,
+) -> None:
+    """A resume without ``--from``: refused after handlers, or over an unfinished step."""
+    if handlers:
+        where = f" at step {failed_step!r}" if isinstance(failed_step, str) else ""
+        raise ResumeRefused(
+            f"run {run_id} ran its handlers ({', '.join(handlers)}) after it stopped{where}; "
+            "they may have undone what the earlier steps did, so carrying those steps over "
+            "would report a success that did not happen.",
+            hint=f"Name the step to restart from: 'ledger resume {run_id} --from STEP' (the "
+            "steps before it that succeeded are carried over, it and every later step run "
+            "again).",
+        )
+    if unfinished and not rerun_unfinished:
+        raise ResumeRefused(
+            f"run {run_id} has a step that started and never finished (its runner was "
+            f"killed while it ran): {'; '.join(unfinished)}. It may have done part of its "
+            "work.",
+            hint=f"Check what it did, then run it again with 'ledger resume {run_id} "
+            "--rerun-unfinished', or restart from an earlier step with --from STEP.",
+        )
+
+
 def _resumable_run(
-    ledger: Ledger, run_id: str, recs: list[StoredRecord]
-) -> tuple[StoredRecord, StoredRecord]:
-    """The run's run.started and last run.finished, if it ended failed or aborted."""
+    ledger: Ledger, run_id: str, recs: list[StoredRecord], runner_gone: bool
+) -> tuple[StoredRecord, StoredRecord | None]:
+    """The run's run.started and last run.finished (``None`` for an unfinished run whose
+    runner is gone), if it may be resumed."""
     started = next((r for r in recs if r.kind == records.KIND_RUN_STARTED), None)
     if started is None:
         raise UnknownRun(
@@ -255,17 +352,19 @@ def _resumable_run(
         )
     finished = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]
     if not finished:
+        if runner_gone:
+            return started, None
         raise ResumeRefused(
             f"run {run_id} has no run.finished record: it is still running, or its runner "
             "was killed before it could record how the run ended.",
-            hint="If its runner is gone, record what happened with 'ledger record' and start "
-            "a new run with 'ledger run'.",
+            hint=f"'ledger resume {run_id}' resumes it once no process runs it; 'ledger "
+            f"abandon {run_id} --reason TEXT' closes it.",
         )
     status = str(finished[-1].data.get("status", ""))
     if status not in _RESUMABLE:
         raise ResumeRefused(
-            f"run {run_id} ended with status {status!r}; only failed or aborted runs can be "
-            "resumed.",
+            f"run {run_id} ended with status {status!r}; only failed, aborted or abandoned "
+            "runs can be resumed.",
             hint="Start a new run with 'ledger run' instead.",
         )
     return started, finished[-1]
@@ -316,6 +415,34 @@ def _resumed_values(
             )
         values[name] = value
     return values
+
+
+def _carried_before(
+    run_id: str, recs: list[StoredRecord], runbook: Runbook, from_step: str
+) -> dict[str, CarriedStep]:
+    """The steps before ``from_step`` carried over; refused when ``from_step`` is not a main
+    step, or a step before it did not succeed (or was not skipped by its ``when``)."""
+    names = [s.name for s in runbook.steps]
+    if from_step not in names:
+        raise ResumeRefused(
+            f"--from {from_step!r}: the runbook {runbook.name!r} has no main step of that "
+            f"name (its steps: {', '.join(names)}).",
+            hint="Name one of its steps; handlers cannot be restart points.",
+        )
+    carried = _carried_steps(run_id, recs)
+    final = _final_main_steps(recs)
+    before = names[: names.index(from_step)]
+    for name in before:
+        rec = final.get(name)
+        if name in carried or (rec is not None and rec.data.get("status") == STEP_SKIPPED):
+            continue
+        status = rec.data.get("status") if rec is not None else "never ran"
+        raise ResumeRefused(
+            f"--from {from_step!r}: step {name!r}, which comes before it, did not succeed in "
+            f"run {run_id} ({status}), so it cannot be carried over.",
+            hint=f"Restart from {name!r} or an earlier step.",
+        )
+    return {name: carried[name] for name in before if name in carried}
 
 
 def _carried_steps(run_id: str, recs: list[StoredRecord]) -> dict[str, CarriedStep]:

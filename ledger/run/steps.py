@@ -4,6 +4,7 @@ approval waited for."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import Any
 from ledger.errors import LedgerError, RunbookError, StorageError
 from ledger.format import shapes
 from ledger.run import approvals
+from ledger.run.approvers import render_approvers
 from ledger.run.context import (
     RenderedCommand,
     RenderedEnv,
@@ -128,7 +130,7 @@ class StepRunner:
         return StepResult(STEP_FAILED, exc.message)
 
     def run(self, step: Step, *, handler: bool, position: int, total: int) -> StepResult:
-        """Run ``step`` (a main step, or an on_failure handler) to its step.finished."""
+        """Run ``step`` (a main step, or a handler) to its step.finished."""
         carried = None if handler else self.carried.get(step.name)
         if carried is not None:
             self.journal.step_finished(
@@ -271,9 +273,11 @@ class StepRunner:
     def approval(
         self, step: Step, spec: ApprovalSpec, *, handler: bool, position: int, total: int
     ) -> StepResult:
-        """Record the approval request, wait for the decision, record it."""
+        """Record the approval request, wait for the decision, record it. The approvers are
+        rendered (they may be ``{{ params.who }}``) before the request is recorded."""
         try:
             message = render_approval_message(step, self.ctx)
+            spec = dataclasses.replace(spec, approvers=render_approvers(step, self.ctx))
         except RunbookError as exc:
             return self._failed(step, handler, 1, exc)
         shown = self.journal.redact(message.redacted) if message is not None else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ledger.runbook.load import load_runbook, parse_runbook
 from ledger.runbook.model import (
+    HANDLER_PHASES,
     MAX_DEPTH,
     MAX_OUTPUT_CHARS,
     MAX_RUNBOOK_BYTES,
@@ -42,6 +43,7 @@ from ledger.runbook.problems import Problem, RunbookInvalid, format_field
 from ledger.runbook.schema import runbook_schema, schema_text
 
 __all__ = [
+    "HANDLER_PHASES",
     "MAX_DEPTH",
     "MAX_OUTPUT_CHARS",
     "MAX_RUNBOOK_BYTES",

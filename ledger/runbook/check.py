@@ -17,6 +17,7 @@ from typing import Any, Final
 from ledger.runbook import caps, templating
 from ledger.runbook.model import (
     DEFAULT_RETRY_DELAY_S,
+    HANDLER_PHASES,
     PARAM_ENV_PREFIX,
     ApprovalSpec,
     OutputSpec,
@@ -244,7 +245,7 @@ class _Checker:
     def step(
         self, raw: Mapping[str, Any], index: int, phase: Phase, defaults: Mapping[str, Any]
     ) -> Step:
-        base: FieldPath = (phase if phase == "on_failure" else "steps", index)
+        base: FieldPath = (_list_name(phase), index)
         name = str(raw["name"])
         approval = self._approval(raw, base) if "approval" in raw else None
         outputs = self._outputs(raw.get("outputs", {}), base)
@@ -404,6 +405,43 @@ def _reference_problem(ref: templating.Reference, scope: _Scope) -> str | None:
     return None
 
 
+def _list_name(phase: str) -> str:
+    """The runbook's field that holds steps of ``phase``."""
+    return "steps" if phase == "main" else phase
+
+
+def _check_approvers(
+    checker: _Checker,
+    all_steps: list[Step],
+    param_names: frozenset[str],
+    env_names: frozenset[str],
+    secret_params: frozenset[str],
+) -> None:
+    """Approvers may be templates reading parameters only (they are rendered before the run
+    and shown in its plan), never a secret one (the approver is recorded)."""
+    for step in all_steps:
+        if step.approval is None:
+            continue
+        base: FieldPath = (_list_name(step.phase), step.index, "approval", "approvers")
+        for i, approver in enumerate(step.approval.approvers):
+            if not templating.is_template(approver):
+                continue
+            scope = _Scope("an approver", frozenset({"params"}), param_names, env_names)
+            before = len(checker.problems)
+            checker.template(approver, (*base, i), scope, kind="text")
+            if len(checker.problems) > before:
+                continue
+            tree = templating.parse_template(approver)
+            _undeclared, refs = templating.references(tree)
+            for ref in refs:
+                if ref.root == "params" and ref.path and ref.path[0] in secret_params:
+                    checker.add(
+                        (*base, i),
+                        f"params.{ref.path[0]} is a secret; an approver is recorded and shown, "
+                        "so it cannot be made from a secret",
+                    )
+
+
 def _env_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -428,10 +466,11 @@ def build(
     if "timeout" in defaults:
         checker.duration(defaults["timeout"], ("defaults", "timeout"), positive=True)
     steps = [checker.step(raw, i, "main", defaults) for i, raw in enumerate(data["steps"])]
-    handlers = [
-        checker.step(raw, i, "on_failure", defaults)
-        for i, raw in enumerate(data.get("on_failure", []))
-    ]
+    lists: dict[str, list[Step]] = {
+        phase: [checker.step(raw, i, phase, defaults) for i, raw in enumerate(data.get(phase, []))]
+        for phase in HANDLER_PHASES
+    }
+    handlers = [s for phase in HANDLER_PHASES for s in lists[phase]]
     _check_unique_names(checker, [*steps, *handlers])
 
     # templates
@@ -449,6 +488,8 @@ def build(
         scope = _Scope("lock", frozenset({"params", "env"}), param_names, env_names)
         checker.template(lock, ("lock",), scope, kind="text")
     _check_step_templates(checker, data, [*steps, *handlers], param_names, env_names)
+    secret_params = frozenset(n for n, p in params.items() if p.secret)
+    _check_approvers(checker, [*steps, *handlers], param_names, env_names, secret_params)
     cwd_default = defaults.get("cwd")
     if cwd_default is not None:
         scope = _Scope("defaults.cwd", frozenset({"params", "run", "env"}), param_names, env_names)
@@ -462,7 +503,9 @@ def build(
         "capture_env": capture_env,
         "lock": lock,
         "steps": steps,
-        "on_failure": handlers,
+        "on_failure": lists["on_failure"],
+        "on_cancel": lists["on_cancel"],
+        "always": lists["always"],
     }
     return fields, checker.problems
 
@@ -471,8 +514,7 @@ def _check_unique_names(checker: _Checker, all_steps: list[Step]) -> None:
     """No two steps (main steps and handlers together) share a name."""
     seen: dict[str, FieldPath] = {}
     for step in all_steps:
-        list_name = "steps" if step.phase == "main" else "on_failure"
-        path: FieldPath = (list_name, step.index, "name")
+        path: FieldPath = (_list_name(step.phase), step.index, "name")
         if step.name in seen:
             first = format_field(seen[step.name])
             checker.add(path, f"duplicate step name {step.name!r} (first used at {first})")
@@ -487,23 +529,47 @@ def _check_step_templates(
     param_names: frozenset[str],
     env_names: frozenset[str],
 ) -> None:
-    """Every template of every step, each reading only the steps that ran before it."""
+    """Every template of every step, each reading only the steps that ran before it.
+
+    Main steps read the main steps before them (views over shared tables: one scope per
+    step costs nothing, so validation stays linear). Handlers read every main step and the
+    handlers before them in their own list; only one of ``on_failure`` and ``on_cancel``
+    runs, so neither reads the other; ``always`` handlers may read both (a handler that did
+    not run reads as ``pending``)."""
     order: dict[str, int] = {}
     outputs: dict[str, frozenset[str]] = {}
     for position, step in enumerate(all_steps):
         order.setdefault(step.name, position)
         outputs.setdefault(step.name, frozenset(step.outputs))
+    all_names = frozenset(order)
     step_roots = frozenset({"params", "steps", "step", "run", "env"})
+    main = {s.name: frozenset(s.outputs) for s in all_steps if s.phase == "main"}
+    handlers: dict[str, frozenset[str]] = {}  # the handlers before this one, in reach
+    ending: dict[str, frozenset[str]] = {}  # on_failure and on_cancel, for always
+    phase: str = "main"
     for position, step in enumerate(all_steps):
-        list_name = "steps" if step.phase == "main" else "on_failure"
+        earlier: Mapping[str, frozenset[str]]
+        later: Mapping[str, frozenset[str]]
+        if step.phase == "main":
+            earlier = _Steps(outputs, order, 0, position)
+            later = _Steps(outputs, order, position + 1, len(all_steps))
+        else:
+            if step.phase != phase:
+                if phase in ("on_failure", "on_cancel"):
+                    ending.update(handlers)
+                phase = step.phase
+                handlers = dict(ending) if phase == "always" else {}
+            earlier = {**main, **handlers}
+            later = {n: outputs[n] for n in all_names - frozenset(earlier) - {step.name}}
+        list_name = _list_name(step.phase)
         base: FieldPath = (list_name, step.index)
         scope = _Scope(
             f"step {step.name!r}",
             step_roots,
             param_names,
             env_names,
-            earlier=_Steps(outputs, order, 0, position),
-            later=_Steps(outputs, order, position + 1, len(all_steps)),
+            earlier=earlier,
+            later=later,
             current=step.name,
             current_outputs=frozenset(step.outputs),
         )
@@ -521,3 +587,5 @@ def _check_step_templates(
             checker.template(
                 step.approval.message, (*base, "approval", "message"), scope, kind="text"
             )
+        if step.phase != "main":
+            handlers[step.name] = frozenset(step.outputs)

@@ -36,7 +36,9 @@ PARAM_ENV_PREFIX: Final = "PARAM_"
 
 ParamType = Literal["string", "int", "bool"]
 ParamValue = str | int | bool | None
-Phase = Literal["main", "on_failure"]
+Phase = Literal["main", "on_failure", "on_cancel", "always"]
+#: The handler lists, in the order they are written and run.
+HANDLER_PHASES: Final = ("on_failure", "on_cancel", "always")
 OutputKind = Literal["stdout", "stderr", "json", "regex"]
 
 # --------------------------------------------------------------------------- model
@@ -89,8 +91,9 @@ class ApprovalSpec:
 class Step:
     """One step: exactly one of ``run`` (a command template) or ``approval``.
 
-    ``index`` is the position in its list (``phase`` says which: main steps or on_failure
-    handlers); ``line`` is the 1-based line of the step in the file.
+    ``index`` is the position in its list (``phase`` says which: main steps, or the handler
+    list ``on_failure``, ``on_cancel`` or ``always``); ``line`` is the 1-based line of the
+    step in the file.
     """
 
     name: str
@@ -149,11 +152,18 @@ class Runbook:
     sha256: str
     path: Path | None
     source: str
+    on_cancel: list[Step] = field(default_factory=list)
+    always: list[Step] = field(default_factory=list)
 
     @property
     def all_steps(self) -> list[Step]:
-        """Main steps then on_failure handlers."""
-        return [*self.steps, *self.on_failure]
+        """Main steps then the handlers: on_failure, on_cancel, always."""
+        return [*self.steps, *self.on_failure, *self.on_cancel, *self.always]
+
+    def handlers(self, phase: str) -> list[Step]:
+        """The handler list ``phase`` (``on_failure``, ``on_cancel`` or ``always``)."""
+        lists = {"on_failure": self.on_failure, "on_cancel": self.on_cancel, "always": self.always}
+        return lists[phase]
 
     def step(self, name: str) -> Step:
         """The step (main or handler) called ``name``; :class:`RunbookError` if none."""

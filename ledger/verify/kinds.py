@@ -78,6 +78,9 @@ def check_data(kind: str, data: dict[str, Any]) -> list[str]:
     for name, ok in spec.items():
         if name in data and not ok(data[name]):
             out.append(f"{kind} data field {name} is malformed")
+    for name, ok in _OPTIONAL.get(kind, {}).items():
+        if name in data and not ok(data[name]):
+            out.append(f"{kind} data field {name} is malformed")
     extra = _STEP_EXTRA.get((kind, data.get("type"), data.get("status")), {})
     for name, ok in extra.items():
         if name not in data:
@@ -154,7 +157,7 @@ is_stream = _shape(size=_int, sha256=_hex64, truncated=_bool, omitted=_int)
 _STEP_COMMON: dict[str, Callable[[Any], bool]] = {
     "step": _str,
     "index": _int,
-    "phase": _one_of("main", "on_failure"),
+    "phase": _one_of("main", "on_failure", "on_cancel", "always"),
     "handler": _bool,
     "attempt": _int,
 }
@@ -200,7 +203,7 @@ _RUN_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "via": _one_of("command", "terminal"),
     },
     "run.finished": {
-        "status": _one_of("succeeded", "failed", "aborted", "rejected"),
+        "status": _one_of("succeeded", "failed", "aborted", "rejected", "abandoned"),
         "failed_step": _str_or_null,
         "error": _str_or_null,
         "duration_ms": _int,
@@ -227,6 +230,11 @@ _STEP_EXTRA: dict[tuple[str, Any, Any], dict[str, Callable[[Any], bool]]] = {
         ),
     },
     ("step.finished", None, "skipped"): {"reason": _str},
+    ("run.finished", None, "abandoned"): {"reason": _str},
+}
+# Fields added to a kind after records without them were written: checked when present.
+_OPTIONAL: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "run.started": {"on_cancel": _strs, "always": _strs, "resume_from": _str_or_null},
 }
 
 
