@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import ApprovalRefused
+from ledger.errors import ApprovalRefused, UnknownRun
 from ledger.keys import SigningKey
 from ledger.run import EngineEvents, Runner, RunOutcome, RunRequest, approvals
 from ledger.runbook import Runbook, load_runbook, resolve_parameters
@@ -118,7 +118,7 @@ def _pending(path: Path, run_id: str | None, step: str | None) -> approvals.Appr
     if run_id is not None and step is not None:
         try:
             return approvals.pending_request(led, run_id, step)
-        except ApprovalRefused:
+        except (ApprovalRefused, UnknownRun):  # (not asked yet, or the run not started yet)
             return None
     found = [
         r
