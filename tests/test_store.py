@@ -597,7 +597,17 @@ def test_a_writer_killed_holding_main_lock_does_not_block_appends(
     assert proc.returncode == -signal.SIGKILL
     stale = ledger.gitdir / "refs" / "heads" / "main.lock"
     assert stale.is_file()
-    res = run_cli("record", "-L", ledger.path, "-k", key_path, "-m", "after the crash")
+    res = run_cli(
+        "record",
+        "-L",
+        ledger.path,
+        "-k",
+        key_path,
+        "-m",
+        "after the crash",
+        "--trust-genesis",
+        ledger.genesis_id,
+    )
     assert res.code == 0, res.output
     assert not stale.exists()
     reopened = Ledger.open(ledger.path)

@@ -226,7 +226,7 @@ class Approval(TypedDict):
     via: str  # command or terminal
 
 
-class RunFinished(TypedDict):
+class RunFinishedFields(TypedDict):
     status: str
     failed_step: str | None
     error: str | None
@@ -236,6 +236,16 @@ class RunFinished(TypedDict):
     handlers_failed: list[str]
     signal: int | None
     resumes: str | None
+
+
+class RunFinishedSome(TypedDict, total=False):
+    """The fields only some ``run.finished`` records carry."""
+
+    reason: str  # abandoned
+
+
+class RunFinished(RunFinishedFields, RunFinishedSome):
+    """``run.finished``: how the run ended."""
 
 
 __all__ = [

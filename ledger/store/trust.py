@@ -100,7 +100,13 @@ def view_at(repo: pygit2.Repository, head: str, known: TrustView | None) -> Trus
         base = saved
     result = verify_chain(repo, head, since=base)
     state = result.state
-    if state is not None and (saved is None or state.seq > saved.seq or state.head != saved.head):
+    # Only a head this copy already remembers moves forward: the first one (and the pin it
+    # carries) is set by 'ledger init' or 'ledger verify' (ledger.verify.local), never here.
+    if (
+        state is not None
+        and saved is not None
+        and (state.seq > saved.seq or state.head != saved.head)
+    ):
         with contextlib.suppress(StorageError):
             save_state(repo, state)
     return TrustView(
