@@ -25,6 +25,7 @@ from ledger.format import records
 from ledger.keys import SigningKey
 from ledger.runbook import load_runbook
 from ledger.store import Ledger, StoredRecord
+from ledger.verify import local
 
 RUNBOOKS = REPO_ROOT / "runbooks"
 EXAMPLES = sorted(RUNBOOKS.glob("*.yaml"))
@@ -108,6 +109,7 @@ def box(tmp_path: Path) -> Box:
     operator = SigningKey.load(key)
     path = tmp_path / "audit.git"  # not "ledger": the runs' cwd is tmp_path
     led = Ledger.init(path, name="examples", key=operator, principal="ops@example.com")
+    local.pin_after_init(path, led.genesis_id)  # as 'ledger init' does
     approver = tmp_path / "security"
     SigningKey.generate().save(approver)
     pub = SigningKey.load(approver).public_key

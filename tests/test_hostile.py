@@ -79,7 +79,7 @@ def refused(res: CliResult, code: int, *words: str) -> None:
 def led(tmp_path: Path) -> tuple[Path, Path]:
     key = tmp_path / "k"
     assert run_cli("keys", "generate", key, "-C", "op@example.com").code == 0
-    path = tmp_path / "ledger"
+    path = tmp_path / "ledger.git"  # not "ledger": a child's cwd is tmp_path (python -m)
     res = run_cli("init", path, "--key", key)
     assert res.code == 0, res.output
     return path, key
