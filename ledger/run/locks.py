@@ -26,6 +26,26 @@ def _lock_path(ledger: store.Ledger, name: str) -> Path:
     return ledger.gitdir / store.STATE_DIR / LOCKS_DIR / digest
 
 
+def _open_lock_file(path: Path, what: str) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the {what} file {path}: {exc.strerror or exc}.",
+            hint="Check the permissions of the ledger's directory.",
+        ) from None
+
+
+def _write_holder(fd: int, lock: str, run_id: str) -> None:
+    """Say in the lock file who holds it (read back by the one refused)."""
+    info = json.dumps(
+        {"lock": lock, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
+    ).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info + b"\n", 0)
+
+
 @contextlib.contextmanager
 def runbook_lock(
     ledger: store.Ledger, name: str, run_id: str, *, shown: str | None = None
@@ -40,14 +60,7 @@ def runbook_lock(
     """
     label = name if shown is None else shown
     path = _lock_path(ledger, name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create the runbook lock file {path}: {exc.strerror or exc}.",
-            hint="Check the permissions of the ledger's directory.",
-        ) from None
+    fd = _open_lock_file(path, "runbook lock")
     try:
         if not store.flock(fd):
             holder = _lock_holder(fd)
@@ -57,11 +70,7 @@ def runbook_lock(
                 hint="Wait for that run to finish ('ledger status' shows unfinished runs), "
                 "then start this one again.",
             )
-        info = json.dumps(
-            {"lock": label, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
-        ).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info + b"\n", 0)
+        _write_holder(fd, label, run_id)
         try:
             yield path
         finally:
@@ -81,15 +90,8 @@ def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> 
     file is removed when the block ends (a holder reads the run's records after taking the
     lock, so a stale file taken after removal still sees how the run ended).
     """
-    path = ledger.gitdir / "ledger-state" / LOCKS_DIR / f"run-{run_id}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StorageError(
-            f"cannot create the run lock file {path}: {exc.strerror or exc}.",
-            hint="Check the permissions of the ledger's directory.",
-        ) from None
+    path = ledger.gitdir / store.STATE_DIR / LOCKS_DIR / f"run-{run_id}"
+    fd = _open_lock_file(path, "run lock")
     try:
         if not store.flock(fd):
             raise LockTimeout(
@@ -98,11 +100,7 @@ def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> 
                 hint="Wait for it to finish ('ledger status' lists unfinished runs), or stop "
                 "it with Ctrl-C / SIGTERM, which records how it ended.",
             )
-        info = json.dumps(
-            {"lock": purpose, "run": run_id, "pid": os.getpid(), "host": os.uname().nodename}
-        ).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info + b"\n", 0)
+        _write_holder(fd, purpose, run_id)
         try:
             yield
         finally:
