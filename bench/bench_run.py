@@ -101,7 +101,15 @@ def main() -> None:
         write_runbook(small_book, small)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env["HOME"] = str(root)
-
+        env["LEDGER_STATE_DIR"] = str(root / "state")
+        # As after 'ledger init': this machine pins the genesis it created ('ledger run'
+        # refuses a ledger whose genesis nobody pinned).
+        subprocess.run(
+            [sys.executable, "-m", "ledger", "verify", "--ledger", str(ledger)],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
         time_ledger_run(small_book, ledger, key_path, env)  # warm-up, saves verified state
         overheads: list[float] = []
         fixed: list[float] = []
