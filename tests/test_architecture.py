@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,42 @@ def test_packages_form_no_cycle() -> None:
 
     for node in sorted(edges):
         visit(node, [])
+
+
+def _face_imports(tree: ast.Module) -> dict[str, set[str]]:
+    """What a face imports under ``if TYPE_CHECKING:``, by module."""
+    out: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module
+                out.setdefault(imp.module, set()).update(a.name for a in imp.names)
+    return out
+
+
+def _face_exports(tree: ast.Module) -> dict[str, set[str]]:
+    """The module -> names map a face hands to ``lazy.attach``."""
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Assign) else None
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "lazy.attach":
+            table = ast.literal_eval(call.args[1])
+            return {module: set(names) for module, names in table.items()}
+    return {}
+
+
+@pytest.mark.parametrize(
+    "face",
+    sorted(p for p in PACKAGE.glob("*/__init__.py") if p.parent.name != "cli"),
+    ids=lambda p: p.parent.name,
+)
+def test_package_faces_load_what_they_declare(face: Path) -> None:
+    """A face's lazy table and its TYPE_CHECKING imports name the same things, each of
+    which exists, and ``__all__`` is exactly those names."""
+    tree = ast.parse(face.read_text())
+    exports = _face_exports(tree)
+    assert exports == _face_imports(tree), f"{_name(face)}: lazy table and imports differ"
+    names = {n for ns in exports.values() for n in ns}
+    package = importlib.import_module(_dotted(face))
+    assert set(package.__all__) == names
+    for name in sorted(names):
+        assert getattr(package, name) is not None

@@ -19,18 +19,42 @@ Nothing here prints, prompts or exits. Problems with keys or key files raise
 
 from __future__ import annotations
 
-from ledger.format.gitobj import split_signed_commit  # its home is the git object codec
-from ledger.keys.allowed_signers import allowed_signers_line
-from ledger.keys.files import key_file_mode_problem, key_is_encrypted
-from ledger.keys.gitsign import sign_commit, verify_signed_commit
-from ledger.keys.keys import PublicKey, SigningKey
-from ledger.keys.sshsig import (
-    SshSig,
-    SshSigFields,
-    decode_sshsig,
-    parse_sshsig,
-    sign_sshsig,
-    verify_sshsig,
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.format.gitobj import split_signed_commit  # its home is the git object codec
+    from ledger.keys.allowed_signers import allowed_signers_line
+    from ledger.keys.files import key_file_mode_problem, key_is_encrypted
+    from ledger.keys.gitsign import sign_commit, verify_signed_commit
+    from ledger.keys.keys import PublicKey, SigningKey
+    from ledger.keys.sshsig import (
+        SshSig,
+        SshSigFields,
+        decode_sshsig,
+        parse_sshsig,
+        sign_sshsig,
+        verify_sshsig,
+    )
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.format.gitobj": ("split_signed_commit",),
+        "ledger.keys.allowed_signers": ("allowed_signers_line",),
+        "ledger.keys.files": ("key_file_mode_problem", "key_is_encrypted"),
+        "ledger.keys.gitsign": ("sign_commit", "verify_signed_commit"),
+        "ledger.keys.keys": ("PublicKey", "SigningKey"),
+        "ledger.keys.sshsig": (
+            "SshSig",
+            "SshSigFields",
+            "decode_sshsig",
+            "parse_sshsig",
+            "sign_sshsig",
+            "verify_sshsig",
+        ),
+    },
 )
 
 __all__ = [

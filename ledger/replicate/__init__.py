@@ -36,28 +36,61 @@ functions of those names: a submodule of the same name would be shadowed by them
 
 from __future__ import annotations
 
-from ledger.replicate.check import (
-    LedgerStatus,
-    RemoteCondition,
-    RemoteState,
-    RemoteStatus,
-    check_remotes,
-    status,
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.replicate.check import (
+        LedgerStatus,
+        RemoteCondition,
+        RemoteState,
+        RemoteStatus,
+        check_remotes,
+        status,
+    )
+    from ledger.replicate.cloning import CloneResult, clone
+    from ledger.replicate.protect import HookResult, init_remote, pre_receive
+    from ledger.replicate.pusher import BackgroundPusher
+    from ledger.replicate.pushes import PushOutcome, PushStatus, PushSummary, push
+    from ledger.replicate.remotes import (
+        RemoteInfo,
+        add_remote,
+        classify_url,
+        direct_write_warning,
+        list_remotes,
+        remove_remote,
+    )
+    from ledger.replicate.state import read_remote_state
+    from ledger.replicate.transport import Credentials
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.replicate.check": (
+            "LedgerStatus",
+            "RemoteCondition",
+            "RemoteState",
+            "RemoteStatus",
+            "check_remotes",
+            "status",
+        ),
+        "ledger.replicate.cloning": ("CloneResult", "clone"),
+        "ledger.replicate.protect": ("HookResult", "init_remote", "pre_receive"),
+        "ledger.replicate.pusher": ("BackgroundPusher",),
+        "ledger.replicate.pushes": ("PushOutcome", "PushStatus", "PushSummary", "push"),
+        "ledger.replicate.remotes": (
+            "RemoteInfo",
+            "add_remote",
+            "classify_url",
+            "direct_write_warning",
+            "list_remotes",
+            "remove_remote",
+        ),
+        "ledger.replicate.state": ("read_remote_state",),
+        "ledger.replicate.transport": ("Credentials",),
+    },
 )
-from ledger.replicate.cloning import CloneResult, clone
-from ledger.replicate.protect import HookResult, init_remote, pre_receive
-from ledger.replicate.pusher import BackgroundPusher
-from ledger.replicate.pushes import PushOutcome, PushStatus, PushSummary, push
-from ledger.replicate.remotes import (
-    RemoteInfo,
-    add_remote,
-    classify_url,
-    direct_write_warning,
-    list_remotes,
-    remove_remote,
-)
-from ledger.replicate.state import read_remote_state
-from ledger.replicate.transport import Credentials
 
 __all__ = [
     "BackgroundPusher",

@@ -30,35 +30,76 @@ Modules:
 
 from __future__ import annotations
 
-from ledger.report.build import EXCERPT_LINES, build_report
-from ledger.report.from_ledger import (
-    default_remotes,
-    default_verifier,
-    report_for,
-    skip_verifier,
-    write_report,
-)
-from ledger.report.model import (
-    Approval,
-    Attempt,
-    Evidence,
-    LedgerInfo,
-    OutputExcerpt,
-    RecordRef,
-    RemoteView,
-    Report,
-    RunView,
-    SignerView,
-    StepView,
-    Verification,
-)
-from ledger.report.render import (
-    DEFAULT_TEMPLATE,
-    FILTERS,
-    TEMPLATES_DIR,
-    environment,
-    iter_filters,
-    render,
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.report.build import EXCERPT_LINES, build_report
+    from ledger.report.from_ledger import (
+        default_remotes,
+        default_verifier,
+        report_for,
+        skip_verifier,
+        write_report,
+    )
+    from ledger.report.model import (
+        Approval,
+        Attempt,
+        Evidence,
+        LedgerInfo,
+        OutputExcerpt,
+        RecordRef,
+        RemoteView,
+        Report,
+        RunView,
+        SignerView,
+        StepView,
+        Verification,
+    )
+    from ledger.report.render import (
+        DEFAULT_TEMPLATE,
+        FILTERS,
+        TEMPLATES_DIR,
+        environment,
+        iter_filters,
+        render,
+    )
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.report.build": ("EXCERPT_LINES", "build_report"),
+        "ledger.report.from_ledger": (
+            "default_remotes",
+            "default_verifier",
+            "report_for",
+            "skip_verifier",
+            "write_report",
+        ),
+        "ledger.report.model": (
+            "Approval",
+            "Attempt",
+            "Evidence",
+            "LedgerInfo",
+            "OutputExcerpt",
+            "RecordRef",
+            "RemoteView",
+            "Report",
+            "RunView",
+            "SignerView",
+            "StepView",
+            "Verification",
+        ),
+        "ledger.report.render": (
+            "DEFAULT_TEMPLATE",
+            "FILTERS",
+            "TEMPLATES_DIR",
+            "environment",
+            "iter_filters",
+            "render",
+        ),
+    },
 )
 
 __all__ = [

@@ -18,32 +18,78 @@
 Secrets are redacted by :mod:`ledger.redact`.
 """
 
-from ledger.run.abandon import abandon_run
-from ledger.run.engine import Runner, RunRequest
-from ledger.run.events import (
-    RESUMED_REASON,
-    RUN_ABANDONED,
-    RUN_ABORTED,
-    RUN_FAILED,
-    RUN_REJECTED,
-    RUN_SUCCEEDED,
-    STEP_FAILED,
-    STEP_INTERRUPTED,
-    STEP_OK,
-    STEP_REJECTED,
-    STEP_SKIPPED,
-    STEP_TIMEOUT,
-    WHEN_REASON,
-    EngineEvents,
-    RunOutcome,
-    StepEnd,
-    StepStart,
-    StopSignal,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.run.abandon import abandon_run
+    from ledger.run.engine import Runner, RunRequest
+    from ledger.run.events import (
+        RESUMED_REASON,
+        RUN_ABANDONED,
+        RUN_ABORTED,
+        RUN_FAILED,
+        RUN_REJECTED,
+        RUN_SUCCEEDED,
+        STEP_FAILED,
+        STEP_INTERRUPTED,
+        STEP_OK,
+        STEP_REJECTED,
+        STEP_SKIPPED,
+        STEP_TIMEOUT,
+        WHEN_REASON,
+        EngineEvents,
+        RunOutcome,
+        StepEnd,
+        StepStart,
+        StopSignal,
+    )
+    from ledger.run.locks import LOCKS_DIR, run_lock, runbook_lock
+    from ledger.run.plan import CarriedStep, Plan, PlannedStep, ResumePlan, plan_run, prepare_resume
+    from ledger.run.process import StreamName
+    from ledger.run.trigger import detect_ci, run_environment, trigger_data
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.run.abandon": ("abandon_run",),
+        "ledger.run.engine": ("Runner", "RunRequest"),
+        "ledger.run.events": (
+            "RESUMED_REASON",
+            "RUN_ABANDONED",
+            "RUN_ABORTED",
+            "RUN_FAILED",
+            "RUN_REJECTED",
+            "RUN_SUCCEEDED",
+            "STEP_FAILED",
+            "STEP_INTERRUPTED",
+            "STEP_OK",
+            "STEP_REJECTED",
+            "STEP_SKIPPED",
+            "STEP_TIMEOUT",
+            "WHEN_REASON",
+            "EngineEvents",
+            "RunOutcome",
+            "StepEnd",
+            "StepStart",
+            "StopSignal",
+        ),
+        "ledger.run.locks": ("LOCKS_DIR", "run_lock", "runbook_lock"),
+        "ledger.run.plan": (
+            "CarriedStep",
+            "Plan",
+            "PlannedStep",
+            "ResumePlan",
+            "plan_run",
+            "prepare_resume",
+        ),
+        "ledger.run.process": ("StreamName",),
+        "ledger.run.trigger": ("detect_ci", "run_environment", "trigger_data"),
+    },
 )
-from ledger.run.locks import LOCKS_DIR, run_lock, runbook_lock
-from ledger.run.plan import CarriedStep, Plan, PlannedStep, ResumePlan, plan_run, prepare_resume
-from ledger.run.process import StreamName
-from ledger.run.trigger import detect_ci, run_environment, trigger_data
 
 __all__ = [
     "LOCKS_DIR",

@@ -19,28 +19,57 @@ Modules:
 
 from __future__ import annotations
 
-from ledger.runbook.load import load_runbook, parse_runbook
-from ledger.runbook.model import (
-    HANDLER_PHASES,
-    MAX_DEPTH,
-    MAX_OUTPUT_CHARS,
-    MAX_RUNBOOK_BYTES,
-    MIN_SECRET_LENGTH,
-    PARAM_ENV_PREFIX,
-    ApprovalSpec,
-    OutputSpec,
-    Parameter,
-    Runbook,
-    Step,
-    parse_duration,
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.runbook.load import load_runbook, parse_runbook
+    from ledger.runbook.model import (
+        HANDLER_PHASES,
+        MAX_DEPTH,
+        MAX_OUTPUT_CHARS,
+        MAX_RUNBOOK_BYTES,
+        MIN_SECRET_LENGTH,
+        PARAM_ENV_PREFIX,
+        ApprovalSpec,
+        OutputSpec,
+        Parameter,
+        Runbook,
+        Step,
+        parse_duration,
+    )
+    from ledger.runbook.params import (
+        ResolvedParams,
+        parse_assignments,
+        resolve_parameters,
+    )
+    from ledger.runbook.problems import Problem, RunbookInvalid, format_field
+    from ledger.runbook.schema import runbook_schema, schema_text
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.runbook.load": ("load_runbook", "parse_runbook"),
+        "ledger.runbook.model": (
+            "HANDLER_PHASES",
+            "MAX_DEPTH",
+            "MAX_OUTPUT_CHARS",
+            "MAX_RUNBOOK_BYTES",
+            "MIN_SECRET_LENGTH",
+            "PARAM_ENV_PREFIX",
+            "ApprovalSpec",
+            "OutputSpec",
+            "Parameter",
+            "Runbook",
+            "Step",
+            "parse_duration",
+        ),
+        "ledger.runbook.params": ("ResolvedParams", "parse_assignments", "resolve_parameters"),
+        "ledger.runbook.problems": ("Problem", "RunbookInvalid", "format_field"),
+        "ledger.runbook.schema": ("runbook_schema", "schema_text"),
+    },
 )
-from ledger.runbook.params import (
-    ResolvedParams,
-    parse_assignments,
-    resolve_parameters,
-)
-from ledger.runbook.problems import Problem, RunbookInvalid, format_field
-from ledger.runbook.schema import runbook_schema, schema_text
 
 __all__ = [
     "HANDLER_PHASES",

@@ -21,10 +21,27 @@ Modules:
   configuration, flock, files written whole.
 """
 
-from ledger.store.gitdir import MAIN_REF, STATE_DIR, flock, open_repository, protect
-from ledger.store.ledger import Ledger
-from ledger.store.types import Appended, Head, Signer, StoredRecord
-from ledger.store.upkeep import UpkeepPolicy
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.store.gitdir import MAIN_REF, STATE_DIR, flock, open_repository, protect
+    from ledger.store.ledger import Ledger
+    from ledger.store.types import Appended, Head, Signer, StoredRecord
+    from ledger.store.upkeep import UpkeepPolicy
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.store.gitdir": ("MAIN_REF", "STATE_DIR", "flock", "open_repository", "protect"),
+        "ledger.store.ledger": ("Ledger",),
+        "ledger.store.types": ("Appended", "Head", "Signer", "StoredRecord"),
+        "ledger.store.upkeep": ("UpkeepPolicy",),
+    },
+)
 
 __all__ = [
     "MAIN_REF",

@@ -44,13 +44,43 @@ Modules:
 
 from __future__ import annotations
 
-from ledger.verify.chain import verify_chain, verify_ledger
-from ledger.verify.findings import Finding, ProgressFn, VerifyResult
-from ledger.verify.local import LocalVerification, load_state, save_state, state_path, verify_local
-from ledger.verify.records import expected_record_path
-from ledger.verify.rules import MAIN_REF, RULES
-from ledger.verify.state import VerifiedState
-from ledger.verify.trust import TrustedKey
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.verify.chain import verify_chain, verify_ledger
+    from ledger.verify.findings import Finding, ProgressFn, VerifyResult
+    from ledger.verify.local import (
+        LocalVerification,
+        load_state,
+        save_state,
+        state_path,
+        verify_local,
+    )
+    from ledger.verify.records import expected_record_path
+    from ledger.verify.rules import MAIN_REF, RULES
+    from ledger.verify.state import VerifiedState
+    from ledger.verify.trust import TrustedKey
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.verify.chain": ("verify_chain", "verify_ledger"),
+        "ledger.verify.findings": ("Finding", "ProgressFn", "VerifyResult"),
+        "ledger.verify.local": (
+            "LocalVerification",
+            "load_state",
+            "save_state",
+            "state_path",
+            "verify_local",
+        ),
+        "ledger.verify.records": ("expected_record_path",),
+        "ledger.verify.rules": ("MAIN_REF", "RULES"),
+        "ledger.verify.state": ("VerifiedState",),
+        "ledger.verify.trust": ("TrustedKey",),
+    },
+)
 
 __all__ = [
     "MAIN_REF",
