@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -21,13 +22,21 @@ import pytest
 from gitservers import GitDaemon, GitHttpServer
 from support.cli import run_cli
 from support.gitcmd import git
+from support.skagent import TestAgent
 from support.sktoken import SK_ECDSA, SK_ED25519, SkToken, mpint, string
 from support.tamper import raw_commit, set_main, write_raw_commit
 
 from ledger import replicate
 from ledger.errors import KeyProblem, SignatureError
 from ledger.format import gitobj
-from ledger.keys import PublicKey, SigningKey, sign_sshsig, verify_sshsig
+from ledger.keys import (
+    PublicKey,
+    SigningKey,
+    allowed_signers_line,
+    sign_sshsig,
+    verify_signed_commit,
+    verify_sshsig,
+)
 from ledger.keys.keys import low_s
 from ledger.store import Ledger
 from ledger.verify import local, objects, sk, verify_ledger
@@ -422,3 +431,77 @@ def test_protected_remote_accepts_sk_records_and_can_require_presence(
     assert "[rule: user-presence]" in refused.stderr
     head = git("--git-dir", strict, "rev-parse", "refs/heads/main").stdout.strip()
     assert head == ids[3]
+
+
+# --- a test agent holding the software token ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stock_tools_sign_through_the_test_agent_with_an_sk_key(tmp_path: Path, kind: Kind) -> None:
+    """support/skagent.py speaks the agent protocol well enough for stock ssh-add, ssh-keygen
+    and git to sign through it with the software token; we verify what they made."""
+    token = SkToken(kind, counter=41)
+    pub = tmp_path / "tok.pub"
+    pub.write_text(token.public_key.openssh() + " tok@example.com\n")
+    with TestAgent(tmp_path, [token], ["tok@example.com"]) as agent:
+        env = dict(os.environ, **agent.env)
+        listed = subprocess.run(["ssh-add", "-l"], env=env, capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+        assert token.public_key.fingerprint in listed.stdout
+        assert ("(ED25519-SK)" if kind == "ed25519" else "(ECDSA-SK)") in listed.stdout
+
+        msg = tmp_path / "msg"
+        msg.write_bytes(DATA)
+        signed = subprocess.run(
+            ["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(pub), str(msg)],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert signed.returncode == 0, signed.stderr
+        armored = (tmp_path / "msg.sig").read_text()
+        assert ours_accepts(armored) and verifier_accepts(armored)
+        assert keygen_verify(tmp_path, armored, token.public_key)
+        assert token.counter == 42  # the token signed once
+
+        repo = tmp_path / "repo"
+        git("init", "-q", "-b", "main", repo)
+        # (a .pub path: with a key:: literal git 2.39 leaves its temporary key file behind)
+        git("-c", "gpg.format=ssh", "-c", f"user.signingKey={pub}",
+            "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q", "-S",
+            "--allow-empty", "-m", "signed by a token", cwd=repo, env=env)  # fmt: skip
+        raw = git("cat-file", "commit", "HEAD", cwd=repo).stdout.encode()
+        _payload, signer = verify_signed_commit(raw)
+        assert signer == token.public_key
+        allowed = tmp_path / "allowed"
+        allowed.write_text(allowed_signers_line("t@example.com", token.public_key) + "\n")
+        v = git("-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", "HEAD", cwd=repo,
+                check=False)  # fmt: skip
+        assert v.returncode == 0, v.stderr
+
+        agent.refuse = True
+        (tmp_path / "msg.sig").unlink()
+        refused = subprocess.run(
+            ["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(pub), str(msg)],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert refused.returncode != 0
+    assert not agent.path.exists()
+
+
+def test_a_high_s_token_signature_through_stock_tools_is_refused_by_the_verifier(
+    tmp_path: Path,
+) -> None:
+    """Stock ssh-keygen embeds what the agent returns, high-S included, and accepts it; the
+    ledger's verifier does not (FORMAT.md §6): the ledger's own writer embeds low-S."""
+    token = SkToken("ecdsa")
+    token.high_s = True
+    pub = tmp_path / "tok.pub"
+    pub.write_text(token.public_key.openssh() + "\n")
+    msg = tmp_path / "msg"
+    msg.write_bytes(DATA)
+    with TestAgent(tmp_path, [token]) as agent:
+        env = dict(os.environ, **agent.env)
+        subprocess.run(["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(pub), str(msg)],
+                       env=env, capture_output=True, check=True)  # fmt: skip
+    armored = (tmp_path / "msg.sig").read_text()
+    assert keygen_verify(tmp_path, armored, token.public_key)
+    assert not ours_accepts(armored) and not verifier_accepts(armored)
