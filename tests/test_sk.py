@@ -420,8 +420,9 @@ def test_protected_remote_accepts_sk_records_and_can_require_presence(
     assert out == ids[-1]
 
     strict = server.base / f"{name}-strict.git"
-    replicate.init_remote(strict, genesis=genesis)
-    git("--git-dir", strict, "config", "ledger.requireUserPresence", "true")
+    r = run_cli("remote", "init", strict, "--trust-genesis", genesis, "--require-user-presence")
+    assert r.code == 0 and "user presence" in r.out, r.output
+    assert git("--git-dir", strict, "config", "ledger.requireUserPresence").stdout.strip() == "true"
     work = tmp_path / "work"
     git("clone", "-q", "--no-checkout", path, work)
     git("push", "-q", server.url(f"{name}-strict.git"), f"{ids[3]}:refs/heads/main", cwd=work)

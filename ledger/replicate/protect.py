@@ -49,12 +49,15 @@ def hook_script(python: str, package_home: Path) -> str:
     return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
 
 
-def init_remote(path: Path, *, genesis: str | None = None) -> Path:
+def init_remote(
+    path: Path, *, genesis: str | None = None, require_user_presence: bool = False
+) -> Path:
     """Create a protected bare remote at ``path``.
 
     It refuses non-fast-forward updates and deletions, checks objects, and has a pre-receive
     hook that verifies every pushed record (``ledger hook pre-receive``). ``genesis`` pins the
-    ledger it accepts; without it, the first push pins it.
+    ledger it accepts; without it, the first push pins it. ``require_user_presence`` sets
+    :data:`REQUIRE_USER_PRESENCE` (FORMAT.md §6.1).
     """
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise LedgerExists(
@@ -74,6 +77,8 @@ def init_remote(path: Path, *, genesis: str | None = None) -> Path:
         cfg["ledger.remote"] = True
         if genesis:
             cfg["ledger.genesis"] = genesis
+        if require_user_presence:
+            cfg[REQUIRE_USER_PRESENCE] = True
         hooks = Path(repo.path) / "hooks"
         hooks.mkdir(exist_ok=True)
         hook = hooks / "pre-receive"
