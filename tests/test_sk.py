@@ -506,3 +506,49 @@ def test_a_high_s_token_signature_through_stock_tools_is_refused_by_the_verifier
     armored = (tmp_path / "msg.sig").read_text()
     assert keygen_verify(tmp_path, armored, token.public_key)
     assert not ours_accepts(armored) and not verifier_accepts(armored)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ledger_signs_through_the_agent_with_an_sk_key(tmp_path: Path, kind: Kind) -> None:
+    """init/record/keys add signed by the software token behind the test agent (the key named
+    by its .pub file, a key:: literal and its fingerprint), a high-S token answer embedded
+    low-S, an untouched signature accepted and counted, a refused touch appends nothing; git
+    and the verifier accept every commit. Needs the agent signing path (issue 12)."""
+    pytest.importorskip("ledger.keys.agent")
+    token = SkToken(kind)
+    token.high_s = kind == "ecdsa"
+    pub = tmp_path / "tok.pub"
+    pub.write_text(token.public_key.openssh() + " tok@example.com\n")
+    led = tmp_path / "led"
+    with TestAgent(tmp_path, [token], ["tok@example.com"]) as agent:
+
+        def cli(*args: str | Path) -> str:
+            r = run_cli(*args, env=agent.env)
+            assert r.code == 0, r.output
+            return r.out
+
+        cli("init", led, "--name", "sk", "--key", pub)
+        cli("record", "--ledger", led, "--key", f"key::{token.public_key.openssh()}", "-m", "a")
+        cli("record", "--ledger", led, "--key", token.public_key.fingerprint, "-m", "b")
+        other = SigningKey.generate()
+        cli("keys", "add", "other@example.com", other.public_key.openssh(), "--ledger", led,
+            "--key", pub)  # fmt: skip
+        token.flags = 0x00
+        cli("record", "--ledger", led, "--key", pub, "-m", "untouched")
+        agent.refuse = True
+        refused = run_cli("record", "--ledger", led, "--key", pub, "-m", "no", env=agent.env)
+        assert refused.code == 4, refused.output
+        assert len(agent.requests) == 6
+    assert "1 record(s) signed by a security key without user presence" in cli(
+        "verify", "--ledger", led
+    )
+    strict = run_cli("verify", "--ledger", led, "--require-user-presence")
+    assert strict.code == 7 and "[user-presence] seq 4" in strict.out
+    allowed = tmp_path / "allowed"
+    cli("keys", "allowed-signers", "--ledger", led, "-o", allowed)
+    ids = git("rev-list", "main", cwd=led).stdout.split()
+    assert len(ids) == 5
+    for oid in ids:
+        v = git("-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", oid, cwd=led,
+                check=False)  # fmt: skip
+        assert v.returncode == 0, v.stderr
