@@ -552,3 +552,16 @@ def test_ledger_signs_through_the_agent_with_an_sk_key(tmp_path: Path, kind: Kin
         v = git("-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit", oid, cwd=led,
                 check=False)  # fmt: skip
         assert v.returncode == 0, v.stderr
+
+
+def test_a_policy_value_git_cannot_read_as_a_boolean_requires_presence(tmp_path: Path) -> None:
+    """A typo in the remote's ledger.requireUserPresence must not switch the check off."""
+    path, ids, _a, _b = _sk_ledger(tmp_path, "ed25519")
+    remote = tmp_path / "remote.git"
+    replicate.init_remote(remote, genesis=ids[0])
+    git("--git-dir", remote, "config", "ledger.requireUserPresence", "ture")
+    r = git("push", remote, f"{ids[-1]}:refs/heads/main", cwd=path, check=False)
+    assert r.returncode != 0 and "[rule: user-presence]" in r.stderr, r.stderr
+    git("--git-dir", remote, "config", "ledger.requireUserPresence", "false")
+    r = git("push", remote, f"{ids[-1]}:refs/heads/main", cwd=path, check=False)
+    assert r.returncode == 0, r.stderr
