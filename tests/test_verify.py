@@ -625,6 +625,23 @@ def test_ecdsa_curve_orders_agree_with_the_writer() -> None:
     assert set(blobs.ECDSA_ORDER) == set(blobs.ECDSA)
 
 
+def test_security_key_constants_agree_with_the_writer() -> None:
+    """The verifier reads sk keys and signatures itself (verify/sk.py): the same key types,
+    the same user-presence bit, the same P-256 order and the same 69 signed bytes."""
+    from ledger.keys import blobs, keys
+    from ledger.verify import sk
+
+    assert {k.encode() for k in blobs.SK_TYPES} == sk.SK_TYPES
+    assert {sk.SK_ED25519, sk.SK_ECDSA} == sk.SK_TYPES
+    assert blobs.SK_ED25519.encode() == sk.SK_ED25519 and blobs.SK_ECDSA.encode() == sk.SK_ECDSA
+    assert blobs.SK_USER_PRESENT == sk.USER_PRESENT == 0x01
+    assert blobs.ECDSA_ORDER[blobs.SK_TYPES[blobs.SK_ECDSA]] == sk.P256_ORDER
+    for app, flags, counter in [(b"ssh:", 0, 0), (b"ssh:x", 1, 1), (b"", 0xFF, 0xFFFFFFFF)]:
+        data = keys.sk_signed_data(app, flags, counter, b"message")
+        assert len(data) == 69
+        assert data == sk.signed_data(app, flags, counter, b"message")
+
+
 def test_paths_agree_with_the_writer() -> None:
     run = "20261121T235959Z-0a1b2c3d"
     for t in ["2026-11-22T01:02:03.000004Z", "1999-01-01T00:00:00.000000Z"]:

@@ -228,9 +228,13 @@ def keys_add(
     )
 
 
+#: how an OpenSSH public key line starts (security keys: ``sk-ssh-…``, ``sk-ecdsa-…``)
+_KEY_LINE_STARTS = ("ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-")
+
+
 def _read_public_key(text: str) -> PublicKey:
     candidate = Path(text)
-    if not text.startswith(("ssh-", "ecdsa-")) and candidate.exists():
+    if not text.startswith(_KEY_LINE_STARTS) and candidate.exists():
         try:
             text = candidate.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -240,7 +244,7 @@ def _read_public_key(text: str) -> PublicKey:
                 f"{candidate} is a private key; give the public key (.pub).",
                 hint="Never hand a private key to another signer.",
             )
-    elif not text.startswith(("ssh-", "ecdsa-")):
+    elif not text.startswith(_KEY_LINE_STARTS):
         raise KeyProblem(
             f"{text!r} is neither a public key file nor an OpenSSH public key.",
             hint="Give PATH.pub or the line 'ssh-ed25519 AAAA...'.",

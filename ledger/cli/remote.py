@@ -137,6 +137,14 @@ def remote_init(
             "else pinned by the first push).",
         ),
     ] = None,
+    require_user_presence: Annotated[
+        bool,
+        typer.Option(
+            "--require-user-presence",
+            help="Refuse records a security key (sk-*) signed without a touch "
+            "(sets ledger.requireUserPresence in the remote's config).",
+        ),
+    ] = False,
     ledger: LedgerOpt = None,
 ) -> None:
     """Create a protected bare remote: no force pushes, no deletions, every record verified."""
@@ -150,7 +158,7 @@ def remote_init(
             if ledger is not None:
                 raise
             genesis = None
-    replicate.init_remote(path, genesis=genesis)
+    replicate.init_remote(path, genesis=genesis, require_user_presence=require_user_presence)
     console.print(f"Created protected remote at {path}", markup=False)
     console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
     console.print("  pre-receive hook: verifies every pushed record")
@@ -158,6 +166,8 @@ def remote_init(
         console.print(f"  accepts only the ledger with genesis {genesis}", markup=False)
     else:
         console.print("  genesis: pinned by the first push")
+    if require_user_presence:
+        console.print("  security-key signatures must show user presence (a touch)")
     console.print(
         "Serve it over ssh://, git:// or https:// (a path or file:// remote is written "
         "directly and its rules do not run)."

@@ -62,6 +62,14 @@ def verify_cmd(
             show_default=False,
         ),
     ] = None,
+    require_user_presence: Annotated[
+        bool,
+        typer.Option(
+            "--require-user-presence",
+            help="A security key's (sk-*) signature made without touching the token is a "
+            "finding (exit 7); by default it is accepted and counted, as git accepts it.",
+        ),
+    ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on a terminal.")
     ] = True,
@@ -77,7 +85,14 @@ def verify_cmd(
     from ledger.verify import local  # here: only 'ledger verify' needs the verifier
 
     anchors = local.Anchors.given(trust_genesis, pins)
-    outcome = _verify_local(path, anchors, since_last, show_bar, remember=not require_pin)
+    outcome = _verify_local(
+        path,
+        anchors,
+        since_last,
+        show_bar,
+        remember=not require_pin,
+        require_user_presence=require_user_presence,
+    )
     result = outcome.result
     check = None
     if remotes:
@@ -131,14 +146,26 @@ def _raise_for(
 
 
 def _verify_local(
-    path: Path, anchors: Anchors, since_last: bool, show_bar: bool, *, remember: bool
+    path: Path,
+    anchors: Anchors,
+    since_last: bool,
+    show_bar: bool,
+    *,
+    remember: bool,
+    require_user_presence: bool,
 ) -> LocalVerification:
     """Verify this copy (:func:`ledger.verify.local.verify_local`), with a progress bar on stderr
     when ``show_bar``."""
     from ledger.verify.local import verify_local
 
     if not show_bar:
-        return verify_local(path, anchors=anchors, since_last=since_last, remember=remember)
+        return verify_local(
+            path,
+            anchors=anchors,
+            since_last=since_last,
+            remember=remember,
+            require_user_presence=require_user_presence,
+        )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
@@ -155,7 +182,12 @@ def _verify_local(
             bar.update(task, completed=done, total=total)
 
         return verify_local(
-            path, anchors=anchors, since_last=since_last, progress=tick, remember=remember
+            path,
+            anchors=anchors,
+            since_last=since_last,
+            progress=tick,
+            remember=remember,
+            require_user_presence=require_user_presence,
         )
 
 
@@ -171,6 +203,12 @@ def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None
     )
     if result.ok:
         console.print(f"Verified {scope}: head seq {result.seq}, commit {result.head}.")
+        if result.without_presence:
+            console.print(
+                f"{result.without_presence} record(s) signed by a security key without user "
+                "presence (the token was not touched); --require-user-presence refuses them.",
+                highlight=False,
+            )
         if not result.genesis_pinned:
             now = (
                 "it is pinned now (trust on first use)"

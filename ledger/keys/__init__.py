@@ -3,7 +3,7 @@
 Modules, lowest first:
 
 - ``sshwire``: the SSH wire format (RFC 4251 types) and the armor width.
-- ``blobs``: the supported key types and their SSH public-key blobs.
+- ``blobs``: the supported key types (FIDO ``sk-*`` included) and their SSH public-key blobs.
 - ``keyformat``: the content of private key files (``openssh-key-v1``, PEM).
 - ``files``: key files on disk: bounded reads, new 0600 files, mode warnings.
 - ``keys``: :class:`PublicKey` and :class:`SigningKey`.

@@ -40,10 +40,18 @@ _RSA_SIG_HASHES: Final[dict[bytes, type[hashes.HashAlgorithm]]] = {
     b"rsa-sha2-512": hashes.SHA512,
     b"rsa-sha2-256": hashes.SHA256,
 }
+#: FIDO security-key types (OpenSSH PROTOCOL.u2f) -> the plain type of the key inside: the
+#: blob is that key's followed by ``string application``; signatures carry flags and a counter
+SK_ED25519: Final = "sk-ssh-ed25519@openssh.com"
+SK_ECDSA: Final = "sk-ecdsa-sha2-nistp256@openssh.com"
+SK_TYPES: Final = {SK_ED25519: ED25519, SK_ECDSA: "ecdsa-sha2-nistp256"}
+SK_USER_PRESENT: Final = 0x01  # the user-presence flag of an sk signature
 RSA_MIN_BITS: Final = 1024  # OpenSSH's SSH_RSA_MINIMUM_MODULUS_SIZE
 RSA_MAX_BITS: Final = 16384
 
-SUPPORTED_KEY_TYPES: Final = (ED25519, *ECDSA, RSA)
+#: the key types of private key files (an sk key's file holds only a handle for the token)
+PRIVATE_KEY_TYPES: Final = (ED25519, *ECDSA, RSA)
+SUPPORTED_KEY_TYPES: Final = (*PRIVATE_KEY_TYPES, *SK_TYPES)
 
 KEY_HINT: Final = (
     "Give the path of an OpenSSH private key file, such as one made by `ssh-keygen -t ed25519`."
@@ -84,14 +92,41 @@ def blob_of(key: PublicCrypto) -> bytes:
     return sshwire.string(RSA.encode()) + sshwire.mpint(numbers.e) + sshwire.mpint(numbers.n)
 
 
+def sk_blob_of(key_type: str, key: PublicCrypto, application: bytes) -> bytes:
+    """The SSH wire encoding of a FIDO key: the inner key's blob with the sk type, then the
+    application (PROTOCOL.u2f)."""
+    inner = sshwire.Reader(blob_of(key))
+    inner.string()
+    return sshwire.string(key_type.encode()) + inner.rest() + sshwire.string(application)
+
+
 def decode_blob(blob: bytes) -> tuple[str, PublicCrypto]:
     """Parse an SSH public key blob; the blob must be the canonical encoding."""
+    key_type, key, _application = decode_key(blob)
+    return key_type, key
+
+
+def decode_key(blob: bytes) -> tuple[str, PublicCrypto, bytes | None]:
+    """Parse an SSH public key blob (canonical encoding only): its type, key, and for a FIDO
+    key the application (None for other keys)."""
     reader = sshwire.Reader(blob)
     raw_type = reader.string()
     try:
         key_type = raw_type.decode("ascii")
     except UnicodeDecodeError as exc:
         raise sshwire.Malformed("key type is not ASCII") from exc
+    inner_type = SK_TYPES.get(key_type, key_type)
+    key = _decode_fields(reader, inner_type)
+    application = reader.string() if key_type in SK_TYPES else None
+    reader.end()
+    canonical = blob_of(key) if application is None else sk_blob_of(key_type, key, application)
+    if canonical != blob:
+        raise sshwire.Malformed("key is not in canonical SSH encoding")
+    return key_type, key, application
+
+
+def _decode_fields(reader: sshwire.Reader, key_type: str) -> PublicCrypto:
+    """The key of type ``key_type`` from the fields after the blob's type name."""
     key: PublicCrypto
     try:
         if key_type == ED25519:
@@ -119,7 +154,4 @@ def decode_blob(blob: bytes) -> tuple[str, PublicCrypto]:
         if isinstance(exc, sshwire.Malformed):
             raise
         raise sshwire.Malformed(f"invalid {key_type} key: {exc}") from exc
-    reader.end()
-    if blob_of(key) != blob:
-        raise sshwire.Malformed("key is not in canonical SSH encoding")
-    return key_type, key
+    return key

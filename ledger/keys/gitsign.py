@@ -35,11 +35,14 @@ def sign_commit(content: bytes | str, key: SigningKey) -> str:
     return sshsig.sign_sshsig(key, data, "git").rstrip("\n")
 
 
-def verify_signed_commit(raw: bytes, namespace: str = "git") -> tuple[bytes, PublicKey]:
+def verify_signed_commit(
+    raw: bytes, namespace: str = "git", *, require_user_presence: bool = False
+) -> tuple[bytes, PublicKey]:
     """Verify the single ``gpgsig`` signature of a raw commit; (payload, signer's key).
 
     SignatureError if the commit is unsigned, has several signature headers, or its
-    signature is malformed or does not verify.
+    signature is malformed or does not verify (``require_user_presence``: as
+    :func:`~ledger.keys.sshsig.verify_sshsig`).
     """
     payload, signatures = gitobj.split_signed_commit(raw)
     if not signatures:
@@ -52,4 +55,6 @@ def verify_signed_commit(raw: bytes, namespace: str = "git") -> tuple[bytes, Pub
             f"the commit has {len(signatures)} gpgsig headers; exactly one is allowed.",
             hint="Do not trust this commit.",
         )
-    return payload, sshsig.verify_sshsig(signatures[0], payload, namespace)
+    return payload, sshsig.verify_sshsig(
+        signatures[0], payload, namespace, require_user_presence=require_user_presence
+    )

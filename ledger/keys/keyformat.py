@@ -117,10 +117,17 @@ def wrong_passphrase(where: str) -> WrongPassphrase:
 
 def _check_header(header: OpenSshHeader, passphrase: bytes | None, where: str) -> None:
     """Refuse, before any key derivation, what cannot or must not be decrypted."""
-    if header.key_type not in blobs.SUPPORTED_KEY_TYPES:
+    if header.key_type in blobs.SK_TYPES:
+        raise KeyProblem(
+            f"{where} is a FIDO security key ({header.key_type}): the file holds only a "
+            "handle, and only the token can sign with it.",
+            hint="Load it into ssh-agent (`ssh-add` it) and name its public key "
+            f"({where}.pub) as the signing key; the token signs through the agent.",
+        )
+    if header.key_type not in blobs.PRIVATE_KEY_TYPES:
         raise KeyProblem(
             f"{where} is a {header.key_type} key, which is not supported.",
-            hint=f"Use one of: {', '.join(blobs.SUPPORTED_KEY_TYPES)} "
+            hint=f"Use one of: {', '.join(blobs.PRIVATE_KEY_TYPES)} "
             "(`ssh-keygen -t ed25519` makes the default kind).",
         )
     if not header.encrypted:

@@ -36,20 +36,28 @@ class PublicKey:
     line is kept in :attr:`comment` but is not part of equality.
     """
 
-    __slots__ = ("_crypto", "_fingerprint", "blob", "comment", "key_type")
+    __slots__ = ("_crypto", "_fingerprint", "application", "blob", "comment", "key_type")
 
     key_type: str
     blob: bytes
     comment: str
+    application: bytes | None
+    """The FIDO application of a security key (``sk-*`` types, usually ``ssh:``); else None."""
     _crypto: blobs.PublicCrypto
     _fingerprint: str
 
     def __init__(
-        self, key_type: str, blob: bytes, crypto: blobs.PublicCrypto, comment: str = ""
+        self,
+        key_type: str,
+        blob: bytes,
+        crypto: blobs.PublicCrypto,
+        comment: str = "",
+        application: bytes | None = None,
     ) -> None:
         """Internal; use :meth:`parse` or :meth:`from_blob`."""
         digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
         object.__setattr__(self, "key_type", key_type)
+        object.__setattr__(self, "application", application)
         object.__setattr__(self, "blob", blob)
         object.__setattr__(self, "comment", comment)
         object.__setattr__(self, "_crypto", crypto)
@@ -120,7 +128,7 @@ class PublicKey:
         return pub._with_comment(comment) if comment else pub
 
     def _with_comment(self, comment: str) -> PublicKey:
-        return PublicKey(self.key_type, self.blob, self._crypto, comment)
+        return PublicKey(self.key_type, self.blob, self._crypto, comment, self.application)
 
     # -- presentation
 
@@ -136,6 +144,12 @@ class PublicKey:
     def fingerprint(self) -> str:
         """``SHA256:<base64 without padding>``, exactly as ``ssh-keygen -lf`` prints it."""
         return self._fingerprint
+
+    @property
+    def is_security_key(self) -> bool:
+        """Whether this is a FIDO security key (``sk-ssh-ed25519@openssh.com``,
+        ``sk-ecdsa-sha2-nistp256@openssh.com``), which signs only on its token."""
+        return self.application is not None
 
     @property
     def crypto_key(self) -> blobs.PublicCrypto:
@@ -172,8 +186,11 @@ class PublicKey:
 
         Accepts ``ssh-ed25519``, ``ecdsa-sha2-*`` matching the key's curve, and
         ``rsa-sha2-512``/``rsa-sha2-256`` for RSA keys (SHA-1 ``ssh-rsa`` signatures are
-        refused, as OpenSSH refuses them for SSHSIG). Malformed blobs give False.
+        refused, as OpenSSH refuses them for SSHSIG). Malformed blobs give False. A FIDO key's
+        signature is checked as :func:`verify_sk` does (whatever its flags say).
         """
+        if self.application is not None:
+            return verify_sk(self, signature, data) is not None
         try:
             reader = sshwire.Reader(signature)
             sig_type = reader.string()
@@ -209,10 +226,88 @@ class PublicKey:
             return False
 
 
+def sk_signed_data(application: bytes, flags: int, counter: int, data: bytes) -> bytes:
+    """What a FIDO token signs for ``data`` (PROTOCOL.u2f): SHA-256 of the application, the
+    flags byte, the counter (big-endian uint32) and SHA-256 of the data (69 bytes)."""
+    return (
+        hashlib.sha256(application).digest()
+        + bytes([flags])
+        + sshwire.U32.pack(counter)
+        + hashlib.sha256(data).digest()
+    )
+
+
+def verify_sk(key: PublicKey, signature: bytes, data: bytes) -> int | None:
+    """The flags of ``signature`` if it is the FIDO key ``key``'s valid signature of ``data``,
+    else None (also for a key that is not a FIDO key).
+
+    The blob is ``string type, string signature, byte flags, uint32 counter`` with the type
+    that of the key; Ed25519 signs :func:`sk_signed_data` itself, ECDSA P-256 its SHA-256.
+    An ECDSA signature must be low-S (as this module writes ECDSA), so that no one can turn a
+    good signature into a second one. Whether the user-presence flag is required is the
+    caller's policy.
+    """
+    if key.application is None:
+        return None
+    try:
+        reader = sshwire.Reader(signature)
+        sig_type = reader.string()
+        sig = reader.string()
+        flags = reader.rest()
+        if sig_type != key.key_type.encode() or len(flags) != 5:
+            return None
+        signed = sk_signed_data(key.application, flags[0], sshwire.U32.unpack(flags[1:])[0], data)
+        crypto = key.crypto_key
+        if isinstance(crypto, ed25519.Ed25519PublicKey):
+            if len(sig) != 64:
+                return None
+            crypto.verify(sig, signed)
+            return flags[0]
+        if not isinstance(crypto, ec.EllipticCurvePublicKey):
+            return None
+        inner = sshwire.Reader(sig)
+        r = inner.mpint()
+        s = inner.mpint()
+        inner.end()
+        inner_type = blobs.SK_TYPES[key.key_type]
+        if r == 0 or s == 0 or s > blobs.ECDSA_ORDER[inner_type] // 2:
+            return None
+        crypto.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA256()))
+        return flags[0]
+    except (InvalidSignature, sshwire.Malformed):
+        return None
+
+
+def low_s(signature: bytes) -> bytes:
+    """An SSH signature blob with an ECDSA ``s`` above half the curve order replaced by
+    ``n - s`` (``ecdsa-sha2-*`` and ``sk-ecdsa-sha2-nistp256@openssh.com``, whose flags and
+    counter are kept); other blobs unchanged. Signers that are not this module (an agent, a
+    token) may return either form; a verifier accepts only the low one (FORMAT.md §6)."""
+    try:
+        reader = sshwire.Reader(signature)
+        sig_type = reader.string().decode("ascii")
+        inner = reader.string()
+        tail = reader.rest()
+        curve_type = blobs.SK_TYPES.get(sig_type, sig_type)
+        order = blobs.ECDSA_ORDER.get(curve_type)
+        if order is None:
+            return signature
+        numbers = sshwire.Reader(inner)
+        r = numbers.mpint()
+        s = numbers.mpint()
+        numbers.end()
+    except (sshwire.Malformed, UnicodeDecodeError):
+        return signature  # not ours to judge here: the verification refuses it
+    if s <= order // 2:
+        return signature
+    fixed = sshwire.mpint(r) + sshwire.mpint(order - s)
+    return sshwire.string(sig_type.encode()) + sshwire.string(fixed) + tail
+
+
 @functools.lru_cache(maxsize=4096)
 def public_key_from_blob(blob: bytes) -> PublicKey:
-    key_type, crypto = blobs.decode_blob(blob)
-    return PublicKey(key_type, blob, crypto)
+    key_type, crypto, application = blobs.decode_key(blob)
+    return PublicKey(key_type, blob, crypto, "", application)
 
 
 def _public_key_with_comment(blob: bytes, comment: str) -> PublicKey:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ledger.errors import SignatureError
-from ledger.keys import sshwire
-from ledger.keys.keys import PublicKey, SigningKey, public_key_from_blob
+from ledger.keys import blobs, sshwire
+from ledger.keys.keys import PublicKey, SigningKey, low_s, public_key_from_blob, verify_sk
 
 _SIG_BEGIN: Final = "-----BEGIN SSH SIGNATURE-----"
 _SIG_END: Final = "-----END SSH SIGNATURE-----"
@@ -144,12 +144,19 @@ def parse_sshsig(armored: str | bytes) -> SshSig:
         raise _bad_signature("namespace or hash name is not text") from None
 
 
-def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> PublicKey:
+def verify_sshsig(
+    armored: str | bytes,
+    data: bytes,
+    namespace: str = "git",
+    *,
+    require_user_presence: bool = False,
+) -> PublicKey:
     """Verify an armored SSHSIG signature of ``data`` in ``namespace``; the signer's key.
 
     SignatureError if it is malformed, for another namespace, uses a hash other than
-    sha256/sha512, or does not verify. Whether the signer is trusted is the caller's
-    business.
+    sha256/sha512, or does not verify; with ``require_user_presence``, also if a FIDO key's
+    signature lacks the user-presence flag (the token was not touched). Whether the signer is
+    trusted is the caller's business.
     """
     sig = parse_sshsig(armored)
     if sig.namespace != namespace:
@@ -174,7 +181,18 @@ def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> 
         sig.hash_algorithm.encode("ascii"),
         digest(data),
     )
-    if not sig.public_key.verify(sig.signature_blob, signed):
+    if sig.public_key.is_security_key:
+        flags = verify_sk(sig.public_key, sig.signature_blob, signed)
+        if flags is not None and require_user_presence and not flags & blobs.SK_USER_PRESENT:
+            raise SignatureError(
+                f"the SSH signature by the security key {sig.public_key.fingerprint} was made "
+                f"without user presence (flags 0x{flags:02x}): the token was not touched.",
+                hint="User presence is required here: sign again and touch the token when "
+                "it blinks.",
+            )
+    else:
+        flags = 0 if sig.public_key.verify(sig.signature_blob, signed) else None
+    if flags is None:
         raise SignatureError(
             f"the SSH signature by {sig.public_key.fingerprint} does not verify: the signed "
             "data was changed or the signature was damaged.",
@@ -185,7 +203,8 @@ def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> 
 
 def sign_sshsig(key: SigningKey, data: bytes, namespace: str = "git") -> str:
     """An armored SSHSIG signature of ``data``, byte for byte as ``ssh-keygen -Y sign``
-    writes it (hash sha512; ends with a newline).
+    writes it (hash sha512; ends with a newline). An ECDSA signature is embedded in its
+    low-S form whatever the signer returned (:func:`~ledger.keys.keys.low_s`).
 
     For a git commit use :func:`sign_commit`, which leaves off the final newline.
     """
@@ -203,6 +222,6 @@ def sign_sshsig(key: SigningKey, data: bytes, namespace: str = "git") -> str:
         + sshwire.string(ns)
         + sshwire.string(b"")
         + sshwire.string(b"sha512")
-        + sshwire.string(key.sign(signed))
+        + sshwire.string(low_s(key.sign(signed)))
     )
     return _armor(blob)

@@ -434,9 +434,16 @@ def verify_head(
     *,
     trust_genesis: str | None,
     since: Any = None,
+    require_user_presence: bool = False,
 ) -> tuple[list[str], Any]:
     """Verify the chain ending at ``head`` with :func:`ledger.verify.verify_chain`.
 
     Returns one line per finding (empty: it verifies) and the verifier's result."""
-    result = verify_chain(repo, head, trust_genesis=trust_genesis, since=since)
+    result = verify_chain(
+        repo,
+        head,
+        trust_genesis=trust_genesis,
+        since=since,
+        require_user_presence=require_user_presence,
+    )
     return _finding_lines(result), result

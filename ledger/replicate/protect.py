@@ -28,6 +28,9 @@ HOOK_SCRIPT = """#!/bin/sh
 # with the Python and the ledger package that created it.
 {pythonpath}exec {python} -m ledger.hook pre-receive
 """
+#: The remote's config key of the user-presence policy (``git config ledger.requireUserPresence
+#: true`` in the remote).
+REQUIRE_USER_PRESENCE = "ledger.requireUserPresence"
 _PYTHONPATH_LINES = """PYTHONPATH={home}${{PYTHONPATH:+:$PYTHONPATH}}
 export PYTHONPATH
 """
@@ -46,12 +49,15 @@ def hook_script(python: str, package_home: Path) -> str:
     return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
 
 
-def init_remote(path: Path, *, genesis: str | None = None) -> Path:
+def init_remote(
+    path: Path, *, genesis: str | None = None, require_user_presence: bool = False
+) -> Path:
     """Create a protected bare remote at ``path``.
 
     It refuses non-fast-forward updates and deletions, checks objects, and has a pre-receive
     hook that verifies every pushed record (``ledger hook pre-receive``). ``genesis`` pins the
-    ledger it accepts; without it, the first push pins it.
+    ledger it accepts; without it, the first push pins it. ``require_user_presence`` sets
+    :data:`REQUIRE_USER_PRESENCE` (FORMAT.md §6.1).
     """
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise LedgerExists(
@@ -71,6 +77,8 @@ def init_remote(path: Path, *, genesis: str | None = None) -> Path:
         cfg["ledger.remote"] = True
         if genesis:
             cfg["ledger.genesis"] = genesis
+        if require_user_presence:
+            cfg[REQUIRE_USER_PRESENCE] = True
         hooks = Path(repo.path) / "hooks"
         hooks.mkdir(exist_ok=True)
         hook = hooks / "pre-receive"
@@ -97,10 +105,13 @@ def pre_receive(
 
     ``updates`` are the hook's input lines ``OLD NEW REFNAME``. Only ``refs/heads/main`` may
     change, only forward, and the resulting chain must verify from the pinned genesis
-    (``ledger.genesis`` of the remote; pinned by the first accepted push when unset).
+    (``ledger.genesis`` of the remote; pinned by the first accepted push when unset). With
+    ``ledger.requireUserPresence`` true in the remote's config, a security key's signature
+    without the user-presence flag refuses the push (FORMAT.md §6).
     """
     repo = _open_received(repo_dir, os.environ if environ is None else environ)
     pinned = str(repo.config["ledger.genesis"]) if "ledger.genesis" in repo.config else None
+    presence = _config_bool(repo, REQUIRE_USER_PRESENCE)
     messages: list[str] = []
     verified: list[Any] = []
     ok = True
@@ -125,7 +136,13 @@ def pre_receive(
             )
             continue
         since = local.hook_since(repo, old, genesis or root)
-        problems, result = check.verify_head(repo, new, trust_genesis=genesis or root, since=since)
+        problems, result = check.verify_head(
+            repo,
+            new,
+            trust_genesis=genesis or root,
+            since=since,
+            require_user_presence=presence,
+        )
         if problems:
             ok = False
             messages.append(f"refusing {ref} -> {new}: {len(problems)} problem(s) found:")
@@ -148,6 +165,15 @@ def pre_receive(
         # Lets the next push verify only its new records (matched by the old head).
         local.hook_remember(repo, verified[-1])
     return HookResult(ok, messages)
+
+
+def _config_bool(repo: pygit2.Repository, name: str) -> bool:
+    """A boolean of the remote's config; a value git would not read as one is true (the
+    stricter reading: a typo must not switch a check off)."""
+    try:
+        return name in repo.config and repo.config.get_bool(name)
+    except (pygit2.GitError, ValueError):
+        return True
 
 
 def _open_received(repo_dir: Path, env: Mapping[str, str]) -> pygit2.Repository:

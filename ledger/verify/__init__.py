@@ -34,6 +34,7 @@ Modules:
 - ``records``: canonical JSON, common fields, record paths, message and trailers
 - ``kinds``: each kind's ``data`` (§5, §5.1 predicate tables)
 - ``trust``: signatures (§6), :class:`TrustedKey` and the trust replay of §7
+- ``sk``: FIDO security-key signatures (§6.1), read and checked apart from ``ledger.keys``
 - ``tree``: the append-only tree comparison of §4
 - ``commit``: one commit's checks, step 5 of §10, one method per step
 - ``chain``: the chain walk (§10 steps 1–6), :func:`verify_chain`, :func:`verify_ledger`

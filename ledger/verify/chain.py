@@ -44,6 +44,7 @@ def verify_ledger(
     progress: findings.ProgressFn | None = None,
     commits: Collection[str] = (),
     remembered: state.VerifiedState | None = None,
+    require_user_presence: bool = False,
 ) -> findings.VerifyResult:
     """Verify the ledger's branch ``ref`` (FORMAT.md), reporting every finding.
 
@@ -56,8 +57,10 @@ def verify_ledger(
     verified. ``commits`` are commit ids to look up on the verified chain
     (``result.included``). ``remembered`` (a saved state) verifies the whole chain, as
     without ``since``, and reports how the chain left that head exactly as resuming from it
-    would (FORMAT.md §10 step 3: ``rollback``, ``rewrite``). Raises :class:`LedgerNotFound`
-    when there is no repository or (without a saved state) no ``ref``.
+    would (FORMAT.md §10 step 3: ``rollback``, ``rewrite``). ``require_user_presence``: a
+    security key's signature without the user-presence flag is a ``user-presence`` finding
+    (FORMAT.md §6; without it such signatures are counted in ``without_presence``). Raises
+    :class:`LedgerNotFound` when there is no repository or (without a saved state) no ``ref``.
     """
     repo = objects.open_repo(repo_path)
     try:
@@ -96,6 +99,7 @@ def verify_ledger(
         progress=progress,
         commits=commits,
         remembered=remembered,
+        require_user_presence=require_user_presence,
     )
 
 
@@ -109,6 +113,7 @@ def verify_chain(
     commits: Collection[str] = (),
     check_repository: bool = True,
     remembered: state.VerifiedState | None = None,
+    require_user_presence: bool = False,
 ) -> findings.VerifyResult:
     """Verify the first-parent chain ending at commit ``head``.
 
@@ -126,6 +131,7 @@ def verify_chain(
             commits=commits,
             check_repository=check_repository,
             remembered=None if since is not None else remembered,
+            require_user_presence=require_user_presence,
         )
 
 
@@ -176,11 +182,12 @@ def _verify_chain(
     commits: Collection[str],
     check_repository: bool,
     remembered: state.VerifiedState | None,
+    require_user_presence: bool,
 ) -> findings.VerifyResult:
     pin = _check_genesis_arg(trust_genesis)
     repo = objects.open_repo(repo)
     head = head.strip().lower()
-    v = Verifier(repo)
+    v = Verifier(repo, require_user_presence)
     if check_repository:
         _check_repository(v)  # (1)
     wanted = {c.strip().lower() for c in commits}
@@ -232,6 +239,7 @@ def _verify_chain(
         since_seq=start.seq if start is not None else None,
         included=included,
         keys=v.trust.snapshot() if v.trust.known else [],
+        without_presence=v.signatures.without_presence,
     )
 
 

@@ -62,12 +62,12 @@ class _Facts:
 class Verifier:
     """The state carried along the chain, and the checks of each commit."""
 
-    def __init__(self, repo: pygit2.Repository) -> None:
+    def __init__(self, repo: pygit2.Repository, require_user_presence: bool = False) -> None:
         self.repo = repo
         self.reader = objects.ObjectReader(repo)
         self.trees = tree.TreeChecker(self.reader)
         self.trust = trust.Trust()
-        self.signatures = trust.Signatures()
+        self.signatures = trust.Signatures(require_user_presence)
         self.findings: list[findings.Finding] = []
         self.ledger_id: str | None = None
         self.checked = 0

@@ -58,6 +58,9 @@ class VerifyResult:
     """The trust set at the head as the verifier replayed it (every key ever trusted, with
     its revocation), whether or not there were findings: a record that failed any check
     changed nothing in it. Empty when the chain's start could not be read."""
+    without_presence: int = 0
+    """How many of the records checked are signed by a security key without the
+    user-presence flag (accepted unless presence was required; FORMAT.md §6)."""
 
     def __post_init__(self) -> None:
         if self.findings:
@@ -89,4 +92,5 @@ class VerifyResult:
             "since_seq": self.since_seq,
             "findings": [f.to_json() for f in self.findings],
             "included": dict(self.included),
+            "without_presence": self.without_presence,
         }

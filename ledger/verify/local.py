@@ -315,6 +315,7 @@ def verify_local(
     since_last: bool = False,
     progress: ProgressFn | None = None,
     remember: bool = True,
+    require_user_presence: bool = False,
 ) -> LocalVerification:
     """``ledger verify``: verify the ledger at ``path`` against what this machine verified.
 
@@ -324,6 +325,7 @@ def verify_local(
     verified; either way a remembered head the chain no longer holds is a ``rewrite`` or
     ``rollback`` (FORMAT.md §10 step 3). On success the head is remembered unless
     ``remember`` is false or the state directory cannot be written (a read-only run).
+    ``require_user_presence`` applies to the records checked now (FORMAT.md §6).
     """
     anchors = anchors or Anchors.given()
     previous = load_state(path)
@@ -332,11 +334,19 @@ def verify_local(
         previous = None  # the remembered head is another genesis's: a full, pinned check
     if since_last and previous is not None:
         result = chain.verify_ledger(
-            path, trust_genesis=pin.genesis, since=previous, progress=progress
+            path,
+            trust_genesis=pin.genesis,
+            since=previous,
+            progress=progress,
+            require_user_presence=require_user_presence,
         )
     else:
         result = chain.verify_ledger(
-            path, trust_genesis=pin.genesis, progress=progress, remembered=previous
+            path,
+            trust_genesis=pin.genesis,
+            progress=progress,
+            remembered=previous,
+            require_user_presence=require_user_presence,
         )
     _check_pin_of_result(result, anchors, pin)
     saved = False

@@ -19,6 +19,7 @@ RULES = frozenset(
         "unsigned",
         "signature-headers",
         "bad-signature",
+        "user-presence",
         "untrusted-key",
         "revoked-key",
         "actor-key",

@@ -10,7 +10,7 @@ from typing import Any
 
 from ledger.errors import KeyProblem
 from ledger.keys import PublicKey
-from ledger.verify import kinds, objects
+from ledger.verify import kinds, objects, sk
 from ledger.verify.findings import Note
 
 
@@ -154,10 +154,16 @@ def _high_s(alg: bytes, signature: bytes) -> bool:
 
 
 class Signatures:
-    """Checks commit signatures (FORMAT.md §6), parsing each signer's key once."""
+    """Checks commit signatures (FORMAT.md §6), parsing each signer's key once.
 
-    def __init__(self) -> None:
+    ``require_user_presence``: a security key's signature without the user-presence flag is
+    a ``user-presence`` finding; otherwise it is accepted (as stock ``ssh-keygen -Y verify``
+    and ``git verify-commit`` accept it) and counted in ``without_presence``."""
+
+    def __init__(self, require_user_presence: bool = False) -> None:
         self._keys: dict[bytes, PublicKey] = {}
+        self.require_user_presence = require_user_presence
+        self.without_presence = 0
 
     def public_key(self, blob: bytes) -> PublicKey:
         pk = self._keys.get(blob)
@@ -179,15 +185,27 @@ class Signatures:
         if commit.signature_problems:
             return None
         try:
-            return self._verify(commit.signatures[0], commit.payload)
+            fingerprint, flags = self._verify(commit.signatures[0], commit.payload)
         except objects.SigError as exc:
             note("bad-signature", str(exc))
         except KeyProblem as exc:
             note("bad-signature", f"the signature's public key is unusable: {exc.message}")
+        else:
+            if flags is None or flags & sk.USER_PRESENT:
+                return fingerprint
+            if not self.require_user_presence:
+                self.without_presence += 1
+                return fingerprint
+            note(
+                "user-presence",
+                f"the security key {fingerprint} signed without user presence (flags "
+                f"0x{flags:02x}: the token was not touched), and presence is required",
+            )
         return None
 
-    def _verify(self, armored: str, payload: bytes) -> str:
-        """The signer's fingerprint; :class:`SigError` or :class:`KeyProblem` if it fails."""
+    def _verify(self, armored: str, payload: bytes) -> tuple[str, int | None]:
+        """The signer's fingerprint and, for a security key, the signature's flags;
+        :class:`SigError` or :class:`KeyProblem` if it fails."""
         sig = objects.parse_sshsig(armored)
         if sig.namespace != b"git":
             raise objects.SigError(f"namespace is {sig.namespace!r}, not 'git'")
@@ -206,6 +224,12 @@ class Signatures:
             + objects.ssh_string(sig.hash_algorithm)
             + objects.ssh_string(hashlib.sha512(payload).digest())
         )
+        if alg in sk.SK_TYPES or objects.read_string(sig.public_key, 0)[0] in sk.SK_TYPES:
+            try:
+                flags = sk.verify(sig.public_key, sig.signature, signed)
+            except objects.SigError as exc:
+                raise objects.SigError(f"{exc} (security key {pk.fingerprint})") from None
+            return str(pk.fingerprint), flags
         if not pk.verify(sig.signature, signed):
             raise objects.SigError(f"the signature by {pk.fingerprint} does not verify")
         if _high_s(alg, sig.signature):
@@ -213,4 +237,4 @@ class Signatures:
                 f"the ECDSA signature by {pk.fingerprint} is high-S (s > n/2): its mirror "
                 "image, which anyone can make from a good signature to change a commit's id"
             )
-        return str(pk.fingerprint)
+        return str(pk.fingerprint), None

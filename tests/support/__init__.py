@@ -13,4 +13,8 @@ another, nor conftest).
 - ``markdown``: a CommonMark parser's view of a document's structure.
 - ``tamper``: building ledgers and forging commits, for verification tests.
 - ``replicas``: ledgers, commits and bare repositories for replication tests.
+- ``sktoken``: a FIDO security key in software (``SkToken``): genuine ``sk-*`` keys and
+  signatures without a token; a signer the store accepts.
+- ``skagent``: a small ssh-agent (``TestAgent``) holding such keys (or any signer), with
+  refuse and hang switches, for signing through the agent protocol.
 """
