@@ -84,7 +84,7 @@ def test_two_ledgers_share_one_remote_and_push_fetch_status_verify_work(
     for _ in range(3):
         pusher.notify(a.append())
     summary = pusher.close(timeout=60)
-    assert [o.status for o in summary.outcomes] == [replicate.PushStatus.PUSHED]
+    assert [o.remote for o in summary.outcomes if o.holds_head] == ["fleet"]
     assert held(path, ref_of(a)) == a.head
     f = run_cli("fetch", "--ledger", a.path)
     assert f.code == 0, f.output
@@ -226,3 +226,10 @@ def test_the_hook_resumes_from_the_refs_own_state(git_daemon: GitDaemon, tmp_pat
     a.append()
     out = git("push", url, f"main:{ref_of(a)}", cwd=a.path)
     assert "(seq 23; 24 new record(s) verified)" in out.stderr, out.stderr
+
+
+def test_the_light_post_receive_hook_reads_the_layout_the_check_writes() -> None:
+    from ledger import hook
+
+    assert hook.SHARED_REF_RE.pattern == shared.SHARED_REF_RE.pattern
+    assert hook.SHARED_STATE_SUBDIR == shared.STATE_SUBDIR

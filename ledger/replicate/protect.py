@@ -44,7 +44,7 @@ def hook_script(
     PYTHONPATH of whoever ran ``ledger remote init``. ``shared``: the check of a shared
     remote (:mod:`.shared`) whatever the repository's config says (for servers such as
     gitolite that create the repository themselves). ``hook="post-receive"``: the shared
-    remote's post-receive step (:func:`.shared.confirm`)."""
+    remote's post-receive step (:func:`ledger.hook.post_receive`)."""
     site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
     home = package_home.resolve()
     pythonpath = "" if home in site_dirs else _PYTHONPATH_LINES.format(home=shlex.quote(str(home)))
@@ -177,12 +177,6 @@ def pre_receive(
         # Lets the next push verify only its new records (matched by the old head).
         local.hook_remember(repo, verified[-1])
     return HookResult(ok, messages)
-
-
-def post_receive(repo_dir: Path, updates: Iterable[str]) -> None:
-    """A shared remote's post-receive step (:func:`.shared.confirm`); nothing for others."""
-    repo = pygit2.Repository(str(repo_dir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-    shared.confirm(repo, updates)
 
 
 def _config_true(repo: pygit2.Repository, key: str) -> bool:

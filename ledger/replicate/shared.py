@@ -11,7 +11,8 @@ of ledgers in the repository or with their length.
 The state file holds ``confirmed`` (a verified state whose head the ref was seen to hold,
 whose genesis is the ledger's pin) and ``pending`` (what the last accepted push verified).
 A pending state becomes confirmed when the post-receive hook reports the ref updated to its
-head (:func:`confirm`), or when a later push finds the ref at its head: a push this hook
+head (:func:`ledger.hook.post_receive`, which reads and writes these files with the standard
+library alone), or when a later push finds the ref at its head: a push this hook
 accepted but something after it refused (gitolite's per-ref rules run after pre-receive)
 neither pins a genesis nor moves the resume point.
 """
@@ -128,23 +129,6 @@ def check_updates(repo: pygit2.Repository, updates: Iterable[str]) -> tuple[bool
         for ledger_id, slot in accepted.items():
             write_slot(repo, ledger_id, slot)
     return ok, messages
-
-
-def confirm(repo: pygit2.Repository, updates: Iterable[str]) -> None:
-    """The post-receive step: the refs git reports updated now hold their pending state's
-    head, which becomes confirmed (and pins the ledger's genesis)."""
-    for line in updates:
-        fields = line.split()
-        if len(fields) != 3:
-            continue
-        _old, new, ref = fields
-        match = SHARED_REF_RE.match(ref)
-        if match is None or new == _ZERO:
-            continue
-        slot = read_slot(repo, match.group(1))
-        if slot.pending is not None and slot.pending.head == new:
-            slot.confirmed = slot.pending
-            write_slot(repo, match.group(1), slot)
 
 
 def _check_one(
