@@ -1,6 +1,6 @@
 """Shared remotes: one git repository holding many ledgers at refs/ledgers/<id>/main, pushed,
 fetched and checked like any remote, and protected by a hook that checks each ref as its own
-chain. Over real servers (git daemon, git http-backend)."""
+chain. Over real servers (git daemon, git http-backend, sshd)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import gitservers
 import pygit2
 import pytest
-from gitservers import GitDaemon, GitHttpServer
+from gitservers import GitDaemon, GitHttpServer, SshServer
 from support.cli import run_cli
 from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger, unsigned_commit_on
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.server
 
 git_daemon = gitservers.git_daemon
 http_server = gitservers.http_server
+ssh_server = gitservers.ssh_server
 
 
 def server_for(
@@ -188,20 +189,29 @@ def test_the_shared_hook_refuses_each_bad_update_and_says_why(
     assert held(path, ref_of(a)) == a.head
 
 
-@pytest.mark.parametrize("transport", ["git", "http"])
+@pytest.mark.parametrize("transport", ["git", "http", "ssh"])
 def test_a_refused_record_reaches_ledger_push_in_the_servers_words(
-    transport: str, git_daemon: GitDaemon, http_server: GitHttpServer, tmp_path: Path
+    transport: str,
+    git_daemon: GitDaemon,
+    http_server: GitHttpServer,
+    ssh_server: SshServer,
+    home: Path,
+    tmp_path: Path,
 ) -> None:
-    server = server_for(transport, git_daemon, http_server)
+    server = {"git": git_daemon, "http": http_server, "ssh": ssh_server}[transport]
+    ssh_server.write_known_hosts(home)
+    env = {"LEDGER_SSH_KEY": str(ssh_server.client_key)}
     url, path = shared_on(server, f"rej-{transport}-{tmp_path.name}")
     a = make_ledger(tmp_path, "a")
     replicate.add_remote(a.path, "fleet", url, shared=True)
-    replicate.push(a.path).check(None)
+    first = run_cli("push", "--ledger", a.path, env=env)
+    assert first.code == 0, first.output
     good = a.head
+    assert held(path, ref_of(a)) == good
     work = work_clone(a, tmp_path, "forge")
     forged = unsigned_commit_on(work)
     git("push", "-q", "origin", "main", cwd=work)
-    r = run_cli("push", "--ledger", a.path)
+    r = run_cli("push", "--ledger", a.path, env=env)
     assert r.code == 8, r.output
     assert f"fleet  rejected: {ref_of(a)}:" in r.out
     assert forged in r.out and "[rule: unsigned]" in r.out
