@@ -83,11 +83,20 @@ def remote_add(
             help="A path, file://, git://, ssh://, user@host:path, http:// or https:// URL."
         ),
     ],
+    shared: Annotated[
+        bool,
+        typer.Option(
+            "--shared",
+            help="The remote is shared by many ledgers: push this one to "
+            "refs/ledgers/<ledger id>/main there (see docs/FLEET.md).",
+        ),
+    ] = False,
     ledger: LedgerOpt = None,
 ) -> None:
     """Add a remote (stored in the ledger repository's git config)."""
-    info = replicate.add_remote(find_ledger_path(ledger), name, url)
-    console.print(f"Added remote {info.name} ({info.transport}): {info.url}", markup=False)
+    info = replicate.add_remote(find_ledger_path(ledger), name, url, shared=shared)
+    kind = f"{info.transport}, shared" if info.shared else info.transport
+    console.print(f"Added remote {info.name} ({kind}): {info.url}", markup=False)
     if info.warning:
         _warn(info.warning)
 
@@ -110,7 +119,13 @@ def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
         console.print(
             json.dumps(
                 [
-                    {"name": r.name, "url": r.url, "transport": r.transport, "warning": r.warning}
+                    {
+                        "name": r.name,
+                        "url": r.url,
+                        "transport": r.transport,
+                        "shared": r.shared,
+                        "warning": r.warning,
+                    }
                     for r in remotes
                 ],
                 indent=2,
@@ -120,7 +135,8 @@ def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
     if not remotes:
         console.print("No remotes. Add one with 'ledger remote add NAME URL'.")
     for r in remotes:
-        console.print(f"{r.name}\t{r.transport}\t{r.url}", markup=False)
+        shared = "\tshared" if r.shared else ""
+        console.print(f"{r.name}\t{r.transport}\t{r.url}{shared}", markup=False)
     for r in remotes:
         if r.warning:
             _warn(r.warning)
@@ -145,9 +161,32 @@ def remote_init(
             "(sets ledger.requireUserPresence in the remote's config).",
         ),
     ] = False,
+    shared: Annotated[
+        bool,
+        typer.Option(
+            "--shared",
+            help="A remote for many ledgers, each at refs/ledgers/<ledger id>/main and "
+            "verified as its own chain (see docs/FLEET.md).",
+        ),
+    ] = False,
     ledger: LedgerOpt = None,
 ) -> None:
     """Create a protected bare remote: no force pushes, no deletions, every record verified."""
+    if shared:
+        replicate.init_remote(
+            path, genesis=trust_genesis, shared=True, require_user_presence=require_user_presence
+        )
+        console.print(f"Created protected shared remote at {path}", markup=False)
+        console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
+        console.print(
+            "  pre-receive hook: only refs/ledgers/<ledger id>/main, each verified as its own "
+            "chain (only the new records), each genesis pinned by its ledger's first push"
+        )
+        console.print(
+            "Serve it over ssh://, git:// or https:// (a path or file:// remote is written "
+            "directly and its rules do not run); see docs/FLEET.md for gitolite."
+        )
+        return
     genesis = trust_genesis
     if genesis is None:
         try:

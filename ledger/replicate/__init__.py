@@ -3,7 +3,8 @@ checks, verified clones, protected remotes and their pre-receive check.
 
 Remotes are ordinary git remotes in the ledger repository's config (``remote.NAME.url``).
 Only ``refs/heads/main`` ever leaves the machine, always as ``refs/heads/main:refs/heads/main``
-without ``+``: a push that is not a fast-forward is refused by libgit2 before anything is
+(or ``refs/heads/main:refs/ledgers/<ledger id>/main`` for a shared remote) without ``+``:
+a push that is not a fast-forward is refused by libgit2 before anything is
 sent, and a protected remote refuses it again (``receive.denyNonFastForwards``). libgit2
 reports a refused ref not as an exception but through
 ``RemoteCallbacks.push_update_reference``; every such report becomes a ``rejected`` outcome
@@ -26,6 +27,8 @@ Modules (each imports only the ones listed before it):
 - ``pushes``: ``push_one``, ``push``, their outcomes and the classification of git errors.
 - ``check``: ``check_one``, ``check_remotes``, ``status``, ``verify_head``.
 - ``pusher``: ``BackgroundPusher``, the pushes during a run.
+- ``shared``: the pre-receive check of a shared remote (many ledgers, each at
+  ``refs/ledgers/<ledger id>/main``, each checked as its own chain, incrementally).
 - ``protect``: protected remotes (``init_remote``) and their pre-receive check (their
   configuration is ``ledger.store.protect``).
 - ``cloning``: verified clones.

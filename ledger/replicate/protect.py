@@ -20,13 +20,13 @@ import pygit2
 import ledger
 from ledger import store
 from ledger.errors import InputError, LedgerExists, StorageError
-from ledger.replicate import chain, check
+from ledger.replicate import chain, check, shared
 from ledger.verify import local
 
 HOOK_SCRIPT = """#!/bin/sh
 # Installed by 'ledger remote init': verifies every record pushed to this ledger remote,
 # with the Python and the ledger package that created it.
-{pythonpath}exec {python} -m ledger.hook pre-receive
+{pythonpath}exec {python} -m ledger.hook {mode}
 """
 #: The remote's config key of the user-presence policy (``git config ledger.requireUserPresence
 #: true`` in the remote).
@@ -36,29 +36,50 @@ export PYTHONPATH
 """
 
 
-def hook_script(python: str, package_home: Path) -> str:
+def hook_script(
+    python: str, package_home: Path, *, shared: bool = False, hook: str = "pre-receive"
+) -> str:
     """The pre-receive script: ``python`` runs ``ledger.hook`` from ``package_home`` (the
     directory holding the ``ledger`` package), which goes first on PYTHONPATH unless it is
     one of the interpreter's site-packages directories (found there anyway; putting it
     before the standard library could shadow it). git runs hooks with the server's
     environment, where the package need not be importable: it may only have been on the
-    PYTHONPATH of whoever ran ``ledger remote init``."""
+    PYTHONPATH of whoever ran ``ledger remote init``. ``shared``: the check of a shared
+    remote (:mod:`.shared`) whatever the repository's config says (for servers such as
+    gitolite that create the repository themselves). ``hook="post-receive"``: the shared
+    remote's post-receive step (:func:`ledger.hook.post_receive`)."""
     site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
     home = package_home.resolve()
     pythonpath = "" if home in site_dirs else _PYTHONPATH_LINES.format(home=shlex.quote(str(home)))
-    return HOOK_SCRIPT.format(python=shlex.quote(python), pythonpath=pythonpath)
+    return HOOK_SCRIPT.format(
+        python=shlex.quote(python),
+        pythonpath=pythonpath,
+        mode=f"{hook} --shared" if shared and hook == "pre-receive" else hook,
+    )
 
 
 def init_remote(
-    path: Path, *, genesis: str | None = None, require_user_presence: bool = False
+    path: Path,
+    *,
+    genesis: str | None = None,
+    shared: bool = False,
+    require_user_presence: bool = False,
 ) -> Path:
     """Create a protected bare remote at ``path``.
 
     It refuses non-fast-forward updates and deletions, checks objects, and has a pre-receive
     hook that verifies every pushed record (``ledger hook pre-receive``). ``genesis`` pins the
-    ledger it accepts; without it, the first push pins it. ``require_user_presence`` sets
-    :data:`REQUIRE_USER_PRESENCE` (FORMAT.md §6.1).
+    ledger it accepts; without it, the first push pins it. ``shared``: a remote for many
+    ledgers, each at ``refs/ledgers/<ledger id>/main`` and checked as its own chain
+    (:mod:`.shared`; ``ledger.shared = true``), each genesis pinned by its first push.
+    ``require_user_presence`` sets :data:`REQUIRE_USER_PRESENCE` (FORMAT.md §6.1).
     """
+    if shared and genesis is not None:
+        raise InputError(
+            "a shared remote holds many ledgers: each one's genesis is pinned by its first "
+            "push, so it takes no --trust-genesis.",
+            hint="Leave out --trust-genesis, or create a remote for one ledger without --shared.",
+        )
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise LedgerExists(
             f"{path} already exists and is not empty; 'ledger remote init' only creates new "
@@ -75,15 +96,19 @@ def init_remote(
         cfg = repo.config
         store.protect(cfg)
         cfg["ledger.remote"] = True
+        if shared:
+            cfg["ledger.shared"] = True
         if genesis:
             cfg["ledger.genesis"] = genesis
         if require_user_presence:
             cfg[REQUIRE_USER_PRESENCE] = True
         hooks = Path(repo.path) / "hooks"
         hooks.mkdir(exist_ok=True)
-        hook = hooks / "pre-receive"
-        hook.write_text(hook_script(sys.executable, Path(ledger.__file__).parent.parent))
-        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        home = Path(ledger.__file__).parent.parent
+        for name in ("pre-receive", "post-receive") if shared else ("pre-receive",):
+            hook = hooks / name
+            hook.write_text(hook_script(sys.executable, home, shared=shared, hook=name))
+            hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     except (pygit2.GitError, OSError) as exc:
         raise StorageError(
             f"could not create the remote at {path}: {exc}.",
@@ -99,7 +124,11 @@ class HookResult:
 
 
 def pre_receive(
-    repo_dir: Path, updates: Iterable[str], environ: Mapping[str, str] | None = None
+    repo_dir: Path,
+    updates: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    shared_remote: bool = False,
 ) -> HookResult:
     """The pre-receive check of a protected remote.
 
@@ -108,10 +137,14 @@ def pre_receive(
     (``ledger.genesis`` of the remote; pinned by the first accepted push when unset). With
     ``ledger.requireUserPresence`` true in the remote's config, a security key's signature
     without the user-presence flag refuses the push (FORMAT.md §6).
+    A shared remote (``shared_remote``, or ``ledger.shared`` in its config) is checked by
+    :func:`.shared.check_updates` instead: each ``refs/ledgers/<id>/main`` its own chain.
     """
     repo = _open_received(repo_dir, os.environ if environ is None else environ)
-    pinned = str(repo.config["ledger.genesis"]) if "ledger.genesis" in repo.config else None
     presence = _config_bool(repo, REQUIRE_USER_PRESENCE)
+    if shared_remote or _config_bool(repo, "ledger.shared"):
+        return HookResult(*shared.check_updates(repo, updates, require_user_presence=presence))
+    pinned = str(repo.config["ledger.genesis"]) if "ledger.genesis" in repo.config else None
     messages: list[str] = []
     verified: list[Any] = []
     ok = True

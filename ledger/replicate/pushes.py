@@ -282,19 +282,20 @@ def _send(
 ) -> None:
     """The push itself, when the remote's main is missing or an ancestor of ours."""
     out.records = chain.ahead(repo, local, remote_head)
-    transport.push_main(repo, name, PUSH_REFSPEC, cb)
+    target = remotes.remote_ref(repo, name)
+    transport.push_main(repo, name, f"{chain.MAIN_REF}:{target}", cb)
     if cb.rejections:
         out.status = PushStatus.REJECTED
         refs = "; ".join(f"{ref}: {msg}" for ref, msg in cb.rejections)
         server = cb.server_messages()
         out.message = refs + (" — server said: " + " | ".join(server) if server else "")
         out.records = 0
-    elif chain.MAIN_REF in cb.accepted:
+    elif target in cb.accepted:
         out.status = PushStatus.PUSHED
         out.remote_head = local
     else:
         out.status = PushStatus.ERROR
-        out.message = "the remote did not report the state of refs/heads/main"
+        out.message = f"the remote did not report the state of {target}"
 
 
 def _refuse(repo: pygit2.Repository, out: PushOutcome, local: str, fetched: str | None) -> None:

@@ -24,6 +24,8 @@ _HOST_RE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$|^\[[0-9A-Fa-f:.]+\]$"
 )
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+LEDGER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+SHARED_KEY = "ledgerShared"  # remote.NAME.ledgerShared = true: a shared remote
 SCHEMES = {
     "file": "file",
     "git": "git",
@@ -49,6 +51,7 @@ class RemoteInfo:
     url: str
     transport: str  # path, file, git, ssh, http, https
     warning: str | None = None
+    shared: bool = False  # one repository of many ledgers, ours at refs/ledgers/<id>/main
 
     @property
     def direct(self) -> bool:
@@ -168,8 +171,11 @@ def get_remote(repo: pygit2.Repository, name: str) -> pygit2.Remote:
         ) from None
 
 
-def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
-    """Add a remote to the ledger's git config; the result's ``warning`` is for the user."""
+def add_remote(ledger_path: Path, name: str, url: str, *, shared: bool = False) -> RemoteInfo:
+    """Add a remote to the ledger's git config; the result's ``warning`` is for the user.
+
+    ``shared``: the remote is one repository holding many ledgers, ours at
+    ``refs/ledgers/<ledger id>/main`` (``remote.NAME.ledgerShared = true``)."""
     check_remote_name(name)
     transport = classify_url(url)
     url = normalize_url(url)
@@ -180,11 +186,45 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
             hint=f"Remove it first with 'ledger remote remove {name}', or choose another name.",
         )
     try:
+        if shared:
+            shared_ref(repo)  # refuses a ledger without a valid id before anything is written
         repo.remotes.create(name, url, f"+{chain.MAIN_REF}:refs/remotes/{name}/main")
+        if shared:
+            repo.config[f"remote.{name}.{SHARED_KEY}"] = True
     except pygit2.GitError as exc:
         raise StorageError(mask_url(f"could not add remote {name!r}: {exc}.")) from None
     state.remember_url(repo, name)
-    return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url))
+    return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url), shared)
+
+
+def is_shared(repo: pygit2.Repository, name: str) -> bool:
+    """Whether remote NAME is a shared remote (``remote.NAME.ledgerShared``)."""
+    try:
+        return bool(repo.config.get_bool(f"remote.{name}.{SHARED_KEY}"))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
+
+
+def shared_ref(repo: pygit2.Repository) -> str:
+    """Where this ledger lives in a shared remote: ``refs/ledgers/<ledger id>/main``.
+
+    The id is the one the user state is kept under (:func:`.state.ledger_key`: the
+    ``Ledger-Id`` of our head record, bound by its signature). A wrong id cannot land a
+    record anywhere: the shared remote's hook refuses a chain naming another ledger than its
+    ref."""
+    lid = state.ledger_key(repo)
+    if not LEDGER_ID_RE.match(lid):
+        raise InputError(
+            f"this ledger has no valid ledger id ({lid!r}, not 32 lowercase hex digits), so "
+            "it has no place in a shared remote.",
+            hint="Run 'ledger verify' on it; a ledger made by 'ledger init' has one.",
+        )
+    return f"refs/ledgers/{lid}/main"
+
+
+def remote_ref(repo: pygit2.Repository, name: str) -> str:
+    """The ref that holds our ledger on remote NAME: its main, or our place in a shared one."""
+    return shared_ref(repo) if is_shared(repo, name) else chain.MAIN_REF
 
 
 def remove_remote(ledger_path: Path, name: str) -> None:
@@ -217,7 +257,7 @@ def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
             warning = direct_write_warning(name, url)
         except InputError as exc:
             transport, warning = "invalid", exc.message
-        out.append(RemoteInfo(name, mask_url(url), transport, warning))
+        out.append(RemoteInfo(name, mask_url(url), transport, warning, is_shared(repo, name)))
     return out
 
 
@@ -228,5 +268,6 @@ def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list
         remote = get_remote(repo, name)
         url = remote.url or ""
         transport = classify_url(url)
-        out.append(RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url)))
+        warning = direct_write_warning(name, url)
+        out.append(RemoteInfo(name, mask_url(url), transport, warning, is_shared(repo, name)))
     return out

@@ -424,23 +424,24 @@ def anonymous(repo: pygit2.Repository, name: str) -> pygit2.Remote:
 
 def list_main(repo: pygit2.Repository, name: str, cb: Callbacks) -> str | None:
     remote = anonymous(repo, name)
+    wanted = remotes.remote_ref(repo, name)
     cb.begin()
     heads = remote.list_heads(callbacks=cb)
     for head in heads:
-        if head.name == chain.MAIN_REF:
+        if head.name == wanted:
             return str(head.oid)
     return None
 
 
 def fetch_main(repo: pygit2.Repository, name: str, cb: Callbacks) -> str | None:
-    """Fetch the remote's main into ``refs/remotes/NAME/main`` (never into our main)."""
+    """Fetch the remote's main (or our ledger's ref in a shared remote) into
+    ``refs/remotes/NAME/main`` (never into our main)."""
     remote = anonymous(repo, name)
     tracking = f"refs/remotes/{name}/main"
+    source = remotes.remote_ref(repo, name)
     before = chain.main_head(repo)
     cb.begin()
-    remote.fetch(
-        [f"+{chain.MAIN_REF}:{tracking}"], callbacks=cb, prune=pygit2.enums.FetchPrune.NO_PRUNE
-    )
+    remote.fetch([f"+{source}:{tracking}"], callbacks=cb, prune=pygit2.enums.FetchPrune.NO_PRUNE)
     after = chain.main_head(repo)
     if after != before:
         # Never expected (see anonymous); if libgit2 ever moves our main, say so loudly.
