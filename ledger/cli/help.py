@@ -133,10 +133,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger remote add origin ssh://git@backup.example.com/srv/git/ops.git",
     ),
     "remote remove": ("ledger remote remove backup",),
+    "remote trust": ("ledger remote trust backup",),
     "remote list": ("ledger remote list", "ledger remote list --json"),
     "push": ("ledger push", "ledger push origin --require all --json"),
     "fetch": ("ledger fetch", "ledger fetch origin"),
-    "clone": ("ledger clone ssh://git@backup.example.com/srv/git/ops.git ops-audit.git",),
+    "clone": (
+        "ledger clone ssh://git@backup.example.com/srv/git/ops.git ops-audit.git "
+        "--trust-genesis 3f1c...e9",
+        "ledger clone https://git.example.com/ops/ledger.git audit --pins pins --require-pin",
+    ),
     "status": ("ledger status", "ledger status --json"),
     "report": (
         "ledger report --incident INC-42 -o INC-42.md",

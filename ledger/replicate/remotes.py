@@ -174,6 +174,7 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
     transport = classify_url(url)
     url = normalize_url(url)
     repo = open_repository(ledger_path)
+    state.ledger_key(repo)  # which ledger it is, before the config changes (else: refused)
     if name in _remote_names(repo):
         raise InputError(
             f"a remote named {name!r} already exists ({mask_url(repo.remotes[name].url or '')}).",
@@ -183,7 +184,17 @@ def add_remote(ledger_path: Path, name: str, url: str) -> RemoteInfo:
         repo.remotes.create(name, url, f"+{chain.MAIN_REF}:refs/remotes/{name}/main")
     except pygit2.GitError as exc:
         raise StorageError(mask_url(f"could not add remote {name!r}: {exc}.")) from None
-    state.remember_url(repo, name)
+    state.trust(repo, name)
+    return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url))
+
+
+def trust_remote(ledger_path: Path, name: str) -> RemoteInfo:
+    """Accept remote NAME, as its URL is configured now, as one this user added (a remote
+    put in the config another way, e.g. with ``git remote add``, is unknown until then)."""
+    repo = open_repository(ledger_path)
+    url = get_remote(repo, name).url or ""
+    transport = classify_url(url)
+    state.trust(repo, name)
     return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url))
 
 

@@ -110,6 +110,19 @@ def _check_private(path: Path) -> None:
         )
 
 
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path``, a directory under the state directory, 0700 (and the state
+    directory); refuse either when another user or group could write it."""
+    _private_dir(state_root())
+    _private_dir(path)
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse to read anchors from ``path`` (or the state directory) if others could write it."""
+    _check_private(state_root())
+    _check_private(path)
+
+
 def _write_private(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, mode 0600 (temp file, fsync, rename, fsync)."""
     _private_dir(state_root())
