@@ -279,3 +279,37 @@ def test_adopt_writes_the_config_only_from_the_verified_head(tmp_path: Path) -> 
     git("--git-dir", t.path, "update-ref", "refs/heads/main", before)
     adopted = Ledger.adopt(t.path, result.state)
     assert adopted.ledger_id == result.state.ledger_id == t.ledger.ledger_id
+
+
+# --- other remote decisions ---------------------------------------------------------------
+
+
+def test_remote_init_pins_the_pinned_genesis_not_the_config(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path)
+    git("--git-dir", t.path, "config", "ledger.genesis", "f" * 40)  # the attacker's edit
+    r = cli(t, "remote", "init", tmp_path / "prot.git")
+    assert r.code == 0, r.output
+    pinned = git("--git-dir", tmp_path / "prot.git", "config", "ledger.genesis").stdout.strip()
+    assert pinned == t.ledger.genesis_id and "f" * 40 not in r.out
+    unpinned = make_ledger(tmp_path, "fresh")
+    r = cli(unpinned, "remote", "init", tmp_path / "p2.git", env={"LEDGER_STATE_DIR": "/nope"})
+    assert r.code in (6, 14) and not (tmp_path / "p2.git").exists(), r.output
+
+
+def test_a_changed_url_is_compared_without_the_users_credentials(
+    http_server: GitHttpServer, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path)
+    creds = {"LEDGER_HTTP_USER": gitservers.HTTP_USER, "LEDGER_HTTP_PASSWORD": HTTP_PASSWORD}
+    url, _ = http_server.make_private_repo(f"mine-{tmp_path.name}.git")
+    assert cli(t, "remote", "add", "web", url).code == 0
+    assert cli(t, "push", env=creds).code == 0
+    assert cli(t, "fetch", env=creds).code == 0
+    # Pointed at another server path that asks for credentials (the attacker's, say).
+    other, _ = http_server.make_private_repo(f"theirs-{tmp_path.name}.git")
+    git("--git-dir", t.path, "config", "remote.web.url", other)
+    f = cli(t, "fetch", "--json", env=creds)
+    assert f.code == 8, f.output
+    state = json.loads(f.out)["remotes"][0]
+    assert state["condition"] == "url changed", state
+    assert "without your credentials" in state["message"] and "auth" in state["message"]

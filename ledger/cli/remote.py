@@ -158,11 +158,16 @@ def remote_init(
         try:
             from ledger.store import Ledger
 
-            genesis = Ledger.open(find_ledger_path(ledger)).genesis_id
+            here = Ledger.open(find_ledger_path(ledger)).path
         except LedgerNotFound:
             if ledger is not None:
                 raise
-            genesis = None
+        else:
+            from ledger.verify import local
+
+            # The pin (exit 14 without one), never the config's ledger.genesis: anyone who
+            # can write the ledger directory could make the remote accept another chain.
+            genesis = local.require_pin(here).genesis
     replicate.init_remote(path, genesis=genesis)
     console.print(f"Created protected remote at {path}", markup=False)
     console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")

@@ -4,6 +4,7 @@ seen."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Mapping, Sequence
@@ -154,16 +155,28 @@ def check_one(
     prev = (last_seen or {}).get("head")
     st.last_seen_head = prev
     st.last_seen_seq = (last_seen or {}).get("seq")
+    if (last_seen or {}).get("url_changed_from"):
+        # Not the URL the user gave: compared anonymously, never sent the user's secrets.
+        creds = dataclasses.replace(
+            creds,
+            ssh_key=None,
+            ssh_passphrase=None,
+            http_user=None,
+            http_password=None,
+            use_agent=False,
+        )
     cb = transport.Callbacks(url, creds, repo.config)
     try:
         fetched = transport.fetch_main(repo, name, cb)
     except transport.AuthFailed as exc:
         st.condition, st.message = RemoteCondition.AUTH_FAILED, str(exc)
+        _note_url_change(st, (last_seen or {}).get("url_changed_from"))
         return st
     except pygit2.GitError as exc:
         status, message = pushes.classify_git_error(exc, cb)
         st.condition = _REMOTE_FROM_PUSH.get(status, RemoteCondition.ERROR)
         st.message = message
+        _note_url_change(st, (last_seen or {}).get("url_changed_from"))
         return st
     st.remote_head = fetched
     st.remote_seq = chain.commit_seq(repo, fetched) if fetched else None
@@ -183,11 +196,12 @@ def _note_url_change(st: RemoteState, before: Any) -> None:
     )
     if st.problem:
         st.message = f"{st.message}; {said}"
-    elif st.checked:
+    else:
+        found = "" if st.checked else f" (it was contacted without your credentials: {st.message})"
         st.condition = RemoteCondition.URL_CHANGED
         st.message = (
-            f"{said}. If you changed it, run 'ledger remote trust {st.name}' to accept the URL "
-            "it has now."
+            f"{said}{found}. If you changed it, run 'ledger remote trust {st.name}' to accept "
+            "the URL it has now."
         )
 
 
