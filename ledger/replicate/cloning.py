@@ -110,7 +110,7 @@ def _pin_for(
 ) -> local.Pin:
     """The pin of the verified ledger id (explicit, the pin file's, this machine's); a pin
     of another genesis fails the clone, and so does none under ``require_pin``."""
-    pin = local.find_pin(anchors, None, result.ledger_id)
+    pin = local.clone_pin(anchors, result.ledger_id)
     if pin.genesis is not None and pin.genesis != root:
         raise VerificationFailed(
             f"the ledger at {mask_url(url)} is ledger {result.ledger_id}, which is pinned "
@@ -181,9 +181,7 @@ def _keep(
     repo.references.create(chain.MAIN_REF, fetched, force=False)
     store.protect(repo.config, ledger=True)
     store.Ledger.adopt(target, result.state)
-    local.remember_clone(repo, result)
-    if pin.source in ("--trust-genesis", "pin file"):
-        local.save_pin(result.state.ledger_id, result.state.genesis)  # an explicit anchor wins
+    local.remember_clone(repo, result, pin)
     seq = chain.commit_seq(repo, fetched)
     lid = result.state.ledger_id
     state.trust(repo, "origin", lid)

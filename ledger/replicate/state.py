@@ -91,9 +91,8 @@ def ledger_key(repo: pygit2.Repository, verified_id: str | None = None) -> str:
     claimed = _claimed_ids(repo)
     key, source = verified_id, "by the verification just made"
     if key is None:
-        saved = local.load_state(repo)
-        if saved is not None:
-            key, source = saved.ledger_id, "by this copy's verified head in your state directory"
+        key = local.verified_ledger_id(repo)
+        source = "by this copy's verified head in your state directory"
     if key is None:
         key, source = _pinned_id(repo, claimed), "by your pin of its genesis"
     if key is None or not _ID_RE.match(key):
