@@ -317,8 +317,11 @@ def test_clone_verifies_and_pins_genesis(tmp_path: Path) -> None:
     assert r.code == 7 and "not at the trusted genesis" in r.err
     assert not (tmp_path / "audit2").exists()
 
-    r = run_cli("clone", remote, tmp_path / "audit3")
-    assert r.code == 0 and "trusted on first use" in r.err
+    r = run_cli("clone", remote, tmp_path / "audit3")  # this machine pinned it ('init')
+    assert r.code == 0 and "matches the pin (this machine)" in r.out, r.output
+    elsewhere = {"LEDGER_STATE_DIR": str(tmp_path / "elsewhere")}
+    r = run_cli("clone", remote, tmp_path / "audit4", env=elsewhere)
+    assert r.code == 0 and "NOT PINNED" in r.err and "trusted on first use" in r.err
 
     with pytest.raises(LedgerExists):
         replicate.clone(str(remote), tmp_path / "audit")

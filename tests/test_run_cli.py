@@ -145,6 +145,55 @@ def test_lock_held_exits_6_and_writes_nothing(env: Env) -> None:
     assert env.run("run", book).code == 0
 
 
+def test_a_lock_held_by_someone_else_names_the_file_and_what_to_do(env: Env) -> None:
+    """Anyone who can write the ledger directory can hold a runbook lock (denial of service,
+    a documented limit) and write any holder into its file: the refusal says that the holder
+    is the file's claim, names the file and how to find the process."""
+    book = env.book(
+        """
+        name: locked
+        lock: restart-api
+        steps:
+          - name: a
+            run: "true"
+        """
+    )
+    import hashlib
+    import sys
+
+    lock = env.ledger.gitdir / "ledger-state" / "locks"
+    lock = lock / hashlib.sha256(b"restart-api").hexdigest()
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            'os.write(fd, b\'{"run": "forged\\u001b[2J", "pid": 1}\')\n'
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        head = env.ledger.head()
+        res = env.run("run", book)
+        assert res.code == 6, res.output
+        assert "run forged?[2J (pid 1 on None), as its lock file" in res.err, res.output
+        assert str(lock) in res.err and "fuser -v" in res.err and "\x1b" not in res.err
+        assert env.ledger.head() == head
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert env.run("run", book).code == 0
+
+
 def test_refuses_a_ledger_that_fails_verification(env: Env) -> None:
     book = env.book(
         """

@@ -667,3 +667,65 @@ def test_principals_that_cannot_name_a_signer_are_refused(tmp_path: Path, key: S
             led.append("key.added", {**added, "principal": bad_principal, "comment": ""}, key=key)
     head = led.head()
     assert head is not None and head.seq == 0
+
+
+def test_a_deleted_append_lock_never_loses_an_acknowledged_record(
+    ledger: Ledger, key: SigningKey
+) -> None:
+    """Someone who can write the ledger directory deletes ``ledger.lock`` while a writer holds
+    it: a second writer then takes a lock on a new file, finds the first one's
+    ``main.lock`` and removes it as stale. Whatever the interleaving, a record acknowledged
+    by ``append`` is on ``main`` (the first writer, whose lock file was taken over, fails
+    instead of renaming the other's over ``main``)."""
+    import threading
+
+    first, second = Ledger.open(ledger.path), Ledger.open(ledger.path)
+    ref_lock = ledger.gitdir / "refs" / "heads" / "main.lock"
+    mine: list[str] = []
+    at_cas, go_on, second_at_cas, second_go_on = (threading.Event() for _ in range(4))
+
+    def paused(led: Ledger, arrived: threading.Event, wait: threading.Event) -> None:
+        real = led._read_main
+
+        def read_main() -> str | None:
+            # The compare of the compare-and-swap: this writer's main.lock exists now.
+            content = ref_lock.read_text() if ref_lock.is_file() else None
+            if content is not None and content not in mine and not arrived.is_set():
+                mine.append(content)
+                arrived.set()
+                assert wait.wait(30)
+            return real()
+
+        led._read_main = read_main  # type: ignore[method-assign]
+
+    paused(first, at_cas, go_on)
+    paused(second, second_at_cas, second_go_on)
+    done: dict[str, object] = {}
+
+    def write(name: str, led: Ledger) -> None:
+        try:
+            done[name] = led.append("event", {"message": name, "data": None}, key=key)
+        except Exception as exc:  # noqa: BLE001  (the outcome is what the test judges)
+            done[name] = exc
+
+    t1 = threading.Thread(target=write, args=("first", first))
+    t1.start()
+    assert at_cas.wait(30)
+    (ledger.gitdir / "ledger.lock").unlink()  # the attacker's part
+    t2 = threading.Thread(target=write, args=("second", second))
+    t2.start()
+    assert second_at_cas.wait(30)
+    go_on.set()  # the first writer finishes its compare-and-swap first
+    t1.join(30)
+    second_go_on.set()
+    t2.join(30)
+    main = git("--git-dir", ledger.path, "rev-parse", "main").stdout.strip()
+    acknowledged = [d for d in done.values() if not isinstance(d, BaseException)]
+    assert acknowledged, done
+    for appended in acknowledged:
+        commit = appended.commit_id  # type: ignore[attr-defined]
+        on_main = git(
+            "--git-dir", ledger.path, "merge-base", "--is-ancestor", commit, main, check=False
+        )
+        assert on_main.returncode == 0, (done, main)
+    assert verify_ledger(ledger.path, trust_genesis=ledger.genesis_id).ok

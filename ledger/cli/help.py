@@ -56,14 +56,17 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
             "verification found problems (every finding is printed), or the ledger is "
             "corrupt: an object or reference that cannot be read (named in the message); an "
             "append, approval, resume or trust listing refused because the ledger's head does"
-            " not verify"
+            " not verify; a clone whose chain does not verify or starts at another genesis "
+            "than the pin; `push` / `fetch` on a ledger that claims another ledger's id than "
+            "the verified one"
         ),
     ),
     (
         "8",
         (
             "remote problem: unknown, unreachable, authentication or host key refused, "
-            "rejected, diverged, `--require` not met, no remotes; `verify --remotes`: a "
+            "rejected, diverged, an unknown remote (not added by you), `--require` not met, "
+            "no remotes; `verify --remotes`: a "
             "remote that could not be checked (not named with `--skip-remote`), or none to "
             "check"
         ),
@@ -83,7 +86,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         (
             "genesis not pinned: `verify --require-pin`, or `run` / `resume` / `record` / "
             "`approve` on a ledger this machine never pinned (pin it with `ledger verify`, "
-            "`--trust-genesis`, `$LEDGER_TRUST_GENESIS` or `--pins`)"
+            "`--trust-genesis`, `$LEDGER_TRUST_GENESIS` or `--pins`); `clone --require-pin` "
+            "without a pin; `push` / `fetch` / `remote add` on a copy never verified on this "
+            "machine"
         ),
     ),
     ("130, 143", "run interrupted by SIGINT / SIGTERM (recorded as aborted)"),
@@ -133,10 +138,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger remote add origin ssh://git@backup.example.com/srv/git/ops.git",
     ),
     "remote remove": ("ledger remote remove backup",),
+    "remote trust": ("ledger remote trust backup",),
     "remote list": ("ledger remote list", "ledger remote list --json"),
     "push": ("ledger push", "ledger push origin --require all --json"),
     "fetch": ("ledger fetch", "ledger fetch origin"),
-    "clone": ("ledger clone ssh://git@backup.example.com/srv/git/ops.git ops-audit.git",),
+    "clone": (
+        "ledger clone ssh://git@backup.example.com/srv/git/ops.git ops-audit.git "
+        "--trust-genesis 3f1c...e9",
+        "ledger clone https://git.example.com/ops/ledger.git audit --pins pins --require-pin",
+    ),
     "status": ("ledger status", "ledger status --json"),
     "report": (
         "ledger report --incident INC-42 -o INC-42.md",

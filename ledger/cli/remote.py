@@ -101,6 +101,19 @@ def remote_add(
         _warn(info.warning)
 
 
+@remote_app.command("trust")
+def remote_trust(
+    name: Annotated[str, typer.Argument(help="Name of a remote in the ledger's config.")],
+    ledger: LedgerOpt = None,
+) -> None:
+    """Accept a remote you put in the config yourself (e.g. with git remote add), at the URL
+    it has now, or a URL you changed: until then it is unknown, never contacted or counted."""
+    info = replicate.trust_remote(find_ledger_path(ledger), name)
+    console.print(f"Trusted remote {info.name} ({info.transport}): {info.url}", markup=False)
+    if info.warning:
+        _warn(info.warning)
+
+
 @remote_app.command("remove")
 def remote_remove(
     name: Annotated[str, typer.Argument(help="Name of the remote.")],
@@ -192,11 +205,16 @@ def remote_init(
         try:
             from ledger.store import Ledger
 
-            genesis = Ledger.open(find_ledger_path(ledger)).genesis_id
+            here = Ledger.open(find_ledger_path(ledger)).path
         except LedgerNotFound:
             if ledger is not None:
                 raise
-            genesis = None
+        else:
+            from ledger.verify import local
+
+            # The pin (exit 14 without one), never the config's ledger.genesis: anyone who
+            # can write the ledger directory could make the remote accept another chain.
+            genesis = local.require_pin(here).genesis
     replicate.init_remote(path, genesis=genesis, require_user_presence=require_user_presence)
     console.print(f"Created protected remote at {path}", markup=False)
     console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
@@ -376,7 +394,8 @@ def check_for_verify(path: Path, result: Any, skip: list[str]) -> RemoteCheck:
     ``result``; remotes that could not be checked are named, unless ``skip`` allows it."""
     from ledger.verify import Finding
 
-    states = replicate.check_remotes(path)
+    verified = result.state.ledger_id if result.ok and result.state is not None else None
+    states = replicate.check_remotes(path, ledger_id=verified)
     known = {s.name for s in states}
     unknown = sorted(set(skip) - known)
     if unknown:
@@ -406,18 +425,47 @@ def clone_cmd(
     ] = None,
     trust_genesis: Annotated[
         str | None,
-        typer.Option("--trust-genesis", help="The genesis commit id the copy must start at."),
+        typer.Option(
+            "--trust-genesis",
+            help="The genesis commit id the copy must start at (default: "
+            "$LEDGER_TRUST_GENESIS, else a pin of --pins FILE or of this machine).",
+            show_default=False,
+        ),
     ] = None,
+    pins: Annotated[
+        Path | None,
+        typer.Option(
+            "--pins",
+            help="A pin file you keep: lines '<ledger id> <genesis commit id>'.",
+            show_default=False,
+        ),
+    ] = None,
+    require_pin: Annotated[
+        bool,
+        typer.Option(
+            "--require-pin",
+            help="Exit 14 (keeping nothing) when no genesis is pinned, instead of trusting it "
+            "on first use.",
+        ),
+    ] = False,
     ssh_key: SshKeyOpt = None,
     insecure_host_key: InsecureOpt = False,
 ) -> None:
     """Make a verified copy of a remote ledger (an auditor's copy)."""
     result = replicate.clone(
-        url, path, trust_genesis=trust_genesis, credentials=_creds(ssh_key, insecure_host_key)
+        url,
+        path,
+        trust_genesis=trust_genesis,
+        pins_file=pins,
+        require_pin=require_pin,
+        credentials=_creds(ssh_key, insecure_host_key),
     )
     console.print(f"Cloned and verified {mask_url(url)} into {result.path}", markup=False)
+    console.print(f"  ledger:  {result.ledger_id}", markup=False)
     console.print(f"  genesis: {result.genesis}", markup=False)
     console.print(f"  head:    {result.head} (seq {result.seq})", markup=False)
+    if result.pin_source is not None:
+        console.print(f"  genesis matches the pin ({result.pin_source})", markup=False)
     for w in result.warnings:
         _warn(w)
 

@@ -10,17 +10,20 @@ reports a refused ref not as an exception but through
 ``RemoteCallbacks.push_update_reference``; every such report becomes a ``rejected`` outcome
 with the server's own words (from the sideband).
 
-What each remote held when we last saw it is kept in the user's own state directory
-(``$XDG_STATE_HOME/runbook-ledger/remotes/<ledger id>.json``, see :mod:`.state`), out of
-reach of whoever can write the ledger directory (and in ``refs/remotes/NAME/main``, as
-evidence): ``ledger status`` shows the lag from it, and a remote whose head later goes
-backwards is reported as a rollback. Remote URLs are shown with their password masked
+What each remote held when we last saw it, and which remotes this user added, are kept in
+the user's own state directory (``<state dir>/remotes/<verified ledger id>.json``, see
+:mod:`.state`), out of reach of whoever can write the ledger directory (and in
+``refs/remotes/NAME/main``, as evidence). A remote in the config that this user did not add
+is unknown: never contacted, never counted as a replica, reported. ``ledger status`` shows
+the lag from it, and a remote whose head later goes backwards is reported as a rollback.
+Remote URLs are shown with their password masked
 (:func:`ledger.redact.mask_url`).
 
 Modules (each imports only the ones listed before it):
 
 - ``chain``: our main head, a commit's seq, genesis, ancestry, records between two heads.
-- ``state``: what each remote held when last seen (the user's state directory).
+- ``state``: what each remote held when last seen, and this user's remotes (the user's
+  state directory).
 - ``remotes``: remote configuration and URLs (add, remove, list, transports, warnings).
 - ``transport``: credentials, SSH host keys, libgit2 callbacks and network settings; listing
   and fetching a remote's main.
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
         direct_write_warning,
         list_remotes,
         remove_remote,
+        trust_remote,
     )
     from ledger.replicate.state import read_remote_state
     from ledger.replicate.transport import Credentials
@@ -89,6 +93,7 @@ __getattr__, __dir__ = lazy.attach(
             "direct_write_warning",
             "list_remotes",
             "remove_remote",
+            "trust_remote",
         ),
         "ledger.replicate.state": ("read_remote_state",),
         "ledger.replicate.transport": ("Credentials",),
@@ -120,4 +125,5 @@ __all__ = [
     "read_remote_state",
     "remove_remote",
     "status",
+    "trust_remote",
 ]

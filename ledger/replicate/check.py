@@ -4,6 +4,7 @@ seen."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import pygit2
 
+from ledger.errors import LedgerError
 from ledger.redact import mask_url
 from ledger.replicate import chain, pushes, remotes, state, transport
 from ledger.store import Ledger, open_repository
@@ -33,10 +35,16 @@ class RemoteCondition(enum.StrEnum):
     HOST_KEY = "host key refused"
     ERROR = "error"
     URL_CHANGED = "url changed"  # the config names another URL than when last checked
-    MISSING = "missing"  # checked before on this machine, gone from the config now
+    MISSING = "missing"  # added by this user, gone from the config now
+    UNKNOWN = "unknown remote"  # in the config, not added by this user: never contacted
 
 
-_REMOTE_PROBLEMS = {RemoteCondition.DIVERGED, RemoteCondition.ROLLBACK, RemoteCondition.INVALID}
+_REMOTE_PROBLEMS = {
+    RemoteCondition.DIVERGED,
+    RemoteCondition.ROLLBACK,
+    RemoteCondition.INVALID,
+    RemoteCondition.UNKNOWN,
+}
 
 
 @dataclass
@@ -58,7 +66,7 @@ class RemoteState:
 
     @property
     def problem(self) -> bool:
-        """Divergence, rollback or invalid records: possible tampering."""
+        """Divergence, rollback, invalid records or an unknown remote: possible tampering."""
         return self.condition in _REMOTE_PROBLEMS
 
     @property
@@ -81,6 +89,8 @@ class RemoteState:
             return "rollback"
         if self.condition is RemoteCondition.INVALID:
             return "diverged"
+        if self.condition is RemoteCondition.UNKNOWN:
+            return "unknown-remote"
         return None
 
     def line(self) -> str:
@@ -139,19 +149,34 @@ def check_one(
     st = RemoteState(
         name, mask_url(url), RemoteCondition.ERROR, local_head=local, local_seq=local_seq
     )
+    if (last_seen or {}).get("unknown"):
+        st.condition, st.message = RemoteCondition.UNKNOWN, state.unknown_message(name, st.url)
+        return st
     prev = (last_seen or {}).get("head")
     st.last_seen_head = prev
     st.last_seen_seq = (last_seen or {}).get("seq")
+    if (last_seen or {}).get("url_changed_from"):
+        # Not the URL the user gave: compared anonymously, never sent the user's secrets.
+        creds = dataclasses.replace(
+            creds,
+            ssh_key=None,
+            ssh_passphrase=None,
+            http_user=None,
+            http_password=None,
+            use_agent=False,
+        )
     cb = transport.Callbacks(url, creds, repo.config)
     try:
         fetched = transport.fetch_main(repo, name, cb)
     except transport.AuthFailed as exc:
         st.condition, st.message = RemoteCondition.AUTH_FAILED, str(exc)
+        _note_url_change(st, (last_seen or {}).get("url_changed_from"))
         return st
     except pygit2.GitError as exc:
         status, message = pushes.classify_git_error(exc, cb)
         st.condition = _REMOTE_FROM_PUSH.get(status, RemoteCondition.ERROR)
         st.message = message
+        _note_url_change(st, (last_seen or {}).get("url_changed_from"))
         return st
     st.remote_head = fetched
     st.remote_seq = chain.commit_seq(repo, fetched) if fetched else None
@@ -171,11 +196,12 @@ def _note_url_change(st: RemoteState, before: Any) -> None:
     )
     if st.problem:
         st.message = f"{st.message}; {said}"
-    elif st.checked:
+    else:
+        found = "" if st.checked else f" (it was contacted without your credentials: {st.message})"
         st.condition = RemoteCondition.URL_CHANGED
         st.message = (
-            f"{said}. If you changed it, run 'ledger remote remove {st.name}' and 'ledger "
-            f"remote add {st.name} URL'."
+            f"{said}{found}. If you changed it, run 'ledger remote trust {st.name}' to accept "
+            "the URL it has now."
         )
 
 
@@ -273,30 +299,33 @@ def check_remotes(
     names: Sequence[str] | None = None,
     *,
     credentials: transport.Credentials | None = None,
+    ledger_id: str | None = None,
 ) -> list[RemoteState]:
     """Fetch every remote's main (in parallel) and classify it against our main.
 
     Remote heads go to ``refs/remotes/NAME/main``; our ``refs/heads/main`` is never touched.
     The remembered head of a remote is updated only when it is not a problem, so a
-    divergence or rollback keeps being reported until someone deals with it.
+    divergence or rollback keeps being reported until someone deals with it. A remote this
+    user did not add is not contacted (:attr:`RemoteCondition.UNKNOWN`). ``ledger_id`` is
+    the ledger id a verification just established (else :func:`state.ledger_key` finds it).
     """
     creds = credentials or transport.Credentials.from_env()
     repo = open_repository(ledger_path)
     chosen = remotes.select_remotes(repo, names)
+    seen = state.read(repo, ledger_id)
     if not chosen:
-        return [] if names else _missing(repo, ledger_path)
-    seen = state.read(repo)
+        return [] if names else _missing(repo, ledger_path, ledger_id)
     with ThreadPoolExecutor(max_workers=min(len(chosen), 16)) as pool:
         futures = [
             pool.submit(check_one, ledger_path, r.name, creds, seen.get(r.name)) for r in chosen
         ]
         results = [f.result() for f in futures]
     if not names:
-        results += _missing(repo, ledger_path)
+        results += _missing(repo, ledger_path, ledger_id)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with state.lock(repo) as st:
+    with state.lock(repo, ledger_id) as st:
         for r in results:
-            if r.condition is RemoteCondition.MISSING:
+            if r.condition in (RemoteCondition.MISSING, RemoteCondition.UNKNOWN):
                 continue
             entry = dict(st.get(r.name) or {})
             entry["url"] = r.url
@@ -316,15 +345,17 @@ def check_remotes(
     return results
 
 
-def _missing(repo: pygit2.Repository, ledger_path: Path) -> list[RemoteState]:
-    """Remotes checked before on this machine that the ledger's config no longer names."""
+def _missing(
+    repo: pygit2.Repository, ledger_path: Path, ledger_id: str | None
+) -> list[RemoteState]:
+    """Remotes this user added that the ledger's config no longer names."""
     out = []
-    for name, url in sorted(state.missing(repo).items()):
+    for name, url in sorted(state.missing(repo, ledger_id).items()):
         st = RemoteState(name, url, RemoteCondition.MISSING)
         st.message = (
-            f"remote {name} ({url}) was checked on this machine before, but the ledger's "
-            f"config {ledger_path} no longer names it, and it was not removed with 'ledger "
-            "remote remove' (someone who can write the config may have removed a witness)"
+            f"remote {name} ({url}) was added by you, but the ledger's config {ledger_path} "
+            "no longer names it, and it was not removed with 'ledger remote remove' (someone "
+            "who can write the config may have removed a witness)"
         )
         out.append(st)
     return out
@@ -366,11 +397,17 @@ class LedgerStatus:
 
 
 def status(ledger_path: Path) -> LedgerStatus:
-    """Local head and seq, what each remote held when last seen, unfinished runs."""
+    """Local head and seq, what each remote held when last seen, unfinished runs. When this
+    user's remote state cannot be read (a copy never verified here, a ledger claiming another
+    id), every remote shows that as its problem."""
     ledger = Ledger.open(ledger_path)
     head = ledger.head()
     repo = ledger.repo
-    seen = state.read(repo)
+    unread = None
+    try:
+        seen = state.read(repo)
+    except LedgerError as exc:
+        seen, unread = {}, f"your record of this remote could not be read: {exc.message}"
     rows = []
     for info in remotes.list_remotes(ledger_path):
         entry = seen.get(info.name) or {}
@@ -381,15 +418,7 @@ def status(ledger_path: Path) -> LedgerStatus:
             behind = max(head.seq - last_seq, 0)
         elif head is not None and last_head is None:
             behind = head.seq + 1
-        problem = entry.get("problem", {}).get("message") if entry.get("problem") else None
-        if entry.get("rollback"):
-            problem = (problem + "; " if problem else "") + str(entry["rollback"].get("message"))
-        if entry.get("url_changed_from"):
-            problem = (problem + "; " if problem else "") + (
-                f"its URL was {entry['url_changed_from']} when last checked, and was changed "
-                "without 'ledger remote add'"
-            )
-        problem = mask_url(problem) if problem else None
+        problem = unread or _entry_problem(info.name, info.url, entry)
         rows.append(
             RemoteStatus(
                 info.name,
@@ -411,6 +440,21 @@ def status(ledger_path: Path) -> LedgerStatus:
         rows,
         ledger.unfinished_runs(),
     )
+
+
+def _entry_problem(name: str, url: str, entry: Mapping[str, Any]) -> str | None:
+    """The problems the user's state records for a remote, as one line (password masked)."""
+    if entry.get("unknown"):
+        return mask_url(state.unknown_message(name, url))
+    problem = entry.get("problem", {}).get("message") if entry.get("problem") else None
+    if entry.get("rollback"):
+        problem = (problem + "; " if problem else "") + str(entry["rollback"].get("message"))
+    if entry.get("url_changed_from"):
+        problem = (problem + "; " if problem else "") + (
+            f"its URL was {entry['url_changed_from']} when you added it, and was changed "
+            f"without 'ledger remote add' (run 'ledger remote trust {name}' if you changed it)"
+        )
+    return mask_url(problem) if problem else None
 
 
 # --- chain verification -----------------------------------------------------------------

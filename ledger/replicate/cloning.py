@@ -1,5 +1,6 @@
-"""Verified clones: copy a remote ledger into a new bare repository, verify it on arrival
-and pin its genesis, or remove everything again."""
+"""Verified clones: copy a remote ledger into a new bare repository, verify its whole chain
+on arrival, check it against the pin (or trust it on first use, and say so), and only then
+adopt it; or remove everything again."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from typing import Any
 import pygit2
 
 from ledger import store
-from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
+from ledger.errors import (
+    GenesisNotPinned,
+    InputError,
+    LedgerExists,
+    RemoteError,
+    VerificationFailed,
+)
 from ledger.redact import mask_url
 from ledger.replicate import chain, check, pushes, remotes, state, transport
 from ledger.verify import local
@@ -26,6 +33,8 @@ class CloneResult:
     head: str
     seq: int | None
     warnings: list[str]
+    pin_source: str | None = None  # "--trust-genesis", "pin file", "this machine"; None: TOFU
+    ledger_id: str | None = None
 
 
 def default_clone_path(url: str) -> Path:
@@ -41,12 +50,20 @@ def clone(
     path: Path | None = None,
     *,
     trust_genesis: str | None = None,
+    pins_file: Path | None = None,
+    require_pin: bool = False,
     credentials: transport.Credentials | None = None,
 ) -> CloneResult:
     """Copy a remote ledger into a new bare repository and verify it on arrival.
 
-    On any failure (unreachable, no ledger there, genesis differs from ``trust_genesis``,
-    verification findings) everything created is removed again.
+    The whole fetched chain is verified before anything is adopted (its ``ledger.*`` config,
+    this machine's pin and verified head, its origin as this user's remote). Its genesis
+    must be the explicit anchor (``trust_genesis``, else ``$LEDGER_TRUST_GENESIS``), else
+    the pin of ``pins_file`` or of this machine for the verified ledger id; with none, the
+    genesis is trusted on first use (``pin_source`` None, and a warning says so) unless
+    ``require_pin`` (:class:`GenesisNotPinned`, exit 14). On any failure (unreachable, no
+    ledger there, another genesis than the pin, verification findings, no pin under
+    ``require_pin``) everything created is removed again.
     """
     kind = remotes.classify_url(url)
     url = remotes.normalize_url(url)
@@ -55,9 +72,12 @@ def clone(
         raise LedgerExists(
             f"{target} already exists and is not empty.", hint="Choose another path for the copy."
         )
-    if trust_genesis is not None and not re.fullmatch(r"[0-9a-f]{40}", trust_genesis):
+    anchors = local.Anchors.given(trust_genesis, pins_file)
+    if anchors.trust_genesis is not None and not re.fullmatch(
+        r"[0-9a-f]{40}", anchors.trust_genesis
+    ):
         raise InputError(
-            f"{trust_genesis!r} is not a full commit id (40 lowercase hex digits).",
+            f"{anchors.trust_genesis!r} is not a full commit id (40 lowercase hex digits).",
             hint="Pass the genesis commit id the ledger's owner published.",
         )
     creds = credentials or transport.Credentials.from_env()
@@ -70,24 +90,50 @@ def clone(
     try:
         repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
         repo.remotes.create("origin", url, f"+{chain.MAIN_REF}:refs/remotes/origin/main")
-        fetched, root, result = _fetch_verified(repo, url, creds, trust_genesis)
-        seq = _keep(repo, target, url, fetched, result)
+        fetched, root, result = _fetch_verified(repo, url, creds, anchors.trust_genesis)
+        pin = _pin_for(result, anchors, root, url, require_pin)
+        seq = _keep(repo, target, url, fetched, result, pin)
     except BaseException:
         _remove_created(target, created)
         raise
-    if trust_genesis is None:
+    if pin.source is None:
         warnings.append(
-            f"genesis {root} was trusted on first use: compare it with the genesis id the "
-            "ledger's owner published, and pass --trust-genesis next time."
+            f"NOT PINNED: genesis {root} (ledger {result.ledger_id}) was trusted on first use "
+            "and is pinned now: compare it with the genesis id the ledger's owner published, "
+            "and pass --trust-genesis (or --pins FILE) next time."
         )
-    return CloneResult(target, root, fetched, seq, warnings)
+    return CloneResult(target, root, fetched, seq, warnings, pin.source, result.ledger_id)
+
+
+def _pin_for(
+    result: Any, anchors: local.Anchors, root: str, url: str, require_pin: bool
+) -> local.Pin:
+    """The pin of the verified ledger id (explicit, the pin file's, this machine's); a pin
+    of another genesis fails the clone, and so does none under ``require_pin``."""
+    pin = local.clone_pin(anchors, result.ledger_id)
+    if pin.genesis is not None and pin.genesis != root:
+        raise VerificationFailed(
+            f"the ledger at {mask_url(url)} is ledger {result.ledger_id}, which is pinned "
+            f"({pin.source}) to genesis {pin.genesis}, but it starts at genesis {root}: it is "
+            "an impostor or a rewritten copy [rule: genesis-mismatch]. Nothing was kept.",
+            hint="Check the genesis id with the ledger's owner.",
+        )
+    if pin.genesis is None and require_pin:
+        raise GenesisNotPinned(
+            f"the ledger at {mask_url(url)} (ledger {result.ledger_id}, genesis {root}) "
+            "verifies, but no genesis is pinned for it (--require-pin). Nothing was kept.",
+            hint="Compare the genesis with the ledger's owner, then clone with "
+            f"--trust-genesis GENESIS, ${local.ENV_TRUST_GENESIS} or --pins FILE.",
+        )
+    return pin
 
 
 def _fetch_verified(
     repo: pygit2.Repository, url: str, creds: transport.Credentials, trust_genesis: str | None
 ) -> tuple[str, str, Any]:
-    """Fetch origin's main and verify its chain: its head, its genesis and the verifier's
-    result. Raises when it cannot be fetched, holds no ledger, or does not verify."""
+    """Fetch origin's main and verify its whole chain: its head, its genesis and the
+    verifier's result. Raises when it cannot be fetched, holds no ledger, or does not
+    verify."""
     cb = transport.Callbacks(url, creds, repo.config)
     shown = mask_url(url)
     try:
@@ -114,7 +160,8 @@ def _fetch_verified(
             hint="Check the genesis id with the ledger's owner.",
         )
     problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
-    if problems:
+    if problems or not result.ok or result.state is None or not result.ledger_id:
+        problems = problems or [f"the chain ending at {fetched} does not verify"]
         raise VerificationFailed(
             f"the ledger at {shown} does not verify ({len(problems)} finding(s)): "
             + "; ".join(problems[:10])
@@ -125,15 +172,20 @@ def _fetch_verified(
     return fetched, root, result
 
 
-def _keep(repo: pygit2.Repository, target: Path, url: str, fetched: str, result: Any) -> int | None:
-    """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config,
-    its verified state and what origin held. Returns the head's seq."""
+def _keep(
+    repo: pygit2.Repository, target: Path, url: str, fetched: str, result: Any, pin: local.Pin
+) -> int | None:
+    """Make the verified copy a ledger: its main, its protection, its ``ledger.*`` config
+    (from the verified state), this machine's verified head and pin, origin as this user's
+    remote and what it held. Returns the head's seq."""
     repo.references.create(chain.MAIN_REF, fetched, force=False)
     store.protect(repo.config, ledger=True)
-    store.Ledger.adopt(target)
-    local.remember_clone(repo, result)
+    store.Ledger.adopt(target, result.state)
+    local.remember_clone(repo, result, pin)
     seq = chain.commit_seq(repo, fetched)
-    with state.lock(repo) as st:
+    lid = result.state.ledger_id
+    state.trust(repo, "origin", lid)
+    with state.lock(repo, lid) as st:
         st["origin"] = {
             "url": mask_url(url),
             "head": fetched,

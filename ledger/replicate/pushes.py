@@ -34,6 +34,7 @@ class PushStatus(enum.StrEnum):
     HOST_KEY = "host key refused"
     ERROR = "error"
     PENDING = "pending"
+    UNKNOWN = "unknown remote"  # in the config, not added by this user: never contacted
 
 
 _HOLDING = {PushStatus.PUSHED, PushStatus.UP_TO_DATE, PushStatus.AHEAD}
@@ -112,6 +113,11 @@ class PushSummary:
     def problems(self) -> list[PushOutcome]:
         return [o for o in self.outcomes if o.problem]
 
+    @property
+    def unknown(self) -> list[PushOutcome]:
+        """Remotes in the config that this user did not add (not counted as replicas)."""
+        return [o for o in self.outcomes if o.status is PushStatus.UNKNOWN]
+
     def check(self, require: int | None) -> None:
         """Raise :class:`RemoteError` unless the push met its requirement.
 
@@ -126,22 +132,29 @@ class PushSummary:
                 hint="Nothing was forced and nothing overwritten. Compare the histories with "
                 "'ledger fetch' and investigate before pushing there again.",
             )
-        total = len(self.outcomes)
-        need = total if require is None else min(require, total) if require >= 0 else total
+        total = len(self.outcomes) - len(self.unknown)
+        need = len(self.outcomes) if require is None else min(require, total)
+        trust = (
+            " Unknown remotes (not added by you) never count: 'ledger remote trust NAME' "
+            "accepts one you added yourself."
+            if self.unknown
+            else ""
+        )
         if require is not None and require > total:
             raise RemoteError(
-                f"--require {require} cannot be met: only {total} remote(s) are configured.",
-                hint="Add remotes with 'ledger remote add', or lower --require.",
+                f"--require {require} cannot be met: only {total} remote(s) that you added "
+                "are configured.",
+                hint="Add remotes with 'ledger remote add', or lower --require." + trust,
             )
         if self.holding < need:
             missing = ", ".join(
                 f"{o.remote} ({o.status.value})" for o in self.outcomes if not o.holds_head
             )
             raise RemoteError(
-                f"only {self.holding} of {total} remote(s) hold our head "
+                f"only {self.holding} of {len(self.outcomes)} remote(s) hold our head "
                 f"{chain.short(self.head)} (seq {self.seq}); {need} required. Missing: {missing}.",
                 hint="The records are safe locally; run 'ledger push' again when the remotes "
-                "are reachable ('ledger status' shows the lag).",
+                "are reachable ('ledger status' shows the lag)." + trust,
             )
 
     def to_json(self) -> dict[str, Any]:
@@ -237,6 +250,10 @@ def push_one(
         out.message = "the ledger has no records to push"
         return out
     seen = last_seen or {}
+    if seen.get("unknown") or seen.get("url_changed_from"):
+        out.status = PushStatus.UNKNOWN  # (its URL is not the one the user gave it)
+        out.message = state.unknown_message(name, out.url, seen.get("url_changed_from"))
+        return out
     cb = transport.Callbacks(url, creds, repo.config)
     try:
         remote_head = transport.list_main(repo, name, cb)
@@ -348,6 +365,8 @@ def record_outcomes(repo: pygit2.Repository, outcomes: Iterable[PushOutcome]) ->
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with state.lock(repo) as seen:
         for o in outcomes:
+            if o.status is PushStatus.UNKNOWN:
+                continue  # never contacted; nothing is kept about it
             entry = dict(seen.get(o.remote) or {})
             entry["url"] = o.url
             entry["checked"] = now

@@ -180,6 +180,7 @@ def add_remote(ledger_path: Path, name: str, url: str, *, shared: bool = False) 
     transport = classify_url(url)
     url = normalize_url(url)
     repo = open_repository(ledger_path)
+    state.ledger_key(repo)  # which ledger it is, before the config changes (else: refused)
     if name in _remote_names(repo):
         raise InputError(
             f"a remote named {name!r} already exists ({mask_url(repo.remotes[name].url or '')}).",
@@ -193,7 +194,7 @@ def add_remote(ledger_path: Path, name: str, url: str, *, shared: bool = False) 
             repo.config[f"remote.{name}.{SHARED_KEY}"] = True
     except pygit2.GitError as exc:
         raise StorageError(mask_url(f"could not add remote {name!r}: {exc}.")) from None
-    state.remember_url(repo, name)
+    state.trust(repo, name)
     return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url), shared)
 
 
@@ -208,10 +209,10 @@ def is_shared(repo: pygit2.Repository, name: str) -> bool:
 def shared_ref(repo: pygit2.Repository) -> str:
     """Where this ledger lives in a shared remote: ``refs/ledgers/<ledger id>/main``.
 
-    The id is the one the user state is kept under (:func:`.state.ledger_key`: the
-    ``Ledger-Id`` of our head record, bound by its signature). A wrong id cannot land a
-    record anywhere: the shared remote's hook refuses a chain naming another ledger than its
-    ref."""
+    The id is the verified one the user state is kept under (:func:`.state.ledger_key`:
+    this copy's verified head or pin, never an id the ledger directory claims). A wrong id
+    could not land a record anyway: the shared remote's hook refuses a chain naming another
+    ledger than its ref."""
     lid = state.ledger_key(repo)
     if not LEDGER_ID_RE.match(lid):
         raise InputError(
@@ -225,6 +226,18 @@ def shared_ref(repo: pygit2.Repository) -> str:
 def remote_ref(repo: pygit2.Repository, name: str) -> str:
     """The ref that holds our ledger on remote NAME: its main, or our place in a shared one."""
     return shared_ref(repo) if is_shared(repo, name) else chain.MAIN_REF
+
+
+def trust_remote(ledger_path: Path, name: str) -> RemoteInfo:
+    """Accept remote NAME, as its URL is configured now, as one this user added (a remote
+    put in the config another way, e.g. with ``git remote add``, is unknown until then)."""
+    repo = open_repository(ledger_path)
+    url = get_remote(repo, name).url or ""
+    transport = classify_url(url)
+    state.trust(repo, name)
+    return RemoteInfo(
+        name, mask_url(url), transport, direct_write_warning(name, url), is_shared(repo, name)
+    )
 
 
 def remove_remote(ledger_path: Path, name: str) -> None:

@@ -221,16 +221,23 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
     """What each remote held when it was last pushed to or fetched from (local state kept
     by :mod:`ledger.replicate`; no network access, so the report stays reproducible)."""
     remotes = replicate.list_remotes(ledger.path)
-    state = replicate.read_remote_state(ledger.path)
+    unread = None
+    try:
+        state = replicate.read_remote_state(ledger.path)
+    except LedgerError as exc:  # never verified here, or claiming another ledger's id
+        state, unread = {}, f"your record of this remote could not be read: {exc.message}"
     head = ledger.head()
     out: list[RemoteView] = []
     for info in remotes:
         entry = as_dict(state.get(info.name))
         seq = as_int(entry.get("seq"))
         commit = entry.get("head")
-        problem = as_dict(entry.get("problem")).get("message") or as_dict(
-            entry.get("rollback")
-        ).get("message")
+        problem = (
+            unread
+            or ("unknown remote: not added by you, never contacted" if entry.get("unknown") else "")
+            or as_dict(entry.get("problem")).get("message")
+            or as_dict(entry.get("rollback")).get("message")
+        )
         when = as_str(entry.get("time"))
         note = f"last seen {when}" if when else "never seen"
         holds = (

@@ -63,12 +63,12 @@ def runbook_lock(
     fd = _open_lock_file(path, "runbook lock")
     try:
         if not store.flock(fd):
-            holder = _lock_holder(fd)
             raise LockTimeout(
-                f"the runbook lock {label!r} is held by {holder}; a run holding the same lock "
-                "is in progress, so this one does not start.",
+                f"the runbook lock {label!r} is held by {_lock_holder(fd, path)}; a run "
+                "holding the same lock is in progress, so this one does not start.",
                 hint="Wait for that run to finish ('ledger status' shows unfinished runs), "
-                "then start this one again.",
+                "then start this one again. If no such run is in progress, another process "
+                f"holds the lock file: find it with 'fuser -v {path}' and stop it.",
             )
         _write_holder(fd, label, run_id)
         try:
@@ -95,10 +95,11 @@ def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> 
     try:
         if not store.flock(fd):
             raise LockTimeout(
-                f"run {run_id} is held by {_lock_holder(fd)}: its runner is still running "
-                "(or another command is closing or resuming it).",
+                f"run {run_id} is held by {_lock_holder(fd, path)}: its runner is still "
+                "running (or another command is closing or resuming it).",
                 hint="Wait for it to finish ('ledger status' lists unfinished runs), or stop "
-                "it with Ctrl-C / SIGTERM, which records how it ended.",
+                "it with Ctrl-C / SIGTERM, which records how it ended. If no 'ledger' process "
+                f"runs it, find what holds the lock file with 'fuser -v {path}'.",
             )
         _write_holder(fd, purpose, run_id)
         try:
@@ -110,12 +111,17 @@ def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> 
         os.close(fd)
 
 
-def _lock_holder(fd: int) -> str:
+def _lock_holder(fd: int, path: Path) -> str:
+    """Who holds the lock, as its lock file says (written by the holder; anyone who can
+    write the ledger directory can write it too, so it is shown as the file's claim)."""
+    where = f"the process holding {path}"
     try:
         raw = os.pread(fd, 4096, 0)
         info = json.loads(raw.decode("utf-8") or "{}")
     except (OSError, ValueError):
-        return "another process"
+        return f"{where} (its lock file names no run)"
     if not isinstance(info, dict) or "run" not in info:
-        return "another process"
-    return f"run {info.get('run')} (pid {info.get('pid')} on {info.get('host')})"
+        return f"{where} (its lock file names no run)"
+    said = f"run {info.get('run')} (pid {info.get('pid')} on {info.get('host')})"
+    said = "".join(c if c.isprintable() else "?" for c in said[:300])  # (anyone's bytes)
+    return f"{said}, as its lock file {path} says"

@@ -188,6 +188,19 @@ class Appends(Reads):
         if not self._thread_lock.acquire(timeout=timeout):
             raise too_long
         try:
+            fd = self._locked_fd(timeout, too_long)
+            try:
+                yield
+            finally:
+                gitdir.unlock(fd)
+        finally:
+            self._thread_lock.release()
+
+    def _locked_fd(self, timeout: float, too_long: LockTimeout) -> int:
+        """Take the ``flock`` on ``ledger.lock``; when the file this object keeps open is no
+        longer the one at that path (someone deleted or replaced it), open it again, so that
+        this writer serialises with those that opened the file since."""
+        for _ in range(3):
             try:
                 fd = self._fds()[0]
             except OSError as exc:
@@ -195,11 +208,17 @@ class Appends(Reads):
             if not gitdir.flock(fd, wait=timeout):
                 raise too_long
             try:
-                yield
-            finally:
-                gitdir.unlock(fd)
-        finally:
-            self._thread_lock.release()
+                held, there = os.fstat(fd), os.stat(self.gitdir / gitdir.LOCK_FILE)
+            except FileNotFoundError:
+                there = None
+            except OSError as exc:
+                raise gitdir.storage_error("lock", self.path, exc) from None
+            if there is not None and (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                return fd
+            gitdir.unlock(fd)
+            os.close(fd)
+            self._files.lock = None
+        raise too_long
 
     def _move_main(self, old: str, new: str, who: str, when: str, message: str) -> None:
         """Compare-and-swap ``main`` from ``old`` to ``new`` the way git does (holding
@@ -226,18 +245,23 @@ class Appends(Reads):
                 fd = os.open(lock, flags, 0o644)
             except FileExistsError:
                 raise moved from None  # something that ignores the flock is writing main
+        # The descriptor stays open until the rename, so that no other file can take this
+        # one's inode number meanwhile: the lock file is then ours exactly when it is that
+        # inode (a writer that got past a deleted ledger.lock may have taken it over).
         try:
+            ours = os.fstat(fd)
             try:
                 os.write(fd, f"{new}\n".encode("ascii"))
-            finally:
-                os.close(fd)
-            if self._read_main() != old:
-                raise moved
-            os.replace(lock, ref)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
-            raise
+                if self._read_main() != old or not _same_file(lock, ours):
+                    raise moved
+                os.replace(lock, ref)
+            except BaseException:
+                if _same_file(lock, ours):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock)
+                raise
+        finally:
+            os.close(fd)
         ident = records.clean_principal(who)
         line = f"{old} {new} {ident} <{ident}> {seconds(when)} +0000\t{message}\n".encode()
         logs = [self.gitdir / "logs" / gitdir.MAIN_REF]
@@ -341,3 +365,12 @@ class Appends(Reads):
         message = f"ledger: append seq {made.tip.seq}"
         self._move_main(parent.commit_id, made.tip.commit_id, who, when, message)
         gitdir.syncfs(self.gitdir, self._fds()[1])
+
+
+def _same_file(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` is still the file ``st`` describes."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)

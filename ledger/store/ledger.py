@@ -27,6 +27,7 @@ from ledger.store.reads import Tip
 from ledger.store.seqindex import SeqIndex
 from ledger.store.trust import TrustView
 from ledger.store.upkeep import Upkeep, UpkeepPolicy
+from ledger.verify import VerifiedState
 
 
 class Ledger(append.Appends):
@@ -81,21 +82,26 @@ class Ledger(append.Appends):
         return cls(path, repo, upkeep=upkeep)
 
     @classmethod
-    def adopt(cls, path: Path, *, upkeep: UpkeepPolicy | None = None) -> Ledger:
-        """Open a bare repository holding a ledger chain and write its ``ledger.*`` config
-        from its genesis record (used after cloning)."""
+    def adopt(
+        cls, path: Path, verified: VerifiedState, *, upkeep: UpkeepPolicy | None = None
+    ) -> Ledger:
+        """Make a bare repository whose chain was just verified (``verified``, the verifier's
+        state at its head) a ledger: its ``ledger.*`` config is written from that verified
+        state, never from bytes nobody verified, and only while ``main`` is that head (used
+        after cloning)."""
         repo = pygit2.Repository(str(path))
         ref = repo.references.get(gitdir.MAIN_REF)
-        if ref is None:
-            raise LedgerNotFound(f"{path} has no {gitdir.MAIN_REF}; it holds no ledger.")
-        commit = repo.get(ref.target)
-        while isinstance(commit, pygit2.Commit) and commit.parents:
-            commit = commit.parents[0]
+        if ref is None or str(ref.target) != verified.head:
+            raise LedgerNotFound(
+                f"{path}'s {gitdir.MAIN_REF} is not the verified head {verified.head}; "
+                "nothing was adopted."
+            )
+        commit = repo.get(verified.genesis)
         if not isinstance(commit, pygit2.Commit) or records.GENESIS_PATH not in commit.tree:
-            raise LedgerNotFound(f"the first commit of {path} holds no genesis record.")
+            raise LedgerNotFound(f"the genesis commit of {path} holds no genesis record.")
         genesis = json.loads(trees.blob_data(repo, commit.tree[records.GENESIS_PATH].id))
-        repo.config["ledger.id"] = str(genesis.get("ledger", ""))
-        repo.config["ledger.genesis"] = str(commit.id)
+        repo.config["ledger.id"] = verified.ledger_id
+        repo.config["ledger.genesis"] = verified.genesis
         repo.config["ledger.name"] = str(genesis.get("data", {}).get("name", ""))
         return cls(path, repo, upkeep=upkeep)
 

@@ -9,8 +9,10 @@ of each policy that reads it. Callers pick a policy by name:
 - :func:`verify_before_append` (``ledger run``): refuse an unpinned genesis, resume from the
   verified head, remember; :func:`require_pin` (``record``, ``approve``);
 - :func:`extend_over_own_appends` (after a run): move the head over the run's own records;
-- :func:`report_resume` / :func:`remember` (reports), :func:`remember_clone` (``ledger
-  clone``), :func:`add_remote_findings` (``verify --remotes``);
+- :func:`report_resume` / :func:`remember` (reports), :func:`clone_pin` /
+  :func:`remember_clone` (``ledger clone``), :func:`add_remote_findings` (``verify
+  --remotes``), :func:`verified_ledger_id` (the key of the remote state, which lives beside
+  these anchors: :func:`ensure_private_dir`, :func:`check_private_dir`);
 - :func:`hook_since` / :func:`hook_remember`: the pre-receive hook's own state on the server.
 
 The anchors live in the user's state directory, never in the ledger directory (anyone
@@ -108,6 +110,19 @@ def _check_private(path: Path) -> None:
             f"{st.st_mode & 0o777:o}): trust anchors kept there could be changed by others.",
             hint=f"chmod 700 {path} (it must be yours), or set {ENV_STATE_DIR}.",
         )
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path``, a directory under the state directory, 0700 (and the state
+    directory); refuse either when another user or group could write it."""
+    _private_dir(state_root())
+    _private_dir(path)
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse to read anchors from ``path`` (or the state directory) if others could write it."""
+    _check_private(state_root())
+    _check_private(path)
 
 
 def _write_private(path: Path, data: bytes) -> Path:
@@ -487,10 +502,26 @@ def remember(path: Path | str, result: VerifyResult, previous: state.VerifiedSta
     return _try_save(path, result.state)
 
 
-def remember_clone(repo: pygit2.Repository, result: VerifyResult) -> None:
-    """``ledger clone``: the new copy's verified head and pin are those clone verified."""
+def verified_ledger_id(repo: pygit2.Repository) -> str | None:
+    """The remote state's key (``ledger.replicate.state``): the ledger id of this copy's
+    verified head, if this machine verified it; never an id the ledger directory claims."""
+    saved = load_state(repo)
+    return saved.ledger_id if saved is not None else None
+
+
+def clone_pin(anchors: Anchors, ledger_id: str | None) -> Pin:
+    """``ledger clone``: the pin of the verified ledger id (explicit, the pin file's, this
+    machine's); ``Pin(None, None)`` when there is none (trust on first use)."""
+    return find_pin(anchors, None, ledger_id)
+
+
+def remember_clone(repo: pygit2.Repository, result: VerifyResult, pin: Pin | None = None) -> None:
+    """``ledger clone``: the new copy's verified head and pin are those clone verified (an
+    explicit anchor replaces another pin this machine had, as with ``ledger verify``)."""
     if result.ok and result.state is not None:
         save_state(repo, result.state)
+        if pin is not None and pin.source in ("--trust-genesis", "pin file"):
+            save_pin(result.state.ledger_id, result.state.genesis)
 
 
 def add_remote_findings(result: VerifyResult, remote_states: Iterable[Any]) -> None:
