@@ -140,6 +140,7 @@ _TAG = "tag:yaml.org,2002:"
 _STR_TAG: Final = f"{_TAG}str"
 _IMPLICIT: Final[dict[Any, list[tuple[str, re.Pattern[str]]]]] = _Resolver.yaml_implicit_resolvers
 _SKIP: Final[FieldPath] = ("<not built>",)
+_END_EVENTS: Final = frozenset({MappingEndEvent, SequenceEndEvent})
 _SCALAR_TAGS: Final = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null")}
 
 
@@ -313,9 +314,10 @@ class _EventBuilder(_Builder):
             event.style or not event.value or flow or self.tab_spans is not None
         ):
             self.check_scalar(event, flow)
-        refused = _refusal(event, depth + 1)
-        if refused is not None:
-            raise refused
+        if kind is AliasEvent or event.anchor is not None or depth >= MAX_DEPTH:
+            refused = _refusal(event, depth + 1)
+            if refused is not None:
+                raise refused
         path: FieldPath = ()
         key_mark = None
         if parent is None:
@@ -342,19 +344,44 @@ class _EventBuilder(_Builder):
             return _Frame(path, None, kind is MappingStartEvent, False, event.flow_style)
         mark = event.start_mark
         line, column = mark.line + 1, mark.column + 1
-        key_line, key_column = _mark_loc(key_mark) if key_mark is not None else (line, column)
+        if key_mark is None:
+            key_line, key_column = line, column
+        else:
+            key_line, key_column = key_mark.line + 1, key_mark.column + 1
         if kind is ScalarEvent:
             block = event.style in ("|", ">")
             self.locs[path] = Loc(line, column, key_line, key_column, block)
-            self.attach(parent, self.scalar_value(event, path))
+            value = self.scalar_value(event, path)
+            if parent is None:
+                self.root = value
+            elif parent.mapping:
+                parent.value[parent.key] = value
+            else:
+                parent.value.append(value)
             return None
         self.locs[path] = Loc(line, column, key_line, key_column, False)
-        mapping = kind is MappingStartEvent
+        return self.collection(event, kind is MappingStartEvent, path, line, column, parent)
+
+    def collection(
+        self,
+        event: Any,
+        mapping: bool,
+        path: FieldPath,
+        line: int,
+        column: int,
+        parent: _Frame | None,
+    ) -> _Frame:
+        """The frame of a mapping or sequence whose value is built."""
         tag = event.tag
         if tag is not None and tag not in ("!", f"{_TAG}map" if mapping else f"{_TAG}seq"):
             self.add(line, column, path, f"the YAML tag {tag!r} is not allowed")
         value: dict[str, object] | list[object] = {} if mapping else []
-        self.attach(parent, value)
+        if parent is None:
+            self.root = value
+        elif parent.mapping:
+            parent.value[parent.key] = value
+        else:
+            parent.value.append(value)
         return _Frame(path, value, mapping, True, event.flow_style)
 
     def scalar_value(self, event: Any, path: FieldPath) -> object:
@@ -377,28 +404,21 @@ class _EventBuilder(_Builder):
         """The text of a mapping key, or None when its value is not to be built."""
         if not parent.record:
             return None
-        line, column = _mark_loc(event.start_mark)
-        if start or not isinstance(event, ScalarEvent):
+        if start:
+            line, column = _mark_loc(event.start_mark)
             self.add(line, column, parent.path, "a mapping key must be plain text")
             return None
         name = str(event.value)
         if name in parent.value:
             first = self.locs.get((*parent.path, name))
             where = f" (first at line {first.key_line})" if first else ""
+            line, column = _mark_loc(event.start_mark)
             self.add(line, column, (*parent.path, name), f"duplicate key {name!r}{where}")
             return None
         return name
 
     def add(self, line: int, column: int, path: FieldPath, message: str) -> None:
         self.problems.append(Problem(self.source, line, column, format_field(path), message))
-
-    def attach(self, parent: _Frame | None, value: object) -> None:
-        if parent is None:
-            self.root = value
-        elif parent.mapping:
-            parent.value[str(parent.key)] = value
-        else:
-            parent.value.append(value)
 
 
 def _compose_events(events: Any, text: str, source: str) -> _EventBuilder | None:
@@ -409,12 +429,13 @@ def _compose_events(events: Any, text: str, source: str) -> _EventBuilder | None
         return None
     builder = _EventBuilder(source, text)
     stack: list[_Frame] = []
+    node = builder.node
     while True:
         event: Event = get()
-        if isinstance(event, MappingEndEvent | SequenceEndEvent):
+        if type(event) in _END_EVENTS:
             stack.pop()
         elif isinstance(event, NodeEvent):
-            frame = builder.node(event, stack)
+            frame = node(event, stack)
             if frame is not None:
                 stack.append(frame)
         else:
