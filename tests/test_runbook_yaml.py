@@ -12,9 +12,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import REPO_ROOT
 
 from ledger.runbook import MAX_RUNBOOK_BYTES, RunbookInvalid, parse_runbook, yamlsrc
-from tests.support.cli import REPO_ROOT
 
 needs_libyaml = pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
 
