@@ -18,8 +18,9 @@ from ledger.errors import LedgerError, RunInterrupted
 from ledger.redact import mask_url
 
 # Each area registers its commands on `app` when its module is imported. A command needs
-# only its own area's module, so start-up imports just that one (plus the core commands);
-# help, completion and anything unknown import them all.
+# only its own area's module, so start-up imports just that one (not even the core
+# commands: they bring pygit2 and the store, which 'ledger validate' never needs); help,
+# completion and anything unknown import them all.
 AREAS: dict[str, tuple[str, ...]] = {
     "core": ("init", "keys", "record", "log", "show"),
     "verify": ("verify",),
@@ -39,7 +40,7 @@ def register(argv: list[str]) -> None:
     wanted = [area for area, names in AREAS.items() if command in names]
     if not wanted or any(a in ("-h", "--help") for a in argv[:1]):
         wanted = list(AREAS)
-    for area in ("core", *wanted):
+    for area in wanted:
         __import__(f"ledger.cli.{area}")
     cli_help.attach(app)
 

@@ -1,7 +1,9 @@
 """The runbook format's JSON Schema, and its violations worded as located problems.
 
 The schema (draft 2020-12) ships in ``ledger/schema/runbook.schema.json``; it may carry an
-``errorMessage`` per keyword, which replaces the generic wording.
+``errorMessage`` per keyword, which replaces the generic wording. A document is first put to
+the check compiled once from the schema (:mod:`ledger.runbook.schemacheck`, exact and fast);
+only when it fails does jsonschema (imported then) find and word the errors.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import jsonschema
-
+from ledger.runbook import schemacheck
 from ledger.runbook.problems import FieldPath, Locator, Problem, describe, suggest
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 @cache
@@ -31,7 +35,24 @@ def schema_text() -> str:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema  # about 0.1 s: only when a runbook does not pass the quick check
+
     return jsonschema.Draft202012Validator(runbook_schema())
+
+
+@cache
+def _quick_check() -> schemacheck.Check | None:
+    return schemacheck.compile_schema(runbook_schema())
+
+
+def _passes_quick_check(data: object) -> bool:
+    check = _quick_check()
+    if check is None:
+        return False
+    try:
+        return check(data)
+    except schemacheck.Unknown:
+        return False
 
 
 _TYPE_NAMES: Final = {
@@ -58,6 +79,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str | None:
 
 def schema_problems(data: object, where: Locator, bad_paths: list[FieldPath]) -> list[Problem]:
     """Schema violations as problems; ``bad_paths`` receives the path of each violation."""
+    if _passes_quick_check(data):
+        return []
     problems: dict[tuple[str, str], Problem] = {}
 
     def add(problem: Problem) -> None:

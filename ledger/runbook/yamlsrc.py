@@ -7,6 +7,12 @@ duplicate keys and non-standard tags are refused before any value is built. Scal
 the YAML 1.2 core schema (only ``true``/``false`` are booleans; ``yes``, ``no``, ``on`` and
 ``off`` are text). :func:`decode` checks the bytes, :func:`compose` returns the values and
 a :class:`~ledger.runbook.problems.Loc` per document path.
+
+Two composers give the same result: libyaml's parser (PyYAML's C extension, when PyYAML was
+built with it; ``yaml.__with_libyaml__``) feeding an event-by-event builder in this module,
+and PyYAML's pure-Python composer, used when the C extension is missing and to word every
+YAML syntax error (libyaml words them differently), so messages and their places are the
+same either way. Both refuse anchors, aliases and deep nesting at the same event.
 """
 
 from __future__ import annotations
@@ -17,7 +23,19 @@ from typing import Any, Final
 
 import yaml
 from yaml.composer import Composer
-from yaml.events import AliasEvent
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    DocumentStartEvent,
+    Event,
+    MappingEndEvent,
+    MappingStartEvent,
+    NodeEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
@@ -26,6 +44,10 @@ from yaml.scanner import Scanner
 
 from ledger.runbook.model import MAX_DEPTH, MAX_RUNBOOK_BYTES
 from ledger.runbook.problems import FieldPath, Loc, Problem, RunbookInvalid, format_field
+
+
+class _Unsure(Exception):
+    """libyaml read text that PyYAML might read otherwise: compose with PyYAML (internal)."""
 
 
 class _Refused(Exception):
@@ -37,7 +59,40 @@ class _Refused(Exception):
         self.mark = mark
 
 
-class _Loader(Reader, Scanner, Parser, Composer, BaseResolver):
+_CParser: Any
+try:
+    from yaml._yaml import CParser as _CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _CParser = None
+
+
+def _refusal(event: NodeEvent, depth: int) -> _Refused | None:
+    """Why composing must stop at this node event (``depth``: the node's nesting level)."""
+    if isinstance(event, AliasEvent):
+        return _Refused(
+            f"YAML aliases (*{event.anchor}) are not allowed in runbooks (they can expand "
+            "a small file into a huge document); write the value out",
+            event.start_mark,
+        )
+    anchor = event.anchor
+    if anchor is not None:
+        return _Refused(
+            f"YAML anchors (&{anchor}) are not allowed in runbooks; write the value out "
+            "where it is needed",
+            event.start_mark,
+        )
+    if depth > MAX_DEPTH:
+        return _Refused(
+            f"the document is nested more than {MAX_DEPTH} levels deep", event.start_mark
+        )
+    return None
+
+
+class _Resolver(BaseResolver):
+    """YAML 1.2 core schema scalar resolution (resolvers added below)."""
+
+
+class _Loader(Reader, Scanner, Parser, Composer, _Resolver):
     """A YAML composer that refuses aliases, anchors and deep nesting, with YAML 1.2 core
     scalar resolution."""
 
@@ -46,29 +101,15 @@ class _Loader(Reader, Scanner, Parser, Composer, BaseResolver):
         Scanner.__init__(self)
         Parser.__init__(self)
         Composer.__init__(self)
-        BaseResolver.__init__(self)
+        _Resolver.__init__(self)
         self.depth = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, AliasEvent):
-            raise _Refused(
-                f"YAML aliases (*{event.anchor}) are not allowed in runbooks (they can expand "
-                "a small file into a huge document); write the value out",
-                event.start_mark,
-            )
-        anchor = getattr(event, "anchor", None)
-        if anchor is not None:
-            raise _Refused(
-                f"YAML anchors (&{anchor}) are not allowed in runbooks; write the value out "
-                "where it is needed",
-                event.start_mark,
-            )
+        refused = _refusal(event, self.depth + 1)
+        if refused is not None:
+            raise refused
         self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused(
-                f"the document is nested more than {MAX_DEPTH} levels deep", event.start_mark
-            )
         try:
             node = super().compose_node(parent, index)
         finally:
@@ -87,9 +128,19 @@ for _tag, _regexp, _first in (
         "-+0123456789.",
     ),
 ):
-    _Loader.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
+    _Resolver.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
+
+_BREAK: Final = re.compile("[\r\n\x85\u2028\u2029]")
+_ENDS_WITH_BREAK: Final = re.compile("[\r\n\x85\u2028\u2029]\\Z").search
+# A block scalar's first line as PyYAML's scanner reads it (the indicators, then spaces
+# and a comment); libyaml reads more (a comment right after the indicators, tabs).
+_BLOCK_HEADER: Final = re.compile(r"[|>](?:[-+][1-9]?|[1-9][-+]?)?(?: +(?:#.*)?)?")
 
 _TAG = "tag:yaml.org,2002:"
+_STR_TAG: Final = f"{_TAG}str"
+_IMPLICIT: Final[dict[Any, list[tuple[str, re.Pattern[str]]]]] = _Resolver.yaml_implicit_resolvers
+_SKIP: Final[FieldPath] = ("<not built>",)
+_END_EVENTS: Final = frozenset({MappingEndEvent, SequenceEndEvent})
 _SCALAR_TAGS: Final = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null")}
 
 
@@ -181,6 +232,221 @@ class _Builder:
         return number
 
 
+class _Frame:
+    """An open mapping or sequence of :class:`_EventBuilder`."""
+
+    __slots__ = ("expect_key", "flow", "key", "key_mark", "mapping", "path", "record", "value")
+
+    def __init__(
+        self, path: FieldPath, value: Any, mapping: bool, record: bool, flow: bool
+    ) -> None:
+        self.path = path
+        self.flow = flow  # written in [] or {}
+        self.value = value  # the dict or list being filled (None when not recorded)
+        self.mapping = mapping
+        self.record = record  # False for a key that is not text, or a value not built
+        self.expect_key = mapping
+        self.key: str | None = None  # the key of the value that comes next (None: skip it)
+        self.key_mark: Any = None
+
+
+class _EventBuilder(_Builder):
+    """Plain values and locations straight from parser events (libyaml's): the same values,
+    locations, problems and refusals, at the same marks, as :class:`_Loader` composing and
+    :class:`_Builder` walking the nodes."""
+
+    def __init__(self, source: str, text: str) -> None:
+        super().__init__(source)
+        self.root: object = None
+        self.text = text
+        # Where a tab may be: libyaml also takes tabs as blanks where PyYAML refuses them.
+        self.tab_spans: list[tuple[int, int]] | None = [] if "\t" in text else None
+
+    def tabs_allowed(self) -> bool:
+        """Every tab in the text is inside a quoted scalar or a block scalar's content, the
+        only places where PyYAML's scanner takes one too."""
+        spans = iter(self.tab_spans or ())
+        begin = end = -1
+        at = self.text.find("\t")
+        while at >= 0:
+            while at >= end:
+                span = next(spans, None)
+                if span is None:
+                    return False
+                begin, end = span
+            if at < begin:
+                return False
+            at = self.text.find("\t", at + 1)
+        return True
+
+    def check_scalar(self, event: Any, flow: bool) -> None:
+        """Raise :class:`_Unsure` where libyaml reads a scalar PyYAML would not read alike;
+        note where the scalar lets tabs be."""
+        style = event.style
+        start, end = event.start_mark.index, event.end_mark.index
+        if style in ("|", ">"):
+            found = _BREAK.search(self.text, start, end)
+            header_end = found.start() if found is not None else end
+            if not _BLOCK_HEADER.fullmatch(self.text, start, header_end):
+                raise _Unsure  # libyaml also takes '|#...' and tabs in the header
+            if self.tab_spans is not None and found is not None:
+                self.tab_spans.append((found.end(), end))
+        elif style in ("'", '"'):
+            if self.tab_spans is not None:
+                self.tab_spans.append((start, end))
+        elif style:
+            return
+        elif flow and (not event.value or "?" in event.value):
+            # PyYAML ends a plain scalar in [] or {} at '?', and places an empty one at the
+            # ':' before it where libyaml places it at the next ',' or '}'
+            raise _Unsure
+        elif not event.value and start >= len(self.text) and not _ENDS_WITH_BREAK(self.text):
+            # libyaml ends the last line itself: an empty value there is on the next line
+            raise _Unsure
+
+    def node(self, event: Any, stack: list[_Frame]) -> _Frame | None:
+        """Take one node event; returns the frame a mapping or sequence opens."""
+        kind = type(event)
+        depth = len(stack)
+        parent = stack[-1] if depth else None
+        flow = parent is not None and parent.flow
+        if kind is ScalarEvent and (
+            event.style or not event.value or flow or self.tab_spans is not None
+        ):
+            self.check_scalar(event, flow)
+        if kind is AliasEvent or event.anchor is not None or depth >= MAX_DEPTH:
+            refused = _refusal(event, depth + 1)
+            if refused is not None:
+                raise refused
+        path: FieldPath = ()
+        key_mark = None
+        if parent is None:
+            pass
+        elif parent.mapping and parent.expect_key:
+            parent.expect_key = False
+            parent.key = self.key(event, parent, kind is not ScalarEvent)
+            parent.key_mark = event.start_mark
+            path = _SKIP  # a key's own value is not built
+        elif parent.mapping:
+            parent.expect_key = True
+            if parent.record and parent.key is not None:
+                path = (*parent.path, parent.key)
+                key_mark = parent.key_mark
+            else:
+                path = _SKIP
+        elif parent.record:
+            path = (*parent.path, len(parent.value))
+        else:
+            path = _SKIP
+        if path is _SKIP:
+            if kind is ScalarEvent:
+                return None
+            return _Frame(path, None, kind is MappingStartEvent, False, event.flow_style)
+        mark = event.start_mark
+        line, column = mark.line + 1, mark.column + 1
+        if key_mark is None:
+            key_line, key_column = line, column
+        else:
+            key_line, key_column = key_mark.line + 1, key_mark.column + 1
+        if kind is ScalarEvent:
+            block = event.style in ("|", ">")
+            self.locs[path] = Loc(line, column, key_line, key_column, block)
+            value = self.scalar_value(event, path)
+            if parent is None:
+                self.root = value
+            elif parent.mapping:
+                parent.value[parent.key] = value
+            else:
+                parent.value.append(value)
+            return None
+        self.locs[path] = Loc(line, column, key_line, key_column, False)
+        return self.collection(event, kind is MappingStartEvent, path, line, column, parent)
+
+    def collection(
+        self,
+        event: Any,
+        mapping: bool,
+        path: FieldPath,
+        line: int,
+        column: int,
+        parent: _Frame | None,
+    ) -> _Frame:
+        """The frame of a mapping or sequence whose value is built."""
+        tag = event.tag
+        if tag is not None and tag not in ("!", f"{_TAG}map" if mapping else f"{_TAG}seq"):
+            self.add(line, column, path, f"the YAML tag {tag!r} is not allowed")
+        value: dict[str, object] | list[object] = {} if mapping else []
+        if parent is None:
+            self.root = value
+        elif parent.mapping:
+            parent.value[parent.key] = value
+        else:
+            parent.value.append(value)
+        return _Frame(path, value, mapping, True, event.flow_style)
+
+    def scalar_value(self, event: Any, path: FieldPath) -> object:
+        """The value of a scalar, as :meth:`_Builder.scalar` makes it of PyYAML's node."""
+        tag = event.tag
+        text = event.value
+        if (tag is None and event.implicit[0]) or tag == "!":
+            # PyYAML takes '!' as plain even on an empty value (libyaml does not)
+            tag = _STR_TAG
+            for resolved, regexp in _IMPLICIT.get(text[:1], ()):
+                if regexp.match(text):
+                    tag = resolved
+                    break
+        if tag is None or tag == _STR_TAG:
+            return text
+        node = ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
+        return self.scalar(node, path)
+
+    def key(self, event: Any, parent: _Frame, start: bool) -> str | None:
+        """The text of a mapping key, or None when its value is not to be built."""
+        if not parent.record:
+            return None
+        if start:
+            line, column = _mark_loc(event.start_mark)
+            self.add(line, column, parent.path, "a mapping key must be plain text")
+            return None
+        name = str(event.value)
+        if name in parent.value:
+            first = self.locs.get((*parent.path, name))
+            where = f" (first at line {first.key_line})" if first else ""
+            line, column = _mark_loc(event.start_mark)
+            self.add(line, column, (*parent.path, name), f"duplicate key {name!r}{where}")
+            return None
+        return name
+
+    def add(self, line: int, column: int, path: FieldPath, message: str) -> None:
+        self.problems.append(Problem(self.source, line, column, format_field(path), message))
+
+
+def _compose_events(events: Any, text: str, source: str) -> _EventBuilder | None:
+    """Compose the single document of a libyaml event stream; None when the stream is not
+    exactly one document (the pure-Python composer then words what is wrong)."""
+    get = events.get_event
+    if not isinstance(get(), StreamStartEvent) or not isinstance(get(), DocumentStartEvent):
+        return None
+    builder = _EventBuilder(source, text)
+    stack: list[_Frame] = []
+    node = builder.node
+    while True:
+        event: Event = get()
+        if type(event) in _END_EVENTS:
+            stack.pop()
+        elif isinstance(event, NodeEvent):
+            frame = node(event, stack)
+            if frame is not None:
+                stack.append(frame)
+        else:
+            return None  # pragma: no cover - the parser keeps to the grammar
+        if not stack:
+            break
+    if not isinstance(get(), DocumentEndEvent) or not isinstance(get(), StreamEndEvent):
+        return None
+    return builder
+
+
 def decode(data: bytes, source: str) -> str:
     """The runbook's bytes as text (a leading BOM dropped); :class:`RunbookInvalid` when they
     are too long or not UTF-8."""
@@ -230,11 +496,49 @@ def _offset_loc(text: str, index: int) -> tuple[int, int]:
     return line, column
 
 
-def compose(text: str, source: str) -> tuple[object, dict[FieldPath, Loc]]:
-    """Parse YAML text into plain values and the location of every value."""
+def compose(text: str, source: str, *, libyaml: bool = True) -> tuple[object, dict[FieldPath, Loc]]:
+    """Parse YAML text into plain values and the location of every value.
+
+    With ``libyaml`` (and PyYAML built with it) libyaml parses; a document it cannot parse
+    is parsed again by the pure-Python composer, which words the syntax error."""
+    if libyaml and _CParser is not None:
+        builder = _compose_libyaml(text, source)
+        if builder is not None:
+            if builder.problems:
+                raise RunbookInvalid(source, builder.problems)
+            return builder.root, builder.locs
+    return _compose_python(text, source)
+
+
+def _fail(source: str, line: int, column: int, message: str) -> RunbookInvalid:
+    return RunbookInvalid(source, [Problem(source, line, column, "", message)])
+
+
+def _compose_libyaml(text: str, source: str) -> _EventBuilder | None:
+    """The document composed from libyaml's events; None when libyaml refuses the text."""
+    if "\ufeff" in text:
+        return None  # libyaml skips a byte order mark where PyYAML reads a character
+    parser = _CParser(text)
+    try:
+        builder = _compose_events(parser, text, source)
+    except _Refused as exc:
+        if "\t" in text:
+            return None  # PyYAML may refuse a tab before it reaches this event
+        raise _fail(source, *_mark_loc(exc.mark), exc.message) from None
+    except (yaml.YAMLError, _Unsure):
+        return None
+    finally:
+        parser.dispose()
+    if builder is not None and builder.tab_spans is not None and not builder.tabs_allowed():
+        return None
+    return builder
+
+
+def _compose_python(text: str, source: str) -> tuple[object, dict[FieldPath, Loc]]:
+    """Parse YAML text with PyYAML's pure-Python composer (see :func:`compose`)."""
 
     def fail(line: int, column: int, message: str) -> RunbookInvalid:
-        return RunbookInvalid(source, [Problem(source, line, column, "", message)])
+        return _fail(source, line, column, message)
 
     try:
         loader = _Loader(text)
