@@ -15,7 +15,7 @@ from typing import Final
 
 from ledger.errors import SignatureError
 from ledger.keys import sshwire
-from ledger.keys.keys import PublicKey, SigningKey, public_key_from_blob
+from ledger.keys.keys import PublicKey, SigningIdentity, public_key_from_blob
 
 _SIG_BEGIN: Final = "-----BEGIN SSH SIGNATURE-----"
 _SIG_END: Final = "-----END SSH SIGNATURE-----"
@@ -183,7 +183,7 @@ def verify_sshsig(armored: str | bytes, data: bytes, namespace: str = "git") -> 
     return sig.public_key
 
 
-def sign_sshsig(key: SigningKey, data: bytes, namespace: str = "git") -> str:
+def sign_sshsig(key: SigningIdentity, data: bytes, namespace: str = "git") -> str:
     """An armored SSHSIG signature of ``data``, byte for byte as ``ssh-keygen -Y sign``
     writes it (hash sha512; ends with a newline).
 
