@@ -34,6 +34,7 @@ import base64
 import hashlib
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -114,6 +115,7 @@ class AgentClient:
         self.path = path
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._lock = threading.Lock()  # one request at a time on the shared connection
 
     def close(self) -> None:
         if self._sock is not None:
@@ -160,18 +162,19 @@ class AgentClient:
     def _request(self, payload: bytes, what: str) -> tuple[int, bytes]:
         """Send one message and read its answer: on the open connection, or (if the agent
         closed it, e.g. it restarted) once more on a new one."""
-        reused = self._sock is not None
-        try:
-            return self._exchange(payload, what)
-        except (BrokenPipeError, ConnectionResetError, EOFError):
-            self.close()
-            if not reused:
+        with self._lock:
+            reused = self._sock is not None
+            try:
+                return self._exchange(payload, what)
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                self.close()
+                if not reused:
+                    raise self._gone(what) from None
+            try:
+                return self._exchange(payload, what)
+            except (BrokenPipeError, ConnectionResetError, EOFError):
+                self.close()
                 raise self._gone(what) from None
-        try:
-            return self._exchange(payload, what)
-        except (BrokenPipeError, ConnectionResetError, EOFError):
-            self.close()
-            raise self._gone(what) from None
 
     def _exchange(self, payload: bytes, what: str) -> tuple[int, bytes]:
         sock = self._connect()
