@@ -381,3 +381,37 @@ def test_low_s_keeps_the_flags_and_counter_of_a_fido_signature() -> None:
     )
     ed = sshwire.string(b"sk-ssh-ed25519@openssh.com") + sshwire.string(b"x" * 64) + tail
     assert low_s(ed) == ed  # anything else passes through as the agent made it
+
+
+def test_a_refused_signature_mid_run_is_recorded_as_the_run_failing(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    deny = tmp_path / "deny-once"
+    askpass = tmp_path / "askpass"  # confirms every signature, except once after 'deny-once'
+    askpass.write_text(f"#!/bin/sh\nif [ -e {deny} ]; then rm -f {deny}; exit 1; fi\nexit 0\n")
+    askpass.chmod(0o700)
+    agent = Agent(tmp_path, extra_env={"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"})
+    agents.append(agent)
+    line = keygen(tmp_path / "op")
+    agent.ssh_add("-c", tmp_path / "op")
+    led = tmp_path / "ledger"
+    assert cli("init", led, "--key", f"key::{line}", env=agent.env).code == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    book = tmp_path / "book.yaml"
+    book.write_text(
+        "name: declined\nsteps:\n"
+        f"  - name: first\n    run: touch {deny}\n"
+        f"  - name: after\n    run: touch {work / 'after'}\n"
+    )
+    res = cli("run", book, "-L", led, "--no-push", env=agent.env, cwd=work)
+    assert res.code == 4, res.output
+    assert "stopped after step 'first'" in res.err and "refused to sign" in res.err, res.err
+    assert "recorded as failed" in res.err and "ledger resume" in res.err, res.err
+    assert not (work / "after").exists()
+    ledger = Ledger.open(led)
+    recs = ledger.run_records(ledger.run_ids()[-1])
+    assert [r.kind for r in recs] == ["run.started", "step.started", "run.finished"]
+    assert recs[-1].data["status"] == "failed" and recs[-1].data["failed_step"] == "first"
+    assert "refused to sign" in recs[-1].data["error"]
+    assert cli("verify", "-L", led, env={}).code == 0
