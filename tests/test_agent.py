@@ -415,3 +415,23 @@ def test_a_refused_signature_mid_run_is_recorded_as_the_run_failing(
     assert recs[-1].data["status"] == "failed" and recs[-1].data["failed_step"] == "first"
     assert "refused to sign" in recs[-1].data["error"]
     assert cli("verify", "-L", led, env={}).code == 0
+
+
+def test_what_a_named_key_means(tmp_path: Path) -> None:
+    from ledger.errors import KeyProblem
+    from ledger.keys.keyspec import parse_key_spec
+
+    key = SigningKey.generate("op@example.com")
+    key.save(tmp_path / "op")
+    line = key.public_key.openssh()
+    assert parse_key_spec(str(tmp_path / "op")).path == tmp_path / "op"  # a private key file
+    for named in (str(tmp_path / "op.pub"), f"key::{line}", line, key.public_key.fingerprint):
+        spec = parse_key_spec(named)
+        assert spec.via_agent, named
+        assert spec.fingerprint == key.public_key.fingerprint or spec.public == key.public_key
+    (tmp_path / "op").unlink()  # the private file gone, PATH.pub beside it: the agent
+    assert parse_key_spec(str(tmp_path / "op")).public == key.public_key
+    assert parse_key_spec(f"key::{line}").text == f"key::{line}"  # as ledger.signingKey keeps it
+    for bad in ("SHA256:tooshort", "key::ssh-ed25519 AAAA", "key::not a key"):
+        with pytest.raises(KeyProblem):
+            parse_key_spec(bad)

@@ -57,7 +57,8 @@ def parse_key_spec(text: str) -> KeySpec:
     if text.startswith(LITERAL_PREFIX):
         public = _literal(text[len(LITERAL_PREFIX) :], text)
         return KeySpec(LITERAL_PREFIX + public.openssh(), public=public)
-    if text.startswith(_KEY_LINE_PREFIXES) and " " in text.strip():
+    bare_line = text.startswith(_KEY_LINE_PREFIXES) and " " in text.strip()
+    if bare_line and not Path(text).expanduser().exists():
         public = _literal(text, text)
         return KeySpec(LITERAL_PREFIX + public.openssh(), public=public)
     if text.startswith("SHA256:"):
