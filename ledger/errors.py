@@ -82,6 +82,51 @@ class UntrustedKey(KeyProblem):
     label = "untrusted key"
 
 
+class AgentError(KeyProblem):
+    """Signing through ``ssh-agent`` (a public key or fingerprint named as the signing key)
+    failed; nothing was signed, so nothing was appended. The subclasses say why."""
+
+    label = "agent error"
+
+
+class AgentUnavailable(AgentError):
+    """No agent to sign with: ``$SSH_AUTH_SOCK`` is not set, its socket does not exist or
+    refuses connections, or the agent went away. Start one (``eval $(ssh-agent)`` or the
+    runner's dedicated ``ssh-agent -a SOCKET``), load the key with ``ssh-add``, and point
+    ``$SSH_AUTH_SOCK`` at it; or name a private key file instead."""
+
+
+class AgentLocked(AgentError):
+    """The agent is locked (``ssh-add -x``): it lists no identities and refuses to sign.
+    Unlock it with ``ssh-add -X``, or load the key if the agent is simply empty."""
+
+
+class AgentIdentityMissing(AgentError):
+    """The agent answers but does not hold the named key (the message gives its
+    fingerprint). Load it with ``ssh-add KEYFILE`` (or plug in the token that holds it)."""
+
+
+class AgentRefused(AgentError):
+    """The agent holds the key but refused to sign with it: a key added with ``ssh-add -c``
+    whose confirmation was declined, or a token that failed. Accept the confirmation, or
+    load the key without ``-c`` for unattended use."""
+
+
+class AgentTimeout(AgentError):
+    """The agent did not answer within the signing timeout (``$LEDGER_AGENT_TIMEOUT``
+    seconds): a hardware token not touched, or a confirmation left unanswered. Touch the
+    token or answer the prompt in time, or raise the timeout."""
+
+
+class RunSigningStopped(KeyProblem):
+    """A run stopped at a step boundary because its next record could not be signed (the
+    agent went away, was locked, refused or timed out). The message says which record and
+    whether the step it belongs to ran; ``ledger abandon`` or ``ledger resume`` closes the
+    run once signing works again."""
+
+    label = "run stopped"
+
+
 class LedgerNotFound(LedgerError):
     """No ledger at the given or discovered location."""
 

@@ -61,11 +61,13 @@ LedgerOpt = Annotated[
     ),
 ]
 KeyOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--key",
         "-k",
-        help="Signing key (OpenSSH private key). Default: $LEDGER_SIGNING_KEY, else ledger config.",
+        help="Signing key: an OpenSSH private key file, or a public key to sign through "
+        "ssh-agent ($SSH_AUTH_SOCK): PATH.pub, 'key::ssh-ed25519 AAAA...' or SHA256:... "
+        "Default: $LEDGER_SIGNING_KEY, else ledger config.",
         show_default=False,
     ),
 ]
@@ -128,23 +130,26 @@ def default_key_path() -> Path:
     return Path.home() / ".ssh" / "ledger_ed25519"
 
 
-def resolve_key_path(explicit: Path | None, configured: str | None = None) -> Path:
-    """The signing key's path: ``--key``, ``$LEDGER_SIGNING_KEY``, the ledger's config, else
-    the default path of `ledger keys generate` when a key is there."""
-    if explicit is not None:
+def resolve_key_name(explicit: str | None, configured: str | None = None) -> str:
+    """How the signing key is named (a private key file, or a public key or fingerprint for
+    the agent: :func:`ledger.keys.keyspec.parse_key_spec`): ``--key``,
+    ``$LEDGER_SIGNING_KEY``, the ledger's config, else the default path of
+    `ledger keys generate` when a key is there."""
+    if explicit:
         return explicit
     env = os.environ.get("LEDGER_SIGNING_KEY")
     if env:
-        return Path(env)
+        return env
     if configured:
-        return Path(configured)
+        return configured
     default = default_key_path()
     if default.exists():
-        return default
+        return str(default)
     raise KeyProblem(
         "no signing key given: no --key, LEDGER_SIGNING_KEY is not set, the ledger's config "
         f"has no ledger.signingKey, and there is no key at {default}.",
-        hint="Pass --key PATH, or create the default key with 'ledger keys generate'.",
+        hint="Pass --key PATH (or a public key such as key::ssh-ed25519 AAAA... to sign "
+        "through ssh-agent), or create the default key with 'ledger keys generate'.",
     )
 
 

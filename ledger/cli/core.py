@@ -24,7 +24,7 @@ from ledger.cli.common import (
     default_ledger_path_for_init,
     find_ledger_path,
     read_passphrase,
-    resolve_key_path,
+    resolve_key_name,
 )
 from ledger.errors import (
     InputError,
@@ -34,7 +34,15 @@ from ledger.errors import (
     UsageError,
 )
 from ledger.format import records, shapes
-from ledger.keys import PublicKey, SigningKey, allowed_signers_line, key_file_mode_problem
+from ledger.keys import (
+    PublicKey,
+    SigningIdentity,
+    SigningKey,
+    allowed_signers_line,
+    key_file_mode_problem,
+    keyspec,
+)
+from ledger.keys.keyspec import KeySpec
 from ledger.store import Ledger, StoredRecord, gitdir
 
 if TYPE_CHECKING:
@@ -53,8 +61,13 @@ def open_ledger(path: Path | None) -> Ledger:
     return Ledger.open(find_ledger_path(path))
 
 
-def load_key(path: Path) -> SigningKey:
-    """Load a signing key, asking for its passphrase (env or prompt) when it is encrypted."""
+def load_key(spec: KeySpec) -> SigningIdentity:
+    """The named signing key: the agent's identity for a public key or fingerprint; else the
+    private key file, asking for its passphrase (env or prompt) when it is encrypted, unless
+    the agent holds that key."""
+    if spec.path is None:
+        return spec.agent_key()
+    path = spec.path
     problem = key_file_mode_problem(path)
     if problem:
         console_err.print(f"ledger: warning: {problem}")
@@ -62,15 +75,18 @@ def load_key(path: Path) -> SigningKey:
         return SigningKey.load(path)
     except PassphraseRequired:
         pass
+    held = keyspec.agent_key_for_file(path)
+    if held is not None:
+        return held
     return SigningKey.load(path, read_passphrase(path))
 
 
-def signing_key_for(ledger: Ledger | None, explicit: Path | None) -> SigningKey:
+def signing_key_for(ledger: Ledger | None, explicit: str | None) -> SigningIdentity:
     configured = ledger.config_get("ledger.signingKey") if ledger is not None else None
-    return load_key(resolve_key_path(explicit, configured))
+    return load_key(keyspec.parse_key_spec(resolve_key_name(explicit, configured)))
 
 
-def default_principal(key: SigningKey) -> str:
+def default_principal(key: SigningIdentity) -> str:
     """The key's comment if it is an e-mail-like usable principal, else ``USER@HOST``."""
     if key.comment and "@" in key.comment:
         with contextlib.suppress(InputError):
@@ -112,8 +128,8 @@ def init(
         )
     if principal is not None:
         records.check_principal(principal)  # before a passphrase is asked for
-    key_path = resolve_key_path(key)
-    signing_key = load_key(key_path)
+    key_spec = keyspec.parse_key_spec(resolve_key_name(key))
+    signing_key = load_key(key_spec)
     who = records.check_principal(principal or default_principal(signing_key))
     ledger = Ledger.init(
         target,
@@ -121,7 +137,7 @@ def init(
         key=signing_key,
         principal=who,
     )
-    ledger.config_set("ledger.signingKey", str(key_path.resolve()))
+    ledger.config_set("ledger.signingKey", key_spec.text)
     from ledger.verify import local  # here: the verifier is large; --help starts without it
 
     local.pin_after_init(ledger.path, ledger.genesis_id)

@@ -33,7 +33,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "4",
         (
             "key problem: missing or unreadable key, wrong or missing passphrase, key not "
-            "trusted by the ledger"
+            "trusted by the ledger; ssh-agent: none at `$SSH_AUTH_SOCK`, locked, key not in "
+            "it, confirmation declined, no answer in time (a run stops at the record it could "
+            "not sign)"
         ),
     ),
     (

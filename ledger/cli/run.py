@@ -107,7 +107,7 @@ def _check_ledger(led: Ledger, allow_unverified: bool, trust_genesis: str | None
     local.verify_before_append(led.path, local.Anchors.given(trust_genesis))
 
 
-def _execute(led: Ledger, key_path: Path | None, request: RunRequest, no_push: bool) -> None:
+def _execute(led: Ledger, key_path: str | None, request: RunRequest, no_push: bool) -> None:
     signing_key = signing_key_for(led, key_path)
     events = TerminalEvents()
     stop = StopSignal()
@@ -254,7 +254,7 @@ def run_cmd(
 def _resume_plan(
     led: Ledger,
     run_id: str,
-    key_path: Path | None,
+    key_path: str | None,
     *,
     runbook_path: Path | None,
     given: dict[str, str],

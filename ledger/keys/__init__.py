@@ -6,7 +6,9 @@ Modules, lowest first:
 - ``blobs``: the supported key types (FIDO ``sk-*`` included) and their SSH public-key blobs.
 - ``keyformat``: the content of private key files (``openssh-key-v1``, PEM).
 - ``files``: key files on disk: bounded reads, new 0600 files, mode warnings.
-- ``keys``: :class:`PublicKey` and :class:`SigningKey`.
+- ``keys``: :class:`PublicKey`, :class:`SigningKey` and :class:`SigningIdentity` (what signs).
+- ``agent``: signing through ``ssh-agent`` (the protocol client, :class:`AgentKey`).
+- ``keyspec``: what a named signing key means (private key file, or an agent identity).
 - ``sshsig``: SSHSIG sign/parse/verify, armored byte for byte as ``ssh-keygen -Y sign``.
 - ``gitsign``: git's SSH commit signatures (sign, verify; the split is
   ``ledger.format.gitobj.split_signed_commit``).
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from ledger.keys.allowed_signers import allowed_signers_line
     from ledger.keys.files import key_file_mode_problem, key_is_encrypted
     from ledger.keys.gitsign import sign_commit, verify_signed_commit
-    from ledger.keys.keys import PublicKey, SigningKey
+    from ledger.keys.keys import PublicKey, SigningIdentity, SigningKey
     from ledger.keys.sshsig import (
         SshSig,
         SshSigFields,
@@ -45,7 +47,7 @@ __getattr__, __dir__ = lazy.attach(
         "ledger.keys.allowed_signers": ("allowed_signers_line",),
         "ledger.keys.files": ("key_file_mode_problem", "key_is_encrypted"),
         "ledger.keys.gitsign": ("sign_commit", "verify_signed_commit"),
-        "ledger.keys.keys": ("PublicKey", "SigningKey"),
+        "ledger.keys.keys": ("PublicKey", "SigningIdentity", "SigningKey"),
         "ledger.keys.sshsig": (
             "SshSig",
             "SshSigFields",
@@ -59,6 +61,7 @@ __getattr__, __dir__ = lazy.attach(
 
 __all__ = [
     "PublicKey",
+    "SigningIdentity",
     "SigningKey",
     "SshSig",
     "SshSigFields",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from ledger.errors import SignatureError
 from ledger.format import gitobj
 from ledger.keys import sshsig
-from ledger.keys.keys import PublicKey, SigningKey
+from ledger.keys.keys import PublicKey, SigningIdentity
 
 
-def sign_commit(content: bytes | str, key: SigningKey) -> str:
+def sign_commit(content: bytes | str, key: SigningIdentity) -> str:
     """The armored SSH signature of a commit, for ``Repository.create_commit_with_signature``.
 
     ``content`` is the unsigned commit (as ``create_commit_string`` makes it). The result has

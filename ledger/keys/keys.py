@@ -1,5 +1,7 @@
-"""OpenSSH keys: :class:`PublicKey` (parsed, compared, verifying raw SSH signatures) and
-:class:`SigningKey` (generated, loaded from and saved to the files ``ssh-keygen`` writes, signing).
+"""OpenSSH keys: :class:`PublicKey` (parsed, compared, verifying raw SSH signatures),
+:class:`SigningKey` (generated, loaded from and saved to the files ``ssh-keygen`` writes, signing)
+and :class:`SigningIdentity`, what every signer offers (a :class:`SigningKey`, or an identity of
+``ssh-agent``: :class:`ledger.keys.agent.AgentKey`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -313,6 +315,17 @@ def public_key_from_blob(blob: bytes) -> PublicKey:
 def _public_key_with_comment(blob: bytes, comment: str) -> PublicKey:
     key = PublicKey.from_blob(blob)
     return key._with_comment(comment) if comment else key
+
+
+class SigningIdentity(Protocol):
+    """What signs records: its public key, a comment (the default principal may come from
+    it) and :meth:`sign`, which returns an SSH signature blob (``string type, string sig``
+    and, for FIDO keys, the flags and counter after it) of ``data``."""
+
+    public_key: PublicKey
+    comment: str
+
+    def sign(self, data: bytes) -> bytes: ...
 
 
 class SigningKey:

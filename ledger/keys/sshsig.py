@@ -15,7 +15,13 @@ from typing import Final
 
 from ledger.errors import SignatureError
 from ledger.keys import blobs, sshwire
-from ledger.keys.keys import PublicKey, SigningKey, low_s, public_key_from_blob, verify_sk
+from ledger.keys.keys import (
+    PublicKey,
+    SigningIdentity,
+    low_s,
+    public_key_from_blob,
+    verify_sk,
+)
 
 _SIG_BEGIN: Final = "-----BEGIN SSH SIGNATURE-----"
 _SIG_END: Final = "-----END SSH SIGNATURE-----"
@@ -201,7 +207,7 @@ def verify_sshsig(
     return sig.public_key
 
 
-def sign_sshsig(key: SigningKey, data: bytes, namespace: str = "git") -> str:
+def sign_sshsig(key: SigningIdentity, data: bytes, namespace: str = "git") -> str:
     """An armored SSHSIG signature of ``data``, byte for byte as ``ssh-keygen -Y sign``
     writes it (hash sha512; ends with a newline). An ECDSA signature is embedded in its
     low-S form whatever the signer returned (:func:`~ledger.keys.keys.low_s`).

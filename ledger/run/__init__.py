@@ -4,6 +4,7 @@
 - ``engine.py``            Runner and _Run: run.started, main steps, handlers, run.finished
 - ``steps.py``             a step to its step.finished: carried, skipped, attempts, approval
 - ``journal.py``           the records of one run: appended, redacted once more, counted
+- ``unsigned.py``          a run stopped because the agent could not sign its next record
 - ``events.py``            statuses, StopSignal, EngineEvents, StepStart/StepEnd, RunOutcome
 - ``plan.py``              the dry-run plan (plan_run) and the resume plan (prepare_resume)
 - ``trigger.py``           CI detection, the trigger of run.started, the steps' base environment

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from ledger.errors import AbandonRefused, InputError, UntrustedKey
 from ledger.format import records
-from ledger.keys import SigningKey
+from ledger.keys import SigningIdentity
 from ledger.run.events import RUN_ABANDONED, STEP_SKIPPED
 from ledger.store import Appended, Ledger, StoredRecord
 
@@ -76,7 +76,7 @@ def _closing_data(recs: list[StoredRecord], reason: str) -> dict[str, Any]:
     }
 
 
-def abandon_run(ledger: Ledger, run_id: str, reason: str, *, key: SigningKey) -> Appended:
+def abandon_run(ledger: Ledger, run_id: str, reason: str, *, key: SigningIdentity) -> Appended:
     """Append ``run.finished`` with status ``abandoned`` and ``reason`` for ``run_id``,
     signed with ``key``. Call it only while holding the run's lock.
 

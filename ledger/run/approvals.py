@@ -41,7 +41,7 @@ from ledger.errors import (
     UntrustedKey,
 )
 from ledger.format import records, shapes
-from ledger.keys import SigningKey, verify_signed_commit
+from ledger.keys import SigningIdentity, verify_signed_commit
 from ledger.run import approval_records
 from ledger.run.approval_records import (
     APPROVED,
@@ -176,7 +176,7 @@ def record_approval(
     run_id: str,
     step: str,
     *,
-    key: SigningKey,
+    key: SigningIdentity,
     decision: Decision = APPROVED,
     comment: str = "",
     via: str = VIA_COMMAND,
@@ -447,7 +447,7 @@ class _NewRecords:
             yield rec
 
 
-def _operator(ledger: Ledger, operator_key: SigningKey | None) -> str | None:
+def _operator(ledger: Ledger, operator_key: SigningIdentity | None) -> str | None:
     """The principal the ledger trusts the operator's key as, if any."""
     if operator_key is None:
         return None
@@ -460,7 +460,7 @@ def _record_answer(
     run_id: str,
     step_name: str,
     finished: _Prompt,
-    operator_key: SigningKey | None,
+    operator_key: SigningIdentity | None,
     tally: _Tally,
 ) -> bool:
     """Append the operator's answer from the terminal; whether a record may have been added."""
@@ -496,7 +496,7 @@ def wait_for_approval(
     stop: threading.Event,
     deadline: float | None = None,
     interactive: Interactive | None = None,
-    operator_key: SigningKey | None = None,
+    operator_key: SigningIdentity | None = None,
     request_seq: int | None = None,
     notify: Callable[[str], None] | None = None,
     poll_interval: float = POLL_INTERVAL_S,

@@ -46,9 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import __version__
-from ledger.errors import UntrustedKey
+from ledger.errors import AgentError, RunSigningStopped, UntrustedKey
 from ledger.format import records, shapes
-from ledger.keys import SigningKey
+from ledger.keys import SigningIdentity
+from ledger.run import unsigned
 from ledger.run.approvers import render_approvers
 from ledger.run.context import TemplateContext, render_lock
 from ledger.run.events import (
@@ -108,7 +109,7 @@ class Runner:
     def __init__(
         self,
         ledger: Ledger,
-        key: SigningKey,
+        key: SigningIdentity,
         *,
         principal: str | None = None,
         events: EngineEvents | None = None,
@@ -226,14 +227,32 @@ class _Run:
 
     def execute(self) -> RunOutcome:
         t0 = time.monotonic()
-        self.record_started()
-        ending = self.main_steps()
-        if ending.cancelled:
-            self.handlers(ending, "on_cancel")
-        elif ending.status == RUN_FAILED:
-            self.handlers(ending, "on_failure")
-        self.handlers(ending, "always")
-        return self.record_finished(ending, int((time.monotonic() - t0) * 1000))
+        try:
+            self.record_started()
+            ending = self.main_steps()
+            if ending.cancelled:
+                self.handlers(ending, "on_cancel")
+            elif ending.status == RUN_FAILED:
+                self.handlers(ending, "on_failure")
+            self.handlers(ending, "always")
+            return self.record_finished(ending, int((time.monotonic() - t0) * 1000))
+        except AgentError as exc:
+            raise self.stopped_unsigned(exc, t0) from None
+
+    def stopped_unsigned(self, exc: AgentError, t0: float) -> RunSigningStopped:
+        """A record could not be signed: the run stops there (no handler runs, since their
+        records could not be signed either), recorded as failed if the agent still signs."""
+        failed, closed = self.journal.unsigned, None
+        if unsigned.may_close(exc, failed):
+            ending = _Ending(
+                RUN_FAILED,
+                unsigned.step_of(failed),
+                f"signing through ssh-agent failed: {exc.message}",
+            )
+            with contextlib.suppress(AgentError):
+                self.record_finished(ending, int((time.monotonic() - t0) * 1000))
+                closed = self.journal.appended[-1]
+        return unsigned.stopped(self.run_id, exc, failed, self.journal.appended, closed)
 
     def record_started(self) -> None:
         book = self.book

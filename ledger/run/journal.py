@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger import keys, runbook, store
+from ledger.errors import AgentError
 from ledger.format import records, shapes
 from ledger.redact import Redactor
 from ledger.run.events import EngineEvents, StepEnd
@@ -25,7 +26,7 @@ class RunJournal:
     def __init__(
         self,
         ledger: store.Ledger,
-        key: keys.SigningKey,
+        key: keys.SigningIdentity,
         principal: str,
         run_id: str,
         redactor: Callable[[], Redactor],
@@ -40,6 +41,8 @@ class RunJournal:
         self.count = 0
         self.head: str | None = None
         self.appended: list[store.Appended] = []
+        self.unsigned: tuple[str, Mapping[str, Any]] | None = None
+        """The record (kind, data) the agent could not sign, if one could not be."""
 
     @property
     def redactor(self) -> Redactor:
@@ -64,16 +67,20 @@ class RunJournal:
         attachments: Mapping[str, bytes] | None = None,
         incident: str | None = None,
     ) -> store.Appended:
-        done = self.ledger.append(
-            kind,
-            self.scrub(dict(data)),
-            key=self.key,
-            principal=self.principal,
-            run=self.run_id,
-            attachments=attachments,
-            summary=self.scrub(summary),
-            incident=incident,
-        )
+        try:
+            done = self.ledger.append(
+                kind,
+                self.scrub(dict(data)),
+                key=self.key,
+                principal=self.principal,
+                run=self.run_id,
+                attachments=attachments,
+                summary=self.scrub(summary),
+                incident=incident,
+            )
+        except AgentError:
+            self.unsigned = (kind, data)
+            raise
         self.count += 1
         self.head = done.commit_id
         self.appended.append(done)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import LedgerError, RunbookError, StorageError
+from ledger.errors import AgentError, LedgerError, RunbookError, StorageError
 from ledger.format import shapes
 from ledger.run import approvals
 from ledger.run.approvers import render_approvers
@@ -308,8 +308,8 @@ class StepRunner:
                 request_seq=request.seq,
                 notify=self.events.approval_progress,
             )
-        except StorageError:
-            raise
+        except (StorageError, AgentError):
+            raise  # the run stops: its records cannot be written or signed
         except LedgerError as exc:
             # The wait itself broke (not a decision): the step fails with the reason.
             self.journal.step_finished(

@@ -25,7 +25,7 @@ import pygit2
 
 from ledger.errors import ConcurrentUpdate, InputError, LockTimeout, UntrustedKey
 from ledger.format import gitobj, records, shapes
-from ledger.keys import SigningKey, sign_commit
+from ledger.keys import SigningIdentity, sign_commit
 from ledger.store import gitdir, packs, trees, trust, upkeep
 from ledger.store.reads import Reads, Tip
 from ledger.store.types import Appended
@@ -83,7 +83,7 @@ def compose(
     *,
     parent: Tip,
     ledger_id: str,
-    key: SigningKey,
+    key: SigningIdentity,
     who: str,
     tree_builder: trees.Trees,
     unverified: str | None = None,
@@ -143,7 +143,7 @@ def seconds(time: str) -> int:
 
 
 def signed_commit_bytes(
-    key: SigningKey,
+    key: SigningIdentity,
     principal: str,
     time: str,
     message: str,
@@ -300,7 +300,7 @@ class Appends(Reads):
         kind: str,
         data: Mapping[str, Any],
         *,
-        key: SigningKey,
+        key: SigningIdentity,
         principal: str | None = None,
         run: str | None = None,
         attachments: Mapping[str, bytes] | None = None,

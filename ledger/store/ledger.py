@@ -21,7 +21,7 @@ import pygit2
 from ledger import __version__
 from ledger.errors import LedgerExists, LedgerNotFound, StorageError
 from ledger.format import records, shapes
-from ledger.keys import PublicKey, SigningKey
+from ledger.keys import PublicKey, SigningIdentity
 from ledger.store import append, gitdir, trees
 from ledger.store.reads import Tip
 from ledger.store.seqindex import SeqIndex
@@ -111,7 +111,7 @@ class Ledger(append.Appends):
         path: Path,
         *,
         name: str,
-        key: SigningKey,
+        key: SigningIdentity,
         principal: str,
         signers: list[tuple[str, PublicKey]] | None = None,
         host: str | None = None,
@@ -212,7 +212,7 @@ def _write_genesis(
     path: Path,
     repo: pygit2.Repository,
     ledger_id: str,
-    key: SigningKey,
+    key: SigningIdentity,
     principal: str,
     host: str | None,
     data: shapes.GenesisData,
