@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pygit2
 import pytest
+from support.cli import run_cli
 from support.gitcmd import git
 
 from ledger.errors import (
@@ -298,19 +299,79 @@ def test_unsupported_key_type(tmp_path: Path) -> None:
         PublicKey.parse((tmp_path / "dsa.pub").read_text())
 
 
-@pytest.mark.parametrize(
-    "cipher",
-    [
-        "aes128-ctr",
-        "aes192-ctr",
-        "aes128-cbc",
-        "aes128-gcm@openssh.com",
-        "chacha20-poly1305@openssh.com",
-    ],
-)
-def test_other_ciphers_are_refused_with_a_hint_that_works(tmp_path: Path, cipher: str) -> None:
-    """cryptography decrypts aes256-ctr/cbc/gcm only; a key under another cipher gets a clear
-    error naming it, whose hint (re-encrypt with ssh-keygen) makes the key loadable."""
+#: the ciphers of ssh-keygen's -Z that the hand-written codec (before cryptography) decrypted
+#: besides the three cryptography decrypts itself; they are decrypted in keyformat.py now
+OTHER_CIPHERS = [
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes128-cbc",
+    "aes192-cbc",
+    "aes128-gcm@openssh.com",
+]
+KEY_TYPES = {
+    "ed25519": ("-t", "ed25519"),
+    "ecdsa": ("-t", "ecdsa"),
+    "rsa": ("-t", "rsa", "-b", "2048"),
+}
+
+
+def ssh_ciphers() -> set[str]:
+    out = subprocess.run(["ssh", "-Q", "cipher"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("cipher", OTHER_CIPHERS)
+@pytest.mark.parametrize("kind", list(KEY_TYPES))
+def test_keys_under_other_ciphers_load_and_sign(tmp_path: Path, kind: str, cipher: str) -> None:
+    """Every cipher the old codec read still loads: a key ssh-keygen encrypted with it signs,
+    and ssh-keygen verifies the signature; a wrong passphrase is a WrongPassphrase."""
+    if cipher not in ssh_ciphers():
+        pytest.skip(f"this ssh does not offer {cipher}")
+    opts = (*KEY_TYPES[kind], "-a", "2", "-Z", cipher)
+    path = make_key(tmp_path, "k", *opts, passphrase=PASS)
+    assert key_is_encrypted(path)
+    with pytest.raises(PassphraseRequired):
+        SigningKey.load(path)
+    with pytest.raises(WrongPassphrase) as wrong:
+        SigningKey.load(path, b"not the passphrase")
+    assert str(path) in wrong.value.message and wrong.value.exit_code == 4
+    key = SigningKey.load(path, PASS)
+    assert key.public_key.fingerprint == keygen_fingerprint(tmp_path / "k.pub")
+    data = f"signed with a {kind} key under {cipher}".encode()
+    assert keygen_verify(tmp_path, sign_sshsig(key, data), data, key.public_key).returncode == 0
+
+
+def test_key_under_other_cipher_through_the_cli(tmp_path: Path) -> None:
+    """Through the CLI: a wrong passphrase for an aes128-ctr key is exit 4 with one clear
+    paragraph; the right one initialises a ledger."""
+    path = make_key(tmp_path, "k", "-t", "ed25519", "-a", "2", "-Z", "aes128-ctr", passphrase=PASS)
+    led = tmp_path / "l.git"
+    res = run_cli("init", led, "--key", path, env={"LEDGER_KEY_PASSPHRASE": "wrong"})
+    assert res.code == 4 and "passphrase" in res.err and str(path) in res.err, res.output
+    assert "Traceback" not in res.output
+    res = run_cli("init", led, "--key", path, env={"LEDGER_KEY_PASSPHRASE": PASS})
+    assert res.code == 0, res.output
+
+
+def test_damaged_key_under_other_cipher(tmp_path: Path) -> None:
+    """An aes128-gcm key whose tag was cut off is damaged (not a wrong passphrase)."""
+    path = make_key(
+        tmp_path, "k", "-t", "ed25519", "-a", "2", "-Z", "aes128-gcm@openssh.com", passphrase=PASS
+    )
+    lines = path.read_text().splitlines()
+    body = base64.b64decode("".join(lines[1:-1]))[:-16]
+    path.write_text(f"{lines[0]}\n{base64.b64encode(body).decode()}\n{lines[-1]}\n")
+    with pytest.raises(KeyProblem) as info:
+        SigningKey.load(path, PASS)
+    assert type(info.value) is KeyProblem and "wrong length" in info.value.message
+
+
+def test_chacha20_keys_are_refused_with_a_hint_that_works(tmp_path: Path) -> None:
+    """chacha20-poly1305 (never read by this tool): a clear error naming the cipher, whose hint
+    (re-encrypt with ssh-keygen) makes the key loadable."""
+    cipher = "chacha20-poly1305@openssh.com"
+    if cipher not in ssh_ciphers():
+        pytest.skip(f"this ssh does not offer {cipher}")
     path = make_key(tmp_path, "k", "-t", "ed25519", "-a", "2", "-Z", cipher, passphrase=PASS)
     assert key_is_encrypted(path)
     for passphrase in (None, PASS):

@@ -3,12 +3,15 @@ cryptography key objects, with every problem turned into a :class:`~ledger.error
 
 cryptography does the cryptographic work of ``openssh-key-v1`` (``load_ssh_private_key`` and
 ``PrivateFormat.OpenSSH``): bcrypt-pbkdf, the ciphers aes256-ctr (ssh-keygen's default),
-aes256-cbc and aes256-gcm@openssh.com, the check bytes, the key fields and the padding. This
-module reads only the clear header in front of the encrypted part, to give clear answers before
-any work: which key type (supported or not), whether a passphrase is needed, a cipher the library
-does not handle (aes128/aes192, chacha20-poly1305: re-encrypt with ssh-keygen), and a KDF rounds
-count above 65,536, which is refused because the library has no limit and a hostile key file
-could otherwise keep the process busy for hours.
+aes256-cbc and aes256-gcm@openssh.com, the check bytes, the key fields and the padding. The
+other ciphers ``ssh-keygen -Z`` offers and earlier versions of this tool read (aes128-ctr,
+aes192-ctr, aes128-cbc, aes192-cbc, aes128-gcm@openssh.com) are decrypted here with ``bcrypt.kdf``
+and cryptography's AES, and the library then reads the same file unencrypted (cipher and KDF
+"none"). chacha20-poly1305@openssh.com and 3des-cbc are refused with a hint to re-encrypt with
+ssh-keygen. This module reads only the clear header in front of the encrypted part, to give clear
+answers before any work: which key type (supported or not), whether a passphrase is needed, a
+cipher not handled, and a KDF rounds count above 65,536, which is refused because the library has
+no limit and a hostile key file could otherwise keep the process busy for hours.
 
 The library also drops the key's comment in both directions. This module keeps it where it can
 without cipher code: it reads the comment from an unencrypted file's private part and writes it
@@ -23,9 +26,12 @@ import binascii
 from dataclasses import dataclass
 from typing import Final
 
+import bcrypt
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.errors import KeyProblem, PassphraseRequired, WrongPassphrase
 from ledger.keys import blobs, sshwire
@@ -37,6 +43,14 @@ MAX_KDF_ROUNDS: Final = 1 << 16
 DEFAULT_KDF_ROUNDS: Final = 16  # ssh-keygen's default (-a)
 #: the ciphers cryptography decrypts (42.x to 48.x); ssh-keygen's default comes first
 LIBRARY_CIPHERS: Final = ("aes256-ctr", "aes256-cbc", "aes256-gcm@openssh.com")
+#: the ciphers decrypted here (cipher: key length, mode); all have 16-byte blocks
+_OWN_CIPHERS: Final = {
+    "aes128-ctr": (16, "ctr"),
+    "aes192-ctr": (24, "ctr"),
+    "aes128-cbc": (16, "cbc"),
+    "aes192-cbc": (24, "cbc"),
+    "aes128-gcm@openssh.com": (16, "gcm"),
+}
 _UNENCRYPTED_BLOCK: Final = 8  # padding block of an unencrypted private part, as ssh-keygen
 #: the number of SSH strings (mpints are strings too) holding each key type's private fields
 _PRIVATE_FIELDS: Final = {blobs.ED25519: 2, **dict.fromkeys(blobs.ECDSA, 3), blobs.RSA: 6}
@@ -52,6 +66,7 @@ class OpenSshHeader:
     public_blob: bytes
     key_type: str
     private: bytes
+    tag: bytes  # after the private part: the AES-GCM tag, empty for other ciphers
 
     @property
     def encrypted(self) -> bool:
@@ -93,13 +108,14 @@ def read_openssh_header(data: bytes, where: str) -> OpenSshHeader:
             )
         public_blob = reader.string()
         private = reader.string()
+        tag = reader.rest()
         key_type = sshwire.Reader(public_blob).string().decode("ascii", "replace")
     except (sshwire.Malformed, UnicodeDecodeError):
         raise KeyProblem(
             f"{where} is damaged: the key structure is truncated or malformed.",
             hint=blobs.KEY_HINT,
         ) from None
-    return OpenSshHeader(cipher, kdf, kdf_options, public_blob, key_type, private)
+    return OpenSshHeader(cipher, kdf, kdf_options, public_blob, key_type, private, tag)
 
 
 def passphrase_required(where: str) -> PassphraseRequired:
@@ -115,8 +131,11 @@ def wrong_passphrase(where: str) -> WrongPassphrase:
     )
 
 
-def _check_header(header: OpenSshHeader, passphrase: bytes | None, where: str) -> None:
-    """Refuse, before any key derivation, what cannot or must not be decrypted."""
+def _check_header(
+    header: OpenSshHeader, passphrase: bytes | None, where: str
+) -> tuple[bytes, int] | None:
+    """Refuse, before any key derivation, what cannot or must not be decrypted; the KDF's salt
+    and rounds of an encrypted file."""
     if header.key_type in blobs.SK_TYPES:
         raise KeyProblem(
             f"{where} is a FIDO security key ({header.key_type}): the file holds only a "
@@ -135,8 +154,8 @@ def _check_header(header: OpenSshHeader, passphrase: bytes | None, where: str) -
             raise KeyProblem(
                 f"{where} is damaged: unencrypted key with a KDF.", hint=blobs.KEY_HINT
             )
-        return
-    if header.cipher not in LIBRARY_CIPHERS:
+        return None
+    if header.cipher not in LIBRARY_CIPHERS and header.cipher not in _OWN_CIPHERS:
         raise KeyProblem(
             f"{where} is encrypted with cipher {header.cipher!r}, which is not supported.",
             hint=f"Re-encrypt it with `ssh-keygen -p -Z {LIBRARY_CIPHERS[0]} -f {where}`.",
@@ -161,6 +180,37 @@ def _check_header(header: OpenSshHeader, passphrase: bytes | None, where: str) -
         )
     if not passphrase:  # only now: asking for it would be in vain if the options are bad
         raise passphrase_required(where)
+    return salt, rounds
+
+
+def _decrypted(
+    header: OpenSshHeader, kdf: tuple[bytes, int], passphrase: bytes, where: str
+) -> bytes:
+    """The ``openssh-key-v1`` file of a key under one of :data:`_OWN_CIPHERS`, unencrypted:
+    cipher and KDF "none", the same public key and the decrypted private part."""
+    key_len, mode = _OWN_CIPHERS[header.cipher]
+    iv_len = 12 if mode == "gcm" else 16
+    if len(header.private) % 16 or len(header.tag) != (16 if mode == "gcm" else 0):
+        raise KeyProblem(
+            f"{where} is damaged: the encrypted part has a wrong length.", hint=blobs.KEY_HINT
+        )
+    salt, rounds = kdf
+    key_iv = bcrypt.kdf(passphrase, salt, key_len + iv_len, rounds, ignore_few_rounds=True)
+    key, iv = key_iv[:key_len], key_iv[key_len:]
+    if mode == "gcm":
+        try:
+            private = AESGCM(key).decrypt(iv, header.private + header.tag, None)
+        except InvalidTag:
+            raise wrong_passphrase(where) from None
+    else:
+        cipher_mode = modes.CTR(iv) if mode == "ctr" else modes.CBC(iv)
+        decryptor = Cipher(algorithms.AES(key), cipher_mode).decryptor()
+        private = decryptor.update(header.private) + decryptor.finalize()
+    if private[:4] != private[4:8]:  # the check numbers: equal unless the passphrase is wrong
+        raise wrong_passphrase(where)
+    clear = KEY_MAGIC + sshwire.string(b"none") + sshwire.string(b"none") + sshwire.string(b"")
+    clear += sshwire.U32.pack(1) + sshwire.string(header.public_blob) + sshwire.string(private)
+    return _armor(clear)
 
 
 def load_openssh(
@@ -168,7 +218,9 @@ def load_openssh(
 ) -> tuple[blobs.PrivateCrypto, str | None]:
     """The key of an ``openssh-key-v1`` file and its comment (None when encrypted)."""
     header = read_openssh_header(data, where)
-    _check_header(header, passphrase, where)
+    kdf = _check_header(header, passphrase, where)
+    if kdf and passphrase and header.cipher in _OWN_CIPHERS:
+        data, passphrase = _decrypted(header, kdf, passphrase, where), None
     try:
         private = serialization.load_ssh_private_key(data, passphrase if header.encrypted else None)
     except InvalidTag:  # aes256-gcm: the passphrase does not open it
@@ -279,8 +331,12 @@ def _with_comment(pem: bytes, comment: str) -> str:
     offset, _empty = _split_at_comment(header.private, header.key_type)
     private = header.private[:offset] + sshwire.string(comment.encode("utf-8"))
     private += bytes(range(1, -len(private) % _UNENCRYPTED_BLOCK + 1))
-    encoded = base64.b64encode(before + sshwire.string(private)).decode("ascii")
-    return f"{KEY_BEGIN}\n{sshwire.wrap(encoded)}\n{KEY_END}\n"
+    return _armor(before + sshwire.string(private)).decode("ascii")
+
+
+def _armor(blob: bytes) -> bytes:
+    encoded = base64.b64encode(blob).decode("ascii")
+    return f"{KEY_BEGIN}\n{sshwire.wrap(encoded)}\n{KEY_END}\n".encode("ascii")
 
 
 def load_private(

@@ -362,7 +362,8 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path | str, passphrase: bytes | str | None = None) -> SigningKey:
-        """Load a private key file as ``ssh-keygen`` writes it (or PEM/PKCS#8).
+        """Load a private key file as ``ssh-keygen`` writes it (or PEM/PKCS#8); an encrypted
+        OpenSSH file may use any AES cipher (ctr, cbc, gcm; see ``keyformat``).
 
         Raises KeyProblem when the file is missing, unreadable, not a private key or of an
         unsupported type; its subclasses PassphraseRequired when the key is encrypted and no
