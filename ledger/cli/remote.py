@@ -13,7 +13,16 @@ import typer
 from rich.markup import escape
 
 from ledger import replicate
-from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
+from ledger.cli.common import (
+    JsonOpt,
+    LedgerOpt,
+    ShowUnverifiedOpt,
+    app,
+    console,
+    console_err,
+    find_ledger_path,
+)
+from ledger.cli.core import open_verified
 from ledger.errors import LedgerNotFound, RemoteError, UsageError
 from ledger.hook import pre_receive
 from ledger.redact import mask_url
@@ -374,9 +383,12 @@ def clone_cmd(
 
 
 @app.command("status")
-def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
-    """Local head and seq, each remote's last known head and lag, unfinished runs."""
-    st = replicate.status(find_ledger_path(ledger))
+def status_cmd(
+    ledger: LedgerOpt = None, as_json: JsonOpt = False, allow_unverified: ShowUnverifiedOpt = False
+) -> None:
+    """The verified head and seq, each remote's last known head and lag, unfinished runs."""
+    led = open_verified(ledger, allow_unverified, "its status is not shown")
+    st = replicate.status(led.path, allow_unverified=allow_unverified)
     if as_json:
         console.print(json.dumps(st.to_json(), indent=2))
         return
