@@ -88,6 +88,7 @@ def check_verified(
         f"--allow-unverified: {then}; run 'ledger verify' for the findings.",
         style="bold red",
         markup=False,
+        soft_wrap=True,
     )
 
 

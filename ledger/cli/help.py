@@ -106,9 +106,14 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "record": (
         "ledger record -m 'pager acknowledged' --data '{\"alert\": \"api-5xx\"}'",
         "ledger record -m 'deploy done' --data @deploy.json",
+        "ledger record -m 'investigated INC-7, going on' --allow-unverified",
     ),
     "log": ("ledger log -n 20", "ledger log --run RUN_ID --kind step.finished --json"),
-    "show": ("ledger show 42", "ledger show 42 --file stdout"),
+    "show": (
+        "ledger show 42",
+        "ledger show 42 --file stdout",
+        "ledger show 42 --allow-unverified",
+    ),
     "verify": (
         "ledger verify",
         "ledger verify --since-last --remotes --skip-remote mirror --json",
