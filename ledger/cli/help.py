@@ -55,8 +55,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         (
             "verification found problems (every finding is printed), or the ledger is "
             "corrupt: an object or reference that cannot be read (named in the message); an "
-            "append, approval, resume or trust listing refused because the ledger's head does"
-            " not verify"
+            "append, approval, resume, trust listing or display (`log`, `show`, `runs`, "
+            "`approvals`, `status`) refused because the ledger's head does not verify "
+            "(`--allow-unverified` goes on)"
         ),
     ),
     (
