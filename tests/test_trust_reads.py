@@ -279,3 +279,25 @@ def test_report_head_time_is_not_read_from_an_unverified_head(
     assert res.code == 0, res.output
     assert "2099" not in res.out, res.out
     assert "untrusted-key" in res.out  # the report says what failed
+
+
+# --- the ledger's config is no trust anchor ---------------------------------------------------
+
+
+def test_remote_init_and_report_take_the_genesis_from_the_verified_chain(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    led, key = setup
+    genesis = git("rev-list", "--max-parents=0", "main", cwd=led).stdout.strip()
+    git("config", "ledger.genesis", "f" * 40, cwd=led)
+    git("config", "ledger.name", "PWNED", cwd=led)
+    res = run_cli("remote", "init", tmp_path / "remote.git", "-L", led)
+    assert res.code == 0, res.output
+    assert genesis in res.out and "f" * 40 not in res.out, res.output
+    book = tmp_path / "tiny.yaml"
+    book.write_text(RUNBOOK)
+    assert run_cli("run", book, "-L", led, "-k", key, "--no-push").code == 0
+    run_id = json.loads(run_cli("runs", "-L", led, "--json").out)[0]["run"]
+    res = run_cli("report", "--run", run_id, "-L", led)
+    assert res.code == 0, res.output
+    assert genesis in res.out and "f" * 40 not in res.out and "PWNED" not in res.out

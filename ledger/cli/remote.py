@@ -26,6 +26,7 @@ from ledger.cli.core import open_verified
 from ledger.errors import LedgerNotFound, RemoteError, UsageError
 from ledger.hook import pre_receive
 from ledger.redact import mask_url
+from ledger.store import Ledger
 
 remote_app = typer.Typer(
     help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
@@ -135,6 +136,17 @@ def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
             _warn(r.warning)
 
 
+def _verified_genesis(led: Ledger) -> str | None:
+    """The genesis of the ledger's verified chain (never its config, which anyone who can
+    write the ledger directory can change); refused (exit 7) when the chain does not verify."""
+    if led.head() is None:
+        return None
+    view = led.trust_view()
+    if not view.ok or view.state is None:
+        raise view.refuse(led.path, "no remote is made to accept its genesis")
+    return view.state.genesis
+
+
 @remote_app.command("init")
 def remote_init(
     path: Annotated[Path, typer.Argument(help="Where to create the protected bare remote.")],
@@ -152,9 +164,8 @@ def remote_init(
     genesis = trust_genesis
     if genesis is None:
         try:
-            from ledger.store import Ledger
-
-            genesis = Ledger.open(find_ledger_path(ledger)).genesis_id
+            led = Ledger.open(find_ledger_path(ledger))
+            genesis = _verified_genesis(led)
         except LedgerNotFound:
             if ledger is not None:
                 raise

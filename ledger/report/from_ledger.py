@@ -286,10 +286,11 @@ def report_for(
     head_time = None
     if view is not None and view.ok and view.seq is not None:
         head_time = as_str(ledger.record(view.seq, at=at).record.get("time")) or None
-    info = LedgerInfo(
-        ledger_id=ledger.ledger_id,
-        name=ledger.name,
-        genesis=ledger.genesis_id,
+    verified = view.state if view is not None and view.ok else None
+    info = LedgerInfo(  # (the verified chain's id and genesis, not the config's)
+        ledger_id=verified.ledger_id if verified is not None else ledger.ledger_id,
+        name=_genesis_name(ledger, at) if verified is not None else ledger.name,
+        genesis=verified.genesis if verified is not None else ledger.genesis_id,
         head_commit=at,
         head_seq=view.seq if view is not None else None,
         head_time=head_time,
@@ -324,6 +325,11 @@ def report_for(
         excerpt_lines=excerpt_lines,
     )
     return render(model, template)
+
+
+def _genesis_name(ledger: Ledger, at: str | None) -> str:
+    """The ledger's name as its genesis record gives it (not the config's)."""
+    return as_str(as_dict(ledger.record(0, at=at).record.get("data")).get("name"))
 
 
 def write_report(text: str, output: Path | None) -> Path | None:
