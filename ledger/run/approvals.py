@@ -357,7 +357,7 @@ def _find_request(
     ledger: Ledger, run_id: str, step: str, request_seq: int | None
 ) -> ApprovalRequest:
     if request_seq is not None:
-        rec = ledger.record(request_seq)
+        rec = ledger.record(request_seq, signed=True)  # (its commit id is recorded)
         request = approval_records.request_from(run_id, rec)
         if request is None or rec.run != run_id or rec.kind != records.KIND_STEP_STARTED:
             raise ApprovalRefused(
@@ -452,7 +452,8 @@ class _NewRecords:
         for seq in range(self.last_seen + 1, top + 1):
             self.last_seen = seq
             if seq not in failed:
-                yield self.ledger.record(seq, at=view.head)
+                # (signed: the commit ids of votes and ignored records are recorded)
+                yield self.ledger.record(seq, at=view.head, signed=True)
 
 
 def _operator(ledger: Ledger, operator_key: SigningKey | None) -> str | None:
