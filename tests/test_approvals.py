@@ -56,6 +56,11 @@ def _keyfile(tmp: Path, name: str, comment: str = "") -> Path:
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Env:
+    return make_env(tmp_path)
+
+
+def make_env(tmp_path: Path) -> Env:
+    """A pinned ledger whose operator trusts alice (two keys), bob and carol."""
     operator_file = _keyfile(tmp_path, "operator")
     operator = SigningKey.load(operator_file)
     path = tmp_path / "ledger"

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_approvals
 from support.cli import CliResult, run_cli
 from support.gitcmd import git
 from support.tamper import Built, forge_append, set_main, signed_commit
-from test_approvals import Env, approve, start_waiting
+from test_approvals import Env, approve, make_env, start_waiting
 
 from ledger.format import records
 from ledger.keys import SigningKey
-
-approvals_env = test_approvals.env  # (pytest knows the fixture by its name, 'env')
 
 RUNBOOK = """\
 name: tiny
@@ -32,6 +29,11 @@ steps:
   - name: hello
     run: echo hello
 """
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Env:
+    return make_env(tmp_path)
 
 
 def no_traceback(res: CliResult) -> None:
