@@ -11,8 +11,17 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import JsonOpt, KeyOpt, LedgerOpt, TrustGenesisOpt, app, console
-from ledger.cli.core import open_ledger, require_pin, signing_key_for
+from ledger.cli.common import (
+    AppendUnverifiedOpt,
+    JsonOpt,
+    KeyOpt,
+    LedgerOpt,
+    ShowUnverifiedOpt,
+    TrustGenesisOpt,
+    app,
+    console,
+)
+from ledger.cli.core import check_verified, open_ledger, open_verified, require_pin, signing_key_for
 from ledger.run import approvals
 
 
@@ -34,6 +43,7 @@ def approve_cmd(
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
     trust_genesis: TrustGenesisOpt = None,
+    allow_unverified: AppendUnverifiedOpt = False,
 ) -> None:
     """Approve (or --reject) a run waiting at an approval step, signed with your own key.
 
@@ -42,6 +52,7 @@ def approve_cmd(
     """
     led = open_ledger(ledger)
     require_pin(led, trust_genesis)
+    check_verified(led, allow_unverified, "no approval is recorded in it", appending=True)
     signing_key = signing_key_for(led, key)
     decision: approvals.Decision = approvals.REJECTED if reject else approvals.APPROVED
     done = approvals.record_approval(
@@ -71,9 +82,12 @@ def approve_cmd(
 
 
 @app.command("approvals")
-def approvals_cmd(ledger: LedgerOpt = None, json_out: JsonOpt = False) -> None:
-    """Runs waiting at an approval step right now, with their approvers."""
-    led = open_ledger(ledger)
+def approvals_cmd(
+    ledger: LedgerOpt = None, json_out: JsonOpt = False, allow_unverified: ShowUnverifiedOpt = False
+) -> None:
+    """Runs waiting at an approval step right now (on the verified chain), with their
+    approvers."""
+    led = open_verified(ledger, allow_unverified, "no approval request in it is listed")
     pending = approvals.pending_requests(led)
     if json_out:
         console.out(

@@ -82,6 +82,23 @@ TrustGenesisOpt = Annotated[
     ),
 ]
 
+ShowUnverifiedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unverified",
+        help="Show what the ledger holds even if its chain fails verification (after a "
+        "warning on stderr); without it such a ledger is refused (exit 7).",
+    ),
+]
+AppendUnverifiedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unverified",
+        help="Append even if the ledger fails verification; the record says so (its signed "
+        "Ledger-Unverified trailer names the rules broken).",
+    ),
+]
+
 
 def find_ledger_path(explicit: Path | None) -> Path:
     """Where the ledger is: ``--ledger``, ``$LEDGER_DIR``, else the nearest ``.ledger``."""

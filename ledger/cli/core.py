@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ledger.cli.common import (
+    AppendUnverifiedOpt,
     JsonOpt,
     KeyOpt,
     LedgerOpt,
+    ShowUnverifiedOpt,
     TrustGenesisOpt,
     app,
     check_text,
@@ -59,6 +61,43 @@ app.add_typer(keys_app, name="keys")
 
 def open_ledger(path: Path | None) -> Ledger:
     return Ledger.open(find_ledger_path(path))
+
+
+def open_verified(path: Path | None, allow_unverified: bool, what: str) -> Ledger:
+    """Open the ledger for a command that shows what its records say (:func:`check_verified`)."""
+    led = open_ledger(path)
+    check_verified(led, allow_unverified, what)
+    return led
+
+
+def check_verified(
+    led: Ledger, allow_unverified: bool, what: str, *, appending: bool = False
+) -> None:
+    """Verify the ledger's chain up to ``main`` before a command shows or decides from its
+    records (incrementally from this copy's verified head). One that does not verify is
+    refused (exit 7, findings named: "..., so ``what``") unless ``allow_unverified``; then a
+    warning naming the findings comes first on stderr, and every record appended says so
+    (its signed ``Ledger-Unverified`` trailer)."""
+    led.allow_unverified = allow_unverified
+    view = led.trust_view() if led.head() is not None else None
+    if view is None or view.ok:
+        return
+    if not allow_unverified:
+        raise view.refuse(led.path, what)
+    shown = "; ".join(f"{f.rule} at seq {f.seq}" for f in view.findings[:5])
+    more = f"; and {len(view.findings) - 5} more" if len(view.findings) > 5 else ""
+    then = (
+        "the record appended names these rules in its signed Ledger-Unverified trailer"
+        if appending
+        else "what follows is read from a chain that failed verification and may be forged"
+    )
+    console_err.print(
+        f"ledger: WARNING: the ledger at {led.path} does NOT verify ({shown}{more}). "
+        f"--allow-unverified: {then}; run 'ledger verify' for the findings.",
+        style="bold red",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def load_key(spec: KeySpec) -> SigningIdentity:
@@ -380,6 +419,7 @@ def record_cmd(
     ledger: LedgerOpt = None,
     key: KeyOpt = None,
     trust_genesis: TrustGenesisOpt = None,
+    allow_unverified: AppendUnverifiedOpt = False,
 ) -> None:
     """Append an external event to the ledger (for other tools)."""
     if kind != records.KIND_EVENT:
@@ -390,9 +430,11 @@ def record_cmd(
     check_text(message, "--message")
     value = _parse_data(data)
     led = open_ledger(ledger)
+    require_pin(led, trust_genesis)
+    check_verified(led, allow_unverified, "nothing is recorded in it", appending=True)
     if run is not None:
         records.check_run_id(run)
-        recs = led.run_records(run)
+        recs = led.usable_run_records(run)  # (the verified chain's)
         if not recs or recs[0].kind != records.KIND_RUN_STARTED:
             raise InputError(
                 f"there is no run {run} in the ledger at {led.path}; an event attached to it "
@@ -400,7 +442,6 @@ def record_cmd(
                 hint="Check the run id ('ledger log --kind run.started' lists runs), or record "
                 "the event without --run.",
             )
-    require_pin(led, trust_genesis)
     signing_key = signing_key_for(led, key)
     done = led.append(
         records.KIND_EVENT,
@@ -437,9 +478,9 @@ def log_cmd(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N records.")] = None,
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
+    allow_unverified: ShowUnverifiedOpt = False,
 ) -> None:
-    """Records, newest first."""
-    led = open_ledger(ledger)
+    """Records of the verified chain, newest first."""
     kinds = set(kind or [])
     unknown = kinds - records.KINDS
     if unknown:
@@ -447,8 +488,9 @@ def log_cmd(
             f"unknown --kind {', '.join(sorted(unknown))}; known kinds: "
             f"{', '.join(sorted(records.KINDS))}."
         )
+    led = open_verified(ledger, allow_unverified, "its records are not listed")
     source = (
-        reversed(led.run_records(records.check_run_id(run)))
+        reversed(led.run_records(records.check_run_id(run), signed=True))
         if run
         else led.iter_records(newest_first=True)
     )
@@ -481,10 +523,11 @@ def show_cmd(
     ] = None,
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
+    allow_unverified: ShowUnverifiedOpt = False,
 ) -> None:
-    """One record with its commit and attachments."""
-    led = open_ledger(ledger)
-    rec = led.record(ref)
+    """One record of the verified chain with its commit and attachments."""
+    led = open_verified(ledger, allow_unverified, "none of its records is shown")
+    rec = led.record(ref, signed=True)
     if file is not None:
         data = rec.attachment(file)
         console.file.flush()

@@ -57,10 +57,11 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         (
             "verification found problems (every finding is printed), or the ledger is "
             "corrupt: an object or reference that cannot be read (named in the message); an "
-            "append, approval, resume or trust listing refused because the ledger's head does"
-            " not verify; a clone whose chain does not verify or starts at another genesis "
-            "than the pin; `push` / `fetch` on a ledger that claims another ledger's id than "
-            "the verified one"
+            "append, approval, resume, trust listing or display (`log`, `show`, `runs`, "
+            "`approvals`, `status`) refused because the ledger's head does not verify "
+            "(`--allow-unverified` goes on); a clone whose chain does not verify or starts at "
+            "another genesis than the pin; `push` / `fetch` on a ledger that claims another "
+            "ledger's id than the verified one"
         ),
     ),
     (
@@ -113,9 +114,14 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "record": (
         "ledger record -m 'pager acknowledged' --data '{\"alert\": \"api-5xx\"}'",
         "ledger record -m 'deploy done' --data @deploy.json",
+        "ledger record -m 'investigated INC-7, going on' --allow-unverified",
     ),
     "log": ("ledger log -n 20", "ledger log --run RUN_ID --kind step.finished --json"),
-    "show": ("ledger show 42", "ledger show 42 --file stdout"),
+    "show": (
+        "ledger show 42",
+        "ledger show 42 --file stdout",
+        "ledger show 42 --allow-unverified",
+    ),
     "verify": (
         "ledger verify",
         "ledger verify --since-last --remotes --skip-remote mirror --json",

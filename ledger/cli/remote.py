@@ -13,10 +13,20 @@ import typer
 from rich.markup import escape
 
 from ledger import replicate
-from ledger.cli.common import JsonOpt, LedgerOpt, app, console, console_err, find_ledger_path
+from ledger.cli.common import (
+    JsonOpt,
+    LedgerOpt,
+    ShowUnverifiedOpt,
+    app,
+    console,
+    console_err,
+    find_ledger_path,
+)
+from ledger.cli.core import open_verified
 from ledger.errors import LedgerNotFound, RemoteError, UsageError
 from ledger.hook import pre_receive
 from ledger.redact import mask_url
+from ledger.store import Ledger
 
 remote_app = typer.Typer(
     help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
@@ -155,6 +165,17 @@ def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
             _warn(r.warning)
 
 
+def _verified_genesis(led: Ledger) -> str | None:
+    """The genesis of the ledger's verified chain (never its config, which anyone who can
+    write the ledger directory can change); refused (exit 7) when the chain does not verify."""
+    if led.head() is None:
+        return None
+    view = led.trust_view()
+    if not view.ok or view.state is None:
+        raise view.refuse(led.path, "no remote is made to accept its genesis")
+    return view.state.genesis
+
+
 @remote_app.command("init")
 def remote_init(
     path: Annotated[Path, typer.Argument(help="Where to create the protected bare remote.")],
@@ -203,9 +224,7 @@ def remote_init(
     genesis = trust_genesis
     if genesis is None:
         try:
-            from ledger.store import Ledger
-
-            here = Ledger.open(find_ledger_path(ledger)).path
+            led = Ledger.open(find_ledger_path(ledger))
         except LedgerNotFound:
             if ledger is not None:
                 raise
@@ -213,8 +232,10 @@ def remote_init(
             from ledger.verify import local
 
             # The pin (exit 14 without one), never the config's ledger.genesis: anyone who
-            # can write the ledger directory could make the remote accept another chain.
-            genesis = local.require_pin(here).genesis
+            # can write the ledger directory could make the remote accept another chain; and
+            # the chain must verify from it (exit 7).
+            genesis = local.require_pin(led.path).genesis
+            _verified_genesis(led)
     replicate.init_remote(path, genesis=genesis, require_user_presence=require_user_presence)
     console.print(f"Created protected remote at {path}", markup=False)
     console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
@@ -471,9 +492,12 @@ def clone_cmd(
 
 
 @app.command("status")
-def status_cmd(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
-    """Local head and seq, each remote's last known head and lag, unfinished runs."""
-    st = replicate.status(find_ledger_path(ledger))
+def status_cmd(
+    ledger: LedgerOpt = None, as_json: JsonOpt = False, allow_unverified: ShowUnverifiedOpt = False
+) -> None:
+    """The verified head and seq, each remote's last known head and lag, unfinished runs."""
+    led = open_verified(ledger, allow_unverified, "its status is not shown")
+    st = replicate.status(led.path, allow_unverified=allow_unverified)
     if as_json:
         console.print(json.dumps(st.to_json(), indent=2))
         return

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import JsonOpt, LedgerOpt, app, console
-from ledger.cli.core import open_ledger
+from ledger.cli.common import JsonOpt, LedgerOpt, ShowUnverifiedOpt, app, console
+from ledger.cli.core import open_verified
 from ledger.errors import UsageError
 from ledger.format import records
 from ledger.report import runs as run_list
@@ -28,11 +28,13 @@ def runs_cmd(
     ] = None,
     ledger: LedgerOpt = None,
     json_out: JsonOpt = False,
+    allow_unverified: ShowUnverifiedOpt = False,
 ) -> None:
-    """The ledger's runs, newest first: runbook, incident, who started it, how it ended."""
+    """The ledger's runs (on the verified chain), newest first: runbook, incident, who
+    started it, how it ended."""
     if status is not None and status not in run_list.STATUSES:
         raise UsageError(f"unknown --status {status!r}; use one of {', '.join(run_list.STATUSES)}.")
-    led = open_ledger(ledger)
+    led = open_verified(ledger, allow_unverified, "its runs are not listed")
     found = run_list.list_runs(
         led,
         incident=records.check_incident(incident) if incident else None,

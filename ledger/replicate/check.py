@@ -18,7 +18,7 @@ import pygit2
 from ledger.errors import LedgerError
 from ledger.redact import mask_url
 from ledger.replicate import chain, pushes, remotes, state, transport
-from ledger.store import Ledger, open_repository
+from ledger.store import Head, Ledger, open_repository
 from ledger.verify import verify_chain
 
 
@@ -396,12 +396,16 @@ class LedgerStatus:
         }
 
 
-def status(ledger_path: Path) -> LedgerStatus:
-    """Local head and seq, what each remote held when last seen, unfinished runs. When this
-    user's remote state cannot be read (a copy never verified here, a ledger claiming another
-    id), every remote shows that as its problem."""
+def status(ledger_path: Path, *, allow_unverified: bool = False) -> LedgerStatus:
+    """The verified head and its seq, what each remote held when last seen, unfinished runs
+    (read from the verified chain: :class:`VerificationFailed` when it does not verify,
+    unless ``allow_unverified``). When this user's remote state cannot be read (a copy never
+    verified here, a ledger claiming another id), every remote shows that as its problem."""
     ledger = Ledger.open(ledger_path)
-    head = ledger.head()
+    ledger.allow_unverified = allow_unverified
+    at = ledger.verified_head()
+    view = ledger.trust_view() if at is not None else None
+    head = Head(view.head, view.seq) if view is not None and view.seq is not None else None
     repo = ledger.repo
     unread = None
     try:
@@ -438,7 +442,7 @@ def status(ledger_path: Path) -> LedgerStatus:
         head.commit_id if head else None,
         head.seq if head else None,
         rows,
-        ledger.unfinished_runs(),
+        ledger.unfinished_runs(at=at) if at is not None else [],
     )
 
 

@@ -68,6 +68,7 @@ def _select(
     incident: str | None,
     since: str | None,
     until: str | None,
+    at: str | None,
 ) -> tuple[str, str, dict[str, Sequence[RecordLike]]]:
     chosen = [x for x in (run, incident, since) if x]
     if len(chosen) != 1 or (until and not since):
@@ -77,7 +78,7 @@ def _select(
         )
     runs: dict[str, Sequence[RecordLike]] = {}
     if run:
-        recs = ledger.run_records(run)
+        recs = ledger.run_records(run, at=at)
         if not recs:
             raise InputError(
                 f"the ledger has no run {run}.",
@@ -86,22 +87,22 @@ def _select(
         runs[run] = list(recs)
         return "run", run, runs
     if incident:
-        ids = ledger.runs_for_incident(incident)
+        ids = ledger.runs_for_incident(incident, at=at)
         if not ids:
             raise InputError(
                 f"the ledger has no runs for incident {incident}.",
                 hint="Runs are tied to an incident with 'ledger run --incident ID'.",
             )
         for rid in ids:
-            runs[rid] = list(ledger.run_records(rid))
+            runs[rid] = list(ledger.run_records(rid, at=at))
         return "incident", incident, runs
     lo = _parse_bound(since or "", end=False)
     hi = _parse_bound(until, end=True) if until else None
     if hi is not None and hi < lo:
         raise UsageError(f"--until {until} is before --since {since}.")
     lo_s, hi_s = _iso(lo), _iso(hi) if hi else None
-    for rid in ledger.run_ids(lo, hi):
-        recs = list(ledger.run_records(rid))
+    for rid in ledger.run_ids(lo, hi, at=at):
+        recs = list(ledger.run_records(rid, at=at))
         start = next(
             (r.record.get("time") for r in recs if r.record.get("kind") == "run.started"), None
         )
@@ -121,13 +122,13 @@ def _select(
 # one owner, which the verify split creates; until then it stays in this one function.
 
 
-def _in_head_tree(ledger: Ledger, rec: RecordLike) -> bool:
+def _in_head_tree(ledger: Ledger, rec: RecordLike, head: str) -> bool:
     path = getattr(rec, "path", None)
     raw = getattr(rec, "raw", None)
     if not isinstance(path, str) or not isinstance(raw, bytes):
         return False
     try:
-        return ledger.read_blob(path) == raw
+        return ledger.read_blob(path, commit_id=head) == raw
     except InputError:
         return False
 
@@ -181,7 +182,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             # At or below the last verified head: the verified chain's tree only grows, so
             # the record is the chain's when the head's tree holds exactly its bytes at its
             # path (no walk back through the history).
-            member = _in_head_tree(ledger, rec)
+            member = state is not None and _in_head_tree(ledger, rec, state.head)
         if member:
             on_chain += 1
         else:
@@ -226,7 +227,8 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
         state = replicate.read_remote_state(ledger.path)
     except LedgerError as exc:  # never verified here, or claiming another ledger's id
         state, unread = {}, f"your record of this remote could not be read: {exc.message}"
-    head = ledger.head()
+    view = ledger.trust_view() if ledger.head() is not None else None
+    head = view if view is not None and view.ok else None  # (the verified head, or none)
     out: list[RemoteView] = []
     for info in remotes:
         entry = as_dict(state.get(info.name))
@@ -244,7 +246,8 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
             head is not None
             and seq is not None
             and not problem
-            and (seq > head.seq or (seq == head.seq and commit == head.commit_id))
+            and head.seq is not None
+            and (seq > head.seq or (seq == head.seq and commit == head.head))
         )
         out.append(
             RemoteView(
@@ -281,17 +284,22 @@ def report_for(
     Reads only the records of the selected runs (through the tree's run directories,
     incident index and date shards), so its cost does not grow with the ledger's history.
     """
-    scope, selector, runs = _select(ledger, run, incident, since, until)
-    head = ledger.head()
+    # What the report reads is the chain up to the head of the verified view (verified
+    # incrementally); on a chain that does not verify it reads what main names, the head's
+    # time is not believed, and the verification section says what failed.
+    view = ledger.trust_view() if ledger.head() is not None else None
+    at = view.head if view is not None else None
+    scope, selector, runs = _select(ledger, run, incident, since, until, at)
     head_time = None
-    if head is not None:
-        head_time = as_str(ledger.record(head.seq).record.get("time")) or None
-    info = LedgerInfo(
-        ledger_id=ledger.ledger_id,
-        name=ledger.name,
-        genesis=ledger.genesis_id,
-        head_commit=head.commit_id if head else None,
-        head_seq=head.seq if head else None,
+    if view is not None and view.ok and view.seq is not None:
+        head_time = as_str(ledger.record(view.seq, at=at).record.get("time")) or None
+    verified = view.state if view is not None and view.ok else None
+    info = LedgerInfo(  # (the verified chain's id and genesis, not the config's)
+        ledger_id=verified.ledger_id if verified is not None else ledger.ledger_id,
+        name=_genesis_name(ledger, at) if verified is not None else ledger.name,
+        genesis=verified.genesis if verified is not None else ledger.genesis_id,
+        head_commit=at,
+        head_seq=view.seq if view is not None else None,
         head_time=head_time,
     )
     used = [r for recs in runs.values() for r in recs]
@@ -307,10 +315,14 @@ def report_for(
             )
             for rv in remote_views
         ]
-    trust = {s.fingerprint: s.active for s in ledger.signers()}
+    trust = {s.fingerprint: s.active for s in view.signers} if view is not None else {}
+
+    def read_blob(path: str) -> bytes:
+        return ledger.read_blob(path, commit_id=at)
+
     model = build_report(
         runs,
-        read_blob=ledger.read_blob,
+        read_blob=read_blob,
         ledger=info,
         scope=scope,
         selector=selector,
@@ -320,6 +332,11 @@ def report_for(
         excerpt_lines=excerpt_lines,
     )
     return render(model, template)
+
+
+def _genesis_name(ledger: Ledger, at: str | None) -> str:
+    """The ledger's name as its genesis record gives it (not the config's)."""
+    return as_str(as_dict(ledger.record(0, at=at).record.get("data")).get("name"))
 
 
 def write_report(text: str, output: Path | None) -> Path | None:

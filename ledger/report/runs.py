@@ -1,9 +1,9 @@
 """The runs of a ledger, one line each: what `ledger runs` lists.
 
-Read from the head's tree (each run's directory and the incident index), never by walking
-the history: a run's ``run.started`` and ``run.finished`` records are found by their file
-names. Like ``ledger log``, this lists what the ledger holds; ``ledger verify`` says whether
-it verifies.
+Read from the verified head's tree (each run's directory and the incident index), never by
+walking the history: a run's ``run.started`` and ``run.finished`` records are found by their
+file names. The chain up to ``main`` is verified first (:meth:`Ledger.verified_head`): one
+that does not verify is refused unless the ledger object allows it.
 """
 
 from __future__ import annotations
@@ -51,21 +51,24 @@ def list_runs(
     ledger: Ledger, *, incident: str | None = None, status: str | None = None
 ) -> list[RunSummary]:
     """The ledger's runs, newest first, optionally only those of ``incident`` or ``status``."""
-    run_ids = ledger.runs_for_incident(incident) if incident else ledger.run_ids()
+    at = ledger.verified_head()
+    if at is None:
+        return []
+    run_ids = ledger.runs_for_incident(incident, at=at) if incident else ledger.run_ids(at=at)
     out: list[RunSummary] = []
     for run_id in sorted(run_ids, reverse=True):
-        summary = _summary(ledger, run_id)
+        summary = _summary(ledger, run_id, at)
         if summary is not None and (status is None or summary.status == status):
             out.append(summary)
     return out
 
 
-def _summary(ledger: Ledger, run_id: str) -> RunSummary | None:
-    names = ledger.run_file_names(run_id)
-    started = _first(ledger, names, f"-{records.KIND_RUN_STARTED}.json")
+def _summary(ledger: Ledger, run_id: str, at: str) -> RunSummary | None:
+    names = ledger.run_file_names(run_id, at=at)
+    started = _first(ledger, names, f"-{records.KIND_RUN_STARTED}.json", at)
     if started is None:
         return None
-    finished = _first(ledger, names, f"-{records.KIND_RUN_FINISHED}.json")
+    finished = _first(ledger, names, f"-{records.KIND_RUN_FINISHED}.json", at)
     start = started.data
     book = start.get("runbook")
     trigger = start.get("trigger")
@@ -84,10 +87,10 @@ def _summary(ledger: Ledger, run_id: str) -> RunSummary | None:
     )
 
 
-def _first(ledger: Ledger, names: list[str], suffix: str) -> Any:
+def _first(ledger: Ledger, names: list[str], suffix: str, at: str) -> Any:
     for name in names:
         if name.endswith(suffix):
-            return ledger.record(int(name.split("-", 1)[0]))
+            return ledger.record(int(name.split("-", 1)[0]), at=at)
     return None
 
 

@@ -86,7 +86,7 @@ def abandon_run(ledger: Ledger, run_id: str, reason: str, *, key: SigningIdentit
     """
     text = _check_reason(reason)
     records.check_run_id(run_id)
-    recs = ledger.run_records(run_id)
+    recs = ledger.usable_run_records(run_id)  # (the verified chain's)
     if not recs or recs[0].kind != records.KIND_RUN_STARTED:
         raise InputError(
             f"there is no run {run_id} in the ledger at {ledger.path}.",

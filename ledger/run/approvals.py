@@ -77,15 +77,19 @@ Interactive = Callable[[str], tuple[bool, str]]
 # --------------------------------------------------------------------------- requests
 
 
-def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
-    """The approval request the run ``run_id`` is waiting on at ``step``.
+def pending_request(
+    ledger: Ledger, run_id: str, step: str, *, at: str | None = None
+) -> ApprovalRequest:
+    """The approval request the run ``run_id`` is waiting on at ``step``, read from the
+    chain ending at ``at`` (default: the verified head, :meth:`Ledger.verified_head`).
 
     :class:`ApprovalRefused` (with what the run is doing instead) when the run does not
     exist, has finished, has not reached the step, the step is not an approval step, or the
     step was already decided.
     """
     records.check_run_id(run_id)
-    recs = ledger.run_records(run_id)
+    at = ledger.verified_head(at)
+    recs = ledger.usable_run_records(run_id, at=at)
     if not recs:
         raise UnknownRun(
             f"the ledger at {ledger.path} has no run {run_id}, so there is nothing to approve.",
@@ -111,7 +115,8 @@ def pending_request(ledger: Ledger, run_id: str, step: str) -> ApprovalRequest:
             hint="Check the step name; approve once the run waits there ('ledger log --run "
             f"{run_id}' shows its records).",
         )
-    last = started[-1]
+    # Its commit id is recorded in each approval: the chain's own commit, not the index's.
+    last = ledger.record(started[-1].seq, at=at, signed=True)
     request = approval_records.request_from(run_id, last)
     if request is None:
         raise ApprovalRefused(
@@ -143,14 +148,16 @@ def _current_step(recs: Sequence[StoredRecord]) -> str | None:
 
 
 def pending_requests(ledger: Ledger) -> list[ApprovalRequest]:
-    """Every approval request that an unfinished run is waiting on right now."""
+    """Every approval request that an unfinished run is waiting on right now (on the
+    verified chain)."""
     out: list[ApprovalRequest] = []
-    for run_id in ledger.unfinished_runs():
-        step = _current_step(ledger.run_records(run_id))
+    at = ledger.verified_head()
+    for run_id in ledger.unfinished_runs(at=at):
+        step = _current_step(ledger.usable_run_records(run_id, at=at))
         if step is None:
             continue
         try:
-            out.append(pending_request(ledger, run_id, step))
+            out.append(pending_request(ledger, run_id, step, at=at))
         except ApprovalRefused:
             continue
     return out
@@ -204,7 +211,7 @@ def record_approval(
             hint="Approve with your own key after a trusted signer added it with 'ledger "
             "keys add PRINCIPAL KEY.pub' (see 'ledger keys list').",
         )
-    request = pending_request(ledger, run_id, step)
+    request = pending_request(ledger, run_id, step, at=view.head)
     principal = signer.principal
     if principal not in request.approvers:
         raise ApprovalRefused(
@@ -212,7 +219,7 @@ def record_approval(
             f"{run_id}: the step's approvers are {', '.join(request.approvers)}.",
             hint="Ask one of them to approve, with their own key.",
         )
-    for rec in ledger.run_records(run_id):
+    for rec in ledger.usable_run_records(run_id, at=view.head):
         if rec.kind != records.KIND_APPROVAL or rec.seq <= request.seq:
             continue
         earlier = rec.data_as(shapes.Approval)
@@ -350,7 +357,7 @@ def _find_request(
     ledger: Ledger, run_id: str, step: str, request_seq: int | None
 ) -> ApprovalRequest:
     if request_seq is not None:
-        rec = ledger.record(request_seq)
+        rec = ledger.record(request_seq, signed=True)  # (its commit id is recorded)
         request = approval_records.request_from(run_id, rec)
         if request is None or rec.run != run_id or rec.kind != records.KIND_STEP_STARTED:
             raise ApprovalRefused(
@@ -441,10 +448,12 @@ class _NewRecords:
         if not view.ok and not self.ledger.allow_unverified:
             raise view.refuse(self.ledger.path, "no approval in it is counted")
         top = view.seq if view.seq is not None else self.last_seen
+        failed = view.failed_seqs()  # (with --allow-unverified: they count for nothing)
         for seq in range(self.last_seen + 1, top + 1):
-            rec = self.ledger.record(seq, at=view.head)
             self.last_seen = seq
-            yield rec
+            if seq not in failed:
+                # (signed: the commit ids of votes and ignored records are recorded)
+                yield self.ledger.record(seq, at=view.head, signed=True)
 
 
 def _operator(ledger: Ledger, operator_key: SigningIdentity | None) -> str | None:

@@ -278,7 +278,7 @@ def prepare_resume(
     view = ledger.trust_view()  # the run's records are read from the verified chain
     if not view.ok and not ledger.allow_unverified:
         raise view.refuse(ledger.path, "no run in it is resumed")
-    recs = ledger.run_records(run_id, at=view.head)
+    recs = ledger.usable_run_records(run_id, at=view.head)
     started, finished = _resumable_run(ledger, run_id, recs, runner_gone)
     data = started.data_as(shapes.RunStarted)
     runbook = _same_runbook(run_id, started, runbook_path)

@@ -337,7 +337,8 @@ class Appends(Reads):
                 made = compose(
                     draft,
                     parent=parent,
-                    ledger_id=self.ledger_id,
+                    # (the verified chain's id; the config's only on a chain that fails)
+                    ledger_id=view.state.ledger_id if view.state is not None else self.ledger_id,
                     key=key,
                     who=who,
                     tree_builder=self._trees,

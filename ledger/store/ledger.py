@@ -24,15 +24,17 @@ from ledger.format import records, shapes
 from ledger.keys import PublicKey, SigningIdentity
 from ledger.store import append, gitdir, trees
 from ledger.store.reads import Tip
+from ledger.store.runreads import RunReads
 from ledger.store.seqindex import SeqIndex
 from ledger.store.trust import TrustView
 from ledger.store.upkeep import Upkeep, UpkeepPolicy
 from ledger.verify import VerifiedState
 
 
-class Ledger(append.Appends):
-    """A ledger repository opened for reading (:class:`~ledger.store.reads.Reads`) and
-    appending (:class:`~ledger.store.append.Appends`)."""
+class Ledger(append.Appends, RunReads):
+    """A ledger repository opened for reading (:class:`~ledger.store.reads.Reads`,
+    :class:`~ledger.store.runreads.RunReads`) and appending
+    (:class:`~ledger.store.append.Appends`)."""
 
     def __init__(
         self, path: Path, repo: pygit2.Repository, *, upkeep: UpkeepPolicy | None = None

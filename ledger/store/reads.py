@@ -1,6 +1,12 @@
 """Reading the ledger: the head, records by seq or commit id (through the seq index), and
 lookups in the head's tree (runs, incidents, trusted keys) instead of history scans.
 
+Every read that is not given a commit to read at (``at``) reads at the head of the verified
+view (:meth:`Reads.verified_head`): the chain up to ``main`` is verified first
+(incrementally, from this copy's verified head), and a chain that does not verify is
+refused (:class:`~ledger.errors.VerificationFailed`, naming the findings) unless
+``allow_unverified`` is set. A record by commit id is one of that chain's records or none.
+
 :class:`Reads` is the reading half of :class:`ledger.store.Ledger`, a mixin: the attributes
 it declares are set by ``Ledger.__init__``.
 """
@@ -10,12 +16,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pygit2
 
-from ledger.errors import InputError, StorageError
+from ledger import keys
+from ledger.errors import InputError, SignatureError, StorageError
 from ledger.format import records
 from ledger.store import gitdir, trees, trust
 from ledger.store.seqindex import SeqIndex
@@ -138,11 +144,12 @@ class Reads:
     def iter_records(
         self, *, newest_first: bool = True, start: str | None = None
     ) -> Iterator[StoredRecord]:
-        """Records along the chain, streaming; from ``start`` (a commit id) or the head."""
-        head = self.head()
-        if head is None:
+        """Records along the chain, streaming; from ``start`` (a commit id) or the verified
+        head (:meth:`verified_head`)."""
+        begin = start or self.verified_head()
+        if begin is None:
             return
-        oid: pygit2.Oid | None = pygit2.Oid(hex=start or head.commit_id)
+        oid: pygit2.Oid | None = pygit2.Oid(hex=begin)
         if newest_first:
             while oid is not None:
                 commit = self._commit(oid)
@@ -157,13 +164,17 @@ class Reads:
         for one in reversed(ids):
             yield self._load(self._commit(one))
 
-    def record(self, ref: str | int, *, at: str | None = None) -> StoredRecord:
-        """One record, by seq (an int or a decimal string) or by commit id (or prefix).
-
-        By seq, the record on the chain ending at commit ``at`` (default: ``main``)."""
+    def record(
+        self, ref: str | int, *, at: str | None = None, signed: bool = False
+    ) -> StoredRecord:
+        """One record, by seq (an int or a decimal string) or by commit id (or prefix), of
+        the chain ending at commit ``at`` (default: the verified head, :meth:`verified_head`).
+        A commit that is not that chain's record at its seq is no record of this ledger.
+        ``signed``: as :meth:`commit_for_seq` (always, for a commit id)."""
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit() and len(ref) < 12):
-            return self._load(self._commit(self.commit_for_seq(int(ref), at=at)))
+            return self._load(self._commit(self.commit_for_seq(int(ref), at=at, signed=signed)))
         text = str(ref)
+        at = self.verified_head(at)
         try:
             obj = self.repo.revparse_single(text)
         except (KeyError, ValueError, pygit2.GitError):
@@ -173,23 +184,46 @@ class Reads:
             ) from None
         if not isinstance(obj, pygit2.Commit):
             raise InputError(f"{text!r} does not name a commit of this ledger.")
+        if at is None or not self._is_chain_record(obj, at):
+            raise InputError(
+                f"the commit {obj.id} is not a record of this ledger's chain (it is not "
+                "reachable from the verified head at its seq).",
+                hint="Give a seq number or a commit id from 'ledger log'; an unreachable "
+                "commit in the ledger directory may be a forgery ('ledger verify').",
+            )
         return self._load(obj)
+
+    def _is_chain_record(self, commit: pygit2.Commit, at: str) -> bool:
+        """Whether ``commit`` is the record at its own seq of the chain ending at ``at``."""
+        try:
+            seq = self._commit_seq(commit)
+            return self.commit_for_seq(seq, at=at, signed=True) == str(commit.id)
+        except (InputError, StorageError):
+            return False
 
     # -- seq index -----------------------------------------------------------------------
 
-    def commit_for_seq(self, seq: int, *, at: str | None = None) -> str:
+    def commit_for_seq(self, seq: int, *, at: str | None = None, signed: bool = False) -> str:
         """The commit id of the record with ``seq`` on the chain ending at ``at`` (default:
-        ``main``). The seq index is believed only when the head's tree holds that commit's
-        record, and the files it lists, as the same blobs at the same paths: the chain's
-        trees only grow (the append-only rule), so that is membership, checked without
-        walking history. Otherwise the chain is walked back and the index repaired."""
-        head = self.head() if at is None else Head(at, self._commit_seq(self._commit(at)))
+        the verified head). The seq index is believed only when the head's tree holds that
+        commit's record (whose own ``seq`` is ``seq``), and the files it lists, as the same
+        blobs at the same paths: the chain's trees only grow (the append-only rule), so the
+        record read is the chain's, checked without walking history. With ``signed`` (the
+        commit's id or message is shown or recorded, not only its record) the commit must
+        also be signed by a key the verified view trusted at ``seq``, which only the
+        chain's own commit is. Otherwise the chain is walked back and the index repaired."""
+        at = self.verified_head(at)
+        head = None if at is None else Head(at, self._commit_seq(self._commit(at)))
         if head is None or seq < 0 or seq > head.seq:
             top = "none" if head is None else str(head.seq)
             raise InputError(f"no record with seq {seq} in this ledger (the newest is {top}).")
         head_tree = self._commit(head.commit_id).tree
         hit = self._index.get(seq)
-        if hit is not None and _on_chain(self.repo, hit, seq, head_tree):
+        if (
+            hit is not None
+            and _on_chain(self.repo, hit, seq, head_tree)
+            and (not signed or _signed_at(self.repo, self._view, hit, seq))
+        ):
             return str(hit)
         return self._walk_to(head, seq)
 
@@ -214,15 +248,14 @@ class Reads:
     # -- tree lookups --------------------------------------------------------------------
 
     def _head_tree(self, commit_id: str | None = None) -> pygit2.Tree | None:
+        commit_id = self.verified_head(commit_id)
         if commit_id is None:
-            target = gitdir.main_target(self.repo, self.path)
-            if target is None:
-                return None
-            commit_id = str(target)
+            return None
         return self._tree(self._commit(commit_id).tree_id, "/")
 
     def read_blob(self, path: str, *, commit_id: str | None = None) -> bytes:
-        """The content of a file of the ledger's tree (at the head, or at ``commit_id``)."""
+        """The content of a file of the ledger's tree (at the verified head, or at
+        ``commit_id``)."""
         tree = self._head_tree(commit_id)
         obj = None if tree is None else self._lookup(tree, path)
         if obj is None:
@@ -241,64 +274,6 @@ class Reads:
         obj = self._lookup(tree, path)
         return obj if isinstance(obj, pygit2.Tree) else None
 
-    def run_dir(self, run_id: str) -> str:
-        return records.record_dir(records.KIND_RUN_STARTED, 0, records.check_run_id(run_id), "")
-
-    def run_records(self, run_id: str, *, at: str | None = None) -> list[StoredRecord]:
-        """All records of one run, in seq order, found through the tree (no history scan)
-        of commit ``at`` (default: ``main``)."""
-        directory = self.run_dir(run_id)
-        tree = self._tree_at(directory, at)
-        if tree is None:
-            return []
-        names = sorted(e.name for e in tree if e.name and e.name.endswith(".json"))
-        return [self.record(int(name.split("-", 1)[0]), at=at) for name in names]
-
-    def run_file_names(self, run_id: str) -> list[str]:
-        """The record files of one run (``SEQ-KIND.json``), in seq order, from the tree."""
-        tree = self._tree_at(self.run_dir(run_id))
-        return sorted(e.name for e in tree or [] if e.name and e.name.endswith(".json"))
-
-    def run_ids(self, since: datetime | None = None, until: datetime | None = None) -> list[str]:
-        """Run ids whose start date lies in [since, until] (by the date shards)."""
-        root = self._tree_at(records.RUNS_DIR)
-        if root is None:
-            return []
-        lo = f"{since:%Y%m%d}" if since else "00000000"
-        hi = f"{until:%Y%m%d}" if until else "99999999"
-        out: list[str] = []
-        for year in sorted(e.name or "" for e in root):
-            if year < lo[:4] or year > hi[:4]:
-                continue
-            ytree = self._tree_at(f"{records.RUNS_DIR}/{year}")
-            for month in sorted(e.name or "" for e in ytree or []):
-                if f"{year}{month}" < lo[:6] or f"{year}{month}" > hi[:6]:
-                    continue
-                mtree = self._tree_at(f"{records.RUNS_DIR}/{year}/{month}")
-                for day in sorted(e.name or "" for e in mtree or []):
-                    if not lo <= f"{year}{month}{day}" <= hi:
-                        continue
-                    dtree = self._tree_at(f"{records.RUNS_DIR}/{year}/{month}/{day}")
-                    out.extend(sorted(e.name or "" for e in dtree or []))
-        return out
-
-    def runs_for_incident(self, incident: str) -> list[str]:
-        """Run ids recorded for ``incident`` (from the tree's incident index)."""
-        tree = self._tree_at(f"{records.INCIDENTS_DIR}/{records.check_incident(incident)}")
-        if tree is None:
-            return []
-        return sorted(e.name or "" for e in tree)
-
-    def unfinished_runs(self) -> list[str]:
-        """Runs with a run.started record and no run.finished record."""
-        out = []
-        for run_id in self.run_ids():
-            tree = self._tree_at(self.run_dir(run_id))
-            names = [e.name or "" for e in tree or []]
-            if not any(n.endswith("-run.finished.json") for n in names):
-                out.append(run_id)
-        return out
-
     # -- trust ---------------------------------------------------------------------------
 
     def trust_view(self) -> trust.TrustView:
@@ -309,6 +284,20 @@ class Reads:
             raise StorageError(f"the ledger at {self.path} has no {gitdir.MAIN_REF}.")
         self._view = trust.view_at(self.repo, head, self._view)
         return self._view
+
+    def verified_head(self, at: str | None = None) -> str | None:
+        """``at`` when given; else the head of the verified view at ``main`` (None when there
+        is no ``main``). :class:`~ledger.errors.VerificationFailed`, naming the findings,
+        when that chain does not verify, unless :attr:`allow_unverified` is set (then its
+        head, unverified: the caller says so)."""
+        if at is not None:
+            return at
+        if self._read_main() is None:
+            return None
+        view = self.trust_view()
+        if not view.ok and not self.allow_unverified:
+            raise view.refuse(self.path, "nothing is read from it")
+        return view.head
 
     def signers(self) -> list[Signer]:
         """Every key the ledger has trusted, with revocations, as the verifier replays the
@@ -322,6 +311,27 @@ class Reads:
         if self._read_main() is None:
             return None
         return self.trust_view().trusted(fingerprint)
+
+
+def _signed_at(
+    repo: pygit2.Repository, view: trust.TrustView | None, oid: pygit2.Oid, seq: int
+) -> bool:
+    """Whether commit ``oid`` is signed by a key ``view`` trusted at ``seq`` (the genesis:
+    is the verified genesis)."""
+    if view is None or view.state is None:
+        return False
+    if seq == 0:
+        return str(oid) == view.state.genesis
+    try:
+        _payload, public = keys.verify_signed_commit(bytes(repo.odb.read(oid)[1]))
+    except (SignatureError, KeyError, ValueError, pygit2.GitError):
+        return False
+    return any(
+        s.fingerprint == public.fingerprint
+        and s.added_seq < seq
+        and (s.revoked_seq is None or s.revoked_seq > seq)
+        for s in view.signers
+    )
 
 
 def _on_chain(repo: pygit2.Repository, oid: pygit2.Oid, seq: int, head_tree: pygit2.Tree) -> bool:
@@ -339,7 +349,9 @@ def _on_chain(repo: pygit2.Repository, oid: pygit2.Oid, seq: int, head_tree: pyg
         if head_tree[path].id != entry.id:
             return False
         record = json.loads(trees.blob_data(repo, entry.id))
-        files = record.get("files") if isinstance(record, dict) else None
+        if not isinstance(record, dict) or record.get("seq") != seq:
+            return False  # (another record of the chain, shown under this seq)
+        files = record.get("files")
         for meta in files.values() if isinstance(files, dict) else ():
             other = str(meta.get("path", "")) if isinstance(meta, dict) else ""
             if commit.tree[other].id != head_tree[other].id:

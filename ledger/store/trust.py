@@ -19,7 +19,15 @@ import pygit2
 from ledger.errors import InputError, StorageError, VerificationFailed
 from ledger.keys import PublicKey
 from ledger.store.types import Signer
-from ledger.verify import Finding, TrustedKey, VerifiedState, load_state, save_state, verify_chain
+from ledger.verify import (
+    Finding,
+    TrustedKey,
+    VerifiedState,
+    load_state,
+    local,
+    save_state,
+    verify_chain,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,11 @@ class TrustView:
                 return s
         return None
 
+    def failed_seqs(self) -> frozenset[int]:
+        """The seqs of the records a finding names (none when the chain verifies): on a chain
+        read with ``--allow-unverified`` they have no effect on a decision."""
+        return frozenset(f.seq for f in self.findings if f.seq is not None)
+
     def rules(self) -> list[str]:
         return sorted({f.rule for f in self.findings})
 
@@ -67,8 +80,11 @@ class TrustView:
             f"the ledger at {path} does not verify, so {what}: {shown}.",
             findings=list(self.findings),
             hint="Run 'ledger verify' for every finding and investigate (restore from a "
-            "remote with 'ledger clone' if it was tampered with). To run anyway, 'ledger run' "
-            "and 'ledger resume' take --allow-unverified, which the run records.",
+            "remote with 'ledger clone' if it was tampered with). To go on anyway, pass "
+            "--allow-unverified: 'ledger run', 'resume', 'record' and 'approve' then sign "
+            "into each record they append that its chain did not verify (the "
+            "Ledger-Unverified trailer); 'show', 'log', 'runs', 'approvals' and 'status' "
+            "print what they read under a warning.",
         )
 
 
@@ -80,6 +96,14 @@ def _signer(k: TrustedKey) -> Signer:
     if pk is None:
         pk = _PARSED[k.key] = PublicKey.parse(k.key)
     return Signer(k.principal, pk, k.added_seq, k.added_time, k.revoked_seq, k.revoked_time)
+
+
+def _config_id(repo: pygit2.Repository) -> str | None:
+    """The ledger id the config claims: only a key to look the pin up by."""
+    try:
+        return str(repo.config["ledger.id"]).strip().lower()
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
 
 
 def view_at(repo: pygit2.Repository, head: str, known: TrustView | None) -> TrustView:
@@ -98,7 +122,11 @@ def view_at(repo: pygit2.Repository, head: str, known: TrustView | None) -> Trus
     base = known.state if known is not None else None
     if saved is not None and (base is None or saved.seq > base.seq):
         base = saved
-    result = verify_chain(repo, head, since=base)
+    pin = None
+    if base is None:  # no verified head: from the genesis, pinned when this machine has a pin
+        with contextlib.suppress(InputError, StorageError):
+            pin = local.find_pin(local.Anchors.given(), None, _config_id(repo)).genesis
+    result = verify_chain(repo, head, since=base, trust_genesis=pin)
     state = result.state
     # Only a head this copy already remembers moves forward: the first one (and the pin it
     # carries) is set by 'ledger init' or 'ledger verify' (ledger.verify.local), never here.
