@@ -91,7 +91,9 @@ def test_remote_state_is_kept_under_the_verified_ledger_id(
         r = run_cli(*command, "--ledger", a.path)
         assert r.code == 7, (command, r.output)
         assert b_id in r.err and a_id in r.err and "Ledger-Id of its head" in r.err, r.output
-    st = run_cli("status", "--ledger", a.path)
+    # status reads only the verified chain: refused, or shown under a warning.
+    assert run_cli("status", "--ledger", a.path).code == 7
+    st = run_cli("status", "--allow-unverified", "--ledger", a.path)
     assert st.code == 0 and "could not be read" in st.out, st.output
     assert b_file.read_bytes() == b_state  # b's state was neither read into a's nor changed
 

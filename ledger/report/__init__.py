@@ -23,7 +23,7 @@ Modules:
 - :mod:`~ledger.report.model` -- the data model (dataclasses) a template sees;
 - :mod:`~ledger.report.fields` -- lenient readers of record fields;
 - :mod:`~ledger.report.build` -- records -> model (pure);
-- :mod:`~ledger.report.render` -- Jinja2 environment, filters, :func:`render`;
+- :mod:`~ledger.report.rendering` -- Jinja2 environment, filters, :func:`render`;
 - :mod:`~ledger.report.mdsafe` -- Markdown escaping of untrusted text;
 - :mod:`~ledger.report.from_ledger` -- :func:`report_for`: selection, verification, remotes.
 """
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         StepView,
         Verification,
     )
-    from ledger.report.render import (
+    from ledger.report.rendering import (
         DEFAULT_TEMPLATE,
         FILTERS,
         TEMPLATES_DIR,
@@ -91,7 +91,7 @@ __getattr__, __dir__ = lazy.attach(
             "StepView",
             "Verification",
         ),
-        "ledger.report.render": (
+        "ledger.report.rendering": (
             "DEFAULT_TEMPLATE",
             "FILTERS",
             "TEMPLATES_DIR",

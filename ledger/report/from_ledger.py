@@ -29,7 +29,7 @@ from ledger.report.model import (
     RemoteView,
     Verification,
 )
-from ledger.report.render import render
+from ledger.report.rendering import render
 
 if TYPE_CHECKING:
     from ledger.store import Ledger

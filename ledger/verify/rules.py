@@ -42,6 +42,7 @@ RULES = frozenset(
         "object-corrupt",
         "object-missing",
         "diverged",
+        "unknown-remote",
     }
 )
 
