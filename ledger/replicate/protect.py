@@ -159,8 +159,12 @@ def pre_receive(
             ok = False
             messages.append(refusal)
             continue
-        root = chain.root_commit(repo, new)
         genesis = pinned or pin_now
+        # The remote's own state for the head being extended: that chain verified from the
+        # pinned genesis, and NEW descends from OLD (checked above), so its root is known
+        # without walking the whole history (a push costs what it adds).
+        since = local.hook_since(repo, old, genesis) if genesis is not None else None
+        root = since.genesis if since is not None else chain.root_commit(repo, new)
         if genesis is not None and root != genesis:
             ok = False
             messages.append(
@@ -168,7 +172,8 @@ def pre_receive(
                 f"pinned genesis {genesis} of this remote [rule: genesis-mismatch]"
             )
             continue
-        since = local.hook_since(repo, old, genesis or root)
+        if since is None:
+            since = local.hook_since(repo, old, genesis or root)
         problems, result = check.verify_head(
             repo,
             new,
