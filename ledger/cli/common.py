@@ -67,6 +67,8 @@ KeyOpt = Annotated[
         "-k",
         help="Signing key (OpenSSH private key). Default: $LEDGER_SIGNING_KEY, else ledger config.",
         show_default=False,
+        # Not click's own check (exit 2, "is not readable"): reading the key says why (exit 4).
+        readable=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
