@@ -318,6 +318,9 @@ _HOSTILE_TEXT = st.one_of(
             "../../etc/passwd",
             "20261122T014312Z-1a2b3c4d",
             "{{ 'x' * 99999999 }}",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "a" * 4000,  # a slow pattern's worst case (RBP), under its length cap
+            "a" * 10000,
         ]
     ),
 )
@@ -338,6 +341,7 @@ _COMMANDS = st.sampled_from(
         ["keys", "add", "x@y"],
         ["validate"],
         ["run", "RB", "-p"],
+        ["run", "RBP", "-p"],
         ["verify", "--trust-genesis"],
         ["remote", "add", "x"],
     ]
@@ -358,7 +362,13 @@ def test_generated_hostile_arguments(
     book.write_text(
         "name: t\nparameters:\n  p: {default: a}\nsteps:\n  - name: a\n    run: 'true'\n"
     )
-    args: list[str | bytes] = [str(book) if a == "RB" else a for a in command]
+    slow = tmp_path / "gen-pattern.yaml"  # a pattern that backtracks on long runs of 'a'
+    slow.write_text(
+        "name: t\nparameters:\n  p: {pattern: '(?:a|aa|aaa)+b', default: ab}\n"
+        "steps:\n  - name: a\n    run: 'true'\n"
+    )
+    books = {"RB": str(book), "RBP": str(slow)}
+    args: list[str | bytes] = [books.get(a, a) for a in command]
     value = value.replace("\0", "")
     raw = raw.replace(b"\0", b"")
     argument: str | bytes = value.encode("utf-8", "surrogatepass") + raw if raw else value

@@ -69,6 +69,8 @@ KeyOpt = Annotated[
         "ssh-agent ($SSH_AUTH_SOCK): PATH.pub, 'key::ssh-ed25519 AAAA...' or SHA256:... "
         "Default: $LEDGER_SIGNING_KEY, else ledger config.",
         show_default=False,
+        # Not click's own check (exit 2, "is not readable"): reading the key says why (exit 4).
+        readable=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

@@ -40,6 +40,7 @@ from ledger.runbook import (
     ResolvedParams,
     Runbook,
     Step,
+    caps,
     templating,
 )
 from ledger.runbook.templating import Namespace, Raw
@@ -530,12 +531,10 @@ def _output_error(step: Step, spec: OutputSpec, message: str) -> RunbookError:
 
 
 def extract_output(step: Step, spec: OutputSpec, stdout: bytes, stderr: bytes = b"") -> str:
-    """One output value from a command's streams (see :class:`OutputSpec`).
-
-    Output text is decoded as UTF-8 (invalid bytes replaced). A JSON value that is not a
-    string is given as compact JSON text. :class:`RunbookError` when the stream is not
-    JSON, the key or a match is missing, or the value is longer than
-    :data:`MAX_OUTPUT_CHARS`.
+    """One output value from a command's streams (see :class:`OutputSpec`), decoded as UTF-8
+    (invalid bytes replaced); a JSON value that is not a string as compact JSON text.
+    :class:`RunbookError` when the stream is not JSON, the key or a match is missing, the
+    pattern is too slow (:func:`caps.search`), or the value is over :data:`MAX_OUTPUT_CHARS`.
     """
     text = (stderr if spec.kind == "stderr" else stdout).decode("utf-8", errors="replace")
     if spec.kind in ("stdout", "stderr"):
@@ -557,13 +556,15 @@ def extract_output(step: Step, spec: OutputSpec, stdout: bytes, stderr: bytes = 
         else:
             value = json.dumps(node, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     else:
-        pattern = re.compile(spec.expr or "", re.MULTILINE)
-        match = pattern.search(text)
+        try:
+            match = caps.search(spec.expr or "", text, re.MULTILINE)
+        except caps.SlowPattern as exc:
+            raise _output_error(step, spec, f"the regular expression failed: {exc}") from None
         if match is None:
             raise _output_error(step, spec, f"the pattern {spec.expr!r} does not match stdout")
-        if "value" in pattern.groupindex:
+        if "value" in match.re.groupindex:
             value = match.group("value") or ""
-        elif pattern.groups >= 1:
+        elif match.re.groups >= 1:
             value = match.group(1) or ""
         else:
             value = match.group(0)

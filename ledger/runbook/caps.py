@@ -16,9 +16,11 @@ nesting of brackets and blocks at most :data:`MAX_NESTING`.
 Regular expressions of a runbook (parameter ``pattern``, ``regex`` outputs) get the same
 treatment: :func:`regex_problem` refuses a variable quantifier nested in an unbounded one
 (``(a+)+b``), whose backtracking takes exponential time, and values checked against a
-pattern are at most :data:`MAX_PATTERN_VALUE` characters long. Python's ``re`` has no
-timeout, and a thread or process per match would cost every run; refusing the shape at
-validation keeps matching fast without either.
+pattern are at most :data:`MAX_PATTERN_VALUE` characters long. Other shapes backtrack
+polynomially or worse too (``(x|xx)+y``, ``a*a*a*b``) and no static rule catches them all,
+so every match runs with the ``regex`` package (compatible with ``re``) and a bound of
+:data:`MAX_MATCH_SECONDS` of CPU time: :func:`fullmatch` and :func:`search` raise
+:class:`SlowPattern` past it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+import regex
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS
@@ -412,13 +415,47 @@ def _nested(items: Any) -> bool:
     return False
 
 
+#: CPU time one match of a runbook's regular expression may take (seconds).
+MAX_MATCH_SECONDS: Final = 1.0
+
+
+class SlowPattern(Exception):
+    """Matching a runbook's regular expression took more than :data:`MAX_MATCH_SECONDS`."""
+
+    def __init__(self, pattern: str, length: int) -> None:
+        super().__init__(
+            f"matching the pattern {pattern!r} against a value of {length} characters took "
+            f"more than {MAX_MATCH_SECONDS:g} s (the pattern backtracks too much: alternatives "
+            "or quantifiers that can match the same text, like '(x|xx)+' or 'a*a*'). "
+            "Write the pattern so that each part of the text can match one way only"
+        )
+
+
+def fullmatch(pattern: str, value: str) -> bool:
+    """Whether ``value`` matches ``pattern`` in full; :class:`SlowPattern` past the bound."""
+    try:
+        return regex.fullmatch(pattern, value, timeout=MAX_MATCH_SECONDS) is not None
+    except TimeoutError:
+        raise SlowPattern(pattern, len(value)) from None
+
+
+def search(pattern: str, text: str, flags: int = 0) -> Any:
+    """The first match of ``pattern`` in ``text`` (a match object, with ``groupindex`` and
+    ``groups`` on its ``re``), or None; :class:`SlowPattern` past the bound."""
+    try:
+        return regex.search(pattern, text, flags, timeout=MAX_MATCH_SECONDS)
+    except TimeoutError:
+        raise SlowPattern(pattern, len(text)) from None
+
+
 def regex_problem(pattern: str) -> str | None:
     """Why a runbook's regular expression is refused (it does not compile, or it nests
     quantifiers), or ``None``."""
     try:
         re.compile(pattern)
+        regex.compile(pattern)
         parsed = sre_parse.parse(pattern)
-    except (re.error, RecursionError, OverflowError) as exc:
+    except (re.error, regex.error, RecursionError, OverflowError) as exc:
         return f"not a valid regular expression: {exc}"
     try:
         nested = _nested(parsed.data)

@@ -9,7 +9,6 @@ parses, compiles, and only reads parameters that exist and steps that ran before
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -205,9 +204,13 @@ class _Checker:
         problem = caps.regex_problem(pattern)
         if problem is not None:
             self.add((*base, "pattern"), problem)
-        else:
-            compiled = re.compile(pattern)
-            if isinstance(default, str) and not compiled.fullmatch(default):
+        elif isinstance(default, str):
+            try:
+                matches = caps.fullmatch(pattern, default)
+            except caps.SlowPattern as exc:
+                self.add((*base, "default"), str(exc))
+                return
+            if not matches:
                 self.add(
                     (*base, "default"),
                     f"the default {default!r} does not match the pattern",

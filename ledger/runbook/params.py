@@ -127,7 +127,13 @@ def _coerce(param: Parameter, raw: object, source: str) -> ParamValue:
                 f"pattern takes at most {caps.MAX_PATTERN_VALUE}.",
                 hint="Give a shorter value.",
             )
-        if param.pattern is not None and not re.fullmatch(param.pattern, value):
+        try:
+            matches = param.pattern is None or caps.fullmatch(param.pattern, value)
+        except caps.SlowPattern as exc:
+            raise InputError(
+                f"{what}: {exc}.", hint="Give a shorter value, or fix the runbook's pattern."
+            ) from None
+        if not matches:
             raise InputError(
                 f"{what}: {shown} does not match the pattern {param.pattern!r}.",
                 hint="Give a value that matches it in full.",

@@ -31,7 +31,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ledger.runbook import caps
+from ledger.runbook import budget, caps
 
 #: Largest string or list a template may build with ``*`` (characters or items).
 MAX_REPEAT: Final = caps.MAX_REPEAT
@@ -39,6 +39,8 @@ MAX_REPEAT: Final = caps.MAX_REPEAT
 MAX_EXPONENT: Final = caps.MAX_EXPONENT
 #: Largest rendered text (characters).
 MAX_RENDERED: Final = 1 << 20
+#: Deepest syntax tree of a template (Python's compiler nests at most 200 brackets).
+MAX_TREE_DEPTH: Final = 128
 
 #: Names every template may use besides the context: Jinja's own globals.
 BUILTIN_NAMES: Final = frozenset({"range", "dict", "cycler", "joiner", "namespace", "loop"})
@@ -155,17 +157,27 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     """The sandbox, with caps (:mod:`ledger.runbook.caps`) on the operators, filters and
     string methods that can allocate without bound."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = budget.MeteredCodeGenerator
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         if operator_ in self.intercepted_binops:
             caps.check_binop(operator_, left, right)
-            return _BINOPS[operator_](left, right)
+            budget.step(left, right)
+            return budget.checked(_BINOPS[operator_](left, right))
         return super().call_binop(context, operator_, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         caps.check_call(__obj, args, kwargs)
-        return super().call(__context, __obj, *args, **kwargs)
+        budget.step(getattr(__obj, "__self__", None), *args, *kwargs.values())
+        args = budget.count_recursion(__obj, args)
+        return budget.checked(super().call(__context, __obj, *args, **kwargs))
+
+    # Called by the code :class:`budget.MeteredCodeGenerator` generates.
+    metered_iter = staticmethod(budget.counted)
+    metered_value = staticmethod(budget.checked)
+    metered_join = staticmethod(budget.joined)
+    concat = staticmethod(budget.joined)  # macros, {% set %} and {% filter %} blocks
 
     def wrap_str_format(self, value: Any) -> Any:
         fmt = super().wrap_str_format(value)
@@ -183,7 +195,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return checked
 
 
-_BINOPS: Final = {"*": operator.mul, "**": operator.pow, "%": operator.mod}
+_BINOPS: Final = {"*": operator.mul, "**": operator.pow, "%": operator.mod, "+": operator.add}
 
 
 def _make_env(finalize: Any) -> _Sandbox:
@@ -200,6 +212,8 @@ def _make_env(finalize: Any) -> _Sandbox:
     env.filters.update(caps.capped_filters())
     env.filters["raw"] = _filter_raw
     env.filters["shell_quote"] = _filter_shell_quote
+    for name, function in list(env.filters.items()):
+        env.filters[name] = budget.metered_filter(function)
     env.globals.pop("lipsum", None)
     return env
 
@@ -266,6 +280,7 @@ def parse_template(source: str) -> nodes.Template:
         raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
     except RecursionError:
         raise TemplateProblem("the template is nested too deeply") from None
+    _check_depth(tree)
     _check_forbidden(tree)
     _check_caps(tree)
     return tree
@@ -285,8 +300,27 @@ def _check_nesting(source: str, *, expression: bool = False) -> None:
         raise TemplateProblem(*found)
 
 
+def _check_depth(tree: nodes.Node) -> None:
+    """Refuse a syntax tree deeper than :data:`MAX_TREE_DEPTH` (a chain of hundreds of
+    ``and`` or filters nests without brackets): Jinja's compiler recurses through it."""
+    todo = [(tree, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise TemplateProblem(
+                f"the template is nested too deeply (more than {MAX_TREE_DEPTH} levels of "
+                "operators, filters and blocks); split it, for example with {% set %}",
+                node.lineno or 1,
+            )
+        todo.extend((child, depth + 1) for child in node.iter_child_nodes())
+
+
 def _check_caps(tree: nodes.Node) -> None:
-    found = caps.recursion_problem(tree) or caps.static_problem(tree, TEXT_ENV)
+    found = (
+        caps.recursion_problem(tree)
+        or caps.static_problem(tree, TEXT_ENV)
+        or budget.loop_problem(tree)
+    )
     if found:
         raise TemplateProblem(*found)
 
@@ -309,6 +343,7 @@ def parse_expression(source: str) -> nodes.Expr:
         raise TemplateProblem(exc.message or "syntax error", exc.lineno or 1) from None
     except RecursionError:
         raise TemplateProblem("the expression is nested too deeply") from None
+    _check_depth(expr)
     _check_forbidden(expr)
     _check_caps(expr)
     return expr
@@ -447,15 +482,23 @@ def _undeclared(tree: nodes.Node) -> set[str]:
     return set(meta.find_undeclared_variables(wrapper))
 
 
+def _compile(make: Any) -> Any:
+    """Compile with ``make()``; what Python's own compiler refuses is a template error."""
+    try:
+        return make()
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        raise SecurityError(f"the template cannot be compiled: {exc}") from None
+
+
 @functools.lru_cache(maxsize=4096)
 def _compiled(source: str, command: bool) -> Any:
     env = COMMAND_ENV if command else TEXT_ENV
-    return env.from_string(source)
+    return _compile(lambda: env.from_string(source))
 
 
 @functools.lru_cache(maxsize=4096)
 def _compiled_expression(source: str) -> Any:
-    return TEXT_ENV.compile_expression(source, undefined_to_none=False)
+    return _compile(lambda: TEXT_ENV.compile_expression(source, undefined_to_none=False))
 
 
 def render(source: str, variables: Mapping[str, object], *, command: bool) -> str:
@@ -463,18 +506,7 @@ def render(source: str, variables: Mapping[str, object], *, command: bool) -> st
 
     With ``command=True`` every ``{{ ... }}`` value is shell-quoted unless marked ``raw``.
     """
-    template = _compiled(source, command)
-    parts: list[str] = []
-    size = 0
-    try:
-        for part in template.generate(dict(variables)):
-            size += len(part)
-            if size > MAX_RENDERED:
-                raise SecurityError(f"the rendered text is longer than {MAX_RENDERED} characters")
-            parts.append(part)
-    except RecursionError:
-        raise SecurityError("the template recurses too deeply") from None
-    return "".join(parts)
+    return "".join(render_chunks(source, variables, command=command))
 
 
 def render_chunks(source: str, variables: Mapping[str, object], *, command: bool) -> list[str]:
@@ -483,11 +515,19 @@ def render_chunks(source: str, variables: Mapping[str, object], *, command: bool
     template = _compiled(source, command)
     chunks: list[str] = []
     size = 0
-    for chunk in template.root_render_func(template.new_context(dict(variables))):
-        size += len(chunk)
-        if size > MAX_RENDERED:
-            raise SecurityError(f"the rendered text is longer than {MAX_RENDERED} characters")
-        chunks.append(chunk)
+    try:
+        with budget.metered():
+            for chunk in template.root_render_func(template.new_context(dict(variables))):
+                size += len(chunk)
+                if size > MAX_RENDERED:
+                    raise SecurityError(
+                        f"the rendered text is longer than {MAX_RENDERED} characters"
+                    )
+                chunks.append(chunk)
+    except RecursionError:
+        raise SecurityError("the template recurses too deeply") from None
+    except MemoryError:
+        raise SecurityError("the template needs more memory than there is") from None
     return chunks
 
 
@@ -495,9 +535,12 @@ def evaluate(source: str, variables: Mapping[str, object]) -> object:
     """Evaluate a bare expression; Jinja and Python errors propagate."""
     expression = _compiled_expression(source)
     try:
-        result: object = expression(**dict(variables))
+        with budget.metered():
+            result: object = expression(**dict(variables))
     except RecursionError:
         raise SecurityError("the expression recurses too deeply") from None
+    except MemoryError:
+        raise SecurityError("the expression needs more memory than there is") from None
     return result
 
 
