@@ -1,6 +1,6 @@
 """`python -m ledger` runs the command-line tool."""
 
-from ledger.cli import main
+from ledger import cli
 
 if __name__ == "__main__":
-    main()
+    cli.main()

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ledger.errors import LedgerError
+from ledger import errors
 
 # The layout of ledger.replicate.shared (a test checks they agree): not imported from
 # there, so that post-receive pays for no more than the standard library.
@@ -38,7 +38,7 @@ def pre_receive(stdin_lines: list[str], *, shared: bool = False) -> int:
     repo_dir = Path(os.environ.get("GIT_DIR") or ".").resolve()
     try:
         result = protect.pre_receive(repo_dir, stdin_lines, shared_remote=shared)
-    except LedgerError as exc:
+    except errors.LedgerError as exc:
         sys.stderr.write(f"ledger: push refused: the check could not run: {exc.diagnostics()}\n")
         return 1
     for message in result.messages:

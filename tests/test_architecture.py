@@ -6,7 +6,10 @@
   listed in ``_DATA`` aside);
 - layering: nothing under ``ledger/`` outside ``ledger/cli/`` imports typer, rich or the CLI,
   and there is no import cycle between packages (the verifier's independence from the writer
-  is pinned in tests/test_verify.py).
+  is pinned in tests/test_verify.py);
+- modules, not names: the project's own code imports modules of ``ledger`` (``from
+  ledger.store import gitdir``), not names from them, except in the package faces, which are
+  lazy: ``ledger --help`` loads no heavy library.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +183,64 @@ def test_package_faces_load_what_they_declare(face: Path) -> None:
     assert set(package.__all__) == names
     for name in sorted(names):
         assert getattr(package, name) is not None
+
+
+def _exported(tree: ast.Module) -> set[str]:
+    """The names a module lists in its ``__all__``."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            return set(value)
+    return set()
+
+
+def _is_module(dotted: str) -> bool:
+    path = REPO_ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_modules_import_modules_not_names() -> None:
+    """``from ledger.x import y`` names a module y, at the top of a file, under
+    ``if TYPE_CHECKING:`` and in lazy imports alike (docs/ARCHITECTURE.md, rule 2). The
+    exceptions: package faces (``__init__.py``: their imports of names are the re-exports) and
+    a name re-exported on purpose (``import Name as Name``, or listed in ``__all__``)."""
+    names: list[str] = []
+    for path in _modules():
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        exported = _exported(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level:
+                continue
+            base = node.module or ""
+            if base != "ledger" and not base.startswith("ledger."):
+                continue
+            names += [
+                f"{_name(path)}:{node.lineno}: from {base} import {alias.name}"
+                for alias in node.names
+                if not _is_module(f"{base}.{alias.name}")
+                and alias.asname != alias.name
+                and (alias.asname or alias.name) not in exported
+            ]
+    assert names == [], "import the module, not the name:\n" + "\n".join(names)
+
+
+def test_ledger_help_loads_no_heavy_library() -> None:
+    """``ledger --help`` imports no git, crypto, schema, template or YAML library."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['ledger', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('ledger', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('pygit2', 'cryptography', 'jsonschema', 'jinja2', 'yaml')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -18,7 +18,6 @@ from ledger.run.context import (
     TemplateContext,
     attempt_succeeded,
     evaluate_condition,
-    extract_outputs,
     render_approval_message,
     render_command,
     render_cwd,
@@ -27,6 +26,7 @@ from ledger.run.context import (
     should_run,
     step_environment,
 )
+from ledger.run.outputs import extract_outputs
 from ledger.runbook import (
     MAX_RUNBOOK_BYTES,
     Problem,

@@ -11,21 +11,10 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import (
-    AppendUnverifiedOpt,
-    JsonOpt,
-    KeyOpt,
-    LedgerOpt,
-    ShowUnverifiedOpt,
-    TrustGenesisOpt,
-    app,
-    console,
-)
-from ledger.cli.core import check_verified, open_ledger, open_verified, require_pin, signing_key_for
-from ledger.run import approvals
+from ledger.cli import common, core
 
 
-@app.command("approve")
+@common.app.command("approve")
 def approve_cmd(
     run_id: Annotated[
         str, typer.Argument(help="The waiting run's id.", metavar="RUN_ID", show_default=False)
@@ -33,34 +22,36 @@ def approve_cmd(
     step: Annotated[
         str, typer.Argument(help="The approval step's name.", metavar="STEP", show_default=False)
     ],
-    key: KeyOpt = None,
+    key: common.KeyOpt = None,
     comment: Annotated[
         str, typer.Option("--comment", "-m", help="Why you approve or reject (recorded).")
     ] = "",
     reject: Annotated[
         bool, typer.Option("--reject", help="Reject instead: the run stops at this step.")
     ] = False,
-    ledger: LedgerOpt = None,
-    json_out: JsonOpt = False,
-    trust_genesis: TrustGenesisOpt = None,
-    allow_unverified: AppendUnverifiedOpt = False,
+    ledger: common.LedgerOpt = None,
+    json_out: common.JsonOpt = False,
+    trust_genesis: common.TrustGenesisOpt = None,
+    allow_unverified: common.AppendUnverifiedOpt = False,
 ) -> None:
     """Approve (or --reject) a run waiting at an approval step, signed with your own key.
 
     The key must be trusted by the ledger and its principal among the step's approvers.
     Exit status 13 when the run is not waiting at STEP or you may not approve it.
     """
-    led = open_ledger(ledger)
-    require_pin(led, trust_genesis)
-    check_verified(led, allow_unverified, "no approval is recorded in it", appending=True)
-    signing_key = signing_key_for(led, key)
+    from ledger.run import approvals  # here: 'ledger --help' starts without pygit2
+
+    led = core.open_ledger(ledger)
+    core.require_pin(led, trust_genesis)
+    core.check_verified(led, allow_unverified, "no approval is recorded in it", appending=True)
+    signing_key = core.signing_key_for(led, key)
     decision: approvals.Decision = approvals.REJECTED if reject else approvals.APPROVED
     done = approvals.record_approval(
         led, run_id, step, key=signing_key, decision=decision, comment=comment
     )
     data = done.record["data"]
     if json_out:
-        console.out(
+        common.console.out(
             json.dumps(
                 {
                     "seq": done.seq,
@@ -74,23 +65,27 @@ def approve_cmd(
         )
         return
     verb = "Rejected" if reject else "Approved"
-    console.print(
+    common.console.print(
         f"{verb} step {step!r} of run {run_id} as {data['principal']} "
         f"({data['fingerprint']}): seq {done.seq}, commit {done.commit_id}",
         markup=False,
     )
 
 
-@app.command("approvals")
+@common.app.command("approvals")
 def approvals_cmd(
-    ledger: LedgerOpt = None, json_out: JsonOpt = False, allow_unverified: ShowUnverifiedOpt = False
+    ledger: common.LedgerOpt = None,
+    json_out: common.JsonOpt = False,
+    allow_unverified: common.ShowUnverifiedOpt = False,
 ) -> None:
     """Runs waiting at an approval step right now (on the verified chain), with their
     approvers."""
-    led = open_verified(ledger, allow_unverified, "no approval request in it is listed")
+    from ledger.run import approvals  # here: 'ledger --help' starts without pygit2
+
+    led = core.open_verified(ledger, allow_unverified, "no approval request in it is listed")
     pending = approvals.pending_requests(led)
     if json_out:
-        console.out(
+        common.console.out(
             json.dumps(
                 [
                     {
@@ -111,17 +106,19 @@ def approvals_cmd(
         )
         return
     if not pending:
-        console.print("No run is waiting for an approval.")
+        common.console.print("No run is waiting for an approval.")
         return
     for r in pending:
-        console.print(
+        common.console.print(
             f"{r.run_id}  {r.step}  needs {r.min_approvals} of: {', '.join(r.approvers)}"
             f"  (request seq {r.seq})",
             markup=False,
         )
         if r.message:
-            console.print(f"    {r.message}", markup=False)
-        console.print(f"    ledger approve {r.run_id} {r.step} --key KEY [--reject]", markup=False)
+            common.console.print(f"    {r.message}", markup=False)
+        common.console.print(
+            f"    ledger approve {r.run_id} {r.step} --key KEY [--reject]", markup=False
+        )
 
 
 __all__ = ["approvals_cmd", "approve_cmd"]

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ledger import errors
 from ledger.cli import help as cli_help
-from ledger.errors import InputError, KeyProblem, LedgerNotFound
 
 app = typer.Typer(
     name="ledger",
@@ -114,7 +114,7 @@ def find_ledger_path(explicit: Path | None) -> Path:
         candidate = directory / ".ledger"
         if candidate.is_dir():
             return candidate
-    raise LedgerNotFound(
+    raise errors.LedgerNotFound(
         f"no ledger found: no --ledger given, LEDGER_DIR is not set, and there is no .ledger "
         f"directory in {here} or any parent.",
         hint="Create one with 'ledger init', or point to one with --ledger PATH.",
@@ -135,7 +135,7 @@ def read_passphrase(path: Path) -> bytes:
     if env is not None:
         return env.encode()
     if not sys.stdin.isatty():
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"the key {path} is encrypted and no passphrase is available "
             "(standard input is not a terminal).",
             hint="Set LEDGER_KEY_PASSPHRASE, or use an unencrypted key for unattended runs.",
@@ -164,7 +164,7 @@ def resolve_key_name(explicit: str | None, configured: str | None = None) -> str
     default = default_key_path()
     if default.exists():
         return str(default)
-    raise KeyProblem(
+    raise errors.KeyProblem(
         "no signing key given: no --key, LEDGER_SIGNING_KEY is not set, the ledger's config "
         f"has no ledger.signingKey, and there is no key at {default}.",
         hint="Pass --key PATH (or a public key such as key::ssh-ed25519 AAAA... to sign "
@@ -178,7 +178,7 @@ def check_text(value: str, option: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"{option} is not valid UTF-8 text: byte "
             f"{exc.object[exc.start : exc.end].encode('utf-8', 'surrogateescape')!r} "
             f"at character {exc.start} is not UTF-8.",

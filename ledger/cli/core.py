@@ -11,59 +11,27 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ledger.cli.common import (
-    AppendUnverifiedOpt,
-    JsonOpt,
-    KeyOpt,
-    LedgerOpt,
-    ShowUnverifiedOpt,
-    TrustGenesisOpt,
-    app,
-    check_text,
-    console,
-    console_err,
-    default_key_path,
-    default_ledger_path_for_init,
-    find_ledger_path,
-    read_passphrase,
-    resolve_key_name,
-)
-from ledger.errors import (
-    InputError,
-    KeyProblem,
-    LedgerExists,
-    PassphraseRequired,
-    UsageError,
-)
+from ledger import errors, keys, store
+from ledger.cli import common
 from ledger.format import records, shapes
-from ledger.keys import (
-    PublicKey,
-    SigningIdentity,
-    SigningKey,
-    allowed_signers_line,
-    key_file_mode_problem,
-    keyspec,
-)
-from ledger.keys.keyspec import KeySpec
-from ledger.store import Ledger, StoredRecord, gitdir
 
 if TYPE_CHECKING:
-    pass
+    from ledger.keys import keyspec
 
 keys_app = typer.Typer(
     help="Generate keys and manage the ledger's trusted signers.", no_args_is_help=True
 )
-app.add_typer(keys_app, name="keys")
+common.app.add_typer(keys_app, name="keys")
 
 
 # --- helpers shared with other command modules -----------------------------------------
 
 
-def open_ledger(path: Path | None) -> Ledger:
-    return Ledger.open(find_ledger_path(path))
+def open_ledger(path: Path | None) -> store.Ledger:
+    return store.Ledger.open(common.find_ledger_path(path))
 
 
-def open_verified(path: Path | None, allow_unverified: bool, what: str) -> Ledger:
+def open_verified(path: Path | None, allow_unverified: bool, what: str) -> store.Ledger:
     """Open the ledger for a command that shows what its records say (:func:`check_verified`)."""
     led = open_ledger(path)
     check_verified(led, allow_unverified, what)
@@ -71,7 +39,7 @@ def open_verified(path: Path | None, allow_unverified: bool, what: str) -> Ledge
 
 
 def check_verified(
-    led: Ledger, allow_unverified: bool, what: str, *, appending: bool = False
+    led: store.Ledger, allow_unverified: bool, what: str, *, appending: bool = False
 ) -> None:
     """Verify the ledger's chain up to ``main`` before a command shows or decides from its
     records (incrementally from this copy's verified head). One that does not verify is
@@ -91,7 +59,7 @@ def check_verified(
         if appending
         else "what follows is read from a chain that failed verification and may be forged"
     )
-    console_err.print(
+    common.console_err.print(
         f"ledger: WARNING: the ledger at {led.path} does NOT verify ({shown}{more}). "
         f"--allow-unverified: {then}; run 'ledger verify' for the findings.",
         style="bold red",
@@ -100,55 +68,59 @@ def check_verified(
     )
 
 
-def load_key(spec: KeySpec) -> SigningIdentity:
+def load_key(spec: keyspec.KeySpec) -> keys.SigningIdentity:
     """The named signing key: the agent's identity for a public key or fingerprint; else the
     private key file, asking for its passphrase (env or prompt) when it is encrypted, unless
     the agent holds that key."""
+    from ledger.keys import keyspec  # here: 'ledger --help' starts without cryptography
+
     if spec.path is None:
         return spec.agent_key()
     path = spec.path
-    problem = key_file_mode_problem(path)
+    problem = keys.key_file_mode_problem(path)
     if problem:
-        console_err.print(f"ledger: warning: {problem}")
+        common.console_err.print(f"ledger: warning: {problem}")
     try:
-        return SigningKey.load(path)
-    except PassphraseRequired:
+        return keys.SigningKey.load(path)
+    except errors.PassphraseRequired:
         pass
     held = keyspec.agent_key_for_file(path)
     if held is not None:
         return held
-    return SigningKey.load(path, read_passphrase(path))
+    return keys.SigningKey.load(path, common.read_passphrase(path))
 
 
-def signing_key_for(ledger: Ledger | None, explicit: str | None) -> SigningIdentity:
+def signing_key_for(ledger: store.Ledger | None, explicit: str | None) -> keys.SigningIdentity:
+    from ledger.keys import keyspec  # here: 'ledger --help' starts without cryptography
+
     configured = ledger.config_get("ledger.signingKey") if ledger is not None else None
-    return load_key(keyspec.parse_key_spec(resolve_key_name(explicit, configured)))
+    return load_key(keyspec.parse_key_spec(common.resolve_key_name(explicit, configured)))
 
 
-def default_principal(key: SigningIdentity) -> str:
+def default_principal(key: keys.SigningIdentity) -> str:
     """The key's comment if it is an e-mail-like usable principal, else ``USER@HOST``."""
     if key.comment and "@" in key.comment:
-        with contextlib.suppress(InputError):
+        with contextlib.suppress(errors.InputError):
             return records.check_principal(key.comment)
     user = os.environ.get("USER") or os.environ.get("LOGNAME") or "operator"
     return f"{user}@{socket.gethostname()}"
 
 
-def record_to_json(rec: StoredRecord) -> dict[str, Any]:
+def record_to_json(rec: store.StoredRecord) -> dict[str, Any]:
     return {"seq": rec.seq, "commit": rec.commit_id, "path": rec.path, "record": rec.record}
 
 
 # --- init -------------------------------------------------------------------------------
 
 
-@app.command()
+@common.app.command()
 def init(
     path: Annotated[
         Path | None,
         typer.Argument(help="Where to create the ledger (default: $LEDGER_DIR, else ./.ledger)."),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Ledger name.")] = None,
-    key: KeyOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="store.Ledger name.")] = None,
+    key: common.KeyOpt = None,
     principal: Annotated[
         str | None,
         typer.Option(
@@ -158,19 +130,22 @@ def init(
     ] = None,
 ) -> None:
     """Create a new ledger with its signed genesis record."""
-    target = default_ledger_path_for_init(path)
+    from ledger.keys import keyspec  # here: 'ledger --help' starts without cryptography
+    from ledger.store import gitdir  # here: 'ledger --help' starts without pygit2
+
+    target = common.default_ledger_path_for_init(path)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise LedgerExists(
+        raise errors.LedgerExists(
             f"{target} already exists and is not empty; 'ledger init' never touches an "
             "existing ledger or directory.",
             hint="Choose another path, or use the existing ledger with --ledger.",
         )
     if principal is not None:
         records.check_principal(principal)  # before a passphrase is asked for
-    key_spec = keyspec.parse_key_spec(resolve_key_name(key))
+    key_spec = keyspec.parse_key_spec(common.resolve_key_name(key))
     signing_key = load_key(key_spec)
     who = records.check_principal(principal or default_principal(signing_key))
-    ledger = Ledger.init(
+    ledger = store.Ledger.init(
         target,
         name=name or target.resolve().parent.name or "ledger",
         key=signing_key,
@@ -181,22 +156,22 @@ def init(
 
     local.pin_after_init(ledger.path, ledger.genesis_id)
     excluded = gitdir.exclude_from_worktree(target)
-    console.print(f"Created ledger {ledger.name!r} at {target}")
-    console.print(f"  ledger id:  {ledger.ledger_id}")
-    console.print(f"  genesis:    {ledger.genesis_id}")
-    console.print(f"  signer:     {who} {signing_key.public_key.fingerprint}")
-    console.print(
+    common.console.print(f"Created ledger {ledger.name!r} at {target}")
+    common.console.print(f"  ledger id:  {ledger.ledger_id}")
+    common.console.print(f"  genesis:    {ledger.genesis_id}")
+    common.console.print(f"  signer:     {who} {signing_key.public_key.fingerprint}")
+    common.console.print(
         f"Auditors pin the genesis commit id: 'ledger verify --trust-genesis {ledger.genesis_id}'."
     )
     if excluded is not None:
-        console.print(
+        common.console.print(
             f"The ledger is inside a git work tree: {excluded} now excludes it, so the "
             "project's git never adds it.",
             markup=False,
         )
 
 
-def require_pin(ledger: Ledger, trust_genesis: str | None) -> None:
+def require_pin(ledger: store.Ledger, trust_genesis: str | None) -> None:
     """Appending commands never trust an unpinned genesis silently (exit 14 without one)."""
     from ledger.verify import local  # here: the verifier is large; --help starts without it
 
@@ -228,7 +203,7 @@ def keys_generate(
     ] = False,
 ) -> None:
     """Generate an Ed25519 key pair in OpenSSH format (private key mode 0600)."""
-    target = path or default_key_path()
+    target = path or common.default_key_path()
     secret: bytes | None = None
     if passphrase:
         env = os.environ.get("LEDGER_KEY_PASSPHRASE")
@@ -238,17 +213,17 @@ def keys_generate(
             text = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True)
             secret = text.encode()
         if not secret:
-            raise InputError(
+            raise errors.InputError(
                 "an empty passphrase does not encrypt anything.",
                 hint="Give a passphrase, or use --no-passphrase.",
             )
     if target.parent and not target.parent.exists():
         target.parent.mkdir(parents=True, mode=0o700)
-    key = SigningKey.generate(comment=comment)
+    key = keys.SigningKey.generate(comment=comment)
     key.save(target, secret)
-    console.print(f"Wrote {target} (private, mode 0600) and {target}.pub")
+    common.console.print(f"Wrote {target} (private, mode 0600) and {target}.pub")
     bits = 256 if key.public_key.key_type == "ssh-ed25519" else 0
-    console.print(f"{bits} {key.public_key.fingerprint} {comment or 'no comment'} (ED25519)")
+    common.console.print(f"{bits} {key.public_key.fingerprint} {comment or 'no comment'} (ED25519)")
 
 
 @keys_app.command("add")
@@ -258,15 +233,15 @@ def keys_add(
         str, typer.Argument(help="Public key: a .pub file or 'ssh-ed25519 AAAA...'.")
     ],
     comment: Annotated[str, typer.Option("--comment", help="Why this key is added.")] = "",
-    ledger: LedgerOpt = None,
-    key: KeyOpt = None,
+    ledger: common.LedgerOpt = None,
+    key: common.KeyOpt = None,
 ) -> None:
     """Trust a new signer: appends a key.added record signed by a trusted key."""
     led = open_ledger(ledger)
     public = _read_public_key(pubkey)
     records.check_principal(principal)
     if led.trusted_signer(public.fingerprint) is not None:
-        raise InputError(f"the key {public.fingerprint} is already trusted by this ledger.")
+        raise errors.InputError(f"the key {public.fingerprint} is already trusted by this ledger.")
     signing_key = signing_key_for(led, key)
     done = led.append(
         records.KIND_KEY_ADDED,
@@ -278,7 +253,7 @@ def keys_add(
         ),
         key=signing_key,
     )
-    console.print(
+    common.console.print(
         f"Added {principal} {public.fingerprint} (seq {done.seq}, commit {done.commit_id})"
     )
 
@@ -287,45 +262,47 @@ def keys_add(
 _KEY_LINE_STARTS = ("ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-")
 
 
-def _read_public_key(text: str) -> PublicKey:
+def _read_public_key(text: str) -> keys.PublicKey:
     candidate = Path(text)
     if not text.startswith(_KEY_LINE_STARTS) and candidate.exists():
         try:
             text = candidate.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise KeyProblem(f"cannot read the public key file {candidate}: {exc}.") from None
+            raise errors.KeyProblem(
+                f"cannot read the public key file {candidate}: {exc}."
+            ) from None
         if "PRIVATE KEY" in text:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"{candidate} is a private key; give the public key (.pub).",
                 hint="Never hand a private key to another signer.",
             )
     elif not text.startswith(_KEY_LINE_STARTS):
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{text!r} is neither a public key file nor an OpenSSH public key.",
             hint="Give PATH.pub or the line 'ssh-ed25519 AAAA...'.",
         )
-    return PublicKey.parse(text)
+    return keys.PublicKey.parse(text)
 
 
 @keys_app.command("revoke")
 def keys_revoke(
     fingerprint: Annotated[str, typer.Argument(help="SHA256:... fingerprint of the key.")],
     reason: Annotated[str, typer.Option("--reason", help="Why the key is revoked.")] = "",
-    ledger: LedgerOpt = None,
-    key: KeyOpt = None,
+    ledger: common.LedgerOpt = None,
+    key: common.KeyOpt = None,
 ) -> None:
     """Stop trusting a signer: appends a key.revoked record signed by a trusted key."""
     led = open_ledger(ledger)
     target = led.trusted_signer(fingerprint)
     if target is None:
-        raise InputError(
+        raise errors.InputError(
             f"no trusted key has the fingerprint {fingerprint}.",
             hint="See 'ledger keys list' for the trusted keys.",
         )
     signing_key = signing_key_for(led, key)
     active = [s for s in led.signers() if s.active]
     if len(active) == 1:
-        raise InputError(
+        raise errors.InputError(
             f"{fingerprint} is the ledger's last trusted key; revoking it would leave nobody "
             "able to sign.",
             hint="Add another key with 'ledger keys add' first.",
@@ -335,18 +312,18 @@ def keys_revoke(
         shapes.KeyRevoked(fingerprint=fingerprint, reason=reason),
         key=signing_key,
     )
-    console.print(
+    common.console.print(
         f"Revoked {target.principal} {fingerprint} (seq {done.seq}, commit {done.commit_id})"
     )
 
 
 @keys_app.command("list")
-def keys_list(ledger: LedgerOpt = None, json_out: JsonOpt = False) -> None:
+def keys_list(ledger: common.LedgerOpt = None, json_out: common.JsonOpt = False) -> None:
     """The ledger's signers: principal, fingerprint, when added and revoked."""
     led = open_ledger(ledger)
     signers = led.signers()
     if json_out:
-        console.print_json(
+        common.console.print_json(
             json.dumps(
                 [
                     {
@@ -367,11 +344,11 @@ def keys_list(ledger: LedgerOpt = None, json_out: JsonOpt = False) -> None:
         for s in signers:
             state = "trusted" if s.active else f"revoked at seq {s.revoked_seq} ({s.revoked_time})"
             added = "genesis" if s.added_seq == 0 else f"seq {s.added_seq}"
-            console.print(f"{s.fingerprint}  {s.principal}  added {added}  {state}")
+            common.console.print(f"{s.fingerprint}  {s.principal}  added {added}  {state}")
     _unless_verified(led, "the keys above are those the verifier's replay trusts")
 
 
-def _unless_verified(led: Ledger, shown: str) -> None:
+def _unless_verified(led: store.Ledger, shown: str) -> None:
     """Exit 7 naming the findings when the chain under what was shown does not verify."""
     view = led.trust_view() if led.head() is not None else None
     if view is not None and not view.ok:
@@ -383,7 +360,7 @@ def keys_allowed_signers(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
     ] = None,
-    ledger: LedgerOpt = None,
+    ledger: common.LedgerOpt = None,
 ) -> None:
     """git's allowed-signers file for the ledger's keys (for 'git verify-commit')."""
     led = open_ledger(ledger)
@@ -391,13 +368,13 @@ def keys_allowed_signers(
     for s in led.signers():
         after = records.parse_time(s.added_time) if s.added_time else None
         before = records.parse_time(s.revoked_time) if s.revoked_time else None
-        lines.append(allowed_signers_line(s.principal, s.public_key, after, before))
+        lines.append(keys.allowed_signers_line(s.principal, s.public_key, after, before))
     text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     if output is None:
-        console.out(text, end="")
+        common.console.out(text, end="")
     else:
         output.write_text(text, encoding="utf-8")
-        console_err.print(
+        common.console_err.print(
             f"Wrote {len(lines)} signer(s) to {output}. Use it with: git -c "
             f"gpg.ssh.allowedSignersFile={output} verify-commit COMMIT"
         )
@@ -407,7 +384,7 @@ def keys_allowed_signers(
 # --- record, log, show ------------------------------------------------------------------
 
 
-@app.command("record")
+@common.app.command("record")
 def record_cmd(
     message: Annotated[str, typer.Option("--message", "-m", help="What happened.")],
     kind: Annotated[str, typer.Option("--kind", help="Record kind (only 'event').")] = "event",
@@ -416,18 +393,18 @@ def record_cmd(
         typer.Option("--data", help="JSON value to attach, or @FILE to read it from a file."),
     ] = None,
     run: Annotated[str | None, typer.Option("--run", help="Attach the event to a run id.")] = None,
-    ledger: LedgerOpt = None,
-    key: KeyOpt = None,
-    trust_genesis: TrustGenesisOpt = None,
-    allow_unverified: AppendUnverifiedOpt = False,
+    ledger: common.LedgerOpt = None,
+    key: common.KeyOpt = None,
+    trust_genesis: common.TrustGenesisOpt = None,
+    allow_unverified: common.AppendUnverifiedOpt = False,
 ) -> None:
     """Append an external event to the ledger (for other tools)."""
     if kind != records.KIND_EVENT:
-        raise UsageError(
+        raise errors.UsageError(
             f"--kind {kind!r} cannot be recorded by hand; only 'event' can.",
             hint="Run records are written by 'ledger run'; keys by 'ledger keys'.",
         )
-    check_text(message, "--message")
+    common.check_text(message, "--message")
     value = _parse_data(data)
     led = open_ledger(ledger)
     require_pin(led, trust_genesis)
@@ -436,7 +413,7 @@ def record_cmd(
         records.check_run_id(run)
         recs = led.usable_run_records(run)  # (the verified chain's)
         if not recs or recs[0].kind != records.KIND_RUN_STARTED:
-            raise InputError(
+            raise errors.InputError(
                 f"there is no run {run} in the ledger at {led.path}; an event attached to it "
                 "would make up a run that never started.",
                 hint="Check the run id ('ledger log --kind run.started' lists runs), or record "
@@ -449,7 +426,7 @@ def record_cmd(
         key=signing_key,
         run=run,
     )
-    console.print(f"Recorded event seq {done.seq} commit {done.commit_id}")
+    common.console.print(f"Recorded event seq {done.seq} commit {done.commit_id}")
 
 
 def _parse_data(data: str | None) -> Any:
@@ -461,30 +438,30 @@ def _parse_data(data: str | None) -> Any:
         path = Path(data[1:])
         source = str(path)
         if path.exists() and not path.is_file():
-            raise InputError(f"--data file {path} is not a regular file.")
+            raise errors.InputError(f"--data file {path} is not a regular file.")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise InputError(f"--data file {path} does not exist.") from None
+            raise errors.InputError(f"--data file {path} does not exist.") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read --data file {path}: {exc}.") from None
+            raise errors.InputError(f"cannot read --data file {path}: {exc}.") from None
     return records.parse_data(text, source)
 
 
-@app.command("log")
+@common.app.command("log")
 def log_cmd(
     run: Annotated[str | None, typer.Option("--run", help="Only records of this run.")] = None,
     kind: Annotated[list[str] | None, typer.Option("--kind", help="Only these kinds.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most N records.")] = None,
-    ledger: LedgerOpt = None,
-    json_out: JsonOpt = False,
-    allow_unverified: ShowUnverifiedOpt = False,
+    ledger: common.LedgerOpt = None,
+    json_out: common.JsonOpt = False,
+    allow_unverified: common.ShowUnverifiedOpt = False,
 ) -> None:
     """Records of the verified chain, newest first."""
     kinds = set(kind or [])
     unknown = kinds - records.KINDS
     if unknown:
-        raise UsageError(
+        raise errors.UsageError(
             f"unknown --kind {', '.join(sorted(unknown))}; known kinds: "
             f"{', '.join(sorted(records.KINDS))}."
         )
@@ -506,38 +483,38 @@ def log_cmd(
             out.append(record_to_json(rec))
             continue
         actor = rec.record.get("actor", {})
-        console.print(
+        common.console.print(
             f"{rec.seq:>6}  {rec.commit_id[:12]}  {rec.time[:19]}Z  "
             f"{actor.get('principal', '')}  {rec.summary}",
             markup=False,
         )
     if json_out:
-        console.out(json.dumps(out, ensure_ascii=False, indent=1))
+        common.console.out(json.dumps(out, ensure_ascii=False, indent=1))
 
 
-@app.command("show")
+@common.app.command("show")
 def show_cmd(
     ref: Annotated[str, typer.Argument(help="Seq number or commit id.")],
     file: Annotated[
         str | None, typer.Option("--file", help="Print this attached file (e.g. stdout) instead.")
     ] = None,
-    ledger: LedgerOpt = None,
-    json_out: JsonOpt = False,
-    allow_unverified: ShowUnverifiedOpt = False,
+    ledger: common.LedgerOpt = None,
+    json_out: common.JsonOpt = False,
+    allow_unverified: common.ShowUnverifiedOpt = False,
 ) -> None:
     """One record of the verified chain with its commit and attachments."""
     led = open_verified(ledger, allow_unverified, "none of its records is shown")
     rec = led.record(ref, signed=True)
     if file is not None:
         data = rec.attachment(file)
-        console.file.flush()
+        common.console.file.flush()
         os.write(1, data)
         return
     if json_out:
-        console.out(json.dumps(record_to_json(rec), ensure_ascii=False, indent=1))
+        common.console.out(json.dumps(record_to_json(rec), ensure_ascii=False, indent=1))
         return
-    console.print(f"seq {rec.seq}  commit {rec.commit_id}", markup=False)
-    console.print(f"file {rec.path}", markup=False)
-    console.print(rec.message.rstrip("\n"), markup=False)
-    console.print("")
-    console.out(json.dumps(rec.record, ensure_ascii=False, indent=2, sort_keys=True))
+    common.console.print(f"seq {rec.seq}  commit {rec.commit_id}", markup=False)
+    common.console.print(f"file {rec.path}", markup=False)
+    common.console.print(rec.message.rstrip("\n"), markup=False)
+    common.console.print("")
+    common.console.out(json.dumps(rec.record, ensure_ascii=False, indent=2, sort_keys=True))

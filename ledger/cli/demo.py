@@ -15,19 +15,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-import pygit2
 import typer
 from rich.markup import escape
 
-from ledger import replicate
-from ledger.cli.common import app, console
-from ledger.cli.terminal import TerminalEvents, start_pusher
-from ledger.errors import LedgerExists, RunFailed
-from ledger.keys import SigningKey
-from ledger.report import report_for
-from ledger.run import Runner, RunOutcome, RunRequest, StopSignal
-from ledger.runbook import load_runbook, resolve_parameters
-from ledger.store import Ledger
+from ledger import errors, keys, replicate, report, run, store
+from ledger import runbook as ledger_runbook
+from ledger.cli import common, terminal
 
 MARKER = ".ledger-demo"
 EXAMPLE = "hello.yaml"
@@ -40,13 +33,13 @@ def _embedded_runbook() -> bytes:
 
 
 def _heading(number: int, text: str) -> None:
-    console.print(f"\n[bold]{number}/7 {escape(text)}[/]")
+    common.console.print(f"\n[bold]{number}/7 {escape(text)}[/]")
 
 
 def _fresh_directory(directory: Path) -> None:
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
-            raise LedgerExists(
+            raise errors.LedgerExists(
                 f"{directory} exists and was not made by 'ledger demo'; the demo only "
                 "replaces its own directories.",
                 hint="Give another directory: 'ledger demo DIR'.",
@@ -58,47 +51,49 @@ def _fresh_directory(directory: Path) -> None:
 
 def _secret_in_objects(ledger_path: Path, secret: bytes) -> int:
     """How many objects of the repository contain ``secret`` (decompressed)."""
+    import pygit2  # here: 'ledger --help' starts without pygit2
+
     repo = pygit2.Repository(str(ledger_path))
     return sum(1 for oid in repo.odb if secret in repo.odb.read(oid)[1])
 
 
-def _make_key(root: Path) -> tuple[SigningKey, Path, str]:
+def _make_key(root: Path) -> tuple[keys.SigningKey, Path, str]:
     _heading(1, "A signing key for the operator")
     principal = f"demo-operator@{socket.gethostname()}"
-    key = SigningKey.generate(comment=principal)
+    key = keys.SigningKey.generate(comment=principal)
     key_path = root / "keys" / "operator"
     key_path.parent.mkdir(mode=0o700)
     key.save(key_path)
-    console.print(f"  Ed25519 key {key.public_key.fingerprint} in {key_path} (mode 0600).")
+    common.console.print(f"  Ed25519 key {key.public_key.fingerprint} in {key_path} (mode 0600).")
     return key, key_path, principal
 
 
-def _make_ledger(root: Path, key: SigningKey, key_path: Path, principal: str) -> Ledger:
+def _make_ledger(root: Path, key: keys.SigningKey, key_path: Path, principal: str) -> store.Ledger:
     _heading(2, "A new ledger: a bare git repository that only grows")
     # audit (and the verifier under it) is imported in the two steps that verify: every
     # other module this one imports is loaded by 'ledger --help' anyway, these are not.
     from ledger.verify import local
 
-    led = Ledger.init(root / "ledger.git", name="demo", key=key, principal=principal)
+    led = store.Ledger.init(root / "ledger.git", name="demo", key=key, principal=principal)
     led.config_set("ledger.signingKey", str(key_path))
     local.pin_after_init(led.path, led.genesis_id)
-    console.print(f"  {led.path}: ledger id {led.ledger_id}")
-    console.print(
+    common.console.print(f"  {led.path}: ledger id {led.ledger_id}")
+    common.console.print(
         f"  genesis commit {led.genesis_id} (auditors pin this id); trusted signer "
         f"{escape(principal)}."
     )
     return led
 
 
-def _make_remotes(root: Path, led: Ledger) -> None:
+def _make_remotes(root: Path, led: store.Ledger) -> None:
     _heading(3, "Two protected remotes")
     for remote in ("primary", "secondary"):
         path = root / "remotes" / f"{remote}.git"
         path.parent.mkdir(exist_ok=True)
         replicate.init_remote(path, genesis=led.genesis_id)
         replicate.add_remote(led.path, remote, str(path))
-        console.print(f"  {remote}: {path}")
-    console.print(
+        common.console.print(f"  {remote}: {path}")
+    common.console.print(
         "  Each refuses force pushes and deletions and verifies every pushed record "
         "in its pre-receive hook when served over git://, ssh:// or http(s)://. "
         "(Here they are local paths, which git writes directly: see "
@@ -106,7 +101,9 @@ def _make_remotes(root: Path, led: Ledger) -> None:
     )
 
 
-def _run_example(root: Path, led: Ledger, key: SigningKey, name: str) -> tuple[RunOutcome, str]:
+def _run_example(
+    root: Path, led: store.Ledger, key: keys.SigningKey, name: str
+) -> tuple[run.RunOutcome, str]:
     """Run the example runbook; the outcome and the secret token it was given."""
     _heading(4, f"Running the example runbook {EXAMPLE} (incident {INCIDENT})")
     runbook_path = root / "runbooks" / EXAMPLE
@@ -114,37 +111,39 @@ def _run_example(root: Path, led: Ledger, key: SigningKey, name: str) -> tuple[R
     runbook_path.write_bytes(_embedded_runbook())
     token = secrets.token_urlsafe(12)
     environ = dict(os.environ, HELLO_TOKEN=token)
-    runbook = load_runbook(runbook_path)
-    params = resolve_parameters(runbook, {"name": name}, environ)
-    console.print(
+    runbook = ledger_runbook.load_runbook(runbook_path)
+    params = ledger_runbook.resolve_parameters(runbook, {"name": name}, environ)
+    common.console.print(
         f"  {runbook_path}: {len(runbook.steps)} steps; the secret parameter 'token' "
         "comes from $HELLO_TOKEN (a random value made for this demo).\n"
     )
-    events = TerminalEvents()
-    stop = StopSignal()
-    runner = Runner(led, key, events=events, stop=stop)
-    events.pusher = start_pusher(led, no_push=False)
+    events = terminal.TerminalEvents()
+    stop = run.StopSignal()
+    runner = run.Runner(led, key, events=events, stop=stop)
+    events.pusher = terminal.start_pusher(led, no_push=False)
     try:
         outcome = runner.run(
-            RunRequest(runbook, params, incident=INCIDENT, trigger="ledger demo", environ=environ)
+            run.RunRequest(
+                runbook, params, incident=INCIDENT, trigger="ledger demo", environ=environ
+            )
         )
     finally:
         if events.pusher is not None:
             for result in events.pusher.close(timeout=30.0).outcomes:
-                console.print(
+                common.console.print(
                     f"  background push to {escape(result.remote)}: {escape(result.line())}"
                 )
     return outcome, token
 
 
-def _push(led: Ledger) -> None:
+def _push(led: store.Ledger) -> None:
     _heading(5, "Pushing the ledger to both remotes (never forced)")
     summary = replicate.push(led.path)
     for result in summary.outcomes:
-        console.print(f"  {escape(result.remote)}: {escape(result.line())}")
+        common.console.print(f"  {escape(result.remote)}: {escape(result.line())}")
 
 
-def _verify(led: Ledger, token: str) -> tuple[bool, int]:
+def _verify(led: store.Ledger, token: str) -> tuple[bool, int]:
     """Verify the ledger and the remotes, look for the secret; (verified, objects leaking)."""
     _heading(6, "Verifying: signatures, trust, chain, tree, remotes, and the secret")
     from ledger.verify import local  # see _make_ledger
@@ -152,20 +151,20 @@ def _verify(led: Ledger, token: str) -> tuple[bool, int]:
     check = local.verify_local(led.path)
     head = led.head()
     if check.result.ok:
-        console.print(
+        common.console.print(
             f"  [green]verified[/] {check.result.records_checked} records, every one "
             f"signed by a trusted key; head seq {head.seq if head else '?'}."
         )
     else:
         for finding in check.result.findings:
-            console.print(f"  [red]FINDING[/] [{finding.rule}] {escape(finding.message)}")
+            common.console.print(f"  [red]FINDING[/] [{finding.rule}] {escape(finding.message)}")
     for state in replicate.check_remotes(led.path):
-        console.print(f"  remote {escape(state.name)}: {escape(state.line())}")
+        common.console.print(f"  remote {escape(state.name)}: {escape(state.line())}")
     leaks = _secret_in_objects(led.path, token.encode())
     if leaks:
-        console.print(f"  [red]the secret's value is in {leaks} git object(s)[/]")
+        common.console.print(f"  [red]the secret's value is in {leaks} git object(s)[/]")
     else:
-        console.print(
+        common.console.print(
             "  the secret's value appears in none of the ledger's git objects "
             "(it is recorded as [REDACTED:token]).",
             markup=False,
@@ -173,22 +172,22 @@ def _verify(led: Ledger, token: str) -> tuple[bool, int]:
     return check.result.ok, leaks
 
 
-def _write_report(root: Path, led: Ledger) -> None:
+def _write_report(root: Path, led: store.Ledger) -> None:
     _heading(7, "The incident report")
     report_path = root / "report.md"
-    report_path.write_text(report_for(led, incident=INCIDENT), encoding="utf-8")
-    console.print(f"  Markdown report written to [bold]{escape(str(report_path))}[/]")
+    report_path.write_text(report.report_for(led, incident=INCIDENT), encoding="utf-8")
+    common.console.print(f"  Markdown report written to [bold]{escape(str(report_path))}[/]")
 
 
-def _summary(root: Path, led: Ledger, outcome: RunOutcome) -> None:
+def _summary(root: Path, led: store.Ledger, outcome: run.RunOutcome) -> None:
     ledger_opt = f"--ledger {led.path}"
-    console.print("\n[bold]What happened[/]")
-    console.print(
+    common.console.print("\n[bold]What happened[/]")
+    common.console.print(
         f"  Run {outcome.run_id} {outcome.status}: {outcome.records} signed records, each a git "
         "commit written before its step ran (step.started) and after (step.finished), then "
         "pushed to two remotes and verified."
     )
-    console.print("\n[bold]Try next[/]")
+    common.console.print("\n[bold]Try next[/]")
     for line in (
         f"ledger log {ledger_opt}",
         f"ledger show {ledger_opt} 1",
@@ -198,10 +197,10 @@ def _summary(root: Path, led: Ledger, outcome: RunOutcome) -> None:
         "verify-commit main",
         f"ledger report {ledger_opt} --run {outcome.run_id}",
     ):
-        console.print(f"  {escape(line)}")
+        common.console.print(f"  {escape(line)}")
 
 
-@app.command("demo")
+@common.app.command("demo")
 def demo_cmd(
     directory: Annotated[
         Path, typer.Argument(help="Where to put the demo's key, ledger, remotes and report.")
@@ -212,7 +211,7 @@ def demo_cmd(
     report."""
     root = directory.resolve()
     _fresh_directory(root)
-    console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
+    common.console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
     key, key_path, principal = _make_key(root)
     led = _make_ledger(root, key, key_path, principal)
     _make_remotes(root, led)
@@ -222,7 +221,7 @@ def demo_cmd(
     _write_report(root, led)
     _summary(root, led, outcome)
     if not outcome.succeeded or not verified or leaks:
-        raise RunFailed(
+        raise errors.RunFailed(
             "the demo did not complete cleanly (see above).",
             hint="Run 'ledger verify --ledger "
             f"{led.path}' and look at the run's records with 'ledger log'.",

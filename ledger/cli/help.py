@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from ledger import __version__
+import ledger
 
 #: Exit code -> meaning. The README's "Exit codes" table lists exactly these.
 EXIT_CODES: tuple[tuple[str, str], ...] = (
@@ -193,7 +193,7 @@ def _attach(group: typer.Typer, prefix: str) -> None:
 
 def _show_version(value: bool) -> None:
     if value:
-        typer.echo(f"ledger {__version__}")
+        typer.echo(f"ledger {ledger.__version__}")
         raise typer.Exit(0)
 
 

@@ -12,30 +12,17 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ledger import replicate
-from ledger.cli.common import (
-    JsonOpt,
-    LedgerOpt,
-    ShowUnverifiedOpt,
-    app,
-    console,
-    console_err,
-    find_ledger_path,
-)
-from ledger.cli.core import open_verified
-from ledger.errors import LedgerNotFound, RemoteError, UsageError
-from ledger.hook import pre_receive
-from ledger.redact import mask_url
-from ledger.store import Ledger
+from ledger import errors, hook, redact, replicate, store
+from ledger.cli import common, core
 
 remote_app = typer.Typer(
     help="Manage the ledger's remotes (ordinary git remotes in the ledger's config).",
     no_args_is_help=True,
 )
-app.add_typer(remote_app, name="remote")
+common.app.add_typer(remote_app, name="remote")
 
 hook_app = typer.Typer(help="Git hooks of protected remotes (run by git).", hidden=True)
-app.add_typer(hook_app, name="hook", hidden=True)
+common.app.add_typer(hook_app, name="hook", hidden=True)
 
 SshKeyOpt = Annotated[
     Path | None,
@@ -60,8 +47,10 @@ NO_REMOTES_TO_FETCH = "this ledger has no remotes to fetch from"
 
 
 def _warn(text: str) -> None:
-    console_err.print(
-        f"[yellow]ledger: warning:[/] {escape(mask_url(text))}", highlight=False, soft_wrap=True
+    common.console_err.print(
+        f"[yellow]ledger: warning:[/] {escape(redact.mask_url(text))}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -75,9 +64,11 @@ def _parse_require(value: str | None) -> int | None:
     try:
         n = int(value)
     except ValueError:
-        raise UsageError(f"--require takes a number of remotes or 'all', not {value!r}.") from None
+        raise errors.UsageError(
+            f"--require takes a number of remotes or 'all', not {value!r}."
+        ) from None
     if n < 0:
-        raise UsageError("--require must be 0 or more.")
+        raise errors.UsageError("--require must be 0 or more.")
     return n
 
 
@@ -101,12 +92,12 @@ def remote_add(
             "refs/ledgers/<ledger id>/main there (see docs/FLEET.md).",
         ),
     ] = False,
-    ledger: LedgerOpt = None,
+    ledger: common.LedgerOpt = None,
 ) -> None:
     """Add a remote (stored in the ledger repository's git config)."""
-    info = replicate.add_remote(find_ledger_path(ledger), name, url, shared=shared)
+    info = replicate.add_remote(common.find_ledger_path(ledger), name, url, shared=shared)
     kind = f"{info.transport}, shared" if info.shared else info.transport
-    console.print(f"Added remote {info.name} ({kind}): {info.url}", markup=False)
+    common.console.print(f"Added remote {info.name} ({kind}): {info.url}", markup=False)
     if info.warning:
         _warn(info.warning)
 
@@ -114,12 +105,12 @@ def remote_add(
 @remote_app.command("trust")
 def remote_trust(
     name: Annotated[str, typer.Argument(help="Name of a remote in the ledger's config.")],
-    ledger: LedgerOpt = None,
+    ledger: common.LedgerOpt = None,
 ) -> None:
     """Accept a remote you put in the config yourself (e.g. with git remote add), at the URL
     it has now, or a URL you changed: until then it is unknown, never contacted or counted."""
-    info = replicate.trust_remote(find_ledger_path(ledger), name)
-    console.print(f"Trusted remote {info.name} ({info.transport}): {info.url}", markup=False)
+    info = replicate.trust_remote(common.find_ledger_path(ledger), name)
+    common.console.print(f"Trusted remote {info.name} ({info.transport}): {info.url}", markup=False)
     if info.warning:
         _warn(info.warning)
 
@@ -127,19 +118,19 @@ def remote_trust(
 @remote_app.command("remove")
 def remote_remove(
     name: Annotated[str, typer.Argument(help="Name of the remote.")],
-    ledger: LedgerOpt = None,
+    ledger: common.LedgerOpt = None,
 ) -> None:
     """Remove a remote from the ledger's config (the remote itself is not touched)."""
-    replicate.remove_remote(find_ledger_path(ledger), name)
-    console.print(f"Removed remote {name}.", markup=False)
+    replicate.remove_remote(common.find_ledger_path(ledger), name)
+    common.console.print(f"Removed remote {name}.", markup=False)
 
 
 @remote_app.command("list")
-def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
+def remote_list(ledger: common.LedgerOpt = None, as_json: common.JsonOpt = False) -> None:
     """List the remotes, with a warning for those whose server-side rules cannot apply."""
-    remotes = replicate.list_remotes(find_ledger_path(ledger))
+    remotes = replicate.list_remotes(common.find_ledger_path(ledger))
     if as_json:
-        console.print(
+        common.console.print(
             json.dumps(
                 [
                     {
@@ -156,16 +147,16 @@ def remote_list(ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
         )
         return
     if not remotes:
-        console.print("No remotes. Add one with 'ledger remote add NAME URL'.")
+        common.console.print("No remotes. Add one with 'ledger remote add NAME URL'.")
     for r in remotes:
         shared = "\tshared" if r.shared else ""
-        console.print(f"{r.name}\t{r.transport}\t{r.url}{shared}", markup=False)
+        common.console.print(f"{r.name}\t{r.transport}\t{r.url}{shared}", markup=False)
     for r in remotes:
         if r.warning:
             _warn(r.warning)
 
 
-def _verified_genesis(led: Ledger) -> str | None:
+def _verified_genesis(led: store.Ledger) -> str | None:
     """The genesis of the ledger's verified chain (never its config, which anyone who can
     write the ledger directory can change); refused (exit 7) when the chain does not verify."""
     if led.head() is None:
@@ -203,20 +194,22 @@ def remote_init(
             "verified as its own chain (see docs/FLEET.md).",
         ),
     ] = False,
-    ledger: LedgerOpt = None,
+    ledger: common.LedgerOpt = None,
 ) -> None:
     """Create a protected bare remote: no force pushes, no deletions, every record verified."""
     if shared:
         replicate.init_remote(
             path, genesis=trust_genesis, shared=True, require_user_presence=require_user_presence
         )
-        console.print(f"Created protected shared remote at {path}", markup=False)
-        console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
-        console.print(
+        common.console.print(f"Created protected shared remote at {path}", markup=False)
+        common.console.print(
+            "  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on"
+        )
+        common.console.print(
             "  pre-receive hook: only refs/ledgers/<ledger id>/main, each verified as its own "
             "chain (only the new records), each genesis pinned by its ledger's first push"
         )
-        console.print(
+        common.console.print(
             "Serve it over ssh://, git:// or https:// (a path or file:// remote is written "
             "directly and its rules do not run); see docs/FLEET.md for gitolite."
         )
@@ -224,8 +217,8 @@ def remote_init(
     genesis = trust_genesis
     if genesis is None:
         try:
-            led = Ledger.open(find_ledger_path(ledger))
-        except LedgerNotFound:
+            led = store.Ledger.open(common.find_ledger_path(ledger))
+        except errors.LedgerNotFound:
             if ledger is not None:
                 raise
         else:
@@ -237,16 +230,18 @@ def remote_init(
             genesis = local.require_pin(led.path).genesis
             _verified_genesis(led)
     replicate.init_remote(path, genesis=genesis, require_user_presence=require_user_presence)
-    console.print(f"Created protected remote at {path}", markup=False)
-    console.print("  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on")
-    console.print("  pre-receive hook: verifies every pushed record")
+    common.console.print(f"Created protected remote at {path}", markup=False)
+    common.console.print(
+        "  receive.denyNonFastForwards, receive.denyDeletes, receive.fsckObjects: on"
+    )
+    common.console.print("  pre-receive hook: verifies every pushed record")
     if genesis:
-        console.print(f"  accepts only the ledger with genesis {genesis}", markup=False)
+        common.console.print(f"  accepts only the ledger with genesis {genesis}", markup=False)
     else:
-        console.print("  genesis: pinned by the first push")
+        common.console.print("  genesis: pinned by the first push")
     if require_user_presence:
-        console.print("  security-key signatures must show user presence (a touch)")
-    console.print(
+        common.console.print("  security-key signatures must show user presence (a touch)")
+    common.console.print(
         "Serve it over ssh://, git:// or https:// (a path or file:// remote is written "
         "directly and its rules do not run)."
     )
@@ -255,7 +250,7 @@ def remote_init(
 # --- push / fetch / clone / status -----------------------------------------------------------
 
 
-@app.command("push")
+@common.app.command("push")
 def push_cmd(
     names: Annotated[
         list[str] | None, typer.Argument(help="Remotes to push to (default: all).")
@@ -271,59 +266,59 @@ def push_cmd(
     ] = None,
     ssh_key: SshKeyOpt = None,
     insecure_host_key: InsecureOpt = False,
-    ledger: LedgerOpt = None,
-    as_json: JsonOpt = False,
+    ledger: common.LedgerOpt = None,
+    as_json: common.JsonOpt = False,
 ) -> None:
     """Push the ledger to its remotes in parallel; never forces."""
     need = _parse_require(require)
-    path = find_ledger_path(ledger)
+    path = common.find_ledger_path(ledger)
     summary = replicate.push(path, names or None, credentials=_creds(ssh_key, insecure_host_key))
     if not summary.outcomes:
         if as_json:
             doc = {**summary.to_json(), "error": NO_REMOTES_TO_PUSH}
-            console.out(json.dumps(doc, indent=2))
-        raise RemoteError(
+            common.console.out(json.dumps(doc, indent=2))
+        raise errors.RemoteError(
             f"{NO_REMOTES_TO_PUSH}.",
             hint="Add one with 'ledger remote add NAME URL' (see 'ledger remote init').",
         )
     if as_json:
-        console.print(json.dumps(summary.to_json(), indent=2))
+        common.console.print(json.dumps(summary.to_json(), indent=2))
     else:
         width = max(len(o.remote) for o in summary.outcomes)
         for o in summary.outcomes:
             line = f"{o.remote:<{width}}  {o.line()}"
             if o.problem:
-                console.print(f"[bold red]{escape(line)}[/]", highlight=False)
+                common.console.print(f"[bold red]{escape(line)}[/]", highlight=False)
             else:
-                console.print(line, highlight=False, markup=False)
+                common.console.print(line, highlight=False, markup=False)
     for w in summary.warnings:
         _warn(w)
     summary.check(need)
 
 
-@app.command("fetch")
+@common.app.command("fetch")
 def fetch_cmd(
     names: Annotated[
         list[str] | None, typer.Argument(help="Remotes to fetch from (default: all).")
     ] = None,
     ssh_key: SshKeyOpt = None,
     insecure_host_key: InsecureOpt = False,
-    ledger: LedgerOpt = None,
-    as_json: JsonOpt = False,
+    ledger: common.LedgerOpt = None,
+    as_json: common.JsonOpt = False,
 ) -> None:
     """Fetch each remote's head into refs/remotes/NAME/main and compare it with ours.
 
     Our own main is never changed. Divergence and rollback are reported with both commit
     ids and exit 8, as does a remote that could not be checked."""
-    path = find_ledger_path(ledger)
+    path = common.find_ledger_path(ledger)
     states = replicate.check_remotes(
         path, names or None, credentials=_creds(ssh_key, insecure_host_key)
     )
     if not states:
         if as_json:
             doc = {"ok": False, "remotes": [], "error": NO_REMOTES_TO_FETCH}
-            console.out(json.dumps(doc, indent=2))
-        raise RemoteError(
+            common.console.out(json.dumps(doc, indent=2))
+        raise errors.RemoteError(
             f"{NO_REMOTES_TO_FETCH}.",
             hint="Add one with 'ledger remote add NAME URL'.",
         )
@@ -336,22 +331,22 @@ def print_remote_states(states: list[replicate.RemoteState], *, as_json: bool = 
     if as_json:
         ok = all(s.checked and not s.problem for s in states)
         doc = {"ok": ok, "remotes": [s.to_json() for s in states]}
-        console.out(json.dumps(doc, indent=2))
+        common.console.out(json.dumps(doc, indent=2))
         return
     width = max(len(s.name) for s in states)
     for s in states:
         line = f"{s.name:<{width}}  {s.line()}  [{s.url}]"
         if s.problem:
-            console.print(f"[bold red]{escape(line)}[/]", highlight=False)
+            common.console.print(f"[bold red]{escape(line)}[/]", highlight=False)
         else:
-            console.print(line, highlight=False, markup=False)
+            common.console.print(line, highlight=False, markup=False)
 
 
 def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
     """Raise :class:`RemoteError` (exit 8) for divergence, rollback or unchecked remotes."""
     problems = [s for s in states if s.problem]
     if problems:
-        raise RemoteError(
+        raise errors.RemoteError(
             "possible tampering: "
             + "; ".join(f"{s.name}: {s.condition.value}: {s.message}" for s in problems),
             hint="Nothing was overwritten. Keep the evidence (refs/remotes/NAME/main) and "
@@ -359,7 +354,7 @@ def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
         )
     unchecked = [s for s in states if not s.checked]
     if unchecked:
-        raise RemoteError(
+        raise errors.RemoteError(
             "could not check "
             + "; ".join(f"{s.name} ({s.url}): {s.condition.value}: {s.message}" for s in unchecked)
             + ".",
@@ -385,20 +380,20 @@ class RemoteCheck:
 
     def print(self) -> None:
         if not self.states:
-            console.print("Remotes: none configured, nothing to compare with.")
+            common.console.print("Remotes: none configured, nothing to compare with.")
         for st in self.states:
             note = " (may be skipped)" if st.name in self.skipped else ""
-            console.print(f"remote {st.name} ({st.url}): {st.line()}{note}", markup=False)
+            common.console.print(f"remote {st.name} ({st.url}): {st.line()}{note}", markup=False)
 
     def raise_if_failed(self) -> None:
         if not self.states:
-            raise RemoteError(
+            raise errors.RemoteError(
                 "--remotes was given but this ledger has no remotes to check.",
                 hint="Add one with 'ledger remote add NAME URL', or verify without --remotes.",
             )
         if self.unchecked:
             by = {s.name: s for s in self.states}
-            raise RemoteError(
+            raise errors.RemoteError(
                 "the ledger verifies, but these remotes could not be checked: "
                 + "; ".join(
                     f"{n} ({by[n].url}): {by[n].condition.value}: {by[n].message}"
@@ -413,21 +408,21 @@ class RemoteCheck:
 def check_for_verify(path: Path, result: Any, skip: list[str]) -> RemoteCheck:
     """Fetch and compare every remote; divergence and rollback become findings of
     ``result``; remotes that could not be checked are named, unless ``skip`` allows it."""
-    from ledger.verify import Finding
+    from ledger import verify
 
     verified = result.state.ledger_id if result.ok and result.state is not None else None
     states = replicate.check_remotes(path, ledger_id=verified)
     known = {s.name for s in states}
     unknown = sorted(set(skip) - known)
     if unknown:
-        raise UsageError(
+        raise errors.UsageError(
             f"--skip-remote names no remote of this ledger: {', '.join(unknown)} "
             f"(remotes: {', '.join(sorted(known)) or 'none'})."
         )
     for st in states:
         if st.problem:
             result.add(  # (not ok from now on: ok is derived from the findings)
-                Finding(
+                verify.Finding(
                     st.rule or "diverged",
                     st.remote_seq,
                     st.remote_head,
@@ -438,7 +433,7 @@ def check_for_verify(path: Path, result: Any, skip: list[str]) -> RemoteCheck:
     return RemoteCheck(states, [n for n in down if n not in skip], [n for n in down if n in skip])
 
 
-@app.command("clone")
+@common.app.command("clone")
 def clone_cmd(
     url: Annotated[str, typer.Argument(help="URL of a ledger remote.")],
     path: Annotated[
@@ -481,30 +476,34 @@ def clone_cmd(
         require_pin=require_pin,
         credentials=_creds(ssh_key, insecure_host_key),
     )
-    console.print(f"Cloned and verified {mask_url(url)} into {result.path}", markup=False)
-    console.print(f"  ledger:  {result.ledger_id}", markup=False)
-    console.print(f"  genesis: {result.genesis}", markup=False)
-    console.print(f"  head:    {result.head} (seq {result.seq})", markup=False)
+    common.console.print(
+        f"Cloned and verified {redact.mask_url(url)} into {result.path}", markup=False
+    )
+    common.console.print(f"  ledger:  {result.ledger_id}", markup=False)
+    common.console.print(f"  genesis: {result.genesis}", markup=False)
+    common.console.print(f"  head:    {result.head} (seq {result.seq})", markup=False)
     if result.pin_source is not None:
-        console.print(f"  genesis matches the pin ({result.pin_source})", markup=False)
+        common.console.print(f"  genesis matches the pin ({result.pin_source})", markup=False)
     for w in result.warnings:
         _warn(w)
 
 
-@app.command("status")
+@common.app.command("status")
 def status_cmd(
-    ledger: LedgerOpt = None, as_json: JsonOpt = False, allow_unverified: ShowUnverifiedOpt = False
+    ledger: common.LedgerOpt = None,
+    as_json: common.JsonOpt = False,
+    allow_unverified: common.ShowUnverifiedOpt = False,
 ) -> None:
     """The verified head and seq, each remote's last known head and lag, unfinished runs."""
-    led = open_verified(ledger, allow_unverified, "its status is not shown")
+    led = core.open_verified(ledger, allow_unverified, "its status is not shown")
     st = replicate.status(led.path, allow_unverified=allow_unverified)
     if as_json:
-        console.print(json.dumps(st.to_json(), indent=2))
+        common.console.print(json.dumps(st.to_json(), indent=2))
         return
-    console.print(f"ledger {st.path}", markup=False)
-    console.print(f"  head: {st.head or '(none)'} (seq {st.seq})", markup=False)
+    common.console.print(f"ledger {st.path}", markup=False)
+    common.console.print(f"  head: {st.head or '(none)'} (seq {st.seq})", markup=False)
     if not st.remotes:
-        console.print("  remotes: none")
+        common.console.print("  remotes: none")
     for r in st.remotes:
         if r.last_head is None:
             where = "never pushed or fetched"
@@ -512,15 +511,15 @@ def status_cmd(
             where = f"at seq {r.last_seq} ({r.last_head[:12]}) as of {r.last_time}"
         lag = "" if r.behind is None else f", {r.behind} record(s) behind"
         last = f", last attempt: {r.last_status}" if r.last_status else ""
-        console.print(f"  remote {r.name}: {where}{lag}{last}", markup=False)
+        common.console.print(f"  remote {r.name}: {where}{lag}{last}", markup=False)
         if r.problem:
-            console.print(f"    [bold red]problem:[/] {escape(r.problem)}", highlight=False)
+            common.console.print(f"    [bold red]problem:[/] {escape(r.problem)}", highlight=False)
         if r.warning:
             _warn(r.warning)
     if st.unfinished_runs:
-        console.print(f"  unfinished runs: {', '.join(st.unfinished_runs)}", markup=False)
+        common.console.print(f"  unfinished runs: {', '.join(st.unfinished_runs)}", markup=False)
     else:
-        console.print("  unfinished runs: none")
+        common.console.print("  unfinished runs: none")
 
 
 # --- hook -----------------------------------------------------------------------------------
@@ -530,4 +529,4 @@ def status_cmd(
 def hook_pre_receive() -> None:
     """The pre-receive check of a protected remote (git runs it with the updates on stdin)."""
     # sys.exit, not typer.Exit: git reads the hook's exit status.
-    sys.exit(pre_receive(sys.stdin.read().splitlines()))
+    sys.exit(hook.pre_receive(sys.stdin.read().splitlines()))

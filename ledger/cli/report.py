@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 
 from ledger import report as report_mod
-from ledger.cli.common import LedgerOpt, app, console_err, find_ledger_path
-from ledger.store import Ledger
+from ledger import store
+from ledger.cli import common
 
 
-@app.command("report")
+@common.app.command("report")
 def report_cmd(
     run: Annotated[
         str | None, typer.Option("--run", help="Report on this run (a run id).", show_default=False)
@@ -64,10 +64,10 @@ def report_cmd(
         bool,
         typer.Option("--no-verify", help="Do not verify the ledger (the report says so)."),
     ] = False,
-    ledger: LedgerOpt = None,
+    ledger: common.LedgerOpt = None,
 ) -> None:
     """Render a Markdown report of a run, an incident, or a time range (reproducible)."""
-    led = Ledger.open(find_ledger_path(ledger))
+    led = store.Ledger.open(common.find_ledger_path(ledger))
     text = report_mod.report_for(
         led,
         run=run,
@@ -83,4 +83,4 @@ def report_cmd(
         sys.stdout.buffer.flush()
         return
     written = report_mod.write_report(text, output)
-    console_err.print(f"Report written to {written}", highlight=False, markup=False)
+    common.console_err.print(f"Report written to {written}", highlight=False, markup=False)

@@ -22,25 +22,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ledger.cli.common import KeyOpt, LedgerOpt, TrustGenesisOpt, app, console, console_err
-from ledger.cli.core import open_ledger, signing_key_for
-from ledger.cli.terminal import TerminalEvents, TerminalPrompt, finish_pusher, start_pusher
+from ledger import run, store
+from ledger import runbook as ledger_runbook
+from ledger.cli import common, core, terminal
 from ledger.format import records
-from ledger.run import (
-    RESUMED_REASON,
-    Plan,
-    PlannedStep,
-    ResumePlan,
-    Runner,
-    RunRequest,
-    StopSignal,
-    abandon_run,
-    plan_run,
-    prepare_resume,
-    run_lock,
-)
-from ledger.runbook import load_runbook, parse_assignments, resolve_parameters
-from ledger.store import Ledger
 
 ParamOpt = Annotated[
     list[str] | None,
@@ -73,7 +58,7 @@ TriggerOpt = Annotated[
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
+def _stop_on_signals(stop: run.StopSignal) -> Iterator[None]:
     """SIGINT and SIGTERM ask the run to stop (it records the interruption, then exits)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -90,14 +75,14 @@ def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _interactive() -> TerminalPrompt | None:
-    return TerminalPrompt() if TerminalPrompt.available() else None
+def _interactive() -> terminal.TerminalPrompt | None:
+    return terminal.TerminalPrompt() if terminal.TerminalPrompt.available() else None
 
 
-def _check_ledger(led: Ledger, allow_unverified: bool, trust_genesis: str | None) -> None:
+def _check_ledger(led: store.Ledger, allow_unverified: bool, trust_genesis: str | None) -> None:
     led.allow_unverified = allow_unverified  # each record appended onto a bad head says so
     if allow_unverified:
-        console_err.print(
+        common.console_err.print(
             "[yellow]ledger: warning:[/] --allow-unverified: the ledger is not verified before "
             "this run."
         )
@@ -107,24 +92,26 @@ def _check_ledger(led: Ledger, allow_unverified: bool, trust_genesis: str | None
     local.verify_before_append(led.path, local.Anchors.given(trust_genesis))
 
 
-def _execute(led: Ledger, key_path: str | None, request: RunRequest, no_push: bool) -> None:
-    signing_key = signing_key_for(led, key_path)
-    events = TerminalEvents()
-    stop = StopSignal()
-    runner = Runner(led, signing_key, events=events, stop=stop, interactive=_interactive())
-    events.pusher = start_pusher(led, no_push)
+def _execute(
+    led: store.Ledger, key_path: str | None, request: run.RunRequest, no_push: bool
+) -> None:
+    signing_key = core.signing_key_for(led, key_path)
+    events = terminal.TerminalEvents()
+    stop = run.StopSignal()
+    runner = run.Runner(led, signing_key, events=events, stop=stop, interactive=_interactive())
+    events.pusher = terminal.start_pusher(led, no_push)
     try:
         with _stop_on_signals(stop):
             outcome = runner.run(request)
     finally:
-        finish_pusher(events.pusher)
+        terminal.finish_pusher(events.pusher)
     outcome.raise_for_status()
 
 
 # --------------------------------------------------------------------------- dry run
 
 
-def _print_planned(number: int, step: PlannedStep) -> None:
+def _print_planned(number: int, step: run.PlannedStep) -> None:
     facts: list[str] = []
     if step.when is not None:
         value = (
@@ -142,30 +129,30 @@ def _print_planned(number: int, step: PlannedStep) -> None:
     if step.outputs:
         facts.append("outputs " + ", ".join(step.outputs))
     suffix = f" [dim]({escape('; '.join(facts))})[/]" if facts else ""
-    console.print(f"  {number}. [bold]{escape(step.name)}[/]{suffix}")
+    common.console.print(f"  {number}. [bold]{escape(step.name)}[/]{suffix}")
     if step.kind == "approval":
-        console.print(f"     approval by {escape(', '.join(step.approvers))}")
+        common.console.print(f"     approval by {escape(', '.join(step.approvers))}")
         if step.approval_message:
-            console.print(f"     [yellow]{escape(step.approval_message)}[/]")
+            common.console.print(f"     [yellow]{escape(step.approval_message)}[/]")
         return
     if step.cwd:
-        console.print(f"     [dim]in {escape(step.cwd)}[/]")
+        common.console.print(f"     [dim]in {escape(step.cwd)}[/]")
     for i, line in enumerate((step.command or "").rstrip("\n").split("\n")):
-        console.print(f"     [dim]{'$' if i == 0 else '>'}[/] {escape(line)}")
+        common.console.print(f"     [dim]{'$' if i == 0 else '>'}[/] {escape(line)}")
 
 
-def _print_plan(plan: Plan) -> None:
+def _print_plan(plan: run.Plan) -> None:
     book = plan.runbook
-    console.print(
+    common.console.print(
         f"[bold]Plan for runbook {escape(book.name)}[/] ({escape(book.source)}, "
         f"sha256 {book.sha256[:16]}…)"
     )
     if plan.params:
         shown = ", ".join(f"{k}={v}" for k, v in plan.params.items())
-        console.print(f"Parameters: {escape(shown)}")
+        common.console.print(f"Parameters: {escape(shown)}")
     if plan.lock:
-        console.print(f"Lock: {escape(plan.lock)}")
-    console.print("Steps:")
+        common.console.print(f"Lock: {escape(plan.lock)}")
+    common.console.print("Steps:")
     for i, step in enumerate(plan.steps, 1):
         _print_planned(i, step)
     for title, handlers in (
@@ -174,10 +161,10 @@ def _print_plan(plan: Plan) -> None:
         ("Always:", plan.always),
     ):
         if handlers:
-            console.print(title)
+            common.console.print(title)
             for i, step in enumerate(handlers, 1):
                 _print_planned(i, step)
-    console.print("[bold]Dry run:[/] nothing was run and nothing was written to the ledger.")
+    common.console.print("[bold]Dry run:[/] nothing was run and nothing was written to the ledger.")
 
 
 # --------------------------------------------------------------------------- commands
@@ -207,7 +194,7 @@ _ABANDON_HELP = (
 )
 
 
-@app.command("run", help=_RUN_HELP)
+@common.app.command("run", help=_RUN_HELP)
 def run_cmd(
     runbook: Annotated[Path, typer.Argument(help="The runbook file (YAML).", show_default=False)],
     param: ParamOpt = None,
@@ -225,34 +212,34 @@ def run_cmd(
             help="Validate, render every command and print the plan; run and write nothing.",
         ),
     ] = False,
-    key: KeyOpt = None,
-    ledger: LedgerOpt = None,
+    key: common.KeyOpt = None,
+    ledger: common.LedgerOpt = None,
     no_push: NoPushOpt = False,
     allow_unverified: AllowUnverifiedOpt = False,
-    trust_genesis: TrustGenesisOpt = None,
+    trust_genesis: common.TrustGenesisOpt = None,
 ) -> None:
     """Run a runbook: every step is recorded as signed commits before and after it runs.
 
     Exit status: see ``_RUN_HELP``.
     """
-    book = load_runbook(runbook)
-    given = parse_assignments(param or [])
+    book = ledger_runbook.load_runbook(runbook)
+    given = ledger_runbook.parse_assignments(param or [])
     if incident is not None:
         records.check_incident(incident)
-    params = resolve_parameters(book, given)
+    params = ledger_runbook.resolve_parameters(book, given)
     if dry_run:
-        _print_plan(plan_run(book, params))
+        _print_plan(run.plan_run(book, params))
         return
-    led = open_ledger(ledger)
+    led = core.open_ledger(ledger)
     _check_ledger(led, allow_unverified, trust_genesis)
-    request = RunRequest(
+    request = run.RunRequest(
         runbook=book, params=params, incident=incident, trigger=trigger, environ=dict(os.environ)
     )
     _execute(led, key, request, no_push)
 
 
 def _resume_plan(
-    led: Ledger,
+    led: store.Ledger,
     run_id: str,
     key_path: str | None,
     *,
@@ -260,12 +247,12 @@ def _resume_plan(
     given: dict[str, str],
     from_step: str | None,
     rerun_unfinished: bool,
-) -> tuple[ResumePlan, str]:
+) -> tuple[run.ResumePlan, str]:
     """The resume plan and the new run's id, made while holding the old run's lock (so no
     process runs it); an unfinished run is closed as abandoned first."""
     records.check_run_id(run_id)
-    with run_lock(led, run_id, purpose="resume"):
-        plan = prepare_resume(
+    with run.run_lock(led, run_id, purpose="resume"):
+        plan = run.prepare_resume(
             led,
             run_id,
             runbook_path=runbook_path,
@@ -275,16 +262,18 @@ def _resume_plan(
             rerun_unfinished=rerun_unfinished,
         )
         for line in plan.unfinished_steps:
-            console_err.print(f"Never finished in run {run_id}: {line}", markup=False)
+            common.console_err.print(f"Never finished in run {run_id}: {line}", markup=False)
         new_id = records.new_run_id()
         if plan.status == "unfinished":
             why = f"runner gone; resumed by run {new_id}"
-            done = abandon_run(led, run_id, why, key=signing_key_for(led, key_path))
-            console.print(f"Closed run {run_id} as abandoned (seq {done.seq}).", markup=False)
+            done = run.abandon_run(led, run_id, why, key=core.signing_key_for(led, key_path))
+            common.console.print(
+                f"Closed run {run_id} as abandoned (seq {done.seq}).", markup=False
+            )
     return plan, new_id
 
 
-@app.command("resume", help=_RESUME_HELP)
+@common.app.command("resume", help=_RESUME_HELP)
 def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="The run's id.", show_default=False)],
     param: Annotated[
@@ -323,34 +312,34 @@ def resume_cmd(
         ),
     ] = False,
     trigger: TriggerOpt = None,
-    key: KeyOpt = None,
-    ledger: LedgerOpt = None,
+    key: common.KeyOpt = None,
+    ledger: common.LedgerOpt = None,
     no_push: NoPushOpt = False,
     allow_unverified: AllowUnverifiedOpt = False,
-    trust_genesis: TrustGenesisOpt = None,
+    trust_genesis: common.TrustGenesisOpt = None,
 ) -> None:
     """Continue a failed, interrupted, abandoned or unfinished run, as a new linked run.
 
     See ``_RESUME_HELP``.
     """
-    led = open_ledger(ledger)
+    led = core.open_ledger(ledger)
     _check_ledger(led, allow_unverified, trust_genesis)
     plan, new_id = _resume_plan(
         led,
         run_id,
         key,
         runbook_path=runbook,
-        given=parse_assignments(param or []),
+        given=ledger_runbook.parse_assignments(param or []),
         from_step=from_step,
         rerun_unfinished=rerun_unfinished,
     )
     where = f"from step {plan.resume_from}" if plan.resume_from else "from where it stopped"
-    console.print(
+    common.console.print(
         f"Resuming run {run_id} ({plan.status} at {plan.failed_step or '?'}) {where}; "
-        f"{len(plan.carried)} step(s) {RESUMED_REASON}: {', '.join(plan.carried) or 'none'}",
+        f"{len(plan.carried)} step(s) {run.RESUMED_REASON}: {', '.join(plan.carried) or 'none'}",
         markup=False,
     )
-    request = RunRequest(
+    request = run.RunRequest(
         runbook=plan.runbook,
         params=plan.params,
         incident=plan.incident,
@@ -364,23 +353,23 @@ def resume_cmd(
     _execute(led, key, request, no_push)
 
 
-@app.command("abandon", help=_ABANDON_HELP)
+@common.app.command("abandon", help=_ABANDON_HELP)
 def abandon_cmd(
     run_id: Annotated[str, typer.Argument(help="The unfinished run's id.", show_default=False)],
     reason: Annotated[
         str, typer.Option("--reason", help="Why the run is closed (recorded).", show_default=False)
     ],
-    key: KeyOpt = None,
-    ledger: LedgerOpt = None,
+    key: common.KeyOpt = None,
+    ledger: common.LedgerOpt = None,
     allow_unverified: AllowUnverifiedOpt = False,
 ) -> None:
     """Close a run whose runner is gone. See ``_ABANDON_HELP``."""
-    led = open_ledger(ledger)
+    led = core.open_ledger(ledger)
     _check_ledger(led, allow_unverified, None)
     records.check_run_id(run_id)
-    signing_key = signing_key_for(led, key)
-    with run_lock(led, run_id, purpose="abandon"):
-        done = abandon_run(led, run_id, reason, key=signing_key)
-    console.print(
+    signing_key = core.signing_key_for(led, key)
+    with run.run_lock(led, run_id, purpose="abandon"):
+        done = run.abandon_run(led, run_id, reason, key=signing_key)
+    common.console.print(
         f"Closed run {run_id} as abandoned: seq {done.seq} commit {done.commit_id}", markup=False
     )

@@ -8,18 +8,18 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import JsonOpt, app
-from ledger.errors import RunbookError
-from ledger.runbook import Problem, RunbookInvalid, load_runbook, schema_text
+from ledger import errors
+from ledger import runbook as ledger_runbook
+from ledger.cli import common
 
 
-@app.command("validate")
+@common.app.command("validate")
 def validate(
     files: Annotated[
         list[Path],
         typer.Argument(help="Runbook files to check.", show_default=False),
     ],
-    json_output: JsonOpt = False,
+    json_output: common.JsonOpt = False,
 ) -> None:
     """Check runbooks against the format: every problem as FILE:LINE:COLUMN: FIELD: MESSAGE.
 
@@ -28,15 +28,15 @@ def validate(
     results: list[dict[str, object]] = []
     invalid = 0
     for path in files:
-        problems: list[Problem] = []
+        problems: list[ledger_runbook.Problem] = []
         steps = 0
         try:
-            runbook = load_runbook(path)
+            runbook = ledger_runbook.load_runbook(path)
             steps = len(runbook.steps)
-        except RunbookInvalid as exc:
+        except ledger_runbook.RunbookInvalid as exc:
             problems = exc.problems
-        except RunbookError as exc:
-            problems = [Problem(str(path), 0, 0, "", exc.message)]
+        except errors.RunbookError as exc:
+            problems = [ledger_runbook.Problem(str(path), 0, 0, "", exc.message)]
         if problems:
             invalid += 1
         if json_output:
@@ -57,14 +57,14 @@ def validate(
     if json_output:
         typer.echo(json.dumps(results, indent=2))
     if invalid:
-        raise RunbookError(
+        raise errors.RunbookError(
             f"{invalid} of {len(files)} runbook{'s' if len(files) != 1 else ''} "
             f"{'is' if invalid == 1 else 'are'} invalid.",
             hint="Fix the problems listed above (docs/RUNBOOKS.md describes the format).",
         )
 
 
-@app.command("schema")
+@common.app.command("schema")
 def schema() -> None:
     """Print the runbook format's JSON Schema (draft 2020-12), for editors and other tools."""
-    typer.echo(schema_text(), nl=False)
+    typer.echo(ledger_runbook.schema_text(), nl=False)

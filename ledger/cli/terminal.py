@@ -12,23 +12,17 @@ import os
 import select
 import sys
 import threading
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.markup import escape
 from rich.text import Text
 
-from ledger.cli.common import console, console_err
-from ledger.run import (
-    STEP_OK,
-    STEP_SKIPPED,
-    EngineEvents,
-    RunOutcome,
-    StepEnd,
-    StepStart,
-)
-from ledger.run.process import StreamName
-from ledger.runbook import Runbook
-from ledger.store import Appended, Ledger
+from ledger import run, store
+from ledger import runbook as ledger_runbook
+from ledger.cli import common
+
+if TYPE_CHECKING:
+    from ledger.run import process
 
 _STATUS_STYLE = {
     "ok": ("✓", "green"),
@@ -50,20 +44,20 @@ def _seconds(ms: int) -> str:
     return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
-class TerminalEvents(EngineEvents):
+class TerminalEvents(run.EngineEvents):
     """Prints a run as it happens: step headers and status lines on stdout (rich), the
     commands' own output raw to stdout and stderr."""
 
     def __init__(self) -> None:
-        self._open_line: dict[StreamName, bool] = {"stdout": False, "stderr": False}
+        self._open_line: dict[process.StreamName, bool] = {"stdout": False, "stderr": False}
         self.pusher: Any = None
 
     def _print(self, *parts: tuple[str, str]) -> None:
         """One status line of (text, style) parts: styled on a terminal, plain text when the
         output is a pipe or a file (a log, CI). No markup is parsed: step names and
         messages are printed as they are."""
-        if console.is_terminal:
-            console.print(Text.assemble(*parts))
+        if common.console.is_terminal:
+            common.console.print(Text.assemble(*parts))
             return
         sys.stdout.write("".join(text for text, _ in parts) + "\n")
         sys.stdout.flush()
@@ -76,14 +70,16 @@ class TerminalEvents(EngineEvents):
                 stream.flush()
                 self._open_line[name] = False
 
-    def run_started(self, run_id: str, runbook: Runbook, resumes: str | None) -> None:
+    def run_started(
+        self, run_id: str, runbook: ledger_runbook.Runbook, resumes: str | None
+    ) -> None:
         extra = f", resumes {resumes}" if resumes else ""
         self._print(
             (f"Run {run_id}", "bold"),
             (f": {runbook.name} ({len(runbook.steps)} steps{extra})", ""),
         )
 
-    def step_started(self, info: StepStart) -> None:
+    def step_started(self, info: run.StepStart) -> None:
         self._close_lines()
         what = f"{info.step.phase} handler" if info.handler else "step"
         attempt = f"  attempt {info.attempt}/{info.max_attempts}" if info.max_attempts > 1 else ""
@@ -95,17 +91,17 @@ class TerminalEvents(EngineEvents):
             for i, line in enumerate(info.command.rstrip("\n").split("\n")):
                 self._print((f"{'$' if i == 0 else '>'} {line}", "dim"))
 
-    def output(self, stream: StreamName, data: bytes) -> None:
+    def output(self, stream: process.StreamName, data: bytes) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
         target.buffer.write(data)
         target.flush()
         self._open_line[stream] = not data.endswith(b"\n")
 
-    def step_finished(self, info: StepEnd) -> None:
+    def step_finished(self, info: run.StepEnd) -> None:
         self._close_lines()
         mark, style = _STATUS_STYLE.get(info.status, ("•", "bold"))
         name = info.step.name
-        if info.status == STEP_SKIPPED:
+        if info.status == run.STEP_SKIPPED:
             self._print((f"{mark} {name} skipped: {info.reason or ''}", style))
             return
         facts = []
@@ -113,7 +109,7 @@ class TerminalEvents(EngineEvents):
             facts.append(f"exit {info.exit_code}")
         facts.append(_seconds(info.duration_ms))
         parts = [(f"{mark} {name} {info.status}", style), (f" ({', '.join(facts)})", "dim")]
-        if info.error and info.status != STEP_OK:
+        if info.error and info.status != run.STEP_OK:
             parts.append((f": {info.error}", ""))
         self._print(*parts)
         if info.will_retry:
@@ -128,11 +124,11 @@ class TerminalEvents(EngineEvents):
     def approval_progress(self, text: str) -> None:
         self._print((f"  {text}", "yellow"))
 
-    def record_appended(self, appended: Appended) -> None:
+    def record_appended(self, appended: store.Appended) -> None:
         if self.pusher is not None:
             self.pusher.notify(appended.commit_id)
 
-    def run_finished(self, outcome: RunOutcome) -> None:
+    def run_finished(self, outcome: run.RunOutcome) -> None:
         self._close_lines()
         style = _RUN_STYLE.get(outcome.status, "bold")
         where = f" at step {outcome.failed_step}" if outcome.failed_step else ""
@@ -191,9 +187,9 @@ class TerminalPrompt:
         return line.decode("utf-8", errors="replace")
 
     def __call__(self, question: str) -> tuple[bool, str]:
-        console_err.print(f"[bold yellow]{escape(question)}[/]", highlight=False)
+        common.console_err.print(f"[bold yellow]{escape(question)}[/]", highlight=False)
         while True:
-            console_err.print(
+            common.console_err.print(
                 "Answer y or n, optionally followed by a comment (approvals from other "
                 "shells count too): ",
                 end="",
@@ -211,7 +207,7 @@ class TerminalPrompt:
 # --- background push ----------------------------------------------------------------------
 
 
-def start_pusher(led: Ledger, no_push: bool) -> Any:
+def start_pusher(led: store.Ledger, no_push: bool) -> Any:
     """The background pusher for the ledger's remotes, or ``None``."""
     if no_push:
         return None
@@ -231,11 +227,13 @@ def finish_pusher(pusher: Any) -> None:
     summary = pusher.close(timeout=30.0)
     for outcome in summary.outcomes:
         style = "green" if outcome.holds_head else "yellow"
-        console_err.print(f"[{style}]push {escape(outcome.remote)}:[/] {escape(outcome.line())}")
+        common.console_err.print(
+            f"[{style}]push {escape(outcome.remote)}:[/] {escape(outcome.line())}"
+        )
     for warning in summary.warnings:
-        console_err.print(f"[yellow]push warning:[/] {escape(warning)}")
+        common.console_err.print(f"[yellow]push warning:[/] {escape(warning)}")
     if any(not o.holds_head for o in summary.outcomes):
-        console_err.print(
+        common.console_err.print(
             "[yellow]The run's records are safe in the local ledger; 'ledger push' catches "
             "the remotes up later ('ledger status' shows the lag).[/]"
         )

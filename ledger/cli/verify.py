@@ -8,28 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ledger.cli.common import (
-    JsonOpt,
-    LedgerOpt,
-    TrustGenesisOpt,
-    app,
-    console,
-    console_err,
-    find_ledger_path,
-)
-from ledger.errors import GenesisNotPinned, UsageError, VerificationFailed
-from ledger.store import Ledger
+from ledger import errors, store
+from ledger.cli import common
 
 if TYPE_CHECKING:
-    from ledger.verify.local import Anchors, LocalVerification
+    from ledger.verify import local
 
 
-@app.command("verify")
+@common.app.command("verify")
 def verify_cmd(
     since_last: Annotated[
         bool, typer.Option("--since-last", help="Verify only records after the last verified head.")
     ] = False,
-    trust_genesis: TrustGenesisOpt = None,
+    trust_genesis: common.TrustGenesisOpt = None,
     pins: Annotated[
         Path | None,
         typer.Option(
@@ -73,15 +64,15 @@ def verify_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on a terminal.")
     ] = True,
-    ledger: LedgerOpt = None,
-    json_out: JsonOpt = False,
+    ledger: common.LedgerOpt = None,
+    json_out: common.JsonOpt = False,
 ) -> None:
     """Verify signatures, trust, chain and tree of every record; report every finding."""
-    path = find_ledger_path(ledger)
-    Ledger.open(path)  # a clear error when there is no ledger
+    path = common.find_ledger_path(ledger)
+    store.Ledger.open(path)  # a clear error when there is no ledger
     if skip_remote and not remotes:
-        raise UsageError("--skip-remote only applies with --remotes.")
-    show_bar = progress and not json_out and console_err.is_terminal
+        raise errors.UsageError("--skip-remote only applies with --remotes.")
+    show_bar = progress and not json_out and common.console_err.is_terminal
     from ledger.verify import local  # here: only 'ledger verify' needs the verifier
 
     anchors = local.Anchors.given(trust_genesis, pins)
@@ -96,14 +87,14 @@ def verify_cmd(
     result = outcome.result
     check = None
     if remotes:
-        from ledger.cli.remote import check_for_verify
+        from ledger.cli import remote
 
-        check = check_for_verify(path, result, skip_remote or [])
+        check = remote.check_for_verify(path, result, skip_remote or [])
     _show(outcome, check, json_out, since_last)
     _raise_for(outcome, check, path, require_pin, json_out)
 
 
-def _show(outcome: LocalVerification, check: Any, json_out: bool, since_last: bool) -> None:
+def _show(outcome: local.LocalVerification, check: Any, json_out: bool, since_last: bool) -> None:
     result = outcome.result
     if json_out:
         doc = result.to_json()
@@ -115,7 +106,7 @@ def _show(outcome: LocalVerification, check: Any, json_out: bool, since_last: bo
             doc["remotes_unchecked"] = check.unchecked
             doc["remotes_skipped"] = check.skipped
             doc["ok"] = bool(doc["ok"]) and not check.failed
-        console.out(json.dumps(doc, indent=1, ensure_ascii=False))
+        common.console.out(json.dumps(doc, indent=1, ensure_ascii=False))
         return
     _print_verification(result, outcome.pinned_now, since_last)
     if check is not None:
@@ -123,13 +114,13 @@ def _show(outcome: LocalVerification, check: Any, json_out: bool, since_last: bo
 
 
 def _raise_for(
-    outcome: LocalVerification, check: Any, path: Path, require_pin: bool, json_out: bool
+    outcome: local.LocalVerification, check: Any, path: Path, require_pin: bool, json_out: bool
 ) -> None:
     """The verdict as an exit code: findings (7), an unchecked remote (8), no pin (14)."""
     result = outcome.result
     if not result.ok:
         where = "in the JSON output" if json_out else "above"
-        raise VerificationFailed(
+        raise errors.VerificationFailed(
             f"{len(result.findings)} finding(s), listed {where}.",
             findings=list(result.findings),
             hint="Each finding names the rule of docs/FORMAT.md §9 that it breaks.",
@@ -137,7 +128,7 @@ def _raise_for(
     if check is not None:
         check.raise_if_failed()
     if require_pin and outcome.pin_source is None:
-        raise GenesisNotPinned(
+        raise errors.GenesisNotPinned(
             f"no genesis is pinned for the ledger at {path} (genesis {result.genesis}, "
             f"ledger id {result.ledger_id}); it was not pinned now (--require-pin).",
             hint="Compare the genesis with the ledger's owner, then pin it: 'ledger verify' "
@@ -147,19 +138,19 @@ def _raise_for(
 
 def _verify_local(
     path: Path,
-    anchors: Anchors,
+    anchors: local.Anchors,
     since_last: bool,
     show_bar: bool,
     *,
     remember: bool,
     require_user_presence: bool,
-) -> LocalVerification:
+) -> local.LocalVerification:
     """Verify this copy (:func:`ledger.verify.local.verify_local`), with a progress bar on stderr
     when ``show_bar``."""
-    from ledger.verify.local import verify_local
+    from ledger.verify import local
 
     if not show_bar:
-        return verify_local(
+        return local.verify_local(
             path,
             anchors=anchors,
             since_last=since_last,
@@ -173,7 +164,7 @@ def _verify_local(
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console_err,
+        console=common.console_err,
         transient=True,
     ) as bar:
         task = bar.add_task("verify", total=None)
@@ -181,7 +172,7 @@ def _verify_local(
         def tick(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return verify_local(
+        return local.verify_local(
             path,
             anchors=anchors,
             since_last=since_last,
@@ -195,16 +186,16 @@ def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None
     for f in result.findings:
         where = f"seq {f.seq}" if f.seq is not None else "ledger"
         commit = f" commit {f.commit}" if f.commit else ""
-        console.print(f"FINDING [{f.rule}] {where}{commit}: {f.message}", markup=False)
+        common.console.print(f"FINDING [{f.rule}] {where}{commit}: {f.message}", markup=False)
     scope = (
         f"{result.records_checked} new record(s)"
         if since_last
         else f"{result.records_checked} record(s)"
     )
     if result.ok:
-        console.print(f"Verified {scope}: head seq {result.seq}, commit {result.head}.")
+        common.console.print(f"Verified {scope}: head seq {result.seq}, commit {result.head}.")
         if result.without_presence:
-            console.print(
+            common.console.print(
                 f"{result.without_presence} record(s) signed by a security key without user "
                 "presence (the token was not touched); --require-user-presence refuses them.",
                 highlight=False,
@@ -215,13 +206,15 @@ def _print_verification(result: Any, pinned_now: bool, since_last: bool) -> None
                 if pinned_now
                 else "it was not pinned now either"
             )
-            console.print(
+            common.console.print(
                 f"[bold yellow]NOT PINNED:[/] genesis {result.genesis} (ledger "
                 f"{result.ledger_id}) was not pinned on this machine; {now}. Compare it "
                 "with the ledger's owner.",
                 highlight=False,
             )
         elif result.genesis_pinned:
-            console.print(f"Genesis {result.genesis} matches the pinned genesis.")
+            common.console.print(f"Genesis {result.genesis} matches the pinned genesis.")
     else:
-        console.print(f"Verification FAILED: {len(result.findings)} finding(s) over {scope}.")
+        common.console.print(
+            f"Verification FAILED: {len(result.findings)} finding(s) over {scope}."
+        )

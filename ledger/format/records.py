@@ -18,20 +18,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.errors import InputError
-from ledger.format.shapes import (
-    Approval,
-    EventData,
-    FileEntry,
-    GenesisData,
-    KeyAdded,
-    KeyRevoked,
-    Record,
-    RunFinished,
-    RunStarted,
-    StepFinished,
-    StepStarted,
-)
+from ledger import errors
+from ledger.format import shapes
 
 SCHEMA_VERSION = 1
 
@@ -95,15 +83,15 @@ _IDENT_DROP_RE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029<>]")
 
 #: Each kind's ``data`` type.
 DATA_TYPES: dict[str, type] = {
-    KIND_GENESIS: GenesisData,
-    KIND_KEY_ADDED: KeyAdded,
-    KIND_KEY_REVOKED: KeyRevoked,
-    KIND_EVENT: EventData,
-    KIND_RUN_STARTED: RunStarted,
-    KIND_STEP_STARTED: StepStarted,
-    KIND_STEP_FINISHED: StepFinished,
-    KIND_APPROVAL: Approval,
-    KIND_RUN_FINISHED: RunFinished,
+    KIND_GENESIS: shapes.GenesisData,
+    KIND_KEY_ADDED: shapes.KeyAdded,
+    KIND_KEY_REVOKED: shapes.KeyRevoked,
+    KIND_EVENT: shapes.EventData,
+    KIND_RUN_STARTED: shapes.RunStarted,
+    KIND_STEP_STARTED: shapes.StepStarted,
+    KIND_STEP_FINISHED: shapes.StepFinished,
+    KIND_APPROVAL: shapes.Approval,
+    KIND_RUN_FINISHED: shapes.RunFinished,
 }
 
 
@@ -116,7 +104,7 @@ MAX_INT_DIGITS = 4300
 def _check_value(value: Any, where: str, depth: int = 0) -> None:
     """Refuse values that have no single canonical encoding, or that nest too deeply."""
     if depth > MAX_DEPTH:
-        raise InputError(
+        raise errors.InputError(
             f"{where} is nested more than {MAX_DEPTH} levels deep; records refuse deeper values.",
             hint="Flatten the value.",
         )
@@ -124,13 +112,13 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
         return
     if isinstance(value, int):
         if value.bit_length() > MAX_INT_DIGITS * 3:  # (3 bits < one decimal digit)
-            raise InputError(
+            raise errors.InputError(
                 f"{where} holds an integer of more than {MAX_INT_DIGITS} digits.",
                 hint="Write it as a string.",
             )
         return
     if isinstance(value, float):
-        raise InputError(
+        raise errors.InputError(
             f"{where} holds the floating point number {value!r}; records allow no floating "
             "point numbers because their encoding is not canonical.",
             hint="Write it as a string or as an integer (for example milliseconds).",
@@ -138,14 +126,16 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise InputError(f"{where} has a non-string key {k!r}; record keys are strings.")
+                raise errors.InputError(
+                    f"{where} has a non-string key {k!r}; record keys are strings."
+                )
             _check_value(v, f"{where}.{k}", depth + 1)
         return
     if isinstance(value, list | tuple):
         for i, v in enumerate(value):
             _check_value(v, f"{where}[{i}]", depth + 1)
         return
-    raise InputError(f"{where} holds a {type(value).__name__}, which a record cannot store.")
+    raise errors.InputError(f"{where} holds a {type(value).__name__}, which a record cannot store.")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -157,7 +147,7 @@ def canonical_json(value: Any) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"the record holds text that is not valid Unicode ({exc.reason}: "
             f"{exc.object[exc.start : exc.end]!a}); such text cannot be written as UTF-8. "
             "Text given as command-line arguments must be valid UTF-8; in JSON, "
@@ -191,7 +181,7 @@ def parse_data(text: str, source: str) -> Any:
         if char in "[{":
             depth += 1
             if depth > MAX_DEPTH:
-                raise InputError(
+                raise errors.InputError(
                     f"{source} is nested more than {MAX_DEPTH} levels deep; records refuse "
                     "deeper values.",
                     hint="Flatten the value.",
@@ -201,12 +191,12 @@ def parse_data(text: str, source: str) -> Any:
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
             hint=hint,
         ) from None
     except (ValueError, RecursionError) as exc:
-        raise InputError(f"{source} is refused: {exc}.", hint=hint) from None
+        raise errors.InputError(f"{source} is refused: {exc}.", hint=hint) from None
     canonical_json(value)  # refuses floats and lone surrogates with a clear message
     return value
 
@@ -255,7 +245,7 @@ def is_run_id(text: str) -> bool:
 
 def check_run_id(text: str) -> str:
     if not is_run_id(text):
-        raise InputError(
+        raise errors.InputError(
             f"{text!r} is not a run id; run ids look like 20261122T014312Z-1a2b3c4d.",
             hint="Copy the run id from 'ledger log' or 'ledger status'.",
         )
@@ -264,7 +254,7 @@ def check_run_id(text: str) -> str:
 
 def check_incident(text: str) -> str:
     if not INCIDENT_RE.match(text):
-        raise InputError(
+        raise errors.InputError(
             f"{text!r} is not a valid incident id: use letters, digits, '.', '_' and '-' "
             "(at most 128 characters, starting with a letter or digit).",
         )
@@ -313,7 +303,7 @@ def check_principal(principal: str) -> str:
     """
     problem = _principal_problem(principal)
     if problem is not None:
-        raise InputError(
+        raise errors.InputError(
             f"{principal!r} is not a usable principal: {problem}.",
             hint="A principal names a signer in git's allowed-signers file and in commit "
             "identities: use one without white space, quotes, commas, backslashes, wildcards "
@@ -337,7 +327,7 @@ def record_dir(kind: str, seq: int, run: str | None, time: str) -> str:
     if run is not None:
         m = RUN_ID_RE.match(run)
         if not m:
-            raise InputError(f"{run!r} is not a run id")
+            raise errors.InputError(f"{run!r} is not a run id")
         return f"{RUNS_DIR}/{m.group(1)}/{m.group(2)}/{m.group(3)}/{run}"
     # Bucketed by seq within the day so that no directory holds more than 1,000 records,
     # however many events a day brings (an append rewrites the trees on its path).
@@ -353,7 +343,7 @@ def record_path(kind: str, seq: int, run: str | None, time: str) -> str:
 
 def attachment_path(record_file: str, name: str) -> str:
     if not FILE_NAME_RE.match(name):
-        raise InputError(f"{name!r} is not a valid attachment name")
+        raise errors.InputError(f"{name!r} is not a valid attachment name")
     return f"{record_file[: -len('.json')]}.{name}"
 
 
@@ -372,10 +362,12 @@ def make_record(
     key_fingerprint: str,
     host: str,
     data: Mapping[str, Any],
-    files: Mapping[str, FileEntry],
-) -> Record:
+    files: Mapping[str, shapes.FileEntry],
+) -> shapes.Record:
     if kind not in KINDS:
-        raise InputError(f"unknown record kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}.")
+        raise errors.InputError(
+            f"unknown record kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}."
+        )
     return {
         "schema": SCHEMA_VERSION,
         "ledger": ledger_id,
@@ -387,7 +379,7 @@ def make_record(
         "host": host,
         "data": dict(data),
         "files": {
-            k: FileEntry(path=v["path"], sha256=v["sha256"], size=v["size"])
+            k: shapes.FileEntry(path=v["path"], sha256=v["sha256"], size=v["size"])
             for k, v in files.items()
         },
     }

@@ -39,17 +39,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from ledger.errors import (
-    AgentError,
-    AgentIdentityMissing,
-    AgentLocked,
-    AgentRefused,
-    AgentTimeout,
-    AgentUnavailable,
-    InputError,
-)
-from ledger.keys import blobs, sshwire
-from ledger.keys.keys import PublicKey, low_s
+from ledger import errors
+from ledger.keys import blobs, keys, sshwire
 
 SSH_AGENT_FAILURE: Final = 5
 SSH2_AGENTC_REQUEST_IDENTITIES: Final = 11
@@ -99,7 +90,7 @@ def timeout_from_env() -> float:
     except ValueError:
         value = -1.0
     if not 0 < value < 1e6:
-        raise InputError(
+        raise errors.InputError(
             f"{TIMEOUT_ENV}={text!r} is not a number of seconds greater than 0.",
             hint=f"Set it to how long to wait for the agent, e.g. {TIMEOUT_ENV}=60.",
         )
@@ -188,7 +179,7 @@ class AgentClient:
             body = self._read(sock, size, deadline)
         except TimeoutError:
             self.close()  # an answer may still come: this connection is out of step
-            raise AgentTimeout(
+            raise errors.AgentTimeout(
                 f"the agent at {self.path} did not answer within {self.timeout:g} s when "
                 f"asked to {what}: a hardware token was not touched or a confirmation was "
                 "not answered; nothing was signed.",
@@ -199,7 +190,7 @@ class AgentClient:
             if isinstance(exc, BrokenPipeError | ConnectionResetError):
                 raise
             self.close()
-            raise AgentUnavailable(
+            raise errors.AgentUnavailable(
                 f"talking to the agent at {self.path} failed ({exc.strerror or exc}) while "
                 f"asking it to {what}; nothing was signed.",
                 hint=_START_HINT,
@@ -236,7 +227,7 @@ class AgentClient:
                 detail = "nothing listens on it (the agent is gone)"
             else:
                 detail = str(exc.strerror or exc)
-            raise AgentUnavailable(
+            raise errors.AgentUnavailable(
                 f"cannot reach the ssh-agent at {self.path} ({SOCKET_ENV}): {detail}; "
                 "nothing was signed.",
                 hint=_START_HINT,
@@ -244,16 +235,16 @@ class AgentClient:
         self._sock = sock
         return sock
 
-    def _gone(self, what: str) -> AgentUnavailable:
-        return AgentUnavailable(
+    def _gone(self, what: str) -> errors.AgentUnavailable:
+        return errors.AgentUnavailable(
             f"the ssh-agent at {self.path} closed the connection when asked to {what} (it "
             "stopped or was killed); nothing was signed.",
             hint=_START_HINT,
         )
 
-    def _protocol(self, detail: str) -> AgentError:
+    def _protocol(self, detail: str) -> errors.AgentError:
         self.close()
-        return AgentError(
+        return errors.AgentError(
             f"the program at {self.path} is not a working ssh-agent: it {detail}.",
             hint=f"Check that {SOCKET_ENV} names your agent's socket.",
         )
@@ -267,7 +258,7 @@ def client(path: str | None = None, timeout: float | None = None) -> AgentClient
     :class:`AgentUnavailable` if no socket is named."""
     where = path if path is not None else os.environ.get(SOCKET_ENV, "")
     if not where:
-        raise AgentUnavailable(
+        raise errors.AgentUnavailable(
             f"a public key names the signing key, so the signature comes from ssh-agent, but "
             f"{SOCKET_ENV} is not set: there is no agent to ask.",
             hint=_START_HINT,
@@ -284,7 +275,7 @@ class AgentKey:
 
     __slots__ = ("_client", "_flags", "comment", "public_key")
 
-    def __init__(self, agent: AgentClient, public_key: PublicKey, comment: str = "") -> None:
+    def __init__(self, agent: AgentClient, public_key: keys.PublicKey, comment: str = "") -> None:
         self._client = agent
         self.public_key = public_key
         self.comment = comment
@@ -294,7 +285,7 @@ class AgentKey:
         return f"AgentKey({self.public_key.key_type} {self.public_key.fingerprint})"
 
     @classmethod
-    def find(cls, wanted: PublicKey | str, agent: AgentClient | None = None) -> AgentKey:
+    def find(cls, wanted: keys.PublicKey | str, agent: AgentClient | None = None) -> AgentKey:
         """The agent's identity ``wanted`` (a public key, or a ``SHA256:`` fingerprint).
 
         :class:`AgentUnavailable`, :class:`AgentLocked` (it lists no keys) or
@@ -304,7 +295,7 @@ class AgentKey:
         fingerprint = wanted if isinstance(wanted, str) else wanted.fingerprint
         listed = agent.identities()
         if not listed:
-            raise AgentLocked(
+            raise errors.AgentLocked(
                 f"the ssh-agent at {agent.path} lists no keys, so it cannot sign with "
                 f"{fingerprint}: it is locked (ssh-add -x) or holds no keys.",
                 hint="Unlock it with 'ssh-add -X', or load the key with 'ssh-add KEYFILE'.",
@@ -312,7 +303,7 @@ class AgentKey:
         for identity in listed:
             if identity.fingerprint == fingerprint:
                 comment = identity.comment or ("" if isinstance(wanted, str) else wanted.comment)
-                return cls(agent, PublicKey.from_blob(identity.blob), comment)
+                return cls(agent, keys.PublicKey.from_blob(identity.blob), comment)
         raise _missing(agent, fingerprint, len(listed))
 
     def sign(self, data: bytes) -> bytes:
@@ -322,19 +313,19 @@ class AgentKey:
             raise self._refused()
         return checked_signature(self.public_key, signature, data)
 
-    def _refused(self) -> AgentError:
+    def _refused(self) -> errors.AgentError:
         """Why the agent answered FAILURE: it is locked now, the key is gone, or it refused."""
         agent, fingerprint = self._client, self.public_key.fingerprint
         listed = agent.identities()
         if not listed:
-            return AgentLocked(
+            return errors.AgentLocked(
                 f"the ssh-agent at {agent.path} refused to sign with {fingerprint} and now "
                 "lists no keys: it is locked (ssh-add -x); nothing was signed.",
                 hint="Unlock it with 'ssh-add -X', then try again.",
             )
         if all(identity.fingerprint != fingerprint for identity in listed):
             return _missing(agent, fingerprint, len(listed))
-        return AgentRefused(
+        return errors.AgentRefused(
             f"the ssh-agent at {agent.path} refused to sign with {fingerprint}: the key "
             "needs a confirmation (ssh-add -c) that was declined or could not be shown, or "
             "its token failed; nothing was signed.",
@@ -343,8 +334,8 @@ class AgentKey:
         )
 
 
-def _missing(agent: AgentClient, fingerprint: str, count: int) -> AgentIdentityMissing:
-    return AgentIdentityMissing(
+def _missing(agent: AgentClient, fingerprint: str, count: int) -> errors.AgentIdentityMissing:
+    return errors.AgentIdentityMissing(
         f"the ssh-agent at {agent.path} does not hold the key {fingerprint} (it holds "
         f"{count} other key{'s' if count != 1 else ''}); nothing was signed.",
         hint=f"Load it with 'ssh-add PRIVATE_KEY_FILE' (check with 'ssh-add -l' that "
@@ -352,7 +343,7 @@ def _missing(agent: AgentClient, fingerprint: str, count: int) -> AgentIdentityM
     )
 
 
-def checked_signature(public_key: PublicKey, signature: bytes, data: bytes) -> bytes:
+def checked_signature(public_key: keys.PublicKey, signature: bytes, data: bytes) -> bytes:
     """The agent's ``signature`` of ``data`` as it will be embedded: RSA only as
     ``rsa-sha2-512``, ECDSA in low-S form, and verifying with ``public_key``."""
     try:
@@ -361,15 +352,15 @@ def checked_signature(public_key: PublicKey, signature: bytes, data: bytes) -> b
     except sshwire.Malformed:
         sig_type = ""
     if public_key.key_type == blobs.RSA and sig_type != "rsa-sha2-512":
-        raise AgentError(
+        raise errors.AgentError(
             f"the ssh-agent signed with {sig_type or 'an unknown algorithm'} instead of "
             "rsa-sha2-512 (SHA-1 'ssh-rsa' signatures are never embedded); it is not used.",
             hint="Use an agent that makes SHA-2 RSA signatures (OpenSSH 7.2 or later), or an "
             "Ed25519 key.",
         )
-    signature = low_s(signature)
+    signature = keys.low_s(signature)
     if not public_key.verify(signature, data):
-        raise AgentError(
+        raise errors.AgentError(
             f"the ssh-agent returned a signature that does not verify with "
             f"{public_key.fingerprint}; nothing of it is used.",
             hint=f"Check that {SOCKET_ENV} names the agent you meant; the agent may be faulty.",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ledger.errors import InputError
+from ledger import errors
 from ledger.format import records
-from ledger.keys.keys import PublicKey
+from ledger.keys import keys
 
 
 def _ssh_time(when: datetime) -> str:
@@ -19,7 +19,7 @@ def _ssh_time(when: datetime) -> str:
 
 def allowed_signers_line(
     principal: str,
-    public_key: PublicKey,
+    public_key: keys.PublicKey,
     valid_after: datetime | None = None,
     valid_before: datetime | None = None,
 ) -> str:
@@ -50,7 +50,7 @@ def allowed_signers_line(
         and valid_before is not None
         and _ssh_time(valid_before) < _ssh_time(valid_after)
     ):
-        raise InputError(
+        raise errors.InputError(
             f"key validity for {principal} ends ({_ssh_time(valid_before)}) before it "
             f"starts ({_ssh_time(valid_after)}).",
             hint="Check the key's added and revoked times.",

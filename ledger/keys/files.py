@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from ledger.errors import FileExists, KeyProblem
+from ledger import errors
 from ledger.keys import blobs, keyformat
 
 _MAX_KEY_FILE: Final = 1 << 20
@@ -21,26 +21,28 @@ def read_key_file(path: Path) -> bytes:
     try:
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            raise KeyProblem(f"key file {path} is not a regular file.", hint=blobs.KEY_HINT)
+            raise errors.KeyProblem(f"key file {path} is not a regular file.", hint=blobs.KEY_HINT)
         with path.open("rb") as handle:
             data = handle.read(_MAX_KEY_FILE + 1)
     except FileNotFoundError:
-        raise KeyProblem(f"key file {path} does not exist.", hint=blobs.KEY_HINT) from None
+        raise errors.KeyProblem(f"key file {path} does not exist.", hint=blobs.KEY_HINT) from None
     except IsADirectoryError:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"key file {path} is a directory, not a key file.", hint=blobs.KEY_HINT
         ) from None
     except PermissionError:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"key file {path} cannot be read: permission denied.",
             hint="Run as the key's owner, or fix the file's permissions (chmod 600).",
         ) from None
     except OSError as exc:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"key file {path} cannot be read: {exc.strerror or exc}.", hint=blobs.KEY_HINT
         ) from None
     if len(data) > _MAX_KEY_FILE:
-        raise KeyProblem(f"{path} is too large to be a private key file.", hint=blobs.KEY_HINT)
+        raise errors.KeyProblem(
+            f"{path} is too large to be a private key file.", hint=blobs.KEY_HINT
+        )
     return data
 
 
@@ -49,17 +51,17 @@ def write_new_file(path: Path, content: bytes, mode: int) -> None:
     try:
         fd = os.open(path, flags, mode)
     except FileExistsError:
-        raise FileExists(
+        raise errors.FileExists(
             f"{path} already exists; a key file is never overwritten.",
             hint="Choose another path, or move the old key away first.",
         ) from None
     except FileNotFoundError:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"cannot create key file {path}: its directory does not exist.",
             hint="Create the directory first, or choose another path.",
         ) from None
     except OSError as exc:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"cannot create key file {path}: {exc.strerror or exc}.",
             hint="Choose a path in a directory you can write to.",
         ) from None
@@ -74,7 +76,7 @@ def write_new_file(path: Path, content: bytes, mode: int) -> None:
             os.close(fd)
     except OSError as exc:
         path.unlink(missing_ok=True)
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"cannot write key file {path}: {exc.strerror or exc}.",
             hint="Check free space and permissions, then try again.",
         ) from None

@@ -6,13 +6,12 @@ logic).
 
 from __future__ import annotations
 
-from ledger.errors import SignatureError
+from ledger import errors
 from ledger.format import gitobj
-from ledger.keys import sshsig
-from ledger.keys.keys import PublicKey, SigningIdentity
+from ledger.keys import keys, sshsig
 
 
-def sign_commit(content: bytes | str, key: SigningIdentity) -> str:
+def sign_commit(content: bytes | str, key: keys.SigningIdentity) -> str:
     """The armored SSH signature of a commit, for ``Repository.create_commit_with_signature``.
 
     ``content`` is the unsigned commit (as ``create_commit_string`` makes it). The result has
@@ -22,13 +21,13 @@ def sign_commit(content: bytes | str, key: SigningIdentity) -> str:
     """
     data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
     if b"\n\n" not in data:
-        raise SignatureError(
+        raise errors.SignatureError(
             "commit content has no empty line after its headers.",
             hint="Sign the output of create_commit_string.",
         )
     payload, signatures = gitobj.split_signed_commit(data)
     if signatures or payload != data:
-        raise SignatureError(
+        raise errors.SignatureError(
             "commit content already has a gpgsig header; it cannot be signed again.",
             hint="Sign the unsigned commit content.",
         )
@@ -37,7 +36,7 @@ def sign_commit(content: bytes | str, key: SigningIdentity) -> str:
 
 def verify_signed_commit(
     raw: bytes, namespace: str = "git", *, require_user_presence: bool = False
-) -> tuple[bytes, PublicKey]:
+) -> tuple[bytes, keys.PublicKey]:
     """Verify the single ``gpgsig`` signature of a raw commit; (payload, signer's key).
 
     SignatureError if the commit is unsigned, has several signature headers, or its
@@ -46,12 +45,12 @@ def verify_signed_commit(
     """
     payload, signatures = gitobj.split_signed_commit(raw)
     if not signatures:
-        raise SignatureError(
+        raise errors.SignatureError(
             "the commit is not signed (no gpgsig header).",
             hint="Every ledger commit must carry an SSH signature.",
         )
     if len(signatures) > 1:
-        raise SignatureError(
+        raise errors.SignatureError(
             f"the commit has {len(signatures)} gpgsig headers; exactly one is allowed.",
             hint="Do not trust this commit.",
         )

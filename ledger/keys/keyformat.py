@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ledger.errors import KeyProblem, PassphraseRequired, WrongPassphrase
+from ledger import errors
 from ledger.keys import blobs, sshwire
 
 KEY_BEGIN: Final = "-----BEGIN OPENSSH PRIVATE KEY-----"
@@ -78,23 +78,25 @@ def read_openssh_header(data: bytes, where: str) -> OpenSshHeader:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is not a valid OpenSSH private key (not ASCII).", hint=blobs.KEY_HINT
         ) from None
     lines = [line.strip() for line in text.strip().splitlines()]
     if not lines or lines[0] != KEY_BEGIN or lines[-1] != KEY_END:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is not a complete OpenSSH private key (begin or end line missing).",
             hint=blobs.KEY_HINT,
         )
     try:
         blob = base64.b64decode("".join(lines[1:-1]), validate=True)
     except binascii.Error:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is damaged: its base64 content is malformed.", hint=blobs.KEY_HINT
         ) from None
     if not blob.startswith(KEY_MAGIC):
-        raise KeyProblem(f"{where} is not an openssh-key-v1 private key.", hint=blobs.KEY_HINT)
+        raise errors.KeyProblem(
+            f"{where} is not an openssh-key-v1 private key.", hint=blobs.KEY_HINT
+        )
     try:
         reader = sshwire.Reader(blob, len(KEY_MAGIC))
         cipher = reader.string().decode("ascii")
@@ -102,7 +104,7 @@ def read_openssh_header(data: bytes, where: str) -> OpenSshHeader:
         kdf_options = reader.string()
         count = reader.u32()
         if count != 1:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"{where} holds {count} keys; only files with one key are supported.",
                 hint=blobs.KEY_HINT,
             )
@@ -111,21 +113,21 @@ def read_openssh_header(data: bytes, where: str) -> OpenSshHeader:
         tag = reader.rest()
         key_type = sshwire.Reader(public_blob).string().decode("ascii", "replace")
     except (sshwire.Malformed, UnicodeDecodeError):
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is damaged: the key structure is truncated or malformed.",
             hint=blobs.KEY_HINT,
         ) from None
     return OpenSshHeader(cipher, kdf, kdf_options, public_blob, key_type, private, tag)
 
 
-def passphrase_required(where: str) -> PassphraseRequired:
-    return PassphraseRequired(
+def passphrase_required(where: str) -> errors.PassphraseRequired:
+    return errors.PassphraseRequired(
         f"{where} is encrypted and no passphrase was given.", hint="Give the key's passphrase."
     )
 
 
-def wrong_passphrase(where: str) -> WrongPassphrase:
-    return WrongPassphrase(
+def wrong_passphrase(where: str) -> errors.WrongPassphrase:
+    return errors.WrongPassphrase(
         f"the passphrase for {where} is wrong.",
         hint="Give the passphrase the key was encrypted with.",
     )
@@ -137,31 +139,31 @@ def _check_header(
     """Refuse, before any key derivation, what cannot or must not be decrypted; the KDF's salt
     and rounds of an encrypted file."""
     if header.key_type in blobs.SK_TYPES:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is a FIDO security key ({header.key_type}): the file holds only a "
             "handle, and only the token can sign with it.",
             hint="Load it into ssh-agent (`ssh-add` it) and name its public key "
             f"({where}.pub) as the signing key; the token signs through the agent.",
         )
     if header.key_type not in blobs.PRIVATE_KEY_TYPES:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is a {header.key_type} key, which is not supported.",
             hint=f"Use one of: {', '.join(blobs.PRIVATE_KEY_TYPES)} "
             "(`ssh-keygen -t ed25519` makes the default kind).",
         )
     if not header.encrypted:
         if header.kdf != "none":
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"{where} is damaged: unencrypted key with a KDF.", hint=blobs.KEY_HINT
             )
         return None
     if header.cipher not in LIBRARY_CIPHERS and header.cipher not in _OWN_CIPHERS:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is encrypted with cipher {header.cipher!r}, which is not supported.",
             hint=f"Re-encrypt it with `ssh-keygen -p -Z {LIBRARY_CIPHERS[0]} -f {where}`.",
         )
     if header.kdf != "bcrypt":
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} uses key derivation {header.kdf!r}, which is not supported.",
             hint=f"Re-encrypt it with `ssh-keygen -p -f {where}`.",
         )
@@ -171,11 +173,11 @@ def _check_header(
         rounds = reader.u32()
         reader.end()
     except sshwire.Malformed:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is damaged: malformed KDF options.", hint=blobs.KEY_HINT
         ) from None
     if not salt or not 1 <= rounds <= MAX_KDF_ROUNDS:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} has unusable KDF options (rounds {rounds}).", hint=blobs.KEY_HINT
         )
     if not passphrase:  # only now: asking for it would be in vain if the options are bad
@@ -191,7 +193,7 @@ def _decrypted(
     key_len, mode = _OWN_CIPHERS[header.cipher]
     iv_len = 12 if mode == "gcm" else 16
     if len(header.private) % 16 or len(header.tag) != (16 if mode == "gcm" else 0):
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is damaged: the encrypted part has a wrong length.", hint=blobs.KEY_HINT
         )
     salt, rounds = kdf
@@ -228,15 +230,15 @@ def load_openssh(
     except ValueError as exc:
         if header.encrypted and "checksum" in str(exc):  # the check bytes differ
             raise wrong_passphrase(where) from None
-        raise KeyProblem(f"{where} is damaged: {exc}.", hint=blobs.KEY_HINT) from None
+        raise errors.KeyProblem(f"{where} is damaged: {exc}.", hint=blobs.KEY_HINT) from None
     except UnsupportedAlgorithm as exc:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is not supported: {exc}.",
             hint=f"Re-encrypt it with `ssh-keygen -p -Z {LIBRARY_CIPHERS[0]} -f {where}`.",
         ) from None
     private = _supported(private, where)
     if blobs.blob_of(private.public_key()) != header.public_blob:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} is damaged: public and private parts do not match.", hint=blobs.KEY_HINT
         )
     if header.encrypted:
@@ -244,7 +246,7 @@ def load_openssh(
     try:
         return private, _split_at_comment(header.private, header.key_type)[1]
     except sshwire.Malformed as exc:  # the library has checked this part already
-        raise KeyProblem(f"{where} is damaged: {exc}.", hint=blobs.KEY_HINT) from None
+        raise errors.KeyProblem(f"{where} is damaged: {exc}.", hint=blobs.KEY_HINT) from None
 
 
 def _split_at_comment(private: bytes, key_type: str) -> tuple[int, str]:
@@ -274,9 +276,11 @@ def load_pem(data: bytes, passphrase: bytes | None, where: str) -> blobs.Private
     except ValueError:
         if passphrase and pem_encrypted(data):
             raise wrong_passphrase(where) from None
-        raise KeyProblem(f"{where} is not a valid PEM private key.", hint=blobs.KEY_HINT) from None
+        raise errors.KeyProblem(
+            f"{where} is not a valid PEM private key.", hint=blobs.KEY_HINT
+        ) from None
     except UnsupportedAlgorithm:
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} holds a key of an unsupported kind.", hint=blobs.KEY_HINT
         ) from None
     return _supported(private, where)
@@ -286,7 +290,7 @@ def _supported(private: object, where: str) -> blobs.PrivateCrypto:
     if not isinstance(
         private, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     ):
-        raise KeyProblem(
+        raise errors.KeyProblem(
             f"{where} holds a {type(private).__name__}, which is not supported.",
             hint=blobs.KEY_HINT,
         )
@@ -362,13 +366,13 @@ def is_encrypted(data: bytes, where: str) -> bool:
     raise _not_private(data, where)
 
 
-def _not_private(data: bytes, where: str) -> KeyProblem:
+def _not_private(data: bytes, where: str) -> errors.KeyProblem:
     if looks_public(data):
-        return KeyProblem(
+        return errors.KeyProblem(
             f"{where} is a public key, not a private key.",
             hint="Give the private key file (the one without .pub).",
         )
-    return KeyProblem(f"{where} is not a private key file.", hint=blobs.KEY_HINT)
+    return errors.KeyProblem(f"{where} is not a private key file.", hint=blobs.KEY_HINT)
 
 
 def looks_public(data: bytes) -> bool:

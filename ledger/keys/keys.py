@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ledger.errors import FileExists, KeyProblem
+from ledger import errors
 from ledger.keys import blobs, files, keyformat, sshwire
 
 _RSA_SIG_HASHES: Final[dict[bytes, type[hashes.HashAlgorithm]]] = {
@@ -79,27 +79,29 @@ class PublicKey:
         try:
             return public_key_from_blob(bytes(blob))
         except sshwire.Unsupported as exc:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"unsupported SSH public key: {exc}.",
                 hint=f"Use one of: {', '.join(blobs.SUPPORTED_KEY_TYPES)} "
                 "(Ed25519 is the default).",
             ) from None
         except sshwire.Malformed as exc:
-            raise KeyProblem(f"malformed SSH public key: {exc}.", hint=blobs.KEY_HINT) from None
+            raise errors.KeyProblem(
+                f"malformed SSH public key: {exc}.", hint=blobs.KEY_HINT
+            ) from None
 
     @classmethod
     def parse(cls, text: str) -> PublicKey:
         """Parse an OpenSSH public key line ``<type> <base64> [comment]``."""
         line = text.strip()
         if not line or "\n" in line or "\r" in line:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 "expected exactly one OpenSSH public key line ('<type> <base64> [comment]').",
                 hint="Give the content of a .pub file, for example "
                 "'ssh-ed25519 AAAAC3Nza... alice@host'.",
             )
         fields = line.split(None, 2)
         if line.startswith("-----BEGIN") or len(fields) < 2:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"not an OpenSSH public key line: {line[:40]!r}.",
                 hint="Give the content of a .pub file ('<type> <base64> [comment]'), "
                 "not a private key.",
@@ -107,13 +109,13 @@ class PublicKey:
         try:
             blob = base64.b64decode(fields[1], validate=True)
         except binascii.Error:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"the base64 part of the public key line is malformed: {fields[1][:40]!r}.",
                 hint="Copy the whole line of the .pub file again.",
             ) from None
         key = cls.from_blob(blob)
         if key.key_type != fields[0]:
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"the public key line says {fields[0]!r} but holds a {key.key_type} key.",
                 hint="Copy the whole line of the .pub file again.",
             )
@@ -126,7 +128,9 @@ class PublicKey:
         try:
             pub = public_key_from_blob(blobs.blob_of(key))
         except sshwire.Malformed as exc:
-            raise KeyProblem(f"unsupported public key: {exc}.", hint=blobs.KEY_HINT) from None
+            raise errors.KeyProblem(
+                f"unsupported public key: {exc}.", hint=blobs.KEY_HINT
+            ) from None
         return pub._with_comment(comment) if comment else pub
 
     def _with_comment(self, comment: str) -> PublicKey:
@@ -342,7 +346,7 @@ class SigningKey:
             private,
             ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
         ):
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"unsupported private key type {type(private).__name__}.",
                 hint="Use an Ed25519, ECDSA (P-256/384/521) or RSA key.",
             )
@@ -392,8 +396,8 @@ class SigningKey:
     def _checked(cls, private: blobs.PrivateCrypto, comment: str, where: str) -> SigningKey:
         try:
             return cls(private, comment)
-        except KeyProblem as exc:
-            raise KeyProblem(f"{where}: {exc.message}", hint=exc.hint) from None
+        except errors.KeyProblem as exc:
+            raise errors.KeyProblem(f"{where}: {exc.message}", hint=exc.hint) from None
 
     # -- serialisation
 
@@ -426,7 +430,7 @@ class SigningKey:
         pub_path = path.with_name(path.name + ".pub")
         for target in (path, pub_path):
             if target.exists() or target.is_symlink():
-                raise FileExists(
+                raise errors.FileExists(
                     f"{target} already exists; a key file is never overwritten.",
                     hint="Choose another path, or move the old key away first.",
                 )
@@ -436,7 +440,7 @@ class SigningKey:
         files.write_new_file(path, private_text, 0o600)
         try:
             files.write_new_file(pub_path, public_text, 0o644)
-        except (KeyProblem, FileExists):
+        except (errors.KeyProblem, errors.FileExists):
             path.unlink(missing_ok=True)
             raise
         files.fsync_dir(path.parent)

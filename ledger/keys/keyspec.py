@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ledger.errors import KeyProblem
-from ledger.keys import agent, files, keyformat
-from ledger.keys.keys import PublicKey
+from ledger import errors
+from ledger.keys import agent, files, keyformat, keys
 
 LITERAL_PREFIX: Final = "key::"
 _FINGERPRINT_RE: Final = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
@@ -36,7 +35,7 @@ class KeySpec:
 
     text: str
     path: Path | None = None
-    public: PublicKey | None = None
+    public: keys.PublicKey | None = None
     fingerprint: str | None = None
 
     @property
@@ -45,9 +44,9 @@ class KeySpec:
 
     def agent_key(self) -> agent.AgentKey:
         """The agent's identity this names (only when :attr:`via_agent`)."""
-        wanted: PublicKey | str | None = self.public or self.fingerprint
+        wanted: keys.PublicKey | str | None = self.public or self.fingerprint
         if wanted is None:
-            raise KeyProblem(f"{self.text} names a private key file, not an agent identity.")
+            raise errors.KeyProblem(f"{self.text} names a private key file, not an agent identity.")
         return agent.AgentKey.find(wanted)
 
 
@@ -63,7 +62,7 @@ def parse_key_spec(text: str) -> KeySpec:
         return KeySpec(LITERAL_PREFIX + public.openssh(), public=public)
     if text.startswith("SHA256:"):
         if not _FINGERPRINT_RE.fullmatch(text):
-            raise KeyProblem(
+            raise errors.KeyProblem(
                 f"{text!r} is not a SHA-256 key fingerprint (SHA256: and 43 base64 characters).",
                 hint="Copy it from 'ssh-add -l' or 'ledger keys list'.",
             )
@@ -90,23 +89,23 @@ def agent_key_for_file(path: Path) -> agent.AgentKey | None:
         return None
     try:
         header = keyformat.read_openssh_header(files.read_key_file(path), str(path))
-        public = PublicKey.from_blob(header.public_blob)
+        public = keys.PublicKey.from_blob(header.public_blob)
         return agent.AgentKey.find(public)
-    except KeyProblem:  # an AgentError too: then the passphrase is asked for
+    except errors.KeyProblem:  # an AgentError too: then the passphrase is asked for
         return None
 
 
-def _literal(line: str, given: str) -> PublicKey:
+def _literal(line: str, given: str) -> keys.PublicKey:
     try:
-        return PublicKey.parse(line)
-    except KeyProblem as exc:
-        raise KeyProblem(
+        return keys.PublicKey.parse(line)
+    except errors.KeyProblem as exc:
+        raise errors.KeyProblem(
             f"the signing key {given[:60]!r} is not a public key: {exc.message}",
             hint="Write it as git does: 'key::ssh-ed25519 AAAA...' (the .pub file's line).",
         ) from None
 
 
-def _public_file(path: Path) -> PublicKey | None:
+def _public_file(path: Path) -> keys.PublicKey | None:
     """The key of a public key file; None if ``path`` holds something else (a private key)."""
     data = files.read_key_file(path)
     try:
@@ -117,8 +116,8 @@ def _public_file(path: Path) -> PublicKey | None:
     if not first.startswith(_KEY_LINE_PREFIXES):
         return None
     try:
-        return PublicKey.parse(first)
-    except KeyProblem as exc:
-        raise KeyProblem(
+        return keys.PublicKey.parse(first)
+    except errors.KeyProblem as exc:
+        raise errors.KeyProblem(
             f"{path} looks like a public key file but {exc.message}", hint=exc.hint
         ) from None

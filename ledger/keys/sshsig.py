@@ -13,15 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from ledger.errors import SignatureError
-from ledger.keys import blobs, sshwire
-from ledger.keys.keys import (
-    PublicKey,
-    SigningIdentity,
-    low_s,
-    public_key_from_blob,
-    verify_sk,
-)
+from ledger import errors
+from ledger.keys import blobs, keys, sshwire
 
 _SIG_BEGIN: Final = "-----BEGIN SSH SIGNATURE-----"
 _SIG_END: Final = "-----END SSH SIGNATURE-----"
@@ -41,7 +34,7 @@ _SIG_HINT: Final = (
 class SshSig:
     """A parsed SSHSIG signature (OpenSSH ``PROTOCOL.sshsig``)."""
 
-    public_key: PublicKey
+    public_key: keys.PublicKey
     namespace: str
     reserved: bytes
     hash_algorithm: str
@@ -102,8 +95,8 @@ def _armor(blob: bytes) -> str:
     return f"{_SIG_BEGIN}\n{body}\n{_SIG_END}\n"
 
 
-def _bad_signature(detail: str) -> SignatureError:
-    return SignatureError(f"malformed SSH signature: {detail}.", hint=_SIG_HINT)
+def _bad_signature(detail: str) -> errors.SignatureError:
+    return errors.SignatureError(f"malformed SSH signature: {detail}.", hint=_SIG_HINT)
 
 
 def _dearmor(armored: str | bytes) -> bytes:
@@ -135,7 +128,7 @@ def parse_sshsig(armored: str | bytes) -> SshSig:
     except ValueError as exc:  # sshwire.Malformed is one
         raise _bad_signature(str(exc)) from None
     try:
-        public_key = public_key_from_blob(fields.public_key)
+        public_key = keys.public_key_from_blob(fields.public_key)
     except sshwire.Malformed as exc:
         raise _bad_signature(f"signer's public key: {exc}") from None
     try:
@@ -156,7 +149,7 @@ def verify_sshsig(
     namespace: str = "git",
     *,
     require_user_presence: bool = False,
-) -> PublicKey:
+) -> keys.PublicKey:
     """Verify an armored SSHSIG signature of ``data`` in ``namespace``; the signer's key.
 
     SignatureError if it is malformed, for another namespace, uses a hash other than
@@ -166,7 +159,7 @@ def verify_sshsig(
     """
     sig = parse_sshsig(armored)
     if sig.namespace != namespace:
-        raise SignatureError(
+        raise errors.SignatureError(
             f"the SSH signature is for namespace {sig.namespace!r}, not {namespace!r}.",
             hint="A signature made for another purpose cannot stand for this one.",
         )
@@ -176,7 +169,7 @@ def verify_sshsig(
         raise _bad_signature("the reserved field is not empty")
     digest = _SSHSIG_HASHES.get(sig.hash_algorithm)
     if digest is None:
-        raise SignatureError(
+        raise errors.SignatureError(
             f"the SSH signature uses hash {sig.hash_algorithm!r}; only sha512 and sha256 "
             "are accepted.",
             hint=_SIG_HINT,
@@ -188,9 +181,9 @@ def verify_sshsig(
         digest(data),
     )
     if sig.public_key.is_security_key:
-        flags = verify_sk(sig.public_key, sig.signature_blob, signed)
+        flags = keys.verify_sk(sig.public_key, sig.signature_blob, signed)
         if flags is not None and require_user_presence and not flags & blobs.SK_USER_PRESENT:
-            raise SignatureError(
+            raise errors.SignatureError(
                 f"the SSH signature by the security key {sig.public_key.fingerprint} was made "
                 f"without user presence (flags 0x{flags:02x}): the token was not touched.",
                 hint="User presence is required here: sign again and touch the token when "
@@ -199,7 +192,7 @@ def verify_sshsig(
     else:
         flags = 0 if sig.public_key.verify(sig.signature_blob, signed) else None
     if flags is None:
-        raise SignatureError(
+        raise errors.SignatureError(
             f"the SSH signature by {sig.public_key.fingerprint} does not verify: the signed "
             "data was changed or the signature was damaged.",
             hint="Do not trust this data.",
@@ -207,7 +200,7 @@ def verify_sshsig(
     return sig.public_key
 
 
-def sign_sshsig(key: SigningIdentity, data: bytes, namespace: str = "git") -> str:
+def sign_sshsig(key: keys.SigningIdentity, data: bytes, namespace: str = "git") -> str:
     """An armored SSHSIG signature of ``data``, byte for byte as ``ssh-keygen -Y sign``
     writes it (hash sha512; ends with a newline). An ECDSA signature is embedded in its
     low-S form whatever the signer returned (:func:`~ledger.keys.keys.low_s`).
@@ -215,7 +208,7 @@ def sign_sshsig(key: SigningIdentity, data: bytes, namespace: str = "git") -> st
     For a git commit use :func:`sign_commit`, which leaves off the final newline.
     """
     if not namespace:
-        raise SignatureError(
+        raise errors.SignatureError(
             "an SSH signature needs a non-empty namespace.",
             hint="Use the namespace 'git' for commits.",
         )
@@ -228,6 +221,6 @@ def sign_sshsig(key: SigningIdentity, data: bytes, namespace: str = "git") -> st
         + sshwire.string(ns)
         + sshwire.string(b"")
         + sshwire.string(b"sha512")
-        + sshwire.string(low_s(key.sign(signed)))
+        + sshwire.string(keys.low_s(key.sign(signed)))
     )
     return _armor(blob)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pygit2
 
-from ledger import store
-from ledger.errors import StorageError
+from ledger import errors, store
 from ledger.format import records
 
 MAIN_REF = store.MAIN_REF  # the replicate modules' short name for the store's one home
@@ -43,7 +42,7 @@ def root_commit(repo: pygit2.Repository, oid: str) -> str:
     """The first commit of the first-parent chain ending at ``oid`` (its genesis)."""
     commit = repo.get(oid)
     if not isinstance(commit, pygit2.Commit):
-        raise StorageError(f"object {oid} is not a commit or is missing.")
+        raise errors.StorageError(f"object {oid} is not a commit or is missing.")
     while commit.parents:
         commit = commit.parents[0]
     return str(commit.id)

@@ -15,11 +15,8 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import LedgerError
-from ledger.redact import mask_url
+from ledger import errors, redact, store, verify
 from ledger.replicate import chain, pushes, remotes, state, transport
-from ledger.store import Head, Ledger, open_repository
-from ledger.verify import verify_chain
 
 
 class RemoteCondition(enum.StrEnum):
@@ -147,7 +144,7 @@ def check_one(
     """Fetch one remote's main into ``refs/remotes/NAME/main`` and compare it with ours."""
     repo, url, local, local_seq = transport.open_for_remote(ledger_path, name, creds)
     st = RemoteState(
-        name, mask_url(url), RemoteCondition.ERROR, local_head=local, local_seq=local_seq
+        name, redact.mask_url(url), RemoteCondition.ERROR, local_head=local, local_seq=local_seq
     )
     if (last_seen or {}).get("unknown"):
         st.condition, st.message = RemoteCondition.UNKNOWN, state.unknown_message(name, st.url)
@@ -310,7 +307,7 @@ def check_remotes(
     the ledger id a verification just established (else :func:`state.ledger_key` finds it).
     """
     creds = credentials or transport.Credentials.from_env()
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     chosen = remotes.select_remotes(repo, names)
     seen = state.read(repo, ledger_id)
     if not chosen:
@@ -401,16 +398,16 @@ def status(ledger_path: Path, *, allow_unverified: bool = False) -> LedgerStatus
     (read from the verified chain: :class:`VerificationFailed` when it does not verify,
     unless ``allow_unverified``). When this user's remote state cannot be read (a copy never
     verified here, a ledger claiming another id), every remote shows that as its problem."""
-    ledger = Ledger.open(ledger_path)
+    ledger = store.Ledger.open(ledger_path)
     ledger.allow_unverified = allow_unverified
     at = ledger.verified_head()
     view = ledger.trust_view() if at is not None else None
-    head = Head(view.head, view.seq) if view is not None and view.seq is not None else None
+    head = store.Head(view.head, view.seq) if view is not None and view.seq is not None else None
     repo = ledger.repo
     unread = None
     try:
         seen = state.read(repo)
-    except LedgerError as exc:
+    except errors.LedgerError as exc:
         seen, unread = {}, f"your record of this remote could not be read: {exc.message}"
     rows = []
     for info in remotes.list_remotes(ledger_path):
@@ -449,7 +446,7 @@ def status(ledger_path: Path, *, allow_unverified: bool = False) -> LedgerStatus
 def _entry_problem(name: str, url: str, entry: Mapping[str, Any]) -> str | None:
     """The problems the user's state records for a remote, as one line (password masked)."""
     if entry.get("unknown"):
-        return mask_url(state.unknown_message(name, url))
+        return redact.mask_url(state.unknown_message(name, url))
     problem = entry.get("problem", {}).get("message") if entry.get("problem") else None
     if entry.get("rollback"):
         problem = (problem + "; " if problem else "") + str(entry["rollback"].get("message"))
@@ -458,7 +455,7 @@ def _entry_problem(name: str, url: str, entry: Mapping[str, Any]) -> str | None:
             f"its URL was {entry['url_changed_from']} when you added it, and was changed "
             f"without 'ledger remote add' (run 'ledger remote trust {name}' if you changed it)"
         )
-    return mask_url(problem) if problem else None
+    return redact.mask_url(problem) if problem else None
 
 
 # --- chain verification -----------------------------------------------------------------
@@ -487,7 +484,7 @@ def verify_head(
     """Verify the chain ending at ``head`` with :func:`ledger.verify.verify_chain`.
 
     Returns one line per finding (empty: it verifies) and the verifier's result."""
-    result = verify_chain(
+    result = verify.verify_chain(
         repo,
         head,
         trust_genesis=trust_genesis,

@@ -13,15 +13,7 @@ from typing import Any
 
 import pygit2
 
-from ledger import store
-from ledger.errors import (
-    GenesisNotPinned,
-    InputError,
-    LedgerExists,
-    RemoteError,
-    VerificationFailed,
-)
-from ledger.redact import mask_url
+from ledger import errors, redact, store
 from ledger.replicate import chain, check, pushes, remotes, state, transport
 from ledger.verify import local
 
@@ -69,14 +61,14 @@ def clone(
     url = remotes.normalize_url(url)
     target = path or default_clone_path(url)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise LedgerExists(
+        raise errors.LedgerExists(
             f"{target} already exists and is not empty.", hint="Choose another path for the copy."
         )
     anchors = local.Anchors.given(trust_genesis, pins_file)
     if anchors.trust_genesis is not None and not re.fullmatch(
         r"[0-9a-f]{40}", anchors.trust_genesis
     ):
-        raise InputError(
+        raise errors.InputError(
             f"{anchors.trust_genesis!r} is not a full commit id (40 lowercase hex digits).",
             hint="Pass the genesis commit id the ledger's owner published.",
         )
@@ -112,15 +104,15 @@ def _pin_for(
     of another genesis fails the clone, and so does none under ``require_pin``."""
     pin = local.clone_pin(anchors, result.ledger_id)
     if pin.genesis is not None and pin.genesis != root:
-        raise VerificationFailed(
-            f"the ledger at {mask_url(url)} is ledger {result.ledger_id}, which is pinned "
+        raise errors.VerificationFailed(
+            f"the ledger at {redact.mask_url(url)} is ledger {result.ledger_id}, which is pinned "
             f"({pin.source}) to genesis {pin.genesis}, but it starts at genesis {root}: it is "
             "an impostor or a rewritten copy [rule: genesis-mismatch]. Nothing was kept.",
             hint="Check the genesis id with the ledger's owner.",
         )
     if pin.genesis is None and require_pin:
-        raise GenesisNotPinned(
-            f"the ledger at {mask_url(url)} (ledger {result.ledger_id}, genesis {root}) "
+        raise errors.GenesisNotPinned(
+            f"the ledger at {redact.mask_url(url)} (ledger {result.ledger_id}, genesis {root}) "
             "verifies, but no genesis is pinned for it (--require-pin). Nothing was kept.",
             hint="Compare the genesis with the ledger's owner, then clone with "
             f"--trust-genesis GENESIS, ${local.ENV_TRUST_GENESIS} or --pins FILE.",
@@ -135,26 +127,26 @@ def _fetch_verified(
     verifier's result. Raises when it cannot be fetched, holds no ledger, or does not
     verify."""
     cb = transport.Callbacks(url, creds, repo.config)
-    shown = mask_url(url)
+    shown = redact.mask_url(url)
     try:
         fetched = transport.fetch_main(repo, "origin", cb)
     except transport.AuthFailed as exc:
-        raise RemoteError(
+        raise errors.RemoteError(
             f"could not clone {shown}: {exc}.",
             hint="Provide credentials (--ssh-key, LEDGER_HTTP_TOKEN).",
         ) from None
     except pygit2.GitError as exc:
         status_, message = pushes.classify_git_error(exc, cb)
-        raise RemoteError(
+        raise errors.RemoteError(
             f"could not clone {shown}: {status_.value}: {message}.", hint=_hint_for(status_)
         ) from None
     if fetched is None:
-        raise RemoteError(
+        raise errors.RemoteError(
             f"{shown} holds no ledger: it has no {chain.MAIN_REF}.", hint="Check the URL."
         )
     root = chain.root_commit(repo, fetched)
     if trust_genesis is not None and root != trust_genesis:
-        raise VerificationFailed(
+        raise errors.VerificationFailed(
             f"the ledger at {shown} starts at genesis {root}, not at the trusted genesis "
             f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
             hint="Check the genesis id with the ledger's owner.",
@@ -162,7 +154,7 @@ def _fetch_verified(
     problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
     if problems or not result.ok or result.state is None or not result.ledger_id:
         problems = problems or [f"the chain ending at {fetched} does not verify"]
-        raise VerificationFailed(
+        raise errors.VerificationFailed(
             f"the ledger at {shown} does not verify ({len(problems)} finding(s)): "
             + "; ".join(problems[:10])
             + ". Nothing was kept.",
@@ -187,7 +179,7 @@ def _keep(
     state.trust(repo, "origin", lid)
     with state.lock(repo, lid) as st:
         st["origin"] = {
-            "url": mask_url(url),
+            "url": redact.mask_url(url),
             "head": fetched,
             "seq": seq,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

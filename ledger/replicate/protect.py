@@ -18,8 +18,7 @@ from typing import Any
 import pygit2
 
 import ledger
-from ledger import store
-from ledger.errors import InputError, LedgerExists, StorageError
+from ledger import errors, store
 from ledger.replicate import chain, check, shared
 from ledger.verify import local
 
@@ -75,19 +74,19 @@ def init_remote(
     ``require_user_presence`` sets :data:`REQUIRE_USER_PRESENCE` (FORMAT.md §6.1).
     """
     if shared and genesis is not None:
-        raise InputError(
+        raise errors.InputError(
             "a shared remote holds many ledgers: each one's genesis is pinned by its first "
             "push, so it takes no --trust-genesis.",
             hint="Leave out --trust-genesis, or create a remote for one ledger without --shared.",
         )
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise LedgerExists(
+        raise errors.LedgerExists(
             f"{path} already exists and is not empty; 'ledger remote init' only creates new "
             "remotes.",
             hint="Choose a new path.",
         )
     if genesis is not None and not re.fullmatch(r"[0-9a-f]{40}", genesis):
-        raise InputError(
+        raise errors.InputError(
             f"{genesis!r} is not a full commit id (40 lowercase hex digits).",
             hint="Pass the genesis commit id that 'ledger log' shows as seq 0.",
         )
@@ -110,7 +109,7 @@ def init_remote(
             hook.write_text(hook_script(sys.executable, home, shared=shared, hook=name))
             hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     except (pygit2.GitError, OSError) as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"could not create the remote at {path}: {exc}.",
             hint="Check the path and its permissions.",
         ) from None

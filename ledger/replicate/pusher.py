@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pygit2
 
-from ledger.errors import LedgerError
+from ledger import errors, store
 from ledger.replicate import chain, pushes, state, transport
-from ledger.replicate.remotes import select_remotes
-from ledger.store import open_repository
+from ledger.replicate import remotes as replicate_remotes
 
 
 class BackgroundPusher:
@@ -57,12 +56,12 @@ class BackgroundPusher:
         self.warnings: list[str] = []
         self.error: str | None = None
         try:
-            repo = open_repository(ledger_path)
-            infos = select_remotes(repo, remotes)
+            repo = store.open_repository(ledger_path)
+            infos = replicate_remotes.select_remotes(repo, remotes)
             self.names = [r.name for r in infos]
             self._urls = {r.name: r.url for r in infos}
             self.warnings = [r.warning for r in infos if r.warning]
-        except LedgerError as exc:
+        except errors.LedgerError as exc:
             self.names = []
             self._urls = {}
             self.error = exc.diagnostics()
@@ -71,7 +70,7 @@ class BackgroundPusher:
         if self._creds is None:
             try:
                 self._creds = transport.Credentials.from_env()
-            except LedgerError as exc:
+            except errors.LedgerError as exc:
                 self.error = exc.diagnostics()
                 self._creds = transport.Credentials()
         for name in self.names:
@@ -126,18 +125,18 @@ class BackgroundPusher:
                 self._done[name] = generation
                 self._cond.notify_all()
             if self._on_outcome is not None:
-                with contextlib.suppress(LedgerError):
+                with contextlib.suppress(errors.LedgerError):
                     self._on_outcome(outcome)
 
     def _attempt(self, name: str) -> pushes.PushOutcome:
         try:
-            repo = open_repository(self.ledger_path)
+            repo = store.open_repository(self.ledger_path)
             seen = state.read(repo)
             outcome = pushes.push_one(
                 self.ledger_path, name, self._creds or transport.Credentials(), seen.get(name)
             )
             pushes.record_outcomes(repo, [outcome])
-        except LedgerError as exc:
+        except errors.LedgerError as exc:
             outcome = pushes.PushOutcome(
                 name, self._urls.get(name, ""), pushes.PushStatus.ERROR, message=exc.diagnostics()
             )
@@ -168,8 +167,8 @@ class BackgroundPusher:
     def _summary(self, target: int) -> pushes.PushSummary:
         head: str | None = None
         seq: int | None = None
-        with contextlib.suppress(LedgerError, pygit2.GitError, OSError):
-            repo = open_repository(self.ledger_path)
+        with contextlib.suppress(errors.LedgerError, pygit2.GitError, OSError):
+            repo = store.open_repository(self.ledger_path)
             head = chain.main_head(repo)
             seq = chain.commit_seq(repo, head) if head else None
         outcomes = []

@@ -15,10 +15,8 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import RemoteError
-from ledger.redact import mask_url
+from ledger import errors, redact, store
 from ledger.replicate import chain, remotes, state, transport
-from ledger.store import open_repository
 
 PUSH_REFSPEC = f"{chain.MAIN_REF}:{chain.MAIN_REF}"
 
@@ -127,7 +125,7 @@ class PushSummary:
         problems = self.problems
         if problems:
             names = ", ".join(f"{o.remote} ({o.line()})" for o in problems)
-            raise RemoteError(
+            raise errors.RemoteError(
                 f"push found a problem that needs a person: {names}.",
                 hint="Nothing was forced and nothing overwritten. Compare the histories with "
                 "'ledger fetch' and investigate before pushing there again.",
@@ -141,7 +139,7 @@ class PushSummary:
             else ""
         )
         if require is not None and require > total:
-            raise RemoteError(
+            raise errors.RemoteError(
                 f"--require {require} cannot be met: only {total} remote(s) that you added "
                 "are configured.",
                 hint="Add remotes with 'ledger remote add', or lower --require." + trust,
@@ -150,7 +148,7 @@ class PushSummary:
             missing = ", ".join(
                 f"{o.remote} ({o.status.value})" for o in self.outcomes if not o.holds_head
             )
-            raise RemoteError(
+            raise errors.RemoteError(
                 f"only {self.holding} of {len(self.outcomes)} remote(s) hold our head "
                 f"{chain.short(self.head)} (seq {self.seq}); {need} required. Missing: {missing}.",
                 hint="The records are safe locally; run 'ledger push' again when the remotes "
@@ -170,7 +168,7 @@ class PushSummary:
 def classify_git_error(
     exc: BaseException, cb: transport.Callbacks | None
 ) -> tuple[PushStatus, str]:
-    text = mask_url(str(exc).strip() or exc.__class__.__name__)
+    text = redact.mask_url(str(exc).strip() or exc.__class__.__name__)
     if isinstance(exc, transport.AuthFailed):
         return PushStatus.AUTH_FAILED, text
     if cb is not None and cb.host_key_problem:
@@ -245,7 +243,9 @@ def push_one(
     """Push our main to one remote (fast-forward only); never raises for remote trouble."""
     start = time.monotonic()
     repo, url, local, local_seq = transport.open_for_remote(ledger_path, name, creds)
-    out = PushOutcome(name, mask_url(url), PushStatus.ERROR, local_head=local, local_seq=local_seq)
+    out = PushOutcome(
+        name, redact.mask_url(url), PushStatus.ERROR, local_head=local, local_seq=local_seq
+    )
     if local is None:
         out.message = "the ledger has no records to push"
         return out
@@ -281,10 +281,12 @@ def push_one(
         status, message = classify_git_error(exc, cb)
         if "non-fastforwardable" in str(exc) or "non-fast-forward" in str(exc):
             status = PushStatus.REJECTED
-            message = mask_url(f"{exc} (the remote moved while we pushed; run 'ledger push' again)")
+            message = redact.mask_url(
+                f"{exc} (the remote moved while we pushed; run 'ledger push' again)"
+            )
         out.status, out.message = status, message
     except (OSError, ValueError, KeyError) as exc:
-        out.status, out.message = PushStatus.ERROR, mask_url(str(exc))
+        out.status, out.message = PushStatus.ERROR, redact.mask_url(str(exc))
     out.seconds = time.monotonic() - start
     return out
 
@@ -407,7 +409,7 @@ def push(
     name). Call :meth:`PushSummary.check` to turn the outcomes into an exit status.
     """
     creds = credentials or transport.Credentials.from_env()
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     chosen = remotes.select_remotes(repo, names)
     head = chain.main_head(repo)
     summary = PushSummary(

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pygit2
 
-from ledger.errors import InputError, RemoteError, StorageError
-from ledger.redact import mask_url
+from ledger import errors, redact, store
 from ledger.replicate import chain, state
-from ledger.store import open_repository
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SCP_RE = re.compile(
@@ -69,47 +67,49 @@ def classify_url(url: str) -> str:
         "user@host:path, http(s)://host[:port]/path."
     )
     if not url or not url.strip():
-        raise InputError("the remote URL is empty.", hint=hint)
+        raise errors.InputError("the remote URL is empty.", hint=hint)
     try:
         return _classify(url, hint)
-    except InputError as exc:
+    except errors.InputError as exc:
         # Every message quotes the URL: never with its password.
-        raise InputError(mask_url(exc.message), hint=exc.hint) from None
+        raise errors.InputError(redact.mask_url(exc.message), hint=exc.hint) from None
 
 
 def _classify(url: str, hint: str) -> str:
     if _CONTROL_RE.search(url):
-        raise InputError(f"the remote URL {url!r} contains control characters.", hint=hint)
+        raise errors.InputError(f"the remote URL {url!r} contains control characters.", hint=hint)
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
         transport = SCHEMES.get(scheme)
         if transport is None:
-            raise InputError(
+            raise errors.InputError(
                 f"the remote URL {url!r} has the unsupported scheme {scheme!r}.", hint=hint
             )
         if any(c.isspace() for c in url):
-            raise InputError(f"the remote URL {url!r} contains white space.", hint=hint)
+            raise errors.InputError(f"the remote URL {url!r} contains white space.", hint=hint)
         parts = urllib.parse.urlsplit(url)
         if transport == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-                raise InputError(
+                raise errors.InputError(
                     f"the file URL {url!r} must name an absolute local path (file:///path).",
                     hint=hint,
                 )
             return transport
         host = parts.hostname or ""
         if not host or not _HOST_RE.match(host if ":" not in host else f"[{host}]"):
-            raise InputError(f"the remote URL {url!r} has no valid host name.", hint=hint)
+            raise errors.InputError(f"the remote URL {url!r} has no valid host name.", hint=hint)
         try:
             port = parts.port
         except ValueError:
-            raise InputError(f"the remote URL {url!r} has an invalid port.", hint=hint) from None
+            raise errors.InputError(
+                f"the remote URL {url!r} has an invalid port.", hint=hint
+            ) from None
         if port == 0:
-            raise InputError(f"the remote URL {url!r} has an invalid port.", hint=hint)
+            raise errors.InputError(f"the remote URL {url!r} has an invalid port.", hint=hint)
         if parts.path in ("", "/"):
-            raise InputError(f"the remote URL {url!r} names no repository path.", hint=hint)
+            raise errors.InputError(f"the remote URL {url!r} names no repository path.", hint=hint)
         if parts.password and transport in ("ssh", "git"):
-            raise InputError(
+            raise errors.InputError(
                 f"the remote URL {url!r} carries a password; ssh and git URLs cannot.",
                 hint="Use a key (--ssh-key, ssh-agent) for ssh remotes.",
             )
@@ -118,10 +118,10 @@ def _classify(url: str, hint: str) -> str:
     if match and "/" not in url.split(":", 1)[0]:
         host = match.group("host")
         if not _HOST_RE.match(host) or host.startswith(".") or ".." in host:
-            raise InputError(f"the remote URL {url!r} has no valid host name.", hint=hint)
+            raise errors.InputError(f"the remote URL {url!r} has no valid host name.", hint=hint)
         return "ssh"
     if ":" in url.split("/", 1)[0] and not url.startswith(("/", ".")):
-        raise InputError(
+        raise errors.InputError(
             f"the remote URL {url!r} is malformed (a colon but no host:path).", hint=hint
         )
     return "path"
@@ -139,7 +139,7 @@ def direct_write_warning(name: str, url: str) -> str | None:
     if classify_url(url) not in ("path", "file"):
         return None
     return (
-        f"remote {name} ({mask_url(url)}) is a local path: pushes write its directory "
+        f"remote {name} ({redact.mask_url(url)}) is a local path: pushes write its directory "
         "directly, so its receive.denyNonFastForwards / receive.denyDeletes rules and its "
         "pre-receive check do not run, and whoever can write that directory can rewrite "
         "it. Serve it over ssh://, git:// or https:// to have those rules enforced."
@@ -148,7 +148,7 @@ def direct_write_warning(name: str, url: str) -> str | None:
 
 def check_remote_name(name: str) -> str:
     if not _NAME_RE.match(name) or ".." in name or name.endswith((".lock", ".")):
-        raise InputError(
+        raise errors.InputError(
             f"{name!r} is not a valid remote name.",
             hint="Use letters, digits, '.', '_' and '-' (at most 64, starting with a letter "
             "or digit).",
@@ -165,7 +165,7 @@ def get_remote(repo: pygit2.Repository, name: str) -> pygit2.Remote:
         return repo.remotes[name]
     except (KeyError, ValueError, pygit2.GitError):
         known = ", ".join(_remote_names(repo)) or "none"
-        raise RemoteError(
+        raise errors.RemoteError(
             f"there is no remote named {name!r} (configured remotes: {known}).",
             hint="List them with 'ledger remote list'; add one with 'ledger remote add NAME URL'.",
         ) from None
@@ -179,11 +179,12 @@ def add_remote(ledger_path: Path, name: str, url: str, *, shared: bool = False) 
     check_remote_name(name)
     transport = classify_url(url)
     url = normalize_url(url)
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     state.ledger_key(repo)  # which ledger it is, before the config changes (else: refused)
     if name in _remote_names(repo):
-        raise InputError(
-            f"a remote named {name!r} already exists ({mask_url(repo.remotes[name].url or '')}).",
+        raise errors.InputError(
+            f"a remote named {name!r} already exists "
+            f"({redact.mask_url(repo.remotes[name].url or '')}).",
             hint=f"Remove it first with 'ledger remote remove {name}', or choose another name.",
         )
     try:
@@ -193,9 +194,13 @@ def add_remote(ledger_path: Path, name: str, url: str, *, shared: bool = False) 
         if shared:
             repo.config[f"remote.{name}.{SHARED_KEY}"] = True
     except pygit2.GitError as exc:
-        raise StorageError(mask_url(f"could not add remote {name!r}: {exc}.")) from None
+        raise errors.StorageError(
+            redact.mask_url(f"could not add remote {name!r}: {exc}.")
+        ) from None
     state.trust(repo, name)
-    return RemoteInfo(name, mask_url(url), transport, direct_write_warning(name, url), shared)
+    return RemoteInfo(
+        name, redact.mask_url(url), transport, direct_write_warning(name, url), shared
+    )
 
 
 def is_shared(repo: pygit2.Repository, name: str) -> bool:
@@ -215,7 +220,7 @@ def shared_ref(repo: pygit2.Repository) -> str:
     ledger than its ref."""
     lid = state.ledger_key(repo)
     if not LEDGER_ID_RE.match(lid):
-        raise InputError(
+        raise errors.InputError(
             f"this ledger has no valid ledger id ({lid!r}, not 32 lowercase hex digits), so "
             "it has no place in a shared remote.",
             hint="Run 'ledger verify' on it; a ledger made by 'ledger init' has one.",
@@ -231,18 +236,22 @@ def remote_ref(repo: pygit2.Repository, name: str) -> str:
 def trust_remote(ledger_path: Path, name: str) -> RemoteInfo:
     """Accept remote NAME, as its URL is configured now, as one this user added (a remote
     put in the config another way, e.g. with ``git remote add``, is unknown until then)."""
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     url = get_remote(repo, name).url or ""
     transport = classify_url(url)
     state.trust(repo, name)
     return RemoteInfo(
-        name, mask_url(url), transport, direct_write_warning(name, url), is_shared(repo, name)
+        name,
+        redact.mask_url(url),
+        transport,
+        direct_write_warning(name, url),
+        is_shared(repo, name),
     )
 
 
 def remove_remote(ledger_path: Path, name: str) -> None:
     """Remove a remote (its config, tracking ref and recorded state)."""
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     get_remote(repo, name)
     state.forget(repo, name)
     # Not repo.remotes.delete(): libgit2's remote deletion also removes local branches whose
@@ -257,20 +266,22 @@ def remove_remote(ledger_path: Path, name: str) -> None:
             if ref.startswith(f"refs/remotes/{name}/"):
                 repo.references.delete(ref)
     except (pygit2.GitError, KeyError, ValueError) as exc:
-        raise StorageError(f"could not remove remote {name!r}: {exc}.") from None
+        raise errors.StorageError(f"could not remove remote {name!r}: {exc}.") from None
 
 
 def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     out = []
     for name in _remote_names(repo):
         url = repo.remotes[name].url or ""
         try:
             transport = classify_url(url)
             warning = direct_write_warning(name, url)
-        except InputError as exc:
+        except errors.InputError as exc:
             transport, warning = "invalid", exc.message
-        out.append(RemoteInfo(name, mask_url(url), transport, warning, is_shared(repo, name)))
+        out.append(
+            RemoteInfo(name, redact.mask_url(url), transport, warning, is_shared(repo, name))
+        )
     return out
 
 
@@ -282,5 +293,7 @@ def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list
         url = remote.url or ""
         transport = classify_url(url)
         warning = direct_write_warning(name, url)
-        out.append(RemoteInfo(name, mask_url(url), transport, warning, is_shared(repo, name)))
+        out.append(
+            RemoteInfo(name, redact.mask_url(url), transport, warning, is_shared(repo, name))
+        )
     return out

@@ -30,10 +30,9 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import LedgerError
+from ledger import errors, verify
 from ledger.replicate import chain
-from ledger.verify import verify_chain
-from ledger.verify.state import VerifiedState
+from ledger.verify import state
 
 SHARED_REF_RE = re.compile(r"^refs/ledgers/([0-9a-f]{32})/main$")
 STATE_SUBDIR = ("ledger-state", "ledgers")
@@ -44,10 +43,10 @@ _ZERO = chain.ZERO_OID
 class LedgerSlot:
     """What the server knows of one ledger: its confirmed and its pending verified state."""
 
-    confirmed: VerifiedState | None = None
-    pending: VerifiedState | None = None
+    confirmed: state.VerifiedState | None = None
+    pending: state.VerifiedState | None = None
 
-    def resume_from(self, old: str) -> VerifiedState | None:
+    def resume_from(self, old: str) -> state.VerifiedState | None:
         """The verified state of the ref's current head ``old``, when the server has it;
         a pending state found at the ref's head is promoted to confirmed."""
         if old == _ZERO:
@@ -67,12 +66,12 @@ def slot_path(repo: pygit2.Repository, ledger_id: str) -> Path:
     return Path(repo.path).joinpath(*STATE_SUBDIR, f"{ledger_id}.json")
 
 
-def _state(obj: Any) -> VerifiedState | None:
+def _state(obj: Any) -> state.VerifiedState | None:
     if not isinstance(obj, dict):
         return None
     try:
-        return VerifiedState.from_json(obj)
-    except (LedgerError, ValueError, KeyError, TypeError):
+        return state.VerifiedState.from_json(obj)
+    except (errors.LedgerError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -161,7 +160,7 @@ def _check_one(
         pin = slot.pinned or chain.root_commit(repo, old)
     else:
         pin = since.genesis if since is not None else slot.pinned
-    result = verify_chain(
+    result = verify.verify_chain(
         repo,
         new,
         trust_genesis=pin,

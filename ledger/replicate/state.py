@@ -41,12 +41,9 @@ from typing import Any
 
 import pygit2
 
-from ledger import store
-from ledger.errors import GenesisNotPinned, RemoteError, StorageError, VerificationFailed
+from ledger import errors, redact, store
 from ledger.format import records
-from ledger.redact import mask_url
 from ledger.replicate import chain
-from ledger.store import open_repository
 from ledger.verify import local
 
 REMOTES_DIR = "remotes"
@@ -96,7 +93,7 @@ def ledger_key(repo: pygit2.Repository, verified_id: str | None = None) -> str:
     if key is None:
         key, source = _pinned_id(repo, claimed), "by your pin of its genesis"
     if key is None or not _ID_RE.match(key):
-        raise GenesisNotPinned(
+        raise errors.GenesisNotPinned(
             f"the ledger at {repo.path} was never verified on this machine, so it is not known "
             "which ledger it is: its remotes' state is kept under the verified ledger id, "
             "never under the id the ledger directory claims.",
@@ -105,7 +102,7 @@ def ledger_key(repo: pygit2.Repository, verified_id: str | None = None) -> str:
         )
     for where, value in claimed:
         if value != key:
-            raise VerificationFailed(
+            raise errors.VerificationFailed(
                 f"the ledger at {repo.path} claims to be ledger {value} ({where}), but this "
                 f"copy was verified as ledger {key} ({source}): someone who can write the "
                 "ledger directory may have changed it. Its remotes' state was not read or "
@@ -141,7 +138,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"the remote state file {path} cannot be read: {exc}.",
             hint="It is this user's own record of what each remote held and which remotes "
             "you added; restore it from a backup, or delete it to start again (then 'ledger "
@@ -169,7 +166,7 @@ def _url_digest(salt: str, url: str) -> str:
 def _fingerprint(url: str) -> dict[str, str]:
     """How a known remote's URL is kept: as is without a password, else masked plus a salted
     digest of the full URL (the password itself is never written)."""
-    shown = mask_url(url)
+    shown = redact.mask_url(url)
     if shown == url:
         return {"url": url}
     salt = secrets.token_hex(16)
@@ -194,7 +191,7 @@ def _view(data: Mapping[str, Any], configured: Mapping[str, str]) -> dict[str, A
         if not isinstance(mine, dict):
             view[name] = {"unknown": True}  # nothing of another remote's state leaks to it
             continue
-        entry = by_url.get(mask_url(url))
+        entry = by_url.get(redact.mask_url(url))
         entry = dict(entry) if isinstance(entry, dict) else {}
         if not _matches(mine, url):
             before = str(mine.get("url"))
@@ -223,7 +220,7 @@ def _locked(
     try:
         lock_fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"cannot write the remote state in {path.parent}: {exc.strerror or exc}.",
             hint=f"Check the permissions of that directory, or set {local.ENV_STATE_DIR} to "
             "a directory of your own.",
@@ -249,7 +246,7 @@ def lock(repo: pygit2.Repository, verified_id: str | None = None) -> Iterator[di
             for name, entry in view.items():
                 if entry.get("unknown") or name not in configured:
                     continue
-                url = mask_url(configured[name])
+                url = redact.mask_url(configured[name])
                 drop = ("url_changed_from", "unknown")
                 clean = {k: v for k, v in dict(entry).items() if k not in drop}
                 by_url[url] = {**clean, "url": url, "name": name}
@@ -264,7 +261,7 @@ def _write(path: Path, out: Mapping[str, Any]) -> None:
             fh.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
     except OSError as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"cannot write the remote state {path}: {exc.strerror or exc}.",
             hint="Check the permissions and free space of that directory.",
         ) from None
@@ -278,7 +275,7 @@ def trust(repo: pygit2.Repository, name: str, verified_id: str | None = None) ->
     clone``, ``ledger remote trust``). Returns that URL, password masked."""
     url = _configured(repo).get(name)
     if url is None:
-        raise RemoteError(
+        raise errors.RemoteError(
             f"there is no remote named {name!r} in the ledger's config.",
             hint="List them with 'ledger remote list'; add one with 'ledger remote add NAME URL'.",
         )
@@ -286,7 +283,7 @@ def trust(repo: pygit2.Repository, name: str, verified_id: str | None = None) ->
         by_url, known = _maps(data)
         known[name] = _fingerprint(url)
         _write(path, {"format": STATE_FORMAT, "remotes": by_url, "known": known})
-    return mask_url(url)
+    return redact.mask_url(url)
 
 
 def forget(repo: pygit2.Repository, name: str) -> None:
@@ -296,10 +293,12 @@ def forget(repo: pygit2.Repository, name: str) -> None:
         by_url, known = _maps(data)
         mine = known.pop(name, None)
         if isinstance(mine, dict):  # (an unknown remote's removal forgets nobody's heads)
-            others = {mask_url(str(k.get("url"))) for k in known.values() if isinstance(k, dict)}
+            others = {
+                redact.mask_url(str(k.get("url"))) for k in known.values() if isinstance(k, dict)
+            }
             for gone in (mine.get("url"), url):
-                if isinstance(gone, str) and mask_url(gone) not in others:
-                    by_url.pop(mask_url(gone), None)
+                if isinstance(gone, str) and redact.mask_url(gone) not in others:
+                    by_url.pop(redact.mask_url(gone), None)
         _write(path, {"format": STATE_FORMAT, "remotes": by_url, "known": known})
 
 
@@ -336,4 +335,4 @@ def unknown_message(name: str, url: str, changed_from: Any = None) -> str:
 def read_remote_state(ledger_path: Path) -> dict[str, Any]:
     """What each remote held when last seen: ``{name: {"head", "seq", "time", "url", ...}}``
     (``{"unknown": True}`` for a remote this user did not add)."""
-    return read(open_repository(ledger_path))
+    return read(store.open_repository(ledger_path))

@@ -21,9 +21,8 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import InputError, StorageError
+from ledger import errors, store
 from ledger.replicate import chain, remotes
-from ledger.store import open_repository
 
 MAX_AUTH_ATTEMPTS = 4
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -71,7 +70,7 @@ class Credentials:
         env = os.environ if environ is None else environ
         key = ssh_key or (Path(env["LEDGER_SSH_KEY"]) if env.get("LEDGER_SSH_KEY") else None)
         if key is not None and not key.is_file():
-            raise InputError(
+            raise errors.InputError(
                 f"the SSH key {key} does not exist or is not a file.",
                 hint="Pass the private key file with --ssh-key or LEDGER_SSH_KEY.",
             )
@@ -102,7 +101,7 @@ def _seconds(env: Mapping[str, str], var: str, default: float) -> float:
     try:
         return float(value)
     except ValueError:
-        raise InputError(
+        raise errors.InputError(
             f"{var}={value!r} is not a number of seconds.", hint=f"Set {var} to e.g. 30."
         ) from None
 
@@ -445,7 +444,7 @@ def fetch_main(repo: pygit2.Repository, name: str, cb: Callbacks) -> str | None:
     after = chain.main_head(repo)
     if after != before:
         # Never expected (see anonymous); if libgit2 ever moves our main, say so loudly.
-        raise StorageError(
+        raise errors.StorageError(
             f"fetching {name} moved refs/heads/main from {before} to {after}; this must not "
             "happen.",
             hint="Restore it with the reflog (git reflog show refs/heads/main) and report a bug.",
@@ -466,7 +465,7 @@ def open_for_remote(
 ) -> tuple[pygit2.Repository, str, str | None, int | None]:
     """The ledger's repository, the remote's URL, and our head and its seq."""
     configure(creds)
-    repo = open_repository(ledger_path)
+    repo = store.open_repository(ledger_path)
     url = remotes.get_remote(repo, name).url or ""
     local = chain.main_head(repo)
     return repo, url, local, chain.commit_seq(repo, local) if local else None

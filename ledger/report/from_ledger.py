@@ -18,25 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ledger import replicate
-from ledger.errors import InputError, LedgerError, UsageError
-from ledger.redact import mask_url
-from ledger.report.build import EXCERPT_LINES, build_report
-from ledger.report.fields import as_dict, as_int, as_str
-from ledger.report.model import (
-    LedgerInfo,
-    RecordLike,
-    RemoteView,
-    Verification,
-)
-from ledger.report.rendering import render
+from ledger import errors, redact, replicate
+from ledger.report import build, fields, rendering
+from ledger.report import model as report_model
 
 if TYPE_CHECKING:
-    from ledger.store import Ledger
+    from ledger import store
 
 
-Verifier = Callable[["Ledger", Sequence[RecordLike]], Verification]
-RemoteState = Callable[["Ledger"], list[RemoteView]]
+Verifier = Callable[["store.Ledger", Sequence[report_model.RecordLike]], report_model.Verification]
+RemoteState = Callable[["store.Ledger"], list[report_model.RemoteView]]
 
 
 # --- selecting the runs -------------------------------------------------------------------
@@ -52,7 +43,7 @@ def _parse_bound(text: str, *, end: bool) -> datetime:
         if fmt == "%Y-%m-%d" and end:
             when = when.replace(hour=23, minute=59, second=59, microsecond=999999)
         return when.replace(tzinfo=UTC)
-    raise UsageError(
+    raise errors.UsageError(
         f"{text!r} is not a time: use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z] (UTC).",
         hint="For example --since 2026-11-22 --until 2026-11-22T18:00Z.",
     )
@@ -63,24 +54,24 @@ def _iso(when: datetime) -> str:
 
 
 def _select(
-    ledger: Ledger,
+    ledger: store.Ledger,
     run: str | None,
     incident: str | None,
     since: str | None,
     until: str | None,
     at: str | None,
-) -> tuple[str, str, dict[str, Sequence[RecordLike]]]:
+) -> tuple[str, str, dict[str, Sequence[report_model.RecordLike]]]:
     chosen = [x for x in (run, incident, since) if x]
     if len(chosen) != 1 or (until and not since):
-        raise UsageError(
+        raise errors.UsageError(
             "choose exactly one of --run RUN_ID, --incident ID, or --since T [--until T].",
             hint="For example: ledger report --incident INC-42.",
         )
-    runs: dict[str, Sequence[RecordLike]] = {}
+    runs: dict[str, Sequence[report_model.RecordLike]] = {}
     if run:
         recs = ledger.run_records(run, at=at)
         if not recs:
-            raise InputError(
+            raise errors.InputError(
                 f"the ledger has no run {run}.",
                 hint="List runs with 'ledger log' or 'ledger status'.",
             )
@@ -89,7 +80,7 @@ def _select(
     if incident:
         ids = ledger.runs_for_incident(incident, at=at)
         if not ids:
-            raise InputError(
+            raise errors.InputError(
                 f"the ledger has no runs for incident {incident}.",
                 hint="Runs are tied to an incident with 'ledger run --incident ID'.",
             )
@@ -99,7 +90,7 @@ def _select(
     lo = _parse_bound(since or "", end=False)
     hi = _parse_bound(until, end=True) if until else None
     if hi is not None and hi < lo:
-        raise UsageError(f"--until {until} is before --since {since}.")
+        raise errors.UsageError(f"--until {until} is before --since {since}.")
     lo_s, hi_s = _iso(lo), _iso(hi) if hi else None
     for rid in ledger.run_ids(lo, hi, at=at):
         recs = list(ledger.run_records(rid, at=at))
@@ -122,18 +113,20 @@ def _select(
 # one owner, which the verify split creates; until then it stays in this one function.
 
 
-def _in_head_tree(ledger: Ledger, rec: RecordLike, head: str) -> bool:
+def _in_head_tree(ledger: store.Ledger, rec: report_model.RecordLike, head: str) -> bool:
     path = getattr(rec, "path", None)
     raw = getattr(rec, "raw", None)
     if not isinstance(path, str) or not isinstance(raw, bytes):
         return False
     try:
         return ledger.read_blob(path, commit_id=head) == raw
-    except InputError:
+    except errors.InputError:
         return False
 
 
-def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
+def default_verifier(
+    ledger: store.Ledger, recs: Sequence[report_model.RecordLike]
+) -> report_model.Verification:
     """Verify the ledger's chain with :mod:`ledger.verify` and check that every record the
     report uses is on it.
 
@@ -161,8 +154,8 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             # Records newer than the last verified head are met on the verifier's walk.
             commits=[c for c in commits if by_commit[c].seq > resumed_at],
         )
-    except LedgerError as exc:
-        return Verification(
+    except errors.LedgerError as exc:
+        return report_model.Verification(
             "failed",
             len(commits),
             0,
@@ -196,7 +189,7 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
             )
     findings.sort(key=lambda f: (f.seq if f.seq is not None else -1, f.rule, f.message))
     local.remember(ledger.path, result, state)  # (not on a read-only machine: still a report)
-    return Verification(
+    return report_model.Verification(
         "verified" if result.ok and not findings else "failed",
         len(commits),
         on_chain,
@@ -208,9 +201,11 @@ def default_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification
     )
 
 
-def skip_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
+def skip_verifier(
+    ledger: store.Ledger, recs: Sequence[report_model.RecordLike]
+) -> report_model.Verification:
     """A verifier that does not verify (``ledger report --no-verify``); the report says so."""
-    return Verification(
+    return report_model.Verification(
         "not verified", len({r.commit_id for r in recs}), 0, method="verification was skipped"
     )
 
@@ -218,29 +213,29 @@ def skip_verifier(ledger: Ledger, recs: Sequence[RecordLike]) -> Verification:
 # --- remotes ------------------------------------------------------------------------------
 
 
-def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
+def default_remotes(ledger: store.Ledger) -> list[report_model.RemoteView] | None:
     """What each remote held when it was last pushed to or fetched from (local state kept
     by :mod:`ledger.replicate`; no network access, so the report stays reproducible)."""
     remotes = replicate.list_remotes(ledger.path)
     unread = None
     try:
         state = replicate.read_remote_state(ledger.path)
-    except LedgerError as exc:  # never verified here, or claiming another ledger's id
+    except errors.LedgerError as exc:  # never verified here, or claiming another ledger's id
         state, unread = {}, f"your record of this remote could not be read: {exc.message}"
     view = ledger.trust_view() if ledger.head() is not None else None
     head = view if view is not None and view.ok else None  # (the verified head, or none)
-    out: list[RemoteView] = []
+    out: list[report_model.RemoteView] = []
     for info in remotes:
-        entry = as_dict(state.get(info.name))
-        seq = as_int(entry.get("seq"))
+        entry = fields.as_dict(state.get(info.name))
+        seq = fields.as_int(entry.get("seq"))
         commit = entry.get("head")
         problem = (
             unread
             or ("unknown remote: not added by you, never contacted" if entry.get("unknown") else "")
-            or as_dict(entry.get("problem")).get("message")
-            or as_dict(entry.get("rollback")).get("message")
+            or fields.as_dict(entry.get("problem")).get("message")
+            or fields.as_dict(entry.get("rollback")).get("message")
         )
-        when = as_str(entry.get("time"))
+        when = fields.as_str(entry.get("time"))
         note = f"last seen {when}" if when else "never seen"
         holds = (
             head is not None
@@ -250,15 +245,15 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
             and (seq > head.seq or (seq == head.seq and commit == head.head))
         )
         out.append(
-            RemoteView(
+            report_model.RemoteView(
                 name=info.name,
-                url=mask_url(info.url),
+                url=redact.mask_url(info.url),
                 head_commit=commit if isinstance(commit, str) else None,
                 head_seq=seq,
                 holds_head=holds,
                 holds_records=False,
                 note=note,
-                problem=mask_url(as_str(problem)),
+                problem=redact.mask_url(fields.as_str(problem)),
             )
         )
     return out
@@ -268,7 +263,7 @@ def default_remotes(ledger: Ledger) -> list[RemoteView] | None:
 
 
 def report_for(
-    ledger: Ledger,
+    ledger: store.Ledger,
     *,
     run: str | None = None,
     incident: str | None = None,
@@ -276,8 +271,10 @@ def report_for(
     until: str | None = None,
     template: Path | None = None,
     verifier: Verifier | None = default_verifier,
-    remotes: RemoteState | Callable[[Ledger], list[RemoteView] | None] | None = default_remotes,
-    excerpt_lines: int = EXCERPT_LINES,
+    remotes: RemoteState
+    | Callable[[store.Ledger], list[report_model.RemoteView] | None]
+    | None = default_remotes,
+    excerpt_lines: int = build.EXCERPT_LINES,
 ) -> str:
     """The Markdown report for one run, one incident, or the runs started in a time range.
 
@@ -292,9 +289,9 @@ def report_for(
     scope, selector, runs = _select(ledger, run, incident, since, until, at)
     head_time = None
     if view is not None and view.ok and view.seq is not None:
-        head_time = as_str(ledger.record(view.seq, at=at).record.get("time")) or None
+        head_time = fields.as_str(ledger.record(view.seq, at=at).record.get("time")) or None
     verified = view.state if view is not None and view.ok else None
-    info = LedgerInfo(  # (the verified chain's id and genesis, not the config's)
+    info = report_model.LedgerInfo(  # (the verified chain's id and genesis, not the config's)
         ledger_id=verified.ledger_id if verified is not None else ledger.ledger_id,
         name=_genesis_name(ledger, at) if verified is not None else ledger.name,
         genesis=verified.genesis if verified is not None else ledger.genesis_id,
@@ -320,7 +317,7 @@ def report_for(
     def read_blob(path: str) -> bytes:
         return ledger.read_blob(path, commit_id=at)
 
-    model = build_report(
+    model = build.build_report(
         runs,
         read_blob=read_blob,
         ledger=info,
@@ -331,12 +328,12 @@ def report_for(
         trusted=trust.get,
         excerpt_lines=excerpt_lines,
     )
-    return render(model, template)
+    return rendering.render(model, template)
 
 
-def _genesis_name(ledger: Ledger, at: str | None) -> str:
+def _genesis_name(ledger: store.Ledger, at: str | None) -> str:
     """The ledger's name as its genesis record gives it (not the config's)."""
-    return as_str(as_dict(ledger.record(0, at=at).record.get("data")).get("name"))
+    return fields.as_str(fields.as_dict(ledger.record(0, at=at).record.get("data")).get("name"))
 
 
 def write_report(text: str, output: Path | None) -> Path | None:
@@ -346,7 +343,7 @@ def write_report(text: str, output: Path | None) -> Path | None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"cannot write the report to {output}: {exc.strerror or exc}.",
             hint="Check that the directory exists and is writable.",
         ) from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ledger.verify import Finding
+    from ledger import verify
 
 #: Statuses of an attempt that count as a failure (their excerpt is the tail of stderr).
 FAILED_STATUSES = frozenset({"failed", "timeout", "interrupted", "error", "rejected", "unfinished"})
@@ -195,7 +195,7 @@ class Verification:
     records_on_chain: int  # of those, how many are on the verified chain
     head_seq: int | None = None  # seq of the verified chain's head
     genesis_pinned: bool = False  # the genesis was compared to a pinned id
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[verify.Finding] = field(default_factory=list)
     method: str = ""
 
     @property

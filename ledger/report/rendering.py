@@ -19,10 +19,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ledger.errors import TemplateError
-from ledger.report import mdsafe
-from ledger.report.fields import as_int
-from ledger.report.model import Report
+from ledger import errors
+from ledger.report import fields, mdsafe, model
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = "incident.md.j2"
@@ -33,7 +31,7 @@ DEFAULT_TEMPLATE = "incident.md.j2"
 
 def f_duration(ms: Any) -> mdsafe.Md:
     """Milliseconds as ``850 ms``, ``12.345 s``, ``3 min 04 s``, ``2 h 05 min``; ``—`` if None."""
-    value = as_int(ms)
+    value = fields.as_int(ms)
     if value is None:
         return mdsafe.Md("—")
     if value < 1000:
@@ -150,7 +148,7 @@ _RENDER_ERRORS = (
 )
 
 
-def render(report: Report, template: Path | None = None) -> str:
+def render(report: model.Report, template: Path | None = None) -> str:
     """Render ``report`` with ``template`` (a file) or the default template.
 
     Raises :class:`TemplateError` naming the template file and line when the template
@@ -161,7 +159,7 @@ def render(report: Report, template: Path | None = None) -> str:
     else:
         path = template.expanduser().resolve()
         if not path.is_file():
-            raise TemplateError(
+            raise errors.TemplateError(
                 f"the template {template} does not exist or is not a file.",
                 hint="Give --template the path of a Jinja2 template file "
                 "(see docs/REPORTS.md; the default is templates/incident.md.j2).",
@@ -173,13 +171,13 @@ def render(report: Report, template: Path | None = None) -> str:
         filename = tmpl.filename or filename
         text = tmpl.render(report=report)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(
+        raise errors.TemplateError(
             f"{exc.filename or filename}:{exc.lineno}: the template has a syntax error: "
             f"{exc.message}.",
             hint="Fix the template; docs/REPORTS.md lists the variables and filters.",
         ) from None
     except UnicodeDecodeError as exc:
-        raise TemplateError(
+        raise errors.TemplateError(
             f"{filename}: the template is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
             hint="Save the template as UTF-8.",
         ) from None
@@ -187,13 +185,13 @@ def render(report: Report, template: Path | None = None) -> str:
         line = _template_line(exc.__traceback__, filename)
         where = f"{filename}:{line}" if line is not None else filename
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        raise TemplateError(
+        raise errors.TemplateError(
             f"{where}: the template failed to render: {detail}.",
             hint="Check the names against docs/REPORTS.md (undefined names are errors, and "
             "templates run in a sandbox without access to Python internals).",
         ) from None
     except OSError as exc:
-        raise TemplateError(
+        raise errors.TemplateError(
             f"{filename}: the template cannot be read ({exc.strerror or exc}).",
             hint="Check the path and its permissions.",
         ) from None

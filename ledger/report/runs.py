@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ledger import store
 from ledger.format import records
-from ledger.store import Ledger
 
 #: The status of a run that has a run.started record and no run.finished record.
 UNFINISHED = "unfinished"
@@ -48,7 +48,7 @@ class RunSummary:
 
 
 def list_runs(
-    ledger: Ledger, *, incident: str | None = None, status: str | None = None
+    ledger: store.Ledger, *, incident: str | None = None, status: str | None = None
 ) -> list[RunSummary]:
     """The ledger's runs, newest first, optionally only those of ``incident`` or ``status``."""
     at = ledger.verified_head()
@@ -63,7 +63,7 @@ def list_runs(
     return out
 
 
-def _summary(ledger: Ledger, run_id: str, at: str) -> RunSummary | None:
+def _summary(ledger: store.Ledger, run_id: str, at: str) -> RunSummary | None:
     names = ledger.run_file_names(run_id, at=at)
     started = _first(ledger, names, f"-{records.KIND_RUN_STARTED}.json", at)
     if started is None:
@@ -87,7 +87,7 @@ def _summary(ledger: Ledger, run_id: str, at: str) -> RunSummary | None:
     )
 
 
-def _first(ledger: Ledger, names: list[str], suffix: str, at: str) -> Any:
+def _first(ledger: store.Ledger, names: list[str], suffix: str, at: str) -> Any:
     for name in names:
         if name.endswith(suffix):
             return ledger.record(int(name.split("-", 1)[0]), at=at)

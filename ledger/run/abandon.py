@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ledger.errors import AbandonRefused, InputError, UntrustedKey
+from ledger import errors, keys, store
 from ledger.format import records
-from ledger.keys import SigningIdentity
-from ledger.run.events import RUN_ABANDONED, STEP_SKIPPED
-from ledger.store import Appended, Ledger, StoredRecord
+from ledger.run import events
 
 __all__ = ["MAX_REASON_CHARS", "abandon_run"]
 
@@ -27,19 +25,19 @@ MAX_REASON_CHARS: Final = 4096
 def _check_reason(reason: str) -> str:
     text = reason.strip()
     if not text:
-        raise InputError(
+        raise errors.InputError(
             "the reason is empty; say why the run is closed.",
             hint="Pass --reason TEXT, e.g. --reason 'runner host rebooted; finished by hand'.",
         )
     if len(text) > MAX_REASON_CHARS or "\0" in text:
-        raise InputError(
+        raise errors.InputError(
             f"the reason must be at most {MAX_REASON_CHARS} characters without NUL bytes.",
             hint="Shorten it; link to a longer text instead.",
         )
     return text
 
 
-def _millis_between(first: StoredRecord, last: StoredRecord) -> int:
+def _millis_between(first: store.StoredRecord, last: store.StoredRecord) -> int:
     try:
         delta = records.parse_time(last.time) - records.parse_time(first.time)
     except ValueError:
@@ -47,7 +45,7 @@ def _millis_between(first: StoredRecord, last: StoredRecord) -> int:
     return max(0, int(delta.total_seconds() * 1000))
 
 
-def _closing_data(recs: list[StoredRecord], reason: str) -> dict[str, Any]:
+def _closing_data(recs: list[store.StoredRecord], reason: str) -> dict[str, Any]:
     """The run.finished of an abandoned run: what its records say happened."""
     started = recs[0]
     handlers: list[str] = []
@@ -56,14 +54,14 @@ def _closing_data(recs: list[StoredRecord], reason: str) -> dict[str, Any]:
         if rec.kind not in (records.KIND_STEP_STARTED, records.KIND_STEP_FINISHED):
             continue
         name = rec.data.get("step")
-        if not isinstance(name, str) or rec.data.get("status") == STEP_SKIPPED:
+        if not isinstance(name, str) or rec.data.get("status") == events.STEP_SKIPPED:
             continue
         last_step = name
         if rec.data.get("handler") is True and name not in handlers:
             handlers.append(name)
     resumes = started.data.get("resumes")
     return {
-        "status": RUN_ABANDONED,
+        "status": events.RUN_ABANDONED,
         "failed_step": last_step,
         "error": None,
         "duration_ms": _millis_between(started, recs[-1]),
@@ -76,7 +74,9 @@ def _closing_data(recs: list[StoredRecord], reason: str) -> dict[str, Any]:
     }
 
 
-def abandon_run(ledger: Ledger, run_id: str, reason: str, *, key: SigningIdentity) -> Appended:
+def abandon_run(
+    ledger: store.Ledger, run_id: str, reason: str, *, key: keys.SigningIdentity
+) -> store.Appended:
     """Append ``run.finished`` with status ``abandoned`` and ``reason`` for ``run_id``,
     signed with ``key``. Call it only while holding the run's lock.
 
@@ -88,19 +88,19 @@ def abandon_run(ledger: Ledger, run_id: str, reason: str, *, key: SigningIdentit
     records.check_run_id(run_id)
     recs = ledger.usable_run_records(run_id)  # (the verified chain's)
     if not recs or recs[0].kind != records.KIND_RUN_STARTED:
-        raise InputError(
+        raise errors.InputError(
             f"there is no run {run_id} in the ledger at {ledger.path}.",
             hint="Check the run id ('ledger status' lists unfinished runs).",
         )
     done = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]
     if done:
-        raise AbandonRefused(
+        raise errors.AbandonRefused(
             f"run {run_id} already finished with status {done[-1].data.get('status')!r} "
             f"(seq {done[-1].seq}); only a run without run.finished can be abandoned.",
             hint="Annotate it with 'ledger record --run RUN -m TEXT' instead.",
         )
     if ledger.trusted_signer(key.public_key.fingerprint) is None:
-        raise UntrustedKey(
+        raise errors.UntrustedKey(
             f"the key {key.public_key.fingerprint} is not trusted by the ledger at "
             f"{ledger.path}, so it cannot close run {run_id}.",
             hint="Use a trusted key (see 'ledger keys list').",

@@ -33,19 +33,11 @@ from typing import Final
 
 import pygit2
 
-from ledger.errors import (
-    ApprovalRefused,
-    SignatureError,
-    StorageError,
-    UnknownRun,
-    UntrustedKey,
-)
+from ledger import errors, keys, runbook, store
 from ledger.format import records, shapes
-from ledger.keys import SigningIdentity, verify_signed_commit
 from ledger.run import approval_records
 from ledger.run.approval_records import (
     APPROVED,
-    DECISIONS,
     INTERRUPTED,
     REJECTED,
     TIMEOUT,
@@ -55,12 +47,9 @@ from ledger.run.approval_records import (
     ApprovalRequest,
     Decision,
     Ignored,
-    OutcomeDecision,
     Vote,
     request_data,
 )
-from ledger.runbook import ApprovalSpec
-from ledger.store import MAIN_REF, Appended, Ledger, Signer, StoredRecord
 
 #: Seconds between two looks at the ledger's branch while waiting.
 POLL_INTERVAL_S: Final = 0.2
@@ -78,7 +67,7 @@ Interactive = Callable[[str], tuple[bool, str]]
 
 
 def pending_request(
-    ledger: Ledger, run_id: str, step: str, *, at: str | None = None
+    ledger: store.Ledger, run_id: str, step: str, *, at: str | None = None
 ) -> ApprovalRequest:
     """The approval request the run ``run_id`` is waiting on at ``step``, read from the
     chain ending at ``at`` (default: the verified head, :meth:`Ledger.verified_head`).
@@ -91,7 +80,7 @@ def pending_request(
     at = ledger.verified_head(at)
     recs = ledger.usable_run_records(run_id, at=at)
     if not recs:
-        raise UnknownRun(
+        raise errors.UnknownRun(
             f"the ledger at {ledger.path} has no run {run_id}, so there is nothing to approve.",
             hint="Check the run id ('ledger log --kind run.started' lists runs), and that "
             "--ledger points at the ledger the run writes to.",
@@ -99,7 +88,7 @@ def pending_request(
     finished = [r for r in recs if r.kind == records.KIND_RUN_FINISHED]
     if finished:
         status = finished[-1].data_as(shapes.RunFinished).get("status", "unknown")
-        raise ApprovalRefused(
+        raise errors.ApprovalRefused(
             f"run {run_id} is not waiting for an approval: it already finished (status {status}).",
             hint="Approvals count only while the run waits at the approval step.",
         )
@@ -109,7 +98,7 @@ def pending_request(
     if not started:
         current = _current_step(recs)
         where = f"it is at step {current!r}" if current else "it has not started a step yet"
-        raise ApprovalRefused(
+        raise errors.ApprovalRefused(
             f"run {run_id} is not waiting at step {step!r}: the run has not reached that "
             f"step ({where}).",
             hint="Check the step name; approve once the run waits there ('ledger log --run "
@@ -119,7 +108,7 @@ def pending_request(
     last = ledger.record(started[-1].seq, at=at, signed=True)
     request = approval_records.request_from(run_id, last)
     if request is None:
-        raise ApprovalRefused(
+        raise errors.ApprovalRefused(
             f"step {step!r} of run {run_id} is not an approval step (its step.started record "
             f"seq {last.seq} asks for no approval).",
             hint="Only steps with 'approval:' in the runbook take approvals.",
@@ -131,7 +120,7 @@ def pending_request(
     ]
     if done:
         status = done[-1].data.get("status", "unknown")
-        raise ApprovalRefused(
+        raise errors.ApprovalRefused(
             f"step {step!r} of run {run_id} is no longer waiting: it finished with status "
             f"{status} (seq {done[-1].seq}).",
             hint="Approvals count only while the run waits at the approval step.",
@@ -139,7 +128,7 @@ def pending_request(
     return request
 
 
-def _current_step(recs: Sequence[StoredRecord]) -> str | None:
+def _current_step(recs: Sequence[store.StoredRecord]) -> str | None:
     for rec in reversed(recs):
         if rec.kind == records.KIND_STEP_STARTED:
             step = rec.data_as(shapes.StepStarted).get("step")
@@ -147,7 +136,7 @@ def _current_step(recs: Sequence[StoredRecord]) -> str | None:
     return None
 
 
-def pending_requests(ledger: Ledger) -> list[ApprovalRequest]:
+def pending_requests(ledger: store.Ledger) -> list[ApprovalRequest]:
     """Every approval request that an unfinished run is waiting on right now (on the
     verified chain)."""
     out: list[ApprovalRequest] = []
@@ -158,7 +147,7 @@ def pending_requests(ledger: Ledger) -> list[ApprovalRequest]:
             continue
         try:
             out.append(pending_request(ledger, run_id, step, at=at))
-        except ApprovalRefused:
+        except errors.ApprovalRefused:
             continue
     return out
 
@@ -168,26 +157,26 @@ def pending_requests(ledger: Ledger) -> list[ApprovalRequest]:
 
 def _check_comment(comment: str) -> str:
     if len(comment) > MAX_COMMENT_CHARS:
-        raise ApprovalRefused(
+        raise errors.ApprovalRefused(
             f"the comment is {len(comment)} characters long; at most {MAX_COMMENT_CHARS} "
             "are recorded.",
             hint="Shorten the comment; link to a longer text instead.",
         )
     if "\0" in comment:
-        raise ApprovalRefused("the comment contains a NUL byte.", hint="Remove it.")
+        raise errors.ApprovalRefused("the comment contains a NUL byte.", hint="Remove it.")
     return comment
 
 
 def record_approval(
-    ledger: Ledger,
+    ledger: store.Ledger,
     run_id: str,
     step: str,
     *,
-    key: SigningIdentity,
+    key: keys.SigningIdentity,
     decision: Decision = APPROVED,
     comment: str = "",
     via: str = VIA_COMMAND,
-) -> Appended:
+) -> store.Appended:
     """Append an ``approval`` record for ``step`` of ``run_id``, signed with ``key``.
 
     The key must be trusted by the ledger (:class:`UntrustedKey` otherwise), the run must be
@@ -196,8 +185,8 @@ def record_approval(
     request already (:class:`ApprovalRefused` otherwise). A principal who approved may still
     reject. The waiting run checks the record again on its own.
     """
-    if decision not in DECISIONS:
-        raise ApprovalRefused(f"{decision!r} is not a decision; use approved or rejected.")
+    if decision not in approval_records.DECISIONS:
+        raise errors.ApprovalRefused(f"{decision!r} is not a decision; use approved or rejected.")
     _check_comment(comment)
     fingerprint = key.public_key.fingerprint
     view = ledger.trust_view()
@@ -205,7 +194,7 @@ def record_approval(
         raise view.refuse(ledger.path, "no approval is recorded in it")
     signer = view.trusted(fingerprint)
     if signer is None:
-        raise UntrustedKey(
+        raise errors.UntrustedKey(
             f"the key {fingerprint} is not trusted by the ledger at {ledger.path}, so its "
             "approval would not count.",
             hint="Approve with your own key after a trusted signer added it with 'ledger "
@@ -214,7 +203,7 @@ def record_approval(
     request = pending_request(ledger, run_id, step, at=view.head)
     principal = signer.principal
     if principal not in request.approvers:
-        raise ApprovalRefused(
+        raise errors.ApprovalRefused(
             f"{principal} (key {fingerprint}) may not approve step {step!r} of run "
             f"{run_id}: the step's approvers are {', '.join(request.approvers)}.",
             hint="Ask one of them to approve, with their own key.",
@@ -226,7 +215,7 @@ def record_approval(
         if earlier.get("request_seq") != request.seq or earlier.get("principal") != principal:
             continue
         if earlier.get("decision") == decision:
-            raise ApprovalRefused(
+            raise errors.ApprovalRefused(
                 f"{principal} already {decision} step {step!r} of run {run_id} "
                 f"(seq {rec.seq}); the same principal counts once.",
                 hint=f"{request.min_approvals} distinct approvers are needed; ask another "
@@ -252,7 +241,7 @@ def record_approval(
 # --------------------------------------------------------------------------- waiting
 
 
-def _trusted_at(signers: Sequence[Signer], fingerprint: str, seq: int) -> Signer | None:
+def _trusted_at(signers: Sequence[store.Signer], fingerprint: str, seq: int) -> store.Signer | None:
     """The signer with ``fingerprint`` trusted at ``seq`` (FORMAT.md §7), or ``None``."""
     for s in signers:
         if s.fingerprint != fingerprint:
@@ -263,7 +252,7 @@ def _trusted_at(signers: Sequence[Signer], fingerprint: str, seq: int) -> Signer
 
 
 def check_approval(
-    ledger: Ledger, rec: StoredRecord, request: ApprovalRequest
+    ledger: store.Ledger, rec: store.StoredRecord, request: ApprovalRequest
 ) -> tuple[Vote, str, str] | Ignored | None:
     """Check one record against ``request``.
 
@@ -281,7 +270,7 @@ def check_approval(
         return Ignored(rec.seq, rec.commit_id, claimed, reason)
 
     decision = data.get("decision")
-    if decision not in DECISIONS:
+    if decision not in approval_records.DECISIONS:
         return ignore(f"decision {decision!r} is neither approved nor rejected")
     comment = data.get("comment", "")
     if not isinstance(comment, str):
@@ -291,11 +280,11 @@ def check_approval(
         return ignore("the record's bytes do not match the digest its commit signs")
     try:
         raw = ledger.repo.odb.read(pygit2.Oid(hex=rec.commit_id))[1]
-        _payload, public = verify_signed_commit(raw)
-    except SignatureError as exc:
+        _payload, public = keys.verify_signed_commit(raw)
+    except errors.SignatureError as exc:
         return ignore(f"the commit signature does not verify: {exc.message}")
     except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"cannot read commit {rec.commit_id} of {ledger.path}: {exc}.",
             hint="Run 'ledger verify' to see what is damaged.",
         ) from None
@@ -354,13 +343,13 @@ def _question(request: ApprovalRequest, principal: str) -> str:
 
 
 def _find_request(
-    ledger: Ledger, run_id: str, step: str, request_seq: int | None
+    ledger: store.Ledger, run_id: str, step: str, request_seq: int | None
 ) -> ApprovalRequest:
     if request_seq is not None:
         rec = ledger.record(request_seq, signed=True)  # (its commit id is recorded)
         request = approval_records.request_from(run_id, rec)
         if request is None or rec.run != run_id or rec.kind != records.KIND_STEP_STARTED:
-            raise ApprovalRefused(
+            raise errors.ApprovalRefused(
                 f"record seq {request_seq} is not the approval request of step {step!r} of "
                 f"run {run_id}.",
                 hint="Pass the seq of the step's step.started record.",
@@ -387,7 +376,7 @@ class _Tally:
             self.notify(text)
 
     def outcome(
-        self, decision: OutcomeDecision, rejected_by: Vote | None = None
+        self, decision: approval_records.OutcomeDecision, rejected_by: Vote | None = None
     ) -> ApprovalOutcome:
         votes = sorted(self.counted.values(), key=lambda v: v.seq)
         texts = [f"{p}: {c}" for p, c in self.comments.items() if c]
@@ -431,15 +420,15 @@ class _Tally:
 class _NewRecords:
     """The records appended after a seq, read only when the branch has moved."""
 
-    def __init__(self, ledger: Ledger, seq: int) -> None:
+    def __init__(self, ledger: store.Ledger, seq: int) -> None:
         self.ledger = ledger
         self.last_seen = seq
         self.last_target: str | None = None
 
-    def read(self) -> Iterator[StoredRecord]:
+    def read(self) -> Iterator[store.StoredRecord]:
         """The new records, read from the verified view: the chain up to the new head is
         verified (incrementally) first; :class:`VerificationFailed` if it does not verify."""
-        ref = self.ledger.repo.references.get(MAIN_REF)
+        ref = self.ledger.repo.references.get(store.MAIN_REF)
         target = str(ref.target) if ref is not None else None
         if target == self.last_target:
             return
@@ -456,7 +445,7 @@ class _NewRecords:
                 yield self.ledger.record(seq, at=view.head, signed=True)
 
 
-def _operator(ledger: Ledger, operator_key: SigningIdentity | None) -> str | None:
+def _operator(ledger: store.Ledger, operator_key: keys.SigningIdentity | None) -> str | None:
     """The principal the ledger trusts the operator's key as, if any."""
     if operator_key is None:
         return None
@@ -465,11 +454,11 @@ def _operator(ledger: Ledger, operator_key: SigningIdentity | None) -> str | Non
 
 
 def _record_answer(
-    ledger: Ledger,
+    ledger: store.Ledger,
     run_id: str,
     step_name: str,
     finished: _Prompt,
-    operator_key: SigningIdentity | None,
+    operator_key: keys.SigningIdentity | None,
     tally: _Tally,
 ) -> bool:
     """Append the operator's answer from the terminal; whether a record may have been added."""
@@ -491,21 +480,21 @@ def _record_answer(
             comment=text,
             via=VIA_TERMINAL,
         )
-    except ApprovalRefused as exc:
+    except errors.ApprovalRefused as exc:
         tally.say(f"Your answer was not recorded: {exc.message}")
     return True
 
 
 def wait_for_approval(
-    ledger: Ledger,
+    ledger: store.Ledger,
     run_id: str,
     step_name: str,
-    spec: ApprovalSpec,
+    spec: runbook.ApprovalSpec,
     *,
     stop: threading.Event,
     deadline: float | None = None,
     interactive: Interactive | None = None,
-    operator_key: SigningIdentity | None = None,
+    operator_key: keys.SigningIdentity | None = None,
     request_seq: int | None = None,
     notify: Callable[[str], None] | None = None,
     poll_interval: float = POLL_INTERVAL_S,

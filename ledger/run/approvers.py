@@ -3,14 +3,14 @@ parameters (``approvers: ["{{ params.who }}"]``)."""
 
 from __future__ import annotations
 
-from ledger.errors import RunbookError
-from ledger.run.context import TemplateContext, render_template, where_in_runbook
-from ledger.runbook import Step, templating
+from ledger import errors, runbook
+from ledger.run import context as run_context
+from ledger.runbook import templating
 
 __all__ = ["render_approvers"]
 
 
-def render_approvers(step: Step, context: TemplateContext) -> list[str]:
+def render_approvers(step: runbook.Step, context: run_context.TemplateContext) -> list[str]:
     """The approval step's approvers, each rendered from the parameters (an approver may be
     ``{{ params.who }}``). :class:`RunbookError` when one renders empty, to text with
     whitespace or a secret, or to a principal listed twice, or fewer principals remain than
@@ -20,11 +20,11 @@ def render_approvers(step: Step, context: TemplateContext) -> list[str]:
         return []
     out: list[str] = []
     for i, source in enumerate(spec.approvers):
-        where = where_in_runbook(context.runbook, step, f"approval.approvers[{i}]")
+        where = run_context.where_in_runbook(context.runbook, step, f"approval.approvers[{i}]")
         if not templating.is_template(source):
             out.append(source)
             continue
-        rendered = render_template(source, context, where=where, names=("params",))
+        rendered = run_context.render_template(source, context, where=where, names=("params",))
         text, shown = rendered.text.strip(), rendered.redacted.strip()
         problem = None
         if shown != text:
@@ -34,7 +34,7 @@ def render_approvers(step: Step, context: TemplateContext) -> list[str]:
         elif text in out:
             problem = f"renders to {shown!r}, which is already an approver"
         if problem is not None:
-            raise RunbookError(
+            raise errors.RunbookError(
                 f"{where}: the approver {source!r} {problem}.",
                 hint="Give the parameter the principal of a trusted signer (see 'ledger keys "
                 "list').",

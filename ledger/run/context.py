@@ -5,8 +5,7 @@ of the run in a :class:`TemplateContext`, and renders with :func:`render_command
 :func:`step_environment`, :func:`render_cwd`, :func:`render_lock`,
 :func:`render_approval_message` and :func:`evaluate_condition`. Every renderer returns the
 real text (for execution) and a redacted one (for the ledger), where each secret parameter
-is ``[REDACTED:name]``. :func:`extract_output` reads a step's declared outputs from its
-streams.
+is ``[REDACTED:name]``. A step's declared outputs are read by :mod:`ledger.run.outputs`.
 
 Moved here from the load-time parser: a runbook is read once, and this is the state that
 changes at every step of a run.
@@ -14,36 +13,19 @@ changes at every step of a run.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from jinja2 import TemplateError
 
-from ledger.errors import RunbookError
-from ledger.redact import Redactor, redact
-from ledger.run.secretflow import (
-    WITHHELD,
-    Vary,
-    error_shown,
-    placeholder,
-    render_split,
-    result_shown,
-)
-from ledger.run.trigger import PRIVATE_ENV, tool_secrets
-from ledger.runbook import (
-    MAX_OUTPUT_CHARS,
-    OutputSpec,
-    ResolvedParams,
-    Runbook,
-    Step,
-    caps,
-    templating,
-)
-from ledger.runbook.templating import Namespace, Raw
+from ledger import errors
+from ledger import redact as ledger_redact
+from ledger import runbook as ledger_runbook
+from ledger.run import secretflow
+from ledger.run import trigger as run_trigger
+from ledger.runbook import templating
 
 
 @dataclass
@@ -94,8 +76,8 @@ class TemplateContext:
 
     def __init__(
         self,
-        runbook: Runbook,
-        params: ResolvedParams,
+        runbook: ledger_runbook.Runbook,
+        params: ledger_runbook.ResolvedParams,
         *,
         run_id: str = "",
         incident: str | None = None,
@@ -113,12 +95,12 @@ class TemplateContext:
         self.captured_env: dict[str, str] = {
             name: env[name]
             for name in runbook.capture_env
-            if name in env and name not in PRIVATE_ENV
+            if name in env and name not in run_trigger.PRIVATE_ENV
         }
-        self._secrets = {**tool_secrets(env), **params.secrets()}
+        self._secrets = {**run_trigger.tool_secrets(env), **params.secrets()}
         self._param_secrets = tuple(params.secrets())
         self._derived: dict[tuple[str, str], None] = {}
-        self._redactor: tuple[int, Redactor] | None = None
+        self._redactor: tuple[int, ledger_redact.Redactor] | None = None
         self.steps: dict[str, StepState] = {}
         for step in runbook.all_steps:
             outputs = (
@@ -134,18 +116,18 @@ class TemplateContext:
         # namespace is built when its state changes, not at every render (a long runbook
         # would otherwise rebuild every earlier step's at every step).
         self._steps_data: dict[_Key, dict[str, object]] = {}
-        self._steps_ns: dict[_Key, Namespace] = {}
+        self._steps_ns: dict[_Key, templating.Namespace] = {}
 
     # ----- state updates
 
-    def begin(self, step: Step, attempt: int = 1) -> StepState:
+    def begin(self, step: ledger_runbook.Step, attempt: int = 1) -> StepState:
         """Make ``step`` the current step (``step.*`` in templates), at ``attempt``."""
         self.current = StepState(name=step.name, status="running", attempt=attempt)
         return self.current
 
     def finish(
         self,
-        step: Step | str,
+        step: ledger_runbook.Step | str,
         status: str,
         exit_code: int | None = None,
         outputs: Mapping[str, str] | None = None,
@@ -175,10 +157,13 @@ class TemplateContext:
         """Every text computed from a secret so far (see :meth:`add_derived`)."""
         return tuple(self._derived)
 
-    def redactor(self) -> Redactor:
+    def redactor(self) -> ledger_redact.Redactor:
         """A redactor for the run's secrets and every text computed from them so far."""
         if self._redactor is None or self._redactor[0] != len(self._derived):
-            self._redactor = (len(self._derived), Redactor(self._secrets, self._derived))
+            self._redactor = (
+                len(self._derived),
+                ledger_redact.Redactor(self._secrets, self._derived),
+            )
         return self._redactor[1]
 
     def secret_params(self) -> tuple[str, ...]:
@@ -187,14 +172,14 @@ class TemplateContext:
 
     # ----- variables
 
-    def _current_for(self, step: Step | None) -> StepState:
+    def _current_for(self, step: ledger_runbook.Step | None) -> StepState:
         if step is None:
             return self.current or StepState()
         if self.current is not None and self.current.name == step.name:
             return self.current
         return StepState(name=step.name)
 
-    def runbook_env(self, vary: Vary | None = None) -> dict[str, str]:
+    def runbook_env(self, vary: secretflow.Vary | None = None) -> dict[str, str]:
         """The runbook's top-level ``env``, rendered (with the secrets in ``vary`` replaced by
         placeholders; see :mod:`ledger.run.secretflow`)."""
         key = _key(vary)
@@ -214,7 +199,7 @@ class TemplateContext:
             shown: dict[str, RenderedText] = {}
             for name, value in self.runbook.env.items():
 
-                def chunks(vary: Vary, value: str = value) -> list[str]:
+                def chunks(vary: secretflow.Vary, value: str = value) -> list[str]:
                     variables = {"params": self._params_ns(vary), "run": self._run_ns()}
                     return templating.render_chunks(value, variables, command=False)
 
@@ -224,37 +209,37 @@ class TemplateContext:
             self._runbook_env_shown = shown
         return self._runbook_env_shown
 
-    def _one_step_ns(self, state: StepState, vary: Vary) -> Namespace:
+    def _one_step_ns(self, state: StepState, vary: secretflow.Vary) -> templating.Namespace:
         """``steps.NAME`` for one step's state (outputs redacted for the varied secrets)."""
         hidden = {name: self._secrets[name] for name in vary}
-        outputs = {k: redact(v, hidden) for k, v in state.outputs.items()}
-        return Namespace(
+        outputs = {k: ledger_redact.redact(v, hidden) for k, v in state.outputs.items()}
+        return templating.Namespace(
             {
                 "exit_code": state.exit_code,
                 "status": state.status,
-                "outputs": Namespace(outputs, f"steps.{state.name}.outputs"),
+                "outputs": templating.Namespace(outputs, f"steps.{state.name}.outputs"),
             },
             f"steps.{state.name}",
         )
 
-    def _steps_view(self, vary: Vary) -> Namespace:
+    def _steps_view(self, vary: secretflow.Vary) -> templating.Namespace:
         key = _key(vary)
         if key not in self._steps_ns:
             data: dict[str, object] = {
                 name: self._one_step_ns(state, vary) for name, state in self.steps.items()
             }
             self._steps_data[key] = data
-            self._steps_ns[key] = Namespace.view(data, "steps")
+            self._steps_ns[key] = templating.Namespace.view(data, "steps")
         return self._steps_ns[key]
 
-    def _params_ns(self, vary: Vary) -> Namespace:
+    def _params_ns(self, vary: secretflow.Vary) -> templating.Namespace:
         values = dict(self.params.values)
         for name, which in vary.items():
-            values[name] = placeholder(values[name], which)
-        return Namespace(values, "params")
+            values[name] = secretflow.placeholder(values[name], which)
+        return templating.Namespace(values, "params")
 
-    def _run_ns(self) -> Namespace:
-        return Namespace(
+    def _run_ns(self) -> templating.Namespace:
+        return templating.Namespace(
             {
                 "id": self.run_id,
                 "incident": self.incident,
@@ -264,20 +249,23 @@ class TemplateContext:
             "run",
         )
 
-    def variables(self, step: Step | None = None, vary: Vary | None = None) -> dict[str, object]:
+    def variables(
+        self, step: ledger_runbook.Step | None = None, vary: secretflow.Vary | None = None
+    ) -> dict[str, object]:
         """The template variables: params, steps, step, run, env (with the secrets in
         ``vary`` replaced by placeholders, step outputs redacted for them)."""
         vary = vary or {}
         hidden = {name: self._secrets[name] for name in vary}
         current = self._current_for(step)
-        step_ns = Namespace(
+        step_ns = templating.Namespace(
             {
                 "name": current.name,
                 "attempt": current.attempt,
                 "exit_code": current.exit_code,
                 "status": current.status,
-                "outputs": Namespace(
-                    {k: redact(v, hidden) for k, v in current.outputs.items()}, "step.outputs"
+                "outputs": templating.Namespace(
+                    {k: ledger_redact.redact(v, hidden) for k, v in current.outputs.items()},
+                    "step.outputs",
                 ),
             },
             "step",
@@ -291,14 +279,14 @@ class TemplateContext:
             "steps": self._steps_view(vary),
             "step": step_ns,
             "run": self._run_ns(),
-            "env": Namespace(env, "env"),
+            "env": templating.Namespace(env, "env"),
         }
 
 
 _Key = tuple[tuple[str, int], ...]
 
 
-def _key(vary: Vary | None) -> _Key:
+def _key(vary: secretflow.Vary | None) -> _Key:
     return tuple(sorted((vary or {}).items()))
 
 
@@ -307,21 +295,21 @@ _RENDER_ERRORS: Final = (TemplateError, ArithmeticError, TypeError, ValueError, 
 
 def _split(
     context: TemplateContext,
-    chunks: Callable[[Vary], list[str]],
+    chunks: Callable[[secretflow.Vary], list[str]],
     *,
     command: bool,
     where: str,
 ) -> RenderedText:
     """Render real and redacted (see :mod:`ledger.run.secretflow`)."""
 
-    def failed(detail: str) -> RunbookError:
-        return RunbookError(
+    def failed(detail: str) -> errors.RunbookError:
+        return errors.RunbookError(
             f"{where}: the template cannot be rendered: {context.redactor().redact_text(detail)}.",
             hint="Fix the template in the runbook (check names with 'ledger validate'); a "
             "step's outputs exist only once it has run.",
         )
 
-    text, shown, derived = render_split(
+    text, shown, derived = secretflow.render_split(
         chunks,
         context.secret_params(),
         command=command,
@@ -330,19 +318,21 @@ def _split(
     )
     context.add_derived(derived)
     if "\0" in text:
-        raise RunbookError(
+        raise errors.RunbookError(
             f"{where}: the rendered text contains a NUL byte.",
             hint="Check the values that flow into this template.",
         )
     return RenderedText(text=text, redacted=context.redactor().redact_text(shown))
 
 
-def where_in_runbook(runbook: Runbook, step: Step, field_name: str) -> str:
+def where_in_runbook(
+    runbook: ledger_runbook.Runbook, step: ledger_runbook.Step, field_name: str
+) -> str:
     """``FILE:LINE: step NAME (LIST[INDEX].FIELD)`` for messages about a step's field."""
     return _where(runbook, step, field_name)
 
 
-def _where(runbook: Runbook, step: Step, field_name: str) -> str:
+def _where(runbook: ledger_runbook.Runbook, step: ledger_runbook.Step, field_name: str) -> str:
     list_name = "steps" if step.phase == "main" else step.phase
     return (
         f"{runbook.source}:{step.line}: step {step.name!r} ({list_name}[{step.index}].{field_name})"
@@ -353,7 +343,7 @@ def render_template(
     source: str,
     context: TemplateContext,
     *,
-    step: Step | None = None,
+    step: ledger_runbook.Step | None = None,
     command: bool = False,
     where: str = "template",
     names: tuple[str, ...] | None = None,
@@ -362,7 +352,7 @@ def render_template(
     every part computed from a secret is ``[REDACTED:name]`` (:mod:`ledger.run.secretflow`).
     ``names`` restricts the variables the template sees."""
 
-    def chunks(vary: Vary) -> list[str]:
+    def chunks(vary: secretflow.Vary) -> list[str]:
         variables = context.variables(step, vary)
         if names is not None:
             variables = {k: v for k, v in variables.items() if k in names}
@@ -371,10 +361,10 @@ def render_template(
     return _split(context, chunks, command=command, where=where)
 
 
-def render_command(step: Step, context: TemplateContext) -> RenderedCommand:
+def render_command(step: ledger_runbook.Step, context: TemplateContext) -> RenderedCommand:
     """The step's ``run`` with every ``{{ value }}`` shell-quoted (unless ``| raw``)."""
     if step.run is None:
-        raise RunbookError(
+        raise errors.RunbookError(
             f"{_where(context.runbook, step, 'run')}: an approval step has no command.",
             hint="Render commands of run steps only.",
         )
@@ -384,14 +374,14 @@ def render_command(step: Step, context: TemplateContext) -> RenderedCommand:
     return RenderedCommand(text=rendered.text, redacted=rendered.redacted)
 
 
-def render_cwd(step: Step, context: TemplateContext) -> RenderedText | None:
+def render_cwd(step: ledger_runbook.Step, context: TemplateContext) -> RenderedText | None:
     """The step's working directory (``cwd`` or ``defaults.cwd``), or ``None``."""
     if step.cwd is None:
         return None
     return render_template(step.cwd, context, step=step, where=_where(context.runbook, step, "cwd"))
 
 
-def step_environment(step: Step, context: TemplateContext) -> RenderedEnv:
+def step_environment(step: ledger_runbook.Step, context: TemplateContext) -> RenderedEnv:
     """Variables the step adds to the operator's environment, in increasing precedence:
     ``PARAM_<NAME>`` for every parameter, the runbook's ``env``, the step's ``env``."""
     book_env = context.runbook_env_shown()
@@ -423,7 +413,9 @@ def render_lock(context: TemplateContext) -> RenderedText | None:
     )
 
 
-def render_approval_message(step: Step, context: TemplateContext) -> RenderedText | None:
+def render_approval_message(
+    step: ledger_runbook.Step, context: TemplateContext
+) -> RenderedText | None:
     """The approval step's ``message``, rendered, or ``None`` when it has none."""
     if step.approval is None or step.approval.message is None:
         return None
@@ -440,7 +432,11 @@ _COND_FALSE: Final = frozenset({"false", "no", "0"})
 
 
 def evaluate_condition(
-    expr: str, context: TemplateContext, *, step: Step | None = None, field_name: str = "when"
+    expr: str,
+    context: TemplateContext,
+    *,
+    step: ledger_runbook.Step | None = None,
+    field_name: str = "when",
 ) -> bool:
     """Evaluate a ``when`` / ``until`` condition.
 
@@ -457,7 +453,7 @@ def evaluate_condition(
     )
     names = context.secret_params()
 
-    def evaluate(vary: Vary) -> object:
+    def evaluate(vary: secretflow.Vary) -> object:
         value = templating.evaluate(expr, context.variables(step, vary))
         if isinstance(value, templating.StrictUndefinedType):
             str(value)  # raises UndefinedError with the name
@@ -472,9 +468,9 @@ def evaluate_condition(
             result = evaluate({})
         except _RENDER_ERRORS as exc:
             detail = context.redactor().redact_text(
-                error_shown(exc, evaluate, names, _RENDER_ERRORS)
+                secretflow.error_shown(exc, evaluate, names, _RENDER_ERRORS)
             )
-            raise RunbookError(
+            raise errors.RunbookError(
                 f"{where}: the condition {expr!r} cannot be evaluated: {detail}.",
                 hint="Fix the condition in the runbook (check it with 'ledger validate').",
             ) from None
@@ -483,32 +479,36 @@ def evaluate_condition(
         return result
     if isinstance(result, int) and result in (0, 1):
         return bool(result)
-    if isinstance(result, str | Raw):
+    if isinstance(result, str | templating.Raw):
         word = result.strip().lower()
         if word in _COND_TRUE:
             return True
         if word in _COND_FALSE:
             return False
     if not templating.is_template(expr):
-        shown = result_shown(
+        shown = secretflow.result_shown(
             evaluate, names, result, as_text=templating.to_text, errors=_RENDER_ERRORS
         )
     shown = context.redactor().redact_text(shown)
-    gave = "a value computed from a secret (not shown)" if shown == WITHHELD else repr(shown)
-    raise RunbookError(
+    gave = (
+        "a value computed from a secret (not shown)"
+        if shown == secretflow.WITHHELD
+        else repr(shown)
+    )
+    raise errors.RunbookError(
         f"{where}: the condition {expr!r} gave {gave}, which is neither true nor false.",
         hint="Write a comparison such as params.service == 'api' or steps.check.exit_code == 0.",
     )
 
 
-def should_run(step: Step, context: TemplateContext) -> bool:
+def should_run(step: ledger_runbook.Step, context: TemplateContext) -> bool:
     """Whether the step's ``when`` allows it to run (true when it has none)."""
     if step.when is None:
         return True
     return evaluate_condition(step.when, context, step=step, field_name="when")
 
 
-def attempt_succeeded(step: Step, context: TemplateContext) -> bool:
+def attempt_succeeded(step: ledger_runbook.Step, context: TemplateContext) -> bool:
     """Whether the current attempt succeeded: its ``until`` if set, else exit code 0.
 
     Set ``context.current`` (see :meth:`TemplateContext.begin`) with the attempt's
@@ -520,66 +520,6 @@ def attempt_succeeded(step: Step, context: TemplateContext) -> bool:
     return evaluate_condition(step.until, context, step=step, field_name="until")
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def _output_error(step: Step, spec: OutputSpec, message: str) -> RunbookError:
-    return RunbookError(
-        f"step {step.name!r}: output {spec.name!r} cannot be captured: {message}.",
-        hint="Check what the command prints, or the output's definition in the runbook.",
-    )
-
-
-def extract_output(step: Step, spec: OutputSpec, stdout: bytes, stderr: bytes = b"") -> str:
-    """One output value from a command's streams (see :class:`OutputSpec`), decoded as UTF-8
-    (invalid bytes replaced); a JSON value that is not a string as compact JSON text.
-    :class:`RunbookError` when the stream is not JSON, the key or a match is missing, the
-    pattern is too slow (:func:`caps.search`), or the value is over :data:`MAX_OUTPUT_CHARS`.
-    """
-    text = (stderr if spec.kind == "stderr" else stdout).decode("utf-8", errors="replace")
-    if spec.kind in ("stdout", "stderr"):
-        value = text.strip()
-    elif spec.kind == "json":
-        try:
-            node: object = json.loads(text)
-        except ValueError as exc:
-            raise _output_error(step, spec, f"stdout is not JSON ({exc})") from None
-        for part in (spec.expr or "").split("."):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                raise _output_error(step, spec, f"the JSON has no {spec.expr!r} (at {part!r})")
-        if isinstance(node, str):
-            value = node
-        else:
-            value = json.dumps(node, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    else:
-        try:
-            match = caps.search(spec.expr or "", text, re.MULTILINE)
-        except caps.SlowPattern as exc:
-            raise _output_error(step, spec, f"the regular expression failed: {exc}") from None
-        if match is None:
-            raise _output_error(step, spec, f"the pattern {spec.expr!r} does not match stdout")
-        if "value" in match.re.groupindex:
-            value = match.group("value") or ""
-        elif match.re.groups >= 1:
-            value = match.group(1) or ""
-        else:
-            value = match.group(0)
-    if len(value) > MAX_OUTPUT_CHARS:
-        raise _output_error(
-            step, spec, f"the value is {len(value)} characters long (at most {MAX_OUTPUT_CHARS})"
-        )
-    return value
-
-
-def extract_outputs(step: Step, stdout: bytes, stderr: bytes = b"") -> dict[str, str]:
-    """Every output the step declares, from its streams (see :func:`extract_output`)."""
-    return {name: extract_output(step, spec, stdout, stderr) for name, spec in step.outputs.items()}
-
-
 __all__ = [
     "RenderedCommand",
     "RenderedEnv",
@@ -588,8 +528,6 @@ __all__ = [
     "TemplateContext",
     "attempt_succeeded",
     "evaluate_condition",
-    "extract_output",
-    "extract_outputs",
     "render_approval_message",
     "render_command",
     "render_cwd",

@@ -45,37 +45,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger import __version__
-from ledger.errors import AgentError, RunSigningStopped, UntrustedKey
+import ledger as ledger_pkg
+from ledger import errors, keys, store
+from ledger import runbook as ledger_runbook
 from ledger.format import records, shapes
-from ledger.keys import SigningIdentity
-from ledger.run import unsigned
-from ledger.run.approvers import render_approvers
-from ledger.run.context import TemplateContext, render_lock
-from ledger.run.events import (
-    RUN_ABORTED,
-    RUN_FAILED,
-    RUN_REJECTED,
-    RUN_SUCCEEDED,
-    STEP_INTERRUPTED,
-    STEP_OK,
-    STEP_REJECTED,
-    STEP_SKIPPED,
-    STEP_TIMEOUT,
-    EngineEvents,
-    RunOutcome,
-    StopSignal,
-    handler_stop,
-    signum_of,
-)
-from ledger.run.journal import RunJournal
-from ledger.run.locks import run_lock, runbook_lock
-from ledger.run.plan import CarriedStep
-from ledger.run.process import DEFAULT_CAPTURE_BYTES, DEFAULT_KILL_GRACE_S
-from ledger.run.steps import StepRunner
-from ledger.run.trigger import run_environment, trigger_data
-from ledger.runbook import ResolvedParams, Runbook
-from ledger.store import Ledger
+from ledger.run import approvers, context, journal, locks, plan, process, unsigned
+from ledger.run import events as run_events
+from ledger.run import steps as run_steps
+from ledger.run import trigger as run_trigger
 
 __all__ = ["RunRequest", "Runner"]
 
@@ -84,15 +61,15 @@ __all__ = ["RunRequest", "Runner"]
 class RunRequest:
     """One run to execute."""
 
-    runbook: Runbook
-    params: ResolvedParams
+    runbook: ledger_runbook.Runbook
+    params: ledger_runbook.ResolvedParams
     incident: str | None = None
     trigger: str | None = None
     environ: Mapping[str, str] | None = None
     """The runner's environment (default :data:`os.environ`): steps inherit it, CI is
     detected from it, ``capture_env`` reads it."""
     resumes: str | None = None
-    carried: dict[str, CarriedStep] = field(default_factory=dict)
+    carried: dict[str, plan.CarriedStep] = field(default_factory=dict)
     run_id: str | None = None
     resume_from: str | None = None
     """The step ``ledger resume --from`` restarts at (recorded in run.started)."""
@@ -108,36 +85,36 @@ class Runner:
 
     def __init__(
         self,
-        ledger: Ledger,
-        key: SigningIdentity,
+        ledger: store.Ledger,
+        key: keys.SigningIdentity,
         *,
         principal: str | None = None,
-        events: EngineEvents | None = None,
+        events: run_events.EngineEvents | None = None,
         stop: threading.Event | None = None,
         interactive: Any = None,
-        capture_bytes: int = DEFAULT_CAPTURE_BYTES,
-        kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+        capture_bytes: int = process.DEFAULT_CAPTURE_BYTES,
+        kill_grace_s: float = process.DEFAULT_KILL_GRACE_S,
     ) -> None:
         self.ledger = ledger
         self.key = key
         signer = ledger.trusted_signer(key.public_key.fingerprint)
         if signer is None:
-            raise UntrustedKey(
+            raise errors.UntrustedKey(
                 f"the key {key.public_key.fingerprint} is not trusted by the ledger at "
                 f"{ledger.path}, so it cannot sign this run's records.",
                 hint="Use a trusted key (see 'ledger keys list'), or have a trusted signer add "
                 "this one with 'ledger keys add'.",
             )
         self.principal = principal or signer.principal
-        self.events = events or EngineEvents()
-        self.stop = stop or StopSignal()
+        self.events = events or run_events.EngineEvents()
+        self.stop = stop or run_events.StopSignal()
         self.interactive = interactive
         self.capture_bytes = capture_bytes
         self.kill_grace_s = kill_grace_s
 
     # ----- public
 
-    def run(self, request: RunRequest) -> RunOutcome:
+    def run(self, request: RunRequest) -> run_events.RunOutcome:
         """Execute ``request``; returns how it ended (see :meth:`RunOutcome.raise_for_status`).
 
         Takes the runbook's lock (if it has one) and the run's own lock
@@ -146,7 +123,7 @@ class Runner:
         """
         run_id = request.run_id or records.new_run_id()
         environ = dict(os.environ if request.environ is None else request.environ)
-        ctx = TemplateContext(
+        ctx = context.TemplateContext(
             request.runbook,
             request.params,
             run_id=run_id,
@@ -154,15 +131,15 @@ class Runner:
             trigger=request.trigger,
             environ=environ,
         )
-        lock = render_lock(ctx)
+        lock = context.render_lock(ctx)
         for step in request.runbook.all_steps:
-            render_approvers(step, ctx)  # a bad approver stops the run before it starts
+            approvers.render_approvers(step, ctx)  # a bad approver stops the run before it starts
         with contextlib.ExitStack() as held:
             if lock is not None:
                 held.enter_context(
-                    runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted)
+                    locks.runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted)
                 )
-            held.enter_context(run_lock(self.ledger, run_id))
+            held.enter_context(locks.run_lock(self.ledger, run_id))
             run = _Run(self, request, run_id, ctx, environ, lock.redacted if lock else None)
             outcome = run.execute()
         # Imported here: the verifier is large and the run starts without it.
@@ -176,7 +153,7 @@ class Runner:
 class _Ending:
     """How the run ends, as its main steps and then its handlers decide."""
 
-    status: str = RUN_SUCCEEDED
+    status: str = run_events.RUN_SUCCEEDED
     failed_step: str | None = None
     error: str | None = None
     continued: list[str] = field(default_factory=list)
@@ -197,7 +174,7 @@ class _Run:
         runner: Runner,
         request: RunRequest,
         run_id: str,
-        ctx: TemplateContext,
+        ctx: context.TemplateContext,
         environ: dict[str, str],
         lock_name: str | None,
     ) -> None:
@@ -210,14 +187,14 @@ class _Run:
         self.environ = environ
         self.lock_name = lock_name
         secrets = ctx.secrets()
-        self.journal = RunJournal(
+        self.journal = journal.RunJournal(
             runner.ledger, runner.key, runner.principal, run_id, ctx.redactor, runner.events
         )
-        self.steps = StepRunner(
+        self.steps = run_steps.StepRunner(
             self.journal,
             ctx,
             stop=runner.stop,
-            base_env=run_environment(environ),
+            base_env=run_trigger.run_environment(environ),
             secrets=secrets,
             carried=request.carried,
             interactive=runner.interactive,
@@ -225,31 +202,31 @@ class _Run:
             kill_grace_s=runner.kill_grace_s,
         )
 
-    def execute(self) -> RunOutcome:
+    def execute(self) -> run_events.RunOutcome:
         t0 = time.monotonic()
         try:
             self.record_started()
             ending = self.main_steps()
             if ending.cancelled:
                 self.handlers(ending, "on_cancel")
-            elif ending.status == RUN_FAILED:
+            elif ending.status == run_events.RUN_FAILED:
                 self.handlers(ending, "on_failure")
             self.handlers(ending, "always")
             return self.record_finished(ending, int((time.monotonic() - t0) * 1000))
-        except AgentError as exc:
+        except errors.AgentError as exc:
             raise self.stopped_unsigned(exc, t0) from None
 
-    def stopped_unsigned(self, exc: AgentError, t0: float) -> RunSigningStopped:
+    def stopped_unsigned(self, exc: errors.AgentError, t0: float) -> errors.RunSigningStopped:
         """A record could not be signed: the run stops there (no handler runs, since their
         records could not be signed either), recorded as failed if the agent still signs."""
         failed, closed = self.journal.unsigned, None
         if unsigned.may_close(exc, failed):
             ending = _Ending(
-                RUN_FAILED,
+                run_events.RUN_FAILED,
                 unsigned.step_of(failed),
                 f"signing through ssh-agent failed: {exc.message}",
             )
-            with contextlib.suppress(AgentError):
+            with contextlib.suppress(errors.AgentError):
                 self.record_finished(ending, int((time.monotonic() - t0) * 1000))
                 closed = self.journal.appended[-1]
         return unsigned.stopped(self.run_id, exc, failed, self.journal.appended, closed)
@@ -265,12 +242,12 @@ class _Run:
             },
             "params": self.req.params.redacted(),
             "param_sources": dict(self.req.params.sources),
-            "trigger": trigger_data(self.req.incident, self.req.trigger, self.environ),
+            "trigger": run_trigger.trigger_data(self.req.incident, self.req.trigger, self.environ),
             "operator": {
                 "principal": self.r.principal,
                 "user": self.environ.get("USER") or self.environ.get("LOGNAME"),
             },
-            "tool_version": f"runbook-ledger {__version__}",
+            "tool_version": f"runbook-ledger {ledger_pkg.__version__}",
             "env": dict(self.ctx.captured_env),
             "lock": self.lock_name,
             "resumes": self.req.resumes,
@@ -297,23 +274,23 @@ class _Run:
         total = len(self.book.steps)
         for position, step in enumerate(self.book.steps, 1):
             if self.r.stop.is_set():
-                ending.status, ending.failed_step = RUN_ABORTED, step.name
+                ending.status, ending.failed_step = run_events.RUN_ABORTED, step.name
                 ending.cancelled = True
                 break
             result = self.steps.run(step, handler=False, position=position, total=total)
-            if result.status in (STEP_OK, STEP_SKIPPED):
+            if result.status in (run_events.STEP_OK, run_events.STEP_SKIPPED):
                 continue
-            if result.status == STEP_INTERRUPTED:
-                ending.status, ending.cancelled = RUN_ABORTED, True
-            elif result.status == STEP_REJECTED:
-                ending.status, ending.cancelled = RUN_REJECTED, True
-            elif step.approval is not None and result.status == STEP_TIMEOUT:
-                ending.status, ending.cancelled = RUN_FAILED, True
+            if result.status == run_events.STEP_INTERRUPTED:
+                ending.status, ending.cancelled = run_events.RUN_ABORTED, True
+            elif result.status == run_events.STEP_REJECTED:
+                ending.status, ending.cancelled = run_events.RUN_REJECTED, True
+            elif step.approval is not None and result.status == run_events.STEP_TIMEOUT:
+                ending.status, ending.cancelled = run_events.RUN_FAILED, True
             elif step.continue_on_error:
                 ending.continued.append(step.name)
                 continue
             else:
-                ending.status = RUN_FAILED
+                ending.status = run_events.RUN_FAILED
             ending.failed_step, ending.error = step.name, result.error
             break
         return ending
@@ -326,26 +303,26 @@ class _Run:
         if not steps:
             return
         self.ctx.failed_step = ending.failed_step
-        stop = handler_stop(self.r.stop)
+        stop = run_events.handler_stop(self.r.stop)
         self.steps.stop = stop
         total = len(steps)
         for position, handler in enumerate(steps, 1):
             if stop.is_set():
-                ending.status = RUN_ABORTED
+                ending.status = run_events.RUN_ABORTED
                 break
             result = self.steps.run(handler, handler=True, position=position, total=total)
-            if result.status == STEP_SKIPPED:
+            if result.status == run_events.STEP_SKIPPED:
                 continue
             ending.handlers_run.append(handler.name)
-            if result.status == STEP_INTERRUPTED:
-                ending.status = RUN_ABORTED
+            if result.status == run_events.STEP_INTERRUPTED:
+                ending.status = run_events.RUN_ABORTED
                 break
-            if result.status != STEP_OK:
+            if result.status != run_events.STEP_OK:
                 ending.handlers_failed.append(handler.name)
 
-    def record_finished(self, ending: _Ending, duration_ms: int) -> RunOutcome:
+    def record_finished(self, ending: _Ending, duration_ms: int) -> run_events.RunOutcome:
         book, status, failed_step = self.book, ending.status, ending.failed_step
-        signum = signum_of(self.r.stop) if status == RUN_ABORTED else None
+        signum = run_events.signum_of(self.r.stop) if status == run_events.RUN_ABORTED else None
         error = self.journal.redact(ending.error)
         finished: shapes.RunFinished = {
             "status": status,
@@ -364,7 +341,7 @@ class _Run:
             summary=f"run.finished: {book.name} {status}"
             + (f" at {failed_step}" if failed_step else ""),
         )
-        outcome = RunOutcome(
+        outcome = run_events.RunOutcome(
             run_id=self.run_id,
             runbook=book.name,
             status=status,

@@ -7,10 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Final
 
-from ledger.errors import RunFailed, RunInterrupted, RunRejected
-from ledger.run.process import StreamName
-from ledger.runbook import Runbook, Step
-from ledger.store import Appended
+from ledger import errors, store
+from ledger import runbook as ledger_runbook
+from ledger.run import process
 
 __all__ = [
     "RESUMED_REASON",
@@ -100,7 +99,7 @@ def signum_of(stop: threading.Event) -> int:
 class StepStart:
     """A step attempt is about to run (its step.started is durable)."""
 
-    step: Step
+    step: ledger_runbook.Step
     attempt: int
     max_attempts: int
     command: str | None
@@ -115,7 +114,7 @@ class StepStart:
 class StepEnd:
     """A step attempt ended, or a step was skipped (its step.finished is durable)."""
 
-    step: Step
+    step: ledger_runbook.Step
     attempt: int
     status: str
     exit_code: int | None
@@ -135,25 +134,27 @@ class EngineEvents:
     subclasses it to print. Methods are called on the thread that runs the engine, except
     :meth:`output`, which is called from the same thread while a command runs."""
 
-    def run_started(self, run_id: str, runbook: Runbook, resumes: str | None) -> None:
+    def run_started(
+        self, run_id: str, runbook: ledger_runbook.Runbook, resumes: str | None
+    ) -> None:
         """run.started is durable."""
 
     def step_started(self, info: StepStart) -> None:
         """A step attempt's step.started is durable; the command starts next."""
 
-    def output(self, stream: StreamName, data: bytes) -> None:
+    def output(self, stream: process.StreamName, data: bytes) -> None:
         """A redacted chunk of the running command's stdout or stderr."""
 
     def step_finished(self, info: StepEnd) -> None:
         """A step attempt's step.finished (or a skip) is durable."""
 
-    def approval_waiting(self, step: Step, message: str | None) -> None:
+    def approval_waiting(self, step: ledger_runbook.Step, message: str | None) -> None:
         """The run waits at an approval step (message redacted)."""
 
     def approval_progress(self, text: str) -> None:
         """A progress line from the approval wait."""
 
-    def record_appended(self, appended: Appended) -> None:
+    def record_appended(self, appended: store.Appended) -> None:
         """A record of this run is durable (replication hooks in here)."""
 
     def run_finished(self, outcome: RunOutcome) -> None:
@@ -194,12 +195,12 @@ class RunOutcome:
         where = f"at step {self.failed_step!r}" if self.failed_step else "before its first step"
         detail = f": {self.error}" if self.error else ""
         if self.status == RUN_REJECTED:
-            raise RunRejected(
+            raise errors.RunRejected(
                 f"run {self.run_id} of {self.runbook!r} was rejected {where}{detail}.",
                 hint=f"The decision is recorded; see 'ledger log --run {self.run_id}'.",
             )
         if self.status == RUN_ABORTED:
-            raise RunInterrupted(
+            raise errors.RunInterrupted(
                 f"run {self.run_id} of {self.runbook!r} was interrupted {where}; the step's "
                 "processes were stopped and the run is recorded as aborted.",
                 signum=self.signum or 2,
@@ -208,7 +209,7 @@ class RunOutcome:
         handlers = ""
         if self.handlers_failed:
             handlers = f" The handler(s) {', '.join(self.handlers_failed)} failed too."
-        raise RunFailed(
+        raise errors.RunFailed(
             f"run {self.run_id} of {self.runbook!r} failed {where}{detail}.{handlers}",
             hint=f"See 'ledger show' / 'ledger log --run {self.run_id}' for its records; once "
             f"the cause is fixed, continue with 'ledger resume {self.run_id}'.",

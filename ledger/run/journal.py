@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ledger import keys, runbook, store
-from ledger.errors import AgentError
+from ledger import errors, keys, runbook, store
+from ledger import redact as ledger_redact
 from ledger.format import records, shapes
-from ledger.redact import Redactor
-from ledger.run.events import EngineEvents, StepEnd
+from ledger.run import events as run_events
 
 __all__ = ["RunJournal"]
 
@@ -29,8 +28,8 @@ class RunJournal:
         key: keys.SigningIdentity,
         principal: str,
         run_id: str,
-        redactor: Callable[[], Redactor],
-        events: EngineEvents,
+        redactor: Callable[[], ledger_redact.Redactor],
+        events: run_events.EngineEvents,
     ) -> None:
         self.ledger = ledger
         self.key = key
@@ -45,7 +44,7 @@ class RunJournal:
         """The record (kind, data) the agent could not sign, if one could not be."""
 
     @property
-    def redactor(self) -> Redactor:
+    def redactor(self) -> ledger_redact.Redactor:
         """The run's redactor as it is now: its secrets and every text computed from them
         that templates rendered so far."""
         return self._redactor()
@@ -78,7 +77,7 @@ class RunJournal:
                 summary=self.scrub(summary),
                 incident=incident,
             )
-        except AgentError:
+        except errors.AgentError:
             self.unsigned = (kind, data)
             raise
         self.count += 1
@@ -166,7 +165,7 @@ class RunJournal:
             attachments=attachments,
         )
         self.events.step_finished(
-            StepEnd(
+            run_events.StepEnd(
                 step=step,
                 attempt=attempt,
                 status=status,
@@ -184,7 +183,7 @@ class RunJournal:
         return done
 
 
-def _scrub(redactor: Redactor, value: Any) -> Any:
+def _scrub(redactor: ledger_redact.Redactor, value: Any) -> Any:
     if isinstance(value, str):
         return redactor.redact_text(value)
     if isinstance(value, dict):

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from ledger import store
-from ledger.errors import LockTimeout, StorageError
+from ledger import errors, store
 
 __all__ = ["LOCKS_DIR", "run_lock", "runbook_lock"]
 
@@ -31,7 +30,7 @@ def _open_lock_file(path: Path, what: str) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"cannot create the {what} file {path}: {exc.strerror or exc}.",
             hint="Check the permissions of the ledger's directory.",
         ) from None
@@ -63,7 +62,7 @@ def runbook_lock(
     fd = _open_lock_file(path, "runbook lock")
     try:
         if not store.flock(fd):
-            raise LockTimeout(
+            raise errors.LockTimeout(
                 f"the runbook lock {label!r} is held by {_lock_holder(fd, path)}; a run "
                 "holding the same lock is in progress, so this one does not start.",
                 hint="Wait for that run to finish ('ledger status' shows unfinished runs), "
@@ -94,7 +93,7 @@ def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> 
     fd = _open_lock_file(path, "run lock")
     try:
         if not store.flock(fd):
-            raise LockTimeout(
+            raise errors.LockTimeout(
                 f"run {run_id} is held by {_lock_holder(fd, path)}: its runner is still "
                 "running (or another command is closing or resuming it).",
                 hint="Wait for it to finish ('ledger status' lists unfinished runs), or stop "

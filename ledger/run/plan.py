@@ -10,40 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ledger.errors import InputError, ResumeRefused, RunbookError, UnknownRun
+from ledger import errors, store
+from ledger import runbook as ledger_runbook
 from ledger.format import records, shapes
-from ledger.run.approvers import render_approvers
-from ledger.run.context import (
-    TemplateContext,
-    render_approval_message,
-    render_command,
-    render_cwd,
-    render_lock,
-    should_run,
-    step_environment,
-)
-from ledger.run.events import (
-    RESUMED_REASON,
-    RUN_ABANDONED,
-    RUN_ABORTED,
-    RUN_FAILED,
-    STEP_OK,
-    STEP_SKIPPED,
-)
-from ledger.runbook import (
-    ResolvedParams,
-    Runbook,
-    Step,
-    load_runbook,
-    resolve_parameters,
-    templating,
-)
-from ledger.store import Ledger, StoredRecord
+from ledger.run import approvers as run_approvers
+from ledger.run import context, events
+from ledger.runbook import templating
 
 __all__ = ["CarriedStep", "Plan", "PlannedStep", "ResumePlan", "plan_run", "prepare_resume"]
 
 #: Run statuses ``ledger resume`` continues from.
-_RESUMABLE: Final = frozenset({RUN_FAILED, RUN_ABORTED, RUN_ABANDONED})
+_RESUMABLE: Final = frozenset({events.RUN_FAILED, events.RUN_ABORTED, events.RUN_ABANDONED})
 
 
 # --------------------------------------------------------------------------- dry run
@@ -77,7 +54,7 @@ class Plan:
     """What a run would do: parameters (redacted), lock, steps and handlers (``handlers``
     are the ``on_failure`` ones)."""
 
-    runbook: Runbook
+    runbook: ledger_runbook.Runbook
     params: dict[str, Any]
     lock: str | None
     steps: list[PlannedStep]
@@ -100,26 +77,29 @@ def _depends_on_steps(expr: str) -> bool:
 
 
 def plan_run(
-    runbook: Runbook, params: ResolvedParams, *, environ: Mapping[str, str] | None = None
+    runbook: ledger_runbook.Runbook,
+    params: ledger_runbook.ResolvedParams,
+    *,
+    environ: Mapping[str, str] | None = None,
 ) -> Plan:
     """Render every command, working directory, environment and message of ``runbook``
     without running or writing anything. Outputs of earlier steps read as placeholders
     ``<steps.NAME.outputs.KEY>``. Raises :class:`RunbookError` for anything that cannot be
     rendered."""
     env = os.environ if environ is None else environ
-    ctx = TemplateContext(runbook, params, run_id="<run id>", environ=env, dry_run=True)
-    lock = render_lock(ctx)
+    ctx = context.TemplateContext(runbook, params, run_id="<run id>", environ=env, dry_run=True)
+    lock = context.render_lock(ctx)
 
-    def one(step: Step) -> PlannedStep:
+    def one(step: ledger_runbook.Step) -> PlannedStep:
         ctx.begin(step, 1)
         will_run: bool | None = None
         if step.when is None:
             will_run = True
         elif not _depends_on_steps(step.when):
-            will_run = should_run(step, ctx)
+            will_run = context.should_run(step, ctx)
         if step.approval is not None:
-            message = render_approval_message(step, ctx)
-            ctx.finish(step, STEP_OK)
+            message = context.render_approval_message(step, ctx)
+            ctx.finish(step, events.STEP_OK)
             return PlannedStep(
                 name=step.name,
                 phase=step.phase,
@@ -135,14 +115,14 @@ def plan_run(
                 outputs=[],
                 env=[],
                 approval_message=message.redacted if message else None,
-                approvers=render_approvers(step, ctx),
+                approvers=run_approvers.render_approvers(step, ctx),
             )
-        command = render_command(step, ctx)
-        cwd = render_cwd(step, ctx)
-        step_env = step_environment(step, ctx)
+        command = context.render_command(step, ctx)
+        cwd = context.render_cwd(step, ctx)
+        step_env = context.step_environment(step, ctx)
         ctx.finish(
             step,
-            STEP_OK,
+            events.STEP_OK,
             0,
             {k: f"<steps.{step.name}.outputs.{k}>" for k in step.outputs},
         )
@@ -191,8 +171,8 @@ class ResumePlan:
     the steps that succeeded in it."""
 
     run_id: str
-    runbook: Runbook
-    params: ResolvedParams
+    runbook: ledger_runbook.Runbook
+    params: ledger_runbook.ResolvedParams
     incident: str | None
     carried: dict[str, CarriedStep]
     status: str
@@ -205,8 +185,8 @@ class ResumePlan:
     handlers_ran: list[str] = field(default_factory=list)
 
 
-def _final_main_steps(recs: list[StoredRecord]) -> dict[str, StoredRecord]:
-    last: dict[str, StoredRecord] = {}
+def _final_main_steps(recs: list[store.StoredRecord]) -> dict[str, store.StoredRecord]:
+    last: dict[str, store.StoredRecord] = {}
     for rec in recs:
         if rec.kind != records.KIND_STEP_FINISHED or rec.data.get("handler") is True:
             continue
@@ -216,10 +196,10 @@ def _final_main_steps(recs: list[StoredRecord]) -> dict[str, StoredRecord]:
     return last
 
 
-def _unfinished_steps(recs: list[StoredRecord]) -> list[StoredRecord]:
+def _unfinished_steps(recs: list[store.StoredRecord]) -> list[store.StoredRecord]:
     """step.started records with no later step.finished of the same step and attempt (the
     write-ahead evidence of a step whose runner was killed while it ran)."""
-    open_: dict[tuple[object, object, object], StoredRecord] = {}
+    open_: dict[tuple[object, object, object], store.StoredRecord] = {}
     for rec in recs:
         key = (rec.data.get("step"), rec.data.get("phase"), rec.data.get("attempt"))
         if rec.kind == records.KIND_STEP_STARTED:
@@ -229,21 +209,21 @@ def _unfinished_steps(recs: list[StoredRecord]) -> list[StoredRecord]:
     return sorted(open_.values(), key=lambda r: r.seq)
 
 
-def _describe_unfinished(rec: StoredRecord) -> str:
+def _describe_unfinished(rec: store.StoredRecord) -> str:
     d = rec.data
     what = f"step {d.get('step')!r} attempt {d.get('attempt')} (seq {rec.seq}, {rec.time})"
     command = d.get("command")
     return f"{what}: {command}" if isinstance(command, str) else what
 
 
-def _handlers_ran(recs: list[StoredRecord]) -> list[str]:
+def _handlers_ran(recs: list[store.StoredRecord]) -> list[str]:
     """Handlers that ran (or started) in the run, in order."""
     names: list[str] = []
     for rec in recs:
         if rec.kind not in (records.KIND_STEP_STARTED, records.KIND_STEP_FINISHED):
             continue
         name = rec.data.get("step")
-        if rec.data.get("handler") is not True or rec.data.get("status") == STEP_SKIPPED:
+        if rec.data.get("handler") is not True or rec.data.get("status") == events.STEP_SKIPPED:
             continue
         if isinstance(name, str) and name not in names:
             names.append(name)
@@ -251,7 +231,7 @@ def _handlers_ran(recs: list[StoredRecord]) -> list[str]:
 
 
 def prepare_resume(
-    ledger: Ledger,
+    ledger: store.Ledger,
     run_id: str,
     *,
     runbook_path: Path | None = None,
@@ -284,7 +264,9 @@ def prepare_resume(
     runbook = _same_runbook(run_id, started, runbook_path)
     recorded = data.get("params")
     recorded = recorded if isinstance(recorded, dict) else {}
-    params = resolve_parameters(runbook, _resumed_values(runbook, recorded, given), environ)
+    params = ledger_runbook.resolve_parameters(
+        runbook, _resumed_values(runbook, recorded, given), environ
+    )
     trigger = data.get("trigger")
     incident = trigger.get("incident") if isinstance(trigger, dict) else None
     failed_step = (
@@ -321,7 +303,7 @@ def _check_plain_resume(
     """A resume without ``--from``: refused after handlers, or over an unfinished step."""
     if handlers:
         where = f" at step {failed_step!r}" if isinstance(failed_step, str) else ""
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"run {run_id} ran its handlers ({', '.join(handlers)}) after it stopped{where}; "
             "they may have undone what the earlier steps did, so carrying those steps over "
             "would report a success that did not happen.",
@@ -330,7 +312,7 @@ def _check_plain_resume(
             "again).",
         )
     if unfinished and not rerun_unfinished:
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"run {run_id} has a step that started and never finished (its runner was "
             f"killed while it ran): {'; '.join(unfinished)}. It may have done part of its "
             "work.",
@@ -340,13 +322,13 @@ def _check_plain_resume(
 
 
 def _resumable_run(
-    ledger: Ledger, run_id: str, recs: list[StoredRecord], runner_gone: bool
-) -> tuple[StoredRecord, StoredRecord | None]:
+    ledger: store.Ledger, run_id: str, recs: list[store.StoredRecord], runner_gone: bool
+) -> tuple[store.StoredRecord, store.StoredRecord | None]:
     """The run's run.started and last run.finished (``None`` for an unfinished run whose
     runner is gone), if it may be resumed."""
     started = next((r for r in recs if r.kind == records.KIND_RUN_STARTED), None)
     if started is None:
-        raise UnknownRun(
+        raise errors.UnknownRun(
             f"the ledger at {ledger.path} has no run {run_id}, so there is nothing to resume.",
             hint="Check the run id ('ledger log --kind run.started' lists runs).",
         )
@@ -354,7 +336,7 @@ def _resumable_run(
     if not finished:
         if runner_gone:
             return started, None
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"run {run_id} has no run.finished record: it is still running, or its runner "
             "was killed before it could record how the run ended.",
             hint=f"'ledger resume {run_id}' resumes it once no process runs it; 'ledger "
@@ -362,7 +344,7 @@ def _resumable_run(
         )
     status = str(finished[-1].data.get("status", ""))
     if status not in _RESUMABLE:
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"run {run_id} ended with status {status!r}; only failed, aborted or abandoned "
             "runs can be resumed.",
             hint="Start a new run with 'ledger run' instead.",
@@ -370,21 +352,23 @@ def _resumable_run(
     return started, finished[-1]
 
 
-def _same_runbook(run_id: str, started: StoredRecord, runbook_path: Path | None) -> Runbook:
+def _same_runbook(
+    run_id: str, started: store.StoredRecord, runbook_path: Path | None
+) -> ledger_runbook.Runbook:
     """The runbook the run ran, loaded again; refused if it is gone or changed."""
     book = started.data.get("runbook")
     book = book if isinstance(book, dict) else {}
     recorded_sha = str(book.get("sha256", ""))
     path = runbook_path or Path(str(book.get("path", "")))
     try:
-        runbook = load_runbook(path)
-    except RunbookError as exc:
-        raise ResumeRefused(
+        runbook = ledger_runbook.load_runbook(path)
+    except errors.RunbookError as exc:
+        raise errors.ResumeRefused(
             f"the runbook of run {run_id} ({path}) cannot be loaded: {exc.message}",
             hint="Pass --runbook PATH to point at the same runbook (same SHA-256) elsewhere.",
         ) from None
     if runbook.sha256 != recorded_sha:
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"the runbook {path} changed since run {run_id}: its SHA-256 is now "
             f"{runbook.sha256}, the run recorded {recorded_sha}. Resuming would run steps the "
             "run never had.",
@@ -396,7 +380,7 @@ def _same_runbook(run_id: str, started: StoredRecord, runbook_path: Path | None)
 
 
 def _resumed_values(
-    runbook: Runbook, recorded: dict[str, Any], given: Mapping[str, str] | None
+    runbook: ledger_runbook.Runbook, recorded: dict[str, Any], given: Mapping[str, str] | None
 ) -> dict[str, object]:
     """The recorded non-secret parameters plus the secrets ``given`` again."""
     values: dict[str, object] = {}
@@ -408,7 +392,7 @@ def _resumed_values(
     for name, value in (given or {}).items():
         declared = runbook.parameters.get(name)
         if declared is not None and not declared.secret:
-            raise InputError(
+            raise errors.InputError(
                 f"parameter {name!r} is not a secret; a resumed run keeps the recorded value "
                 f"({recorded.get(name)!r}).",
                 hint="Give -p only for secret parameters, or start a new run with 'ledger run'.",
@@ -418,13 +402,13 @@ def _resumed_values(
 
 
 def _carried_before(
-    run_id: str, recs: list[StoredRecord], runbook: Runbook, from_step: str
+    run_id: str, recs: list[store.StoredRecord], runbook: ledger_runbook.Runbook, from_step: str
 ) -> dict[str, CarriedStep]:
     """The steps before ``from_step`` carried over; refused when ``from_step`` is not a main
     step, or a step before it did not succeed (or was not skipped by its ``when``)."""
     names = [s.name for s in runbook.steps]
     if from_step not in names:
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"--from {from_step!r}: the runbook {runbook.name!r} has no main step of that "
             f"name (its steps: {', '.join(names)}).",
             hint="Name one of its steps; handlers cannot be restart points.",
@@ -434,10 +418,10 @@ def _carried_before(
     before = names[: names.index(from_step)]
     for name in before:
         rec = final.get(name)
-        if name in carried or (rec is not None and rec.data.get("status") == STEP_SKIPPED):
+        if name in carried or (rec is not None and rec.data.get("status") == events.STEP_SKIPPED):
             continue
         status = rec.data.get("status") if rec is not None else "never ran"
-        raise ResumeRefused(
+        raise errors.ResumeRefused(
             f"--from {from_step!r}: step {name!r}, which comes before it, did not succeed in "
             f"run {run_id} ({status}), so it cannot be carried over.",
             hint=f"Restart from {name!r} or an earlier step.",
@@ -445,13 +429,13 @@ def _carried_before(
     return {name: carried[name] for name in before if name in carried}
 
 
-def _carried_steps(run_id: str, recs: list[StoredRecord]) -> dict[str, CarriedStep]:
+def _carried_steps(run_id: str, recs: list[store.StoredRecord]) -> dict[str, CarriedStep]:
     """The main steps whose last step.finished says they succeeded (or were carried)."""
     carried: dict[str, CarriedStep] = {}
     for name, rec in _final_main_steps(recs).items():
         d = rec.data_as(shapes.StepFinished)
-        ok = d.get("status") == STEP_OK or (
-            d.get("status") == STEP_SKIPPED and d.get("reason") == RESUMED_REASON
+        ok = d.get("status") == events.STEP_OK or (
+            d.get("status") == events.STEP_SKIPPED and d.get("reason") == events.RESUMED_REASON
         )
         if not ok:
             continue

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from ledger.redact import Redactor
+from ledger import redact
 
 __all__ = [
     "DEFAULT_CAPTURE_BYTES",
@@ -142,7 +142,7 @@ class _Stream:
     """One output stream: redaction, live sink, capture."""
 
     def __init__(
-        self, name: StreamName, redactor: Redactor, cap: int, sink: OutputSink | None
+        self, name: StreamName, redactor: redact.Redactor, cap: int, sink: OutputSink | None
     ) -> None:
         self.name: StreamName = name
         self._redactor = redactor.stream()
@@ -357,7 +357,7 @@ def run_command(
     if stop is not None and stop.is_set():
         return _not_started("interrupted", "interrupted before it started", started_at, t0)
 
-    redactor = Redactor(spec.redactions, spec.derived)
+    redactor = redact.Redactor(spec.redactions, spec.derived)
     streams = {
         "stdout": _Stream("stdout", redactor, spec.capture_bytes, sink),
         "stderr": _Stream("stderr", redactor, spec.capture_bytes, sink),

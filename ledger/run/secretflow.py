@@ -29,8 +29,8 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
-from ledger.redact import FALLBACK_LABEL, redaction_label
-from ledger.runbook.model import ParamValue
+from ledger import redact
+from ledger.runbook import model
 
 __all__ = ["WITHHELD", "Vary", "error_shown", "placeholder", "render_split", "result_shown"]
 
@@ -50,7 +50,7 @@ MIN_DERIVED_LENGTH: Final = 4
 T = TypeVar("T")
 
 
-def placeholder(value: ParamValue, which: int) -> ParamValue:
+def placeholder(value: model.ParamValue, which: int) -> model.ParamValue:
     """A value of the secret's type unlike it: placeholder 0 or 1 (they differ too)."""
     if isinstance(value, bool):
         return not value
@@ -77,7 +77,11 @@ def _message(exc: Exception) -> str:
 
 
 def _label(names: Sequence[str], command: bool) -> str:
-    label = FALLBACK_LABEL if len(names) != 1 or names[0] == _ANY else redaction_label(names[0])
+    label = (
+        redact.FALLBACK_LABEL
+        if len(names) != 1 or names[0] == _ANY
+        else redact.redaction_label(names[0])
+    )
     return shlex.quote(label) if command else label
 
 

@@ -12,37 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import AgentError, LedgerError, RunbookError, StorageError
+from ledger import errors, runbook
 from ledger.format import shapes
-from ledger.run import approvals
-from ledger.run.approvers import render_approvers
-from ledger.run.context import (
-    RenderedCommand,
-    RenderedEnv,
-    RenderedText,
-    TemplateContext,
-    attempt_succeeded,
-    extract_output,
-    render_approval_message,
-    render_command,
-    render_cwd,
-    should_run,
-    step_environment,
-)
-from ledger.run.events import (
-    RESUMED_REASON,
-    STEP_FAILED,
-    STEP_INTERRUPTED,
-    STEP_OK,
-    STEP_SKIPPED,
-    STEP_TIMEOUT,
-    WHEN_REASON,
-    StepStart,
-)
-from ledger.run.journal import RunJournal
-from ledger.run.plan import CarriedStep
-from ledger.run.process import CapturedStream, CommandResult, CommandSpec, run_command
-from ledger.runbook import ApprovalSpec, Step
+from ledger.run import approvals, approvers, context, events, plan, process
+from ledger.run import journal as run_journal
+from ledger.run import outputs as run_outputs
 
 __all__ = ["Judged", "StepResult", "StepRunner", "judge"]
 
@@ -60,22 +34,22 @@ class _Attempt:
     """One rendered attempt of a command step: real texts to run, redacted ones to record."""
 
     attempt: int
-    command: RenderedCommand
-    cwd: RenderedText | None
-    env: RenderedEnv
+    command: context.RenderedCommand
+    cwd: context.RenderedText | None
+    env: context.RenderedEnv
 
 
 @dataclass
 class Judged:
     """What an attempt came to."""
 
-    status: str = STEP_FAILED
+    status: str = events.STEP_FAILED
     error: str | None = None
     exit_code: int | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def _stream_meta(stream: CapturedStream) -> shapes.StreamMeta:
+def _stream_meta(stream: process.CapturedStream) -> shapes.StreamMeta:
     return {
         "size": stream.size,
         "sha256": stream.sha256,
@@ -101,13 +75,13 @@ class StepRunner:
 
     def __init__(
         self,
-        journal: RunJournal,
-        ctx: TemplateContext,
+        journal: run_journal.RunJournal,
+        ctx: context.TemplateContext,
         *,
         stop: threading.Event,
         base_env: Mapping[str, str],
         secrets: Mapping[str, str],
-        carried: Mapping[str, CarriedStep],
+        carried: Mapping[str, plan.CarriedStep],
         interactive: Any,
         capture_bytes: int,
         kill_grace_s: float,
@@ -123,13 +97,15 @@ class StepRunner:
         self.capture_bytes = capture_bytes
         self.kill_grace_s = kill_grace_s
 
-    def _failed(self, step: Step, handler: bool, attempt: int, exc: LedgerError) -> StepResult:
+    def _failed(
+        self, step: runbook.Step, handler: bool, attempt: int, exc: errors.LedgerError
+    ) -> StepResult:
         """Record a step that failed before or instead of running (its templates broke)."""
-        self.journal.step_finished(step, handler, attempt, STEP_FAILED, error=exc.message)
-        self.ctx.finish(step, STEP_FAILED)
-        return StepResult(STEP_FAILED, exc.message)
+        self.journal.step_finished(step, handler, attempt, events.STEP_FAILED, error=exc.message)
+        self.ctx.finish(step, events.STEP_FAILED)
+        return StepResult(events.STEP_FAILED, exc.message)
 
-    def run(self, step: Step, *, handler: bool, position: int, total: int) -> StepResult:
+    def run(self, step: runbook.Step, *, handler: bool, position: int, total: int) -> StepResult:
         """Run ``step`` (a main step, or a handler) to its step.finished."""
         carried = None if handler else self.carried.get(step.name)
         if carried is not None:
@@ -137,23 +113,25 @@ class StepRunner:
                 step,
                 handler,
                 0,
-                STEP_SKIPPED,
+                events.STEP_SKIPPED,
                 exit_code=carried.exit_code,
-                reason=RESUMED_REASON,
+                reason=events.RESUMED_REASON,
                 outputs=carried.outputs,
                 extra={"resumed_from": {"run": carried.run, "seq": carried.seq}},
             )
-            self.ctx.finish(step, STEP_OK, carried.exit_code, carried.outputs)
-            return StepResult(STEP_OK)
+            self.ctx.finish(step, events.STEP_OK, carried.exit_code, carried.outputs)
+            return StepResult(events.STEP_OK)
         self.ctx.begin(step, 1)
         try:
-            runs = should_run(step, self.ctx)
-        except RunbookError as exc:
+            runs = context.should_run(step, self.ctx)
+        except errors.RunbookError as exc:
             return self._failed(step, handler, 1, exc)
         if not runs:
-            self.journal.step_finished(step, handler, 0, STEP_SKIPPED, reason=WHEN_REASON)
-            self.ctx.finish(step, STEP_SKIPPED)
-            return StepResult(STEP_SKIPPED)
+            self.journal.step_finished(
+                step, handler, 0, events.STEP_SKIPPED, reason=events.WHEN_REASON
+            )
+            self.ctx.finish(step, events.STEP_SKIPPED)
+            return StepResult(events.STEP_SKIPPED)
         if step.approval is not None:
             return self.approval(
                 step, step.approval, handler=handler, position=position, total=total
@@ -162,26 +140,28 @@ class StepRunner:
 
     # ----- command steps
 
-    def command(self, step: Step, *, handler: bool, position: int, total: int) -> StepResult:
+    def command(
+        self, step: runbook.Step, *, handler: bool, position: int, total: int
+    ) -> StepResult:
         """Run a command step's attempts until one succeeds, retries run out, or a stop."""
         ctx = self.ctx
         last = Judged()
         for number in range(1, step.max_attempts + 1):
             if number > 1 and self.stop.wait(step.retry_delay_for(number)):
                 ctx.finish(step, last.status, last.exit_code, last.outputs)
-                return StepResult(STEP_INTERRUPTED, "interrupted while waiting to retry")
+                return StepResult(events.STEP_INTERRUPTED, "interrupted while waiting to retry")
             ctx.begin(step, number)
             try:
                 attempt = _Attempt(
                     number,
-                    render_command(step, ctx),
-                    render_cwd(step, ctx),
-                    step_environment(step, ctx),
+                    context.render_command(step, ctx),
+                    context.render_cwd(step, ctx),
+                    context.step_environment(step, ctx),
                 )
-            except RunbookError as exc:
+            except errors.RunbookError as exc:
                 return self._failed(step, handler, number, exc)
             self.events.step_started(
-                StepStart(
+                events.StepStart(
                     step=step,
                     attempt=number,
                     max_attempts=step.max_attempts,
@@ -191,14 +171,16 @@ class StepRunner:
                     total=total,
                 )
             )
-            result = run_command(self.spec(step, attempt), sink=self.events.output, stop=self.stop)
+            result = process.run_command(
+                self.spec(step, attempt), sink=self.events.output, stop=self.stop
+            )
             last = judge(step, result, ctx)
             if not self.attempt_finished(step, handler, attempt.attempt, result, last):
                 break
         ctx.finish(step, last.status, last.exit_code, last.outputs)
         return StepResult(last.status, last.error)
 
-    def attempt_started(self, step: Step, handler: bool, attempt: _Attempt) -> str | None:
+    def attempt_started(self, step: runbook.Step, handler: bool, attempt: _Attempt) -> str | None:
         """Record the attempt's step.started (write-ahead, redacted); returns the command
         as shown to the operator."""
         cwd = attempt.cwd
@@ -213,14 +195,14 @@ class StepRunner:
         self.journal.step_started(step, handler, attempt.attempt, "command", data)
         return self.journal.redact(attempt.command.redacted)
 
-    def spec(self, step: Step, attempt: _Attempt) -> CommandSpec:
+    def spec(self, step: runbook.Step, attempt: _Attempt) -> process.CommandSpec:
         """What to run for the attempt: real texts, the run's environment plus the step's."""
         env = dict(self.base_env)
         env.update(attempt.env.values)
         env["LEDGER_RUN_ID"] = self.journal.run_id
         env["LEDGER_STEP"] = step.name
         env["LEDGER_ATTEMPT"] = str(attempt.attempt)
-        return CommandSpec(
+        return process.CommandSpec(
             command=attempt.command.text,
             shell=step.shell,
             cwd=Path(attempt.cwd.text) if attempt.cwd is not None else None,
@@ -233,11 +215,16 @@ class StepRunner:
         )
 
     def attempt_finished(
-        self, step: Step, handler: bool, attempt: int, result: CommandResult, judged: Judged
+        self,
+        step: runbook.Step,
+        handler: bool,
+        attempt: int,
+        result: process.CommandResult,
+        judged: Judged,
     ) -> bool:
         """Record the attempt's step.finished; returns whether another attempt follows."""
         will_retry = (
-            judged.status in (STEP_FAILED, STEP_TIMEOUT)
+            judged.status in (events.STEP_FAILED, events.STEP_TIMEOUT)
             and attempt < step.max_attempts
             and not self.stop.is_set()
         )
@@ -271,21 +258,27 @@ class StepRunner:
     # ----- approval steps
 
     def approval(
-        self, step: Step, spec: ApprovalSpec, *, handler: bool, position: int, total: int
+        self,
+        step: runbook.Step,
+        spec: runbook.ApprovalSpec,
+        *,
+        handler: bool,
+        position: int,
+        total: int,
     ) -> StepResult:
         """Record the approval request, wait for the decision, record it. The approvers are
         rendered (they may be ``{{ params.who }}``) before the request is recorded."""
         try:
-            message = render_approval_message(step, self.ctx)
-            spec = dataclasses.replace(spec, approvers=render_approvers(step, self.ctx))
-        except RunbookError as exc:
+            message = context.render_approval_message(step, self.ctx)
+            spec = dataclasses.replace(spec, approvers=approvers.render_approvers(step, self.ctx))
+        except errors.RunbookError as exc:
             return self._failed(step, handler, 1, exc)
         shown = self.journal.redact(message.redacted) if message is not None else None
         data = approvals.request_data(spec, shown)
         t0 = time.monotonic()
         request = self.journal.step_started(step, handler, 1, "approval", data, " (approval)")
         self.events.step_started(
-            StepStart(
+            events.StepStart(
                 step=step,
                 attempt=1,
                 max_attempts=1,
@@ -308,15 +301,15 @@ class StepRunner:
                 request_seq=request.seq,
                 notify=self.events.approval_progress,
             )
-        except (StorageError, AgentError):
+        except (errors.StorageError, errors.AgentError):
             raise  # the run stops: its records cannot be written or signed
-        except LedgerError as exc:
+        except errors.LedgerError as exc:
             # The wait itself broke (not a decision): the step fails with the reason.
             self.journal.step_finished(
-                step, handler, 1, STEP_FAILED, duration_ms=_since_ms(t0), error=exc.message
+                step, handler, 1, events.STEP_FAILED, duration_ms=_since_ms(t0), error=exc.message
             )
-            self.ctx.finish(step, STEP_FAILED)
-            return StepResult(STEP_FAILED, exc.message)
+            self.ctx.finish(step, events.STEP_FAILED)
+            return StepResult(events.STEP_FAILED, exc.message)
         status = outcome.step_status
         error = _approval_error(outcome)
         self.journal.step_finished(
@@ -347,20 +340,24 @@ def _approval_error(outcome: approvals.ApprovalOutcome) -> str | None:
     return None
 
 
-def judge(step: Step, result: CommandResult, ctx: TemplateContext) -> Judged:
+def judge(
+    step: runbook.Step, result: process.CommandResult, ctx: context.TemplateContext
+) -> Judged:
     """The attempt's status, error and outputs (``until`` and outputs evaluated)."""
     current = ctx.current or ctx.begin(step, 1)
     current.exit_code = result.exit_code
     current.status = result.status
     if result.status == "interrupted":
-        return Judged(STEP_INTERRUPTED, result.error, result.exit_code)
+        return Judged(events.STEP_INTERRUPTED, result.error, result.exit_code)
     outputs: dict[str, str] = {}
     problems: list[str] = []
     if result.status == "ok" or step.until is not None:
         for name, spec in step.outputs.items():
             try:
-                outputs[name] = extract_output(step, spec, result.stdout.data, result.stderr.data)
-            except RunbookError as exc:
+                outputs[name] = run_outputs.extract_output(
+                    step, spec, result.stdout.data, result.stderr.data
+                )
+            except errors.RunbookError as exc:
                 problems.append(exc.message)
     current.outputs = dict(outputs)
 
@@ -368,17 +365,17 @@ def judge(step: Step, result: CommandResult, ctx: TemplateContext) -> Judged:
         return Judged(status, error, result.exit_code, outputs)
 
     if result.status == "timeout":
-        return judged(STEP_TIMEOUT, result.error)
+        return judged(events.STEP_TIMEOUT, result.error)
     if step.until is not None:
         try:
-            ok = attempt_succeeded(step, ctx)
-        except RunbookError as exc:
-            return judged(STEP_FAILED, exc.message)
+            ok = context.attempt_succeeded(step, ctx)
+        except errors.RunbookError as exc:
+            return judged(events.STEP_FAILED, exc.message)
         if not ok:
             detail = f"; {result.error}" if result.error else ""
-            return judged(STEP_FAILED, f"the until condition is false{detail}")
+            return judged(events.STEP_FAILED, f"the until condition is false{detail}")
     elif result.status != "ok":
-        return judged(STEP_FAILED, result.error)
+        return judged(events.STEP_FAILED, result.error)
     if problems:
-        return judged(STEP_FAILED, "; ".join(problems))
-    return judged(STEP_OK, None)
+        return judged(events.STEP_FAILED, "; ".join(problems))
+    return judged(events.STEP_OK, None)

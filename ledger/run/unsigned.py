@@ -13,19 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ledger.errors import AgentError, AgentTimeout, AgentUnavailable, RunSigningStopped
+from ledger import errors, store
 from ledger.format import records
-from ledger.store import Appended
 
 __all__ = ["may_close", "step_of", "stopped"]
 
 Unsigned = tuple[str, Mapping[str, Any]] | None
 
 
-def may_close(exc: AgentError, unsigned: Unsigned) -> bool:
+def may_close(exc: errors.AgentError, unsigned: Unsigned) -> bool:
     """Whether to try recording ``run.finished`` (failed) after ``exc``: the agent still
     answers at once, and the run has started and not yet tried to finish."""
-    if isinstance(exc, AgentUnavailable | AgentTimeout) or unsigned is None:
+    if isinstance(exc, errors.AgentUnavailable | errors.AgentTimeout) or unsigned is None:
         return False
     return unsigned[0] not in (records.KIND_RUN_STARTED, records.KIND_RUN_FINISHED)
 
@@ -38,7 +37,7 @@ def step_of(unsigned: Unsigned) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _what(run_id: str, unsigned: Unsigned, appended: list[Appended]) -> str:
+def _what(run_id: str, unsigned: Unsigned, appended: list[store.Appended]) -> str:
     kind = unsigned[0] if unsigned is not None else None
     step = step_of(unsigned)
     if kind == records.KIND_RUN_STARTED or not appended:
@@ -59,11 +58,11 @@ def _what(run_id: str, unsigned: Unsigned, appended: list[Appended]) -> str:
 
 def stopped(
     run_id: str,
-    exc: AgentError,
+    exc: errors.AgentError,
     unsigned: Unsigned,
-    appended: list[Appended],
-    closed: Appended | None,
-) -> RunSigningStopped:
+    appended: list[store.Appended],
+    closed: store.Appended | None,
+) -> errors.RunSigningStopped:
     """The error for a run that stopped because ``unsigned`` could not be signed; ``closed``
     is its ``run.finished`` (failed) if that could still be recorded."""
     what = _what(run_id, unsigned, appended)
@@ -81,4 +80,4 @@ def stopped(
             f"'ledger resume {run_id}'."
         )
         hint = exc.hint
-    return RunSigningStopped(f"{what}. {exc.message} {then}", hint=hint)
+    return errors.RunSigningStopped(f"{what}. {exc.message} {then}", hint=hint)

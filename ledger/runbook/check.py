@@ -13,21 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ledger.runbook import caps, templating
-from ledger.runbook.model import (
-    DEFAULT_RETRY_DELAY_S,
-    HANDLER_PHASES,
-    PARAM_ENV_PREFIX,
-    ApprovalSpec,
-    OutputSpec,
-    Parameter,
-    ParamType,
-    Phase,
-    Step,
-    parse_duration,
-)
-from ledger.runbook.problems import FieldPath, Locator, Problem, describe, format_field, suggest
-from ledger.runbook.templating import TemplateProblem
+from ledger.runbook import caps, model, problems, templating
 
 ALL_ROOTS: Final = frozenset({"params", "steps", "step", "run", "env"})
 STEP_ATTRS: Final = frozenset({"exit_code", "status", "outputs"})
@@ -57,16 +43,16 @@ class _Scope:
 
 
 class _Checker:
-    def __init__(self, where: Locator) -> None:
+    def __init__(self, where: problems.Locator) -> None:
         self.where = where
-        self.problems: list[Problem] = []
+        self.problems: list[problems.Problem] = []
 
-    def add(self, path: FieldPath, message: str, *, key: bool = False) -> None:
+    def add(self, path: problems.FieldPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.where.problem(path, message, key=key))
 
     # ----- templates
 
-    def template(self, source: str, path: FieldPath, scope: _Scope, *, kind: str) -> None:
+    def template(self, source: str, path: problems.FieldPath, scope: _Scope, *, kind: str) -> None:
         """Check a template (kind command/text) or condition (kind condition)."""
         simple = templating.simple_references(source) if kind != "condition" else None
         if simple is not None:
@@ -79,7 +65,7 @@ class _Checker:
             else:
                 tree = templating.parse_template(source)
                 templating.check_compiles(source, command=kind == "command")
-        except TemplateProblem as exc:
+        except templating.TemplateProblem as exc:
             self.problems.append(
                 self.where.template_problem(path, f"template error: {exc.message}", exc.lineno)
             )
@@ -91,7 +77,7 @@ class _Checker:
         self,
         undeclared: set[str],
         refs: list[templating.Reference],
-        path: FieldPath,
+        path: problems.FieldPath,
         scope: _Scope,
     ) -> None:
         """Every name and variable path a template reads exists in its scope."""
@@ -102,7 +88,7 @@ class _Checker:
                 message = f"'{name}' is not available in {scope.what}"
             else:
                 message = (
-                    f"unknown variable {name!r}{suggest(name, scope.roots)}; "
+                    f"unknown variable {name!r}{problems.suggest(name, scope.roots)}; "
                     f"{scope.what} can use: {', '.join(sorted(scope.roots))}"
                 )
             self.problems.append(self.where.template_problem(path, message, 1))
@@ -115,11 +101,11 @@ class _Checker:
 
     # ----- parameters
 
-    def parameters(self, raw: Mapping[str, Any]) -> dict[str, Parameter]:
-        params: dict[str, Parameter] = {}
+    def parameters(self, raw: Mapping[str, Any]) -> dict[str, model.Parameter]:
+        params: dict[str, model.Parameter] = {}
         seen_env: dict[str, str] = {}
         for name, spec in raw.items():
-            env_name = PARAM_ENV_PREFIX + name.upper()
+            env_name = model.PARAM_ENV_PREFIX + name.upper()
             if env_name in seen_env:
                 self.add(
                     ("parameters", name),
@@ -131,10 +117,10 @@ class _Checker:
             params[name] = self.parameter(name, spec)
         return params
 
-    def parameter(self, name: str, spec: Mapping[str, Any]) -> Parameter:
+    def parameter(self, name: str, spec: Mapping[str, Any]) -> model.Parameter:
         """One parameter, once its default and constraints agree with its type."""
-        base: FieldPath = ("parameters", name)
-        ptype: ParamType = spec.get("type", "string")
+        base: problems.FieldPath = ("parameters", name)
+        ptype: model.ParamType = spec.get("type", "string")
         default = spec.get("default")
         choices = spec.get("choices")
         secret = bool(spec.get("secret", False))
@@ -155,7 +141,7 @@ class _Checker:
         if pattern is not None:
             self._pattern(base, ptype, pattern, default)
         self._bounds(base, ptype, spec, default)
-        return Parameter(
+        return model.Parameter(
             name=name,
             type=ptype,
             default=default,
@@ -172,14 +158,18 @@ class _Checker:
         )
 
     def _typed_values(
-        self, base: FieldPath, ptype: ParamType, default: object, choices: list[object] | None
+        self,
+        base: problems.FieldPath,
+        ptype: model.ParamType,
+        default: object,
+        choices: list[object] | None,
     ) -> None:
         """The default and the choices are of the parameter's type; the default is a choice."""
         check = _TYPE_CHECK[ptype]
         if default is not None and not check(default):
             self.add(
                 (*base, "default"),
-                f"the default must be of type {ptype}, got {describe(default)}"
+                f"the default must be of type {ptype}, got {problems.describe(default)}"
                 + (" (quote it to make it text)" if ptype == "string" else ""),
             )
         if choices is not None:
@@ -187,7 +177,7 @@ class _Checker:
                 if not check(choice):
                     self.add(
                         (*base, "choices", i),
-                        f"a choice must be of type {ptype}, got {describe(choice)}",
+                        f"a choice must be of type {ptype}, got {problems.describe(choice)}",
                     )
             if default is not None and default not in choices:
                 self.add(
@@ -196,7 +186,9 @@ class _Checker:
                     f"({', '.join(str(c) for c in choices)})",
                 )
 
-    def _pattern(self, base: FieldPath, ptype: ParamType, pattern: str, default: object) -> None:
+    def _pattern(
+        self, base: problems.FieldPath, ptype: model.ParamType, pattern: str, default: object
+    ) -> None:
         """The pattern applies to a string, compiles, and matches the default."""
         if ptype != "string":
             self.add((*base, "pattern"), "'pattern' applies to string parameters only")
@@ -217,7 +209,11 @@ class _Checker:
                 )
 
     def _bounds(
-        self, base: FieldPath, ptype: ParamType, spec: Mapping[str, Any], default: object
+        self,
+        base: problems.FieldPath,
+        ptype: model.ParamType,
+        spec: Mapping[str, Any],
+        default: object,
     ) -> None:
         """``min``/``max`` apply to an int, are in order, and hold the default."""
         minimum, maximum = spec.get("min"), spec.get("max")
@@ -234,9 +230,11 @@ class _Checker:
 
     # ----- steps
 
-    def duration(self, value: object, path: FieldPath, *, positive: bool = False) -> float | None:
+    def duration(
+        self, value: object, path: problems.FieldPath, *, positive: bool = False
+    ) -> float | None:
         try:
-            seconds = parse_duration(value)
+            seconds = model.parse_duration(value)
         except ValueError as exc:
             self.add(path, str(exc))
             return None
@@ -246,9 +244,9 @@ class _Checker:
         return seconds
 
     def step(
-        self, raw: Mapping[str, Any], index: int, phase: Phase, defaults: Mapping[str, Any]
-    ) -> Step:
-        base: FieldPath = (_list_name(phase), index)
+        self, raw: Mapping[str, Any], index: int, phase: model.Phase, defaults: Mapping[str, Any]
+    ) -> model.Step:
+        base: problems.FieldPath = (_list_name(phase), index)
         name = str(raw["name"])
         approval = self._approval(raw, base) if "approval" in raw else None
         outputs = self._outputs(raw.get("outputs", {}), base)
@@ -256,7 +254,7 @@ class _Checker:
         timeout_path = (*base, "timeout") if "timeout" in raw else ("defaults", "timeout")
         retry_delay = raw.get("retry_delay")
         env = {k: _env_text(v) for k, v in raw.get("env", {}).items()}
-        return Step(
+        return model.Step(
             name=name,
             index=index,
             phase=phase,
@@ -274,7 +272,7 @@ class _Checker:
             retry_delay_s=(
                 self.duration(retry_delay, (*base, "retry_delay")) or 0.0
                 if retry_delay is not None
-                else DEFAULT_RETRY_DELAY_S
+                else model.DEFAULT_RETRY_DELAY_S
             ),
             retry_backoff=float(raw.get("retry_backoff", 1.0)),
             until=raw.get("until"),
@@ -285,7 +283,7 @@ class _Checker:
             line=self.where.loc(base)[0],
         )
 
-    def _approval(self, raw: Mapping[str, Any], base: FieldPath) -> ApprovalSpec:
+    def _approval(self, raw: Mapping[str, Any], base: problems.FieldPath) -> model.ApprovalSpec:
         """An approval step's spec; it takes no command-step fields."""
         for extra in sorted(set(raw) - _APPROVAL_STEP_FIELDS):
             self.add(
@@ -304,7 +302,7 @@ class _Checker:
                 "approver(s) are listed",
             )
         timeout = spec.get("timeout")
-        return ApprovalSpec(
+        return model.ApprovalSpec(
             approvers=approvers,
             min_approvals=min_approvals,
             message=spec.get("message"),
@@ -315,26 +313,28 @@ class _Checker:
             ),
         )
 
-    def _outputs(self, raw: Mapping[str, Any], base: FieldPath) -> dict[str, OutputSpec]:
+    def _outputs(
+        self, raw: Mapping[str, Any], base: problems.FieldPath
+    ) -> dict[str, model.OutputSpec]:
         """The step's output definitions; json paths and regexes are checked."""
-        outputs: dict[str, OutputSpec] = {}
+        outputs: dict[str, model.OutputSpec] = {}
         for out_name, out_spec in raw.items():
-            out_path: FieldPath = (*base, "outputs", out_name)
+            out_path: problems.FieldPath = (*base, "outputs", out_name)
             if isinstance(out_spec, str):
-                outputs[out_name] = OutputSpec(
+                outputs[out_name] = model.OutputSpec(
                     out_name, "stdout" if out_spec == "stdout" else "stderr"
                 )
             elif "json" in out_spec:
                 expr = str(out_spec["json"])
                 if any(part == "" for part in expr.split(".")):
                     self.add((*out_path, "json"), f"{expr!r} is not a dotted path like a.b.0")
-                outputs[out_name] = OutputSpec(out_name, "json", expr)
+                outputs[out_name] = model.OutputSpec(out_name, "json", expr)
             else:
                 expr = str(out_spec["regex"])
                 problem = caps.regex_problem(expr)
                 if problem is not None:
                     self.add((*out_path, "regex"), problem)
-                outputs[out_name] = OutputSpec(out_name, "regex", expr)
+                outputs[out_name] = model.OutputSpec(out_name, "regex", expr)
         return outputs
 
 
@@ -370,14 +370,14 @@ def _reference_problem(ref: templating.Reference, scope: _Scope) -> str | None:
     if ref.root == "params":
         if p[0] not in scope.params:
             return (
-                f"{shown}: no parameter {p[0]!r}{suggest(p[0], scope.params)} "
+                f"{shown}: no parameter {p[0]!r}{problems.suggest(p[0], scope.params)} "
                 f"(declared: {', '.join(sorted(scope.params)) or 'none'})"
             )
     elif ref.root == "env":
         if p[0] not in scope.env_names:
             return (
                 f"{shown}: {p[0]!r} is not in the runbook's env or capture_env"
-                f"{suggest(p[0], scope.env_names)}; only those are readable as env.NAME"
+                f"{problems.suggest(p[0], scope.env_names)}; only those are readable as env.NAME"
             )
     elif ref.root == "run":
         if p[0] not in RUN_ATTRS:
@@ -397,7 +397,7 @@ def _reference_problem(ref: templating.Reference, scope: _Scope) -> str | None:
                     f"{shown}: step {name!r} runs after this one; a template can only read "
                     "steps that ran before it"
                 )
-            return f"{shown}: no step {name!r}{suggest(name, scope.earlier)}"
+            return f"{shown}: no step {name!r}{problems.suggest(name, scope.earlier)}"
         if len(p) > 1:
             if p[1] not in STEP_ATTRS:
                 return f"{shown}: a step has {', '.join(sorted(STEP_ATTRS))}"
@@ -415,7 +415,7 @@ def _list_name(phase: str) -> str:
 
 def _check_approvers(
     checker: _Checker,
-    all_steps: list[Step],
+    all_steps: list[model.Step],
     param_names: frozenset[str],
     env_names: frozenset[str],
     secret_params: frozenset[str],
@@ -425,7 +425,7 @@ def _check_approvers(
     for step in all_steps:
         if step.approval is None:
             continue
-        base: FieldPath = (_list_name(step.phase), step.index, "approval", "approvers")
+        base: problems.FieldPath = (_list_name(step.phase), step.index, "approval", "approvers")
         for i, approver in enumerate(step.approval.approvers):
             if not templating.is_template(approver):
                 continue
@@ -452,8 +452,8 @@ def _env_text(value: object) -> str:
 
 
 def build(
-    data: Mapping[str, Any], where: Locator, bad_paths: list[FieldPath]
-) -> tuple[dict[str, Any], list[Problem]]:
+    data: Mapping[str, Any], where: problems.Locator, bad_paths: list[problems.FieldPath]
+) -> tuple[dict[str, Any], list[problems.Problem]]:
     """Semantic checks; returns the model's fields and the problems.
 
     Parts the schema found invalid (``bad_paths``) are not checked again: a parameter with a
@@ -469,11 +469,11 @@ def build(
     if "timeout" in defaults:
         checker.duration(defaults["timeout"], ("defaults", "timeout"), positive=True)
     steps = [checker.step(raw, i, "main", defaults) for i, raw in enumerate(data["steps"])]
-    lists: dict[str, list[Step]] = {
+    lists: dict[str, list[model.Step]] = {
         phase: [checker.step(raw, i, phase, defaults) for i, raw in enumerate(data.get(phase, []))]
-        for phase in HANDLER_PHASES
+        for phase in model.HANDLER_PHASES
     }
-    handlers = [s for phase in HANDLER_PHASES for s in lists[phase]]
+    handlers = [s for phase in model.HANDLER_PHASES for s in lists[phase]]
     _check_unique_names(checker, [*steps, *handlers])
 
     # templates
@@ -513,13 +513,13 @@ def build(
     return fields, checker.problems
 
 
-def _check_unique_names(checker: _Checker, all_steps: list[Step]) -> None:
+def _check_unique_names(checker: _Checker, all_steps: list[model.Step]) -> None:
     """No two steps (main steps and handlers together) share a name."""
-    seen: dict[str, FieldPath] = {}
+    seen: dict[str, problems.FieldPath] = {}
     for step in all_steps:
-        path: FieldPath = (_list_name(step.phase), step.index, "name")
+        path: problems.FieldPath = (_list_name(step.phase), step.index, "name")
         if step.name in seen:
-            first = format_field(seen[step.name])
+            first = problems.format_field(seen[step.name])
             checker.add(path, f"duplicate step name {step.name!r} (first used at {first})")
         else:
             seen[step.name] = path
@@ -528,7 +528,7 @@ def _check_unique_names(checker: _Checker, all_steps: list[Step]) -> None:
 def _check_step_templates(
     checker: _Checker,
     data: Mapping[str, Any],
-    all_steps: list[Step],
+    all_steps: list[model.Step],
     param_names: frozenset[str],
     env_names: frozenset[str],
 ) -> None:
@@ -565,7 +565,7 @@ def _check_step_templates(
             earlier = {**main, **handlers}
             later = {n: outputs[n] for n in all_names - frozenset(earlier) - {step.name}}
         list_name = _list_name(step.phase)
-        base: FieldPath = (list_name, step.index)
+        base: problems.FieldPath = (list_name, step.index)
         scope = _Scope(
             f"step {step.name!r}",
             step_roots,

@@ -24,13 +24,12 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ledger.errors import RunbookError
-from ledger.runbook import check, schema, yamlsrc
-from ledger.runbook.model import MAX_RUNBOOK_BYTES, Runbook
-from ledger.runbook.problems import FieldPath, Locator, Problem, RunbookInvalid
+from ledger import errors
+from ledger.runbook import check, model, schema, yamlsrc
+from ledger.runbook import problems as runbook_problems
 
 
-def parse_runbook(text: bytes, source: str, *, path: Path | None = None) -> Runbook:
+def parse_runbook(text: bytes, source: str, *, path: Path | None = None) -> model.Runbook:
     """Parse and validate a runbook from its exact bytes.
 
     ``source`` names the runbook in messages (usually its path). Raises
@@ -39,16 +38,16 @@ def parse_runbook(text: bytes, source: str, *, path: Path | None = None) -> Runb
     decoded = yamlsrc.decode(text, source)
     with _collector_paused():
         data, locs = yamlsrc.compose(decoded, source)
-        where = Locator(source, locs)
-        bad_paths: list[FieldPath] = []
+        where = runbook_problems.Locator(source, locs)
+        bad_paths: list[runbook_problems.FieldPath] = []
         problems = schema.schema_problems(data, where, bad_paths)
         if not isinstance(data, dict) or () in bad_paths:
-            raise RunbookInvalid(source, problems)
+            raise runbook_problems.RunbookInvalid(source, problems)
         fields, more = check.build(data, where, bad_paths)
     problems += more
     if problems:
-        raise RunbookInvalid(source, problems)
-    return Runbook(
+        raise runbook_problems.RunbookInvalid(source, problems)
+    return model.Runbook(
         **fields,
         text=bytes(text),
         sha256=hashlib.sha256(text).hexdigest(),
@@ -72,7 +71,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_runbook(path: Path) -> Runbook:
+def load_runbook(path: Path) -> model.Runbook:
     """Read and validate the runbook file at ``path`` (see :func:`parse_runbook`).
 
     Only a regular file is read: a FIFO, device or socket is refused before anything waits
@@ -85,11 +84,11 @@ def _read_regular(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise RunbookError(
+        raise errors.RunbookError(
             f"the runbook {source} does not exist.", hint="Check the path and try again."
         ) from None
     except OSError as exc:
-        raise RunbookError(
+        raise errors.RunbookError(
             f"cannot read the runbook {source}: {exc.strerror or exc}.",
             hint="Check the file's permissions.",
         ) from None
@@ -101,9 +100,9 @@ def _read_regular(path: Path) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         try:
             os.set_blocking(fd, True)
-            return handle.read(MAX_RUNBOOK_BYTES + 1)
+            return handle.read(model.MAX_RUNBOOK_BYTES + 1)
         except OSError as exc:
-            raise RunbookError(
+            raise errors.RunbookError(
                 f"cannot read the runbook {source}: {exc.strerror or exc}.",
                 hint="Check the file's permissions.",
             ) from None
@@ -114,28 +113,28 @@ def _check_regular(fd: int, source: str) -> None:
     st = os.fstat(fd)
     mode = st.st_mode
     if stat.S_ISDIR(mode):
-        raise RunbookError(
+        raise errors.RunbookError(
             f"{source} is a directory, not a runbook file.",
             hint="Give the path of a YAML file.",
         )
     if not stat.S_ISREG(mode):
-        raise RunbookError(
+        raise errors.RunbookError(
             f"{source} is not a regular file (a pipe, device or socket); runbooks are "
             "read from regular files only.",
             hint="Save the runbook to a file and give its path.",
         )
     size = st.st_size
-    if size > MAX_RUNBOOK_BYTES:
-        raise RunbookInvalid(
+    if size > model.MAX_RUNBOOK_BYTES:
+        raise runbook_problems.RunbookInvalid(
             source,
             [
-                Problem(
+                runbook_problems.Problem(
                     source,
                     1,
                     1,
                     "",
                     f"the file is {size} bytes long; runbooks may be at most "
-                    f"{MAX_RUNBOOK_BYTES} bytes (1 MiB)",
+                    f"{model.MAX_RUNBOOK_BYTES} bytes (1 MiB)",
                 )
             ],
             hint="Split the runbook, or move long scripts into files the steps run.",

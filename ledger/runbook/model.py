@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from ledger.errors import RunbookError
+from ledger import errors
 
 # --------------------------------------------------------------------------- limits
 
@@ -171,7 +171,7 @@ class Runbook:
             if step.name == name:
                 return step
         known = ", ".join(s.name for s in self.all_steps)
-        raise RunbookError(
+        raise errors.RunbookError(
             f"the runbook {self.name!r} ({self.source}) has no step called {name!r} "
             f"(its steps: {known}).",
             hint="Check the step name.",

@@ -18,18 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from ledger.errors import InputError, UsageError
-from ledger.redact import redaction_label
-from ledger.runbook import caps, templating
-from ledger.runbook.model import (
-    MAX_SECRET_FILE_BYTES,
-    MIN_SECRET_LENGTH,
-    PARAM_ENV_PREFIX,
-    Parameter,
-    ParamValue,
-    Runbook,
-)
-from ledger.runbook.problems import suggest
+from ledger import errors, redact
+from ledger.runbook import caps, model, problems, templating
 
 
 @dataclass(frozen=True)
@@ -40,18 +30,20 @@ class ResolvedParams:
     from: ``given``, ``env:VAR``, ``file:PATH``, ``default`` or ``unset``.
     """
 
-    values: dict[str, ParamValue] = field(repr=False)
+    values: dict[str, model.ParamValue] = field(repr=False)
     secret_names: frozenset[str] = frozenset()
     sources: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"ResolvedParams({self.redacted()!r})"
 
-    def redacted(self) -> dict[str, ParamValue]:
+    def redacted(self) -> dict[str, model.ParamValue]:
         """The values with every secret replaced by ``[REDACTED:name]`` (for records)."""
         return {
             name: (
-                redaction_label(name) if name in self.secret_names and value is not None else value
+                redact.redaction_label(name)
+                if name in self.secret_names and value is not None
+                else value
             )
             for name, value in self.values.items()
         }
@@ -67,14 +59,14 @@ class ResolvedParams:
     def environment(self) -> dict[str, str]:
         """``PARAM_<NAME>`` -> value as text (empty for unset), secrets included."""
         return {
-            PARAM_ENV_PREFIX + name.upper(): templating.to_text(value)
+            model.PARAM_ENV_PREFIX + name.upper(): templating.to_text(value)
             for name, value in self.values.items()
         }
 
     def redacted_environment(self) -> dict[str, str]:
         """Like :meth:`environment`, with secrets as ``[REDACTED:name]``."""
         return {
-            PARAM_ENV_PREFIX + name.upper(): templating.to_text(value)
+            model.PARAM_ENV_PREFIX + name.upper(): templating.to_text(value)
             for name, value in self.redacted().items()
         }
 
@@ -83,28 +75,30 @@ _TRUE: Final = frozenset({"true", "yes", "on", "1"})
 _FALSE: Final = frozenset({"false", "no", "off", "0"})
 
 
-def _coerce(param: Parameter, raw: object, source: str) -> ParamValue:
+def _coerce(param: model.Parameter, raw: object, source: str) -> model.ParamValue:
     """A value of the parameter's type from text (or an already typed value)."""
     shown = "the secret value" if param.secret else repr(raw)
     what = f"parameter {param.name!r} ({source})"
     if isinstance(raw, str) and "\0" in raw:
-        raise InputError(f"{what}: the value contains a NUL byte.", hint="Give a value without it.")
-    value: ParamValue
+        raise errors.InputError(
+            f"{what}: the value contains a NUL byte.", hint="Give a value without it."
+        )
+    value: model.ParamValue
     if param.type == "int":
         if isinstance(raw, int) and not isinstance(raw, bool):
             value = raw
         elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", raw):
             value = int(raw)
         else:
-            raise InputError(
+            raise errors.InputError(
                 f"{what} must be an integer, got {shown}.", hint="Give a whole number like 10."
             )
         if param.min is not None and value < param.min:
-            raise InputError(
+            raise errors.InputError(
                 f"{what} must be at least {param.min}, got {shown}.", hint="Give a larger value."
             )
         if param.max is not None and value > param.max:
-            raise InputError(
+            raise errors.InputError(
                 f"{what} must be at most {param.max}, got {shown}.", hint="Give a smaller value."
             )
     elif param.type == "bool":
@@ -113,7 +107,7 @@ def _coerce(param: Parameter, raw: object, source: str) -> ParamValue:
         elif isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
             value = raw.strip().lower() in _TRUE
         else:
-            raise InputError(
+            raise errors.InputError(
                 f"{what} must be true or false, got {shown}.",
                 hint="Give one of true, false, yes, no, 1, 0.",
             )
@@ -122,7 +116,7 @@ def _coerce(param: Parameter, raw: object, source: str) -> ParamValue:
             raw = templating.to_text(raw)
         value = raw
         if param.pattern is not None and len(value) > caps.MAX_PATTERN_VALUE:
-            raise InputError(
+            raise errors.InputError(
                 f"{what}: the value is {len(value)} characters long; a parameter with a "
                 f"pattern takes at most {caps.MAX_PATTERN_VALUE}.",
                 hint="Give a shorter value.",
@@ -130,55 +124,55 @@ def _coerce(param: Parameter, raw: object, source: str) -> ParamValue:
         try:
             matches = param.pattern is None or caps.fullmatch(param.pattern, value)
         except caps.SlowPattern as exc:
-            raise InputError(
+            raise errors.InputError(
                 f"{what}: {exc}.", hint="Give a shorter value, or fix the runbook's pattern."
             ) from None
         if not matches:
-            raise InputError(
+            raise errors.InputError(
                 f"{what}: {shown} does not match the pattern {param.pattern!r}.",
                 hint="Give a value that matches it in full.",
             )
     if param.choices is not None and value not in param.choices:
         options = ", ".join(templating.to_text(c) for c in param.choices)
-        raise InputError(
+        raise errors.InputError(
             f"{what} must be one of: {options}; got {shown}.", hint="Choose one of those values."
         )
     if param.secret:
         text = templating.to_text(value)
-        if len(text) < MIN_SECRET_LENGTH:
-            raise InputError(
+        if len(text) < model.MIN_SECRET_LENGTH:
+            raise errors.InputError(
                 f"the secret parameter {param.name!r} ({source}) is shorter than "
-                f"{MIN_SECRET_LENGTH} characters; a value that short cannot be redacted from "
+                f"{model.MIN_SECRET_LENGTH} characters; a value that short cannot be redacted from "
                 "output reliably.",
                 hint="Use a longer secret.",
             )
     return value
 
 
-def _read_secret_file(param: Parameter, base_dir: Path) -> str | None:
+def _read_secret_file(param: model.Parameter, base_dir: Path) -> str | None:
     path = Path(param.from_file or "").expanduser()
     if not path.is_absolute():
         path = base_dir / path
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+            data = handle.read(model.MAX_SECRET_FILE_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"cannot read {path} for parameter {param.name!r}: {exc.strerror or exc}.",
             hint="Check the file's permissions.",
         ) from None
-    if len(data) > MAX_SECRET_FILE_BYTES:
-        raise InputError(
+    if len(data) > model.MAX_SECRET_FILE_BYTES:
+        raise errors.InputError(
             f"{path} (from_file of parameter {param.name!r}) is larger than "
-            f"{MAX_SECRET_FILE_BYTES} bytes.",
+            f"{model.MAX_SECRET_FILE_BYTES} bytes.",
             hint="Point from_file at a file holding just the value.",
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"{path} (from_file of parameter {param.name!r}) is not UTF-8 text "
             f"(invalid byte at offset {exc.start}).",
             hint="Store the value as UTF-8 text.",
@@ -187,7 +181,7 @@ def _read_secret_file(param: Parameter, base_dir: Path) -> str | None:
 
 
 def resolve_parameters(
-    runbook: Runbook,
+    runbook: model.Runbook,
     given: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
     *,
@@ -210,12 +204,12 @@ def resolve_parameters(
     if unknown:
         declared = ", ".join(sorted(runbook.parameters)) or "none"
         name = unknown[0]
-        raise InputError(
+        raise errors.InputError(
             f"the runbook {runbook.name!r} has no parameter {name!r}"
-            f"{suggest(name, runbook.parameters)} (its parameters: {declared}).",
+            f"{problems.suggest(name, runbook.parameters)} (its parameters: {declared}).",
             hint="Check the -p NAME=VALUE arguments.",
         )
-    values: dict[str, ParamValue] = {}
+    values: dict[str, model.ParamValue] = {}
     sources: dict[str, str] = {}
     for name, param in runbook.parameters.items():
         raw: object = None
@@ -239,7 +233,7 @@ def resolve_parameters(
                 if param.from_file:
                     ways.append(f"create the file {param.from_file}")
                 kind = "secret parameter" if param.secret else "parameter"
-                raise InputError(
+                raise errors.InputError(
                     f"the runbook {runbook.name!r} needs a value for the {kind} {name!r}"
                     + (f" ({param.description})" if param.description else "")
                     + " and none was given.",
@@ -260,7 +254,7 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
         try:
             item.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise InputError(
+            raise errors.InputError(
                 f"-p {item[: exc.start]!r}...: the argument is not valid UTF-8 text "
                 f"(character {exc.start} is a byte that is not UTF-8).",
                 hint="Give parameter values in UTF-8.",
@@ -268,11 +262,11 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise UsageError(
+            raise errors.UsageError(
                 f"{item!r} is not NAME=VALUE.", hint="Write parameters as -p NAME=VALUE."
             )
         if name in out:
-            raise UsageError(
+            raise errors.UsageError(
                 f"the parameter {name!r} is given more than once.", hint="Give it once."
             )
         out[name] = value

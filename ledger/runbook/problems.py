@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ledger.errors import RunbookError
+from ledger import errors
 
 PathItem = str | int
 FieldPath = tuple[PathItem, ...]
@@ -45,7 +45,7 @@ class Problem:
         }
 
 
-class RunbookInvalid(RunbookError):
+class RunbookInvalid(errors.RunbookError):
     """A runbook failed validation; ``problems`` lists every finding with its location."""
 
     def __init__(self, source: str, problems: list[Problem], *, hint: str | None = None) -> None:

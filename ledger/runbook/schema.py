@@ -13,8 +13,8 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
+from ledger.runbook import problems as runbook_problems
 from ledger.runbook import schemacheck
-from ledger.runbook.problems import FieldPath, Locator, Problem, describe, suggest
 
 if TYPE_CHECKING:
     import jsonschema
@@ -73,21 +73,23 @@ def _schema_message(error: jsonschema.ValidationError) -> str | None:
     if isinstance(custom, str):
         if isinstance(error.instance, dict | list):
             return custom
-        return f"{custom} (got {describe(error.instance)})"
+        return f"{custom} (got {runbook_problems.describe(error.instance)})"
     return None
 
 
-def schema_problems(data: object, where: Locator, bad_paths: list[FieldPath]) -> list[Problem]:
+def schema_problems(
+    data: object, where: runbook_problems.Locator, bad_paths: list[runbook_problems.FieldPath]
+) -> list[runbook_problems.Problem]:
     """Schema violations as problems; ``bad_paths`` receives the path of each violation."""
     if _passes_quick_check(data):
         return []
-    problems: dict[tuple[str, str], Problem] = {}
+    problems: dict[tuple[str, str], runbook_problems.Problem] = {}
 
-    def add(problem: Problem) -> None:
+    def add(problem: runbook_problems.Problem) -> None:
         problems.setdefault((problem.field, problem.message), problem)
 
     for error in _validator().iter_errors(data):
-        path: FieldPath = tuple(error.absolute_path)
+        path: runbook_problems.FieldPath = tuple(error.absolute_path)
         validator = str(error.validator)
         instance = error.instance
         if "propertyNames" in error.absolute_schema_path:
@@ -109,8 +111,8 @@ def schema_problems(data: object, where: Locator, bad_paths: list[FieldPath]) ->
                     add(
                         where.problem(
                             (*path, name),
-                            f"unknown field {name!r}{suggest(name, allowed)}; allowed here: "
-                            f"{', '.join(allowed)}",
+                            f"unknown field {name!r}{runbook_problems.suggest(name, allowed)}; "
+                            f"allowed here: {', '.join(allowed)}",
                             key=True,
                         )
                     )
@@ -123,10 +125,10 @@ def schema_problems(data: object, where: Locator, bad_paths: list[FieldPath]) ->
             wanted = error.validator_value
             kinds = [wanted] if isinstance(wanted, str) else list(wanted)
             names = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
-            message = f"expected {names}, got {describe(instance)}"
+            message = f"expected {names}, got {runbook_problems.describe(instance)}"
         elif validator == "enum":
             options = ", ".join(str(v) for v in error.validator_value)
-            message = f"must be one of: {options} (got {describe(instance)})"
+            message = f"must be one of: {options} (got {runbook_problems.describe(instance)})"
         elif validator == "minItems":
             message = f"must have at least {error.validator_value} item(s)"
         elif validator == "minLength":
@@ -134,9 +136,11 @@ def schema_problems(data: object, where: Locator, bad_paths: list[FieldPath]) ->
         elif validator == "uniqueItems":
             message = "has the same item more than once"
         elif validator == "minimum":
-            message = f"must be at least {error.validator_value} (got {describe(instance)})"
+            got = runbook_problems.describe(instance)
+            message = f"must be at least {error.validator_value} (got {got})"
         elif validator == "maximum":
-            message = f"must be at most {error.validator_value} (got {describe(instance)})"
+            got = runbook_problems.describe(instance)
+            message = f"must be at most {error.validator_value} (got {got})"
         else:
             message = error.message
         add(where.problem(path, message))

@@ -42,8 +42,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
-from ledger.runbook.model import MAX_DEPTH, MAX_RUNBOOK_BYTES
-from ledger.runbook.problems import FieldPath, Loc, Problem, RunbookInvalid, format_field
+from ledger.runbook import model, problems
 
 
 class _Unsure(Exception):
@@ -81,9 +80,9 @@ def _refusal(event: NodeEvent, depth: int) -> _Refused | None:
             "where it is needed",
             event.start_mark,
         )
-    if depth > MAX_DEPTH:
+    if depth > model.MAX_DEPTH:
         return _Refused(
-            f"the document is nested more than {MAX_DEPTH} levels deep", event.start_mark
+            f"the document is nested more than {model.MAX_DEPTH} levels deep", event.start_mark
         )
     return None
 
@@ -139,7 +138,7 @@ _BLOCK_HEADER: Final = re.compile(r"[|>](?:[-+][1-9]?|[1-9][-+]?)?(?: +(?:#.*)?)
 _TAG = "tag:yaml.org,2002:"
 _STR_TAG: Final = f"{_TAG}str"
 _IMPLICIT: Final[dict[Any, list[tuple[str, re.Pattern[str]]]]] = _Resolver.yaml_implicit_resolvers
-_SKIP: Final[FieldPath] = ("<not built>",)
+_SKIP: Final[problems.FieldPath] = ("<not built>",)
 _END_EVENTS: Final = frozenset({MappingEndEvent, SequenceEndEvent})
 _SCALAR_TAGS: Final = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null")}
 
@@ -153,18 +152,20 @@ class _Builder:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.locs: dict[FieldPath, Loc] = {}
-        self.problems: list[Problem] = []
+        self.locs: dict[problems.FieldPath, problems.Loc] = {}
+        self.problems: list[problems.Problem] = []
 
-    def problem(self, node: Node, path: FieldPath, message: str) -> None:
+    def problem(self, node: Node, path: problems.FieldPath, message: str) -> None:
         line, column = _mark_loc(node.start_mark)
-        self.problems.append(Problem(self.source, line, column, format_field(path), message))
+        self.problems.append(
+            problems.Problem(self.source, line, column, problems.format_field(path), message)
+        )
 
-    def build(self, node: Node, path: FieldPath, key: Node | None) -> object:
+    def build(self, node: Node, path: problems.FieldPath, key: Node | None) -> object:
         line, column = _mark_loc(node.start_mark)
         key_line, key_column = _mark_loc(key.start_mark) if key is not None else (line, column)
         block = isinstance(node, ScalarNode) and node.style in ("|", ">")
-        self.locs[path] = Loc(line, column, key_line, key_column, block)
+        self.locs[path] = problems.Loc(line, column, key_line, key_column, block)
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
         if isinstance(node, SequenceNode):
@@ -190,7 +191,7 @@ class _Builder:
         self.problem(node, path, "unsupported YAML node")  # pragma: no cover
         return None
 
-    def scalar(self, node: ScalarNode, path: FieldPath) -> object:
+    def scalar(self, node: ScalarNode, path: problems.FieldPath) -> object:
         tag = node.tag
         text = str(node.value)
         if tag not in _SCALAR_TAGS:
@@ -238,7 +239,7 @@ class _Frame:
     __slots__ = ("expect_key", "flow", "key", "key_mark", "mapping", "path", "record", "value")
 
     def __init__(
-        self, path: FieldPath, value: Any, mapping: bool, record: bool, flow: bool
+        self, path: problems.FieldPath, value: Any, mapping: bool, record: bool, flow: bool
     ) -> None:
         self.path = path
         self.flow = flow  # written in [] or {}
@@ -314,11 +315,11 @@ class _EventBuilder(_Builder):
             event.style or not event.value or flow or self.tab_spans is not None
         ):
             self.check_scalar(event, flow)
-        if kind is AliasEvent or event.anchor is not None or depth >= MAX_DEPTH:
+        if kind is AliasEvent or event.anchor is not None or depth >= model.MAX_DEPTH:
             refused = _refusal(event, depth + 1)
             if refused is not None:
                 raise refused
-        path: FieldPath = ()
+        path: problems.FieldPath = ()
         key_mark = None
         if parent is None:
             pass
@@ -350,7 +351,7 @@ class _EventBuilder(_Builder):
             key_line, key_column = key_mark.line + 1, key_mark.column + 1
         if kind is ScalarEvent:
             block = event.style in ("|", ">")
-            self.locs[path] = Loc(line, column, key_line, key_column, block)
+            self.locs[path] = problems.Loc(line, column, key_line, key_column, block)
             value = self.scalar_value(event, path)
             if parent is None:
                 self.root = value
@@ -359,14 +360,14 @@ class _EventBuilder(_Builder):
             else:
                 parent.value.append(value)
             return None
-        self.locs[path] = Loc(line, column, key_line, key_column, False)
+        self.locs[path] = problems.Loc(line, column, key_line, key_column, False)
         return self.collection(event, kind is MappingStartEvent, path, line, column, parent)
 
     def collection(
         self,
         event: Any,
         mapping: bool,
-        path: FieldPath,
+        path: problems.FieldPath,
         line: int,
         column: int,
         parent: _Frame | None,
@@ -384,7 +385,7 @@ class _EventBuilder(_Builder):
             parent.value.append(value)
         return _Frame(path, value, mapping, True, event.flow_style)
 
-    def scalar_value(self, event: Any, path: FieldPath) -> object:
+    def scalar_value(self, event: Any, path: problems.FieldPath) -> object:
         """The value of a scalar, as :meth:`_Builder.scalar` makes it of PyYAML's node."""
         tag = event.tag
         text = event.value
@@ -417,8 +418,10 @@ class _EventBuilder(_Builder):
             return None
         return name
 
-    def add(self, line: int, column: int, path: FieldPath, message: str) -> None:
-        self.problems.append(Problem(self.source, line, column, format_field(path), message))
+    def add(self, line: int, column: int, path: problems.FieldPath, message: str) -> None:
+        self.problems.append(
+            problems.Problem(self.source, line, column, problems.format_field(path), message)
+        )
 
 
 def _compose_events(events: Any, text: str, source: str) -> _EventBuilder | None:
@@ -450,17 +453,17 @@ def _compose_events(events: Any, text: str, source: str) -> _EventBuilder | None
 def decode(data: bytes, source: str) -> str:
     """The runbook's bytes as text (a leading BOM dropped); :class:`RunbookInvalid` when they
     are too long or not UTF-8."""
-    if len(data) > MAX_RUNBOOK_BYTES:
-        raise RunbookInvalid(
+    if len(data) > model.MAX_RUNBOOK_BYTES:
+        raise problems.RunbookInvalid(
             source,
             [
-                Problem(
+                problems.Problem(
                     source,
                     1,
                     1,
                     "",
                     f"the file is {len(data)} bytes long; runbooks may be at most "
-                    f"{MAX_RUNBOOK_BYTES} bytes (1 MiB)",
+                    f"{model.MAX_RUNBOOK_BYTES} bytes (1 MiB)",
                 )
             ],
             hint="Split the runbook, or move long scripts into files the steps run.",
@@ -471,10 +474,10 @@ def decode(data: bytes, source: str) -> str:
         offset = exc.start
         line = data.count(b"\n", 0, offset) + 1
         column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-        raise RunbookInvalid(
+        raise problems.RunbookInvalid(
             source,
             [
-                Problem(
+                problems.Problem(
                     source,
                     line,
                     column,
@@ -496,7 +499,9 @@ def _offset_loc(text: str, index: int) -> tuple[int, int]:
     return line, column
 
 
-def compose(text: str, source: str, *, libyaml: bool = True) -> tuple[object, dict[FieldPath, Loc]]:
+def compose(
+    text: str, source: str, *, libyaml: bool = True
+) -> tuple[object, dict[problems.FieldPath, problems.Loc]]:
     """Parse YAML text into plain values and the location of every value.
 
     With ``libyaml`` (and PyYAML built with it) libyaml parses; a document it cannot parse
@@ -505,13 +510,13 @@ def compose(text: str, source: str, *, libyaml: bool = True) -> tuple[object, di
         builder = _compose_libyaml(text, source)
         if builder is not None:
             if builder.problems:
-                raise RunbookInvalid(source, builder.problems)
+                raise problems.RunbookInvalid(source, builder.problems)
             return builder.root, builder.locs
     return _compose_python(text, source)
 
 
-def _fail(source: str, line: int, column: int, message: str) -> RunbookInvalid:
-    return RunbookInvalid(source, [Problem(source, line, column, "", message)])
+def _fail(source: str, line: int, column: int, message: str) -> problems.RunbookInvalid:
+    return problems.RunbookInvalid(source, [problems.Problem(source, line, column, "", message)])
 
 
 def _compose_libyaml(text: str, source: str) -> _EventBuilder | None:
@@ -534,10 +539,12 @@ def _compose_libyaml(text: str, source: str) -> _EventBuilder | None:
     return builder
 
 
-def _compose_python(text: str, source: str) -> tuple[object, dict[FieldPath, Loc]]:
+def _compose_python(
+    text: str, source: str
+) -> tuple[object, dict[problems.FieldPath, problems.Loc]]:
     """Parse YAML text with PyYAML's pure-Python composer (see :func:`compose`)."""
 
-    def fail(line: int, column: int, message: str) -> RunbookInvalid:
+    def fail(line: int, column: int, message: str) -> problems.RunbookInvalid:
         return _fail(source, line, column, message)
 
     try:
@@ -574,5 +581,5 @@ def _compose_python(text: str, source: str) -> tuple[object, dict[FieldPath, Loc
     builder = _Builder(source)
     data = builder.build(node, (), None)
     if builder.problems:
-        raise RunbookInvalid(source, builder.problems)
+        raise problems.RunbookInvalid(source, builder.problems)
     return data, builder.locs

@@ -23,12 +23,9 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import ConcurrentUpdate, InputError, LockTimeout, UntrustedKey
+from ledger import errors, keys
 from ledger.format import gitobj, records, shapes
-from ledger.keys import SigningIdentity, sign_commit
-from ledger.store import gitdir, packs, trees, trust, upkeep
-from ledger.store.reads import Reads, Tip
-from ledger.store.types import Appended
+from ledger.store import gitdir, packs, reads, trees, trust, types, upkeep
 
 LOCK_TIMEOUT_S = 120.0
 
@@ -48,16 +45,16 @@ class Draft:
     def check(self) -> None:
         """:class:`InputError` unless this can be appended (genesis never can)."""
         if self.kind == records.KIND_GENESIS or self.kind not in records.KINDS:
-            raise InputError(f"cannot append a record of kind {self.kind!r}.")
+            raise errors.InputError(f"cannot append a record of kind {self.kind!r}.")
         if self.run is not None:
             records.check_run_id(self.run)
         for name in self.attachments:
             if not records.FILE_NAME_RE.match(name) or name == "json":
-                raise InputError(f"{name!r} is not a valid attachment name.")
+                raise errors.InputError(f"{name!r} is not a valid attachment name.")
         if self.kind == records.KIND_KEY_ADDED:
             principal = self.data.get("principal")
             if not isinstance(principal, str):
-                raise InputError("a key.added record needs the principal as a string.")
+                raise errors.InputError("a key.added record needs the principal as a string.")
             records.check_principal(principal)
 
 
@@ -66,7 +63,7 @@ class Composed:
     """An append's objects, built but not yet written."""
 
     objects: packs.PackWriter
-    tip: Tip  # the new commit, as the next append's parent
+    tip: reads.Tip  # the new commit, as the next append's parent
     path: str
     record: shapes.Record
 
@@ -81,9 +78,9 @@ def _file_entry(
 def compose(
     draft: Draft,
     *,
-    parent: Tip,
+    parent: reads.Tip,
     ledger_id: str,
-    key: SigningIdentity,
+    key: keys.SigningIdentity,
     who: str,
     tree_builder: trees.Trees,
     unverified: str | None = None,
@@ -134,7 +131,7 @@ def compose(
         key, who, now, message, pygit2.Oid(raw=tree), [parent.commit_id]
     )
     oid = pygit2.Oid(raw=objects.add(gitobj.OBJ_COMMIT, commit_raw))
-    return Composed(objects, Tip(str(oid), seq, tree, commit_raw), path, record)
+    return Composed(objects, reads.Tip(str(oid), seq, tree, commit_raw), path, record)
 
 
 def seconds(time: str) -> int:
@@ -143,7 +140,7 @@ def seconds(time: str) -> int:
 
 
 def signed_commit_bytes(
-    key: SigningIdentity,
+    key: keys.SigningIdentity,
     principal: str,
     time: str,
     message: str,
@@ -159,11 +156,11 @@ def signed_commit_bytes(
         seconds(time),
         message,
     )
-    signature = sign_commit(content, key)
+    signature = keys.sign_commit(content, key)
     return gitobj.add_signature(content, signature.encode("ascii"))
 
 
-class Appends(Reads):
+class Appends(reads.Reads):
     """Appending records: the append lock, composing, and the durable commit."""
 
     ledger_id: str
@@ -181,7 +178,7 @@ class Appends(Reads):
         plus a thread lock, since threads sharing the descriptor would share the ``flock``.
         """
         path = self.gitdir / gitdir.LOCK_FILE
-        too_long = LockTimeout(
+        too_long = errors.LockTimeout(
             f"another process has held the ledger lock {path} for over {timeout:.0f} s.",
             hint="Wait for it to finish, or find the stuck 'ledger' process.",
         )
@@ -196,7 +193,7 @@ class Appends(Reads):
         finally:
             self._thread_lock.release()
 
-    def _locked_fd(self, timeout: float, too_long: LockTimeout) -> int:
+    def _locked_fd(self, timeout: float, too_long: errors.LockTimeout) -> int:
         """Take the ``flock`` on ``ledger.lock``; when the file this object keeps open is no
         longer the one at that path (someone deleted or replaced it), open it again, so that
         this writer serialises with those that opened the file since."""
@@ -230,7 +227,7 @@ class Appends(Reads):
         """
         ref = self._main_file
         lock = ref + ".lock"
-        moved = ConcurrentUpdate(
+        moved = errors.ConcurrentUpdate(
             f"{gitdir.MAIN_REF} of {self.path} moved while the append lock was held; something "
             "wrote to the ledger without taking the lock.",
             hint="Stop other tools writing to this repository; run 'ledger verify'.",
@@ -300,14 +297,14 @@ class Appends(Reads):
         kind: str,
         data: Mapping[str, Any],
         *,
-        key: SigningIdentity,
+        key: keys.SigningIdentity,
         principal: str | None = None,
         run: str | None = None,
         attachments: Mapping[str, bytes] | None = None,
         summary: str | None = None,
         incident: str | None = None,
         host: str | None = None,
-    ) -> Appended:
+    ) -> types.Appended:
         """Append one record, signed with ``key``; returns once it is durable on disk.
 
         ``principal`` defaults to the principal the ledger trusts ``key`` as. Raises
@@ -326,7 +323,7 @@ class Appends(Reads):
                 raise view.refuse(self.path, "nothing is appended to it")
             signer = view.trusted(fingerprint)
             if signer is None:
-                raise UntrustedKey(
+                raise errors.UntrustedKey(
                     f"the key {fingerprint} is not trusted by this ledger, so it cannot sign "
                     "records here.",
                     hint="Use a trusted key (see 'ledger keys list'), or have a trusted signer "
@@ -355,9 +352,11 @@ class Appends(Reads):
                 self._view = view.advanced(made.tip.commit_id, made.tip.seq, digest)
             self._index.put(made.tip.seq, pygit2.Oid(hex=made.tip.commit_id))
         self._upkeep.after_append(made.tip.seq)
-        return Appended(made.tip.commit_id, made.tip.seq, made.path, made.record, parent.commit_id)
+        return types.Appended(
+            made.tip.commit_id, made.tip.seq, made.path, made.record, parent.commit_id
+        )
 
-    def _commit_append(self, parent: Tip, made: Composed, who: str) -> None:
+    def _commit_append(self, parent: reads.Tip, made: Composed, who: str) -> None:
         """Make ``made`` durable: its pack, ``syncfs``, the compare-and-swap of ``main``,
         ``syncfs`` again."""
         made.objects.write(self._pack_dir)

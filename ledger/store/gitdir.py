@@ -24,7 +24,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import ConcurrentUpdate, CorruptLedger, LedgerNotFound, StorageError
+from ledger import errors
 
 MAIN_REF = "refs/heads/main"
 STATE_DIR = "ledger-state"
@@ -62,7 +62,7 @@ def syncfs(path: Path, fd: int | None = None) -> None:
     try:
         if _libc.syncfs(use) != 0:
             err = ctypes.get_errno()
-            raise StorageError(
+            raise errors.StorageError(
                 f"could not flush the ledger at {path} to disk: {os.strerror(err)}.",
                 hint="Check the disk; the record was not acknowledged.",
             )
@@ -78,14 +78,14 @@ def open_repository(path: Path) -> pygit2.Repository:
     """The git repository at exactly ``path`` (no search upwards); :class:`LedgerNotFound`
     when there is none."""
     if not path.exists():
-        raise LedgerNotFound(
+        raise errors.LedgerNotFound(
             f"there is no ledger at {path} (the path does not exist).",
             hint="Create one with 'ledger init', or point --ledger at an existing one.",
         )
     try:
         return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
     except pygit2.GitError as exc:
-        raise LedgerNotFound(
+        raise errors.LedgerNotFound(
             f"{path} is not a ledger: it is not a git repository ({exc}).",
             hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
         ) from None
@@ -96,11 +96,13 @@ CORRUPT_HINT = (
 )
 
 
-def corrupt(path: Path | str, what: str, exc: BaseException | str | None = None) -> CorruptLedger:
+def corrupt(
+    path: Path | str, what: str, exc: BaseException | str | None = None
+) -> errors.CorruptLedger:
     """The :class:`CorruptLedger` for ``what`` (an object or reference, named) that cannot be
     read or parsed in the ledger at ``path``."""
     detail = f" ({exc})" if exc is not None and str(exc) else ""
-    return CorruptLedger(
+    return errors.CorruptLedger(
         f"the ledger at {path} is corrupt: {what} cannot be read{detail}.", hint=CORRUPT_HINT
     )
 
@@ -120,14 +122,14 @@ def main_target(repo: pygit2.Repository, path: Path | str) -> pygit2.Oid | None:
     return target
 
 
-def storage_error(action: str, path: Path, exc: BaseException) -> StorageError:
+def storage_error(action: str, path: Path, exc: BaseException) -> errors.StorageError:
     """The :class:`StorageError` for ``exc`` raised while trying to ``action`` the ledger
     at ``path`` (a full disk gets its own hint)."""
     text = str(exc)
     hint = "Check the path, its permissions and free disk space, then try again."
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space" in text:
         hint = "The disk is full: free space and try again; nothing was acknowledged."
-    return StorageError(f"could not {action} the ledger at {path}: {text}.", hint=hint)
+    return errors.StorageError(f"could not {action} the ledger at {path}: {text}.", hint=hint)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -201,7 +203,7 @@ def remove_stale_ref_lock(lock: str, name: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISREG(info.st_mode):
-        raise ConcurrentUpdate(
+        raise errors.ConcurrentUpdate(
             f"{name}.lock is not a regular file ({lock}), so it is not a lock file a writer "
             "left behind; the ledger's branch cannot be moved while it is there.",
             hint="Find out what put it there, remove it, then run 'ledger verify' and retry.",
@@ -297,7 +299,7 @@ def exclude_from_worktree(path: Path) -> Path | None:
                 out.write("\n")
             out.write(f"# the ledger made by 'ledger init'\n{line}\n")
     except OSError as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"the ledger was created, but {exclude} could not be written: {exc}.",
             hint=f"Add the line {line} to it yourself so that git ignores the ledger.",
         ) from None

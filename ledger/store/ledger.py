@@ -18,26 +18,24 @@ from pathlib import Path
 
 import pygit2
 
-from ledger import __version__
-from ledger.errors import LedgerExists, LedgerNotFound, StorageError
+import ledger as ledger_pkg
+from ledger import errors, keys, verify
 from ledger.format import records, shapes
-from ledger.keys import PublicKey, SigningIdentity
-from ledger.store import append, gitdir, trees
-from ledger.store.reads import Tip
-from ledger.store.runreads import RunReads
-from ledger.store.seqindex import SeqIndex
-from ledger.store.trust import TrustView
-from ledger.store.upkeep import Upkeep, UpkeepPolicy
-from ledger.verify import VerifiedState
+from ledger.store import append, gitdir, reads, runreads, seqindex, trees, trust
+from ledger.store import upkeep as store_upkeep
 
 
-class Ledger(append.Appends, RunReads):
+class Ledger(append.Appends, runreads.RunReads):
     """A ledger repository opened for reading (:class:`~ledger.store.reads.Reads`,
     :class:`~ledger.store.runreads.RunReads`) and appending
     (:class:`~ledger.store.append.Appends`)."""
 
     def __init__(
-        self, path: Path, repo: pygit2.Repository, *, upkeep: UpkeepPolicy | None = None
+        self,
+        path: Path,
+        repo: pygit2.Repository,
+        *,
+        upkeep: store_upkeep.UpkeepPolicy | None = None,
     ) -> None:
         self.path = path
         self.repo = repo
@@ -47,23 +45,23 @@ class Ledger(append.Appends, RunReads):
             self.ledger_id: str = str(cfg["ledger.id"])
             self.genesis_id: str = str(cfg["ledger.genesis"])
         except KeyError:
-            raise LedgerNotFound(
+            raise errors.LedgerNotFound(
                 f"{path} is a git repository but not a ledger (its config has no ledger.id "
                 "or ledger.genesis).",
                 hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
             ) from None
         self.name: str = str(cfg["ledger.name"]) if "ledger.name" in cfg else ""
-        self._view: TrustView | None = None
+        self._view: trust.TrustView | None = None
         self.allow_unverified = False
         """Append onto a head that does not verify (each such record says so, FORMAT.md §3)."""
-        self._upkeep = Upkeep(self.gitdir, upkeep or UpkeepPolicy())
+        self._upkeep = store_upkeep.Upkeep(self.gitdir, upkeep or store_upkeep.UpkeepPolicy())
         self._trees = trees.Trees(repo)
         self._files = gitdir.OpenFiles()
-        self._index = SeqIndex(self.gitdir / gitdir.STATE_DIR / gitdir.SEQ_INDEX)
+        self._index = seqindex.SeqIndex(self.gitdir / gitdir.STATE_DIR / gitdir.SEQ_INDEX)
         weakref.finalize(self, self._files.close)
         weakref.finalize(self, self._index.close)
         self._thread_lock = threading.Lock()
-        self._last: Tip | None = None
+        self._last: reads.Tip | None = None
         # Paths an append uses, made once (building them is a visible part of an append).
         self._main_file = str(self.gitdir / gitdir.MAIN_REF)
         self._pack_dir = self.gitdir / "objects" / "pack"
@@ -72,12 +70,12 @@ class Ledger(append.Appends, RunReads):
     # -- creation and opening -----------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, upkeep: UpkeepPolicy | None = None) -> Ledger:
+    def open(cls, path: Path, *, upkeep: store_upkeep.UpkeepPolicy | None = None) -> Ledger:
         """Open an existing ledger; :class:`LedgerNotFound` if there is none. ``upkeep``:
         when to merge and repack packs (default: :class:`UpkeepPolicy`'s defaults)."""
         repo = gitdir.open_repository(path)
         if not repo.is_bare:
-            raise LedgerNotFound(
+            raise errors.LedgerNotFound(
                 f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
                 hint="Point --ledger at a ledger made by 'ledger init'.",
             )
@@ -85,7 +83,11 @@ class Ledger(append.Appends, RunReads):
 
     @classmethod
     def adopt(
-        cls, path: Path, verified: VerifiedState, *, upkeep: UpkeepPolicy | None = None
+        cls,
+        path: Path,
+        verified: verify.VerifiedState,
+        *,
+        upkeep: store_upkeep.UpkeepPolicy | None = None,
     ) -> Ledger:
         """Make a bare repository whose chain was just verified (``verified``, the verifier's
         state at its head) a ledger: its ``ledger.*`` config is written from that verified
@@ -94,13 +96,13 @@ class Ledger(append.Appends, RunReads):
         repo = pygit2.Repository(str(path))
         ref = repo.references.get(gitdir.MAIN_REF)
         if ref is None or str(ref.target) != verified.head:
-            raise LedgerNotFound(
+            raise errors.LedgerNotFound(
                 f"{path}'s {gitdir.MAIN_REF} is not the verified head {verified.head}; "
                 "nothing was adopted."
             )
         commit = repo.get(verified.genesis)
         if not isinstance(commit, pygit2.Commit) or records.GENESIS_PATH not in commit.tree:
-            raise LedgerNotFound(f"the genesis commit of {path} holds no genesis record.")
+            raise errors.LedgerNotFound(f"the genesis commit of {path} holds no genesis record.")
         genesis = json.loads(trees.blob_data(repo, commit.tree[records.GENESIS_PATH].id))
         repo.config["ledger.id"] = verified.ledger_id
         repo.config["ledger.genesis"] = verified.genesis
@@ -113,11 +115,11 @@ class Ledger(append.Appends, RunReads):
         path: Path,
         *,
         name: str,
-        key: SigningIdentity,
+        key: keys.SigningIdentity,
         principal: str,
-        signers: list[tuple[str, PublicKey]] | None = None,
+        signers: list[tuple[str, keys.PublicKey]] | None = None,
         host: str | None = None,
-        upkeep: UpkeepPolicy | None = None,
+        upkeep: store_upkeep.UpkeepPolicy | None = None,
     ) -> Ledger:
         """Create a new ledger with its genesis record.
 
@@ -127,7 +129,7 @@ class Ledger(append.Appends, RunReads):
         (:func:`~ledger.format.records.check_principal`).
         """
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise LedgerExists(
+            raise errors.LedgerExists(
                 f"{path} already exists and is not empty; 'ledger init' never touches an "
                 "existing ledger or directory.",
                 hint="Choose another path, or use the existing ledger with --ledger.",
@@ -142,7 +144,7 @@ class Ledger(append.Appends, RunReads):
                 {"principal": p, "key": pk.openssh(), "fingerprint": pk.fingerprint}
                 for p, pk in members
             ],
-            "created_by": f"runbook-ledger {__version__}",
+            "created_by": f"runbook-ledger {ledger_pkg.__version__}",
         }
         oid = _write_genesis(path, repo, ledger_id, key, principal, host, data)
         ledger = cls(path, repo, upkeep=upkeep)
@@ -166,7 +168,7 @@ class Ledger(append.Appends, RunReads):
     # -- packing -------------------------------------------------------------------------
 
     @property
-    def last_pack_error(self) -> StorageError | None:
+    def last_pack_error(self) -> errors.StorageError | None:
         """The failure of the last pack upkeep, if it failed."""
         return self._upkeep.last_error
 
@@ -214,7 +216,7 @@ def _write_genesis(
     path: Path,
     repo: pygit2.Repository,
     ledger_id: str,
-    key: SigningIdentity,
+    key: keys.SigningIdentity,
     principal: str,
     host: str | None,
     data: shapes.GenesisData,

@@ -20,12 +20,9 @@ from pathlib import Path
 
 import pygit2
 
-from ledger import keys
-from ledger.errors import InputError, SignatureError, StorageError
+from ledger import errors, keys
 from ledger.format import records
-from ledger.store import gitdir, trees, trust
-from ledger.store.seqindex import SeqIndex
-from ledger.store.types import Head, Signer, StoredRecord
+from ledger.store import gitdir, seqindex, trees, trust, types
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class Reads:
     path: Path
     repo: pygit2.Repository
     gitdir: Path
-    _index: SeqIndex
+    _index: seqindex.SeqIndex
     _trees: trees.Trees
     _last: Tip | None  # the tip this object appended last
     _main_file: str
@@ -53,12 +50,12 @@ class Reads:
 
     # -- head and lookups ---------------------------------------------------------------
 
-    def head(self) -> Head | None:
+    def head(self) -> types.Head | None:
         target = gitdir.main_target(self.repo, self.path)
         if target is None:
             return None
         commit = self._commit(target)
-        return Head(str(commit.id), self._commit_seq(commit))
+        return types.Head(str(commit.id), self._commit_seq(commit))
 
     def _read_main(self) -> str | None:
         """The commit id ``main`` names, read from its file (else through libgit2, which
@@ -78,7 +75,7 @@ class Reads:
         appended last is remembered rather than read again)."""
         head = self._read_main()
         if head is None:
-            raise StorageError(f"the ledger at {self.path} has no {gitdir.MAIN_REF}.")
+            raise errors.StorageError(f"the ledger at {self.path} has no {gitdir.MAIN_REF}.")
         if self._last is not None and self._last.commit_id == head:
             return self._last
         commit = self._commit(head)
@@ -110,12 +107,12 @@ class Reads:
         try:
             return int(trailers["Ledger-Seq"])
         except (KeyError, ValueError):
-            raise StorageError(
+            raise errors.StorageError(
                 f"commit {commit.id} has no valid Ledger-Seq trailer; the ledger is damaged.",
                 hint="Run 'ledger verify' to see what is wrong.",
             ) from None
 
-    def _load(self, commit: pygit2.Commit) -> StoredRecord:
+    def _load(self, commit: pygit2.Commit) -> types.StoredRecord:
         trailers = records.parse_trailers(commit.message)
         path = trailers.get("Ledger-Record", "")
         try:
@@ -129,7 +126,7 @@ class Reads:
             raise gitdir.corrupt(
                 self.path, f"the record {path or '(no Ledger-Record)'} of commit {commit.id}", exc
             ) from None
-        return StoredRecord(
+        return types.StoredRecord(
             commit_id=str(commit.id),
             seq=seq,
             kind=str(record.get("kind", "")),
@@ -143,7 +140,7 @@ class Reads:
 
     def iter_records(
         self, *, newest_first: bool = True, start: str | None = None
-    ) -> Iterator[StoredRecord]:
+    ) -> Iterator[types.StoredRecord]:
         """Records along the chain, streaming; from ``start`` (a commit id) or the verified
         head (:meth:`verified_head`)."""
         begin = start or self.verified_head()
@@ -166,7 +163,7 @@ class Reads:
 
     def record(
         self, ref: str | int, *, at: str | None = None, signed: bool = False
-    ) -> StoredRecord:
+    ) -> types.StoredRecord:
         """One record, by seq (an int or a decimal string) or by commit id (or prefix), of
         the chain ending at commit ``at`` (default: the verified head, :meth:`verified_head`).
         A commit that is not that chain's record at its seq is no record of this ledger.
@@ -178,14 +175,14 @@ class Reads:
         try:
             obj = self.repo.revparse_single(text)
         except (KeyError, ValueError, pygit2.GitError):
-            raise InputError(
+            raise errors.InputError(
                 f"no record with commit id {text!r} in this ledger.",
                 hint="Give a seq number or a commit id from 'ledger log'.",
             ) from None
         if not isinstance(obj, pygit2.Commit):
-            raise InputError(f"{text!r} does not name a commit of this ledger.")
+            raise errors.InputError(f"{text!r} does not name a commit of this ledger.")
         if at is None or not self._is_chain_record(obj, at):
-            raise InputError(
+            raise errors.InputError(
                 f"the commit {obj.id} is not a record of this ledger's chain (it is not "
                 "reachable from the verified head at its seq).",
                 hint="Give a seq number or a commit id from 'ledger log'; an unreachable "
@@ -198,7 +195,7 @@ class Reads:
         try:
             seq = self._commit_seq(commit)
             return self.commit_for_seq(seq, at=at, signed=True) == str(commit.id)
-        except (InputError, StorageError):
+        except (errors.InputError, errors.StorageError):
             return False
 
     # -- seq index -----------------------------------------------------------------------
@@ -213,10 +210,12 @@ class Reads:
         also be signed by a key the verified view trusted at ``seq``, which only the
         chain's own commit is. Otherwise the chain is walked back and the index repaired."""
         at = self.verified_head(at)
-        head = None if at is None else Head(at, self._commit_seq(self._commit(at)))
+        head = None if at is None else types.Head(at, self._commit_seq(self._commit(at)))
         if head is None or seq < 0 or seq > head.seq:
             top = "none" if head is None else str(head.seq)
-            raise InputError(f"no record with seq {seq} in this ledger (the newest is {top}).")
+            raise errors.InputError(
+                f"no record with seq {seq} in this ledger (the newest is {top})."
+            )
         head_tree = self._commit(head.commit_id).tree
         hit = self._index.get(seq)
         if (
@@ -227,7 +226,7 @@ class Reads:
             return str(hit)
         return self._walk_to(head, seq)
 
-    def _walk_to(self, head: Head, seq: int) -> str:
+    def _walk_to(self, head: types.Head, seq: int) -> str:
         """Walk back from ``head`` to ``seq`` by first parents, repairing the index."""
         oid: pygit2.Oid | None = pygit2.Oid(hex=head.commit_id)
         at = head.seq
@@ -240,7 +239,7 @@ class Reads:
                 return str(commit.id)
             oid = commit.parent_ids[0] if commit.parent_ids else None
             at -= 1
-        raise StorageError(
+        raise errors.StorageError(
             f"seq {seq} is not on the chain of {self.path}; it is damaged.",
             hint="Run 'ledger verify' to see what is wrong.",
         )
@@ -259,9 +258,9 @@ class Reads:
         tree = self._head_tree(commit_id)
         obj = None if tree is None else self._lookup(tree, path)
         if obj is None:
-            raise InputError(f"the ledger has no file {path!r}.")
+            raise errors.InputError(f"the ledger has no file {path!r}.")
         if not isinstance(obj, pygit2.Blob):
-            raise InputError(f"{path!r} in the ledger is a directory, not a file.")
+            raise errors.InputError(f"{path!r} in the ledger is a directory, not a file.")
         return bytes(obj.data)
 
     def _read_blob_at(self, path: str, commit_id: str) -> bytes:
@@ -281,7 +280,7 @@ class Reads:
         the trust set the verifier replays over it (:mod:`ledger.store.trust`)."""
         head = self._read_main()
         if head is None:
-            raise StorageError(f"the ledger at {self.path} has no {gitdir.MAIN_REF}.")
+            raise errors.StorageError(f"the ledger at {self.path} has no {gitdir.MAIN_REF}.")
         self._view = trust.view_at(self.repo, head, self._view)
         return self._view
 
@@ -299,14 +298,14 @@ class Reads:
             raise view.refuse(self.path, "nothing is read from it")
         return view.head
 
-    def signers(self) -> list[Signer]:
+    def signers(self) -> list[types.Signer]:
         """Every key the ledger has trusted, with revocations, as the verifier replays the
         chain up to ``main`` (a key record that fails any check changes nothing)."""
         if self._read_main() is None:
             return []
         return list(self.trust_view().signers)
 
-    def trusted_signer(self, fingerprint: str) -> Signer | None:
+    def trusted_signer(self, fingerprint: str) -> types.Signer | None:
         """The signer with ``fingerprint`` if it is trusted at ``main`` (verified view)."""
         if self._read_main() is None:
             return None
@@ -324,7 +323,7 @@ def _signed_at(
         return str(oid) == view.state.genesis
     try:
         _payload, public = keys.verify_signed_commit(bytes(repo.odb.read(oid)[1]))
-    except (SignatureError, KeyError, ValueError, pygit2.GitError):
+    except (errors.SignatureError, KeyError, ValueError, pygit2.GitError):
         return False
     return any(
         s.fingerprint == public.fingerprint
@@ -356,7 +355,7 @@ def _on_chain(repo: pygit2.Repository, oid: pygit2.Oid, seq: int, head_tree: pyg
             other = str(meta.get("path", "")) if isinstance(meta, dict) else ""
             if commit.tree[other].id != head_tree[other].id:
                 return False
-    except (KeyError, ValueError, TypeError, AttributeError, StorageError, pygit2.GitError):
+    except (KeyError, ValueError, TypeError, AttributeError, errors.StorageError, pygit2.GitError):
         return False
     return True
 

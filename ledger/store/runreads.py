@@ -12,11 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from ledger.format import records
-from ledger.store.reads import Reads
-from ledger.store.types import StoredRecord
+from ledger.store import reads, types
 
 
-class RunReads(Reads):
+class RunReads(reads.Reads):
     """Runs and incidents, looked up in the tree of the verified head (or of ``at``)."""
 
     def run_dir(self, run_id: str) -> str:
@@ -24,7 +23,7 @@ class RunReads(Reads):
 
     def run_records(
         self, run_id: str, *, at: str | None = None, signed: bool = False
-    ) -> list[StoredRecord]:
+    ) -> list[types.StoredRecord]:
         """All records of one run, in seq order, found through the tree (no history scan)
         of commit ``at`` (default: the verified head); ``signed`` as :meth:`commit_for_seq`."""
         at = self.verified_head(at)
@@ -35,7 +34,7 @@ class RunReads(Reads):
         names = sorted(e.name for e in tree if e.name and e.name.endswith(".json"))
         return [self.record(int(name.split("-", 1)[0]), at=at, signed=signed) for name in names]
 
-    def usable_run_records(self, run_id: str, *, at: str | None = None) -> list[StoredRecord]:
+    def usable_run_records(self, run_id: str, *, at: str | None = None) -> list[types.StoredRecord]:
         """:meth:`run_records` for a decision: on a chain read with :attr:`allow_unverified`
         that does not verify, without the records a finding names (a record that fails any
         check has no effect, as in the verifier's trust replay)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import CorruptLedger, StorageError
+from ledger import errors
 from ledger.format import gitobj
 from ledger.store import packs
 
@@ -23,12 +23,12 @@ def blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
     try:
         obj = repo.get(oid)
     except (ValueError, pygit2.GitError) as exc:
-        raise CorruptLedger(
+        raise errors.CorruptLedger(
             f"the ledger at {repo.path} is corrupt: the blob {oid} cannot be read ({exc}).",
             hint=CORRUPT_HINT,
         ) from None
     if not isinstance(obj, pygit2.Blob):
-        raise CorruptLedger(
+        raise errors.CorruptLedger(
             f"object {oid} is not a file; the ledger at {repo.path} is damaged.",
             hint=CORRUPT_HINT,
         )
@@ -57,23 +57,23 @@ class Trees:
         try:
             obj_type, raw = self.repo.odb.read(pygit2.Oid(raw=oid))
         except (KeyError, ValueError, pygit2.GitError) as exc:
-            raise CorruptLedger(
+            raise errors.CorruptLedger(
                 f"the ledger at {self.repo.path} is corrupt: the tree {oid.hex()} "
                 f"({where or '/'}) cannot be read ({exc}).",
                 hint=CORRUPT_HINT,
             ) from None
         if obj_type != pygit2.enums.ObjectType.TREE:
-            raise StorageError(f"{where or '/'} is a file in the ledger, not a directory.")
+            raise errors.StorageError(f"{where or '/'} is a file in the ledger, not a directory.")
         try:
             parsed = gitobj.parse_tree(raw)
         except ValueError as exc:
-            raise CorruptLedger(
+            raise errors.CorruptLedger(
                 f"the tree {oid.hex()} at {where or '/'} is damaged ({exc}).",
                 hint="Run 'ledger verify' to see what is wrong.",
             ) from None
         keys = [gitobj.git_order(name, mode) for mode, name, _ in parsed]
         if any(a >= b for a, b in itertools.pairwise(keys)):
-            raise StorageError(
+            raise errors.StorageError(
                 f"the tree at {where or '/'} is not in git's order; the ledger is damaged.",
                 hint="Run 'ledger verify' to see what is wrong.",
             )
@@ -125,7 +125,7 @@ class Trees:
                 sub: bytes | None = None
                 if existing is not None:
                     if existing[0] != gitobj.MODE_TREE:
-                        raise StorageError(
+                        raise errors.StorageError(
                             f"{where}{name} is a file in the ledger, not a directory."
                         )
                     sub = existing[1]
@@ -135,7 +135,7 @@ class Trees:
                 )
             else:
                 if existing is not None:
-                    raise StorageError(
+                    raise errors.StorageError(
                         f"{where}{name} already exists in the ledger; records never replace files.",
                         hint="Run 'ledger verify'; the ledger may have been tampered with.",
                     )

@@ -16,18 +16,9 @@ from dataclasses import dataclass
 
 import pygit2
 
-from ledger.errors import InputError, StorageError, VerificationFailed
-from ledger.keys import PublicKey
-from ledger.store.types import Signer
-from ledger.verify import (
-    Finding,
-    TrustedKey,
-    VerifiedState,
-    load_state,
-    local,
-    save_state,
-    verify_chain,
-)
+from ledger import errors, keys, verify
+from ledger.store import types
+from ledger.verify import local
 
 
 @dataclass(frozen=True)
@@ -41,15 +32,15 @@ class TrustView:
 
     head: str
     seq: int | None
-    signers: tuple[Signer, ...]
-    findings: tuple[Finding, ...]
-    state: VerifiedState | None
+    signers: tuple[types.Signer, ...]
+    findings: tuple[verify.Finding, ...]
+    state: verify.VerifiedState | None
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
-    def trusted(self, fingerprint: str) -> Signer | None:
+    def trusted(self, fingerprint: str) -> types.Signer | None:
         for s in self.signers:
             if s.fingerprint == fingerprint and s.active:
                 return s
@@ -70,13 +61,13 @@ class TrustView:
             state = dataclasses.replace(state, head=commit_id, seq=seq, prev_sha256=prev_sha256)
         return dataclasses.replace(self, head=commit_id, seq=seq, state=state)
 
-    def refuse(self, path: object, what: str) -> VerificationFailed:
+    def refuse(self, path: object, what: str) -> errors.VerificationFailed:
         """The error that refuses ``what`` on a chain that does not verify."""
         shown = "; ".join(f"{f.rule} at seq {f.seq}: {f.message}" for f in self.findings[:5])
         more = len(self.findings) - 5
         if more > 0:
             shown += f"; and {more} more"
-        return VerificationFailed(
+        return errors.VerificationFailed(
             f"the ledger at {path} does not verify, so {what}: {shown}.",
             findings=list(self.findings),
             hint="Run 'ledger verify' for every finding and investigate (restore from a "
@@ -88,14 +79,14 @@ class TrustView:
         )
 
 
-_PARSED: dict[str, PublicKey] = {}
+_PARSED: dict[str, keys.PublicKey] = {}
 
 
-def _signer(k: TrustedKey) -> Signer:
+def _signer(k: verify.TrustedKey) -> types.Signer:
     pk = _PARSED.get(k.key)
     if pk is None:
-        pk = _PARSED[k.key] = PublicKey.parse(k.key)
-    return Signer(k.principal, pk, k.added_seq, k.added_time, k.revoked_seq, k.revoked_time)
+        pk = _PARSED[k.key] = keys.PublicKey.parse(k.key)
+    return types.Signer(k.principal, pk, k.added_seq, k.added_time, k.revoked_seq, k.revoked_time)
 
 
 def _config_id(repo: pygit2.Repository) -> str | None:
@@ -116,17 +107,17 @@ def view_at(repo: pygit2.Repository, head: str, known: TrustView | None) -> Trus
     if known is not None and known.head == head:
         return known
     try:
-        saved = load_state(repo)
-    except InputError:
+        saved = verify.load_state(repo)
+    except errors.InputError:
         saved = None
     base = known.state if known is not None else None
     if saved is not None and (base is None or saved.seq > base.seq):
         base = saved
     pin = None
     if base is None:  # no verified head: from the genesis, pinned when this machine has a pin
-        with contextlib.suppress(InputError, StorageError):
+        with contextlib.suppress(errors.InputError, errors.StorageError):
             pin = local.find_pin(local.Anchors.given(), None, _config_id(repo)).genesis
-    result = verify_chain(repo, head, since=base, trust_genesis=pin)
+    result = verify.verify_chain(repo, head, since=base, trust_genesis=pin)
     state = result.state
     # Only a head this copy already remembers moves forward: the first one (and the pin it
     # carries) is set by 'ledger init' or 'ledger verify' (ledger.verify.local), never here.
@@ -135,8 +126,8 @@ def view_at(repo: pygit2.Repository, head: str, known: TrustView | None) -> Trus
         and saved is not None
         and (state.seq > saved.seq or state.head != saved.head)
     ):
-        with contextlib.suppress(StorageError):
-            save_state(repo, state)
+        with contextlib.suppress(errors.StorageError):
+            verify.save_state(repo, state)
     return TrustView(
         head=head,
         seq=result.seq,

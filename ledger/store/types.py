@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from ledger import keys
-from ledger.errors import InputError
+from ledger import errors, keys
 from ledger.format import shapes
 
 D = TypeVar("D")
@@ -115,7 +114,7 @@ class StoredRecord:
         """The bytes of one of this record's attached files."""
         path = self.files.get(name)
         if path is None or self.read_blob is None:
-            raise InputError(f"record {self.seq} has no attached file {name!r}.")
+            raise errors.InputError(f"record {self.seq} has no attached file {name!r}.")
         return self.read_blob(path, self.commit_id)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.errors import LedgerNotFound, StorageError
+from ledger import errors
 from ledger.store import gitdir, packs
 
 
@@ -229,7 +229,7 @@ def pack_objects(
                 builder.add(pygit2.Oid(raw=raw))
             builder.write(str(pack_dir))
             if builder.written_objects_count != len(wanted):
-                raise StorageError(
+                raise errors.StorageError(
                     f"packing {gitdir_path} wrote {builder.written_objects_count} of {len(wanted)} "
                     "objects; nothing was removed.",
                     hint="Run 'ledger verify'; check free disk space.",
@@ -273,7 +273,7 @@ class Upkeep:
     def __init__(self, gitdir_path: Path, policy: UpkeepPolicy = DEFAULT_POLICY) -> None:
         self.gitdir = gitdir_path
         self.policy = policy
-        self.last_error: StorageError | None = None
+        self.last_error: errors.StorageError | None = None
         self.packer: threading.Thread | None = None
         self.merger: threading.Thread | None = None
         self._full_pack_due = False
@@ -314,10 +314,10 @@ class Upkeep:
                 # A repository object of its own: the appending thread keeps using its own.
                 work(gitdir.open_repository(self.gitdir), self.gitdir, self.policy, **kwargs)
                 self.last_error = None
-            except StorageError as exc:
+            except errors.StorageError as exc:
                 self.last_error = exc
-            except LedgerNotFound as exc:  # the ledger's directory was removed meanwhile
-                self.last_error = StorageError(exc.message)
+            except errors.LedgerNotFound as exc:  # the ledger's directory was removed meanwhile
+                self.last_error = errors.StorageError(exc.message)
 
         thread = threading.Thread(target=run, name=name, daemon=False)
         thread.start()

@@ -17,18 +17,16 @@ from pathlib import Path
 
 import pygit2
 
-from ledger.errors import InputError, LedgerNotFound, StorageError
-from ledger.verify import findings, objects, state
-from ledger.verify.commit import Expected, Verifier
-from ledger.verify.rules import HEX40, MAIN_REF, OBJ_COMMIT
+from ledger import errors
+from ledger.verify import commit, findings, objects, rules, state
 
 
 def _check_genesis_arg(value: str | None) -> str | None:
     if value is None:
         return None
     text = value.strip().lower()
-    if not HEX40.fullmatch(text):
-        raise InputError(
+    if not rules.HEX40.fullmatch(text):
+        raise errors.InputError(
             f"{value!r} is not a full commit id; a genesis is pinned by all 40 hex digits.",
             hint="Copy the genesis commit id printed by 'ledger init' (or 'ledger verify').",
         )
@@ -38,7 +36,7 @@ def _check_genesis_arg(value: str | None) -> str | None:
 def verify_ledger(
     repo_path: Path | str | pygit2.Repository,
     *,
-    ref: str = MAIN_REF,
+    ref: str = rules.MAIN_REF,
     trust_genesis: str | None = None,
     since: state.VerifiedState | None = None,
     progress: findings.ProgressFn | None = None,
@@ -66,11 +64,11 @@ def verify_ledger(
     try:
         reference = repo.references.get(ref)
     except (pygit2.GitError, ValueError) as exc:
-        raise StorageError(f"the ref {ref} cannot be read: {exc}.") from None
+        raise errors.StorageError(f"the ref {ref} cannot be read: {exc}.") from None
     saved = since or remembered
     if reference is None:
         if saved is not None:
-            v = Verifier(repo)
+            v = commit.Verifier(repo)
             _check_repository(v)
             v.add("rollback", None, None, f"{ref} does not exist; it was at seq {saved.seq}")
             return findings.VerifyResult(
@@ -83,14 +81,16 @@ def verify_ledger(
                 genesis_pinned=True,
                 ledger_id=saved.ledger_id,
             )
-        raise LedgerNotFound(
+        raise errors.LedgerNotFound(
             f"{repo.path} holds no {ref}; it is not a ledger or it is empty.",
             hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
         )
     try:
         target = str(reference.resolve().target)
     except (KeyError, pygit2.GitError) as exc:
-        raise StorageError(f"the ref {ref} of {repo.path} cannot be resolved: {exc}.") from None
+        raise errors.StorageError(
+            f"the ref {ref} of {repo.path} cannot be resolved: {exc}."
+        ) from None
     return verify_chain(
         repo,
         target,
@@ -187,7 +187,7 @@ def _verify_chain(
     pin = _check_genesis_arg(trust_genesis)
     repo = objects.open_repo(repo)
     head = head.strip().lower()
-    v = Verifier(repo, require_user_presence)
+    v = commit.Verifier(repo, require_user_presence)
     if check_repository:
         _check_repository(v)  # (1)
     wanted = {c.strip().lower() for c in commits}
@@ -244,7 +244,7 @@ def _verify_chain(
 
 
 # (1) Repository: history substitutions stock git would apply.
-def _check_repository(v: Verifier) -> None:
+def _check_repository(v: commit.Verifier) -> None:
     repo = v.repo
     for name in repo.references:
         if name.startswith("refs/replace/"):
@@ -255,7 +255,7 @@ def _check_repository(v: Verifier) -> None:
             v.add(
                 "replace-refs",
                 None,
-                target if HEX40.fullmatch(target) else None,
+                target if rules.HEX40.fullmatch(target) else None,
                 f"{name} exists: it makes stock git show object {name[13:]} as {target}",
             )
     grafts = Path(repo.path) / "info" / "grafts"
@@ -286,7 +286,7 @@ class _Walk:
 
 # (2) Walk back from the head collecting ids only, stopping at the root or at the saved head.
 def _walk_back(
-    v: Verifier, head: str, since: state.VerifiedState | None, wanted: set[str]
+    v: commit.Verifier, head: str, since: state.VerifiedState | None, wanted: set[str]
 ) -> _Walk:
     walk = _Walk()
     cur: str | None = head
@@ -312,7 +312,7 @@ def _walk_back(
 # (3) Resume from the last verified head when the chain still holds it; otherwise say how
 #     the chain left it (rollback, rewrite) and verify the whole chain.
 def _resume(
-    v: Verifier, walk: _Walk, head: str, since: state.VerifiedState | None
+    v: commit.Verifier, walk: _Walk, head: str, since: state.VerifiedState | None
 ) -> state.VerifiedState | None:
     if since is None:
         return None
@@ -323,7 +323,9 @@ def _resume(
     return None
 
 
-def _check_remembered(v: Verifier, walk: _Walk, head: str, saved: state.VerifiedState) -> None:
+def _check_remembered(
+    v: commit.Verifier, walk: _Walk, head: str, saved: state.VerifiedState
+) -> None:
     """Plain verification of a copy verified before: the same findings as step (3) would
     make when resuming, while the whole chain is verified."""
     if walk.broken is not None:
@@ -334,7 +336,7 @@ def _check_remembered(v: Verifier, walk: _Walk, head: str, saved: state.Verified
     _left(v, walk, head, saved)
 
 
-def _left(v: Verifier, walk: _Walk, head: str, since: state.VerifiedState) -> None:
+def _left(v: commit.Verifier, walk: _Walk, head: str, since: state.VerifiedState) -> None:
     """How a whole chain walked back to its root left the saved head: ``rollback`` (plus
     ``rewrite`` when the head is not the saved head's ancestor) or ``rewrite``."""
     head_seq = len(walk.ids) - 1
@@ -360,25 +362,27 @@ def _left(v: Verifier, walk: _Walk, head: str, since: state.VerifiedState) -> No
 
 # (5) Each commit, oldest first, from the saved head, the root, or the break in the chain.
 def _verify_forward(
-    v: Verifier,
+    v: commit.Verifier,
     walk: _Walk,
     start: state.VerifiedState | None,
     progress: findings.ProgressFn | None,
-) -> Expected:
+) -> commit.Expected:
     if start is not None:
         v.ledger_id = start.ledger_id
         v.trust.load(start.keys)
         base_tree: str | None = None
         try:
-            base_tree = objects.parse_commit(v.reader.read(start.head, OBJ_COMMIT, "commit")).tree
+            base_tree = objects.parse_commit(
+                v.reader.read(start.head, rules.OBJ_COMMIT, "commit")
+            ).tree
         except objects.ObjectError as exc:
             v.add(exc.rule, start.seq, start.head, exc.message)
-        prev = Expected(start.head, start.seq, start.prev_sha256, base_tree)
+        prev = commit.Expected(start.head, start.seq, start.prev_sha256, base_tree)
     elif walk.reached_root:
-        prev = Expected(None, None, None, None)
+        prev = commit.Expected(None, None, None, None)
     else:
         v.trust.known = False
-        prev = Expected(walk.broken_at, None, None, None, known=False)
+        prev = commit.Expected(walk.broken_at, None, None, None, known=False)
     total = len(walk.ids)
     step = max(1, min(1000, total // 100 or 1))
     if progress is not None:
@@ -393,10 +397,10 @@ def _verify_forward(
 
 
 def _included(
-    v: Verifier,
+    v: commit.Verifier,
     walk: _Walk,
     wanted: set[str],
-    last: Expected,
+    last: commit.Expected,
     since: state.VerifiedState | None,
 ) -> dict[str, int | None]:
     """Commits asked about: their seq on the chain; walks back past the saved head if needed."""
@@ -428,7 +432,7 @@ def _reversed(ids: list[str]) -> Iterator[str]:
         yield ids[i]
 
 
-def _is_ancestor(v: Verifier, ancestor: str, descendant: str, steps: int) -> bool:
+def _is_ancestor(v: commit.Verifier, ancestor: str, descendant: str, steps: int) -> bool:
     """Whether ``ancestor`` is ``steps`` first-parent steps behind ``descendant``."""
     cur = descendant
     try:

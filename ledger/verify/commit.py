@@ -15,8 +15,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.verify import findings, kinds, objects, records, tree, trust
-from ledger.verify.rules import KEY_KINDS, OBJ_BLOB
+from ledger.verify import findings, kinds, objects, records, rules, tree, trust
 
 
 @dataclass
@@ -140,7 +139,7 @@ class Verifier:
                 if c.rec_entry is None:
                     c.note("tree-append", f"the tree has no record file {rec_path}")
                 else:
-                    rec_raw = self.reader.read(c.rec_entry[1], OBJ_BLOB, f"record {rec_path}")
+                    rec_raw = self.reader.read(c.rec_entry[1], rules.OBJ_BLOB, f"record {rec_path}")
             except objects.ObjectError as exc:
                 c.readable = False
                 c.note(exc.rule, exc.message)
@@ -263,5 +262,5 @@ class Verifier:
     def _apply_trust_changes(self, c: _Facts) -> None:
         if c.rec is None or c.is_root or not (c.trusted and c.schema_ok) or c.pending:
             return
-        if c.kind in KEY_KINDS:
+        if c.kind in rules.KEY_KINDS:
             self.trust.apply_key_record(c.rec)

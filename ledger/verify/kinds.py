@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ledger import keys
-from ledger.errors import KeyProblem
-from ledger.verify.rules import FINGERPRINT, HEX40, RUN_ID, SHA256
+from ledger import errors, keys
+from ledger.verify import rules
 
 
 def is_int(value: Any) -> bool:
@@ -22,7 +21,7 @@ def check_key_line(key: Any, fingerprint: Any, where: str) -> tuple[list[str], s
         return [f"{where}: key and fingerprint must be strings"], None
     try:
         pk = keys.PublicKey.parse(key)
-    except KeyProblem as exc:
+    except errors.KeyProblem as exc:
         return [f"{where}: the key is not an OpenSSH public key ({exc.message})"], None
     out = []
     if pk.openssh() != key:
@@ -122,7 +121,7 @@ def _strs(v: Any) -> bool:
 
 
 def _hex64(v: Any) -> bool:
-    return isinstance(v, str) and bool(SHA256.fullmatch(v))
+    return isinstance(v, str) and bool(rules.SHA256.fullmatch(v))
 
 
 def _one_of(*values: str) -> Callable[[Any], bool]:
@@ -134,11 +133,11 @@ def _shape(**spec: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 def _run_id_or_null(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and bool(RUN_ID.fullmatch(v)))
+    return v is None or (isinstance(v, str) and bool(rules.RUN_ID.fullmatch(v)))
 
 
 def _fingerprint(v: Any) -> bool:
-    return isinstance(v, str) and bool(FINGERPRINT.fullmatch(v))
+    return isinstance(v, str) and bool(rules.FINGERPRINT.fullmatch(v))
 
 
 #: The kinds whose ``data`` has exactly these fields (FORMAT.md §2, §5).
@@ -199,7 +198,7 @@ _RUN_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "principal": _str,
         "fingerprint": _fingerprint,
         "request_seq": _int,
-        "request_commit": lambda v: isinstance(v, str) and bool(HEX40.fullmatch(v)),
+        "request_commit": lambda v: isinstance(v, str) and bool(rules.HEX40.fullmatch(v)),
         "via": _one_of("command", "terminal"),
     },
     "run.finished": {

@@ -39,16 +39,8 @@ from typing import Any, Protocol
 
 import pygit2
 
-from ledger.errors import (
-    GenesisNotPinned,
-    InputError,
-    LedgerError,
-    StorageError,
-    VerificationFailed,
-)
-from ledger.verify import chain, objects, state
-from ledger.verify.findings import Finding, ProgressFn, VerifyResult
-from ledger.verify.rules import HEX40, KEY_KINDS
+from ledger import errors
+from ledger.verify import chain, findings, objects, rules, state
 
 APP_DIR = "runbook-ledger"
 PINS_FILE = "pins"
@@ -92,7 +84,7 @@ def _private_dir(path: Path) -> None:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(path, 0o700)  # (mkdir's mode is masked by the umask)
     except OSError as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"could not create the state directory {path}: {exc.strerror or exc}.",
             hint=f"Check its permissions, or set {ENV_STATE_DIR} to a directory of your own.",
         ) from None
@@ -105,7 +97,7 @@ def _check_private(path: Path) -> None:
     except OSError:
         return  # absent (or unreadable: reading the file says so)
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise StorageError(
+        raise errors.StorageError(
             f"the state directory {path} is not private (owner uid {st.st_uid}, mode "
             f"{st.st_mode & 0o777:o}): trust anchors kept there could be changed by others.",
             hint=f"chmod 700 {path} (it must be yours), or set {ENV_STATE_DIR}.",
@@ -146,7 +138,7 @@ def _write_private(path: Path, data: bytes) -> Path:
         finally:
             os.close(dfd)
     except OSError as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"could not save {path}: {exc.strerror or exc}.",
             hint="Check the state directory's permissions and free disk space.",
         ) from None
@@ -162,7 +154,7 @@ def _read_text(path: Path, *, private: bool = True) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise StorageError(
+        raise errors.StorageError(
             f"could not read {path}: {exc}.",
             hint="Check its permissions, or delete it and verify the whole ledger again.",
         ) from None
@@ -192,7 +184,7 @@ def load_state(repo_path: Path | str | pygit2.Repository) -> state.VerifiedState
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise InputError(
+        raise errors.InputError(
             f"the saved verification state {path} is not JSON ({exc}).",
             hint="Delete it and verify the whole ledger again.",
         ) from None
@@ -213,7 +205,7 @@ def parse_pins(text: str, source: str) -> dict[str, str]:
             continue
         m = _PIN_LINE.fullmatch(body)
         if m is None:
-            raise InputError(
+            raise errors.InputError(
                 f"line {number} of the pin file {source} is not "
                 "'<ledger id: 32 hex> <genesis commit id: 40 hex>'.",
                 hint="Fix or remove that line.",
@@ -226,7 +218,7 @@ def read_pins(path: Path) -> dict[str, str]:
     own = path == state_root() / PINS_FILE
     text = _read_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
     if text is None and not own:
-        raise InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
+        raise errors.InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
     return parse_pins(text or "", str(path))
 
 
@@ -299,7 +291,7 @@ def require_pin(path: Path | str, anchors: Anchors | None = None) -> Pin:
     anchors = anchors or Anchors.given()
     pin = find_pin(anchors, load_state(path), _config_ledger_id(path))
     if pin.genesis is None:
-        raise GenesisNotPinned(
+        raise errors.GenesisNotPinned(
             f"the ledger at {path} has no pinned genesis on this machine, so nothing is "
             "appended to it: its history could be anyone's.",
             hint="Pin it: run 'ledger verify' once (and compare the genesis it prints with the "
@@ -316,7 +308,7 @@ def require_pin(path: Path | str, anchors: Anchors | None = None) -> Pin:
 class LocalVerification:
     """A verification of a local copy, and what it did with the remembered state."""
 
-    result: VerifyResult
+    result: findings.VerifyResult
     pinned_now: bool
     previous: state.VerifiedState | None
     pin_source: str | None = None
@@ -328,7 +320,7 @@ def verify_local(
     *,
     anchors: Anchors | None = None,
     since_last: bool = False,
-    progress: ProgressFn | None = None,
+    progress: findings.ProgressFn | None = None,
     remember: bool = True,
     require_user_presence: bool = False,
 ) -> LocalVerification:
@@ -373,14 +365,14 @@ def verify_local(
     return LocalVerification(result, pinned_now, previous, pin.source, saved)
 
 
-def _check_pin_of_result(result: VerifyResult, anchors: Anchors, used: Pin) -> None:
+def _check_pin_of_result(result: findings.VerifyResult, anchors: Anchors, used: Pin) -> None:
     """The chain's verified ledger id may have a pin that the config's did not find."""
     if used.genesis is not None or not result.ledger_id or result.genesis is None:
         return
     other = find_pin(Anchors(None, anchors.pins_file), None, result.ledger_id)
     if other.genesis is not None and other.genesis != result.genesis:
         result.add(
-            Finding(
+            findings.Finding(
                 "genesis-mismatch",
                 0,
                 result.genesis,
@@ -393,7 +385,7 @@ def _check_pin_of_result(result: VerifyResult, anchors: Anchors, used: Pin) -> N
 def _try_save(path: Path | str, verified: state.VerifiedState) -> bool:
     try:
         save_state(path, verified)
-    except StorageError:
+    except errors.StorageError:
         return False
     return True
 
@@ -419,7 +411,7 @@ def verify_before_append(path: Path | str, anchors: Anchors | None = None) -> in
         more = len(result.findings) - 5
         if more > 0:
             lines += f"; and {more} more"
-        raise VerificationFailed(
+        raise errors.VerificationFailed(
             f"the ledger at {path} does not verify, so no run is appended to it: {lines}.",
             findings=list(result.findings),
             hint="Run 'ledger verify' for the full findings and investigate. To run anyway "
@@ -455,7 +447,7 @@ def extend_over_own_appends(
     each, so the next run's incremental verification need not read them again; a record
     anyone else wrote is always verified. Returns whether the head moved.
     """
-    if not appended or any(a.record.get("kind") in KEY_KINDS for a in appended):
+    if not appended or any(a.record.get("kind") in rules.KEY_KINDS for a in appended):
         return False
     try:
         saved = load_state(path)
@@ -474,7 +466,7 @@ def extend_over_own_appends(
             path,
             replace(saved, head=last.commit_id, seq=last.seq, prev_sha256=digest, verified_at=now),
         )
-    except (LedgerError, pygit2.GitError, KeyError, ValueError):
+    except (errors.LedgerError, pygit2.GitError, KeyError, ValueError):
         return False  # the next run verifies these records instead
     return True
 
@@ -484,7 +476,7 @@ def report_resume(path: Path | str) -> tuple[state.VerifiedState | None, Pin]:
     and the pin (this machine's; unpinned otherwise, and the report says so)."""
     try:
         saved = load_state(path)
-    except InputError:
+    except errors.InputError:
         saved = None  # malformed: verify everything instead
     pin = find_pin(Anchors.given(), saved, _config_ledger_id(path))
     if saved is not None and saved.genesis != pin.genesis:
@@ -492,7 +484,9 @@ def report_resume(path: Path | str) -> tuple[state.VerifiedState | None, Pin]:
     return saved, pin
 
 
-def remember(path: Path | str, result: VerifyResult, previous: state.VerifiedState | None) -> bool:
+def remember(
+    path: Path | str, result: findings.VerifyResult, previous: state.VerifiedState | None
+) -> bool:
     """Remember a pinned, verified head that moved forward; quietly not on a read-only
     machine. (A report never pins: only ``ledger verify`` trusts on first use, and says so.)"""
     if not result.ok or result.state is None or not result.genesis_pinned:
@@ -515,7 +509,9 @@ def clone_pin(anchors: Anchors, ledger_id: str | None) -> Pin:
     return find_pin(anchors, None, ledger_id)
 
 
-def remember_clone(repo: pygit2.Repository, result: VerifyResult, pin: Pin | None = None) -> None:
+def remember_clone(
+    repo: pygit2.Repository, result: findings.VerifyResult, pin: Pin | None = None
+) -> None:
     """``ledger clone``: the new copy's verified head and pin are those clone verified (an
     explicit anchor replaces another pin this machine had, as with ``ledger verify``)."""
     if result.ok and result.state is not None:
@@ -524,12 +520,12 @@ def remember_clone(repo: pygit2.Repository, result: VerifyResult, pin: Pin | Non
             save_pin(result.state.ledger_id, result.state.genesis)
 
 
-def add_remote_findings(result: VerifyResult, remote_states: Iterable[Any]) -> None:
+def add_remote_findings(result: findings.VerifyResult, remote_states: Iterable[Any]) -> None:
     """``verify --remotes``: each remote's problem is a finding of this verification."""
     for st in remote_states:
         if st.problem:
             result.add(
-                Finding(
+                findings.Finding(
                     st.rule or "diverged",
                     st.remote_seq,
                     st.remote_head,
@@ -547,12 +543,12 @@ def _hook_state_path(repo: pygit2.Repository) -> Path:
 
 def hook_since(repo: pygit2.Repository, old: str, genesis: str) -> state.VerifiedState | None:
     """The protected remote's saved state if it is exactly the head being extended."""
-    if not HEX40.fullmatch(old) or old == "0" * 40:
+    if not rules.HEX40.fullmatch(old) or old == "0" * 40:
         return None
     try:
         text = _hook_state_path(repo).read_text(encoding="utf-8")
         saved = state.VerifiedState.from_json(json.loads(text))
-    except (OSError, ValueError, LedgerError):
+    except (OSError, ValueError, errors.LedgerError):
         return None
     if saved.head != old or saved.genesis != genesis:
         return None

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pygit2
 
-from ledger import keys
-from ledger.errors import LedgerNotFound
+from ledger import errors, keys
 from ledger.format import gitobj
-from ledger.verify.rules import HEX40, MODE_BLOB, MODE_TREE, OBJ_COMMIT, OBJ_TREE
+from ledger.verify import rules
 
 SSHSIG_MAGIC = b"SSHSIG"
 _ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
@@ -94,7 +93,7 @@ def parse_commit(raw: bytes) -> Commit:
                 sig_problems.append(f"it has a {name.decode()} header")
         else:
             problems.append(f"unexpected commit header {name.decode('utf-8', 'replace')!r}")
-    if not HEX40.fullmatch(tree) or any(not HEX40.fullmatch(p) for p in parents):
+    if not rules.HEX40.fullmatch(tree) or any(not rules.HEX40.fullmatch(p) for p in parents):
         raise ObjectError("object-corrupt", "the commit's tree or parent header is malformed")
     structural = [n for n in order if n not in _SIGNATURE_HEADERS]
     want = [b"tree"] + [b"parent"] * len(parents) + [b"author", b"committer"]
@@ -168,14 +167,14 @@ def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
         return repo
     path = Path(repo)
     if not path.exists():
-        raise LedgerNotFound(
+        raise errors.LedgerNotFound(
             f"there is no ledger at {path} (the path does not exist).",
             hint="Point --ledger at an existing ledger.",
         )
     try:
         return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
     except pygit2.GitError as exc:
-        raise LedgerNotFound(
+        raise errors.LedgerNotFound(
             f"{path} is not a ledger: it is not a git repository ({exc}).",
             hint="Point --ledger at a ledger repository.",
         ) from None
@@ -217,7 +216,7 @@ class ObjectReader:
         if cached is None:
             cached = self._trees_old.get(oid)
             if cached is None:
-                cached = self.read(oid, OBJ_TREE, what)
+                cached = self.read(oid, rules.OBJ_TREE, what)
             self._trees[oid] = cached
         return cached
 
@@ -245,7 +244,7 @@ class ObjectReader:
         key = (oid, name, directory)
         if key in self._lookups:
             return self._lookups[key]
-        mode = MODE_TREE if directory else MODE_BLOB
+        mode = rules.MODE_TREE if directory else rules.MODE_BLOB
         needle = b"%o %s\0" % (mode, name.encode("utf-8"))
         at = raw.find(needle)
         hit = None
@@ -260,7 +259,7 @@ class ObjectReader:
 
         With ``keep``, the raw commit is kept for the forward pass while the cache is
         under its budget, saving a second read of the object."""
-        raw = self.read(oid, OBJ_COMMIT, "commit")
+        raw = self.read(oid, rules.OBJ_COMMIT, "commit")
         if keep and self._raw_budget > 0:
             self._raw_commits[oid] = raw
             self._raw_budget -= len(raw) + 100
@@ -273,4 +272,4 @@ class ObjectReader:
 
     def commit(self, oid: str) -> bytes:
         """A raw commit: the one kept on the walk back (once), else read again."""
-        return self._raw_commits.pop(oid, None) or self.read(oid, OBJ_COMMIT, "commit")
+        return self._raw_commits.pop(oid, None) or self.read(oid, rules.OBJ_COMMIT, "commit")

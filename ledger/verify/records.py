@@ -11,26 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.verify import kinds, objects
-from ledger.verify.rules import (
-    COMMON_FIELDS,
-    CONTROL,
-    FILE_NAME,
-    FINGERPRINT,
-    IDENT_DROP,
-    KEY_KINDS,
-    KIND,
-    KINDS,
-    LEDGER_ID,
-    RUN_ID,
-    RUN_KINDS,
-    SEQ,
-    SHA256,
-    SUMMARY_MAX,
-    TIME,
-    TRAILERS,
-    UNVERIFIED,
-)
+from ledger.verify import kinds, objects, rules
 
 # --- records ------------------------------------------------------------------------------
 
@@ -80,14 +61,14 @@ def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str
     if kind == "genesis":
         return "genesis.json"
     name = f"{seq:010d}-{kind}.json"
-    if kind in KEY_KINDS:
+    if kind in rules.KEY_KINDS:
         return f"keys/{name}"
     if run is not None:
-        m = RUN_ID.fullmatch(run)
+        m = rules.RUN_ID.fullmatch(run)
         if not m:
             return None
         return f"runs/{m.group(1)}/{m.group(2)}/{m.group(3)}/{run}/{name}"
-    t = TIME.fullmatch(time)
+    t = rules.TIME.fullmatch(time)
     if not t:
         return None
     return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{seq // 1000:07d}/{name}"
@@ -96,7 +77,7 @@ def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str
 @functools.lru_cache(maxsize=8)
 def epoch(time: str) -> int | None:
     """Whole seconds since the epoch of a record time, or None if it is not one."""
-    m = TIME.fullmatch(time)
+    m = rules.TIME.fullmatch(time)
     if m is None:
         return None
     try:
@@ -108,14 +89,14 @@ def epoch(time: str) -> int | None:
 
 def ident(principal: str) -> str:
     """The git ident a principal stands as in author/committer (FORMAT.md §3)."""
-    return IDENT_DROP.sub("", principal).strip() or "unknown"
+    return rules.IDENT_DROP.sub("", principal).strip() or "unknown"
 
 
 def check_schema(rec: dict[str, Any]) -> list[str]:
     """Problems with the common fields and the kind-specific data (FORMAT.md §2, §5)."""
     out: list[str] = []
-    missing = sorted(COMMON_FIELDS - rec.keys())
-    extra = sorted(rec.keys() - COMMON_FIELDS)
+    missing = sorted(rules.COMMON_FIELDS - rec.keys())
+    extra = sorted(rec.keys() - rules.COMMON_FIELDS)
     if missing:
         out.append(f"missing field(s) {', '.join(missing)}")
     if extra:
@@ -123,22 +104,22 @@ def check_schema(rec: dict[str, Any]) -> list[str]:
     if "schema" in rec and not (kinds.is_int(rec["schema"]) and rec["schema"] == 1):
         out.append(f"schema is {rec['schema']!r}, not 1")
     if "ledger" in rec and not (
-        isinstance(rec["ledger"], str) and LEDGER_ID.fullmatch(rec["ledger"])
+        isinstance(rec["ledger"], str) and rules.LEDGER_ID.fullmatch(rec["ledger"])
     ):
         out.append("ledger is not 32 lowercase hex digits")
     if "seq" in rec and not (kinds.is_int(rec["seq"]) and rec["seq"] >= 0):
         out.append("seq is not a non-negative integer")
     kind = rec.get("kind")
-    if "kind" in rec and not (isinstance(kind, str) and kind in KINDS):
+    if "kind" in rec and not (isinstance(kind, str) and kind in rules.KINDS):
         out.append(f"kind {kind!r} is not a kind of FORMAT.md §5")
     if "time" in rec:
         t = rec["time"]
-        if not (isinstance(t, str) and TIME.fullmatch(t)):
+        if not (isinstance(t, str) and rules.TIME.fullmatch(t)):
             out.append("time is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
         elif epoch(t) is None:
             out.append(f"time {t!r} is not a valid date and time")
     run = rec.get("run")
-    if run is not None and not (isinstance(run, str) and RUN_ID.fullmatch(run)):
+    if run is not None and not (isinstance(run, str) and rules.RUN_ID.fullmatch(run)):
         out.append("run is neither null nor a run id YYYYMMDDTHHMMSSZ-<8 hex>")
     actor = rec.get("actor")
     if "actor" in rec and not (
@@ -146,7 +127,7 @@ def check_schema(rec: dict[str, Any]) -> list[str]:
         and actor.keys() == {"principal", "key"}
         and isinstance(actor["principal"], str)
         and isinstance(actor["key"], str)
-        and FINGERPRINT.fullmatch(actor["key"])
+        and rules.FINGERPRINT.fullmatch(actor["key"])
     ):
         out.append('actor is not {"principal": string, "key": "SHA256:..."}')
     if "host" in rec and not isinstance(rec["host"], str):
@@ -159,14 +140,14 @@ def check_schema(rec: dict[str, Any]) -> list[str]:
             out.append("files is not an object")
         else:
             for name, meta in files.items():
-                if not FILE_NAME.fullmatch(name):
+                if not rules.FILE_NAME.fullmatch(name):
                     out.append(f"files name {name!r} does not match [a-z0-9][a-z0-9._-]{{0,63}}")
                 if not (
                     isinstance(meta, dict)
                     and meta.keys() == {"path", "sha256", "size"}
                     and isinstance(meta["path"], str)
                     and isinstance(meta["sha256"], str)
-                    and SHA256.fullmatch(meta["sha256"])
+                    and rules.SHA256.fullmatch(meta["sha256"])
                     and kinds.is_int(meta["size"])
                     and meta["size"] >= 0
                 ):
@@ -175,9 +156,9 @@ def check_schema(rec: dict[str, Any]) -> list[str]:
         out.extend(kinds.check_data(kind, rec["data"]))
     if kind == "genesis" and rec.get("run") is not None:
         out.append("the genesis record has a run")
-    if kind in RUN_KINDS and "run" in rec and rec["run"] is None:
+    if kind in rules.RUN_KINDS and "run" in rec and rec["run"] is None:
         out.append(f"a {kind} record without a run id")
-    if not out and kind in RUN_KINDS:
+    if not out and kind in rules.RUN_KINDS:
         out.extend(_check_run_links(rec))
     return out
 
@@ -236,7 +217,7 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
         problems.append("the commit message does not end with a newline")
     lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
     summary = lines[0]
-    if len(summary) > SUMMARY_MAX or CONTROL.search(summary):
+    if len(summary) > rules.SUMMARY_MAX or rules.CONTROL.search(summary):
         problems.append("the summary line is longer than 200 characters or has control characters")
     if len(lines) < 3 or lines[1] != "":
         problems.append("the message is not a summary line, an empty line, then trailers")
@@ -245,23 +226,23 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
     order: list[str] = []
     for line in lines[2:]:
         key, sep, value = line.partition(": ")
-        if not sep or key not in TRAILERS or key in trailers:
+        if not sep or key not in rules.TRAILERS or key in trailers:
             problems.append(f"unexpected line in the trailers: {line[:80]!r}")
             continue
         trailers[key] = value
         order.append(key)
-    if order != [k for k in TRAILERS if k in trailers]:
+    if order != [k for k in rules.TRAILERS if k in trailers]:
         problems.append("the trailers are not in the order of FORMAT.md §3")
-    missing = [k for k in TRAILERS[:5] if k not in trailers]
+    missing = [k for k in rules.TRAILERS[:5] if k not in trailers]
     if missing:
         problems.append(f"missing trailer(s) {', '.join(missing)}")
     checks = {
-        "Ledger-Id": LEDGER_ID,
-        "Ledger-Seq": SEQ,
-        "Ledger-Kind": KIND,
-        "Ledger-Record-Sha256": SHA256,
-        "Ledger-Prev-Sha256": SHA256,
-        "Ledger-Unverified": UNVERIFIED,
+        "Ledger-Id": rules.LEDGER_ID,
+        "Ledger-Seq": rules.SEQ,
+        "Ledger-Kind": rules.KIND,
+        "Ledger-Record-Sha256": rules.SHA256,
+        "Ledger-Prev-Sha256": rules.SHA256,
+        "Ledger-Unverified": rules.UNVERIFIED,
     }
     for key, pattern in checks.items():
         if key in trailers and not pattern.fullmatch(trailers[key]):

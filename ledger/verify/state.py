@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.errors import InputError
-from ledger.verify import trust
-from ledger.verify.rules import HEX40, SHA256
+from ledger import errors
+from ledger.verify import rules, trust
 
 STATE_FORMAT = 1
 
@@ -72,12 +71,12 @@ class VerifiedState:
                 keys=keys,
                 verified_at=_want(obj.get("verified_at", ""), str),
             )
-            if not (HEX40.fullmatch(state.genesis) and HEX40.fullmatch(state.head)):
+            if not (rules.HEX40.fullmatch(state.genesis) and rules.HEX40.fullmatch(state.head)):
                 raise ValueError("genesis and head must be 40 hex digits")
-            if state.seq < 0 or not SHA256.fullmatch(state.prev_sha256):
+            if state.seq < 0 or not rules.SHA256.fullmatch(state.prev_sha256):
                 raise ValueError("bad seq or prev_sha256")
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
+            raise errors.InputError(
                 f"the saved verification state is malformed ({exc}).",
                 hint="Delete it and verify the whole ledger again.",
             ) from None

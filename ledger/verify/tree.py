@@ -8,9 +8,7 @@ import hashlib
 from collections.abc import Collection
 from typing import Any
 
-from ledger.verify import kinds, objects, records
-from ledger.verify.findings import Note
-from ledger.verify.rules import INCIDENT, MODE_BLOB, MODE_TREE, OBJ_BLOB
+from ledger.verify import findings, kinds, objects, records, rules
 
 #: (mode, hex id) of a tree entry.
 Entry = tuple[int, str]
@@ -43,7 +41,7 @@ def expected_file_path(rec: dict[str, Any], rec_path: str, name: str) -> str | N
         path = meta.get("path") if isinstance(meta, dict) else None
         if isinstance(path, str):
             parts = path.split("/")
-            if len(parts) == 3 and parts[0] == "incidents" and INCIDENT.fullmatch(parts[1]):
+            if len(parts) == 3 and parts[0] == "incidents" and rules.INCIDENT.fullmatch(parts[1]):
                 return f"incidents/{parts[1]}/{run}"
         return None
     if not rec_path.endswith(".json"):
@@ -71,8 +69,8 @@ class TreeChecker:
             if hit is None:
                 return None
             if last:
-                return hit if hit[0] == MODE_BLOB else None
-            if hit[0] != MODE_TREE:
+                return hit if hit[0] == rules.MODE_BLOB else None
+            if hit[0] != rules.MODE_TREE:
                 return None
             current = hit[1]
         return None
@@ -85,7 +83,7 @@ class TreeChecker:
         rec: dict[str, Any],
         rec_path: str,
         rec_entry: Entry,
-        note: Note,
+        note: findings.Note,
     ) -> None:
         """Tree-append (FORMAT.md §4) and the attachments' digests (§2).
 
@@ -107,7 +105,7 @@ class TreeChecker:
             entry = found.get(path) or self.find_path(tree_oid, path)
             if entry is None:
                 continue  # reported by the comparison
-            blob = self.reader.read(entry[1], OBJ_BLOB, f"file {path}")
+            blob = self.reader.read(entry[1], rules.OBJ_BLOB, f"file {path}")
             have = hashlib.sha256(blob).hexdigest()
             if have != sha or len(blob) != size:
                 note(
@@ -120,7 +118,7 @@ class TreeChecker:
 
 
 def _listed_files(
-    rec: dict[str, Any], rec_path: str, note: Note
+    rec: dict[str, Any], rec_path: str, note: findings.Note
 ) -> tuple[set[str], list[tuple[str, str, int, bool]]]:
     """The paths the commit adds, and (path, sha256, size, is incident index) to check.
 
@@ -186,16 +184,16 @@ class _Comparison:
         for name, (mode, oid) in entries.items():
             path = prefix + name
             if name not in adds:
-                if mode == MODE_TREE and len(problems) < 50:
+                if mode == rules.MODE_TREE and len(problems) < 50:
                     self.compare(None, oid, {}, path + "/")
                 else:
                     problems.append(f"adds {path}, which the record does not list")
             elif adds[name] is None:
-                if mode != MODE_BLOB:
+                if mode != rules.MODE_BLOB:
                     problems.append(f"{path} is not a regular file (mode {mode:o})")
                 else:
                     self.found[path] = (mode, oid)
-            elif mode != MODE_TREE:
+            elif mode != rules.MODE_TREE:
                 problems.append(f"{path} is not a directory")
             else:
                 self.compare(None, oid, adds[name], path + "/")
@@ -222,7 +220,7 @@ class _Comparison:
         for name, sub in adds.items():
             path = prefix + name
             c_hit = lookup(child, c_raw, name, directory=sub is not None)
-            if c_hit is None or c_hit[0] != (MODE_BLOB if sub is None else MODE_TREE):
+            if c_hit is None or c_hit[0] != (rules.MODE_BLOB if sub is None else rules.MODE_TREE):
                 fast = False
                 continue
             entry = objects.entry_bytes(c_hit[0], name, c_hit[1])
@@ -239,12 +237,12 @@ class _Comparison:
             if p_hit is None:
                 self.compare(None, c_hit[1], sub, path + "/")
                 replacement = b""
-            elif p_hit[0] != MODE_TREE:
+            elif p_hit[0] != rules.MODE_TREE:
                 fast = False
                 continue
             else:
                 self.compare(p_hit[1], c_hit[1], sub, path + "/")
-                replacement = objects.entry_bytes(MODE_TREE, name, p_hit[1])
+                replacement = objects.entry_bytes(rules.MODE_TREE, name, p_hit[1])
             known.add(name)
             if at < 0:
                 fast = False
@@ -280,12 +278,12 @@ class _Comparison:
                 else:
                     problems.append(f"changes {path}, which an earlier record added")
             elif sub is False and c_hit != p_hit:
-                if c_hit[0] == p_hit[0] == MODE_TREE:
+                if c_hit[0] == p_hit[0] == rules.MODE_TREE:
                     self.compare(p_hit[1], c_hit[1], {}, path + "/")
                 else:
                     problems.append(f"changes {path}, which earlier records added")
             elif isinstance(sub, dict) and name not in known:
-                if c_hit[0] != MODE_TREE or p_hit[0] != MODE_TREE:
+                if c_hit[0] != rules.MODE_TREE or p_hit[0] != rules.MODE_TREE:
                     problems.append(f"changes {path} between a file and a directory")
                 else:
                     self.compare(p_hit[1], c_hit[1], sub, path + "/")
@@ -295,16 +293,16 @@ class _Comparison:
             path = prefix + name
             sub = adds.get(name, False)
             if sub is False:
-                if c_hit[0] == MODE_TREE:
+                if c_hit[0] == rules.MODE_TREE:
                     self.compare(None, c_hit[1], {}, path + "/")
                 else:
                     problems.append(f"adds {path}, which the record does not list")
             elif sub is None:
-                if c_hit[0] != MODE_BLOB:
+                if c_hit[0] != rules.MODE_BLOB:
                     problems.append(f"{path} is not a regular file (mode {c_hit[0]:o})")
                 else:
                     self.found[path] = c_hit
-            elif c_hit[0] != MODE_TREE:
+            elif c_hit[0] != rules.MODE_TREE:
                 problems.append(f"{path} is not a directory")
             else:
                 self.compare(None, c_hit[1], sub, path + "/")

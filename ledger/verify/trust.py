@@ -8,10 +8,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.errors import KeyProblem
-from ledger.keys import PublicKey
-from ledger.verify import kinds, objects, sk
-from ledger.verify.findings import Note
+from ledger import errors
+from ledger import keys as ledger_keys
+from ledger.verify import findings, kinds, objects, sk
 
 
 @dataclass
@@ -106,7 +105,7 @@ class Trust:
                 current.revoked_seq = rec["seq"]
                 current.revoked_time = rec["time"]
 
-    def check(self, fp: str, note: Note) -> bool:
+    def check(self, fp: str, note: findings.Note) -> bool:
         """Whether the signer ``fp`` is trusted now (``untrusted-key``, ``revoked-key``)."""
         if not self.known:
             return False
@@ -161,18 +160,18 @@ class Signatures:
     and ``git verify-commit`` accept it) and counted in ``without_presence``."""
 
     def __init__(self, require_user_presence: bool = False) -> None:
-        self._keys: dict[bytes, PublicKey] = {}
+        self._keys: dict[bytes, ledger_keys.PublicKey] = {}
         self.require_user_presence = require_user_presence
         self.without_presence = 0
 
-    def public_key(self, blob: bytes) -> PublicKey:
+    def public_key(self, blob: bytes) -> ledger_keys.PublicKey:
         pk = self._keys.get(blob)
         if pk is None:
-            pk = PublicKey.from_blob(blob)
+            pk = ledger_keys.PublicKey.from_blob(blob)
             self._keys[blob] = pk
         return pk
 
-    def check(self, commit: objects.Commit, note: Note) -> str | None:
+    def check(self, commit: objects.Commit, note: findings.Note) -> str | None:
         """Verify the commit's signature; the signer's fingerprint, or None."""
         for problem in commit.signature_problems:
             note("signature-headers", problem)
@@ -188,7 +187,7 @@ class Signatures:
             fingerprint, flags = self._verify(commit.signatures[0], commit.payload)
         except objects.SigError as exc:
             note("bad-signature", str(exc))
-        except KeyProblem as exc:
+        except errors.KeyProblem as exc:
             note("bad-signature", f"the signature's public key is unusable: {exc.message}")
         else:
             if flags is None or flags & sk.USER_PRESENT:
