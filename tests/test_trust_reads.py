@@ -303,3 +303,22 @@ def test_remote_init_and_report_take_the_genesis_from_the_verified_chain(
     res = run_cli("report", "--run", run_id, "-L", led)
     assert res.code == 0, res.output
     assert genesis in res.out and "f" * 40 not in res.out and "PWNED" not in res.out
+
+
+def test_push_never_replicates_a_chain_that_does_not_verify(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A path remote has no hook of its own: the forged record must not reach it."""
+    led, _key = setup
+    remote = tmp_path / "copy.git"
+    git("init", "--bare", "-q", str(remote))
+    assert run_cli("remote", "add", "copy", remote, "-L", led).code == 0
+    assert run_cli("push", "-L", led).code == 0
+    pushed = git("rev-parse", "main", cwd=remote).stdout.strip()
+    assert pushed == head(led)
+    forge(led)
+    res = run_cli("push", "-L", led)
+    assert res.code == 7, res.output
+    assert "untrusted-key" in res.err and "not pushed" in res.err, res.output
+    no_traceback(res)
+    assert git("rev-parse", "main", cwd=remote).stdout.strip() == pushed

@@ -250,7 +250,15 @@ def _compare(
 
 def _verify_ahead(repo: pygit2.Repository, st: RemoteState, local: str, fetched: str) -> None:
     """Verify the remote's records beyond ours (``fetched`` extends ``local``)."""
-    problems, _result = verify_head(repo, fetched, trust_genesis=chain.root_commit(repo, local))
+    # From this copy's verified head (its pinned genesis, only the records after it) when it
+    # is on the remote's chain; else the whole chain from the genesis ours starts at.
+    saved = verify.load_state(repo)
+    if saved is not None and chain.is_ancestor(repo, saved.head, fetched):
+        problems, _result = verify_head(repo, fetched, trust_genesis=saved.genesis, since=saved)
+    else:
+        problems, _result = verify_head(
+            repo, fetched, trust_genesis=chain.root_commit(repo, local)
+        )
     if problems:
         st.condition = RemoteCondition.INVALID
         st.message = (

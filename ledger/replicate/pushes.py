@@ -406,12 +406,20 @@ def push(
     """Push our main to the remotes (all by default) in parallel; never forces.
 
     Returns every remote's outcome; raises only for local problems (no ledger, unknown remote
-    name). Call :meth:`PushSummary.check` to turn the outcomes into an exit status.
+    name, a chain that does not verify: :class:`~ledger.errors.VerificationFailed`). Call
+    :meth:`PushSummary.check` to turn the outcomes into an exit status.
     """
     creds = credentials or transport.Credentials.from_env()
     repo = store.open_repository(ledger_path)
     chosen = remotes.select_remotes(repo, names)
     head = chain.main_head(repo)
+    if head is not None and chosen:
+        # Only a chain that verifies is replicated (incrementally from this copy's verified
+        # head): a record forged into the ledger directory must not reach a remote that has no
+        # hook of its own to refuse it (a path remote, a shared host without hooks).
+        view = store.Ledger.open(ledger_path).trust_view()
+        if not view.ok:
+            raise view.refuse(ledger_path, "it is not pushed to any remote")
     summary = PushSummary(
         head,
         chain.commit_seq(repo, head) if head else None,
