@@ -92,8 +92,11 @@ def test_without_the_child_site_a_child_libgit2_reads_the_machine(tmp_path: Path
 # --------------------------------------------------------------------------- temporary files
 
 
-def _nested_pytest(directory: Path, test_file: str) -> subprocess.CompletedProcess[str]:
-    """A separate pytest session with only the sandbox plugin (not an xdist worker)."""
+def _nested_pytest(
+    directory: Path, test_file: str, tmpdir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A separate pytest session with only the sandbox plugin (not an xdist worker), with
+    ``tmpdir`` as its system temporary directory when given."""
     (directory / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     env = {
         k: v
@@ -101,6 +104,8 @@ def _nested_pytest(directory: Path, test_file: str) -> subprocess.CompletedProce
         if not k.startswith("PYTEST_XDIST") and k != "PYTEST_CURRENT_TEST"
     }
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "tests"), env.get("PYTHONPATH", "")])
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.run(
         [
             sys.executable,
@@ -134,15 +139,18 @@ def test_a_file_left_in_the_temporary_directory_fails_the_session(tmp_path: Path
         "    with tempfile.TemporaryDirectory(prefix='tidy-'):\n        pass\n",
         encoding="utf-8",
     )
-    before = set(Path(os.environ["TMPDIR"]).iterdir())
-    leak = _nested_pytest(tmp_path, "test_leak.py")
+    # The nested sessions' own temporary directory: the shared one sees other workers' tools
+    # come and go meanwhile (git's .git_vtag_tmp* while it verifies a signature).
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    leak = _nested_pytest(tmp_path, "test_leak.py", system_tmp)
     assert leak.returncode == 1, leak.stdout + leak.stderr
     assert "1 passed" in leak.stdout
     assert re.search(r"left 1 entries .*\n\s+leaked-", leak.stdout), leak.stdout
-    tidy = _nested_pytest(tmp_path, "test_tidy.py")
+    tidy = _nested_pytest(tmp_path, "test_tidy.py", system_tmp)
     assert tidy.returncode == 0, tidy.stdout + tidy.stderr
     # Both sessions removed their sandboxes, the leaked file with them.
-    assert set(Path(os.environ["TMPDIR"]).iterdir()) == before
+    assert list(system_tmp.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- dependencies

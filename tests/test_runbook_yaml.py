@@ -165,10 +165,20 @@ def test_libyaml_refuses_deep_nesting_without_reading_it_all(flow: bool) -> None
     else:
         text = "name: x\nenv:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 5000))
     start = time.process_time()
-    with pytest.raises(RunbookInvalid) as caught:
-        yamlsrc._compose_libyaml(text, "rb.yaml")
+    try:
+        composed = yamlsrc._compose_libyaml(text, "rb.yaml")
+    except RunbookInvalid as exc:
+        caught = exc
+    else:
+        # libyaml 0.2.5 and later (PyYAML 6.0.4's wheels) stop at their own nesting limit
+        # while scanning ahead, before any event: the reader falls back to the pure-Python
+        # composer, which refuses it the same way.
+        assert composed is None
+        with pytest.raises(RunbookInvalid) as info:
+            parse_runbook(text.encode(), "rb.yaml")
+        caught = info.value
     assert time.process_time() - start < 1.0
-    [problem] = caught.value.problems
+    [problem] = caught.problems
     assert "nested more than 32 levels" in problem.message
     assert problem.line == (2 if flow else 33), problem
     assert_same(text[:20_000] if flow else text)
