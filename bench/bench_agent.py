@@ -64,6 +64,8 @@ def bench_type(tmp: Path, key_type: str, sock: str, records: int, rounds: int) -
     for _ in range(rounds):
         with_file.append(rate(led, file_key, records))
         with_agent.append(rate(led, agent_key, records))
+    led.wait_for_packing()  # the background pack upkeep is done before the directory goes
+    led.close()
     best_file, best_agent = max(with_file), max(with_agent)
     print(
         f"{key_type:8} key file: {best_file:7.1f} appends/s   agent: {best_agent:7.1f} "
