@@ -256,9 +256,7 @@ def _verify_ahead(repo: pygit2.Repository, st: RemoteState, local: str, fetched:
     if saved is not None and chain.is_ancestor(repo, saved.head, fetched):
         problems, _result = verify_head(repo, fetched, trust_genesis=saved.genesis, since=saved)
     else:
-        problems, _result = verify_head(
-            repo, fetched, trust_genesis=chain.root_commit(repo, local)
-        )
+        problems, _result = verify_head(repo, fetched, trust_genesis=chain.root_commit(repo, local))
     if problems:
         st.condition = RemoteCondition.INVALID
         st.message = (
