@@ -139,7 +139,9 @@ def test_unsigned_or_untrusted_records_are_refused_in_the_hooks_words(
     git("clone", "-q", a.path, work)
     forged = unsigned_commit_on(work)
     git("push", "-q", "origin", "main", cwd=work)  # into the runner's own ledger directory
-    r = run_cli("push", "--ledger", a.path, env=env_a)
+    # (a ledger that does not verify is pushed only when told: here, to see the hook refuse it)
+    assert run_cli("push", "--ledger", a.path, env=env_a).code == 7
+    r = run_cli("push", "--allow-unverified", "--ledger", a.path, env=env_a)
     assert r.code == 8, r.output
     assert f"fleet  rejected: {ref_of(a)}:" in r.out
     assert forged in r.out and "[rule: unsigned]" in r.out

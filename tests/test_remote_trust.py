@@ -87,7 +87,12 @@ def test_remote_state_is_kept_under_the_verified_ledger_id(
         "--git-dir", a.path, "commit-tree", tree, "-p", good_main, "-m", message
     ).stdout.strip()
     git("--git-dir", a.path, "update-ref", "refs/heads/main", forged)
-    for command in (("push",), ("fetch",), ("remote", "add", "x", str(tmp_path / "x.git"))):
+    # (push --allow-unverified: past the chain's own verification, to the id check)
+    for command in (
+        ("push", "--allow-unverified"),
+        ("fetch",),
+        ("remote", "add", "x", str(tmp_path / "x.git")),
+    ):
         r = run_cli(*command, "--ledger", a.path)
         assert r.code == 7, (command, r.output)
         assert b_id in r.err and a_id in r.err and "Ledger-Id of its head" in r.err, r.output

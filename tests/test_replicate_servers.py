@@ -191,7 +191,9 @@ def test_server_rejection_reaches_ledger_push(
     replicate.add_remote(t.path, "prot", url)
     good = t.head
     forged = _forge_local(t, tmp_path)
-    r = run_cli("push", "--ledger", t.path, env=ssh_env(ssh_server))
+    # (a ledger that does not verify is pushed only when told: here, to see the hook refuse it)
+    assert run_cli("push", "--ledger", t.path, env=ssh_env(ssh_server)).code == 7
+    r = run_cli("push", "--allow-unverified", "--ledger", t.path, env=ssh_env(ssh_server))
     assert r.code == 8, r.output
     assert "prot  rejected: refs/heads/main:" in r.out
     assert forged in r.out and "[rule: unsigned]" in r.out  # the server's own words

@@ -211,7 +211,9 @@ def test_a_refused_record_reaches_ledger_push_in_the_servers_words(
     work = work_clone(a, tmp_path, "forge")
     forged = unsigned_commit_on(work)
     git("push", "-q", "origin", "main", cwd=work)
-    r = run_cli("push", "--ledger", a.path, env=env)
+    # (a ledger that does not verify is pushed only when told: here, to see the hook refuse it)
+    assert run_cli("push", "--ledger", a.path, env=env).code == 7
+    r = run_cli("push", "--allow-unverified", "--ledger", a.path, env=env)
     assert r.code == 8, r.output
     assert f"fleet  rejected: {ref_of(a)}:" in r.out
     assert forged in r.out and "[rule: unsigned]" in r.out

@@ -266,13 +266,35 @@ def push_cmd(
     ] = None,
     ssh_key: SshKeyOpt = None,
     insecure_host_key: InsecureOpt = False,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unverified",
+            help="Push even a chain that does not verify (after a warning naming the "
+            "findings): to keep evidence, or to see a protected remote's hook refuse it.",
+        ),
+    ] = False,
     ledger: common.LedgerOpt = None,
     as_json: common.JsonOpt = False,
 ) -> None:
-    """Push the ledger to its remotes in parallel; never forces."""
+    """Push the ledger to its remotes in parallel; never forces. Only a chain that verifies
+    is pushed (exit 7 otherwise) unless --allow-unverified."""
     need = _parse_require(require)
     path = common.find_ledger_path(ledger)
-    summary = replicate.push(path, names or None, credentials=_creds(ssh_key, insecure_host_key))
+    if allow_unverified:
+        common.console_err.print(
+            "ledger: WARNING: --allow-unverified: the chain is pushed without being verified "
+            "first (a protected remote's hook still checks every record it receives).",
+            style="bold red",
+            markup=False,
+            soft_wrap=True,
+        )
+    summary = replicate.push(
+        path,
+        names or None,
+        credentials=_creds(ssh_key, insecure_host_key),
+        allow_unverified=allow_unverified,
+    )
     if not summary.outcomes:
         if as_json:
             doc = {**summary.to_json(), "error": NO_REMOTES_TO_PUSH}

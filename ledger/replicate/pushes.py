@@ -402,8 +402,12 @@ def push(
     names: Sequence[str] | None = None,
     *,
     credentials: transport.Credentials | None = None,
+    allow_unverified: bool = False,
 ) -> PushSummary:
     """Push our main to the remotes (all by default) in parallel; never forces.
+
+    A chain that does not verify is pushed nowhere unless ``allow_unverified`` (someone who
+    investigated it: to keep evidence, or to see a protected remote's hook refuse it).
 
     Returns every remote's outcome; raises only for local problems (no ledger, unknown remote
     name, a chain that does not verify: :class:`~ledger.errors.VerificationFailed`). Call
@@ -413,7 +417,7 @@ def push(
     repo = store.open_repository(ledger_path)
     chosen = remotes.select_remotes(repo, names)
     head = chain.main_head(repo)
-    if head is not None and chosen:
+    if head is not None and chosen and not allow_unverified:
         # Only a chain that verifies is replicated (incrementally from this copy's verified
         # head): a record forged into the ledger directory must not reach a remote that has no
         # hook of its own to refuse it (a path remote, a shared host without hooks).
