@@ -57,7 +57,7 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         (
             "verification found problems (every finding is printed), or the ledger is "
             "corrupt: an object or reference that cannot be read (named in the message); an "
-            "append, approval, resume, trust listing or display (`log`, `show`, `runs`, "
+            "append, approval, resume, push, trust listing or display (`log`, `show`, `runs`, "
             "`approvals`, `status`) refused because the ledger's head does not verify "
             "(`--allow-unverified` goes on); a clone whose chain does not verify or starts at "
             "another genesis than the pin; `push` / `fetch` on a ledger that claims another "
