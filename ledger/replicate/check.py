@@ -467,7 +467,8 @@ def _entry_problem(name: str, url: str, entry: Mapping[str, Any]) -> str | None:
 # --- chain verification -----------------------------------------------------------------
 
 
-def _finding_lines(result: Any) -> list[str]:
+def finding_lines(result: Any) -> list[str]:
+    """One line per finding of a verification: where, what, and its rule."""
     out = []
     for f in result.findings:
         where = f"commit {f.commit}" if f.commit else "the chain"
@@ -497,4 +498,4 @@ def verify_head(
         since=since,
         require_user_presence=require_user_presence,
     )
-    return _finding_lines(result), result
+    return finding_lines(result), result

@@ -31,7 +31,7 @@ from typing import Any
 import pygit2
 
 from ledger import errors, verify
-from ledger.replicate import chain
+from ledger.replicate import chain, check
 from ledger.verify import state
 
 SHARED_REF_RE = re.compile(r"^refs/ledgers/([0-9a-f]{32})/main$")
@@ -173,7 +173,13 @@ def _check_one(
         return [_not_forward(ref, old, new)], None
     if result.findings or result.state is None:
         lines = [f"refusing {ref} -> {new}: {len(result.findings)} problem(s) found:"]
-        lines += [f"  {line}" for line in _finding_lines(result)[:20]]
+        lines += [
+            f"  {line}"
+            for line in (
+                check.finding_lines(result)
+                or [f"the chain ending at {result.head} does not verify"]
+            )[:20]
+        ]
         if len(result.findings) > 20:
             lines.append(f"  ... and {len(result.findings) - 20} more")
         return lines, None
@@ -192,15 +198,3 @@ def _check_one(
 
 def _not_forward(ref: str, old: str, new: str) -> str:
     return f"refusing {ref}: {new} does not extend {old}; a ledger only grows [rule: fast-forward]"
-
-
-def _finding_lines(result: Any) -> list[str]:
-    out = []
-    for f in result.findings:
-        where = f"commit {f.commit}" if f.commit else "the chain"
-        if f.seq is not None:
-            where += f" (seq {f.seq})"
-        out.append(f"{where}: {f.message} [rule: {f.rule}]")
-    if not out:
-        out.append(f"the chain ending at {result.head} does not verify")
-    return out
