@@ -74,6 +74,14 @@ KeyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+PinsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pins",
+        help="A pin file you keep: lines '<ledger id> <genesis commit id>'.",
+        show_default=False,
+    ),
+]
 TrustGenesisOpt = Annotated[
     str | None,
     typer.Option(

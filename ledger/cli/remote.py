@@ -470,14 +470,7 @@ def clone_cmd(
             show_default=False,
         ),
     ] = None,
-    pins: Annotated[
-        Path | None,
-        typer.Option(
-            "--pins",
-            help="A pin file you keep: lines '<ledger id> <genesis commit id>'.",
-            show_default=False,
-        ),
-    ] = None,
+    pins: common.PinsOpt = None,
     require_pin: Annotated[
         bool,
         typer.Option(

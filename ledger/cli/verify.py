@@ -21,14 +21,7 @@ def verify_cmd(
         bool, typer.Option("--since-last", help="Verify only records after the last verified head.")
     ] = False,
     trust_genesis: common.TrustGenesisOpt = None,
-    pins: Annotated[
-        Path | None,
-        typer.Option(
-            "--pins",
-            help="A pin file you keep: lines '<ledger id> <genesis commit id>'.",
-            show_default=False,
-        ),
-    ] = None,
+    pins: common.PinsOpt = None,
     require_pin: Annotated[
         bool,
         typer.Option(
