@@ -93,8 +93,9 @@ def clone_cmd(
     ssh_key: cli_remote.SshKeyOpt = None,
     insecure_host_key: cli_remote.InsecureOpt = False,
 ) -> None:
-    """Make a fleet copy of every ledger of a shared remote (nothing is verified yet: run
-    'ledger fleet verify'). Nothing is left at PATH if it fails."""
+    """Make a fleet copy of every ledger of a shared remote.
+
+    Nothing is verified yet (run 'ledger fleet verify'); nothing is left at PATH if it fails."""
     result = fleet.clone(url, path, name, _creds(ssh_key, insecure_host_key))
     common.console.print(
         f"Cloned the shared remote {redact.mask_url(url)} into the fleet copy {path} "
@@ -130,8 +131,10 @@ def fetch_cmd(
     ssh_key: cli_remote.SshKeyOpt = None,
     insecure_host_key: cli_remote.InsecureOpt = False,
 ) -> None:
-    """Fetch every ledger of every shared remote of the copy; one line per ledger that is
-    new, moved or vanished, and a summary. Exit 8 when a remote could not be fetched."""
+    """Fetch every ledger of every shared remote of the copy.
+
+    One line per ledger that is new, moved or vanished, and a summary; exit 8 when a remote
+    could not be fetched."""
     result = fleet.fetch(fleet_path(fleet_dir), _creds(ssh_key, insecure_host_key), remote or None)
     print_fetch(result)
     result.raise_for_failures()
@@ -149,9 +152,10 @@ def _remote_cell(view: Any, now: str) -> str:
 
 @fleet_app.command("status")
 def status_cmd(fleet_dir: FleetOpt = None, as_json: common.JsonOpt = False) -> None:
-    """Per ledger: name, host, head seq, time of its last record, and when a fetch first saw
-    each remote's head; each line says whether that head is the one 'ledger fleet verify'
-    last verified (name, host and time are read from the head's records)."""
+    """Per ledger: name, host, head seq, last record, when each head was first seen.
+
+    Name, host and time are read from the head's records; each line says whether that head is
+    the one 'ledger fleet verify' last verified."""
     st = fleet.fleet_status(fleet_path(fleet_dir))
     if as_json:
         common.console.out(json.dumps(st.to_json(), indent=2))

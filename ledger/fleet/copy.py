@@ -61,10 +61,13 @@ def open_copy(path: Path | str) -> pygit2.Repository:
     except (pygit2.GitError, KeyError, ValueError):
         is_fleet = False
     if not is_fleet:
-        why = "it does not exist" if not where.exists() else "it is not one"
+        why = (
+            "the path does not exist"
+            if not where.exists()
+            else f"not a bare repository with {FLEET_KEY} = true"
+        )
         raise errors.FleetNotFound(
-            f"{where} is not a fleet copy ({why}: a fleet copy is a bare repository with "
-            f"{FLEET_KEY} = true).",
+            f"{where} is not a fleet copy ({why}).",
             hint=NOT_A_COPY_HINT,
         )
     return repo
