@@ -251,6 +251,9 @@ def test_two_remotes_in_one_copy_and_refs_that_are_not_ledgers(
     assert r.code == 0, r.output
     assert f"{lid(a)}  moved on primary from seq 3 to seq 2 (NOT forward" in r.out
     assert refs_of(copy)[f"refs/fleet/primary/{lid(a)}/main"] == older
+    held = remembered(copy, a).remotes["primary"]
+    assert held.head == older and held.rewound_from is not None
+    assert (held.rewound_from["head"], held.rewound_from["seq"]) == (a.head, 3)
     assert git("--git-dir", copy, "cat-file", "-t", a.head).stdout.strip() == "commit"
 
 

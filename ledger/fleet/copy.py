@@ -214,6 +214,7 @@ class Change:
     old_seq: int | None = None
     new_head: str | None = None
     new_seq: int | None = None
+    forward: bool = True  # False: the new head does not descend from the old one
 
     def line(self) -> str:
         old, new = _seq(self.old_seq), _seq(self.new_seq)
@@ -224,8 +225,11 @@ class Change:
         if self.kind == "vanished":
             return f"{self.ledger_id}  vanished from {self.remote} (was at {old})"
         backwards = ""
-        if self.old_seq is not None and self.new_seq is not None and self.new_seq <= self.old_seq:
-            backwards = " (NOT forward: 'ledger fleet verify' checks it)"
+        if not self.forward:
+            backwards = (
+                f" (NOT forward: it does not extend {_short(self.old_head)}; kept for "
+                "'ledger fleet verify')"
+            )
         return f"{self.ledger_id}  moved on {self.remote} from {old} to {new}{backwards}"
 
 
@@ -382,17 +386,26 @@ def _record(
         fleet.ledgers[lid] = state.LedgerSeen(seen.first_seen if seen else when, when)
         ledger = state.load_ledger(repo, lid) or state.LedgerState(lid)
         before = ledger.remotes.get(name)
+        if before is not None and before.vanished_at is None and before.head == head:
+            continue  # (unchanged: its commit is not read again)
         seq = head_seq(repo, head)
         if before is None:
             changes.append(Change(lid, name, "new", new_head=head, new_seq=seq))
             ledger.remotes[name] = state.RemoteHead(head, seq, when)
-        elif before.vanished_at is not None or before.head != head:
-            kind = "back" if before.vanished_at is not None else "moved"
-            changes.append(Change(lid, name, kind, before.head, before.seq, head, seq))
-            seen_at = before.seen_at if before.head == head else when
-            ledger.remotes[name] = state.RemoteHead(head, seq, seen_at)
         else:
-            continue
+            kind = "back" if before.vanished_at is not None else "moved"
+            change = Change(lid, name, kind, before.head, before.seq, head, seq)
+            rewound = before.rewound_from
+            if before.head != head and not _extends(repo, head, before.head):
+                change.forward = False
+                rewound = rewound or {
+                    "head": before.head,
+                    "seq": before.seq,
+                    "seen_at": before.seen_at,
+                }
+            changes.append(change)
+            seen_at = before.seen_at if before.head == head else when
+            ledger.remotes[name] = state.RemoteHead(head, seq, seen_at, None, rewound)
         state.save_ledger(repo, ledger)
     for lid in sorted(set(fleet.ledgers) - set(holds)):
         gone = state.load_ledger(repo, lid)
@@ -403,6 +416,14 @@ def _record(
         before.vanished_at = when
         state.save_ledger(repo, gone)
     return changes
+
+
+def _extends(repo: pygit2.Repository, new: str, old: str) -> bool:
+    """Whether commit ``new`` descends from ``old`` (both in the copy; False if unknown)."""
+    try:
+        return bool(repo.descendant_of(new, old))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
 
 
 def _select(repo: pygit2.Repository, names: list[str] | None) -> dict[str, str]:

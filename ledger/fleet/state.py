@@ -8,15 +8,18 @@ One directory per copy, keyed by the copy's real git directory path (as ``heads/
         fleet.json          {"format": 1, "ledgers": {"<id>": {"first_seen", "last_seen"}},
                              "remotes": {"<NAME>": {"url": <URL as added, password masked>}}}
         ledgers/<id>.json   {"format": 1, "ledger_id", "verified": <VerifiedState JSON>|null,
-                             "remotes": {"<NAME>": {"head", "seq", "seen_at", "vanished_at"}},
+                             "remotes": {"<NAME>": {"head", "seq", "seen_at", "vanished_at",
+                                                    "rewound_from"}},
                              "claims": [...], "outcome": {"ok", "findings", "checked_at"}|null}
         fleet.lock          taken by :func:`locked` while a fetch rewrites the state
 
 ``seen_at`` is when a fetch first saw that remote hold that head (it changes only when the
 head does); ``vanished_at`` is when a fetch first found the ledger gone from that remote
 (null while it is there); ``seq`` is the head's ``Ledger-Seq`` trailer as fetched (unverified;
-null when unreadable). A missing file reads as nothing remembered (``None`` or an empty
-:class:`FleetState`); a malformed one is a :class:`~ledger.errors.StorageError` naming it.
+null when unreadable); ``rewound_from`` is the head the remote held before a fetch found it
+at a commit that does not descend from it (null otherwise). A missing file reads as nothing
+remembered (``None`` or an empty :class:`FleetState`); a malformed one is a
+:class:`~ledger.errors.StorageError` naming it.
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ class RemoteHead:
     seq: int | None
     seen_at: str
     vanished_at: str | None = None
+    #: The head this remote held before a fetch found it at a commit that does not extend
+    #: it (``{"head", "seq", "seen_at"}``), kept until ``fleet verify`` has judged it.
+    rewound_from: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +99,7 @@ class RemoteHead:
             "seq": self.seq,
             "seen_at": self.seen_at,
             "vanished_at": self.vanished_at,
+            "rewound_from": self.rewound_from,
         }
 
 
@@ -228,8 +235,17 @@ def _remote_head(obj: Any, path: Path) -> RemoteHead:
     seq = obj.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
         raise _malformed(path, "a remote's 'seq' is not a number")
+    rewound = obj.get("rewound_from")
+    if rewound is not None and (
+        not isinstance(rewound, dict) or not _HEX40.fullmatch(str(rewound.get("head")))
+    ):
+        raise _malformed(path, "a remote's 'rewound_from' is not {head, seq, seen_at}")
     return RemoteHead(
-        obj["head"], seq, _str(obj, "seen_at", path), _opt_str(obj, "vanished_at", path)
+        obj["head"],
+        seq,
+        _str(obj, "seen_at", path),
+        _opt_str(obj, "vanished_at", path),
+        rewound,
     )
 
 
