@@ -408,3 +408,38 @@ def test_ssh_host_keys_are_checked_as_ledger_clone_checks_them(
     )
     assert r.code == 8 and "auth failed" in r.err, r.output
     assert fleet.heads(fleet.open_copy(tmp_path / "c2")) == {lid(t): {"origin": t.head}}
+
+
+def test_the_state_round_trips_privately(home: Path, tmp_path: Path) -> None:
+    """What fleet verify and the witness read and write: the contract's JSON, 0600 files in
+    0700 directories, written atomically."""
+    copy = tmp_path / "audit.git"
+    fleet.init_copy(str(tmp_path / "shared.git"), copy)
+    lid_ = "ab" * 16
+    st = fleet.LedgerState(
+        lid_,
+        remotes={"origin": fleet.RemoteHead("1" * 40, 7, "2026-11-27T00:00:00.000000Z")},
+        claims=[{"by_ledger": "cd" * 16, "ledger": lid_, "seq": 7}],
+        outcome=fleet.Outcome(True, [], "2026-11-27T00:00:01.000000Z"),
+    )
+    written = fleet.save_ledger(copy, st)
+    assert fleet.load_ledger(copy, lid_) == st
+    doc = json.loads(written.read_text())
+    assert doc["remotes"]["origin"] == {
+        "head": "1" * 40,
+        "seq": 7,
+        "seen_at": "2026-11-27T00:00:00.000000Z",
+        "vanished_at": None,
+        "rewound_from": None,
+    }
+    assert set(doc) == {"format", "ledger_id", "verified", "remotes", "claims", "outcome"}
+    where = fleet.state_dir(copy)
+    assert where == fleet.state_dir(fleet.open_copy(copy))
+    for d in (where.parent, where, where / "ledgers"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    for f in (written, where / "fleet.json"):
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert fleet.load_fleet(copy).remotes == {"origin": str(tmp_path / "shared.git")}
+    assert [p.name for p in (where / "ledgers").iterdir()] == [f"{lid_}.json"]  # (no temp)
+    with pytest.raises(errors.InputError):
+        fleet.load_ledger(copy, "../escape")
