@@ -159,7 +159,7 @@ def test_status_says_verified_only_for_the_head_fleet_verify_verified(
     git_daemon: GitDaemon, home: Path, tmp_path: Path
 ) -> None:
     name = f"st-{tmp_path.name}"
-    shared_on(git_daemon, name)
+    server = shared_on(git_daemon, name)
     url = git_daemon.url(f"{name}.git")
     web, db = make_ledger(tmp_path, "web1"), make_ledger(tmp_path, "db1")
     for t in (web, db):
@@ -188,6 +188,25 @@ def test_status_says_verified_only_for_the_head_fleet_verify_verified(
     doc = json.loads(run_cli("fleet", "status", "--json", "--fleet", copy).out)
     line = next(d for d in doc["ledgers"] if d["ledger_id"] == lid(web))
     assert (line["check"], line["seq"], line["verified_seq"]) == ("unverified", 4, 3)
+
+    # A forged head written on the server's disk (no hook ran): whatever its records claim,
+    # they are shown tamed and unverified.
+    work = tmp_path / "forge"
+    git("clone", "-q", db.path, work)
+    (work / "events").mkdir(exist_ok=True)
+    fake = {"host": "\x1b]0;pwned\x07evil\u202e", "time": "2030-01-01T00:00:00.000000Z"}
+    (work / "events" / "x.json").write_text(json.dumps(fake))
+    git("add", "events/x.json", cwd=work)
+    git("commit", "-q", "-m", "x\n\nLedger-Seq: 99\nLedger-Record: events/x.json", cwd=work)
+    git("--git-dir", server, "fetch", "-q", work, f"+HEAD:refs/ledgers/{lid(db)}/main")
+    r = run_cli("fleet", "fetch", "--fleet", copy)
+    assert r.code == 0 and f"{lid(db)}  moved on origin from seq 3 to seq 99" in r.out, r.output
+    doc = json.loads(run_cli("fleet", "status", "--json", "--fleet", copy).out)
+    line = next(d for d in doc["ledgers"] if d["ledger_id"] == lid(db))
+    assert (line["check"], line["seq"], line["name"]) == ("unverified", 99, "db1")
+    assert line["host"] == "?]0;pwned?evil?" and line["last_record_time"].startswith("2030")
+    out = run_cli("fleet", "status", "--fleet", copy).out
+    assert "\x1b" not in out and "\u202e" not in out
 
     # A last verification with findings is said, even at the verified head.
     st = remembered(copy, db)
@@ -358,6 +377,18 @@ def test_the_copy_is_untrusted_and_the_state_is_checked(
     assert fleet.load_ledger(copy, lid(stranger)) is None
     git("--git-dir", copy, "config", "fleet.remote.origin.url", real)
     assert run_cli("fleet", "fetch", "--fleet", copy).code == 0
+    # ... or adds a remote of its own: not contacted until the auditor adds it.
+    git("--git-dir", copy, "config", "fleet.remote.evil.url", evil)
+    r = run_cli("fleet", "fetch", "--fleet", copy)
+    assert r.code == 8 and "evil" in r.err and "was not added on this machine" in r.err
+    one_paragraph(r)
+    assert fleet.load_ledger(copy, lid(stranger)) is None
+    r = run_cli("fleet", "remote", "add", "evil", real, "--fleet", copy)  # (not that URL)
+    assert r.code == 3 and "already has a remote named 'evil'" in r.err, r.output
+    r = run_cli("fleet", "remote", "add", "evil", evil, "--fleet", copy)  # (accepted)
+    assert r.code == 0, r.output
+    r = run_cli("fleet", "fetch", "--fleet", copy)
+    assert r.code == 0 and f"{lid(stranger)}  new on evil" in r.out, r.output
 
     # A malformed state file: named, exit 6, never believed or overwritten.
     state_file = fleet.state_dir(copy) / "fleet.json"
@@ -380,6 +411,11 @@ def test_the_copy_is_untrusted_and_the_state_is_checked(
     r = run_cli("fleet", "status", "--fleet", copy)
     assert r.code == 6 and "not private" in r.err, r.output
     os.chmod(fleet.state_dir(copy), 0o700)
+    # Without fleet.json no remote's URL is remembered: each is accepted again.
+    r = run_cli("fleet", "fetch", "--fleet", copy)
+    assert r.code == 8 and r.err.count("was not added on this machine") == 2, r.output
+    for n, u in (("origin", real), ("evil", evil)):
+        assert run_cli("fleet", "remote", "add", n, u, "--fleet", copy).code == 0
     assert run_cli("fleet", "fetch", "--fleet", copy).code == 0
 
 

@@ -123,18 +123,19 @@ def _refuse_existing(target: Path) -> None:
 
 
 def add_remote(path: Path | str, name: str, url: str) -> str:
-    """Add the shared remote ``name`` to the copy (and remember its URL as added); returns
-    the URL as stored, password masked."""
+    """Add the shared remote ``name`` to the copy and remember its URL as added; returns the
+    URL, password masked. A remote already in the copy's config at exactly this URL but not
+    added on this machine (a copy made elsewhere) is accepted the same way."""
     url = _check_new_remote(name, url)
     repo = open_copy(path)
-    have = configured_remotes(repo)
-    if name in have:
-        raise errors.InputError(
-            f"the fleet copy already has a remote named {name!r} ({redact.mask_url(have[name])}).",
-            hint="Choose another name.",
-        )
+    have = configured_remotes(repo).get(name)
     with state.locked(repo):
         fleet = state.load_fleet(repo)
+        if have is not None and (have != url or name in fleet.remotes):
+            raise errors.InputError(
+                f"the fleet copy already has a remote named {name!r} ({redact.mask_url(have)}).",
+                hint="Choose another name.",
+            )
         try:
             repo.config[f"fleet.remote.{name}.url"] = url
         except pygit2.GitError as exc:
@@ -444,15 +445,24 @@ def _select(repo: pygit2.Repository, names: list[str] | None) -> dict[str, str]:
 
 
 def _url_problem(name: str, url: str, fleet: state.FleetState) -> str | None:
-    """Why remote ``name`` is not fetched: its URL is not the one it was added with."""
+    """Why remote ``name`` is not fetched: it was not added on this machine, or its URL is
+    not the one it was added with (someone who can write the copy may have changed it)."""
     added = fleet.remotes.get(name)
-    if added is None or added == redact.mask_url(url):
+    shown = redact.mask_url(url)
+    if added is None:
+        return (
+            f"remote {name} ({shown}) is in the copy's config but was not added on this "
+            "machine: someone who can write the copy may have put it there. It was not "
+            f"contacted. If you trust that URL, run 'ledger fleet remote add {name} URL' "
+            "with it"
+        )
+    if added == shown:
         return None
     return (
-        f"the copy's config points remote {name} at {redact.mask_url(url)}, not at {added}, "
-        "the URL it was added with; someone who can write the copy may have changed it. "
-        f"Restore it (git config --file CONFIG fleet.remote.{name}.url URL), or add the new "
-        "URL under another name with 'ledger fleet remote add'"
+        f"the copy's config points remote {name} at {shown}, not at {added}, the URL it was "
+        "added with; someone who can write the copy may have changed it. It was not "
+        f"contacted. Restore it (git config --file CONFIG fleet.remote.{name}.url URL), or "
+        "add the new URL under another name with 'ledger fleet remote add'"
     )
 
 
@@ -482,15 +492,15 @@ def fetch(
             problem = _url_problem(name, url, fleet)
             if problem is not None:
                 result.remotes.append(
-                    RemoteFetch(name, redact.mask_url(url), status="unknown remote", error=problem)
+                    RemoteFetch(
+                        name,
+                        redact.mask_url(url),
+                        status="unknown remote",
+                        error=problem,
+                        hint="Nothing was fetched from it; the other remotes were.",
+                    )
                 )
                 continue
-            if name not in fleet.remotes:
-                fleet.remotes[name] = redact.mask_url(url)
-                result.warnings.append(
-                    f"remote {name} ({redact.mask_url(url)}) was not added on this machine "
-                    "(no URL remembered for it): its URL is trusted from now on."
-                )
             outcome, holds = fetch_remote(repo, name, url, creds)
             result.remotes.append(outcome)
             if holds is not None:

@@ -180,7 +180,8 @@ def _malformed(path: Path, why: str) -> errors.StorageError:
     return errors.StorageError(
         f"the fleet state file {path} is malformed ({why}).",
         hint="Move it aside (nothing else reads it): the next 'ledger fleet fetch' and "
-        "'fleet verify' start that memory over, so heads seen before it are forgotten.",
+        "'fleet verify' start that memory over, so heads seen before are forgotten (without "
+        "fleet.json, accept each remote again with 'ledger fleet remote add NAME URL').",
     )
 
 

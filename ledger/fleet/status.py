@@ -22,7 +22,8 @@ import pygit2
 
 from ledger.fleet import copy, state
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Control characters, line separators and bidirectional overrides: never shown as read.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 MAX_SHOWN = 120
 
 VERIFIED = "verified"
@@ -105,23 +106,26 @@ def shown(value: object) -> str | None:
 
 
 def _read_head(repo: pygit2.Repository, line: LedgerLine) -> None:
-    """Name, host and time from the records of ``line.head`` (bounded reads)."""
-    if line.head is None:
+    """Name, host and time from the records of ``line.head`` (bounded reads; anything
+    unreadable is left unknown)."""
+    head = line.head
+    message = copy.read_commit_message(repo, head) if head else None
+    if head is None or message is None:
         return
     try:
-        commit = repo[line.head]
+        commit = repo[head]
+        tree = commit.tree if isinstance(commit, pygit2.Commit) else None
     except (KeyError, ValueError, pygit2.GitError):
         return
-    if copy.read_commit_message(repo, line.head) is None or not isinstance(commit, pygit2.Commit):
+    if tree is None:
         return
     trailers = dict(
-        part.partition(": ")[::2]
-        for part in commit.message.rstrip("\n").rsplit("\n\n", 1)[-1].split("\n")
+        part.partition(": ")[::2] for part in message.rstrip("\n").rsplit("\n\n", 1)[-1].split("\n")
     )
-    genesis = copy.read_json_blob(repo, commit.tree, "genesis.json")
+    genesis = copy.read_json_blob(repo, tree, "genesis.json")
     if isinstance(genesis, dict) and isinstance(genesis.get("data"), dict):
         line.name = shown(genesis["data"].get("name"))
-    record = copy.read_json_blob(repo, commit.tree, trailers.get("Ledger-Record", ""))
+    record = copy.read_json_blob(repo, tree, trailers.get("Ledger-Record", ""))
     if isinstance(record, dict):
         line.host = shown(record.get("host"))
         line.time = shown(record.get("time"))
