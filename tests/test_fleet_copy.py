@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gitservers
@@ -278,6 +280,36 @@ def test_two_remotes_in_one_copy_and_refs_that_are_not_ledgers(
 
 def _ref(server_repo: Path, t: TestLedger) -> str:
     return git("--git-dir", server_repo, "rev-parse", f"refs/ledgers/{lid(t)}/main").stdout.strip()
+
+
+def test_concurrent_fetches_of_one_copy_take_turns(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path
+) -> None:
+    """Two fetches at once: the state lock serialises them; one sees the change, once."""
+    name = f"cc-{tmp_path.name}"
+    shared_on(git_daemon, name)
+    url = git_daemon.url(f"{name}.git")
+    ts = [make_ledger(tmp_path, n, records=1) for n in ("a", "b", "c")]
+    for t in ts[:2]:
+        replicate.add_remote(t.path, "fleet", url, shared=True)
+        replicate.push(t.path).check(None)
+    copy = tmp_path / "audit.git"
+    fleet.clone(url, copy)
+    for t in ts:
+        if t is ts[2]:
+            replicate.add_remote(t.path, "fleet", url, shared=True)
+        t.append()
+        replicate.push(t.path).check(None)
+    cmd = [sys.executable, "-m", "ledger", "fleet", "fetch", "--fleet", str(copy)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    text = "".join(outs)
+    assert text.count(f"{lid(ts[2])}  new on origin") == 1, outs
+    for t in ts[:2]:
+        assert text.count(f"{lid(t)}  moved on origin from seq 1 to seq 2") == 1, outs
+    assert fleet.heads(fleet.open_copy(copy)) == {lid(t): {"origin": t.head} for t in ts}
+    assert [remembered(copy, t).remotes["origin"].seq for t in ts] == [2, 2, 2]
 
 
 def test_bad_input_is_one_paragraph_with_its_exit_code_and_leaves_nothing_behind(
