@@ -134,6 +134,12 @@ class LedgerNotFound(LedgerError):
     label = "no ledger"
 
 
+class FleetNotFound(LedgerNotFound):
+    """No fleet copy (``ledger fleet clone``) at the given or default location."""
+
+    label = "no fleet copy"
+
+
 class LedgerExists(LedgerError):
     """A ledger (or some other repository or file) already exists where one would be created."""
 

@@ -156,16 +156,19 @@ def test_shell_completion_is_offered() -> None:
 
 def _command_paths() -> list[str]:
     register([])
-    root = typer.main.get_command(app)
+    return _paths(typer.main.get_command(app), "")
+
+
+def _paths(group: object, prefix: str) -> list[str]:
+    """Every command's path, through nested groups (``fleet remote add``)."""
     out = []
-    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
         if getattr(cmd, "hidden", False):
             continue
-        sub = getattr(cmd, "commands", None)
-        if sub:
-            out.extend(f"{name} {s}" for s, c in sub.items() if not c.hidden)
+        if getattr(cmd, "commands", None):
+            out.extend(_paths(cmd, f"{prefix}{name} "))
         else:
-            out.append(name)
+            out.append(f"{prefix}{name}")
     return out
 
 

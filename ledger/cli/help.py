@@ -41,8 +41,8 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     (
         "5",
         (
-            "no ledger at that location, or a ledger or file (a key) already exists where one"
-            " would be created"
+            "no ledger (or fleet copy) at that location, or a ledger, file (a key) or "
+            "non-empty directory already exists where one would be created"
         ),
     ),
     (
@@ -161,6 +161,18 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger report --since 2026-11-01 --until 2026-11-30 -t my.md.j2",
     ),
     "demo": ("ledger demo", "ledger demo /tmp/try-ledger"),
+    "fleet clone": (
+        "ledger fleet clone ssh://git@git.example.com/fleet audit.git",
+        "ledger fleet clone https://git.example.com/fleet.git audit.git --name primary",
+    ),
+    "fleet remote add": (
+        "ledger fleet remote add mirror git://mirror.example.com/fleet --fleet audit.git",
+    ),
+    "fleet fetch": (
+        "ledger fleet fetch --fleet audit.git",
+        "LEDGER_FLEET=audit.git ledger fleet fetch --remote mirror",
+    ),
+    "fleet status": ("ledger fleet status --fleet audit.git", "ledger fleet status --json"),
 }
 
 

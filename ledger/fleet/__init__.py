@@ -1,0 +1,100 @@
+"""The auditor's side of a fleet (issue 13, docs/FLEET.md): a fleet copy of every ledger of
+one or more shared remotes, the auditor's memory of it, and its status.
+
+Modules (each imports only the ones listed before it):
+
+- ``state``: the auditor's memory of a copy, in the user's state directory
+  (``<state dir>/fleets/<sha256 of the copy's path>/``: ``fleet.json``, ``ledgers/<id>.json``).
+- ``copy``: the copy itself (``init_copy``, ``add_remote``, ``fetch``, ``clone``,
+  ``open_copy``, ``heads``): a bare repository with ``refs/fleet/<remote>/<id>/main``.
+- ``status``: per ledger, name, host, head seq, last record, first sighting of each head,
+  labelled verified or unverified.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ledger import lazy
+
+if TYPE_CHECKING:
+    from ledger.fleet.copy import (
+        Change,
+        FetchResult,
+        RemoteFetch,
+        add_remote,
+        clone,
+        fetch,
+        heads,
+        init_copy,
+        open_copy,
+    )
+    from ledger.fleet.state import (
+        FleetState,
+        LedgerSeen,
+        LedgerState,
+        Outcome,
+        RemoteHead,
+        load_fleet,
+        load_ledger,
+        save_fleet,
+        save_ledger,
+        state_dir,
+    )
+    from ledger.fleet.status import FleetStatus, LedgerLine, RemoteView, fleet_status
+
+__getattr__, __dir__ = lazy.attach(
+    __name__,
+    {
+        "ledger.fleet.copy": (
+            "Change",
+            "FetchResult",
+            "RemoteFetch",
+            "add_remote",
+            "clone",
+            "fetch",
+            "heads",
+            "init_copy",
+            "open_copy",
+        ),
+        "ledger.fleet.state": (
+            "FleetState",
+            "LedgerSeen",
+            "LedgerState",
+            "Outcome",
+            "RemoteHead",
+            "load_fleet",
+            "load_ledger",
+            "save_fleet",
+            "save_ledger",
+            "state_dir",
+        ),
+        "ledger.fleet.status": ("FleetStatus", "LedgerLine", "RemoteView", "fleet_status"),
+    },
+)
+
+__all__ = [
+    "Change",
+    "FetchResult",
+    "FleetState",
+    "FleetStatus",
+    "LedgerLine",
+    "LedgerSeen",
+    "LedgerState",
+    "Outcome",
+    "RemoteFetch",
+    "RemoteHead",
+    "RemoteView",
+    "add_remote",
+    "clone",
+    "fetch",
+    "fleet_status",
+    "heads",
+    "init_copy",
+    "load_fleet",
+    "load_ledger",
+    "open_copy",
+    "save_fleet",
+    "save_ledger",
+    "state_dir",
+]

@@ -1,0 +1,554 @@
+"""The auditor's fleet copy: one bare git repository (not a ledger) holding every ledger of
+one or more shared remotes, fetched with the replication transport.
+
+Layout (the fleet contract, docs/FLEET.md): config ``ledger.fleet = true`` and per shared
+remote ``fleet.remote.<NAME>.url`` (not git remotes: every fetch uses an anonymous remote,
+see :func:`ledger.replicate.transport.anonymous`). Ledger ``<id>`` as remote NAME holds it
+is ``refs/fleet/<NAME>/<id>/main``, forced on every fetch: the copy shows what each server
+holds now. What was seen before, and when, is the auditor's own memory (:mod:`.state`),
+which a fetch updates; the copy itself is as untrusted as a ledger directory. A remote's
+URL is followed only as it was added (the state keeps it): one changed in the copy's config
+behind the auditor's back is not fetched.
+
+A fetch lists the server's refs first and fetches only ``refs/ledgers/<32 hex>/main``; any
+other ref is ignored (reported, its objects never fetched).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pygit2
+
+from ledger import errors, redact
+from ledger.fleet import state
+from ledger.replicate import pushes, remotes, shared, transport
+
+FLEET_KEY = "ledger.fleet"
+REF_PREFIX = "refs/fleet/"
+ENV_FLEET = "LEDGER_FLEET"
+DEFAULT_REMOTE = "origin"
+_URL_KEY_RE = re.compile(r"^fleet\.remote\.(.+)\.url$")
+_FLEET_REF_RE = re.compile(r"^refs/fleet/([^/]+)/([0-9a-f]{32})/main$")
+#: The most of a head's commit and record that is read to show it (unverified bytes).
+MAX_OBJECT_BYTES = 4 << 20
+
+NOT_A_COPY_HINT = (
+    "Make one with 'ledger fleet clone URL DIR', or point to one with --fleet DIR "
+    f"(or ${ENV_FLEET})."
+)
+
+
+def fleet_ref(name: str, ledger_id: str) -> str:
+    """Where the copy keeps ledger ``ledger_id`` as remote ``name`` holds it."""
+    return f"{REF_PREFIX}{name}/{ledger_id}/main"
+
+
+# --- the copy --------------------------------------------------------------------------------
+
+
+def open_copy(path: Path | str) -> pygit2.Repository:
+    """The fleet copy at exactly ``path``; :class:`FleetNotFound` when it is none."""
+    where = Path(path)
+    try:
+        repo = pygit2.Repository(str(where), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        is_fleet = repo.is_bare and repo.config.get_bool(FLEET_KEY)
+    except (pygit2.GitError, KeyError, ValueError):
+        is_fleet = False
+    if not is_fleet:
+        why = (
+            "the path does not exist"
+            if not where.exists()
+            else f"not a bare repository with {FLEET_KEY} = true"
+        )
+        raise errors.FleetNotFound(
+            f"{where} is not a fleet copy ({why}).",
+            hint=NOT_A_COPY_HINT,
+        )
+    return repo
+
+
+def configured_remotes(repo: pygit2.Repository) -> dict[str, str]:
+    """The shared remotes of the copy's config: name to URL (as configured: unverified)."""
+    out: dict[str, str] = {}
+    for entry in repo.config:
+        m = _URL_KEY_RE.match(entry.name)
+        if m:
+            out[m.group(1)] = str(entry.value)
+    return dict(sorted(out.items()))
+
+
+def _check_new_remote(name: str, url: str) -> str:
+    remotes.check_remote_name(name)
+    remotes.classify_url(url)
+    return remotes.normalize_url(url)
+
+
+def init_copy(url: str, path: Path | str, name: str = DEFAULT_REMOTE) -> pygit2.Repository:
+    """Make ``path`` an empty fleet copy with one shared remote ``name`` (nothing fetched).
+
+    Refuses a ``path`` that exists and is not an empty directory. The URL is remembered in
+    the auditor's state as the one this remote was added with (any other remotes remembered
+    for a copy once at this path are forgotten; what was seen of its ledgers is kept)."""
+    url = _check_new_remote(name, url)
+    target = Path(path)
+    _refuse_existing(target)
+    try:
+        repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
+        repo.config[FLEET_KEY] = True
+        repo.config[f"fleet.remote.{name}.url"] = url
+    except pygit2.GitError as exc:
+        raise errors.StorageError(
+            redact.mask_url(f"could not create the fleet copy {target}: {exc}."),
+            hint="Check the directory's permissions and free disk space.",
+        ) from None
+    fleet = state.load_fleet(repo)
+    fleet.remotes = {name: redact.mask_url(url)}
+    state.save_fleet(repo, fleet)
+    return repo
+
+
+def _refuse_existing(target: Path) -> None:
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise errors.LedgerExists(
+            f"{target} already exists and is not empty.",
+            hint="Choose a new directory for the fleet copy (or fetch into the copy that is "
+            "there with 'ledger fleet fetch --fleet DIR').",
+        )
+
+
+def add_remote(path: Path | str, name: str, url: str) -> str:
+    """Add the shared remote ``name`` to the copy and remember its URL as added; returns the
+    URL, password masked. A remote already in the copy's config at exactly this URL but not
+    added on this machine (a copy made elsewhere) is accepted the same way."""
+    url = _check_new_remote(name, url)
+    repo = open_copy(path)
+    have = configured_remotes(repo).get(name)
+    with state.locked(repo):
+        fleet = state.load_fleet(repo)
+        if have is not None and (have != url or name in fleet.remotes):
+            raise errors.InputError(
+                f"the fleet copy already has a remote named {name!r} ({redact.mask_url(have)}).",
+                hint="Choose another name.",
+            )
+        try:
+            repo.config[f"fleet.remote.{name}.url"] = url
+        except pygit2.GitError as exc:
+            raise errors.StorageError(
+                redact.mask_url(f"could not add remote {name!r}: {exc}.")
+            ) from None
+        fleet.remotes[name] = redact.mask_url(url)
+        state.save_fleet(repo, fleet)
+    return redact.mask_url(url)
+
+
+def heads(repo: pygit2.Repository) -> dict[str, dict[str, str]]:
+    """Every ledger in the copy: ledger id -> remote name -> head commit id, from the refs
+    ``refs/fleet/<NAME>/<id>/main`` (no history read; symbolic refs are ignored)."""
+    out: dict[str, dict[str, str]] = {}
+    for ref in repo.references.iterator():
+        m = _FLEET_REF_RE.match(ref.name)
+        if m and ref.type == pygit2.enums.ReferenceType.DIRECT:
+            out.setdefault(m.group(2), {})[m.group(1)] = str(ref.target)
+    return {lid: dict(sorted(by.items())) for lid, by in sorted(out.items())}
+
+
+def head_seq(repo: pygit2.Repository, oid: str) -> int | None:
+    """The ``Ledger-Seq`` trailer of commit ``oid`` (unverified), None when unreadable."""
+    message = read_commit_message(repo, oid)
+    if message is None:
+        return None
+    trailers = message.rstrip("\n").rsplit("\n\n", 1)[-1]
+    for line in trailers.split("\n"):
+        key, sep, value = line.partition(": ")
+        if sep and key == "Ledger-Seq" and value.isdigit() and len(value) < 19:
+            return int(value)
+    return None
+
+
+def read_commit_message(repo: pygit2.Repository, oid: str) -> str | None:
+    """The message of commit ``oid`` if it is a commit of at most :data:`MAX_OBJECT_BYTES`."""
+    try:
+        kind, size = repo.odb.read_header(oid)
+        if kind != pygit2.enums.ObjectType.COMMIT or size > MAX_OBJECT_BYTES:
+            return None
+        commit = repo[oid]
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    if not isinstance(commit, pygit2.Commit):
+        return None
+    try:
+        return str(commit.message)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def read_json_blob(repo: pygit2.Repository, tree: pygit2.Tree, path: str) -> object:
+    """The JSON file at ``path`` in ``tree`` (unverified), or None when it is not a readable
+    JSON blob of at most :data:`MAX_OBJECT_BYTES`."""
+    try:
+        entry = tree[path]
+        kind, size = repo.odb.read_header(entry.id)
+        if kind != pygit2.enums.ObjectType.BLOB or size > MAX_OBJECT_BYTES:
+            return None
+        return json.loads(repo.odb.read(entry.id)[1])
+    except (KeyError, ValueError, TypeError, pygit2.GitError, RecursionError):
+        return None
+
+
+# --- fetching ------------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    """One ledger that changed at one remote in a fetch."""
+
+    ledger_id: str
+    remote: str
+    kind: str  # "new", "moved", "vanished", "back"
+    old_head: str | None = None
+    old_seq: int | None = None
+    new_head: str | None = None
+    new_seq: int | None = None
+    forward: bool = True  # False: the new head does not descend from the old one
+
+    def line(self) -> str:
+        old, new = _seq(self.old_seq), _seq(self.new_seq)
+        if self.kind == "new":
+            return f"{self.ledger_id}  new on {self.remote} at {new} ({_short(self.new_head)})"
+        if self.kind == "back":
+            return f"{self.ledger_id}  back on {self.remote} at {new} ({_short(self.new_head)})"
+        if self.kind == "vanished":
+            return f"{self.ledger_id}  vanished from {self.remote} (was at {old})"
+        backwards = ""
+        if not self.forward:
+            backwards = (
+                f" (NOT forward: it does not extend {_short(self.old_head)}; kept for "
+                "'ledger fleet verify')"
+            )
+        return f"{self.ledger_id}  moved on {self.remote} from {old} to {new}{backwards}"
+
+
+def _seq(seq: int | None) -> str:
+    return f"seq {seq}" if seq is not None else "an unreadable seq"
+
+
+def _short(oid: str | None) -> str:
+    return oid[:12] if oid else "(none)"
+
+
+@dataclass
+class RemoteFetch:
+    """What one remote held in one fetch (``error`` set when it could not be fetched)."""
+
+    name: str
+    url: str  # password masked
+    ledgers: int = 0
+    ignored: list[str] = field(default_factory=list)
+    status: str | None = None  # a PushStatus value when it failed
+    error: str | None = None
+    hint: str | None = None
+
+    def line(self, changes: list[Change]) -> str:
+        if self.error is not None:
+            return f"{self.name} ({self.url}): {self.status}: {self.error}"
+        counts = {k: sum(c.remote == self.name and c.kind == k for c in changes) for k in _KINDS}
+        done = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        ignored = f", {len(self.ignored)} other ref(s) ignored" if self.ignored else ""
+        return (
+            f"{self.name} ({self.url}): {self.ledgers} ledger(s)"
+            f"{'; ' + done if done else ', no change'}{ignored}"
+        )
+
+
+_KINDS = ("new", "moved", "back", "vanished")
+
+
+@dataclass
+class FetchResult:
+    """What a fetch of the copy did: per remote, the ledgers that changed, the warnings."""
+
+    path: Path
+    remotes: list[RemoteFetch]
+    changes: list[Change]
+    ledgers: int  # ledgers in the copy afterwards
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RemoteFetch]:
+        return [r for r in self.remotes if r.error is not None]
+
+    def summary(self) -> str:
+        ok = len(self.remotes) - len(self.failed)
+        failed = f", {len(self.failed)} could not be fetched" if self.failed else ""
+        return (
+            f"{self.ledgers} ledger(s) in the fleet copy {self.path}; {ok} of "
+            f"{len(self.remotes)} remote(s) fetched{failed}"
+        )
+
+    def raise_for_failures(self) -> None:
+        """:class:`RemoteError` (exit 8) naming each remote that could not be fetched."""
+        if self.failed:
+            raise errors.RemoteError(
+                "could not fetch "
+                + "; ".join(f"{r.name} ({r.url}): {r.status}: {r.error}" for r in self.failed)
+                + ".",
+                hint=self.failed[0].hint or "Check the URL, the server and the network.",
+            )
+
+
+def _anonymous(repo: pygit2.Repository, url: str) -> pygit2.Remote:
+    """An in-memory remote for ``url`` (libgit2 says only "unsupported URL protocol" for a
+    missing local path: say more)."""
+    kind = remotes.classify_url(url)
+    local = None
+    if kind == "path":
+        local = Path(url)
+    elif kind == "file":
+        local = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    if local is not None and not local.exists():
+        raise pygit2.GitError(f"no repository at {local}: the directory does not exist")
+    return repo.remotes.create_anonymous(url)
+
+
+def _hint(status: pushes.PushStatus) -> str:
+    if status is pushes.PushStatus.AUTH_FAILED:
+        return (
+            "Provide credentials: --ssh-key / LEDGER_SSH_KEY or ssh-agent for ssh, "
+            "LEDGER_HTTP_TOKEN (or LEDGER_HTTP_USER + LEDGER_HTTP_PASSWORD) for https."
+        )
+    if status is pushes.PushStatus.HOST_KEY:
+        return (
+            "Add the host's key to ~/.ssh/known_hosts after checking its fingerprint "
+            "(ssh-keyscan), or pass --insecure-host-key to skip the check."
+        )
+    return "Check the URL, that the server is running and serves it, and the network."
+
+
+def fetch_remote(
+    repo: pygit2.Repository, name: str, url: str, creds: transport.Credentials
+) -> tuple[RemoteFetch, dict[str, str] | None]:
+    """Fetch every ledger of one shared remote into ``refs/fleet/<name>/``, remove the
+    ledgers it no longer holds, and return what it holds now (``None`` when it could not
+    be fetched: then the copy's refs of that remote are left as they were)."""
+    out = RemoteFetch(name, redact.mask_url(url))
+    cb = transport.Callbacks(url, creds, repo.config)
+    try:
+        remote = _anonymous(repo, url)
+        cb.begin()
+        advertised = remote.list_heads(callbacks=cb)
+        wanted: dict[str, str] = {}
+        for head in advertised:
+            refname = str(head.name or "")
+            m = shared.SHARED_REF_RE.match(refname)
+            if m:
+                wanted[m.group(1)] = str(head.oid)
+            elif refname not in ("", "HEAD") and not refname.endswith("^{}"):
+                out.ignored.append(refname)
+        if wanted:
+            specs = [f"+refs/ledgers/{lid}/main:{fleet_ref(name, lid)}" for lid in wanted]
+            cb.begin()
+            remote.fetch(specs, callbacks=cb, prune=pygit2.enums.FetchPrune.NO_PRUNE)
+    except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
+        status, message = pushes.classify_git_error(exc, cb)
+        out.status, out.error, out.hint = status.value, message, _hint(status)
+        return out, None
+    holds: dict[str, str] = {}
+    for lid in wanted:
+        ref = repo.references.get(fleet_ref(name, lid))
+        if ref is not None:  # (else it went away between the listing and the fetch)
+            holds[lid] = str(ref.target)
+    prefix = f"{REF_PREFIX}{name}/"
+    for ref in list(repo.references.iterator()):
+        if ref.name.startswith(prefix):
+            m = _FLEET_REF_RE.match(ref.name)
+            if m is None or m.group(2) not in holds:
+                ref.delete()
+    out.ledgers = len(holds)
+    return out, holds
+
+
+def _record(
+    repo: pygit2.Repository,
+    name: str,
+    holds: dict[str, str],
+    fleet: state.FleetState,
+    when: str,
+) -> list[Change]:
+    """Update the auditor's memory with what remote ``name`` holds now; the changes."""
+    changes: list[Change] = []
+    for lid, head in holds.items():
+        seen = fleet.ledgers.get(lid)
+        fleet.ledgers[lid] = state.LedgerSeen(seen.first_seen if seen else when, when)
+        ledger = state.load_ledger(repo, lid) or state.LedgerState(lid)
+        before = ledger.remotes.get(name)
+        if before is not None and before.vanished_at is None and before.head == head:
+            continue  # (unchanged: its commit is not read again)
+        seq = head_seq(repo, head)
+        if before is None:
+            changes.append(Change(lid, name, "new", new_head=head, new_seq=seq))
+            ledger.remotes[name] = state.RemoteHead(head, seq, when)
+        else:
+            kind = "back" if before.vanished_at is not None else "moved"
+            change = Change(lid, name, kind, before.head, before.seq, head, seq)
+            rewound = before.rewound_from
+            if before.head != head and not _extends(repo, head, before.head):
+                change.forward = False
+                rewound = rewound or {
+                    "head": before.head,
+                    "seq": before.seq,
+                    "seen_at": before.seen_at,
+                }
+            changes.append(change)
+            seen_at = before.seen_at if before.head == head else when
+            ledger.remotes[name] = state.RemoteHead(head, seq, seen_at, None, rewound)
+        state.save_ledger(repo, ledger)
+    for lid in sorted(set(fleet.ledgers) - set(holds)):
+        gone = state.load_ledger(repo, lid)
+        before = gone.remotes.get(name) if gone is not None else None
+        if gone is None or before is None or before.vanished_at is not None:
+            continue
+        changes.append(Change(lid, name, "vanished", before.head, before.seq))
+        before.vanished_at = when
+        state.save_ledger(repo, gone)
+    return changes
+
+
+def _extends(repo: pygit2.Repository, new: str, old: str) -> bool:
+    """Whether commit ``new`` descends from ``old`` (both in the copy; False if unknown)."""
+    try:
+        return bool(repo.descendant_of(new, old))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
+
+
+def _select(repo: pygit2.Repository, names: list[str] | None) -> dict[str, str]:
+    configured = configured_remotes(repo)
+    if not configured:
+        raise errors.RemoteError(
+            f"the fleet copy {repo.path.rstrip('/')} has no shared remotes to fetch from.",
+            hint="Add one with 'ledger fleet remote add NAME URL'.",
+        )
+    unknown = [n for n in names or [] if n not in configured]
+    if unknown:
+        raise errors.RemoteError(
+            f"the fleet copy has no remote named {', '.join(map(repr, unknown))} "
+            f"(its remotes: {', '.join(configured)}).",
+            hint="Add it with 'ledger fleet remote add NAME URL', or name one of those.",
+        )
+    return {n: u for n, u in configured.items() if not names or n in names}
+
+
+def _url_problem(name: str, url: str, fleet: state.FleetState) -> str | None:
+    """Why remote ``name`` is not fetched: it was not added on this machine, or its URL is
+    not the one it was added with (someone who can write the copy may have changed it)."""
+    added = fleet.remotes.get(name)
+    shown = redact.mask_url(url)
+    if added is None:
+        return (
+            f"remote {name} ({shown}) is in the copy's config but was not added on this "
+            "machine: someone who can write the copy may have put it there. It was not "
+            f"contacted. If you trust that URL, run 'ledger fleet remote add {name} URL' "
+            "with it"
+        )
+    if added == shown:
+        return None
+    return (
+        f"the copy's config points remote {name} at {shown}, not at {added}, the URL it was "
+        "added with; someone who can write the copy may have changed it. It was not "
+        f"contacted. Restore it (git config --file CONFIG fleet.remote.{name}.url URL), or "
+        "add the new URL under another name with 'ledger fleet remote add'"
+    )
+
+
+def fetch(
+    path: Path | str,
+    creds: transport.Credentials | None = None,
+    names: list[str] | None = None,
+    *,
+    require_ledgers: bool = False,
+) -> FetchResult:
+    """Fetch every shared remote of the copy (or those ``names``), update the auditor's
+    memory (:mod:`.state`: each remote's head of each ledger and when it was first seen, the
+    ledgers' first and last sighting) and say what changed. A remote that cannot be fetched
+    changes nothing of what is remembered of it (see :attr:`FetchResult.failed`).
+
+    ``require_ledgers`` (a clone): a remote holding no ``refs/ledgers/<id>/main`` at all is
+    an error (:class:`RemoteError`) before anything is remembered."""
+    repo = open_copy(path)
+    chosen = _select(repo, names)
+    creds = creds or transport.Credentials.from_env()
+    transport.configure(creds)
+    result = FetchResult(Path(path), [], [], 0)
+    with state.locked(repo):
+        fleet = state.load_fleet(repo)
+        fetched: dict[str, dict[str, str]] = {}
+        for name, url in chosen.items():
+            problem = _url_problem(name, url, fleet)
+            if problem is not None:
+                result.remotes.append(
+                    RemoteFetch(
+                        name,
+                        redact.mask_url(url),
+                        status="unknown remote",
+                        error=problem,
+                        hint="Nothing was fetched from it; the other remotes were.",
+                    )
+                )
+                continue
+            outcome, holds = fetch_remote(repo, name, url, creds)
+            result.remotes.append(outcome)
+            if holds is not None:
+                if require_ledgers and not holds:
+                    raise _not_shared(outcome)
+                fetched[name] = holds
+        when = state.now()
+        for name, holds in fetched.items():
+            result.changes += _record(repo, name, holds, fleet, when)
+        state.save_fleet(repo, fleet)
+    result.ledgers = len(heads(repo))
+    return result
+
+
+def _not_shared(outcome: RemoteFetch) -> errors.RemoteError:
+    other = f" (it has {', '.join(outcome.ignored[:5])})" if outcome.ignored else ""
+    return errors.RemoteError(
+        f"{outcome.url} is not a shared remote: it holds no ledger at "
+        f"refs/ledgers/<ledger id>/main{other}. Nothing was kept.",
+        hint="Check the URL; a one-ledger remote is copied with 'ledger clone URL'.",
+    )
+
+
+def clone(
+    url: str,
+    path: Path | str,
+    name: str = DEFAULT_REMOTE,
+    creds: transport.Credentials | None = None,
+) -> FetchResult:
+    """Make ``path`` a fleet copy of the shared remote ``url`` and fetch it. On any failure
+    (unreachable, authentication, host key, not a shared remote) nothing is left at
+    ``path``: the directory is removed if it was made here, emptied otherwise."""
+    target = Path(path)
+    _check_new_remote(name, url)
+    _refuse_existing(target)  # (before anything that could be undone below)
+    created = not target.exists()
+    try:
+        init_copy(url, target, name)
+        result = fetch(target, creds, [name], require_ledgers=True)
+        result.raise_for_failures()
+    except BaseException:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        elif target.is_dir():
+            for child in target.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    return result
