@@ -32,6 +32,7 @@ KIND_STEP_STARTED = "step.started"
 KIND_STEP_FINISHED = "step.finished"
 KIND_APPROVAL = "approval"
 KIND_RUN_FINISHED = "run.finished"
+KIND_WITNESS = "witness"
 
 KINDS = frozenset(
     {
@@ -44,6 +45,7 @@ KINDS = frozenset(
         KIND_STEP_FINISHED,
         KIND_APPROVAL,
         KIND_RUN_FINISHED,
+        KIND_WITNESS,
     }
 )
 KEY_KINDS = frozenset({KIND_KEY_ADDED, KIND_KEY_REVOKED})
@@ -72,6 +74,9 @@ FILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+COMMIT_ID_RE = re.compile(r"^[0-9a-f]{40}\Z")
+#: Most heads one ``witness`` record lists (FORMAT.md §5).
+MAX_WITNESS_HEADS = 10_000
 
 SUMMARY_MAX = 200
 EVENT_BUCKET = 1000
@@ -92,6 +97,7 @@ DATA_TYPES: dict[str, type] = {
     KIND_STEP_FINISHED: shapes.StepFinished,
     KIND_APPROVAL: shapes.Approval,
     KIND_RUN_FINISHED: shapes.RunFinished,
+    KIND_WITNESS: shapes.WitnessData,
 }
 
 
@@ -318,6 +324,51 @@ def clean_principal(text: str) -> str:
     return cleaned or "unknown"
 
 
+_WITNESS_FIELDS = frozenset({"ledger", "seq", "commit", "sha256"})
+
+
+def _witness_head_problem(head: Any) -> str | None:
+    if not isinstance(head, Mapping) or set(head) != _WITNESS_FIELDS:
+        return "is not exactly {ledger, seq, commit, sha256}"
+    seq = head["seq"]
+    if not isinstance(head["ledger"], str) or not LEDGER_ID_RE.match(head["ledger"]):
+        return "has a ledger that is not 32 lowercase hex digits"
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        return "has a seq that is not an integer >= 0"
+    if not isinstance(head["commit"], str) or not COMMIT_ID_RE.match(head["commit"]):
+        return "has a commit that is not 40 lowercase hex digits"
+    if not isinstance(head["sha256"], str) or not SHA256_RE.match(head["sha256"]):
+        return "has a sha256 that is not 64 lowercase hex digits"
+    return None
+
+
+def check_witness(data: Mapping[str, Any], ledger_id: str | None = None) -> None:
+    """:class:`InputError` unless ``data`` is a ``witness`` record's (FORMAT.md §5): exactly
+    ``heads``, at most :data:`MAX_WITNESS_HEADS` well-formed entries sorted by (ledger,
+    commit) without repeats, none of them ``ledger_id`` (the witnessing ledger's own)."""
+    heads = data.get("heads") if set(data) == {"heads"} else None
+    if not isinstance(heads, list):
+        raise errors.InputError("a witness record's data is exactly {'heads': [...]}.")
+    if len(heads) > MAX_WITNESS_HEADS:
+        raise errors.InputError(
+            f"a witness record lists at most {MAX_WITNESS_HEADS} heads, not {len(heads)}."
+        )
+    previous: tuple[str, str] | None = None
+    for i, head in enumerate(heads):
+        problem = _witness_head_problem(head)
+        if problem is None and head["ledger"] == ledger_id:
+            problem = "names the witnessing ledger itself"
+        if (
+            problem is None
+            and previous is not None
+            and (head["ledger"], head["commit"]) <= previous
+        ):
+            problem = "is out of (ledger, commit) order or repeats an entry"
+        if problem is not None:
+            raise errors.InputError(f"the witness record's head {i} {problem}.")
+        previous = (head["ledger"], head["commit"])
+
+
 def record_dir(kind: str, seq: int, run: str | None, time: str) -> str:
     """The directory of a record's file in the tree ('' for the root)."""
     if kind == KIND_GENESIS:
@@ -416,6 +467,12 @@ def summarize(kind: str, data: Mapping[str, Any]) -> str:
         return f"key.revoked: {data.get('fingerprint', '')}"
     if kind == KIND_EVENT:
         return f"event: {data.get('message', '')}"
+    if kind == KIND_WITNESS:
+        heads = data.get("heads")
+        heads = heads if isinstance(heads, list) else []
+        count = len(heads)
+        ledgers = len({h.get("ledger") for h in heads if isinstance(h, dict)})
+        return f"witness: {count} head(s) of {ledgers} other ledger(s)"
     step = data.get("step")
     status = data.get("status")
     parts = [kind]

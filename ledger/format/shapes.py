@@ -72,6 +72,21 @@ class EventData(TypedDict):
     data: Any
 
 
+class WitnessHead(TypedDict):
+    """One head a ``witness`` record lists: another ledger's head as a shared remote held it."""
+
+    ledger: str  # the witnessed ledger's id (32 hex)
+    seq: int  # the head commit's Ledger-Seq
+    commit: str  # its commit id (40 hex)
+    sha256: str  # SHA-256 of its git object (as Ledger-Prev-Sha256 is computed)
+
+
+class WitnessData(TypedDict):
+    """``witness``: the heads of the other ledgers of the shared remotes fetched."""
+
+    heads: list[WitnessHead]
+
+
 class RunbookRef(TypedDict):
     name: str
     path: str
@@ -274,4 +289,6 @@ __all__ = [
     "StreamMeta",
     "Trigger",
     "Vote",
+    "WitnessData",
+    "WitnessHead",
 ]
