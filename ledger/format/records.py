@@ -469,10 +469,7 @@ def summarize(kind: str, data: Mapping[str, Any]) -> str:
         return f"event: {data.get('message', '')}"
     if kind == KIND_WITNESS:
         heads = data.get("heads")
-        heads = heads if isinstance(heads, list) else []
-        count = len(heads)
-        ledgers = len({h.get("ledger") for h in heads if isinstance(h, dict)})
-        return f"witness: {count} head(s) of {ledgers} other ledger(s)"
+        return f"witness: {len(heads) if isinstance(heads, list) else 0} ledger head(s)"
     step = data.get("step")
     status = data.get("status")
     parts = [kind]

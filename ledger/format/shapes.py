@@ -73,17 +73,15 @@ class EventData(TypedDict):
 
 
 class WitnessHead(TypedDict):
-    """One head a ``witness`` record lists: another ledger's head as a shared remote held it."""
+    """One head of another ledger a ``witness`` record saw (FORMAT.md §5)."""
 
-    ledger: str  # the witnessed ledger's id (32 hex)
-    seq: int  # the head commit's Ledger-Seq
-    commit: str  # its commit id (40 hex)
-    sha256: str  # SHA-256 of its git object (as Ledger-Prev-Sha256 is computed)
+    ledger: str
+    seq: int
+    commit: str
+    sha256: str
 
 
 class WitnessData(TypedDict):
-    """``witness``: the heads of the other ledgers of the shared remotes fetched."""
-
     heads: list[WitnessHead]
 
 
