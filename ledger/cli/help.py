@@ -161,6 +161,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger report --since 2026-11-01 --until 2026-11-30 -t my.md.j2",
     ),
     "demo": ("ledger demo", "ledger demo /tmp/try-ledger"),
+    "fleet witness": ("ledger fleet witness", "ledger fleet witness --remote fleet --json"),
 }
 
 

@@ -52,8 +52,8 @@ class Draft:
             if not records.FILE_NAME_RE.match(name) or name == "json":
                 raise errors.InputError(f"{name!r} is not a valid attachment name.")
         if self.kind == records.KIND_WITNESS:
-            if self.run is not None:
-                raise errors.InputError("a witness record belongs to no run.")
+            if self.run is not None or self.attachments or self.incident is not None:
+                raise errors.InputError("a witness record belongs to no run and has no files.")
             records.check_witness(self.data)
         if self.kind == records.KIND_KEY_ADDED:
             principal = self.data.get("principal")
