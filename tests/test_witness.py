@@ -365,6 +365,5 @@ def test_a_run_without_a_shared_remote_loads_no_network_code(tmp_path: Path) -> 
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    # (the fleet's witness module reads the config; nothing that talks to a remote is loaded)
-    assert proc.stdout.strip().splitlines()[-1] == "LOADED ['ledger.fleet.witness']", proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED []", proc.stdout
     assert "witness" not in [kind for _sha, kind, _rec in records_of(t)]

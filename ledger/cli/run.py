@@ -92,15 +92,25 @@ def _check_ledger(led: store.Ledger, allow_unverified: bool, trust_genesis: str 
     local.verify_before_append(led.path, local.Anchors.given(trust_genesis))
 
 
+def _shared_remote_configured(led: store.Ledger) -> bool:
+    """Whether the config names any ``remote.NAME.ledgerShared`` (libgit2 lowercases the
+    key): the cheap gate before the witness module is even imported."""
+    return any(
+        e.name.startswith("remote.") and e.name.endswith(".ledgershared") for e in led.repo.config
+    )
+
+
 def _witness_at_start(led: store.Ledger, signing_key: keys.SigningIdentity) -> None:
     """The witness at the start of a run (after its verification, before ``run.started``):
     when the ledger has a shared remote and ``ledger.witness`` is not false. Any failure is
     one warning line and no witness record; the run goes on."""
-    from ledger.fleet import witness  # here: only a run needs it ('ledger --help' does not)
+    if not _shared_remote_configured(led):
+        return  # (and nothing of the fleet or the network is loaded)
+    from ledger.fleet import witness  # here: only a run with a shared remote needs it
 
-    names = witness.at_run_start(led.repo)
+    names = witness.at_run_start(led.repo)  # (it decides: a shared remote, ledger.witness)
     if not names:
-        return  # (and no network code is loaded)
+        return
     from ledger import replicate  # here: only a ledger with a shared remote needs it
 
     try:

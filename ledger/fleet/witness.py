@@ -117,9 +117,12 @@ def _chosen(repo: pygit2.Repository, names: Sequence[str] | None) -> list[str]:
                 hint="Add the fleet's shared remote with 'ledger remote add NAME URL --shared' "
                 "(docs/FLEET.md).",
             )
+        for name in found:
+            remotes.check_remote_name(name)  # (it names refs in the cache: no '/' in it)
         return found
     out = []
     for name in dict.fromkeys(names):
+        remotes.check_remote_name(name)
         remotes.get_remote(repo, name)  # (an unknown name: the configured ones are listed)
         if not remotes.is_shared(repo, name):
             raise errors.InputError(
