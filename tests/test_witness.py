@@ -22,6 +22,7 @@ from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger, unsigned_commit_on
 
 from ledger import errors, replicate
+from ledger.fleet import WitnessHead, append_heads
 from ledger.format import records
 from ledger.verify import local
 
@@ -292,6 +293,16 @@ def test_the_writer_refuses_malformed_witness_data(tmp_path: Path) -> None:
         t.ledger.append("witness", {"heads": []}, key=t.key, run="20261121T235959Z-0a1b2c3d")
     assert t.seq == 0
     t.ledger.append("witness", {"heads": [good]}, key=t.key)
+    assert run_cli("verify", "--ledger", t.path).code == 0
+
+
+def test_more_heads_than_one_record_holds_make_several_records(tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, "many", records=0)
+    heads = [WitnessHead(f"{i:032x}", "a" * 40, i, "b" * 64) for i in range(10_001)]
+    done = append_heads(t.ledger, t.key, heads)
+    assert [a.seq for a in done] == [1, 2]
+    assert [len(a.record["data"]["heads"]) for a in done] == [10_000, 1]
+    assert done[1].record["data"]["heads"] == [heads[-1].as_data()]
     assert run_cli("verify", "--ledger", t.path).code == 0
 
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 from ledger import lazy
 
 if TYPE_CHECKING:
-    from ledger.fleet.witness import Witnessed, WitnessHead, append_witness
+    from ledger.fleet.witness import Witnessed, WitnessHead, append_heads, append_witness
 
 __getattr__, __dir__ = lazy.attach(
     __name__,
     {
-        "ledger.fleet.witness": ("WitnessHead", "Witnessed", "append_witness"),
+        "ledger.fleet.witness": ("WitnessHead", "Witnessed", "append_heads", "append_witness"),
     },
 )
 
-__all__ = ["WitnessHead", "Witnessed", "append_witness"]
+__all__ = ["WitnessHead", "Witnessed", "append_heads", "append_witness"]

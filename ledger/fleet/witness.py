@@ -342,15 +342,16 @@ def append_witness(
             _fetch_heads(cache, name, url, creds, repo.config)
         done.heads, skipped = read_heads(cache, done.remotes, own_id)
     done.warnings += skipped
-    done.appended = _append(led, key, done.heads)
+    done.appended = append_heads(led, key, done.heads)
     return done
 
 
-def _append(
+def append_heads(
     led: store.Ledger, key: keys.SigningIdentity, heads: Sequence[WitnessHead]
 ) -> list[store.Appended]:
-    """One record per :data:`records.MAX_WITNESS_HEADS` heads (one, possibly empty, at
-    least); this copy's verified head then moves over them, as over a run's own records."""
+    """Append the ``witness`` record of ``heads`` (sorted, distinct, none of this ledger):
+    one record per :data:`records.MAX_WITNESS_HEADS` heads, one (possibly empty) at least.
+    This copy's verified head then moves over them, as over a run's own records."""
     size = records.MAX_WITNESS_HEADS
     chunks = [heads[i : i + size] for i in range(0, len(heads), size)] or [[]]
     appended = [
