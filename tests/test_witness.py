@@ -16,7 +16,7 @@ from typing import Any
 
 import gitservers
 import pytest
-from gitservers import GitDaemon
+from gitservers import GitDaemon, SshServer
 from support.cli import REPO_ROOT, CliResult, run_cli
 from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger, unsigned_commit_on
@@ -29,6 +29,7 @@ from ledger.verify import local
 pytestmark = pytest.mark.server
 
 git_daemon = gitservers.git_daemon
+ssh_server = gitservers.ssh_server
 
 HELLO = """\
 name: hello
@@ -240,6 +241,33 @@ def test_what_a_witness_skips_and_what_the_server_no_longer_holds(
     assert "no Ledger-Seq trailer" in r.err
     assert [h["ledger"] for h in json.loads(r.out)["heads"]] == [lid(b)]
     assert run_cli("verify", "--ledger", a.path).code == 0
+
+
+def test_over_ssh_with_the_credentials_and_host_key_checks_of_push(
+    ssh_server: SshServer, home: Path, tmp_path: Path
+) -> None:
+    known = ssh_server.write_known_hosts(home)
+    env = {"LEDGER_SSH_KEY": str(ssh_server.client_key)}
+    path = ssh_server.base / f"fleet-ssh-{tmp_path.name}.git"
+    assert run_cli("remote", "init", path, "--shared").code == 0
+    a, b = make_ledger(tmp_path, "a"), make_ledger(tmp_path, "b")
+    for t in (a, b):
+        replicate.add_remote(t.path, "fleet", ssh_server.url(path.name), shared=True)
+        assert run_cli("push", "--ledger", t.path, env=env).code == 0
+    r = witness(a, "--json", env=env)
+    assert r.code == 0, r.output
+    assert json.loads(r.out)["heads"] == [expected_head(path, lid(b), b.head)]
+    # An unknown host key: refused as 'ledger push' refuses it, nothing appended.
+    known.unlink()
+    before = a.head
+    r = witness(a, env=env)
+    assert r.code == 8 and "host key" in r.err, r.output
+    assert git("--git-dir", a.path, "rev-parse", "main").stdout.strip() == before
+    run = run_book(a, write_book(tmp_path), env=env)
+    assert run.code == 0, run.output
+    warned = [line for line in run.err.splitlines() if "witness" in line]
+    assert len(warned) == 1 and "host key" in warned[0], run.err
+    assert [k for _s, k, _r in records_of(a)].count("witness") == 1
 
 
 def test_fleet_witness_refuses_bad_input_with_a_clear_error(fleet: Fleet, tmp_path: Path) -> None:
