@@ -241,6 +241,15 @@ def test_what_a_witness_skips_and_what_the_server_no_longer_holds(
     assert "no Ledger-Seq trailer" in r.err
     assert [h["ledger"] for h in json.loads(r.out)["heads"]] == [lid(b)]
     assert run_cli("verify", "--ledger", a.path).code == 0
+    # A cache others could write is refused like the rest of the state directory.
+    cache = local.state_root() / "witness" / f"{lid(a)}.git"
+    cache.chmod(0o777)
+    try:
+        bad = witness(a)
+        assert bad.code == 6 and str(cache) in bad.err, bad.output
+        assert "Traceback" not in bad.output
+    finally:
+        cache.chmod(0o700)
 
 
 def test_over_ssh_with_the_credentials_and_host_key_checks_of_push(

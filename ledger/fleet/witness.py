@@ -337,10 +337,17 @@ def append_witness(
         )
     cache = open_cache(own_id)
     with _cache_lock(cache, creds.connect_timeout + creds.io_timeout):
-        for name in done.remotes:
-            url = remotes.get_remote(repo, name).url or ""
-            _fetch_heads(cache, name, url, creds, repo.config)
-        done.heads, skipped = read_heads(cache, done.remotes, own_id)
+        try:
+            for name in done.remotes:
+                url = remotes.get_remote(repo, name).url or ""
+                _fetch_heads(cache, name, url, creds, repo.config)
+            done.heads, skipped = read_heads(cache, done.remotes, own_id)
+        except pygit2.GitError as exc:  # (the cache's own refs or config)
+            raise errors.StorageError(
+                f"the witness cache {cache.path} cannot be read or written: {exc}.",
+                hint="It holds only copies of other ledgers' refs and objects: delete it and "
+                "witness again. Nothing was appended.",
+            ) from None
     done.warnings += skipped
     done.appended = append_heads(led, key, done.heads)
     return done
