@@ -173,6 +173,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "LEDGER_FLEET=audit.git ledger fleet fetch --remote mirror",
     ),
     "fleet status": ("ledger fleet status --fleet audit.git", "ledger fleet status --json"),
+    "fleet witness": ("ledger fleet witness", "ledger fleet witness --remote fleet --json"),
 }
 
 

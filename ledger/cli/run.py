@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ledger import run, store
+from ledger import errors, keys, redact, run, store
 from ledger import runbook as ledger_runbook
 from ledger.cli import common, core, terminal
 from ledger.format import records
@@ -92,10 +92,53 @@ def _check_ledger(led: store.Ledger, allow_unverified: bool, trust_genesis: str 
     local.verify_before_append(led.path, local.Anchors.given(trust_genesis))
 
 
+def _shared_remote_configured(led: store.Ledger) -> bool:
+    """Whether the config names any ``remote.NAME.ledgerShared`` (libgit2 lowercases the
+    key): the cheap gate before the witness module is even imported."""
+    return any(
+        e.name.startswith("remote.") and e.name.endswith(".ledgershared") for e in led.repo.config
+    )
+
+
+def _witness_at_start(led: store.Ledger, signing_key: keys.SigningIdentity) -> None:
+    """The witness at the start of a run (after its verification, before ``run.started``):
+    when the ledger has a shared remote and ``ledger.witness`` is not false. Any failure is
+    one warning line and no witness record; the run goes on."""
+    if not _shared_remote_configured(led):
+        return  # (and nothing of the fleet or the network is loaded)
+    from ledger.fleet import witness  # here: only a run with a shared remote needs it
+
+    names = witness.at_run_start(led.repo)  # (it decides: a shared remote, ledger.witness)
+    if not names:
+        return
+    from ledger import replicate  # here: only a ledger with a shared remote needs it
+
+    try:
+        done = witness.append_witness(led, signing_key, replicate.Credentials.from_env(), names)
+    except (errors.LedgerError, OSError) as exc:
+        why = exc.message if isinstance(exc, errors.LedgerError) else str(exc)
+        common.console_err.print(
+            f"[yellow]ledger: warning:[/] no witness record at the start of this run: "
+            f"{escape(redact.mask_url(why))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    skipped = f"; skipped: {' | '.join(done.warnings)}" if done.warnings else ""
+    common.console_err.print(
+        f"Witnessed {done.ledgers} other ledger(s) on {', '.join(done.remotes)} (witness "
+        f"record seq {', '.join(str(a.seq) for a in done.appended)}){skipped}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _execute(
     led: store.Ledger, key_path: str | None, request: run.RunRequest, no_push: bool
 ) -> None:
     signing_key = core.signing_key_for(led, key_path)
+    _witness_at_start(led, signing_key)  # (before run.started; never stops the run)
     events = terminal.TerminalEvents()
     stop = run.StopSignal()
     runner = run.Runner(led, signing_key, events=events, stop=stop, interactive=_interactive())

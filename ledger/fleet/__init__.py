@@ -9,6 +9,8 @@ Modules (each imports only the ones listed before it):
   ``open_copy``, ``heads``): a bare repository with ``refs/fleet/<remote>/<id>/main``.
 - ``status``: per ledger, name, host, head seq, last record, first sighting of each head,
   labelled verified or unverified.
+- ``witness``: runner-side witnessing: the other ledgers' heads a shared remote holds,
+  fetched into the runner's witness cache and appended as a signed ``witness`` record.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
         state_dir,
     )
     from ledger.fleet.status import FleetStatus, LedgerLine, RemoteView, fleet_status
+    from ledger.fleet.witness import Witnessed, WitnessHead, append_heads, append_witness
 
 __getattr__, __dir__ = lazy.attach(
     __name__,
@@ -70,6 +73,7 @@ __getattr__, __dir__ = lazy.attach(
             "state_dir",
         ),
         "ledger.fleet.status": ("FleetStatus", "LedgerLine", "RemoteView", "fleet_status"),
+        "ledger.fleet.witness": ("WitnessHead", "Witnessed", "append_heads", "append_witness"),
     },
 )
 
@@ -97,4 +101,8 @@ __all__ = [
     "save_fleet",
     "save_ledger",
     "state_dir",
+    "WitnessHead",
+    "Witnessed",
+    "append_heads",
+    "append_witness",
 ]

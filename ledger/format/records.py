@@ -74,6 +74,9 @@ FILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+COMMIT_ID_RE = re.compile(r"^[0-9a-f]{40}\Z")
+#: Most heads one ``witness`` record lists (FORMAT.md §5).
+MAX_WITNESS_HEADS = 10_000
 
 SUMMARY_MAX = 200
 EVENT_BUCKET = 1000
@@ -319,6 +322,51 @@ def clean_principal(text: str) -> str:
     """A principal as it can stand in a git ident (no ``<``, ``>`` or control characters)."""
     cleaned = _IDENT_DROP_RE.sub("", text).strip()
     return cleaned or "unknown"
+
+
+_WITNESS_FIELDS = frozenset({"ledger", "seq", "commit", "sha256"})
+
+
+def _witness_head_problem(head: Any) -> str | None:
+    if not isinstance(head, Mapping) or set(head) != _WITNESS_FIELDS:
+        return "is not exactly {ledger, seq, commit, sha256}"
+    seq = head["seq"]
+    if not isinstance(head["ledger"], str) or not LEDGER_ID_RE.match(head["ledger"]):
+        return "has a ledger that is not 32 lowercase hex digits"
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        return "has a seq that is not an integer >= 0"
+    if not isinstance(head["commit"], str) or not COMMIT_ID_RE.match(head["commit"]):
+        return "has a commit that is not 40 lowercase hex digits"
+    if not isinstance(head["sha256"], str) or not SHA256_RE.match(head["sha256"]):
+        return "has a sha256 that is not 64 lowercase hex digits"
+    return None
+
+
+def check_witness(data: Mapping[str, Any], ledger_id: str | None = None) -> None:
+    """:class:`InputError` unless ``data`` is a ``witness`` record's (FORMAT.md §5): exactly
+    ``heads``, at most :data:`MAX_WITNESS_HEADS` well-formed entries sorted by (ledger,
+    commit) without repeats, none of them ``ledger_id`` (the witnessing ledger's own)."""
+    heads = data.get("heads") if set(data) == {"heads"} else None
+    if not isinstance(heads, list):
+        raise errors.InputError("a witness record's data is exactly {'heads': [...]}.")
+    if len(heads) > MAX_WITNESS_HEADS:
+        raise errors.InputError(
+            f"a witness record lists at most {MAX_WITNESS_HEADS} heads, not {len(heads)}."
+        )
+    previous: tuple[str, str] | None = None
+    for i, head in enumerate(heads):
+        problem = _witness_head_problem(head)
+        if problem is None and head["ledger"] == ledger_id:
+            problem = "names the witnessing ledger itself"
+        if (
+            problem is None
+            and previous is not None
+            and (head["ledger"], head["commit"]) <= previous
+        ):
+            problem = "is out of (ledger, commit) order or repeats an entry"
+        if problem is not None:
+            raise errors.InputError(f"the witness record's head {i} {problem}.")
+        previous = (head["ledger"], head["commit"])
 
 
 def record_dir(kind: str, seq: int, run: str | None, time: str) -> str:

@@ -51,6 +51,10 @@ class Draft:
         for name in self.attachments:
             if not records.FILE_NAME_RE.match(name) or name == "json":
                 raise errors.InputError(f"{name!r} is not a valid attachment name.")
+        if self.kind == records.KIND_WITNESS:
+            if self.run is not None or self.attachments or self.incident is not None:
+                raise errors.InputError("a witness record belongs to no run and has no files.")
+            records.check_witness(self.data)
         if self.kind == records.KIND_KEY_ADDED:
             principal = self.data.get("principal")
             if not isinstance(principal, str):
@@ -88,6 +92,8 @@ def compose(
     """The objects of the record ``draft`` appended onto ``parent``, signed with ``key`` as
     ``who``. Writes nothing (base trees are read from the repository). ``unverified``: the
     rules ``parent``'s chain breaks, for the ``Ledger-Unverified`` trailer."""
+    if draft.kind == records.KIND_WITNESS:
+        records.check_witness(draft.data, ledger_id)  # (never our own head)
     seq = parent.seq + 1
     now = records.format_time(records.utc_now())
     path = records.record_path(draft.kind, seq, draft.run, now)
