@@ -16,13 +16,13 @@ from ledger import fleet, redact, replicate
 from ledger.cli import common
 from ledger.cli import remote as cli_remote
 
-fleet_app = typer.Typer(
+fleet_app: typer.Typer = typer.Typer(
     help="An auditor's copy of every ledger of shared remotes (docs/FLEET.md).",
     no_args_is_help=True,
 )
 common.app.add_typer(fleet_app, name="fleet")
 
-fleet_remote_app = typer.Typer(
+fleet_remote_app: typer.Typer = typer.Typer(
     help="Manage the shared remotes of a fleet copy.", no_args_is_help=True
 )
 fleet_app.add_typer(fleet_remote_app, name="remote")
