@@ -27,7 +27,7 @@ EXAMPLE = "hello.yaml"
 INCIDENT = "DEMO-1"
 
 
-def _embedded_runbook() -> bytes:
+def embedded_runbook() -> bytes:
     """The example runbook shipped inside the package (``ledger/runbooks/hello.yaml``)."""
     return resources.files("ledger").joinpath("runbooks", EXAMPLE).read_bytes()
 
@@ -36,7 +36,7 @@ def _heading(number: int, text: str) -> None:
     common.console.print(f"\n[bold]{number}/7 {escape(text)}[/]")
 
 
-def _fresh_directory(directory: Path) -> None:
+def fresh_directory(directory: Path) -> None:
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
             raise errors.LedgerExists(
@@ -108,7 +108,7 @@ def _run_example(
     _heading(4, f"Running the example runbook {EXAMPLE} (incident {INCIDENT})")
     runbook_path = root / "runbooks" / EXAMPLE
     runbook_path.parent.mkdir()
-    runbook_path.write_bytes(_embedded_runbook())
+    runbook_path.write_bytes(embedded_runbook())
     token = secrets.token_urlsafe(12)
     environ = dict(os.environ, HELLO_TOKEN=token)
     runbook = ledger_runbook.load_runbook(runbook_path)
@@ -210,7 +210,7 @@ def demo_cmd(
     """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
     report."""
     root = directory.resolve()
-    _fresh_directory(root)
+    fresh_directory(root)
     common.console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
     key, key_path, principal = _make_key(root)
     led = _make_ledger(root, key, key_path, principal)
