@@ -1,0 +1,463 @@
+"""``ledger fleet verify``: every ledger of a fleet copy verified against the auditor's own
+anchors, in parallel, incrementally, with the fleet's detections (FLEET-CONTRACT §3).
+
+For each ledger id of the copy, each distinct head its remotes hold is verified as a chain
+(:func:`ledger.verify.chain.verify_chain`) with the genesis pinned (the auditor's own pins,
+trust on first use, or only ``pins`` when given) and resumed from the head this auditor last
+verified (the ``verified`` state of :mod:`ledger.fleet.state`): one task per (ledger, head),
+in worker processes. A ledger whose heads did not move is not read at all. Then, from the
+verifier's results only: ``fork`` (two heads, neither on the other's chain), ``rollback``
+(a head behind the verified head: the verifier's own ``rollback``/``rewrite``; a remote's
+head that no longer holds what that remote held before), ``vanished`` (a ledger the auditor
+saw on no remote now, or gone from one remote), ``unpinned``, ``ledger-id`` (a ref holding
+another ledger's chain), and the witness claims (:mod:`ledger.fleet.claims`).
+
+The verified state moves forward only on a clean verification: a ledger with findings keeps
+its previous state, so the next verification finds the same again until it is resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pygit2
+
+from ledger import errors
+from ledger.fleet import claims, copy, outcome, state
+from ledger.fleet.outcome import FleetFinding, FleetResult, LedgerOutcome
+from ledger.verify import chain, findings, local
+from ledger.verify import state as verify_state
+
+__all__ = ["FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"]
+
+#: ``progress(done, total)``: verification tasks finished so far.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One chain to verify in a worker: picklable, and nothing but what the verifier needs."""
+
+    copy: str
+    ledger_id: str
+    head: str
+    pin: str | None
+    since: verify_state.VerifiedState | None
+    commits: tuple[str, ...]
+
+
+@dataclass
+class _Plan:
+    """One ledger: what the copy holds, what the auditor knew, and how it is pinned."""
+
+    ledger_id: str
+    heads: dict[str, str]
+    prev: state.LedgerState | None
+    pin: str | None
+    pin_source: str | None
+    since: verify_state.VerifiedState | None
+    unpinned: bool = False  # a pin file was given and does not name this ledger
+    tasks: list[_Task] = field(default_factory=list)
+
+    @property
+    def is_new(self) -> bool:
+        return self.prev is None or self.prev.verified is None
+
+
+@dataclass
+class _Settled:
+    """One ledger after its verification: the outcome and what to remember."""
+
+    out: outcome.LedgerOutcome
+    verified: verify_state.VerifiedState | None
+    remotes: dict[str, state.RemoteSeen]
+    new_claims: list[claims.Claim]
+    remote_seqs: tuple[int, ...]
+    pin_now: tuple[str, str] | None = None
+
+
+def verify_fleet(
+    path: Path | str,
+    *,
+    pins: Path | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> outcome.FleetResult:
+    """Verify every ledger of the fleet copy at ``path`` (see the module's text).
+
+    ``pins``: an auditor's pin file; a ledger not in it is ``unpinned`` and nothing is pinned
+    on first use. ``jobs``: worker processes (default: the CPU count; 1 verifies in this
+    process). Saves the auditor's state; never raises on findings.
+    """
+    repo = copy.open_copy(path)
+    now = _now()
+    held = copy.heads(repo)
+    fleet = state.load_fleet(path) or state.FleetState()
+    pin_map = local.read_pins(pins) if pins is not None else None
+    plans = [
+        _plan(path, repo, lid, held.get(lid, {}), pin_map)
+        for lid in sorted(set(held) | set(fleet.ledgers))
+    ]
+    jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
+    tasks = [t for p in plans for t in p.tasks]
+    results = _run(tasks, jobs, progress)
+    settled = {p.ledger_id: _settle(repo, p, results, now) for p in plans}
+    _check_claims(repo, plans, settled)
+    for p in plans:
+        _remember(path, p, settled[p.ledger_id], now)
+    for lid in held:
+        seen = fleet.ledgers.get(lid)
+        fleet.ledgers[lid] = state.LedgerSeen(seen.first_seen if seen else now, now)
+    state.save_fleet(path, fleet)
+    return outcome.FleetResult([settled[p.ledger_id].out for p in plans], jobs=jobs)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def _plan(
+    path: Path | str,
+    repo: pygit2.Repository,
+    lid: str,
+    heads: dict[str, str],
+    pin_map: dict[str, str] | None,
+) -> _Plan:
+    prev = state.load_ledger(path, lid)
+    if pin_map is not None:
+        pin = pin_map.get(lid)
+        source = "pin file" if pin else None
+    else:
+        pin = local.own_pin(lid)
+        source = "this machine" if pin else None
+    since = prev.verified if prev is not None else None
+    if since is not None and (
+        (pin is not None and since.genesis != pin) or (pin_map is not None and pin is None)
+    ):
+        since = None  # another genesis's head, or an auditor's pin file without this ledger
+    plan = _Plan(lid, dict(heads), prev, pin, source, since, pin_map is not None and pin is None)
+    before = {s.head for s in prev.remotes.values()} if prev is not None else set()
+    distinct = sorted(set(heads.values()))
+    moved = since is None or any(h != since.head for h in distinct) or bool(before - {*distinct})
+    if distinct and moved:
+        for head in distinct:
+            others = {h for h in distinct if h != head} | before
+            plan.tasks.append(
+                _Task(str(path), lid, head, pin, since, tuple(sorted(others - {head})))
+            )
+    return plan
+
+
+# --- running: in this process or in workers ---------------------------------------------------
+
+
+def _verify_task(task: _Task) -> findings.VerifyResult:
+    """A worker's job: one chain, never an exception (a chain that cannot be read is a finding)."""
+    try:
+        return chain.verify_chain(
+            task.copy, task.head, trust_genesis=task.pin, since=task.since, commits=task.commits
+        )
+    except errors.LedgerError as exc:
+        return findings.VerifyResult(
+            findings=[findings.Finding("object-missing", None, task.head, exc.message)],
+            head=task.head,
+            seq=None,
+            records_checked=0,
+            genesis=None,
+        )
+
+
+def _run(
+    tasks: list[_Task], jobs: int, progress: Progress | None
+) -> dict[tuple[str, str], findings.VerifyResult]:
+    """Each task's result, keyed by (ledger id, head)."""
+    done: dict[tuple[str, str], findings.VerifyResult] = {}
+    total = len(tasks)
+    if progress is not None:
+        progress(0, total)
+    if jobs <= 1 or total <= 1:
+        for task in tasks:
+            done[(task.ledger_id, task.head)] = _verify_task(task)
+            if progress is not None:
+                progress(len(done), total)
+        return done
+    with futures.ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=_context()) as pool:
+        pending = {pool.submit(_verify_task, t): t for t in tasks}
+        for fut in futures.as_completed(pending):
+            task = pending[fut]
+            done[(task.ledger_id, task.head)] = fut.result()
+            if progress is not None:
+                progress(len(done), total)
+    return done
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers are started fresh ("forkserver", else "spawn"), never forked from this
+    process: it holds libgit2 handles and maybe threads."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+# --- settling one ledger ----------------------------------------------------------------------
+
+
+def _settle(
+    repo: pygit2.Repository,
+    plan: _Plan,
+    results: dict[tuple[str, str], findings.VerifyResult],
+    now: str,
+) -> _Settled:
+    lid, prev = plan.ledger_id, plan.prev
+    old = prev.verified if prev is not None else None
+    out = outcome.LedgerOutcome(lid, dict(plan.heads), pin_source=plan.pin_source)
+    kept = dict(prev.remotes) if prev is not None else {}
+    if not plan.heads:
+        where = ", ".join(sorted(kept)) or "a remote"
+        out.findings.append(
+            FleetFinding(
+                "vanished",
+                lid,
+                old.seq if old else None,
+                old.head if old else None,
+                f"ledger {lid} is on no remote now; the auditor saw it before (on {where})",
+            )
+        )
+        _describe_verified(repo, out, old)
+        return _Settled(out, old, kept, [], ())
+    res = {t.head: results[(lid, t.head)] for t in plan.tasks}
+    _chain_findings(out, res.values())
+    top = _top(out, lid, res)
+    _remote_findings(out, plan, res)
+    if plan.unpinned:
+        genesis = res[top].genesis if top is not None else None
+        out.findings.append(
+            FleetFinding(
+                "unpinned",
+                lid,
+                0,
+                genesis,
+                f"ledger {lid} is not in the pin file (its chain starts at {genesis}); "
+                "it is verified but not trusted",
+            )
+        )
+    out.records_checked = sum(r.records_checked for r in res.values())
+    verified, new_claims, pin_now = old, [], None
+    if out.ok and top is not None and res[top].state is not None:
+        verified = res[top].state
+        new_claims = [claims.Claim.of(w) for w in getattr(res[top], "witnessed", ())]
+        if plan.pin is None and verified is not None:
+            pin_now = (lid, verified.genesis)  # trust on first use
+    remotes = kept
+    if out.ok:
+        remotes = {
+            name: state.RemoteSeen(
+                head,
+                res[head].seq if head in res else (verified.seq if verified else None),
+                kept[name].seen_at if name in kept and kept[name].head == head else now,
+            )
+            for name, head in plan.heads.items()
+        }
+    seqs = tuple(r.seq for r in res.values() if r.seq is not None)
+    if not res and verified is not None:
+        seqs = (verified.seq,)
+    _describe_verified(repo, out, verified)
+    return _Settled(out, verified, remotes, new_claims, seqs, pin_now)
+
+
+def _chain_findings(out: outcome.LedgerOutcome, results: Iterable[findings.VerifyResult]) -> None:
+    """Every finding of every head's verification, once; and a ref holding another
+    ledger's chain."""
+    seen: set[findings.Finding] = set()
+    for r in results:
+        for f in r.findings:
+            if f not in seen:
+                seen.add(f)
+                out.findings.append(f)
+        if r.ledger_id is not None and r.ledger_id != out.ledger_id:
+            out.findings.append(
+                FleetFinding(
+                    "ledger-id",
+                    out.ledger_id,
+                    r.seq,
+                    r.head,
+                    f"the ref of ledger {out.ledger_id} holds a chain of ledger {r.ledger_id}",
+                )
+            )
+
+
+def _top(out: outcome.LedgerOutcome, lid: str, res: dict[str, findings.VerifyResult]) -> str | None:
+    """The head every other head is on the chain of (its remotes lag: reported, not a
+    finding); ``fork`` for each pair of heads where neither is on the other's chain."""
+    if not res:
+        return None
+    names: dict[str, list[str]] = {}
+    for name, head in sorted(out.heads.items()):
+        names.setdefault(head, []).append(name)
+    heads = sorted(res, key=lambda h: (res[h].seq if res[h].seq is not None else -1, h))
+    top = heads[-1]
+    for i, a in enumerate(heads):
+        for b in heads[i + 1 :]:
+            if res[a].included.get(b) is None and res[b].included.get(a) is None:
+                out.findings.append(
+                    FleetFinding(
+                        "fork",
+                        lid,
+                        res[b].seq,
+                        b,
+                        f"{_on(names[a])} holds {a} (seq {res[a].seq}) and {_on(names[b])} "
+                        f"holds {b} (seq {res[b].seq}); neither is on the other's chain",
+                    )
+                )
+    top_seq = res[top].seq
+    for name, head in out.heads.items():
+        seq = res[head].seq
+        if head != top and top_seq is not None and seq is not None and seq < top_seq:
+            out.lag[name] = top_seq - seq
+    return top
+
+
+def _on(names: list[str]) -> str:
+    return ("remote " if len(names) == 1 else "remotes ") + ", ".join(names)
+
+
+def _remote_findings(
+    out: outcome.LedgerOutcome, plan: _Plan, res: dict[str, findings.VerifyResult]
+) -> None:
+    """A remote that no longer holds what it held when the auditor last saw it: gone
+    (``vanished``), or its head's chain does not hold the old head (``rollback``)."""
+    if plan.prev is None:
+        return
+    for name, seen in sorted(plan.prev.remotes.items()):
+        head = plan.heads.get(name)
+        if head is None:
+            out.findings.append(
+                FleetFinding(
+                    "vanished",
+                    plan.ledger_id,
+                    seen.seq,
+                    seen.head,
+                    f"remote {name} no longer holds ledger {plan.ledger_id}; it held seq "
+                    f"{seen.seq} ({seen.head}) when last seen",
+                    remote=name,
+                )
+            )
+        elif head != seen.head and head in res and res[head].included.get(seen.head) is None:
+            out.findings.append(
+                FleetFinding(
+                    "rollback",
+                    plan.ledger_id,
+                    res[head].seq,
+                    head,
+                    f"remote {name} holds seq {res[head].seq} ({head}), whose chain does not "
+                    f"hold the head it held when last seen: seq {seen.seq} ({seen.head})",
+                    remote=name,
+                )
+            )
+
+
+def _describe_verified(
+    repo: pygit2.Repository,
+    out: outcome.LedgerOutcome,
+    verified: verify_state.VerifiedState | None,
+) -> None:
+    """Name, host, head and seq from the verified head's records only (verified bytes)."""
+    if verified is None:
+        return
+    out.head, out.seq, out.genesis = verified.head, verified.seq, verified.genesis
+    out.name, out.host = describe(repo, verified.head)
+
+
+def describe(repo: pygit2.Repository, head: str) -> tuple[str | None, str | None]:
+    """The genesis record's ``data.name`` and the head record's ``host``, read from the
+    tree of ``head`` (call it only with a verified head)."""
+    name = host = None
+    try:
+        commit = repo[head]
+        if not isinstance(commit, pygit2.Commit):
+            return None, None
+        tree = commit.tree
+        genesis = json.loads(_blob(tree, "genesis.json"))
+        name = genesis.get("data", {}).get("name")
+        path = re.search(r"^Ledger-Record: (\S+)$", commit.message, re.M)
+        if path is not None:
+            host = json.loads(_blob(tree, path.group(1))).get("host")
+    except (KeyError, ValueError, TypeError, AttributeError, pygit2.GitError):
+        pass
+    return (name if isinstance(name, str) else None, host if isinstance(host, str) else None)
+
+
+def _blob(tree: pygit2.Tree, path: str) -> bytes:
+    obj = tree[path]
+    if not isinstance(obj, pygit2.Blob):
+        raise ValueError(f"{path} is not a file")
+    return obj.data
+
+
+# --- witness claims ---------------------------------------------------------------------------
+
+
+def _check_claims(
+    repo: pygit2.Repository, plans: list[_Plan], settled: dict[str, _Settled]
+) -> None:
+    """Each witnessing ledger's unresolved and new claims, checked against the witnessed
+    ledger's verified head after this verification; findings go to the witnessed ledger
+    (``witness-unknown``, information, to the witness)."""
+    targets = {lid: claims.Target(True, s.verified, s.remote_seqs) for lid, s in settled.items()}
+    unknown = claims.Target(False, None)
+    for plan in plans:
+        mine = settled[plan.ledger_id]
+        saved = plan.prev.claims if plan.prev is not None else []
+        todo = [c for c in (claims.Claim.from_json(d) for d in saved) if c is not None]
+        todo += mine.new_claims
+        kept: list[claims.Claim] = []
+        for claim in dict.fromkeys(todo):
+            verdict = claims.check(repo, claim, targets.get(claim.ledger, unknown))
+            if verdict == claims.RESOLVED:
+                continue
+            kept.append(claim)
+            if isinstance(verdict, FleetFinding):
+                about = mine if verdict.info else settled.get(claim.ledger, mine)
+                about.out.findings.append(verdict)
+        mine.new_claims = kept
+
+
+# --- remembering ------------------------------------------------------------------------------
+
+
+def _remember(path: Path | str, plan: _Plan, done: _Settled, now: str) -> None:
+    """Save what this verification established; the status follows from the findings."""
+    out = done.out
+    if not plan.heads:
+        out.status = "vanished"
+    elif not out.ok:
+        out.status = "findings"
+    else:
+        out.status = "new" if plan.is_new else "ok"
+    if done.pin_now is not None and out.ok and local.own_pin(done.pin_now[0]) is None:
+        local.save_pin(*done.pin_now)
+    verified = done.verified if out.ok else (plan.prev.verified if plan.prev else None)
+    state.save_ledger(
+        path,
+        state.LedgerState(
+            ledger_id=plan.ledger_id,
+            verified=verified,
+            remotes=done.remotes if out.ok else (dict(plan.prev.remotes) if plan.prev else {}),
+            claims=[c.to_json() for c in done.new_claims],
+            outcome={
+                "ok": out.ok,
+                "findings": [outcome.finding_json(f, plan.ledger_id) for f in out.findings],
+                "checked_at": now,
+            },
+        ),
+    )
