@@ -11,6 +11,7 @@ import typer
 
 from ledger import errors
 from ledger.cli import common, fleet
+from ledger.cli import remote as cli_remote
 
 if TYPE_CHECKING:
     from ledger.fleet import outcome
@@ -44,6 +45,8 @@ def verify_cmd(
         bool,
         typer.Option("--no-fetch", help="Verify the copy as it is, without fetching first."),
     ] = False,
+    ssh_key: cli_remote.SshKeyOpt = None,
+    insecure_host_key: cli_remote.InsecureOpt = False,
     json_out: common.JsonOpt = False,
 ) -> None:
     """Verify every ledger of the fleet copy (incrementally) and detect vanished, rolled
@@ -55,7 +58,10 @@ def verify_cmd(
 
     copy.open_copy(path)  # a clear error when it is not a fleet copy
     if not no_fetch:
-        copy.fetch(path, transport.Credentials.from_env())
+        copy.fetch(
+            path,
+            transport.Credentials.from_env(ssh_key=ssh_key, insecure_host_key=insecure_host_key),
+        )
     show_bar = not json_out and common.console_err.is_terminal
     result = _verify(audit, path, pins, jobs, show_bar)
     if json_out:

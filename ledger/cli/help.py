@@ -161,6 +161,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger report --since 2026-11-01 --until 2026-11-30 -t my.md.j2",
     ),
     "demo": ("ledger demo", "ledger demo /tmp/try-ledger"),
+    "fleet verify": (
+        "ledger fleet verify --fleet audit.git",
+        "ledger fleet verify --pins pins --jobs 4 --json --no-fetch",
+    ),
 }
 
 

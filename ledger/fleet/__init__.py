@@ -14,12 +14,14 @@ from ledger import lazy
 
 if TYPE_CHECKING:
     from ledger.fleet.audit import FleetFinding, FleetResult, LedgerOutcome, verify_fleet
+    from ledger.fleet.outcome import FLEET_RULES
 
 __getattr__, __dir__ = lazy.attach(
     __name__,
     {
         "ledger.fleet.audit": ("FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"),
+        "ledger.fleet.outcome": ("FLEET_RULES",),
     },
 )
 
-__all__ = ["FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"]
+__all__ = ["FLEET_RULES", "FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"]
