@@ -240,6 +240,7 @@ def _verify_chain(
         included=included,
         keys=v.trust.snapshot() if v.trust.known else [],
         without_presence=v.signatures.without_presence,
+        witnessed=v.witnessed,
     )
 
 

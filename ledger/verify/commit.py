@@ -70,6 +70,7 @@ class Verifier:
         self.findings: list[findings.Finding] = []
         self.ledger_id: str | None = None
         self.checked = 0
+        self.witnessed: list[findings.WitnessClaim] = []
 
     def add(self, rule: str, seq: int | None, commit: str | None, message: str) -> None:
         self.findings.append(findings.Finding(rule, seq, commit, message))
@@ -105,7 +106,7 @@ class Verifier:
         self._check_prev_digest(c)  # prev-digest, trailers
         self._check_signer(c)  # (5.6, 5.7) unsigned, signature-headers, bad-signature, trust
         self._check_tree(c)  # (5.8) tree-append, file-digest, record-schema
-        self._apply_trust_changes(c)  # (5.9) key.added, key.revoked
+        self._apply_trust_changes(c)  # (5.9) key.added, key.revoked; witness heads
         for rule, message in c.pending:
             self.add(rule, c.seq, c.oid, message)
         return Expected(c.oid, c.seq, c.digest, c.commit.tree)
@@ -258,9 +259,23 @@ class Verifier:
             c.note(exc.rule, exc.message)
 
     # (5.9) Trust changes: a key record changes trust only if this commit passed every
-    #     check above (signed by a trusted key, well-formed, and no finding of any rule).
+    #     check above (signed by a trusted key, well-formed, and no finding of any rule);
+    #     a witness record's heads are reported (``VerifyResult.witnessed``) on the same terms.
     def _apply_trust_changes(self, c: _Facts) -> None:
         if c.rec is None or c.is_root or not (c.trusted and c.schema_ok) or c.pending:
             return
         if c.kind in rules.KEY_KINDS:
             self.trust.apply_key_record(c.rec)
+        elif c.kind == rules.WITNESS_KIND and c.seq is not None and self.ledger_id is not None:
+            for h in c.rec["data"]["heads"]:
+                self.witnessed.append(
+                    findings.WitnessClaim(
+                        self.ledger_id,
+                        c.seq,
+                        c.oid,
+                        h["ledger"],
+                        h["seq"],
+                        h["commit"],
+                        h["sha256"],
+                    )
+                )
