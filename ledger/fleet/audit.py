@@ -255,7 +255,7 @@ def _settle(
     verified, new_claims, pin_now = old, [], None
     if out.ok and top is not None and res[top].state is not None:
         verified = res[top].state
-        new_claims = [claims.Claim.of(w) for w in getattr(res[top], "witnessed", ())]
+        new_claims = [claims.Claim.of(w) for w in res[top].witnessed]
         if plan.pin is None and verified is not None:
             pin_now = (lid, verified.genesis)  # trust on first use
     remotes = kept

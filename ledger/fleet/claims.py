@@ -20,6 +20,7 @@ from typing import Any
 import pygit2
 
 from ledger.fleet import outcome
+from ledger.verify import findings
 from ledger.verify import state as verify_state
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -42,16 +43,16 @@ class Claim:
     sha256: str
 
     @classmethod
-    def of(cls, witnessed: Any) -> Claim:
-        """From the verifier's ``WitnessClaim`` (same fields)."""
+    def of(cls, witnessed: findings.WitnessClaim) -> Claim:
+        """From the verifier's claim (the same fields)."""
         return cls(
-            by_ledger=str(witnessed.by_ledger),
-            by_seq=int(witnessed.by_seq),
-            by_commit=str(witnessed.by_commit),
-            ledger=str(witnessed.ledger),
-            seq=int(witnessed.seq),
-            commit=str(witnessed.commit),
-            sha256=str(witnessed.sha256),
+            by_ledger=witnessed.by_ledger,
+            by_seq=witnessed.by_seq,
+            by_commit=witnessed.by_commit,
+            ledger=witnessed.ledger,
+            seq=witnessed.seq,
+            commit=witnessed.commit,
+            sha256=witnessed.sha256,
         )
 
     def to_json(self) -> dict[str, Any]:
