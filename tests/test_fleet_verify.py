@@ -249,7 +249,7 @@ def test_two_remotes_lagging_is_reported_and_diverged_is_a_fork(
     git_daemon: GitDaemon, http_server: GitHttpServer, tmp_path: Path
 ) -> None:
     url1, _s1 = shared_on(git_daemon, f"fork1-{tmp_path.name}")
-    url2, _s2 = shared_on(http_server, f"fork2-{tmp_path.name}")
+    url2, server2 = shared_on(http_server, f"fork2-{tmp_path.name}")
     a = make_ledger(tmp_path, "a", records=3)
     pushed(a, url1, "r1")
     pushed(a, url2, "r2")
@@ -263,6 +263,20 @@ def test_two_remotes_lagging_is_reported_and_diverged_is_a_fork(
     led = by_id(doc)[lid(a)]
     assert led["lag"] == {"two": 2} and led["seq"] == a.seq and led["findings"] == []
 
+    # Gone from one remote (deleted in the server's directory): vanished there, still verified.
+    ref = f"refs/ledgers/{lid(a)}/main"
+    held2 = git("--git-dir", server2, "rev-parse", ref).stdout.strip()
+    git("--git-dir", server2, "update-ref", "-d", ref)
+    refetch(copy)
+    code, doc, _ = fv(copy)
+    led = by_id(doc)[lid(a)]
+    assert code == 7 and led["status"] == "findings" and led["seq"] == a.seq
+    assert [(f["rule"], f["remote"]) for f in led["findings"]] == [("vanished", "two")]
+    git("--git-dir", server2, "update-ref", ref, held2)
+    refetch(copy)
+    code, doc, _ = fv(copy)
+    assert code == 0, [(f["rule"], f["message"]) for f in doc["findings"]]
+
     a2 = TestLedger(tmp_path / "a2", a.key, a.key_path, Ledger.open(tmp_path / "a2"))
     a2.append(3)
     push(a2, "r2")  # accepted: it extends what r2 held
@@ -273,6 +287,30 @@ def test_two_remotes_lagging_is_reported_and_diverged_is_a_fork(
     forks = [f for f in led["findings"] if f["rule"] == "fork"]
     assert len(forks) == 1 and a2.head in forks[0]["message"] and a.head in forks[0]["message"]
     assert led["status"] == "findings" and led["seq"] == a.seq  # the verified head did not move
+
+
+def test_a_lagging_remote_catching_up_step_by_step_is_never_a_finding(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    url1, _s1 = shared_on(git_daemon, f"lag1-{tmp_path.name}")
+    url2, _s2 = shared_on(git_daemon, f"lag2-{tmp_path.name}")
+    a = make_ledger(tmp_path, "a", records=2)
+    pushed(a, url1, "r1")
+    pushed(a, url2, "r2")
+    a.append(4)
+    push(a, "r1")
+    copy = fleet_copy(tmp_path / "copy.git", one=url1, two=url2)
+    ref = f"refs/ledgers/{lid(a)}/main"
+    for seq in (3, 4, a.seq):  # r2 catches up one push at a time (its own hook checks each)
+        code, doc, _ = fv(copy)
+        led = by_id(doc)[lid(a)]
+        assert code == 0 and led["findings"] == [], led["findings"]
+        assert led["seq"] == a.seq and led["records_checked"] <= a.seq + 1
+        git("--git-dir", a.path, "push", "-q", url2, f"{commit_at(a, seq)}:{ref}")
+        refetch(copy)
+    code, doc, _ = fv(copy)
+    led = by_id(doc)[lid(a)]
+    assert code == 0 and led["lag"] == {} and led["records_checked"] == 0
 
 
 # --- witness claims ---------------------------------------------------------------------------

@@ -66,6 +66,11 @@ class _Plan:
     since: verify_state.VerifiedState | None
     unpinned: bool = False  # a pin file was given and does not name this ledger
     tasks: list[_Task] = field(default_factory=list)
+    behind: dict[str, findings.VerifyResult] = field(default_factory=dict)
+    """Heads on the verified chain, behind its head: nothing to verify (lag, or rollback)."""
+    covered: dict[str, str] = field(default_factory=dict)
+    """Heads whose commit another head's chain seems to hold: verified as part of that one."""
+    asked: list[str] = field(default_factory=list)
 
     @property
     def is_new(self) -> bool:
@@ -102,8 +107,9 @@ def verify_fleet(
     held = copy.heads(repo)
     fleet = state.load_fleet(path) or state.FleetState()
     pin_map = local.read_pins(pins) if pins is not None else None
+    own = local.own_pins() if pins is None else {}
     plans = [
-        _plan(path, repo, lid, held.get(lid, {}), pin_map)
+        _plan(path, repo, lid, held.get(lid, {}), pin_map, own)
         for lid in sorted(set(held) | set(fleet.ledgers))
     ]
     jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
@@ -113,6 +119,13 @@ def verify_fleet(
     _check_claims(repo, plans, settled)
     for p in plans:
         _remember(path, p, settled[p.ledger_id], now)
+    local.save_pins(
+        {
+            lid: done.pin_now[1]
+            for lid, done in settled.items()
+            if done.pin_now is not None and done.out.ok and lid not in own
+        }
+    )
     for lid in held:
         seen = fleet.ledgers.get(lid)
         fleet.ledgers[lid] = state.LedgerSeen(seen.first_seen if seen else now, now)
@@ -133,13 +146,14 @@ def _plan(
     lid: str,
     heads: dict[str, str],
     pin_map: dict[str, str] | None,
+    own: dict[str, str],
 ) -> _Plan:
     prev = state.load_ledger(path, lid)
     if pin_map is not None:
         pin = pin_map.get(lid)
         source = "pin file" if pin else None
     else:
-        pin = local.own_pin(lid)
+        pin = own.get(lid)
         source = "this machine" if pin else None
     since = prev.verified if prev is not None else None
     if since is not None and (
@@ -149,14 +163,52 @@ def _plan(
     plan = _Plan(lid, dict(heads), prev, pin, source, since, pin_map is not None and pin is None)
     before = {s.head for s in prev.remotes.values()} if prev is not None else set()
     distinct = sorted(set(heads.values()))
-    moved = since is None or any(h != since.head for h in distinct) or bool(before - {*distinct})
-    if distinct and moved:
+    asked = sorted(set(distinct) | before)
+    if since is not None:
         for head in distinct:
-            others = {h for h in distinct if h != head} | before
-            plan.tasks.append(
-                _Task(str(path), lid, head, pin, since, tuple(sorted(others - {head})))
-            )
+            if head != since.head and claims.on_verified_chain(repo, head, since.head):
+                plan.behind[head] = _known(repo, head, asked, since)
+    ahead = [h for h in distinct if h not in plan.behind]
+    moved = since is None or any(h != since.head for h in ahead) or bool(before - {*distinct})
+    if distinct and not moved and since is not None and since.head in ahead:
+        plan.behind[since.head] = _known(repo, since.head, asked, since)  # nothing to read
+    elif distinct and moved:
+        # A head the commit graph puts under another head is verified as part of that one's
+        # chain (only scheduling: the verifier's ``included`` then decides where it is).
+        tips = [h for h in ahead if not any(claims.below(repo, h, o) for o in ahead if o != h)]
+        for head in ahead:
+            if head not in tips:
+                plan.covered[head] = next(t for t in tips if claims.below(repo, head, t))
+        for head in tips:
+            others = tuple(h for h in asked if h != head)
+            plan.tasks.append(_Task(str(path), lid, head, pin, since, others))
+    plan.asked = asked
     return plan
+
+
+def _known(
+    repo: pygit2.Repository, head: str, asked: list[str], since: verify_state.VerifiedState
+) -> findings.VerifyResult:
+    """A head on the verified chain (the verified head, or behind it), as if verified now:
+    nothing to read. Its seq is a verified commit's trailer; ``included``, which of the
+    commits asked about its chain holds."""
+    seq: int | None = since.seq
+    if head != since.head:
+        try:
+            seq = claims.seq_of(repo.odb.read(head)[1])
+        except (KeyError, ValueError, pygit2.GitError):
+            seq = None
+    return findings.VerifyResult(
+        findings=[],
+        head=head,
+        seq=seq,
+        records_checked=0,
+        genesis=since.genesis,
+        state=since if head == since.head else None,
+        ledger_id=since.ledger_id,
+        genesis_pinned=True,
+        included={h: 0 if claims.on_verified_chain(repo, h, head) else None for h in asked},
+    )
 
 
 # --- running: in this process or in workers ---------------------------------------------------
@@ -235,9 +287,23 @@ def _settle(
         )
         _describe_verified(repo, out, old)
         return _Settled(out, old, kept, [], ())
-    res = {t.head: results[(lid, t.head)] for t in plan.tasks}
+    res = {t.head: results[(lid, t.head)] for t in plan.tasks} | plan.behind
+    for head, tip in plan.covered.items():
+        res[head] = _under(repo, head, res[tip], plan.asked)
     _chain_findings(out, res.values())
     top = _top(out, lid, res)
+    if top is not None and top in plan.behind and old is not None and top != old.head:
+        out.findings.append(
+            FleetFinding(
+                "rollback",
+                lid,
+                res[top].seq,
+                top,
+                f"no remote holds the verified head {old.head} (seq {old.seq}) any more; the "
+                f"furthest head, on {_on(sorted(n for n, h in plan.heads.items() if h == top))}, "
+                f"is {top} at seq {res[top].seq}",
+            )
+        )
     _remote_findings(out, plan, res)
     if plan.unpinned:
         genesis = res[top].genesis if top is not None else None
@@ -273,6 +339,26 @@ def _settle(
         seqs = (verified.seq,)
     _describe_verified(repo, out, verified)
     return _Settled(out, verified, remotes, new_claims, seqs, pin_now)
+
+
+def _under(
+    repo: pygit2.Repository, head: str, tip: findings.VerifyResult, asked: list[str]
+) -> findings.VerifyResult:
+    """A head verified as part of ``tip``'s chain: its seq there (the verifier's), or none
+    when that chain does not hold it after all (then it is a fork of ``tip``)."""
+    seq = tip.included.get(head)
+    return findings.VerifyResult(
+        findings=[],
+        head=head,
+        seq=seq,
+        records_checked=0,
+        genesis=tip.genesis,
+        ledger_id=tip.ledger_id,
+        included={
+            h: 0 if seq is not None and claims.on_verified_chain(repo, h, head) else None
+            for h in asked
+        },
+    )
 
 
 def _chain_findings(out: outcome.LedgerOutcome, results: Iterable[findings.VerifyResult]) -> None:
@@ -444,20 +530,21 @@ def _remember(path: Path | str, plan: _Plan, done: _Settled, now: str) -> None:
         out.status = "findings"
     else:
         out.status = "new" if plan.is_new else "ok"
-    if done.pin_now is not None and out.ok and local.own_pin(done.pin_now[0]) is None:
-        local.save_pin(*done.pin_now)
-    verified = done.verified if out.ok else (plan.prev.verified if plan.prev else None)
-    state.save_ledger(
-        path,
-        state.LedgerState(
-            ledger_id=plan.ledger_id,
-            verified=verified,
-            remotes=done.remotes if out.ok else (dict(plan.prev.remotes) if plan.prev else {}),
-            claims=[c.to_json() for c in done.new_claims],
-            outcome={
-                "ok": out.ok,
-                "findings": [outcome.finding_json(f, plan.ledger_id) for f in out.findings],
-                "checked_at": now,
-            },
-        ),
+    prev = plan.prev
+    verified = done.verified if out.ok else (prev.verified if prev else None)
+    found = [outcome.finding_json(f, plan.ledger_id) for f in out.findings]
+    new = state.LedgerState(
+        ledger_id=plan.ledger_id,
+        verified=verified,
+        remotes=done.remotes if out.ok else (dict(prev.remotes) if prev else {}),
+        claims=[c.to_json() for c in done.new_claims],
+        outcome={"ok": out.ok, "findings": found, "checked_at": now},
     )
+    if (
+        prev is not None
+        and prev.outcome is not None
+        and (prev.verified, prev.remotes, prev.claims) == (new.verified, new.remotes, new.claims)
+        and (prev.outcome.get("ok"), prev.outcome.get("findings")) == (out.ok, found)
+    ):
+        return  # unchanged (an idle fleet's re-verification writes only fleet.json)
+    state.save_ledger(path, new)

@@ -144,26 +144,41 @@ def _on_chain(
     """Why the verified chain does not hold the claimed commit at the claimed seq with the
     claimed digest (``None`` when it does). The chain has no merges (verified), so being
     the head or its ancestor is being on it; the commit's bytes are then verified ones."""
-    on_chain = claim.commit == verified.head
-    if not on_chain:
-        try:
-            on_chain = bool(repo.descendant_of(verified.head, claim.commit))
-        except (KeyError, ValueError, pygit2.GitError):
-            on_chain = False
-    if not on_chain:
+    if not on_verified_chain(repo, claim.commit, verified.head):
         return "does not hold that commit"
     try:
         raw = repo.odb.read(claim.commit)[1]
     except (KeyError, ValueError, pygit2.GitError):
         return "cannot read that commit"
-    seq = _SEQ_TRAILER.search(raw.split(b"\n\n", 1)[-1])
-    if seq is None or int(seq.group(1)) != claim.seq:
-        found = seq.group(1).decode() if seq is not None else "no"
-        return f"holds that commit at seq {found}, not {claim.seq}"
+    seq = seq_of(raw)
+    if seq != claim.seq:
+        return f"holds that commit at seq {'no' if seq is None else seq}, not {claim.seq}"
     digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
     if digest != claim.sha256:
         return f"holds that commit with SHA-256 {digest}, not {claim.sha256}"
     return None
+
+
+def seq_of(raw: bytes) -> int | None:
+    """The ``Ledger-Seq`` trailer of a raw commit (believe it only of a verified commit)."""
+    found = _SEQ_TRAILER.search(raw.split(b"\n\n", 1)[-1])
+    return int(found.group(1)) if found is not None else None
+
+
+def on_verified_chain(repo: pygit2.Repository, commit: str, head: str) -> bool:
+    """Whether ``commit`` is ``head`` or its ancestor; with ``head`` verified (a chain has
+    no merges), whether it is on that verified chain."""
+    if commit == head:
+        return True
+    try:
+        return bool(repo.descendant_of(head, commit))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
+
+
+def below(repo: pygit2.Repository, commit: str, head: str) -> bool:
+    """Whether ``commit`` is a strict ancestor of ``head`` in the commit graph."""
+    return commit != head and on_verified_chain(repo, commit, head)
 
 
 def _finding(rule: str, claim: Claim, message: str) -> outcome.FleetFinding:
