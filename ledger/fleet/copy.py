@@ -53,6 +53,13 @@ def heads(repo: pygit2.Repository) -> dict[str, dict[str, str]]:
 class FetchResult:
     fetched: list[str] = field(default_factory=list)
 
+    @property
+    def failed(self) -> list[str]:
+        return []  # (this stub raises instead)
+
+    def raise_for_failures(self) -> None:
+        return None
+
 
 def fetch(
     path: Path | str, creds: transport.Credentials, names: list[str] | None = None

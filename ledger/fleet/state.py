@@ -1,132 +1,312 @@
-"""The auditor's state of one fleet copy (FLEET-CONTRACT §2), in the user's state directory:
-``fleets/<sha256 of the copy's real git dir>/fleet.json`` and ``ledgers/<id>.json``.
+"""The auditor's memory of a fleet copy, kept in the user's state directory (never in the
+copy, which is as untrusted as a ledger directory).
 
-(Stub of the FLEETCOPY helper's module: the contract's JSON under the brief's names. The
-merger keeps theirs.)
+One directory per copy, keyed by the copy's real git directory path (as ``heads/`` of
+``ledger.verify.local`` is), 0700 with 0600 files written atomically::
+
+    <state_root>/fleets/<sha256 of the copy's real git dir path>/
+        fleet.json          {"format": 1, "ledgers": {"<id>": {"first_seen", "last_seen"}},
+                             "remotes": {"<NAME>": {"url": <URL as added, password masked>}}}
+        ledgers/<id>.json   {"format": 1, "ledger_id", "verified": <VerifiedState JSON>|null,
+                             "remotes": {"<NAME>": {"head", "seq", "seen_at", "vanished_at",
+                                                    "rewound_from"}},
+                             "claims": [...], "outcome": {"ok", "findings", "checked_at"}|null}
+        fleet.lock          taken by :func:`locked` while a fetch rewrites the state
+
+``seen_at`` is when a fetch first saw that remote hold that head (it changes only when the
+head does); ``vanished_at`` is when a fetch first found the ledger gone from that remote
+(null while it is there); ``seq`` is the head's ``Ledger-Seq`` trailer as fetched (unverified;
+null when unreadable); ``rewound_from`` is the head the remote held before a fetch found it
+at a commit that does not descend from it (null otherwise). A missing file reads as nothing
+remembered (``None`` or an empty :class:`FleetState`); a malformed one is a
+:class:`~ledger.errors.StorageError` naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pygit2
 
-from ledger import errors
-from ledger.verify import local
-from ledger.verify import state as verify_state
+from ledger import errors, store
+from ledger.verify import local, state
 
+FLEETS_DIR = "fleets"
+FLEET_FILE = "fleet.json"
+LEDGERS_DIR = "ledgers"
+LOCK_FILE = "fleet.lock"
 FORMAT = 1
+LEDGER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def now() -> str:
+    """A state timestamp: UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (as records' ``time``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
 class LedgerSeen:
+    """When any fetch of this copy first and last found the ledger on some remote."""
+
     first_seen: str
     last_seen: str
 
 
 @dataclass
 class FleetState:
+    """``fleet.json``: every ledger the auditor has seen in this copy, and the URL each
+    shared remote was added with (a URL changed in the copy's config is not followed)."""
+
     ledgers: dict[str, LedgerSeen] = field(default_factory=dict)
+    remotes: dict[str, str] = field(default_factory=dict)  # name -> URL (password masked)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "ledgers": {
+                lid: {"first_seen": s.first_seen, "last_seen": s.last_seen}
+                for lid, s in sorted(self.ledgers.items())
+            },
+            "remotes": {name: {"url": url} for name, url in sorted(self.remotes.items())},
+        }
 
 
 @dataclass
-class RemoteSeen:
+class RemoteHead:
+    """What one remote held for one ledger when a fetch last looked."""
+
     head: str
     seq: int | None
     seen_at: str
+    vanished_at: str | None = None
+    #: The head this remote held before a fetch found it at a commit that does not extend
+    #: it (``{"head", "seq", "seen_at"}``), kept until ``fleet verify`` has judged it.
+    rewound_from: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "head": self.head,
+            "seq": self.seq,
+            "seen_at": self.seen_at,
+            "vanished_at": self.vanished_at,
+            "rewound_from": self.rewound_from,
+        }
+
+
+@dataclass
+class Outcome:
+    """The last ``fleet verify`` of one ledger."""
+
+    ok: bool
+    findings: list[dict[str, Any]]
+    checked_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "findings": self.findings, "checked_at": self.checked_at}
 
 
 @dataclass
 class LedgerState:
+    """``ledgers/<id>.json``: the auditor's memory of one ledger."""
+
     ledger_id: str
-    verified: verify_state.VerifiedState | None = None
-    remotes: dict[str, RemoteSeen] = field(default_factory=dict)
+    verified: state.VerifiedState | None = None
+    remotes: dict[str, RemoteHead] = field(default_factory=dict)
     claims: list[dict[str, Any]] = field(default_factory=list)
-    outcome: dict[str, Any] | None = None
+    outcome: Outcome | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "ledger_id": self.ledger_id,
+            "verified": self.verified.to_json() if self.verified is not None else None,
+            "remotes": {n: r.to_json() for n, r in sorted(self.remotes.items())},
+            "claims": self.claims,
+            "outcome": self.outcome.to_json() if self.outcome is not None else None,
+        }
 
 
-def state_dir(copy_path: Path | str) -> Path:
-    gitdir = Path(pygit2.Repository(str(copy_path)).path).resolve()
-    key = hashlib.sha256(str(gitdir).encode()).hexdigest()
-    return local.state_root() / "fleets" / key
+# --- where ----------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> Any:
-    local.check_private_dir(path.parent)
+def state_dir(copy: Path | str | pygit2.Repository) -> Path:
+    """The state directory of the fleet copy ``copy`` (not created here)."""
+    where = Path(copy.path) if isinstance(copy, pygit2.Repository) else Path(copy)
+    key = hashlib.sha256(str(where.resolve()).encode()).hexdigest()
+    return local.state_root() / FLEETS_DIR / key
+
+
+def _ledger_path(copy: Path | str | pygit2.Repository, ledger_id: str) -> Path:
+    if not LEDGER_ID_RE.fullmatch(ledger_id):
+        raise errors.InputError(f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).")
+    return state_dir(copy) / LEDGERS_DIR / f"{ledger_id}.json"
+
+
+@contextlib.contextmanager
+def locked(copy: Path | str | pygit2.Repository) -> Iterator[None]:
+    """Hold the copy's state lock (an exclusive ``flock``) for the block. Not re-entrant:
+    :func:`ledger.fleet.copy.fetch` takes it itself."""
+    where = state_dir(copy)
+    for directory in [*_private_dirs(where), where]:
+        local.ensure_private_dir(directory)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
+        fd = os.open(where / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
         raise errors.StorageError(
-            f"the fleet state file {path} cannot be read: {exc}.",
-            hint="Delete it: the next 'ledger fleet verify' verifies that ledger again.",
+            f"cannot lock the fleet state in {where}: {exc.strerror or exc}.",
+            hint=f"Check that directory's permissions, or set {local.ENV_STATE_DIR}.",
         ) from None
+    try:
+        store.flock(fd, wait=None)
+        yield
+    finally:
+        os.close(fd)
 
 
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    local.ensure_private_dir(path.parent)
-    local._write_private(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+# --- reading ---------------------------------------------------------------------------------
 
 
-def load_fleet(copy_path: Path | str) -> FleetState | None:
-    doc = _read(state_dir(copy_path) / "fleet.json")
-    if doc is None:
+def _malformed(path: Path, why: str) -> errors.StorageError:
+    return errors.StorageError(
+        f"the fleet state file {path} is malformed ({why}).",
+        hint="Move it aside (nothing else reads it): the next 'ledger fleet fetch' and "
+        "'fleet verify' start that memory over, so heads seen before are forgotten (without "
+        "fleet.json, accept each remote again with 'ledger fleet remote add NAME URL').",
+    )
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    for directory in _private_dirs(path):
+        local.check_private_dir(directory)
+    text = local._read_text(path)  # (0700 directory checks, one error wording)
+    if text is None:
         return None
     try:
-        return FleetState(
-            {k: LedgerSeen(v["first_seen"], v["last_seen"]) for k, v in doc["ledgers"].items()}
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise errors.StorageError(f"the fleet state fleet.json is malformed ({exc}).") from None
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise _malformed(path, f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise _malformed(path, f"not a format-{FORMAT} object")
+    return doc
 
 
-def save_fleet(copy_path: Path | str, fleet: FleetState) -> None:
-    doc = {
-        "format": FORMAT,
-        "ledgers": {
-            k: {"first_seen": v.first_seen, "last_seen": v.last_seen}
-            for k, v in sorted(fleet.ledgers.items())
-        },
-    }
-    _write(state_dir(copy_path) / "fleet.json", doc)
+def _str(obj: Any, key: str, path: Path) -> str:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, str):
+        raise _malformed(path, f"{key!r} is not a string")
+    return value
 
 
-def load_ledger(copy_path: Path | str, ledger_id: str) -> LedgerState | None:
-    path = state_dir(copy_path) / "ledgers" / f"{ledger_id}.json"
-    doc = _read(path)
+def _opt_str(obj: dict[str, Any], key: str, path: Path) -> str | None:
+    return None if obj.get(key) is None else _str(obj, key, path)
+
+
+def load_fleet(copy: Path | str | pygit2.Repository) -> FleetState:
+    """``fleet.json`` (empty when the auditor never fetched this copy)."""
+    path = state_dir(copy) / FLEET_FILE
+    doc = _load(path)
+    if doc is None:
+        return FleetState()
+    ledgers, remotes = doc.get("ledgers"), doc.get("remotes", {})
+    if not isinstance(ledgers, dict) or not isinstance(remotes, dict):
+        raise _malformed(path, "'ledgers' and 'remotes' must be objects")
+    out = FleetState()
+    for lid, seen in ledgers.items():
+        if not LEDGER_ID_RE.fullmatch(lid):
+            raise _malformed(path, f"{lid!r} is not a ledger id")
+        out.ledgers[lid] = LedgerSeen(_str(seen, "first_seen", path), _str(seen, "last_seen", path))
+    for name, entry in remotes.items():
+        out.remotes[name] = _str(entry, "url", path)
+    return out
+
+
+def _remote_head(obj: Any, path: Path) -> RemoteHead:
+    if not isinstance(obj, dict) or not _HEX40.fullmatch(str(obj.get("head"))):
+        raise _malformed(path, "a remote's 'head' is not a commit id")
+    seq = obj.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+        raise _malformed(path, "a remote's 'seq' is not a number")
+    rewound = obj.get("rewound_from")
+    if rewound is not None and (
+        not isinstance(rewound, dict) or not _HEX40.fullmatch(str(rewound.get("head")))
+    ):
+        raise _malformed(path, "a remote's 'rewound_from' is not {head, seq, seen_at}")
+    return RemoteHead(
+        obj["head"],
+        seq,
+        _str(obj, "seen_at", path),
+        _opt_str(obj, "vanished_at", path),
+        rewound,
+    )
+
+
+def _outcome(obj: Any, path: Path) -> Outcome | None:
+    if obj is None:
+        return None
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("ok"), bool)
+        or not isinstance(obj.get("findings"), list)
+    ):
+        raise _malformed(path, "'outcome' is not {ok, findings, checked_at}")
+    return Outcome(obj["ok"], list(obj["findings"]), _str(obj, "checked_at", path))
+
+
+def load_ledger(copy: Path | str | pygit2.Repository, ledger_id: str) -> LedgerState | None:
+    """``ledgers/<id>.json``, or ``None`` when the auditor never saw that ledger."""
+    path = _ledger_path(copy, ledger_id)
+    doc = _load(path)
     if doc is None:
         return None
-    try:
-        verified = doc.get("verified")
-        return LedgerState(
-            ledger_id=doc["ledger_id"],
-            verified=None if verified is None else verify_state.VerifiedState.from_json(verified),
-            remotes={
-                k: RemoteSeen(v["head"], v.get("seq"), v["seen_at"])
-                for k, v in doc.get("remotes", {}).items()
-            },
-            claims=list(doc.get("claims", [])),
-            outcome=doc.get("outcome"),
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise errors.StorageError(f"the fleet state {path} is malformed ({exc}).") from None
+    if doc.get("ledger_id") != ledger_id:
+        raise _malformed(path, f"it is the state of ledger {doc.get('ledger_id')!r}")
+    remotes, claims = doc.get("remotes", {}), doc.get("claims", [])
+    if not isinstance(remotes, dict) or not isinstance(claims, list):
+        raise _malformed(path, "'remotes' must be an object and 'claims' a list")
+    verified = None
+    if doc.get("verified") is not None:
+        try:
+            verified = state.VerifiedState.from_json(doc["verified"])
+        except errors.InputError as exc:
+            raise _malformed(path, f"'verified': {exc.message}") from None
+    return LedgerState(
+        ledger_id,
+        verified,
+        {str(n): _remote_head(r, path) for n, r in remotes.items()},
+        [c for c in claims if isinstance(c, dict)],
+        _outcome(doc.get("outcome"), path),
+    )
 
 
-def save_ledger(copy_path: Path | str, led: LedgerState) -> None:
-    doc = {
-        "format": FORMAT,
-        "ledger_id": led.ledger_id,
-        "verified": None if led.verified is None else led.verified.to_json(),
-        "remotes": {
-            k: {"head": v.head, "seq": v.seq, "seen_at": v.seen_at}
-            for k, v in sorted(led.remotes.items())
-        },
-        "claims": led.claims,
-        "outcome": led.outcome,
-    }
-    _write(state_dir(copy_path) / "ledgers" / f"{led.ledger_id}.json", doc)
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _private_dirs(path: Path) -> list[Path]:
+    """The directories between the state root and ``path`` (``fleets``, the copy's, ...)."""
+    root = local.state_root()
+    return [d for d in reversed(path.parents) if d != root and root in d.parents]
+
+
+def _save(path: Path, doc: dict[str, Any]) -> Path:
+    for directory in _private_dirs(path):
+        local.ensure_private_dir(directory)  # (each 0700: mkdir's parents would not be)
+    data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    return local._write_private(path, data)  # (atomic, 0600, private directories)
+
+
+def save_fleet(copy: Path | str | pygit2.Repository, fleet: FleetState) -> Path:
+    return _save(state_dir(copy) / FLEET_FILE, fleet.to_json())
+
+
+def save_ledger(copy: Path | str | pygit2.Repository, ledger: LedgerState) -> Path:
+    return _save(_ledger_path(copy, ledger.ledger_id), ledger.to_json())
