@@ -57,11 +57,18 @@ def verify_cmd(
     from ledger.replicate import transport
 
     copy.open_copy(path)  # a clear error when it is not a fleet copy
+    fetched = None
     if not no_fetch:
-        copy.fetch(
+        fetched = copy.fetch(
             path,
             transport.Credentials.from_env(ssh_key=ssh_key, insecure_host_key=insecure_host_key),
         )
+        if fetched.failed:
+            common.console_err.print(
+                f"ledger: warning: {len(fetched.failed)} remote(s) could not be fetched; "
+                "verifying what the copy holds from them.",
+                highlight=False,
+            )
     show_bar = not json_out and common.console_err.is_terminal
     result = _verify(audit, path, pins, jobs, show_bar)
     if json_out:
@@ -77,6 +84,8 @@ def verify_cmd(
             "docs/FLEET.md); the verified state of a ledger with findings does not move, so "
             "they are found again until resolved.",
         )
+    if fetched is not None:
+        fetched.raise_for_failures()  # (exit 8: the fleet was verified as it was)
 
 
 def _verify(

@@ -25,7 +25,6 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pygit2
@@ -83,7 +82,7 @@ class _Settled:
 
     out: outcome.LedgerOutcome
     verified: verify_state.VerifiedState | None
-    remotes: dict[str, state.RemoteSeen]
+    remotes: dict[str, state.RemoteHead]
     new_claims: list[claims.Claim]
     remote_seqs: tuple[int, ...]
     pin_now: tuple[str, str] | None = None
@@ -103,9 +102,20 @@ def verify_fleet(
     process). Saves the auditor's state; never raises on findings.
     """
     repo = copy.open_copy(path)
-    now = _now()
+    with state.locked(repo):  # (a fetch rewrites the same state)
+        return _verify_fleet(repo, path, pins, jobs, progress)
+
+
+def _verify_fleet(
+    repo: pygit2.Repository,
+    path: Path | str,
+    pins: Path | None,
+    jobs: int | None,
+    progress: Progress | None,
+) -> outcome.FleetResult:
+    now = state.now()
     held = copy.heads(repo)
-    fleet = state.load_fleet(path) or state.FleetState()
+    fleet = state.load_fleet(repo)
     pin_map = local.read_pins(pins) if pins is not None else None
     own = local.own_pins() if pins is None else {}
     plans = [
@@ -126,15 +136,21 @@ def verify_fleet(
             if done.pin_now is not None and done.out.ok and lid not in own
         }
     )
-    for lid in held:
-        seen = fleet.ledgers.get(lid)
-        fleet.ledgers[lid] = state.LedgerSeen(seen.first_seen if seen else now, now)
-    state.save_fleet(path, fleet)
+    unseen = set(held) - set(fleet.ledgers)  # (a copy fetched by other means than fetch)
+    if unseen:
+        fleet.ledgers.update({lid: state.LedgerSeen(now, now) for lid in unseen})
+        state.save_fleet(repo, fleet)
     return outcome.FleetResult([settled[p.ledger_id].out for p in plans], jobs=jobs)
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _last_held(remote: state.RemoteHead) -> tuple[str, int | None]:
+    """The head a remote held when the auditor last accepted it: the one a fetch found it
+    rewound from (kept until a verification judged it), else the one it holds."""
+    back = remote.rewound_from
+    if isinstance(back, dict) and isinstance(back.get("head"), str):
+        seq = back.get("seq")
+        return back["head"], seq if isinstance(seq, int) else None
+    return remote.head, remote.seq
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -161,7 +177,7 @@ def _plan(
     ):
         since = None  # another genesis's head, or an auditor's pin file without this ledger
     plan = _Plan(lid, dict(heads), prev, pin, source, since, pin_map is not None and pin is None)
-    before = {s.head for s in prev.remotes.values()} if prev is not None else set()
+    before = {_last_held(r)[0] for r in prev.remotes.values()} if prev is not None else set()
     distinct = sorted(set(heads.values()))
     asked = sorted(set(distinct) | before)
     if since is not None:
@@ -327,7 +343,7 @@ def _settle(
     remotes = kept
     if out.ok:
         remotes = {
-            name: state.RemoteSeen(
+            name: state.RemoteHead(
                 head,
                 res[head].seq if head in res else (verified.seq if verified else None),
                 kept[name].seen_at if name in kept and kept[name].head == head else now,
@@ -424,7 +440,8 @@ def _remote_findings(
     (``vanished``), or its head's chain does not hold the old head (``rollback``)."""
     if plan.prev is None:
         return
-    for name, seen in sorted(plan.prev.remotes.items()):
+    for name, remembered in sorted(plan.prev.remotes.items()):
+        seen = state.RemoteHead(*_last_held(remembered), remembered.seen_at)
         head = plan.heads.get(name)
         if head is None:
             out.findings.append(
@@ -538,13 +555,13 @@ def _remember(path: Path | str, plan: _Plan, done: _Settled, now: str) -> None:
         verified=verified,
         remotes=done.remotes if out.ok else (dict(prev.remotes) if prev else {}),
         claims=[c.to_json() for c in done.new_claims],
-        outcome={"ok": out.ok, "findings": found, "checked_at": now},
+        outcome=state.Outcome(out.ok, found, now),
     )
     if (
         prev is not None
         and prev.outcome is not None
         and (prev.verified, prev.remotes, prev.claims) == (new.verified, new.remotes, new.claims)
-        and (prev.outcome.get("ok"), prev.outcome.get("findings")) == (out.ok, found)
+        and (prev.outcome.ok, prev.outcome.findings) == (out.ok, found)
     ):
         return  # unchanged (an idle fleet's re-verification writes only fleet.json)
     state.save_ledger(path, new)
