@@ -137,10 +137,11 @@ def test_a_clean_fleet_is_verified_in_parallel_then_only_new_records_are_read(
     }
     assert by_id(doc)[lid(a)]["seq"] == a.seq
 
-    # The text output: one line per ledger and a summary; the default fetches the copy.
+    # The text output: one line per ledger and a summary.
     a.append()
     push(a)
-    r = run_cli("fleet", "verify", "--fleet", copy)
+    refetch(copy)
+    r = run_cli("fleet", "verify", "--fleet", copy, "--no-fetch")
     assert r.code == 0, r.output
     lines = r.out.splitlines()
     assert len(lines) == 4 and lines[-1].startswith("Fleet verified: 3 ledger(s)")
