@@ -19,61 +19,20 @@ its previous state, so the next verification finds the same again until it is re
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
-from collections.abc import Callable, Iterable
-from concurrent import futures
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
 
-from ledger import errors
-from ledger.fleet import claims, copy, outcome, state
+from ledger.fleet import claims, copy, outcome, schedule, state
 from ledger.fleet.outcome import FleetFinding, FleetResult, LedgerOutcome
-from ledger.verify import chain, findings, local
+from ledger.verify import findings, local
 from ledger.verify import state as verify_state
 
 __all__ = ["FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"]
-
-#: ``progress(done, total)``: verification tasks finished so far.
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One chain to verify in a worker: picklable, and nothing but what the verifier needs."""
-
-    copy: str
-    ledger_id: str
-    head: str
-    pin: str | None
-    since: verify_state.VerifiedState | None
-    commits: tuple[str, ...]
-
-
-@dataclass
-class _Plan:
-    """One ledger: what the copy holds, what the auditor knew, and how it is pinned."""
-
-    ledger_id: str
-    heads: dict[str, str]
-    prev: state.LedgerState | None
-    pin: str | None
-    pin_source: str | None
-    since: verify_state.VerifiedState | None
-    unpinned: bool = False  # a pin file was given and does not name this ledger
-    tasks: list[_Task] = field(default_factory=list)
-    behind: dict[str, findings.VerifyResult] = field(default_factory=dict)
-    """Heads on the verified chain, behind its head: nothing to verify (lag, or rollback)."""
-    covered: dict[str, str] = field(default_factory=dict)
-    """Heads whose commit another head's chain seems to hold: verified as part of that one."""
-    asked: list[str] = field(default_factory=list)
-
-    @property
-    def is_new(self) -> bool:
-        return self.prev is None or self.prev.verified is None
 
 
 @dataclass
@@ -93,12 +52,13 @@ def verify_fleet(
     *,
     pins: Path | None = None,
     jobs: int | None = None,
-    progress: Progress | None = None,
+    progress: schedule.Progress | None = None,
 ) -> outcome.FleetResult:
     """Verify every ledger of the fleet copy at ``path`` (see the module's text).
 
     ``pins``: an auditor's pin file; a ledger not in it is ``unpinned`` and nothing is pinned
-    on first use. ``jobs``: worker processes (default: the CPU count; 1 verifies in this
+    on first use. ``jobs``: worker processes (default: the CPU count, and in this process when
+    there is little to read; 1 verifies in this
     process). Saves the auditor's state; never raises on findings.
     """
     repo = copy.open_copy(path)
@@ -111,7 +71,7 @@ def _verify_fleet(
     path: Path | str,
     pins: Path | None,
     jobs: int | None,
-    progress: Progress | None,
+    progress: schedule.Progress | None,
 ) -> outcome.FleetResult:
     now = state.now()
     held = copy.heads(repo)
@@ -119,12 +79,13 @@ def _verify_fleet(
     pin_map = local.read_pins(pins) if pins is not None else None
     own = local.own_pins() if pins is None else {}
     plans = [
-        _plan(path, repo, lid, held.get(lid, {}), pin_map, own)
+        schedule.make_plan(path, repo, lid, held.get(lid, {}), pin_map, own)
         for lid in sorted(set(held) | set(fleet.ledgers))
     ]
+    asked = jobs is not None
     jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
-    tasks = [t for p in plans for t in p.tasks]
-    results = _run(tasks, jobs, progress)
+    tasks = sorted((t for p in plans for t in p.tasks), key=lambda t: -t.size)
+    results = schedule.run(tasks, jobs, progress, small_here=not asked)
     settled = {p.ledger_id: _settle(repo, p, results, now) for p in plans}
     _check_claims(repo, plans, settled)
     for p in plans:
@@ -143,146 +104,12 @@ def _verify_fleet(
     return outcome.FleetResult([settled[p.ledger_id].out for p in plans], jobs=jobs)
 
 
-def _last_held(remote: state.RemoteHead) -> tuple[str, int | None]:
-    """The head a remote held when the auditor last accepted it: the one a fetch found it
-    rewound from (kept until a verification judged it), else the one it holds."""
-    back = remote.rewound_from
-    if isinstance(back, dict) and isinstance(back.get("head"), str):
-        seq = back.get("seq")
-        return back["head"], seq if isinstance(seq, int) else None
-    return remote.head, remote.seq
-
-
-# --- planning ---------------------------------------------------------------------------------
-
-
-def _plan(
-    path: Path | str,
-    repo: pygit2.Repository,
-    lid: str,
-    heads: dict[str, str],
-    pin_map: dict[str, str] | None,
-    own: dict[str, str],
-) -> _Plan:
-    prev = state.load_ledger(path, lid)
-    if pin_map is not None:
-        pin = pin_map.get(lid)
-        source = "pin file" if pin else None
-    else:
-        pin = own.get(lid)
-        source = "this machine" if pin else None
-    since = prev.verified if prev is not None else None
-    if since is not None and (
-        (pin is not None and since.genesis != pin) or (pin_map is not None and pin is None)
-    ):
-        since = None  # another genesis's head, or an auditor's pin file without this ledger
-    plan = _Plan(lid, dict(heads), prev, pin, source, since, pin_map is not None and pin is None)
-    before = {_last_held(r)[0] for r in prev.remotes.values()} if prev is not None else set()
-    distinct = sorted(set(heads.values()))
-    asked = sorted(set(distinct) | before)
-    if since is not None:
-        for head in distinct:
-            if head != since.head and claims.on_verified_chain(repo, head, since.head):
-                plan.behind[head] = _known(repo, head, asked, since)
-    ahead = [h for h in distinct if h not in plan.behind]
-    moved = since is None or any(h != since.head for h in ahead) or bool(before - {*distinct})
-    if distinct and not moved and since is not None and since.head in ahead:
-        plan.behind[since.head] = _known(repo, since.head, asked, since)  # nothing to read
-    elif distinct and moved:
-        # A head the commit graph puts under another head is verified as part of that one's
-        # chain (only scheduling: the verifier's ``included`` then decides where it is).
-        tips = [h for h in ahead if not any(claims.below(repo, h, o) for o in ahead if o != h)]
-        for head in ahead:
-            if head not in tips:
-                plan.covered[head] = next(t for t in tips if claims.below(repo, head, t))
-        for head in tips:
-            others = tuple(h for h in asked if h != head)
-            plan.tasks.append(_Task(str(path), lid, head, pin, since, others))
-    plan.asked = asked
-    return plan
-
-
-def _known(
-    repo: pygit2.Repository, head: str, asked: list[str], since: verify_state.VerifiedState
-) -> findings.VerifyResult:
-    """A head on the verified chain (the verified head, or behind it), as if verified now:
-    nothing to read. Its seq is a verified commit's trailer; ``included``, which of the
-    commits asked about its chain holds."""
-    seq: int | None = since.seq
-    if head != since.head:
-        try:
-            seq = claims.seq_of(repo.odb.read(head)[1])
-        except (KeyError, ValueError, pygit2.GitError):
-            seq = None
-    return findings.VerifyResult(
-        findings=[],
-        head=head,
-        seq=seq,
-        records_checked=0,
-        genesis=since.genesis,
-        state=since if head == since.head else None,
-        ledger_id=since.ledger_id,
-        genesis_pinned=True,
-        included={h: 0 if claims.on_verified_chain(repo, h, head) else None for h in asked},
-    )
-
-
-# --- running: in this process or in workers ---------------------------------------------------
-
-
-def _verify_task(task: _Task) -> findings.VerifyResult:
-    """A worker's job: one chain, never an exception (a chain that cannot be read is a finding)."""
-    try:
-        return chain.verify_chain(
-            task.copy, task.head, trust_genesis=task.pin, since=task.since, commits=task.commits
-        )
-    except errors.LedgerError as exc:
-        return findings.VerifyResult(
-            findings=[findings.Finding("object-missing", None, task.head, exc.message)],
-            head=task.head,
-            seq=None,
-            records_checked=0,
-            genesis=None,
-        )
-
-
-def _run(
-    tasks: list[_Task], jobs: int, progress: Progress | None
-) -> dict[tuple[str, str], findings.VerifyResult]:
-    """Each task's result, keyed by (ledger id, head)."""
-    done: dict[tuple[str, str], findings.VerifyResult] = {}
-    total = len(tasks)
-    if progress is not None:
-        progress(0, total)
-    if jobs <= 1 or total <= 1:
-        for task in tasks:
-            done[(task.ledger_id, task.head)] = _verify_task(task)
-            if progress is not None:
-                progress(len(done), total)
-        return done
-    with futures.ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=_context()) as pool:
-        pending = {pool.submit(_verify_task, t): t for t in tasks}
-        for fut in futures.as_completed(pending):
-            task = pending[fut]
-            done[(task.ledger_id, task.head)] = fut.result()
-            if progress is not None:
-                progress(len(done), total)
-    return done
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    """Workers are started fresh ("forkserver", else "spawn"), never forked from this
-    process: it holds libgit2 handles and maybe threads."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
 # --- settling one ledger ----------------------------------------------------------------------
 
 
 def _settle(
     repo: pygit2.Repository,
-    plan: _Plan,
+    plan: schedule.Plan,
     results: dict[tuple[str, str], findings.VerifyResult],
     now: str,
 ) -> _Settled:
@@ -434,14 +261,14 @@ def _on(names: list[str]) -> str:
 
 
 def _remote_findings(
-    out: outcome.LedgerOutcome, plan: _Plan, res: dict[str, findings.VerifyResult]
+    out: outcome.LedgerOutcome, plan: schedule.Plan, res: dict[str, findings.VerifyResult]
 ) -> None:
     """A remote that no longer holds what it held when the auditor last saw it: gone
     (``vanished``), or its head's chain does not hold the old head (``rollback``)."""
     if plan.prev is None:
         return
     for name, remembered in sorted(plan.prev.remotes.items()):
-        seen = state.RemoteHead(*_last_held(remembered), remembered.seen_at)
+        seen = state.RemoteHead(*schedule.last_held(remembered), remembered.seen_at)
         head = plan.heads.get(name)
         if head is None:
             out.findings.append(
@@ -511,7 +338,7 @@ def _blob(tree: pygit2.Tree, path: str) -> bytes:
 
 
 def _check_claims(
-    repo: pygit2.Repository, plans: list[_Plan], settled: dict[str, _Settled]
+    repo: pygit2.Repository, plans: list[schedule.Plan], settled: dict[str, _Settled]
 ) -> None:
     """Each witnessing ledger's unresolved and new claims, checked against the witnessed
     ledger's verified head after this verification; findings go to the witnessed ledger
@@ -538,7 +365,7 @@ def _check_claims(
 # --- remembering ------------------------------------------------------------------------------
 
 
-def _remember(path: Path | str, plan: _Plan, done: _Settled, now: str) -> None:
+def _remember(path: Path | str, plan: schedule.Plan, done: _Settled, now: str) -> None:
     """Save what this verification established; the status follows from the findings."""
     out = done.out
     if not plan.heads:
