@@ -246,6 +246,26 @@ def test_rollback_vanished_new_and_unpinned_are_found_and_repeat_until_resolved(
     assert "genesis-mismatch" in rules(by_id(doc)[lid(c)])
 
 
+def test_a_ref_holding_another_ledgers_chain_is_found_and_never_pinned(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    url, server = shared_on(git_daemon, f"lid-{tmp_path.name}")
+    a = make_ledger(tmp_path, "a")
+    pushed(a, url)
+    other = "f" * 32  # a server writes a's chain under another ledger's id
+    git("--git-dir", server, "update-ref", f"refs/ledgers/{other}/main", a.head)
+    copy = fleet_copy(tmp_path / "copy.git", origin=url)
+    for _ in range(2):
+        code, doc, _err = fv(copy)
+        assert code == 7
+        got = by_id(doc)
+        assert rules(got[other]) == {"ledger-id"} and got[other]["status"] == "findings"
+        assert got[other]["head"] is None  # nothing verified under that id
+        assert got[lid(a)]["findings"] == []
+    pins = Path.home() / ".local" / "state" / "runbook-ledger" / "pins"
+    assert other not in pins.read_text()
+
+
 def test_two_remotes_lagging_is_reported_and_diverged_is_a_fork(
     git_daemon: GitDaemon, http_server: GitHttpServer, tmp_path: Path
 ) -> None:
