@@ -82,7 +82,7 @@ def kinds(t: TestLedger) -> list[str]:
 
 
 def test_three_runners_one_incident_one_fleet_report(git_daemon: GitDaemon, tmp_path: Path) -> None:
-    server, url = shared_fleet(git_daemon, tmp_path)
+    _, url = shared_fleet(git_daemon, tmp_path)
     book = tmp_path / "triage.yaml"
     book.write_text(BOOK)
     runners = [runner(tmp_path, n, url) for n in ("web1", "db1", "batch1")]

@@ -174,6 +174,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "fleet status": ("ledger fleet status --fleet audit.git", "ledger fleet status --json"),
     "fleet witness": ("ledger fleet witness", "ledger fleet witness --remote fleet --json"),
+    "fleet verify": (
+        "ledger fleet verify --fleet audit.git",
+        "ledger fleet verify --pins pins --jobs 4 --json --no-fetch",
+    ),
 }
 
 

@@ -9,6 +9,9 @@ Modules (each imports only the ones listed before it):
   ``open_copy``, ``heads``): a bare repository with ``refs/fleet/<remote>/<id>/main``.
 - ``status``: per ledger, name, host, head seq, last record, first sighting of each head,
   labelled verified or unverified.
+- ``outcome``, ``claims``, ``schedule``, ``audit``: the fleet's verification
+  (:func:`verify_fleet`): every ledger at every remote's head, in parallel, incrementally
+  from the auditor's state; fork, rollback, vanished, new, unpinned, witness claims.
 - ``witness``: runner-side witnessing: the other ledgers' heads a shared remote holds,
   fetched into the runner's witness cache and appended as a signed ``witness`` record.
 """
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING
 from ledger import lazy
 
 if TYPE_CHECKING:
+    from ledger.fleet.audit import FleetFinding, FleetResult, LedgerOutcome, verify_fleet
     from ledger.fleet.copy import (
         Change,
         FetchResult,
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
         init_copy,
         open_copy,
     )
+    from ledger.fleet.outcome import FLEET_RULES
     from ledger.fleet.state import (
         FleetState,
         LedgerSeen,
@@ -49,6 +54,8 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy.attach(
     __name__,
     {
+        "ledger.fleet.audit": ("FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"),
+        "ledger.fleet.outcome": ("FLEET_RULES",),
         "ledger.fleet.copy": (
             "Change",
             "FetchResult",
@@ -78,11 +85,15 @@ __getattr__, __dir__ = lazy.attach(
 )
 
 __all__ = [
+    "FLEET_RULES",
     "Change",
     "FetchResult",
+    "FleetFinding",
+    "FleetResult",
     "FleetState",
     "FleetStatus",
     "LedgerLine",
+    "LedgerOutcome",
     "LedgerSeen",
     "LedgerState",
     "Outcome",
@@ -105,4 +116,5 @@ __all__ = [
     "save_fleet",
     "save_ledger",
     "state_dir",
+    "verify_fleet",
 ]

@@ -230,9 +230,21 @@ def own_pin(ledger_id: str | None) -> str | None:
 
 
 def save_pin(ledger_id: str, genesis: str) -> None:
+    save_pins({ledger_id: genesis})
+
+
+def own_pins() -> dict[str, str]:
+    """Every genesis this machine pinned, by ledger id (one read for many ledgers)."""
+    return read_pins(state_root() / PINS_FILE)
+
+
+def save_pins(new: Mapping[str, str]) -> None:
+    """Pin several ledgers in one write of ``pins`` (an auditor's first fleet verification)."""
+    if not new:
+        return
     path = state_root() / PINS_FILE
     pins = read_pins(path)
-    pins[ledger_id] = genesis
+    pins.update(new)
     text = "".join(f"{lid} {g}\n" for lid, g in sorted(pins.items()))
     _write_private(path, ("# <ledger id> <genesis commit id>\n" + text).encode())
 

@@ -1,0 +1,193 @@
+"""Witness claims (FLEET-CONTRACT §1): what another runner's verified ``witness`` record says
+a ledger's head was, checked against that ledger's verified chain in the fleet copy.
+
+A claim is kept in the witnessing ledger's state until it is resolved, and checked again at
+each verification (a resumed verification returns only the claims of the records it read).
+Verdicts: resolved (the witnessed ledger's verified chain holds that commit at that seq with
+that SHA-256), pending (not decidable yet: the witnessed ledger's newer heads are not
+verified), ``witness-rollback`` (the claimed seq is beyond the verified head and no remote
+holds anything that far), ``witness-mismatch`` (the verified chain holds another commit at
+that seq), ``witness-unknown`` (information: the witnessed ledger is not in the copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pygit2
+
+from ledger.fleet import outcome
+from ledger.verify import findings
+from ledger.verify import state as verify_state
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SEQ_TRAILER = re.compile(rb"\nLedger-Seq: ([0-9]{1,18})\n")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One head of one witness record: ledger ``by_ledger``'s record at ``by_seq``
+    (``by_commit``) says ledger ``ledger`` held ``commit`` at ``seq`` (SHA-256 ``sha256``)."""
+
+    by_ledger: str
+    by_seq: int
+    by_commit: str
+    ledger: str
+    seq: int
+    commit: str
+    sha256: str
+
+    @classmethod
+    def of(cls, witnessed: findings.WitnessClaim) -> Claim:
+        """From the verifier's claim (the same fields)."""
+        return cls(
+            by_ledger=witnessed.by_ledger,
+            by_seq=witnessed.by_seq,
+            by_commit=witnessed.by_commit,
+            ledger=witnessed.ledger,
+            seq=witnessed.seq,
+            commit=witnessed.commit,
+            sha256=witnessed.sha256,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by_ledger": self.by_ledger,
+            "by_seq": self.by_seq,
+            "by_commit": self.by_commit,
+            "ledger": self.ledger,
+            "seq": self.seq,
+            "commit": self.commit,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Claim | None:
+        """A saved claim; ``None`` when malformed (the auditor's own file: such a claim is
+        dropped, and comes back only if its witness record is verified again)."""
+        try:
+            claim = cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
+        ok = (
+            isinstance(claim.by_seq, int)
+            and isinstance(claim.seq, int)
+            and claim.seq >= 0
+            and all(isinstance(v, str) for v in (claim.ledger, claim.by_ledger, claim.commit))
+            and bool(_HEX32.fullmatch(claim.ledger) and _HEX32.fullmatch(claim.by_ledger))
+            and bool(_HEX40.fullmatch(claim.commit) and _HEX40.fullmatch(claim.by_commit))
+            and isinstance(claim.sha256, str)
+            and bool(_HEX64.fullmatch(claim.sha256))
+        )
+        return claim if ok else None
+
+    def said(self) -> str:
+        return (
+            f"ledger {self.by_ledger}'s witness record at seq {self.by_seq} says ledger "
+            f"{self.ledger} held commit {self.commit} at seq {self.seq}"
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the auditor knows of a witnessed ledger: whether it is in the copy or the
+    auditor's state at all, its verified head, and the seqs its remotes' heads claim now
+    (unverified: they only decide whether a claim is not yet decidable)."""
+
+    known: bool
+    verified: verify_state.VerifiedState | None
+    remote_seqs: tuple[int, ...] = ()
+
+
+RESOLVED = "resolved"
+PENDING = "pending"
+
+
+def check(repo: pygit2.Repository, claim: Claim, target: Target) -> outcome.FleetFinding | str:
+    """The verdict on ``claim``: :data:`RESOLVED`, :data:`PENDING` or a finding."""
+    if not target.known:
+        return _finding(
+            "witness-unknown", claim, f"{claim.said()}; that ledger is not in this fleet copy"
+        )
+    verified = target.verified
+    if verified is None or claim.seq > verified.seq:
+        if any(s >= claim.seq for s in target.remote_seqs):
+            return PENDING  # held by a remote, not verified yet (its findings say why)
+        if verified is None:
+            return PENDING
+        return _finding(
+            "witness-rollback",
+            claim,
+            f"{claim.said()}; its verified head is at seq {verified.seq} ({verified.head}) "
+            "and no remote holds anything at or after that seq: it was rolled back after "
+            "the witness saw it",
+        )
+    problem = _on_chain(repo, claim, verified)
+    if problem is None:
+        return RESOLVED
+    return _finding(
+        "witness-mismatch",
+        claim,
+        f"{claim.said()}; its verified chain (head {verified.head} at seq {verified.seq}) "
+        f"{problem}: the witness saw another history (a rewrite or a fork)",
+    )
+
+
+def _on_chain(
+    repo: pygit2.Repository, claim: Claim, verified: verify_state.VerifiedState
+) -> str | None:
+    """Why the verified chain does not hold the claimed commit at the claimed seq with the
+    claimed digest (``None`` when it does). The chain has no merges (verified), so being
+    the head or its ancestor is being on it; the commit's bytes are then verified ones."""
+    if not on_verified_chain(repo, claim.commit, verified.head):
+        return "does not hold that commit"
+    try:
+        raw = repo.odb.read(claim.commit)[1]
+    except (KeyError, ValueError, pygit2.GitError):
+        return "cannot read that commit"
+    seq = seq_of(raw)
+    if seq != claim.seq:
+        return f"holds that commit at seq {'no' if seq is None else seq}, not {claim.seq}"
+    digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+    if digest != claim.sha256:
+        return f"holds that commit with SHA-256 {digest}, not {claim.sha256}"
+    return None
+
+
+def seq_of(raw: bytes) -> int | None:
+    """The ``Ledger-Seq`` trailer of a raw commit (believe it only of a verified commit)."""
+    found = _SEQ_TRAILER.search(raw.split(b"\n\n", 1)[-1])
+    return int(found.group(1)) if found is not None else None
+
+
+def on_verified_chain(repo: pygit2.Repository, commit: str, head: str) -> bool:
+    """Whether ``commit`` is ``head`` or its ancestor; with ``head`` verified (a chain has
+    no merges), whether it is on that verified chain."""
+    if commit == head:
+        return True
+    try:
+        return bool(repo.descendant_of(head, commit))
+    except (KeyError, ValueError, pygit2.GitError):
+        return False
+
+
+def below(repo: pygit2.Repository, commit: str, head: str) -> bool:
+    """Whether ``commit`` is a strict ancestor of ``head`` in the commit graph."""
+    return commit != head and on_verified_chain(repo, commit, head)
+
+
+def _finding(rule: str, claim: Claim, message: str) -> outcome.FleetFinding:
+    return outcome.FleetFinding(
+        rule,
+        claim.ledger,
+        claim.seq,
+        claim.commit,
+        message,
+        by_ledger=claim.by_ledger,
+        by_seq=claim.by_seq,
+    )
