@@ -31,6 +31,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "remote": ("remote", "push", "fetch", "clone", "status", "hook"),
     "report": ("report",),
     "demo": ("demo",),
+    "fleet": ("fleet",),
 }
 
 
