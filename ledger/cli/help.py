@@ -161,6 +161,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger report --since 2026-11-01 --until 2026-11-30 -t my.md.j2",
     ),
     "demo": ("ledger demo", "ledger demo /tmp/try-ledger"),
+    "fleet report": (
+        "ledger fleet report --fleet audit.git --incident INC-42 -o INC-42.md",
+        "ledger fleet report --since 2026-11-22 --until 2026-11-23 --pins pins",
+    ),
 }
 
 
