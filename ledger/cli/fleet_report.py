@@ -11,75 +11,81 @@ from typing import Annotated
 import typer
 
 from ledger import errors
-from ledger.cli import common
-from ledger.cli.fleet import fleet_app
+from ledger.cli import common, fleet
 
 ENV_FLEET = "LEDGER_FLEET"
 
 
-@fleet_app.command("report")
+IncidentOpt = Annotated[
+    str | None,
+    typer.Option("--incident", help="Report on every run of this incident.", show_default=False),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Report on the runs started at or after this UTC time "
+        "(YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]).",
+        show_default=False,
+    ),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        help="With --since: only runs started at or before this UTC time "
+        "(a date means the end of that day).",
+        show_default=False,
+    ),
+]
+FleetDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--fleet",
+        help=f"The fleet copy ('ledger fleet clone'). Default: ${ENV_FLEET}, else the "
+        "current directory.",
+        show_default=False,
+    ),
+]
+TemplateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--template",
+        "-t",
+        help="A Jinja2 template file to render instead of the default fleet report "
+        "(runs in a sandbox; see docs/REPORTS.md).",
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
+]
+ExcerptOpt = Annotated[
+    int, typer.Option("--excerpt-lines", min=1, max=10_000, help="Lines of output shown per step.")
+]
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        min=1,
+        help="Ledgers verified in parallel (default: one per CPU).",
+        show_default=False,
+    ),
+]
+
+
+@fleet.fleet_app.command("report")
 def fleet_report_cmd(
-    incident: Annotated[
-        str | None,
-        typer.Option(
-            "--incident", help="Report on every run of this incident.", show_default=False
-        ),
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            "--since",
-            help="Report on the runs started at or after this UTC time "
-            "(YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]).",
-            show_default=False,
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(
-            "--until",
-            help="With --since: only runs started at or before this UTC time "
-            "(a date means the end of that day).",
-            show_default=False,
-        ),
-    ] = None,
-    fleet: Annotated[
-        Path | None,
-        typer.Option(
-            "--fleet",
-            help=f"The fleet copy ('ledger fleet clone'). Default: ${ENV_FLEET}, else the "
-            "current directory.",
-            show_default=False,
-        ),
-    ] = None,
-    template: Annotated[
-        Path | None,
-        typer.Option(
-            "--template",
-            "-t",
-            help="A Jinja2 template file to render instead of the default fleet report "
-            "(runs in a sandbox; see docs/REPORTS.md).",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
-    ] = None,
-    excerpt_lines: Annotated[
-        int,
-        typer.Option("--excerpt-lines", min=1, max=10_000, help="Lines of output shown per step."),
-    ] = 20,
+    incident: IncidentOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    fleet_dir: FleetDirOpt = None,
+    template: TemplateOpt = None,
+    output: OutputOpt = None,
+    excerpt_lines: ExcerptOpt = 20,
     pins: common.PinsOpt = None,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "--jobs",
-            min=1,
-            help="Ledgers verified in parallel (default: one per CPU).",
-            show_default=False,
-        ),
-    ] = None,
+    jobs: JobsOpt = None,
 ) -> None:
     """Render one Markdown report of an incident's runs across the fleet (verified first).
 
@@ -91,7 +97,7 @@ def fleet_report_cmd(
     from ledger.fleet import report as fleet_report  # here: keeps pygit2 out of 'ledger --help'
     from ledger.report import from_ledger
 
-    path = fleet or Path(os.environ.get(ENV_FLEET) or ".")
+    path = fleet_dir or Path(os.environ.get(ENV_FLEET) or ".")
     done = fleet_report.make_fleet_report(
         path,
         incident=incident,
