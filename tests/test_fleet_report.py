@@ -20,6 +20,7 @@ from support.markdown import MD
 from ledger.fleet import report as fleet_report
 from ledger.fleet import report_model
 from ledger.verify import chain
+from ledger.verify import findings as verify_findings
 
 INCIDENT = "INC-7"
 SECRET = "s3cr3t-Qm4Zt9"
@@ -327,3 +328,58 @@ def test_errors(fleet: Fleet, tmp_path: Path) -> None:
     missing = tmp_path / "none.j2"
     res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", INCIDENT, "-t", missing)
     assert res.code == 3 and "template" in res.err
+
+
+def test_a_failing_ledger_without_runs_is_listed(fleet: Fleet) -> None:
+    evidence = [fleet.evidence(w) for w in fleet.runners]
+    lost = report_model.LedgerEvidence(
+        ledger_id="f" * 32,
+        name="delta",
+        host="host-delta",
+        genesis=None,
+        head=None,
+        seq=None,
+        status="findings",
+        findings=(verify_findings.Finding("rollback", None, None, "main was cut back"),),
+    )
+    info = report_model.LedgerEvidence(
+        ledger_id="e" * 32,
+        name="echo",
+        host="",
+        genesis=None,
+        head=None,
+        seq=None,
+        status="ok",
+        findings=(verify_findings.Finding("witness-unknown", None, None, "not in the copy"),),
+    )
+    sel = fleet_report.select(INCIDENT, None, None)
+    repo = pygit2.Repository(str(fleet.copy))
+    out = fleet_report.render_fleet_report(fleet.copy, repo, [*evidence, lost, info], sel)
+    assert [x.label for x in out.failing] == ["delta"]  # (an info finding fails nothing)
+    rows = cells_of(out.text, "Ledger")
+    assert rows[0][0] == "Ledger" and len(rows) == 7
+    failed = tables_of(out.text, "Ledger")[-1]
+    assert failed[0][:4] == ["Ledger", "Ledger id", "Host", "Status"]
+    assert failed[1][0] == "delta" and failed[1][3] == "findings"
+    assert "rollback: main was cut back" in failed[1][5]
+
+
+def test_a_forged_index_entry_is_not_believed(fleet: Fleet) -> None:
+    """Someone who can write the copy points the seq index at an unsigned twin of a record's
+    commit (same tree, parent and message): the report still cites the chain's commit."""
+    a = fleet.runners[0]
+    ev = fleet.evidence(a)
+    first = fleet.report([ev], incident=INCIDENT)  # builds the index
+    real = git("--git-dir", fleet.copy, "rev-parse", f"{fleet.ref(a)}~1").stdout.strip()
+    assert real in first
+    body = git("--git-dir", fleet.copy, "log", "-1", "--format=%B", real).stdout
+    twin = git(
+        "--git-dir", fleet.copy, "commit-tree", f"{real}^{{tree}}", "-p", f"{real}~1", "-m", body
+    ).stdout.strip()
+    index = fleet.copy / "ledger-state" / f"fleet-seq-{a.ledger_id}"
+    assert ev.seq is not None
+    with index.open("r+b") as fh:
+        fh.seek((ev.seq - 1) * 20)
+        fh.write(bytes.fromhex(twin))
+    again = fleet.report([ev], incident=INCIDENT)
+    assert twin not in again and again == first
