@@ -3,7 +3,6 @@ ledger of an auditor's fleet copy, read at each ledger's verified head."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,10 +10,8 @@ from typing import Annotated
 import typer
 
 from ledger import errors
+from ledger import report as report_mod
 from ledger.cli import common, fleet
-
-ENV_FLEET = "LEDGER_FLEET"
-
 
 IncidentOpt = Annotated[
     str | None,
@@ -35,15 +32,6 @@ UntilOpt = Annotated[
         "--until",
         help="With --since: only runs started at or before this UTC time "
         "(a date means the end of that day).",
-        show_default=False,
-    ),
-]
-FleetDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--fleet",
-        help=f"The fleet copy ('ledger fleet clone'). Default: ${ENV_FLEET}, else the "
-        "current directory.",
         show_default=False,
     ),
 ]
@@ -80,10 +68,10 @@ def fleet_report_cmd(
     incident: IncidentOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    fleet_dir: FleetDirOpt = None,
+    fleet_dir: fleet.FleetOpt = None,
     template: TemplateOpt = None,
     output: OutputOpt = None,
-    excerpt_lines: ExcerptOpt = 20,
+    excerpt_lines: ExcerptOpt = report_mod.EXCERPT_LINES,
     pins: common.PinsOpt = None,
     jobs: JobsOpt = None,
 ) -> None:
@@ -97,7 +85,7 @@ def fleet_report_cmd(
     from ledger.fleet import report as fleet_report  # here: keeps pygit2 out of 'ledger --help'
     from ledger.report import from_ledger
 
-    path = fleet_dir or Path(os.environ.get(ENV_FLEET) or ".")
+    path = fleet.fleet_path(fleet_dir)
     done = fleet_report.make_fleet_report(
         path,
         incident=incident,

@@ -273,7 +273,12 @@ def make_fleet_report(
     sel = select(incident, since, until)
     repo = copy.open_copy(path)
     result = audit.verify_fleet(path, pins=pins, jobs=jobs)
-    evidence = [evidence_from_outcome(o, local.own_pin(o.ledger_id)) for o in result.ledgers]
+    evidence = [
+        evidence_from_outcome(
+            o, None if getattr(o, "genesis", None) else local.own_pin(o.ledger_id)
+        )
+        for o in result.ledgers
+    ]
     return render_fleet_report(
         path, repo, evidence, sel, template=template, excerpt_lines=excerpt_lines
     )
