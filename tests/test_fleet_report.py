@@ -383,3 +383,37 @@ def test_a_forged_index_entry_is_not_believed(fleet: Fleet) -> None:
         fh.write(bytes.fromhex(twin))
     again = fleet.report([ev], incident=INCIDENT)
     assert twin not in again and again == first
+
+
+def test_evidence_from_a_fleet_outcome() -> None:
+    """FLEET-CONTRACT §3's LedgerOutcome, with a chain finding and fleet findings."""
+    from types import SimpleNamespace
+
+    chain_finding = verify_findings.Finding("unsigned", 9, "c" * 40, "no signature")
+    fork = SimpleNamespace(
+        rule="fork", ledger="a" * 32, seq=None, commit="d" * 40, message="two heads", remote="m"
+    )
+    outcome = SimpleNamespace(
+        ledger_id="a" * 32,
+        name="alpha",
+        host=None,
+        heads={"origin": "1" * 40, "mirror": "2" * 40},
+        seq=8,
+        head="3" * 40,
+        records_checked=4,
+        status="findings",
+        findings=[chain_finding, fork],
+    )
+    ev = fleet_report.evidence_from_outcome(outcome, genesis="4" * 40)
+    assert (ev.ledger_id, ev.name, ev.host, ev.head, ev.seq) == ("a" * 32, "alpha", "", "3" * 40, 8)
+    assert ev.genesis == "4" * 40 and ev.failing and ev.pinned and ev.records_checked == 4
+    assert ev.heads == (("mirror", "2" * 40), ("origin", "1" * 40))
+    assert ev.findings[0] is chain_finding
+    assert ev.findings[1] == verify_findings.Finding("fork", None, "d" * 40, "two heads")
+    outcome.genesis = "5" * 40  # an outcome that carries the verified genesis wins
+    outcome.status, outcome.findings = (
+        "ok",
+        [SimpleNamespace(rule="witness-unknown", seq=None, commit=None, message="not here")],
+    )
+    ev = fleet_report.evidence_from_outcome(outcome, genesis="4" * 40)
+    assert ev.genesis == "5" * 40 and not ev.failing
