@@ -193,4 +193,4 @@ def status_cmd(fleet_dir: FleetOpt = None, as_json: common.JsonOpt = False) -> N
 # --- commands of other modules ----------------------------------------------------------------
 # Each module below registers its commands on fleet_app when imported; add one line per module
 # (ledger.cli.fleet_verify, fleet_witness, fleet_report) here.
-from ledger.cli import fleet_verify, fleet_witness  # noqa: E402, F401
+from ledger.cli import fleet_report, fleet_verify, fleet_witness  # noqa: E402, F401

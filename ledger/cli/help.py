@@ -178,6 +178,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger fleet verify --fleet audit.git",
         "ledger fleet verify --pins pins --jobs 4 --json --no-fetch",
     ),
+    "fleet report": (
+        "ledger fleet report --fleet audit.git --incident INC-42 -o INC-42.md",
+        "ledger fleet report --since 2026-11-22 --until 2026-11-23 --pins pins",
+    ),
 }
 
 

@@ -12,6 +12,9 @@ Modules (each imports only the ones listed before it):
 - ``outcome``, ``claims``, ``schedule``, ``audit``: the fleet's verification
   (:func:`verify_fleet`): every ledger at every remote's head, in parallel, incrementally
   from the auditor's state; fork, rollback, vanished, new, unpinned, witness claims.
+- ``report_reads``, ``report_model``, ``report``: ``ledger fleet report``: every run of an
+  incident (or a time range) across the fleet on one timeline, read at each ledger's
+  verified head (:func:`fleet_report`).
 - ``witness``: runner-side witnessing: the other ledgers' heads a shared remote holds,
   fetched into the runner's witness cache and appended as a signed ``witness`` record.
 """
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
         open_copy,
     )
     from ledger.fleet.outcome import FLEET_RULES
+    from ledger.fleet.report import fleet_report, make_fleet_report
+    from ledger.fleet.report_model import FleetReport, LedgerEvidence
     from ledger.fleet.state import (
         FleetState,
         LedgerSeen,
@@ -56,6 +61,8 @@ __getattr__, __dir__ = lazy.attach(
     {
         "ledger.fleet.audit": ("FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"),
         "ledger.fleet.outcome": ("FLEET_RULES",),
+        "ledger.fleet.report": ("fleet_report", "make_fleet_report"),
+        "ledger.fleet.report_model": ("FleetReport", "LedgerEvidence"),
         "ledger.fleet.copy": (
             "Change",
             "FetchResult",
@@ -89,9 +96,11 @@ __all__ = [
     "Change",
     "FetchResult",
     "FleetFinding",
+    "FleetReport",
     "FleetResult",
     "FleetState",
     "FleetStatus",
+    "LedgerEvidence",
     "LedgerLine",
     "LedgerOutcome",
     "LedgerSeen",
@@ -107,11 +116,13 @@ __all__ = [
     "append_witness",
     "clone",
     "fetch",
+    "fleet_report",
     "fleet_status",
     "heads",
     "init_copy",
     "load_fleet",
     "load_ledger",
+    "make_fleet_report",
     "open_copy",
     "save_fleet",
     "save_ledger",

@@ -33,7 +33,10 @@ RemoteState = Callable[["store.Ledger"], list[report_model.RemoteView]]
 # --- selecting the runs -------------------------------------------------------------------
 
 
-def _parse_bound(text: str, *, end: bool) -> datetime:
+def parse_bound(text: str, *, end: bool) -> datetime:
+    """A ``--since``/``--until`` bound as a UTC time (a date in ``--until``: the end of that
+    day); :class:`UsageError` naming the accepted forms (also used by ``ledger fleet
+    report``)."""
     value = text.strip()
     for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"):
         try:
@@ -49,7 +52,8 @@ def _parse_bound(text: str, *, end: bool) -> datetime:
     )
 
 
-def _iso(when: datetime) -> str:
+def iso(when: datetime) -> str:
+    """A time as records write it (``2026-11-22T10:00:00.000000Z``), to compare with them."""
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -87,11 +91,11 @@ def _select(
         for rid in ids:
             runs[rid] = list(ledger.run_records(rid, at=at))
         return "incident", incident, runs
-    lo = _parse_bound(since or "", end=False)
-    hi = _parse_bound(until, end=True) if until else None
+    lo = parse_bound(since or "", end=False)
+    hi = parse_bound(until, end=True) if until else None
     if hi is not None and hi < lo:
         raise errors.UsageError(f"--until {until} is before --since {since}.")
-    lo_s, hi_s = _iso(lo), _iso(hi) if hi else None
+    lo_s, hi_s = iso(lo), iso(hi) if hi else None
     for rid in ledger.run_ids(lo, hi, at=at):
         recs = list(ledger.run_records(rid, at=at))
         start = next(

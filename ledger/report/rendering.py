@@ -148,8 +148,11 @@ _RENDER_ERRORS = (
 )
 
 
-def render(report: model.Report, template: Path | None = None) -> str:
+def render(report: model.Report | object, template: Path | None = None) -> str:
     """Render ``report`` with ``template`` (a file) or the default template.
+
+    ``report`` is what the template sees as ``report``: a :class:`~ledger.report.model.Report`
+    for ``ledger report``'s templates (the fleet report passes its own model and template).
 
     Raises :class:`TemplateError` naming the template file and line when the template
     cannot be read, parsed or rendered.
