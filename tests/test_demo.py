@@ -57,3 +57,39 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     (tmp_path / "mine" / "file").write_text("x")
     res = run_cli("demo", "mine", cwd=tmp_path)
     assert res.code == 5 and "not made by 'ledger demo'" in res.err
+
+
+def test_demo_fleet_three_runners_one_shared_remote_one_report(tmp_path: Path) -> None:
+    res = run_cli("demo", "--fleet", cwd=tmp_path)
+    assert res.code == 0, res.output
+    assert "Traceback" not in res.output
+    root = tmp_path / "ledger-demo"
+    shared = root / "shared" / "fleet.git"
+    refs = git("for-each-ref", "--format=%(refname) %(objectname)", cwd=shared).stdout.split("\n")
+    held = dict(line.split() for line in refs if line)
+    ids = {}
+    for name in ("web", "db", "batch"):
+        led = root / "runners" / name / "ledger.git"
+        ledger_id = git("config", "ledger.id", cwd=led).stdout.strip()
+        ids[name] = ledger_id
+        # the shared remote holds each runner's chain at its own ref
+        assert (
+            held[f"refs/ledgers/{ledger_id}/main"]
+            == git("rev-parse", "main", cwd=led).stdout.strip()
+        )
+    assert len(held) == 3
+    # the second and third runners witnessed the others first
+    for name, seen in (("db", 1), ("batch", 2)):
+        led = root / "runners" / name / "ledger.git"
+        log = git("log", "--format=%B", "main", cwd=led).stdout
+        assert log.count("Ledger-Kind: witness") == 1
+        assert f"witnessed {seen} other ledger(s)" in res.out
+    assert "0 finding(s)" in res.out
+    text = (root / "fleet-report.md").read_text()
+    assert text.startswith("# Incident DEMO-FLEET-1 across the fleet")
+    for name, ledger_id in ids.items():
+        assert ledger_id in text and f"| {name} |" in text
+    assert "[REDACTED:token]" in text.replace("\\", "")
+    # the auditor's copy verifies again, from the user's state, with nothing new to read
+    again = run_cli("fleet", "verify", "--fleet", root / "auditor" / "fleet.git", "--no-fetch")
+    assert again.code == 0, again.output

@@ -97,7 +97,7 @@ def test_three_runners_one_incident_one_fleet_report(git_daemon: GitDaemon, tmp_
     assert r.code == 0, r.output
     v = run_cli("fleet", "verify", "--fleet", copy, "--json")
     assert v.code == 0, v.output
-    result = json.loads(v.stdout)
+    result = json.loads(v.out)
     ids = {t.ledger.ledger_id for t in runners}
     assert {x["ledger_id"] for x in result["ledgers"]} == ids
     assert all(x["findings"] == [] for x in result["ledgers"]), result
@@ -133,11 +133,11 @@ def test_a_rollback_before_any_audit_is_caught_by_a_witness(
     assert run_cli("fleet", "clone", url, copy).code == 0
     v = run_cli("fleet", "verify", "--fleet", copy, "--json")
     assert v.code == 7, v.output
-    result = json.loads(v.stdout)
+    result = json.loads(v.out)
     by_id = {x["ledger_id"]: x for x in result["ledgers"]}
     rules = [f["rule"] for f in by_id[web1.ledger.ledger_id]["findings"]] + [
         f["rule"] for f in by_id[db1.ledger.ledger_id]["findings"]
     ]
     # ...but db1's witness record saw a head web1's chain no longer reaches.
     assert "witness-rollback" in rules, result
-    assert str(lost.seq) in v.stdout and lost.commit_id in v.stdout
+    assert str(lost.seq) in v.out and lost.commit_id in v.out

@@ -206,11 +206,24 @@ def demo_cmd(
         Path, typer.Argument(help="Where to put the demo's key, ledger, remotes and report.")
     ] = Path("ledger-demo"),
     name: Annotated[str, typer.Option("--name", help="Who the example greets.")] = "Ada",
+    fleet: Annotated[
+        bool,
+        typer.Option(
+            "--fleet",
+            help="Three runners, one shared remote, an auditor's fleet verification and "
+            "one fleet report of their incident (docs/FLEET.md).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
-    report."""
+    report (with --fleet: three runners, a shared remote, an auditor, a fleet report)."""
     root = directory.resolve()
     fresh_directory(root)
+    if fleet:
+        from ledger.cli import demo_fleet  # here: only the fleet demo needs the fleet
+
+        demo_fleet.fleet_demo(root)
+        return
     common.console.print(f"[bold]runbook-ledger demo[/] in {escape(str(root))}")
     key, key_path, principal = _make_key(root)
     led = _make_ledger(root, key, key_path, principal)

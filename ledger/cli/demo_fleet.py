@@ -19,7 +19,7 @@ from ledger import runbook as ledger_runbook
 from ledger.cli import common, demo
 
 INCIDENT = "DEMO-FLEET-1"
-RUNNERS = ("web1", "db1", "batch1")
+RUNNERS = ("web", "db", "batch")
 STEPS = 5
 
 
@@ -77,7 +77,7 @@ def _run_one(root: Path, led: store.Ledger, key: keys.SigningKey, name: str) -> 
         runbook_path.write_bytes(demo.embedded_runbook())
     environ = dict(os.environ, HELLO_TOKEN=secrets.token_urlsafe(12))
     runbook = ledger_runbook.load_runbook(runbook_path)
-    params = ledger_runbook.resolve_parameters(runbook, {"name": name}, environ)
+    params = ledger_runbook.resolve_parameters(runbook, {"name": name.title()}, environ)
     runner = run.Runner(led, key, events=run.EngineEvents(), stop=run.StopSignal())
     outcome = runner.run(
         run.RunRequest(

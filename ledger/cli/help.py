@@ -160,7 +160,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger report --incident INC-42 -o INC-42.md",
         "ledger report --since 2026-11-01 --until 2026-11-30 -t my.md.j2",
     ),
-    "demo": ("ledger demo", "ledger demo /tmp/try-ledger"),
+    "demo": ("ledger demo", "ledger demo /tmp/try-ledger", "ledger demo --fleet /tmp/try-fleet"),
     "fleet clone": (
         "ledger fleet clone ssh://git@git.example.com/fleet audit.git",
         "ledger fleet clone https://git.example.com/fleet.git audit.git --name primary",
