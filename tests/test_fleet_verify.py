@@ -404,3 +404,27 @@ def test_bad_input_is_one_paragraph_and_a_documented_exit_code(tmp_path: Path) -
     assert r.code == 3 and "line 1" in r.err, r.output
     r = run_cli("fleet", "verify", "--fleet", copy, "--no-fetch")
     assert r.code == 0 and "0 ledger(s)" in r.out, r.output
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_history_substitution_in_the_copy_is_found_for_every_ledger(
+    git_daemon: GitDaemon, tmp_path: Path, jobs: str
+) -> None:
+    """The copy-wide check (replace refs, grafts) runs once, not once per ledger, but what it
+    finds is still the finding of every ledger read, however the ledgers are scheduled."""
+    url, _server = shared_on(git_daemon, f"subst-{jobs}-{tmp_path.name}")
+    fleet = [make_ledger(tmp_path, f"s{i}", records=2) for i in range(2)]
+    for t in fleet:
+        pushed(t, url)
+    copy = fleet_copy(tmp_path / "copy.git", origin=url)
+    code, clean, _ = fv(copy, "--jobs", jobs)
+    assert code == 0, clean
+    a, b = fleet
+    git("--git-dir", copy, "update-ref", f"refs/replace/{commit_at(a, 1)}", commit_at(b, 1))
+    for t in fleet:
+        t.append(1)
+        push(t)
+    refetch(copy)
+    code, doc, _ = fv(copy, "--jobs", jobs)
+    assert code == 7, doc
+    assert all("replace-refs" in rules(led) for led in doc["ledgers"]), doc

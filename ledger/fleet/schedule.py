@@ -10,7 +10,9 @@ verifier's results then decide (:mod:`ledger.fleet.audit`).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ class Task:
     since: verify_state.VerifiedState | None
     commits: tuple[str, ...]
     size: int = 0  # records to read, as the head's unverified trailer says (scheduling only)
+    check_repository: bool = True  # replace refs, grafts, shallow: see run()
 
 
 @dataclass
@@ -166,11 +169,26 @@ def _known(
 # --- running: in this process or in workers ---------------------------------------------------
 
 
+def history_substituted(copy: str) -> bool:
+    """Whether the copy has anything that makes stock git show other history than the
+    objects hold: a ``refs/replace/`` ref, ``info/grafts`` or ``shallow`` (FORMAT.md §1)."""
+    repo = pygit2.Repository(copy)
+    gitdir = Path(repo.path)
+    if os.path.lexists(gitdir / "info" / "grafts") or os.path.lexists(gitdir / "shallow"):
+        return True
+    return any(name.startswith("refs/replace/") for name in repo.references)
+
+
 def verify_task(task: Task) -> findings.VerifyResult:
     """A worker's job: one chain, never an exception (a chain that cannot be read is a finding)."""
     try:
         return chain.verify_chain(
-            task.copy, task.head, trust_genesis=task.pin, since=task.since, commits=task.commits
+            task.copy,
+            task.head,
+            trust_genesis=task.pin,
+            since=task.since,
+            commits=task.commits,
+            check_repository=task.check_repository,
         )
     except errors.LedgerError as exc:
         return findings.VerifyResult(
@@ -188,6 +206,10 @@ def run(
     """Each task's result, keyed by (ledger id, head). In this process with one job, one
     task, or (``small_here``: the job count was not asked for) little work in all."""
     done: dict[tuple[str, str], findings.VerifyResult] = {}
+    if tasks and not history_substituted(tasks[0].copy):
+        # The copy-wide check (every ref of the copy) once here, not once per task: each
+        # task repeats it, and reports what it finds, only when there is something to find.
+        tasks = [dataclasses.replace(t, check_repository=False) for t in tasks]
     total = len(tasks)
     if progress is not None:
         progress(0, total)
