@@ -30,6 +30,7 @@ Usage: python bench/bench_fleet.py [--runners 50] [--records 1000] [--keep DIR]
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -48,6 +49,7 @@ from typing import Any
 
 import builders
 
+import ledger
 from ledger import store as store_mod
 from ledger.format import records
 from ledger.keys import SigningKey, allowed_signers_line
@@ -646,6 +648,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build processes")
     ap.add_argument("--keep", type=Path, help="build in DIR (must not exist) and leave it")
     args = ap.parse_args()
+    # Every push starts Python twice (the runner's 'ledger push', the server's hook): with no
+    # byte-code cache each would compile the package again. A real install has its cache;
+    # make sure this one has too, written once before 100 processes need it.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    compileall.compile_dir(Path(ledger.__file__).parent, quiet=1)
     if args.keep:
         args.keep.mkdir(parents=True)
         base = args.keep.resolve()
