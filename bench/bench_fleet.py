@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import builders
+import pygit2
 
 import ledger
 from ledger import store as store_mod
@@ -84,7 +85,15 @@ class Runner:
     principal: str = ""
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, LEDGER_STATE_DIR=str(self.state), LEDGER_DIR=str(self.path))
+        return dict(
+            os.environ,
+            LEDGER_STATE_DIR=str(self.state),
+            LEDGER_DIR=str(self.path),
+            # git daemon accepts one connection at a time (forking for each, listen backlog
+            # 5): with 50 runners connecting at once on a loaded machine, the default 10 s
+            # connect timeout can expire before it accepts
+            LEDGER_REMOTE_CONNECT_TIMEOUT="60",
+        )
 
 
 def ledger_cmd(*args: str | Path) -> list[str]:
@@ -134,12 +143,20 @@ def build_runner(runner: Runner, records_n: int, url: str, start: datetime) -> R
     local.pin_after_init(led.path, led.genesis_id)
     runner.ledger_id, runner.genesis = led.ledger_id, led.genesis_id
     led.close()
+    own: list[builders.Appended] = []
     runner.head = builders.fast_extend(
-        runner.path, records_n - 1, key, principal=runner.principal, host=runner.name, step=STEP
+        runner.path,
+        records_n - 1,
+        key,
+        principal=runner.principal,
+        host=runner.name,
+        step=STEP,
+        own=own,
     )
-    # A runner's own appends keep its verified head at its head ('ledger run' extends it
-    # over the run's records): so is it here, so that a push measures pushing.
-    local.verify_before_append(runner.path)
+    # A runner's verified head follows its own appends (as after 'ledger run'), so a push
+    # measures pushing, not a verification the runner would not do again.
+    if not local.extend_over_own_appends(pygit2.Repository(str(runner.path)), runner.path, own):
+        local.verify_before_append(runner.path)
     add_remote(runner.path, "fleet", url, shared=True)
     return runner
 
@@ -252,9 +269,16 @@ def children_cpu_s(pid: int | None = None) -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def concurrent_pushes(runners: list[Runner]) -> tuple[float, list[tuple[int, float, str]]]:
-    """Start ``ledger push`` for every runner at once; (total wall s, per runner (exit code,
-    wall s, output))."""
+@dataclass
+class Pushed:
+    code: int
+    seconds: float
+    status: str  # of the one remote, as 'ledger push --json' says it
+    message: str
+
+
+def concurrent_pushes(runners: list[Runner]) -> tuple[float, list[Pushed]]:
+    """Start ``ledger push`` for every runner at once; (total wall s, each runner's push)."""
     start = time.perf_counter()
     procs = []
     for r in runners:
@@ -269,7 +293,13 @@ def concurrent_pushes(runners: list[Runner]) -> tuple[float, list[tuple[int, flo
     results = []
     for p, started in procs:
         out, err = p.communicate()
-        results.append((p.returncode, time.perf_counter() - started, out + err))
+        seconds = time.perf_counter() - started
+        try:
+            outcome = json.loads(out)["outcomes"][0]
+            status, message = str(outcome["status"]), str(outcome.get("message", ""))
+        except (ValueError, KeyError, IndexError, TypeError):
+            status, message = "no JSON", (out + err).strip()[-400:]
+        results.append(Pushed(p.returncode, seconds, status, message))
     return time.perf_counter() - start, results
 
 
@@ -292,17 +322,27 @@ def phase_push(runners: list[Runner], daemon: FleetDaemon, hook_log: Path) -> di
     total, results = concurrent_pushes(runners)
     client_cpu = (children_cpu_s() - cpu[0]) / len(runners)
     server_cpu = (children_cpu_s(daemon.proc.pid) - cpu[1]) / len(runners)
-    bad = [(r.name, code, out) for r, (code, _, out) in zip(runners, results, strict=True) if code]
+    # A runner whose push could not reach the server pushes again later (the background
+    # pusher of its next run, or its operator): here at once, and counted.
+    unreachable = [r for r, p in zip(runners, results, strict=True) if p.status == "unreachable"]
+    retried: list[Pushed] = []
+    if unreachable:
+        why = next(p.message for p in results if p.status == "unreachable")
+        print(f"   {len(unreachable)} push(es) could not reach the server ({why[:200]}); again:")
+        _, retried = concurrent_pushes(unreachable)
+        again = dict(zip([r.name for r in unreachable], retried, strict=True))
+        results = [again.get(r.name, p) for r, p in zip(runners, results, strict=True)]
+    bad = [(r.name, p) for r, p in zip(runners, results, strict=True) if p.code]
     refs = server_refs(remote)
     lost = [r.name for r in runners if refs.get(f"refs/ledgers/{r.ledger_id}/main") != r.head]
     timings = read_hook_log(hook_log)
     k = min(10, max(1, len(timings) // 2))
     first, last = timings[:k], timings[-k:]
-    pushes = [s for _, s, _ in results]
+    pushes = [p.seconds for p in results]
     print(f"   exit codes: {len(runners) - len(bad)} of {len(runners)} zero", end="")
     print(f"; server refs equal to each ledger's head: {len(runners) - len(lost)}")
-    for name, code, out in bad[:3]:
-        print(f"   {name}: exit {code}: {out.strip()[:400]}")
+    for name, p in bad[:3]:
+        print(f"   {name}: exit {p.code}, {p.status}: {p.message[:400]}")
     if lost:
         print(f"   LOST (server ref is not the ledger's head): {', '.join(lost[:10])}")
     print(
@@ -323,6 +363,7 @@ def phase_push(runners: list[Runner], daemon: FleetDaemon, hook_log: Path) -> di
         print(f"     {label:<6} {a:8.1f} ms / {b:8.1f} ms   ratio last/first {b / a:5.2f}")
     return {
         "ok": not bad and not lost and len(timings) == len(runners),
+        "retried": len(retried),
         "total_s": total,
         "push_s": pushes,
         "cpu_first": med([h.cpu_ms for h in first]),
@@ -433,9 +474,9 @@ def phase_auditor(
         m.head = builders.fast_extend(
             m.path, 10, SigningKey.load(m.key), principal=m.principal, host=m.name, step=STEP
         )
-    _, results = concurrent_pushes(movers)
-    if any(code for code, _, _ in results):
-        raise SystemExit(f"incremental pushes failed: {results}")
+    _, pushed = concurrent_pushes(movers)
+    if any(p.code for p in pushed):
+        raise SystemExit(f"incremental pushes failed: {pushed}")
     fetch_s, r = timed(lambda: run(ledger_cmd("fleet", "fetch"), env=env, cwd=copy))
     must(r, "ledger fleet fetch")
     inc_s, inc_checked = fleet_verify(copy, env, fetch=False)

@@ -65,6 +65,17 @@ class Dir:
         return pack.add(gitobj.OBJ_TREE, raw)
 
 
+@dataclass(frozen=True)
+class Appended:
+    """What a writer knows of a record it wrote (as ``ledger.store.Appended``): what
+    :func:`ledger.verify.local.extend_over_own_appends` takes to move the verified head."""
+
+    commit_id: str
+    seq: int
+    record: dict[str, Any]
+    parent: str | None
+
+
 @dataclass
 class Writer:
     """Where the next record goes: the chain's head, its tree, the signer and the clock.
@@ -82,6 +93,7 @@ class Writer:
     when: datetime = START
     step: timedelta = STEP
     pack: store_packs.PackWriter = field(default_factory=store_packs.PackWriter)
+    own: list[Appended] | None = None  # when a list: every record written is added to it
 
     PACK_EVERY = 10_000
 
@@ -112,7 +124,7 @@ class Writer:
             "Ledger-Record": rpath,
             "Ledger-Record-Sha256": records.sha256_hex(raw),
         }
-        parents = []
+        parents: list[str] = []
         if self.parent is not None:
             trailers["Ledger-Prev-Sha256"] = records.git_object_sha256("commit", self.parent)
             parents = [gitobj.object_id(gitobj.OBJ_COMMIT, self.parent).hex()]
@@ -124,6 +136,8 @@ class Writer:
         signature = sign_commit(content, self.key).encode("ascii")
         self.parent = gitobj.add_signature(content, signature)
         oid = self.pack.add(gitobj.OBJ_COMMIT, self.parent).hex()
+        if self.own is not None:
+            self.own.append(Appended(oid, self.seq, dict(rec), parents[0] if parents else None))
         self.seq += 1
         if self.seq % self.PACK_EVERY == 0:
             self.flush()
@@ -180,9 +194,11 @@ def fast_extend(
     host: str,
     step: timedelta = STEP,
     repack: bool = False,
+    own: list[Appended] | None = None,
 ) -> str:
     """``n`` more ``event`` records on the ledger at ``path`` (its ``main`` must verify and
-    ``key`` be trusted there), ``step`` apart from its head's time; the new head's id."""
+    ``key`` be trusted there), ``step`` apart from its head's time; the new head's id.
+    ``own``: a list that receives what was written (:class:`Appended`), in order."""
     repo = pygit2.Repository(str(path))
     head = repo.references["refs/heads/main"].peel(pygit2.Commit)
     fields = dict(
@@ -199,6 +215,7 @@ def fast_extend(
         seq=int(fields["Ledger-Seq"]) + 1,
         when=datetime.fromtimestamp(head.commit_time, UTC),
         step=step,
+        own=own,
     )
     w.events(n)
     return w.finish(repack=repack)
