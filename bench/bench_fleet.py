@@ -310,6 +310,14 @@ def server_refs(repo: Path) -> dict[str, str]:
     return dict(line.split() for line in out.stdout.splitlines())
 
 
+def count_records(runners: list[Runner]) -> int:
+    """Records on the runners' chains now (``git rev-list --count`` of each main)."""
+    return sum(
+        int(must(run(["git", "-C", r.path, "rev-list", "--count", "main"]), "count").stdout)
+        for r in runners
+    )
+
+
 def med(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -334,6 +342,8 @@ def phase_push(runners: list[Runner], daemon: FleetDaemon, hook_log: Path) -> di
         results = [again.get(r.name, p) for r, p in zip(runners, results, strict=True)]
     bad = [(r.name, p) for r, p in zip(runners, results, strict=True) if p.code]
     refs = server_refs(remote)
+    pushed_bytes = pack_bytes(remote)  # before anything else is pushed
+    pushed_records = count_records(runners)
     lost = [r.name for r in runners if refs.get(f"refs/ledgers/{r.ledger_id}/main") != r.head]
     timings = read_hook_log(hook_log)
     k = min(10, max(1, len(timings) // 2))
@@ -364,6 +374,8 @@ def phase_push(runners: list[Runner], daemon: FleetDaemon, hook_log: Path) -> di
     return {
         "ok": not bad and not lost and len(timings) == len(runners),
         "retried": len(retried),
+        "pushed_bytes": pushed_bytes,
+        "pushed_records": pushed_records,
         "total_s": total,
         "push_s": pushes,
         "cpu_first": med([h.cpu_ms for h in first]),
@@ -443,10 +455,7 @@ def git_verify_loop(remote: Path, runners: list[Runner], sample: int, tmp: Path)
 def phase_auditor(
     base: Path, url: str, runners: list[Runner], args: argparse.Namespace, daemon: FleetDaemon
 ) -> dict[str, Any]:
-    total = sum(
-        int(must(run(["git", "-C", r.path, "rev-list", "--count", "main"]), "count").stdout)
-        for r in runners
-    )
+    total = count_records(runners)
     print(f"\n2. the auditor: a fresh copy of {len(runners)} ledgers, {total:,} records ({load()})")
     state = base / "auditor-state"
     state.mkdir(mode=0o700)
@@ -575,13 +584,12 @@ def ls_remote_s(url: str, *extra: str, repeat: int = 5) -> tuple[float, int]:
 
 
 def phase_units(
-    base: Path, runners: list[Runner], daemon: FleetDaemon, n_refs: int
+    base: Path, runners: list[Runner], daemon: FleetDaemon, n_refs: int, push: dict[str, Any]
 ) -> dict[str, float]:
+    """``push``: what :func:`phase_push` measured (the shared remote's bytes after it)."""
     print(f"\n3. unit costs for the estimate ({load()})")
     remote = daemon.path("fleet.git")
-    total = sum(
-        int(run(["git", "-C", r.path, "rev-list", "--count", "main"]).stdout) for r in runners
-    )
+    pushed, total = push["pushed_bytes"], push["pushed_records"]
     one = runners[0]
     verify_ledger(one.path)  # warm the page cache
     seconds, result = timed(lambda: verify_ledger(one.path))
@@ -591,7 +599,6 @@ def phase_units(
         f"({result.records_checked:,} records of {one.name})"
     )
 
-    pushed = pack_bytes(remote)
     sample = runners[: min(5, len(runners))]
     few = base / "sample.git"
     must(run(["git", "init", "-q", "--bare", few]), "git init")
@@ -735,7 +742,7 @@ def main() -> None:
                 "\n2. skipped: 'ledger fleet --help' fails (the auditor side is not built "
                 "in this tree)"
             )
-        phase_units(base, runners, daemon, args.refs)
+        phase_units(base, runners, daemon, args.refs, push)
     finally:
         daemon.stop()
         if not args.keep:
