@@ -89,9 +89,9 @@ class Runner:
             os.environ,
             LEDGER_STATE_DIR=str(self.state),
             LEDGER_DIR=str(self.path),
-            # git daemon accepts one connection at a time (forking for each, listen backlog
-            # 5): with 50 runners connecting at once on a loaded machine, the default 10 s
-            # connect timeout can expire before it accepts
+            # git daemon accepts and forks for one connection at a time: with 50 runners
+            # connecting at once on a loaded machine, the default 10 s connect timeout
+            # expired for one of them in a run (its push then said 'unreachable')
             LEDGER_REMOTE_CONNECT_TIMEOUT="60",
         )
 
