@@ -13,8 +13,9 @@ The ledgers' records are spread over many days by a simulated clock (one record 
 15 minutes), as on a ledger that grew in real use, since FORMAT.md §4 shards the tree by day.
 The --records ledger is written with ``Ledger.append`` (durability switched off while
 building: the benchmark measures verifying, not appending). The --memory-records ledger is
-written by a faster builder from the same record, message and signing functions the store
-uses, straight into the object database, packed every 10,000 records; its verification
+written by a faster builder (bench/builders.py) from the same record, message and signing
+functions the store uses, straight into the object database, packed every 10,000 records;
+its verification
 finding nothing shows it is a well-formed ledger.
 
 Usage: python bench/bench_verify.py [--records 3000] [--git-sample 150]
@@ -32,20 +33,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pygit2
+import builders
 
 from ledger import store as store_mod
 from ledger.format import records
-from ledger.keys import SigningKey, allowed_signers_line, sign_commit
+from ledger.keys import SigningKey, allowed_signers_line
 from ledger.store import Ledger
 from ledger.verify import verify_ledger
 
-START = datetime(2024, 1, 1, tzinfo=UTC)
-STEP = timedelta(minutes=15)
+START, STEP = builders.START, builders.STEP
 
 
 @contextmanager
@@ -90,86 +90,6 @@ def build_with_store(path: Path, n: int, alice: SigningKey, bob: SigningKey) -> 
                 attachments=attachments,
             )
     return led
-
-
-# --- the fast builder (same functions as the store, straight into the odb) ---------------
-
-
-def _tree_add(
-    repo: pygit2.Repository, base: pygit2.Oid | None, parts: list[str], blob: pygit2.Oid
-) -> pygit2.Oid:
-    builder = repo.TreeBuilder(repo[base]) if base is not None else repo.TreeBuilder()
-    name = parts[0]
-    if len(parts) == 1:
-        builder.insert(name, blob, pygit2.GIT_FILEMODE_BLOB)
-    else:
-        tree = repo[base] if base is not None else None
-        sub = tree[name].id if tree is not None and name in tree else None
-        builder.insert(name, _tree_add(repo, sub, parts[1:], blob), pygit2.GIT_FILEMODE_TREE)
-    return builder.write()
-
-
-def fast_build(path: Path, n: int, key: SigningKey) -> str:
-    repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
-    ledger_id = records.new_ledger_id()
-    fp = key.public_key.fingerprint
-    principal = "alice@example.com"
-    ident = records.clean_principal(principal)
-    parent: pygit2.Oid | None = None
-    tree: pygit2.Oid | None = None
-    when = START
-    for seq in range(n):
-        when += STEP
-        time_s = records.format_time(when)
-        if seq == 0:
-            kind = records.KIND_GENESIS
-            data: dict[str, Any] = {
-                "name": "bench",
-                "signers": [
-                    {"principal": principal, "key": key.public_key.openssh(), "fingerprint": fp}
-                ],
-                "created_by": "runbook-ledger bench",
-            }
-        else:
-            kind = records.KIND_EVENT
-            data = {"message": f"bench {seq}", "data": {"i": seq}}
-        rec = records.make_record(
-            ledger_id=ledger_id,
-            seq=seq,
-            kind=kind,
-            time=time_s,
-            run=None,
-            principal=principal,
-            key_fingerprint=fp,
-            host="bench",
-            data=data,
-            files={},
-        )
-        raw = records.canonical_json(rec)
-        rpath = records.record_path(kind, seq, None, time_s)
-        tree = _tree_add(repo, tree, rpath.split("/"), repo.create_blob(raw))
-        trailers = {
-            "Ledger-Id": ledger_id,
-            "Ledger-Seq": str(seq),
-            "Ledger-Kind": kind,
-            "Ledger-Record": rpath,
-            "Ledger-Record-Sha256": records.sha256_hex(raw),
-        }
-        if parent is not None:
-            trailers["Ledger-Prev-Sha256"] = records.git_object_sha256(
-                "commit", repo.odb.read(parent)[1]
-            )
-        message = records.build_message(records.summarize(kind, data), trailers)
-        sig = pygit2.Signature(ident, ident, int(when.timestamp()), 0)
-        content = repo.create_commit_string(sig, sig, message, tree, [parent] if parent else [])
-        parent = repo.create_commit_with_signature(content, sign_commit(content, key))
-        if seq % 10_000 == 9_999:  # pack what is reachable so far, keeping few loose files
-            repo.references.create("refs/heads/main", parent, force=True)
-            subprocess.run(["git", "-C", str(path), "repack", "-dq"], check=True)
-    assert parent is not None
-    repo.references.create("refs/heads/main", parent, force=True)
-    subprocess.run(["git", "-C", str(path), "repack", "-adq"], check=True)
-    return str(parent)
 
 
 # --- measurements -------------------------------------------------------------------------
@@ -286,7 +206,7 @@ def main() -> None:
         if args.memory_records:
             big = tmp / "big.git"
             t = time.perf_counter()
-            fast_build(big, args.memory_records, alice)
+            builders.fast_build(big, args.memory_records, alice)
             print(
                 f"built {args.memory_records:,} records (fast builder) in "
                 f"{time.perf_counter() - t:.0f} s"

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ledger import errors
@@ -26,6 +27,8 @@ from ledger import errors
 # there, so that post-receive pays for no more than the standard library.
 SHARED_REF_RE = re.compile(r"^refs/ledgers/([0-9a-f]{32})/main$")
 SHARED_STATE_SUBDIR = ("ledger-state", "ledgers")
+#: Opt-in timing of the pre-receive check (:func:`report_timing`).
+TIMING_ENV = "LEDGER_HOOK_TIMING"
 
 
 def pre_receive(stdin_lines: list[str], *, shared: bool = False) -> int:
@@ -33,8 +36,10 @@ def pre_receive(stdin_lines: list[str], *, shared: bool = False) -> int:
 
     ``shared``: check them as a shared remote's (``refs/ledgers/<id>/main``, each its own
     chain) whatever the repository's config says."""
+    started = (time.perf_counter(), time.process_time())
     from ledger.replicate import protect  # the heavy part: only the check needs it
 
+    imported = (time.perf_counter(), time.process_time())
     repo_dir = Path(os.environ.get("GIT_DIR") or ".").resolve()
     try:
         result = protect.pre_receive(repo_dir, stdin_lines, shared_remote=shared)
@@ -43,8 +48,44 @@ def pre_receive(stdin_lines: list[str], *, shared: bool = False) -> int:
         return 1
     for message in result.messages:
         sys.stderr.write(f"ledger: {message}\n")
+    timing = os.environ.get(TIMING_ENV, "")
+    if timing:
+        report_timing(timing, stdin_lines, started, imported, ok=result.ok)
     sys.stderr.flush()
     return 0 if result.ok else 1
+
+
+def report_timing(
+    where: str,
+    stdin_lines: list[str],
+    started: tuple[float, float],
+    imported: tuple[float, float],
+    *,
+    ok: bool,
+) -> None:
+    """``LEDGER_HOOK_TIMING`` (opt-in, the server's environment): one line saying how long
+    the check took, to standard error (``1``: it reaches the pusher as ``remote:`` lines)
+    or appended to a file (an absolute path: a server-side log). Wall and CPU time of the
+    check (this process's own CPU, so other load on the server does not inflate it), and
+    the import of the replication package that precedes it."""
+    wall, cpu = time.perf_counter() - imported[0], time.process_time() - imported[1]
+    refs = " ".join(f[2] for f in (line.split() for line in stdin_lines) if len(f) == 3)
+    line = (
+        f"ledger-hook: checked {len(refs.split())} ref update(s) in {wall * 1000:.1f} ms "
+        f"(cpu {cpu * 1000:.1f} ms; before it, import {(imported[0] - started[0]) * 1000:.1f} "
+        f"ms) at {time.time():.3f}, "
+        f"{'accepted' if ok else 'refused'}: {refs}\n"
+    )
+    if where == "1":
+        sys.stderr.write(line)
+        return
+    if os.path.isabs(where):
+        with contextlib.suppress(OSError):
+            fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())  # one write: lines of concurrent hooks stay whole
+            finally:
+                os.close(fd)
 
 
 def post_receive(stdin_lines: list[str]) -> int:
