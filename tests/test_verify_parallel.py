@@ -11,12 +11,16 @@ commit), and the results compared; the test goes on with the sequential result.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pygit2
 import pytest
+from support.cli import run_cli
 from support.tamper import build, forge_append
 from test_tamper import *  # noqa: F403  (collected again here, under the differential)
 from test_verify import *  # noqa: F403
@@ -215,6 +219,41 @@ def test_open_repository_defaults_to_this_process(
     assert asked == [7, 1, 3, 7, 1]
     with pytest.raises(errors.InputError):
         verify_ledger(built.path, jobs=0)
+
+
+_SMALL_SEGMENTS_CLI = (
+    "import sys; from ledger.verify import parallel; "
+    "parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; "
+    "from ledger import cli; cli.main(sys.argv[1:])"
+)
+
+
+def _cli(*args: str | Path) -> tuple[int, dict[str, Any]]:
+    """`ledger ARGS` in a child process whose verifier splits any chain in 2-commit segments."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SMALL_SEGMENTS_CLI, *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    doc = json.loads(proc.stdout)
+    doc.pop("pinned_now"), doc.pop("pin_source"), doc.pop("state_saved")
+    return proc.returncode, doc
+
+
+def test_ledger_verify_jobs(tmp_path: Path) -> None:
+    built = _trust_story(tmp_path)
+    one = _cli("verify", "-L", built.path, "--json", "--jobs", "1", "--no-progress")
+    two = _cli("verify", "-L", built.path, "--json", "--jobs", "2", "--no-progress")
+    assert one[0] == two[0] == 7
+    assert one[1] == two[1] and len(one[1]["findings"]) >= 3
+    clean = build(tmp_path, "clean", events_after_key=5)
+    pin = ("--trust-genesis", clean.genesis)
+    one = _cli("verify", "-L", clean.path, *pin, "--json", "--jobs", "1")
+    two = _cli("verify", "-L", clean.path, *pin, "--json", "--jobs", "2")
+    assert one == two and one[0] == 0 and one[1]["ok"]
+    res = run_cli("verify", "-L", clean.path, "--jobs", "0")
+    assert res.code == 2 and "--jobs" in res.err
 
 
 def _defaults(**given: Any) -> dict[str, Any]:
