@@ -2,11 +2,12 @@
 sequential result: every finding (rule, seq, commit, message, order), head, seq, records
 checked, genesis, state, trust keys, included commits, signatures without presence.
 
-The differential part re-runs every test of test_tamper.py and test_verify.py (imported
-below, so pytest collects them here too) with each verification made three times: jobs=1,
-then jobs=2 with segments of 1 and of 3 commits (so that even these short ledgers are split,
-at every commit: right after a key.added or key.revoked record, right after a broken
-commit), and the results compared; the test goes on with the sequential result.
+The differential part re-runs every test of test_tamper.py, test_verify.py and
+test_witness_record.py (imported below, so pytest collects them here too) with each
+verification made three times: jobs=1, then jobs=2 with segments of 1 and of 3 commits (so
+that even these short ledgers are split, at every commit: right after a key.added or
+key.revoked record, right after a broken commit), and the results compared; the test goes
+on with the sequential result.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from support.cli import run_cli
 from support.tamper import build, forge_append
 from test_tamper import *  # noqa: F403  (collected again here, under the differential)
 from test_verify import *  # noqa: F403
+from test_witness_record import *  # noqa: F403
+from test_witness_record import OTHER, head_entry
 
 from ledger import errors
 from ledger.keys import SigningKey
@@ -52,6 +55,7 @@ def _same(sequential: VerifyResult, other: VerifyResult, label: str) -> None:
         "included",
         "keys",
         "without_presence",
+        "witnessed",
     ):
         assert getattr(other, name) == getattr(sequential, name), f"{label}: {name}"
     assert other == sequential, label
@@ -104,14 +108,18 @@ def _counting_parent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _trust_story(tmp_path: Path) -> Any:
-    """Key added (5), an untrusted key's key.added (not applied) and its use, bob revoked
-    and then used, a commit with a broken prev digest, then good records again."""
+    """Key added (5), an untrusted key's key.added (not applied) and its use, witness records
+    by an untrusted and a trusted key, bob revoked and then used, a commit with a broken prev
+    digest, then good records again."""
     built = build(tmp_path)
+    heads = {"heads": [head_entry(OTHER, 3, "c" * 40)]}
     eve = SigningKey.generate()
     pub = eve.public_key
     added = {"principal": "eve", "key": pub.openssh(), "fingerprint": pub.fingerprint}
     forge_append(built, eve, principal="eve", kind="key.added", data={**added, "comment": ""})
     forge_append(built, eve, principal="eve")
+    forge_append(built, eve, principal="eve", kind="witness", data=heads)
+    forge_append(built, built.bob, principal="bob", kind="witness", data=heads)
     forge_append(
         built,
         built.alice,
@@ -136,6 +144,7 @@ def test_every_split_of_a_chain_with_trust_changes_and_findings(
     sequential = _original(built.path, built.head(), **_defaults(jobs=1))
     rules = {f.rule for f in sequential.findings}
     assert {"untrusted-key", "revoked-key", "prev-digest"} <= rules
+    assert len(sequential.witnessed) == 1  # bob's, not eve's
     n = sequential.records_checked
     seen = _counting_parent(monkeypatch)
     for size in range(1, n):

@@ -32,6 +32,7 @@ KIND_STEP_STARTED = "step.started"
 KIND_STEP_FINISHED = "step.finished"
 KIND_APPROVAL = "approval"
 KIND_RUN_FINISHED = "run.finished"
+KIND_WITNESS = "witness"
 
 KINDS = frozenset(
     {
@@ -44,6 +45,7 @@ KINDS = frozenset(
         KIND_STEP_FINISHED,
         KIND_APPROVAL,
         KIND_RUN_FINISHED,
+        KIND_WITNESS,
     }
 )
 KEY_KINDS = frozenset({KIND_KEY_ADDED, KIND_KEY_REVOKED})
@@ -92,6 +94,7 @@ DATA_TYPES: dict[str, type] = {
     KIND_STEP_FINISHED: shapes.StepFinished,
     KIND_APPROVAL: shapes.Approval,
     KIND_RUN_FINISHED: shapes.RunFinished,
+    KIND_WITNESS: shapes.WitnessData,
 }
 
 
@@ -416,6 +419,9 @@ def summarize(kind: str, data: Mapping[str, Any]) -> str:
         return f"key.revoked: {data.get('fingerprint', '')}"
     if kind == KIND_EVENT:
         return f"event: {data.get('message', '')}"
+    if kind == KIND_WITNESS:
+        heads = data.get("heads")
+        return f"witness: {len(heads) if isinstance(heads, list) else 0} ledger head(s)"
     step = data.get("step")
     status = data.get("status")
     parts = [kind]

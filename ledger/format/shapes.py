@@ -72,6 +72,19 @@ class EventData(TypedDict):
     data: Any
 
 
+class WitnessHead(TypedDict):
+    """One head of another ledger a ``witness`` record saw (FORMAT.md §5)."""
+
+    ledger: str
+    seq: int
+    commit: str
+    sha256: str
+
+
+class WitnessData(TypedDict):
+    heads: list[WitnessHead]
+
+
 class RunbookRef(TypedDict):
     name: str
     path: str
@@ -274,4 +287,6 @@ __all__ = [
     "StreamMeta",
     "Trigger",
     "Vote",
+    "WitnessData",
+    "WitnessHead",
 ]

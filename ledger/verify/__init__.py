@@ -52,7 +52,7 @@ from ledger import lazy
 
 if TYPE_CHECKING:
     from ledger.verify.chain import verify_chain, verify_ledger
-    from ledger.verify.findings import Finding, ProgressFn, VerifyResult
+    from ledger.verify.findings import Finding, ProgressFn, VerifyResult, WitnessClaim
     from ledger.verify.local import (
         LocalVerification,
         load_state,
@@ -69,7 +69,7 @@ __getattr__, __dir__ = lazy.attach(
     __name__,
     {
         "ledger.verify.chain": ("verify_chain", "verify_ledger"),
-        "ledger.verify.findings": ("Finding", "ProgressFn", "VerifyResult"),
+        "ledger.verify.findings": ("Finding", "ProgressFn", "VerifyResult", "WitnessClaim"),
         "ledger.verify.local": (
             "LocalVerification",
             "load_state",
@@ -93,6 +93,7 @@ __all__ = [
     "TrustedKey",
     "VerifiedState",
     "VerifyResult",
+    "WitnessClaim",
     "expected_record_path",
     "load_state",
     "save_state",

@@ -281,6 +281,7 @@ def _verify_with(
         included=included,
         keys=v.trust.snapshot() if v.trust.known else [],
         without_presence=v.signatures.without_presence,
+        witnessed=v.witnessed,
     )
 
 

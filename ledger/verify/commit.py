@@ -48,6 +48,7 @@ class Checked:
     signer: str | None = None  # the fingerprint whose signature verified (5.6)
     change: dict[str, Any] | None = None  # a well-formed key record, not the root's (5.9)
     genesis: dict[str, Any] | None = None  # the root's genesis record: trust starts there
+    claims: list[findings.WitnessClaim] | None = None  # a well-formed witness record's heads
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Verifier:
         self.findings: list[findings.Finding] = []
         self.ledger_id: str | None = None
         self.checked = 0
+        self.witnessed: list[findings.WitnessClaim] = []
 
     def add(self, rule: str, seq: int | None, commit: str | None, message: str) -> None:
         self.findings.append(findings.Finding(rule, seq, commit, message))
@@ -124,16 +126,30 @@ class Verifier:
         except objects.ObjectError as exc:
             checked = Checked(oid, guess, [(exc.rule, exc.message)], genesis=c.genesis)
             return checked, Expected(oid, guess, digest, None, known=False)
-        change = None
-        if c.rec is not None and not c.is_root and c.schema_ok and c.kind in rules.KEY_KINDS:
-            change = c.rec
-        checked = Checked(oid, c.seq, c.pending, c.trust_at, c.signer, change, c.genesis)
+        checked = Checked(oid, c.seq, c.pending, c.trust_at, c.signer, genesis=c.genesis)
+        if c.rec is not None and not c.is_root and c.schema_ok:
+            if c.kind in rules.KEY_KINDS:
+                checked.change = c.rec
+            elif c.kind == rules.WITNESS_KIND:
+                checked.claims = self._claims(c)
         return checked, following
+
+    def _claims(self, c: _Facts) -> list[findings.WitnessClaim] | None:
+        """The heads a well-formed witness record lists, as claims by this ledger."""
+        if c.rec is None or c.seq is None or self.ledger_id is None:
+            return None
+        lid, seq, oid = self.ledger_id, c.seq, c.oid
+        return [
+            findings.WitnessClaim(lid, seq, oid, h["ledger"], h["seq"], h["commit"], h["sha256"])
+            for h in c.rec["data"]["heads"]
+        ]
 
     def settle(self, c: Checked) -> None:
         """The trust half of one commit's checks, in chain order: the genesis starts trust;
         the signer must be trusted now (5.7); a key record that passed every check changes
-        trust (5.9); then the commit's findings are recorded."""
+        trust (5.9: signed by a trusted key, well-formed, no finding of any rule), and a
+        witness record's heads are reported on the same terms (``VerifyResult.witnessed``);
+        then the commit's findings are recorded."""
         if c.genesis is not None:
             self.trust.init_from_genesis(c.genesis)
         notes = c.notes
@@ -142,8 +158,11 @@ class Verifier:
             trusted = self.trust.check(c.signer, lambda rule, message: said.append((rule, message)))
             if said:
                 notes = notes[: c.trust_at] + said + notes[c.trust_at :]
-            if trusted and c.change is not None and not notes:
-                self.trust.apply_key_record(c.change)
+            if trusted and not notes:  # (5.9) the commit passed every check
+                if c.change is not None:
+                    self.trust.apply_key_record(c.change)
+                if c.claims is not None:
+                    self.witnessed.extend(c.claims)
         for rule, message in notes:
             self.add(rule, c.seq, c.oid, message)
 
@@ -159,7 +178,7 @@ class Verifier:
         self._check_prev_digest(c)  # prev-digest, trailers
         self._check_signer(c)  # (5.6) unsigned, signature-headers, bad-signature; actor-key
         self._check_tree(c)  # (5.8) tree-append, file-digest, record-schema
-        # (5.7) trust and (5.9) trust changes: settle()
+        # (5.7) trust and (5.9) trust changes, witness heads: settle()
         return Expected(c.oid, c.seq, c.digest, c.commit.tree)
 
     # (5.1) Object: one parent, the previous commit (none for the root); only the headers

@@ -30,6 +30,33 @@ class Finding:
         return {"rule": self.rule, "seq": self.seq, "commit": self.commit, "message": self.message}
 
 
+@dataclass(frozen=True)
+class WitnessClaim:
+    """One head a verified ``witness`` record saw (FORMAT.md §5): ledger ``by_ledger``'s
+    record at seq ``by_seq`` (commit ``by_commit``) says ledger ``ledger``'s head was
+    ``commit`` at ``seq``, its object hashing to ``sha256``. An auditor checks it against
+    that ledger's verified chain (``ledger fleet verify``)."""
+
+    by_ledger: str
+    by_seq: int
+    by_commit: str
+    ledger: str
+    seq: int
+    commit: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by_ledger": self.by_ledger,
+            "by_seq": self.by_seq,
+            "by_commit": self.by_commit,
+            "ledger": self.ledger,
+            "seq": self.seq,
+            "commit": self.commit,
+            "sha256": self.sha256,
+        }
+
+
 @dataclass(kw_only=True)
 class VerifyResult:
     """The outcome of one verification.
@@ -61,6 +88,9 @@ class VerifyResult:
     without_presence: int = 0
     """How many of the records checked are signed by a security key without the
     user-presence flag (accepted unless presence was required; FORMAT.md §6)."""
+    witnessed: list[WitnessClaim] = field(default_factory=list)
+    """The heads listed by the ``witness`` records this run checked that passed every
+    check (as a trust change must, FORMAT.md §10 step 5.9), in chain order."""
 
     def __post_init__(self) -> None:
         if self.findings:

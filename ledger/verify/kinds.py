@@ -1,9 +1,10 @@
 """The ``data`` of each kind (FORMAT.md §5): the exact field sets of ``genesis``,
-``key.added``, ``key.revoked`` and ``event``, and the field -> predicate tables of the run
-records of §5.1."""
+``key.added``, ``key.revoked``, ``event`` and ``witness``, and the field -> predicate tables
+of the run records of §5.1."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,9 @@ def check_data(kind: str, data: dict[str, Any]) -> list[str]:
         return out
     if kind in ("key.revoked", "event"):
         return fields(_EXACT_SPECS[kind])
+    if kind == rules.WITNESS_KIND:
+        out = fields(_EXACT_SPECS[kind])
+        return out or check_witness_heads(data["heads"])
     spec = _RUN_SPECS.get(kind)
     if spec is None:
         return []
@@ -150,7 +154,42 @@ _EXACT_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "key.added": {"principal": _str, "key": _str, "fingerprint": _str, "comment": _str},
     "key.revoked": {"fingerprint": _fingerprint, "reason": _str},
     "event": {"message": _str, "data": lambda v: True},
+    "witness": {"heads": lambda v: isinstance(v, list)},
 }
+
+_WITNESS_HEAD = {"ledger", "seq", "commit", "sha256"}
+
+
+def check_witness_heads(heads: list[Any]) -> list[str]:
+    """Problems with a ``witness`` record's ``heads`` (FORMAT.md §5): each exactly
+    ``{"ledger", "seq", "commit", "sha256"}`` and well-formed, sorted by (ledger, commit)
+    without repeats, at most :data:`rules.WITNESS_MAX_HEADS`. (That no head names the
+    witnessing ledger itself is checked with the record's ``ledger``.)"""
+    if len(heads) > rules.WITNESS_MAX_HEADS:
+        return [f"witness data lists {len(heads)} heads, more than {rules.WITNESS_MAX_HEADS}"]
+    out: list[str] = []
+    keys: list[tuple[str, str]] = []
+    for i, h in enumerate(heads):
+        if not (isinstance(h, dict) and h.keys() == _WITNESS_HEAD):
+            out.append(f'witness head {i} is not {{"ledger", "seq", "commit", "sha256"}}')
+            continue
+        lid, seq, commit, digest = h["ledger"], h["seq"], h["commit"], h["sha256"]
+        if not (
+            isinstance(lid, str)
+            and rules.LEDGER_ID.fullmatch(lid)
+            and is_int(seq)
+            and seq >= 0
+            and isinstance(commit, str)
+            and rules.HEX40.fullmatch(commit)
+            and _hex64(digest)
+        ):
+            out.append(f"witness head {i} is malformed")
+            continue
+        keys.append((lid, commit))
+    if not out and any(a >= b for a, b in itertools.pairwise(keys)):
+        out.append("witness heads are not sorted by (ledger, commit) without repeats")
+    return out
+
 
 is_stream = _shape(size=_int, sha256=_hex64, truncated=_bool, omitted=_int)
 _STEP_COMMON: dict[str, Callable[[Any], bool]] = {

@@ -158,6 +158,11 @@ def check_schema(rec: dict[str, Any]) -> list[str]:
         out.append("the genesis record has a run")
     if kind in rules.RUN_KINDS and "run" in rec and rec["run"] is None:
         out.append(f"a {kind} record without a run id")
+    if kind == rules.WITNESS_KIND and rec.get("run") is not None:
+        out.append("a witness record has a run")
+    heads = rec["data"]["heads"] if not out and kind == rules.WITNESS_KIND else []
+    if any(h["ledger"] == rec.get("ledger") for h in heads):
+        out.append("a witness record lists its own ledger's head")
     if not out and kind in rules.RUN_KINDS:
         out.extend(_check_run_links(rec))
     return out

@@ -57,9 +57,13 @@ KINDS = frozenset(
         "step.finished",
         "approval",
         "run.finished",
+        "witness",
     }
 )
 KEY_KINDS = frozenset({"key.added", "key.revoked"})
+WITNESS_KIND = "witness"
+#: Most heads one ``witness`` record may list (FORMAT.md §5).
+WITNESS_MAX_HEADS = 10_000
 RUN_KINDS = frozenset({"run.started", "step.started", "step.finished", "approval", "run.finished"})
 COMMON_FIELDS = frozenset(
     {"schema", "ledger", "seq", "kind", "time", "run", "actor", "host", "data", "files"}
