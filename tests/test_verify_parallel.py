@@ -63,15 +63,17 @@ def _same(sequential: VerifyResult, other: VerifyResult, label: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _every_verification_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each verification of the test: sequential, and with workers over tiny segments."""
+    """Each verification of the test: sequential, and with workers over tiny segments (all
+    to workers; then one commit at a time here while the workers start, the rest to them)."""
     monkeypatch.setattr(parallel, "MIN_RECORDS", 1)
 
     def both(repo: Any, head: str, **kwargs: Any) -> VerifyResult:
         sequential = _original(repo, head, **{**kwargs, "jobs": 1})
-        for size in (1, 3):
+        for size, here in ((1, 0), (3, 1)):
             monkeypatch.setattr(parallel, "SEGMENT", size)
+            monkeypatch.setattr(parallel, "_HERE", here)
             other = _original(repo, head, **{**kwargs, "jobs": 2, "progress": None})
-            _same(sequential, other, f"jobs=2, segments of {size}")
+            _same(sequential, other, f"jobs=2, segments of {size}, {here} here at first")
         return sequential
 
     monkeypatch.setattr(chain, "_verify_chain", both)
@@ -147,6 +149,7 @@ def test_every_split_of_a_chain_with_trust_changes_and_findings(
     assert len(sequential.witnessed) == 1  # bob's, not eve's
     n = sequential.records_checked
     seen = _counting_parent(monkeypatch)
+    monkeypatch.setattr(parallel, "_HERE", 0)  # all to the workers
     for size in range(1, n):
         monkeypatch.setattr(parallel, "SEGMENT", size)
         seen.clear()
@@ -166,6 +169,7 @@ def test_a_seq_gap_is_checked_again_here_with_the_same_result(
     assert [f.rule for f in sequential.findings] == ["seq"]
     seen = _counting_parent(monkeypatch)
     monkeypatch.setattr(parallel, "SEGMENT", 2)
+    monkeypatch.setattr(parallel, "_HERE", 0)
     other = _original(built.path, built.head(), **_defaults(jobs=2))
     _same(sequential, other, "after a gap")
     assert len(seen) < sequential.records_checked  # only what the gap shifted
@@ -188,6 +192,7 @@ def test_resumed_verification_in_parallel(tmp_path: Path, monkeypatch: pytest.Mo
 def test_progress_with_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built = build(tmp_path, events_after_key=6)
     monkeypatch.setattr(parallel, "SEGMENT", 4)
+    monkeypatch.setattr(parallel, "_HERE", 0)
     calls: list[tuple[int, int]] = []
     result = _original(
         built.path,
@@ -232,7 +237,7 @@ def test_open_repository_defaults_to_this_process(
 
 _SMALL_SEGMENTS_CLI = (
     "import sys; from ledger.verify import parallel; "
-    "parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; "
+    "parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; parallel._HERE = 1; "
     "from ledger import cli; cli.main(sys.argv[1:])"
 )
 

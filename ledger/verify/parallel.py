@@ -118,12 +118,13 @@ def _assume(v: commit.Verifier, parent: str, seq: int | None) -> commit.Expected
 
 class Pool:
     """The worker processes of one verification, started in the background (so that their
-    start-up overlaps the walk back) and stopped by :meth:`close`."""
+    start-up overlaps the walk back, and the first commits checked here) and stopped by
+    :meth:`close`."""
 
     def __init__(self, path: str, jobs: int, require_user_presence: bool) -> None:
         self.jobs = jobs
         self._executor: ProcessPoolExecutor | None = None
-        self._error: BaseException | None = None
+        self._started: list[Future[bool]] = []
         self._thread = threading.Thread(
             target=self._start, args=(path, require_user_presence), daemon=True
         )
@@ -133,16 +134,20 @@ class Pool:
         try:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["__main__", __name__])
-            self._executor = ProcessPoolExecutor(
+            executor = ProcessPoolExecutor(
                 self.jobs,
                 mp_context=context,
                 initializer=_start_worker,
                 initargs=(path, require_user_presence),
             )
-            for _ in range(self.jobs):  # start every worker now
-                self._executor.submit(_ready)
-        except (OSError, ValueError, RuntimeError, BrokenProcessPool) as exc:
-            self._error = exc
+            self._started = [executor.submit(_ready) for _ in range(self.jobs)]  # start all now
+            self._executor = executor
+        except (OSError, ValueError, RuntimeError, BrokenProcessPool):
+            self._executor = None  # no workers: everything is checked in the calling process
+
+    def ready(self) -> bool:
+        """Whether the workers are up (or could not be started: :meth:`executor` is None)."""
+        return not self._thread.is_alive() and all(f.done() for f in self._started)
 
     def executor(self) -> ProcessPoolExecutor | None:
         """The started executor, or None when the workers could not be started."""
@@ -164,6 +169,10 @@ class _Task:
     future: Future[_Segment] | None
 
 
+#: Commits checked here at a time while the workers start (0: wait for them).
+_HERE = 50
+
+
 def check_forward(
     v: commit.Verifier,
     pool: Pool,
@@ -175,48 +184,62 @@ def check_forward(
 ) -> commit.Expected:
     """Check the chain ``ids`` (newest first, as walked back) from its ``first`` commit in
     chain order (0: the oldest), whose parent's facts are ``prev``; the oldest commit's seq
-    is ``base_seq`` on a sound chain. The workers check segments; they are settled here in
-    chain order. Returns the facts of the head, as the sequential walk would."""
-    size = SEGMENT
-    executor = pool.executor()
+    is ``base_seq`` on a sound chain. Until the workers are up, commits are checked here;
+    then the workers check segments, settled here in chain order. Returns the facts of the
+    head, as the sequential walk would."""
     total = len(ids)
-    pos = first  # the next commit to send, in chain order
-    done = first
+    pos = done = first  # the next commit to send / to settle, in chain order
     shift = 0  # seq minus position, as last seen (not 0 after a seq gap)
     pending: deque[_Task] = deque()
+    executor: ProcessPoolExecutor | None = None
+    waiting = True  # for the workers to start
     while pending or pos < total:
-        while pos < total and len(pending) < 2 * pool.jobs:
-            end = min(pos + size, total)
+        if waiting and (_HERE == 0 or pool.ready()):
+            waiting, executor = False, pool.executor()
+        while executor is not None and pos < total and len(pending) < 2 * pool.jobs:
+            end = min(pos + SEGMENT, total)
             chunk = [ids[total - 1 - i] for i in range(pos, end)]
-            future = None
-            if executor is not None:
-                start = prev if pos == first else None
-                parent = ids[total - pos] if pos > 0 else ""
-                seq = base_seq + pos - 1 + shift
-                try:
-                    future = executor.submit(_check_segment, start, parent, seq, chunk, v.ledger_id)
-                except (BrokenProcessPool, RuntimeError):
-                    executor = None  # lost workers: the rest is checked here
+            start = None if pending else prev  # nothing in flight: the start is known
+            seq = base_seq + pos - 1 + shift
+            parent = ids[total - pos] if pos > 0 else ""
+            try:
+                future = executor.submit(_check_segment, start, parent, seq, chunk, v.ledger_id)
+            except (BrokenProcessPool, RuntimeError):
+                executor = None  # lost workers: the rest is checked here
+                break
             pending.append(_Task(chunk, v.ledger_id, future))
             pos = end
-        task = pending.popleft()
-        checked = _result(task.future)
-        if checked is not None and checked.start == prev and task.ledger == v.ledger_id:
-            for one in checked.checked:
-                v.settle(one)
-            v.checked += len(checked.checked)
-            v.signatures.without_presence += checked.without_presence
-            v.ledger_id = checked.ledger_id
-            prev = checked.end
-        else:  # the assumed start did not hold, or no worker checked it: as sequentially
-            for oid in task.ids:
-                prev = v.check_commit(oid, prev, is_first=False)
+        if pending:
+            task = pending.popleft()
+            prev = _settle(v, task, prev)
+        else:  # the workers are starting (or lost): some commits here
+            end = min(pos + _HERE, total)
+            task = _Task([ids[total - 1 - i] for i in range(pos, end)], v.ledger_id, None)
+            prev = _settle(v, task, prev)
+            pos = end
         done += len(task.ids)
         if prev.seq is not None:
             shift = prev.seq - (base_seq + done - 1)
         if progress is not None:
             progress(done, total)
     return prev
+
+
+def _settle(v: commit.Verifier, task: _Task, prev: commit.Expected) -> commit.Expected:
+    """Settle a task's commits in chain order after ``prev``: from its worker's results when
+    they started from ``prev`` with the ledger id as it is here, else by checking them here
+    (the assumption did not hold, the worker was lost, or no worker had it)."""
+    checked = _result(task.future)
+    if checked is None or checked.start != prev or task.ledger != v.ledger_id:
+        for oid in task.ids:
+            prev = v.check_commit(oid, prev, is_first=False)
+        return prev
+    for one in checked.checked:
+        v.settle(one)
+    v.checked += len(checked.checked)
+    v.signatures.without_presence += checked.without_presence
+    v.ledger_id = checked.ledger_id
+    return checked.end
 
 
 def _result(future: Future[_Segment] | None) -> _Segment | None:
