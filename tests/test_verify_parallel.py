@@ -79,6 +79,16 @@ def _every_verification_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chain, "_verify_chain", both)
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state directory per test: the tests imported here run twice in one session, and a
+    passed test's tmp_path is reused, so the verified head saved for a path by the first
+    run would be a rollback to the second."""
+    monkeypatch.setenv("LEDGER_STATE_DIR", str(tmp_path_factory.mktemp("state") / "s"))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_server_left() -> Iterator[None]:
     """The forkserver and its socket's temporary directory, which multiprocessing keeps

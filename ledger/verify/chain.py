@@ -135,7 +135,10 @@ def verify_chain(
     finding for finding). None: one per core (``os.cpu_count()``) when ``repo`` is a path,
     1 when it is an open repository, since workers open it again by its path and would not
     see object directories added to it in this process (a hook's quarantine); pass ``jobs``
-    to use workers anyway.
+    to use workers anyway. Workers are started by multiprocessing's ``forkserver``: as for
+    any multiprocessing, a script calling this at its top level needs the
+    ``if __name__ == "__main__":`` guard. Code already running in worker processes of its
+    own (verifying many ledgers at once) should pass ``jobs=1``.
     """
     if jobs is None and isinstance(repo, pygit2.Repository):
         jobs = 1

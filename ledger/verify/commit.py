@@ -112,14 +112,15 @@ class Verifier:
         guess = prev.seq + 1 if prev.seq is not None else None
         try:
             raw = self.reader.commit(oid)
-            if hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest() != oid:  # noqa: S324
+            obj = b"commit %d\0" % len(raw) + raw
+            if hashlib.sha1(obj).hexdigest() != oid:  # noqa: S324
                 raise objects.ObjectError("object-corrupt", f"commit {oid} does not hash to its id")
             commit = objects.parse_commit(raw)
         except objects.ObjectError as exc:
             return Checked(oid, guess, [(exc.rule, exc.message)]), Expected(
                 oid, guess, None, None, known=False
             )
-        digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+        digest = hashlib.sha256(obj).hexdigest()
         c = _Facts(oid, digest, commit, prev, is_first, guess)
         try:
             following = self._check_parsed(c)
