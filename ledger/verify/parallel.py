@@ -29,6 +29,7 @@ from collections import deque
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 import pygit2
 
@@ -73,13 +74,18 @@ def _ready() -> bool:
     return bool(_WORKER)
 
 
+#: One commit's :class:`commit.Checked` as sent back: its fields in order, as a tuple (a
+#: tuple of plain values pickles many times faster than a dataclass).
+_Row = tuple[Any, ...]
+
+
 @dataclass(slots=True)
 class _Segment:
     """A checked segment: the start it assumed, its end, and each commit's half-check."""
 
     start: commit.Expected
     end: commit.Expected
-    checked: list[commit.Checked]
+    rows: list[_Row]
     without_presence: int
     ledger_id: str | None  # as the segment left it
 
@@ -94,11 +100,13 @@ def _check_segment(
     v.signatures.without_presence = 0
     prev = start if start is not None else _assume(v, parent, seq)
     first = prev
-    out = []
+    rows = []
+    signers: dict[str, str] = {}  # one string per signer: pickled once per segment
     for oid in ids:
-        checked, prev = v.check_alone(oid, prev, is_first=False)
-        out.append(checked)
-    return _Segment(first, prev, out, v.signatures.without_presence, v.ledger_id)
+        c, prev = v.check_alone(oid, prev, is_first=False)
+        signer = signers.setdefault(c.signer, c.signer) if c.signer is not None else None
+        rows.append((c.oid, c.seq, c.notes, c.trust_at, signer, c.change, c.genesis, c.claims))
+    return _Segment(first, prev, rows, v.signatures.without_presence, v.ledger_id)
 
 
 def _assume(v: commit.Verifier, parent: str, seq: int | None) -> commit.Expected:
@@ -234,9 +242,9 @@ def _settle(v: commit.Verifier, task: _Task, prev: commit.Expected) -> commit.Ex
         for oid in task.ids:
             prev = v.check_commit(oid, prev, is_first=False)
         return prev
-    for one in checked.checked:
-        v.settle(one)
-    v.checked += len(checked.checked)
+    for row in checked.rows:
+        v.settle(commit.Checked(*row))
+    v.checked += len(checked.rows)
     v.signatures.without_presence += checked.without_presence
     v.ledger_id = checked.ledger_id
     return checked.end
