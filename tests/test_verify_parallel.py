@@ -86,7 +86,9 @@ def _own_state_dir(
     """A state directory per test: the tests imported here run twice in one session, and a
     passed test's tmp_path is reused, so the verified head saved for a path by the first
     run would be a rollback to the second."""
-    monkeypatch.setenv("LEDGER_STATE_DIR", str(tmp_path_factory.mktemp("state") / "s"))
+    state = tmp_path_factory.mktemp("state")
+    state.chmod(0o700)
+    monkeypatch.setenv("LEDGER_STATE_DIR", str(state))
 
 
 @pytest.fixture(autouse=True, scope="module")
