@@ -178,6 +178,10 @@ def fast_build(path: Path, n: int, key: SigningKey) -> str:
             subprocess.run(["git", "-C", str(path), "repack", "-dq"], check=True)
     assert parent is not None
     repo.references.create("refs/heads/main", parent, force=True)
+    for name, value in (("id", ledger_id), ("name", "bench"), ("genesis", genesis)):
+        repo.config[f"ledger.{name}"] = (
+            value  # as 'ledger init' leaves it: 'ledger verify' opens it
+        )
     subprocess.run(["git", "-C", str(path), "repack", "-adq"], check=True)
     return genesis
 
