@@ -39,7 +39,8 @@ from ledger.verify import commit, findings, objects, rules
 #: Fewer records to check than this are checked in this process: starting workers costs
 #: more than they save.
 MIN_RECORDS = 2000
-#: Commits per segment (a worker's unit of work).
+#: Commits per segment (a worker's unit of work), at most; shorter chains are cut into
+#: about eight segments per worker, so that the workers finish together.
 SEGMENT = 1000
 
 
@@ -196,6 +197,7 @@ def check_forward(
     then the workers check segments, settled here in chain order. Returns the facts of the
     head, as the sequential walk would."""
     total = len(ids)
+    size = min(SEGMENT, max(50, -(-(total - first) // (8 * pool.jobs))))
     pos = done = first  # the next commit to send / to settle, in chain order
     shift = 0  # seq minus position, as last seen (not 0 after a seq gap)
     pending: deque[_Task] = deque()
@@ -205,7 +207,7 @@ def check_forward(
         if waiting and (_HERE == 0 or pool.ready()):
             waiting, executor = False, pool.executor()
         while executor is not None and pos < total and len(pending) < 2 * pool.jobs:
-            end = min(pos + SEGMENT, total)
+            end = min(pos + size, total)
             chunk = [ids[total - 1 - i] for i in range(pos, end)]
             start = None if pending else prev  # nothing in flight: the start is known
             seq = base_seq + pos - 1 + shift
