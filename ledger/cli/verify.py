@@ -57,6 +57,16 @@ def verify_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on a terminal.")
     ] = True,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Processes that check the records of a long chain (2,000 records or more "
+            "to check); default: one per core. The findings are the same for any N.",
+            show_default=False,
+        ),
+    ] = None,
     ledger: common.LedgerOpt = None,
     json_out: common.JsonOpt = False,
 ) -> None:
@@ -76,6 +86,7 @@ def verify_cmd(
         show_bar,
         remember=not require_pin,
         require_user_presence=require_user_presence,
+        jobs=jobs,
     )
     result = outcome.result
     check = None
@@ -137,6 +148,7 @@ def _verify_local(
     *,
     remember: bool,
     require_user_presence: bool,
+    jobs: int | None = None,
 ) -> local.LocalVerification:
     """Verify this copy (:func:`ledger.verify.local.verify_local`), with a progress bar on stderr
     when ``show_bar``."""
@@ -149,6 +161,7 @@ def _verify_local(
             since_last=since_last,
             remember=remember,
             require_user_presence=require_user_presence,
+            jobs=jobs,
         )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -172,6 +185,7 @@ def _verify_local(
             progress=tick,
             remember=remember,
             require_user_presence=require_user_presence,
+            jobs=jobs,
         )
 
 

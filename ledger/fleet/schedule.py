@@ -44,6 +44,7 @@ class Task:
     commits: tuple[str, ...]
     size: int = 0  # records to read, as the head's unverified trailer says (scheduling only)
     check_repository: bool = True  # replace refs, grafts, shallow: see run()
+    jobs: int = 1  # the verifier's own worker processes: never inside a worker (see run())
 
 
 @dataclass
@@ -189,6 +190,7 @@ def verify_task(task: Task) -> findings.VerifyResult:
             since=task.since,
             commits=task.commits,
             check_repository=task.check_repository,
+            jobs=task.jobs,
         )
     except errors.LedgerError as exc:
         return findings.VerifyResult(
@@ -216,7 +218,9 @@ def run(
     small = small_here and sum(t.size for t in tasks) < IN_PROCESS_BELOW
     if jobs <= 1 or total <= 1 or small:
         for task in tasks:
-            done[(task.ledger_id, task.head)] = verify_task(task)
+            # In this process a long chain may use the verifier's own workers (one ledger of
+            # 50,000 records); tasks sent to workers below never do (no nested pools).
+            done[(task.ledger_id, task.head)] = verify_task(dataclasses.replace(task, jobs=jobs))
             if progress is not None:
                 progress(len(done), total)
         return done

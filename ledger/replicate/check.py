@@ -497,5 +497,6 @@ def verify_head(
         trust_genesis=trust_genesis,
         since=since,
         require_user_presence=require_user_presence,
+        jobs=1,  # a hook's quarantine is an alternate of this repository object only
     )
     return finding_lines(result), result

@@ -167,6 +167,7 @@ def _check_one(
         since=since,
         check_repository=False,
         require_user_presence=require_user_presence,
+        jobs=1,  # the quarantine is an alternate of this repository object only
     )
     rules = {f.rule for f in result.findings}
     if since is not None and rules & {"rollback", "rewrite"}:

@@ -38,6 +38,7 @@ Modules:
 - ``tree``: the append-only tree comparison of §4
 - ``commit``: one commit's checks, step 5 of §10, one method per step
 - ``chain``: the chain walk (§10 steps 1–6), :func:`verify_chain`, :func:`verify_ledger`
+- ``parallel``: step 5 in worker processes for long chains (``jobs``), with the same result
 - ``state``: :class:`VerifiedState` and its JSON form (§8)
 - ``local``: this copy's trust anchors (pin, verified head) in the user's state directory,
   and every decision made from them (:func:`verify_local`, ...)

@@ -8,6 +8,7 @@ The steps are those of FORMAT.md §10, numbered as there; step 5, each commit, i
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from pathlib import Path
 import pygit2
 
 from ledger import errors
-from ledger.verify import commit, findings, objects, rules, state
+from ledger.verify import commit, findings, objects, parallel, rules, state
 
 
 def _check_genesis_arg(value: str | None) -> str | None:
@@ -43,6 +44,7 @@ def verify_ledger(
     commits: Collection[str] = (),
     remembered: state.VerifiedState | None = None,
     require_user_presence: bool = False,
+    jobs: int | None = None,
 ) -> findings.VerifyResult:
     """Verify the ledger's branch ``ref`` (FORMAT.md), reporting every finding.
 
@@ -57,9 +59,14 @@ def verify_ledger(
     without ``since``, and reports how the chain left that head exactly as resuming from it
     would (FORMAT.md §10 step 3: ``rollback``, ``rewrite``). ``require_user_presence``: a
     security key's signature without the user-presence flag is a ``user-presence`` finding
-    (FORMAT.md §6; without it such signatures are counted in ``without_presence``). Raises
-    :class:`LedgerNotFound` when there is no repository or (without a saved state) no ``ref``.
+    (FORMAT.md §6; without it such signatures are counted in ``without_presence``).
+    ``jobs``: how many worker processes check the commits of a long chain (None: one per
+    core when ``repo_path`` is a path, see :func:`verify_chain`; 1: all in this process); the
+    result is the same whatever it is. Raises :class:`LedgerNotFound` when there is no
+    repository or (without a saved state) no ``ref``.
     """
+    if jobs is None and not isinstance(repo_path, pygit2.Repository):
+        jobs = parallel.jobs_for(None)  # (verify_chain is given the repository opened here)
     repo = objects.open_repo(repo_path)
     try:
         reference = repo.references.get(ref)
@@ -100,6 +107,7 @@ def verify_ledger(
         commits=commits,
         remembered=remembered,
         require_user_presence=require_user_presence,
+        jobs=jobs,
     )
 
 
@@ -114,13 +122,26 @@ def verify_chain(
     check_repository: bool = True,
     remembered: state.VerifiedState | None = None,
     require_user_presence: bool = False,
+    jobs: int | None = None,
 ) -> findings.VerifyResult:
     """Verify the first-parent chain ending at commit ``head``.
 
     For a pre-receive hook, pass the repository (with the quarantine directory as an odb
     alternate) and the pushed new head; ``since`` may be the state of the head the remote
     already had. Otherwise as :func:`verify_ledger`.
+
+    ``jobs`` worker processes check the commits when there are at least
+    ``parallel.MIN_RECORDS`` of them (:mod:`ledger.verify.parallel`; the result is the same,
+    finding for finding). None: one per core (``os.cpu_count()``) when ``repo`` is a path,
+    1 when it is an open repository, since workers open it again by its path and would not
+    see object directories added to it in this process (a hook's quarantine); pass ``jobs``
+    to use workers anyway. Workers are started by multiprocessing's ``forkserver``: as for
+    any multiprocessing, a script calling this at its top level needs the
+    ``if __name__ == "__main__":`` guard. Code already running in worker processes of its
+    own (verifying many ledgers at once) should pass ``jobs=1``.
     """
+    if jobs is None and isinstance(repo, pygit2.Repository):
+        jobs = 1
     with _bounded_libgit2_memory():
         return _verify_chain(
             repo,
@@ -132,6 +153,7 @@ def verify_chain(
             check_repository=check_repository,
             remembered=None if since is not None else remembered,
             require_user_presence=require_user_presence,
+            jobs=parallel.jobs_for(jobs),
         )
 
 
@@ -183,15 +205,37 @@ def _verify_chain(
     check_repository: bool,
     remembered: state.VerifiedState | None,
     require_user_presence: bool,
+    jobs: int,
 ) -> findings.VerifyResult:
     pin = _check_genesis_arg(trust_genesis)
     repo = objects.open_repo(repo)
     head = head.strip().lower()
     v = commit.Verifier(repo, require_user_presence)
+    workers = _Workers(repo.path, jobs, require_user_presence)
+    try:
+        return _verify_with(
+            v, head, pin, since, progress, commits, check_repository, remembered, workers
+        )
+    finally:
+        workers.close()
+
+
+def _verify_with(
+    v: commit.Verifier,
+    head: str,
+    pin: str | None,
+    since: state.VerifiedState | None,
+    progress: findings.ProgressFn | None,
+    commits: Collection[str],
+    check_repository: bool,
+    remembered: state.VerifiedState | None,
+    workers: _Workers,
+) -> findings.VerifyResult:
     if check_repository:
         _check_repository(v)  # (1)
+    workers.start_early(v, head, since)
     wanted = {c.strip().lower() for c in commits}
-    walk = _walk_back(v, head, since, wanted)  # (2)
+    walk = _walk_back(v, head, since, wanted, keep=workers.pool is None)  # (2)
     genesis = walk.ids[-1] if walk.reached_root else (since.genesis if since is not None else None)
     pinned = pin or (since.genesis if since is not None else None)
     if pin is not None and since is not None and since.genesis != pin:
@@ -213,7 +257,7 @@ def _verify_chain(
         )
     if walk.broken is not None:
         v.add(walk.broken.rule, None, walk.broken_at, f"the chain is broken: {walk.broken.message}")
-    last = _verify_forward(v, walk, start, progress)  # (5)
+    last = _verify_forward(v, walk, start, progress, workers)  # (5)
     included = _included(v, walk, wanted, last, since)
     verified = None  # (6)
     ok = not v.findings
@@ -287,7 +331,11 @@ class _Walk:
 
 # (2) Walk back from the head collecting ids only, stopping at the root or at the saved head.
 def _walk_back(
-    v: commit.Verifier, head: str, since: state.VerifiedState | None, wanted: set[str]
+    v: commit.Verifier,
+    head: str,
+    since: state.VerifiedState | None,
+    wanted: set[str],
+    keep: bool = True,
 ) -> _Walk:
     walk = _Walk()
     cur: str | None = head
@@ -296,7 +344,7 @@ def _walk_back(
             walk.found_base = True
             break
         try:
-            parents = v.reader.parents_of(cur, keep=True)
+            parents = v.reader.parents_of(cur, keep=keep)
         except objects.ObjectError as exc:
             walk.broken, walk.broken_at = exc, cur
             break
@@ -367,6 +415,7 @@ def _verify_forward(
     walk: _Walk,
     start: state.VerifiedState | None,
     progress: findings.ProgressFn | None,
+    workers: _Workers,
 ) -> commit.Expected:
     if start is not None:
         v.ledger_id = start.ledger_id
@@ -388,13 +437,63 @@ def _verify_forward(
     step = max(1, min(1000, total // 100 or 1))
     if progress is not None:
         progress(0, total)
-    first = True
+    pool = workers.pool_for(total) if walk.broken is None else None
+    if pool is not None and total > 1:  # the genesis here first: its ledger id and trust
+        first = 1 if walk.reached_root else 0
+        if first:
+            prev = v.check_commit(walk.ids[-1], prev, is_first=True)
+        base = 0 if start is None else start.seq + 1
+        return parallel.check_forward(v, pool, walk.ids, first, prev, base, progress)
+    first_commit = True
     for done, oid in enumerate(_reversed(walk.ids), start=1):
-        prev = v.check_commit(oid, prev, is_first=first and walk.reached_root)
-        first = False
+        prev = v.check_commit(oid, prev, is_first=first_commit and walk.reached_root)
+        first_commit = False
         if progress is not None and (done % step == 0 or done == total):
             progress(done, total)
     return prev
+
+
+class _Workers:
+    """Worker processes for step (5) when there are enough commits and ``jobs`` > 1,
+    started as early as possible (before the walk back when the head's own Ledger-Seq, an
+    unverified hint used only to decide this, says the chain is long)."""
+
+    def __init__(self, path: str, jobs: int, require_user_presence: bool) -> None:
+        self.path = path
+        self.jobs = jobs
+        self.require_user_presence = require_user_presence
+        self.pool: parallel.Pool | None = None
+
+    def start_early(self, v: commit.Verifier, head: str, since: state.VerifiedState | None) -> None:
+        if self.jobs > 1 and _hinted_count(v, head, since) >= parallel.MIN_RECORDS:
+            self.pool = parallel.Pool(self.path, self.jobs, self.require_user_presence)
+
+    def pool_for(self, count: int) -> parallel.Pool | None:
+        if self.jobs <= 1 or count < parallel.MIN_RECORDS:
+            return None
+        if self.pool is None:
+            self.pool = parallel.Pool(self.path, self.jobs, self.require_user_presence)
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+_SEQ_TRAILER = re.compile(rb"\nLedger-Seq: ([0-9]{1,12})\n")
+
+
+def _hinted_count(v: commit.Verifier, head: str, since: state.VerifiedState | None) -> int:
+    """How many records the head's Ledger-Seq trailer says there are to check (0 if it
+    cannot be read): a hint for starting workers early, never a fact of the result."""
+    try:
+        raw = v.reader.read(head, rules.OBJ_COMMIT, "commit")
+    except objects.ObjectError:
+        return 0
+    found = _SEQ_TRAILER.search(raw)
+    if found is None:
+        return 0
+    return int(found.group(1)) + 1 - (since.seq + 1 if since is not None else 0)
 
 
 def _included(

@@ -5,6 +5,13 @@ document's order, numbered (5.1)–(5.9), each naming the §9 rules it can repor
 object caches); :meth:`Verifier.check_commit` checks one commit against the facts of the
 commit before it (:class:`Expected`) and returns the facts the next one is checked against.
 A commit's findings are held until its seq is known, then recorded under it.
+
+Checking is two halves: :meth:`Verifier.check_alone` makes every check that needs nothing
+carried along the chain but the previous commit's facts and the ledger id, and returns them
+as a :class:`Checked`; :meth:`Verifier.settle` then replays trust (5.7, 5.9: the only other
+state carried along) and records the findings. The sequential walk does both per commit;
+:mod:`ledger.verify.parallel` runs the first half in worker processes and the second, in
+chain order, in the parent: one code path, so both reach the same findings in the same order.
 """
 
 from __future__ import annotations
@@ -29,6 +36,21 @@ class Expected:
     known: bool = True  # False after a commit that could not be read
 
 
+@dataclass(slots=True)
+class Checked:
+    """One commit's findings before the trust replay, and what the replay needs (sent back
+    by worker processes, so it holds plain data only)."""
+
+    oid: str
+    seq: int | None
+    notes: list[tuple[str, str]]  # (rule, message), in the order the checks made them
+    trust_at: int = 0  # where the trust findings (5.7) go among ``notes``
+    signer: str | None = None  # the fingerprint whose signature verified (5.6)
+    change: dict[str, Any] | None = None  # a well-formed key record, not the root's (5.9)
+    genesis: dict[str, Any] | None = None  # the root's genesis record: trust starts there
+    claims: list[findings.WitnessClaim] | None = None  # a well-formed witness record's heads
+
+
 @dataclass
 class _Facts:
     """What the steps learn about one commit, in the order they learn it."""
@@ -48,7 +70,9 @@ class _Facts:
     schema_ok: bool = False
     seq: int | None = None
     kind: Any = None
-    trusted: bool = False
+    signer: str | None = None
+    trust_at: int = 0
+    genesis: dict[str, Any] | None = None
 
     @property
     def is_root(self) -> bool:
@@ -77,22 +101,71 @@ class Verifier:
 
     def check_commit(self, oid: str, prev: Expected, is_first: bool) -> Expected:
         """Check commit ``oid``, whose parent should be ``prev``; the facts for the next."""
+        checked, following = self.check_alone(oid, prev, is_first)
+        self.settle(checked)
+        return following
+
+    def check_alone(self, oid: str, prev: Expected, is_first: bool) -> tuple[Checked, Expected]:
+        """Every check of commit ``oid`` but trust (its findings held in the result for
+        :meth:`settle`), and the facts the next commit is checked against."""
         self.checked += 1
         guess = prev.seq + 1 if prev.seq is not None else None
         try:
             raw = self.reader.commit(oid)
-            if hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest() != oid:  # noqa: S324
+            obj = b"commit %d\0" % len(raw) + raw
+            if hashlib.sha1(obj).hexdigest() != oid:  # noqa: S324
                 raise objects.ObjectError("object-corrupt", f"commit {oid} does not hash to its id")
             commit = objects.parse_commit(raw)
         except objects.ObjectError as exc:
-            self.add(exc.rule, guess, oid, exc.message)
-            return Expected(oid, guess, None, None, known=False)
-        digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+            return Checked(oid, guess, [(exc.rule, exc.message)]), Expected(
+                oid, guess, None, None, known=False
+            )
+        digest = hashlib.sha256(obj).hexdigest()
+        c = _Facts(oid, digest, commit, prev, is_first, guess)
         try:
-            return self._check_parsed(_Facts(oid, digest, commit, prev, is_first, guess))
+            following = self._check_parsed(c)
         except objects.ObjectError as exc:
-            self.add(exc.rule, guess, oid, exc.message)
-            return Expected(oid, guess, digest, None, known=False)
+            checked = Checked(oid, guess, [(exc.rule, exc.message)], genesis=c.genesis)
+            return checked, Expected(oid, guess, digest, None, known=False)
+        checked = Checked(oid, c.seq, c.pending, c.trust_at, c.signer, genesis=c.genesis)
+        if c.rec is not None and not c.is_root and c.schema_ok:
+            if c.kind in rules.KEY_KINDS:
+                checked.change = c.rec
+            elif c.kind == rules.WITNESS_KIND:
+                checked.claims = self._claims(c)
+        return checked, following
+
+    def _claims(self, c: _Facts) -> list[findings.WitnessClaim] | None:
+        """The heads a well-formed witness record lists, as claims by this ledger."""
+        if c.rec is None or c.seq is None or self.ledger_id is None:
+            return None
+        lid, seq, oid = self.ledger_id, c.seq, c.oid
+        return [
+            findings.WitnessClaim(lid, seq, oid, h["ledger"], h["seq"], h["commit"], h["sha256"])
+            for h in c.rec["data"]["heads"]
+        ]
+
+    def settle(self, c: Checked) -> None:
+        """The trust half of one commit's checks, in chain order: the genesis starts trust;
+        the signer must be trusted now (5.7); a key record that passed every check changes
+        trust (5.9: signed by a trusted key, well-formed, no finding of any rule), and a
+        witness record's heads are reported on the same terms (``VerifyResult.witnessed``);
+        then the commit's findings are recorded."""
+        if c.genesis is not None:
+            self.trust.init_from_genesis(c.genesis)
+        notes = c.notes
+        if c.signer is not None:
+            said: list[tuple[str, str]] = []
+            trusted = self.trust.check(c.signer, lambda rule, message: said.append((rule, message)))
+            if said:
+                notes = notes[: c.trust_at] + said + notes[c.trust_at :]
+            if trusted and not notes:  # (5.9) the commit passed every check
+                if c.change is not None:
+                    self.trust.apply_key_record(c.change)
+                if c.claims is not None:
+                    self.witnessed.extend(c.claims)
+        for rule, message in notes:
+            self.add(rule, c.seq, c.oid, message)
 
     def _check_parsed(self, c: _Facts) -> Expected:
         self.reader.next_generation()
@@ -101,14 +174,12 @@ class Verifier:
         self._check_record(c)  # (5.3) tree-append, record-digest, record-canonical
         self._check_schema(c)  # (5.4) record-schema
         self._check_seq(c)  # (5.5) consistency: seq
-        self._check_genesis(c)  # parents, record-schema; the genesis's trust
+        self._check_genesis(c)  # parents, record-schema; the genesis starts ledger id, trust
         self._check_consistency(c)  # trailers, commit-header, ledger-id
         self._check_prev_digest(c)  # prev-digest, trailers
-        self._check_signer(c)  # (5.6, 5.7) unsigned, signature-headers, bad-signature, trust
+        self._check_signer(c)  # (5.6) unsigned, signature-headers, bad-signature; actor-key
         self._check_tree(c)  # (5.8) tree-append, file-digest, record-schema
-        self._apply_trust_changes(c)  # (5.9) key.added, key.revoked; witness heads
-        for rule, message in c.pending:
-            self.add(rule, c.seq, c.oid, message)
+        # (5.7) trust and (5.9) trust changes, witness heads: settle()
         return Expected(c.oid, c.seq, c.digest, c.commit.tree)
 
     # (5.1) Object: one parent, the previous commit (none for the root); only the headers
@@ -198,7 +269,7 @@ class Verifier:
         if c.is_root and rec is not None and c.kind == "genesis":
             lid = rec.get("ledger")
             self.ledger_id = lid if isinstance(lid, str) else None
-            self.trust.init_from_genesis(rec)
+            c.genesis = rec
 
     #     Trailers agree with the record (kind, path of §4), author and committer are the
     #     record's actor and time, and the record and Ledger-Id name the genesis's ledger.
@@ -234,12 +305,13 @@ class Verifier:
             )
 
     # (5.6) Signature: one gpgsig header whose SSHSIG verifies over the payload.
-    # (5.7) Trust: the signer is trusted at this seq, and is the record's actor.key.
+    # (5.7) Trust: the signer is trusted at this seq (settle(): its findings go here, at
+    #     trust_at), and is the record's actor.key.
     def _check_signer(self, c: _Facts) -> None:
         signer_fp = self.signatures.check(c.commit, c.note)
         if signer_fp is None:
             return
-        c.trusted = self.trust.check(signer_fp, c.note)
+        c.signer, c.trust_at = signer_fp, len(c.pending)
         actor = c.rec.get("actor") if c.rec is not None else None
         if isinstance(actor, dict) and actor.get("key") != signer_fp:
             c.note(
@@ -257,25 +329,3 @@ class Verifier:
             )
         except objects.ObjectError as exc:
             c.note(exc.rule, exc.message)
-
-    # (5.9) Trust changes: a key record changes trust only if this commit passed every
-    #     check above (signed by a trusted key, well-formed, and no finding of any rule);
-    #     a witness record's heads are reported (``VerifyResult.witnessed``) on the same terms.
-    def _apply_trust_changes(self, c: _Facts) -> None:
-        if c.rec is None or c.is_root or not (c.trusted and c.schema_ok) or c.pending:
-            return
-        if c.kind in rules.KEY_KINDS:
-            self.trust.apply_key_record(c.rec)
-        elif c.kind == rules.WITNESS_KIND and c.seq is not None and self.ledger_id is not None:
-            for h in c.rec["data"]["heads"]:
-                self.witnessed.append(
-                    findings.WitnessClaim(
-                        self.ledger_id,
-                        c.seq,
-                        c.oid,
-                        h["ledger"],
-                        h["seq"],
-                        h["commit"],
-                        h["sha256"],
-                    )
-                )

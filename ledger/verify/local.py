@@ -335,6 +335,7 @@ def verify_local(
     progress: findings.ProgressFn | None = None,
     remember: bool = True,
     require_user_presence: bool = False,
+    jobs: int | None = None,
 ) -> LocalVerification:
     """``ledger verify``: verify the ledger at ``path`` against what this machine verified.
 
@@ -344,7 +345,8 @@ def verify_local(
     verified; either way a remembered head the chain no longer holds is a ``rewrite`` or
     ``rollback`` (FORMAT.md §10 step 3). On success the head is remembered unless
     ``remember`` is false or the state directory cannot be written (a read-only run).
-    ``require_user_presence`` applies to the records checked now (FORMAT.md §6).
+    ``require_user_presence`` applies to the records checked now (FORMAT.md §6). ``jobs``:
+    worker processes for a long chain (:func:`ledger.verify.chain.verify_chain`).
     """
     anchors = anchors or Anchors.given()
     previous = load_state(path)
@@ -358,6 +360,7 @@ def verify_local(
             since=previous,
             progress=progress,
             require_user_presence=require_user_presence,
+            jobs=jobs,
         )
     else:
         result = chain.verify_ledger(
@@ -366,6 +369,7 @@ def verify_local(
             progress=progress,
             remembered=previous,
             require_user_presence=require_user_presence,
+            jobs=jobs,
         )
     _check_pin_of_result(result, anchors, pin)
     saved = False

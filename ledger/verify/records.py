@@ -4,11 +4,10 @@ that carry it (§3)."""
 
 from __future__ import annotations
 
-import calendar
 import functools
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any
 
 from ledger.verify import kinds, objects, rules
@@ -74,17 +73,25 @@ def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str
     return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{seq // 1000:07d}/{name}"
 
 
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
 @functools.lru_cache(maxsize=8)
 def epoch(time: str) -> int | None:
-    """Whole seconds since the epoch of a record time, or None if it is not one."""
+    """Whole seconds since the epoch of a record time, or None if it is not one (the
+    date must exist: ``date`` refuses the 30th of February; the clock fields are bounded
+    by the pattern's two digits and checked here)."""
     m = rules.TIME.fullmatch(time)
     if m is None:
         return None
+    y, mo, d, h, mi, sec = map(int, m.groups())
+    if h > 23 or mi > 59 or sec > 59:
+        return None
     try:
-        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
-        return calendar.timegm(datetime(y, mo, d, h, mi, sec, tzinfo=UTC).utctimetuple())
+        day = date(y, mo, d).toordinal() - _EPOCH_DAY
     except ValueError:
         return None
+    return day * 86400 + h * 3600 + mi * 60 + sec
 
 
 def ident(principal: str) -> str:

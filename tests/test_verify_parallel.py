@@ -1,0 +1,295 @@
+"""Verifying with worker processes (``jobs`` > 1, ``ledger.verify.parallel``) gives exactly the
+sequential result: every finding (rule, seq, commit, message, order), head, seq, records
+checked, genesis, state, trust keys, included commits, signatures without presence.
+
+The differential part re-runs every test of test_tamper.py, test_verify.py and
+test_witness_record.py (imported below, so pytest collects them here too) with each
+verification made three times: jobs=1, then jobs=2 with segments of 1 and of 3 commits (so
+that even these short ledgers are split, at every commit: right after a key.added or
+key.revoked record, right after a broken commit), and the results compared; the test goes
+on with the sequential result.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+from support.cli import run_cli
+from support.tamper import build, forge_append
+from test_tamper import *  # noqa: F403  (collected again here, under the differential)
+from test_verify import *  # noqa: F403
+from test_witness_record import *  # noqa: F403
+from test_witness_record import OTHER, head_entry
+
+from ledger import errors
+from ledger.keys import SigningKey
+from ledger.store import Ledger
+from ledger.verify import VerifyResult, chain, commit, parallel, verify_ledger
+
+# The hook's case: objects only in a directory added to this process's repository object,
+# which workers (opening the repository by path) do not see; verify_chain with a
+# repository object defaults to jobs=1 for that reason (see test_open_repository_...).
+del test_verify_chain_with_quarantined_objects  # noqa: F821
+
+_original = chain._verify_chain
+
+
+def _same(sequential: VerifyResult, other: VerifyResult, label: str) -> None:
+    assert other.findings == sequential.findings, label
+    for name in (
+        "head",
+        "seq",
+        "records_checked",
+        "genesis",
+        "state",
+        "genesis_pinned",
+        "ledger_id",
+        "since_seq",
+        "included",
+        "keys",
+        "without_presence",
+        "witnessed",
+    ):
+        assert getattr(other, name) == getattr(sequential, name), f"{label}: {name}"
+    assert other == sequential, label
+
+
+@pytest.fixture(autouse=True)
+def _every_verification_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each verification of the test: sequential, and with workers over tiny segments (all
+    to workers; then one commit at a time here while the workers start, the rest to them)."""
+    monkeypatch.setattr(parallel, "MIN_RECORDS", 1)
+
+    def both(repo: Any, head: str, **kwargs: Any) -> VerifyResult:
+        sequential = _original(repo, head, **{**kwargs, "jobs": 1})
+        for size, here in ((1, 0), (3, 1)):
+            monkeypatch.setattr(parallel, "SEGMENT", size)
+            monkeypatch.setattr(parallel, "_HERE", here)
+            other = _original(repo, head, **{**kwargs, "jobs": 2, "progress": None})
+            _same(sequential, other, f"jobs=2, segments of {size}, {here} here at first")
+        return sequential
+
+    monkeypatch.setattr(chain, "_verify_chain", both)
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state directory per test: the tests imported here run twice in one session, and a
+    passed test's tmp_path is reused, so the verified head saved for a path by the first
+    run would be a rollback to the second."""
+    state = tmp_path_factory.mktemp("state")
+    state.chmod(0o700)
+    monkeypatch.setenv("LEDGER_STATE_DIR", str(state))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_server_left() -> Iterator[None]:
+    """The forkserver and its socket's temporary directory, which multiprocessing keeps
+    until the interpreter exits, are removed when this module is done (the session checks
+    that its temporary directory is left empty)."""
+    yield
+    from multiprocessing import forkserver, util
+
+    forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    for finalizer in list(util._finalizer_registry.values()):  # type: ignore[attr-defined]
+        if getattr(finalizer, "_callback", None) is util._remove_temp_dir:  # type: ignore[attr-defined]
+            finalizer()
+
+
+# --- the parallel path itself ----------------------------------------------------------------
+
+
+def _counting_parent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The commits this process checks itself (workers are other processes)."""
+    seen: list[str] = []
+    alone = commit.Verifier.check_alone
+
+    def counted(self: commit.Verifier, oid: str, *args: Any) -> Any:
+        seen.append(oid)
+        return alone(self, oid, *args)
+
+    monkeypatch.setattr(commit.Verifier, "check_alone", counted)
+    return seen
+
+
+def _trust_story(tmp_path: Path) -> Any:
+    """Key added (5), an untrusted key's key.added (not applied) and its use, witness records
+    by an untrusted and a trusted key, bob revoked and then used, a commit with a broken prev
+    digest, then good records again."""
+    built = build(tmp_path)
+    heads = {"heads": [head_entry(OTHER, 3, "c" * 40)]}
+    eve = SigningKey.generate()
+    pub = eve.public_key
+    added = {"principal": "eve", "key": pub.openssh(), "fingerprint": pub.fingerprint}
+    forge_append(built, eve, principal="eve", kind="key.added", data={**added, "comment": ""})
+    forge_append(built, eve, principal="eve")
+    forge_append(built, eve, principal="eve", kind="witness", data=heads)
+    forge_append(built, built.bob, principal="bob", kind="witness", data=heads)
+    forge_append(
+        built,
+        built.alice,
+        kind="key.revoked",
+        data={"fingerprint": built.bob.public_key.fingerprint, "reason": "left"},
+    )
+    forge_append(built, built.bob, principal="bob")
+
+    def bad_prev(trailers: dict[str, str]) -> None:
+        trailers["Ledger-Prev-Sha256"] = "0" * 64
+
+    forge_append(built, built.alice, edit_trailers=bad_prev)
+    for _ in range(3):
+        forge_append(built, built.alice)
+    return built
+
+
+def test_every_split_of_a_chain_with_trust_changes_and_findings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = _trust_story(tmp_path)
+    sequential = _original(built.path, built.head(), **_defaults(jobs=1))
+    rules = {f.rule for f in sequential.findings}
+    assert {"untrusted-key", "revoked-key", "prev-digest"} <= rules
+    assert len(sequential.witnessed) == 1  # bob's, not eve's
+    n = sequential.records_checked
+    seen = _counting_parent(monkeypatch)
+    monkeypatch.setattr(parallel, "_HERE", 0)  # all to the workers
+    for size in range(1, n):
+        monkeypatch.setattr(parallel, "SEGMENT", size)
+        seen.clear()
+        other = _original(built.path, built.head(), **_defaults(jobs=2))
+        _same(sequential, other, f"segments of {size}")
+        assert seen == [built.genesis]  # every other commit was checked by a worker
+
+
+def test_a_seq_gap_is_checked_again_here_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = build(tmp_path)
+    forge_append(built, built.alice, seq=len(built.ids) + 5)  # a gap: seqs and positions part
+    for _ in range(4):
+        forge_append(built, built.alice)
+    sequential = _original(built.path, built.head(), **_defaults(jobs=1))
+    assert [f.rule for f in sequential.findings] == ["seq"]
+    seen = _counting_parent(monkeypatch)
+    monkeypatch.setattr(parallel, "SEGMENT", 2)
+    monkeypatch.setattr(parallel, "_HERE", 0)
+    other = _original(built.path, built.head(), **_defaults(jobs=2))
+    _same(sequential, other, "after a gap")
+    assert len(seen) < sequential.records_checked  # only what the gap shifted
+
+
+def test_resumed_verification_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build(tmp_path)
+    first = verify_ledger(built.path, jobs=1)
+    assert first.state is not None
+    ledger = Ledger.open(built.path)
+    for i in range(6):
+        ledger.append("event", {"message": f"more {i}", "data": None}, key=built.bob)
+    monkeypatch.setattr(parallel, "SEGMENT", 2)
+    sequential = _original(built.path, built.head(), **_defaults(jobs=1, since=first.state))
+    other = _original(built.path, built.head(), **_defaults(jobs=2, since=first.state))
+    assert sequential.ok and sequential.records_checked == 6
+    _same(sequential, other, "resumed")
+
+
+def test_progress_with_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build(tmp_path, events_after_key=6)
+    monkeypatch.setattr(parallel, "SEGMENT", 4)
+    monkeypatch.setattr(parallel, "_HERE", 0)
+    calls: list[tuple[int, int]] = []
+    result = _original(
+        built.path,
+        built.head(),
+        **_defaults(jobs=2, progress=lambda done, total: calls.append((done, total))),
+    )
+    n = result.records_checked
+    assert calls[0] == (0, n) and calls[-1] == (n, n) and len(calls) > 2
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_workers_that_cannot_start_leave_it_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = _trust_story(tmp_path)
+    sequential = _original(built.path, built.head(), **_defaults(jobs=1))
+
+    def refuse(method: str) -> Any:
+        raise ValueError(f"no {method} here")
+
+    monkeypatch.setattr(parallel.multiprocessing, "get_context", refuse)
+    monkeypatch.setattr(parallel, "SEGMENT", 2)
+    _same(sequential, _original(built.path, built.head(), **_defaults(jobs=2)), "no workers")
+
+
+def test_open_repository_defaults_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = build(tmp_path)
+    asked: list[int] = []
+    monkeypatch.setattr(chain, "_verify_chain", lambda *a, **k: asked.append(k["jobs"]))
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 7)
+    chain.verify_chain(built.path, built.head())
+    chain.verify_chain(pygit2.Repository(str(built.path)), built.head())
+    chain.verify_chain(pygit2.Repository(str(built.path)), built.head(), jobs=3)
+    verify_ledger(built.path)
+    verify_ledger(pygit2.Repository(str(built.path)))
+    assert asked == [7, 1, 3, 7, 1]
+    with pytest.raises(errors.InputError):
+        verify_ledger(built.path, jobs=0)
+
+
+_SMALL_SEGMENTS_CLI = (
+    "import sys; from ledger.verify import parallel; "
+    "parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; parallel._HERE = 1; "
+    "from ledger import cli; cli.main(sys.argv[1:])"
+)
+
+
+def _cli(*args: str | Path) -> tuple[int, dict[str, Any]]:
+    """`ledger ARGS` in a child process whose verifier splits any chain in 2-commit segments."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SMALL_SEGMENTS_CLI, *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    doc = json.loads(proc.stdout)
+    doc.pop("pinned_now"), doc.pop("pin_source"), doc.pop("state_saved")
+    return proc.returncode, doc
+
+
+def test_ledger_verify_jobs(tmp_path: Path) -> None:
+    built = _trust_story(tmp_path)
+    one = _cli("verify", "-L", built.path, "--json", "--jobs", "1", "--no-progress")
+    two = _cli("verify", "-L", built.path, "--json", "--jobs", "2", "--no-progress")
+    assert one[0] == two[0] == 7
+    assert one[1] == two[1] and len(one[1]["findings"]) >= 3
+    clean = build(tmp_path, "clean", events_after_key=5)
+    pin = ("--trust-genesis", clean.genesis)
+    one = _cli("verify", "-L", clean.path, *pin, "--json", "--jobs", "1")
+    two = _cli("verify", "-L", clean.path, *pin, "--json", "--jobs", "2")
+    assert one == two and one[0] == 0 and one[1]["ok"]
+    res = run_cli("verify", "-L", clean.path, "--jobs", "0")
+    assert res.code == 2 and "--jobs" in res.err
+
+
+def _defaults(**given: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "trust_genesis": None,
+        "since": None,
+        "progress": None,
+        "commits": (),
+        "check_repository": True,
+        "remembered": None,
+        "require_user_presence": False,
+    }
+    return {**base, **given}
