@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -416,7 +418,9 @@ def test_history_substitution_in_the_copy_is_found_for_every_ledger(
     fleet = [make_ledger(tmp_path, f"s{i}", records=2) for i in range(2)]
     for t in fleet:
         pushed(t, url)
-    copy = fleet_copy(tmp_path / "copy.git", origin=url)
+    # (a name of its own: the auditor's state is keyed by the copy's path, and pytest may
+    # give this test the directory a passed test had)
+    copy = fleet_copy(tmp_path / f"subst-{jobs}-{os.getpid()}-{time.time_ns()}.git", origin=url)
     code, clean, _ = fv(copy, "--jobs", jobs)
     assert code == 0, clean
     a, b = fleet
