@@ -7,9 +7,9 @@ Prints, from measurements taken in this one run:
 - records/s of ``ledger verify`` as a subprocess (start-up and imports counted; default
   --jobs: one per core) over the same ledger, and of stock ``git verify-commit`` run once per
   commit over a sample of the same commits (what an auditor without this tool would do),
-  and the ratio of the two (issue 13: >= 40x on 2,000 records);
+  and the ratio of the two (target: >= 40x on 2,000 records);
 - records/s of ``ledger verify --jobs 1`` and ``--jobs 2`` as subprocesses over a ledger of
-  --big-records records (issue 13: >= 5,000 records/s on 50,000), measured alternately;
+  --big-records records (target: >= 5,000 records/s on 50,000), measured alternately;
 - peak memory (``VmHWM`` of a fresh process verifying with jobs=1) over that ledger, and its
   verify rate.
 

@@ -1,4 +1,4 @@
-"""Signing through ssh-agent (issue 12): a real ``ssh-agent -a SOCKET`` per test, in the
+"""Signing through ssh-agent: a real ``ssh-agent -a SOCKET`` per test, in the
 test's temporary directory, killed afterwards. Stock ``git verify-commit`` judges the
 commits made through it; every failure is exit 4 with nothing appended."""
 

@@ -1,5 +1,5 @@
-"""Remote and clone decisions read only what the user verified or chose (issue 10, "Trust at
-the seams"), over real git servers.
+"""Remote and clone decisions read only what the user verified or chose, over real git
+servers.
 
 Each test is an attack by someone who can write the ledger directory (its config, its refs)
 but holds no trusted key and cannot write the user's state directory:

@@ -530,7 +530,7 @@ def test_fetch_never_moves_main_even_with_a_hand_made_push_refspec(tmp_path: Pat
     assert t.head == mine  # removing a remote never touches our main either
 
 
-# --- passwords in remote URLs are masked everywhere they are shown (issue 11, §2) -----------
+# --- passwords in remote URLs are masked everywhere they are shown -----------
 
 SECRET = "hunter2-s3cr3t-pw"
 
@@ -592,7 +592,7 @@ def test_mask_url() -> None:
     assert mask_url("https://:tok@h/x") == "https://:***@h/x"
 
 
-# --- no remotes: push and fetch say so, also in JSON (issue 11, §3) -----------------------
+# --- no remotes: push and fetch say so, also in JSON -----------------------
 
 
 def test_push_and_fetch_without_remotes_say_so(tmp_path: Path) -> None:

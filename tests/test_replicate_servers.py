@@ -388,7 +388,7 @@ def test_a_protected_remote_runs_the_ledger_it_was_made_with(tmp_path: Path) -> 
     assert remote_head(remote) == t.head
 
 
-# --- divergence and an ahead remote over every transport (issue 10, item 4) ---------------
+# --- divergence and an ahead remote over every transport ------------------------------
 
 
 def _served_remote(

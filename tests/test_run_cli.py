@@ -353,7 +353,7 @@ def test_secret_never_reaches_the_ledger(env: Env) -> None:
     _assert_secret_absent(env.path, SECRET)
 
 
-# The tool's own credentials (issue 11 §2): never in a step's environment, redacted anyway.
+# The tool's own credentials: never in a step's environment, redacted anyway.
 CREDENTIALS = {
     "LEDGER_HTTP_TOKEN": "ghp-tool-token-0123456789abcdef",
     "LEDGER_HTTP_PASSWORD": "tool-http-password-Zq9",
@@ -397,7 +397,7 @@ def test_tool_credentials_never_reach_a_step_and_are_redacted(env: Env) -> None:
         _assert_secret_absent(env.path, value)
 
 
-# Texts computed from a secret (issue 11 §2): every one is redacted wherever it would show.
+# Texts computed from a secret: every one is redacted wherever it would show.
 TRANSFORMS = {
     "upper": ("params.token | upper", SECRET.upper()),
     "lower": ("params.token | lower", SECRET.lower()),

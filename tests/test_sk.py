@@ -513,7 +513,7 @@ def test_ledger_signs_through_the_agent_with_an_sk_key(tmp_path: Path, kind: Kin
     """init/record/keys add signed by the software token behind the test agent (the key named
     by its .pub file, a key:: literal and its fingerprint), a high-S token answer embedded
     low-S, an untouched signature accepted and counted, a refused touch appends nothing; git
-    and the verifier accept every commit. Needs the agent signing path (issue 12)."""
+    and the verifier accept every commit. Needs the agent signing path."""
     pytest.importorskip("ledger.keys.agent")
     token = SkToken(kind)
     token.high_s = kind == "ecdsa"

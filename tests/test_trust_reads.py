@@ -1,4 +1,4 @@
-"""Every read that shows a record or decides from one reads the verified view (issue 10).
+"""Every read that shows a record or decides from one reads the verified view.
 
 Each test is an attack by someone who can write the ledger directory but holds no trusted
 key (mallory): a record signed by an untrusted key appended on ``main``, an unreachable

@@ -1,4 +1,4 @@
-"""The auditor's side of a fleet (issue 13, docs/FLEET.md): a fleet copy of every ledger of
+"""The auditor's side of a fleet (docs/FLEET.md): a fleet copy of every ledger of
 one or more shared remotes, the auditor's memory of it, and its status.
 
 Modules (each imports only the ones listed before it):

@@ -217,7 +217,7 @@ class Callbacks(pygit2.RemoteCallbacks):
 
         libgit2 asks for credentials once per connection, and a candidate offered is
         consumed; an object reused for a second connection without this would have nothing
-        left to offer and report an authentication failure (issue 10, item 4). Every
+        left to offer and report an authentication failure. Every
         network function of this module calls it first."""
         self.attempts = 0
         self.tried: list[str] = []
