@@ -30,41 +30,13 @@ _SEQ_TRAILER = re.compile(rb"\nLedger-Seq: ([0-9]{1,18})\n")
 
 
 @dataclass(frozen=True)
-class Claim:
-    """One head of one witness record: ledger ``by_ledger``'s record at ``by_seq``
-    (``by_commit``) says ledger ``ledger`` held ``commit`` at ``seq`` (SHA-256 ``sha256``)."""
-
-    by_ledger: str
-    by_seq: int
-    by_commit: str
-    ledger: str
-    seq: int
-    commit: str
-    sha256: str
+class Claim(findings.WitnessClaim):
+    """The verifier's claim (the same fields and JSON), as the auditor keeps and checks it."""
 
     @classmethod
     def of(cls, witnessed: findings.WitnessClaim) -> Claim:
-        """From the verifier's claim (the same fields)."""
-        return cls(
-            by_ledger=witnessed.by_ledger,
-            by_seq=witnessed.by_seq,
-            by_commit=witnessed.by_commit,
-            ledger=witnessed.ledger,
-            seq=witnessed.seq,
-            commit=witnessed.commit,
-            sha256=witnessed.sha256,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "by_ledger": self.by_ledger,
-            "by_seq": self.by_seq,
-            "by_commit": self.by_commit,
-            "ledger": self.ledger,
-            "seq": self.seq,
-            "commit": self.commit,
-            "sha256": self.sha256,
-        }
+        """From the verifier's claim."""
+        return cls(**witnessed.to_json())
 
     @classmethod
     def from_json(cls, doc: Any) -> Claim | None:

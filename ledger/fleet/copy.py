@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,32 +301,10 @@ class FetchResult:
             )
 
 
-def _anonymous(repo: pygit2.Repository, url: str) -> pygit2.Remote:
-    """An in-memory remote for ``url`` (libgit2 says only "unsupported URL protocol" for a
-    missing local path: say more)."""
-    kind = remotes.classify_url(url)
-    local = None
-    if kind == "path":
-        local = Path(url)
-    elif kind == "file":
-        local = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-    if local is not None and not local.exists():
-        raise pygit2.GitError(f"no repository at {local}: the directory does not exist")
-    return repo.remotes.create_anonymous(url)
-
-
 def _hint(status: pushes.PushStatus) -> str:
-    if status is pushes.PushStatus.AUTH_FAILED:
-        return (
-            "Provide credentials: --ssh-key / LEDGER_SSH_KEY or ssh-agent for ssh, "
-            "LEDGER_HTTP_TOKEN (or LEDGER_HTTP_USER + LEDGER_HTTP_PASSWORD) for https."
-        )
-    if status is pushes.PushStatus.HOST_KEY:
-        return (
-            "Add the host's key to ~/.ssh/known_hosts after checking its fingerprint "
-            "(ssh-keyscan), or pass --insecure-host-key to skip the check."
-        )
-    return "Check the URL, that the server is running and serves it, and the network."
+    return pushes.connection_hint(
+        status, "Check the URL, that the server is running and serves it, and the network."
+    )
 
 
 def fetch_remote(
@@ -339,7 +316,7 @@ def fetch_remote(
     out = RemoteFetch(name, redact.mask_url(url))
     cb = transport.Callbacks(url, creds, repo.config)
     try:
-        remote = _anonymous(repo, url)
+        remote = transport.anonymous_url(repo, url)
         cb.begin()
         advertised = remote.list_heads(callbacks=cb)
         wanted: dict[str, str] = {}

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import os
 import re
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,6 @@ WITNESS_DIR = "witness"
 CONFIG_KEY = "ledger.witness"
 FLEET_REF_PREFIX = "refs/fleet"
 LOCK_FILE = "ledger-witness.lock"
-_HEAD_REF_RE = re.compile(r"^refs/fleet/(?P<name>[^/]+)/(?P<id>[0-9a-f]{32})/main\Z")
 _SEQ_RE = re.compile(r"^(0|[1-9][0-9]{0,18})\Z")
 
 
@@ -212,7 +210,7 @@ def _fetch_heads(
     from ledger.replicate import pushes, transport
 
     shown = redact.mask_url(url)
-    where = _local_dir(url)
+    where = transport.local_path(url)
     if where is not None and not where.is_dir():
         # (libgit2 says only "unsupported URL protocol" for a missing local path)
         raise errors.RemoteError(
@@ -235,16 +233,6 @@ def _fetch_heads(
             "('ledger status'); 'ledger fleet witness' tries again.",
         ) from None
     _set_url(cache, name, shown)
-
-
-def _local_dir(url: str) -> Path | None:
-    """The directory of a path or ``file://`` remote, else None."""
-    transport_name = remotes.classify_url(url)
-    if transport_name == "path":
-        return Path(url)
-    if transport_name == "file":
-        return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-    return None
 
 
 def _set_url(cache: pygit2.Repository, name: str, shown: str) -> None:
@@ -282,22 +270,19 @@ def read_heads(
 ) -> tuple[list[WitnessHead], list[str]]:
     """The heads the cache holds for remotes ``names`` (every ledger but ``own_id``), one per
     distinct (ledger, commit), sorted; and a warning per ref skipped."""
+    from ledger.fleet import copy  # (the cache is laid out as a fleet copy)
+
     wanted = set(names)
     found: dict[tuple[str, str], WitnessHead] = {}
     warnings: list[str] = []
-    for ref in cache.references.iterator():
-        m = _HEAD_REF_RE.match(ref.name)
-        if m is None or m.group("name") not in wanted or m.group("id") == own_id:
-            continue
-        lid, commit = m.group("id"), str(ref.target)
-        if (lid, commit) in found:
-            continue
-        try:
-            found[(lid, commit)] = read_head(cache, lid, commit)
-        except errors.InputError as exc:
-            warnings.append(
-                f"ledger {lid} on remote {m.group('name')} is not witnessed: {exc.message}"
-            )
+    for lid, by_remote in copy.heads(cache).items():
+        for name, commit in by_remote.items():
+            if name not in wanted or lid == own_id or (lid, commit) in found:
+                continue
+            try:
+                found[(lid, commit)] = read_head(cache, lid, commit)
+            except errors.InputError as exc:
+                warnings.append(f"ledger {lid} on remote {name} is not witnessed: {exc.message}")
     return sorted(found.values()), warnings
 
 

@@ -203,14 +203,4 @@ def _remove_created(target: Path, created: bool) -> None:
 def _hint_for(status_: pushes.PushStatus) -> str:
     if status_ is pushes.PushStatus.UNREACHABLE:
         return "Check the URL, that the server is running, and the network."
-    if status_ is pushes.PushStatus.AUTH_FAILED:
-        return (
-            "Provide credentials: --ssh-key / LEDGER_SSH_KEY or ssh-agent for ssh, "
-            "LEDGER_HTTP_TOKEN (or LEDGER_HTTP_USER + LEDGER_HTTP_PASSWORD) for https."
-        )
-    if status_ is pushes.PushStatus.HOST_KEY:
-        return (
-            "Add the host's key to ~/.ssh/known_hosts after checking its fingerprint "
-            "(ssh-keyscan), or pass --insecure-host-key to skip the check."
-        )
-    return "See the message above."
+    return pushes.connection_hint(status_, "See the message above.")

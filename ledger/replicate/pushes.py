@@ -35,6 +35,22 @@ class PushStatus(enum.StrEnum):
     UNKNOWN = "unknown remote"  # in the config, not added by this user: never contacted
 
 
+def connection_hint(status: PushStatus, otherwise: str) -> str:
+    """What to do about a remote that refused the credentials or whose host key is not
+    known; ``otherwise`` for any other status."""
+    if status is PushStatus.AUTH_FAILED:
+        return (
+            "Provide credentials: --ssh-key / LEDGER_SSH_KEY or ssh-agent for ssh, "
+            "LEDGER_HTTP_TOKEN (or LEDGER_HTTP_USER + LEDGER_HTTP_PASSWORD) for https."
+        )
+    if status is PushStatus.HOST_KEY:
+        return (
+            "Add the host's key to ~/.ssh/known_hosts after checking its fingerprint "
+            "(ssh-keyscan), or pass --insecure-host-key to skip the check."
+        )
+    return otherwise
+
+
 _HOLDING = {PushStatus.PUSHED, PushStatus.UP_TO_DATE, PushStatus.AHEAD}
 _INTEGRITY = {PushStatus.REJECTED, PushStatus.DIVERGED}
 

@@ -392,7 +392,7 @@ def configure(creds: Credentials) -> None:
 # --- the remote's main ---------------------------------------------------------------------
 
 
-def _local_path(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
     """The directory of a path or ``file://`` remote, else None."""
     transport = remotes.classify_url(url)
     if transport == "path":
@@ -404,7 +404,7 @@ def _local_path(url: str) -> Path | None:
 
 def _check_local(url: str) -> None:
     """libgit2 says only "unsupported URL protocol" for a missing local path: say more."""
-    path = _local_path(url)
+    path = local_path(url)
     if path is not None and not path.exists():
         raise pygit2.GitError(f"no repository at {path}: the directory does not exist")
 
@@ -416,7 +416,11 @@ def anonymous(repo: pygit2.Repository, name: str) -> pygit2.Remote:
     configured push refspec ``refs/heads/main:refs/heads/main`` in reverse and would move
     our own main to the remote's head. An anonymous remote has no configured refspecs.
     """
-    url = remotes.get_remote(repo, name).url or ""
+    return anonymous_url(repo, remotes.get_remote(repo, name).url or "")
+
+
+def anonymous_url(repo: pygit2.Repository, url: str) -> pygit2.Remote:
+    """An in-memory remote for ``url`` (a missing local path said as such)."""
     _check_local(url)
     return repo.remotes.create_anonymous(url)
 
