@@ -188,7 +188,7 @@ def _malformed(path: Path, why: str) -> errors.StorageError:
 def _load(path: Path) -> dict[str, Any] | None:
     for directory in _private_dirs(path):
         local.check_private_dir(directory)
-    text = local._read_text(path)  # (0700 directory checks, one error wording)
+    text = local.read_private_text(path)  # (0700 directory checks, one error wording)
     if text is None:
         return None
     try:
@@ -301,7 +301,7 @@ def _save(path: Path, doc: dict[str, Any]) -> Path:
     for directory in _private_dirs(path):
         local.ensure_private_dir(directory)  # (each 0700: mkdir's parents would not be)
     data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-    return local._write_private(path, data)  # (atomic, 0600, private directories)
+    return local.write_private(path, data)  # (atomic, 0600, private directories)
 
 
 def save_fleet(copy: Path | str | pygit2.Repository, fleet: FleetState) -> Path:

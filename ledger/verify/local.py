@@ -117,7 +117,7 @@ def check_private_dir(path: Path) -> None:
     _check_private(path)
 
 
-def _write_private(path: Path, data: bytes) -> Path:
+def write_private(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, mode 0600 (temp file, fsync, rename, fsync)."""
     _private_dir(state_root())
     _private_dir(path.parent)
@@ -145,7 +145,7 @@ def _write_private(path: Path, data: bytes) -> Path:
     return path
 
 
-def _read_text(path: Path, *, private: bool = True) -> str | None:
+def read_private_text(path: Path, *, private: bool = True) -> str | None:
     if private:
         _check_private(state_root())
         _check_private(path.parent)
@@ -167,7 +167,7 @@ def save_state(repo_path: Path | str | pygit2.Repository, saved: state.VerifiedS
     """Remember ``saved`` as this copy's verified head (and pin its genesis if unpinned)."""
     doc = saved.to_json()
     doc["path"] = str(_gitdir(repo_path))
-    path = _write_private(
+    path = write_private(
         state_path(repo_path), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     )
     if own_pin(saved.ledger_id) is None:
@@ -178,7 +178,7 @@ def save_state(repo_path: Path | str | pygit2.Repository, saved: state.VerifiedS
 def load_state(repo_path: Path | str | pygit2.Repository) -> state.VerifiedState | None:
     """This copy's verified head, or ``None`` if this machine never verified it."""
     path = state_path(repo_path)
-    text = _read_text(path)
+    text = read_private_text(path)
     if text is None:
         return None
     try:
@@ -216,7 +216,7 @@ def parse_pins(text: str, source: str) -> dict[str, str]:
 
 def read_pins(path: Path) -> dict[str, str]:
     own = path == state_root() / PINS_FILE
-    text = _read_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
+    text = read_private_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
     if text is None and not own:
         raise errors.InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
     return parse_pins(text or "", str(path))
@@ -246,7 +246,7 @@ def save_pins(new: Mapping[str, str]) -> None:
     pins = read_pins(path)
     pins.update(new)
     text = "".join(f"{lid} {g}\n" for lid, g in sorted(pins.items()))
-    _write_private(path, ("# <ledger id> <genesis commit id>\n" + text).encode())
+    write_private(path, ("# <ledger id> <genesis commit id>\n" + text).encode())
 
 
 @dataclass(frozen=True)
