@@ -1,6 +1,6 @@
 """Benchmark: a fleet of runners pushing into one shared remote, and its auditor.
 
-Issue 13's scale numbers, all measured in this one run (ratios are what carry over to another
+The fleet's scale numbers, all measured in this one run (ratios are what carry over to another
 machine; the load average is printed with them):
 
 1. --runners ledgers (each its own ledger id, key, state directory and process) of --records

@@ -24,6 +24,7 @@ from support.replicas import TestLedger, make_ledger, unsigned_commit_on
 from ledger import errors, replicate
 from ledger.fleet import WitnessHead, append_heads
 from ledger.format import records
+from ledger.run import runbook_lock
 from ledger.verify import local
 
 pytestmark = pytest.mark.server
@@ -372,6 +373,24 @@ def test_a_run_witnesses_before_run_started_unless_turned_off(fleet: Fleet, tmp_
     assert "Witnessed" not in r.err
     kinds = [kind for _sha, kind, _rec in records_of(a)]
     assert kinds.count("witness") == 1 and kinds.count("run.started") == 2
+
+
+def test_a_run_refused_for_a_held_lock_leaves_no_witness_record(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    a = fleet.a
+    book = tmp_path / "locked.yaml"
+    book.write_text(HELLO.replace("name: hello\n", "name: locked\nlock: restart-api\n"))
+    head = a.head
+    with runbook_lock(a.ledger, "restart-api", "20260101T000000Z-0000abcd"):
+        r = run_book(a, book)
+    assert r.code == 6, r.output
+    assert "Witnessed" not in r.err
+    assert a.head == head and witness_records(a) == []
+    r = run_book(a, book)  # the lock released: the witness, then the run
+    assert r.code == 0, r.output
+    kinds = [kind for _sha, kind, _rec in records_of(a)]
+    assert kinds.count("witness") == 1 and kinds.index("witness") == kinds.index("run.started") - 1
 
 
 def test_a_run_with_an_unreachable_shared_remote_still_runs_and_records(tmp_path: Path) -> None:

@@ -101,9 +101,9 @@ def _shared_remote_configured(led: store.Ledger) -> bool:
 
 
 def _witness_at_start(led: store.Ledger, signing_key: keys.SigningIdentity) -> None:
-    """The witness at the start of a run (after its verification, before ``run.started``):
-    when the ledger has a shared remote and ``ledger.witness`` is not false. Any failure is
-    one warning line and no witness record; the run goes on."""
+    """The witness at the start of a run (after its verification, with the run's locks held,
+    before ``run.started``): when the ledger has a shared remote and ``ledger.witness`` is
+    not false. Any failure is one warning line and no witness record; the run goes on."""
     if not _shared_remote_configured(led):
         return  # (and nothing of the fleet or the network is loaded)
     from ledger.fleet import witness  # here: only a run with a shared remote needs it
@@ -138,14 +138,15 @@ def _execute(
     led: store.Ledger, key_path: str | None, request: run.RunRequest, no_push: bool
 ) -> None:
     signing_key = core.signing_key_for(led, key_path)
-    _witness_at_start(led, signing_key)  # (before run.started; never stops the run)
     events = terminal.TerminalEvents()
     stop = run.StopSignal()
     runner = run.Runner(led, signing_key, events=events, stop=stop, interactive=_interactive())
     events.pusher = terminal.start_pusher(led, no_push)
     try:
         with _stop_on_signals(stop):
-            outcome = runner.run(request)
+            # The witness once the run's locks are held, before run.started; it never
+            # stops the run.
+            outcome = runner.run(request, before_start=lambda: _witness_at_start(led, signing_key))
     finally:
         terminal.finish_pusher(events.pusher)
     outcome.raise_for_status()

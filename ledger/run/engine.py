@@ -41,7 +41,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,12 +114,16 @@ class Runner:
 
     # ----- public
 
-    def run(self, request: RunRequest) -> run_events.RunOutcome:
+    def run(
+        self, request: RunRequest, *, before_start: Callable[[], None] | None = None
+    ) -> run_events.RunOutcome:
         """Execute ``request``; returns how it ended (see :meth:`RunOutcome.raise_for_status`).
 
         Takes the runbook's lock (if it has one) and the run's own lock
-        (:func:`~ledger.run.locks.run_lock`) for the whole run. Errors writing the ledger
-        propagate (:class:`StorageError`): a run never goes on without its records.
+        (:func:`~ledger.run.locks.run_lock`) for the whole run; ``before_start`` is called
+        once they are held, before ``run.started`` (so a run refused for a held lock does
+        nothing). Errors writing the ledger propagate (:class:`StorageError`): a run never
+        goes on without its records.
         """
         run_id = request.run_id or records.new_run_id()
         environ = dict(os.environ if request.environ is None else request.environ)
@@ -140,6 +144,8 @@ class Runner:
                     locks.runbook_lock(self.ledger, lock.text, run_id, shown=lock.redacted)
                 )
             held.enter_context(locks.run_lock(self.ledger, run_id))
+            if before_start is not None:
+                before_start()
             run = _Run(self, request, run_id, ctx, environ, lock.redacted if lock else None)
             outcome = run.execute()
         # Imported here: the verifier is large and the run starts without it.
