@@ -21,7 +21,8 @@ from support.cli import run_cli
 from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger
 
-from ledger.fleet import verify_fleet
+from ledger.fleet import claims, verify_fleet
+from ledger.fleet import state as fleet_state
 from ledger.store import Ledger
 
 pytestmark = pytest.mark.server
@@ -390,6 +391,33 @@ def test_witnessed_heads_are_checked_against_each_ledgers_verified_chain(
     refetch(copy)
     code, doc, _ = fv(copy)
     assert {f["rule"] for f in by_id(doc)[lid(a)]["findings"]} == {"witness-mismatch"}
+
+
+def test_claims_about_a_ledger_not_in_the_copy_are_kept_latest_first_and_said_once(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """A runner witnesses at every run: its claims about a ledger the auditor lacks must not
+    pile up in the auditor's state, nor one INFO line each."""
+    url, _server = shared_on(git_daemon, f"unk-{tmp_path.name}")
+    w = make_ledger(tmp_path, "w", records=1)
+    absent = "0" * 31 + "1"
+    total = claims.UNKNOWN_KEPT + 4
+    for seq in range(total):
+        head = {"ledger": absent, "seq": seq, "commit": f"{seq:040x}", "sha256": "4" * 64}
+        w.ledger.append("witness", {"heads": [head]}, key=w.key)
+    pushed(w, url)
+    copy = fleet_copy(tmp_path / "copy.git", origin=url)
+    for earlier, dropped in ((total - 1, 4), (claims.UNKNOWN_KEPT - 1, 0)):
+        code, doc, _err = fv(copy)
+        assert code == 0
+        (info,) = by_id(doc)[lid(w)]["findings"]
+        assert info["rule"] == "witness-unknown" and info["info"] is True
+        assert info["seq"] == total - 1 and f"{total - 1:040x}" in info["message"]
+        assert f"and {earlier} earlier claim(s) about it" in info["message"]
+        assert ("oldest are no longer kept" in info["message"]) is (dropped > 0)
+        saved = fleet_state.load_ledger(copy, lid(w))
+        assert saved is not None
+        assert sorted(c["seq"] for c in saved.claims) == list(range(4, total))
 
 
 def test_bad_input_is_one_paragraph_and_a_documented_exit_code(tmp_path: Path) -> None:

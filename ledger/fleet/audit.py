@@ -351,15 +351,20 @@ def _check_claims(
         todo = [c for c in (claims.Claim.from_json(d) for d in saved) if c is not None]
         todo += mine.new_claims
         kept: list[claims.Claim] = []
+        not_here: dict[str, list[tuple[claims.Claim, FleetFinding]]] = {}
         for claim in dict.fromkeys(todo):
             verdict = claims.check(repo, claim, targets.get(claim.ledger, unknown))
             if verdict == claims.RESOLVED:
                 continue
+            if isinstance(verdict, FleetFinding) and verdict.info:  # witness-unknown
+                not_here.setdefault(claim.ledger, []).append((claim, verdict))
+                continue
             kept.append(claim)
             if isinstance(verdict, FleetFinding):
-                about = mine if verdict.info else settled.get(claim.ledger, mine)
-                about.out.findings.append(verdict)
-        mine.new_claims = kept
+                settled.get(claim.ledger, mine).out.findings.append(verdict)
+        latest, said = claims.keep_unknown(not_here)
+        mine.out.findings.extend(said)
+        mine.new_claims = kept + latest
 
 
 # --- remembering ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ that seq), ``witness-unknown`` (information: the witnessed ledger is not in the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ class Target:
 RESOLVED = "resolved"
 PENDING = "pending"
 
+#: Claims about one ledger not in the copy kept per witnessing ledger: the latest (a runner
+#: witnesses at every run, so they would otherwise grow with every run for as long as the
+#: auditor lacks that ledger's remote).
+UNKNOWN_KEPT = 16
+
 
 def check(repo: pygit2.Repository, claim: Claim, target: Target) -> outcome.FleetFinding | str:
     """The verdict on ``claim``: :data:`RESOLVED`, :data:`PENDING` or a finding."""
@@ -108,6 +114,29 @@ def check(repo: pygit2.Repository, claim: Claim, target: Target) -> outcome.Flee
         f"{claim.said()}; its verified chain (head {verified.head} at seq {verified.seq}) "
         f"{problem}: the witness saw another history (a rewrite or a fork)",
     )
+
+
+def keep_unknown(
+    unknown: dict[str, list[tuple[Claim, outcome.FleetFinding]]],
+) -> tuple[list[Claim], list[outcome.FleetFinding]]:
+    """Of one witnessing ledger's ``witness-unknown`` claims, grouped by the ledger they
+    name: the :data:`UNKNOWN_KEPT` latest of each (by the witness record's seq, then the
+    claimed seq), and one finding per named ledger (the latest claim's, with how many
+    more there are and how many were let go)."""
+    kept: list[Claim] = []
+    said: list[outcome.FleetFinding] = []
+    for _ledger, found in sorted(unknown.items()):
+        found.sort(key=lambda cf: (cf[0].by_seq, cf[0].seq))
+        latest = found[-UNKNOWN_KEPT:]
+        kept.extend(claim for claim, _ in latest)
+        finding = latest[-1][1]
+        if len(found) > 1:
+            dropped = len(found) - len(latest)
+            more = f" (and {len(found) - 1} earlier claim(s) about it"
+            more += f"; the {dropped} oldest are no longer kept)" if dropped else ")"
+            finding = dataclasses.replace(finding, message=finding.message + more)
+        said.append(finding)
+    return kept, said
 
 
 def _on_chain(
