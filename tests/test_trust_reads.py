@@ -283,6 +283,41 @@ def test_report_head_time_is_not_read_from_an_unverified_head(
     assert "untrusted-key" in res.out  # the report says what failed
 
 
+def test_report_shows_the_chain_commit_of_an_old_record_not_an_index_forgery(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The report names each record's commit: for a record at or below the last verified
+    head, a seq-index entry at a forged commit with the record's tree must not be shown."""
+    import pygit2
+
+    led, key = setup
+    book = tmp_path / "tiny.yaml"
+    book.write_text(RUNBOOK)
+    assert run_cli("run", book, "-L", led, "-k", key, "--no-push").code == 0
+    run_id = json.loads(run_cli("runs", "-L", led, "--json").out)[0]["run"]
+    assert run_cli("verify", "-L", led).code == 0  # the run's records are verified ones now
+    repo = pygit2.Repository(str(led))
+    started = next(
+        c
+        for c in repo.walk(repo.head.target)
+        if records.parse_trailers(c.message).get("Ledger-Kind") == "run.started"
+    )
+    seq = int(records.parse_trailers(started.message)["Ledger-Seq"])
+    forged = signed_commit(
+        repo,
+        SigningKey.generate(),
+        started.tree_id,
+        [str(p) for p in started.parent_ids],
+        started.message.replace("run.started", "run.started PWNED", 1),
+        started.author,
+    )
+    _index_entry(led, seq, forged)
+    res = run_cli("report", "--run", run_id, "-L", led)
+    assert res.code == 0, res.output
+    assert forged[:12] not in res.out and "PWNED" not in res.out, res.out
+    assert str(started.id)[:12] in res.out, res.out
+
+
 # --- the ledger's config is no trust anchor ---------------------------------------------------
 
 

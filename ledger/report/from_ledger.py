@@ -73,7 +73,7 @@ def _select(
         )
     runs: dict[str, Sequence[report_model.RecordLike]] = {}
     if run:
-        recs = ledger.run_records(run, at=at)
+        recs = ledger.run_records(run, at=at, signed=True)
         if not recs:
             raise errors.InputError(
                 f"the ledger has no run {run}.",
@@ -89,7 +89,7 @@ def _select(
                 hint="Runs are tied to an incident with 'ledger run --incident ID'.",
             )
         for rid in ids:
-            runs[rid] = list(ledger.run_records(rid, at=at))
+            runs[rid] = list(ledger.run_records(rid, at=at, signed=True))
         return "incident", incident, runs
     lo = parse_bound(since or "", end=False)
     hi = parse_bound(until, end=True) if until else None
@@ -97,7 +97,7 @@ def _select(
         raise errors.UsageError(f"--until {until} is before --since {since}.")
     lo_s, hi_s = iso(lo), iso(hi) if hi else None
     for rid in ledger.run_ids(lo, hi, at=at):
-        recs = list(ledger.run_records(rid, at=at))
+        recs = list(ledger.run_records(rid, at=at, signed=True))
         start = next(
             (r.record.get("time") for r in recs if r.record.get("kind") == "run.started"), None
         )
@@ -141,7 +141,9 @@ def default_verifier(
     pin); unpinned, the report says so. A record newer than the saved head is looked up on
     the verifier's walk; an older one is on the chain when the verified head's tree holds its
     bytes at its path (the tree only grows, which the verifier checked), so a report on an
-    old run does not walk back through the history.
+    old run does not walk back through the history. The commit id a record is shown with
+    was found with ``signed=True`` (:meth:`ledger.store.Ledger.commit_for_seq`): a seq index
+    pointing at another commit with the same tree is not believed.
     """
     from ledger import verify  # here, not at the top: keeps the verifier out of 'ledger --help'
     from ledger.verify import local
