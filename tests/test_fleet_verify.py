@@ -17,7 +17,7 @@ from typing import Any
 import gitservers
 import pytest
 from gitservers import GitDaemon, GitHttpServer
-from support.cli import run_cli
+from support.cli import CliResult, run_cli
 from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger
 
@@ -418,6 +418,46 @@ def test_claims_about_a_ledger_not_in_the_copy_are_kept_latest_first_and_said_on
         saved = fleet_state.load_ledger(copy, lid(w))
         assert saved is not None
         assert sorted(c["seq"] for c in saved.claims) == list(range(4, total))
+
+
+def test_the_auditor_dismisses_a_witness_records_false_claims(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    url, _server = shared_on(git_daemon, f"dis-{tmp_path.name}")
+    a, w = make_ledger(tmp_path, "a", records=3), make_ledger(tmp_path, "w", records=1)
+    pushed(a, url)
+    false = {"ledger": lid(a), "seq": 1, "commit": "1" * 40, "sha256": "2" * 64}
+    done = w.ledger.append("witness", {"heads": [false]}, key=w.key)
+    pushed(w, url)
+    copy = fleet_copy(tmp_path / "copy.git", origin=url)
+    code, doc, _ = fv(copy)
+    assert code == 7 and rules(by_id(doc)[lid(a)]) == {"witness-mismatch"}
+
+    def dismiss(*args: str | int) -> CliResult:
+        return run_cli("fleet", "dismiss", *[str(x) for x in args], "--fleet", copy)
+
+    for args, words in (
+        ((lid(w), done.seq + 1, "--reason", "x"), "keeps no claim"),
+        ((lid(w), done.seq, "--reason", " "), "needs a reason"),
+        ((lid(w), done.seq, "--reason", "two\nlines"), "needs a reason"),
+        (("W" * 32, done.seq, "--reason", "x"), "is not a ledger id"),
+    ):
+        r = dismiss(*args)
+        assert r.code == 3 and words in r.err and "Traceback" not in r.output, (args, r.output)
+    r = dismiss(lid(w), done.seq, "--reason", "w's key was misused; see INC-7")
+    assert r.code == 0 and "Dismissed 1 claim(s)" in r.out, r.output
+
+    code, doc, _ = fv(copy)
+    assert code == 0, doc
+    assert by_id(doc)[lid(a)]["findings"] == []
+    (said,) = by_id(doc)[lid(w)]["findings"]
+    assert said["rule"] == "witness-dismissed" and said["info"] is True
+    assert said["by_seq"] == done.seq and "see INC-7" in said["message"]
+    code, doc, _ = fv(copy)  # said once; the claims are gone from the auditor's state
+    assert code == 0 and by_id(doc)[lid(w)]["findings"] == []
+    saved = fleet_state.load_ledger(copy, lid(w))
+    assert saved is not None and saved.claims == []
+    assert (lid(w), done.seq) in fleet_state.load_fleet(copy).dismissed
 
 
 def test_bad_input_is_one_paragraph_and_a_documented_exit_code(tmp_path: Path) -> None:

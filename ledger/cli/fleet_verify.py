@@ -77,6 +77,44 @@ def verify_cmd(
         fetched.raise_for_failures()  # (exit 8: the fleet was verified as it was)
 
 
+@fleet.fleet_app.command("dismiss")
+def dismiss_cmd(
+    ledger_id: Annotated[
+        str,
+        typer.Argument(
+            help="The witnessing ledger (a witness finding's by_ledger).", show_default=False
+        ),
+    ],
+    seq: Annotated[
+        int,
+        typer.Argument(
+            min=0, help="Its witness record's seq (the finding's by_seq).", show_default=False
+        ),
+    ],
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            help="Why the record's claims are false (kept and shown).",
+            show_default=False,
+        ),
+    ],
+    fleet_dir: fleet.FleetOpt = None,
+) -> None:
+    """Dismiss the claims of one witness record: after an investigation found them false (a
+    witness key misused), they stop being findings; the dismissal and its reason are kept in
+    your state directory and said at the next verification."""
+    path = fleet.fleet_path(fleet_dir)
+    from ledger.fleet import audit  # here: only this command needs it
+
+    kept = audit.dismiss_claims(path, ledger_id, seq, reason)
+    common.console.print(
+        f"Dismissed {kept} claim(s) of ledger {ledger_id}'s witness record at seq {seq}; "
+        "'ledger fleet verify' will say so once and no longer report them.",
+        markup=False,
+    )
+
+
 def _verify(
     audit: Any, path: Path, pins: Path | None, jobs: int | None, show_bar: bool
 ) -> outcome.FleetResult:

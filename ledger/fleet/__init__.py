@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING
 from ledger import lazy
 
 if TYPE_CHECKING:
-    from ledger.fleet.audit import FleetFinding, FleetResult, LedgerOutcome, verify_fleet
+    from ledger.fleet.audit import (
+        FleetFinding,
+        FleetResult,
+        LedgerOutcome,
+        dismiss_claims,
+        verify_fleet,
+    )
     from ledger.fleet.copy import (
         Change,
         FetchResult,
@@ -59,7 +65,13 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy.attach(
     __name__,
     {
-        "ledger.fleet.audit": ("FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"),
+        "ledger.fleet.audit": (
+            "FleetFinding",
+            "FleetResult",
+            "LedgerOutcome",
+            "dismiss_claims",
+            "verify_fleet",
+        ),
         "ledger.fleet.outcome": ("FLEET_RULES",),
         "ledger.fleet.report": ("fleet_report", "make_fleet_report"),
         "ledger.fleet.report_model": ("FleetReport", "LedgerEvidence"),
@@ -115,6 +127,7 @@ __all__ = [
     "append_heads",
     "append_witness",
     "clone",
+    "dismiss_claims",
     "fetch",
     "fleet_report",
     "fleet_status",

@@ -27,12 +27,15 @@ from pathlib import Path
 
 import pygit2
 
+from ledger import errors
 from ledger.fleet import claims, copy, outcome, schedule, state
 from ledger.fleet.outcome import FleetFinding, FleetResult, LedgerOutcome
 from ledger.verify import findings, local
 from ledger.verify import state as verify_state
 
-__all__ = ["FleetFinding", "FleetResult", "LedgerOutcome", "verify_fleet"]
+__all__ = ["FleetFinding", "FleetResult", "LedgerOutcome", "dismiss_claims", "verify_fleet"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _verify_fleet(
     tasks = sorted((t for p in plans for t in p.tasks), key=lambda t: -t.size)
     results = schedule.run(tasks, jobs, progress, small_here=not asked)
     settled = {p.ledger_id: _settle(repo, p, results, now) for p in plans}
-    _check_claims(repo, plans, settled)
+    _check_claims(repo, plans, settled, fleet.dismissed)
     for p in plans:
         _remember(path, p, settled[p.ledger_id], now)
     local.save_pins(
@@ -102,6 +105,46 @@ def _verify_fleet(
         fleet.ledgers.update({lid: state.LedgerSeen(now, now) for lid in unseen})
         state.save_fleet(repo, fleet)
     return outcome.FleetResult([settled[p.ledger_id].out for p in plans], jobs=jobs)
+
+
+def dismiss_claims(path: Path | str, ledger_id: str, seq: int, reason: str) -> int:
+    """Dismiss the claims of ledger ``ledger_id``'s witness record at ``seq`` (the auditor
+    judged them false: a witness key misused, say): they stop being findings, and the
+    dismissal with ``reason`` is kept in the auditor's state and said at the next
+    verification. Only a record whose claims this copy's verification keeps now can be
+    dismissed; returns how many claims that record has kept. :class:`InputError` when none
+    are kept or ``reason`` is empty or not one line."""
+    if not state.LEDGER_ID_RE.fullmatch(ledger_id):
+        raise errors.InputError(
+            f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).",
+            hint="Copy by_ledger from the finding of 'ledger fleet verify --json'.",
+        )
+    reason = reason.strip()
+    if not reason or len(reason) > 500 or _CONTROL.search(reason):
+        raise errors.InputError(
+            "a dismissal needs a reason: one line of text, at most 500 characters.",
+            hint="Say why the claims are false, for example --reason 'web1 witness key "
+            "leaked; see INC-7'.",
+        )
+    repo = copy.open_copy(path)
+    with state.locked(repo):
+        saved = state.load_ledger(repo, ledger_id)
+        kept = [
+            c
+            for c in (claims.Claim.from_json(d) for d in (saved.claims if saved else []))
+            if c is not None and c.by_seq == seq
+        ]
+        if not kept:
+            raise errors.InputError(
+                f"this fleet copy keeps no claim of ledger {ledger_id}'s witness record at "
+                f"seq {seq}.",
+                hint="Dismiss what 'ledger fleet verify' reports: a witness finding names the "
+                "witnessing ledger (by_ledger) and its record's seq (by_seq).",
+            )
+        fleet = state.load_fleet(repo)
+        fleet.dismissed[(ledger_id, seq)] = {"reason": reason, "at": state.now()}
+        state.save_fleet(repo, fleet)
+    return len(kept)
 
 
 # --- settling one ledger ----------------------------------------------------------------------
@@ -338,11 +381,16 @@ def _blob(tree: pygit2.Tree, path: str) -> bytes:
 
 
 def _check_claims(
-    repo: pygit2.Repository, plans: list[schedule.Plan], settled: dict[str, _Settled]
+    repo: pygit2.Repository,
+    plans: list[schedule.Plan],
+    settled: dict[str, _Settled],
+    dismissed: dict[tuple[str, int], dict[str, str]],
 ) -> None:
     """Each witnessing ledger's unresolved and new claims, checked against the witnessed
     ledger's verified head after this verification; findings go to the witnessed ledger
-    (``witness-unknown``, information, to the witness)."""
+    (``witness-unknown``, information, to the witness). The claims of a witness record the
+    auditor dismissed are dropped, with one ``witness-dismissed`` (information) each time
+    they come back."""
     targets = {lid: claims.Target(True, s.verified, s.remote_seqs) for lid, s in settled.items()}
     unknown = claims.Target(False, None)
     for plan in plans:
@@ -350,6 +398,8 @@ def _check_claims(
         saved = plan.prev.claims if plan.prev is not None else []
         todo = [c for c in (claims.Claim.from_json(d) for d in saved) if c is not None]
         todo += mine.new_claims
+        todo, said = claims.drop_dismissed(todo, dismissed)
+        mine.out.findings.extend(said)
         kept: list[claims.Claim] = []
         not_here: dict[str, list[tuple[claims.Claim, FleetFinding]]] = {}
         for claim in dict.fromkeys(todo):

@@ -116,6 +116,36 @@ def check(repo: pygit2.Repository, claim: Claim, target: Target) -> outcome.Flee
     )
 
 
+def drop_dismissed(
+    todo: list[Claim], dismissed: dict[tuple[str, int], dict[str, str]]
+) -> tuple[list[Claim], list[outcome.FleetFinding]]:
+    """``todo`` without the claims of the witness records the auditor dismissed, and one
+    ``witness-dismissed`` finding (information) per such record met."""
+    kept: list[Claim] = []
+    met: dict[tuple[str, int], list[Claim]] = {}
+    for claim in todo:
+        key = (claim.by_ledger, claim.by_seq)
+        if key in dismissed:
+            met.setdefault(key, []).append(claim)
+        else:
+            kept.append(claim)
+    said = [
+        outcome.FleetFinding(
+            "witness-dismissed",
+            lid,
+            seq,
+            found[0].by_commit,
+            f"the {len(found)} claim(s) of ledger {lid}'s witness record at seq {seq} were "
+            f"dismissed by this auditor at {dismissed[(lid, seq)]['at']}: "
+            f"{dismissed[(lid, seq)]['reason']}",
+            by_ledger=lid,
+            by_seq=seq,
+        )
+        for (lid, seq), found in sorted(met.items())
+    ]
+    return kept, said
+
+
 def keep_unknown(
     unknown: dict[str, list[tuple[Claim, outcome.FleetFinding]]],
 ) -> tuple[list[Claim], list[outcome.FleetFinding]]:

@@ -20,10 +20,11 @@ FLEET_RULES = frozenset(
         "witness-rollback",
         "witness-mismatch",
         "witness-unknown",
+        "witness-dismissed",
     }
 )
 #: Fleet findings that are information, not failures.
-INFO_RULES = frozenset({"witness-unknown"})
+INFO_RULES = frozenset({"witness-unknown", "witness-dismissed"})
 STATUSES = ("ok", "new", "findings", "vanished")
 
 

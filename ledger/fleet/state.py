@@ -6,7 +6,9 @@ One directory per copy, keyed by the copy's real git directory path (as ``heads/
 
     <state_root>/fleets/<sha256 of the copy's real git dir path>/
         fleet.json          {"format": 1, "ledgers": {"<id>": {"first_seen", "last_seen"}},
-                             "remotes": {"<NAME>": {"url": <URL as added, password masked>}}}
+                             "remotes": {"<NAME>": {"url": <URL as added, password masked>}},
+                             "dismissed": {"<witness ledger id>": {"<record seq>":
+                                                                   {"reason", "at"}}}}
         ledgers/<id>.json   {"format": 1, "ledger_id", "verified": <VerifiedState JSON>|null,
                              "remotes": {"<NAME>": {"head", "seq", "seen_at", "vanished_at",
                                                     "rewound_from"}},
@@ -69,8 +71,14 @@ class FleetState:
 
     ledgers: dict[str, LedgerSeen] = field(default_factory=dict)
     remotes: dict[str, str] = field(default_factory=dict)  # name -> URL (password masked)
+    #: Witness records whose claims the auditor dismissed (``ledger fleet dismiss``):
+    #: (witnessing ledger id, record seq) -> {"reason", "at"}.
+    dismissed: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        dismissed: dict[str, dict[str, dict[str, str]]] = {}
+        for (lid, seq), why in sorted(self.dismissed.items()):
+            dismissed.setdefault(lid, {})[str(seq)] = why
         return {
             "format": FORMAT,
             "ledgers": {
@@ -78,6 +86,7 @@ class FleetState:
                 for lid, s in sorted(self.ledgers.items())
             },
             "remotes": {name: {"url": url} for name, url in sorted(self.remotes.items())},
+            "dismissed": dismissed,
         }
 
 
@@ -227,6 +236,24 @@ def load_fleet(copy: Path | str | pygit2.Repository) -> FleetState:
         out.ledgers[lid] = LedgerSeen(_str(seen, "first_seen", path), _str(seen, "last_seen", path))
     for name, entry in remotes.items():
         out.remotes[name] = _str(entry, "url", path)
+    out.dismissed = _dismissed(doc.get("dismissed", {}), path)
+    return out
+
+
+def _dismissed(obj: Any, path: Path) -> dict[tuple[str, int], dict[str, str]]:
+    if not isinstance(obj, dict):
+        raise _malformed(path, "'dismissed' must be an object")
+    out: dict[tuple[str, int], dict[str, str]] = {}
+    for lid, records in obj.items():
+        if not LEDGER_ID_RE.fullmatch(lid) or not isinstance(records, dict):
+            raise _malformed(path, f"'dismissed' has {lid!r}, which is not a ledger id")
+        for seq, why in records.items():
+            if not (isinstance(seq, str) and seq.isdigit() and len(seq) < 19):
+                raise _malformed(path, f"'dismissed' has {seq!r}, which is not a record seq")
+            out[(lid, int(seq))] = {
+                "reason": _str(why, "reason", path),
+                "at": _str(why, "at", path),
+            }
     return out
 
 
