@@ -31,7 +31,7 @@ from test_witness_record import OTHER, head_entry
 from ledger import errors
 from ledger.keys import SigningKey
 from ledger.store import Ledger
-from ledger.verify import VerifyResult, chain, commit, parallel, verify_ledger
+from ledger.verify import VerifyResult, chain, commit, parallel, verify_ledger, warmup
 
 # The hook's case: objects only in a directory added to this process's repository object,
 # which workers (opening the repository by path) do not see; verify_chain with a
@@ -225,7 +225,7 @@ def test_workers_that_cannot_start_leave_it_to_this_process(
     def refuse(method: str) -> Any:
         raise ValueError(f"no {method} here")
 
-    monkeypatch.setattr(parallel.multiprocessing, "get_context", refuse)
+    monkeypatch.setattr(warmup.multiprocessing, "get_context", refuse)
     monkeypatch.setattr(parallel, "SEGMENT", 2)
     _same(sequential, _original(built.path, built.head(), **_defaults(jobs=2)), "no workers")
 

@@ -71,7 +71,7 @@ def verify_cmd(
     json_out: common.JsonOpt = False,
 ) -> None:
     """Verify signatures, trust, chain and tree of every record; report every finding."""
-    path = common.find_ledger_path(ledger)
+    path = _ledger_path(ledger, jobs, since_last)
     store.Ledger.open(path)  # a clear error when there is no ledger
     if skip_remote and not remotes:
         raise errors.UsageError("--skip-remote only applies with --remotes.")
@@ -96,6 +96,17 @@ def verify_cmd(
         check = remote.check_for_verify(path, result, skip_remote or [])
     _show(outcome, check, json_out, since_last)
     _raise_for(outcome, check, path, require_pin, json_out)
+
+
+def _ledger_path(ledger: Path | None, jobs: int | None, since_last: bool) -> Path:
+    """The ledger's path; for a whole long chain the workers' server starts now, before
+    the verifier is loaded (:mod:`ledger.verify.warmup`, light to import)."""
+    path = common.find_ledger_path(ledger)
+    if not since_last:
+        from ledger.verify import warmup
+
+        warmup.start_early(path, jobs)
+    return path
 
 
 def _show(outcome: local.LocalVerification, check: Any, json_out: bool, since_last: bool) -> None:

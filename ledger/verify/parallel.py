@@ -22,7 +22,6 @@ and what comes back per commit is its findings and its signer.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import threading
 from collections import deque
@@ -34,11 +33,10 @@ from typing import Any
 import pygit2
 
 from ledger import errors
-from ledger.verify import commit, findings, objects, rules
+from ledger.verify import commit, findings, objects, rules, warmup
 
-#: Fewer records to check than this are checked in this process: starting workers costs
-#: more than they save.
-MIN_RECORDS = 2000
+#: Fewer records to check than this are checked in this process (``warmup.MIN_RECORDS``).
+MIN_RECORDS = warmup.MIN_RECORDS
 #: Commits per segment (a worker's unit of work), at most; shorter chains are cut into
 #: about eight segments per worker, so that the workers finish together.
 SEGMENT = 1000
@@ -141,8 +139,7 @@ class Pool:
 
     def _start(self, path: str, require_user_presence: bool) -> None:
         try:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["__main__", __name__])
+            context = warmup.forkserver_context()  # (perhaps started early: warmup)
             executor = ProcessPoolExecutor(
                 self.jobs,
                 mp_context=context,
