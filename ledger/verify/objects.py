@@ -142,10 +142,6 @@ def parse_sshsig(armored: str) -> keys.SshSigFields:
         raise SigError(str(exc)) from None
 
 
-def entry_bytes(mode: int, name: str, oid: str) -> bytes:
-    return gitobj.tree_entry(b"%o" % mode, name.encode("utf-8"), bytes.fromhex(oid))
-
-
 def tree_entries(raw: bytes) -> dict[str, tuple[int, str]]:
     """All entries of a raw tree: name -> (mode, hex id). ObjectError if malformed (the
     entries are the codec's; a mode that is not octal or a name that is not UTF-8 is

@@ -212,42 +212,46 @@ class _Comparison:
     ) -> bool:
         """The fast path: whether ``child`` minus ``adds`` hashes to ``parent``.
 
-        Directories that gained files are compared on the way (recursively); ``known``
-        receives the names handled here, which the slow path then skips."""
-        lookup = self.reader.lookup
+        Each added name is found in both raw trees by its entry's bytes with the mode the
+        layout requires (``mode name\0``, then 20 id bytes), only a hint: the SHA-1 of the
+        result confirms it. Directories that gained files are compared on the way
+        (recursively); ``known`` receives the names handled here, which the slow path then
+        skips."""
         candidate = c_raw
         fast = True
         for name, sub in adds.items():
             path = prefix + name
-            c_hit = lookup(child, c_raw, name, directory=sub is not None)
-            if c_hit is None or c_hit[0] != (rules.MODE_BLOB if sub is None else rules.MODE_TREE):
+            needle = (b"100644 " if sub is None else b"40000 ") + name.encode("utf-8") + b"\0"
+            size = len(needle) + 20
+            at_c = c_raw.find(needle)
+            if at_c < 0 or at_c + size > len(c_raw):
                 fast = False
                 continue
-            entry = objects.entry_bytes(c_hit[0], name, c_hit[1])
-            at = candidate.find(entry)
+            entry = c_raw[at_c : at_c + size]
+            c_oid = entry[-20:].hex()
+            # (the first match of the entry is the first of its prefix, while nothing is cut)
+            at = at_c if candidate is c_raw else candidate.find(entry)
+            at_p = p_raw.find(needle)
+            in_parent = at_p >= 0 and at_p + size <= len(p_raw)
             if sub is None:
-                if at < 0 or lookup(parent, p_raw, name, directory=False) is not None:
+                if at < 0 or in_parent:
                     fast = False
                     continue
-                self.found[path] = c_hit
+                self.found[path] = (rules.MODE_BLOB, c_oid)
                 known.add(name)
-                candidate = candidate[:at] + candidate[at + len(entry) :]
+                candidate = candidate[:at] + candidate[at + size :]
                 continue
-            p_hit = lookup(parent, p_raw, name, directory=True)
-            if p_hit is None:
-                self.compare(None, c_hit[1], sub, path + "/")
+            if not in_parent:
+                self.compare(None, c_oid, sub, path + "/")
                 replacement = b""
-            elif p_hit[0] != rules.MODE_TREE:
-                fast = False
-                continue
             else:
-                self.compare(p_hit[1], c_hit[1], sub, path + "/")
-                replacement = objects.entry_bytes(rules.MODE_TREE, name, p_hit[1])
+                replacement = p_raw[at_p : at_p + size]
+                self.compare(replacement[-20:].hex(), c_oid, sub, path + "/")
             known.add(name)
             if at < 0:
                 fast = False
                 continue
-            candidate = candidate[:at] + replacement + candidate[at + len(entry) :]
+            candidate = candidate[:at] + replacement + candidate[at + size :]
         header = b"tree %d\0" % len(candidate)
         return fast and hashlib.sha1(header + candidate).hexdigest() == parent  # noqa: S324
 
