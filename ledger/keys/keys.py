@@ -31,6 +31,10 @@ _RSA_SIG_HASHES: Final[dict[bytes, type[hashes.HashAlgorithm]]] = {
 }
 
 
+#: An Ed25519 signature blob up to its 64 signature bytes.
+_ED25519_SIG_HEAD: Final = sshwire.string(b"ssh-ed25519") + sshwire.U32.pack(64)
+
+
 class PublicKey:
     """An OpenSSH public key. Immutable; equal and hashed by its wire blob.
 
@@ -197,19 +201,27 @@ class PublicKey:
         """
         if self.application is not None:
             return verify_sk(self, signature, data) is not None
+        key = self._crypto
+        if (
+            len(signature) == len(_ED25519_SIG_HEAD) + 64
+            and signature.startswith(_ED25519_SIG_HEAD)
+            and isinstance(key, ed25519.Ed25519PublicKey)
+        ):  # the common case, parsed at once: string("ssh-ed25519") || string(64 bytes)
+            sig = signature[len(_ED25519_SIG_HEAD) :]
+            if _sodium_accepts(sig, data, self.blob[-32:]):
+                return True
+            try:
+                key.verify(sig, data)  # the rule: what libsodium refuses is judged here
+            except InvalidSignature:
+                return False
+            return True
         try:
             reader = sshwire.Reader(signature)
             sig_type = reader.string()
             sig = reader.string()
             reader.end()
-            key = self._crypto
             if isinstance(key, ed25519.Ed25519PublicKey):
-                if sig_type != b"ssh-ed25519" or len(sig) != 64:
-                    return False
-                if _sodium_accepts(sig, data, self.blob[-32:]):
-                    return True
-                key.verify(sig, data)  # the rule: what libsodium refuses is judged here
-                return True
+                return False  # (an Ed25519 signature has exactly the shape checked above)
             if isinstance(key, ec.EllipticCurvePublicKey):
                 if sig_type != self.key_type.encode():
                     return False

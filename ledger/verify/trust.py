@@ -152,6 +152,18 @@ def _high_s(alg: bytes, signature: bytes) -> bool:
     return int.from_bytes(s, "big") > order // 2
 
 
+#: What an SSHSIG signs, up to the digest, for namespace ``git``, no reserved bytes and
+#: SHA-512 (the only values accepted): ``"SSHSIG" || string("git") || string("") ||
+#: string("sha512") ||`` the 64-byte digest's length.
+_SIGNED_PREFIX = (
+    objects.SSHSIG_MAGIC
+    + objects.ssh_string(b"git")
+    + objects.ssh_string(b"")
+    + objects.ssh_string(b"sha512")
+    + (64).to_bytes(4, "big")
+)
+
+
 class Signatures:
     """Checks commit signatures (FORMAT.md §6), parsing each signer's key once.
 
@@ -160,16 +172,21 @@ class Signatures:
     and ``git verify-commit`` accept it) and counted in ``without_presence``."""
 
     def __init__(self, require_user_presence: bool = False) -> None:
-        self._keys: dict[bytes, ledger_keys.PublicKey] = {}
+        self._keys: dict[bytes, tuple[ledger_keys.PublicKey, bool]] = {}
         self.require_user_presence = require_user_presence
         self.without_presence = 0
 
     def public_key(self, blob: bytes) -> ledger_keys.PublicKey:
-        pk = self._keys.get(blob)
-        if pk is None:
+        return self._key(blob)[0]
+
+    def _key(self, blob: bytes) -> tuple[ledger_keys.PublicKey, bool]:
+        """The key of ``blob`` and whether its type is a security key's."""
+        known = self._keys.get(blob)
+        if known is None:
             pk = ledger_keys.PublicKey.from_blob(blob)
-            self._keys[blob] = pk
-        return pk
+            known = pk, objects.read_string(blob, 0)[0] in sk.SK_TYPES
+            self._keys[blob] = known
+        return known
 
     def check(self, commit: objects.Commit, note: findings.Note) -> str | None:
         """Verify the commit's signature; the signer's fingerprint, or None."""
@@ -215,15 +232,9 @@ class Signatures:
         alg, _ = objects.read_string(sig.signature, 0)
         if alg == b"ssh-rsa":
             raise objects.SigError("RSA signatures with SHA-1 are not accepted")
-        pk = self.public_key(sig.public_key)
-        signed = (
-            objects.SSHSIG_MAGIC
-            + objects.ssh_string(sig.namespace)
-            + objects.ssh_string(sig.reserved)
-            + objects.ssh_string(sig.hash_algorithm)
-            + objects.ssh_string(hashlib.sha512(payload).digest())
-        )
-        if alg in sk.SK_TYPES or objects.read_string(sig.public_key, 0)[0] in sk.SK_TYPES:
+        pk, is_sk = self._key(sig.public_key)
+        signed = _SIGNED_PREFIX + hashlib.sha512(payload).digest()  # (namespace etc. checked)
+        if alg in sk.SK_TYPES or is_sk:
             try:
                 flags = sk.verify(sig.public_key, sig.signature, signed)
             except objects.SigError as exc:
