@@ -27,11 +27,18 @@ def _reject_constant(text: str) -> Any:
     raise NotCanonical(f"it holds {text}, which is not JSON")
 
 
+#: ``json.loads``/``json.dumps`` with these arguments, made once (not at every record).
+_DECODER = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def decode_record(raw: bytes) -> dict[str, Any]:
     """Parse a record and check it is canonical (FORMAT.md §2); NotCanonical if not."""
     try:
         text = raw.decode("utf-8")
-        obj = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # (as json.loads refuses it)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise NotCanonical("it is not UTF-8") from None
     except RecursionError:
@@ -41,7 +48,7 @@ def decode_record(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise NotCanonical("it is not a JSON object")
     try:
-        again = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        again = _ENCODER.encode(obj)
         canonical = again.encode("utf-8")
     except (UnicodeEncodeError, RecursionError, ValueError):
         raise NotCanonical("it cannot be re-encoded as UTF-8 JSON") from None
