@@ -63,21 +63,23 @@ class SshSigFields:
 def decode_sshsig(blob: bytes) -> SshSigFields:
     """The fields of an SSHSIG blob (``"SSHSIG"``, version 1, five strings, nothing after);
     ``ValueError`` naming what is wrong."""
-    if not blob.startswith(_SSHSIG_MAGIC) or len(blob) < len(_SSHSIG_MAGIC) + 4:
+    start = len(_SSHSIG_MAGIC)
+    if not blob.startswith(_SSHSIG_MAGIC) or len(blob) < start + 4:
         raise ValueError("the signature blob does not start with SSHSIG")
-    reader = sshwire.Reader(blob, len(_SSHSIG_MAGIC))
-    version = reader.u32()
+    version = int.from_bytes(blob[start : start + 4], "big")
     if version != _SSHSIG_VERSION:
         raise ValueError(f"unsupported SSHSIG version {version}")
-    try:
-        fields = SshSigFields(
-            reader.string(), reader.string(), reader.string(), reader.string(), reader.string()
-        )
-    except sshwire.Malformed:
-        raise ValueError("truncated SSHSIG blob") from None
-    if reader.offset != len(blob):
+    strings = []
+    pos, size = start + 4, len(blob)
+    for _ in range(5):  # public key, namespace, reserved, hash algorithm, signature
+        end = pos + 4 + int.from_bytes(blob[pos : pos + 4], "big")
+        if pos + 4 > size or end > size:
+            raise ValueError("truncated SSHSIG blob")
+        strings.append(blob[pos + 4 : end])
+        pos = end
+    if pos != size:
         raise ValueError("trailing bytes after the SSHSIG signature")
-    return fields
+    return SshSigFields(*strings)
 
 
 def _signed_data(namespace: bytes, reserved: bytes, hash_alg: bytes, digest: bytes) -> bytes:

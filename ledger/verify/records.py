@@ -223,6 +223,17 @@ def _check_run_links(rec: dict[str, Any]) -> list[str]:
     return out
 
 
+#: The trailers whose values have a pattern, with it.
+_TRAILER_PATTERNS = {
+    "Ledger-Id": rules.LEDGER_ID,
+    "Ledger-Seq": rules.SEQ,
+    "Ledger-Kind": rules.KIND,
+    "Ledger-Record-Sha256": rules.SHA256,
+    "Ledger-Prev-Sha256": rules.SHA256,
+    "Ledger-Unverified": rules.UNVERIFIED,
+}
+
+
 def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
     """Trailers of a commit message and the problems with its shape (FORMAT.md §3)."""
     if message is None:
@@ -255,15 +266,7 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
     missing = [k for k in rules.TRAILERS[:5] if k not in trailers]
     if missing:
         problems.append(f"missing trailer(s) {', '.join(missing)}")
-    checks = {
-        "Ledger-Id": rules.LEDGER_ID,
-        "Ledger-Seq": rules.SEQ,
-        "Ledger-Kind": rules.KIND,
-        "Ledger-Record-Sha256": rules.SHA256,
-        "Ledger-Prev-Sha256": rules.SHA256,
-        "Ledger-Unverified": rules.UNVERIFIED,
-    }
-    for key, pattern in checks.items():
+    for key, pattern in _TRAILER_PATTERNS.items():
         if key in trailers and not pattern.fullmatch(trailers[key]):
             problems.append(f"{key} {trailers[key][:80]!r} is malformed")
             if key in ("Ledger-Seq", "Ledger-Record-Sha256", "Ledger-Prev-Sha256"):
