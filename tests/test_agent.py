@@ -288,7 +288,12 @@ def test_confirmation_declined(tmp_path: Path, agents: list[Agent]) -> None:
 def test_token_not_touched_in_time(tmp_path: Path, agents: list[Agent]) -> None:
     release = tmp_path / "release"
     askpass = tmp_path / "askpass"
-    askpass.write_text(f"#!/bin/sh\nwhile [ ! -e {release} ]; do sleep 0.05; done\nexit 1\n")
+    # Waits until released, at most 30 s (an askpass the agent starts after the test, once
+    # tmp_path is gone, must not wait forever).
+    askpass.write_text(
+        f"#!/bin/sh\ni=0\nwhile [ ! -e {release} ] && [ -d {tmp_path} ] && [ $i -lt 600 ]; do\n"
+        "  sleep 0.05; i=$((i+1))\ndone\nexit 1\n"
+    )
     askpass.chmod(0o700)
     agent = Agent(tmp_path, extra_env={"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"})
     agents.append(agent)
