@@ -178,6 +178,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "ledger fleet verify --fleet audit.git",
         "ledger fleet verify --pins pins --jobs 4 --json --no-fetch",
     ),
+    "fleet dismiss": (
+        "ledger fleet dismiss 0f3c2a9b8d7e6f5a4b3c2d1e0f9a8b7c 12 --reason 'key misused: INC-7'",
+        "ledger fleet dismiss 0f3c2a9b8d7e6f5a4b3c2d1e0f9a8b7c 12 --fleet audit.git "
+        "--reason 'claims judged false'",
+    ),
     "fleet report": (
         "ledger fleet report --fleet audit.git --incident INC-42 -o INC-42.md",
         "ledger fleet report --since 2026-11-22 --until 2026-11-23 --pins pins",
