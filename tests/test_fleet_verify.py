@@ -458,6 +458,13 @@ def test_the_auditor_dismisses_a_witness_records_false_claims(
     saved = fleet_state.load_ledger(copy, lid(w))
     assert saved is not None and saved.claims == []
     assert (lid(w), done.seq) in fleet_state.load_fleet(copy).dismissed
+    # A dismissal is the auditor's own state: a malformed one is named, never believed.
+    state_file = fleet_state.state_dir(copy) / "fleet.json"
+    doc = json.loads(state_file.read_text())
+    doc["dismissed"] = {lid(w): {"twelve": {"reason": "x", "at": "t"}}}
+    state_file.write_text(json.dumps(doc))
+    r = run_cli("fleet", "verify", "--fleet", copy, "--no-fetch")
+    assert r.code == 6 and str(state_file) in r.err and "not a record seq" in r.err, r.output
 
 
 def test_bad_input_is_one_paragraph_and_a_documented_exit_code(tmp_path: Path) -> None:
