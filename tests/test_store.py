@@ -455,9 +455,12 @@ def test_small_packs_with_deltas_are_merged_through_the_object_database(
 
     add(20)
     copy = tmp_path / "copy.git"
+    # (a local clone copies the pack files: not while the ledger's upkeep replaces them)
+    ledger.wait_for_packing()
     git("clone", "-q", "--bare", ledger.path, copy)
     for _ in range(2):
         add(3)
+        ledger.wait_for_packing()
         git("-c", "fetch.unpackLimit=1", "fetch", "-q", ledger.path, "main:main", cwd=copy)
     pack_dir = copy / "objects" / "pack"
     small = [p for p in upkeep.list_packs(pack_dir) if p.count <= UpkeepPolicy().small_pack_objects]
