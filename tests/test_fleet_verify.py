@@ -345,12 +345,20 @@ def _digest(repo: Path, oid: str) -> str:
     return hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
 
 
+def _witnessed_and_witness(
+    server: GitDaemon, tmp_path: Path, records: int
+) -> tuple[str, Path, TestLedger, TestLedger]:
+    """A shared remote holding ledger a (``records`` records), and ledger w (to witness)."""
+    url, path = shared_on(server, f"wit-{tmp_path.name}")
+    a, w = make_ledger(tmp_path, "a", records=records), make_ledger(tmp_path, "w", records=1)
+    pushed(a, url)
+    return url, path, a, w
+
+
 def test_witnessed_heads_are_checked_against_each_ledgers_verified_chain(
     git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
-    url, server = shared_on(git_daemon, f"wit-{tmp_path.name}")
-    a, w = make_ledger(tmp_path, "a", records=5), make_ledger(tmp_path, "w", records=1)
-    pushed(a, url)
+    url, server, a, w = _witnessed_and_witness(git_daemon, tmp_path, 5)
     seen = a.head
     absent = "0" * 31 + "1"
     heads = sorted(
@@ -423,9 +431,7 @@ def test_claims_about_a_ledger_not_in_the_copy_are_kept_latest_first_and_said_on
 def test_the_auditor_dismisses_a_witness_records_false_claims(
     git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
-    url, _server = shared_on(git_daemon, f"dis-{tmp_path.name}")
-    a, w = make_ledger(tmp_path, "a", records=3), make_ledger(tmp_path, "w", records=1)
-    pushed(a, url)
+    url, _server, a, w = _witnessed_and_witness(git_daemon, tmp_path, 3)
     false = {"ledger": lid(a), "seq": 1, "commit": "1" * 40, "sha256": "2" * 64}
     done = w.ledger.append("witness", {"heads": [false]}, key=w.key)
     pushed(w, url)
