@@ -6,6 +6,7 @@ import contextlib
 import getpass
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -193,3 +194,28 @@ def check_text(value: str, option: str) -> str:
             hint="Give the text in UTF-8 (check the terminal's or the calling program's encoding).",
         ) from None
     return value
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, show: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A transient progress bar on stderr while the block runs, as the ``progress(done,
+    total)`` callback the library takes; ``None`` (no bar) unless ``show``."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        label,
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console_err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield tick

@@ -118,24 +118,8 @@ def dismiss_cmd(
 def _verify(
     audit: Any, path: Path, pins: Path | None, jobs: int | None, show_bar: bool
 ) -> outcome.FleetResult:
-    if not show_bar:
-        result: outcome.FleetResult = audit.verify_fleet(path, pins=pins, jobs=jobs)
-        return result
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress
-
-    with Progress(
-        "verifying ledgers",
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=common.console_err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("fleet", total=None)
-
-        def tick(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        result = audit.verify_fleet(path, pins=pins, jobs=jobs, progress=tick)
+    with common.progress_bar("verifying ledgers", show_bar) as tick:
+        result: outcome.FleetResult = audit.verify_fleet(path, pins=pins, jobs=jobs, progress=tick)
         return result
 
 

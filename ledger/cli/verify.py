@@ -165,30 +165,7 @@ def _verify_local(
     when ``show_bar``."""
     from ledger.verify import local
 
-    if not show_bar:
-        return local.verify_local(
-            path,
-            anchors=anchors,
-            since_last=since_last,
-            remember=remember,
-            require_user_presence=require_user_presence,
-            jobs=jobs,
-        )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress(
-        "verifying",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=common.console_err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("verify", total=None)
-
-        def tick(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with common.progress_bar("verifying", show_bar) as tick:
         return local.verify_local(
             path,
             anchors=anchors,
