@@ -3,8 +3,6 @@ ledger of an auditor's fleet copy, read at each ledger's verified head."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,46 +10,8 @@ import typer
 from ledger import errors
 from ledger import report as report_mod
 from ledger.cli import common, fleet
+from ledger.cli import report as cli_report
 
-IncidentOpt = Annotated[
-    str | None,
-    typer.Option("--incident", help="Report on every run of this incident.", show_default=False),
-]
-SinceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--since",
-        help="Report on the runs started at or after this UTC time "
-        "(YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]).",
-        show_default=False,
-    ),
-]
-UntilOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--until",
-        help="With --since: only runs started at or before this UTC time "
-        "(a date means the end of that day).",
-        show_default=False,
-    ),
-]
-TemplateOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--template",
-        "-t",
-        help="A Jinja2 template file to render instead of the default fleet report "
-        "(runs in a sandbox; see docs/REPORTS.md).",
-        show_default=False,
-    ),
-]
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
-]
-ExcerptOpt = Annotated[
-    int, typer.Option("--excerpt-lines", min=1, max=10_000, help="Lines of output shown per step.")
-]
 JobsOpt = Annotated[
     int | None,
     typer.Option(
@@ -65,13 +25,13 @@ JobsOpt = Annotated[
 
 @fleet.fleet_app.command("report")
 def fleet_report_cmd(
-    incident: IncidentOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
+    incident: cli_report.IncidentOpt = None,
+    since: cli_report.SinceOpt = None,
+    until: cli_report.UntilOpt = None,
     fleet_dir: fleet.FleetOpt = None,
-    template: TemplateOpt = None,
-    output: OutputOpt = None,
-    excerpt_lines: ExcerptOpt = report_mod.EXCERPT_LINES,
+    template: cli_report.TemplateOpt = None,
+    output: cli_report.OutputOpt = None,
+    excerpt_lines: cli_report.ExcerptOpt = report_mod.EXCERPT_LINES,
     pins: common.PinsOpt = None,
     jobs: JobsOpt = None,
 ) -> None:
@@ -83,7 +43,6 @@ def fleet_report_cmd(
     then exits 7 after writing the report.
     """
     from ledger.fleet import report as fleet_report  # here: keeps pygit2 out of 'ledger --help'
-    from ledger.report import from_ledger
 
     path = fleet.fleet_path(fleet_dir)
     done = fleet_report.make_fleet_report(
@@ -96,12 +55,7 @@ def fleet_report_cmd(
         jobs=jobs,
         excerpt_lines=excerpt_lines,
     )
-    if output is None:
-        sys.stdout.buffer.write(done.text.encode("utf-8"))
-        sys.stdout.buffer.flush()
-    else:
-        written = from_ledger.write_report(done.text, output)
-        common.console_err.print(f"Report written to {written}", highlight=False, markup=False)
+    cli_report.emit(done.text, output)
     failing = done.failing
     if failing:
         names = ", ".join(f"{x.label} ({x.ledger_id})" for x in failing)
