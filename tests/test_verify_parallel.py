@@ -22,7 +22,7 @@ from typing import Any
 import pygit2
 import pytest
 from support.cli import run_cli
-from support.tamper import build, forge_append
+from support.tamper import Built, build, forge_append
 from test_tamper import *  # noqa: F403  (collected again here, under the differential)
 from test_verify import *  # noqa: F403
 from test_witness_record import *  # noqa: F403
@@ -245,6 +245,92 @@ def test_open_repository_defaults_to_this_process(
     assert asked == [7, 1, 3, 7, 1]
     with pytest.raises(errors.InputError):
         verify_ledger(built.path, jobs=0)
+
+
+# --- a plan from the seq index ----------------------------------------------------------------
+
+
+def _walks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The heads this process walks back from (step 2 of FORMAT.md §10)."""
+    heads: list[str] = []
+    walk_back = chain._walk_back
+
+    def counted(v: commit.Verifier, head: str, *args: Any, **kwargs: Any) -> Any:
+        heads.append(head)
+        return walk_back(v, head, *args, **kwargs)
+
+    monkeypatch.setattr(chain, "_walk_back", counted)
+    return heads
+
+
+def test_a_whole_chain_for_workers_is_taken_from_the_seq_index_not_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = build(tmp_path, events_after_key=8)
+    asked = _defaults(commits=(built.ids[3], built.ids[-2], "f" * 40))
+    sequential = _original(built.path, built.head(), **{**asked, "jobs": 1})
+    assert sequential.ok and sequential.included[built.ids[3]] == 3
+    walks = _walks(monkeypatch)
+    monkeypatch.setattr(parallel, "SEGMENT", 3)
+    _same(sequential, _original(built.path, built.head(), **{**asked, "jobs": 2}), "planned")
+    assert walks == []  # the workers had the chain from the index at once
+
+
+def _lie(built: Built, how: str) -> list[str]:
+    """The seq index's ids, made to lie ``how``."""
+    ids = list(built.ids)
+    if how == "swapped":
+        ids[3], ids[4] = ids[4], ids[3]
+    elif how == "a tree":
+        ids[6] = str(built.repo[ids[6]].tree_id)
+    elif how == "missing":
+        ids[2] = "0" * 40
+    elif how == "no root":
+        ids[0] = ids[1]
+    elif how == "another chain":  # the same head after another ledger's chain, held here too
+        other = build(built.path.parent, "other", events_after_key=8)
+        fetch = ["git", "-C", str(built.path), "fetch", "-q", str(other.path), "main:other"]
+        subprocess.run(fetch, check=True)
+        ids = other.ids[:-1] + ids[-1:]
+    return ids
+
+
+def _index(built: Built, ids: list[str]) -> None:
+    index = built.path / "ledger-state" / "seq-index"
+    index.write_bytes(b"".join(bytes.fromhex(oid) for oid in ids))
+
+
+@pytest.mark.parametrize("how", ["swapped", "a tree", "missing", "no root", "another chain"])
+def test_a_seq_index_that_lies_gives_what_walking_back_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    built = build(tmp_path, events_after_key=8)
+    sequential = _original(built.path, built.head(), **_defaults(jobs=1))
+    assert sequential.ok
+    _index(built, _lie(built, how))
+    walks = _walks(monkeypatch)
+    monkeypatch.setattr(parallel, "SEGMENT", 3)
+    _same(sequential, _original(built.path, built.head(), **_defaults(jobs=2)), how)
+    assert walks == [built.head()]  # the plan failed (or was refused): walked back
+
+
+def test_a_planned_chain_with_findings_is_verified_again_by_walking_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = _trust_story(tmp_path)
+    sequential = _original(built.path, built.head(), **_defaults(jobs=1))
+    assert not sequential.ok
+    chain_ids = subprocess.run(
+        ["git", "-C", str(built.path), "rev-list", "--first-parent", "--reverse", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    _index(built, chain_ids)  # true, the forged records too
+    walks = _walks(monkeypatch)
+    monkeypatch.setattr(parallel, "SEGMENT", 3)
+    _same(sequential, _original(built.path, built.head(), **_defaults(jobs=2)), "findings")
+    assert walks == [built.head()]
 
 
 _SMALL_SEGMENTS_CLI = (

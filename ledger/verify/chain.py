@@ -19,7 +19,7 @@ from pathlib import Path
 import pygit2
 
 from ledger import errors
-from ledger.verify import commit, findings, objects, parallel, rules, state
+from ledger.verify import commit, findings, objects, parallel, rules, state, warmup
 
 
 def _check_genesis_arg(value: str | None) -> str | None:
@@ -210,12 +210,13 @@ def _verify_chain(
     pin = _check_genesis_arg(trust_genesis)
     repo = objects.open_repo(repo)
     head = head.strip().lower()
-    v = commit.Verifier(repo, require_user_presence)
     workers = _Workers(repo.path, jobs, require_user_presence)
     try:
-        return _verify_with(
-            v, head, pin, since, progress, commits, check_repository, remembered, workers
-        )
+        args = (head, pin, since, progress, commits, check_repository, remembered, workers)
+        result = _verify_with(commit.Verifier(repo, require_user_presence), *args, True)
+        while result is None:  # a plan from the seq index, and findings: walk back instead
+            result = _verify_with(commit.Verifier(repo, require_user_presence), *args, False)
+        return result
     finally:
         workers.close()
 
@@ -230,12 +231,18 @@ def _verify_with(
     check_repository: bool,
     remembered: state.VerifiedState | None,
     workers: _Workers,
-) -> findings.VerifyResult:
+    planned: bool,
+) -> findings.VerifyResult | None:
+    """Steps (1)-(6); None when the chain was ``planned`` from the seq index and anything
+    was found (the plan may be what is wrong: the caller verifies again, walking back)."""
     if check_repository:
         _check_repository(v)  # (1)
-    workers.start_early(v, head, since)
+    if workers.pool is None:
+        workers.start_early(v, head, since)
     wanted = {c.strip().lower() for c in commits}
-    walk = _walk_back(v, head, since, wanted, keep=workers.pool is None)  # (2)
+    walk = _planned_walk(v, head, since, wanted, workers) if planned else None
+    if walk is None:
+        walk = _walk_back(v, head, since, wanted, keep=workers.pool is None)  # (2)
     genesis = walk.ids[-1] if walk.reached_root else (since.genesis if since is not None else None)
     pinned = pin or (since.genesis if since is not None else None)
     if pin is not None and since is not None and since.genesis != pin:
@@ -258,6 +265,8 @@ def _verify_with(
     if walk.broken is not None:
         v.add(walk.broken.rule, None, walk.broken_at, f"the chain is broken: {walk.broken.message}")
     last = _verify_forward(v, walk, start, progress, workers)  # (5)
+    if walk.planned and v.findings:
+        return None
     included = _included(v, walk, wanted, last, since)
     verified = None  # (6)
     ok = not v.findings
@@ -327,6 +336,7 @@ class _Walk:
     broken: objects.ObjectError | None = None
     broken_at: str | None = None
     position: dict[str, int] = field(default_factory=dict)  # asked-about id -> index in ids
+    planned: bool = False  # taken from the seq index, not walked: see _planned_walk
 
 
 # (2) Walk back from the head collecting ids only, stopping at the root or at the saved head.
@@ -355,6 +365,35 @@ def _walk_back(
             walk.reached_root = True
             break
         cur = parents[0]
+    return walk
+
+
+#     A whole chain checked by workers may instead be taken from the seq index, so that the
+#     workers start at once: only a plan. Its first commit is checked here to have no
+#     parent, and step (5) checks that each other commit's first parent is the one before it
+#     (a `parents` finding otherwise); so a plan that passes every check is exactly the chain
+#     the walk back would have found, and any finding sends the caller back to walking.
+def _planned_walk(
+    v: commit.Verifier,
+    head: str,
+    since: state.VerifiedState | None,
+    wanted: set[str],
+    workers: _Workers,
+) -> _Walk | None:
+    if since is not None or workers.pool is None:
+        return None
+    ids = warmup.planned_chain(Path(v.repo.path), head, workers.hint)
+    if ids is None:
+        return None
+    try:
+        if v.reader.parents_of(ids[0]):
+            return None
+    except objects.ObjectError:
+        return None
+    ids.reverse()  # newest first, as walked back
+    walk = _Walk(ids=ids, reached_root=True, planned=True)
+    if wanted:
+        walk.position = {oid: i for i, oid in enumerate(ids) if oid in wanted}
     return walk
 
 
@@ -463,9 +502,13 @@ class _Workers:
         self.jobs = jobs
         self.require_user_presence = require_user_presence
         self.pool: parallel.Pool | None = None
+        self.hint = 0  # the records to check, as the head's Ledger-Seq says (unverified)
 
     def start_early(self, v: commit.Verifier, head: str, since: state.VerifiedState | None) -> None:
-        if self.jobs > 1 and _hinted_count(v, head, since) >= parallel.MIN_RECORDS:
+        if self.jobs <= 1:
+            return
+        self.hint = _hinted_count(v, head, since)
+        if self.hint >= parallel.MIN_RECORDS:
             self.pool = parallel.Pool(self.path, self.jobs, self.require_user_presence)
 
     def pool_for(self, count: int) -> parallel.Pool | None:

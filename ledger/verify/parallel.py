@@ -1,6 +1,7 @@
 """Step 5 of FORMAT.md §10 over several processes: one chain's commits checked in segments.
 
-The walk back (step 2) stays in the calling process, which keeps only commit ids. The chain
+The walk back (step 2) stays in the calling process, which keeps only commit ids (or takes
+them from the seq index as a plan that the checks confirm: :mod:`ledger.verify.chain`). The chain
 after its first commit is cut into contiguous segments, and worker processes check each with
 :meth:`commit.Verifier.check_alone` (every check but trust), starting from the facts its
 parent commit has when the chain up to it is sound: seq = its position, digest = SHA-256 of

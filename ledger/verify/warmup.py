@@ -1,4 +1,5 @@
-"""Starting ``ledger verify``'s worker processes before the verifier is loaded.
+"""Starting ``ledger verify``'s worker processes before the verifier is loaded, and planning
+their work from the seq index.
 
 The workers of :mod:`ledger.verify.parallel` come from multiprocessing's ``forkserver``,
 which first imports the verifier (about a third of a second). ``ledger verify`` of a whole
@@ -8,6 +9,10 @@ are ready about that much sooner. Whether the chain is long is read from the siz
 seq index (``ledger-state/seq-index``, 20 bytes per record), a local accelerator that may be
 missing or wrong: it only decides this, never anything the verification reports. Nothing
 heavy is imported here.
+
+The same index gives the workers their commits without the sequential walk back of FORMAT.md
+§10 step 2 (:func:`planned_chain`); the chain walk confirms that plan link by link and walks
+back when it does not hold (:mod:`ledger.verify.chain`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ MIN_RECORDS = 2000
 #: multiprocessing does by default, and the workers' own module).
 PRELOAD = ["__main__", "ledger.verify.parallel"]
 _SEQ_INDEX = Path("ledger-state") / "seq-index"
+#: The longest chain planned from the seq index; a longer one is walked back.
+PLAN_LIMIT = 5_000_000
+_NO_ENTRY = "0" * 40
 
 
 def forkserver_context() -> multiprocessing.context.BaseContext:
@@ -55,3 +63,21 @@ def start_early(gitdir: Path, jobs: int | None) -> None:
         multiprocessing.forkserver.ensure_running()
     except (OSError, ValueError, RuntimeError):
         return
+
+
+def planned_chain(gitdir: Path, head: str, count: int) -> list[str] | None:
+    """The commit ids of seq 0 to ``count - 1`` as the seq index lists them, oldest first,
+    when the last is ``head`` and none is missing; None otherwise. A plan only: nothing in
+    it is true until the chain walk has checked every link."""
+    if not 0 < count <= PLAN_LIMIT:
+        return None
+    try:
+        with open(gitdir / _SEQ_INDEX, "rb") as fh:
+            raw = fh.read(count * 20)
+    except OSError:
+        return None
+    if len(raw) != count * 20 or raw[-20:].hex() != head:
+        return None
+    text = raw.hex()
+    ids = [text[i : i + 40] for i in range(0, len(text), 40)]
+    return None if _NO_ENTRY in ids else ids
