@@ -9,7 +9,9 @@ Prints, from measurements taken in this one run:
   commit over a sample of the same commits (what an auditor without this tool would do),
   and the ratio of the two (target: >= 40x on 2,000 records);
 - records/s of ``ledger verify --jobs 1`` and ``--jobs 2`` as subprocesses over a ledger of
-  --big-records records (target: >= 5,000 records/s on 50,000), measured alternately;
+  --big-records records (target: >= 5,000 records/s on 50,000), measured alternately, with
+  the seq index a runner's own ledger keeps and (``--jobs 2``) without it, as in a fresh
+  clone;
 - peak memory (``VmHWM`` of a fresh process verifying with jobs=1) over that ledger, and its
   verify rate.
 
@@ -53,6 +55,7 @@ from ledger.store import Ledger
 from ledger.verify import local, verify_ledger
 
 START, STEP = builders.START, builders.STEP
+SEQ_INDEX = Path("ledger-state") / "seq-index"  # (FORMAT.md §8)
 
 
 @contextmanager
@@ -100,15 +103,19 @@ def build_with_store(path: Path, n: int, alice: SigningKey, bob: SigningKey) -> 
 
 
 def built_ledger(path: Path, n: int, key: SigningKey) -> str:
-    """A fast-built ledger with the config 'ledger init' leaves ('ledger verify' opens it);
-    its genesis commit id."""
+    """A fast-built ledger with the config 'ledger init' leaves ('ledger verify' opens it)
+    and the seq index the store's appends leave; its genesis commit id."""
     builders.fast_build(path, n, key)
-    genesis = subprocess.run(
-        ["git", "-C", str(path), "rev-list", "--max-parents=0", "main"],
+    chain = subprocess.run(
+        ["git", "-C", str(path), "rev-list", "--first-parent", "--reverse", "main"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()[0]
+    ).stdout.split()
+    genesis = chain[0]
+    index = path / SEQ_INDEX
+    index.parent.mkdir(exist_ok=True)
+    index.write_bytes(b"".join(bytes.fromhex(oid) for oid in chain))
     repo = pygit2.Repository(str(path))
     message = repo[genesis].message
     ledger_id = next(
@@ -168,23 +175,36 @@ def git_verify_rate(path: Path, led: Ledger, sample: int, tmp: Path, runs: int =
 
 
 def cli_rates(
-    path: Path, genesis: str, tmp: Path, jobs: list[int | None], runs: int
+    path: Path,
+    genesis: str,
+    tmp: Path,
+    jobs: list[int | None],
+    runs: int,
+    indexed: list[bool] | None = None,
 ) -> list[float]:
     """Records/s of ``ledger verify`` as a subprocess (start-up and imports counted) with
     each ``--jobs`` value (None: the default), best of ``runs``, the values taken in turn so
     that they see the same load. The state directory is a fresh one (no pin, no head
-    remembered: each run verifies the whole chain, pinned by --trust-genesis)."""
+    remembered: each run verifies the whole chain, pinned by --trust-genesis). ``indexed``:
+    per value, whether the ledger keeps its seq index (False: hidden for that run, as in a
+    fresh clone, which has none)."""
     env = dict(os.environ, **{local.ENV_STATE_DIR: str(tmp / "cli-state")})
     best = [float("inf")] * len(jobs)
     n = 0
+    index, hidden = path / SEQ_INDEX, tmp / "seq-index.hidden"
     for _ in range(runs):
         for i, j in enumerate(jobs):
+            with_index = indexed is None or indexed[i]
+            if not with_index:
+                index.rename(hidden)
             cmd = [sys.executable, "-m", "ledger", "verify", "-L", str(path), "--json"]
             cmd += ["--no-progress", "--trust-genesis", genesis]
             cmd += ["--jobs", str(j)] if j is not None else []
             start = time.perf_counter()
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             best[i] = min(best[i], time.perf_counter() - start)
+            if not with_index:
+                hidden.rename(index)
             if out.returncode != 0:
                 raise SystemExit(f"ledger verify failed ({out.returncode}): {out.stderr[-2000:]}")
             n = json.loads(out.stdout)["records_checked"]
@@ -269,12 +289,18 @@ def main() -> None:
                 f"built {args.big_records:,} records (fast builder) in "
                 f"{time.perf_counter() - t:.0f} s"
             )
-            one, two = cli_rates(big, genesis, tmp, [1, 2], args.cli_runs)
+            one, two, fresh = cli_rates(
+                big, genesis, tmp, [1, 2, 2], args.cli_runs, indexed=[True, True, False]
+            )
             print(f"ledger verify --jobs 1 ({args.big_records:,}): {one:8.0f} records/s")
             print(
                 f"ledger verify --jobs 2 ({args.big_records:,}): {two:8.0f} records/s  "
                 f"({two / one:.2f}x; target >= 5,000 records/s: "
                 f"{'met' if two >= 5000 else 'NOT met'})"
+            )
+            print(
+                f"  the same without its seq index:   {fresh:8.0f} records/s  "
+                "(as a fresh clone: the chain is walked back before the workers start)"
             )
             run = memory_run(big)
             if not run["ok"]:
