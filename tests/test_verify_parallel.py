@@ -216,8 +216,9 @@ def test_progress_with_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
 
 
+@pytest.mark.parametrize("here", [50, 0])  # 0: wait for the workers, which never come
 def test_workers_that_cannot_start_leave_it_to_this_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, here: int
 ) -> None:
     built = _trust_story(tmp_path)
     sequential = _original(built.path, built.head(), **_defaults(jobs=1))
@@ -227,6 +228,7 @@ def test_workers_that_cannot_start_leave_it_to_this_process(
 
     monkeypatch.setattr(warmup.multiprocessing, "get_context", refuse)
     monkeypatch.setattr(parallel, "SEGMENT", 2)
+    monkeypatch.setattr(parallel, "_HERE", here)
     _same(sequential, _original(built.path, built.head(), **_defaults(jobs=2)), "no workers")
 
 

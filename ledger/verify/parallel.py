@@ -220,8 +220,8 @@ def check_forward(
         if pending:
             task = pending.popleft()
             prev = _settle(v, task, prev)
-        else:  # the workers are starting (or lost): some commits here
-            end = min(pos + _HERE, total)
+        else:  # the workers are starting (or lost, or never started): some commits here
+            end = min(pos + (_HERE or SEGMENT), total)
             task = _Task([ids[total - 1 - i] for i in range(pos, end)], v.ledger_id, None)
             prev = _settle(v, task, prev)
             pos = end
