@@ -3,4 +3,4 @@
 from ledger import cli
 
 if __name__ == "__main__":
-    cli.main()
+    cli.run()

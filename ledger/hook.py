@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger import errors
+from ledger import errors, quick_exit
 
 # The layout of ledger.replicate.shared (a test checks they agree): not imported from
 # there, so that post-receive pays for no more than the standard library.
@@ -130,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    quick_exit.end(main())

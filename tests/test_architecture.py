@@ -230,11 +230,10 @@ def test_modules_import_modules_not_names() -> None:
 
 def test_ledger_help_loads_no_heavy_library() -> None:
     """``ledger --help`` imports no git, crypto, schema, template or YAML library."""
-    code = (
-        "import sys, runpy\n"
-        "sys.argv = ['ledger', '--help']\n"
+    code = (  # (the entry point's modules, then main(): run() would end the process)
+        "import sys, ledger.__main__, ledger.cli\n"
         "try:\n"
-        "    runpy.run_module('ledger', run_name='__main__')\n"
+        "    ledger.cli.main(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         "heavy = ('pygit2', 'cryptography', 'jsonschema', 'jinja2', 'yaml')\n"

@@ -2,16 +2,19 @@
 
 This package parses arguments, calls the library, prints, and maps every
 :class:`ledger.errors.LedgerError` to its documented exit code in one place (:func:`main`).
-Each area registers its commands on :data:`app` from its own module.
+Each area registers its commands on :data:`app` from its own module. :func:`run` is the
+process's entry point (``ledger``, ``python -m ledger``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 from rich.markup import escape
 
+from ledger import quick_exit
 from ledger.cli import help as cli_help
 from ledger.cli.common import app, console_err, quiet_broken_pipe
 from ledger.errors import LedgerError, RunInterrupted
@@ -87,6 +90,17 @@ def main(argv: list[str] | None = None) -> None:
         _unexpected(exc, "this is a bug in ledger")
 
 
+def run() -> NoReturn:
+    """The process's entry point: :func:`main`, then the end of the process without the
+    interpreter's teardown (:mod:`ledger.quick_exit`)."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = quick_exit.exit_code(exc.code)
+    quick_exit.end(code)
+
+
 def _stdout_identity() -> tuple[int, int] | None:
     try:
         st = os.fstat(1)
@@ -118,4 +132,4 @@ def _fail(exc: LedgerError, code: int) -> None:
     sys.exit(code)
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]
