@@ -100,3 +100,20 @@ def test_ledger_verify_with_workers_leaves_no_server_files(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert '"ok": true' in proc.stdout
     assert left == []
+
+
+def test_a_reader_that_stopped_reading_is_no_failure(tmp_path: Path) -> None:
+    """`ledger log | head -1`: standard output is closed before the command writes (the
+    reader is gone before the interpreter has even started); exit 0, nothing on stderr."""
+    built = build(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "log", "-L", str(built.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0
+    assert err == b""
