@@ -4,10 +4,11 @@ At exit the interpreter deallocates every object it still holds and the librarie
 loaded clean up after themselves: about a tenth of a second after a verification, paid by
 every ``ledger`` command and every hook run, and changing nothing on disk. :func:`end` runs
 what exit runs that matters (the exit handlers, multiprocessing's clean-up among them; the
-flush of the standard streams), then ends the process. Every file the commands write is
-closed, and every record fsynced, before they return. While a thread that exit would wait
-for is still running (a ledger's pack upkeep), it leaves the exit to the interpreter, which
-waits for it.
+flush of the standard streams, where a failure other than a reader that stopped reading
+ends a successful command with 120, as the interpreter does), then ends the process. Every
+file the commands write is closed, and every record fsynced, before they return. While a
+thread that exit would wait for is still running (a ledger's pack upkeep), it leaves the
+exit to the interpreter, which waits for it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ def end(code: int) -> NoReturn:
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        # (a reader that stopped reading, or a closed stream: nothing is left to say)
-        with contextlib.suppress(OSError, ValueError):
+        try:
             stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # a reader that stopped reading, or a closed stream: nothing is left to say
+        except OSError as exc:  # (a full disk): not a success, as the interpreter ends then
+            if stream is sys.stdout and code == 0:
+                code = 120
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(f"ledger: the output could not be written: {exc}\n")
+                    sys.stderr.flush()
     os._exit(code)

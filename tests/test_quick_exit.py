@@ -117,3 +117,23 @@ def test_a_reader_that_stopped_reading_is_no_failure(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 0
     assert err == b""
+
+
+def test_output_that_cannot_be_written_at_the_end_is_not_a_success() -> None:
+    """The last flush fails (a full disk): status 120, as the interpreter's own exit."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    codes = []
+    for end in ("pass", "from ledger import quick_exit; quick_exit.end(0)"):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-c", f"import sys; sys.stdout.write('x')\n{end}\n"],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=REPO_ROOT,
+                timeout=60,
+            )
+        codes.append(proc.returncode)
+    assert codes == [120, 120]
+    assert "No space left on device" in proc.stderr
