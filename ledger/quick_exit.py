@@ -5,7 +5,8 @@ loaded clean up after themselves: about a tenth of a second after a verification
 every ``ledger`` command and every hook run, and changing nothing on disk. :func:`end` runs
 what exit runs that matters (the exit handlers, multiprocessing's clean-up among them; the
 flush of the standard streams, where a failure other than a reader that stopped reading
-ends a successful command with 120, as the interpreter does), then ends the process. Every
+ends a successful command with the storage error's status, 6, where the interpreter would
+end it with 120), then ends the process. Every
 file the commands write is closed, and every record fsynced, before they return. While a
 thread that exit would wait for is still running (a ledger's pack upkeep), it leaves the
 exit to the interpreter, which waits for it.
@@ -19,6 +20,8 @@ import os
 import sys
 import threading
 from typing import NoReturn
+
+from ledger import errors
 
 
 def exit_code(code: object) -> int:
@@ -42,10 +45,14 @@ def end(code: int) -> NoReturn:
             stream.flush()
         except (BrokenPipeError, ValueError):
             pass  # a reader that stopped reading, or a closed stream: nothing is left to say
-        except OSError as exc:  # (a full disk): not a success, as the interpreter ends then
+        except OSError as exc:  # (a full disk): not a success (the interpreter ends with 120)
             if stream is sys.stdout and code == 0:
-                code = 120
+                code = errors.StorageError.exit_code
                 with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.write(f"ledger: the output could not be written: {exc}\n")
+                    sys.stderr.write(
+                        f"ledger: storage error: the output could not be written "
+                        f"({exc.strerror or exc}). Check free disk space, then run the "
+                        "command again.\n"
+                    )
                     sys.stderr.flush()
     os._exit(code)

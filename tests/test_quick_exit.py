@@ -120,7 +120,8 @@ def test_a_reader_that_stopped_reading_is_no_failure(tmp_path: Path) -> None:
 
 
 def test_output_that_cannot_be_written_at_the_end_is_not_a_success() -> None:
-    """The last flush fails (a full disk): status 120, as the interpreter's own exit."""
+    """The last flush fails (a full disk): the interpreter's own exit says 120; ours is the
+    storage error's 6, with its paragraph."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     codes = []
     for end in ("pass", "from ledger import quick_exit; quick_exit.end(0)"):
@@ -135,5 +136,6 @@ def test_output_that_cannot_be_written_at_the_end_is_not_a_success() -> None:
                 timeout=60,
             )
         codes.append(proc.returncode)
-    assert codes == [120, 120]
+    assert codes == [120, 6]
+    assert proc.stderr.startswith("ledger: storage error: the output could not be written")
     assert "No space left on device" in proc.stderr
