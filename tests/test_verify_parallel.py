@@ -13,6 +13,7 @@ on with the sequential result.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -247,6 +248,44 @@ def test_open_repository_defaults_to_this_process(
     assert asked == [7, 1, 3, 7, 1]
     with pytest.raises(errors.InputError):
         verify_ledger(built.path, jobs=0)
+
+
+_DEEP_TMPDIR_CHILD = """
+import sys
+from pathlib import Path
+from ledger.verify import commit, parallel, verify_ledger
+here = []
+def counted(self, oid, *args, **kwargs):  # (in this process only: the workers' is theirs)
+    here.append(oid)
+    return alone(self, oid, *args, **kwargs)
+if __name__ == "__main__":
+    parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; parallel._HERE = 0  # all to the workers
+    alone, commit.Verifier.check_alone = commit.Verifier.check_alone, counted
+    result = verify_ledger(Path(sys.argv[1]), jobs=2)
+    print(result.ok, result.records_checked, len(here))
+"""
+
+
+def test_workers_start_under_a_tmpdir_too_deep_for_their_socket(tmp_path: Path) -> None:
+    """The forkserver's socket goes in a directory made under TMPDIR; a path over a Unix
+    socket's limit would keep the workers from starting (everything checked here)."""
+    built = build(tmp_path, events_after_key=6)
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(_DEEP_TMPDIR_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(built.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(deep)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    ok, checked, here = proc.stdout.split()
+    assert ok == "True" and int(checked) == len(built.ids)
+    assert here == "1"  # the genesis; every other commit went to a worker
+    assert list(deep.iterdir()) == []
 
 
 # --- a plan from the seq index ----------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
 from pathlib import Path
 
 #: Fewer records to check than this are checked in the calling process: starting workers
@@ -37,7 +38,34 @@ def forkserver_context() -> multiprocessing.context.BaseContext:
     """The context the verifier's workers are started in (one server per process)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    _short_socket_dir()
     return context
+
+
+#: The longest path a Unix socket can have (its sun_path field: 108 bytes on Linux, 104 on
+#: macOS, the last one a NUL).
+_SOCKET_PATH_MAX = 103
+#: What multiprocessing adds to the temporary directory for the server's socket.
+_SOCKET_SUFFIX = len("/pymp-12345678/listener-12345678")
+
+
+def _short_socket_dir() -> None:
+    """multiprocessing puts the server's socket in a directory it makes under the temporary
+    directory. Under a deep TMPDIR that path is too long for a socket, the server cannot
+    start, and every commit would be checked in this process; the directory is then made
+    under /tmp instead (once per process; where that fails, nothing changes)."""
+    if len(tempfile.gettempdir()) + _SOCKET_SUFFIX <= _SOCKET_PATH_MAX:
+        return
+    import multiprocessing.util
+
+    saved = tempfile.tempdir
+    try:
+        tempfile.tempdir = "/tmp"  # noqa: S108 (a directory of our own is made in it)
+        multiprocessing.util.get_temp_dir()
+    except OSError:
+        pass
+    finally:
+        tempfile.tempdir = saved
 
 
 def hinted_records(gitdir: Path) -> int:
