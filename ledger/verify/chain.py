@@ -213,7 +213,9 @@ def _verify_chain(
     workers = _Workers(repo.path, jobs, require_user_presence)
     try:
         args = (head, pin, since, progress, commits, check_repository, remembered, workers)
-        result = _verify_with(commit.Verifier(repo, require_user_presence), *args, True)
+        v = commit.Verifier(repo, require_user_presence)
+        workers.start_early(v, head, since)
+        result = _verify_with(v, *args, True)
         while result is None:  # a plan from the seq index, and findings: walk back instead
             result = _verify_with(commit.Verifier(repo, require_user_presence), *args, False)
         return result
@@ -237,8 +239,6 @@ def _verify_with(
     was found (the plan may be what is wrong: the caller verifies again, walking back)."""
     if check_repository:
         _check_repository(v)  # (1)
-    if workers.pool is None:
-        workers.start_early(v, head, since)
     wanted = {c.strip().lower() for c in commits}
     walk = _planned_walk(v, head, since, wanted, workers) if planned else None
     if walk is None:
