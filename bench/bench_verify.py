@@ -55,7 +55,7 @@ from ledger.store import Ledger
 from ledger.verify import local, verify_ledger
 
 START, STEP = builders.START, builders.STEP
-SEQ_INDEX = Path("ledger-state") / "seq-index"  # (FORMAT.md §8)
+SEQ_INDEX = Path(store_mod.gitdir.STATE_DIR) / store_mod.gitdir.SEQ_INDEX  # (FORMAT.md §8)
 
 
 @contextmanager

@@ -6,10 +6,9 @@ every ``ledger`` command and every hook run, and changing nothing on disk. :func
 what exit runs that matters (the exit handlers, multiprocessing's clean-up among them; the
 flush of the standard streams, where a failure other than a reader that stopped reading
 ends a successful command with the storage error's status, 6, where the interpreter would
-end it with 120), then ends the process. Every
-file the commands write is closed, and every record fsynced, before they return. While a
-thread that exit would wait for is still running (a ledger's pack upkeep), it leaves the
-exit to the interpreter, which waits for it.
+end it with 120), then ends the process. Every file the commands write is closed, and every
+record fsynced, before they return. While a thread that exit would wait for is still
+running (a ledger's pack upkeep), it leaves the exit to the interpreter, which waits for it.
 """
 
 from __future__ import annotations
