@@ -287,12 +287,13 @@ def test_confirmation_declined(tmp_path: Path, agents: list[Agent]) -> None:
 
 def test_token_not_touched_in_time(tmp_path: Path, agents: list[Agent]) -> None:
     release = tmp_path / "release"
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     askpass = tmp_path / "askpass"
-    # Waits until released, at most 30 s (an askpass the agent starts after the test, once
-    # tmp_path is gone, must not wait forever).
+    # Blocks on the gate until the test releases it, at most 30 s; once released (or once
+    # tmp_path is gone, for an askpass the agent starts after the test) it ends at once.
     askpass.write_text(
-        f"#!/bin/sh\ni=0\nwhile [ ! -e {release} ] && [ -d {tmp_path} ] && [ $i -lt 600 ]; do\n"
-        "  sleep 0.05; i=$((i+1))\ndone\nexit 1\n"
+        f"#!/bin/sh\n[ -e {release} ] || timeout 30 cat {gate} >/dev/null 2>&1\nexit 1\n"
     )
     askpass.chmod(0o700)
     agent = Agent(tmp_path, extra_env={"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"})
@@ -309,6 +310,8 @@ def test_token_not_touched_in_time(tmp_path: Path, agents: list[Agent]) -> None:
         )
     finally:
         release.touch()
+        with contextlib.suppress(OSError):  # (ENXIO: no askpass is waiting on the gate)
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_agent_killed_mid_run_stops_at_the_step_boundary(
