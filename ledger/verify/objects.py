@@ -5,6 +5,7 @@ signed payload, armored SSHSIG blobs, tree entries, and opening a repository wit
 from __future__ import annotations
 
 import binascii
+import contextlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,21 @@ def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
 # --- reading objects ------------------------------------------------------------------------
 
 
+def _packed_odb(repo: pygit2.Repository) -> pygit2.Odb:
+    """The repository's packs alone, read before its whole object database.
+
+    libgit2 reads a full 40-hex id through its prefix search, which asks every backend:
+    each read of a packed object also looked for a loose file (a failed ``access`` call).
+    A ledger keeps its objects in packs, so the packs answer almost every read; anything
+    else (a loose object, an alternate such as a hook's quarantine) is read from the whole
+    database. The same strict hash check applies to both."""
+    odb = pygit2.Odb()
+    # (no pack directory: the whole database answers every read)
+    with contextlib.suppress(pygit2.GitError, OSError, ValueError):
+        odb.add_backend(pygit2.OdbBackendPack(str(Path(repo.path) / "objects")), 1)
+    return odb
+
+
 class ObjectReader:
     """Raw reads for one verification, with the small caches the chain walk needs.
 
@@ -189,6 +205,7 @@ class ObjectReader:
 
     def __init__(self, repo: pygit2.Repository) -> None:
         self.odb = repo.odb
+        self._packed = _packed_odb(repo)
         self._trees_old: dict[str, bytes] = {}
         self._trees: dict[str, bytes] = {}
         self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
@@ -198,7 +215,10 @@ class ObjectReader:
 
     def read(self, oid: str, want: int, what: str) -> bytes:
         try:
-            typ, data = self.odb.read(oid)
+            try:
+                typ, data = self._packed.read(oid)
+            except KeyError:
+                typ, data = self.odb.read(oid)
         except KeyError:  # pygit2.NotFoundError is a KeyError
             raise ObjectError("object-missing", f"{what} {oid} is missing") from None
         except (pygit2.GitError, ValueError, OSError) as exc:
