@@ -29,9 +29,9 @@ from support.tamper import (
 
 from ledger.errors import InputError, LedgerNotFound
 from ledger.fleet import FLEET_RULES
-from ledger.format import records, shapes
+from ledger.format import gitobj, records, shapes
 from ledger.keys import SigningKey, allowed_signers_line
-from ledger.store import Ledger
+from ledger.store import Ledger, packs
 from ledger.verify import (
     RULES,
     Finding,
@@ -369,6 +369,29 @@ def test_corrupt_tree_object(tmp_path: Path) -> None:
     obj.write_bytes(zlib.compress(b"tree 5\0junk!"))
     result = verify_ledger(built.path)
     assert ("object-corrupt", 4) in rules_at(result)
+
+
+def test_a_packed_object_whose_content_is_not_its_id(tmp_path: Path) -> None:
+    """The verifier reads packs directly and checks every object's id itself: here a pack
+    indexes commit 4's tree by its id but holds commit 3's tree."""
+    built = build(tmp_path)
+    tree = str(built.repo[built.ids[4]].tree_id)
+    other = bytes(built.repo[built.repo[built.ids[3]].tree_id].read_raw())
+    loose_object(built.path, tree).unlink()  # (every pack exploded: the tree is gone)
+    donor = packs.PackWriter()
+    donor.add(gitobj.OBJ_TREE, other)
+    pack, idx, _name = donor.encode()
+    entries = packs.whole_entries(pack, idx)
+    assert entries is not None
+    writer = packs.PackWriter()
+    writer.add_entry(bytes.fromhex(tree), entries[0][1])
+    writer.write(built.path / "objects" / "pack")
+    judged = git("--git-dir", built.path, "fsck", "--full", check=False)
+    assert judged.returncode != 0, judged.stdout  # stock git agrees
+    result = verify_ledger(built.path)
+    first = result.findings[0]
+    assert (first.rule, first.seq) == ("object-corrupt", 4), result.findings
+    assert "does not hash to its id" in first.message
 
 
 # --- agreement with stock git ----------------------------------------------------------------

@@ -5,7 +5,7 @@ signed payload, armored SSHSIG blobs, tree entries, and opening a repository wit
 from __future__ import annotations
 
 import binascii
-import contextlib
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,19 +180,21 @@ def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
 # --- reading objects ------------------------------------------------------------------------
 
 
-def _packed_odb(repo: pygit2.Repository) -> pygit2.Odb:
-    """The repository's packs alone, read before its whole object database.
+def _pack_backend(repo: pygit2.Repository) -> pygit2.OdbBackendPack | None:
+    """The repository's packs, read directly (None when there is no pack directory)."""
+    try:
+        return pygit2.OdbBackendPack(str(Path(repo.path) / "objects"))
+    except (pygit2.GitError, OSError, ValueError):
+        return None
 
-    libgit2 reads a full 40-hex id through its prefix search, which asks every backend:
-    each read of a packed object also looked for a loose file (a failed ``access`` call).
-    A ledger keeps its objects in packs, so the packs answer almost every read; anything
-    else (a loose object, an alternate such as a hook's quarantine) is read from the whole
-    database. The same strict hash check applies to both."""
-    odb = pygit2.Odb()
-    # (no pack directory: the whole database answers every read)
-    with contextlib.suppress(pygit2.GitError, OSError, ValueError):
-        odb.add_backend(pygit2.OdbBackendPack(str(Path(repo.path) / "objects")), 1)
-    return odb
+
+#: The object header's type name for each libgit2 object type number.
+_TYPE_NAMES = {
+    rules.OBJ_COMMIT: b"commit",
+    rules.OBJ_TREE: b"tree",
+    rules.OBJ_BLOB: b"blob",
+    4: b"tag",
+}
 
 
 class ObjectReader:
@@ -201,11 +203,21 @@ class ObjectReader:
     Trees read for the previous commit and for this one are kept: a commit's parent trees
     are the trees read for the previous commit, so each tree is inflated once. Raw commits
     read on the walk back are kept (within a budget) for the forward pass.
+
+    Objects are read from the ledger's packs directly, and each one's SHA-1 (of its header
+    and content, as git hashes it) is compared with its id here. Through the object
+    database, libgit2 would read a full id by its prefix search, which also asks for a
+    loose file (a failed ``access`` call per object), and would check the id with its
+    collision-detecting SHA-1, about a twelfth of a record's instructions. That detection
+    guards nothing here: every record and attachment is bound by SHA-256 as well (FORMAT.md
+    §3), and commits and trees hold no bytes a stranger chooses. What the packs do not hold
+    (a loose object, an alternate such as a hook's quarantine) is read through the object
+    database, with its own check.
     """
 
     def __init__(self, repo: pygit2.Repository) -> None:
         self.odb = repo.odb
-        self._packed = _packed_odb(repo)
+        self._packs = _pack_backend(repo)
         self._trees_old: dict[str, bytes] = {}
         self._trees: dict[str, bytes] = {}
         self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
@@ -215,9 +227,8 @@ class ObjectReader:
 
     def read(self, oid: str, want: int, what: str) -> bytes:
         try:
-            try:
-                typ, data = self._packed.read(oid)
-            except KeyError:
+            typ, data = self._read_packed(oid)
+            if data is None:
                 typ, data = self.odb.read(oid)
         except KeyError:  # pygit2.NotFoundError is a KeyError
             raise ObjectError("object-missing", f"{what} {oid} is missing") from None
@@ -226,6 +237,19 @@ class ObjectReader:
         if int(typ) != want:
             raise ObjectError("object-corrupt", f"{what} {oid} has the wrong object type")
         return bytes(data)
+
+    def _read_packed(self, oid: str) -> tuple[int, bytes | None]:
+        """An object from the packs, its id checked; (0, None) when no pack holds it."""
+        if self._packs is None:
+            return 0, None
+        try:
+            typ, data = self._packs.read(pygit2.Oid(hex=oid))
+        except KeyError:
+            return 0, None
+        header = b"%s %d\0" % (_TYPE_NAMES.get(typ, b"?"), len(data))
+        if hashlib.sha1(header + data).hexdigest() != oid:  # noqa: S324
+            raise ValueError("the object's content does not hash to its id")
+        return typ, data
 
     def read_tree(self, oid: str, what: str) -> bytes:
         cached = self._trees.get(oid)
