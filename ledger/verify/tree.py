@@ -163,8 +163,9 @@ class _Comparison:
 
         ``adds`` maps names to None (a file) or to the nested additions of a directory.
         Fast path: take the added entries out of the child's raw bytes (putting the
-        parent's ids back for directories that gained files) and compare the SHA-1 of the
-        result with the parent's id; equal means the trees differ by exactly those entries.
+        parent's ids back for directories that gained files) and compare the result with
+        the parent's raw bytes (read by its id, so checked against it); equal means the
+        trees differ by exactly those entries.
         Only otherwise are the trees parsed and compared entry by entry.
         """
         c_raw = self.reader.read_tree(child, f"tree {prefix or '/'}")
@@ -210,11 +211,11 @@ class _Comparison:
         prefix: str,
         known: set[str],
     ) -> bool:
-        """The fast path: whether ``child`` minus ``adds`` hashes to ``parent``.
+        """The fast path: whether ``child`` minus ``adds`` is ``parent``.
 
         Each added name is found in both raw trees by its entry's bytes with the mode the
-        layout requires (``mode name\0``, then 20 id bytes), only a hint: the SHA-1 of the
-        result confirms it. Directories that gained files are compared on the way
+        layout requires (``mode name\0``, then 20 id bytes), only a hint: the result must be
+        the parent's bytes exactly. Directories that gained files are compared on the way
         (recursively); ``known`` receives the names handled here, which the slow path then
         skips."""
         candidate = c_raw
@@ -252,8 +253,8 @@ class _Comparison:
                 fast = False
                 continue
             candidate = candidate[:at] + replacement + candidate[at + size :]
-        header = b"tree %d\0" % len(candidate)
-        return fast and hashlib.sha1(header + candidate).hexdigest() == parent  # noqa: S324
+        # ``p_raw`` was read as ``parent`` (its id checked): equal bytes, equal tree.
+        return fast and candidate == p_raw
 
     def _compare_entries(
         self,
