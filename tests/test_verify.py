@@ -14,6 +14,8 @@ from typing import Any
 
 import pygit2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.cli import run_cli
 from support.gitcmd import git, loose_object
 from support.tamper import (
@@ -448,6 +450,109 @@ def test_stock_git_agrees_on_good_and_bad_signatures(tmp_path: Path) -> None:
 def test_not_canonical(raw: bytes) -> None:
     with pytest.raises(NotCanonical):
         decode_record(raw)
+
+
+_MESSAGE_LINES = [
+    "event: a summary",
+    "",
+    "Ledger-Id: " + "a" * 32,
+    "Ledger-Seq: 12",
+    "Ledger-Kind: step.finished",
+    "Ledger-Record: runs/2026/11/28/x/0000000012-step.finished.json",
+    "Ledger-Record-Sha256: " + "b" * 64,
+    "Ledger-Prev-Sha256: " + "c" * 64,
+    "Ledger-Unverified: seq tree-append",
+]
+
+
+_ODD_VALUES = [
+    "012",
+    "0",
+    "7",
+    "",
+    " 1",
+    "1 ",
+    "A" * 32,
+    "a" * 31,
+    "a" * 33,
+    "a" * 64,
+    "f" * 63,
+    "F" * 64,
+    "seq",
+    "seq  x",
+    "x.y",
+    "x..y",
+    "X",
+    "1a",
+    "a: b",
+    "é",
+]
+
+
+@given(st.data())
+@settings(max_examples=400, deadline=None)
+def test_the_message_fast_path_agrees_with_the_line_parse(data: st.DataObject) -> None:
+    """The one-match parse of a well-formed message gives what the line-by-line parse
+    gives, for well-formed messages and for every kind of damage."""
+    lines = list(_MESSAGE_LINES)
+    for _ in range(data.draw(st.integers(0, 3))):
+        op = data.draw(st.sampled_from(["drop", "repeat", "swap", "char", "cut", "value"]))
+        i = data.draw(st.integers(0, len(lines) - 1))
+        j = data.draw(st.integers(0, len(lines) - 1))
+        if op == "drop" and len(lines) > 1:
+            del lines[i]
+        elif op == "repeat":
+            lines.insert(j, lines[i])
+        elif op == "swap":
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == "char":
+            ch = data.draw(st.sampled_from(["\n", ":", " ", "\x00", "\x85", "A", "0", "-", "é"]))
+            at = data.draw(st.integers(0, len(lines[i])))
+            lines[i] = lines[i][:at] + ch + lines[i][at + 1 :]
+        elif op == "cut":
+            lines[i] = lines[i][: data.draw(st.integers(0, len(lines[i])))]
+        elif op == "value" and ": " in lines[i]:
+            key = lines[i].partition(": ")[0]
+            lines[i] = key + ": " + data.draw(st.sampled_from(_ODD_VALUES))
+    if data.draw(st.booleans()):
+        lines[0] = data.draw(st.sampled_from(["x" * 201, "x" * 200, "tab\there", ""]))
+    text = "\n".join(lines) + data.draw(st.sampled_from(["\n", "", "\n\n"]))
+    assert verify_records.parse_message(text.encode()) == verify_records._parse_message_lines(text)
+
+
+def _single_changes() -> list[list[str]]:
+    """Every message one change away from a well-formed one: a trailer's value replaced, a
+    line dropped, repeated or swapped with another, the Prev and Unverified lines left out."""
+    base = _MESSAGE_LINES
+    out = [list(base), base[:-1], base[:-2], [*base[:-2], base[-1]]]
+    for i, line in enumerate(base):
+        out.append(base[:i] + base[i + 1 :])
+        out.append([*base[: i + 1], line, *base[i + 1 :]])
+        for j in range(i + 1, len(base)):
+            swapped = list(base)
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            out.append(swapped)
+        if ": " in line:
+            key = line.partition(": ")[0]
+            out.extend([*base[:i], f"{key}: {value}", *base[i + 1 :]] for value in _ODD_VALUES)
+            out.extend([*base[:i], f"{key}:{value}", *base[i + 1 :]] for value in ("x", " x"))
+    return out
+
+
+def test_the_message_fast_path_agrees_on_each_single_change() -> None:
+    for lines in _single_changes():
+        for end in ("\n", "", "\n\n"):
+            text = "\n".join(lines) + end
+            fast = verify_records.parse_message(text.encode())
+            assert fast == verify_records._parse_message_lines(text), text
+
+
+def test_the_message_fast_path_takes_well_formed_messages() -> None:
+    text = "\n".join(_MESSAGE_LINES) + "\n"
+    trailers, problems = verify_records.parse_message(text.encode())
+    assert problems == [] and trailers["Ledger-Unverified"] == "seq tree-append"
+    assert verify_records._WELL_FORMED.fullmatch(text) is not None
+    assert verify_records._WELL_FORMED.fullmatch(text.replace("Seq: 12", "Seq: 012")) is None
 
 
 def test_canonical() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -234,6 +235,30 @@ _TRAILER_PATTERNS = {
 }
 
 
+#: A message of the shape of FORMAT.md §3 with every trailer well-formed, in one match: the
+#: same patterns as ``_TRAILER_PATTERNS`` (anything else takes the line-by-line parse).
+_WELL_FORMED = re.compile(
+    r"(?P<summary>[^\n]*)\n\n"
+    rf"Ledger-Id: (?P<id>{rules.LEDGER_ID.pattern})\n"
+    rf"Ledger-Seq: (?P<seq>{rules.SEQ.pattern})\n"
+    rf"Ledger-Kind: (?P<kind>{rules.KIND.pattern})\n"
+    r"Ledger-Record: (?P<record>[^\n]*)\n"
+    rf"Ledger-Record-Sha256: (?P<rsha>{rules.SHA256.pattern})\n"
+    rf"(?:Ledger-Prev-Sha256: (?P<prev>{rules.SHA256.pattern})\n)?"
+    rf"(?:Ledger-Unverified: (?P<unverified>{rules.UNVERIFIED.pattern})\n)?"
+)
+_WELL_FORMED_KEYS = (
+    ("Ledger-Id", "id"),
+    ("Ledger-Seq", "seq"),
+    ("Ledger-Kind", "kind"),
+    ("Ledger-Record", "record"),
+    ("Ledger-Record-Sha256", "rsha"),
+    ("Ledger-Prev-Sha256", "prev"),
+    ("Ledger-Unverified", "unverified"),
+)
+_SUMMARY_PROBLEM = "the summary line is longer than 200 characters or has control characters"
+
+
 def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
     """Trailers of a commit message and the problems with its shape (FORMAT.md §3)."""
     if message is None:
@@ -242,13 +267,26 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
         text = message.decode("utf-8")
     except UnicodeDecodeError:
         return {}, ["the commit message is not UTF-8"]
+    m = _WELL_FORMED.fullmatch(text)
+    if m is not None:  # every trailer in place and well-formed: only the summary to check
+        groups = m.groupdict()
+        trailers = {key: groups[g] for key, g in _WELL_FORMED_KEYS if groups[g] is not None}
+        summary = groups["summary"]
+        if len(summary) > rules.SUMMARY_MAX or rules.CONTROL.search(summary):
+            return trailers, [_SUMMARY_PROBLEM]
+        return trailers, []
+    return _parse_message_lines(text)
+
+
+def _parse_message_lines(text: str) -> tuple[dict[str, str], list[str]]:
+    """The line-by-line parse, which names every problem."""
     problems: list[str] = []
     if not text.endswith("\n"):
         problems.append("the commit message does not end with a newline")
     lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
     summary = lines[0]
     if len(summary) > rules.SUMMARY_MAX or rules.CONTROL.search(summary):
-        problems.append("the summary line is longer than 200 characters or has control characters")
+        problems.append(_SUMMARY_PROBLEM)
     if len(lines) < 3 or lines[1] != "":
         problems.append("the message is not a summary line, an empty line, then trailers")
         return {}, problems
