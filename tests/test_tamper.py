@@ -303,6 +303,21 @@ def test_tree_removes_an_earlier_file(tmp_path: Path) -> None:
     assert any("removes" in f.message and path in f.message for f in result.findings)
 
 
+@pytest.mark.parametrize("up", [1, 2, 3])
+def test_tree_adds_an_unlisted_file_beside_the_records_path(tmp_path: Path, up: int) -> None:
+    """A file added in a directory on the record's path (``up`` levels above the record):
+    every tree on the path but the one holding it differs only by the changed entry."""
+    built = build(tmp_path)
+    last = records.parse_trailers(built.repo[built.ids[-1]].message)["Ledger-Record"]
+    where = "/".join(last.split("/")[:-up])
+    forge_append(
+        built, built.alice, extra_tree={f"{where}/zz-unlisted": built.repo.create_blob(b"x")}
+    )
+    result = verify(built)
+    assert ("tree-append", len(built.ids)) in rules_at(result)
+    assert any("zz-unlisted" in f.message for f in result.findings if f.rule == "tree-append")
+
+
 def test_tree_adds_an_unlisted_file(tmp_path: Path) -> None:
     built = build(tmp_path)
     forge_append(built, built.alice, extra_tree={"notes/secret.txt": built.repo.create_blob(b"x")})

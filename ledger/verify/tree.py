@@ -90,6 +90,14 @@ class TreeChecker:
         ``parent_tree`` is the previous commit's tree (``None`` when it could not be read:
         then only the digests are checked)."""
         wanted, checks = _listed_files(rec, rec_path, note)
+        if (
+            parent_tree is not None
+            and not is_root
+            and not checks
+            and len(wanted) == 1
+            and self._adds_one(parent_tree, tree_oid, rec_path, rec_entry)
+        ):
+            return  # one file added: nothing to name
         found: dict[str, Entry] = {}
         if is_root or parent_tree is not None:
             comparison = _Comparison(self.reader, found)
@@ -115,6 +123,45 @@ class TreeChecker:
                 )
             elif is_index and blob != (rec_path + "\n").encode():
                 note("record-schema", f"the incident index {path} does not name {rec_path}")
+
+    def _adds_one(self, parent: str, child: str, path: str, entry: Entry) -> bool:
+        """The common case, without building the comparison: whether tree ``child`` is tree
+        ``parent`` plus the one file ``entry`` at ``path``, in directories the parent has.
+
+        Each directory on the path must be the same entry at the same place in both trees,
+        with only its id changed, and the last tree the parent's plus the file's entry; the
+        bytes around them equal. That is what :meth:`_Comparison._only_additions` confirms
+        for one file; when this says no, the comparison runs and names what differs."""
+        parts = path.split("/")
+        last = len(parts) - 1
+        for i, name in enumerate(parts):
+            c_raw = self.reader.read_tree(child, f"tree of {path}")
+            p_raw = self.reader.read_tree(parent, f"tree of {path}")
+            if i == last:
+                needle = b"100644 " + name.encode("utf-8") + b"\0"
+                at = c_raw.find(needle)
+                end = at + len(needle) + 20
+                return (
+                    at >= 0
+                    and end <= len(c_raw)
+                    and p_raw.find(needle) < 0
+                    and p_raw == c_raw[:at] + c_raw[end:]
+                    and entry == (rules.MODE_BLOB, c_raw[end - 20 : end].hex())
+                )
+            needle = b"40000 " + name.encode("utf-8") + b"\0"
+            at = c_raw.find(needle)
+            end = at + len(needle)
+            if (
+                at < 0
+                or p_raw.find(needle) != at
+                or len(p_raw) != len(c_raw)
+                or end + 20 > len(c_raw)
+                or p_raw[:end] != c_raw[:end]
+                or p_raw[end + 20 :] != c_raw[end + 20 :]
+            ):
+                return False
+            child, parent = c_raw[end : end + 20].hex(), p_raw[end : end + 20].hex()
+        return False
 
 
 def _listed_files(
