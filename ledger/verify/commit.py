@@ -207,7 +207,8 @@ class Verifier:
         rec_raw: bytes | None = None
         if rec_path is not None and records.is_safe_path(rec_path):
             try:
-                c.rec_entry = self.trees.find_path(c.commit.tree, rec_path)
+                parent_tree = None if c.is_root else c.prev.tree
+                c.rec_entry = self.trees.find_record(c.commit.tree, rec_path, parent_tree)
                 if c.rec_entry is None:
                     c.note("tree-append", f"the tree has no record file {rec_path}")
                 else:

@@ -57,6 +57,59 @@ class TreeChecker:
 
     def __init__(self, reader: objects.ObjectReader) -> None:
         self.reader = reader
+        #: (tree, parent's tree, path, entry) when :meth:`find_record` saw that the tree is
+        #: the parent's plus that one file.
+        self._one: tuple[str, str, str, Entry] | None = None
+
+    def find_record(self, tree_oid: str, path: str, parent_tree: str | None) -> Entry | None:
+        """:meth:`find_path` for a commit's record file, which also learns on the way
+        whether the tree is ``parent_tree`` plus that one file, in directories the parent
+        has; :meth:`check` then needs no comparison when the record lists no other file.
+
+        Each directory on the path must be the same entry at the same place in both trees,
+        with only its id changed, and the last tree the parent's plus the file's entry, the
+        bytes around them equal: what :meth:`_Comparison._only_additions` confirms for one
+        file. Anything else (and a parent tree that cannot be read) is left to the
+        comparison, which names what differs."""
+        self._one = None
+        parts = path.split("/")
+        last = len(parts) - 1
+        child = tree_oid
+        same, parent = parent_tree is not None, parent_tree or ""
+        for i, name in enumerate(parts):
+            c_raw = self.reader.read_tree(child, f"tree of {path}")
+            needle = (b"100644 " if i == last else b"40000 ") + name.encode("utf-8") + b"\0"
+            at = c_raw.find(needle)
+            end = at + len(needle)
+            if at < 0 or end + 20 > len(c_raw):
+                return None
+            child = c_raw[end : end + 20].hex()
+            if same:
+                same, parent = self._same_but(parent, c_raw, needle, at, end, i == last)
+        entry = (rules.MODE_BLOB, child)
+        if same and parent_tree is not None:
+            self._one = (tree_oid, parent_tree, path, entry)
+        return entry
+
+    def _same_but(
+        self, parent: str, c_raw: bytes, needle: bytes, at: int, end: int, last: bool
+    ) -> tuple[bool, str]:
+        """Whether tree ``parent`` is the child's raw tree but for the entry at ``at`` (its
+        id only, for a directory; the whole entry, for the file), and the parent's id of
+        that directory."""
+        try:
+            p_raw = self.reader.read_tree(parent, "tree")
+        except objects.ObjectError:
+            return False, ""
+        if last:
+            return p_raw.find(needle) < 0 and p_raw == c_raw[:at] + c_raw[end + 20 :], ""
+        same = (
+            p_raw.find(needle) == at
+            and len(p_raw) == len(c_raw)
+            and p_raw[:end] == c_raw[:end]
+            and p_raw[end + 20 :] == c_raw[end + 20 :]
+        )
+        return same, p_raw[end : end + 20].hex()
 
     def find_path(self, tree_oid: str, path: str) -> Entry | None:
         """The (mode, id) of the blob at ``path`` under ``tree_oid``, or None if absent."""
@@ -95,7 +148,7 @@ class TreeChecker:
             and not is_root
             and not checks
             and len(wanted) == 1
-            and self._adds_one(parent_tree, tree_oid, rec_path, rec_entry)
+            and self._one == (tree_oid, parent_tree, rec_path, rec_entry)
         ):
             return  # one file added: nothing to name
         found: dict[str, Entry] = {}
@@ -123,45 +176,6 @@ class TreeChecker:
                 )
             elif is_index and blob != (rec_path + "\n").encode():
                 note("record-schema", f"the incident index {path} does not name {rec_path}")
-
-    def _adds_one(self, parent: str, child: str, path: str, entry: Entry) -> bool:
-        """The common case, without building the comparison: whether tree ``child`` is tree
-        ``parent`` plus the one file ``entry`` at ``path``, in directories the parent has.
-
-        Each directory on the path must be the same entry at the same place in both trees,
-        with only its id changed, and the last tree the parent's plus the file's entry; the
-        bytes around them equal. That is what :meth:`_Comparison._only_additions` confirms
-        for one file; when this says no, the comparison runs and names what differs."""
-        parts = path.split("/")
-        last = len(parts) - 1
-        for i, name in enumerate(parts):
-            c_raw = self.reader.read_tree(child, f"tree of {path}")
-            p_raw = self.reader.read_tree(parent, f"tree of {path}")
-            if i == last:
-                needle = b"100644 " + name.encode("utf-8") + b"\0"
-                at = c_raw.find(needle)
-                end = at + len(needle) + 20
-                return (
-                    at >= 0
-                    and end <= len(c_raw)
-                    and p_raw.find(needle) < 0
-                    and p_raw == c_raw[:at] + c_raw[end:]
-                    and entry == (rules.MODE_BLOB, c_raw[end - 20 : end].hex())
-                )
-            needle = b"40000 " + name.encode("utf-8") + b"\0"
-            at = c_raw.find(needle)
-            end = at + len(needle)
-            if (
-                at < 0
-                or p_raw.find(needle) != at
-                or len(p_raw) != len(c_raw)
-                or end + 20 > len(c_raw)
-                or p_raw[:end] != c_raw[:end]
-                or p_raw[end + 20 :] != c_raw[end + 20 :]
-            ):
-                return False
-            child, parent = c_raw[end : end + 20].hex(), p_raw[end : end + 20].hex()
-        return False
 
 
 def _listed_files(
