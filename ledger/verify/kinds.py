@@ -35,12 +35,13 @@ def check_key_line(key: Any, fingerprint: Any, where: str) -> tuple[list[str], s
 def check_data(kind: str, data: dict[str, Any]) -> list[str]:
     def fields(spec: dict[str, Callable[[Any], bool]]) -> list[str]:
         problems = []
-        missing = sorted(spec.keys() - data.keys())
-        extra = sorted(data.keys() - spec.keys())
-        if missing:
-            problems.append(f"{kind} data lacks {', '.join(missing)}")
-        if extra:
-            problems.append(f"{kind} data has unknown field(s) {', '.join(extra)}")
+        if data.keys() != spec.keys():
+            missing = sorted(spec.keys() - data.keys())
+            extra = sorted(data.keys() - spec.keys())
+            if missing:
+                problems.append(f"{kind} data lacks {', '.join(missing)}")
+            if extra:
+                problems.append(f"{kind} data has unknown field(s) {', '.join(extra)}")
         for name, ok in spec.items():
             if name in data and not ok(data[name]):
                 problems.append(f"{kind} data field {name} is malformed")

@@ -243,7 +243,7 @@ class ObjectReader:
         if self._packs is None:
             return 0, None
         try:
-            typ, data = self._packs.read(pygit2.Oid(hex=oid))
+            typ, data = self._packs.read(oid)
         except KeyError:
             return 0, None
         header = b"%s %d\0" % (_TYPE_NAMES.get(typ, b"?"), len(data))
