@@ -4,6 +4,7 @@ the path layout, and agreement with stock git on what a good signature is."""
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import json
 import os
@@ -394,6 +395,19 @@ def test_a_packed_object_whose_content_is_not_its_id(tmp_path: Path) -> None:
     first = result.findings[0]
     assert (first.rule, first.seq) == ("object-corrupt", 4), result.findings
     assert "does not hash to its id" in first.message
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_verifications_leave_no_file_open(tmp_path: Path) -> None:
+    """The verifier's pack reads are released with it: a process that verifies many ledgers
+    (a fleet's worker, a test run) does not accumulate open pack files."""
+    built = build(tmp_path)
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert verify_ledger(built.path).ok
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 # --- agreement with stock git ----------------------------------------------------------------

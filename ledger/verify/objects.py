@@ -180,12 +180,19 @@ def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
 # --- reading objects ------------------------------------------------------------------------
 
 
-def _pack_backend(repo: pygit2.Repository) -> pygit2.OdbBackendPack | None:
-    """The repository's packs, read directly (None when there is no pack directory)."""
+def _pack_backend(repo: pygit2.Repository) -> tuple[pygit2.Odb, pygit2.OdbBackendPack | None]:
+    """The repository's packs, to be read directly, and the object database that owns them.
+
+    pygit2 frees a pack backend (closing its pack files) only with the object database it
+    was added to, never on its own: the reader keeps both and reads through the backend
+    only while it holds the database (None when there is no pack directory)."""
+    owner = pygit2.Odb()
     try:
-        return pygit2.OdbBackendPack(str(Path(repo.path) / "objects"))
+        packs = pygit2.OdbBackendPack(str(Path(repo.path) / "objects"))
+        owner.add_backend(packs, 1)
     except (pygit2.GitError, OSError, ValueError):
-        return None
+        return owner, None
+    return owner, packs
 
 
 #: The object header's type name for each libgit2 object type number.
@@ -217,7 +224,7 @@ class ObjectReader:
 
     def __init__(self, repo: pygit2.Repository) -> None:
         self.odb = repo.odb
-        self._packs = _pack_backend(repo)
+        self._packs_owner, self._packs = _pack_backend(repo)
         self._trees_old: dict[str, bytes] = {}
         self._trees: dict[str, bytes] = {}
         self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
