@@ -216,10 +216,10 @@ class ObjectReader:
     database, libgit2 would read a full id by its prefix search, which also asks for a
     loose file (a failed ``access`` call per object), and would check the id with its
     collision-detecting SHA-1, about a twelfth of a record's instructions. That detection
-    guards nothing here: every record and attachment is bound by SHA-256 as well (FORMAT.md
-    §3), and commits and trees hold no bytes a stranger chooses. What the packs do not hold
-    (a loose object, an alternate such as a hook's quarantine) is read through the object
-    database, with its own check.
+    guards nothing here (FORMAT.md §10): every record and attachment is bound by SHA-256 as
+    well, a commit's signature covers its content, and trees hold only the layout's modes,
+    names and ids. What the packs do not hold (a loose object, an alternate such as a
+    hook's quarantine) is read through the object database, with its own check.
     """
 
     def __init__(self, repo: pygit2.Repository) -> None:
