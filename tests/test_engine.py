@@ -801,6 +801,23 @@ def test_resume_refuses_unknown_and_unfinished_runs(env: Env) -> None:
         prepare_resume(env.ledger, run_id)
 
 
+def test_runs_started_in_one_second_are_listed_newest_first(env: Env) -> None:
+    """A run id names its start to the second, then 32 random bits: two runs started within
+    one second are ordered by their records, not by the random part."""
+    from ledger.report import runs
+
+    book = env.book("name: quick\nsteps:\n  - {name: a, run: 'true'}\n")
+    second = records.new_run_id()[: -len("ffffffff")]
+    for run_id in (second + "ffffffff", second + "00000000"):
+        resolved = resolve_parameters(book, {}, {})
+        outcome = Runner(env.ledger, env.key).run(
+            RunRequest(runbook=book, params=resolved, run_id=run_id, environ=dict(os.environ))
+        )
+        assert outcome.succeeded
+    listed = [r.run_id for r in runs.list_runs(env.ledger)]
+    assert listed == [second + "00000000", second + "ffffffff"]
+
+
 # --------------------------------------------------------------------------- approvals
 
 

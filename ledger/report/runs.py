@@ -55,15 +55,19 @@ def list_runs(
     if at is None:
         return []
     run_ids = ledger.runs_for_incident(incident, at=at) if incident else ledger.run_ids(at=at)
-    out: list[RunSummary] = []
-    for run_id in sorted(run_ids, reverse=True):
+    found: list[tuple[int, RunSummary]] = []
+    for run_id in run_ids:
         summary = _summary(ledger, run_id, at)
-        if summary is not None and (status is None or summary.status == status):
-            out.append(summary)
-    return out
+        if summary is not None and (status is None or summary[1].status == status):
+            found.append(summary)
+    # Newest first by the seq of each run's run.started record: a run id names its start
+    # to the second only, and two runs started within one second are told apart by it.
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [summary for _seq, summary in found]
 
 
-def _summary(ledger: store.Ledger, run_id: str, at: str) -> RunSummary | None:
+def _summary(ledger: store.Ledger, run_id: str, at: str) -> tuple[int, RunSummary] | None:
+    """The run's summary, after the seq of its run.started record (None without one)."""
     names = ledger.run_file_names(run_id, at=at)
     started = _first(ledger, names, f"-{records.KIND_RUN_STARTED}.json", at)
     if started is None:
@@ -75,7 +79,7 @@ def _summary(ledger: store.Ledger, run_id: str, at: str) -> RunSummary | None:
     actor = started.record.get("actor")
     end = finished.data if finished is not None else {}
     failed = end.get("failed_step")
-    return RunSummary(
+    return started.seq, RunSummary(
         run_id=run_id,
         runbook=str(book.get("name", "")) if isinstance(book, dict) else "",
         incident=_text(trigger.get("incident")) if isinstance(trigger, dict) else None,
