@@ -5,7 +5,6 @@ signed payload, armored SSHSIG blobs, tree entries, and opening a repository wit
 from __future__ import annotations
 
 import binascii
-import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,15 +194,6 @@ def _pack_backend(repo: pygit2.Repository) -> tuple[pygit2.Odb, pygit2.OdbBacken
     return owner, packs
 
 
-#: The object header's type name for each libgit2 object type number.
-_TYPE_NAMES = {
-    rules.OBJ_COMMIT: b"commit",
-    rules.OBJ_TREE: b"tree",
-    rules.OBJ_BLOB: b"blob",
-    4: b"tag",
-}
-
-
 class ObjectReader:
     """Raw reads for one verification, with the small caches the chain walk needs.
 
@@ -211,15 +201,16 @@ class ObjectReader:
     are the trees read for the previous commit, so each tree is inflated once. Raw commits
     read on the walk back are kept (within a budget) for the forward pass.
 
-    Objects are read from the ledger's packs directly, and each one's SHA-1 (of its header
-    and content, as git hashes it) is compared with its id here. Through the object
-    database, libgit2 would read a full id by its prefix search, which also asks for a
-    loose file (a failed ``access`` call per object), and would check the id with its
-    collision-detecting SHA-1, about a twelfth of a record's instructions. That detection
-    guards nothing here (FORMAT.md §10): every record and attachment is bound by SHA-256 as
-    well, a commit's signature covers its content, and trees hold only the layout's modes,
-    names and ids. What the packs do not hold (a loose object, an alternate such as a
-    hook's quarantine) is read through the object database, with its own check.
+    Every object's SHA-1 (of its header and content, as git hashes it) is compared with its
+    id here, whichever way it was read: the one check of an object's id in the verifier.
+    Objects are read from the ledger's packs directly. Through the object database, libgit2
+    would read a full id by its prefix search, which also asks for a loose file (a failed
+    ``access`` call per object), and would check the id with its collision-detecting SHA-1,
+    about a twelfth of a record's instructions. That detection guards nothing here
+    (FORMAT.md §10): every record and attachment is bound by SHA-256 as well, a commit's
+    signature covers its content, and trees hold only the layout's modes, names and ids.
+    What the packs do not hold (a loose object, an alternate such as a hook's quarantine) is
+    read through the object database.
     """
 
     def __init__(self, repo: pygit2.Repository) -> None:
@@ -237,25 +228,25 @@ class ObjectReader:
             typ, data = self._read_packed(oid)
             if data is None:
                 typ, data = self.odb.read(oid)
+            typ = int(typ)
+            if typ not in gitobj.TYPE_NAMES or gitobj.object_id(typ, data).hex() != oid:
+                raise ValueError("the object's content does not hash to its id")
         except KeyError:  # pygit2.NotFoundError is a KeyError
             raise ObjectError("object-missing", f"{what} {oid} is missing") from None
         except (pygit2.GitError, ValueError, OSError) as exc:
             raise ObjectError("object-corrupt", f"{what} {oid} cannot be read: {exc}") from None
-        if int(typ) != want:
+        if typ != want:
             raise ObjectError("object-corrupt", f"{what} {oid} has the wrong object type")
         return bytes(data)
 
     def _read_packed(self, oid: str) -> tuple[int, bytes | None]:
-        """An object from the packs, its id checked; (0, None) when no pack holds it."""
+        """An object from the packs, as stored; (0, None) when no pack holds it."""
         if self._packs is None:
             return 0, None
         try:
             typ, data = self._packs.read(oid)
         except KeyError:
             return 0, None
-        header = b"%s %d\0" % (_TYPE_NAMES.get(typ, b"?"), len(data))
-        if hashlib.sha1(header + data).hexdigest() != oid:  # noqa: S324
-            raise ValueError("the object's content does not hash to its id")
         return typ, data
 
     def read_tree(self, oid: str, what: str) -> bytes:
