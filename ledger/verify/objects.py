@@ -220,7 +220,6 @@ class ObjectReader:
         self._trees: dict[str, bytes] = {}
         self._parsed: dict[str, dict[str, tuple[int, str]]] = {}
         self._raw_commits: dict[str, bytes] = {}
-        self._lookups: dict[tuple[str, str, bool], tuple[int, str] | None] = {}
         self._raw_budget = 16 * 1024 * 1024
 
     def read(self, oid: str, want: int, what: str) -> bytes:
@@ -260,7 +259,6 @@ class ObjectReader:
 
     def next_generation(self) -> None:
         self._trees_old, self._trees = self._trees, {}
-        self._lookups.clear()
         if len(self._parsed) > 64:
             self._parsed.clear()
 
@@ -270,27 +268,6 @@ class ObjectReader:
             parsed = tree_entries(raw)
             self._parsed[oid] = parsed
         return parsed
-
-    def lookup(self, oid: str, raw: bytes, name: str, directory: bool) -> tuple[int, str] | None:
-        """One entry of a tree by name.
-
-        The entry is found by searching the raw tree for its
-        bytes with the mode the layout requires; that is only a hint, which the tree
-        comparison confirms by rebuilding the parent tree's SHA-1 (and which falls back to
-        parsing the whole tree when it does not match).
-        """
-        key = (oid, name, directory)
-        if key in self._lookups:
-            return self._lookups[key]
-        mode = rules.MODE_TREE if directory else rules.MODE_BLOB
-        needle = b"%o %s\0" % (mode, name.encode("utf-8"))
-        at = raw.find(needle)
-        hit = None
-        if at >= 0 and at + len(needle) + 20 <= len(raw):
-            end = at + len(needle)
-            hit = mode, raw[end : end + 20].hex()
-        self._lookups[key] = hit
-        return hit
 
     def parents_of(self, oid: str, keep: bool = False) -> list[str]:
         """The parent ids of a commit (the forward check re-parses it fully).

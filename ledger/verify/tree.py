@@ -72,6 +72,21 @@ class TreeChecker:
         file. Anything else (and a parent tree that cannot be read) is left to the
         comparison, which names what differs."""
         self._one = None
+        entry, same = self._descend(tree_oid, path, parent_tree)
+        if entry is not None and same and parent_tree is not None:
+            self._one = (tree_oid, parent_tree, path, entry)
+        return entry
+
+    def find_path(self, tree_oid: str, path: str) -> Entry | None:
+        """The (mode, id) of the blob at ``path`` under ``tree_oid``, or None if absent."""
+        return self._descend(tree_oid, path, None)[0]
+
+    def _descend(
+        self, tree_oid: str, path: str, parent_tree: str | None
+    ) -> tuple[Entry | None, bool]:
+        """The blob's entry at ``path`` (None if absent), and whether ``parent_tree`` holds
+        the same path but for that one file (False without one). Each name is found by its
+        entry's bytes with the mode the layout requires (``mode name\0``, then 20 id bytes)."""
         parts = path.split("/")
         last = len(parts) - 1
         child = tree_oid
@@ -82,14 +97,11 @@ class TreeChecker:
             at = c_raw.find(needle)
             end = at + len(needle)
             if at < 0 or end + 20 > len(c_raw):
-                return None
+                return None, False
             child = c_raw[end : end + 20].hex()
             if same:
                 same, parent = self._same_but(parent, c_raw, needle, at, end, i == last)
-        entry = (rules.MODE_BLOB, child)
-        if same and parent_tree is not None:
-            self._one = (tree_oid, parent_tree, path, entry)
-        return entry
+        return (rules.MODE_BLOB, child), same
 
     def _same_but(
         self, parent: str, c_raw: bytes, needle: bytes, at: int, end: int, last: bool
@@ -110,23 +122,6 @@ class TreeChecker:
             and p_raw[end + 20 :] == c_raw[end + 20 :]
         )
         return same, p_raw[end : end + 20].hex()
-
-    def find_path(self, tree_oid: str, path: str) -> Entry | None:
-        """The (mode, id) of the blob at ``path`` under ``tree_oid``, or None if absent."""
-        parts = path.split("/")
-        current = tree_oid
-        for i, part in enumerate(parts):
-            raw = self.reader.read_tree(current, f"tree of {path}")
-            last = i == len(parts) - 1
-            hit = self.reader.lookup(current, raw, part, directory=not last)
-            if hit is None:
-                return None
-            if last:
-                return hit if hit[0] == rules.MODE_BLOB else None
-            if hit[0] != rules.MODE_TREE:
-                return None
-            current = hit[1]
-        return None
 
     def check(
         self,
