@@ -237,25 +237,17 @@ _TRAILER_PATTERNS = {
 
 
 #: A message of the shape of FORMAT.md §3 with every trailer well-formed, in one match: the
-#: same patterns as ``_TRAILER_PATTERNS`` (anything else takes the line-by-line parse).
+#: same patterns as ``_TRAILER_PATTERNS`` (anything else takes the line-by-line parse). Each
+#: trailer's group is its key with ``_`` for ``-``.
 _WELL_FORMED = re.compile(
     r"(?P<summary>[^\n]*)\n\n"
-    rf"Ledger-Id: (?P<id>{rules.LEDGER_ID.pattern})\n"
-    rf"Ledger-Seq: (?P<seq>{rules.SEQ.pattern})\n"
-    rf"Ledger-Kind: (?P<kind>{rules.KIND.pattern})\n"
-    r"Ledger-Record: (?P<record>[^\n]*)\n"
-    rf"Ledger-Record-Sha256: (?P<rsha>{rules.SHA256.pattern})\n"
-    rf"(?:Ledger-Prev-Sha256: (?P<prev>{rules.SHA256.pattern})\n)?"
-    rf"(?:Ledger-Unverified: (?P<unverified>{rules.UNVERIFIED.pattern})\n)?"
-)
-_WELL_FORMED_KEYS = (
-    ("Ledger-Id", "id"),
-    ("Ledger-Seq", "seq"),
-    ("Ledger-Kind", "kind"),
-    ("Ledger-Record", "record"),
-    ("Ledger-Record-Sha256", "rsha"),
-    ("Ledger-Prev-Sha256", "prev"),
-    ("Ledger-Unverified", "unverified"),
+    rf"Ledger-Id: (?P<Ledger_Id>{rules.LEDGER_ID.pattern})\n"
+    rf"Ledger-Seq: (?P<Ledger_Seq>{rules.SEQ.pattern})\n"
+    rf"Ledger-Kind: (?P<Ledger_Kind>{rules.KIND.pattern})\n"
+    r"Ledger-Record: (?P<Ledger_Record>[^\n]*)\n"
+    rf"Ledger-Record-Sha256: (?P<Ledger_Record_Sha256>{rules.SHA256.pattern})\n"
+    rf"(?:Ledger-Prev-Sha256: (?P<Ledger_Prev_Sha256>{rules.SHA256.pattern})\n)?"
+    rf"(?:Ledger-Unverified: (?P<Ledger_Unverified>{rules.UNVERIFIED.pattern})\n)?"
 )
 _SUMMARY_PROBLEM = "the summary line is longer than 200 characters or has control characters"
 
@@ -271,7 +263,8 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
     m = _WELL_FORMED.fullmatch(text)
     if m is not None:  # every trailer in place and well-formed: only the summary to check
         groups = m.groupdict()
-        trailers = {key: groups[g] for key, g in _WELL_FORMED_KEYS if groups[g] is not None}
+        found = ((key, groups[key.replace("-", "_")]) for key in rules.TRAILERS)
+        trailers = {key: value for key, value in found if value is not None}
         summary = groups["summary"]
         if len(summary) > rules.SUMMARY_MAX or rules.CONTROL.search(summary):
             return trailers, [_SUMMARY_PROBLEM]
