@@ -51,7 +51,7 @@ import pygit2
 from ledger import store as store_mod
 from ledger.format import records
 from ledger.keys import SigningKey, allowed_signers_line
-from ledger.store import Ledger
+from ledger.store import Ledger, seqindex
 from ledger.verify import local, verify_ledger
 
 START, STEP = builders.START, builders.STEP
@@ -113,9 +113,10 @@ def built_ledger(path: Path, n: int, key: SigningKey) -> str:
         check=True,
     ).stdout.split()
     genesis = chain[0]
-    index = path / SEQ_INDEX
-    index.parent.mkdir(exist_ok=True)
-    index.write_bytes(b"".join(bytes.fromhex(oid) for oid in chain))
+    index = seqindex.SeqIndex(path / SEQ_INDEX)
+    for seq, oid in enumerate(chain):
+        index.put(seq, pygit2.Oid(hex=oid))
+    index.close()
     repo = pygit2.Repository(str(path))
     message = repo[genesis].message
     ledger_id = next(
