@@ -420,3 +420,56 @@ def _defaults(**given: Any) -> dict[str, Any]:
         "require_user_presence": False,
     }
     return {**base, **given}
+
+
+# --- the fleet's workers, started early -------------------------------------------------------
+
+_FLEET_EARLY_CHILD = """
+import sys
+from concurrent import futures
+from multiprocessing import forkserver
+from pathlib import Path
+from ledger.verify import warmup
+if __name__ == "__main__":
+    warmup.start_early_fleet(Path(sys.argv[1]), int(sys.argv[2]))
+    started = forkserver._forkserver._forkserver_pid is not None
+    preloaded = None
+    if started:  # a worker of that server: has it the fleet's verifier without importing it?
+        context = warmup.forkserver_context(warmup.FLEET_PRELOAD)
+        with futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            asked = "'ledger.fleet.schedule' in __import__('sys').modules"
+            preloaded = pool.submit(eval, asked).result()
+    print(started, preloaded)
+"""
+
+
+@pytest.mark.parametrize(
+    ("pack_bytes", "jobs", "expected"),
+    [
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 2, "True True"),
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES - 1, 2, "False None"),
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 1, "False None"),
+        (None, 2, "False None"),
+    ],
+)
+def test_fleet_workers_start_early_for_a_copy_whose_packs_hold_many_records(
+    tmp_path: Path, pack_bytes: int | None, jobs: int, expected: str
+) -> None:
+    """``ledger fleet verify`` starts its workers' server before loading the verifier when
+    the copy's packs look large enough (a hint: sparse files here), and that server has
+    imported the fleet's verifier, so a worker does not import it again."""
+    copy = tmp_path / "copy.git"
+    if pack_bytes is not None:
+        (copy / "objects" / "pack").mkdir(parents=True)
+        with open(copy / "objects" / "pack" / "pack-1.pack", "wb") as fh:
+            fh.truncate(pack_bytes)
+    script = tmp_path / "child.py"
+    script.write_text(_FLEET_EARLY_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(copy), str(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == expected.split()

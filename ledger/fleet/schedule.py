@@ -22,7 +22,7 @@ import pygit2
 
 from ledger import errors
 from ledger.fleet import claims, state
-from ledger.verify import chain, findings
+from ledger.verify import chain, findings, warmup
 from ledger.verify import state as verify_state
 
 #: Fewer records than this in all (as the heads' trailers claim) are verified in this
@@ -236,6 +236,9 @@ def run(
 
 def _context() -> multiprocessing.context.BaseContext:
     """Workers are started fresh ("forkserver", else "spawn"), never forked from this
-    process: it holds libgit2 handles and maybe threads."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    process: it holds libgit2 handles and maybe threads. The server imports this module
+    (and so the verifier) once, before forking the workers (``ledger fleet verify`` starts
+    it at the command's start: :func:`start_early`)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return warmup.forkserver_context(warmup.FLEET_PRELOAD)
+    return multiprocessing.get_context("spawn")

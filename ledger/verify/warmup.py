@@ -7,8 +7,10 @@ long chain starts that server here, at the very start of the command, so that it
 overlap the command's own instead of following them: on a 2,000-record ledger the workers
 are ready about that much sooner. Whether the chain is long is read from the size of the
 seq index (``ledger-state/seq-index``, 20 bytes per record), a local accelerator that may be
-missing or wrong: it only decides this, never anything the verification reports. Nothing
-heavy is imported here.
+missing or wrong: it only decides this, never anything the verification reports. ``ledger
+fleet verify`` does the same for its workers (:func:`start_early_fleet`), whose server also
+imports :mod:`ledger.fleet.schedule`, once, instead of each worker importing it after the
+fork; there the hint is the size of the copy's packs. Nothing heavy is imported here.
 
 The same index gives the workers their commits without the sequential walk back of FORMAT.md
 §10 step 2 (:func:`planned_chain`); the chain walk confirms that plan link by link and walks
@@ -28,16 +30,22 @@ MIN_RECORDS = 2000
 #: What the server imports before forking workers (the parent's main module, as
 #: multiprocessing does by default, and the workers' own module).
 PRELOAD = ["__main__", "ledger.verify.parallel"]
+#: The same for ``ledger fleet verify``, whose workers run :mod:`ledger.fleet.schedule`.
+FLEET_PRELOAD = [*PRELOAD, "ledger.fleet.schedule"]
 _SEQ_INDEX = Path("ledger-state") / "seq-index"
+#: Bytes a record takes in a repacked copy's packs, about (bench/bench_fleet.py measures
+#: 930 with its attachments-free records): :func:`start_early_fleet`'s hint.
+PACK_BYTES = 1024
 #: The longest chain planned from the seq index; a longer one is walked back.
 PLAN_LIMIT = 5_000_000
 _NO_ENTRY = "0" * 40
 
 
-def forkserver_context() -> multiprocessing.context.BaseContext:
-    """The context the verifier's workers are started in (one server per process)."""
+def forkserver_context(preload: list[str] = PRELOAD) -> multiprocessing.context.BaseContext:
+    """The context the verifier's workers are started in (one server per process), whose
+    server imports ``preload`` once before forking any worker (when it is not running yet)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload(preload)
     _short_socket_dir()
     return context
 
@@ -80,14 +88,39 @@ def start_early(gitdir: Path, jobs: int | None) -> None:
     """Start the worker server now when ``jobs`` allows workers and the chain looks long
     enough to use them; a server that cannot start is left to :mod:`ledger.verify.parallel`
     (which then checks everything in this process)."""
-    if (jobs if jobs is not None else os.cpu_count() or 1) <= 1:
-        return
-    if hinted_records(gitdir) < MIN_RECORDS:
-        return
+    if _workers_allowed(jobs) and hinted_records(gitdir) >= MIN_RECORDS:
+        start_server(PRELOAD)
+
+
+def start_early_fleet(gitdir: Path, jobs: int | None) -> None:
+    """:func:`start_early` for ``ledger fleet verify`` of the copy at ``gitdir``: the server
+    starts now when ``jobs`` allows workers and the copy's packs are large enough to hold
+    :data:`MIN_RECORDS` records (:data:`PACK_BYTES` each). A hint only: on a copy verified
+    before, little may be read again and the server then goes unused (its imports ran on
+    another core meanwhile)."""
+    if _workers_allowed(jobs) and _pack_bytes(gitdir) >= MIN_RECORDS * PACK_BYTES:
+        start_server(FLEET_PRELOAD)
+
+
+def _workers_allowed(jobs: int | None) -> bool:
+    return (jobs if jobs is not None else os.cpu_count() or 1) > 1
+
+
+def _pack_bytes(gitdir: Path) -> int:
+    try:
+        with os.scandir(gitdir / "objects" / "pack") as entries:
+            return sum(e.stat().st_size for e in entries if e.name.endswith(".pack"))
+    except OSError:
+        return 0
+
+
+def start_server(preload: list[str]) -> None:
+    """Start the workers' server now, importing ``preload``; one that cannot start is left
+    to the pool that needs it (which starts it then, or works without it)."""
     import multiprocessing.forkserver  # here: only a long verification starts the server
 
     try:
-        forkserver_context()
+        forkserver_context(preload)
         multiprocessing.forkserver.ensure_running()
     except (OSError, ValueError, RuntimeError):
         return
