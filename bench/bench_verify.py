@@ -10,8 +10,8 @@ Prints, from measurements taken in this one run:
   and the ratio of the two (target: >= 40x on 2,000 records), the two measured in turn;
 - records/s of ``ledger verify --jobs 1`` and ``--jobs 2`` as subprocesses over a ledger of
   --big-records records (target: >= 5,000 records/s on 50,000), measured alternately, with
-  the seq index a runner's own ledger keeps and (``--jobs 2``) without it, as in a fresh
-  clone;
+  the seq index a runner's own ledger and a ``ledger clone`` keep and (``--jobs 2``)
+  without it, as in a copy made by stock git;
 - peak memory (``VmHWM`` of a fresh process verifying with jobs=1) over that ledger, and its
   verify rate.
 
@@ -188,7 +188,7 @@ def cli_rates(
     that they see the same load. The state directory is a fresh one (no pin, no head
     remembered: each run verifies the whole chain, pinned by --trust-genesis). ``indexed``:
     per value, whether the ledger keeps its seq index (False: hidden for that run, as in a
-    fresh clone, which has none)."""
+    copy made by stock git, which has none)."""
     env = dict(os.environ, **{local.ENV_STATE_DIR: str(tmp / "cli-state")})
     best = [float("inf")] * len(jobs)
     n = 0
@@ -305,7 +305,7 @@ def main() -> None:
             )
             print(
                 f"  the same without its seq index:   {fresh:8.0f} records/s  "
-                "(as a fresh clone: the chain is walked back before the workers start)"
+                "(as a copy made by stock git: the chain is walked back before the workers start)"
             )
             run = memory_run(big)
             if not run["ok"]:

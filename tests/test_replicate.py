@@ -26,6 +26,7 @@ from ledger import replicate
 from ledger.errors import InputError, LedgerExists, RemoteError, VerificationFailed
 from ledger.replicate import protect, transport
 from ledger.store import Ledger
+from ledger.verify import warmup
 
 # --- URLs and remote configuration -----------------------------------------------------------
 
@@ -325,6 +326,22 @@ def test_clone_verifies_and_pins_genesis(tmp_path: Path) -> None:
 
     with pytest.raises(LedgerExists):
         replicate.clone(str(remote), tmp_path / "audit")
+
+
+def test_a_clone_has_the_seq_index_appends_would_have_written(tmp_path: Path) -> None:
+    """The verified chain's seq -> commit index is written on arrival, so the clone's next
+    'ledger verify' plans its workers from it instead of walking the chain back first."""
+    t = make_ledger(tmp_path)
+    remote = plain_bare(tmp_path / "r.git")
+    replicate.add_remote(t.path, "r", str(remote))
+    replicate.push(t.path).check(None)
+    replicate.clone(str(remote), tmp_path / "audit", trust_genesis=t.ledger.genesis_id)
+    chain = git("--git-dir", tmp_path / "audit", "rev-list", "--first-parent", "--reverse", "main")
+    ids = chain.stdout.split()
+    assert len(ids) > 3
+    index = (tmp_path / "audit" / "ledger-state" / "seq-index").read_bytes()
+    assert index == b"".join(bytes.fromhex(oid) for oid in ids)
+    assert warmup.planned_chain(tmp_path / "audit", ids[-1], len(ids)) == ids
 
 
 def test_a_clone_is_protected_like_a_new_ledger(tmp_path: Path) -> None:

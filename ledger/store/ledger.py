@@ -92,7 +92,9 @@ class Ledger(append.Appends, runreads.RunReads):
         """Make a bare repository whose chain was just verified (``verified``, the verifier's
         state at its head) a ledger: its ``ledger.*`` config is written from that verified
         state, never from bytes nobody verified, and only while ``main`` is that head (used
-        after cloning)."""
+        after cloning). Its seq index is written from the verified chain, as appends would
+        have written it: the next ``ledger verify`` plans its workers' segments from it
+        instead of walking the chain back first (:mod:`ledger.verify.warmup`)."""
         repo = pygit2.Repository(str(path))
         ref = repo.references.get(gitdir.MAIN_REF)
         if ref is None or str(ref.target) != verified.head:
@@ -107,7 +109,11 @@ class Ledger(append.Appends, runreads.RunReads):
         repo.config["ledger.id"] = verified.ledger_id
         repo.config["ledger.genesis"] = verified.genesis
         repo.config["ledger.name"] = str(genesis.get("data", {}).get("name", ""))
-        return cls(path, repo, upkeep=upkeep)
+        ledger = cls(path, repo, upkeep=upkeep)
+        walk = repo.walk(verified.head, pygit2.enums.SortMode.NONE)
+        walk.simplify_first_parent()
+        ledger._index.put_chain([c.id for c in walk][::-1], verified.seq)
+        return ledger
 
     @classmethod
     def init(

@@ -32,6 +32,22 @@ class SeqIndex:
             # Only an accelerator: lookups check what it says and rebuild what is missing.
             self.close()
 
+    def put_chain(self, oids: list[pygit2.Oid], head_seq: int) -> None:
+        """Record a whole verified chain, oldest first: ``oids[seq]`` is seq's commit (a
+        verified chain's seqs count from 0 along first parents). Nothing when the chain's
+        length is not ``head_seq + 1``."""
+        if len(oids) != head_seq + 1:
+            return
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, b"".join(oid.raw for oid in oids))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # only an accelerator: lookups walk back and repair what is missing
+
     def get(self, seq: int) -> pygit2.Oid | None:
         """The commit id recorded for ``seq``, if any (unchecked)."""
         try:
