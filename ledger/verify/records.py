@@ -50,7 +50,8 @@ def decode_record(raw: bytes) -> dict[str, Any]:
         raise NotCanonical("it is not a JSON object")
     try:
         again = _ENCODER.encode(obj)
-        canonical = again.encode("utf-8")
+        # ``text`` is ``raw`` decoded strictly: equal text is equal bytes.
+        canonical = raw if again == text else again.encode("utf-8")
     except (UnicodeEncodeError, RecursionError, ValueError):
         raise NotCanonical("it cannot be re-encoded as UTF-8 JSON") from None
     if canonical != raw:
