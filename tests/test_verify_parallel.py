@@ -288,6 +288,44 @@ def test_workers_start_under_a_tmpdir_too_deep_for_their_socket(tmp_path: Path) 
     assert list(deep.iterdir()) == []
 
 
+_CLONE_CHILD = """
+import sys
+from pathlib import Path
+from ledger import replicate
+from ledger.verify import commit, parallel
+here = []
+def counted(self, oid, *args, **kwargs):  # (in this process only: the workers' is theirs)
+    here.append(oid)
+    return alone(self, oid, *args, **kwargs)
+if __name__ == "__main__":
+    parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; parallel._HERE = 0  # all to the workers
+    alone, commit.Verifier.check_alone = commit.Verifier.check_alone, counted
+    done = replicate.clone(sys.argv[1], Path(sys.argv[2]), trust_genesis=sys.argv[3])
+    print(done.head, len(here))
+"""
+
+
+def test_a_clone_is_verified_by_workers(tmp_path: Path) -> None:
+    """'ledger clone' verifies the fetched chain with the verifier's workers (the new
+    repository holds every object, so they can open it by its path)."""
+    built = build(tmp_path, events_after_key=6)
+    script = tmp_path / "child.py"
+    script.write_text(_CLONE_CHILD)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(built.path), str(tmp_path / "copy"), built.genesis],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LEDGER_STATE_DIR": str(state)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    head, here = proc.stdout.split()
+    assert head == built.head()
+    assert here == "1"  # the genesis; every other commit went to a worker
+
+
 # --- a plan from the seq index ----------------------------------------------------------------
 
 

@@ -487,8 +487,13 @@ def verify_head(
     trust_genesis: str | None,
     since: Any = None,
     require_user_presence: bool = False,
+    jobs: int = 1,
 ) -> tuple[list[str], Any]:
     """Verify the chain ending at ``head`` with :func:`ledger.verify.verify_chain`.
+
+    ``jobs``: the verifier's worker processes, which open the repository by its path: 1
+    (in this process) unless ``repo`` holds every object itself (a hook's quarantine is an
+    alternate of this repository object only).
 
     Returns one line per finding (empty: it verifies) and the verifier's result."""
     result = verify.verify_chain(
@@ -497,6 +502,6 @@ def verify_head(
         trust_genesis=trust_genesis,
         since=since,
         require_user_presence=require_user_presence,
-        jobs=1,  # a hook's quarantine is an alternate of this repository object only
+        jobs=jobs,
     )
     return finding_lines(result), result

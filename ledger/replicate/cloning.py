@@ -4,6 +4,7 @@ adopt it; or remove everything again."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -151,7 +152,11 @@ def _fetch_verified(
             f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
             hint="Check the genesis id with the ledger's owner.",
         )
-    problems, result = check.verify_head(repo, fetched, trust_genesis=trust_genesis or root)
+    # (the new repository holds every object it fetched: the verifier's workers may open it)
+    jobs = os.cpu_count() or 1
+    problems, result = check.verify_head(
+        repo, fetched, trust_genesis=trust_genesis or root, jobs=jobs
+    )
     if problems or not result.ok or result.state is None or not result.ledger_id:
         problems = problems or [f"the chain ending at {fetched} does not verify"]
         raise errors.VerificationFailed(
