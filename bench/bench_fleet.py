@@ -15,8 +15,10 @@ machine; the load average is printed with them):
    wall time. A push that could not reach the server is pushed again and counted; a
    refusal or a lost ref fails the benchmark.
 2. The auditor side (skipped with a message when ``ledger fleet --help`` fails): ``ledger
-   fleet clone`` and ``fleet verify --json`` from a fresh state directory (records/s), a
-   stock ``git verify-commit`` loop over --git-sample of the same commits and the ratio;
+   fleet clone`` and ``fleet verify --json`` from a fresh state directory (records/s; best of
+   --verify-runs, each from a copy of the state the clone left, as other processes share the
+   machine: every run is printed), a stock ``git verify-commit`` loop over --git-sample of
+   the same commits and the ratio;
    --incremental-ledgers runners append 10 records each and push, then ``fleet fetch`` and
    ``fleet verify`` (incremental); ``ledger fleet report --incident INC-1`` with the whole
    fleet and with a --small-fleet fleet holding the same incident (flatness).
@@ -468,12 +470,20 @@ def phase_auditor(
     env["LEDGER_FLEET"] = str(copy)
     clone_s, r = timed(lambda: run(ledger_cmd("fleet", "clone", url, copy), env=env))
     must(r, "ledger fleet clone")
-    verify_s, checked = fleet_verify(copy, env, fetch=True)
+    fresh = base / "auditor-state.fresh"
+    shutil.copytree(state, fresh)  # the state as the clone left it: nothing verified yet
+    runs = [fleet_verify(copy, env, fetch=True)]
+    for i in range(1, args.verify_runs):  # again from that state, each in a copy of it
+        again = base / f"auditor-state.{i}"
+        shutil.copytree(fresh, again)
+        runs.append(fleet_verify(copy, dict(env, LEDGER_STATE_DIR=str(again)), fetch=True))
+    verify_s, checked = min(runs, key=lambda run: run[0])
     rate = total / verify_s
     git_rate = git_verify_loop(daemon.path("fleet.git"), runners, args.git_sample, base)
     print(
         f"   fleet clone: {clone_s:.1f} s; fleet verify (whole process): {verify_s:.2f} s, "
-        f"{rate:,.0f} records/s (records checked as reported: {checked})"
+        f"{rate:,.0f} records/s (records checked as reported: {checked}); best of "
+        f"{len(runs)} from the fresh state: {', '.join(f'{s:.2f}' for s, _ in runs)} s"
     )
     print(
         f"   git verify-commit per commit: {git_rate:.1f} commits/s (sample of "
@@ -696,6 +706,9 @@ def main() -> None:
     ap.add_argument("--incremental-ledgers", type=int, default=5)
     ap.add_argument("--small-fleet", type=int, default=10)
     ap.add_argument("--git-sample", type=int, default=100)
+    ap.add_argument(
+        "--verify-runs", type=int, default=3, help="fleet verify runs from the fresh state"
+    )
     ap.add_argument("--refs", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build processes")
     ap.add_argument("--keep", type=Path, help="build in DIR (must not exist) and leave it")
