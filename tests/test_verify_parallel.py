@@ -250,9 +250,12 @@ def test_open_repository_defaults_to_this_process(
         verify_ledger(built.path, jobs=0)
 
 
-_DEEP_TMPDIR_CHILD = """
+#: A child process's start: every commit but the first goes to the verifier's workers, and
+#: those it checks itself are listed in ``here``; what it does then follows, indented.
+_ALL_TO_WORKERS = """
 import sys
 from pathlib import Path
+from ledger import replicate
 from ledger.verify import commit, parallel, verify_ledger
 here = []
 def counted(self, oid, *args, **kwargs):  # (in this process only: the workers' is theirs)
@@ -261,9 +264,14 @@ def counted(self, oid, *args, **kwargs):  # (in this process only: the workers' 
 if __name__ == "__main__":
     parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; parallel._HERE = 0  # all to the workers
     alone, commit.Verifier.check_alone = commit.Verifier.check_alone, counted
-    result = verify_ledger(Path(sys.argv[1]), jobs=2)
+"""
+
+_DEEP_TMPDIR_CHILD = (
+    _ALL_TO_WORKERS
+    + """    result = verify_ledger(Path(sys.argv[1]), jobs=2)
     print(result.ok, result.records_checked, len(here))
 """
+)
 
 
 def test_workers_start_under_a_tmpdir_too_deep_for_their_socket(tmp_path: Path) -> None:
@@ -288,21 +296,12 @@ def test_workers_start_under_a_tmpdir_too_deep_for_their_socket(tmp_path: Path) 
     assert list(deep.iterdir()) == []
 
 
-_CLONE_CHILD = """
-import sys
-from pathlib import Path
-from ledger import replicate
-from ledger.verify import commit, parallel
-here = []
-def counted(self, oid, *args, **kwargs):  # (in this process only: the workers' is theirs)
-    here.append(oid)
-    return alone(self, oid, *args, **kwargs)
-if __name__ == "__main__":
-    parallel.MIN_RECORDS = 1; parallel.SEGMENT = 2; parallel._HERE = 0  # all to the workers
-    alone, commit.Verifier.check_alone = commit.Verifier.check_alone, counted
-    done = replicate.clone(sys.argv[1], Path(sys.argv[2]), trust_genesis=sys.argv[3])
+_CLONE_CHILD = (
+    _ALL_TO_WORKERS
+    + """    done = replicate.clone(sys.argv[1], Path(sys.argv[2]), trust_genesis=sys.argv[3])
     print(done.head, len(here))
 """
+)
 
 
 def test_a_clone_is_verified_by_workers(tmp_path: Path) -> None:
