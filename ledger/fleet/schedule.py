@@ -238,7 +238,7 @@ def _context() -> multiprocessing.context.BaseContext:
     """Workers are started fresh ("forkserver", else "spawn"), never forked from this
     process: it holds libgit2 handles and maybe threads. The server imports this module
     (and so the verifier) once, before forking the workers (``ledger fleet verify`` starts
-    it at the command's start: :func:`start_early`)."""
+    it at the command's start: :func:`ledger.verify.warmup.start_early_fleet`)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         return warmup.forkserver_context(warmup.FLEET_PRELOAD)
     return multiprocessing.get_context("spawn")

@@ -33,8 +33,9 @@ PRELOAD = ["__main__", "ledger.verify.parallel"]
 #: The same for ``ledger fleet verify``, whose workers run :mod:`ledger.fleet.schedule`.
 FLEET_PRELOAD = [*PRELOAD, "ledger.fleet.schedule"]
 _SEQ_INDEX = Path("ledger-state") / "seq-index"
-#: Bytes a record takes in a repacked copy's packs, about (bench/bench_fleet.py measures
-#: 930 with its attachments-free records): :func:`start_early_fleet`'s hint.
+#: Bytes a record takes in a copy's packs, about: :func:`start_early_fleet`'s hint
+#: (bench/bench_fleet.py measures 930 repacked and 2,000 as fetched; so the server may also
+#: start for a copy of fewer records than :data:`MIN_RECORDS`: its imports, on another core).
 PACK_BYTES = 1024
 #: The longest chain planned from the seq index; a longer one is walked back.
 PLAN_LIMIT = 5_000_000
