@@ -30,6 +30,7 @@ from test_witness_record import *  # noqa: F403
 from test_witness_record import OTHER, head_entry
 
 from ledger import errors
+from ledger.fleet import state as fleet_state
 from ledger.keys import SigningKey
 from ledger.store import Ledger
 from ledger.verify import VerifyResult, chain, commit, parallel, verify_ledger, warmup
@@ -466,9 +467,10 @@ import sys
 from concurrent import futures
 from multiprocessing import forkserver
 from pathlib import Path
+from ledger.fleet import schedule
 from ledger.verify import warmup
 if __name__ == "__main__":
-    warmup.start_early_fleet(Path(sys.argv[1]), int(sys.argv[2]))
+    schedule.start_early(Path(sys.argv[1]), int(sys.argv[2]))
     started = forkserver._forkserver._forkserver_pid is not None
     preloaded = None
     if started:  # a worker of that server: has it the fleet's verifier without importing it?
@@ -481,25 +483,31 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize(
-    ("pack_bytes", "jobs", "expected"),
+    ("pack_bytes", "jobs", "verified_before", "expected"),
     [
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 2, "True True"),
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES - 1, 2, "False None"),
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 1, "False None"),
-        (None, 2, "False None"),
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 2, False, "True True"),
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES - 1, 2, False, "False None"),
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 1, False, "False None"),
+        (None, 2, False, "False None"),
+        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 2, True, "False None"),
     ],
 )
-def test_fleet_workers_start_early_for_a_copy_whose_packs_hold_many_records(
-    tmp_path: Path, pack_bytes: int | None, jobs: int, expected: str
+def test_fleet_workers_start_early_for_a_first_verification_of_a_large_copy(
+    tmp_path: Path, pack_bytes: int | None, jobs: int, verified_before: bool, expected: str
 ) -> None:
-    """``ledger fleet verify`` starts its workers' server before loading the verifier when
-    the copy's packs look large enough (a hint: sparse files here), and that server has
-    imported the fleet's verifier, so a worker does not import it again."""
+    """``ledger fleet verify`` starts its workers' server before fetching and planning when
+    the copy's packs look large enough (a hint: sparse files here) and this auditor has
+    verified none of its ledgers before; that server has imported the fleet's verifier, so
+    a worker does not import it again."""
     copy = tmp_path / "copy.git"
     if pack_bytes is not None:
         (copy / "objects" / "pack").mkdir(parents=True)
         with open(copy / "objects" / "pack" / "pack-1.pack", "wb") as fh:
             fh.truncate(pack_bytes)
+    if verified_before:  # (this test's state directory: LEDGER_STATE_DIR, which the child inherits)
+        ledgers = fleet_state.state_dir(copy) / fleet_state.LEDGERS_DIR
+        ledgers.mkdir(parents=True)
+        (ledgers / f"{'a' * 32}.json").write_text("{}")
     script = tmp_path / "child.py"
     script.write_text(_FLEET_EARLY_CHILD)
     proc = subprocess.run(

@@ -41,14 +41,12 @@ def verify_cmd(
     """Verify every ledger of the fleet copy (incrementally) and detect vanished, rolled
     back, forked and new ledgers and witnessed heads no ledger holds."""
     path = fleet.fleet_path(fleet_dir)
-    from ledger.verify import warmup
-
-    warmup.start_early_fleet(path, jobs)  # (before the verifier is loaded: light to import)
     # here: only this command needs the verifier, pygit2 and the worker pool
-    from ledger.fleet import audit, copy
+    from ledger.fleet import audit, copy, schedule
     from ledger.replicate import transport
 
     copy.open_copy(path)  # a clear error when it is not a fleet copy
+    schedule.start_early(path, jobs)  # (its imports then overlap the fetch and the planning)
     fetched = None
     if not no_fetch:
         fetched = copy.fetch(

@@ -234,11 +234,25 @@ def run(
     return done
 
 
+def start_early(path: Path, jobs: int | None) -> None:
+    """Start the workers' server now, before the fetch and the planning, when this looks like
+    the auditor's first verification of a large copy: no ledger of it verified before (a
+    later verification reads only what is new, and seldom needs workers), and
+    :func:`ledger.verify.warmup.start_early_fleet`'s hint. Decides nothing the verification
+    reports."""
+    try:
+        if any(state.state_dir(path).joinpath(state.LEDGERS_DIR).glob("*.json")):
+            return
+    except OSError:
+        return
+    warmup.start_early_fleet(path, jobs)
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """Workers are started fresh ("forkserver", else "spawn"), never forked from this
     process: it holds libgit2 handles and maybe threads. The server imports this module
     (and so the verifier) once, before forking the workers (``ledger fleet verify`` starts
-    it at the command's start: :func:`ledger.verify.warmup.start_early_fleet`)."""
+    it at the command's start: :func:`start_early`)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         return warmup.forkserver_context(warmup.FLEET_PRELOAD)
     return multiprocessing.get_context("spawn")

@@ -10,7 +10,8 @@ seq index (``ledger-state/seq-index``, 20 bytes per record), a local accelerator
 missing or wrong: it only decides this, never anything the verification reports. ``ledger
 fleet verify`` does the same for its workers (:func:`start_early_fleet`), whose server also
 imports :mod:`ledger.fleet.schedule`, once, instead of each worker importing it after the
-fork; there the hint is the size of the copy's packs. Nothing heavy is imported here.
+fork; there the hint is the size of the copy's packs, asked only for a copy not verified
+before. Nothing heavy is imported here.
 
 The same index gives the workers their commits without the sequential walk back of FORMAT.md
 §10 step 2 (:func:`planned_chain`); the chain walk confirms that plan link by link and walks
@@ -96,9 +97,9 @@ def start_early(gitdir: Path, jobs: int | None) -> None:
 def start_early_fleet(gitdir: Path, jobs: int | None) -> None:
     """:func:`start_early` for ``ledger fleet verify`` of the copy at ``gitdir``: the server
     starts now when ``jobs`` allows workers and the copy's packs are large enough to hold
-    :data:`MIN_RECORDS` records (:data:`PACK_BYTES` each). A hint only: on a copy verified
-    before, little may be read again and the server then goes unused (its imports ran on
-    another core meanwhile)."""
+    :data:`MIN_RECORDS` records (:data:`PACK_BYTES` each). A hint only (the caller,
+    :func:`ledger.fleet.schedule.start_early`, asks only for a copy it has not verified
+    before)."""
     if _workers_allowed(jobs) and _pack_bytes(gitdir) >= MIN_RECORDS * PACK_BYTES:
         start_server(FLEET_PRELOAD)
 
