@@ -30,6 +30,7 @@ from test_witness_record import *  # noqa: F403
 from test_witness_record import OTHER, head_entry
 
 from ledger import errors
+from ledger.fleet import schedule
 from ledger.fleet import state as fleet_state
 from ledger.keys import SigningKey
 from ledger.store import Ledger
@@ -474,7 +475,7 @@ if __name__ == "__main__":
     started = forkserver._forkserver._forkserver_pid is not None
     preloaded = None
     if started:  # a worker of that server: has it the fleet's verifier without importing it?
-        context = warmup.forkserver_context(warmup.FLEET_PRELOAD)
+        context = warmup.forkserver_context(schedule.PRELOAD)
         with futures.ProcessPoolExecutor(1, mp_context=context) as pool:
             asked = "'ledger.fleet.schedule' in __import__('sys').modules"
             preloaded = pool.submit(eval, asked).result()
@@ -485,11 +486,11 @@ if __name__ == "__main__":
 @pytest.mark.parametrize(
     ("pack_bytes", "jobs", "verified_before", "expected"),
     [
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 2, False, "True True"),
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES - 1, 2, False, "False None"),
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 1, False, "False None"),
+        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES, 2, False, "True True"),
+        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES - 1, 2, False, "False None"),
+        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES, 1, False, "False None"),
         (None, 2, False, "False None"),
-        (warmup.MIN_RECORDS * warmup.PACK_BYTES, 2, True, "False None"),
+        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES, 2, True, "False None"),
     ],
 )
 def test_fleet_workers_start_early_for_a_first_verification_of_a_large_copy(

@@ -28,6 +28,12 @@ from ledger.verify import state as verify_state
 #: Fewer records than this in all (as the heads' trailers claim) are verified in this
 #: process: starting worker processes costs more than they would save.
 IN_PROCESS_BELOW = 2000
+#: What the workers' server imports before forking them: the verifier and this module.
+PRELOAD = [*warmup.PRELOAD, __name__]
+#: Bytes a record takes in a copy's packs, about: :func:`start_early`'s hint
+#: (bench/bench_fleet.py measures 930 repacked and 2,000 as fetched; so the server may also
+#: start for a copy of fewer records than IN_PROCESS_BELOW: its imports, on another core).
+PACK_BYTES = 1024
 #: ``progress(done, total)``: verification tasks finished so far.
 Progress = Callable[[int, int], None]
 
@@ -235,17 +241,22 @@ def run(
 
 
 def start_early(path: Path, jobs: int | None) -> None:
-    """Start the workers' server now, before the fetch and the planning, when this looks like
-    the auditor's first verification of a large copy: no ledger of it verified before (a
-    later verification reads only what is new, and seldom needs workers), and
-    :func:`ledger.verify.warmup.start_early_fleet`'s hint. Decides nothing the verification
-    reports."""
+    """Start the workers' server now, before the fetch and the planning, when ``jobs``
+    allows workers and this looks like the auditor's first verification of a large copy: no
+    ledger of it verified before (a later verification reads only what is new, and seldom
+    needs workers) and packs that could hold IN_PROCESS_BELOW records (PACK_BYTES each).
+    Hints only: they decide nothing the verification reports."""
+    if not warmup.workers_allowed(jobs):
+        return
     try:
         if any(state.state_dir(path).joinpath(state.LEDGERS_DIR).glob("*.json")):
             return
+        with os.scandir(Path(path) / "objects" / "pack") as entries:
+            packed = sum(e.stat().st_size for e in entries if e.name.endswith(".pack"))
     except OSError:
         return
-    warmup.start_early_fleet(path, jobs)
+    if packed >= IN_PROCESS_BELOW * PACK_BYTES:
+        warmup.start_server(PRELOAD)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -254,5 +265,5 @@ def _context() -> multiprocessing.context.BaseContext:
     (and so the verifier) once, before forking the workers (``ledger fleet verify`` starts
     it at the command's start: :func:`start_early`)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
-        return warmup.forkserver_context(warmup.FLEET_PRELOAD)
+        return warmup.forkserver_context(PRELOAD)
     return multiprocessing.get_context("spawn")

@@ -8,10 +8,8 @@ overlap the command's own instead of following them: on a 2,000-record ledger th
 are ready about that much sooner. Whether the chain is long is read from the size of the
 seq index (``ledger-state/seq-index``, 20 bytes per record), a local accelerator that may be
 missing or wrong: it only decides this, never anything the verification reports. ``ledger
-fleet verify`` does the same for its workers (:func:`start_early_fleet`), whose server also
-imports :mod:`ledger.fleet.schedule`, once, instead of each worker importing it after the
-fork; there the hint is the size of the copy's packs, asked only for a copy not verified
-before. Nothing heavy is imported here.
+fleet verify`` starts the same server for its workers (:func:`start_server`, from
+:func:`ledger.fleet.schedule.start_early`). Nothing heavy is imported here.
 
 The same index gives the workers their commits without the sequential walk back of FORMAT.md
 §10 step 2 (:func:`planned_chain`); the chain walk confirms that plan link by link and walks
@@ -31,13 +29,7 @@ MIN_RECORDS = 2000
 #: What the server imports before forking workers (the parent's main module, as
 #: multiprocessing does by default, and the workers' own module).
 PRELOAD = ["__main__", "ledger.verify.parallel"]
-#: The same for ``ledger fleet verify``, whose workers run :mod:`ledger.fleet.schedule`.
-FLEET_PRELOAD = [*PRELOAD, "ledger.fleet.schedule"]
 _SEQ_INDEX = Path("ledger-state") / "seq-index"
-#: Bytes a record takes in a copy's packs, about: :func:`start_early_fleet`'s hint
-#: (bench/bench_fleet.py measures 930 repacked and 2,000 as fetched; so the server may also
-#: start for a copy of fewer records than :data:`MIN_RECORDS`: its imports, on another core).
-PACK_BYTES = 1024
 #: The longest chain planned from the seq index; a longer one is walked back.
 PLAN_LIMIT = 5_000_000
 _NO_ENTRY = "0" * 40
@@ -90,30 +82,13 @@ def start_early(gitdir: Path, jobs: int | None) -> None:
     """Start the worker server now when ``jobs`` allows workers and the chain looks long
     enough to use them; a server that cannot start is left to :mod:`ledger.verify.parallel`
     (which then checks everything in this process)."""
-    if _workers_allowed(jobs) and hinted_records(gitdir) >= MIN_RECORDS:
+    if workers_allowed(jobs) and hinted_records(gitdir) >= MIN_RECORDS:
         start_server(PRELOAD)
 
 
-def start_early_fleet(gitdir: Path, jobs: int | None) -> None:
-    """:func:`start_early` for ``ledger fleet verify`` of the copy at ``gitdir``: the server
-    starts now when ``jobs`` allows workers and the copy's packs are large enough to hold
-    :data:`MIN_RECORDS` records (:data:`PACK_BYTES` each). A hint only (the caller,
-    :func:`ledger.fleet.schedule.start_early`, asks only for a copy it has not verified
-    before)."""
-    if _workers_allowed(jobs) and _pack_bytes(gitdir) >= MIN_RECORDS * PACK_BYTES:
-        start_server(FLEET_PRELOAD)
-
-
-def _workers_allowed(jobs: int | None) -> bool:
+def workers_allowed(jobs: int | None) -> bool:
+    """Whether ``jobs`` (None: one per core) allows worker processes at all."""
     return (jobs if jobs is not None else os.cpu_count() or 1) > 1
-
-
-def _pack_bytes(gitdir: Path) -> int:
-    try:
-        with os.scandir(gitdir / "objects" / "pack") as entries:
-            return sum(e.stat().st_size for e in entries if e.name.endswith(".pack"))
-    except OSError:
-        return 0
 
 
 def start_server(preload: list[str]) -> None:
