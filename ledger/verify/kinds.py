@@ -5,7 +5,7 @@ of the run records of §5.1."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from ledger import errors, keys
@@ -14,6 +14,14 @@ from ledger.verify import rules
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def key_difference(have: Set[str], want: Set[str]) -> tuple[list[str], list[str]]:
+    """The keys ``want`` has and ``have`` lacks, and the keys ``have`` has beyond ``want``,
+    each sorted; two empty lists at once when they are equal (the common case)."""
+    if have == want:
+        return [], []
+    return sorted(want - have), sorted(have - want)
 
 
 def check_key_line(key: Any, fingerprint: Any, where: str) -> tuple[list[str], str | None]:
@@ -35,13 +43,11 @@ def check_key_line(key: Any, fingerprint: Any, where: str) -> tuple[list[str], s
 def check_data(kind: str, data: dict[str, Any]) -> list[str]:
     def fields(spec: dict[str, Callable[[Any], bool]]) -> list[str]:
         problems = []
-        if data.keys() != spec.keys():
-            missing = sorted(spec.keys() - data.keys())
-            extra = sorted(data.keys() - spec.keys())
-            if missing:
-                problems.append(f"{kind} data lacks {', '.join(missing)}")
-            if extra:
-                problems.append(f"{kind} data has unknown field(s) {', '.join(extra)}")
+        missing, extra = key_difference(data.keys(), spec.keys())
+        if missing:
+            problems.append(f"{kind} data lacks {', '.join(missing)}")
+        if extra:
+            problems.append(f"{kind} data has unknown field(s) {', '.join(extra)}")
         for name, ok in spec.items():
             if name in data and not ok(data[name]):
                 problems.append(f"{kind} data field {name} is malformed")

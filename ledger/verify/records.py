@@ -111,13 +111,11 @@ def ident(principal: str) -> str:
 def check_schema(rec: dict[str, Any]) -> list[str]:
     """Problems with the common fields and the kind-specific data (FORMAT.md §2, §5)."""
     out: list[str] = []
-    if rec.keys() != rules.COMMON_FIELDS:
-        missing = sorted(rules.COMMON_FIELDS - rec.keys())
-        extra = sorted(rec.keys() - rules.COMMON_FIELDS)
-        if missing:
-            out.append(f"missing field(s) {', '.join(missing)}")
-        if extra:
-            out.append(f"unknown field(s) {', '.join(extra)}")
+    missing, extra = kinds.key_difference(rec.keys(), rules.COMMON_FIELDS)
+    if missing:
+        out.append(f"missing field(s) {', '.join(missing)}")
+    if extra:
+        out.append(f"unknown field(s) {', '.join(extra)}")
     if "schema" in rec and not (kinds.is_int(rec["schema"]) and rec["schema"] == 1):
         out.append(f"schema is {rec['schema']!r}, not 1")
     if "ledger" in rec and not (
