@@ -159,7 +159,7 @@ def split_signed_commit(raw: bytes) -> tuple[bytes, list[bytes]]:
     return bytes(payload), [bytes(s) for s in signatures]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SignedCommit:
     """A commit in the layout :func:`commit_content` and :func:`add_signature` write."""
 

@@ -25,7 +25,7 @@ import pygit2
 from ledger.verify import findings, kinds, objects, records, rules, tree, trust
 
 
-@dataclass
+@dataclass(slots=True)
 class Expected:
     """What the next commit is checked against: its expected parent's facts."""
 
@@ -51,7 +51,7 @@ class Checked:
     claims: list[findings.WitnessClaim] | None = None  # a well-formed witness record's heads
 
 
-@dataclass
+@dataclass(slots=True)
 class _Facts:
     """What the steps learn about one commit, in the order they learn it."""
 

@@ -5,6 +5,7 @@ signed payload, armored SSHSIG blobs, tree entries, and opening a repository wit
 from __future__ import annotations
 
 import binascii
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ class ObjectError(Exception):
 _SIGNATURE_HEADERS = frozenset({b"gpgsig", b"gpgsig-sha256"})
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     tree: str
     parents: list[str]
@@ -227,8 +228,14 @@ class ObjectReader:
             typ, data = self._read_packed(oid)
             if data is None:
                 typ, data = self.odb.read(oid)
-            typ = int(typ)
-            if typ not in gitobj.TYPE_NAMES or gitobj.object_id(typ, data).hex() != oid:
+                typ = int(typ)
+            name = gitobj.TYPE_NAMES.get(typ)
+            if name is None:
+                raise ValueError("the object has no type git knows")
+            # (gitobj.object_id, inline: eight reads a record)
+            sha1 = hashlib.sha1(name + b" %d\0" % len(data), usedforsecurity=False)
+            sha1.update(data)
+            if sha1.hexdigest() != oid:
                 raise ValueError("the object's content does not hash to its id")
         except KeyError:  # pygit2.NotFoundError is a KeyError
             raise ObjectError("object-missing", f"{what} {oid} is missing") from None
@@ -236,17 +243,17 @@ class ObjectReader:
             raise ObjectError("object-corrupt", f"{what} {oid} cannot be read: {exc}") from None
         if typ != want:
             raise ObjectError("object-corrupt", f"{what} {oid} has the wrong object type")
-        return bytes(data)
+        return data
 
     def _read_packed(self, oid: str) -> tuple[int, bytes | None]:
-        """An object from the packs, as stored; (0, None) when no pack holds it."""
+        """An object from the packs, as stored (an int type, bytes); (0, None) when no
+        pack holds it."""
         if self._packs is None:
             return 0, None
         try:
-            typ, data = self._packs.read(oid)
+            return self._packs.read(oid)
         except KeyError:
             return 0, None
-        return typ, data
 
     def read_tree(self, oid: str, what: str) -> bytes:
         cached = self._trees.get(oid)

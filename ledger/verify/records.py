@@ -30,7 +30,10 @@ def _reject_constant(text: str) -> Any:
 
 #: ``json.loads``/``json.dumps`` with these arguments, made once (not at every record).
 _DECODER = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_constant)
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: (A decoded document holds no cycles: the encoder need not look for them.)
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
 
 
 def decode_record(raw: bytes) -> dict[str, Any]:
@@ -103,6 +106,7 @@ def epoch(time: str) -> int | None:
     return day * 86400 + h * 3600 + mi * 60 + sec
 
 
+@functools.lru_cache(maxsize=64)
 def ident(principal: str) -> str:
     """The git ident a principal stands as in author/committer (FORMAT.md §3)."""
     return rules.IDENT_DROP.sub("", principal).strip() or "unknown"
@@ -248,6 +252,8 @@ _WELL_FORMED = re.compile(
     rf"(?:Ledger-Prev-Sha256: (?P<Ledger_Prev_Sha256>{rules.SHA256.pattern})\n)?"
     rf"(?:Ledger-Unverified: (?P<Ledger_Unverified>{rules.UNVERIFIED.pattern})\n)?"
 )
+#: Each trailer and its group in ``_WELL_FORMED``.
+_GROUPS = [(key, key.replace("-", "_")) for key in rules.TRAILERS]
 _SUMMARY_PROBLEM = "the summary line is longer than 200 characters or has control characters"
 
 
@@ -262,8 +268,7 @@ def parse_message(message: bytes | None) -> tuple[dict[str, str], list[str]]:
     m = _WELL_FORMED.fullmatch(text)
     if m is not None:  # every trailer in place and well-formed: only the summary to check
         groups = m.groupdict()
-        found = ((key, groups[key.replace("-", "_")]) for key in rules.TRAILERS)
-        trailers = {key: value for key, value in found if value is not None}
+        trailers = {key: value for key, group in _GROUPS if (value := groups[group]) is not None}
         summary = groups["summary"]
         if len(summary) > rules.SUMMARY_MAX or rules.CONTROL.search(summary):
             return trailers, [_SUMMARY_PROBLEM]

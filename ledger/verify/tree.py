@@ -91,8 +91,9 @@ class TreeChecker:
         last = len(parts) - 1
         child = tree_oid
         same, parent = parent_tree is not None, parent_tree or ""
+        what = f"tree of {path}"
         for i, name in enumerate(parts):
-            c_raw = self.reader.read_tree(child, f"tree of {path}")
+            c_raw = self.reader.read_tree(child, what)
             needle = (b"100644 " if i == last else b"40000 ") + name.encode("utf-8") + b"\0"
             at = c_raw.find(needle)
             end = at + len(needle)
