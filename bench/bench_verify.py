@@ -52,7 +52,7 @@ from ledger import store as store_mod
 from ledger.format import records
 from ledger.keys import SigningKey, allowed_signers_line
 from ledger.store import Ledger, seqindex
-from ledger.verify import local, verify_ledger
+from ledger.verify import home, verify_ledger
 
 START, STEP = builders.START, builders.STEP
 SEQ_INDEX = Path(store_mod.gitdir.STATE_DIR) / store_mod.gitdir.SEQ_INDEX  # (FORMAT.md §8)
@@ -189,7 +189,7 @@ def cli_rates(
     remembered: each run verifies the whole chain, pinned by --trust-genesis). ``indexed``:
     per value, whether the ledger keeps its seq index (False: hidden for that run, as in a
     copy made by stock git, which has none)."""
-    env = dict(os.environ, **{local.ENV_STATE_DIR: str(tmp / "cli-state")})
+    env = dict(os.environ, **{home.ENV_STATE_DIR: str(tmp / "cli-state")})
     best = [float("inf")] * len(jobs)
     n = 0
     index, hidden = path / SEQ_INDEX, tmp / "seq-index.hidden"

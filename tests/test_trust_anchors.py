@@ -28,7 +28,7 @@ from support.tamper import (
 
 from ledger.keys import SigningKey
 from ledger.store import Ledger
-from ledger.verify import local
+from ledger.verify import home, local
 
 NOT_PINNED = 14
 
@@ -79,9 +79,9 @@ def test_anchors_live_in_a_private_state_directory(tmp_path: Path, state_dir: Pa
 
 
 def test_state_directory_defaults_to_xdg(tmp_path: Path) -> None:
-    assert local.state_root({"XDG_STATE_HOME": "/x"}) == Path("/x/runbook-ledger")
-    assert local.state_root({"LEDGER_STATE_DIR": "/y", "XDG_STATE_HOME": "/x"}) == Path("/y")
-    assert local.state_root({}) == Path.home() / ".local" / "state" / "runbook-ledger"
+    assert home.state_root({"XDG_STATE_HOME": "/x"}) == Path("/x/runbook-ledger")
+    assert home.state_root({"LEDGER_STATE_DIR": "/y", "XDG_STATE_HOME": "/x"}) == Path("/y")
+    assert home.state_root({}) == Path.home() / ".local" / "state" / "runbook-ledger"
 
 
 def test_a_state_directory_others_can_write_is_refused(tmp_path: Path, state_dir: Path) -> None:

@@ -40,6 +40,7 @@ from ledger.verify import (
     Finding,
     VerifiedState,
     expected_record_path,
+    home,
     load_state,
     local,
     rules,
@@ -84,7 +85,7 @@ def test_result_json_and_state_round_trip(tmp_path: Path) -> None:
     # In the user's state directory, keyed by the git directory's real path; never in the
     # ledger's own directory.
     assert written == state_path(built.path)
-    assert written.parent.parent == local.state_root()
+    assert written.parent.parent == home.state_root()
     assert not (built.path / "ledger-state" / "verified.json").exists()
     assert [p.name for p in written.parent.iterdir() if p.name.startswith(".tmp")] == []
     loaded = load_state(built.path)

@@ -30,8 +30,8 @@ from test_witness_record import *  # noqa: F403
 from test_witness_record import OTHER, head_entry
 
 from ledger import errors
-from ledger.fleet import schedule
 from ledger.fleet import state as fleet_state
+from ledger.fleet import warm
 from ledger.keys import SigningKey
 from ledger.store import Ledger
 from ledger.verify import VerifyResult, chain, commit, parallel, verify_ledger, warmup
@@ -468,14 +468,14 @@ import sys
 from concurrent import futures
 from multiprocessing import forkserver
 from pathlib import Path
-from ledger.fleet import schedule
+from ledger.fleet import warm
 from ledger.verify import warmup
 if __name__ == "__main__":
-    schedule.start_early(Path(sys.argv[1]), int(sys.argv[2]))
+    warm.start_early(Path(sys.argv[1]), int(sys.argv[2]))
     started = forkserver._forkserver._forkserver_pid is not None
     preloaded = None
     if started:  # a worker of that server: has it the fleet's verifier without importing it?
-        context = warmup.forkserver_context(schedule.PRELOAD)
+        context = warmup.forkserver_context(warm.PRELOAD)
         with futures.ProcessPoolExecutor(1, mp_context=context) as pool:
             asked = "'ledger.fleet.schedule' in __import__('sys').modules"
             preloaded = pool.submit(eval, asked).result()
@@ -483,14 +483,31 @@ if __name__ == "__main__":
 """
 
 
+def test_the_fleet_early_start_is_decided_before_the_verifier_is_imported() -> None:
+    """``ledger fleet verify`` decides and starts its workers' server first thing, so that the
+    server's imports overlap the command's own: deciding needs neither git, crypto nor the
+    verifier, and the auditor's state directory it looks in is the one the fleet's state
+    reads and writes."""
+    code = (
+        "import sys\n"
+        "from ledger.fleet import warm\n"
+        "heavy = ('pygit2', 'cryptography', 'nacl', 'ledger.verify.chain', 'ledger.fleet.state')\n"
+        "print(sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    copy = Path("/some/copy.git")
+    assert warm.state_dir(copy) == fleet_state.state_dir(copy)
+
+
 @pytest.mark.parametrize(
     ("pack_bytes", "jobs", "verified_before", "expected"),
     [
-        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES, 2, False, "True True"),
-        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES - 1, 2, False, "False None"),
-        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES, 1, False, "False None"),
+        (warm.IN_PROCESS_BELOW * warm.PACK_BYTES, 2, False, "True True"),
+        (warm.IN_PROCESS_BELOW * warm.PACK_BYTES - 1, 2, False, "False None"),
+        (warm.IN_PROCESS_BELOW * warm.PACK_BYTES, 1, False, "False None"),
         (None, 2, False, "False None"),
-        (schedule.IN_PROCESS_BELOW * schedule.PACK_BYTES, 2, True, "False None"),
+        (warm.IN_PROCESS_BELOW * warm.PACK_BYTES, 2, True, "False None"),
     ],
 )
 def test_fleet_workers_start_early_for_a_first_verification_of_a_large_copy(
@@ -506,7 +523,7 @@ def test_fleet_workers_start_early_for_a_first_verification_of_a_large_copy(
         with open(copy / "objects" / "pack" / "pack-1.pack", "wb") as fh:
             fh.truncate(pack_bytes)
     if verified_before:  # (this test's state directory: LEDGER_STATE_DIR, which the child inherits)
-        ledgers = fleet_state.state_dir(copy) / fleet_state.LEDGERS_DIR
+        ledgers = fleet_state.state_dir(copy) / warm.LEDGERS_DIR
         ledgers.mkdir(parents=True)
         (ledgers / f"{'a' * 32}.json").write_text("{}")
     script = tmp_path / "child.py"

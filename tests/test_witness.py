@@ -25,7 +25,7 @@ from ledger import errors, replicate
 from ledger.fleet import WitnessHead, append_heads
 from ledger.format import records
 from ledger.run import runbook_lock
-from ledger.verify import local
+from ledger.verify import home, local
 
 pytestmark = pytest.mark.server
 
@@ -174,7 +174,7 @@ def test_fleet_witness_records_the_heads_the_server_holds(fleet: Fleet, tmp_path
     # Foreign objects never enter the ledger; they are in the runner's witness cache.
     for other in (b, c):
         assert git("--git-dir", a.path, "cat-file", "-e", other.head, check=False).returncode != 0
-    cache = local.state_root() / "witness" / f"{lid(a)}.git"
+    cache = home.state_root() / "witness" / f"{lid(a)}.git"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     assert git("--git-dir", cache, "config", "--bool", "ledger.fleet").stdout.strip() == "true"
     assert git("--git-dir", cache, "config", "fleet.remote.fleet.url").stdout.strip() == fleet.url
@@ -243,7 +243,7 @@ def test_what_a_witness_skips_and_what_the_server_no_longer_holds(
     assert [h["ledger"] for h in json.loads(r.out)["heads"]] == [lid(b)]
     assert run_cli("verify", "--ledger", a.path).code == 0
     # A cache others could write is refused like the rest of the state directory.
-    cache = local.state_root() / "witness" / f"{lid(a)}.git"
+    cache = home.state_root() / "witness" / f"{lid(a)}.git"
     cache.chmod(0o777)
     try:
         bad = witness(a)

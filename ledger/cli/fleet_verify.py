@@ -41,12 +41,14 @@ def verify_cmd(
     """Verify every ledger of the fleet copy (incrementally) and detect vanished, rolled
     back, forked and new ledgers and witnessed heads no ledger holds."""
     path = fleet.fleet_path(fleet_dir)
+    from ledger.fleet import warm
+
+    warm.start_early(path, jobs)  # (before the imports below, which its own then overlap)
     # here: only this command needs the verifier, pygit2 and the worker pool
-    from ledger.fleet import audit, copy, schedule
+    from ledger.fleet import audit, copy
     from ledger.replicate import transport
 
     copy.open_copy(path)  # a clear error when it is not a fleet copy
-    schedule.start_early(path, jobs)  # (its imports then overlap the fetch and the planning)
     fetched = None
     if not no_fetch:
         fetched = copy.fetch(

@@ -21,19 +21,10 @@ from pathlib import Path
 import pygit2
 
 from ledger import errors
-from ledger.fleet import claims, state
+from ledger.fleet import claims, state, warm
 from ledger.verify import chain, findings, warmup
 from ledger.verify import state as verify_state
 
-#: Fewer records than this in all (as the heads' trailers claim) are verified in this
-#: process: starting worker processes costs more than they would save.
-IN_PROCESS_BELOW = 2000
-#: What the workers' server imports before forking them: the verifier and this module.
-PRELOAD = [*warmup.PRELOAD, __name__]
-#: Bytes a record takes in a copy's packs, about: :func:`start_early`'s hint
-#: (bench/bench_fleet.py measures 930 repacked and 2,000 as fetched; so the server may also
-#: start for a copy of fewer records than IN_PROCESS_BELOW: its imports, on another core).
-PACK_BYTES = 1024
 #: ``progress(done, total)``: verification tasks finished so far.
 Progress = Callable[[int, int], None]
 
@@ -144,7 +135,7 @@ def _size(repo: pygit2.Repository, head: str, since: verify_state.VerifiedState 
     except (KeyError, ValueError, pygit2.GitError):
         seq = None
     if seq is None:
-        return IN_PROCESS_BELOW  # unknown: worth a worker
+        return warm.IN_PROCESS_BELOW  # unknown: worth a worker
     return max(1, seq - (since.seq if since is not None else -1))
 
 
@@ -221,7 +212,7 @@ def run(
     total = len(tasks)
     if progress is not None:
         progress(0, total)
-    small = small_here and sum(t.size for t in tasks) < IN_PROCESS_BELOW
+    small = small_here and sum(t.size for t in tasks) < warm.IN_PROCESS_BELOW
     if jobs <= 1 or total <= 1 or small:
         for task in tasks:
             # In this process a long chain may use the verifier's own workers (one ledger of
@@ -240,30 +231,11 @@ def run(
     return done
 
 
-def start_early(path: Path, jobs: int | None) -> None:
-    """Start the workers' server now, before the fetch and the planning, when ``jobs``
-    allows workers and this looks like the auditor's first verification of a large copy: no
-    ledger of it verified before (a later verification reads only what is new, and seldom
-    needs workers) and packs that could hold IN_PROCESS_BELOW records (PACK_BYTES each).
-    Hints only: they decide nothing the verification reports."""
-    if not warmup.workers_allowed(jobs):
-        return
-    try:
-        if any(state.state_dir(path).joinpath(state.LEDGERS_DIR).glob("*.json")):
-            return
-        with os.scandir(Path(path) / "objects" / "pack") as entries:
-            packed = sum(e.stat().st_size for e in entries if e.name.endswith(".pack"))
-    except OSError:
-        return
-    if packed >= IN_PROCESS_BELOW * PACK_BYTES:
-        warmup.start_server(PRELOAD)
-
-
 def _context() -> multiprocessing.context.BaseContext:
     """Workers are started fresh ("forkserver", else "spawn"), never forked from this
     process: it holds libgit2 handles and maybe threads. The server imports this module
     (and so the verifier) once, before forking the workers (``ledger fleet verify`` starts
-    it at the command's start: :func:`start_early`)."""
+    it at the command's start: :func:`ledger.fleet.warm.start_early`)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
-        return warmup.forkserver_context(PRELOAD)
+        return warmup.forkserver_context(warm.PRELOAD)
     return multiprocessing.get_context("spawn")

@@ -27,7 +27,6 @@ remembered (``None`` or an empty :class:`FleetState`); a malformed one is a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -40,11 +39,10 @@ from typing import Any
 import pygit2
 
 from ledger import errors, store
-from ledger.verify import local, state
+from ledger.fleet import warm
+from ledger.verify import home, local, state
 
-FLEETS_DIR = "fleets"
 FLEET_FILE = "fleet.json"
-LEDGERS_DIR = "ledgers"
 LOCK_FILE = "fleet.lock"
 FORMAT = 1
 LEDGER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -150,15 +148,13 @@ class LedgerState:
 
 def state_dir(copy: Path | str | pygit2.Repository) -> Path:
     """The state directory of the fleet copy ``copy`` (not created here)."""
-    where = Path(copy.path) if isinstance(copy, pygit2.Repository) else Path(copy)
-    key = hashlib.sha256(str(where.resolve()).encode()).hexdigest()
-    return local.state_root() / FLEETS_DIR / key
+    return warm.state_dir(Path(copy.path) if isinstance(copy, pygit2.Repository) else copy)
 
 
 def _ledger_path(copy: Path | str | pygit2.Repository, ledger_id: str) -> Path:
     if not LEDGER_ID_RE.fullmatch(ledger_id):
         raise errors.InputError(f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).")
-    return state_dir(copy) / LEDGERS_DIR / f"{ledger_id}.json"
+    return state_dir(copy) / warm.LEDGERS_DIR / f"{ledger_id}.json"
 
 
 @contextlib.contextmanager
@@ -173,7 +169,7 @@ def locked(copy: Path | str | pygit2.Repository) -> Iterator[None]:
     except OSError as exc:
         raise errors.StorageError(
             f"cannot lock the fleet state in {where}: {exc.strerror or exc}.",
-            hint=f"Check that directory's permissions, or set {local.ENV_STATE_DIR}.",
+            hint=f"Check that directory's permissions, or set {home.ENV_STATE_DIR}.",
         ) from None
     try:
         store.flock(fd, wait=None)
@@ -320,7 +316,7 @@ def load_ledger(copy: Path | str | pygit2.Repository, ledger_id: str) -> LedgerS
 
 def _private_dirs(path: Path) -> list[Path]:
     """The directories between the state root and ``path`` (``fleets``, the copy's, ...)."""
-    root = local.state_root()
+    root = home.state_root()
     return [d for d in reversed(path.parents) if d != root and root in d.parents]
 
 

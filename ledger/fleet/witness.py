@@ -34,7 +34,7 @@ import pygit2
 from ledger import errors, keys, redact, store
 from ledger.format import gitobj, records, shapes
 from ledger.replicate import remotes, state
-from ledger.verify import local
+from ledger.verify import home, local
 
 if TYPE_CHECKING:
     from ledger.replicate import transport
@@ -140,7 +140,7 @@ def cache_path(ledger_id: str) -> Path:
     """``<state dir>/witness/<ledger id>.git``."""
     if not records.LEDGER_ID_RE.match(ledger_id):
         raise errors.InputError(f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).")
-    return local.state_root() / WITNESS_DIR / f"{ledger_id}.git"
+    return home.state_root() / WITNESS_DIR / f"{ledger_id}.git"
 
 
 def open_cache(ledger_id: str) -> pygit2.Repository:

@@ -44,7 +44,7 @@ import pygit2
 from ledger import errors, redact, store
 from ledger.format import records
 from ledger.replicate import chain
-from ledger.verify import local
+from ledger.verify import home, local
 
 REMOTES_DIR = "remotes"
 STATE_FORMAT = 1
@@ -115,7 +115,7 @@ def ledger_key(repo: pygit2.Repository, verified_id: str | None = None) -> str:
 
 
 def state_path(repo: pygit2.Repository, verified_id: str | None = None) -> Path:
-    return local.state_root() / REMOTES_DIR / f"{ledger_key(repo, verified_id)}.json"
+    return home.state_root() / REMOTES_DIR / f"{ledger_key(repo, verified_id)}.json"
 
 
 # --- the file ---------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def _locked(
     except OSError as exc:
         raise errors.StorageError(
             f"cannot write the remote state in {path.parent}: {exc.strerror or exc}.",
-            hint=f"Check the permissions of that directory, or set {local.ENV_STATE_DIR} to "
+            hint=f"Check the permissions of that directory, or set {home.ENV_STATE_DIR} to "
             "a directory of your own.",
         ) from None
     try:

@@ -40,29 +40,17 @@ from typing import Any, Protocol
 import pygit2
 
 from ledger import errors
-from ledger.verify import chain, findings, objects, rules, state
+from ledger.verify import chain, findings, home, objects, rules, state
 
-APP_DIR = "runbook-ledger"
 PINS_FILE = "pins"
 HEADS_DIR = "heads"
 #: The pre-receive hook's own state, in the protected remote's git directory (the server's).
 HOOK_STATE = ("ledger-state", "verified.json")
-ENV_STATE_DIR = "LEDGER_STATE_DIR"
 ENV_TRUST_GENESIS = "LEDGER_TRUST_GENESIS"
 _PIN_LINE = re.compile(r"([0-9a-f]{32})\s+([0-9a-f]{40})")
 
 
 # --- where the anchors live ----------------------------------------------------------------
-
-
-def state_root(environ: Mapping[str, str] | None = None) -> Path:
-    """The user's state directory for runbook-ledger (not created here)."""
-    env = os.environ if environ is None else environ
-    if env.get(ENV_STATE_DIR):
-        return Path(env[ENV_STATE_DIR])
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]) / APP_DIR
-    return Path.home() / ".local" / "state" / APP_DIR
 
 
 def _gitdir(repo_path: Path | str | pygit2.Repository) -> Path:
@@ -73,7 +61,7 @@ def _gitdir(repo_path: Path | str | pygit2.Repository) -> Path:
 def state_path(repo_path: Path | str | pygit2.Repository) -> Path:
     """Where the last verified head of this copy is kept (keyed by its real path)."""
     key = hashlib.sha256(str(_gitdir(repo_path)).encode()).hexdigest()
-    return state_root() / HEADS_DIR / f"{key}.json"
+    return home.state_root() / HEADS_DIR / f"{key}.json"
 
 
 def _private_dir(path: Path) -> None:
@@ -86,7 +74,7 @@ def _private_dir(path: Path) -> None:
     except OSError as exc:
         raise errors.StorageError(
             f"could not create the state directory {path}: {exc.strerror or exc}.",
-            hint=f"Check its permissions, or set {ENV_STATE_DIR} to a directory of your own.",
+            hint=f"Check its permissions, or set {home.ENV_STATE_DIR} to a directory of your own.",
         ) from None
 
 
@@ -100,26 +88,26 @@ def _check_private(path: Path) -> None:
         raise errors.StorageError(
             f"the state directory {path} is not private (owner uid {st.st_uid}, mode "
             f"{st.st_mode & 0o777:o}): trust anchors kept there could be changed by others.",
-            hint=f"chmod 700 {path} (it must be yours), or set {ENV_STATE_DIR}.",
+            hint=f"chmod 700 {path} (it must be yours), or set {home.ENV_STATE_DIR}.",
         )
 
 
 def ensure_private_dir(path: Path) -> None:
     """Create ``path``, a directory under the state directory, 0700 (and the state
     directory); refuse either when another user or group could write it."""
-    _private_dir(state_root())
+    _private_dir(home.state_root())
     _private_dir(path)
 
 
 def check_private_dir(path: Path) -> None:
     """Refuse to read anchors from ``path`` (or the state directory) if others could write it."""
-    _check_private(state_root())
+    _check_private(home.state_root())
     _check_private(path)
 
 
 def write_private(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, mode 0600 (temp file, fsync, rename, fsync)."""
-    _private_dir(state_root())
+    _private_dir(home.state_root())
     _private_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # (mode 0600)
@@ -147,7 +135,7 @@ def write_private(path: Path, data: bytes) -> Path:
 
 def read_private_text(path: Path, *, private: bool = True) -> str | None:
     if private:
-        _check_private(state_root())
+        _check_private(home.state_root())
         _check_private(path.parent)
     try:
         return path.read_text(encoding="utf-8")
@@ -215,7 +203,7 @@ def parse_pins(text: str, source: str) -> dict[str, str]:
 
 
 def read_pins(path: Path) -> dict[str, str]:
-    own = path == state_root() / PINS_FILE
+    own = path == home.state_root() / PINS_FILE
     text = read_private_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
     if text is None and not own:
         raise errors.InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
@@ -226,7 +214,7 @@ def own_pin(ledger_id: str | None) -> str | None:
     """The genesis this machine pinned for ``ledger_id``, if any."""
     if not ledger_id:
         return None
-    return read_pins(state_root() / PINS_FILE).get(ledger_id)
+    return read_pins(home.state_root() / PINS_FILE).get(ledger_id)
 
 
 def save_pin(ledger_id: str, genesis: str) -> None:
@@ -235,14 +223,14 @@ def save_pin(ledger_id: str, genesis: str) -> None:
 
 def own_pins() -> dict[str, str]:
     """Every genesis this machine pinned, by ledger id (one read for many ledgers)."""
-    return read_pins(state_root() / PINS_FILE)
+    return read_pins(home.state_root() / PINS_FILE)
 
 
 def save_pins(new: Mapping[str, str]) -> None:
     """Pin several ledgers in one write of ``pins`` (an auditor's first fleet verification)."""
     if not new:
         return
-    path = state_root() / PINS_FILE
+    path = home.state_root() / PINS_FILE
     pins = read_pins(path)
     pins.update(new)
     text = "".join(f"{lid} {g}\n" for lid, g in sorted(pins.items()))

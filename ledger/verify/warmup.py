@@ -9,7 +9,7 @@ are ready about that much sooner. Whether the chain is long is read from the siz
 seq index (``ledger-state/seq-index``, 20 bytes per record), a local accelerator that may be
 missing or wrong: it only decides this, never anything the verification reports. ``ledger
 fleet verify`` starts the same server for its workers (:func:`start_server`, from
-:func:`ledger.fleet.schedule.start_early`). Nothing heavy is imported here.
+:func:`ledger.fleet.warm.start_early`). Nothing heavy is imported here.
 
 The same index gives the workers their commits without the sequential walk back of FORMAT.md
 §10 step 2 (:func:`planned_chain`); the chain walk confirms that plan link by link and walks
