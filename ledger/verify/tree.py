@@ -86,43 +86,42 @@ class TreeChecker:
     ) -> tuple[Entry | None, bool]:
         """The blob's entry at ``path`` (None if absent), and whether ``parent_tree`` holds
         the same path but for that one file (False without one). Each name is found by its
-        entry's bytes with the mode the layout requires (``mode name\0``, then 20 id bytes)."""
+        entry's bytes with the mode the layout requires (``mode name\0``, then 20 id bytes).
+
+        At each level the parent's raw tree must be the child's but for the entry found
+        (its id only, for a directory; the whole entry, for the file)."""
+        reader = self.reader
         parts = path.split("/")
         last = len(parts) - 1
         child = tree_oid
         same, parent = parent_tree is not None, parent_tree or ""
         what = f"tree of {path}"
         for i, name in enumerate(parts):
-            c_raw = self.reader.read_tree(child, what)
+            c_raw = reader.read_tree(child, what)
             needle = (b"100644 " if i == last else b"40000 ") + name.encode("utf-8") + b"\0"
             at = c_raw.find(needle)
             end = at + len(needle)
             if at < 0 or end + 20 > len(c_raw):
                 return None, False
             child = c_raw[end : end + 20].hex()
-            if same:
-                same, parent = self._same_but(parent, c_raw, needle, at, end, i == last)
+            if not same:
+                continue
+            try:
+                p_raw = reader.read_tree(parent, "tree")
+            except objects.ObjectError:
+                same = False
+                continue
+            if i == last:
+                same = p_raw.find(needle) < 0 and p_raw == c_raw[:at] + c_raw[end + 20 :]
+            else:
+                same = (
+                    p_raw.find(needle) == at
+                    and len(p_raw) == len(c_raw)
+                    and p_raw[:end] == c_raw[:end]
+                    and p_raw[end + 20 :] == c_raw[end + 20 :]
+                )
+                parent = p_raw[end : end + 20].hex()
         return (rules.MODE_BLOB, child), same
-
-    def _same_but(
-        self, parent: str, c_raw: bytes, needle: bytes, at: int, end: int, last: bool
-    ) -> tuple[bool, str]:
-        """Whether tree ``parent`` is the child's raw tree but for the entry at ``at`` (its
-        id only, for a directory; the whole entry, for the file), and the parent's id of
-        that directory."""
-        try:
-            p_raw = self.reader.read_tree(parent, "tree")
-        except objects.ObjectError:
-            return False, ""
-        if last:
-            return p_raw.find(needle) < 0 and p_raw == c_raw[:at] + c_raw[end + 20 :], ""
-        same = (
-            p_raw.find(needle) == at
-            and len(p_raw) == len(c_raw)
-            and p_raw[:end] == c_raw[:end]
-            and p_raw[end + 20 :] == c_raw[end + 20 :]
-        )
-        return same, p_raw[end : end + 20].hex()
 
     def check(
         self,
