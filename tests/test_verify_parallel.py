@@ -500,6 +500,36 @@ def test_the_fleet_early_start_is_decided_before_the_verifier_is_imported() -> N
     assert warm.state_dir(copy) == fleet_state.state_dir(copy)
 
 
+_FLEET_VERIFY_ORDER_CHILD = """
+import sys
+from ledger.verify import warmup
+seen = []
+warmup.start_server = lambda preload: seen.append("ledger.verify.chain" in sys.modules)
+import ledger.cli
+try:
+    ledger.cli.main(["fleet", "verify", "--fleet", sys.argv[1], "--no-fetch", "--jobs", "2"])
+except SystemExit:
+    pass
+print(seen)
+"""
+
+
+def test_fleet_verify_starts_its_workers_before_it_imports_the_verifier(tmp_path: Path) -> None:
+    """The command asks for its workers' server before anything imports the verifier (here
+    the path then turns out not to be a fleet copy: the server was asked for all the same)."""
+    copy = tmp_path / "copy.git"
+    (copy / "objects" / "pack").mkdir(parents=True)
+    with open(copy / "objects" / "pack" / "pack-1.pack", "wb") as fh:
+        fh.truncate(warm.IN_PROCESS_BELOW * warm.PACK_BYTES)
+    script = tmp_path / "child.py"
+    script.write_text(_FLEET_VERIFY_ORDER_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(copy)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "[False]", proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     ("pack_bytes", "jobs", "verified_before", "expected"),
     [
