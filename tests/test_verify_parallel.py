@@ -477,7 +477,7 @@ if __name__ == "__main__":
     if started:  # a worker of that server: has it the fleet's verifier without importing it?
         context = warmup.forkserver_context(warm.PRELOAD)
         with futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            asked = "'ledger.fleet.schedule' in __import__('sys').modules"
+            asked = "{'ledger.fleet.schedule', 'nacl.bindings'} <= set(__import__('sys').modules)"
             preloaded = pool.submit(eval, asked).result()
     print(started, preloaded)
 """

@@ -27,8 +27,9 @@ from pathlib import Path
 #: costs more than they save.
 MIN_RECORDS = 2000
 #: What the server imports before forking workers (the parent's main module, as
-#: multiprocessing does by default, and the workers' own module).
-PRELOAD = ["__main__", "ledger.verify.parallel"]
+#: multiprocessing does by default, the workers' own module, and libsodium's binding, which
+#: the first Ed25519 check would otherwise import in each worker: about 10 ms).
+PRELOAD = ["__main__", "ledger.verify.parallel", "nacl.bindings"]
 _SEQ_INDEX = Path("ledger-state") / "seq-index"
 #: The longest chain planned from the seq index; a longer one is walked back.
 PLAN_LIMIT = 5_000_000
