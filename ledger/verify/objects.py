@@ -5,7 +5,6 @@ signed payload, armored SSHSIG blobs, tree entries, and opening a repository wit
 from __future__ import annotations
 
 import binascii
-import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,13 +228,9 @@ class ObjectReader:
             if data is None:
                 typ, data = self.odb.read(oid)
                 typ = int(typ)
-            name = gitobj.TYPE_NAMES.get(typ)
-            if name is None:
+            if typ not in gitobj.TYPE_NAMES:
                 raise ValueError("the object has no type git knows")
-            # (gitobj.object_id, inline: eight reads a record)
-            sha1 = hashlib.sha1(name + b" %d\0" % len(data), usedforsecurity=False)
-            sha1.update(data)
-            if sha1.hexdigest() != oid:
+            if gitobj.object_id(typ, data).hex() != oid:
                 raise ValueError("the object's content does not hash to its id")
         except KeyError:  # pygit2.NotFoundError is a KeyError
             raise ObjectError("object-missing", f"{what} {oid} is missing") from None
