@@ -4,7 +4,6 @@ adopt it; or remove everything again."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -16,7 +15,7 @@ import pygit2
 
 from ledger import errors, redact, store
 from ledger.replicate import chain, check, pushes, remotes, state, transport
-from ledger.verify import local
+from ledger.verify import local, parallel
 
 
 @dataclass
@@ -152,10 +151,10 @@ def _fetch_verified(
             f"{trust_genesis}: it is another ledger or a rewritten one. Nothing was kept.",
             hint="Check the genesis id with the ledger's owner.",
         )
-    # (the new repository holds every object it fetched: the verifier's workers may open it)
-    jobs = os.cpu_count() or 1
+    # (the new repository holds every object it fetched: the verifier's workers, one per
+    # core, may open it)
     problems, result = check.verify_head(
-        repo, fetched, trust_genesis=trust_genesis or root, jobs=jobs
+        repo, fetched, trust_genesis=trust_genesis or root, jobs=parallel.jobs_for(None)
     )
     if problems or not result.ok or result.state is None or not result.ledger_id:
         problems = problems or [f"the chain ending at {fetched} does not verify"]
