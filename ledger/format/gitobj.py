@@ -32,9 +32,14 @@ MODE_BLOB: Final = b"100644"
 TreeEntry = tuple[bytes, bytes, bytes]
 
 
+#: A fresh SHA-1 to copy: copying skips the digest's lookup that each new one makes.
+_SHA1: Final = hashlib.sha1(usedforsecurity=False)
+
+
 def object_id(obj_type: int, content: bytes) -> bytes:
     """The SHA-1 object id git gives ``content`` of type ``obj_type`` (20 bytes)."""
-    h = hashlib.sha1(TYPE_NAMES[obj_type] + b" %d\0" % len(content), usedforsecurity=False)
+    h = _SHA1.copy()
+    h.update(TYPE_NAMES[obj_type] + b" %d\0" % len(content))
     h.update(content)
     return h.digest()
 

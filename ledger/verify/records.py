@@ -79,13 +79,22 @@ def expected_record_path(kind: str, seq: int, run: str | None, time: str) -> str
         if not m:
             return None
         return f"runs/{m.group(1)}/{m.group(2)}/{m.group(3)}/{run}/{name}"
-    t = rules.TIME.fullmatch(time)
-    if not t:
+    t = time_fields(time)
+    if t is None:
         return None
-    return f"events/{t.group(1)}/{t.group(2)}/{t.group(3)}/{seq // 1000:07d}/{name}"
+    return f"events/{t[0]}/{t[1]}/{t[2]}/{seq // 1000:07d}/{name}"
 
 
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+@functools.lru_cache(maxsize=8)
+def time_fields(time: str) -> tuple[str, ...] | None:
+    """The year, month, day, hour, minute and second of a string of the record time's
+    pattern (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), or None if it is not of that pattern. Each
+    record's time is read by the schema, the path and the idents: it is matched once."""
+    m = rules.TIME.fullmatch(time)
+    return None if m is None else m.groups()
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,10 +102,10 @@ def epoch(time: str) -> int | None:
     """Whole seconds since the epoch of a record time, or None if it is not one (the
     date must exist: ``date`` refuses the 30th of February; the clock fields are bounded
     by the pattern's two digits and checked here)."""
-    m = rules.TIME.fullmatch(time)
-    if m is None:
+    fields = time_fields(time)
+    if fields is None:
         return None
-    y, mo, d, h, mi, sec = map(int, m.groups())
+    y, mo, d, h, mi, sec = map(int, fields)
     if h > 23 or mi > 59 or sec > 59:
         return None
     try:
@@ -133,7 +142,7 @@ def check_schema(rec: dict[str, Any]) -> list[str]:
         out.append(f"kind {kind!r} is not a kind of FORMAT.md §5")
     if "time" in rec:
         t = rec["time"]
-        if not (isinstance(t, str) and rules.TIME.fullmatch(t)):
+        if not (isinstance(t, str) and time_fields(t) is not None):
             out.append("time is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
         elif epoch(t) is None:
             out.append(f"time {t!r} is not a valid date and time")

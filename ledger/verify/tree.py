@@ -114,9 +114,8 @@ class TreeChecker:
             if i == last:
                 same = p_raw.find(needle) < 0 and p_raw == c_raw[:at] + c_raw[end + 20 :]
             else:
-                same = (
-                    p_raw.find(needle) == at
-                    and len(p_raw) == len(c_raw)
+                same = (  # (equal bytes up to ``end``: the parent's first match is at ``at``)
+                    len(p_raw) == len(c_raw)
                     and p_raw[:end] == c_raw[:end]
                     and p_raw[end + 20 :] == c_raw[end + 20 :]
                 )
