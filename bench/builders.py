@@ -126,7 +126,7 @@ class Writer:
         }
         parents: list[str] = []
         if self.parent is not None:
-            trailers["Ledger-Prev-Sha256"] = records.git_object_sha256("commit", self.parent)
+            trailers["Ledger-Prev-Sha256"] = gitobj.object_sha256(gitobj.OBJ_COMMIT, self.parent)
             parents = [gitobj.object_id(gitobj.OBJ_COMMIT, self.parent).hex()]
         message = records.build_message(records.summarize(kind, data), trailers)
         ident = records.clean_principal(self.principal)

@@ -13,7 +13,6 @@ that seq), ``witness-unknown`` (information: the witnessed ledger is not in the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pygit2
 
 from ledger.fleet import outcome
+from ledger.format import gitobj
 from ledger.verify import findings
 from ledger.verify import state as verify_state
 
@@ -184,7 +184,7 @@ def _on_chain(
     seq = seq_of(raw)
     if seq != claim.seq:
         return f"holds that commit at seq {'no' if seq is None else seq}, not {claim.seq}"
-    digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+    digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, raw)
     if digest != claim.sha256:
         return f"holds that commit with SHA-256 {digest}, not {claim.sha256}"
     return None

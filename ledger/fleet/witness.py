@@ -21,7 +21,6 @@ record never lists a head that was not fetched just now.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -261,7 +260,7 @@ def read_head(cache: pygit2.Repository, ledger_id: str, commit: str) -> WitnessH
     if seq is None or not _SEQ_RE.match(seq):
         what = "no Ledger-Seq trailer" if seq is None else f"a malformed Ledger-Seq {seq!r}"
         raise errors.InputError(f"its head {commit} has {what}")
-    digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+    digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, raw)
     return WitnessHead(ledger=ledger_id, commit=commit, seq=int(seq), sha256=digest)
 
 

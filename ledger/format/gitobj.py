@@ -32,8 +32,9 @@ MODE_BLOB: Final = b"100644"
 TreeEntry = tuple[bytes, bytes, bytes]
 
 
-#: A fresh SHA-1 to copy: copying skips the digest's lookup that each new one makes.
+#: Fresh digests to copy: copying skips the algorithm's lookup that each new one makes.
 _SHA1: Final = hashlib.sha1(usedforsecurity=False)
+_SHA256: Final = hashlib.sha256()
 
 
 def object_id(obj_type: int, content: bytes) -> bytes:
@@ -42,6 +43,16 @@ def object_id(obj_type: int, content: bytes) -> bytes:
     h.update(TYPE_NAMES[obj_type] + b" %d\0" % len(content))
     h.update(content)
     return h.digest()
+
+
+def object_sha256(obj_type: int, content: bytes) -> str:
+    """The SHA-256 (hex) of ``content`` of type ``obj_type`` hashed as git hashes an object,
+    ``<type> <size>\0<content>``: a commit's digest in ``Ledger-Prev-Sha256`` and in a
+    witness record's heads (FORMAT.md §3, §5)."""
+    h = _SHA256.copy()
+    h.update(TYPE_NAMES[obj_type] + b" %d\0" % len(content))
+    h.update(content)
+    return h.hexdigest()
 
 
 # --- trees ------------------------------------------------------------------------------

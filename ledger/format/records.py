@@ -211,13 +211,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def git_object_sha256(obj_type: str, content: bytes) -> str:
-    """SHA-256 of a git object as git would hash it: ``<type> <len>\\0<content>``."""
-    h = hashlib.sha256(f"{obj_type} {len(content)}\0".encode("ascii"))
-    h.update(content)
-    return h.hexdigest()
-
-
 def new_ledger_id() -> str:
     return secrets.token_hex(16)
 

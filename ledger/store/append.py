@@ -129,7 +129,7 @@ def compose(
             "Ledger-Kind": draft.kind,
             "Ledger-Record": path,
             "Ledger-Record-Sha256": records.sha256_hex(raw),
-            "Ledger-Prev-Sha256": records.git_object_sha256("commit", parent.raw),
+            "Ledger-Prev-Sha256": gitobj.object_sha256(gitobj.OBJ_COMMIT, parent.raw),
             **({"Ledger-Unverified": unverified} if unverified else {}),
         },
     )
@@ -354,7 +354,7 @@ class Appends(reads.Reads):
             if kind not in records.KEY_KINDS:
                 # This process composed and signed it: the view moves over it unread (a key
                 # record is verified by the next read, so trust comes from the verifier).
-                digest = records.git_object_sha256("commit", made.tip.raw)
+                digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, made.tip.raw)
                 self._view = view.advanced(made.tip.commit_id, made.tip.seq, digest)
             self._index.put(made.tip.seq, pygit2.Oid(hex=made.tip.commit_id))
         self._upkeep.after_append(made.tip.seq)

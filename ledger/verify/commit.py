@@ -22,6 +22,7 @@ from typing import Any
 
 import pygit2
 
+from ledger.format import gitobj
 from ledger.verify import findings, kinds, objects, records, rules, tree, trust
 
 
@@ -117,7 +118,7 @@ class Verifier:
             return Checked(oid, guess, [(exc.rule, exc.message)]), Expected(
                 oid, guess, None, None, known=False
             )
-        digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+        digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, raw)
         c = _Facts(oid, digest, commit, prev, is_first, guess)
         try:
             following = self._check_parsed(c)

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import pygit2
 
 from ledger import errors
+from ledger.format import gitobj
 from ledger.verify import chain, findings, home, objects, rules, state
 
 PINS_FILE = "pins"
@@ -464,7 +465,7 @@ def extend_over_own_appends(
             expected = done.commit_id
         last = appended[-1]
         raw = repo.odb.read(last.commit_id)[1]
-        digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+        digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, raw)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         save_state(
             path,

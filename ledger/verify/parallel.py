@@ -22,7 +22,6 @@ and what comes back per commit is its findings and its signer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import deque
@@ -34,6 +33,7 @@ from typing import Any
 import pygit2
 
 from ledger import errors
+from ledger.format import gitobj
 from ledger.verify import commit, findings, objects, rules, warmup
 
 #: Fewer records to check than this are checked in this process (``warmup.MIN_RECORDS``).
@@ -117,7 +117,7 @@ def _assume(v: commit.Verifier, parent: str, seq: int | None) -> commit.Expected
         tree = objects.parse_commit(raw).tree
     except objects.ObjectError:
         return commit.Expected(parent, seq, None, None, known=False)
-    digest = hashlib.sha256(b"commit %d\0" % len(raw) + raw).hexdigest()
+    digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, raw)
     return commit.Expected(parent, seq, digest, tree)
 
 
