@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -487,6 +489,46 @@ def test_bad_input_is_one_paragraph_and_a_documented_exit_code(tmp_path: Path) -
     assert r.code == 3 and "line 1" in r.err, r.output
     r = run_cli("fleet", "verify", "--fleet", copy, "--no-fetch")
     assert r.code == 0 and "0 ledger(s)" in r.out, r.output
+
+
+def test_a_state_that_cannot_be_saved_is_said_with_the_verdict(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """A full disk (here: a file size limit of one byte, so that every state file fails as
+    on a full disk) loses no verdict: every ledger is verified and shown, the command says
+    what it could not save and exits 6, and what was not saved is verified again next time."""
+    url, _server = shared_on(git_daemon, f"unsaved-{tmp_path.name}")
+    fleet = [make_ledger(tmp_path, n, records=k) for n, k in (("a", 2), ("b", 3))]
+    for t in fleet:
+        pushed(t, url)
+    copy = fleet_copy(tmp_path / f"unsaved-{os.getpid()}-{time.time_ns()}.git", origin=url)
+    limited = (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1)); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'ledger', *sys.argv[1:]])"
+    )
+    args = ["fleet", "verify", "--fleet", str(copy), "--no-fetch"]
+    proc = subprocess.run(
+        [sys.executable, "-c", limited, *args, "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 6, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["summary"]["ok"] is True and doc["summary"]["records_checked"] == 7
+    assert {led["status"] for led in doc["ledgers"]} == {"new"}
+    assert doc["state_saved"] is False
+    assert any(f"{lid(fleet[0])}.json" in e and "File too large" in e for e in doc["state_errors"])
+    assert "could not be saved" in proc.stderr and "Traceback" not in proc.stderr
+    # Text: the ledgers' lines, then the one paragraph.
+    proc = subprocess.run([sys.executable, "-c", limited, *args], capture_output=True, text=True)
+    assert proc.returncode == 6 and "Fleet verified: 2 ledger(s)" in proc.stdout, proc.stderr
+    assert proc.stderr.count("ledger: storage error:") == 1 and "File too large" in proc.stderr
+    # Nothing was saved: the next verification reads every record again, then saves.
+    code, doc, _ = fv(copy)
+    assert code == 0 and doc["state_saved"] is True and doc["state_errors"] == []
+    assert {k: v["records_checked"] for k, v in by_id(doc).items()} == {
+        lid(t): t.seq + 1 for t in fleet
+    }
+    code, doc, _ = fv(copy)
+    assert code == 0 and doc["summary"]["records_checked"] == 0
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

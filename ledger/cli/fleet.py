@@ -63,6 +63,19 @@ def _warn(text: str) -> None:
     )
 
 
+def warn_unsaved(result: Any) -> None:
+    """One warning when a verification could not save the auditor's state (``unsaved``:
+    its messages): the verdict stands, and what was not saved is verified again."""
+    unsaved: list[str] = list(getattr(result, "unsaved", ()))
+    if unsaved:
+        more = f" (and {len(unsaved) - 1} more)" if len(unsaved) > 1 else ""
+        _warn(
+            f"the verification stands, but the auditor's state could not be saved{more}: "
+            f"{unsaved[0]} What was not saved is verified again next time; free disk space "
+            "or fix the state directory's permissions."
+        )
+
+
 def print_fetch(result: fleet.FetchResult) -> None:
     """One line per ledger that changed, per ignored ref, per remote; then a summary."""
     for change in result.changes:

@@ -68,6 +68,7 @@ def verify_cmd(
     else:
         _print(result)
     if not result.ok:
+        fleet.warn_unsaved(result)  # (the findings' exit code wins; without findings: 6 below)
         failing = result.summary()["findings"]
         where = "in the JSON output" if json_out else "above"
         raise errors.VerificationFailed(
@@ -75,6 +76,13 @@ def verify_cmd(
             hint="Each finding names its rule (docs/FORMAT.md §9, fleet findings in "
             "docs/FLEET.md); the verified state of a ledger with findings does not move, so "
             "they are found again until resolved.",
+        )
+    if result.unsaved:
+        raise errors.StorageError(
+            f"the fleet verified with no finding, but {len(result.unsaved)} file(s) of the "
+            f"auditor's state could not be saved; the first: {result.unsaved[0]}",
+            hint="Free disk space or fix the state directory's permissions, then verify "
+            "again: what was not saved is verified again from the state before.",
         )
     if fetched is not None:
         fetched.raise_for_failures()  # (exit 8: the fleet was verified as it was)

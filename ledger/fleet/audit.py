@@ -18,10 +18,11 @@ its previous state, so the next verification finds the same again until it is re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,20 +92,38 @@ def _verify_fleet(
     results = schedule.run(tasks, jobs, progress, small_here=not asked)
     settled = {p.ledger_id: _settle(repo, p, results, now) for p in plans}
     _check_claims(repo, plans, settled, fleet.dismissed)
+    # What cannot be saved (a full disk) is said with the verdict, which stands: each file
+    # is one ledger's, so the rest are still saved, and a ledger whose state was not saved
+    # is verified again from its previous state next time.
+    unsaved: list[str] = []
     for p in plans:
-        _remember(path, p, settled[p.ledger_id], now)
-    local.save_pins(
-        {
-            lid: done.pin_now[1]
-            for lid, done in settled.items()
-            if done.pin_now is not None and done.out.ok and lid not in own
-        }
-    )
+        with _saving(unsaved):
+            _remember(path, p, settled[p.ledger_id], now)
+    with _saving(unsaved):
+        local.save_pins(
+            {
+                lid: done.pin_now[1]
+                for lid, done in settled.items()
+                if done.pin_now is not None and done.out.ok and lid not in own
+            }
+        )
     unseen = set(held) - set(fleet.ledgers)  # (a copy fetched by other means than fetch)
     if unseen:
         fleet.ledgers.update({lid: state.LedgerSeen(now, now) for lid in unseen})
-        state.save_fleet(repo, fleet)
-    return outcome.FleetResult([settled[p.ledger_id].out for p in plans], jobs=jobs)
+        with _saving(unsaved):
+            state.save_fleet(repo, fleet)
+    return outcome.FleetResult(
+        [settled[p.ledger_id].out for p in plans], jobs=jobs, unsaved=unsaved
+    )
+
+
+@contextlib.contextmanager
+def _saving(unsaved: list[str]) -> Iterator[None]:
+    """Save, or add what could not be saved to ``unsaved``."""
+    try:
+        yield
+    except errors.StorageError as exc:
+        unsaved.append(exc.message)
 
 
 def dismiss_claims(path: Path | str, ledger_id: str, seq: int, reason: str) -> int:

@@ -130,6 +130,9 @@ class FleetResult:
 
     ledgers: list[LedgerOutcome]
     jobs: int = 1
+    unsaved: list[str] = field(default_factory=list)
+    """What of the auditor's state could not be saved (one message each): the verdict
+    stands; those ledgers are verified again from their previous state next time."""
 
     @property
     def ok(self) -> bool:
@@ -157,4 +160,6 @@ class FleetResult:
             "ledgers": [led.to_json() for led in self.ledgers],
             "findings": [finding_json(f, lid) for lid, f in self.findings()],
             "summary": self.summary(),
+            "state_saved": not self.unsaved,
+            "state_errors": list(self.unsaved),
         }

@@ -23,6 +23,7 @@ is still reported (from its verified head), marked as failing, and the result sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,7 @@ class FleetReportOutput:
 
     text: str
     report: report_model.FleetReport
+    unsaved: tuple[str, ...] = ()  # what of the auditor's state the verification could not save
 
     @property
     def failing(self) -> list[report_model.FleetLedger]:
@@ -279,9 +281,10 @@ def make_fleet_report(
         )
         for o in result.ledgers
     ]
-    return render_fleet_report(
+    done = render_fleet_report(
         path, repo, evidence, sel, template=template, excerpt_lines=excerpt_lines
     )
+    return dataclasses.replace(done, unsaved=tuple(result.unsaved))
 
 
 def render_fleet_report(
