@@ -375,6 +375,17 @@ def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
             "investigate before pushing there again.",
         )
     unchecked = [s for s in states if not s.checked]
+    from ledger.replicate import pushes  # (loaded already: the check used it)
+
+    full = [s for s in unchecked if pushes.no_room(s.message or "")]
+    if full:
+        raise errors.StorageError(
+            "could not fetch "
+            + "; ".join(f"{s.name} ({s.url}): {s.message}" for s in full)
+            + " (this machine could not store what it received).",
+            hint="Free disk space where the ledger is (or raise the quota or file size limit), "
+            "then fetch again. The ledger's own records were not touched.",
+        )
     if unchecked:
         raise errors.RemoteError(
             "could not check "

@@ -249,9 +249,10 @@ class RemoteFetch:
     url: str  # password masked
     ledgers: int = 0
     ignored: list[str] = field(default_factory=list)
-    status: str | None = None  # a PushStatus value when it failed
+    status: str | None = None  # a PushStatus value when it failed, or "no room"
     error: str | None = None
     hint: str | None = None
+    no_room: bool = False  # it failed because this machine could not store it
 
     def line(self, changes: list[Change]) -> str:
         if self.error is not None:
@@ -291,7 +292,16 @@ class FetchResult:
         )
 
     def raise_for_failures(self) -> None:
-        """:class:`RemoteError` (exit 8) naming each remote that could not be fetched."""
+        """:class:`RemoteError` (exit 8) naming each remote that could not be fetched;
+        :class:`StorageError` (exit 6) when any failed for want of room on this machine."""
+        full = [r for r in self.failed if r.no_room]
+        if full:
+            raise errors.StorageError(
+                "could not fetch "
+                + "; ".join(f"{r.name} ({r.url}): {r.error}" for r in full)
+                + " (this machine could not store what it received).",
+                hint=full[0].hint,
+            )
         if self.failed:
             raise errors.RemoteError(
                 "could not fetch "
@@ -334,6 +344,12 @@ def fetch_remote(
     except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
         status, message = pushes.classify_git_error(exc, cb)
         out.status, out.error, out.hint = status.value, message, _hint(status)
+        if pushes.no_room(message):
+            out.status, out.no_room = "no room", True
+            out.hint = (
+                "Free disk space where the fleet copy is (or raise the quota or file size "
+                "limit), then try again; the copy's refs of that remote are as they were."
+            )
         return out, None
     holds: dict[str, str] = {}
     for lid in wanted:

@@ -226,6 +226,13 @@ def _fetch_heads(
         )
     except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
         _status, message = pushes.classify_git_error(exc, cb)
+        if pushes.no_room(message):
+            raise errors.StorageError(
+                f"shared remote {name} ({shown}) could not be fetched into the witness cache "
+                f"{cache.path}: this machine could not store it ({message}).",
+                hint="Free disk space in your state directory (or raise the quota), then "
+                "'ledger fleet witness' tries again. No witness record was appended.",
+            ) from None
         raise errors.RemoteError(
             f"shared remote {name} ({shown}) cannot be fetched: {message}.",
             hint="No witness record was appended. Check the network and the remote "

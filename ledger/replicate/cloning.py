@@ -137,6 +137,12 @@ def _fetch_verified(
         ) from None
     except pygit2.GitError as exc:
         status_, message = pushes.classify_git_error(exc, cb)
+        if pushes.no_room(message):
+            raise errors.StorageError(
+                f"could not clone {shown}: this machine could not store it ({message}).",
+                hint="Free disk space where the clone goes (or raise the quota or file size "
+                "limit), then clone again. Nothing was kept.",
+            ) from None
         raise errors.RemoteError(
             f"could not clone {shown}: {status_.value}: {message}.", hint=_hint_for(status_)
         ) from None

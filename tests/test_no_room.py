@@ -1,0 +1,147 @@
+"""A fetch that this machine cannot store (a full disk, a quota, a file size limit) is a
+storage error, exit 6, with what to do about it: never blamed on the remote (exit 8, "check
+the URL and the network"), and nothing half-fetched is kept. Over a real git daemon; the
+full disk is a real one as far as the process can tell: a file size limit (RLIMIT_FSIZE)
+that makes every write of a received pack fail as it would on a full disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gitservers
+import pytest
+from gitservers import GitDaemon
+from support.cli import CliResult, run_cli
+from support.gitcmd import git
+from support.replicas import TestLedger, make_ledger
+
+from ledger.store import Ledger
+
+pytestmark = pytest.mark.server
+
+git_daemon = gitservers.git_daemon
+
+#: Bytes a file may grow to: more than the config and state files these commands write
+#: before fetching, less than any pack of a few records.
+LIMIT = 2000
+
+
+def limited(*args: str | Path) -> CliResult:
+    """`python -m ledger ARGS` with files limited to LIMIT bytes (stdout and stderr are
+    pipes, which the limit does not touch)."""
+    code = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({LIMIT}, {LIMIT})); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'ledger', *sys.argv[1:]])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+        check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def no_room(r: CliResult) -> None:
+    """Exit 6, one paragraph, naming the cause and what to do."""
+    assert r.code == 6, r.output
+    assert "Traceback" not in r.output and r.err.count("\n") == 1, r.err
+    assert r.err.startswith("ledger: storage error:") and "File too large" in r.err, r.err
+    assert "Free disk space" in r.err and "network" not in r.err, r.err
+
+
+def shared(server: GitDaemon, name: str, *ledgers: TestLedger) -> str:
+    r = run_cli("remote", "init", server.base / f"{name}.git", "--shared")
+    assert r.code == 0, r.output
+    url = server.url(f"{name}.git")
+    for t in ledgers:
+        r = run_cli("remote", "add", "fleet", url, "--shared", "--ledger", t.path)
+        assert r.code == 0, r.output
+        r = run_cli("push", "--ledger", t.path)
+        assert r.code == 0, r.output
+    return url
+
+
+def refs(copy: Path) -> str:
+    return git("--git-dir", copy, "for-each-ref", "--format=%(refname) %(objectname)").stdout
+
+
+def test_ledger_clone_without_room_keeps_nothing(git_daemon: GitDaemon, tmp_path: Path) -> None:
+    t = make_ledger(tmp_path, "src", records=6)
+    name = f"clone-{tmp_path.name}"
+    r = run_cli("remote", "init", git_daemon.base / f"{name}.git")
+    assert r.code == 0, r.output
+    r = run_cli("remote", "add", "origin", git_daemon.url(f"{name}.git"), "--ledger", t.path)
+    assert r.code == 0 and run_cli("push", "--ledger", t.path).code == 0
+    dest = tmp_path / "copy"
+    genesis = t.ledger.genesis_id
+    r = limited("clone", git_daemon.url(f"{name}.git"), dest, "--trust-genesis", genesis)
+    no_room(r)
+    assert "Nothing was kept" in r.err and not dest.exists()
+    r = run_cli("clone", git_daemon.url(f"{name}.git"), dest, "--trust-genesis", genesis)
+    assert r.code == 0, r.output
+
+
+def test_fleet_clone_and_fetch_without_room(git_daemon: GitDaemon, tmp_path: Path) -> None:
+    a, b = make_ledger(tmp_path, "a", records=4), make_ledger(tmp_path, "b", records=4)
+    url = shared(git_daemon, f"fleet-{tmp_path.name}", a, b)
+    copy = tmp_path / "audit.git"
+    no_room(limited("fleet", "clone", url, copy))
+    assert not copy.exists()
+
+    r = run_cli("fleet", "clone", url, copy)
+    assert r.code == 0, r.output
+    before = refs(copy)
+    a.append(6)
+    assert run_cli("push", "--ledger", a.path).code == 0
+    r = limited("fleet", "fetch", "--fleet", copy)
+    no_room(r)
+    assert "are as they were" in r.err and refs(copy) == before
+    # fleet verify fetches first: the same paragraph, after verifying what the copy holds.
+    r = limited("fleet", "verify", "--fleet", copy, "--json")
+    assert r.code == 6 and "could not be fetched" in r.err and "File too large" in r.err, r.err
+    r = run_cli("fleet", "fetch", "--fleet", copy)
+    assert r.code == 0 and refs(copy) != before, r.output
+
+
+def test_fleet_witness_without_room_appends_nothing(git_daemon: GitDaemon, tmp_path: Path) -> None:
+    other, me = make_ledger(tmp_path, "other", records=6), make_ledger(tmp_path, "me")
+    shared(git_daemon, f"wit-{tmp_path.name}", other, me)
+    head = me.head
+    r = limited("fleet", "witness", "--ledger", me.path, "--key", me.key_path)
+    no_room(r)
+    assert "No witness record was appended" in r.err and me.head == head
+    r = run_cli("fleet", "witness", "--ledger", me.path, "--key", me.key_path)
+    assert r.code == 0, r.output
+
+
+def test_ledger_fetch_without_room_is_a_storage_error(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    t = make_ledger(tmp_path, "mine", records=1)
+    name = f"fetch-{tmp_path.name}"
+    r = run_cli("remote", "init", git_daemon.base / f"{name}.git")
+    assert r.code == 0, r.output
+    r = run_cli("remote", "add", "origin", git_daemon.url(f"{name}.git"), "--ledger", t.path)
+    assert r.code == 0 and run_cli("push", "--ledger", t.path).code == 0
+    # The remote moves on (another copy of the same ledger appends and pushes).
+    other = tmp_path / "other"
+    r = run_cli(
+        "clone", git_daemon.url(f"{name}.git"), other, "--trust-genesis", t.ledger.genesis_id
+    )
+    assert r.code == 0, r.output
+    for i in range(6):
+        Ledger.open(other).append("event", {"message": f"e{i}", "data": None}, key=t.key)
+    assert run_cli("push", "--ledger", other).code == 0  # (to its origin, the clone's URL)
+    head = t.head
+    r = limited("fetch", "--ledger", t.path)
+    no_room(r)
+    assert "were not touched" in r.err and t.head == head
+    r = run_cli("fetch", "--ledger", t.path)
+    assert r.code == 0 and "6 record(s) ahead of us" in r.out, r.output
