@@ -364,6 +364,22 @@ def print_remote_states(states: list[replicate.RemoteState], *, as_json: bool = 
             common.console.print(line, highlight=False, markup=False)
 
 
+def _raise_if_no_room(unchecked: list[replicate.RemoteState]) -> None:
+    """:class:`StorageError` (exit 6) when a remote could not be checked because this
+    machine had no room to store what it sent: not the remote's doing."""
+    from ledger.replicate import pushes  # (loaded already: the check used it)
+
+    full = [s for s in unchecked if pushes.no_room(s.message or "")]
+    if full:
+        raise errors.StorageError(
+            "could not fetch "
+            + "; ".join(f"{s.name} ({s.url}): {s.message}" for s in full)
+            + " (this machine could not store what it received).",
+            hint="Free disk space where the ledger is (or raise the quota or file size limit), "
+            "then try again. The ledger's own records were not touched.",
+        )
+
+
 def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
     """Raise :class:`RemoteError` (exit 8) for divergence, rollback or unchecked remotes."""
     problems = [s for s in states if s.problem]
@@ -375,17 +391,7 @@ def raise_for_remote_states(states: list[replicate.RemoteState]) -> None:
             "investigate before pushing there again.",
         )
     unchecked = [s for s in states if not s.checked]
-    from ledger.replicate import pushes  # (loaded already: the check used it)
-
-    full = [s for s in unchecked if pushes.no_room(s.message or "")]
-    if full:
-        raise errors.StorageError(
-            "could not fetch "
-            + "; ".join(f"{s.name} ({s.url}): {s.message}" for s in full)
-            + " (this machine could not store what it received).",
-            hint="Free disk space where the ledger is (or raise the quota or file size limit), "
-            "then fetch again. The ledger's own records were not touched.",
-        )
+    _raise_if_no_room(unchecked)
     if unchecked:
         raise errors.RemoteError(
             "could not check "
@@ -426,6 +432,7 @@ class RemoteCheck:
             )
         if self.unchecked:
             by = {s.name: s for s in self.states}
+            _raise_if_no_room([by[n] for n in self.unchecked])
             raise errors.RemoteError(
                 "the ledger verifies, but these remotes could not be checked: "
                 + "; ".join(

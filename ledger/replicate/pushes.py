@@ -193,8 +193,11 @@ _NO_ROOM = (
 def no_room(message: str) -> bool:
     """Whether a fetch failed because this machine could not store what it received (a
     full disk, a file size limit, a quota, a read-only file system): a storage problem
-    here, not the remote's. Only for fetches: a push's error of that kind is the server's."""
+    here, not the remote's. Only for fetches: a push's error of that kind is the server's,
+    and so is one the server sent (``remote: ...``, ``remote error``)."""
     low = message.lower()
+    if "remote:" in low or "remote error" in low:
+        return False
     return any(w in low for w in _NO_ROOM)
 
 
