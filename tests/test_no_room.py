@@ -69,23 +69,29 @@ def shared(server: GitDaemon, name: str, *ledgers: TestLedger) -> str:
     return url
 
 
+def pushed_to_origin(server: GitDaemon, name: str, t: TestLedger) -> str:
+    """A protected one-ledger remote on the server, added to ``t`` as origin and pushed."""
+    r = run_cli("remote", "init", server.base / f"{name}.git")
+    assert r.code == 0, r.output
+    url = server.url(f"{name}.git")
+    r = run_cli("remote", "add", "origin", url, "--ledger", t.path)
+    assert r.code == 0 and run_cli("push", "--ledger", t.path).code == 0
+    return url
+
+
 def refs(copy: Path) -> str:
     return git("--git-dir", copy, "for-each-ref", "--format=%(refname) %(objectname)").stdout
 
 
 def test_ledger_clone_without_room_keeps_nothing(git_daemon: GitDaemon, tmp_path: Path) -> None:
     t = make_ledger(tmp_path, "src", records=6)
-    name = f"clone-{tmp_path.name}"
-    r = run_cli("remote", "init", git_daemon.base / f"{name}.git")
-    assert r.code == 0, r.output
-    r = run_cli("remote", "add", "origin", git_daemon.url(f"{name}.git"), "--ledger", t.path)
-    assert r.code == 0 and run_cli("push", "--ledger", t.path).code == 0
+    url = pushed_to_origin(git_daemon, f"clone-{tmp_path.name}", t)
     dest = tmp_path / "copy"
     genesis = t.ledger.genesis_id
-    r = limited("clone", git_daemon.url(f"{name}.git"), dest, "--trust-genesis", genesis)
+    r = limited("clone", url, dest, "--trust-genesis", genesis)
     no_room(r)
     assert "Nothing was kept" in r.err and not dest.exists()
-    r = run_cli("clone", git_daemon.url(f"{name}.git"), dest, "--trust-genesis", genesis)
+    r = run_cli("clone", url, dest, "--trust-genesis", genesis)
     assert r.code == 0, r.output
 
 
@@ -126,16 +132,10 @@ def test_ledger_fetch_without_room_is_a_storage_error(
     git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
     t = make_ledger(tmp_path, "mine", records=1)
-    name = f"fetch-{tmp_path.name}"
-    r = run_cli("remote", "init", git_daemon.base / f"{name}.git")
-    assert r.code == 0, r.output
-    r = run_cli("remote", "add", "origin", git_daemon.url(f"{name}.git"), "--ledger", t.path)
-    assert r.code == 0 and run_cli("push", "--ledger", t.path).code == 0
+    url = pushed_to_origin(git_daemon, f"fetch-{tmp_path.name}", t)
     # The remote moves on (another copy of the same ledger appends and pushes).
     other = tmp_path / "other"
-    r = run_cli(
-        "clone", git_daemon.url(f"{name}.git"), other, "--trust-genesis", t.ledger.genesis_id
-    )
+    r = run_cli("clone", url, other, "--trust-genesis", t.ledger.genesis_id)
     assert r.code == 0, r.output
     for i in range(6):
         Ledger.open(other).append("event", {"message": f"e{i}", "data": None}, key=t.key)
