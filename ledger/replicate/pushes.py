@@ -186,13 +186,12 @@ _NO_ROOM = (
     "no space left on device",
     "file too large",
     "disk quota exceeded",
-    "read-only file system",
 )
 
 
 def no_room(message: str) -> bool:
     """Whether a fetch failed because this machine could not store what it received (a
-    full disk, a file size limit, a quota, a read-only file system): a storage problem
+    full disk, a file size limit, a quota): a storage problem
     here, not the remote's. Only for fetches: a push's error of that kind is the server's,
     and so is one the server sent (``remote: ...``, ``remote error``)."""
     low = message.lower()
