@@ -30,12 +30,12 @@ git_daemon = gitservers.git_daemon
 LIMIT = 2000
 
 
-def limited(*args: str | Path) -> CliResult:
-    """`python -m ledger ARGS` with files limited to LIMIT bytes (stdout and stderr are
-    pipes, which the limit does not touch)."""
+def limited(*args: str | Path, limit: int = LIMIT) -> CliResult:
+    """`python -m ledger ARGS` with files limited to ``limit`` bytes (stdout and stderr
+    are pipes, which the limit does not touch)."""
     code = (
         "import os, resource, sys; "
-        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({LIMIT}, {LIMIT})); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
         "os.execv(sys.executable, [sys.executable, '-m', 'ledger', *sys.argv[1:]])"
     )
     proc = subprocess.run(
@@ -158,3 +158,33 @@ def test_what_the_server_says_of_its_own_disk_stays_the_servers() -> None:
     assert not pushes.no_room("remote: fatal: No space left on device")
     assert not pushes.no_room("remote error: unpack failed: File too large")
     assert not pushes.no_room("failed to connect to 127.0.0.1: Connection refused")
+
+
+def test_an_output_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """`-o FILE` without room: exit 6, FILE as it was (absent, or its old content), no
+    temporary file beside it; with room, FILE whole. A device is written as it is."""
+    t = make_ledger(tmp_path, "out", records=2)
+    report = tmp_path / "report.md"
+    report.write_text("the previous report\n")
+    r = limited("report", "--ledger", t.path, "--since", "2000-01-01", "-o", report, limit=100)
+    assert r.code == 6 and "cannot write the report to" in r.err, r.output
+    assert "File too large" in r.err and "Free disk space" in r.err and "Traceback" not in r.err
+    assert report.read_text() == "the previous report\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    r = run_cli("report", "--ledger", t.path, "--since", "2000-01-01", "-o", report)
+    assert r.code == 0 and len(report.read_text()) > 100, r.output
+    assert f"Report written to {report}\n" == r.err, r.err
+    signers = tmp_path / "signers"
+    r = limited("keys", "allowed-signers", "--ledger", t.path, "-o", signers, limit=10)
+    assert r.code == 6 and "cannot write the allowed-signers file" in r.err, r.output
+    assert not signers.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    link = tmp_path / "link.md"
+    link.symlink_to(report)
+    r = run_cli("report", "--ledger", t.path, "--since", "2000-01-01", "-o", link)
+    assert r.code == 0 and link.is_symlink() and link.read_text() == report.read_text()
+    r = run_cli("keys", "allowed-signers", "--ledger", t.path, "-o", "/dev/stdout")
+    assert r.code == 0 and "operator@example.com" in r.out, r.output
+    r = run_cli("keys", "allowed-signers", "--ledger", t.path, "-o", tmp_path / "no" / "dir")
+    assert r.code == 3 and "cannot write the allowed-signers file" in r.err, r.output

@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         quiet_broken_pipe()
     except OSError as exc:
+        where = f" ({escape(str(exc.filename))})" if exc.filename else ""
         console_err.print(
-            f"[bold red]ledger: storage error:[/] {exc.strerror or exc} "
-            f"({exc.filename or 'no file name'}). Check the path, its permissions and free "
-            "disk space, then run the command again.",
+            f"[bold red]ledger: storage error:[/] {escape(exc.strerror or str(exc))}{where}. "
+            "Check the path, its permissions and free disk space, then run the command again.",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(6)
     except (RecursionError, MemoryError) as exc:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ledger import errors, keys, store
+from ledger import errors, keys, outfile, store
 from ledger.cli import common
 from ledger.format import records, shapes
 
@@ -373,7 +373,7 @@ def keys_allowed_signers(
     if output is None:
         common.console.out(text, end="")
     else:
-        output.write_text(text, encoding="utf-8")
+        outfile.write(output, text, "the allowed-signers file")
         common.console_err.print(
             f"Wrote {len(lines)} signer(s) to {output}. Use it with: git -c "
             f"gpg.ssh.allowedSignersFile={output} verify-commit COMMIT"

@@ -60,7 +60,9 @@ def emit(text: str, output: Path | None) -> None:
         sys.stdout.buffer.flush()
         return
     written = report_mod.write_report(text, output)
-    common.console_err.print(f"Report written to {written}", highlight=False, markup=False)
+    common.console_err.print(
+        f"Report written to {written}", highlight=False, markup=False, soft_wrap=True
+    )
 
 
 @common.app.command("report")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ledger import errors, redact, replicate
+from ledger import errors, outfile, redact, replicate
 from ledger.report import build, fields, rendering
 from ledger.report import model as report_model
 
@@ -343,14 +343,8 @@ def _genesis_name(ledger: store.Ledger, at: str | None) -> str:
 
 
 def write_report(text: str, output: Path | None) -> Path | None:
-    """Write the report to ``output`` (UTF-8), or return None when it goes to stdout."""
+    """Write the report to ``output`` (UTF-8, whole or not at all: :mod:`ledger.outfile`),
+    or return None when it goes to stdout."""
     if output is None:
         return None
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise errors.InputError(
-            f"cannot write the report to {output}: {exc.strerror or exc}.",
-            hint="Check that the directory exists and is writable.",
-        ) from None
-    return output
+    return outfile.write(output, text, "the report")
