@@ -1,8 +1,13 @@
-"""A fetch that this machine cannot store (a full disk, a quota, a file size limit) is a
-storage error, exit 6, with what to do about it: never blamed on the remote (exit 8, "check
-the URL and the network"), and nothing half-fetched is kept. Over a real git daemon; the
-full disk is a real one as far as the process can tell: a file size limit (RLIMIT_FSIZE)
-that makes every write of a received pack fail as it would on a full disk."""
+"""No room on this machine (a full disk, a quota, a file size limit) is a storage error,
+exit 6, with what to do about it, and leaves nothing half-made:
+- a fetch is never blamed on the remote (exit 8, "check the URL and the network"), and
+  nothing half-fetched is kept (over a real git daemon);
+- a file named with -o is written whole or not at all;
+- 'ledger init' and 'ledger remote init' remove what they made.
+
+The full disk is a real one as far as the process can tell: a file size limit
+(RLIMIT_FSIZE) on the command's process, which makes every write past it fail as it would
+on a full disk."""
 
 from __future__ import annotations
 
@@ -188,3 +193,23 @@ def test_an_output_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     assert r.code == 0 and "operator@example.com" in r.out, r.output
     r = run_cli("keys", "allowed-signers", "--ledger", t.path, "-o", tmp_path / "no" / "dir")
     assert r.code == 3 and "cannot write the allowed-signers file" in r.err, r.output
+
+
+def test_init_without_room_leaves_nothing_half_made(tmp_path: Path) -> None:
+    """'ledger init' and 'ledger remote init' that fail part-way (no room) remove what they
+    made, so that trying again works: an absent path stays absent, an empty directory stays
+    an empty directory."""
+    key = make_ledger(tmp_path, "keyholder", records=0).key_path
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (tmp_path / "new", empty):
+        r = limited("init", path, "--key", key, "--name", "n", limit=200)
+        assert r.code == 6 and "could not create the ledger" in r.err, r.output
+        assert list(empty.iterdir()) == [] if path == empty else not path.exists()
+        r = run_cli("init", path, "--key", key, "--name", "n")
+        assert r.code == 0, r.output
+    for shared in ([], ["--shared"]):
+        remote = tmp_path / f"remote{len(shared)}.git"
+        r = limited("remote", "init", remote, *shared, limit=200)
+        assert r.code == 6 and "nothing was left there" in r.err and not remote.exists(), r.err
+        assert run_cli("remote", "init", remote, *shared).code == 0

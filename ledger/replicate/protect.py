@@ -91,29 +91,37 @@ def init_remote(
             hint="Pass the genesis commit id that 'ledger log' shows as seq 0.",
         )
     try:
-        repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
-        cfg = repo.config
-        store.protect(cfg)
-        cfg["ledger.remote"] = True
-        if shared:
-            cfg["ledger.shared"] = True
-        if genesis:
-            cfg["ledger.genesis"] = genesis
-        if require_user_presence:
-            cfg[REQUIRE_USER_PRESENCE] = True
-        hooks = Path(repo.path) / "hooks"
-        hooks.mkdir(exist_ok=True)
-        home = Path(ledger.__file__).parent.parent
-        for name in ("pre-receive", "post-receive") if shared else ("pre-receive",):
-            hook = hooks / name
-            hook.write_text(hook_script(sys.executable, home, shared=shared, hook=name))
-            hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        with store.created(path):  # (a failure leaves no half-made remote behind)
+            _make_remote(path, genesis, shared, require_user_presence)
     except (pygit2.GitError, OSError) as exc:
         raise errors.StorageError(
             f"could not create the remote at {path}: {exc}.",
-            hint="Check the path and its permissions.",
+            hint="Check the path, its permissions and free disk space; nothing was left there.",
         ) from None
     return path
+
+
+def _make_remote(
+    path: Path, genesis: str | None, shared: bool, require_user_presence: bool
+) -> None:
+    """The bare repository of :func:`init_remote`: protected, configured, with its hooks."""
+    repo = pygit2.init_repository(str(path), bare=True, initial_head="main")
+    cfg = repo.config
+    store.protect(cfg)
+    cfg["ledger.remote"] = True
+    if shared:
+        cfg["ledger.shared"] = True
+    if genesis:
+        cfg["ledger.genesis"] = genesis
+    if require_user_presence:
+        cfg[REQUIRE_USER_PRESENCE] = True
+    hooks = Path(repo.path) / "hooks"
+    hooks.mkdir(exist_ok=True)
+    home = Path(ledger.__file__).parent.parent
+    for name in ("pre-receive", "post-receive") if shared else ("pre-receive",):
+        hook = hooks / name
+        hook.write_text(hook_script(sys.executable, home, shared=shared, hook=name))
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
 @dataclass

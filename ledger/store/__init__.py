@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING
 from ledger import lazy
 
 if TYPE_CHECKING:
-    from ledger.store.gitdir import MAIN_REF, STATE_DIR, flock, open_repository, protect
+    from ledger.store.gitdir import (
+        MAIN_REF,
+        STATE_DIR,
+        created,
+        flock,
+        open_repository,
+        protect,
+    )
     from ledger.store.ledger import Ledger
     from ledger.store.types import Appended, Head, Signer, StoredRecord
     from ledger.store.upkeep import UpkeepPolicy
@@ -36,7 +43,14 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy.attach(
     __name__,
     {
-        "ledger.store.gitdir": ("MAIN_REF", "STATE_DIR", "flock", "open_repository", "protect"),
+        "ledger.store.gitdir": (
+            "MAIN_REF",
+            "STATE_DIR",
+            "created",
+            "flock",
+            "open_repository",
+            "protect",
+        ),
         "ledger.store.ledger": ("Ledger",),
         "ledger.store.types": ("Appended", "Head", "Signer", "StoredRecord"),
         "ledger.store.upkeep": ("UpkeepPolicy",),
@@ -52,6 +66,7 @@ __all__ = [
     "Signer",
     "StoredRecord",
     "UpkeepPolicy",
+    "created",
     "flock",
     "open_repository",
     "protect",

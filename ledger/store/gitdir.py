@@ -16,8 +16,10 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,27 @@ def storage_error(action: str, path: Path, exc: BaseException) -> errors.Storage
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space" in text:
         hint = "The disk is full: free space and try again; nothing was acknowledged."
     return errors.StorageError(f"could not {action} the ledger at {path}: {text}.", hint=hint)
+
+
+@contextlib.contextmanager
+def created(path: Path) -> Iterator[None]:
+    """The block creates a repository at ``path``, which is absent or an empty directory
+    (the caller checked): if it fails in any way (a full disk, an interrupt), what it left
+    there is removed, so that trying again finds ``path`` as it was, not a half-made
+    repository that 'already exists'."""
+    existed = path.is_dir()
+    try:
+        yield
+    except BaseException:
+        if existed:
+            for child in list(path.iterdir()) if path.is_dir() else []:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 # --- configuration ----------------------------------------------------------------------

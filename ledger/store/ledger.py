@@ -143,7 +143,6 @@ class Ledger(append.Appends, runreads.RunReads):
         members = [(principal, key.public_key), *(signers or [])]
         for who, _ in members:
             records.check_principal(who)
-        repo, ledger_id = _create_repository(path, name)
         data: shapes.GenesisData = {
             "name": name,
             "signers": [
@@ -152,9 +151,11 @@ class Ledger(append.Appends, runreads.RunReads):
             ],
             "created_by": f"runbook-ledger {ledger_pkg.__version__}",
         }
-        oid = _write_genesis(path, repo, ledger_id, key, principal, host, data)
-        ledger = cls(path, repo, upkeep=upkeep)
-        ledger._index.put(0, oid)
+        with gitdir.created(path):  # (a failure leaves no half-made ledger behind)
+            repo, ledger_id = _create_repository(path, name)
+            oid = _write_genesis(path, repo, ledger_id, key, principal, host, data)
+            ledger = cls(path, repo, upkeep=upkeep)
+            ledger._index.put(0, oid)
         return ledger
 
     # -- configuration ------------------------------------------------------------------
