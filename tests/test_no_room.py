@@ -213,3 +213,29 @@ def test_init_without_room_leaves_nothing_half_made(tmp_path: Path) -> None:
         r = limited("remote", "init", remote, *shared, limit=200)
         assert r.code == 6 and "nothing was left there" in r.err and not remote.exists(), r.err
         assert run_cli("remote", "init", remote, *shared).code == 0
+
+
+def test_a_run_that_fills_the_disk_stops_with_its_evidence_and_resumes(tmp_path: Path) -> None:
+    """A step whose output cannot be written: the run stops with a storage error (exit 6),
+    the ledger still verifies, the step's write-ahead record is the evidence, and once there
+    is room the run is resumed by running that step again."""
+    t = make_ledger(tmp_path, "runner", records=0)
+    book = tmp_path / "big.yaml"
+    book.write_text(
+        'name: big\nsteps:\n  - name: out\n    run: python3 -c "import os, base64; '
+        'print(base64.b64encode(os.urandom(30000)).decode())"\n  - name: after\n'
+        "    run: echo after\n"
+    )
+    r = limited("run", book, "--ledger", t.path, "--key", t.key_path, limit=3000)
+    assert r.code == 6 and "could not append to the ledger" in r.err, r.err[-500:]
+    assert "Traceback" not in r.err
+    assert run_cli("verify", "--ledger", t.path).code == 0
+    runs = run_cli("runs", "--ledger", t.path)
+    assert runs.code == 0 and "unfinished" in runs.out, runs.output
+    run_id = runs.out.split()[0]
+    r = run_cli("resume", run_id, "--ledger", t.path, "--key", t.key_path)
+    assert r.code == 12 and "out of disk space" in r.err, r.output
+    r = run_cli("resume", run_id, "--rerun-unfinished", "--ledger", t.path, "--key", t.key_path)
+    assert r.code == 0, r.err[-500:]
+    runs = run_cli("runs", "--ledger", t.path)
+    assert "succeeded" in runs.out and "unfinished" not in runs.out, runs.output

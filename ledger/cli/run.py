@@ -352,7 +352,7 @@ def resume_cmd(
         bool,
         typer.Option(
             "--rerun-unfinished",
-            help="Run again a step that started and never finished (its runner was killed).",
+            help="Run again a step that started and never finished (its runner stopped).",
         ),
     ] = False,
     trigger: TriggerOpt = None,

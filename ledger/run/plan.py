@@ -198,7 +198,8 @@ def _final_main_steps(recs: list[store.StoredRecord]) -> dict[str, store.StoredR
 
 def _unfinished_steps(recs: list[store.StoredRecord]) -> list[store.StoredRecord]:
     """step.started records with no later step.finished of the same step and attempt (the
-    write-ahead evidence of a step whose runner was killed while it ran)."""
+    write-ahead evidence of a step whose runner stopped while it ran: killed, crashed, or
+    unable to write the step's end, as on a full disk)."""
     open_: dict[tuple[object, object, object], store.StoredRecord] = {}
     for rec in recs:
         key = (rec.data.get("step"), rec.data.get("phase"), rec.data.get("attempt"))
@@ -313,9 +314,9 @@ def _check_plain_resume(
         )
     if unfinished and not rerun_unfinished:
         raise errors.ResumeRefused(
-            f"run {run_id} has a step that started and never finished (its runner was "
-            f"killed while it ran): {'; '.join(unfinished)}. It may have done part of its "
-            "work.",
+            f"run {run_id} has a step that started and never finished (its runner stopped "
+            "before it could record the step's end: killed, crashed, or out of disk space): "
+            f"{'; '.join(unfinished)}. It may have done part of its work.",
             hint=f"Check what it did, then run it again with 'ledger resume {run_id} "
             "--rerun-unfinished', or restart from an earlier step with --from STEP.",
         )
