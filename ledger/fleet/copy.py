@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
 
-from ledger import errors, redact
+from ledger import errors, redact, store
 from ledger.fleet import state
 from ledger.replicate import pushes, remotes, shared, transport
 
@@ -529,19 +528,8 @@ def clone(
     target = Path(path)
     _check_new_remote(name, url)
     _refuse_existing(target)  # (before anything that could be undone below)
-    created = not target.exists()
-    try:
+    with store.created(target):
         init_copy(url, target, name)
         result = fetch(target, creds, [name], require_ledgers=True)
         result.raise_for_failures()
-    except BaseException:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
-        elif target.is_dir():
-            for child in target.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-        raise
     return result

@@ -5,7 +5,6 @@ adopt it; or remove everything again."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,20 +73,16 @@ def clone(
         )
     creds = credentials or transport.Credentials.from_env()
     transport.configure(creds)
-    created = not target.exists()
     warnings = []
     warning = remotes.direct_write_warning("origin", url)
     if warning and kind in ("path", "file"):
         warnings.append(warning)
-    try:
+    with store.created(target):  # (any failure: everything created is removed again)
         repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
         repo.remotes.create("origin", url, f"+{chain.MAIN_REF}:refs/remotes/origin/main")
         fetched, root, result = _fetch_verified(repo, url, creds, anchors.trust_genesis)
         pin = _pin_for(result, anchors, root, url, require_pin)
         seq = _keep(repo, target, url, fetched, result, pin)
-    except BaseException:
-        _remove_created(target, created)
-        raise
     if pin.source is None:
         warnings.append(
             f"NOT PINNED: genesis {root} (ledger {result.ledger_id}) was trusted on first use "
@@ -196,18 +191,6 @@ def _keep(
             "status": pushes.PushStatus.UP_TO_DATE.value,
         }
     return seq
-
-
-def _remove_created(target: Path, created: bool) -> None:
-    """Undo a failed clone: the directory if we created it, else everything put in it."""
-    if created:
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        for child in target.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
 
 
 def _hint_for(status_: pushes.PushStatus) -> str:
