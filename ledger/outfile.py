@@ -33,18 +33,7 @@ def write(path: Path, text: str, what: str) -> Path:
             with path.open("wb") as fh:  # a device or a pipe: as it is
                 fh.write(data)
             return path
-        dest = path.resolve() if path.is_symlink() else path
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # (the umask applies)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        replace(path.resolve() if path.is_symlink() else path, data, 0o666)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.errno in _NO_ROOM:
@@ -58,3 +47,23 @@ def write(path: Path, text: str, what: str) -> Path:
             hint="Check that the directory exists and is writable.",
         ) from None
     return path
+
+
+def replace(path: Path, data: bytes, mode: int) -> None:
+    """Give ``path`` the content ``data`` atomically and durably: a new file beside it
+    (created with ``mode``, less the umask), written, flushed to disk, then renamed over
+    ``path``; on failure the new file is removed and ``path`` is as it was. ``OSError``
+    as raised (the caller says what failed). Files in a ledger's repository have their own
+    (:func:`ledger.store.gitdir.replace_file`), and so has the verifier's private state
+    (:func:`ledger.verify.local.write_private`: the verifier imports nothing of this side)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
