@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -251,6 +252,29 @@ def test_what_a_witness_skips_and_what_the_server_no_longer_holds(
         assert "Traceback" not in bad.output
     finally:
         cache.chmod(0o700)
+
+
+def test_a_damaged_cache_is_named_in_the_warning_and_deleting_it_heals(fleet: Fleet) -> None:
+    """A head the cache fetched but cannot read is the cache's damage, not the server's:
+    the warning names the cache and says to delete it; the next witness fetches again."""
+    a = fleet.a
+    assert witness(a).code == 0
+    cache = home.state_root() / "witness" / f"{lid(a)}.git"
+    for pack in (cache / "objects" / "pack").glob("*.pack"):
+        pack.chmod(0o600)
+        with pack.open("r+b") as fh:  # bit rot in the middle of every object's data
+            size = fh.seek(0, os.SEEK_END)
+            for at in range(200, size - 40, 97):
+                fh.seek(at)
+                fh.write(b"\xff")
+    r = witness(a)
+    assert r.code == 0 and "Traceback" not in r.output, r.output
+    assert "may be damaged" in r.err and f"witness cache {cache}" in r.err, r.err
+    shutil.rmtree(cache)
+    r = witness(a, "--json")
+    assert r.code == 0 and "may be damaged" not in r.err, r.output
+    witnessed = {h["ledger"] for h in json.loads(r.out)["heads"]}
+    assert witnessed == {lid(fleet.b), lid(fleet.c)}
 
 
 def test_over_ssh_with_the_credentials_and_host_key_checks_of_push(

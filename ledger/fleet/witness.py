@@ -253,14 +253,20 @@ def read_head(cache: pygit2.Repository, ledger_id: str, commit: str) -> WitnessH
     """The witnessed head of ledger ``ledger_id`` at ``commit``, read from the cache.
     :class:`InputError` naming the problem when the commit cannot be read or has no
     well-formed ``Ledger-Seq`` trailer (nothing else of it is checked: see the module)."""
+    damaged = (  # (a fetched head that cannot be read is this cache's damage, not the remote's)
+        f"; the witness cache {cache.path} may be damaged: it holds nothing trusted, so "
+        "delete it and witness again"
+    )
     try:
         obj_type, raw = cache.odb.read(commit)
     except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise errors.InputError(f"its head {commit} cannot be read: {exc}") from None
+        raise errors.InputError(f"its head {commit} cannot be read: {exc}{damaged}") from None
     if obj_type != gitobj.OBJ_COMMIT:
         raise errors.InputError(f"its head {commit} is not a commit")
     if gitobj.object_id(gitobj.OBJ_COMMIT, raw).hex() != commit:
-        raise errors.InputError(f"its head {commit} is corrupt (its content has another id)")
+        raise errors.InputError(
+            f"its head {commit} is corrupt (its content has another id){damaged}"
+        )
     message = gitobj.split_headers(raw).message
     text = message.decode("utf-8", errors="replace") if message is not None else ""
     seq = records.parse_trailers(text).get("Ledger-Seq")
