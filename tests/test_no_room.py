@@ -11,6 +11,7 @@ on a full disk."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def pushed_to_origin(server: GitDaemon, name: str, t: TestLedger) -> str:
     r = run_cli("remote", "add", "origin", url, "--ledger", t.path)
     assert r.code == 0 and run_cli("push", "--ledger", t.path).code == 0
     return url
+
+
+def lid(t: TestLedger) -> str:
+    return t.ledger.ledger_id
 
 
 def refs(copy: Path) -> str:
@@ -239,3 +244,35 @@ def test_a_run_that_fills_the_disk_stops_with_its_evidence_and_resumes(tmp_path:
     assert r.code == 0, r.err[-500:]
     runs = run_cli("runs", "--ledger", t.path)
     assert "succeeded" in runs.out and "unfinished" not in runs.out, runs.output
+
+
+def test_a_fleet_state_that_cannot_be_saved_is_said_with_the_verdict(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """No room for the auditor's state loses no verdict: every ledger is verified and shown,
+    the command says what it could not save and exits 6, and what was not saved is verified
+    again next time."""
+    fleet = [make_ledger(tmp_path, n, records=k) for n, k in (("a", 2), ("b", 3))]
+    url = shared(git_daemon, f"unsaved-{tmp_path.name}", *fleet)
+    copy = tmp_path / f"unsaved-{os.getpid()}.git"
+    assert run_cli("fleet", "clone", url, copy).code == 0
+    args = ["fleet", "verify", "--fleet", copy, "--no-fetch"]
+    r = limited(*args, "--json", limit=1)
+    assert r.code == 6 and "could not be saved" in r.err and "Traceback" not in r.err, r.err
+    doc = json.loads(r.out)
+    assert doc["summary"]["ok"] is True and doc["summary"]["records_checked"] == 7
+    assert {led["status"] for led in doc["ledgers"]} == {"new"}
+    assert doc["state_saved"] is False
+    assert any(f"{lid(fleet[0])}.json" in e and "File too large" in e for e in doc["state_errors"])
+    # Text: the ledgers' lines, then the one paragraph.
+    r = limited(*args, limit=1)
+    assert r.code == 6 and "Fleet verified: 2 ledger(s)" in r.out, r.err
+    assert r.err.count("ledger: storage error:") == 1 and "File too large" in r.err
+    # Nothing was saved: the next verification reads every record again, then saves.
+    r = run_cli(*args, "--json")
+    doc = json.loads(r.out)
+    assert r.code == 0 and doc["state_saved"] is True and doc["state_errors"] == []
+    checked = {led["ledger_id"]: led["records_checked"] for led in doc["ledgers"]}
+    assert checked == {lid(t): t.seq + 1 for t in fleet}
+    r = run_cli(*args, "--json")
+    assert r.code == 0 and json.loads(r.out)["summary"]["records_checked"] == 0

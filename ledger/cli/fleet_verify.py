@@ -34,6 +34,15 @@ def verify_cmd(
         bool,
         typer.Option("--no-fetch", help="Verify the copy as it is, without fetching first."),
     ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Read every record of every ledger again, not only those after the heads "
+            "verified before (which still judge rollbacks): for a copy that may have been "
+            "damaged since.",
+        ),
+    ] = False,
     ssh_key: cli_remote.SshKeyOpt = None,
     insecure_host_key: cli_remote.InsecureOpt = False,
     json_out: common.JsonOpt = False,
@@ -43,7 +52,7 @@ def verify_cmd(
     path = fleet.fleet_path(fleet_dir)
     from ledger.fleet import warm
 
-    warm.start_early(path, jobs)  # (before the imports below, which its own then overlap)
+    warm.start_early(path, jobs, full=full)  # (before the imports below: its own overlap them)
     # here: only this command needs the verifier, pygit2 and the worker pool
     from ledger.fleet import audit, copy
     from ledger.replicate import transport
@@ -62,7 +71,7 @@ def verify_cmd(
                 highlight=False,
             )
     show_bar = not json_out and common.console_err.is_terminal
-    result = _verify(audit, path, pins, jobs, show_bar)
+    result = _verify(audit, path, pins, jobs, show_bar, full)
     if json_out:
         common.console.out(json.dumps(result.to_json(), indent=1, ensure_ascii=False))
     else:
@@ -127,10 +136,12 @@ def dismiss_cmd(
 
 
 def _verify(
-    audit: Any, path: Path, pins: Path | None, jobs: int | None, show_bar: bool
+    audit: Any, path: Path, pins: Path | None, jobs: int | None, show_bar: bool, full: bool
 ) -> outcome.FleetResult:
     with common.progress_bar("verifying ledgers", show_bar) as tick:
-        result: outcome.FleetResult = audit.verify_fleet(path, pins=pins, jobs=jobs, progress=tick)
+        result: outcome.FleetResult = audit.verify_fleet(
+            path, pins=pins, jobs=jobs, progress=tick, full=full
+        )
         return result
 
 

@@ -57,17 +57,20 @@ def verify_fleet(
     pins: Path | None = None,
     jobs: int | None = None,
     progress: schedule.Progress | None = None,
+    full: bool = False,
 ) -> outcome.FleetResult:
     """Verify every ledger of the fleet copy at ``path`` (see the module's text).
 
     ``pins``: an auditor's pin file; a ledger not in it is ``unpinned`` and nothing is pinned
     on first use. ``jobs``: worker processes (default: the CPU count, and in this process when
     there is little to read; 1 verifies in this
-    process). Saves the auditor's state; never raises on findings.
+    process). ``full``: every record of every ledger is read again, not only those after
+    the heads verified before (which still judge rollbacks and rewrites): what a copy damaged
+    since its last verification needs. Saves the auditor's state; never raises on findings.
     """
     repo = copy.open_copy(path)
     with state.locked(repo):  # (a fetch rewrites the same state)
-        return _verify_fleet(repo, path, pins, jobs, progress)
+        return _verify_fleet(repo, path, pins, jobs, progress, full)
 
 
 def _verify_fleet(
@@ -76,6 +79,7 @@ def _verify_fleet(
     pins: Path | None,
     jobs: int | None,
     progress: schedule.Progress | None,
+    full: bool,
 ) -> outcome.FleetResult:
     now = state.now()
     held = copy.heads(repo)
@@ -83,7 +87,7 @@ def _verify_fleet(
     pin_map = local.read_pins(pins) if pins is not None else None
     own = local.own_pins() if pins is None else {}
     plans = [
-        schedule.make_plan(path, repo, lid, held.get(lid, {}), pin_map, own)
+        schedule.make_plan(path, repo, lid, held.get(lid, {}), pin_map, own, full=full)
         for lid in sorted(set(held) | set(fleet.ledgers))
     ]
     asked = jobs is not None

@@ -42,6 +42,7 @@ class Task:
     size: int = 0  # records to read, as the head's unverified trailer says (scheduling only)
     check_repository: bool = True  # replace refs, grafts, shallow: see run()
     jobs: int = 1  # the verifier's own worker processes: never inside a worker (see run())
+    remembered: verify_state.VerifiedState | None = None  # a full check of a known chain
 
 
 @dataclass
@@ -87,7 +88,12 @@ def make_plan(
     heads: dict[str, str],
     pin_map: dict[str, str] | None,
     own: dict[str, str],
+    *,
+    full: bool = False,
 ) -> Plan:
+    """One ledger's plan. ``full``: every head's whole chain is read again, none skipped as
+    verified before; the verified head is still what rollbacks and rewrites are judged
+    against (the verifier's ``remembered``), and its genesis is the pin if none is given."""
     prev = state.load_ledger(path, lid)
     if pin_map is not None:
         pin = pin_map.get(lid)
@@ -104,12 +110,14 @@ def make_plan(
     before = {last_held(r)[0] for r in prev.remotes.values()} if prev is not None else set()
     distinct = sorted(set(heads.values()))
     asked = sorted(set(distinct) | before)
-    if since is not None:
+    if since is not None and not full:
         for head in distinct:
             if head != since.head and claims.on_verified_chain(repo, head, since.head):
                 plan.behind[head] = _known(repo, head, asked, since)
     ahead = [h for h in distinct if h not in plan.behind]
-    moved = since is None or any(h != since.head for h in ahead) or bool(before - {*distinct})
+    moved = (
+        full or since is None or any(h != since.head for h in ahead) or bool(before - {*distinct})
+    )
     if distinct and not moved and since is not None and since.head in ahead:
         plan.behind[since.head] = _known(repo, since.head, asked, since)  # nothing to read
     elif distinct and moved:
@@ -119,10 +127,14 @@ def make_plan(
         for head in ahead:
             if head not in tips:
                 plan.covered[head] = next(t for t in tips if claims.below(repo, head, t))
+        resume, remembered = (None, since) if full else (since, None)
+        task_pin = pin if pin is not None or remembered is None else remembered.genesis
         for head in tips:
             others = tuple(h for h in asked if h != head)
-            size = _size(repo, head, since)
-            plan.tasks.append(Task(str(path), lid, head, pin, since, others, size))
+            size = _size(repo, head, resume)
+            plan.tasks.append(
+                Task(str(path), lid, head, task_pin, resume, others, size, remembered=remembered)
+            )
     plan.asked = asked
     return plan
 
@@ -185,6 +197,7 @@ def verify_task(task: Task) -> findings.VerifyResult:
             task.head,
             trust_genesis=task.pin,
             since=task.since,
+            remembered=task.remembered,
             commits=task.commits,
             check_repository=task.check_repository,
             jobs=task.jobs,

@@ -40,13 +40,14 @@ def state_dir(copy: Path | str) -> Path:
     return home.state_root() / FLEETS_DIR / key
 
 
-def start_early(path: Path, jobs: int | None) -> None:
+def start_early(path: Path, jobs: int | None, *, full: bool = False) -> None:
     """Start the workers' server now when ``jobs`` allows workers, the copy's packs could
-    hold IN_PROCESS_BELOW records (PACK_BYTES each) and no ledger of it was verified before."""
+    hold IN_PROCESS_BELOW records (PACK_BYTES each) and no ledger of it was verified before
+    (or ``full``: every record is read again)."""
     if not warmup.workers_allowed(jobs):
         return
     try:
-        if any(state_dir(path).joinpath(LEDGERS_DIR).glob("*.json")):
+        if not full and any(state_dir(path).joinpath(LEDGERS_DIR).glob("*.json")):
             return
         with os.scandir(Path(path) / "objects" / "pack") as entries:
             packed = sum(e.stat().st_size for e in entries if e.name.endswith(".pack"))
