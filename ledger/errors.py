@@ -8,7 +8,28 @@ exits (see ``ledger.cli``). Exit codes are documented in the README.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import ClassVar
+
+#: The causes that say there is no room to store something: a full disk, a file size
+#: limit, a quota; and the system's own words for them, which is all an error of libgit2's
+#: keeps of its cause.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_NO_ROOM_WORDS = tuple(os.strerror(n).lower() for n in sorted(_NO_ROOM))
+
+
+def no_room(cause: OSError | str) -> bool:
+    """Whether ``cause`` says this machine had no room to store something (a full disk, a
+    file size limit, a quota): an ``OSError`` by its errno, an error's text by the system's
+    words for those. Text a server sent (``remote: ...``, ``remote error``) is never this
+    machine's: a server's full disk is the server's problem."""
+    if isinstance(cause, OSError):
+        return cause.errno in _NO_ROOM
+    low = cause.lower()
+    if "remote:" in low or "remote error" in low:
+        return False
+    return any(w in low for w in _NO_ROOM_WORDS)
 
 
 class LedgerError(Exception):

@@ -9,15 +9,11 @@ written as it is.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 from pathlib import Path
 
 from ledger import errors
-
-#: Errors that say there is no room, not that the path is wrong.
-_NO_ROOM = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 def write(path: Path, text: str, what: str) -> Path:
@@ -36,7 +32,7 @@ def write(path: Path, text: str, what: str) -> Path:
         replace(path.resolve() if path.is_symlink() else path, data, 0o666)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        if exc.errno in _NO_ROOM:
+        if errors.no_room(exc):
             raise errors.StorageError(
                 f"cannot write {what} to {path}: {reason}; {path} was left as it was.",
                 hint="Free disk space (or raise the quota or file size limit), then run the "

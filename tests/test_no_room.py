@@ -24,7 +24,7 @@ from support.cli import CliResult, run_cli
 from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger
 
-from ledger.replicate import pushes
+from ledger import errors
 from ledger.store import Ledger
 
 pytestmark = pytest.mark.server
@@ -163,11 +163,11 @@ def test_ledger_fetch_without_room_is_a_storage_error(
 def test_what_the_server_says_of_its_own_disk_stays_the_servers() -> None:
     """Only this machine's failure to store is a storage error here: a server's own full
     disk, in the words it sends back, is still the remote's problem."""
-    assert pushes.no_room("cannot extend packfile '/x/objects/pack/p': No space left on device")
-    assert pushes.no_room("failed to write out file: Disk quota exceeded")
-    assert not pushes.no_room("remote: fatal: No space left on device")
-    assert not pushes.no_room("remote error: unpack failed: File too large")
-    assert not pushes.no_room("failed to connect to 127.0.0.1: Connection refused")
+    assert errors.no_room("cannot extend packfile '/x/objects/pack/p': No space left on device")
+    assert errors.no_room("failed to write out file: Disk quota exceeded")
+    assert not errors.no_room("remote: fatal: No space left on device")
+    assert not errors.no_room("remote error: unpack failed: File too large")
+    assert not errors.no_room("failed to connect to 127.0.0.1: Connection refused")
 
 
 def test_an_output_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,10 +64,9 @@ def _warn(text: str) -> None:
     )
 
 
-def warn_unsaved(result: Any) -> None:
+def warn_unsaved(unsaved: Sequence[str]) -> None:
     """One warning when a verification could not save the auditor's state (``unsaved``:
     its messages): the verdict stands, and what was not saved is verified again."""
-    unsaved: list[str] = list(getattr(result, "unsaved", ()))
     if unsaved:
         more = f" (and {len(unsaved) - 1} more)" if len(unsaved) > 1 else ""
         _warn(

@@ -56,7 +56,7 @@ def fleet_report_cmd(
         excerpt_lines=excerpt_lines,
     )
     cli_report.emit(done.text, output)
-    fleet.warn_unsaved(done)
+    fleet.warn_unsaved(done.unsaved)
     failing = done.failing
     if failing:
         names = ", ".join(f"{x.label} ({x.ledger_id})" for x in failing)

@@ -367,9 +367,7 @@ def print_remote_states(states: list[replicate.RemoteState], *, as_json: bool = 
 def _raise_if_no_room(unchecked: list[replicate.RemoteState]) -> None:
     """:class:`StorageError` (exit 6) when a remote could not be checked because this
     machine had no room to store what it sent: not the remote's doing."""
-    from ledger.replicate import pushes  # (loaded already: the check used it)
-
-    full = [s for s in unchecked if pushes.no_room(s.message or "")]
+    full = [s for s in unchecked if errors.no_room(s.message or "")]
     if full:
         raise errors.StorageError(
             "could not fetch "

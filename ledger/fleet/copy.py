@@ -240,6 +240,10 @@ def _short(oid: str | None) -> str:
     return oid[:12] if oid else "(none)"
 
 
+#: The status of a remote whose objects this machine had no room to store.
+NO_ROOM = "no room"
+
+
 @dataclass
 class RemoteFetch:
     """What one remote held in one fetch (``error`` set when it could not be fetched)."""
@@ -248,10 +252,14 @@ class RemoteFetch:
     url: str  # password masked
     ledgers: int = 0
     ignored: list[str] = field(default_factory=list)
-    status: str | None = None  # a PushStatus value when it failed, or "no room"
+    status: str | None = None  # a PushStatus value when it failed, or NO_ROOM
     error: str | None = None
     hint: str | None = None
-    no_room: bool = False  # it failed because this machine could not store it
+
+    @property
+    def no_room(self) -> bool:
+        """It failed because this machine could not store what the remote sent."""
+        return self.status == NO_ROOM
 
     def line(self, changes: list[Change]) -> str:
         if self.error is not None:
@@ -343,8 +351,8 @@ def fetch_remote(
     except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
         status, message = pushes.classify_git_error(exc, cb)
         out.status, out.error, out.hint = status.value, message, _hint(status)
-        if pushes.no_room(message):
-            out.status, out.no_room = "no room", True
+        if errors.no_room(message):  # (a fetch: this machine's disk)
+            out.status = NO_ROOM
             out.hint = (
                 "Free disk space where the fleet copy is (or raise the quota or file size "
                 "limit), then try again; the copy's refs of that remote are as they were."

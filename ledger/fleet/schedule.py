@@ -128,7 +128,7 @@ def make_plan(
             if head not in tips:
                 plan.covered[head] = next(t for t in tips if claims.below(repo, head, t))
         resume, remembered = (None, since) if full else (since, None)
-        task_pin = pin if pin is not None or remembered is None else remembered.genesis
+        task_pin = pin or (remembered.genesis if remembered is not None else None)
         for head in tips:
             others = tuple(h for h in asked if h != head)
             size = _size(repo, head, resume)

@@ -226,7 +226,7 @@ def _fetch_heads(
         )
     except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
         _status, message = pushes.classify_git_error(exc, cb)
-        if pushes.no_room(message):
+        if errors.no_room(message):  # (a fetch: this machine's disk)
             raise errors.StorageError(
                 f"shared remote {name} ({shown}) could not be fetched into the witness cache "
                 f"{cache.path}: this machine could not store it ({message}).",

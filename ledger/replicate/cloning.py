@@ -132,7 +132,7 @@ def _fetch_verified(
         ) from None
     except pygit2.GitError as exc:
         status_, message = pushes.classify_git_error(exc, cb)
-        if pushes.no_room(message):
+        if errors.no_room(message):  # (a fetch: this machine's disk)
             raise errors.StorageError(
                 f"could not clone {shown}: this machine could not store it ({message}).",
                 hint="Free disk space where the clone goes (or raise the quota or file size "

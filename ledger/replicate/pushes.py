@@ -181,25 +181,6 @@ class PushSummary:
         }
 
 
-#: What a fetch's error says when this machine could not store what it received.
-_NO_ROOM = (
-    "no space left on device",
-    "file too large",
-    "disk quota exceeded",
-)
-
-
-def no_room(message: str) -> bool:
-    """Whether a fetch failed because this machine could not store what it received (a
-    full disk, a file size limit, a quota): a storage problem
-    here, not the remote's. Only for fetches: a push's error of that kind is the server's,
-    and so is one the server sent (``remote: ...``, ``remote error``)."""
-    low = message.lower()
-    if "remote:" in low or "remote error" in low:
-        return False
-    return any(w in low for w in _NO_ROOM)
-
-
 def classify_git_error(
     exc: BaseException, cb: transport.Callbacks | None
 ) -> tuple[PushStatus, str]:
