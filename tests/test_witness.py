@@ -254,11 +254,15 @@ def test_what_a_witness_skips_and_what_the_server_no_longer_holds(
         cache.chmod(0o700)
 
 
-def test_a_damaged_cache_is_named_in_the_warning_and_deleting_it_heals(fleet: Fleet) -> None:
-    """A head the cache fetched but cannot read is the cache's damage, not the server's:
-    the warning names the cache and says to delete it; the next witness fetches again."""
+def test_a_damaged_cache_fails_the_witness_and_deleting_it_heals(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A head the cache fetched but cannot read is the cache's damage, not the server's: the
+    witness fails (exit 6), names the cache and says to delete it, and appends nothing, so no
+    record leaves a head out for this machine's fault; the next witness fetches again."""
     a = fleet.a
     assert witness(a).code == 0
+    witnessed_before = len(witness_records(a))
     cache = home.state_root() / "witness" / f"{lid(a)}.git"
     for pack in (cache / "objects" / "pack").glob("*.pack"):
         pack.chmod(0o600)
@@ -268,11 +272,17 @@ def test_a_damaged_cache_is_named_in_the_warning_and_deleting_it_heals(fleet: Fl
                 fh.seek(at)
                 fh.write(b"\xff")
     r = witness(a)
-    assert r.code == 0 and "Traceback" not in r.output, r.output
-    assert "may be damaged" in r.err and f"witness cache {cache}" in r.err, r.err
+    assert r.code == 6 and "Traceback" not in r.output, r.output
+    assert f"witness cache {cache} is damaged" in r.err and "delete it" in r.err, r.err
+    assert "Nothing was appended" in r.err and len(witness_records(a)) == witnessed_before
+    # At a run's start the same failure is one warning line, and the run goes on.
+    run = run_book(a, write_book(tmp_path))
+    assert run.code == 0, run.output
+    assert "no witness record at the start of this run" in run.err and "is damaged" in run.err
+    assert len(witness_records(a)) == witnessed_before
     shutil.rmtree(cache)
     r = witness(a, "--json")
-    assert r.code == 0 and "may be damaged" not in r.err, r.output
+    assert r.code == 0 and "damaged" not in r.err, r.output
     witnessed = {h["ledger"] for h in json.loads(r.out)["heads"]}
     assert witnessed == {lid(fleet.b), lid(fleet.c)}
 

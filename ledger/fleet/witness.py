@@ -12,7 +12,9 @@ server holds now). Foreign objects never enter the ledger's own repository.
 Each other ledger's head commit is read there: its ``Ledger-Seq`` trailer and the SHA-256 of
 its git object. A witness states what it saw, it does not verify other ledgers (an auditor's
 ``ledger fleet verify`` checks every claim against the witnessed ledger's chain); a ref whose
-head cannot be read or has no well-formed ``Ledger-Seq`` is skipped with a warning. The
+head is not a commit or has no well-formed ``Ledger-Seq`` is skipped with a warning; a head the
+cache fetched but cannot give back (a damaged cache) fails the witness, as a remote that
+cannot be fetched does: a record never leaves out a head for this machine's fault. The
 record is appended like ``ledger record``'s, by the caller's key, after the caller's
 verification before append. Any remote that cannot be fetched fails the whole witness: a
 record never lists a head that was not fetched just now.
@@ -164,6 +166,11 @@ def open_cache(ledger_id: str) -> pygit2.Repository:
     return repo
 
 
+def _where(cache: pygit2.Repository) -> str:
+    """The cache's path as the user would write it (pygit2 gives it with a final slash)."""
+    return cache.path.rstrip("/")
+
+
 def _is_true(repo: pygit2.Repository, key: str) -> bool:
     with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
         return bool(repo.config.get_bool(key))
@@ -178,13 +185,13 @@ def _cache_lock(cache: pygit2.Repository, wait: float) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise errors.StorageError(
-            f"cannot lock the witness cache {cache.path}: {exc.strerror or exc}.",
+            f"cannot lock the witness cache {_where(cache)}: {exc.strerror or exc}.",
             hint="Check the permissions of your state directory.",
         ) from None
     try:
         if not store.flock(fd, wait=wait):
             raise errors.LockTimeout(
-                f"another witness has held the witness cache {cache.path} for {wait:.0f} s.",
+                f"another witness has held the witness cache {_where(cache)} for {wait:.0f} s.",
                 hint=f"Find it with 'fuser -v {path}', or try again later.",
             )
         yield
@@ -229,7 +236,7 @@ def _fetch_heads(
         if errors.no_room(message):  # (a fetch: this machine's disk)
             raise errors.StorageError(
                 f"shared remote {name} ({shown}) could not be fetched into the witness cache "
-                f"{cache.path}: this machine could not store it ({message}).",
+                f"{_where(cache)}: this machine could not store it ({message}).",
                 hint="Free disk space in your state directory (or raise the quota), then "
                 "'ledger fleet witness' tries again. No witness record was appended.",
             ) from None
@@ -251,21 +258,19 @@ def _set_url(cache: pygit2.Repository, name: str, shown: str) -> None:
 
 def read_head(cache: pygit2.Repository, ledger_id: str, commit: str) -> WitnessHead:
     """The witnessed head of ledger ``ledger_id`` at ``commit``, read from the cache.
-    :class:`InputError` naming the problem when the commit cannot be read or has no
-    well-formed ``Ledger-Seq`` trailer (nothing else of it is checked: see the module)."""
-    damaged = (  # (a fetched head that cannot be read is this cache's damage, not the remote's)
-        f"; the witness cache {cache.path} may be damaged: it holds nothing trusted, so "
-        "delete it and witness again"
-    )
+    :class:`InputError` naming the problem when the commit is not a commit or has no
+    well-formed ``Ledger-Seq`` trailer (what the server holds: nothing else of it is checked,
+    see the module); :class:`StorageError` when the cache cannot give the commit it fetched
+    (the cache's damage, not the server's: a witness never leaves a head out for that)."""
     try:
         obj_type, raw = cache.odb.read(commit)
     except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise errors.InputError(f"its head {commit} cannot be read: {exc}{damaged}") from None
+        raise _damaged(cache, ledger_id, f"its head {commit} cannot be read ({exc})") from None
     if obj_type != gitobj.OBJ_COMMIT:
         raise errors.InputError(f"its head {commit} is not a commit")
     if gitobj.object_id(gitobj.OBJ_COMMIT, raw).hex() != commit:
-        raise errors.InputError(
-            f"its head {commit} is corrupt (its content has another id){damaged}"
+        raise _damaged(
+            cache, ledger_id, f"its head {commit} is corrupt (its content has another id)"
         )
     message = gitobj.split_headers(raw).message
     text = message.decode("utf-8", errors="replace") if message is not None else ""
@@ -275,6 +280,16 @@ def read_head(cache: pygit2.Repository, ledger_id: str, commit: str) -> WitnessH
         raise errors.InputError(f"its head {commit} has {what}")
     digest = gitobj.object_sha256(gitobj.OBJ_COMMIT, raw)
     return WitnessHead(ledger=ledger_id, commit=commit, seq=int(seq), sha256=digest)
+
+
+def _damaged(cache: pygit2.Repository, ledger_id: str, what: str) -> errors.StorageError:
+    return errors.StorageError(
+        f"the witness cache {_where(cache)} is damaged: ledger {ledger_id} was fetched but {what}. "
+        "Nothing was appended.",
+        hint="The cache holds only copies of other ledgers' refs and objects, nothing trusted: "
+        "delete it and witness again (that fetches everything anew). If it fails the same way "
+        "then, the server holds a ref to an object it does not have: tell its administrator.",
+    )
 
 
 def read_heads(
@@ -341,7 +356,7 @@ def append_witness(
             done.heads, skipped = read_heads(cache, done.remotes, own_id)
         except pygit2.GitError as exc:  # (the cache's own refs or config)
             raise errors.StorageError(
-                f"the witness cache {cache.path} cannot be read or written: {exc}.",
+                f"the witness cache {_where(cache)} cannot be read or written: {exc}.",
                 hint="It holds only copies of other ledgers' refs and objects: delete it and "
                 "witness again. Nothing was appended.",
             ) from None
