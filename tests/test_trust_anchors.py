@@ -246,6 +246,51 @@ def test_appending_commands_refuse_an_unpinned_genesis(tmp_path: Path) -> None:
     assert res.code == 0, res.output
 
 
+def test_appending_commands_check_an_explicit_genesis_against_the_chain(tmp_path: Path) -> None:
+    """--trust-genesis is a pin, not a password: on a machine that never verified the ledger,
+    a malformed or wrong one appends nothing (exit 3, or 7 genesis-mismatch, even with
+    --allow-unverified), and the right one is verified and remembered, as 'ledger run'
+    does."""
+    key = SigningKey.generate(comment="op@example.com")
+    key.save(tmp_path / "op_key")
+    path = tmp_path / "ledger"
+    assert run_cli("init", path, "--key", tmp_path / "op_key").code == 0
+    genesis = Ledger.open(path).genesis_id
+    other = build(tmp_path, name="other", events_after_key=0).genesis
+    elsewhere = {"LEDGER_STATE_DIR": str(tmp_path / "another-machine")}
+    book = tmp_path / "rb.yaml"
+    book.write_text("name: t\nsteps:\n  - name: s\n    run: echo hi\n")
+    head = Ledger.open(path).head()
+    for args in (
+        ("record", "-m", "x"),
+        ("record", "-m", "x", "--allow-unverified"),
+        ("approve", "0" * 32, "gate"),
+        ("approve", "0" * 32, "gate", "--allow-unverified"),
+        ("fleet", "witness"),
+        ("run", book, "--no-push"),
+    ):
+        for wrong, code in (("zzzz", 3), ("0" * 40, 7), (other, 7)):
+            res = run_cli(
+                *args, "-L", path, "-k", tmp_path / "op_key", "--trust-genesis", wrong,
+                env=elsewhere,
+            )  # fmt: skip
+            assert res.code == code, (args, wrong, res.output)
+            assert code == 3 or "genesis-mismatch" in res.err, (args, res.output)
+            assert "Traceback" not in res.output
+    assert Ledger.open(path).head() == head  # nothing was appended
+    res = run_cli(
+        "record", "-m", "x", "-L", path, "-k", tmp_path / "op_key", "--trust-genesis", genesis,
+        env=elsewhere,
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    # Verified against it and remembered: the next append needs no --trust-genesis.
+    res = run_cli("record", "-m", "y", "-L", path, "-k", tmp_path / "op_key", env=elsewhere)
+    assert res.code == 0, res.output
+    # A witness gets past the pin to its own question (no shared remote: exit 8, not 14).
+    res = run_cli("fleet", "witness", "-L", path, "-k", tmp_path / "op_key", env=elsewhere)
+    assert res.code == 8 and "no shared remote" in res.err, res.output
+
+
 # --- plain verify agrees with --since-last (FORMAT.md §10 step 3) ---------------------------
 
 

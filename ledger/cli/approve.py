@@ -42,8 +42,7 @@ def approve_cmd(
     from ledger.run import approvals  # here: 'ledger --help' starts without pygit2
 
     led = core.open_ledger(ledger)
-    core.require_pin(led, trust_genesis)
-    core.check_verified(led, allow_unverified, "no approval is recorded in it", appending=True)
+    core.verify_for_append(led, trust_genesis, allow_unverified, "no approval is recorded in it")
     signing_key = core.signing_key_for(led, key)
     decision: approvals.Decision = approvals.REJECTED if reject else approvals.APPROVED
     done = approvals.record_approval(

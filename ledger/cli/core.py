@@ -171,11 +171,26 @@ def init(
         )
 
 
-def require_pin(ledger: store.Ledger, trust_genesis: str | None) -> None:
-    """Appending commands never trust an unpinned genesis silently (exit 14 without one)."""
+_OTHER_GENESIS = "genesis-mismatch"  # (the rule of docs/FORMAT.md §9)
+
+
+def verify_for_append(
+    led: store.Ledger, trust_genesis: str | None, allow_unverified: bool, what: str
+) -> None:
+    """Before ``record``, ``approve`` and ``fleet witness`` append: the genesis pinned (exit 14
+    without one) and the chain verified against that pin, as ``ledger run`` does, so that a
+    ``--trust-genesis`` is checked, never merely present, and a first verification
+    remembers it. With ``allow_unverified`` a chain with findings is appended to under a
+    warning (:func:`check_verified`), but never one of another genesis than the pin."""
     from ledger.verify import local  # here: the verifier is large; --help starts without it
 
-    local.require_pin(ledger.path, local.Anchors.given(trust_genesis))
+    try:
+        local.verify_before_append(led.path, local.Anchors.given(trust_genesis), what)
+    except errors.VerificationFailed as exc:
+        other_genesis = any(getattr(f, "rule", None) == _OTHER_GENESIS for f in exc.findings)
+        if not allow_unverified or other_genesis:
+            raise
+    check_verified(led, allow_unverified, what, appending=True)
 
 
 # --- keys -------------------------------------------------------------------------------
@@ -407,8 +422,7 @@ def record_cmd(
     common.check_text(message, "--message")
     value = _parse_data(data)
     led = open_ledger(ledger)
-    require_pin(led, trust_genesis)
-    check_verified(led, allow_unverified, "nothing is recorded in it", appending=True)
+    verify_for_append(led, trust_genesis, allow_unverified, "nothing is recorded in it")
     if run is not None:
         records.check_run_id(run)
         recs = led.usable_run_records(run)  # (the verified chain's)

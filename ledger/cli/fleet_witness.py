@@ -50,9 +50,8 @@ def witness_cmd(
     from ledger.fleet import witness  # (the same)
 
     led = core.open_ledger(ledger)
-    core.require_pin(led, trust_genesis)
-    core.check_verified(
-        led, allow_unverified, "no witness record is appended to it", appending=True
+    core.verify_for_append(
+        led, trust_genesis, allow_unverified, "no witness record is appended to it"
     )
     signing_key = core.signing_key_for(led, key)
     creds = replicate.Credentials.from_env(ssh_key=ssh_key, insecure_host_key=insecure_host_key)

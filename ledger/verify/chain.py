@@ -71,7 +71,12 @@ def verify_ledger(
     try:
         reference = repo.references.get(ref)
     except (pygit2.GitError, ValueError) as exc:
-        raise errors.StorageError(f"the ref {ref} cannot be read: {exc}.") from None
+        raise errors.CorruptLedger(
+            f"the ledger at {repo.path.rstrip('/')} is corrupt: its reference {ref} cannot be "
+            f"read ({exc}).",
+            hint="A damaged or tampered copy: restore it from a remote ('ledger clone'), or "
+            "write the reference back from a copy you trust.",
+        ) from None
     saved = since or remembered
     if reference is None:
         if saved is not None:

@@ -402,10 +402,14 @@ def pin_after_init(path: Path | str, genesis: str) -> None:
         save_state(path, result.state)
 
 
-def verify_before_append(path: Path | str, anchors: Anchors | None = None) -> int:
-    """``ledger run``: refuse an unpinned genesis, then verify incrementally from this
-    copy's verified head and remember the new one. Returns how many records were checked;
-    :class:`VerificationFailed` names the findings."""
+def verify_before_append(
+    path: Path | str, anchors: Anchors | None = None, what: str = "no run is appended to it"
+) -> int:
+    """``ledger run``, ``record``, ``approve``, ``fleet witness``: refuse an unpinned genesis,
+    then verify against the pin (an explicit one included: a chain of another genesis is a
+    finding) incrementally from this copy's verified head, and remember the new one. Returns
+    how many records were checked; :class:`VerificationFailed` names the findings ("..., so
+    ``what``")."""
     anchors = anchors or Anchors.given()
     pin = require_pin(path, anchors)
     previous = load_state(path)
@@ -417,11 +421,12 @@ def verify_before_append(path: Path | str, anchors: Anchors | None = None) -> in
         if more > 0:
             lines += f"; and {more} more"
         raise errors.VerificationFailed(
-            f"the ledger at {path} does not verify, so no run is appended to it: {lines}.",
+            f"the ledger at {path} does not verify, so {what}: {lines}.",
             findings=list(result.findings),
-            hint="Run 'ledger verify' for the full findings and investigate. To run anyway "
-            "(the run's records are then appended to a ledger that failed verification), pass "
-            "--allow-unverified.",
+            hint="Run 'ledger verify' for the full findings and investigate. To append anyway "
+            "(each record appended then says in its signed Ledger-Unverified trailer that its "
+            "chain did not verify), pass --allow-unverified; a genesis other than the one "
+            "pinned is never appended to.",
         )
     if result.state is not None:
         save_state(path, result.state)
