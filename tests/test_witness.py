@@ -325,6 +325,12 @@ def test_fleet_witness_refuses_bad_input_with_a_clear_error(fleet: Fleet, tmp_pa
     assert r.code == 3 and "not a shared remote" in r.err, r.output
     r = witness(a, "--remote", "nope")
     assert r.code == 8 and "no remote named 'nope'" in r.err, r.output
+    # A one-ledger remote added with --shared by mistake: no record that saw "no ledger".
+    replicate.add_remote(a.path, "mislabeled", str(fleet.b.path), shared=True)
+    r = witness(a, "--remote", "mislabeled")
+    assert r.code == 8 and "mislabeled" in r.err and "is not a shared remote" in r.err, r.output
+    assert "refs/heads/main" in r.err and "No witness record was appended" in r.err
+    git("--git-dir", a.path, "remote", "remove", "mislabeled")
     # Unreachable: nothing is appended.
     port = gitservers.free_port()
     replicate.add_remote(a.path, "down", f"git://127.0.0.1:{port}/x.git", shared=True)

@@ -34,7 +34,7 @@ import pygit2
 
 from ledger import errors, keys, redact, store
 from ledger.format import gitobj, records, shapes
-from ledger.replicate import remotes, state
+from ledger.replicate import remotes, shared, state
 from ledger.verify import home, local
 
 if TYPE_CHECKING:
@@ -228,9 +228,9 @@ def _fetch_heads(
     spec = f"+refs/ledgers/*:{FLEET_REF_PREFIX}/{name}/*"
     try:
         cb.begin()
-        cache.remotes.create_anonymous(url).fetch(
-            [spec], callbacks=cb, prune=pygit2.enums.FetchPrune.PRUNE
-        )
+        remote = cache.remotes.create_anonymous(url)
+        remote.fetch([spec], callbacks=cb, prune=pygit2.enums.FetchPrune.PRUNE)
+        advertised = [str(h.name or "") for h in remote.list_heads(connect=False)]
     except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
         _status, message = pushes.classify_git_error(exc, cb)
         if errors.no_room(message):  # (a fetch: this machine's disk)
@@ -245,7 +245,27 @@ def _fetch_heads(
             hint="No witness record was appended. Check the network and the remote "
             "('ledger status'); 'ledger fleet witness' tries again.",
         ) from None
+    _refuse_unshared(name, shown, advertised)
     _set_url(cache, name, shown)
+
+
+def _refuse_unshared(name: str, shown: str, advertised: Sequence[str]) -> None:
+    """A remote that holds no ledger at ``refs/ledgers/<id>/main`` but other refs is not a
+    shared remote (a one-ledger remote, a fleet copy...): a witness of it would sign that it
+    saw no other ledger. Refused as ``ledger fleet clone`` refuses it (other refs beside
+    ledgers are ignored there and here; an empty repository is a shared remote not yet
+    pushed to)."""
+    if any(shared.SHARED_REF_RE.match(r) for r in advertised):
+        return
+    other = [r for r in advertised if r not in ("", "HEAD") and not r.endswith("^{}")]
+    if other:
+        raise errors.RemoteError(
+            f"remote {name} ({shown}) is not a shared remote: it holds no ledger at "
+            f"refs/ledgers/<ledger id>/main, but {', '.join(other[:5])}"
+            f"{' and more' if len(other) > 5 else ''}. No witness record was appended.",
+            hint="Check its URL ('ledger remote list'): a shared remote is made by 'ledger "
+            "remote init PATH --shared'; a one-ledger remote is added without --shared.",
+        )
 
 
 def _set_url(cache: pygit2.Repository, name: str, shown: str) -> None:
