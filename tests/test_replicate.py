@@ -64,6 +64,9 @@ def test_classify_valid_urls(url: str, transport: str) -> None:
         ("ssh://u:pw@example.com/x.git", "password"),
         ("git://bad_host!/x", "host"),
         ("/tmp/x\n.git", "control"),
+        ("http://[::1", "malformed"),
+        ("https://u:pw@[::1/x.git", "malformed"),
+        ("git://[zz]/x.git", "malformed"),
     ],
 )
 def test_classify_rejects_malformed_urls(url: str, words: str) -> None:
@@ -71,6 +74,26 @@ def test_classify_rejects_malformed_urls(url: str, words: str) -> None:
         replicate.classify_url(url)
     assert words in info.value.message
     assert info.value.hint
+
+
+def test_a_malformed_url_is_invalid_input_in_every_command_that_takes_one(
+    tmp_path: Path,
+) -> None:
+    # Python's URL parser raises ValueError for an unbalanced IPv6 bracket: each command
+    # names the URL's problem (exit 3), never "unexpected failure".
+    t = make_ledger(tmp_path, records=0)
+    url = "http://[::1"
+    for args in (
+        ["fleet", "clone", url, tmp_path / "copy"],
+        ["fleet", "remote", "add", "m3", url, "--fleet", tmp_path / "copy"],
+        ["remote", "add", "fl5", url, "--shared", "--ledger", t.path],
+        ["remote", "add", "fl5", url, "--ledger", t.path],
+        ["clone", url, tmp_path / "clone"],
+    ):
+        r = run_cli(*args)
+        assert r.code == 3 and f"the remote URL '{url}' is malformed" in r.err, (args, r.output)
+        assert "unexpected" not in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "clone").exists()
 
 
 def test_remote_add_list_remove_and_bad_input(tmp_path: Path) -> None:

@@ -301,7 +301,10 @@ def test_bad_input_and_failures_lose_nothing(
     assert r.code == 0, r.output
     assert remote_head(ppath) == t.head
     t.append()
+    # Malformed lines of the file (an unbalanced IPv6 bracket, a port that is no number)
+    # are skipped, as git skips them.
     (home / ".git-credentials").write_text(
+        "http://u:p@[::1\nhttp://u:p@127.0.0.1:port\n"
         f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:{http_server.port}\n"
     )
     git("--git-dir", t.path, "config", "credential.helper", "store")

@@ -87,7 +87,14 @@ def _classify(url: str, hint: str) -> str:
             )
         if any(c.isspace() for c in url):
             raise errors.InputError(f"the remote URL {url!r} contains white space.", hint=hint)
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as exc:  # an unbalanced '[' or ']' in the host ("Invalid IPv6 URL")
+            raise errors.InputError(
+                f"the remote URL {url!r} is malformed ({exc}): a host in brackets must be a"
+                " whole IPv6 address with both brackets, as in http://[::1]:8080/path.",
+                hint=hint,
+            ) from None
         if transport == "file":
             if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
                 raise errors.InputError(

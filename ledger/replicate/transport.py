@@ -188,11 +188,12 @@ def _git_credential_store(
         except OSError:
             continue
         for line in lines:
-            entry = urllib.parse.urlsplit(line.strip())
+            entry = _credential_line(line)
             if (
-                entry.scheme == want.scheme
+                entry is not None
+                and entry.scheme == want.scheme
                 and (entry.hostname or "") == (want.hostname or "")
-                and entry.port == want.port
+                and entry.port == _port(want)
                 and entry.username is not None
             ):
                 return (
@@ -200,6 +201,25 @@ def _git_credential_store(
                     urllib.parse.unquote(entry.password or ""),
                 )
     return None
+
+
+def _credential_line(line: str) -> urllib.parse.SplitResult | None:
+    """One line of a credential store file as a URL, or None for a malformed line (an
+    unbalanced IPv6 bracket, a port that is no number), which is skipped as git skips it."""
+    try:
+        entry = urllib.parse.urlsplit(line.strip())
+        entry.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        return None
+    return entry
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    """The port of a URL, None when it names none or a malformed one."""
+    try:
+        return parts.port
+    except ValueError:
+        return None
 
 
 class Callbacks(pygit2.RemoteCallbacks):
