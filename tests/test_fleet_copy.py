@@ -157,6 +157,42 @@ def test_clone_then_fetch_sees_new_moved_and_vanished_ledgers(
     assert "not when it was pushed" in st.out
 
 
+def test_clone_and_fleet_refuse_an_empty_path_a_file_and_a_url_as_the_copy(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "s.git"
+    assert run_cli("remote", "init", shared, "--shared").code == 0
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    # A file is a file, not a directory "not empty" (exit 5), and left as it was.
+    r = run_cli("fleet", "clone", shared, afile)
+    assert r.code == 5 and f"{afile} is a file, not a directory" in r.err, r.output
+    assert "not empty" not in r.err and afile.read_text() == "mine"
+    one_paragraph(r)
+    # An empty DIR is no directory (exit 3), nor is a URL (which Path would make git:/h/x).
+    for where, said in (
+        ("", "the path given to 'ledger fleet clone' is empty"),
+        ("git://127.0.0.1:1/x", "looks like a URL"),
+    ):
+        r = run_cli("fleet", "clone", shared, where, cwd=tmp_path)
+        assert r.code == 3 and said in r.err, r.output
+        one_paragraph(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "s.git"]
+    # An empty --fleet is refused (exit 3), never the current directory in disguise; an
+    # empty $LEDGER_FLEET is unset, as an empty $LEDGER_DIR is.
+    for args in (
+        ["fleet", "status", "--fleet", ""],
+        ["fleet", "fetch", "--fleet", ""],
+        ["fleet", "remote", "add", "m", str(shared), "--fleet", ""],
+        ["fleet", "verify", "--fleet", ""],
+    ):
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.code == 3 and "--fleet is empty" in r.err, (args, r.output)
+        one_paragraph(r)
+    r = run_cli("fleet", "status", cwd=tmp_path, env={"LEDGER_FLEET": ""})
+    assert r.code == 5 and f"{tmp_path} is not a fleet copy" in r.err, r.output
+
+
 def test_status_says_verified_only_for_the_head_fleet_verify_verified(
     git_daemon: GitDaemon, home: Path, tmp_path: Path
 ) -> None:

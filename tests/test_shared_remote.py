@@ -132,6 +132,32 @@ def test_remote_add_shared_and_init_shared_refuse_bad_input(tmp_path: Path) -> N
     assert "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("shared", [["--shared"], []])
+def test_remote_init_takes_a_local_path_not_a_url_an_empty_path_or_a_file(
+    shared: list[str], tmp_path: Path
+) -> None:
+    # A URL was made a local directory ./git:/127.0.0.1:1/x (Path collapses '//'): refused,
+    # with what the command does and where serving it is described (exit 3).
+    for url in ("git://127.0.0.1:1/x", f"file://{tmp_path}/x.git", "git@host:x.git"):
+        r = run_cli("remote", "init", url, *shared, cwd=tmp_path)
+        assert r.code == 3 and f"{url!r} looks like a URL" in r.err, r.output
+        assert "on this machine's disk" in r.err and "docs/FLEET.md" in r.err
+        assert "\n" not in r.err.strip() and "Traceback" not in r.output
+    # An empty path is no path (it was '.', "already exists and is not empty").
+    r = run_cli("remote", "init", "", *shared, cwd=tmp_path)
+    assert r.code == 3 and "the path given to 'ledger remote init' is empty" in r.err, r.output
+    assert list(tmp_path.iterdir()) == []
+    # A file is a file, not a non-empty directory (exit 5), left as it was.
+    (tmp_path / "afile").write_text("mine")
+    r = run_cli("remote", "init", "afile", *shared, cwd=tmp_path)
+    assert r.code == 5 and "afile is a file, not a directory" in r.err, r.output
+    assert "not empty" not in r.err and (tmp_path / "afile").read_text() == "mine"
+    # A local name with a colon is still possible, as a path.
+    r = run_cli("remote", "init", "./host:x.git", *shared, cwd=tmp_path)
+    assert r.code == 0, r.output
+    assert (tmp_path / "host:x.git" / "HEAD").is_file()
+
+
 @pytest.mark.parametrize("transport", ["git", "http"])
 def test_the_shared_hook_refuses_each_bad_update_and_says_why(
     transport: str,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ledger import fleet, redact, replicate
+from ledger import errors, fleet, redact, replicate
 from ledger.cli import common
 from ledger.cli import remote as cli_remote
 
@@ -31,7 +31,7 @@ fleet_app.add_typer(fleet_remote_app, name="remote")
 ENV_FLEET = "LEDGER_FLEET"  # (ledger.fleet.copy.ENV_FLEET: not imported, for start-up time)
 
 FleetOpt = Annotated[
-    Path | None,
+    str | None,  # (not a Path, which turns '' into '.': see fleet_path)
     typer.Option(
         "--fleet",
         help=f"The fleet copy. Default: ${ENV_FLEET}, else the current directory.",
@@ -44,10 +44,18 @@ RemoteNameOpt = Annotated[
 ]
 
 
-def fleet_path(explicit: Path | None) -> Path:
-    """Where the fleet copy is: ``--fleet``, ``$LEDGER_FLEET``, else the current directory."""
+def fleet_path(explicit: str | None) -> Path:
+    """Where the fleet copy is: ``--fleet``, ``$LEDGER_FLEET``, else the current directory.
+    An empty ``--fleet`` is refused (it would quietly mean the current directory); an empty
+    ``$LEDGER_FLEET`` is unset, as an empty ``$LEDGER_DIR`` is."""
     if explicit is not None:
-        return explicit
+        if not explicit.strip():
+            raise errors.InputError(
+                "--fleet is empty.",
+                hint="Name the fleet copy's directory (--fleet . for the current one), or "
+                f"leave --fleet out to use ${ENV_FLEET}, else the current directory.",
+            )
+        return Path(explicit)
     env = os.environ.get(ENV_FLEET)
     return Path(env) if env else Path.cwd()
 
@@ -101,7 +109,8 @@ def clone_cmd(
     url: Annotated[
         str, typer.Argument(help="URL of a shared remote (ledger remote init --shared).")
     ],
-    path: Annotated[Path, typer.Argument(help="A new (or empty) directory for the copy.")],
+    # (a str, not a Path: Path turns '' into '.', and the library refuses it as typed)
+    path: Annotated[str, typer.Argument(help="A new (or empty) directory for the copy.")],
     name: RemoteNameOpt = "origin",
     ssh_key: cli_remote.SshKeyOpt = None,
     insecure_host_key: cli_remote.InsecureOpt = False,

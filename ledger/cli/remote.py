@@ -169,7 +169,8 @@ def _verified_genesis(led: store.Ledger) -> str | None:
 
 @remote_app.command("init")
 def remote_init(
-    path: Annotated[Path, typer.Argument(help="Where to create the protected bare remote.")],
+    # (a str: Path makes '' '.' and git://h/x git:/h/x; the library refuses both as typed)
+    path: Annotated[str, typer.Argument(help="Where to create the protected bare remote.")],
     trust_genesis: Annotated[
         str | None,
         typer.Option(

@@ -94,8 +94,7 @@ def init_copy(url: str, path: Path | str, name: str = DEFAULT_REMOTE) -> pygit2.
     the auditor's state as the one this remote was added with (any other remotes remembered
     for a copy once at this path are forgotten; what was seen of its ledgers is kept)."""
     url = _check_new_remote(name, url)
-    target = Path(path)
-    _refuse_existing(target)
+    target = _refuse_existing(path)
     try:
         repo = pygit2.init_repository(str(target), bare=True, initial_head="main")
         repo.config[FLEET_KEY] = True
@@ -111,13 +110,17 @@ def init_copy(url: str, path: Path | str, name: str = DEFAULT_REMOTE) -> pygit2.
     return repo
 
 
-def _refuse_existing(target: Path) -> None:
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise errors.LedgerExists(
-            f"{target} already exists and is not empty.",
-            hint="Choose a new directory for the fleet copy (or fetch into the copy that is "
-            "there with 'ledger fleet fetch --fleet DIR').",
-        )
+def _refuse_existing(path: Path | str) -> Path:
+    """``path`` as a new fleet copy's directory: not empty, no URL, no file, no non-empty
+    directory (the user's text: see :func:`ledger.replicate.remotes.new_directory`)."""
+    return remotes.new_directory(
+        path,
+        "ledger fleet clone",
+        url_hint="The shared remote's URL comes first: 'ledger fleet clone URL DIR'; DIR is "
+        "where the copy is made on this machine.",
+        taken_hint="Choose a new directory for the fleet copy (or fetch into the copy that is "
+        "there with 'ledger fleet fetch --fleet DIR').",
+    )
 
 
 def add_remote(path: Path | str, name: str, url: str) -> str:
@@ -533,9 +536,8 @@ def clone(
     """Make ``path`` a fleet copy of the shared remote ``url`` and fetch it. On any failure
     (unreachable, authentication, host key, not a shared remote) nothing is left at
     ``path``: the directory is removed if it was made here, emptied otherwise."""
-    target = Path(path)
     _check_new_remote(name, url)
-    _refuse_existing(target)  # (before anything that could be undone below)
+    target = _refuse_existing(path)  # (before anything that could be undone below)
     with store.created(target):
         init_copy(url, target, name)
         result = fetch(target, creds, [name], require_ledgers=True)

@@ -19,7 +19,7 @@ import pygit2
 
 import ledger
 from ledger import errors, store
-from ledger.replicate import chain, check, shared
+from ledger.replicate import chain, check, remotes, shared
 from ledger.verify import local
 
 HOOK_SCRIPT = """#!/bin/sh
@@ -58,7 +58,7 @@ def hook_script(
 
 
 def init_remote(
-    path: Path,
+    path: Path | str,
     *,
     genesis: str | None = None,
     shared: bool = False,
@@ -79,12 +79,15 @@ def init_remote(
             "push, so it takes no --trust-genesis.",
             hint="Leave out --trust-genesis, or create a remote for one ledger without --shared.",
         )
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise errors.LedgerExists(
-            f"{path} already exists and is not empty; 'ledger remote init' only creates new "
-            "remotes.",
-            hint="Choose a new path.",
-        )
+    path = remotes.new_directory(
+        path,
+        "ledger remote init",
+        url_hint="It makes the repository on this machine's disk: run it on the server that "
+        "will hold the remote and give the repository's path there (./NAME for a local name "
+        "with a colon); to serve it over ssh://, git:// or https://, see docs/FLEET.md "
+        "('Deploying on gitolite').",
+        taken_hint="Choose a new path.",
+    )
     if genesis is not None and not re.fullmatch(r"[0-9a-f]{40}", genesis):
         raise errors.InputError(
             f"{genesis!r} is not a full commit id (40 lowercase hex digits).",

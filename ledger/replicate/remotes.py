@@ -134,6 +134,49 @@ def _classify(url: str, hint: str) -> str:
     return "path"
 
 
+def looks_like_url(text: str) -> bool:
+    """Whether ``text`` names a remote by URL (``scheme://``, or scp-like ``[user@]host:path``)
+    rather than by local path: the same reading as :func:`classify_url`."""
+    if "://" in text:
+        return True
+    return SCP_RE.match(text) is not None and "/" not in text.split(":", 1)[0]
+
+
+def new_directory(path: Path | str, command: str, *, url_hint: str, taken_hint: str) -> Path:
+    """``path`` as the local directory ``command`` is to create (new, or an empty directory).
+
+    Refused: an empty path or one that looks like a URL (:class:`InputError`: a URL made into
+    a path would quietly become a directory such as ``./git:/host/x``), and a file or a
+    non-empty directory there (:class:`LedgerExists`). Pass the user's text, not a ``Path``:
+    ``Path("")`` is ``.`` and ``Path("git://h/x")`` is ``git:/h/x``."""
+    text = str(path)
+    if not text.strip():
+        raise errors.InputError(
+            f"the path given to '{command}' is empty.", hint="Name the directory to create."
+        )
+    if looks_like_url(text):
+        raise errors.InputError(
+            redact.mask_url(
+                f"{text!r} looks like a URL, but '{command}' takes the path of a local "
+                "directory to create."
+            ),
+            hint=url_hint,
+        )
+    target = Path(text)
+    if target.exists() and not target.is_dir():
+        raise errors.LedgerExists(
+            f"{target} is a file, not a directory; '{command}' creates a new directory.",
+            hint=taken_hint,
+        )
+    if target.exists() and any(target.iterdir()):
+        raise errors.LedgerExists(
+            f"{target} already exists and is not empty; '{command}' only creates a new "
+            "directory (or fills an empty one).",
+            hint=taken_hint,
+        )
+    return target
+
+
 def normalize_url(url: str) -> str:
     """The URL as stored: local paths become absolute so that they do not depend on the cwd."""
     if classify_url(url) == "path":
