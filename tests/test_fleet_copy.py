@@ -157,6 +157,29 @@ def test_clone_then_fetch_sees_new_moved_and_vanished_ledgers(
     assert "not when it was pushed" in st.out
 
 
+def test_a_shared_remote_no_runner_pushed_to_yet_is_cloned_empty(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path
+) -> None:
+    # An auditor sets up before the runners push: the remote holds no ref at all.
+    name = f"empty-{tmp_path.name}"
+    shared_on(git_daemon, name)
+    url = git_daemon.url(f"{name}.git")
+    copy = tmp_path / "audit.git"
+    r = run_cli("fleet", "clone", url, copy)
+    assert r.code == 0, r.output
+    assert f"origin ({url}): holds no ledger (an empty repository" in r.out
+    assert "'ledger fleet fetch' brings the ledgers" in r.out
+    assert "0 ledger(s) in the fleet copy" in r.out
+    assert refs_of(copy) == {}
+    # The runners push; the next fetch brings their ledgers.
+    t = make_ledger(tmp_path, "web1")
+    push_to(t, url)
+    r = run_cli("fleet", "fetch", "--fleet", copy)
+    assert r.code == 0, r.output
+    assert f"{lid(t)}  new on origin at seq 3" in r.out
+    assert refs_of(copy) == {f"refs/fleet/origin/{lid(t)}/main": t.head}
+
+
 def test_clone_and_fleet_refuse_an_empty_path_a_file_and_a_url_as_the_copy(
     tmp_path: Path,
 ) -> None:

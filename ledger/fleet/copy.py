@@ -264,9 +264,19 @@ class RemoteFetch:
         """It failed because this machine could not store what the remote sent."""
         return self.status == NO_ROOM
 
+    @property
+    def empty(self) -> bool:
+        """It was fetched and holds no ref at all: a shared remote no runner pushed to yet."""
+        return self.error is None and not self.ledgers and not self.ignored
+
     def line(self, changes: list[Change]) -> str:
         if self.error is not None:
             return f"{self.name} ({self.url}): {self.status}: {self.error}"
+        if self.empty and not any(c.remote == self.name for c in changes):
+            return (
+                f"{self.name} ({self.url}): holds no ledger (an empty repository: no ref at "
+                "all); 'ledger fleet fetch' brings the ledgers runners push there"
+            )
         counts = {k: sum(c.remote == self.name and c.kind == k for c in changes) for k in _KINDS}
         done = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         ignored = f", {len(self.ignored)} other ref(s) ignored" if self.ignored else ""
@@ -481,8 +491,11 @@ def fetch(
     ledgers' first and last sighting) and say what changed. A remote that cannot be fetched
     changes nothing of what is remembered of it (see :attr:`FetchResult.failed`).
 
-    ``require_ledgers`` (a clone): a remote holding no ``refs/ledgers/<id>/main`` at all is
-    an error (:class:`RemoteError`) before anything is remembered."""
+    ``require_ledgers`` (a clone): a remote holding refs but no ``refs/ledgers/<id>/main``
+    (a one-ledger remote, any other repository) is an error (:class:`RemoteError`) before
+    anything is remembered. A remote holding no ref at all is a shared remote no runner has
+    pushed to yet (``ledger remote init --shared`` makes it so): accepted, it holds no
+    ledger yet (:attr:`RemoteFetch.empty`)."""
     repo = open_copy(path)
     chosen = _select(repo, names)
     creds = creds or transport.Credentials.from_env()
@@ -507,7 +520,7 @@ def fetch(
             outcome, holds = fetch_remote(repo, name, url, creds)
             result.remotes.append(outcome)
             if holds is not None:
-                if require_ledgers and not holds:
+                if require_ledgers and not holds and outcome.ignored:
                     raise _not_shared(outcome)
                 fetched[name] = holds
         when = state.now()
