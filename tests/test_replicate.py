@@ -96,6 +96,37 @@ def test_a_malformed_url_is_invalid_input_in_every_command_that_takes_one(
     assert not (tmp_path / "copy").exists() and not (tmp_path / "clone").exists()
 
 
+def test_commands_that_need_a_ledger_say_first_that_a_repository_is_not_one(
+    tmp_path: Path,
+) -> None:
+    # A fleet copy, a plain bare repository and a work tree are no ledger: every command
+    # says so (exit 5), never a later symptom ("genesis not pinned ... run 'ledger verify'",
+    # exit 14; "no remotes", exit 8).
+    shared = tmp_path / "s.git"
+    assert run_cli("remote", "init", shared, "--shared").code == 0
+    copy = tmp_path / "copy.git"
+    assert run_cli("fleet", "clone", shared, copy).code == 0, "(an empty shared remote)"
+    plain, work = tmp_path / "plain.git", tmp_path / "work"
+    git("init", "-q", "--bare", plain)
+    git("init", "-q", work)
+    for where, said in (
+        (copy, f"{copy} is a fleet copy (ledger fleet clone), not a ledger"),
+        (plain, f"{plain} is a git repository but not a ledger"),
+        (work, f"{work} is a git work tree, not a ledger"),
+    ):
+        for args in (
+            ["remote", "add", "x", shared, "--shared"],
+            ["remote", "list"],
+            ["push"],
+            ["fetch"],
+            ["status"],
+            ["verify"],
+        ):
+            r = run_cli(*args, "--ledger", where)
+            assert r.code == 5 and said in r.err, (args, r.output)
+            assert "\n" not in r.err.strip()
+
+
 def test_remote_add_list_remove_and_bad_input(tmp_path: Path) -> None:
     t = make_ledger(tmp_path, records=0)
     r = run_cli("remote", "add", "backup", tmp_path / "backup.git", "--ledger", t.path)

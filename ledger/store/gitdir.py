@@ -76,21 +76,46 @@ def syncfs(path: Path, fd: int | None = None) -> None:
 # --- opening and errors -----------------------------------------------------------------
 
 
+_LEDGER_HINT = "Point --ledger at a ledger made by 'ledger init' or 'ledger clone'."
+
+
 def open_repository(path: Path) -> pygit2.Repository:
-    """The git repository at exactly ``path`` (no search upwards); :class:`LedgerNotFound`
-    when there is none."""
+    """The ledger's repository at exactly ``path`` (no search upwards); :class:`LedgerNotFound`
+    when there is none, or when the repository there is not a ledger (a work tree, a fleet
+    copy, a plain bare repository: its config names no ``ledger.id`` and ``ledger.genesis``),
+    so that every command needing a ledger says so first, never a later symptom (no genesis
+    pinned, no remotes). Only a refusal is decided from the config here."""
     if not path.exists():
         raise errors.LedgerNotFound(
             f"there is no ledger at {path} (the path does not exist).",
             hint="Create one with 'ledger init', or point --ledger at an existing one.",
         )
     try:
-        return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        repo = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        cfg = repo.config
+        is_ledger = "ledger.id" in cfg and "ledger.genesis" in cfg
+        is_fleet = not is_ledger and "ledger.fleet" in cfg
     except pygit2.GitError as exc:
         raise errors.LedgerNotFound(
-            f"{path} is not a ledger: it is not a git repository ({exc}).",
-            hint="Point --ledger at a ledger made by 'ledger init' or 'ledger clone'.",
+            f"{path} is not a ledger: it is not a git repository ({exc}).", hint=_LEDGER_HINT
         ) from None
+    if not repo.is_bare:
+        raise errors.LedgerNotFound(
+            f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
+            hint="Point --ledger at a ledger made by 'ledger init'.",
+        )
+    if is_fleet:
+        raise errors.LedgerNotFound(
+            f"{path} is a fleet copy (ledger fleet clone), not a ledger.",
+            hint="Read it with the 'ledger fleet' commands (--fleet DIR). " + _LEDGER_HINT,
+        )
+    if not is_ledger:
+        raise errors.LedgerNotFound(
+            f"{path} is a git repository but not a ledger (its config has no ledger.id "
+            "or ledger.genesis).",
+            hint=_LEDGER_HINT,
+        )
+    return repo
 
 
 CORRUPT_HINT = (

@@ -73,13 +73,7 @@ class Ledger(append.Appends, runreads.RunReads):
     def open(cls, path: Path, *, upkeep: store_upkeep.UpkeepPolicy | None = None) -> Ledger:
         """Open an existing ledger; :class:`LedgerNotFound` if there is none. ``upkeep``:
         when to merge and repack packs (default: :class:`UpkeepPolicy`'s defaults)."""
-        repo = gitdir.open_repository(path)
-        if not repo.is_bare:
-            raise errors.LedgerNotFound(
-                f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
-                hint="Point --ledger at a ledger made by 'ledger init'.",
-            )
-        return cls(path, repo, upkeep=upkeep)
+        return cls(path, gitdir.open_repository(path), upkeep=upkeep)
 
     @classmethod
     def adopt(
