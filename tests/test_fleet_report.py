@@ -14,9 +14,10 @@ from pathlib import Path
 import pygit2
 import pytest
 from support.cli import run_cli
-from support.gitcmd import git
+from support.gitcmd import explode_packs, git
 from support.markdown import MD
 
+from ledger import errors
 from ledger.fleet import report as fleet_report
 from ledger.fleet import report_model
 from ledger.verify import chain
@@ -328,6 +329,43 @@ def test_errors(fleet: Fleet, tmp_path: Path) -> None:
     missing = tmp_path / "none.j2"
     res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", INCIDENT, "-t", missing)
     assert res.code == 3 and "template" in res.err
+
+
+def test_a_year_below_1000_is_a_time_not_a_finding(fleet: Fleet) -> None:
+    """Record times always have four digits of year: a bound in year 1 or 999 selects runs
+    like any other, and no ledger is marked as failing for it."""
+    for since in ("0001-01-01", "0999-12-31T23:59"):
+        res = run_cli("fleet", "report", "--fleet", fleet.copy, "--since", since)
+        assert res.code == 0, res.output
+        assert "Verification | verified" in res.out.replace("*", "")
+        assert "failed verification" not in res.out and "unreadable" not in res.out
+        assert len(cells_of(res.out, "Ledger")[1:]) == 7
+        assert f"`{since[:4]}-" in res.out
+    until = run_cli(
+        "fleet", "report", "--fleet", fleet.copy, "--since", "0001-01-01", "--until", "0999-01-01"
+    )
+    assert until.code == 0 and "No runs matched." in until.out, until.output
+
+
+def test_a_read_problem_at_a_verified_head_is_no_finding(tmp_path: Path) -> None:
+    """A record's blob vanishes from the copy after its ledger verified: the report says it
+    could not read the copy (a storage error), never that the ledger failed verification."""
+    f = Fleet(tmp_path)
+    a = f.runners[0]
+    f.run(a)
+    f.fetch(a)
+    ev = f.evidence(a)
+    assert not ev.failing
+    explode_packs(f.copy)
+    blob = git("--git-dir", f.copy, "rev-parse", f"{ev.head}:{_run_started_path(a.path)}")
+    oid = blob.stdout.strip()
+    (f.copy / "objects" / oid[:2] / oid[2:]).unlink()
+    with pytest.raises(errors.StorageError) as caught:
+        f.report([ev], incident=INCIDENT)
+    assert type(caught.value) is errors.StorageError  # exit 6, not a verification failure
+    assert a.ledger_id in caught.value.message and "not a verification finding" in (
+        caught.value.message
+    )
 
 
 def test_a_failing_ledger_without_runs_is_listed(fleet: Fleet) -> None:

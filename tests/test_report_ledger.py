@@ -4,6 +4,7 @@ ids, the real verifier, protected local remotes, and the CLI as a subprocess."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,21 @@ def test_time_range(world: World) -> None:
     assert r1 in md and r2 in md
     res = run_cli("report", "-L", world.path, "--since", "2000-01-01", "--until", "2000-01-02")
     assert res.code == 0 and "No runs matched." in res.out
+
+
+def test_a_year_below_1000(world: World) -> None:
+    """Times are written with four digits of year, as records hold them: a bound in year 999
+    selects the runs after it (it was compared as '999-…', after every record time)."""
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    assert records.format_time(first) == "0001-01-01T00:00:00.000000Z"
+    assert records.parse_time(records.format_time(first)) == first
+    assert records.new_run_id(datetime(999, 2, 3, 4, 5, 6, tzinfo=UTC)).startswith(
+        "09990203T040506Z-"
+    )
+    rid = world.run("INC-1")
+    md = report(world, "--since", "0999-01-01")
+    assert rid in md and "`0999-01-01T00:00:00.000000Z..`" in md
+    assert "No runs matched." in report(world, "--since", "0001-01-01", "--until", "0999-12-31")
 
 
 def test_remotes_that_hold_the_head(world: World, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class Selection:
     incident: str | None = None
     lo: str | None = None  # record-time strings, inclusive
     hi: str | None = None
+    since: datetime | None = None  # the same bounds as times (for the date shards)
+    until: datetime | None = None
 
 
 def select(incident: str | None, since: str | None, until: str | None) -> Selection:
@@ -69,7 +72,7 @@ def select(incident: str | None, since: str | None, until: str | None) -> Select
         raise errors.UsageError(f"--until {until} is before --since {since}.")
     lo_s, hi_s = from_ledger.iso(lo), from_ledger.iso(hi) if hi else None
     selector = f"{lo_s}..{hi_s}" if hi_s else f"{lo_s}.."
-    return Selection("range", selector, lo=lo_s, hi=hi_s)
+    return Selection("range", selector, lo=lo_s, hi=hi_s, since=lo, until=hi)
 
 
 # --- one ledger ---------------------------------------------------------------------------
@@ -82,10 +85,8 @@ def _runs_of(
     if sel.incident is not None:
         ids = reader.runs_for_incident(sel.incident, at=at)
         return {rid: reader.run_records(rid, at=at) for rid in ids}
-    lo = from_ledger.parse_bound(sel.lo or "", end=False)
-    hi = from_ledger.parse_bound(sel.hi, end=True) if sel.hi else None
     out: dict[str, list[types.StoredRecord]] = {}
-    for rid in reader.run_ids(lo, hi, at=at):
+    for rid in reader.run_ids(sel.since, sel.until, at=at):
         recs = reader.run_records(rid, at=at)
         start = next((r.time for r in recs if r.kind == records.KIND_RUN_STARTED), None)
         start = start or (recs[0].time if recs else None)
@@ -127,11 +128,15 @@ def _ledger_part(
             excerpt_lines=excerpt_lines,
         )
     except errors.LedgerError as exc:
-        return report_model.FleetLedger(
-            ev,
-            None,
-            problem=f"its runs could not be read at the verified head {head}: {exc.message}",
-        )
+        # The head was verified, so what is read from it is there and well formed: a read
+        # that fails is this machine's problem with the copy, not a finding of the ledger.
+        raise errors.StorageError(
+            f"the runs of ledger {ev.ledger_id} could not be read at the head its "
+            f"verification verified ({head}) in the fleet copy at {path}: {exc.message} "
+            "This is a problem reading the copy, not a verification finding.",
+            hint="Check the copy's disk and permissions, and that nothing changed it during "
+            "the report; 'ledger fleet verify' says whether the ledger verifies.",
+        ) from None
     finally:
         reader.close()
     return report_model.FleetLedger(ev, part, head_time=head_time)

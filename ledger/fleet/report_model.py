@@ -55,7 +55,8 @@ class LedgerEvidence:
 @dataclass(frozen=True)
 class FleetLedger:
     """One ledger in the report: its evidence and its runs as ``ledger report`` builds them
-    (``report`` is None when nothing could be read at its verified head: ``problem`` says why)."""
+    (``report`` is None when it shows no run; ``problem`` says why when its verification
+    verified no head)."""
 
     evidence: LedgerEvidence
     report: model.Report | None

@@ -220,10 +220,18 @@ def utc_now() -> datetime:
 
 
 def format_time(when: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, the year always four digits (``strftime``'s
+    ``%Y`` writes year 1 as ``1`` on glibc, which no record time matches)."""
     if when.tzinfo is None:
         raise ValueError("naive datetime")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    w = when.astimezone(UTC)
+    return f"{date_digits(w)[:4]}-{w:%m-%dT%H:%M:%S.%f}Z"
+
+
+def date_digits(when: datetime) -> str:
+    """``YYYYMMDD`` of ``when`` (as it is, no time zone conversion), the year always four
+    digits: how the date shards of the runs directory name a day."""
+    return f"{when.year:04d}{when.month:02d}{when.day:02d}"
 
 
 def parse_time(text: str) -> datetime:
@@ -235,7 +243,7 @@ def parse_time(text: str) -> datetime:
 def new_run_id(started: datetime | None = None) -> str:
     """``YYYYMMDDTHHMMSSZ-<8 hex>``: the start time (UTC) and 32 random bits."""
     when = (started or utc_now()).astimezone(UTC)
-    return f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    return f"{date_digits(when)}T{when:%H%M%S}Z-{secrets.token_hex(4)}"
 
 
 def is_run_id(text: str) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ledger import errors, outfile, redact, replicate
+from ledger.format import records
 from ledger.report import build, fields, rendering
 from ledger.report import model as report_model
 
@@ -54,7 +55,7 @@ def parse_bound(text: str, *, end: bool) -> datetime:
 
 def iso(when: datetime) -> str:
     """A time as records write it (``2026-11-22T10:00:00.000000Z``), to compare with them."""
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return records.format_time(when)
 
 
 def _select(

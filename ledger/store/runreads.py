@@ -55,8 +55,8 @@ class RunReads(reads.Reads):
         root = self._tree_at(records.RUNS_DIR, at)
         if root is None:
             return []
-        lo = f"{since:%Y%m%d}" if since else "00000000"
-        hi = f"{until:%Y%m%d}" if until else "99999999"
+        lo = records.date_digits(since) if since else "00000000"
+        hi = records.date_digits(until) if until else "99999999"
         out: list[str] = []
         for year in sorted(e.name or "" for e in root):
             if year < lo[:4] or year > hi[:4]:
