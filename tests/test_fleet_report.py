@@ -329,6 +329,7 @@ def test_errors(fleet: Fleet, tmp_path: Path) -> None:
     missing = tmp_path / "none.j2"
     res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", INCIDENT, "-t", missing)
     assert res.code == 3 and "template" in res.err
+    assert "templates/fleet.md.j2" in res.err and "incident.md.j2" not in res.err
 
 
 def test_a_year_below_1000_is_a_time_not_a_finding(fleet: Fleet) -> None:

@@ -317,8 +317,7 @@ def render_fleet_report(
             hint="Fetch the shared remotes first ('ledger fleet fetch'); runs are tied to an "
             "incident with 'ledger run --incident ID'.",
         )
-    chosen = template if template is not None else rendering.TEMPLATES_DIR / FLEET_TEMPLATE
-    return FleetReportOutput(rendering.render(fleet, chosen), fleet)
+    return FleetReportOutput(rendering.render(fleet, template, default=FLEET_TEMPLATE), fleet)
 
 
 def fleet_report(

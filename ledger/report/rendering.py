@@ -148,8 +148,11 @@ _RENDER_ERRORS = (
 )
 
 
-def render(report: model.Report | object, template: Path | None = None) -> str:
-    """Render ``report`` with ``template`` (a file) or the default template.
+def render(
+    report: model.Report | object, template: Path | None = None, default: str = DEFAULT_TEMPLATE
+) -> str:
+    """Render ``report`` with ``template`` (a file) or the shipped template ``default`` (a
+    name in ``templates/``; the fleet report's is ``fleet.md.j2``).
 
     ``report`` is what the template sees as ``report``: a :class:`~ledger.report.model.Report`
     for ``ledger report``'s templates (the fleet report passes its own model and template).
@@ -158,14 +161,14 @@ def render(report: model.Report | object, template: Path | None = None) -> str:
     cannot be read, parsed or rendered.
     """
     if template is None:
-        path = TEMPLATES_DIR / DEFAULT_TEMPLATE
+        path = TEMPLATES_DIR / default
     else:
         path = template.expanduser().resolve()
         if not path.is_file():
             raise errors.TemplateError(
                 f"the template {template} does not exist or is not a file.",
                 hint="Give --template the path of a Jinja2 template file "
-                "(see docs/REPORTS.md; the default is templates/incident.md.j2).",
+                f"(see docs/REPORTS.md; the default is templates/{default}).",
             )
     env = environment(path.parent)
     filename = str(path)
