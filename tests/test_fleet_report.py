@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,6 +368,28 @@ def test_a_read_problem_at_a_verified_head_is_no_finding(tmp_path: Path) -> None
     assert a.ledger_id in caught.value.message and "not a verification finding" in (
         caught.value.message
     )
+
+
+def test_every_ledger_failing_still_writes_the_report(fleet: Fleet, tmp_path: Path) -> None:
+    """A copy whose pack is cut short: no ledger verifies, so none shows a run of the
+    incident; the report is still written, naming each ledger and its finding, and the
+    command exits 7 (not 3, which says every ledger verified and none has the incident)."""
+    dmg = tmp_path / "dmg.git"
+    shutil.copytree(fleet.copy, dmg)
+    git("--git-dir", dmg, "repack", "-a", "-d", "-q")
+    for pack in (dmg / "objects" / "pack").glob("*.pack"):
+        with pack.open("r+b") as fh:
+            fh.truncate(100)
+    out = tmp_path / "r.md"
+    res = run_cli("fleet", "report", "--fleet", dmg, "--incident", INCIDENT, "-o", out)
+    assert res.code == 7, res.output
+    assert "failed verification" in res.err
+    md = out.read_text(encoding="utf-8")
+    assert "No runs matched." in md
+    failed = tables_of(md, "Ledger")[-1]
+    assert sorted(r[1].strip("`") for r in failed[1:]) == sorted(w.ledger_id for w in fleet.runners)
+    assert all("object-missing" in r[5] for r in failed[1:])
+    assert "ledger(s) verified" not in md
 
 
 def test_a_failing_ledger_without_runs_is_listed(fleet: Fleet) -> None:

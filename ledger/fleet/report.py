@@ -301,19 +301,14 @@ def render_fleet_report(
     template: Path | None = None,
     excerpt_lines: int = build.EXCERPT_LINES,
 ) -> FleetReportOutput:
-    """Build and render; :class:`InputError` when no ledger has a run of the incident."""
+    """Build and render; :class:`InputError` when every ledger verified and none has a run
+    of the incident. A ledger that failed verification may hide runs: then the report is
+    made even without runs, naming the failing ledgers and their findings."""
     fleet = build_fleet_report(path, repo, evidence, sel, excerpt_lines=excerpt_lines)
-    if sel.scope == "incident" and not fleet.runs:
-        failing = [x.ledger_id for x in fleet.failing]
-        more = (
-            f" {len(failing)} ledger(s) failed verification, so runs of theirs may be "
-            f"missing: {', '.join(failing)}."
-            if failing
-            else ""
-        )
+    if sel.scope == "incident" and not fleet.runs and not fleet.failing:
         raise errors.InputError(
             f"no ledger in the fleet copy at {path} has runs for incident {sel.selector} at "
-            f"its verified head ({fleet.checked} ledger(s) checked).{more}",
+            f"its verified head ({fleet.checked} ledger(s) checked, all verified).",
             hint="Fetch the shared remotes first ('ledger fleet fetch'); runs are tied to an "
             "incident with 'ledger run --incident ID'.",
         )
