@@ -32,6 +32,22 @@ def no_room(cause: OSError | str) -> bool:
     return any(w in low for w in _NO_ROOM_WORDS)
 
 
+#: How many characters of a value the user gave an error message quotes.
+QUOTE_LIMIT = 80
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` as an error message quotes what it was given (its ``repr``): at most its
+    first ``limit`` characters, then how long it is, so that a message stays one paragraph
+    whatever was given (``'xxx...'... (100000 characters)``)."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class LedgerError(Exception):
     """Base class of every error raised by the library."""
 

@@ -327,6 +327,11 @@ def test_errors(fleet: Fleet, tmp_path: Path) -> None:
     assert res.code == 2 and "exactly one" in res.err
     res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", "<b>|x")
     assert res.code == 3 and "incident id" in res.err
+    res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", "")
+    assert res.code == 3 and "the incident id is empty" in res.err, res.err
+    huge = "x" * 100_000  # quoted in part, its length said: the message stays one paragraph
+    res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", huge)
+    assert res.code == 3 and "(100000 characters)" in res.err and len(res.err) < 600, res.err
     missing = tmp_path / "none.j2"
     res = run_cli("fleet", "report", "--fleet", fleet.copy, "--incident", INCIDENT, "-t", missing)
     assert res.code == 3 and "template" in res.err

@@ -350,6 +350,17 @@ def test_errors(world: World, tmp_path: Path) -> None:
     assert res.code == 3 and "NOPE" in res.err
     res = run_cli("report", "-L", world.path, "--since", "yesterday")
     assert res.code == 2 and "not a time" in res.err
+    res = run_cli("report", "-L", world.path, "--incident", "")
+    assert res.code == 3 and "the incident id is empty" in res.err, res.err
+    res = run_cli("report", "-L", world.path, "--run", "")
+    assert res.code == 3 and "the run id is empty" in res.err, res.err
+    res = run_cli("report", "-L", world.path, "--since", "2026-01-01", "--until", "")
+    assert res.code == 2 and "'' is not a time" in res.err, res.err
+    huge = "9" * 100_000  # quoted in part, its length said: the message stays one paragraph
+    for option, code in (("--incident", 3), ("--run", 3), ("--since", 2)):
+        res = run_cli("report", "-L", world.path, option, huge + "-")
+        assert res.code == code and "(100001 characters)" in res.err, res.err
+        assert len(res.err) < 600, res.err
     bad = tmp_path / "bad.md.j2"
     bad.write_text("# {{ report.title }}\n\n{{ report.runs[0].nonexistent }}\n")
     res = run_cli("report", "-L", world.path, "--run", rid, "--template", bad)

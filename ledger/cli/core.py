@@ -293,7 +293,7 @@ def _read_public_key(text: str) -> keys.PublicKey:
             )
     elif not text.startswith(_KEY_LINE_STARTS):
         raise errors.KeyProblem(
-            f"{text!r} is neither a public key file nor an OpenSSH public key.",
+            f"{errors.quoted(text)} is neither a public key file nor an OpenSSH public key.",
             hint="Give PATH.pub or the line 'ssh-ed25519 AAAA...'.",
         )
     return keys.PublicKey.parse(text)
@@ -416,7 +416,7 @@ def record_cmd(
     """Append an external event to the ledger (for other tools)."""
     if kind != records.KIND_EVENT:
         raise errors.UsageError(
-            f"--kind {kind!r} cannot be recorded by hand; only 'event' can.",
+            f"--kind {errors.quoted(kind)} cannot be recorded by hand; only 'event' can.",
             hint="Run records are written by 'ledger run'; keys by 'ledger keys'.",
         )
     common.check_text(message, "--message")

@@ -65,7 +65,7 @@ def _parse_require(value: str | None) -> int | None:
         n = int(value)
     except ValueError:
         raise errors.UsageError(
-            f"--require takes a number of remotes or 'all', not {value!r}."
+            f"--require takes a number of remotes or 'all', not {errors.quoted(value)}."
         ) from None
     if n < 0:
         raise errors.UsageError("--require must be 0 or more.")

@@ -34,7 +34,7 @@ def runs_cmd(
 
     if status is not None and status not in run_list.STATUSES:
         raise errors.UsageError(
-            f"unknown --status {status!r}; use one of {', '.join(run_list.STATUSES)}."
+            f"unknown --status {errors.quoted(status)}; use one of {', '.join(run_list.STATUSES)}."
         )
     led = core.open_verified(ledger, allow_unverified, "its runs are not listed")
     found = run_list.list_runs(

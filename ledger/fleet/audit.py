@@ -139,7 +139,7 @@ def dismiss_claims(path: Path | str, ledger_id: str, seq: int, reason: str) -> i
     are kept or ``reason`` is empty or not one line."""
     if not state.LEDGER_ID_RE.fullmatch(ledger_id):
         raise errors.InputError(
-            f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).",
+            f"{errors.quoted(ledger_id)} is not a ledger id (32 lowercase hex digits).",
             hint="Copy by_ledger from the finding of 'ledger fleet verify --json'.",
         )
     reason = reason.strip()

@@ -59,15 +59,15 @@ class Selection:
 
 def select(incident: str | None, since: str | None, until: str | None) -> Selection:
     """Check the arguments before anything is verified or read (exit 2 or 3 on bad ones)."""
-    if bool(incident) == bool(since) or (until and not since):
+    if (incident is None) == (since is None) or (until is not None and since is None):
         raise errors.UsageError(
             "choose exactly one of --incident ID or --since T [--until T].",
             hint="For example: ledger fleet report --incident INC-42.",
         )
-    if incident:
+    if incident is not None:
         return Selection("incident", records.check_incident(incident), incident=incident)
     lo = from_ledger.parse_bound(since or "", end=False)
-    hi = from_ledger.parse_bound(until, end=True) if until else None
+    hi = from_ledger.parse_bound(until, end=True) if until is not None else None
     if hi is not None and hi < lo:
         raise errors.UsageError(f"--until {until} is before --since {since}.")
     lo_s, hi_s = from_ledger.iso(lo), from_ledger.iso(hi) if hi else None

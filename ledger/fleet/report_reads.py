@@ -41,7 +41,9 @@ class CopyReads(runreads.RunReads):
         self.gitdir = Path(repo.path)
         self.ledger_id = ledger_id
         if not records.LEDGER_ID_RE.match(ledger_id):
-            raise errors.InputError(f"{ledger_id!r} is not a ledger id (32 hex digits).")
+            raise errors.InputError(
+                f"{errors.quoted(ledger_id)} is not a ledger id (32 hex digits)."
+            )
         index = self.gitdir / gitdir.STATE_DIR / f"{INDEX_PREFIX}{ledger_id}"
         self._index = seqindex.SeqIndex(index)
         self._trees = trees.Trees(repo)

@@ -153,7 +153,9 @@ def state_dir(copy: Path | str | pygit2.Repository) -> Path:
 
 def _ledger_path(copy: Path | str | pygit2.Repository, ledger_id: str) -> Path:
     if not LEDGER_ID_RE.fullmatch(ledger_id):
-        raise errors.InputError(f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).")
+        raise errors.InputError(
+            f"{errors.quoted(ledger_id)} is not a ledger id (32 lowercase hex digits)."
+        )
     return state_dir(copy) / warm.LEDGERS_DIR / f"{ledger_id}.json"
 
 

@@ -140,7 +140,9 @@ def _chosen(repo: pygit2.Repository, names: Sequence[str] | None) -> list[str]:
 def cache_path(ledger_id: str) -> Path:
     """``<state dir>/witness/<ledger id>.git``."""
     if not records.LEDGER_ID_RE.match(ledger_id):
-        raise errors.InputError(f"{ledger_id!r} is not a ledger id (32 lowercase hex digits).")
+        raise errors.InputError(
+            f"{errors.quoted(ledger_id)} is not a ledger id (32 lowercase hex digits)."
+        )
     return home.state_root() / WITNESS_DIR / f"{ledger_id}.git"
 
 

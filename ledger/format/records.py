@@ -125,15 +125,15 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
         return
     if isinstance(value, float):
         raise errors.InputError(
-            f"{where} holds the floating point number {value!r}; records allow no floating "
-            "point numbers because their encoding is not canonical.",
+            f"{where} holds the floating point number {errors.quoted(value)}; records allow no "
+            "floating point numbers because their encoding is not canonical.",
             hint="Write it as a string or as an integer (for example milliseconds).",
         )
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise errors.InputError(
-                    f"{where} has a non-string key {k!r}; record keys are strings."
+                    f"{where} has a non-string key {errors.quoted(k)}; record keys are strings."
                 )
             _check_value(v, f"{where}.{k}", depth + 1)
         return
@@ -166,7 +166,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"the key {key!r} appears more than once in one object")
+            raise ValueError(f"the key {errors.quoted(key)} appears more than once in one object")
         out[key] = value
     return out
 
@@ -236,7 +236,7 @@ def date_digits(when: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     if not TIME_RE.match(text):
-        raise ValueError(f"not a record time: {text!r}")
+        raise ValueError(f"not a record time: {errors.quoted(text)}")
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
@@ -252,8 +252,9 @@ def is_run_id(text: str) -> bool:
 
 def check_run_id(text: str) -> str:
     if not is_run_id(text):
+        what = "the run id is empty" if not text else f"{errors.quoted(text)} is not a run id"
         raise errors.InputError(
-            f"{text!r} is not a run id; run ids look like 20261122T014312Z-1a2b3c4d.",
+            f"{what}; run ids look like 20261122T014312Z-1a2b3c4d.",
             hint="Copy the run id from 'ledger log' or 'ledger status'.",
         )
     return text
@@ -261,9 +262,10 @@ def check_run_id(text: str) -> str:
 
 def check_incident(text: str) -> str:
     if not INCIDENT_RE.match(text):
+        what = "is empty" if not text else f"{errors.quoted(text)} is not valid"
         raise errors.InputError(
-            f"{text!r} is not a valid incident id: use letters, digits, '.', '_' and '-' "
-            "(at most 128 characters, starting with a letter or digit).",
+            f"the incident id {what}: use letters, digits, '.', '_' and '-' (at most 128 "
+            "characters, starting with a letter or digit).",
         )
     return text
 
@@ -311,7 +313,7 @@ def check_principal(principal: str) -> str:
     problem = _principal_problem(principal)
     if problem is not None:
         raise errors.InputError(
-            f"{principal!r} is not a usable principal: {problem}.",
+            f"{errors.quoted(principal)} is not a usable principal: {problem}.",
             hint="A principal names a signer in git's allowed-signers file and in commit "
             "identities: use one without white space, quotes, commas, backslashes, wildcards "
             "(* ? !), angle brackets or control characters, such as an e-mail address.",
@@ -379,7 +381,7 @@ def record_dir(kind: str, seq: int, run: str | None, time: str) -> str:
     if run is not None:
         m = RUN_ID_RE.match(run)
         if not m:
-            raise errors.InputError(f"{run!r} is not a run id")
+            raise errors.InputError(f"{errors.quoted(run)} is not a run id")
         return f"{RUNS_DIR}/{m.group(1)}/{m.group(2)}/{m.group(3)}/{run}"
     # Bucketed by seq within the day so that no directory holds more than 1,000 records,
     # however many events a day brings (an append rewrites the trees on its path).
@@ -395,7 +397,7 @@ def record_path(kind: str, seq: int, run: str | None, time: str) -> str:
 
 def attachment_path(record_file: str, name: str) -> str:
     if not FILE_NAME_RE.match(name):
-        raise errors.InputError(f"{name!r} is not a valid attachment name")
+        raise errors.InputError(f"{errors.quoted(name)} is not a valid attachment name")
     return f"{record_file[: -len('.json')]}.{name}"
 
 
@@ -418,7 +420,7 @@ def make_record(
 ) -> shapes.Record:
     if kind not in KINDS:
         raise errors.InputError(
-            f"unknown record kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}."
+            f"unknown record kind {errors.quoted(kind)}; known kinds: {', '.join(sorted(KINDS))}."
         )
     return {
         "schema": SCHEMA_VERSION,

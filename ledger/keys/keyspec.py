@@ -63,7 +63,8 @@ def parse_key_spec(text: str) -> KeySpec:
     if text.startswith("SHA256:"):
         if not _FINGERPRINT_RE.fullmatch(text):
             raise errors.KeyProblem(
-                f"{text!r} is not a SHA-256 key fingerprint (SHA256: and 43 base64 characters).",
+                f"{errors.quoted(text)} is not a SHA-256 key fingerprint (SHA256: and 43 "
+                "base64 characters).",
                 hint="Copy it from 'ssh-add -l' or 'ledger keys list'.",
             )
         return KeySpec(text, fingerprint=text)

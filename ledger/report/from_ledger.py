@@ -48,7 +48,8 @@ def parse_bound(text: str, *, end: bool) -> datetime:
             when = when.replace(hour=23, minute=59, second=59, microsecond=999999)
         return when.replace(tzinfo=UTC)
     raise errors.UsageError(
-        f"{text!r} is not a time: use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z] (UTC).",
+        f"{errors.quoted(text)} is not a time: use YYYY-MM-DD, "
+        "YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z] (UTC).",
         hint="For example --since 2026-11-22 --until 2026-11-22T18:00Z.",
     )
 
@@ -66,14 +67,14 @@ def _select(
     until: str | None,
     at: str | None,
 ) -> tuple[str, str, dict[str, Sequence[report_model.RecordLike]]]:
-    chosen = [x for x in (run, incident, since) if x]
-    if len(chosen) != 1 or (until and not since):
+    chosen = [x for x in (run, incident, since) if x is not None]
+    if len(chosen) != 1 or (until is not None and since is None):
         raise errors.UsageError(
             "choose exactly one of --run RUN_ID, --incident ID, or --since T [--until T].",
             hint="For example: ledger report --incident INC-42.",
         )
     runs: dict[str, Sequence[report_model.RecordLike]] = {}
-    if run:
+    if run is not None:
         recs = ledger.run_records(run, at=at, signed=True)
         if not recs:
             raise errors.InputError(
@@ -82,7 +83,7 @@ def _select(
             )
         runs[run] = list(recs)
         return "run", run, runs
-    if incident:
+    if incident is not None:
         ids = ledger.runs_for_incident(incident, at=at)
         if not ids:
             raise errors.InputError(
@@ -93,7 +94,7 @@ def _select(
             runs[rid] = list(ledger.run_records(rid, at=at, signed=True))
         return "incident", incident, runs
     lo = parse_bound(since or "", end=False)
-    hi = parse_bound(until, end=True) if until else None
+    hi = parse_bound(until, end=True) if until is not None else None
     if hi is not None and hi < lo:
         raise errors.UsageError(f"--until {until} is before --since {since}.")
     lo_s, hi_s = iso(lo), iso(hi) if hi else None

@@ -45,12 +45,12 @@ class Draft:
     def check(self) -> None:
         """:class:`InputError` unless this can be appended (genesis never can)."""
         if self.kind == records.KIND_GENESIS or self.kind not in records.KINDS:
-            raise errors.InputError(f"cannot append a record of kind {self.kind!r}.")
+            raise errors.InputError(f"cannot append a record of kind {errors.quoted(self.kind)}.")
         if self.run is not None:
             records.check_run_id(self.run)
         for name in self.attachments:
             if not records.FILE_NAME_RE.match(name) or name == "json":
-                raise errors.InputError(f"{name!r} is not a valid attachment name.")
+                raise errors.InputError(f"{errors.quoted(name)} is not a valid attachment name.")
         if self.kind == records.KIND_WITNESS:
             if self.run is not None or self.attachments or self.incident is not None:
                 raise errors.InputError("a witness record belongs to no run and has no files.")

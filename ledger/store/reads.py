@@ -176,11 +176,11 @@ class Reads:
             obj = self.repo.revparse_single(text)
         except (KeyError, ValueError, pygit2.GitError):
             raise errors.InputError(
-                f"no record with commit id {text!r} in this ledger.",
+                f"no record with commit id {errors.quoted(text)} in this ledger.",
                 hint="Give a seq number or a commit id from 'ledger log'.",
             ) from None
         if not isinstance(obj, pygit2.Commit):
-            raise errors.InputError(f"{text!r} does not name a commit of this ledger.")
+            raise errors.InputError(f"{errors.quoted(text)} does not name a commit of this ledger.")
         if at is None or not self._is_chain_record(obj, at):
             raise errors.InputError(
                 f"the commit {obj.id} is not a record of this ledger's chain (it is not "
@@ -258,9 +258,11 @@ class Reads:
         tree = self._head_tree(commit_id)
         obj = None if tree is None else self._lookup(tree, path)
         if obj is None:
-            raise errors.InputError(f"the ledger has no file {path!r}.")
+            raise errors.InputError(f"the ledger has no file {errors.quoted(path)}.")
         if not isinstance(obj, pygit2.Blob):
-            raise errors.InputError(f"{path!r} in the ledger is a directory, not a file.")
+            raise errors.InputError(
+                f"{errors.quoted(path)} in the ledger is a directory, not a file."
+            )
         return bytes(obj.data)
 
     def _read_blob_at(self, path: str, commit_id: str) -> bytes:
