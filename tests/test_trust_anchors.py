@@ -210,6 +210,45 @@ def test_pin_file_and_environment(tmp_path: Path) -> None:
     assert res.code == 7 and "genesis-mismatch" in res.output
 
 
+def test_a_malformed_pin_file_is_an_input_error_never_advice_to_delete_it(
+    tmp_path: Path,
+) -> None:
+    """An auditor's pin file is their input, not a cache: every command that takes --pins
+    refuses a malformed one with exit 3, naming the file and what is wrong."""
+    built = build(tmp_path, events_after_key=0)
+    fleet = tmp_path / "copy.git"
+    git("init", "-q", "--bare", fleet)
+    git("--git-dir", fleet, "config", "ledger.fleet", "true")
+    binary = tmp_path / "p_bin"
+    binary.write_bytes(b"\x00\xb0" + bytes(range(256)) * 12)
+    commands = (
+        ("verify", "-L", built.path),
+        ("fleet", "verify", "--fleet", fleet, "--no-fetch"),
+        ("fleet", "report", "--since", "2026-01-01", "--fleet", fleet),
+    )
+    for pins, what in ((binary, "is not UTF-8 text"), (tmp_path, "is a directory")):
+        for command in commands:
+            res = run_cli(*command, "--pins", pins)
+            assert res.code == 3, (command, res.output)
+            assert f"the pin file {pins} {what}" in res.err, res.output
+            assert "delete" not in res.output and "Traceback" not in res.output
+
+
+def test_a_ledger_pinned_to_two_genesis_commits_is_refused(tmp_path: Path) -> None:
+    built = build(tmp_path, events_after_key=0)
+    other = build(tmp_path, name="other", events_after_key=0)
+    lid = Ledger.open(built.path).ledger_id
+    pins = tmp_path / "auditor-pins"
+    pins.write_text(f"{lid} {built.genesis}\n# again\n{lid} {built.genesis}\n")
+    res = run_cli("verify", "-L", built.path, "--require-pin", "--pins", pins)
+    assert res.code == 0, res.output  # the same pin twice is one pin
+    pins.write_text(f"{lid} {built.genesis}\n\n{lid} {other.genesis}\n")
+    res = run_cli("verify", "-L", built.path, "--pins", pins)
+    assert res.code == 3, res.output
+    assert f"lines 1 and 3 of the pin file {pins}" in res.err
+    assert built.genesis in res.err and other.genesis in res.err
+
+
 def test_appending_commands_refuse_an_unpinned_genesis(tmp_path: Path) -> None:
     key = SigningKey.generate(comment="op@example.com")
     key.save(tmp_path / "op_key")

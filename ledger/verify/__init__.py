@@ -40,6 +40,7 @@ Modules:
 - ``chain``: the chain walk (§10 steps 1–6), :func:`verify_chain`, :func:`verify_ledger`
 - ``parallel``: step 5 in worker processes for long chains (``jobs``), with the same result
 - ``state``: :class:`VerifiedState` and its JSON form (§8)
+- ``pinfile``: pin files (this machine's ``pins``, an auditor's ``--pins FILE``)
 - ``local``: this copy's trust anchors (pin, verified head) in the user's state directory,
   and every decision made from them (:func:`verify_local`, ...)
 """

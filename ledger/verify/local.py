@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -41,14 +40,13 @@ import pygit2
 
 from ledger import errors
 from ledger.format import gitobj
-from ledger.verify import chain, findings, home, objects, rules, state
+from ledger.verify import chain, findings, home, objects, pinfile, rules, state
 
 PINS_FILE = "pins"
 HEADS_DIR = "heads"
 #: The pre-receive hook's own state, in the protected remote's git directory (the server's).
 HOOK_STATE = ("ledger-state", "verified.json")
 ENV_TRUST_GENESIS = "LEDGER_TRUST_GENESIS"
-_PIN_LINE = re.compile(r"([0-9a-f]{32})\s+([0-9a-f]{40})")
 
 
 # --- where the anchors live ----------------------------------------------------------------
@@ -185,30 +183,12 @@ def load_state(repo_path: Path | str | pygit2.Repository) -> state.VerifiedState
 # --- pins -----------------------------------------------------------------------------------
 
 
-def parse_pins(text: str, source: str) -> dict[str, str]:
-    """A pin file: ``<ledger id> <genesis commit id>`` per line; ``#`` comments, blank lines."""
-    pins: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        body = line.split("#", 1)[0].strip().lower()
-        if not body:
-            continue
-        m = _PIN_LINE.fullmatch(body)
-        if m is None:
-            raise errors.InputError(
-                f"line {number} of the pin file {source} is not "
-                "'<ledger id: 32 hex> <genesis commit id: 40 hex>'.",
-                hint="Fix or remove that line.",
-            )
-        pins[m.group(1)] = m.group(2)
-    return pins
-
-
 def read_pins(path: Path) -> dict[str, str]:
-    own = path == home.state_root() / PINS_FILE
-    text = read_private_text(path, private=own)  # (an auditor's pin file is wherever they keep it)
-    if text is None and not own:
-        raise errors.InputError(f"the pin file {path} does not exist.", hint="Check --pins.")
-    return parse_pins(text or "", str(path))
+    """The pins of ``path``: this machine's own ``pins`` (a missing one is empty), else an
+    auditor's pin file, wherever they keep it and theirs (``pinfile.read``)."""
+    if path == home.state_root() / PINS_FILE:
+        return pinfile.parse(read_private_text(path) or "", str(path))
+    return pinfile.read(path)
 
 
 def own_pin(ledger_id: str | None) -> str | None:
