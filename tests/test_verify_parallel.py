@@ -235,6 +235,33 @@ def test_workers_that_cannot_start_leave_it_to_this_process(
     _same(sequential, _original(built.path, built.head(), **_defaults(jobs=2)), "no workers")
 
 
+def test_no_more_workers_start_than_there_are_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's start submits one task per worker, which starts a process each: with a
+    --jobs larger than the work, only as many as there are segments are started."""
+    assert parallel.workers_for(2000, warmup.MAX_JOBS) == 2000 // 50  # (segments of 50)
+    assert parallel.workers_for(10**6, 4) == 4
+    built = build(tmp_path, events_after_key=6)
+    started: list[tuple[int, int]] = []  # (processes at most, processes started)
+    close = parallel.Pool.close
+
+    def counted(pool: parallel.Pool) -> None:
+        executor: Any = pool.executor()
+        assert executor is not None
+        started.append((executor._max_workers, len(executor._processes)))
+        close(pool)
+
+    monkeypatch.setattr(parallel.Pool, "close", counted)
+    monkeypatch.setattr(parallel, "SEGMENT", 4)
+    monkeypatch.setattr(parallel, "_HERE", 0)
+    result = _original(built.path, built.head(), **_defaults(jobs=12))
+    assert result.ok
+    segments = -(-(result.records_checked - 1) // 4)  # (the genesis is checked here)
+    assert segments < 12 and len(started) == 1, started
+    assert started[0][0] <= segments and started[0][1] <= segments, (started, segments)
+
+
 def test_open_repository_defaults_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,8 +471,26 @@ def test_ledger_verify_jobs(tmp_path: Path) -> None:
     one = _cli("verify", "-L", clean.path, *pin, "--json", "--jobs", "1")
     two = _cli("verify", "-L", clean.path, *pin, "--json", "--jobs", "2")
     assert one == two and one[0] == 0 and one[1]["ok"]
-    res = run_cli("verify", "-L", clean.path, "--jobs", "0")
-    assert res.code == 2 and "--jobs" in res.err
+    for jobs in ("0", str(warmup.MAX_JOBS + 1), "99999999999999999999"):
+        res = run_cli("verify", "-L", clean.path, "--jobs", jobs)
+        assert res.code == 2 and "--jobs" in res.err, res.output
+    with pytest.raises(errors.InputError):
+        verify_ledger(clean.path, jobs=warmup.MAX_JOBS + 1)
+
+
+def test_fleet_jobs_are_bounded_as_verify_jobs(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(copy)], check=True)
+    subprocess.run(["git", "--git-dir", str(copy), "config", "ledger.fleet", "true"], check=True)
+    verify = ("fleet", "verify", "--fleet", copy, "--no-fetch")
+    report = ("fleet", "report", "--since", "2026-01-01", "--fleet", copy, "-o", tmp_path / "r")
+    for command in (verify, report):
+        for jobs in ("0", "300", "99999999999999999999"):
+            res = run_cli(*command, "--jobs", jobs)
+            assert res.code == 2 and "--jobs" in res.err and "256" in res.err, res.output
+        res = run_cli(*command, "--jobs", str(warmup.MAX_JOBS))
+        assert res.code == 0, res.output
+    assert warmup.MAX_JOBS == 256  # (as README and the options' help say)
 
 
 def _defaults(**given: Any) -> dict[str, Any]:

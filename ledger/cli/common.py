@@ -111,6 +111,18 @@ AppendUnverifiedOpt = Annotated[
 ]
 
 
+def check_jobs(value: int | None) -> int | None:
+    """``--jobs`` of ``verify``, ``fleet verify`` and ``fleet report``: 1 to the verifier's
+    ``MAX_JOBS`` worker processes, else a usage error (exit 2)."""
+    from ledger.verify import warmup  # here: only these commands need it (it is light)
+
+    if value is not None and not 1 <= value <= warmup.MAX_JOBS:
+        raise typer.BadParameter(
+            f"{value} is not a number of worker processes from 1 to {warmup.MAX_JOBS}."
+        )
+    return value
+
+
 def find_ledger_path(explicit: Path | None) -> Path:
     """Where the ledger is: ``--ledger``, ``$LEDGER_DIR``, else the nearest ``.ledger``."""
     if explicit is not None:

@@ -16,8 +16,8 @@ JobsOpt = Annotated[
     int | None,
     typer.Option(
         "--jobs",
-        min=1,
-        help="Ledgers verified in parallel (default: one per CPU).",
+        callback=common.check_jobs,
+        help="Ledgers verified in parallel (default: one per CPU; at most 256).",
         show_default=False,
     ),
 ]

@@ -15,21 +15,24 @@ from ledger.cli import remote as cli_remote
 if TYPE_CHECKING:
     from ledger.fleet import outcome
 
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        callback=common.check_jobs,
+        help="Worker processes verifying ledgers at once (at most 256, and never more "
+        "than there is work for). Default: the number of CPUs.",
+        show_default=False,
+    ),
+]
+
 
 @fleet.fleet_app.command("verify")
 def verify_cmd(
     fleet_dir: fleet.FleetOpt = None,
     pins: common.PinsOpt = None,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "--jobs",
-            "-j",
-            min=1,
-            help="Worker processes verifying ledgers at once. Default: the number of CPUs.",
-            show_default=False,
-        ),
-    ] = None,
+    jobs: JobsOpt = None,
     no_fetch: Annotated[
         bool,
         typer.Option("--no-fetch", help="Verify the copy as it is, without fetching first."),

@@ -14,6 +14,18 @@ from ledger.cli import common
 if TYPE_CHECKING:
     from ledger.verify import local
 
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        callback=common.check_jobs,
+        help="Processes that check the records of a long chain (2,000 records or more "
+        "to check); default: one per core; at most 256, and never more than there is "
+        "work for. The findings are the same for any N.",
+        show_default=False,
+    ),
+]
+
 
 @common.app.command("verify")
 def verify_cmd(
@@ -57,16 +69,7 @@ def verify_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on a terminal.")
     ] = True,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "--jobs",
-            min=1,
-            help="Processes that check the records of a long chain (2,000 records or more "
-            "to check); default: one per core. The findings are the same for any N.",
-            show_default=False,
-        ),
-    ] = None,
+    jobs: JobsOpt = None,
     ledger: common.LedgerOpt = None,
     json_out: common.JsonOpt = False,
 ) -> None:

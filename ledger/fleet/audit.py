@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import pygit2
 from ledger import errors
 from ledger.fleet import claims, copy, outcome, schedule, state
 from ledger.fleet.outcome import FleetFinding, FleetResult, LedgerOutcome
-from ledger.verify import findings, local
+from ledger.verify import findings, local, parallel
 from ledger.verify import state as verify_state
 
 __all__ = ["FleetFinding", "FleetResult", "LedgerOutcome", "dismiss_claims", "verify_fleet"]
@@ -63,10 +62,11 @@ def verify_fleet(
 
     ``pins``: an auditor's pin file; a ledger not in it is ``unpinned`` and nothing is pinned
     on first use. ``jobs``: worker processes (default: the CPU count, and in this process when
-    there is little to read; 1 verifies in this
-    process). ``full``: every record of every ledger is read again, not only those after
-    the heads verified before (which still judge rollbacks and rewrites): what a copy damaged
-    since its last verification needs. Saves the auditor's state; never raises on findings.
+    there is little to read; 1 verifies in this process; at most ``MAX_JOBS`` of
+    ``ledger.verify.warmup``, never more than there is work for). ``full``: every record of
+    every ledger is read again, not only those after the heads verified before (which still
+    judge rollbacks and rewrites): what a copy damaged since its last verification needs.
+    Saves the auditor's state; never raises on findings.
     """
     repo = copy.open_copy(path)
     with state.locked(repo):  # (a fetch rewrites the same state)
@@ -91,7 +91,7 @@ def _verify_fleet(
         for lid in sorted(set(held) | set(fleet.ledgers))
     ]
     asked = jobs is not None
-    jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
+    jobs = parallel.jobs_for(jobs)
     tasks = sorted((t for p in plans for t in p.tasks), key=lambda t: -t.size)
     results = schedule.run(tasks, jobs, progress, small_here=not asked)
     settled = {p.ledger_id: _settle(repo, p, results, now) for p in plans}

@@ -514,14 +514,18 @@ class _Workers:
             return
         self.hint = _hinted_count(v, head, since)
         if self.hint >= parallel.MIN_RECORDS:
-            self.pool = parallel.Pool(self.path, self.jobs, self.require_user_presence)
+            self._start(self.hint)
 
     def pool_for(self, count: int) -> parallel.Pool | None:
         if self.jobs <= 1 or count < parallel.MIN_RECORDS:
             return None
         if self.pool is None:
-            self.pool = parallel.Pool(self.path, self.jobs, self.require_user_presence)
+            self._start(count)
         return self.pool
+
+    def _start(self, count: int) -> None:
+        workers = parallel.workers_for(count, self.jobs)  # (never more than the work)
+        self.pool = parallel.Pool(self.path, workers, self.require_user_presence)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -44,15 +44,27 @@ SEGMENT = 1000
 
 
 def jobs_for(jobs: int | None) -> int:
-    """The number of worker processes ``jobs`` asks for (None: every core)."""
+    """The number of worker processes ``jobs`` asks for (None: every core), at most
+    ``warmup.MAX_JOBS``."""
     if jobs is None:
-        return os.cpu_count() or 1
-    if jobs < 1:
+        return min(os.cpu_count() or 1, warmup.MAX_JOBS)
+    if not 1 <= jobs <= warmup.MAX_JOBS:
         raise errors.InputError(
             f"{jobs} is not a number of processes to verify with.",
-            hint="Give 1 or more (1: all in this process).",
+            hint=f"Give 1 to {warmup.MAX_JOBS} (1: all in this process).",
         )
     return jobs
+
+
+def segment_size(count: int, jobs: int) -> int:
+    """Commits per segment when ``jobs`` workers check ``count`` commits."""
+    return min(SEGMENT, max(50, -(-count // (8 * jobs))))
+
+
+def workers_for(count: int, jobs: int) -> int:
+    """The worker processes to start for ``count`` commits: ``jobs``, but never more than
+    there are segments to give them (``--jobs 300`` on 2,000 commits starts 40)."""
+    return max(1, min(jobs, -(-count // segment_size(count, jobs))))
 
 
 # --- the worker side ------------------------------------------------------------------------
@@ -195,7 +207,7 @@ def check_forward(
     then the workers check segments, settled here in chain order. Returns the facts of the
     head, as the sequential walk would."""
     total = len(ids)
-    size = min(SEGMENT, max(50, -(-(total - first) // (8 * pool.jobs))))
+    size = segment_size(total - first, pool.jobs)
     pos = done = first  # the next commit to send / to settle, in chain order
     shift = 0  # seq minus position, as last seen (not 0 after a seq gap)
     pending: deque[_Task] = deque()

@@ -26,6 +26,10 @@ from pathlib import Path
 #: Fewer records to check than this are checked in the calling process: starting workers
 #: costs more than they save.
 MIN_RECORDS = 2000
+#: The most worker processes one verification starts (``--jobs`` of ``ledger verify``,
+#: ``fleet verify`` and ``fleet report``; more is a usage error): beyond a few per core they
+#: only compete for the CPUs and memory.
+MAX_JOBS = 256
 #: What the server imports before forking workers (the parent's main module, as
 #: multiprocessing does by default, the workers' own module, and libsodium's binding, which
 #: the first Ed25519 check would otherwise import in each worker: about 10 ms).
