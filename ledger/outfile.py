@@ -22,7 +22,8 @@ def write(path: Path, text: str, what: str) -> Path:
 
     :class:`StorageError` when there is no room (a full disk, a quota, a file size limit),
     :class:`InputError` for a path that cannot be written (a missing directory, no
-    permission)."""
+    permission, a read-only file system): the destination is the user's own argument, to
+    be fixed as any other input (README's exit codes say so)."""
     data = text.encode("utf-8")
     try:
         if path.exists() and not path.is_file():

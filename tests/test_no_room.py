@@ -200,6 +200,26 @@ def test_an_output_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     assert r.code == 3 and "cannot write the allowed-signers file" in r.err, r.output
 
 
+def test_a_fleet_report_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """`fleet report -o FILE` as `report -o`: no room is exit 6 with FILE as it was; a
+    destination that cannot be written (no such directory) is the user's input: exit 3."""
+    copy = tmp_path / "copy.git"
+    git("init", "-q", "--bare", copy)
+    git("--git-dir", copy, "config", "ledger.fleet", "true")
+    fleet_report = ("fleet", "report", "--since", "2026-01-01", "--fleet", copy, "-o")
+    report = tmp_path / "fleet.md"
+    report.write_text("the previous report\n")
+    r = limited(*fleet_report, report, limit=100)
+    assert r.code == 6 and "cannot write the report to" in r.err, r.output
+    assert report.read_text() == "the previous report\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    r = run_cli(*fleet_report, tmp_path / "no" / "fleet.md")
+    assert r.code == 3 and "cannot write the report to" in r.err, r.output
+    assert "directory exists and is writable" in r.err
+    r = run_cli(*fleet_report, report)
+    assert r.code == 0 and report.read_text() != "the previous report\n", r.output
+
+
 def test_init_without_room_leaves_nothing_half_made(tmp_path: Path) -> None:
     """'ledger init' and 'ledger remote init' that fail part-way (no room) remove what they
     made, so that trying again works: an absent path stays absent, an empty directory stays

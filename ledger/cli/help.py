@@ -26,7 +26,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "3",
         (
             "invalid input: runbook, template, `--data`, URL, parameter, text that is not "
-            "UTF-8, unknown record or run (`report`, `resume`, `approve` alike)"
+            "UTF-8, unknown record or run (`report`, `resume`, `approve` alike), a malformed "
+            "pin file (`--pins`), an `-o FILE` that cannot be written (no such directory, no "
+            "permission, a read-only file system: the path you gave; no room is 6)"
         ),
     ),
     (
@@ -48,8 +50,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     (
         "6",
         (
-            "storage problem: I/O error, disk full, permissions, lock busy (including a run "
-            "still held by its runner)"
+            "storage problem: I/O error, disk full (an `-o FILE` included, left as it was), "
+            "permissions of the ledger, a remote's or fleet copy's directory or your state "
+            "directory, lock busy (including a run still held by its runner)"
         ),
     ),
     (
