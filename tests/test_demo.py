@@ -59,6 +59,12 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert res.code == 5 and "not made by 'ledger demo'" in res.err
 
 
+def test_demo_fleet_refuses_a_name_it_would_ignore(tmp_path: Path) -> None:
+    res = run_cli("demo", "d", "--fleet", "--name", "Bob", cwd=tmp_path)
+    assert res.code == 2 and "--name does not fit --fleet" in res.err, res.output
+    assert not (tmp_path / "d").exists()
+
+
 def test_demo_fleet_three_runners_one_shared_remote_one_report(tmp_path: Path) -> None:
     res = run_cli("demo", "--fleet", cwd=tmp_path)
     assert res.code == 0, res.output

@@ -119,7 +119,15 @@ def init(
         Path | None,
         typer.Argument(help="Where to create the ledger (default: $LEDGER_DIR, else ./.ledger)."),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="store.Ledger name.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The ledger's name, recorded in its genesis record (default: the name of "
+            "the directory the ledger is created in).",
+            show_default=False,
+        ),
+    ] = None,
     key: common.KeyOpt = None,
     principal: Annotated[
         str | None,

@@ -205,7 +205,15 @@ def demo_cmd(
     directory: Annotated[
         Path, typer.Argument(help="Where to put the demo's key, ledger, remotes and report.")
     ] = Path("ledger-demo"),
-    name: Annotated[str, typer.Option("--name", help="Who the example greets.")] = "Ada",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Who the example greets (default: Ada). Not with --fleet, whose three "
+            "runners greet each other by name.",
+            show_default=False,
+        ),
+    ] = None,
     fleet: Annotated[
         bool,
         typer.Option(
@@ -217,6 +225,11 @@ def demo_cmd(
 ) -> None:
     """Run the whole loop on an embedded example: key, ledger, remotes, run, push, verify,
     report (with --fleet: three runners, a shared remote, an auditor, a fleet report)."""
+    if fleet and name is not None:
+        raise errors.UsageError(
+            "--name does not fit --fleet: the fleet demo's three runners greet each other by name.",
+            hint="Drop --name, or run the single-ledger demo: 'ledger demo --name NAME'.",
+        )
     root = directory.resolve()
     fresh_directory(root)
     if fleet:
@@ -228,7 +241,7 @@ def demo_cmd(
     key, key_path, principal = _make_key(root)
     led = _make_ledger(root, key, key_path, principal)
     _make_remotes(root, led)
-    outcome, token = _run_example(root, led, key, name)
+    outcome, token = _run_example(root, led, key, name or "Ada")
     _push(led)
     verified, leaks = _verify(led, token)
     _write_report(root, led)

@@ -120,7 +120,8 @@ def dismiss_cmd(
         str,
         typer.Option(
             "--reason",
-            help="Why the record's claims are false (kept and shown).",
+            help="Why the record's claims are false (kept and shown): one line, at most 500 "
+            "characters.",
             show_default=False,
         ),
     ],

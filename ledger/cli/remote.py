@@ -175,8 +175,9 @@ def remote_init(
         str | None,
         typer.Option(
             "--trust-genesis",
-            help="Genesis commit id this remote accepts (default: the current ledger's, "
-            "else pinned by the first push).",
+            help="Genesis commit id this remote accepts (default: the current ledger's "
+            "pinned genesis, else pinned by the first push). Refused with --shared (exit 3): "
+            "each ledger of a shared remote is pinned by its own first push.",
         ),
     ] = None,
     require_user_presence: Annotated[

@@ -405,7 +405,7 @@ def abandon_cmd(
     ],
     key: common.KeyOpt = None,
     ledger: common.LedgerOpt = None,
-    allow_unverified: AllowUnverifiedOpt = False,
+    allow_unverified: common.AppendUnverifiedOpt = False,
 ) -> None:
     """Close a run whose runner is gone. See ``_ABANDON_HELP``."""
     led = core.open_ledger(ledger)
