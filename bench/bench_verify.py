@@ -113,7 +113,7 @@ def built_ledger(path: Path, n: int, key: SigningKey) -> str:
         check=True,
     ).stdout.split()
     genesis = chain[0]
-    index = seqindex.SeqIndex(path / SEQ_INDEX)
+    index = seqindex.SeqIndex(path, str(SEQ_INDEX))
     for seq, oid in enumerate(chain):
         index.put(seq, pygit2.Oid(hex=oid))
     index.close()

@@ -50,11 +50,28 @@ def fleet_ref(name: str, ledger_id: str) -> str:
 # --- the copy --------------------------------------------------------------------------------
 
 
+DAMAGED_HINT = (
+    "Remove what is named (only ledger fleet and git write there), or move the copy aside "
+    "and 'ledger fleet clone' the same URL to the same path (docs/FLEET.md, 'A copy damaged "
+    "on disk'); what the auditor verified is kept."
+)
+
+
 def open_copy(path: Path | str) -> pygit2.Repository:
-    """The fleet copy at exactly ``path``; :class:`FleetNotFound` when it is none."""
+    """The fleet copy at exactly ``path`` (never a ``.git`` inside it); :class:`FleetNotFound`
+    when it is none; :class:`StorageError` when a file git reads there is not a regular file
+    or its refs cannot be read (someone who can write the copy put it there, or it is
+    damaged): libgit2 would otherwise block on a FIFO, follow a link, or fail later."""
     where = Path(path)
+    if where.is_dir():
+        try:
+            problem = store.special_entry(where)
+        except OSError as exc:
+            problem = f"it cannot be read ({exc.strerror or exc})"
+        if problem is not None:
+            raise _damaged(where, problem)
     try:
-        repo = pygit2.Repository(str(where), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        repo = pygit2.Repository(str(where), store.OPEN_FLAGS)
         is_fleet = repo.is_bare and repo.config.get_bool(FLEET_KEY)
     except (pygit2.GitError, KeyError, ValueError):
         is_fleet = False
@@ -68,7 +85,19 @@ def open_copy(path: Path | str) -> pygit2.Repository:
             f"{where} is not a fleet copy ({why}).",
             hint=NOT_A_COPY_HINT,
         )
+    try:  # (a lookup of a ref that is never loose reads packed-refs whole)
+        repo.references.get(f"{REF_PREFIX}-")
+    except (pygit2.GitError, ValueError) as exc:
+        raise _damaged(where, f"its refs cannot be read ({exc})") from None
     return repo
+
+
+def _damaged(where: Path, problem: str) -> errors.StorageError:
+    return errors.StorageError(
+        f"the fleet copy {where} is damaged or was tampered with: {problem}; nothing in it "
+        "was read.",
+        hint=DAMAGED_HINT,
+    )
 
 
 def configured_remotes(repo: pygit2.Repository) -> dict[str, str]:
@@ -152,10 +181,13 @@ def heads(repo: pygit2.Repository) -> dict[str, dict[str, str]]:
     """Every ledger in the copy: ledger id -> remote name -> head commit id, from the refs
     ``refs/fleet/<NAME>/<id>/main`` (no history read; symbolic refs are ignored)."""
     out: dict[str, dict[str, str]] = {}
-    for ref in repo.references.iterator():
-        m = _FLEET_REF_RE.match(ref.name)
-        if m and ref.type == pygit2.enums.ReferenceType.DIRECT:
-            out.setdefault(m.group(2), {})[m.group(1)] = str(ref.target)
+    try:
+        for ref in repo.references.iterator():
+            m = _FLEET_REF_RE.match(ref.name)
+            if m and ref.type == pygit2.enums.ReferenceType.DIRECT:
+                out.setdefault(m.group(2), {})[m.group(1)] = str(ref.target)
+    except (pygit2.GitError, ValueError) as exc:
+        raise _damaged(Path(repo.path.rstrip("/")), f"its refs cannot be read ({exc})") from None
     return {lid: dict(sorted(by.items())) for lid, by in sorted(out.items())}
 
 

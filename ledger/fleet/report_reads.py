@@ -44,8 +44,8 @@ class CopyReads(runreads.RunReads):
             raise errors.InputError(
                 f"{errors.quoted(ledger_id)} is not a ledger id (32 hex digits)."
             )
-        index = self.gitdir / gitdir.STATE_DIR / f"{INDEX_PREFIX}{ledger_id}"
-        self._index = seqindex.SeqIndex(index)
+        index = f"{gitdir.STATE_DIR}/{INDEX_PREFIX}{ledger_id}"
+        self._index = seqindex.SeqIndex(self.gitdir, index)
         self._trees = trees.Trees(repo)
         self._last = None
         self._main_file = ""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pygit2
 
-from ledger import errors
+from ledger import errors, store
 from ledger.fleet import claims, state, warm
 from ledger.verify import chain, findings, warmup
 from ledger.verify import state as verify_state
@@ -182,7 +182,7 @@ def _known(
 def history_substituted(copy: str) -> bool:
     """Whether the copy has anything that makes stock git show other history than the
     objects hold: a ``refs/replace/`` ref, ``info/grafts`` or ``shallow`` (FORMAT.md §1)."""
-    repo = pygit2.Repository(copy)
+    repo = pygit2.Repository(copy, store.OPEN_FLAGS)
     gitdir = Path(repo.path)
     if os.path.lexists(gitdir / "info" / "grafts") or os.path.lexists(gitdir / "shallow"):
         return True

@@ -236,7 +236,7 @@ def _open_received(repo_dir: Path, env: Mapping[str, str]) -> pygit2.Repository:
     for value in (env.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") or "").split(":"):
         if value:
             extra.append(Path(value) if Path(value).is_absolute() else repo_dir / value)
-    repo = pygit2.Repository(str(repo_dir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    repo = pygit2.Repository(str(repo_dir), store.OPEN_FLAGS)
     for d in extra:
         with contextlib.suppress(pygit2.GitError):
             repo.odb.add_disk_alternate(str(d))

@@ -18,6 +18,7 @@ __all__ = ["LOCKS_DIR", "run_lock", "runbook_lock"]
 
 #: Directory (under ``<gitdir>/ledger-state``) holding the runbook lock files.
 LOCKS_DIR: Final = "locks"
+_FLAGS: Final = os.O_RDWR | os.O_CREAT
 
 
 def _lock_path(ledger: store.Ledger, name: str) -> Path:
@@ -25,10 +26,11 @@ def _lock_path(ledger: store.Ledger, name: str) -> Path:
     return ledger.gitdir / store.STATE_DIR / LOCKS_DIR / digest
 
 
-def _open_lock_file(path: Path, what: str) -> int:
+def _open_lock_file(ledger: store.Ledger, path: Path, what: str) -> int:
+    """Open the lock file ``path`` in the ledger's directory: never through a symbolic link
+    planted there, only a regular file (the holder is written into it)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return store.open_own(ledger.gitdir, path.relative_to(ledger.gitdir).as_posix(), _FLAGS)
     except OSError as exc:
         raise errors.StorageError(
             f"cannot create the {what} file {path}: {exc.strerror or exc}.",
@@ -59,7 +61,7 @@ def runbook_lock(
     """
     label = name if shown is None else shown
     path = _lock_path(ledger, name)
-    fd = _open_lock_file(path, "runbook lock")
+    fd = _open_lock_file(ledger, path, "runbook lock")
     try:
         if not store.flock(fd):
             raise errors.LockTimeout(
@@ -90,7 +92,7 @@ def run_lock(ledger: store.Ledger, run_id: str, *, purpose: str = "running") -> 
     lock, so a stale file taken after removal still sees how the run ended).
     """
     path = ledger.gitdir / store.STATE_DIR / LOCKS_DIR / f"run-{run_id}"
-    fd = _open_lock_file(path, "run lock")
+    fd = _open_lock_file(ledger, path, "run lock")
     try:
         if not store.flock(fd):
             raise errors.LockTimeout(

@@ -30,11 +30,14 @@ from ledger import lazy
 if TYPE_CHECKING:
     from ledger.store.gitdir import (
         MAIN_REF,
+        OPEN_FLAGS,
         STATE_DIR,
         created,
         flock,
+        open_own,
         open_repository,
         protect,
+        special_entry,
     )
     from ledger.store.ledger import Ledger
     from ledger.store.types import Appended, Head, Signer, StoredRecord
@@ -45,11 +48,14 @@ __getattr__, __dir__ = lazy.attach(
     {
         "ledger.store.gitdir": (
             "MAIN_REF",
+            "OPEN_FLAGS",
             "STATE_DIR",
             "created",
             "flock",
+            "open_own",
             "open_repository",
             "protect",
+            "special_entry",
         ),
         "ledger.store.ledger": ("Ledger",),
         "ledger.store.types": ("Appended", "Head", "Signer", "StoredRecord"),
@@ -59,6 +65,7 @@ __getattr__, __dir__ = lazy.attach(
 
 __all__ = [
     "MAIN_REF",
+    "OPEN_FLAGS",
     "STATE_DIR",
     "Appended",
     "Head",
@@ -68,6 +75,8 @@ __all__ = [
     "UpkeepPolicy",
     "created",
     "flock",
+    "open_own",
     "open_repository",
     "protect",
+    "special_entry",
 ]

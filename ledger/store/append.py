@@ -28,6 +28,7 @@ from ledger.format import gitobj, records, shapes
 from ledger.store import gitdir, packs, reads, trees, trust, types, upkeep
 
 LOCK_TIMEOUT_S = 120.0
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT
 
 
 @dataclass(frozen=True)
@@ -267,20 +268,22 @@ class Appends(reads.Reads):
             os.close(fd)
         ident = records.clean_principal(who)
         line = f"{old} {new} {ident} <{ident}> {seconds(when)} +0000\t{message}\n".encode()
-        logs = [self.gitdir / "logs" / gitdir.MAIN_REF]
+        logs = [f"logs/{gitdir.MAIN_REF}"]
         if self._head_is_main is None:
             try:
-                head = (self.gitdir / "HEAD").read_bytes().strip()
+                head = gitdir.read_own(self.gitdir / "HEAD", 256).strip()
             except OSError:
                 head = b""
             self._head_is_main = head == f"ref: {gitdir.MAIN_REF}".encode()
         if self._head_is_main:
-            logs.append(self.gitdir / "logs" / "HEAD")  # as git logs the branch HEAD names
+            logs.append("logs/HEAD")  # as git logs the branch HEAD names
         for log in logs:
-            try:
-                log.parent.mkdir(parents=True, exist_ok=True)
-                with open(log, "ab") as fh:
-                    fh.write(line)
+            try:  # (never through a link planted there: nothing is written elsewhere)
+                fd = gitdir.open_own(self.gitdir, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
             except OSError:
                 continue  # the reflog is a convenience for people, not part of the ledger
 
@@ -291,9 +294,7 @@ class Appends(reads.Reads):
         if files.lock is None or files.gitdir is None:
             self._pack_dir.mkdir(parents=True, exist_ok=True)  # (git always makes it)
             if files.lock is None:
-                files.lock = os.open(
-                    self.gitdir / gitdir.LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-                )
+                files.lock = gitdir.open_own(self.gitdir, gitdir.LOCK_FILE, _LOCK_FLAGS)
             if files.gitdir is None:
                 files.gitdir = os.open(self.gitdir, os.O_RDONLY | os.O_CLOEXEC)
         return files.lock, files.gitdir

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -78,20 +79,26 @@ def syncfs(path: Path, fd: int | None = None) -> None:
 
 _LEDGER_HINT = "Point --ledger at a ledger made by 'ledger init' or 'ledger clone'."
 
+#: How a ledger (or a fleet copy) is opened: exactly the git directory named, neither
+#: searched for upwards nor a ``.git`` inside it (or a ``.git`` file's ``gitdir:``), which
+#: whoever can write the directory could plant to have another repository read instead.
+OPEN_FLAGS = pygit2.enums.RepositoryOpenFlag.NO_SEARCH | pygit2.enums.RepositoryOpenFlag.NO_DOTGIT
+
 
 def open_repository(path: Path) -> pygit2.Repository:
-    """The ledger's repository at exactly ``path`` (no search upwards); :class:`LedgerNotFound`
-    when there is none, or when the repository there is not a ledger (a work tree, a fleet
-    copy, a plain bare repository: its config names no ``ledger.id`` and ``ledger.genesis``),
-    so that every command needing a ledger says so first, never a later symptom (no genesis
-    pinned, no remotes). Only a refusal is decided from the config here."""
+    """The ledger's repository at exactly ``path`` (no search upwards, never a ``.git``
+    inside it: :data:`OPEN_FLAGS`); :class:`LedgerNotFound` when there is none, or when the
+    repository there is not a ledger (a work tree, a fleet copy, a plain bare repository: its
+    config names no ``ledger.id`` and ``ledger.genesis``), so that every command needing a
+    ledger says so first, never a later symptom (no genesis pinned, no remotes). Only a
+    refusal is decided from the config here."""
     if not path.exists():
         raise errors.LedgerNotFound(
             f"there is no ledger at {path} (the path does not exist).",
             hint="Create one with 'ledger init', or point --ledger at an existing one.",
         )
     try:
-        repo = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        repo = pygit2.Repository(str(path), OPEN_FLAGS)
         cfg = repo.config
         is_ledger = "ledger.id" in cfg and "ledger.genesis" in cfg
         is_fleet = not is_ledger and "ledger.fleet" in cfg
@@ -275,6 +282,136 @@ class OpenFiles:
             if fd is not None:
                 setattr(self, name, None)
                 os.close(fd)
+
+
+# --- the tool's own files in a directory others may write ------------------------------
+
+#: Flags of every open of the tool's own files inside a ledger or fleet copy directory: never
+#: through a symbolic link, and never blocked by a FIFO planted there (it is refused after).
+_OWN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _regular(fd: int, shown: str, *, write: bool = False) -> int:
+    """``fd`` if it is a regular file (made blocking again), else closed and ``OSError``; to
+    be written, also not a hard link (another name of some file elsewhere)."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", shown)
+        if write and info.st_nlink != 1:
+            raise OSError(errno.EMLINK, "a file with other names (hard links)", shown)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_own(root: Path | str, relative: str, flags: int, mode: int = 0o644) -> int:
+    """Open the tool's own file ``relative`` (``/``-separated, no ``..``) under ``root``, a
+    ledger's or a fleet copy's git directory, which someone else may be able to write.
+
+    No component below ``root`` is followed if it is a symbolic link, missing directories are
+    made, and the file must be a regular file (a FIFO or a device is refused without blocking):
+    else ``OSError``, and nothing was written anywhere. So a link planted there can never make
+    the tool write to a file elsewhere, nor a FIFO make it hang."""
+    *dirs, name = relative.split("/")
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in dirs:
+            if flags & os.O_CREAT:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=dfd)
+            below = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+            os.close(dfd)
+            dfd = below
+        fd = os.open(name, flags | _OWN_FLAGS, mode, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    write = bool(flags & (os.O_WRONLY | os.O_RDWR))
+    return _regular(fd, os.path.join(root, relative), write=write)
+
+
+def read_own(path: Path | str, limit: int, offset: int = 0) -> bytes:
+    """At most ``limit`` bytes from ``offset`` of the tool's own file ``path`` in a directory
+    others may write: ``OSError`` unless it is a regular file (a symbolic link is not followed,
+    a FIFO is refused without blocking); ``FileNotFoundError`` when it is absent."""
+    fd = _regular(os.open(path, os.O_RDONLY | _OWN_FLAGS), str(path))
+    try:
+        return os.pread(fd, limit, offset)
+    finally:
+        os.close(fd)
+
+
+#: What libgit2 reads of a git directory to open it and read its refs and packs: these
+#: files, and every entry under these directories.
+_GIT_FILES = ("config", "HEAD", "packed-refs", "objects/info/alternates")
+_GIT_TREES = ("refs", "objects/pack")
+_INCLUDE_RE = re.compile(rb"^\s*\[\s*include", re.IGNORECASE | re.MULTILINE)
+_MAX_CONFIG = 1 << 20
+
+
+def special_entry(path: Path) -> str | None:
+    """Why the git directory ``path`` must not be opened by libgit2, or None: one of the
+    files it reads when opening the repository or reading its refs and packs is not a
+    regular file (a FIFO would block it forever, a symbolic link leads outside, a device
+    is not git's), or the config includes another file. Named relative to ``path``; absent
+    files are fine. Cheap: a few ``lstat`` calls and a walk of ``refs/`` and ``objects/pack``."""
+    for name in _GIT_FILES:
+        try:
+            info = os.lstat(path / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            return f"{name} is {_kind(info.st_mode)}"
+    for top in _GIT_TREES:
+        found = _special_below(path, top)
+        if found is not None:
+            return found
+    try:
+        config = read_own(path / "config", _MAX_CONFIG)
+    except FileNotFoundError:
+        return None
+    if len(config) == _MAX_CONFIG:
+        return f"config is larger than {_MAX_CONFIG >> 20} MiB"
+    if _INCLUDE_RE.search(config):
+        return "config includes other files ([include] or [includeIf])"
+    return None
+
+
+def _special_below(path: Path, top: str) -> str | None:
+    """The first entry at or below ``path/top`` that is neither a regular file nor a
+    directory (links not followed), described; None when there is none."""
+    try:
+        info = os.lstat(path / top)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{top} is {_kind(info.st_mode)}"
+    todo = [top]
+    while todo:
+        here = todo.pop()
+        with os.scandir(path / here) as entries:
+            for entry in entries:
+                name = f"{here}/{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(name)
+                elif not entry.is_file(follow_symlinks=False):
+                    return f"{name} is {_kind(entry.stat(follow_symlinks=False).st_mode)}"
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a device or socket"
 
 
 # --- files written whole ----------------------------------------------------------------

@@ -57,7 +57,7 @@ class Ledger(append.Appends, runreads.RunReads):
         self._upkeep = store_upkeep.Upkeep(self.gitdir, upkeep or store_upkeep.UpkeepPolicy())
         self._trees = trees.Trees(repo)
         self._files = gitdir.OpenFiles()
-        self._index = seqindex.SeqIndex(self.gitdir / gitdir.STATE_DIR / gitdir.SEQ_INDEX)
+        self._index = seqindex.SeqIndex(self.gitdir, f"{gitdir.STATE_DIR}/{gitdir.SEQ_INDEX}")
         weakref.finalize(self, self._files.close)
         weakref.finalize(self, self._index.close)
         self._thread_lock = threading.Lock()
@@ -89,7 +89,7 @@ class Ledger(append.Appends, runreads.RunReads):
         after cloning). Its seq index is written from the verified chain, as appends would
         have written it: the next ``ledger verify`` plans its workers' segments from it
         instead of walking the chain back first (:mod:`ledger.verify.warmup`)."""
-        repo = pygit2.Repository(str(path))
+        repo = pygit2.Repository(str(path), gitdir.OPEN_FLAGS)
         ref = repo.references.get(gitdir.MAIN_REF)
         if ref is None or str(ref.target) != verified.head:
             raise errors.LedgerNotFound(

@@ -147,9 +147,8 @@ def _write_in_place(path: str, data: bytes) -> None:
     try:
         gitdir.create_file(path, data)
     except FileExistsError:
-        with open(path, "rb") as fh:
-            if fh.read(len(data) + 1) == data:
-                return
+        if gitdir.read_own(path, len(data) + 1) == data:
+            return
         os.unlink(path)
         gitdir.create_file(path, data)
 

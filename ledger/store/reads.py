@@ -61,8 +61,7 @@ class Reads:
         """The commit id ``main`` names, read from its file (else through libgit2, which
         also knows packed refs)."""
         try:
-            with open(self._main_file, "rb") as fh:
-                text = fh.read(64).decode("ascii").strip()
+            text = gitdir.read_own(self._main_file, 64).decode("ascii").strip()
         except (OSError, UnicodeDecodeError):
             text = ""
         if len(text) == 40 and all(c in "0123456789abcdef" for c in text):

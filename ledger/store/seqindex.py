@@ -1,6 +1,8 @@
 """The seq index: a local file mapping each seq to its commit id, so that a record is found
 without walking history. An accelerator only: lookups check what it says against the chain
-and rebuild what is missing or wrong."""
+and rebuild what is missing or wrong. It lives in a directory others may be able to write (a
+ledger's, a fleet copy's): a symbolic link, FIFO or other non-regular file in its place is an
+unusable index, never followed (:func:`gitdir.open_own`)."""
 
 from __future__ import annotations
 
@@ -9,24 +11,28 @@ from pathlib import Path
 
 import pygit2
 
+from ledger.store import gitdir
+
 OID_LEN = 20
 
 
 class SeqIndex:
-    """``<gitdir>/ledger-state/seq-index``: at offset ``seq * 20``, the raw id of the commit
-    of record ``seq`` (zeros where unknown). Its write descriptor is kept open across
-    appends; :meth:`close` closes it (it is reopened when needed)."""
+    """``<gitdir>/ledger-state/seq-index`` (``relative`` to the git directory ``root``): at
+    offset ``seq * 20``, the raw id of the commit of record ``seq`` (zeros where unknown).
+    Its write descriptor is kept open across appends; :meth:`close` closes it (it is
+    reopened when needed)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, root: Path, relative: str) -> None:
+        self.root = root
+        self.relative = relative
+        self.path = root / relative
         self._fd: int | None = None
 
     def put(self, seq: int, oid: pygit2.Oid) -> None:
         """Record that ``seq`` is at ``oid`` (a local accelerator, never trusted blindly)."""
         try:
             if self._fd is None:
-                self.path.parent.mkdir(exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._fd = gitdir.open_own(self.root, self.relative, os.O_RDWR | os.O_CREAT)
             os.pwrite(self._fd, oid.raw, seq * OID_LEN)
         except OSError:
             # Only an accelerator: lookups check what it says and rebuild what is missing.
@@ -39,9 +45,9 @@ class SeqIndex:
         if len(oids) != head_seq + 1:
             return
         try:
-            self.path.parent.mkdir(exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = gitdir.open_own(self.root, self.relative, os.O_WRONLY | os.O_CREAT)
             try:
+                os.ftruncate(fd, 0)
                 os.write(fd, b"".join(oid.raw for oid in oids))
             finally:
                 os.close(fd)
@@ -51,10 +57,8 @@ class SeqIndex:
     def get(self, seq: int) -> pygit2.Oid | None:
         """The commit id recorded for ``seq``, if any (unchecked)."""
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(seq * OID_LEN)
-                raw = fh.read(OID_LEN)
-        except FileNotFoundError:
+            raw = gitdir.read_own(self.path, OID_LEN, seq * OID_LEN)
+        except OSError:  # absent, or not a regular file: no entry
             return None
         if len(raw) != OID_LEN or raw == b"\0" * OID_LEN:
             return None

@@ -73,10 +73,9 @@ def list_packs(pack_dir: Path) -> list[Pack]:
         if base.with_suffix(".keep").exists() or not base.with_suffix(".pack").exists():
             continue
         try:
-            with open(idx, "rb") as fh:
-                head = fh.read(8 + 1024)
+            head = gitdir.read_own(idx, 8 + 1024)
         except OSError:
-            continue  # removed meanwhile by another packer
+            continue  # removed meanwhile by another packer, or not a regular file
         if len(head) < 8 + 1024 or head[:4] != b"\377tOc":
             continue
         found.append(Pack(base, int.from_bytes(head[8 + 1020 : 8 + 1024], "big")))
@@ -124,7 +123,7 @@ def remove_stale_leftovers(pack_dir: Path) -> None:
 def pack_lock(gitdir_path: Path, name: str = gitdir.PACK_LOCK_FILE) -> Iterator[bool]:
     """Whether this caller holds the ledger's packing (or merging) lock; never waits."""
     try:
-        fd = os.open(gitdir_path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = gitdir.open_own(gitdir_path, name, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise gitdir.storage_error("pack the objects of", gitdir_path, exc) from None
     try:

@@ -168,7 +168,9 @@ def open_repo(repo: Path | str | pygit2.Repository) -> pygit2.Repository:
             hint="Point --ledger at an existing ledger.",
         )
     try:
-        return pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        # Exactly this directory: never a .git planted inside it (nor a .git file's gitdir:).
+        flags = pygit2.enums.RepositoryOpenFlag
+        return pygit2.Repository(str(path), flags.NO_SEARCH | flags.NO_DOTGIT)
     except pygit2.GitError as exc:
         raise errors.LedgerNotFound(
             f"{path} is not a ledger: it is not a git repository ({exc}).",

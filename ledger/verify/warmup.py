@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def _short_socket_dir() -> None:
 def hinted_records(gitdir: Path) -> int:
     """How many records the ledger's seq index has room for (0 without one): a hint."""
     try:
-        return os.stat(gitdir / _SEQ_INDEX).st_size // 20
+        return os.lstat(gitdir / _SEQ_INDEX).st_size // 20  # (a link: its own size)
     except OSError:
         return 0
 
@@ -114,13 +115,30 @@ def planned_chain(gitdir: Path, head: str, count: int) -> list[str] | None:
     it is true until the chain walk has checked every link."""
     if not 0 < count <= PLAN_LIMIT:
         return None
-    try:
-        with open(gitdir / _SEQ_INDEX, "rb") as fh:
-            raw = fh.read(count * 20)
-    except OSError:
+    raw = _read_index(gitdir / _SEQ_INDEX, count * 20)
+    if raw is None:
         return None
     if len(raw) != count * 20 or raw[-20:].hex() != head:
         return None
     text = raw.hex()
     ids = [text[i : i + 40] for i in range(0, len(text), 40)]
     return None if _NO_ENTRY in ids else ids
+
+
+def _read_index(path: Path, size: int) -> bytes | None:
+    """The first ``size`` bytes of the seq index, None when it is absent or not a regular
+    file: whoever can write the ledger (or the fleet copy) may have put a symbolic link (not
+    followed) or a FIFO (refused without blocking) in its place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        os.set_blocking(fd, True)
+        return os.pread(fd, size, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
