@@ -13,10 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gitservers
 import pytest
+from gitservers import GitDaemon
 from support.cli import CliResult, run_cli
 from support.gitcmd import git
+from support.replicas import make_ledger
 from test_fleet_report import INCIDENT, Fleet
+
+from ledger import fleet as ledger_fleet
+from ledger import replicate
+
+git_daemon = gitservers.git_daemon
 
 #: Seconds a command may take here before it is taken to hang (each takes about one).
 HANG = 60
@@ -212,3 +220,67 @@ def test_a_garbage_packed_refs_is_a_damaged_copy(copy: Path) -> None:
         assert "is damaged or was tampered with" in r.err
         assert "corrupted packed references file" in r.err and "fleet clone" in r.err
         one_paragraph(r)
+
+
+# --- URL rewrites in a repository's own config ------------------------------------------------
+
+
+def _shared(server: GitDaemon, name: str) -> tuple[str, Path]:
+    path = server.base / f"{name}.git"
+    assert run_cli("remote", "init", path, "--shared").code == 0
+    return server.url(f"{name}.git"), path
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("key", ["insteadOf", "pushInsteadOf"])
+def test_a_url_rewrite_in_the_copys_config_is_refused(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path, key: str
+) -> None:
+    """``url.<decoy>.insteadOf <real URL>`` in the copy's config would make 'fleet fetch'
+    fetch the decoy while naming the real URL; refused (exit 8) naming the key and the file.
+    (``pushInsteadOf`` rewrites no fetch: refused all the same, being no copy's business.)"""
+    real, _ = _shared(git_daemon, f"real-{key}-{tmp_path.name}")
+    decoy, _ = _shared(git_daemon, f"decoy-{key}-{tmp_path.name}")
+    t, stranger = make_ledger(tmp_path, "a", records=1), make_ledger(tmp_path, "s", records=1)
+    for led, url in ((t, real), (stranger, decoy)):
+        replicate.add_remote(led.path, "fleet", url, shared=True)
+        replicate.push(led.path).check(None)
+    copy = tmp_path / "audit.git"
+    assert run_cli("fleet", "clone", real, copy).code == 0
+    git("--git-dir", copy, "config", f"url.{decoy}.{key}", real)
+    for args in (("fleet", "fetch", "--fleet", copy), ("fleet", "verify", "--fleet", copy)):
+        r = run_cli(*args, timeout=HANG)
+        assert r.code == 8, r.output
+        assert f"{copy}/config sets url.{decoy}.{key.lower()} = {real}" in r.err, r.err
+        assert "Remove it" in r.err and "Nothing was fetched or pushed" in r.err
+        one_paragraph(r)
+    assert set(ledger_fleet.heads(ledger_fleet.open_copy(copy))) == {t.ledger.ledger_id}
+    assert ledger_fleet.load_ledger(copy, stranger.ledger.ledger_id) is None
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("key", ["insteadOf", "pushInsteadOf"])
+def test_a_url_rewrite_in_a_ledgers_config_is_refused(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path, key: str
+) -> None:
+    """The same in a ledger's own config: 'ledger push' would go to the decoy (with
+    ``pushInsteadOf`` silently: the remote's URL reads unchanged); refused (exit 8), naming
+    the key and the file, the decoy untouched."""
+    real, real_path = _shared(git_daemon, f"lreal-{key}-{tmp_path.name}")
+    decoy = tmp_path / "decoy.git"
+    assert run_cli("remote", "init", decoy, "--shared").code == 0
+    t = make_ledger(tmp_path, "a", records=1)
+    replicate.add_remote(t.path, "fleet", real, shared=True)
+    git("--git-dir", t.path, "config", f"url.{decoy}.{key}", real)
+    for args in (("push", "--ledger", t.path), ("fetch", "--ledger", t.path)):
+        r = run_cli(*args, timeout=HANG)
+        assert r.code == 8, r.output
+        assert f"{t.path}/config sets url.{decoy}.{key.lower()} = {real}" in r.err, r.output
+        one_paragraph(r)
+    ledger_ref = f"refs/ledgers/{t.ledger.ledger_id}/main"
+    for server in (decoy, real_path):
+        assert git("--git-dir", server, "for-each-ref", ledger_ref).stdout == ""
+    git("--git-dir", t.path, "config", "--unset", f"url.{decoy}.{key}")
+    r = run_cli("push", "--ledger", t.path, timeout=HANG)
+    assert r.code == 0, r.output
+    assert git("--git-dir", real_path, "rev-parse", ledger_ref).stdout.strip() == t.head

@@ -52,7 +52,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         (
             "storage problem: I/O error, disk full (an `-o FILE` included, left as it was), "
             "permissions of the ledger, a remote's or fleet copy's directory or your state "
-            "directory, lock busy (including a run still held by its runner)"
+            "directory, lock busy (including a run still held by its runner); a fleet copy "
+            "damaged or tampered with (a file git reads there is a FIFO, link or device, its "
+            "config includes other files, its refs cannot be read)"
         ),
     ),
     (
@@ -71,10 +73,10 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "8",
         (
             "remote problem: unknown, unreachable, authentication or host key refused, "
-            "rejected, diverged, an unknown remote (not added by you), `--require` not met, "
-            "no remotes; `verify --remotes`: a "
-            "remote that could not be checked (not named with `--skip-remote`), or none to "
-            "check"
+            "rejected, diverged, an unknown remote (not added by you), `--require` not met, no "
+            "remotes; a URL rewrite (`url.<base>.insteadOf` / `pushInsteadOf`) in the ledger's "
+            "or fleet copy's own config; `verify --remotes`: a remote that could not be checked"
+            " (not named with `--skip-remote`), or none to check"
         ),
     ),
     ("10", "run failed (a step failed)"),
@@ -91,7 +93,8 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "14",
         (
             "genesis not pinned: `verify --require-pin`, or `run` / `resume` / `record` / "
-            "`approve` on a ledger this machine never pinned (pin it with `ledger verify`, "
+            "`approve` / `fleet witness` on a ledger this machine never pinned (pin it with "
+            "`ledger verify`, "
             "`--trust-genesis`, `$LEDGER_TRUST_GENESIS` or `--pins`); `clone --require-pin` "
             "without a pin; `push` / `fetch` / `remote add` on a copy never verified on this "
             "machine"

@@ -230,7 +230,7 @@ def _fetch_heads(
     spec = f"+refs/ledgers/*:{FLEET_REF_PREFIX}/{name}/*"
     try:
         cb.begin()
-        remote = cache.remotes.create_anonymous(url)
+        remote = transport.anonymous_url(cache, url)
         remote.fetch([spec], callbacks=cb, prune=pygit2.enums.FetchPrune.PRUNE)
         advertised = [str(h.name or "") for h in remote.list_heads(connect=False)]
     except (transport.AuthFailed, pygit2.GitError, OSError) as exc:
@@ -351,6 +351,7 @@ def append_witness(
     Raises :class:`RemoteError` when a remote cannot be fetched or none of the shared
     remotes is one this user added (nothing is appended then)."""
     repo = led.repo
+    remotes.refuse_url_rewrites(repo)  # (the remotes' URLs read below would be rewritten)
     chosen = _chosen(repo, names)
     own_id = state.ledger_key(repo)
     seen = state.read(repo, own_id)

@@ -336,6 +336,10 @@ def list_remotes(ledger_path: Path) -> list[RemoteInfo]:
 
 
 def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list[RemoteInfo]:
+    """The remotes a push or fetch contacts (all when ``names`` is empty); refused while the
+    ledger's config rewrites URLs (:func:`refuse_url_rewrites`): the URLs read here would
+    be rewritten ones."""
+    refuse_url_rewrites(repo)
     chosen = list(names) if names else _remote_names(repo)
     out = []
     for name in chosen:
@@ -347,3 +351,36 @@ def select_remotes(repo: pygit2.Repository, names: Sequence[str] | None) -> list
             RemoteInfo(name, redact.mask_url(url), transport, warning, is_shared(repo, name))
         )
     return out
+
+
+_REWRITE_RE = re.compile(r"^url\..*\.(push)?insteadof$", re.IGNORECASE | re.DOTALL)
+#: The levels of a repository's own configuration (its ``config`` file and what it
+#: includes), which whoever can write the repository's directory controls; the user's
+#: (``~/.gitconfig``, XDG) and the system's are theirs.
+_OWN_LEVELS = frozenset(
+    int(level)
+    for level in (
+        pygit2.enums.ConfigLevel.LOCAL,
+        pygit2.enums.ConfigLevel.WORKTREE,
+        pygit2.enums.ConfigLevel.APP,
+    )
+)
+
+
+def refuse_url_rewrites(repo: pygit2.Repository) -> None:
+    """:class:`RemoteError` when the repository's own config holds ``url.<base>.insteadOf``
+    or ``pushInsteadOf``: libgit2 applies them to anonymous remotes too, so someone who can
+    write a ledger or fleet copy directory could send its fetches and pushes to another
+    server while every message names the URL asked for."""
+    for entry in repo.config:
+        if int(entry.level) in _OWN_LEVELS and _REWRITE_RE.match(entry.name):
+            where = f"{repo.path.rstrip('/')}/config"
+            raise errors.RemoteError(
+                redact.mask_url(
+                    f"{where} sets {entry.name} = {entry.value}: it would send this "
+                    "repository's fetches and pushes to another URL than the one named. "
+                    "Nothing was fetched or pushed."
+                ),
+                hint=f"Remove it (git config --file {where} --unset-all '{entry.name}'); a "
+                "URL rewrite you mean belongs in your own ~/.gitconfig.",
+            )

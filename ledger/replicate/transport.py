@@ -440,7 +440,10 @@ def anonymous(repo: pygit2.Repository, name: str) -> pygit2.Remote:
 
 
 def anonymous_url(repo: pygit2.Repository, url: str) -> pygit2.Remote:
-    """An in-memory remote for ``url`` (a missing local path said as such)."""
+    """An in-memory remote for ``url`` (a missing local path said as such). Every fetch and
+    push goes through here, so none follows a URL rewrite of the repository's own config
+    (:func:`remotes.refuse_url_rewrites`)."""
+    remotes.refuse_url_rewrites(repo)
     _check_local(url)
     return repo.remotes.create_anonymous(url)
 
