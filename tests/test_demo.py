@@ -99,3 +99,8 @@ def test_demo_fleet_three_runners_one_shared_remote_one_report(tmp_path: Path) -
     # the auditor's copy verifies again, from the user's state, with nothing new to read
     again = run_cli("fleet", "verify", "--fleet", root / "auditor" / "fleet.git", "--no-fetch")
     assert again.code == 0, again.output
+    # Run again in the same directory: the demo makes its copy anew, and what its auditor saw
+    # of the first run's ledgers there is not taken for ledgers that vanished.
+    res = run_cli("demo", "--fleet", cwd=tmp_path)
+    assert res.code == 0, res.output
+    assert "0 finding(s)" in res.out and "vanished" not in res.out

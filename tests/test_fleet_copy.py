@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -570,3 +571,103 @@ def test_the_state_round_trips_privately(home: Path, tmp_path: Path) -> None:
     assert [p.name for p in (where / "ledgers").iterdir()] == [f"{lid_}.json"]  # (no temp)
     with pytest.raises(errors.InputError):
         fleet.load_ledger(copy, "../escape")
+
+
+def test_a_remote_removed_from_the_copys_config_is_an_error_until_added_again(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path
+) -> None:
+    names = (f"rm1-{tmp_path.name}", f"rm2-{tmp_path.name}")
+    for n in names:
+        shared_on(git_daemon, n)
+    url1, url2 = (git_daemon.url(f"{n}.git") for n in names)
+    a = make_ledger(tmp_path, "a", records=2)
+    push_to(a, url1)
+    replicate.add_remote(a.path, "mirror", url2, shared=True)
+    replicate.push(a.path, ["mirror"]).check(None)
+    copy = tmp_path / "audit.git"
+    assert run_cli("fleet", "clone", url1, copy).code == 0
+    assert run_cli("fleet", "remote", "add", "mirror", url2, "--fleet", copy).code == 0
+    assert run_cli("fleet", "fetch", "--fleet", copy).code == 0
+    a.append()
+    replicate.push(a.path, ["fleet"]).check(None)
+    # Someone who can write the copy removes the mirror: it is no longer fetched, silently.
+    git("--git-dir", copy, "config", "--remove-section", "fleet.remote.mirror")
+    for cmd in (["fetch"], ["verify"]):
+        r = run_cli("fleet", *cmd, "--fleet", copy)
+        assert r.code == 8, r.output
+        assert "could not fetch mirror (" in r.err and url2 in r.err, r.output
+        assert "the copy's config no longer has it" in r.err
+        assert "ledger fleet remote add mirror URL" in r.err
+        assert "Traceback" not in r.output
+    # Added again with its URL: fetched, and nothing of it was forgotten.
+    r = run_cli("fleet", "remote", "add", "mirror", url2, "--fleet", copy)
+    assert r.code == 0, r.output
+    r = run_cli("fleet", "verify", "--fleet", copy)
+    assert r.code == 0 and "1 mirror behind" in r.out, r.output
+    assert remembered(copy, a).remotes["mirror"].seq == 2
+
+
+def _state_files(copy: Path) -> dict[str, bytes]:
+    where = fleet.state_dir(copy)
+    return {
+        str(p.relative_to(where)): p.read_bytes()
+        for p in sorted(where.rglob("*"))
+        if p.is_file() and p.name != "fleet.lock"
+    }
+
+
+def test_a_copy_made_again_keeps_the_state_only_for_the_same_remote(
+    git_daemon: GitDaemon, home: Path, tmp_path: Path
+) -> None:
+    names = (f"st1-{tmp_path.name}", f"st2-{tmp_path.name}")
+    servers = [shared_on(git_daemon, n) for n in names]
+    url1, url2 = (git_daemon.url(f"{n}.git") for n in names)
+    a, b = make_ledger(tmp_path, "a", records=2), make_ledger(tmp_path, "b", records=1)
+    push_to(a, url1)
+    push_to(b, url2)
+    copy = tmp_path / "c2"
+    unreachable = f"git://127.0.0.1:{free_port()}/x.git"
+
+    # A failed clone leaves no state behind (and takes over none later).
+    for bad in (unreachable, str(tmp_path / "missing.git")):
+        r = run_cli("fleet", "clone", bad, copy)
+        assert r.code == 8, r.output
+        assert not fleet.state_dir(copy).exists()
+    assert run_cli("fleet", "clone", url1, copy).code == 0
+    assert run_cli("fleet", "verify", "--fleet", copy).code == 0
+
+    # Made again from the same remote (a damaged copy moved aside): the state is kept, and
+    # a rollback on the server in between is still judged against what was verified.
+    old = a.head
+    a.append()
+    push_to(a, url1)
+    assert run_cli("fleet", "verify", "--fleet", copy).code == 0
+    shutil.rmtree(copy)
+    git("--git-dir", servers[0], "update-ref", f"refs/ledgers/{lid(a)}/main", old)
+    r = run_cli("fleet", "clone", url1, copy)
+    assert r.code == 0 and "moved aside" not in r.output, r.output
+    r = run_cli("fleet", "verify", "--fleet", copy, "--json")
+    assert r.code == 7 and '"rule": "rollback"' in r.out.replace(" ", " "), r.output
+    git("--git-dir", servers[0], "update-ref", f"refs/ledgers/{lid(a)}/main", a.head)
+    assert run_cli("fleet", "verify", "--fleet", copy).code == 0
+    before = _state_files(copy)
+
+    # A failed clone at that path changes nothing of its state.
+    shutil.rmtree(copy)
+    for bad in (unreachable, url2.replace(names[1], "nothing")):
+        r = run_cli("fleet", "clone", bad, copy)
+        assert r.code == 8, r.output
+        assert _state_files(copy) == before
+    assert [p.name for p in fleet.state_dir(copy).parent.iterdir()] == [fleet.state_dir(copy).name]
+
+    # Another remote at that path: a fresh state, said in one line, the old one moved aside.
+    r = run_cli("fleet", "clone", url2, copy)
+    assert r.code == 0, r.output
+    assert r.err.count("ledger: warning:") == 1 and "moved aside to" in r.err, r.output
+    assert "1 new" in r.out and "vanished" not in r.out
+    (aside,) = [p for p in fleet.state_dir(copy).parent.iterdir() if p != fleet.state_dir(copy)]
+    assert aside.name.startswith(fleet.state_dir(copy).name + ".replaced-")
+    assert oct(aside.stat().st_mode & 0o777) == "0o700"
+    r = run_cli("fleet", "verify", "--fleet", copy)
+    assert r.code == 0 and "[vanished]" not in r.out and "ok 0, new 1," in r.out, r.output
+    assert fleet.load_ledger(copy, lid(a)) is None

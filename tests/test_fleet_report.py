@@ -19,8 +19,8 @@ from support.gitcmd import explode_packs, git
 from support.markdown import MD
 
 from ledger import errors
+from ledger.fleet import add_remote, report_model
 from ledger.fleet import report as fleet_report
-from ledger.fleet import report_model
 from ledger.verify import chain
 from ledger.verify import findings as verify_findings
 
@@ -71,6 +71,9 @@ class Fleet:
         self.copy = tmp / "fleet.git"
         git("init", "--bare", "-q", self.copy)
         git("--git-dir", self.copy, "config", "ledger.fleet", "true")
+        origin = str(tmp / "origin.git")  # (the auditor's remote: only added ones count)
+        git("--git-dir", self.copy, "config", "fleet.remote.origin.url", origin)
+        add_remote(self.copy, "origin", origin)
 
     def _runner(self, name: str) -> Runner:
         key, path = self.tmp / f"{name}_key", self.tmp / f"{name}.ledger"

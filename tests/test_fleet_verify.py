@@ -21,9 +21,10 @@ from support.cli import CliResult, run_cli
 from support.gitcmd import git
 from support.replicas import TestLedger, make_ledger
 
-from ledger.fleet import claims, verify_fleet
+from ledger.fleet import add_remote, claims, verify_fleet
 from ledger.fleet import state as fleet_state
 from ledger.store import Ledger
+from ledger.verify import local
 
 pytestmark = pytest.mark.server
 
@@ -53,11 +54,13 @@ def push(t: TestLedger, *remotes: str) -> None:
 
 
 def fleet_copy(path: Path, **remotes: str) -> Path:
-    """A fleet copy in the contract's layout (FLEET-CONTRACT §2), made with stock git."""
+    """A fleet copy in the contract's layout (FLEET-CONTRACT §2), made with stock git, its
+    remotes accepted by the auditor (only remotes added on this machine count)."""
     git("init", "-q", "--bare", path)
     git("--git-dir", path, "config", "ledger.fleet", "true")
     for name, url in remotes.items():
         git("--git-dir", path, "config", f"fleet.remote.{name}.url", url)
+        add_remote(path, name, url)
     refetch(path)
     return path
 
@@ -314,6 +317,49 @@ def test_a_ref_holding_another_ledgers_chain_is_found_and_never_pinned(
         assert got[lid(a)]["findings"] == []
     pins = Path.home() / ".local" / "state" / "runbook-ledger" / "pins"
     assert other not in pins.read_text()
+
+
+def test_refs_under_a_remote_the_auditor_never_added_are_named_and_never_believed(
+    git_daemon: GitDaemon, tmp_path: Path
+) -> None:
+    """Someone who can write the copy (not the state directory) fetches their own ledger
+    under a remote name the auditor never added: it is not verified, pinned, listed or
+    remembered, its witness records accuse no one, and taking it away leaves nothing."""
+    url, _server = shared_on(git_daemon, f"stray-{tmp_path.name}")
+    a = make_ledger(tmp_path, "a", records=3)
+    pushed(a, url)
+    e = make_ledger(tmp_path, "e", records=1)  # the attacker's own ledger and key
+    lie = {"ledger": lid(a), "seq": a.seq + 5, "commit": "1" * 40, "sha256": "2" * 64}
+    e.ledger.append("witness", {"heads": [lie]}, key=e.key)
+    pins = Path.home() / ".local" / "state" / "runbook-ledger" / "pins"
+    mine = [line for line in pins.read_text().splitlines(True) if lid(e) not in line]
+    pins.write_text("".join(mine))  # (made on the attacker's machine: not pinned here)
+    copy = fleet_copy(tmp_path / "copy.git", origin=url)
+    evil = f"refs/fleet/evil/{lid(e)}/main"
+    git("--git-dir", copy, "fetch", "-q", e.path, f"refs/heads/main:{evil}")
+
+    for _ in range(2):
+        code, doc, err = fv(copy)
+        assert code == 0, err
+        assert set(by_id(doc)) == {lid(a)} and by_id(doc)[lid(a)]["findings"] == []
+        assert err.count("ledger: warning:") == 1 and evil in err and "never added" in err
+        assert "ledger fleet remote add" in err and len(doc["warnings"]) == 1
+    assert lid(e) not in local.own_pins()
+    assert fleet_state.load_ledger(copy, lid(e)) is None
+    assert lid(e) not in fleet_state.load_fleet(copy).ledgers
+    r = run_cli("fleet", "status", "--json", "--fleet", copy)
+    assert r.code == 0 and evil in r.err, r.output
+    status = json.loads(r.out)
+    assert [line["ledger_id"] for line in status["ledgers"]] == [lid(a)]
+    assert status["warnings"] and evil in status["warnings"][0]
+    r = run_cli("fleet", "status", "--fleet", copy)
+    assert r.code == 0 and lid(e) not in r.out and "evil" not in r.out, r.output
+
+    # Taken away again: no trace, no 'vanished'.
+    git("--git-dir", copy, "update-ref", "-d", evil)
+    code, doc, err = fv(copy)
+    assert code == 0 and set(by_id(doc)) == {lid(a)} and not doc["warnings"], err
+    assert "warning" not in err
 
 
 def test_two_remotes_lagging_is_reported_and_diverged_is_a_fork(

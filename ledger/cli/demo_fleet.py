@@ -106,10 +106,13 @@ def _runs(root: Path, shared: Path) -> list[tuple[store.Ledger, run.RunOutcome]]
 
 def _audit(root: Path, shared: Path) -> tuple[Path, bool]:
     _heading(3, "An auditor clones the fleet and verifies every ledger")
-    from ledger.fleet import audit, copy  # here: the verifier and its worker pool
+    from ledger.fleet import audit, copy, state  # here: the verifier and its worker pool
 
     path = root / "auditor" / "fleet.git"
     path.parent.mkdir()
+    # The demo makes its copy anew each time (new ledgers at the same path and remote URL):
+    # what an earlier demo's auditor saw there is its own to forget.
+    state.discard(path)
     copy.clone(str(shared), path, "origin", replicate.Credentials.from_env())
     result = audit.verify_fleet(path)
     for o in result.ledgers:

@@ -64,7 +64,8 @@ def _creds(ssh_key: Path | None, insecure: bool) -> replicate.Credentials:
     return replicate.Credentials.from_env(ssh_key=ssh_key, insecure_host_key=insecure)
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
+    """One warning line on stderr (URL passwords masked)."""
     common.console_err.print(
         f"[yellow]ledger: warning:[/] {escape(redact.mask_url(text))}",
         highlight=False,
@@ -77,7 +78,7 @@ def warn_unsaved(unsaved: Sequence[str]) -> None:
     its messages): the verdict stands, and what was not saved is verified again."""
     if unsaved:
         more = f" (and {len(unsaved) - 1} more)" if len(unsaved) > 1 else ""
-        _warn(
+        warn(
             f"the verification stands, but the auditor's state could not be saved{more}: "
             f"{unsaved[0]} What was not saved is verified again next time; free disk space "
             "or fix the state directory's permissions."
@@ -101,7 +102,7 @@ def print_fetch(result: fleet.FetchResult) -> None:
             common.console.print(line, markup=False)
     common.console.print(result.summary(), markup=False)
     for w in result.warnings:
-        _warn(w)
+        warn(w)
 
 
 @fleet_app.command("clone")
@@ -179,6 +180,8 @@ def status_cmd(fleet_dir: FleetOpt = None, as_json: common.JsonOpt = False) -> N
     Name, host and time are read from the head's records; each line says whether that head is
     the one 'ledger fleet verify' last verified."""
     st = fleet.fleet_status(fleet_path(fleet_dir))
+    for w in st.warnings:
+        warn(w)
     if as_json:
         common.console.out(json.dumps(st.to_json(), indent=2))
         return

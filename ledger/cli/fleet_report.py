@@ -56,6 +56,8 @@ def fleet_report_cmd(
         excerpt_lines=excerpt_lines,
     )
     cli_report.emit(done.text, output)
+    for warning in done.warnings:
+        fleet.warn(warning)
     fleet.warn_unsaved(done.unsaved)
     failing = done.failing
     if failing:

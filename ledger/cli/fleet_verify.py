@@ -148,7 +148,9 @@ def _verify(
         result: outcome.FleetResult = audit.verify_fleet(
             path, pins=pins, jobs=jobs, progress=tick, full=full
         )
-        return result
+    for warning in result.warnings:  # (refs of remotes not added here: one line)
+        fleet.warn(warning)
+    return result
 
 
 def _clean(text: str | None) -> str:

@@ -5,6 +5,7 @@ Modules (each imports only the ones listed before it):
 
 - ``state``: the auditor's memory of a copy, in the user's state directory
   (``<state dir>/fleets/<sha256 of the copy's path>/``: ``fleet.json``, ``ledgers/<id>.json``).
+- ``added``: which remotes count: those the auditor added, never the copy's config.
 - ``copy``: the copy itself (``init_copy``, ``add_remote``, ``fetch``, ``clone``,
   ``open_copy``, ``heads``): a bare repository with ``refs/fleet/<remote>/<id>/main``.
 - ``status``: per ledger, name, host, head seq, last record, first sighting of each head,

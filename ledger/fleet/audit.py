@@ -28,7 +28,7 @@ from pathlib import Path
 import pygit2
 
 from ledger import errors
-from ledger.fleet import claims, copy, outcome, schedule, state
+from ledger.fleet import added, claims, copy, outcome, schedule, state
 from ledger.fleet.outcome import FleetFinding, FleetResult, LedgerOutcome
 from ledger.verify import findings, local, parallel
 from ledger.verify import state as verify_state
@@ -82,14 +82,23 @@ def _verify_fleet(
     full: bool,
 ) -> outcome.FleetResult:
     now = state.now()
-    held = copy.heads(repo)
     fleet = state.load_fleet(repo)
+    # Only the remotes the auditor added count (its state's, never the copy's config): refs
+    # under any other name are someone else's, named once and otherwise ignored.
+    held, stray = copy.added_heads(repo, fleet.remotes)
+    warning = added.stray_warning(stray)
     pin_map = local.read_pins(pins) if pins is not None else None
     own = local.own_pins() if pins is None else {}
     plans = [
-        schedule.make_plan(path, repo, lid, held.get(lid, {}), pin_map, own, full=full)
+        schedule.make_plan(
+            path, repo, lid, held.get(lid, {}), pin_map, own, added=set(fleet.remotes), full=full
+        )
         for lid in sorted(set(held) | set(fleet.ledgers))
     ]
+    # A ledger on no remote whose file the auditor deleted (docs/FLEET.md: accepting a
+    # retired ledger) is forgotten, not reported as vanished.
+    forgotten = {p.ledger_id for p in plans if p.prev is None and not p.heads}
+    plans = [p for p in plans if p.ledger_id not in forgotten]
     asked = jobs is not None
     jobs = parallel.jobs_for(jobs)
     tasks = sorted((t for p in plans for t in p.tasks), key=lambda t: -t.size)
@@ -100,9 +109,11 @@ def _verify_fleet(
     # is one ledger's, so the rest are still saved, and a ledger whose state was not saved
     # is verified again from its previous state next time.
     unsaved: list[str] = []
+    saved: set[str] = set()
     for p in plans:
         with _saving(unsaved):
             _remember(path, p, settled[p.ledger_id], now)
+            saved.add(p.ledger_id)
     with _saving(unsaved):
         local.save_pins(
             {
@@ -111,13 +122,20 @@ def _verify_fleet(
                 if done.pin_now is not None and done.out.ok and lid not in own
             }
         )
-    unseen = set(held) - set(fleet.ledgers)  # (a copy fetched by other means than fetch)
-    if unseen:
+    # (a copy fetched by other means than fetch; only ledgers whose own file was saved, so
+    # that fleet.json never names a ledger with no file but one the auditor deleted)
+    unseen = (set(held) & saved) - set(fleet.ledgers)
+    if unseen or forgotten:
         fleet.ledgers.update({lid: state.LedgerSeen(now, now) for lid in unseen})
+        for lid in forgotten:
+            del fleet.ledgers[lid]
         with _saving(unsaved):
             state.save_fleet(repo, fleet)
     return outcome.FleetResult(
-        [settled[p.ledger_id].out for p in plans], jobs=jobs, unsaved=unsaved
+        [settled[p.ledger_id].out for p in plans],
+        jobs=jobs,
+        unsaved=unsaved,
+        warnings=[warning] if warning else [],
     )
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
 
 from ledger import errors, redact, store
-from ledger.fleet import state
+from ledger.fleet import added, state
 from ledger.replicate import pushes, remotes, shared, transport
 
 FLEET_KEY = "ledger.fleet"
@@ -120,8 +121,10 @@ def init_copy(url: str, path: Path | str, name: str = DEFAULT_REMOTE) -> pygit2.
     """Make ``path`` an empty fleet copy with one shared remote ``name`` (nothing fetched).
 
     Refuses a ``path`` that exists and is not an empty directory. The URL is remembered in
-    the auditor's state as the one this remote was added with (any other remotes remembered
-    for a copy once at this path are forgotten; what was seen of its ledgers is kept)."""
+    the auditor's state as the one this remote was added with. What the state remembers of
+    a copy once at this path is the caller's to decide first (:func:`clone` keeps it only
+    for the same remote, :func:`ledger.fleet.state.for_new_copy`); other remotes it
+    remembers stay added (each fetch then asks for them back in the copy's config)."""
     url = _check_new_remote(name, url)
     target = _refuse_existing(path)
     try:
@@ -134,7 +137,7 @@ def init_copy(url: str, path: Path | str, name: str = DEFAULT_REMOTE) -> pygit2.
             hint="Check the directory's permissions and free disk space.",
         ) from None
     fleet = state.load_fleet(repo)
-    fleet.remotes = {name: redact.mask_url(url)}
+    fleet.remotes[name] = redact.mask_url(url)
     state.save_fleet(repo, fleet)
     return repo
 
@@ -175,6 +178,26 @@ def add_remote(path: Path | str, name: str, url: str) -> str:
         fleet.remotes[name] = redact.mask_url(url)
         state.save_fleet(repo, fleet)
     return redact.mask_url(url)
+
+
+def added_heads(
+    repo: pygit2.Repository, remotes: Iterable[str]
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The ledgers of the copy under the remotes the auditor added (``remotes``: the names in
+    its state, never the copy's config) as :func:`heads` gives them, and the refs under
+    ``refs/fleet/`` of any other name (stray: put there by someone who can write the copy,
+    or left by a remote that is no longer added): never believed, only named."""
+    names = set(remotes)
+    stray = sorted(
+        ref
+        for ref in repo.references
+        if ref.startswith(REF_PREFIX) and ref[len(REF_PREFIX) :].split("/", 1)[0] not in names
+    )
+    mine = {
+        lid: {name: head for name, head in by.items() if name in names}
+        for lid, by in heads(repo).items()
+    }
+    return {lid: by for lid, by in mine.items() if by}, stray
 
 
 def heads(repo: pygit2.Repository) -> dict[str, dict[str, str]]:
@@ -472,43 +495,26 @@ def _extends(repo: pygit2.Repository, new: str, old: str) -> bool:
         return False
 
 
-def _select(repo: pygit2.Repository, names: list[str] | None) -> dict[str, str]:
+def _select(
+    repo: pygit2.Repository, names: list[str] | None, fleet: state.FleetState
+) -> list[tuple[str, str | None]]:
+    """The remotes to fetch: every remote of the copy's config and every remote the auditor
+    added (``None`` for the URL of one the config no longer has), or those ``names``."""
     configured = configured_remotes(repo)
-    if not configured:
+    known = sorted(set(configured) | set(fleet.remotes))
+    if not known:
         raise errors.RemoteError(
             f"the fleet copy {repo.path.rstrip('/')} has no shared remotes to fetch from.",
             hint="Add one with 'ledger fleet remote add NAME URL'.",
         )
-    unknown = [n for n in names or [] if n not in configured]
+    unknown = [n for n in names or [] if n not in known]
     if unknown:
         raise errors.RemoteError(
             f"the fleet copy has no remote named {', '.join(map(repr, unknown))} "
-            f"(its remotes: {', '.join(configured)}).",
+            f"(its remotes: {', '.join(known)}).",
             hint="Add it with 'ledger fleet remote add NAME URL', or name one of those.",
         )
-    return {n: u for n, u in configured.items() if not names or n in names}
-
-
-def _url_problem(name: str, url: str, fleet: state.FleetState) -> str | None:
-    """Why remote ``name`` is not fetched: it was not added on this machine, or its URL is
-    not the one it was added with (someone who can write the copy may have changed it)."""
-    added = fleet.remotes.get(name)
-    shown = redact.mask_url(url)
-    if added is None:
-        return (
-            f"remote {name} ({shown}) is in the copy's config but was not added on this "
-            "machine: someone who can write the copy may have put it there. It was not "
-            f"contacted. If you trust that URL, run 'ledger fleet remote add {name} URL' "
-            "with it"
-        )
-    if added == shown:
-        return None
-    return (
-        f"the copy's config points remote {name} at {shown}, not at {added}, the URL it was "
-        "added with; someone who can write the copy may have changed it. It was not "
-        f"contacted. Restore it (git config --file CONFIG fleet.remote.{name}.url URL), or "
-        "add the new URL under another name with 'ledger fleet remote add'"
-    )
+    return [(n, configured.get(n)) for n in known if not names or n in names]
 
 
 def fetch(
@@ -529,15 +535,21 @@ def fetch(
     pushed to yet (``ledger remote init --shared`` makes it so): accepted, it holds no
     ledger yet (:attr:`RemoteFetch.empty`)."""
     repo = open_copy(path)
-    chosen = _select(repo, names)
     creds = creds or transport.Credentials.from_env()
     transport.configure(creds)
     result = FetchResult(Path(path), [], [], 0)
     with state.locked(repo):
         fleet = state.load_fleet(repo)
+        chosen = _select(repo, names, fleet)
         fetched: dict[str, dict[str, str]] = {}
-        for name, url in chosen.items():
-            problem = _url_problem(name, url, fleet)
+        for name, url in chosen:
+            if url is None:
+                error, hint = added.missing_remote(name, fleet.remotes[name])
+                gone = RemoteFetch(name, fleet.remotes[name], status="missing remote")
+                gone.error, gone.hint = error, hint
+                result.remotes.append(gone)
+                continue
+            problem = added.url_problem(name, url, fleet)
             if problem is not None:
                 result.remotes.append(
                     RemoteFetch(
@@ -559,7 +571,11 @@ def fetch(
         for name, holds in fetched.items():
             result.changes += _record(repo, name, holds, fleet, when)
         state.save_fleet(repo, fleet)
-    result.ledgers = len(heads(repo))
+    held, stray = added_heads(repo, fleet.remotes)
+    result.ledgers = len(held)
+    warning = added.stray_warning(stray)
+    if warning is not None:
+        result.warnings.append(warning)
     return result
 
 
@@ -580,11 +596,28 @@ def clone(
 ) -> FetchResult:
     """Make ``path`` a fleet copy of the shared remote ``url`` and fetch it. On any failure
     (unreachable, authentication, host key, not a shared remote) nothing is left at
-    ``path``: the directory is removed if it was made here, emptied otherwise."""
-    _check_new_remote(name, url)
+    ``path``: the directory is removed if it was made here, emptied otherwise; and the
+    auditor's state of that path is as it was.
+
+    The auditor's state of a copy once at this path is kept when it remembers this remote
+    (same name, same URL: a damaged copy made again); a state of other remotes is moved
+    aside, and the result's warnings say so (:func:`ledger.fleet.state.for_new_copy`)."""
+    url = _check_new_remote(name, url)
     target = _refuse_existing(path)  # (before anything that could be undone below)
-    with store.created(target):
+    with (
+        store.created(target),
+        state.for_new_copy(target, name, redact.mask_url(url), str(target)) as note,
+    ):
         init_copy(url, target, name)
         result = fetch(target, creds, [name], require_ledgers=True)
         result.raise_for_failures()
+    if note is not None:
+        result.warnings.insert(0, note)
+    for other, was in state.load_fleet(target).remotes.items():
+        if other != name:
+            result.warnings.append(
+                f"the auditor's state of this path also remembers remote {other} ({was}): "
+                f"add it again with 'ledger fleet remote add {other} URL' (fetches fail "
+                "until then)"
+            )
     return result

@@ -133,6 +133,8 @@ class FleetResult:
     unsaved: list[str] = field(default_factory=list)
     """What of the auditor's state could not be saved (one message each): the verdict
     stands; those ledgers are verified again from their previous state next time."""
+    warnings: list[str] = field(default_factory=list)
+    """What the auditor should know that is no finding (refs of remotes it did not add)."""
 
     @property
     def ok(self) -> bool:
@@ -162,4 +164,5 @@ class FleetResult:
             "summary": self.summary(),
             "state_saved": not self.unsaved,
             "state_errors": list(self.unsaved),
+            "warnings": list(self.warnings),
         }

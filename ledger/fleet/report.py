@@ -256,6 +256,7 @@ class FleetReportOutput:
     text: str
     report: report_model.FleetReport
     unsaved: tuple[str, ...] = ()  # what of the auditor's state the verification could not save
+    warnings: tuple[str, ...] = ()  # the verification's (refs of remotes not added here)
 
     @property
     def failing(self) -> list[report_model.FleetLedger]:
@@ -289,7 +290,7 @@ def make_fleet_report(
     done = render_fleet_report(
         path, repo, evidence, sel, template=template, excerpt_lines=excerpt_lines
     )
-    return dataclasses.replace(done, unsaved=tuple(result.unsaved))
+    return dataclasses.replace(done, unsaved=tuple(result.unsaved), warnings=tuple(result.warnings))
 
 
 def render_fleet_report(

@@ -89,12 +89,17 @@ def make_plan(
     pin_map: dict[str, str] | None,
     own: dict[str, str],
     *,
+    added: set[str],
     full: bool = False,
 ) -> Plan:
-    """One ledger's plan. ``full``: every head's whole chain is read again, none skipped as
-    verified before; the verified head is still what rollbacks and rewrites are judged
-    against (the verifier's ``remembered``), and its genesis is the pin if none is given."""
+    """One ledger's plan. ``added``: the remotes the auditor added (what is remembered of
+    any other name is not judged). ``full``: every head's whole chain is read again, none
+    skipped as verified before; the verified head is still what rollbacks and rewrites are
+    judged against (the verifier's ``remembered``), and its genesis is the pin if none is
+    given."""
     prev = state.load_ledger(path, lid)
+    if prev is not None:
+        prev.remotes = {n: r for n, r in prev.remotes.items() if n in added}
     if pin_map is not None:
         pin = pin_map.get(lid)
         source = "pin file" if pin else None

@@ -30,6 +30,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -335,3 +337,86 @@ def save_fleet(copy: Path | str | pygit2.Repository, fleet: FleetState) -> Path:
 
 def save_ledger(copy: Path | str | pygit2.Repository, ledger: LedgerState) -> Path:
     return _save(_ledger_path(copy, ledger.ledger_id), ledger.to_json())
+
+
+# --- a new copy at a path the state may remember ----------------------------------------------
+
+
+def remembered_remotes(copy: Path | str | pygit2.Repository) -> dict[str, str] | None:
+    """The remotes the auditor's state of ``copy``'s path recorded (name to URL as added,
+    password masked), or ``None`` when that state remembers nothing (no ``fleet.json`` and
+    no ledger file)."""
+    where = state_dir(copy)
+    ledgers = where / warm.LEDGERS_DIR
+    if not (where / FLEET_FILE).exists() and not (ledgers.is_dir() and any(ledgers.iterdir())):
+        return None
+    return load_fleet(copy).remotes
+
+
+def _state_error(what: str, exc: OSError) -> errors.StorageError:
+    return errors.StorageError(
+        f"could not {what}: {exc.strerror or exc}.",
+        hint=f"Check the state directory's permissions and free space, or set "
+        f"{home.ENV_STATE_DIR}.",
+    )
+
+
+def discard(copy: Path | str | pygit2.Repository) -> None:
+    """Forget everything remembered of the copy at ``copy``'s path (for a copy the caller
+    owns and makes again: ``ledger demo --fleet``)."""
+    where = state_dir(copy)
+    try:
+        if where.exists():
+            shutil.rmtree(where)
+    except OSError as exc:
+        raise _state_error(f"remove the fleet state {where}", exc) from None
+
+
+@contextlib.contextmanager
+def for_new_copy(
+    copy: Path | str, name: str, url: str, target: str | None = None
+) -> Iterator[str | None]:
+    """The state a new copy at ``copy``'s path (first remote ``name`` at ``url``, password
+    masked) starts with, and what it was unless the block succeeds.
+
+    A state remembering this very remote (same name, same URL) is kept: a copy moved aside
+    and cloned again from the same remotes still judges rollbacks against what was verified
+    (docs/FLEET.md). A state remembering anything else is moved aside to
+    ``<key>.replaced-<time>`` beside it, and the block gets one line saying so (else
+    ``None``): a copy of other remotes must not inherit what was seen of another fleet.
+    If the block fails, the state is put back as it was (nothing new is left)."""
+    where = state_dir(copy)
+    recorded = remembered_remotes(copy)
+    note: str | None = None
+    aside = backup = None
+    made_parent = not where.parent.exists()
+    try:
+        if recorded is not None and recorded.get(name) != url:
+            aside = where.with_name(f"{where.name}.replaced-{now().replace(':', '')}")
+            os.rename(where, aside)
+            was = ", ".join(f"{n} ({u})" for n, u in recorded.items()) or "no remote"
+            note = (
+                f"the auditor's state for {target or copy} remembered another fleet ({was}), "
+                f"not {name} ({url}): it was moved aside to {aside} and this copy starts "
+                "afresh (move it back over the new one to keep judging that fleet)"
+            )
+        elif where.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f"{where.name}.clone-", dir=where.parent))
+            shutil.copytree(where, backup, dirs_exist_ok=True)
+    except OSError as exc:
+        raise _state_error(f"set aside the fleet state {where}", exc) from None
+    try:
+        yield note
+    except BaseException:
+        shutil.rmtree(where, ignore_errors=True)
+        restore = aside if aside is not None else backup
+        if restore is not None:
+            os.rename(restore, where)
+            backup = None
+        elif made_parent:
+            with contextlib.suppress(OSError):
+                where.parent.rmdir()
+        raise
+    finally:
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.fleet import copy, state
+from ledger.fleet import added, copy, state
 
 #: Control characters, line separators and bidirectional overrides: never shown as read.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -88,12 +88,14 @@ class FleetStatus:
     path: Path
     ledgers: list[LedgerLine]
     as_of: str
+    warnings: list[str] = field(default_factory=list)  # refs of remotes not added here
 
     def to_json(self) -> dict[str, Any]:
         return {
             "fleet": str(self.path),
             "as_of": self.as_of,
             "ledgers": [line.to_json() for line in self.ledgers],
+            "warnings": list(self.warnings),
         }
 
 
@@ -141,10 +143,15 @@ def _choose_head(views: list[RemoteView], verified: str | None) -> RemoteView | 
 
 
 def _line(
-    repo: pygit2.Repository, lid: str, held: dict[str, str], remembered: state.LedgerState | None
+    repo: pygit2.Repository,
+    lid: str,
+    held: dict[str, str],
+    remembered: state.LedgerState | None,
+    remotes: dict[str, str],
 ) -> LedgerLine:
     views: list[RemoteView] = []
     mem = remembered.remotes if remembered is not None else {}
+    mem = {name: r for name, r in mem.items() if name in remotes}  # (only those added)
     for name in sorted(set(held) | set(mem)):
         head = held.get(name)
         before = mem.get(name)
@@ -175,12 +182,16 @@ def _line(
 def fleet_status(path: Path | str) -> FleetStatus:
     """The status of every ledger in the copy and in the auditor's memory of it."""
     repo = copy.open_copy(path)
-    in_copy = copy.heads(repo)
     remembered = state.load_fleet(repo)
+    in_copy, stray = copy.added_heads(repo, remembered.remotes)  # (only remotes added here)
     lines = []
     for lid in sorted(set(in_copy) | set(remembered.ledgers)):
-        lines.append(_line(repo, lid, in_copy.get(lid, {}), state.load_ledger(repo, lid)))
-    return FleetStatus(Path(path), lines, state.now())
+        saved = state.load_ledger(repo, lid)
+        if saved is None and lid not in in_copy:
+            continue  # (its file deleted by the auditor: forgotten, as fleet verify does)
+        lines.append(_line(repo, lid, in_copy.get(lid, {}), saved, remembered.remotes))
+    warning = added.stray_warning(stray)
+    return FleetStatus(Path(path), lines, state.now(), [warning] if warning else [])
 
 
 def age(since: str | None, now: str) -> str:
