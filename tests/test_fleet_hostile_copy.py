@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import gitservers
@@ -43,8 +44,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 @pytest.fixture()
 def copy(base: Fleet, tmp_path: Path) -> Path:
     """A fresh copy of the base fleet copy, for one test to plant things in."""
-    where = tmp_path / "fleet.git"
+    # A path of its own: the auditor's state is kept per copy path, and pytest may give the
+    # next test the same tmp_path (only remotes added for this copy count).
+    where = Path(tempfile.mkdtemp(dir=tmp_path)) / "fleet.git"
     shutil.copytree(base.copy, where, symlinks=True)
+    ledger_fleet.add_remote(where, "origin", str(base.tmp / "origin.git"))
     return where
 
 

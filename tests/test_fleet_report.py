@@ -384,6 +384,7 @@ def test_every_ledger_failing_still_writes_the_report(fleet: Fleet, tmp_path: Pa
     command exits 7 (not 3, which says every ledger verified and none has the incident)."""
     dmg = tmp_path / "dmg.git"
     shutil.copytree(fleet.copy, dmg)
+    add_remote(dmg, "origin", str(fleet.tmp / "origin.git"))  # (state is per copy path)
     git("--git-dir", dmg, "repack", "-a", "-d", "-q")
     for pack in (dmg / "objects" / "pack").glob("*.pack"):
         with pack.open("r+b") as fh:

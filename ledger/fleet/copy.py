@@ -16,7 +16,6 @@ other ref is ignored (reported, its objects never fetched).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 import pygit2
 
 from ledger import errors, redact, store
-from ledger.fleet import added, state
+from ledger.fleet import added, peek, state
 from ledger.replicate import pushes, remotes, shared, transport
 
 FLEET_KEY = "ledger.fleet"
@@ -35,7 +34,6 @@ DEFAULT_REMOTE = "origin"
 _URL_KEY_RE = re.compile(r"^fleet\.remote\.(.+)\.url$")
 _FLEET_REF_RE = re.compile(r"^refs/fleet/([^/]+)/([0-9a-f]{32})/main$")
 #: The most of a head's commit and record that is read to show it (unverified bytes).
-MAX_OBJECT_BYTES = 4 << 20
 
 NOT_A_COPY_HINT = (
     "Make one with 'ledger fleet clone URL DIR', or point to one with --fleet DIR "
@@ -212,49 +210,6 @@ def heads(repo: pygit2.Repository) -> dict[str, dict[str, str]]:
     except (pygit2.GitError, ValueError) as exc:
         raise _damaged(Path(repo.path.rstrip("/")), f"its refs cannot be read ({exc})") from None
     return {lid: dict(sorted(by.items())) for lid, by in sorted(out.items())}
-
-
-def head_seq(repo: pygit2.Repository, oid: str) -> int | None:
-    """The ``Ledger-Seq`` trailer of commit ``oid`` (unverified), None when unreadable."""
-    message = read_commit_message(repo, oid)
-    if message is None:
-        return None
-    trailers = message.rstrip("\n").rsplit("\n\n", 1)[-1]
-    for line in trailers.split("\n"):
-        key, sep, value = line.partition(": ")
-        if sep and key == "Ledger-Seq" and value.isdigit() and len(value) < 19:
-            return int(value)
-    return None
-
-
-def read_commit_message(repo: pygit2.Repository, oid: str) -> str | None:
-    """The message of commit ``oid`` if it is a commit of at most :data:`MAX_OBJECT_BYTES`."""
-    try:
-        kind, size = repo.odb.read_header(oid)
-        if kind != pygit2.enums.ObjectType.COMMIT or size > MAX_OBJECT_BYTES:
-            return None
-        commit = repo[oid]
-    except (KeyError, ValueError, pygit2.GitError):
-        return None
-    if not isinstance(commit, pygit2.Commit):
-        return None
-    try:
-        return str(commit.message)
-    except (UnicodeDecodeError, ValueError):
-        return None
-
-
-def read_json_blob(repo: pygit2.Repository, tree: pygit2.Tree, path: str) -> object:
-    """The JSON file at ``path`` in ``tree`` (unverified), or None when it is not a readable
-    JSON blob of at most :data:`MAX_OBJECT_BYTES`."""
-    try:
-        entry = tree[path]
-        kind, size = repo.odb.read_header(entry.id)
-        if kind != pygit2.enums.ObjectType.BLOB or size > MAX_OBJECT_BYTES:
-            return None
-        return json.loads(repo.odb.read(entry.id)[1])
-    except (KeyError, ValueError, TypeError, pygit2.GitError, RecursionError):
-        return None
 
 
 # --- fetching ------------------------------------------------------------------------------
@@ -457,7 +412,7 @@ def _record(
         before = ledger.remotes.get(name)
         if before is not None and before.vanished_at is None and before.head == head:
             continue  # (unchanged: its commit is not read again)
-        seq = head_seq(repo, head)
+        seq = peek.head_seq(repo, head)
         if before is None:
             changes.append(Change(lid, name, "new", new_head=head, new_seq=seq))
             ledger.remotes[name] = state.RemoteHead(head, seq, when)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.fleet import added, copy, state
+from ledger.fleet import added, copy, peek, state
 
 #: Control characters, line separators and bidirectional overrides: never shown as read.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -111,7 +111,7 @@ def _read_head(repo: pygit2.Repository, line: LedgerLine) -> None:
     """Name, host and time from the records of ``line.head`` (bounded reads; anything
     unreadable is left unknown)."""
     head = line.head
-    message = copy.read_commit_message(repo, head) if head else None
+    message = peek.read_commit_message(repo, head) if head else None
     if head is None or message is None:
         return
     try:
@@ -124,10 +124,10 @@ def _read_head(repo: pygit2.Repository, line: LedgerLine) -> None:
     trailers = dict(
         part.partition(": ")[::2] for part in message.rstrip("\n").rsplit("\n\n", 1)[-1].split("\n")
     )
-    genesis = copy.read_json_blob(repo, tree, "genesis.json")
+    genesis = peek.read_json_blob(repo, tree, "genesis.json")
     if isinstance(genesis, dict) and isinstance(genesis.get("data"), dict):
         line.name = shown(genesis["data"].get("name"))
-    record = copy.read_json_blob(repo, tree, trailers.get("Ledger-Record", ""))
+    record = peek.read_json_blob(repo, tree, trailers.get("Ledger-Record", ""))
     if isinstance(record, dict):
         line.host = shown(record.get("host"))
         line.time = shown(record.get("time"))
@@ -160,7 +160,7 @@ def _line(
             views.append(RemoteView(name, None, None, None, vanished))
             continue
         seen = before.seen_at if before is not None and before.head == head else None
-        views.append(RemoteView(name, head, copy.head_seq(repo, head), seen))
+        views.append(RemoteView(name, head, peek.head_seq(repo, head), seen))
     verified = remembered.verified if remembered is not None else None
     line = LedgerLine(lid, UNVERIFIED, remotes=views)
     if verified is not None:

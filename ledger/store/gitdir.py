@@ -103,14 +103,13 @@ def open_repository(path: Path) -> pygit2.Repository:
         is_ledger = "ledger.id" in cfg and "ledger.genesis" in cfg
         is_fleet = not is_ledger and "ledger.fleet" in cfg
     except pygit2.GitError as exc:
+        if (path / ".git").exists():  # (never opened: OPEN_FLAGS)
+            raise _work_tree(path) from None
         raise errors.LedgerNotFound(
             f"{path} is not a ledger: it is not a git repository ({exc}).", hint=_LEDGER_HINT
         ) from None
     if not repo.is_bare:
-        raise errors.LedgerNotFound(
-            f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
-            hint="Point --ledger at a ledger made by 'ledger init'.",
-        )
+        raise _work_tree(path)
     if is_fleet:
         raise errors.LedgerNotFound(
             f"{path} is a fleet copy (ledger fleet clone), not a ledger.",
@@ -123,6 +122,13 @@ def open_repository(path: Path) -> pygit2.Repository:
             hint=_LEDGER_HINT,
         )
     return repo
+
+
+def _work_tree(path: Path) -> errors.LedgerNotFound:
+    return errors.LedgerNotFound(
+        f"{path} is a git work tree, not a ledger (ledgers are bare repositories).",
+        hint="Point --ledger at a ledger made by 'ledger init'.",
+    )
 
 
 CORRUPT_HINT = (
