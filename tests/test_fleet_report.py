@@ -249,9 +249,13 @@ def test_copy_head_ahead_of_the_verified_head(tmp_path: Path) -> None:
 
 
 def _run_started_path(ledger: Path) -> str:
-    """The path of the newest run.started record of a ledger (stock git)."""
-    names = git("--git-dir", ledger, "ls-tree", "-r", "--name-only", "main", "runs").stdout
-    return sorted(n for n in names.split() if n.endswith("-run.started.json"))[-1]
+    """The path of the newest run.started record of a ledger, by history (stock git): two
+    runs started in the same second have run ids that do not sort by time."""
+    added = git(
+        "--git-dir", ledger, "log", "--diff-filter=A", "--name-only", "--format=", "main",
+        "--", "runs",
+    ).stdout  # fmt: skip
+    return next(n for n in added.split() if n.endswith("-run.started.json"))
 
 
 def test_hostile_output_does_not_break_the_markdown(tmp_path: Path) -> None:
