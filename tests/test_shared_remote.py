@@ -127,9 +127,13 @@ def test_a_shared_remote_rewritten_on_the_server_is_divergence_never_overwritten
 
 def test_remote_add_shared_and_init_shared_refuse_bad_input(tmp_path: Path) -> None:
     r = run_cli("remote", "init", tmp_path / "x.git", "--shared", "--trust-genesis", "0" * 40)
-    assert r.code == 3, r.output  # invalid input
+    assert r.code == 2, r.output  # arguments that do not fit together
     assert "takes no --trust-genesis" in r.err
     assert "Traceback" not in r.output
+    # A ledger named with --shared was silently ignored: the remote is no one ledger's.
+    r = run_cli("remote", "init", tmp_path / "y.git", "--shared", "--ledger", tmp_path / "l")
+    assert r.code == 2 and "takes no --ledger" in r.err, r.output
+    assert not (tmp_path / "x.git").exists() and not (tmp_path / "y.git").exists()
 
 
 @pytest.mark.parametrize("shared", [["--shared"], []])

@@ -176,7 +176,7 @@ def remote_init(
         typer.Option(
             "--trust-genesis",
             help="Genesis commit id this remote accepts (default: the current ledger's "
-            "pinned genesis, else pinned by the first push). Refused with --shared (exit 3): "
+            "pinned genesis, else pinned by the first push). Refused with --shared (exit 2): "
             "each ledger of a shared remote is pinned by its own first push.",
         ),
     ] = None,
@@ -199,6 +199,13 @@ def remote_init(
     ledger: common.LedgerOpt = None,
 ) -> None:
     """Create a protected bare remote: no force pushes, no deletions, every record verified."""
+    if shared and (trust_genesis is not None or ledger is not None):
+        given = "--trust-genesis" if trust_genesis is not None else "--ledger"
+        raise errors.UsageError(
+            f"--shared takes no {given}: a shared remote holds many ledgers, each pinned by "
+            "its own first push, so no one ledger's genesis is given to it.",
+            hint="Drop that option, or drop --shared to make a remote for one ledger.",
+        )
     if shared:
         replicate.init_remote(
             path, genesis=trust_genesis, shared=True, require_user_presence=require_user_presence
