@@ -167,6 +167,18 @@ def _verified_genesis(led: store.Ledger) -> str | None:
     return view.state.genesis
 
 
+def _no_one_ledger(trust_genesis: str | None, ledger: Path | None) -> None:
+    """``remote init --shared`` names no one ledger (usage error, exit 2, before anything
+    is made): each ledger of a shared remote is pinned by its own first push."""
+    if trust_genesis is not None or ledger is not None:
+        given = "--trust-genesis" if trust_genesis is not None else "--ledger"
+        raise errors.UsageError(
+            f"--shared takes no {given}: a shared remote holds many ledgers, each pinned by "
+            "its own first push, so no one ledger's genesis is given to it.",
+            hint="Drop that option, or drop --shared to make a remote for one ledger.",
+        )
+
+
 @remote_app.command("init")
 def remote_init(
     # (a str: Path makes '' '.' and git://h/x git:/h/x; the library refuses both as typed)
@@ -199,14 +211,8 @@ def remote_init(
     ledger: common.LedgerOpt = None,
 ) -> None:
     """Create a protected bare remote: no force pushes, no deletions, every record verified."""
-    if shared and (trust_genesis is not None or ledger is not None):
-        given = "--trust-genesis" if trust_genesis is not None else "--ledger"
-        raise errors.UsageError(
-            f"--shared takes no {given}: a shared remote holds many ledgers, each pinned by "
-            "its own first push, so no one ledger's genesis is given to it.",
-            hint="Drop that option, or drop --shared to make a remote for one ledger.",
-        )
     if shared:
+        _no_one_ledger(trust_genesis, ledger)
         replicate.init_remote(
             path, genesis=trust_genesis, shared=True, require_user_presence=require_user_presence
         )
