@@ -80,9 +80,8 @@ def verify_cmd(
     else:
         _print(result)
     if not result.ok:
-        fleet.warn_unsaved(
-            result.unsaved
-        )  # (the findings' exit code wins; without findings: 6 below)
+        # (the findings' exit code wins; without findings, 6 below)
+        fleet.warn_unsaved(result.unsaved)
         failing = result.summary()["findings"]
         where = "in the JSON output" if json_out else "above"
         raise errors.VerificationFailed(

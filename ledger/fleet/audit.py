@@ -28,7 +28,7 @@ from pathlib import Path
 import pygit2
 
 from ledger import errors
-from ledger.fleet import added, claims, copy, outcome, schedule, state
+from ledger.fleet import claims, copy, outcome, schedule, state
 from ledger.fleet.outcome import FleetFinding, FleetResult, LedgerOutcome
 from ledger.verify import findings, local, parallel
 from ledger.verify import state as verify_state
@@ -85,8 +85,7 @@ def _verify_fleet(
     fleet = state.load_fleet(repo)
     # Only the remotes the auditor added count (its state's, never the copy's config): refs
     # under any other name are someone else's, named once and otherwise ignored.
-    held, stray = copy.added_heads(repo, fleet.remotes)
-    warning = added.stray_warning(stray)
+    held, warnings = copy.added_heads(repo, fleet.remotes)
     pin_map = local.read_pins(pins) if pins is not None else None
     own = local.own_pins() if pins is None else {}
     plans = [
@@ -135,7 +134,7 @@ def _verify_fleet(
         [settled[p.ledger_id].out for p in plans],
         jobs=jobs,
         unsaved=unsaved,
-        warnings=[warning] if warning else [],
+        warnings=warnings,
     )
 
 

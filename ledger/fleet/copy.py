@@ -182,34 +182,42 @@ def added_heads(
     repo: pygit2.Repository, remotes: Iterable[str]
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """The ledgers of the copy under the remotes the auditor added (``remotes``: the names in
-    its state, never the copy's config) as :func:`heads` gives them, and the refs under
-    ``refs/fleet/`` of any other name (stray: put there by someone who can write the copy,
-    or left by a remote that is no longer added): never believed, only named."""
+    its state, never the copy's config) as :func:`heads` gives them, and the warnings: one
+    naming the refs under ``refs/fleet/`` of any other name (put there by someone who can
+    write the copy, or left by a remote that is no longer added), never believed."""
     names = set(remotes)
-    stray = sorted(
-        ref
-        for ref in repo.references
-        if ref.startswith(REF_PREFIX) and ref[len(REF_PREFIX) :].split("/", 1)[0] not in names
-    )
-    mine = {
-        lid: {name: head for name, head in by.items() if name in names}
-        for lid, by in heads(repo).items()
+    everything, fleet_refs = _scan(repo)
+    stray = [r for r in fleet_refs if r[len(REF_PREFIX) :].split("/", 1)[0] not in names]
+    held = {
+        lid: mine
+        for lid, by in everything.items()
+        if (mine := {name: head for name, head in by.items() if name in names})
     }
-    return {lid: by for lid, by in mine.items() if by}, stray
+    warning = added.stray_warning(stray)
+    return held, [warning] if warning is not None else []
 
 
 def heads(repo: pygit2.Repository) -> dict[str, dict[str, str]]:
     """Every ledger in the copy: ledger id -> remote name -> head commit id, from the refs
     ``refs/fleet/<NAME>/<id>/main`` (no history read; symbolic refs are ignored)."""
+    return _scan(repo)[0]
+
+
+def _scan(repo: pygit2.Repository) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """:func:`heads`, and the name of every ref under ``refs/fleet/`` (sorted), in one pass."""
     out: dict[str, dict[str, str]] = {}
+    names: list[str] = []
     try:
         for ref in repo.references.iterator():
+            if not ref.name.startswith(REF_PREFIX):
+                continue
+            names.append(ref.name)
             m = _FLEET_REF_RE.match(ref.name)
             if m and ref.type == pygit2.enums.ReferenceType.DIRECT:
                 out.setdefault(m.group(2), {})[m.group(1)] = str(ref.target)
     except (pygit2.GitError, ValueError) as exc:
         raise _damaged(Path(repo.path.rstrip("/")), f"its refs cannot be read ({exc})") from None
-    return {lid: dict(sorted(by.items())) for lid, by in sorted(out.items())}
+    return {lid: dict(sorted(by.items())) for lid, by in sorted(out.items())}, sorted(names)
 
 
 # --- fetching ------------------------------------------------------------------------------
@@ -526,11 +534,9 @@ def fetch(
         for name, holds in fetched.items():
             result.changes += _record(repo, name, holds, fleet, when)
         state.save_fleet(repo, fleet)
-    held, stray = added_heads(repo, fleet.remotes)
+    held, warnings = added_heads(repo, fleet.remotes)
     result.ledgers = len(held)
-    warning = added.stray_warning(stray)
-    if warning is not None:
-        result.warnings.append(warning)
+    result.warnings += warnings
     return result
 
 

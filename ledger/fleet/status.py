@@ -20,7 +20,7 @@ from typing import Any
 
 import pygit2
 
-from ledger.fleet import added, copy, peek, state
+from ledger.fleet import copy, peek, state
 
 #: Control characters, line separators and bidirectional overrides: never shown as read.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -183,15 +183,14 @@ def fleet_status(path: Path | str) -> FleetStatus:
     """The status of every ledger in the copy and in the auditor's memory of it."""
     repo = copy.open_copy(path)
     remembered = state.load_fleet(repo)
-    in_copy, stray = copy.added_heads(repo, remembered.remotes)  # (only remotes added here)
+    in_copy, warnings = copy.added_heads(repo, remembered.remotes)  # (only those added here)
     lines = []
     for lid in sorted(set(in_copy) | set(remembered.ledgers)):
         saved = state.load_ledger(repo, lid)
         if saved is None and lid not in in_copy:
             continue  # (its file deleted by the auditor: forgotten, as fleet verify does)
         lines.append(_line(repo, lid, in_copy.get(lid, {}), saved, remembered.remotes))
-    warning = added.stray_warning(stray)
-    return FleetStatus(Path(path), lines, state.now(), [warning] if warning else [])
+    return FleetStatus(Path(path), lines, state.now(), warnings)
 
 
 def age(since: str | None, now: str) -> str:
