@@ -225,7 +225,7 @@ def format_time(when: datetime) -> str:
     if when.tzinfo is None:
         raise ValueError("naive datetime")
     w = when.astimezone(UTC)
-    return f"{date_digits(w)[:4]}-{w:%m-%dT%H:%M:%S.%f}Z"
+    return f"{w.year:04d}-{w:%m-%dT%H:%M:%S.%f}Z"
 
 
 def date_digits(when: datetime) -> str:
